@@ -1,0 +1,2 @@
+//! wormdb-loadgen: being built (see its issue).
+fn main() {}

@@ -1,0 +1,1026 @@
+//! The persisted index file of a sealed segment: encode and decode.
+//!
+//! Same layout as `docs/index-format.md`. Little-endian everywhere.
+//!
+//! ```text
+//! Header, HEADER_BYTES = 88 bytes, covered by its own crc32:
+//!
+//!  offset size field              meaning
+//!  ------ ---- ------------------ ---------------------------------------------
+//!       0    4 magic              b"WRMI"
+//!       4    2 version            u16, FORMAT_VERSION = 1
+//!       6    2 flags              u16, 0 (no flag is defined in version 1)
+//!       8    8 segment_first_seq  u64, seq of the segment's first entry
+//!      16    8 next_seq           u64, last seq + 1 (= segment_first_seq if no block)
+//!      24    4 block_count        u32, records in the block table
+//!      28    4 tag_values         u32, terms (indexed key=value pairs)
+//!      32    4 tag_values_max     u32, the cap the index was built with
+//!      36    4 saturated_from     u32, first saturated block; 0xFFFF_FFFF = never
+//!      40    8 min_ts             i64, smallest block min_ts (0 if no block)
+//!      48    8 max_ts             i64, largest block max_ts (0 if no block)
+//!      56    8 data_end           u64, offset + len of the last block (0 if no block)
+//!      64    8 raw_bytes          u64, uncompressed payload bytes of all blocks
+//!      72    8 body_bytes         u64, length of the body that follows the header
+//!      80    4 body_crc           u32, crc32 of the body
+//!      84    4 header_crc         u32, crc32 of header bytes [0, 84)
+//!      88      (body)
+//!
+//! Body, body_bytes bytes, right after the header, ending the file:
+//!
+//!   block table: block_count records of BLOCK_META_BYTES = 40 bytes, in order
+//!     +0   8 offset       u64, byte offset of the block in the segment file
+//!     +8   4 len          u32, bytes the block occupies (>= 1)
+//!     +12  4 entry_count  u32, 1 ..= BLOCK_ENTRIES_MAX
+//!     +16  8 first_seq    u64, seq of the block's first entry
+//!     +24  8 min_ts       i64
+//!     +32  8 max_ts       i64
+//!   terms: tag_values records, strictly increasing by (key bytes, value bytes)
+//!          2 key_len         u16, <= TAG_KEY_BYTES_MAX
+//!    key_len key             UTF-8
+//!          2 value_len       u16, <= TAG_VALUE_BYTES_MAX
+//!  value_len value           UTF-8
+//!          4 posting_count   u32, 1 ..= block_count
+//!        1-5 postings        posting_count LEB128 u32 varints (minimal): the
+//!                            first block position, then each delta (>= 1) to
+//!                            the previous one; every position < block_count
+//! ```
+//!
+//! The encoding is canonical: [`SegmentIndex::decode`] accepts exactly the
+//! byte strings that [`SegmentIndex::encode`] produces, so re-encoding a
+//! decoded file yields the same bytes ([`fuzz_decode`] checks this).
+
+use crate::index::segment_index::{BlockMeta, Postings, SegmentIndex};
+use crate::index::Error;
+use crate::limits::{
+    self, BLOCK_ENTRIES_MAX, BLOCK_RAW_BYTES_MAX, INDEX_FILE_BYTES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX,
+    TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
+};
+
+/// First four bytes of every index file.
+pub const MAGIC: [u8; 4] = *b"WRMI";
+/// The only format version this build reads and writes. A file of another
+/// version is refused with [`Error::UnsupportedVersion`].
+pub const FORMAT_VERSION: u16 = 1;
+
+const MAGIC_OFFSET: usize = 0;
+const VERSION_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
+const FLAGS_OFFSET: usize = VERSION_OFFSET + 2;
+const SEGMENT_FIRST_SEQ_OFFSET: usize = FLAGS_OFFSET + 2;
+const NEXT_SEQ_OFFSET: usize = SEGMENT_FIRST_SEQ_OFFSET + 8;
+const BLOCK_COUNT_OFFSET: usize = NEXT_SEQ_OFFSET + 8;
+const TAG_VALUES_OFFSET: usize = BLOCK_COUNT_OFFSET + 4;
+const TAG_VALUES_MAX_OFFSET: usize = TAG_VALUES_OFFSET + 4;
+const SATURATED_FROM_OFFSET: usize = TAG_VALUES_MAX_OFFSET + 4;
+const MIN_TS_OFFSET: usize = SATURATED_FROM_OFFSET + 4;
+const MAX_TS_OFFSET: usize = MIN_TS_OFFSET + 8;
+const DATA_END_OFFSET: usize = MAX_TS_OFFSET + 8;
+const RAW_BYTES_OFFSET: usize = DATA_END_OFFSET + 8;
+const BODY_BYTES_OFFSET: usize = RAW_BYTES_OFFSET + 8;
+const BODY_CRC_OFFSET: usize = BODY_BYTES_OFFSET + 8;
+const HEADER_CRC_OFFSET: usize = BODY_CRC_OFFSET + 4;
+/// Size of the fixed header, which [`decode_summary`] reads on its own.
+pub const HEADER_BYTES: usize = HEADER_CRC_OFFSET + 4;
+
+const _: () = assert!(HEADER_BYTES == 88, "the header layout in docs/index-format.md says 88 bytes");
+// The header crc covers everything before it and is the header's last field.
+const _: () = assert!(HEADER_CRC_OFFSET + 4 == HEADER_BYTES);
+// Every u64 and i64 field is naturally aligned, so the header can be viewed as a struct.
+const _: () = assert!(SEGMENT_FIRST_SEQ_OFFSET % 8 == 0);
+const _: () = assert!(NEXT_SEQ_OFFSET % 8 == 0);
+const _: () = assert!(MIN_TS_OFFSET % 8 == 0);
+const _: () = assert!(MAX_TS_OFFSET % 8 == 0);
+const _: () = assert!(DATA_END_OFFSET % 8 == 0);
+const _: () = assert!(RAW_BYTES_OFFSET % 8 == 0);
+const _: () = assert!(BODY_BYTES_OFFSET % 8 == 0);
+
+/// `saturated_from` value meaning "never saturated". Block positions stay
+/// below it (see [`SegmentIndex::push_block`]).
+const NOT_SATURATED: u32 = u32::MAX;
+
+const BLOCK_OFFSET_OFFSET: usize = 0;
+const BLOCK_LEN_OFFSET: usize = BLOCK_OFFSET_OFFSET + 8;
+const BLOCK_ENTRY_COUNT_OFFSET: usize = BLOCK_LEN_OFFSET + 4;
+const BLOCK_FIRST_SEQ_OFFSET: usize = BLOCK_ENTRY_COUNT_OFFSET + 4;
+const BLOCK_MIN_TS_OFFSET: usize = BLOCK_FIRST_SEQ_OFFSET + 8;
+const BLOCK_MAX_TS_OFFSET: usize = BLOCK_MIN_TS_OFFSET + 8;
+/// Size of one record of the block table.
+const BLOCK_META_BYTES: usize = BLOCK_MAX_TS_OFFSET + 8;
+const _: () = assert!(BLOCK_META_BYTES == 40, "the block record in docs/index-format.md says 40 bytes");
+
+/// Smallest term: two empty strings and one single-byte posting.
+const TERM_BYTES_MIN: usize = 2 + 2 + 4 + 1;
+/// Longest LEB128 encoding of a u32.
+const VARINT_BYTES_MAX: usize = 5;
+
+// Lengths are stored as u16: the limits must fit.
+const _: () = assert!(TAG_KEY_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(TAG_VALUE_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(INDEX_TAG_VALUES_PER_SEGMENT_MAX < u32::MAX as usize);
+const _: () = assert!(BLOCK_ENTRIES_MAX <= u32::MAX as usize);
+const _: () = assert!(HEADER_BYTES <= INDEX_FILE_BYTES_MAX);
+
+/// What the fixed header of an index file says about its segment, read
+/// without the body (see [`decode_summary`]).
+///
+/// A summary that decoded without error is consistent with itself (counts fit
+/// the body length, ranges are ordered), but only [`SegmentIndex::decode`]
+/// checks it against the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexSummary {
+    /// Sequence number of the segment's first entry.
+    pub segment_first_seq: u64,
+    /// One past the segment's last sequence number; equal to
+    /// `segment_first_seq` for a segment with no block.
+    pub next_seq: u64,
+    /// Number of blocks in the segment.
+    pub block_count: u32,
+    /// Number of distinct `key=value` pairs indexed.
+    pub tag_values: u32,
+    /// The cap on `tag_values` that the index was built with.
+    pub tag_values_max: u32,
+    /// Position of the first block from which the index is saturated, if any.
+    pub saturated_from: Option<u32>,
+    /// Smallest timestamp in the segment; 0 when `block_count` is 0.
+    pub min_ts: i64,
+    /// Largest timestamp in the segment; 0 when `block_count` is 0.
+    pub max_ts: i64,
+    /// End offset (`offset + len`) of the last block; 0 when `block_count` is 0.
+    pub data_end: u64,
+    /// Uncompressed payload bytes of all blocks, as given to
+    /// [`SegmentIndex::encode`] (the index itself does not track it); at most
+    /// `block_count * BLOCK_RAW_BYTES_MAX`.
+    pub raw_bytes: u64,
+    /// Length of the body that follows the header.
+    pub body_bytes: u64,
+    /// crc32 of the body.
+    pub body_crc: u32,
+}
+
+impl IndexSummary {
+    /// `(min_ts, max_ts)`, both inclusive, or `None` when there is no block.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        (self.block_count > 0).then_some((self.min_ts, self.max_ts))
+    }
+
+    /// Length of the whole file: header plus body.
+    pub fn file_bytes(&self) -> u64 {
+        HEADER_BYTES as u64 + self.body_bytes
+    }
+}
+
+/// Decodes the fixed header at the start of `header`, which must hold at least
+/// [`HEADER_BYTES`] bytes; anything after them is ignored, so the whole file
+/// may be passed too.
+///
+/// Checks the magic, the version, the header crc and the consistency of the
+/// header fields among themselves and with [`crate::limits`]; the body is
+/// neither read nor verified.
+pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
+    let Some(header) = header.get(..HEADER_BYTES) else {
+        return Err(Error::Truncated { what: "header" });
+    };
+    if header[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    // The version comes before the crc: another version may place its crc elsewhere.
+    let version = u16::from_le_bytes(array(header, VERSION_OFFSET));
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion(version));
+    }
+    let expected = u32::from_le_bytes(array(header, HEADER_CRC_OFFSET));
+    let actual = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
+    if expected != actual {
+        return Err(Error::Checksum { what: "header", expected, actual });
+    }
+    if u16::from_le_bytes(array(header, FLAGS_OFFSET)) != 0 {
+        return Err(corrupt("unknown flags are set"));
+    }
+    let saturated_from = u32::from_le_bytes(array(header, SATURATED_FROM_OFFSET));
+    let summary = IndexSummary {
+        segment_first_seq: u64::from_le_bytes(array(header, SEGMENT_FIRST_SEQ_OFFSET)),
+        next_seq: u64::from_le_bytes(array(header, NEXT_SEQ_OFFSET)),
+        block_count: u32::from_le_bytes(array(header, BLOCK_COUNT_OFFSET)),
+        tag_values: u32::from_le_bytes(array(header, TAG_VALUES_OFFSET)),
+        tag_values_max: u32::from_le_bytes(array(header, TAG_VALUES_MAX_OFFSET)),
+        saturated_from: (saturated_from != NOT_SATURATED).then_some(saturated_from),
+        min_ts: i64::from_le_bytes(array(header, MIN_TS_OFFSET)),
+        max_ts: i64::from_le_bytes(array(header, MAX_TS_OFFSET)),
+        data_end: u64::from_le_bytes(array(header, DATA_END_OFFSET)),
+        raw_bytes: u64::from_le_bytes(array(header, RAW_BYTES_OFFSET)),
+        body_bytes: u64::from_le_bytes(array(header, BODY_BYTES_OFFSET)),
+        body_crc: u32::from_le_bytes(array(header, BODY_CRC_OFFSET)),
+    };
+    check_summary(&summary)?;
+    Ok(summary)
+}
+
+/// Header-only consistency checks, so that a summary which decodes can be
+/// trusted as far as the header goes, and so that the body parser can size
+/// its allocations from header counts.
+fn check_summary(summary: &IndexSummary) -> Result<(), Error> {
+    let body_bytes = usize::try_from(summary.body_bytes).unwrap_or(usize::MAX);
+    limits::check(
+        "INDEX_FILE_BYTES_MAX",
+        "index file bytes",
+        HEADER_BYTES.saturating_add(body_bytes),
+        INDEX_FILE_BYTES_MAX,
+    )?;
+    let tag_values_max = summary.tag_values_max as usize;
+    limits::check(
+        "INDEX_TAG_VALUES_PER_SEGMENT_MAX",
+        "tag values cap of an index file",
+        tag_values_max,
+        INDEX_TAG_VALUES_PER_SEGMENT_MAX,
+    )?;
+    let tag_values = summary.tag_values as usize;
+    if tag_values > tag_values_max {
+        return Err(corrupt("more tag values than the cap"));
+    }
+    let block_count = summary.block_count as usize;
+    // The counts come from the file: saturate rather than overflow.
+    let table_bytes = block_count.saturating_mul(BLOCK_META_BYTES);
+    let terms_bytes_min = tag_values.saturating_mul(TERM_BYTES_MIN);
+    if table_bytes.saturating_add(terms_bytes_min) > body_bytes {
+        return Err(corrupt("block and term counts do not fit the body length"));
+    }
+    if let Some(saturated_from) = summary.saturated_from {
+        if saturated_from >= summary.block_count {
+            return Err(corrupt("saturated_from is past the last block"));
+        }
+        if summary.tag_values != summary.tag_values_max {
+            return Err(corrupt("saturated while tag values are below the cap"));
+        }
+    }
+    if summary.block_count == 0 {
+        let empty = summary.next_seq == summary.segment_first_seq
+            && summary.tag_values == 0
+            && summary.min_ts == 0
+            && summary.max_ts == 0
+            && summary.data_end == 0
+            && summary.raw_bytes == 0;
+        if !empty {
+            return Err(corrupt("an index with no block has non-zero fields"));
+        }
+    } else {
+        let entry_count = summary.next_seq.checked_sub(summary.segment_first_seq);
+        let entries_min = u64::from(summary.block_count);
+        let entries_max = entries_min * BLOCK_ENTRIES_MAX as u64;
+        if !entry_count.is_some_and(|count| (entries_min..=entries_max).contains(&count)) {
+            return Err(corrupt("sequence range does not fit the block count"));
+        }
+        if summary.min_ts > summary.max_ts {
+            return Err(corrupt("min_ts is after max_ts"));
+        }
+        if summary.data_end < u64::from(summary.block_count) {
+            return Err(corrupt("data_end is before the end of the blocks"));
+        }
+        if summary.raw_bytes > raw_bytes_max(summary.block_count) {
+            return Err(corrupt("raw_bytes is over BLOCK_RAW_BYTES_MAX per block"));
+        }
+    }
+    Ok(())
+}
+
+impl SegmentIndex {
+    /// Encodes the whole index (header and body) into the file format above.
+    /// `raw_bytes`, the uncompressed payload bytes of all the segment's
+    /// blocks, is stored in the header for stats ([`IndexSummary::raw_bytes`]).
+    ///
+    /// # Panics
+    /// If `raw_bytes` is over [`BLOCK_RAW_BYTES_MAX`] per block (so not 0 for
+    /// an index with no block): [`decode`] would refuse the file.
+    ///
+    /// For a pathological segment (very many blocks times very many tag
+    /// values) the result can exceed [`INDEX_FILE_BYTES_MAX`]; [`decode`]
+    /// refuses such a file with [`Error::Limit`], so a caller should not
+    /// write it and scan the segment instead.
+    ///
+    /// [`decode`]: Self::decode
+    pub fn encode(&self, raw_bytes: u64) -> Vec<u8> {
+        let block_count = self.blocks.len() as u32;
+        assert!(raw_bytes <= raw_bytes_max(block_count), "raw_bytes is over BLOCK_RAW_BYTES_MAX per block");
+        let mut terms: Vec<(&str, &str, &[u32])> = self
+            .postings
+            .iter()
+            .flat_map(|(key, values)| values.iter().map(move |(value, blocks)| (&**key, &**value, blocks.as_slice())))
+            .collect();
+        terms.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        assert_eq!(terms.len(), self.tag_values, "tag_values disagrees with the postings");
+
+        let terms_bytes: usize =
+            terms.iter().map(|(key, value, blocks)| 2 + key.len() + 2 + value.len() + 4 + postings_bytes(blocks)).sum();
+        let body_bytes = self.blocks.len() * BLOCK_META_BYTES + terms_bytes;
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + body_bytes);
+        bytes.resize(HEADER_BYTES, 0);
+
+        for block in &self.blocks {
+            bytes.extend_from_slice(&block.offset.to_le_bytes());
+            bytes.extend_from_slice(&block.len.to_le_bytes());
+            bytes.extend_from_slice(&block.entry_count.to_le_bytes());
+            bytes.extend_from_slice(&block.first_seq.to_le_bytes());
+            bytes.extend_from_slice(&block.min_ts.to_le_bytes());
+            bytes.extend_from_slice(&block.max_ts.to_le_bytes());
+        }
+        for (key, value, blocks) in terms {
+            // push_block bounds the lengths well below u16::MAX.
+            bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+            let mut previous = None;
+            for &position in blocks {
+                put_varint(&mut bytes, previous.map_or(position, |previous| position - previous));
+                previous = Some(position);
+            }
+        }
+        assert_eq!(bytes.len(), HEADER_BYTES + body_bytes, "encoded body length differs from its computed length");
+
+        let (min_ts, max_ts) = self.time_range().unwrap_or((0, 0));
+        let header = &mut bytes[..HEADER_BYTES];
+        header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
+        header[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[FLAGS_OFFSET..SEGMENT_FIRST_SEQ_OFFSET].copy_from_slice(&0_u16.to_le_bytes());
+        put(header, SEGMENT_FIRST_SEQ_OFFSET, &self.segment_first_seq.to_le_bytes());
+        put(header, NEXT_SEQ_OFFSET, &self.next_seq.to_le_bytes());
+        put(header, BLOCK_COUNT_OFFSET, &block_count.to_le_bytes());
+        put(header, TAG_VALUES_OFFSET, &(self.tag_values as u32).to_le_bytes());
+        put(header, TAG_VALUES_MAX_OFFSET, &(self.tag_values_max as u32).to_le_bytes());
+        put(header, SATURATED_FROM_OFFSET, &self.saturated_from.unwrap_or(NOT_SATURATED).to_le_bytes());
+        put(header, MIN_TS_OFFSET, &min_ts.to_le_bytes());
+        put(header, MAX_TS_OFFSET, &max_ts.to_le_bytes());
+        put(header, DATA_END_OFFSET, &self.data_end().to_le_bytes());
+        put(header, RAW_BYTES_OFFSET, &raw_bytes.to_le_bytes());
+        put(header, BODY_BYTES_OFFSET, &(body_bytes as u64).to_le_bytes());
+        let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        let header = &mut bytes[..HEADER_BYTES];
+        put(header, BODY_CRC_OFFSET, &body_crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
+        put(header, HEADER_CRC_OFFSET, &header_crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a whole index file, verifying both crcs, every length and
+    /// count (against the bytes that remain and against [`crate::limits`])
+    /// before allocating for it, and every invariant that
+    /// [`push_block`](Self::push_block) guarantees. Never panics: bad input
+    /// gives an [`Error`].
+    ///
+    /// `bytes` must be exactly the file: trailing bytes are
+    /// [`Error::Corrupt`], missing ones [`Error::Truncated`].
+    pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, Error> {
+        limits::check("INDEX_FILE_BYTES_MAX", "index file bytes", bytes.len(), INDEX_FILE_BYTES_MAX)?;
+        let summary = decode_summary(bytes)?;
+        // check_summary bounded body_bytes by INDEX_FILE_BYTES_MAX, so this fits.
+        let body_bytes = summary.body_bytes as usize;
+        let body = &bytes[HEADER_BYTES..];
+        if body.len() < body_bytes {
+            return Err(Error::Truncated { what: "body" });
+        }
+        if body.len() > body_bytes {
+            return Err(corrupt("bytes after the body"));
+        }
+        let actual = crc32fast::hash(body);
+        if actual != summary.body_crc {
+            return Err(Error::Checksum { what: "body", expected: summary.body_crc, actual });
+        }
+
+        let mut reader = Reader { bytes: body };
+        let blocks = decode_blocks(&mut reader, &summary)?;
+        let postings = decode_terms(&mut reader, &summary)?;
+        if !reader.bytes.is_empty() {
+            return Err(corrupt("bytes after the last term"));
+        }
+        Ok(SegmentIndex {
+            segment_first_seq: summary.segment_first_seq,
+            next_seq: summary.next_seq,
+            tag_values_max: summary.tag_values_max as usize,
+            tag_values: summary.tag_values as usize,
+            saturated_from: summary.saturated_from,
+            blocks,
+            postings,
+        })
+    }
+}
+
+/// Reads the block table and checks it against itself and the header.
+fn decode_blocks(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Vec<BlockMeta>, Error> {
+    let block_count = summary.block_count as usize;
+    // check_summary made sure the table fits the body; check again here so
+    // the allocation below does not depend on a check made elsewhere.
+    if block_count.saturating_mul(BLOCK_META_BYTES) > reader.bytes.len() {
+        return Err(corrupt("block table runs past the body"));
+    }
+    let mut blocks = Vec::with_capacity(block_count);
+    let mut next_seq = summary.segment_first_seq;
+    let mut data_end = 0_u64;
+    let mut min_ts = i64::MAX;
+    let mut max_ts = i64::MIN;
+    for _ in 0..block_count {
+        let record = reader.take(BLOCK_META_BYTES, "block table runs past the body")?;
+        let block = BlockMeta {
+            offset: u64::from_le_bytes(array(record, BLOCK_OFFSET_OFFSET)),
+            len: u32::from_le_bytes(array(record, BLOCK_LEN_OFFSET)),
+            entry_count: u32::from_le_bytes(array(record, BLOCK_ENTRY_COUNT_OFFSET)),
+            first_seq: u64::from_le_bytes(array(record, BLOCK_FIRST_SEQ_OFFSET)),
+            min_ts: i64::from_le_bytes(array(record, BLOCK_MIN_TS_OFFSET)),
+            max_ts: i64::from_le_bytes(array(record, BLOCK_MAX_TS_OFFSET)),
+        };
+        // The same invariants as the assertions of push_block, as errors.
+        if block.first_seq != next_seq {
+            return Err(corrupt("block sequence numbers are not dense"));
+        }
+        if block.offset < data_end {
+            return Err(corrupt("blocks overlap"));
+        }
+        if block.len == 0 {
+            return Err(corrupt("block has no bytes"));
+        }
+        if block.entry_count == 0 || block.entry_count as usize > BLOCK_ENTRIES_MAX {
+            return Err(corrupt("block entry count out of range"));
+        }
+        if block.min_ts > block.max_ts {
+            return Err(corrupt("block min_ts is after max_ts"));
+        }
+        next_seq =
+            block.first_seq.checked_add(u64::from(block.entry_count)).ok_or_else(|| corrupt("sequence overflows"))?;
+        data_end = block.offset.checked_add(u64::from(block.len)).ok_or_else(|| corrupt("block offset overflows"))?;
+        min_ts = min_ts.min(block.min_ts);
+        max_ts = max_ts.max(block.max_ts);
+        blocks.push(block);
+    }
+    if block_count == 0 {
+        (min_ts, max_ts) = (0, 0);
+    }
+    if next_seq != summary.next_seq {
+        return Err(corrupt("header next_seq disagrees with the blocks"));
+    }
+    if data_end != summary.data_end {
+        return Err(corrupt("header data_end disagrees with the blocks"));
+    }
+    if (min_ts, max_ts) != (summary.min_ts, summary.max_ts) {
+        return Err(corrupt("header time range disagrees with the blocks"));
+    }
+    Ok(blocks)
+}
+
+/// Reads the terms and their postings.
+fn decode_terms(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Postings, Error> {
+    let block_count = summary.block_count;
+    let mut postings = Postings::new();
+    let mut previous: Option<(&[u8], &[u8])> = None;
+    for _ in 0..summary.tag_values {
+        let key = reader.take_string(TAG_KEY_BYTES_MAX, "TAG_KEY_BYTES_MAX", "tag key bytes")?;
+        let value = reader.take_string(TAG_VALUE_BYTES_MAX, "TAG_VALUE_BYTES_MAX", "tag value bytes")?;
+        let term = (key.as_bytes(), value.as_bytes());
+        if previous.is_some_and(|previous| previous >= term) {
+            return Err(corrupt("terms are not strictly increasing"));
+        }
+        previous = Some(term);
+
+        let count = u32::from_le_bytes(array(reader.take(4, "posting count runs past the body")?, 0));
+        if count == 0 || count > block_count {
+            return Err(corrupt("posting count out of range"));
+        }
+        // Every posting takes at least one byte.
+        if count as usize > reader.bytes.len() {
+            return Err(corrupt("postings run past the body"));
+        }
+        let mut blocks = Vec::with_capacity(count as usize);
+        let mut position = reader.take_varint()?;
+        blocks.push(position);
+        for _ in 1..count {
+            let delta = reader.take_varint()?;
+            if delta == 0 {
+                return Err(corrupt("postings are not strictly increasing"));
+            }
+            position = position.checked_add(delta).ok_or_else(|| corrupt("posting overflows"))?;
+            blocks.push(position);
+        }
+        if position >= block_count {
+            return Err(corrupt("posting is past the last block"));
+        }
+        if summary.saturated_from.is_some_and(|saturated_from| blocks[0] > saturated_from) {
+            return Err(corrupt("a pair is indexed that was first seen after saturation"));
+        }
+
+        // Look the key up before inserting it, to allocate it only once.
+        if let Some(values) = postings.get_mut(key) {
+            values.insert(value.into(), blocks);
+        } else {
+            postings.entry(key.into()).or_default().insert(value.into(), blocks);
+        }
+    }
+    Ok(postings)
+}
+
+/// Largest `raw_bytes` that `block_count` blocks can hold.
+fn raw_bytes_max(block_count: u32) -> u64 {
+    u64::from(block_count) * BLOCK_RAW_BYTES_MAX as u64
+}
+
+/// Number of bytes the postings take in the file.
+fn postings_bytes(blocks: &[u32]) -> usize {
+    let mut previous = None;
+    let mut bytes = 0;
+    for &position in blocks {
+        bytes += varint_bytes(previous.map_or(position, |previous| position - previous));
+        previous = Some(position);
+    }
+    bytes
+}
+
+fn varint_bytes(value: u32) -> usize {
+    let significant_bits = 32 - value.leading_zeros() as usize;
+    significant_bits.div_ceil(7).max(1)
+}
+
+fn put_varint(bytes: &mut Vec<u8>, mut value: u32) {
+    while value >= 0x80 {
+        bytes.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    bytes.push(value as u8);
+}
+
+/// A cursor over the body; every read is bounds-checked and fails with
+/// [`Error::Corrupt`], since the body length itself was verified.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], Error> {
+        if count > self.bytes.len() {
+            return Err(corrupt(what));
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    /// A u16 length, checked against `limit` before the string is read.
+    fn take_string(&mut self, limit: usize, limit_name: &'static str, what: &'static str) -> Result<&'a str, Error> {
+        let len = u16::from_le_bytes(array(self.take(2, "string length runs past the body")?, 0)) as usize;
+        limits::check(limit_name, what, len, limit)?;
+        let bytes = self.take(len, "string runs past the body")?;
+        std::str::from_utf8(bytes).map_err(|_| corrupt("tag is not UTF-8"))
+    }
+
+    /// A minimal LEB128 u32.
+    fn take_varint(&mut self) -> Result<u32, Error> {
+        let mut value = 0_u32;
+        for index in 0..VARINT_BYTES_MAX {
+            let byte = self.take(1, "posting runs past the body")?[0];
+            // The fifth byte holds bits 28..32: anything above 0x0f overflows
+            // (or continues, which is longer than a u32 needs).
+            if index == VARINT_BYTES_MAX - 1 && byte > 0x0f {
+                return Err(corrupt("posting overflows u32"));
+            }
+            value |= u32::from(byte & 0x7f) << (7 * index);
+            if byte & 0x80 == 0 {
+                if index > 0 && byte == 0 {
+                    return Err(corrupt("posting varint is not minimal"));
+                }
+                return Ok(value);
+            }
+        }
+        Err(corrupt("posting overflows u32"))
+    }
+}
+
+fn corrupt(what: &'static str) -> Error {
+    Error::Corrupt { what }
+}
+
+/// `N` bytes of `bytes` at `offset`. Offsets are constants within records
+/// whose length was checked, so an out-of-range slice is a programmer error.
+fn array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&bytes[offset..offset + N]);
+    out
+}
+
+fn put(header: &mut [u8], offset: usize, value: &[u8]) {
+    header[offset..offset + value.len()].copy_from_slice(value);
+}
+
+/// Entry point for the cargo-fuzz target of the index file: feeds `data` to
+/// [`SegmentIndex::decode`] and [`decode_summary`], which must not panic,
+/// and checks that an accepted file re-encodes to the very same bytes and
+/// that its summary agrees with its body.
+///
+/// # Panics
+/// When one of those properties fails: that is a bug for the fuzzer to report.
+pub fn fuzz_decode(data: &[u8]) {
+    let summary = decode_summary(data);
+    let Ok(index) = SegmentIndex::decode(data) else {
+        return;
+    };
+    let Ok(summary) = summary else {
+        panic!("decode accepted a file whose header decode_summary refuses");
+    };
+    assert_eq!(summary.block_count as usize, index.blocks().len());
+    assert_eq!(summary.tag_values as usize, index.tag_values());
+    assert_eq!(summary.next_seq, index.next_seq());
+    assert_eq!(summary.time_range(), index.time_range());
+    assert_eq!(summary.data_end, index.data_end());
+    assert!(summary.raw_bytes <= raw_bytes_max(summary.block_count));
+    assert_eq!(summary.saturated_from, index.saturated_from());
+    assert_eq!(summary.file_bytes(), data.len() as u64);
+
+    let encoded = index.encode(summary.raw_bytes);
+    assert!(encoded == data, "re-encoding a decoded file changed its bytes");
+    match SegmentIndex::decode(&encoded) {
+        Ok(again) => assert!(again == index, "decoding a re-encoded index changed it"),
+        Err(error) => panic!("a re-encoded index does not decode: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::segment_index::tests::{next_meta, random_segment};
+    use proptest::prelude::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    fn sample(tag_values_max: usize) -> SegmentIndex {
+        let mut index = SegmentIndex::with_tag_values_max(7, tag_values_max);
+        let tags: [&[(&str, &str)]; 5] = [
+            &[("app", "web"), ("host", "a"), ("app", "web")],
+            &[("env", "prod"), ("k=\0", "v=\u{e9}")],
+            &[("app", "web"), ("env", "prod")],
+            &[("app", "db"), ("host", "b"), ("trace", "1")],
+            &[("app", "web"), ("trace", "2")],
+        ];
+        for (block, tags) in tags.iter().enumerate() {
+            let block = block as i64;
+            let meta = next_meta(&index, 3, block * 10 - 20, block * 10 - 11);
+            index.push_block(meta, tags.iter().copied());
+        }
+        index
+    }
+
+    /// Encodes with a made-up `raw_bytes` that grows with the block count.
+    fn encode(index: &SegmentIndex) -> Vec<u8> {
+        index.encode(index.blocks().len() as u64 * 1000)
+    }
+
+    fn assert_round_trip(index: &SegmentIndex) -> Vec<u8> {
+        let bytes = encode(index);
+        let decoded = SegmentIndex::decode(&bytes).unwrap();
+        assert_eq!(&decoded, index);
+        assert_eq!(decoded.blocks(), index.blocks());
+        assert_eq!(encode(&decoded), bytes);
+        let summary = decode_summary(&bytes).unwrap();
+        assert_eq!(summary.segment_first_seq, index.segment_first_seq());
+        assert_eq!(summary.next_seq, index.next_seq());
+        assert_eq!(summary.block_count as usize, index.blocks().len());
+        assert_eq!(summary.tag_values as usize, index.tag_values());
+        assert_eq!(summary.tag_values_max as usize, index.tag_values_max());
+        assert_eq!(summary.saturated_from, index.saturated_from());
+        assert_eq!(summary.time_range(), index.time_range());
+        assert_eq!(summary.data_end, index.data_end());
+        assert_eq!(summary.raw_bytes, index.blocks().len() as u64 * 1000);
+        assert_eq!(summary.file_bytes(), bytes.len() as u64);
+        assert_eq!(summary.body_crc, crc32fast::hash(&bytes[HEADER_BYTES..]));
+        // Only the header is needed for the summary.
+        assert_eq!(decode_summary(&bytes[..HEADER_BYTES]).unwrap(), summary);
+        fuzz_decode(&bytes);
+        bytes
+    }
+
+    #[test]
+    fn round_trip_keeps_blocks_postings_and_summary() {
+        let index = sample(INDEX_TAG_VALUES_PER_SEGMENT_MAX);
+        let bytes = assert_round_trip(&index);
+        let decoded = SegmentIndex::decode(&bytes).unwrap();
+        for query in [
+            &[("app", "web")][..],
+            &[("app", "web"), ("env", "prod")],
+            &[("k=\0", "v=\u{e9}")],
+            &[("trace", "2")],
+            &[("nope", "x")],
+            &[],
+        ] {
+            assert_eq!(decoded.candidates(query, i64::MIN, i64::MAX), index.candidates(query, i64::MIN, i64::MAX));
+            assert_eq!(decoded.candidates(query, -5, 15), index.candidates(query, -5, 15));
+        }
+        assert_eq!(decoded.candidates(&[("app", "web")], i64::MIN, i64::MAX), vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn round_trip_empty_and_saturated() {
+        assert_round_trip(&SegmentIndex::new(1));
+        assert_round_trip(&SegmentIndex::with_tag_values_max(u64::MAX, 0));
+        let saturated = sample(3);
+        assert_eq!(saturated.saturated_from(), Some(1));
+        let bytes = assert_round_trip(&saturated);
+        let decoded = SegmentIndex::decode(&bytes).unwrap();
+        assert_eq!(decoded.candidates(&[("trace", "2")], i64::MIN, i64::MAX), vec![1, 2, 3, 4]);
+        assert_eq!(decoded.candidates(&[("app", "web")], i64::MIN, i64::MAX), vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn round_trip_random_segments() {
+        let mut rng = SmallRng::seed_from_u64(0x1dec0de);
+        for round in 0..200 {
+            let segment = random_segment(&mut rng, [0, 3, 10, 1000][round % 4]);
+            assert_round_trip(&segment.index);
+        }
+    }
+
+    #[test]
+    fn round_trip_large_postings() {
+        // Deltas and positions that need multi-byte varints.
+        let mut index = SegmentIndex::new(1);
+        for block in 0..20_000_u32 {
+            let meta = next_meta(&index, 1, 0, 0);
+            let tags = [("every", "block"), ("sparse", if block % 300 == 0 { "yes" } else { "no" })];
+            index.push_block(meta, tags);
+        }
+        let bytes = assert_round_trip(&index);
+        let decoded = SegmentIndex::decode(&bytes).unwrap();
+        assert_eq!(decoded.postings("every", "block").map(<[u32]>::len), Some(20_000));
+        assert_eq!(decoded.candidates(&[("sparse", "yes")], 0, 1).len(), 67);
+    }
+
+    /// The exact bytes of a tiny index, so an accidental format change fails
+    /// here rather than on files already written.
+    #[test]
+    fn format_is_stable() {
+        let mut index = SegmentIndex::with_tag_values_max(5, 9);
+        index.push_block(
+            BlockMeta { offset: 16, len: 32, first_seq: 5, entry_count: 2, min_ts: -1, max_ts: 3 },
+            [("a", "b")],
+        );
+        index.push_block(
+            BlockMeta { offset: 48, len: 200, first_seq: 7, entry_count: 1, min_ts: 1, max_ts: 2 },
+            [("a", "b"), ("c", "")],
+        );
+        let bytes = index.encode(300);
+        let body: &[u8] = &[
+            // block 0: offset 16, len 32, entry_count 2, first_seq 5, min_ts -1, max_ts 3
+            16, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, //
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 0, 0, 0, 0, //
+            // block 1: offset 48, len 200, entry_count 1, first_seq 7, min_ts 1, max_ts 2
+            48, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, //
+            1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
+            // term a=b: postings [0, 1] as 0, delta 1
+            1, 0, b'a', 1, 0, b'b', 2, 0, 0, 0, 0, 1, //
+            // term c="": postings [1]
+            1, 0, b'c', 0, 0, 1, 0, 0, 0, 1,
+        ];
+        let body_crc = crc32fast::hash(body).to_le_bytes();
+        let mut header = vec![];
+        header.extend_from_slice(b"WRMI");
+        header.extend_from_slice(&[1, 0, 0, 0]); // version 1, flags 0
+        header.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // segment_first_seq
+        header.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]); // next_seq
+        header.extend_from_slice(&[2, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0]); // block_count, tag_values, tag_values_max
+        header.extend_from_slice(&[0xff; 4]); // saturated_from: never
+        header.extend_from_slice(&[0xff; 8]); // min_ts -1
+        header.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]); // max_ts
+        header.extend_from_slice(&[248, 0, 0, 0, 0, 0, 0, 0]); // data_end
+        header.extend_from_slice(&[44, 1, 0, 0, 0, 0, 0, 0]); // raw_bytes 300
+        header.extend_from_slice(&[body.len() as u8, 0, 0, 0, 0, 0, 0, 0]); // body_bytes
+        header.extend_from_slice(&body_crc);
+        let header_crc = crc32fast::hash(&header).to_le_bytes();
+        header.extend_from_slice(&header_crc);
+        assert_eq!(header.len(), HEADER_BYTES);
+        assert_eq!(&bytes[..HEADER_BYTES], &header[..]);
+        assert_eq!(&bytes[HEADER_BYTES..], body);
+    }
+
+    #[test]
+    #[should_panic(expected = "raw_bytes is over")]
+    fn encode_rejects_impossible_raw_bytes() {
+        SegmentIndex::new(1).encode(1);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_an_error() {
+        for bytes in [encode(&sample(100)), encode(&sample(3)), encode(&SegmentIndex::new(3))] {
+            for position in 0..bytes.len() {
+                for mask in [0x01, 0x80, 0xff] {
+                    let mut flipped = bytes.clone();
+                    flipped[position] ^= mask;
+                    assert!(SegmentIndex::decode(&flipped).is_err(), "flip {mask:#x} at {position} accepted");
+                    fuzz_decode(&flipped);
+                    if position < HEADER_BYTES {
+                        assert!(decode_summary(&flipped).is_err(), "header flip at {position} accepted");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode(&sample(100));
+        for len in 0..bytes.len() {
+            let error = SegmentIndex::decode(&bytes[..len]).unwrap_err();
+            assert!(matches!(error, Error::Truncated { .. }), "length {len}: {error:?}");
+            assert_eq!(decode_summary(&bytes[..len]).is_ok(), len >= HEADER_BYTES, "length {len}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode(&sample(100));
+        bytes.push(0);
+        assert_eq!(SegmentIndex::decode(&bytes), Err(Error::Corrupt { what: "bytes after the body" }));
+    }
+
+    #[test]
+    fn other_version_says_upgrade_required() {
+        let mut bytes = encode(&sample(100));
+        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&2_u16.to_le_bytes());
+        let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
+        let error = SegmentIndex::decode(&bytes).unwrap_err();
+        assert_eq!(error, Error::UnsupportedVersion(2));
+        assert!(error.to_string().contains("upgrade required"), "{error}");
+        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn bad_magic_and_oversized_files() {
+        let mut bytes = encode(&sample(100));
+        bytes[0] = b'X';
+        assert_eq!(SegmentIndex::decode(&bytes), Err(Error::BadMagic));
+        let too_big = vec![0_u8; INDEX_FILE_BYTES_MAX + 1];
+        assert!(matches!(SegmentIndex::decode(&too_big), Err(Error::Limit(_))));
+    }
+
+    /// Re-signs a header after editing it, so that the checks behind the crc
+    /// are reached.
+    fn resign(bytes: &mut [u8]) {
+        let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        bytes[BODY_CRC_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&body_crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
+    }
+
+    #[test]
+    fn inconsistent_but_well_signed_files_are_corrupt() {
+        let bytes = encode(&sample(100));
+        let edits: &[(usize, &[u8], &str)] = &[
+            (FLAGS_OFFSET, &[1, 0], "flags"),
+            (NEXT_SEQ_OFFSET, &[0; 8], "next_seq"),
+            (BLOCK_COUNT_OFFSET, &[0xff, 0xff, 0xff, 0x7f], "huge block_count"),
+            (TAG_VALUES_OFFSET, &[0xff, 0xff, 0, 0], "huge tag_values"),
+            (TAG_VALUES_MAX_OFFSET, &[0xff, 0xff, 0xff, 0xff], "huge tag_values_max"),
+            (SATURATED_FROM_OFFSET, &[0, 0, 0, 0], "saturated below the cap"),
+            (MIN_TS_OFFSET, &[0; 8], "min_ts"),
+            (DATA_END_OFFSET, &[1, 0, 0, 0, 0, 0, 0, 0], "data_end"),
+            (RAW_BYTES_OFFSET, &[0xff; 8], "huge raw_bytes"),
+            (BODY_BYTES_OFFSET, &[0xff; 8], "huge body_bytes"),
+            // Body: block 1's first_seq, the first term's key length, its posting count.
+            (HEADER_BYTES + BLOCK_META_BYTES + BLOCK_FIRST_SEQ_OFFSET, &[0], "first_seq"),
+            (HEADER_BYTES + 5 * BLOCK_META_BYTES, &[0xff, 0xff], "key length"),
+            (HEADER_BYTES + 5 * BLOCK_META_BYTES + 2 + 3 + 2 + 2, &[0xff, 0xff, 0xff, 0xff], "posting count"),
+        ];
+        for &(offset, replacement, name) in edits {
+            let mut edited = bytes.clone();
+            edited[offset..offset + replacement.len()].copy_from_slice(replacement);
+            resign(&mut edited);
+            let result = SegmentIndex::decode(&edited);
+            assert!(matches!(result, Err(Error::Corrupt { .. } | Error::Limit(_))), "{name}: {result:?}");
+            fuzz_decode(&edited);
+        }
+    }
+
+    #[test]
+    fn unsorted_terms_and_non_minimal_varints_are_corrupt() {
+        // Two terms "a"="b" then "c"="" (see format_is_stable); swap keys to unsort them.
+        let mut index = SegmentIndex::new(5);
+        index.push_block(next_meta(&index, 1, 0, 0), [("a", "b")]);
+        index.push_block(next_meta(&index, 1, 0, 0), [("a", "b"), ("c", "")]);
+        let bytes = encode(&index);
+        let terms = HEADER_BYTES + 2 * BLOCK_META_BYTES;
+        let mut unsorted = bytes.clone();
+        unsorted[terms + 2] = b'd';
+        resign(&mut unsorted);
+        assert_eq!(SegmentIndex::decode(&unsorted), Err(Error::Corrupt { what: "terms are not strictly increasing" }));
+        let mut duplicate = bytes.clone();
+        duplicate[terms + 12 + 2] = b'a';
+        duplicate[terms + 12 + 3] = 1;
+        let mut duplicate: Vec<u8> = [&duplicate[..terms + 12 + 5], b"b", &duplicate[terms + 12 + 5..]].concat();
+        let body_bytes = (duplicate.len() - HEADER_BYTES) as u64;
+        duplicate[BODY_BYTES_OFFSET..BODY_CRC_OFFSET].copy_from_slice(&body_bytes.to_le_bytes());
+        resign(&mut duplicate);
+        assert_eq!(SegmentIndex::decode(&duplicate), Err(Error::Corrupt { what: "terms are not strictly increasing" }));
+
+        // Postings of "a"="b" are [0, 1], stored as 0 then delta 1.
+        let posting = terms + 2 + 1 + 2 + 1 + 4;
+        assert_eq!(bytes[posting..posting + 2], [0, 1]);
+        for (delta, what) in [(0, "postings are not strictly increasing"), (2, "posting is past the last block")] {
+            let mut edited = bytes.clone();
+            edited[posting + 1] = delta;
+            resign(&mut edited);
+            assert_eq!(SegmentIndex::decode(&edited), Err(Error::Corrupt { what }));
+        }
+        // Posting 0 as a two-byte varint 0x80 0x00, file grown by one byte.
+        let mut long: Vec<u8> = [&bytes[..posting], &[0x80, 0x00], &bytes[posting + 1..]].concat();
+        let body_bytes = (long.len() - HEADER_BYTES) as u64;
+        long[BODY_BYTES_OFFSET..BODY_CRC_OFFSET].copy_from_slice(&body_bytes.to_le_bytes());
+        resign(&mut long);
+        assert_eq!(SegmentIndex::decode(&long), Err(Error::Corrupt { what: "posting varint is not minimal" }));
+    }
+
+    #[test]
+    fn pair_indexed_after_saturation_is_corrupt() {
+        // Cap 1: "a"="b" is indexed in block 0, "c"="" saturates block 1.
+        let mut index = SegmentIndex::with_tag_values_max(5, 1);
+        index.push_block(next_meta(&index, 1, 0, 0), [("a", "b")]);
+        index.push_block(next_meta(&index, 1, 0, 0), [("c", "")]);
+        index.push_block(next_meta(&index, 1, 0, 0), [("a", "b")]);
+        assert_eq!(index.saturated_from(), Some(1));
+        let bytes = assert_round_trip(&index);
+        // Rewrite the postings of "a"="b" from [0, 2] to [2]: a pair first
+        // seen after block 1 could not have been indexed.
+        let posting = HEADER_BYTES + 3 * BLOCK_META_BYTES + 2 + 1 + 2 + 1 + 4;
+        assert_eq!(bytes[posting..posting + 2], [0, 2]);
+        let mut edited: Vec<u8> = [&bytes[..posting - 4], &[1, 0, 0, 0, 2], &bytes[posting + 2..]].concat();
+        let body_bytes = (edited.len() - HEADER_BYTES) as u64;
+        edited[BODY_BYTES_OFFSET..BODY_CRC_OFFSET].copy_from_slice(&body_bytes.to_le_bytes());
+        resign(&mut edited);
+        assert_eq!(
+            SegmentIndex::decode(&edited),
+            Err(Error::Corrupt { what: "a pair is indexed that was first seen after saturation" })
+        );
+    }
+
+    #[test]
+    fn seeded_bit_flips_of_random_segments() {
+        const SEED: u64 = 0xb17_f11b;
+        let mut rng = SmallRng::seed_from_u64(SEED);
+        for round in 0..100 {
+            let bytes = encode(&random_segment(&mut rng, [2, 50][round % 2]).index);
+            for _ in 0..50 {
+                let mut flipped = bytes.clone();
+                let bit = rng.gen_range(0..bytes.len() * 8);
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(SegmentIndex::decode(&flipped).is_err(), "seed {SEED:#x} round {round} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, 1 << 21, (1 << 28) - 1, 1 << 28, u32::MAX] {
+            let mut bytes = Vec::new();
+            put_varint(&mut bytes, value);
+            assert_eq!(bytes.len(), varint_bytes(value), "{value}");
+            let mut reader = Reader { bytes: &bytes };
+            assert_eq!(reader.take_varint(), Ok(value));
+            assert!(reader.bytes.is_empty());
+        }
+        for bad in [&[0x80, 0x80, 0x80, 0x80, 0x10][..], &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01], &[0x81, 0x00], &[0x80]]
+        {
+            assert!(Reader { bytes: bad }.take_varint().is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            fuzz_decode(&data);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_valid_magic_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            bytes.extend_from_slice(&data);
+            fuzz_decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(
+            seed in any::<u64>(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            resigned in any::<bool>(),
+            truncate in proptest::option::of(any::<usize>()),
+        ) {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut bytes = encode(&random_segment(&mut rng, 6).index);
+            for (position, value) in edits {
+                let len = bytes.len();
+                bytes[position % len] = value;
+            }
+            if let Some(len) = truncate {
+                bytes.truncate(len % (bytes.len() + 1));
+            }
+            // Re-signing reaches the structural checks behind the crcs.
+            if resigned && bytes.len() >= HEADER_BYTES {
+                resign(&mut bytes);
+            }
+            fuzz_decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The in-memory index of one segment: block table, postings, memory cap.
+//!
+//! See the [module documentation](crate::index) for the cap and its fallback.
+
+use std::collections::HashMap;
+
+use crate::limits::{BLOCK_ENTRIES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX};
+
+/// Where one block lies in its segment file and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockMeta {
+    /// Byte offset of the block's header in the segment file.
+    pub offset: u64,
+    /// Bytes the block occupies on disk (header plus stored payload); at least 1.
+    pub len: u32,
+    /// Sequence number of the block's first entry.
+    pub first_seq: u64,
+    /// Number of entries in the block, from 1 to [`BLOCK_ENTRIES_MAX`].
+    pub entry_count: u32,
+    /// Smallest `timestamp_ns` of the block's entries.
+    pub min_ts: i64,
+    /// Largest `timestamp_ns` of the block's entries.
+    pub max_ts: i64,
+}
+
+impl BlockMeta {
+    /// Offset one past the block's last byte.
+    pub fn end_offset(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+
+    /// Sequence number one past the block's last entry.
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.entry_count)
+    }
+
+    /// Whether the block's closed timestamp range `[min_ts, max_ts]` overlaps
+    /// the half-open range `[from_ts, to_ts)`; false when `from_ts >= to_ts`.
+    pub fn overlaps_time(&self, from_ts: i64, to_ts: i64) -> bool {
+        from_ts < to_ts && self.min_ts < to_ts && self.max_ts >= from_ts
+    }
+}
+
+/// Postings of all indexed pairs: key, then value, then the increasing block
+/// positions. Nested maps of boxed strings let a query look a pair up by two
+/// `&str` without allocating or joining them.
+pub(crate) type Postings = HashMap<Box<str>, HashMap<Box<str>, Vec<u32>>>;
+
+/// The index of one segment: its block table and the `key=value` postings of
+/// its blocks, with at most `tag_values_max` distinct pairs indexed.
+///
+/// Blocks are added in sequence order with [`push_block`](Self::push_block);
+/// queries never return a false negative (see [`candidates`](Self::candidates)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentIndex {
+    pub(crate) segment_first_seq: u64,
+    /// One past the last entry's sequence number.
+    pub(crate) next_seq: u64,
+    pub(crate) tag_values_max: usize,
+    /// Number of (key, value) pairs in `postings`.
+    pub(crate) tag_values: usize,
+    pub(crate) saturated_from: Option<u32>,
+    pub(crate) blocks: Vec<BlockMeta>,
+    pub(crate) postings: Postings,
+}
+
+/// What one tag predicate allows, before intersection.
+enum PredicateBlocks<'a> {
+    /// Exactly these block positions (postings of an indexed pair).
+    Listed(&'a [u32]),
+    /// Every block at this position or later (saturation fallback).
+    From(u32),
+}
+
+impl SegmentIndex {
+    /// An empty index for the segment whose first entry has sequence number
+    /// `segment_first_seq`, capped at [`INDEX_TAG_VALUES_PER_SEGMENT_MAX`]
+    /// distinct pairs.
+    pub fn new(segment_first_seq: u64) -> Self {
+        Self::with_tag_values_max(segment_first_seq, INDEX_TAG_VALUES_PER_SEGMENT_MAX)
+    }
+
+    /// An empty index with a smaller cap on distinct pairs, so tests can reach
+    /// saturation quickly.
+    ///
+    /// # Panics
+    /// If `tag_values_max` exceeds [`INDEX_TAG_VALUES_PER_SEGMENT_MAX`]: the
+    /// index file could not be read back.
+    pub fn with_tag_values_max(segment_first_seq: u64, tag_values_max: usize) -> Self {
+        assert!(
+            tag_values_max <= INDEX_TAG_VALUES_PER_SEGMENT_MAX,
+            "tag_values_max {tag_values_max} is over INDEX_TAG_VALUES_PER_SEGMENT_MAX"
+        );
+        Self {
+            segment_first_seq,
+            next_seq: segment_first_seq,
+            tag_values_max,
+            tag_values: 0,
+            saturated_from: None,
+            blocks: Vec::new(),
+            postings: HashMap::new(),
+        }
+    }
+
+    /// Adds the next block of the segment with the tags of its entries.
+    ///
+    /// `tags` may repeat pairs (it is typically every tag of every entry); a
+    /// block gets at most one posting per pair. Pairs are indexed in the order
+    /// they come, subject to the cap described in the
+    /// [module documentation](crate::index).
+    ///
+    /// # Panics
+    /// On a programmer error: the block does not follow the previous one
+    /// (`first_seq` is not [`next_seq`](Self::next_seq), or it starts before
+    /// [`data_end`](Self::data_end)), its `len` is 0, its `entry_count` is 0 or
+    /// over [`BLOCK_ENTRIES_MAX`], `min_ts > max_ts`, a sequence number or
+    /// offset overflows, or a tag key or value is longer than
+    /// [`TAG_KEY_BYTES_MAX`] or [`TAG_VALUE_BYTES_MAX`].
+    pub fn push_block<'a>(&mut self, meta: BlockMeta, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        assert_eq!(meta.first_seq, self.next_seq, "block does not follow the previous one in sequence");
+        assert!(meta.offset >= self.data_end(), "block overlaps the previous one");
+        assert!(meta.len >= 1, "block has no bytes");
+        assert!(meta.entry_count >= 1, "block has no entries");
+        assert!(meta.entry_count as usize <= BLOCK_ENTRIES_MAX, "block has too many entries");
+        assert!(meta.min_ts <= meta.max_ts, "block min_ts is after max_ts");
+        assert!(meta.offset.checked_add(u64::from(meta.len)).is_some(), "block end offset overflows");
+        let next_seq = meta.first_seq.checked_add(u64::from(meta.entry_count));
+        // u32::MAX is reserved as "not saturated" in the file, so positions stop below it.
+        let position = u32::try_from(self.blocks.len()).ok().filter(|&position| position < u32::MAX);
+        let (Some(next_seq), Some(position)) = (next_seq, position) else {
+            panic!("segment has too many entries or blocks");
+        };
+
+        for (key, value) in tags {
+            assert!(key.len() <= TAG_KEY_BYTES_MAX, "tag key is over TAG_KEY_BYTES_MAX");
+            assert!(value.len() <= TAG_VALUE_BYTES_MAX, "tag value is over TAG_VALUE_BYTES_MAX");
+            self.add_posting(key, value, position);
+        }
+        self.blocks.push(meta);
+        self.next_seq = next_seq;
+    }
+
+    fn add_posting(&mut self, key: &str, value: &str, position: u32) {
+        if let Some(blocks) = self.postings.get_mut(key).and_then(|values| values.get_mut(value)) {
+            // Postings only ever grow at the end, so a repeat within this
+            // block is always the last element.
+            if blocks.last() != Some(&position) {
+                blocks.push(position);
+            }
+            return;
+        }
+        if self.saturated_from.is_some() {
+            return;
+        }
+        if self.tag_values >= self.tag_values_max {
+            self.saturated_from = Some(position);
+            return;
+        }
+        self.postings.entry(key.into()).or_default().insert(value.into(), vec![position]);
+        self.tag_values += 1;
+    }
+
+    /// The block table, in sequence order. A block's position in this slice
+    /// is the number that [`candidates`](Self::candidates) and
+    /// [`block_for_seq`](Self::block_for_seq) return.
+    pub fn blocks(&self) -> &[BlockMeta] {
+        &self.blocks
+    }
+
+    /// Sequence number of the segment's first entry (given at construction).
+    pub fn segment_first_seq(&self) -> u64 {
+        self.segment_first_seq
+    }
+
+    /// Sequence number one past the last entry indexed;
+    /// [`segment_first_seq`](Self::segment_first_seq) when there is no block.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Smallest and largest timestamp over all blocks (both inclusive), or
+    /// `None` when there is no block.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        let min_ts = self.blocks.iter().map(|block| block.min_ts).min()?;
+        let max_ts = self.blocks.iter().map(|block| block.max_ts).max()?;
+        Some((min_ts, max_ts))
+    }
+
+    /// Offset one past the last block's last byte (`offset + len`), or 0
+    /// when there is no block. The next block must start at or after it.
+    pub fn data_end(&self) -> u64 {
+        self.blocks.last().map_or(0, BlockMeta::end_offset)
+    }
+
+    /// Position (in [`blocks`](Self::blocks)) of the block holding the entry
+    /// with sequence number `seq`, or `None` if `seq` is outside
+    /// `[segment_first_seq, next_seq)`. Binary search, O(log blocks).
+    pub fn block_for_seq(&self, seq: u64) -> Option<usize> {
+        if seq < self.segment_first_seq || seq >= self.next_seq {
+            return None;
+        }
+        // Blocks are dense in sequence, so the holder is the last block whose
+        // first_seq is <= seq, and it exists since seq >= segment_first_seq.
+        let position = self.blocks.partition_point(|block| block.first_seq <= seq).checked_sub(1)?;
+        debug_assert!(seq < self.blocks[position].next_seq());
+        Some(position)
+    }
+
+    /// Positions, increasing, of the blocks that may hold an entry carrying
+    /// every `(key, value)` pair of `tags` and a timestamp in the half-open
+    /// range `[from_ts, to_ts)`.
+    ///
+    /// Never misses a block that holds such an entry; may return blocks that
+    /// hold none (block-granular postings, the saturation fallback, and time
+    /// ranges that merely overlap), so the caller filters entries exactly.
+    /// No predicate matches every block; `from_ts >= to_ts` matches none.
+    pub fn candidates(&self, tags: &[(&str, &str)], from_ts: i64, to_ts: i64) -> Vec<u32> {
+        if from_ts >= to_ts {
+            return Vec::new();
+        }
+        let mut shortest: Option<&[u32]> = None;
+        let mut from_position = 0_u32;
+        let mut lists = Vec::with_capacity(tags.len());
+        for &(key, value) in tags {
+            match self.predicate_blocks(key, value) {
+                None => return Vec::new(),
+                Some(PredicateBlocks::From(position)) => from_position = from_position.max(position),
+                Some(PredicateBlocks::Listed(list)) => {
+                    if shortest.is_none_or(|shortest| list.len() < shortest.len()) {
+                        shortest = Some(list);
+                    }
+                    lists.push(list);
+                }
+            }
+        }
+        let in_time = |position: &u32| self.blocks[*position as usize].overlaps_time(from_ts, to_ts);
+        match shortest {
+            // Only unindexed pairs (or none): every block from the fallback on.
+            None => {
+                let block_count = self.blocks.len() as u32;
+                (from_position..block_count).filter(in_time).collect()
+            }
+            // Walk the shortest list, probing the others by binary search:
+            // O(shortest * predicates * log blocks).
+            Some(shortest) => shortest
+                .iter()
+                .copied()
+                .filter(|&position| position >= from_position)
+                .filter(|position| lists.iter().all(|list| list.binary_search(position).is_ok()))
+                .filter(in_time)
+                .collect(),
+        }
+    }
+
+    /// The blocks one predicate allows, or `None` if it matches no block.
+    fn predicate_blocks(&self, key: &str, value: &str) -> Option<PredicateBlocks<'_>> {
+        match self.postings(key, value) {
+            Some(list) => Some(PredicateBlocks::Listed(list)),
+            None => self.saturated_from.map(PredicateBlocks::From),
+        }
+    }
+
+    /// Postings of an indexed pair: the increasing positions of the blocks
+    /// that carry it. `None` if the pair is not indexed (see
+    /// [`saturated_from`](Self::saturated_from) for what that implies).
+    pub fn postings(&self, key: &str, value: &str) -> Option<&[u32]> {
+        self.postings.get(key)?.get(value).map(Vec::as_slice)
+    }
+
+    /// Number of distinct `key=value` pairs indexed; at most
+    /// [`tag_values_max`](Self::tag_values_max).
+    pub fn tag_values(&self) -> usize {
+        self.tag_values
+    }
+
+    /// The cap on distinct pairs this index was built with.
+    pub fn tag_values_max(&self) -> usize {
+        self.tag_values_max
+    }
+
+    /// Position of the first block that brought a pair the full index could
+    /// not take, or `None` if the cap was never hit. From that block on,
+    /// predicates on pairs that are not indexed match every block.
+    pub fn saturated_from(&self) -> Option<u32> {
+        self.saturated_from
+    }
+
+    /// A rough estimate of the heap bytes held, for stats: string bytes,
+    /// postings and block table capacity plus a per-entry allowance for the
+    /// hash tables. Not exact; never used for a limit decision.
+    pub fn memory_bytes(&self) -> usize {
+        // A hashbrown slot is the (key, value) pair plus one control byte;
+        // tables run at most 7/8 full, so count 8/7 of the entries.
+        fn table_bytes<V>(len: usize) -> usize {
+            (len * 8 / 7 + 1) * (std::mem::size_of::<(Box<str>, V)>() + 1)
+        }
+        let mut bytes = std::mem::size_of::<Self>();
+        bytes += self.blocks.capacity() * std::mem::size_of::<BlockMeta>();
+        bytes += table_bytes::<HashMap<Box<str>, Vec<u32>>>(self.postings.len());
+        for (key, values) in &self.postings {
+            bytes += key.len();
+            bytes += table_bytes::<Vec<u32>>(values.len());
+            for (value, blocks) in values {
+                bytes += value.len() + blocks.capacity() * std::mem::size_of::<u32>();
+            }
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// A block of `entry_count` entries right after the last one of `index`.
+    pub(crate) fn next_meta(index: &SegmentIndex, entry_count: u32, min_ts: i64, max_ts: i64) -> BlockMeta {
+        BlockMeta {
+            offset: index.data_end(),
+            len: 100 + entry_count,
+            first_seq: index.next_seq(),
+            entry_count,
+            min_ts,
+            max_ts,
+        }
+    }
+
+    fn push(index: &mut SegmentIndex, min_ts: i64, max_ts: i64, tags: &[(&str, &str)]) {
+        let meta = next_meta(index, 2, min_ts, max_ts);
+        index.push_block(meta, tags.iter().copied());
+    }
+
+    /// Four blocks: 0 and 2 carry `app=web`, 1 and 2 carry `env=prod`,
+    /// 3 carries `app=db`; times 0..10, 10..20, 20..30, 30..40 (max inclusive 9, 19, ...).
+    fn sample() -> SegmentIndex {
+        let mut index = SegmentIndex::new(1);
+        push(&mut index, 0, 9, &[("app", "web"), ("app", "web"), ("host", "a")]);
+        push(&mut index, 10, 19, &[("env", "prod"), ("host", "a")]);
+        push(&mut index, 20, 29, &[("app", "web"), ("env", "prod"), ("app", "web")]);
+        push(&mut index, 30, 39, &[("app", "db"), ("host", "b")]);
+        index
+    }
+
+    #[test]
+    fn block_table_accessors() {
+        let index = sample();
+        assert_eq!(index.blocks().len(), 4);
+        assert_eq!(index.segment_first_seq(), 1);
+        assert_eq!(index.next_seq(), 9);
+        assert_eq!(index.time_range(), Some((0, 39)));
+        assert_eq!(index.data_end(), 4 * 102);
+        assert_eq!(index.tag_values(), 5);
+        assert_eq!(index.saturated_from(), None);
+        assert_eq!(index.postings("app", "web"), Some(&[0, 2][..]));
+        assert!(index.memory_bytes() > 0);
+
+        let empty = SegmentIndex::new(42);
+        assert_eq!(empty.next_seq(), 42);
+        assert_eq!(empty.time_range(), None);
+        assert_eq!(empty.data_end(), 0);
+        assert_eq!(empty.block_for_seq(42), None);
+        assert_eq!(empty.candidates(&[], i64::MIN, i64::MAX), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn block_for_seq_finds_each_entry() {
+        let index = sample();
+        assert_eq!(index.block_for_seq(0), None);
+        for seq in 1..9 {
+            assert_eq!(index.block_for_seq(seq), Some(((seq - 1) / 2) as usize), "seq {seq}");
+        }
+        assert_eq!(index.block_for_seq(9), None);
+        assert_eq!(index.block_for_seq(u64::MAX), None);
+    }
+
+    #[test]
+    fn candidates_intersect_predicates() {
+        let index = sample();
+        let all = (i64::MIN, i64::MAX);
+        assert_eq!(index.candidates(&[], all.0, all.1), vec![0, 1, 2, 3]);
+        assert_eq!(index.candidates(&[("app", "web")], all.0, all.1), vec![0, 2]);
+        assert_eq!(index.candidates(&[("env", "prod")], all.0, all.1), vec![1, 2]);
+        assert_eq!(index.candidates(&[("app", "web"), ("env", "prod")], all.0, all.1), vec![2]);
+        assert_eq!(index.candidates(&[("env", "prod"), ("app", "web")], all.0, all.1), vec![2]);
+        assert_eq!(index.candidates(&[("app", "web"), ("app", "web")], all.0, all.1), vec![0, 2]);
+        assert_eq!(index.candidates(&[("app", "db"), ("env", "prod")], all.0, all.1), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn candidates_of_unknown_pair_are_empty() {
+        let index = sample();
+        assert_eq!(index.candidates(&[("app", "nope")], i64::MIN, i64::MAX), Vec::<u32>::new());
+        assert_eq!(index.candidates(&[("nope", "web")], i64::MIN, i64::MAX), Vec::<u32>::new());
+        assert_eq!(index.candidates(&[("app", "web"), ("x", "y")], i64::MIN, i64::MAX), Vec::<u32>::new());
+        // A pair is two strings, not a joined "key=value".
+        assert_eq!(index.candidates(&[("app=web", "")], i64::MIN, i64::MAX), Vec::<u32>::new());
+        assert_eq!(index.candidates(&[("", "app=web")], i64::MIN, i64::MAX), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn candidates_filter_time_half_open() {
+        let index = sample();
+        // [10, 20) holds only block 1 (10..=19).
+        assert_eq!(index.candidates(&[], 10, 20), vec![1]);
+        // to_ts is exclusive: [0, 10) does not reach block 1 whose min is 10.
+        assert_eq!(index.candidates(&[], 0, 10), vec![0]);
+        // from_ts is inclusive: [9, 10) reaches block 0 whose max is 9.
+        assert_eq!(index.candidates(&[], 9, 10), vec![0]);
+        assert_eq!(index.candidates(&[], 9, 11), vec![0, 1]);
+        assert_eq!(index.candidates(&[], 39, 40), vec![3]);
+        assert_eq!(index.candidates(&[], 40, i64::MAX), Vec::<u32>::new());
+        assert_eq!(index.candidates(&[], i64::MIN, 0), Vec::<u32>::new());
+        // Empty and inverted ranges match nothing.
+        assert_eq!(index.candidates(&[], 15, 15), Vec::<u32>::new());
+        assert_eq!(index.candidates(&[], 20, 10), Vec::<u32>::new());
+        assert_eq!(index.candidates(&[("app", "web")], 5, 25), vec![0, 2]);
+        assert_eq!(index.candidates(&[("app", "web")], 10, 20), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn keys_and_values_may_hold_any_character() {
+        let mut index = SegmentIndex::new(1);
+        push(&mut index, 0, 0, &[("a=b", "c"), ("a", "b=c"), ("k\0", "v\0"), ("", "")]);
+        push(&mut index, 0, 0, &[("a", "b"), ("é", "ü")]);
+        assert_eq!(index.candidates(&[("a=b", "c")], 0, 1), vec![0]);
+        assert_eq!(index.candidates(&[("a", "b=c")], 0, 1), vec![0]);
+        assert_eq!(index.candidates(&[("k\0", "v\0")], 0, 1), vec![0]);
+        assert_eq!(index.candidates(&[("", "")], 0, 1), vec![0]);
+        assert_eq!(index.candidates(&[("a", "b")], 0, 1), vec![1]);
+        assert_eq!(index.candidates(&[("é", "ü")], 0, 1), vec![1]);
+        assert_eq!(index.tag_values(), 6);
+    }
+
+    #[test]
+    fn saturation_falls_back_to_every_later_block() {
+        let mut index = SegmentIndex::with_tag_values_max(1, 4);
+        push(&mut index, 0, 0, &[("k", "1"), ("k", "2")]); // 0
+        push(&mut index, 0, 0, &[("k", "1"), ("k", "3")]); // 1
+        assert_eq!(index.saturated_from(), None);
+        // Block 2 fills the last slot with k=4, then k=5 does not fit.
+        push(&mut index, 0, 0, &[("k", "4"), ("k", "5"), ("k", "1")]); // 2
+        assert_eq!(index.saturated_from(), Some(2));
+        assert_eq!(index.tag_values(), 4);
+        push(&mut index, 0, 0, &[("k", "6")]); // 3
+        push(&mut index, 0, 0, &[("k", "1"), ("k", "2")]); // 4
+        push(&mut index, 5, 5, &[("k", "6")]); // 5
+        assert_eq!(index.saturated_from(), Some(2));
+        assert_eq!(index.tag_values(), 4);
+
+        // Indexed pairs keep exact postings, after saturation too.
+        assert_eq!(index.candidates(&[("k", "1")], 0, 10), vec![0, 1, 2, 4]);
+        assert_eq!(index.candidates(&[("k", "2")], 0, 10), vec![0, 4]);
+        assert_eq!(index.candidates(&[("k", "4")], 0, 10), vec![2]);
+        // Pairs first seen at or after saturation fall back to blocks >= 2.
+        assert_eq!(index.candidates(&[("k", "5")], 0, 10), vec![2, 3, 4, 5]);
+        assert_eq!(index.candidates(&[("k", "6")], 0, 10), vec![2, 3, 4, 5]);
+        assert_eq!(index.candidates(&[("k", "6")], 5, 10), vec![5]);
+        // Including pairs that never occur: their absence was not recorded.
+        assert_eq!(index.candidates(&[("never", "seen")], 0, 10), vec![2, 3, 4, 5]);
+        // Mixed: indexed postings restricted to the fallback range.
+        assert_eq!(index.candidates(&[("k", "1"), ("k", "6")], 0, 10), vec![2, 4]);
+        assert_eq!(index.candidates(&[("k", "2"), ("k", "5")], 0, 10), vec![4]);
+    }
+
+    #[test]
+    fn zero_cap_saturates_at_first_pair() {
+        let mut index = SegmentIndex::with_tag_values_max(1, 0);
+        push(&mut index, 0, 0, &[]);
+        push(&mut index, 0, 0, &[("a", "b")]);
+        push(&mut index, 0, 0, &[]);
+        assert_eq!(index.saturated_from(), Some(1));
+        assert_eq!(index.candidates(&[("a", "b")], 0, 1), vec![1, 2]);
+        assert_eq!(index.candidates(&[], 0, 1), vec![0, 1, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not follow")]
+    fn push_block_rejects_a_gap_in_sequence() {
+        let mut index = SegmentIndex::new(1);
+        let mut meta = next_meta(&index, 1, 0, 0);
+        meta.first_seq = 2;
+        index.push_block(meta, []);
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn push_block_rejects_overlapping_bytes() {
+        let mut index = SegmentIndex::new(1);
+        push(&mut index, 0, 0, &[]);
+        let mut meta = next_meta(&index, 1, 0, 0);
+        meta.offset -= 1;
+        index.push_block(meta, []);
+    }
+
+    #[test]
+    #[should_panic(expected = "no entries")]
+    fn push_block_rejects_an_empty_block() {
+        let mut index = SegmentIndex::new(1);
+        let meta = next_meta(&index, 0, 0, 0);
+        index.push_block(meta, []);
+    }
+
+    #[test]
+    #[should_panic(expected = "min_ts is after max_ts")]
+    fn push_block_rejects_inverted_time_range() {
+        let mut index = SegmentIndex::new(1);
+        let meta = next_meta(&index, 1, 1, 0);
+        index.push_block(meta, []);
+    }
+
+    /// One entry of the model: its timestamp and its tags.
+    pub(crate) type ModelEntry = (i64, Vec<(String, String)>);
+
+    /// One random segment: blocks of entries, each entry with a timestamp and tags.
+    pub(crate) struct ModelSegment {
+        pub(crate) index: SegmentIndex,
+        /// Per block, its entries.
+        pub(crate) entries: Vec<Vec<ModelEntry>>,
+    }
+
+    /// Builds a random segment from `rng`, capped at `tag_values_max`.
+    pub(crate) fn random_segment(rng: &mut SmallRng, tag_values_max: usize) -> ModelSegment {
+        let mut index = SegmentIndex::with_tag_values_max(rng.gen_range(1..1_000), tag_values_max);
+        let mut entries = Vec::new();
+        let block_count = rng.gen_range(0..40);
+        let mut offset = rng.gen_range(0..4096_u64);
+        for _ in 0..block_count {
+            let entry_count = rng.gen_range(1..6_u32);
+            let block_entries: Vec<ModelEntry> = (0..entry_count)
+                .map(|_| {
+                    let timestamp = rng.gen_range(-50..200_i64);
+                    let tag_count = rng.gen_range(0..4);
+                    let tags = (0..tag_count)
+                        .map(|_| (format!("k{}", rng.gen_range(0..3)), format!("v{}", rng.gen_range(0..8))))
+                        .collect();
+                    (timestamp, tags)
+                })
+                .collect();
+            let min_ts = block_entries.iter().map(|entry| entry.0).min().unwrap();
+            let max_ts = block_entries.iter().map(|entry| entry.0).max().unwrap();
+            let len = rng.gen_range(1..5000_u32);
+            let meta = BlockMeta { offset, len, first_seq: index.next_seq(), entry_count, min_ts, max_ts };
+            offset += u64::from(len) + rng.gen_range(0..3_u64);
+            let tags = block_entries
+                .iter()
+                .flat_map(|entry| entry.1.iter().map(|(key, value)| (key.as_str(), value.as_str())));
+            index.push_block(meta, tags);
+            entries.push(block_entries);
+        }
+        ModelSegment { index, entries }
+    }
+
+    /// Blocks holding at least one entry that matches exactly.
+    fn exact_matches(segment: &ModelSegment, tags: &[(&str, &str)], from_ts: i64, to_ts: i64) -> Vec<u32> {
+        let entry_matches = |(timestamp, entry_tags): &ModelEntry| {
+            (from_ts..to_ts).contains(timestamp)
+                && tags.iter().all(|&(key, value)| entry_tags.iter().any(|(k, v)| k == key && v == value))
+        };
+        (0..segment.entries.len() as u32)
+            .filter(|&block| segment.entries[block as usize].iter().any(entry_matches))
+            .collect()
+    }
+
+    /// Blocks whose pairs (over all entries) include every predicate and whose
+    /// time range overlaps: what exact postings without a cap would give.
+    fn uncapped_candidates(segment: &ModelSegment, tags: &[(&str, &str)], from_ts: i64, to_ts: i64) -> Vec<u32> {
+        (0..segment.entries.len() as u32)
+            .filter(|&block| {
+                let entries = &segment.entries[block as usize];
+                segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts)
+                    && tags.iter().all(|&(key, value)| {
+                        entries.iter().any(|(_, entry_tags)| entry_tags.iter().any(|(k, v)| k == key && v == value))
+                    })
+            })
+            .collect()
+    }
+
+    fn random_query(rng: &mut SmallRng) -> (Vec<(String, String)>, i64, i64) {
+        let predicate_count = rng.gen_range(0..3);
+        let tags = (0..predicate_count)
+            .map(|_| (format!("k{}", rng.gen_range(0..4)), format!("v{}", rng.gen_range(0..9))))
+            .collect();
+        let from_ts = rng.gen_range(-60..210);
+        let to_ts = if rng.gen_bool(0.2) { i64::MAX } else { rng.gen_range(-60..210) };
+        (tags, from_ts, to_ts)
+    }
+
+    #[test]
+    fn candidates_agree_with_brute_force_model() {
+        const SEED: u64 = 0x5eed_1de8;
+        let mut rng = SmallRng::seed_from_u64(SEED);
+        let mut saturated_segments = 0;
+        for round in 0..400 {
+            let tag_values_max = [0, 1, 4, 8, 16, 100][round % 6];
+            let segment = random_segment(&mut rng, tag_values_max);
+            if segment.index.saturated_from().is_some() {
+                saturated_segments += 1;
+            }
+            for _ in 0..20 {
+                let (tags, from_ts, to_ts) = random_query(&mut rng);
+                let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let candidates = segment.index.candidates(&tags, from_ts, to_ts);
+                let context = format!("seed {SEED:#x} round {round} query {tags:?} [{from_ts}, {to_ts})");
+                assert!(candidates.windows(2).all(|pair| pair[0] < pair[1]), "unsorted: {context}");
+                let exact = exact_matches(&segment, &tags, from_ts, to_ts);
+                assert!(exact.iter().all(|block| candidates.contains(block)), "false negative: {context}");
+                let uncapped = uncapped_candidates(&segment, &tags, from_ts, to_ts);
+                if segment.index.saturated_from().is_none() {
+                    assert_eq!(candidates, uncapped, "not exact without saturation: {context}");
+                } else {
+                    assert!(uncapped.iter().all(|block| candidates.contains(block)), "{context}");
+                }
+            }
+        }
+        // The test means nothing unless both regimes occur.
+        assert!(saturated_segments > 50, "only {saturated_segments} saturated segments");
+        assert!(saturated_segments < 350, "{saturated_segments} saturated segments");
+    }
+}

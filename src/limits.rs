@@ -1,0 +1,107 @@
+//! Every size, count and queue bound in wormdb, in one place.
+//!
+//! A length read from disk or from the network is checked against these
+//! before anything is allocated for it. Errors that a limit causes name the
+//! limit (see [`LimitExceeded`]), so an operator can tell which knob it was.
+
+/// Largest body of one entry, in bytes.
+pub const ENTRY_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Largest number of tags on one entry.
+pub const ENTRY_TAGS_MAX: usize = 64;
+/// Largest tag key, in bytes. Keys must also be non-empty.
+pub const TAG_KEY_BYTES_MAX: usize = 256;
+/// Largest tag value, in bytes.
+pub const TAG_VALUE_BYTES_MAX: usize = 4096;
+/// Largest protobuf encoding of one entry (body, tags and framing).
+pub const ENTRY_ENCODED_BYTES_MAX: usize =
+    ENTRY_BODY_BYTES_MAX + ENTRY_TAGS_MAX * (TAG_KEY_BYTES_MAX + TAG_VALUE_BYTES_MAX + 16) + 64;
+
+/// A block is closed once its uncompressed payload reaches this size; it is
+/// the unit of compression, checksumming and index postings.
+pub const BLOCK_RAW_BYTES_TARGET: usize = 256 * 1024;
+/// Largest uncompressed payload of one block. One entry of the largest size
+/// always fits in a block of its own.
+pub const BLOCK_RAW_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Largest number of entries in one block.
+pub const BLOCK_ENTRIES_MAX: usize = 65_536;
+/// Largest stored payload of one block. A payload that LZ4 would not shrink
+/// is stored uncompressed, so this equals [`BLOCK_RAW_BYTES_MAX`].
+pub const BLOCK_STORED_BYTES_MAX: usize = BLOCK_RAW_BYTES_MAX;
+
+/// Largest amount of uncompressed entry data waiting for one group commit on
+/// a shard. An append that would pass it is refused with backpressure.
+pub const PENDING_RAW_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest number of appends waiting for one group commit on a shard.
+pub const PENDING_APPENDS_MAX: usize = 4096;
+/// Largest DMA buffer of one group commit, and so the largest extent one
+/// write can touch: the rewritten tail page plus every block of the batch
+/// at LZ4's worst-case bound, rounded up to whole pages. Blocks close at
+/// [`BLOCK_RAW_BYTES_TARGET`], and each append may start one (replicated
+/// appends do), which bounds the block count and so the header overhead.
+pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * crate::shard::PAGE_BYTES
+    + PENDING_RAW_BYTES_MAX * 110 / 100
+    + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2)
+        * crate::shard::block::encoded_bytes_max(0);
+
+/// Distinct `key=value` pairs indexed per segment. Pairs first seen after the
+/// cap is reached are not indexed: blocks from the saturation point on are
+/// candidates for any predicate on such a pair and are filtered exactly on
+/// read, so results stay correct while memory stays bounded.
+pub const INDEX_TAG_VALUES_PER_SEGMENT_MAX: usize = 65_536;
+/// Largest persisted segment index file.
+pub const INDEX_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Sealed segment indexes kept loaded per shard (least recently used evicted).
+pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
+
+/// Smallest and largest segment size accepted by configuration. The
+/// smallest still holds a batch with the largest entry (see
+/// [`pending_raw_bytes_max`]).
+pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024 * 1024;
+/// See [`SEGMENT_BYTES_MIN`].
+pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// Default segment size (DESIGN.md `--segment-bytes`).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// The pending-batch bound of a shard whose segments hold `segment_bytes`:
+/// [`PENDING_RAW_BYTES_MAX`], lowered for small segments so that any batch,
+/// encoded at its worst case, fits in an empty segment. Without that, a
+/// batch that fits no segment would roll forever.
+pub const fn pending_raw_bytes_max(segment_bytes: u64) -> usize {
+    let overhead = 3 * crate::shard::PAGE_BYTES
+        + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2)
+            * crate::shard::block::encoded_bytes_max(0);
+    let usable = (segment_bytes as usize).saturating_sub(overhead) / 11 * 10;
+    if usable < PENDING_RAW_BYTES_MAX {
+        usable
+    } else {
+        PENDING_RAW_BYTES_MAX
+    }
+}
+
+const _: () = assert!(pending_raw_bytes_max(SEGMENT_BYTES_MIN) >= ENTRY_ENCODED_BYTES_MAX + 64);
+
+/// Largest number of entries one read call returns.
+pub const READ_ENTRIES_MAX: usize = 1_000_000;
+
+/// A bound that an input or a file crossed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is {actual}, over the limit {name} = {limit}")]
+pub struct LimitExceeded {
+    /// The name of the constant in this module.
+    pub name: &'static str,
+    /// What was measured, in words.
+    pub what: &'static str,
+    /// The measured value.
+    pub actual: u64,
+    /// The bound.
+    pub limit: u64,
+}
+
+/// Returns an error naming `name` when `actual > limit`.
+pub fn check(name: &'static str, what: &'static str, actual: usize, limit: usize) -> Result<(), LimitExceeded> {
+    if actual > limit {
+        Err(LimitExceeded { name, what, actual: actual as u64, limit: limit as u64 })
+    } else {
+        Ok(())
+    }
+}

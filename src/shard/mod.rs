@@ -1,0 +1,715 @@
+//! One core's shard: an append-only log of entries in O_DIRECT segment files.
+//!
+//! A [`Shard`] lives on one glommio executor and is driven only from it
+//! (`Rc`, no locks). Appenders call [`Shard::append`], which validates and
+//! encodes their entries into the pending batch at once, and then await the
+//! returned [`AppendWait`]. Two tasks move batches to disk:
+//!
+//! ```text
+//! append ─▶ pending batch ─▶ writer task ─────────────▶ syncer task ─▶ acks
+//!            (fills while    one DMA write per batch:    fdatasync issued
+//!             the previous   tail page + new blocks      after the write
+//!             is in flight)                              completed
+//! ```
+//!
+//! The writer never has two writes in flight (so two writes never cover the
+//! same page at once) and stays at most [`UNSYNCED_WRITES_MAX`] batches ahead
+//! of the syncer, which bounds how much of a segment a crash can leave torn.
+//! A batch is acknowledged only after its own write completed and an
+//! fdatasync issued after that completion completed.
+//!
+//! Modules: [`block`] (the block codec), [`segment`] (segment header and
+//! names), [`scan`] (the recovery scanner) are pure; this module, `writer`,
+//! `reader` and `recovery` do the I/O.
+
+pub mod block;
+pub(crate) mod oneshot;
+mod reader;
+mod recovery;
+pub mod scan;
+pub mod segment;
+mod writer;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::io::DmaFile;
+
+use crate::index::{self, SegmentIndex};
+use crate::limits;
+pub use block::{EntryRef, Origin};
+pub use reader::{Query, QueryResult};
+pub use recovery::RecoveryReport;
+
+/// The unit of O_DIRECT alignment and of tail-page packing.
+pub const PAGE_BYTES: usize = 4096;
+
+/// How many written batches may wait for their fdatasync at once. With 2 the
+/// next batch is written while the previous one syncs.
+pub const UNSYNCED_WRITES_MAX: usize = 2;
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After its block is written and fdatasync'ed (the default).
+    Sync,
+    /// After the write completes, with no fdatasync. **Unsafe**: a power loss
+    /// can lose acknowledged entries. For benchmarks only.
+    None,
+}
+
+/// How a new segment file's space is reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preallocation {
+    /// `fallocate` the whole file: instant, but the first write into each
+    /// extent makes the next fdatasync convert it from "unwritten" to
+    /// "written" (a journal commit), which costs extra on every sync.
+    Fallocate,
+    /// `fallocate`, then overwrite the file with zeros once at creation, so
+    /// every later fdatasync finds written extents. Costs one extra write of
+    /// the segment, made once per segment.
+    ZeroFill,
+}
+
+/// Settings of one shard.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// The shard's directory (`DATA/shard-NNN`); created if missing.
+    pub dir: PathBuf,
+    /// This node's id: the `node_id` of entries stored here.
+    pub node_id: u32,
+    /// This shard's number.
+    pub shard_id: u32,
+    /// Capacity of each segment file, within
+    /// [`limits::SEGMENT_BYTES_MIN`]..=[`limits::SEGMENT_BYTES_MAX`].
+    pub segment_bytes: u64,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// How segment space is reserved.
+    pub preallocation: Preallocation,
+}
+
+impl ShardConfig {
+    /// Defaults for shard `shard_id` in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, shard_id: u32) -> Self {
+        ShardConfig {
+            dir: dir.into(),
+            node_id: 0,
+            shard_id,
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            durability: Durability::Sync,
+            preallocation: Preallocation::Fallocate,
+        }
+    }
+}
+
+/// The seqs an append was given: `first..=last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqRange {
+    /// First seq.
+    pub first: u64,
+    /// Last seq (inclusive).
+    pub last: u64,
+}
+
+/// Errors of the shard layer.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: Arc<std::io::Error>,
+    },
+    /// The disk has no room for a new segment. Nothing was written; appends
+    /// succeed again once space is freed.
+    #[error("disk full: {op} {}: {source}", path.display())]
+    DiskFull {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error (ENOSPC or EDQUOT).
+        source: Arc<std::io::Error>,
+    },
+    /// An entry of the append is invalid; nothing of the append was stored.
+    #[error("entry {index}: {source}")]
+    InvalidEntry {
+        /// Position of the entry in the append.
+        index: usize,
+        /// What is wrong.
+        source: block::EntryError,
+    },
+    /// The append is malformed as a whole.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// The pending batch is full; retry after the in-flight commit.
+    #[error("shard {shard} is busy: {limit} reached; retry later")]
+    Backpressure {
+        /// The shard.
+        shard: u32,
+        /// The limit that was hit.
+        limit: &'static str,
+    },
+    /// A write or fdatasync failed earlier; the shard accepts no more appends
+    /// until it is reopened, because what reached the disk is unknown until
+    /// recovery scans it again.
+    #[error("shard failed and must be reopened: {0}")]
+    Failed(String),
+    /// The shard is closing or closed.
+    #[error("shard is closed")]
+    Closed,
+    /// A file on disk is not what it should be.
+    #[error("corrupt {}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An index file could not be read.
+    #[error("index {}: {source}", path.display())]
+    Index {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Arc<index::Error>,
+    },
+    /// A block could not be read back.
+    #[error("block at {offset} of {}: {source}", path.display())]
+    Block {
+        /// The segment file.
+        path: PathBuf,
+        /// File offset of the block.
+        offset: u64,
+        /// What is wrong.
+        source: block::BlockError,
+    },
+    /// Bad configuration.
+    #[error("invalid shard config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the operation and the path; ENOSPC and EDQUOT
+    /// become [`Error::DiskFull`].
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        let source = Arc::new(source);
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::DiskFull { op, path, source },
+            _ => Error::Io { op, path, source },
+        }
+    }
+
+    fn glommio(op: &'static str, path: &Path, source: glommio::GlommioError<()>) -> Self {
+        Error::io(op, path, source.into())
+    }
+}
+
+/// Result of the shard layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Counters of a shard since it was opened (and, for sizes, of what is on disk).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// This shard.
+    pub shard: u32,
+    /// Highest durable seq (0 when empty).
+    pub last_seq: u64,
+    /// Entries on disk (after retention).
+    pub entries: u64,
+    /// Entry bytes before compression, on disk.
+    pub raw_bytes: u64,
+    /// Bytes the blocks occupy in the segment files.
+    pub disk_bytes: u64,
+    /// Segment files (sealed plus active).
+    pub segments: u64,
+    /// Group commits written since open.
+    pub commits: u64,
+    /// fdatasync calls since open.
+    pub syncs: u64,
+    /// Sum of fdatasync latencies since open, in microseconds.
+    pub sync_us_total: u64,
+    /// Largest fdatasync latency since open, in microseconds.
+    pub sync_us_max: u64,
+    /// Bytes written by DMA writes since open (including tail rewrites).
+    pub write_bytes: u64,
+    /// Appends refused with backpressure since open.
+    pub backpressure_rejections: u64,
+    /// Blocks read by readers since open.
+    pub blocks_read: u64,
+}
+
+/// A durable, sealed segment: read-only, with its index file beside it.
+struct Sealed {
+    first_seq: u64,
+    next_seq: u64,
+    path: PathBuf,
+    index_path: PathBuf,
+    summary: index::IndexSummary,
+    file_bytes: u64,
+    file: RefCell<Option<Rc<DmaFile>>>,
+    index: RefCell<Option<Rc<SegmentIndex>>>,
+}
+
+/// The segment being written.
+struct Active {
+    first_seq: u64,
+    path: PathBuf,
+    file: Rc<DmaFile>,
+    capacity: u64,
+    /// Every written block; only the first `durable_blocks` are visible.
+    index: SegmentIndex,
+    durable_blocks: usize,
+    /// Logical end of durable data.
+    durable_end: u64,
+    /// Logical end of written data (>= `durable_end`).
+    write_end: u64,
+    /// The bytes of the page that holds `write_end`, up to `write_end`:
+    /// rewritten at the start of the next write.
+    tail: Vec<u8>,
+    /// Raw bytes of the blocks in `index`, and of the durable ones.
+    raw_bytes_written: u64,
+    raw_bytes_durable: u64,
+}
+
+/// Blocks being gathered for the next group commit.
+struct PendingBlock {
+    raw_start: usize,
+    raw_end: usize,
+    entry_count: u32,
+    min_ts: i64,
+    max_ts: i64,
+    origin: Option<Origin>,
+}
+
+struct PendingAppend {
+    entry_count: u64,
+    done: oneshot::Sender<Result<SeqRange>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    raw: Vec<u8>,
+    blocks: Vec<PendingBlock>,
+    appends: Vec<PendingAppend>,
+}
+
+impl Pending {
+    fn with_capacity() -> Self {
+        Pending {
+            raw: Vec::with_capacity(limits::PENDING_RAW_BYTES_MAX),
+            blocks: Vec::with_capacity(limits::PENDING_RAW_BYTES_MAX / limits::BLOCK_RAW_BYTES_TARGET + 2),
+            appends: Vec::with_capacity(limits::PENDING_APPENDS_MAX),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.raw.clear();
+        self.blocks.clear();
+        self.appends.clear();
+    }
+}
+
+/// A written batch waiting for its fdatasync.
+struct Unsynced {
+    appends: Vec<(SeqRange, oneshot::Sender<Result<SeqRange>>)>,
+    last_seq: u64,
+    write_end: u64,
+    blocks: usize,
+    raw_bytes: u64,
+}
+
+struct State {
+    active: Active,
+    sealed: VecDeque<Sealed>,
+    pending: Pending,
+    /// The batch buffers not in use, swapped with `pending` by the writer.
+    spare: Pending,
+    unsynced: VecDeque<Unsynced>,
+    next_seq: u64,
+    durable_seq: u64,
+    failure: Option<String>,
+    closing: bool,
+    writer_finished: bool,
+    stats: ShardStats,
+    /// First seqs of sealed segments whose index is loaded, least recent first.
+    loaded_indexes: VecDeque<u64>,
+}
+
+struct Inner {
+    config: ShardConfig,
+    state: RefCell<State>,
+    /// Wakes the writer: new pending work, a finished sync, shutdown.
+    writer_wake: oneshot::Signal,
+    /// Wakes the syncer: a new written batch, shutdown.
+    syncer_wake: oneshot::Signal,
+    /// Wakes readers waiting for new durable entries.
+    durable_wake: oneshot::Signal,
+    recovery: RecoveryReport,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+}
+
+/// One shard of the log, owned by the executor that opened it. Cloning is
+/// cheap and shares the shard.
+#[derive(Clone)]
+pub struct Shard {
+    inner: Rc<Inner>,
+}
+
+/// Resolves once an append is durable (or failed). Dropping it does not
+/// cancel the append.
+pub struct AppendWait {
+    receiver: oneshot::Receiver<Result<SeqRange>>,
+}
+
+impl AppendWait {
+    /// Waits until the append's entries are durable; returns their seqs.
+    pub async fn durable(self) -> Result<SeqRange> {
+        self.receiver.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i64)
+        .unwrap_or(1)
+}
+
+/// Rounds `value` down to a page boundary.
+pub(crate) fn page_floor(value: u64) -> u64 {
+    value & !(PAGE_BYTES as u64 - 1)
+}
+
+/// Rounds `value` up to a page boundary.
+pub(crate) fn page_ceil(value: u64) -> u64 {
+    page_floor(value + PAGE_BYTES as u64 - 1)
+}
+
+/// Most bytes one entry can take in the pending buffer, from its sizes: an
+/// upper bound computed before encoding.
+fn entry_bytes_bound(entry: &EntryRef<'_>) -> usize {
+    let tags: usize = entry.tags.iter().map(|(key, value)| key.len() + value.len() + 16).sum();
+    entry.body.len() + tags + 32
+}
+
+impl Shard {
+    /// Opens (or creates) the shard in `config.dir` and recovers it: sealed
+    /// segments are checked through their index files, the active segment is
+    /// scanned block by block and any torn tail is zeroed and reported.
+    /// Starts the writer and syncer tasks on the current executor.
+    pub async fn open(config: ShardConfig) -> Result<Shard> {
+        if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&config.segment_bytes) {
+            return Err(Error::Config(format!(
+                "segment_bytes {} outside {}..={}",
+                config.segment_bytes,
+                limits::SEGMENT_BYTES_MIN,
+                limits::SEGMENT_BYTES_MAX
+            )));
+        }
+        if config.segment_bytes % PAGE_BYTES as u64 != 0 {
+            return Err(Error::Config(format!("segment_bytes {} is not a multiple of 4096", config.segment_bytes)));
+        }
+        let recovered = recovery::recover(&config).await?;
+        let durable_seq = recovered.active.index.next_seq() - 1;
+        let mut stats = ShardStats { shard: config.shard_id, ..ShardStats::default() };
+        stats.last_seq = durable_seq;
+        let state = State {
+            next_seq: durable_seq + 1,
+            durable_seq,
+            active: recovered.active,
+            sealed: recovered.sealed,
+            pending: Pending::with_capacity(),
+            spare: Pending::with_capacity(),
+            unsynced: VecDeque::with_capacity(UNSYNCED_WRITES_MAX),
+            failure: None,
+            closing: false,
+            writer_finished: false,
+            stats,
+            loaded_indexes: VecDeque::new(),
+        };
+        let shard = Shard {
+            inner: Rc::new(Inner {
+                config,
+                state: RefCell::new(state),
+                writer_wake: oneshot::Signal::default(),
+                syncer_wake: oneshot::Signal::default(),
+                durable_wake: oneshot::Signal::default(),
+                recovery: recovered.report,
+                tasks: RefCell::new(Vec::new()),
+            }),
+        };
+        let writer = glommio::spawn_local(writer::run_writer(shard.inner.clone())).detach();
+        let syncer = glommio::spawn_local(writer::run_syncer(shard.inner.clone())).detach();
+        shard.inner.tasks.borrow_mut().extend([writer, syncer]);
+        Ok(shard)
+    }
+
+    /// The configuration the shard was opened with.
+    pub fn config(&self) -> &ShardConfig {
+        &self.inner.config
+    }
+
+    /// What recovery found when the shard was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// Queues `entries` for the next group commit, all or nothing. Entries
+    /// with `timestamp_ns == 0` get the current time. Fails at once, storing
+    /// nothing, on an invalid entry, on backpressure or on a failed shard.
+    /// The returned [`AppendWait`] resolves with the entries' dense seqs once
+    /// they are durable.
+    pub fn append(&self, entries: &[EntryRef<'_>]) -> Result<AppendWait> {
+        self.append_with_origin(entries, None)
+    }
+
+    /// Like [`Shard::append`], for entries replicated from another node:
+    /// they keep their origin id (node, shard, seq) and get a block of their
+    /// own. Origin seqs of `entries` are `origin.first_seq ..`, dense.
+    pub fn append_replicated(&self, origin: Origin, entries: &[EntryRef<'_>]) -> Result<AppendWait> {
+        self.append_with_origin(entries, Some(origin))
+    }
+
+    fn append_with_origin(&self, entries: &[EntryRef<'_>], origin: Option<Origin>) -> Result<AppendWait> {
+        if entries.is_empty() {
+            return Err(Error::InvalidAppend("no entries".into()));
+        }
+        let mut bound = 0usize;
+        for (index, entry) in entries.iter().enumerate() {
+            block::validate_entry(entry).map_err(|source| Error::InvalidEntry { index, source })?;
+            bound += entry_bytes_bound(entry);
+        }
+        let pending_max = limits::pending_raw_bytes_max(self.inner.config.segment_bytes);
+        if bound > pending_max {
+            return Err(Error::InvalidAppend(format!(
+                "append of up to {bound} bytes is over the pending-batch limit of {pending_max} bytes \
+                 (PENDING_RAW_BYTES_MAX, lowered for small segments)"
+            )));
+        }
+        let mut state = self.inner.state.borrow_mut();
+        if let Some(failure) = &state.failure {
+            return Err(Error::Failed(failure.clone()));
+        }
+        if state.closing {
+            return Err(Error::Closed);
+        }
+        let limit = if state.pending.appends.len() >= limits::PENDING_APPENDS_MAX {
+            Some("PENDING_APPENDS_MAX")
+        } else if state.pending.raw.len() + bound > pending_max {
+            Some("PENDING_RAW_BYTES_MAX")
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
+            state.stats.backpressure_rejections += 1;
+            return Err(Error::Backpressure { shard: self.inner.config.shard_id, limit });
+        }
+
+        let now = now_unix_ns();
+        let pending = &mut state.pending;
+        // A replicated batch starts a block of its own, so that one block
+        // never mixes origins.
+        let mut force_new_block = origin.is_some();
+        let mut origin_seq = origin.map(|origin| origin.first_seq);
+        for entry in entries {
+            let timestamp_ns = if entry.timestamp_ns == 0 { now } else { entry.timestamp_ns };
+            let start = pending.raw.len();
+            let needs_new_block = match pending.blocks.last() {
+                None => true,
+                Some(last) => {
+                    force_new_block
+                        || last.origin.is_some()
+                        || last.raw_end - last.raw_start >= limits::BLOCK_RAW_BYTES_TARGET
+                        || last.entry_count as usize >= limits::BLOCK_ENTRIES_MAX
+                }
+            };
+            if needs_new_block {
+                pending.blocks.push(PendingBlock {
+                    raw_start: start,
+                    raw_end: start,
+                    entry_count: 0,
+                    min_ts: timestamp_ns,
+                    max_ts: timestamp_ns,
+                    origin: origin_seq.zip(origin).map(|(first_seq, origin)| Origin { first_seq, ..origin }),
+                });
+                force_new_block = false;
+            }
+            block::encode_entry(entry, timestamp_ns, &mut pending.raw);
+            let end = pending.raw.len();
+            let block = pending.blocks.last_mut().expect("a block was pushed above");
+            block.raw_end = end;
+            block.entry_count += 1;
+            block.min_ts = block.min_ts.min(timestamp_ns);
+            block.max_ts = block.max_ts.max(timestamp_ns);
+            // Keep replicated blocks within one contiguous origin range, and
+            // every block under the raw size the codec accepts.
+            if let Some(seq) = origin_seq.as_mut() {
+                *seq += 1;
+            }
+            debug_assert!(block.raw_end - block.raw_start <= limits::BLOCK_RAW_BYTES_MAX);
+        }
+        let (sender, receiver) = oneshot::channel();
+        pending.appends.push(PendingAppend { entry_count: entries.len() as u64, done: sender });
+        drop(state);
+        self.inner.writer_wake.notify();
+        Ok(AppendWait { receiver })
+    }
+
+    /// Highest durable seq (0 if the shard is empty).
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.state.borrow().durable_seq
+    }
+
+    /// Lowest seq still on disk (after retention); `durable_seq() + 1` when empty.
+    pub fn first_seq(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state.sealed.front().map(|sealed| sealed.first_seq).unwrap_or(state.active.first_seq)
+    }
+
+    /// Waits until a seq above `seq` is durable, or the shard closes or fails.
+    /// Returns the durable seq then.
+    pub async fn wait_durable_after(&self, seq: u64) -> u64 {
+        loop {
+            let wait = self.inner.durable_wake.wait();
+            {
+                let state = self.inner.state.borrow();
+                if state.durable_seq > seq || state.closing || state.failure.is_some() {
+                    return state.durable_seq;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> ShardStats {
+        let state = self.inner.state.borrow();
+        let mut stats = state.stats.clone();
+        stats.last_seq = state.durable_seq;
+        let first = state.sealed.front().map(|sealed| sealed.first_seq).unwrap_or(state.active.first_seq);
+        stats.entries = state.durable_seq + 1 - first;
+        stats.segments = state.sealed.len() as u64 + 1;
+        let sealed_disk: u64 = state.sealed.iter().map(|sealed| sealed.summary.data_end - segment::DATA_OFFSET).sum();
+        stats.disk_bytes = sealed_disk + (state.active.durable_end - segment::DATA_OFFSET);
+        stats.raw_bytes =
+            state.sealed.iter().map(|sealed| sealed.summary.raw_bytes).sum::<u64>() + state.active.raw_bytes_durable;
+        stats
+    }
+
+    /// Stops accepting appends, waits until everything already accepted is
+    /// durable (or failed), and stops the shard's tasks. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.state.borrow_mut().closing = true;
+        self.inner.writer_wake.notify();
+        self.inner.syncer_wake.notify();
+        self.inner.durable_wake.notify();
+        let tasks: Vec<_> = self.inner.tasks.borrow_mut().drain(..).collect();
+        for task in tasks {
+            task.await;
+        }
+        let state = self.inner.state.borrow();
+        match &state.failure {
+            Some(failure) => Err(Error::Failed(failure.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Which sealed segments retention may delete.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetentionPolicy {
+    /// Keep the shard's segment files under this many bytes in total.
+    pub bytes_max: Option<u64>,
+    /// Delete segments whose newest entry is older than this.
+    pub age_max: Option<std::time::Duration>,
+}
+
+/// A sealed segment as retention sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentSpan {
+    /// First seq in the segment.
+    pub first_seq: u64,
+    /// Last seq in the segment.
+    pub last_seq: u64,
+    /// Newest timestamp in the segment.
+    pub max_ts: i64,
+    /// Size of the file.
+    pub file_bytes: u64,
+}
+
+impl Shard {
+    /// Deletes whole sealed segments, oldest first, while the shard is over
+    /// `policy.bytes_max` or the oldest segment is older than
+    /// `policy.age_max` (measured against `now_ns`). `may_delete` can veto a
+    /// segment (for example: not yet replicated); deletion stops at the
+    /// first veto, so the log always stays a contiguous range. The active
+    /// segment is never deleted. Returns the spans deleted.
+    pub async fn enforce_retention(
+        &self,
+        policy: RetentionPolicy,
+        now_ns: i64,
+        mut may_delete: impl FnMut(&SegmentSpan) -> bool,
+    ) -> Result<Vec<SegmentSpan>> {
+        let mut deleted = Vec::new();
+        loop {
+            let victim = {
+                let state = self.inner.state.borrow();
+                let Some(oldest) = state.sealed.front() else { break };
+                let total: u64 =
+                    state.sealed.iter().map(|sealed| sealed.file_bytes).sum::<u64>() + state.active.capacity;
+                let over_bytes = policy.bytes_max.is_some_and(|max| total > max);
+                let too_old = policy.age_max.is_some_and(|age| {
+                    let age_ns = i64::try_from(age.as_nanos()).unwrap_or(i64::MAX);
+                    oldest.summary.max_ts < now_ns.saturating_sub(age_ns)
+                });
+                if !over_bytes && !too_old {
+                    break;
+                }
+                let span = SegmentSpan {
+                    first_seq: oldest.first_seq,
+                    last_seq: oldest.next_seq - 1,
+                    max_ts: oldest.summary.max_ts,
+                    file_bytes: oldest.file_bytes,
+                };
+                if !may_delete(&span) {
+                    break;
+                }
+                span
+            };
+            let sealed = {
+                let mut state = self.inner.state.borrow_mut();
+                let sealed = state.sealed.pop_front().expect("checked above");
+                state.loaded_indexes.retain(|&first| first != sealed.first_seq);
+                sealed
+            };
+            // Segment first, then its index: a crash in between leaves an
+            // orphan index, which recovery deletes.
+            std::fs::remove_file(&sealed.path).map_err(|source| Error::io("delete segment", &sealed.path, source))?;
+            std::fs::remove_file(&sealed.index_path)
+                .map_err(|source| Error::io("delete index", &sealed.index_path, source))?;
+            recovery::sync_dir(&self.inner.config.dir).await?;
+            tracing::info!(
+                shard = self.inner.config.shard_id,
+                first_seq = victim.first_seq,
+                last_seq = victim.last_seq,
+                "retention deleted segment"
+            );
+            deleted.push(victim);
+        }
+        Ok(deleted)
+    }
+}

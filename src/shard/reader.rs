@@ -1,0 +1,312 @@
+//! Readers: by seq (replay, tail) and by query (tags and time, through the
+//! index). Reads see durable blocks only, go through O_DIRECT reads and
+//! verify each block's crc before decoding it.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use glommio::io::DmaFile;
+
+use super::block::{self, EntryView};
+use super::{recovery, Error, Result, Shard, State};
+use crate::index::{BlockMeta, SegmentIndex};
+use crate::limits;
+use crate::proto::LogEntry;
+
+/// Adjacent blocks are read with one I/O up to this many bytes.
+const READ_COALESCE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A query over one shard.
+#[derive(Clone, Copy, Debug)]
+pub struct Query<'a> {
+    /// Entries must carry all of these `key=value` tags.
+    pub tags: &'a [(&'a str, &'a str)],
+    /// Smallest timestamp, inclusive.
+    pub from_ts: i64,
+    /// Largest timestamp, exclusive.
+    pub to_ts: i64,
+    /// Most entries to return (capped at [`limits::READ_ENTRIES_MAX`]).
+    pub limit: usize,
+    /// Newest seq first instead of oldest first.
+    pub backward: bool,
+}
+
+/// What a query found.
+#[derive(Clone, Debug, Default)]
+pub struct QueryResult {
+    /// Matching entries in seq order (reversed when backward).
+    pub entries: Vec<LogEntry>,
+    /// Blocks read and decoded to answer: the index's selectivity.
+    pub blocks_read: u64,
+}
+
+/// One segment's part of a read plan: the blocks to read, in order.
+struct Plan {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    blocks: Vec<BlockMeta>,
+}
+
+pub(super) fn evict_indexes(state: &mut State) {
+    while state.loaded_indexes.len() > limits::INDEX_CACHE_SEGMENTS_MAX {
+        let Some(first_seq) = state.loaded_indexes.pop_front() else { break };
+        if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
+            sealed.index.borrow_mut().take();
+        }
+    }
+}
+
+/// Which segments a read touches, by first seq, oldest first.
+#[derive(Clone, Copy)]
+enum Target {
+    Sealed(u64),
+    Active,
+}
+
+impl Shard {
+    async fn sealed_parts(&self, first_seq: u64) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>)>> {
+        let (path, index_path, file, index) = {
+            let state = self.inner.state.borrow();
+            let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) else {
+                return Ok(None); // deleted by retention meanwhile
+            };
+            let file = sealed.file.borrow().clone();
+            let index = sealed.index.borrow().clone();
+            (sealed.path.clone(), sealed.index_path.clone(), file, index)
+        };
+        let file = match file {
+            Some(file) => file,
+            None => {
+                let file = DmaFile::open(&path).await.map_err(|error| Error::glommio("open segment", &path, error))?;
+                Rc::new(file)
+            }
+        };
+        let index = match index {
+            Some(index) => index,
+            None => Rc::new(recovery::load_index(&index_path).await?),
+        };
+        let mut state = self.inner.state.borrow_mut();
+        if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
+            *sealed.file.borrow_mut() = Some(file.clone());
+            let was_loaded = sealed.index.borrow().is_some();
+            *sealed.index.borrow_mut() = Some(index.clone());
+            state.loaded_indexes.retain(|&first| first != first_seq);
+            state.loaded_indexes.push_back(first_seq);
+            if !was_loaded {
+                evict_indexes(&mut state);
+            }
+        }
+        Ok(Some((file, path, index)))
+    }
+
+    /// Plans the blocks of one segment that `select` picks from its index;
+    /// for the active segment, only durable blocks.
+    async fn plan(
+        &self,
+        target: Target,
+        select: impl Fn(&SegmentIndex, usize) -> Vec<BlockMeta>,
+    ) -> Result<Option<Plan>> {
+        match target {
+            Target::Sealed(first_seq) => {
+                let Some((file, path, index)) = self.sealed_parts(first_seq).await? else { return Ok(None) };
+                let visible = index.blocks().len();
+                Ok(Some(Plan { file, path, blocks: select(&index, visible) }))
+            }
+            Target::Active => {
+                let state = self.inner.state.borrow();
+                let active = &state.active;
+                Ok(Some(Plan {
+                    file: active.file.clone(),
+                    path: active.path.clone(),
+                    blocks: select(&active.index, active.durable_blocks),
+                }))
+            }
+        }
+    }
+
+    fn targets(&self, overlaps: impl Fn(u64, u64, i64, i64) -> bool) -> Vec<Target> {
+        let state = self.inner.state.borrow();
+        let mut targets: Vec<Target> = state
+            .sealed
+            .iter()
+            .filter(|sealed| match sealed.summary.time_range() {
+                Some((min_ts, max_ts)) => overlaps(sealed.first_seq, sealed.next_seq, min_ts, max_ts),
+                None => false,
+            })
+            .map(|sealed| Target::Sealed(sealed.first_seq))
+            .collect();
+        targets.push(Target::Active);
+        targets
+    }
+
+    /// Reads and decodes `plan`'s blocks in order (or reverse order), calling
+    /// `visit` with each block's entries (already filtered by `keep`) until
+    /// it returns false.
+    async fn read_plan(
+        &self,
+        plan: &Plan,
+        backward: bool,
+        keep: &dyn Fn(u64, &EntryView<'_>) -> bool,
+        visit: &mut dyn FnMut(Vec<LogEntry>) -> bool,
+    ) -> Result<bool> {
+        let groups = coalesce(&plan.blocks);
+        let ordered: Box<dyn Iterator<Item = &[BlockMeta]>> = if backward {
+            Box::new(groups.iter().rev().map(|group| group.as_slice()))
+        } else {
+            Box::new(groups.iter().map(|group| group.as_slice()))
+        };
+        let (node, shard) = (self.inner.config.node_id, self.inner.config.shard_id);
+        let mut raw = Vec::new();
+        for group in ordered {
+            let start = group[0].offset;
+            let end = group[group.len() - 1].offset + u64::from(group[group.len() - 1].len);
+            let bytes = plan
+                .file
+                .read_at(start, (end - start) as usize)
+                .await
+                .map_err(|error| Error::glommio("read segment", &plan.path, error))?;
+            self.inner.state.borrow_mut().stats.blocks_read += group.len() as u64;
+            let block_order: Box<dyn Iterator<Item = &BlockMeta>> =
+                if backward { Box::new(group.iter().rev()) } else { Box::new(group.iter()) };
+            for meta in block_order {
+                let local = (meta.offset - start) as usize;
+                let block_bytes = bytes.get(local..local + meta.len as usize).ok_or_else(|| Error::Block {
+                    path: plan.path.clone(),
+                    offset: meta.offset,
+                    source: block::BlockError::Truncated {
+                        needed: meta.len as usize,
+                        available: bytes.len().saturating_sub(local),
+                    },
+                })?;
+                let block_error = |source| Error::Block { path: plan.path.clone(), offset: meta.offset, source };
+                let header = block::verify_block(block_bytes).map_err(block_error)?;
+                block::decompress_payload(&header, block_bytes, &mut raw).map_err(block_error)?;
+                let mut entries = Vec::new();
+                block::for_each_entry(&header, &raw, |seq, entry_bytes| {
+                    let view = EntryView::parse(entry_bytes)?;
+                    if keep(seq, &view) {
+                        entries.push(block::decode_entry(&header, seq, entry_bytes, node, shard)?);
+                    }
+                    Ok(())
+                })
+                .map_err(block_error)?;
+                if backward {
+                    entries.reverse();
+                }
+                if !entries.is_empty() && !visit(entries) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` durable entries with seq >= `from_seq`, in seq order.
+    /// Entries below [`Shard::first_seq`] are gone (retention): reading
+    /// starts at the first one still on disk.
+    pub async fn read_from(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let limit = limit.min(limits::READ_ENTRIES_MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let targets = self.targets(|_, next_seq, _, _| next_seq > from_seq);
+        for target in targets {
+            let Some(plan) = self
+                .plan(target, |index, visible| {
+                    let blocks = &index.blocks()[..visible];
+                    let start = blocks.partition_point(|meta| meta.first_seq + u64::from(meta.entry_count) <= from_seq);
+                    let mut picked = Vec::new();
+                    let mut entries = 0usize;
+                    for meta in &blocks[start..] {
+                        if entries >= limit {
+                            break;
+                        }
+                        entries += meta.entry_count as usize;
+                        picked.push(*meta);
+                    }
+                    picked
+                })
+                .await?
+            else {
+                continue;
+            };
+            let keep = |seq: u64, _: &EntryView<'_>| seq >= from_seq;
+            let complete = self
+                .read_plan(&plan, false, &keep, &mut |entries| {
+                    let room = limit - out.len();
+                    out.extend(entries.into_iter().take(room));
+                    out.len() < limit
+                })
+                .await?;
+            if !complete || out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries matching `query`: the index picks candidate blocks (tags and
+    /// time), which are then filtered exactly.
+    pub async fn query(&self, query: &Query<'_>) -> Result<QueryResult> {
+        let limit = query.limit.min(limits::READ_ENTRIES_MAX);
+        let mut result = QueryResult::default();
+        if limit == 0 || query.from_ts >= query.to_ts {
+            return Ok(result);
+        }
+        let mut targets = self.targets(|_, _, min_ts, max_ts| min_ts < query.to_ts && max_ts >= query.from_ts);
+        if query.backward {
+            targets.reverse();
+        }
+        let blocks_read_before = self.inner.state.borrow().stats.blocks_read;
+        for target in targets {
+            let Some(plan) = self
+                .plan(target, |index, visible| {
+                    index
+                        .candidates(query.tags, query.from_ts, query.to_ts)
+                        .into_iter()
+                        .filter(|&position| (position as usize) < visible)
+                        .map(|position| index.blocks()[position as usize])
+                        .collect()
+                })
+                .await?
+            else {
+                continue;
+            };
+            let keep = |_: u64, view: &EntryView<'_>| {
+                view.timestamp_ns >= query.from_ts && view.timestamp_ns < query.to_ts && view.has_tags(query.tags)
+            };
+            let entries = &mut result.entries;
+            let complete = self
+                .read_plan(&plan, query.backward, &keep, &mut |found| {
+                    let room = limit - entries.len();
+                    entries.extend(found.into_iter().take(room));
+                    entries.len() < limit
+                })
+                .await?;
+            if !complete || result.entries.len() >= limit {
+                break;
+            }
+        }
+        result.blocks_read = self.inner.state.borrow().stats.blocks_read - blocks_read_before;
+        Ok(result)
+    }
+}
+
+/// Groups blocks that are adjacent on disk, so each group is one read.
+fn coalesce(blocks: &[BlockMeta]) -> Vec<Vec<BlockMeta>> {
+    let mut groups: Vec<Vec<BlockMeta>> = Vec::new();
+    for meta in blocks {
+        if let Some(group) = groups.last_mut() {
+            let first = group[0];
+            let last = group[group.len() - 1];
+            let adjacent = last.offset + u64::from(last.len) == meta.offset;
+            if adjacent && meta.offset + u64::from(meta.len) - first.offset <= READ_COALESCE_BYTES {
+                group.push(*meta);
+                continue;
+            }
+        }
+        groups.push(vec![*meta]);
+    }
+    groups
+}

@@ -1,0 +1,546 @@
+//! Opening a shard: listing its files, checking sealed segments through
+//! their index files, scanning the active segment, zeroing a torn tail.
+//! Also the file operations that recovery shares with the writer: creating
+//! a segment, writing an index file, syncing the directory.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use super::block::{self, BlockError, BlockHeader, EntryView};
+use super::scan::{self, Step, Stop};
+use super::segment::{self, FileKind, SegmentHeader, DATA_OFFSET};
+use super::{page_ceil, page_floor, Active, Error, Preallocation, Result, Sealed, ShardConfig, PAGE_BYTES};
+use crate::index::{self, BlockMeta, SegmentIndex};
+use crate::limits;
+
+/// How much of the file one recovery read covers. Larger than any block, so
+/// a block always fits in one window.
+const SCAN_WINDOW_BYTES: usize = 8 * 1024 * 1024;
+const _: () = assert!(SCAN_WINDOW_BYTES >= block::HEADER_BYTES + limits::BLOCK_STORED_BYTES_MAX + PAGE_BYTES);
+
+/// How far past the recovered end a crash can have left bytes: the writes
+/// that were in flight or unsynced. Recovery zeroes this much, so stale
+/// bytes of a torn write can never be mistaken for later blocks.
+pub(super) const SCRUB_BYTES: u64 = ((super::UNSYNCED_WRITES_MAX + 1) * limits::COMMIT_WRITE_BYTES_MAX) as u64;
+
+/// Chunk size for zero-filling and scrubbing.
+const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// What recovery found and did when a shard was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files kept (sealed plus active).
+    pub segments: usize,
+    /// Sealed segments whose index file was missing or bad and was rebuilt
+    /// by scanning the segment.
+    pub indexes_rebuilt: usize,
+    /// First seq of the active segment.
+    pub active_first_seq: u64,
+    /// Valid blocks found in the active segment.
+    pub active_blocks: usize,
+    /// The next seq the shard will assign.
+    pub next_seq: u64,
+    /// Where the log ended, if not cleanly: a torn or corrupt tail.
+    pub torn_tail: Option<TornTail>,
+    /// Files removed as leftovers of an interrupted operation.
+    pub removed_files: Vec<PathBuf>,
+}
+
+/// A torn or corrupt tail found and zeroed by recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// File offset where the valid log ends.
+    pub offset: u64,
+    /// Bytes past `offset` that were not zero and were zeroed.
+    pub bytes: u64,
+    /// Why the block at `offset` was not accepted.
+    pub reason: String,
+}
+
+pub(super) struct Recovered {
+    pub active: Active,
+    pub sealed: VecDeque<Sealed>,
+    pub report: RecoveryReport,
+}
+
+pub(super) async fn sync_dir(dir: &Path) -> Result<()> {
+    let directory = glommio::io::Directory::open(dir).await.map_err(|error| Error::glommio("open dir", dir, error))?;
+    directory.sync().await.map_err(|error| Error::glommio("fsync dir", dir, error))?;
+    directory.close().await.map_err(|error| Error::glommio("close dir", dir, error))?;
+    Ok(())
+}
+
+async fn open_dma(path: &Path, op: &'static str) -> Result<DmaFile> {
+    OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(|error| Error::glommio(op, path, error))
+}
+
+/// Creates the segment that starts at `first_seq`: preallocated, header
+/// written, synced, directory synced. On failure the file is removed, so a
+/// failed creation (for example ENOSPC) leaves nothing behind.
+pub(super) async fn create_segment(config: &ShardConfig, first_seq: u64) -> Result<(Rc<DmaFile>, PathBuf)> {
+    let path = config.dir.join(segment::segment_file_name(first_seq));
+    let result = create_segment_file(config, first_seq, &path).await;
+    match result {
+        Ok(file) => {
+            sync_dir(&config.dir).await?;
+            Ok((Rc::new(file), path))
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&path);
+            Err(error)
+        }
+    }
+}
+
+async fn create_segment_file(config: &ShardConfig, first_seq: u64, path: &Path) -> Result<DmaFile> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await
+        .map_err(|error| Error::glommio("create segment", path, error))?;
+    file.pre_allocate(config.segment_bytes, false)
+        .await
+        .map_err(|error| Error::glommio("fallocate segment", path, error))?;
+    if config.preallocation == Preallocation::ZeroFill {
+        let mut zeros = file.alloc_dma_buffer(ZERO_CHUNK_BYTES);
+        zeros.as_bytes_mut().fill(0);
+        let zeros = Rc::new(zeros);
+        let mut offset = DATA_OFFSET;
+        while offset < config.segment_bytes {
+            // The last chunk may be shorter: ZERO_CHUNK_BYTES divides no
+            // segment size we require, so write it from a fresh buffer.
+            let length = (config.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+            let written = if length == ZERO_CHUNK_BYTES {
+                file.write_rc_at(zeros.clone(), offset).await
+            } else {
+                let mut tail = file.alloc_dma_buffer(length);
+                tail.as_bytes_mut().fill(0);
+                file.write_at(tail, offset).await
+            }
+            .map_err(|error| Error::glommio("zero-fill segment", path, error))?;
+            if written != length {
+                return Err(Error::io("zero-fill segment", path, std::io::Error::other("short write")));
+            }
+            offset += length as u64;
+        }
+    }
+    let header = SegmentHeader {
+        first_seq,
+        shard: config.shard_id,
+        node: config.node_id,
+        capacity_bytes: config.segment_bytes,
+        created_unix_ns: super::now_unix_ns() as u64,
+    };
+    let mut page = file.alloc_dma_buffer(PAGE_BYTES);
+    page.as_bytes_mut().copy_from_slice(&header.encode());
+    let written = file.write_at(page, 0).await.map_err(|error| Error::glommio("write segment header", path, error))?;
+    if written != PAGE_BYTES {
+        return Err(Error::io("write segment header", path, std::io::Error::other("short write")));
+    }
+    file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
+    Ok(file)
+}
+
+/// Writes an encoded index file as the sealed index of the segment starting at
+/// `first_seq`: to a temporary file, synced, then renamed into place and the
+/// directory synced, so the index file is either whole or absent.
+pub(super) async fn write_index_file(dir: &Path, first_seq: u64, bytes: &[u8]) -> Result<PathBuf> {
+    let final_path = dir.join(segment::index_file_name(first_seq));
+    let temporary = dir.join(format!("{}.tmp", segment::index_file_name(first_seq)));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&temporary)
+        .await
+        .map_err(|error| Error::glommio("create index", &temporary, error))?;
+    let mut buffer = file.alloc_dma_buffer(page_ceil(bytes.len() as u64) as usize);
+    buffer.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+    buffer.as_bytes_mut()[bytes.len()..].fill(0);
+    let length = buffer.len();
+    let written = file.write_at(buffer, 0).await.map_err(|error| Error::glommio("write index", &temporary, error))?;
+    if written != length {
+        return Err(Error::io("write index", &temporary, std::io::Error::other("short write")));
+    }
+    file.truncate(bytes.len() as u64).await.map_err(|error| Error::glommio("truncate index", &temporary, error))?;
+    file.fdatasync().await.map_err(|error| Error::glommio("fdatasync index", &temporary, error))?;
+    file.close().await.map_err(|error| Error::glommio("close index", &temporary, error))?;
+    std::fs::rename(&temporary, &final_path).map_err(|error| Error::io("rename index", &final_path, error))?;
+    sync_dir(dir).await?;
+    Ok(final_path)
+}
+
+/// Reads a whole index file, verifying it.
+pub(super) async fn load_index(path: &Path) -> Result<SegmentIndex> {
+    let bytes = read_small_file(path, limits::INDEX_FILE_BYTES_MAX).await?;
+    SegmentIndex::decode(&bytes).map_err(|source| Error::Index { path: path.to_path_buf(), source: source.into() })
+}
+
+async fn read_summary(path: &Path) -> Result<index::IndexSummary> {
+    let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open index", path, error))?;
+    let header =
+        file.read_at(0, index::HEADER_BYTES).await.map_err(|error| Error::glommio("read index", path, error))?;
+    let summary = index::decode_summary(&header);
+    let _ = file.close().await;
+    summary.map_err(|source| Error::Index { path: path.to_path_buf(), source: source.into() })
+}
+
+async fn read_small_file(path: &Path, bytes_max: usize) -> Result<Vec<u8>> {
+    let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open", path, error))?;
+    let size = file.file_size().await.map_err(|error| Error::glommio("stat", path, error))?;
+    limits::check("INDEX_FILE_BYTES_MAX", "index file bytes", size as usize, bytes_max)
+        .map_err(|limit| Error::Corrupt { path: path.to_path_buf(), reason: limit.to_string() })?;
+    let data = file.read_at(0, size as usize).await.map_err(|error| Error::glommio("read", path, error))?;
+    let _ = file.close().await;
+    Ok(data.to_vec())
+}
+
+/// Feeds a valid block's entries to the index: decompresses it (into
+/// `scratch`) and collects its tags. Returns the block's raw length.
+pub(super) fn index_block(
+    index: &mut SegmentIndex,
+    offset: u64,
+    header: &BlockHeader,
+    block_bytes: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<u64, BlockError> {
+    block::decompress_payload(header, block_bytes, scratch)?;
+    push_block_from_raw(index, offset, header, scratch)?;
+    Ok(u64::from(header.raw_len))
+}
+
+/// Adds a block to `index` given its uncompressed payload.
+pub(super) fn push_block_from_raw(
+    index: &mut SegmentIndex,
+    offset: u64,
+    header: &BlockHeader,
+    raw: &[u8],
+) -> Result<(), BlockError> {
+    let mut tags: Vec<(&str, &str)> = Vec::new();
+    let mut bad_tag = None;
+    block::for_each_entry(header, raw, |_, bytes| {
+        let view = EntryView::parse(bytes)?;
+        if let Err(error) = view.for_each_tag(|key, value| tags.push((key, value))) {
+            bad_tag = Some(error);
+        }
+        Ok(())
+    })?;
+    if let Some(error) = bad_tag {
+        return Err(error);
+    }
+    let meta = BlockMeta {
+        offset,
+        len: header.block_bytes() as u32,
+        first_seq: header.first_seq,
+        entry_count: header.entry_count,
+        min_ts: header.min_ts,
+        max_ts: header.max_ts,
+    };
+    index.push_block(meta, tags);
+    Ok(())
+}
+
+/// The outcome of scanning one segment file.
+struct Scanned {
+    index: SegmentIndex,
+    end: u64,
+    raw_bytes: u64,
+    stop: Stop,
+}
+
+async fn scan_segment(file: &DmaFile, path: &Path, first_seq: u64, file_bytes: u64) -> Result<Scanned> {
+    let mut index = SegmentIndex::new(first_seq);
+    let mut next_seq = first_seq;
+    let mut offset = DATA_OFFSET;
+    let mut raw_bytes = 0u64;
+    let mut scratch = Vec::new();
+    loop {
+        let length = (file_bytes.saturating_sub(offset)).min(SCAN_WINDOW_BYTES as u64) as usize;
+        if length == 0 {
+            return Ok(Scanned { index, end: offset, raw_bytes, stop: Stop::Clean });
+        }
+        let window = file.read_at(offset, length).await.map_err(|error| Error::glommio("read segment", path, error))?;
+        let at_eof = offset + window.len() as u64 >= file_bytes;
+        let step = scan::scan_window(&window, offset, &mut next_seq, at_eof, |block_offset, header, bytes| {
+            raw_bytes += index_block(&mut index, block_offset, header, bytes, &mut scratch)?;
+            Ok(())
+        });
+        match step {
+            Step::NeedMore { offset: next } if next > offset => offset = next,
+            Step::NeedMore { offset: next } => {
+                // Cannot happen: a window holds the largest block.
+                let reason = "block larger than the scan window".to_string();
+                return Ok(Scanned { index, end: next, raw_bytes, stop: Stop::Torn(reason) });
+            }
+            Step::End { offset: end, stop } => return Ok(Scanned { index, end, raw_bytes, stop }),
+        }
+    }
+}
+
+/// Zeroes every non-zero byte in `[end, end + SCRUB_BYTES)` (within the file),
+/// keeping the bytes before `end` in its page. Returns how many bytes past
+/// `end` were not zero.
+async fn scrub_tail(file: &DmaFile, path: &Path, end: u64, file_bytes: u64) -> Result<u64> {
+    let start = page_floor(end);
+    let stop = file_bytes.min(start + SCRUB_BYTES);
+    let mut dirty_end = end;
+    let mut offset = start;
+    while offset < stop {
+        let length = (stop - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let chunk = file.read_at(offset, length).await.map_err(|error| Error::glommio("read segment", path, error))?;
+        let skip = end.saturating_sub(offset) as usize;
+        if let Some(last) = chunk.iter().skip(skip).rposition(|&byte| byte != 0) {
+            dirty_end = offset + (skip + last) as u64 + 1;
+        }
+        offset += length as u64;
+    }
+    if dirty_end == end {
+        return Ok(0);
+    }
+    let mut offset = start;
+    let zero_until = page_ceil(dirty_end).min(file_bytes);
+    let prefix = file
+        .read_at(start, (end - start) as usize)
+        .await
+        .map_err(|error| Error::glommio("read segment", path, error))?;
+    while offset < zero_until {
+        let length = (zero_until - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let mut buffer = file.alloc_dma_buffer(length);
+        buffer.as_bytes_mut().fill(0);
+        if offset == start {
+            buffer.as_bytes_mut()[..prefix.len()].copy_from_slice(&prefix);
+        }
+        let written =
+            file.write_at(buffer, offset).await.map_err(|error| Error::glommio("zero torn tail", path, error))?;
+        if written != length {
+            return Err(Error::io("zero torn tail", path, std::io::Error::other("short write")));
+        }
+        offset += length as u64;
+    }
+    file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
+    Ok(dirty_end - end)
+}
+
+async fn read_header(file: &DmaFile, path: &Path) -> Result<std::result::Result<SegmentHeader, segment::HeaderError>> {
+    let page = file.read_at(0, PAGE_BYTES).await.map_err(|error| Error::glommio("read segment header", path, error))?;
+    Ok(SegmentHeader::decode(&page))
+}
+
+/// Settles glommio's io_uring poll-ring probe for the device under `dir`
+/// before any segment is opened.
+///
+/// glommio decides once per thread and device whether O_DIRECT reads may go
+/// to the IOPOLL ring, by reading the first file it opens there. If that
+/// file is empty (a brand-new segment), the read succeeds without touching
+/// the device, the poll ring is wrongly enabled, and every later read fails
+/// with EOPNOTSUPP on devices without poll queues (virtio, most cloud
+/// disks). Opening a file that has data first makes the probe honest.
+async fn settle_iopoll_probe(dir: &Path) -> Result<()> {
+    let path = dir.join(".iopoll-probe.tmp");
+    std::fs::write(&path, [0x5a; PAGE_BYTES]).map_err(|error| Error::io("write probe", &path, error))?;
+    let opened = DmaFile::open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    let file = opened.map_err(|error| Error::glommio("open probe", &path, error))?;
+    let _ = file.close().await;
+    Ok(())
+}
+
+/// Lists, checks and opens a shard's files (see the module doc).
+pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
+    let dir = &config.dir;
+    std::fs::create_dir_all(dir).map_err(|error| Error::io("create shard dir", dir, error))?;
+    settle_iopoll_probe(dir).await?;
+    let mut report = RecoveryReport::default();
+    let mut segments = BTreeMap::new();
+    let mut indexes = BTreeSet::new();
+    let listing = std::fs::read_dir(dir).map_err(|error| Error::io("list shard dir", dir, error))?;
+    for entry in listing {
+        let path = entry.map_err(|error| Error::io("list shard dir", dir, error))?.path();
+        match segment::classify(&path) {
+            Some(FileKind::Segment(first_seq)) => {
+                segments.insert(first_seq, path);
+            }
+            Some(FileKind::Index(first_seq)) => {
+                indexes.insert(first_seq);
+            }
+            Some(FileKind::Temporary) => {
+                std::fs::remove_file(&path).map_err(|error| Error::io("remove temporary", &path, error))?;
+                report.removed_files.push(path);
+            }
+            None => {}
+        }
+    }
+    // An index whose segment is gone: retention died between the two deletes.
+    for &first_seq in indexes.iter().filter(|first_seq| !segments.contains_key(first_seq)) {
+        let path = dir.join(segment::index_file_name(first_seq));
+        std::fs::remove_file(&path).map_err(|error| Error::io("remove orphan index", &path, error))?;
+        report.removed_files.push(path);
+    }
+
+    // The newest segment may have been created but never finished (its
+    // header is not durable): nothing was ever acknowledged in it.
+    while let Some((&first_seq, path)) = segments.iter().next_back() {
+        let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open segment", path, error))?;
+        let header = read_header(&file, path).await?;
+        let _ = file.close().await;
+        match header {
+            Ok(_) => break,
+            Err(segment::HeaderError::Zero | segment::HeaderError::Truncated) => {
+                let path = path.clone();
+                tracing::warn!(path = %path.display(), "removing a segment whose creation did not finish");
+                std::fs::remove_file(&path).map_err(|error| Error::io("remove unfinished segment", &path, error))?;
+                report.removed_files.push(path);
+                segments.remove(&first_seq);
+            }
+            Err(error) => return Err(Error::Corrupt { path: path.clone(), reason: error.to_string() }),
+        }
+    }
+
+    let active_first_seq = match segments.keys().next_back() {
+        Some(&first_seq) => first_seq,
+        None => {
+            // A brand-new shard: only then is there no segment at all.
+            let (_file, path) = create_segment(config, 1).await?;
+            segments.insert(1, path);
+            1
+        }
+    };
+
+    let mut sealed = VecDeque::new();
+    let mut expected_first = None;
+    for (&first_seq, path) in segments.range(..active_first_seq) {
+        if let Some(expected) = expected_first {
+            if first_seq != expected {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("segment starts at seq {first_seq}, but the previous one ends before {expected}"),
+                });
+            }
+        }
+        let index_path = dir.join(segment::index_file_name(first_seq));
+        let summary = match read_summary(&index_path).await {
+            Ok(summary) if summary.segment_first_seq == first_seq => Some(summary),
+            Ok(_) => None,
+            Err(error) => {
+                if indexes.contains(&first_seq) {
+                    tracing::warn!(%error, "sealed segment index unusable; rebuilding it from the segment");
+                }
+                None
+            }
+        };
+        let summary = match summary {
+            Some(summary) => summary,
+            None => {
+                let file = open_dma(path, "open segment").await?;
+                let file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", path, error))?;
+                let scanned = scan_segment(&file, path, first_seq, file_bytes).await?;
+                let _ = file.close().await;
+                if let Stop::Torn(reason) = &scanned.stop {
+                    tracing::warn!(path = %path.display(), offset = scanned.end, %reason, "sealed segment ends early");
+                }
+                write_index_file(dir, first_seq, &scanned.index.encode(scanned.raw_bytes)).await?;
+                report.indexes_rebuilt += 1;
+                read_summary(&index_path).await?
+            }
+        };
+        let file_bytes = std::fs::metadata(path).map_err(|error| Error::io("stat segment", path, error))?.len();
+        expected_first = Some(summary.next_seq);
+        sealed.push_back(Sealed {
+            first_seq,
+            next_seq: summary.next_seq,
+            path: path.clone(),
+            index_path,
+            summary,
+            file_bytes,
+            file: std::cell::RefCell::new(None),
+            index: std::cell::RefCell::new(None),
+        });
+    }
+    if let Some(expected) = expected_first {
+        if expected != active_first_seq {
+            return Err(Error::Corrupt {
+                path: dir.join(segment::segment_file_name(active_first_seq)),
+                reason: format!(
+                    "active segment starts at seq {active_first_seq}, but the previous one ends before {expected}"
+                ),
+            });
+        }
+    }
+
+    // The active segment. An index beside it means the process died after
+    // sealing it but before the next segment existed: it is reopened for
+    // appends and sealed again at the next roll.
+    let active_path = dir.join(segment::segment_file_name(active_first_seq));
+    if indexes.contains(&active_first_seq) {
+        let index_path = dir.join(segment::index_file_name(active_first_seq));
+        std::fs::remove_file(&index_path).map_err(|error| Error::io("remove index", &index_path, error))?;
+    }
+    let file = open_dma(&active_path, "open segment").await?;
+    let header = read_header(&file, &active_path)
+        .await?
+        .map_err(|error| Error::Corrupt { path: active_path.clone(), reason: error.to_string() })?;
+    if header.first_seq != active_first_seq {
+        return Err(Error::Corrupt {
+            path: active_path.clone(),
+            reason: format!("header says first seq {}, file name says {active_first_seq}", header.first_seq),
+        });
+    }
+    let file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", &active_path, error))?;
+    let scanned = scan_segment(&file, &active_path, active_first_seq, file_bytes).await?;
+    let dirty_bytes = scrub_tail(&file, &active_path, scanned.end, file_bytes).await?;
+    if let Stop::Torn(reason) = &scanned.stop {
+        report.torn_tail = Some(TornTail {
+            path: active_path.clone(),
+            offset: scanned.end,
+            bytes: dirty_bytes,
+            reason: reason.clone(),
+        });
+    } else if dirty_bytes > 0 {
+        report.torn_tail = Some(TornTail {
+            path: active_path.clone(),
+            offset: scanned.end,
+            bytes: dirty_bytes,
+            reason: "stale bytes after a clean end".into(),
+        });
+    }
+    if let Some(torn) = &report.torn_tail {
+        tracing::warn!(path = %torn.path.display(), offset = torn.offset, bytes = torn.bytes, reason = %torn.reason, "truncated a torn tail");
+    }
+    let tail_start = page_floor(scanned.end);
+    let tail = if scanned.end > tail_start {
+        file.read_at(tail_start, (scanned.end - tail_start) as usize)
+            .await
+            .map_err(|error| Error::glommio("read segment", &active_path, error))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    report.segments = sealed.len() + 1;
+    report.active_first_seq = active_first_seq;
+    report.active_blocks = scanned.index.blocks().len();
+    report.next_seq = scanned.index.next_seq();
+    let blocks = scanned.index.blocks().len();
+    let active = Active {
+        first_seq: active_first_seq,
+        path: active_path,
+        file: Rc::new(file),
+        capacity: file_bytes,
+        index: scanned.index,
+        durable_blocks: blocks,
+        durable_end: scanned.end,
+        write_end: scanned.end,
+        tail,
+        raw_bytes_written: scanned.raw_bytes,
+        raw_bytes_durable: scanned.raw_bytes,
+    };
+    Ok(Recovered { active, sealed, report })
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+/// Runs `make()` on a fresh glommio executor and returns its output.
+pub fn run<F, T>(make: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    wormdb::runtime::ensure_memlock(wormdb::runtime::MEMLOCK_BYTES_PER_EXECUTOR).unwrap();
+    glommio::LocalExecutorBuilder::default().spawn(make).unwrap().join().unwrap()
+}
+
+/// A temporary directory on a filesystem that honours O_DIRECT (never
+/// tmpfs, where glommio silently falls back to buffered I/O and durability
+/// tests would prove nothing).
+pub fn durable_temp_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("WORMDB_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    assert_not_tmpfs(dir.path());
+    dir
+}
+
+fn assert_not_tmpfs(path: &Path) {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs fills the struct we own from a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c_path.as_ptr(), &mut stat) }, 0);
+    assert_ne!(
+        stat.f_type as i64,
+        TMPFS_MAGIC,
+        "{} is on tmpfs: set WORMDB_TEST_DIR to an ext4/xfs directory",
+        path.display()
+    );
+}
+
+/// Lines of a LogHub sample (https://github.com/logpai/loghub), from
+/// `../shared/data/loghub/NAME_2k.log` beside the repository.
+pub fn loghub_lines(name: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub").join(format!("{name}_2k.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+        panic!("LogHub sample {} is missing ({error}); it ships in shared/data/loghub", path.display())
+    });
+    text.lines().map(str::to_owned).collect()
+}
+
+/// All eight LogHub samples, tagged with their source.
+pub fn loghub_all() -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    for name in ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"] {
+        lines.extend(loghub_lines(name).into_iter().map(|line| (name, line)));
+    }
+    lines
+}

@@ -1,0 +1,236 @@
+//! Append/read round trips on a real ext4 directory with LogHub samples:
+//! group commit under concurrent appenders, roll-over, reopen, queries.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::rc::Rc;
+
+use wormdb::shard::{EntryRef, Query, Shard, ShardConfig};
+
+/// Appends `lines` one append per `batch` lines, tagging each with its
+/// source and a level, and returns the ranges.
+async fn append_lines(shard: &Shard, lines: &[(&'static str, String)], batch: usize, ts_base: i64) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    for (chunk_index, chunk) in lines.chunks(batch).enumerate() {
+        let tags: Vec<[(&str, &str); 2]> =
+            chunk.iter().map(|(source, line)| [("source", *source), ("level", level_of(line))]).collect();
+        let entries: Vec<EntryRef<'_>> = chunk
+            .iter()
+            .zip(&tags)
+            .enumerate()
+            .map(|(index, ((_, line), tags))| EntryRef {
+                timestamp_ns: ts_base + (chunk_index * batch + index) as i64,
+                tags,
+                body: line.as_bytes(),
+            })
+            .collect();
+        let range = shard.append(&entries).unwrap().durable().await.unwrap();
+        ranges.push((range.first, range.last));
+    }
+    ranges
+}
+
+fn level_of(line: &str) -> &'static str {
+    if line.contains("ERROR") || line.contains("error") {
+        "error"
+    } else if line.contains("WARN") || line.contains("warn") {
+        "warn"
+    } else {
+        "info"
+    }
+}
+
+#[test]
+fn loghub_round_trip_survives_reopen() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    let lines = common::loghub_all();
+    common::run(move || async move {
+        let config = ShardConfig { node_id: 9, ..ShardConfig::new(&path, 3) };
+        let shard = Shard::open(config.clone()).await.unwrap();
+        let ranges = append_lines(&shard, &lines, 100, 1_000_000).await;
+        // Dense seqs from 1, in append order.
+        let mut expected_first = 1;
+        for (first, last) in &ranges {
+            assert_eq!(*first, expected_first);
+            expected_first = last + 1;
+        }
+        assert_eq!(shard.durable_seq(), lines.len() as u64);
+        shard.close().await.unwrap();
+
+        let shard = Shard::open(config).await.unwrap();
+        assert_eq!(shard.recovery_report().torn_tail, None);
+        assert_eq!(shard.durable_seq(), lines.len() as u64);
+        let entries = shard.read_from(1, lines.len() + 10).await.unwrap();
+        assert_eq!(entries.len(), lines.len());
+        for (index, (entry, (source, line))) in entries.iter().zip(&lines).enumerate() {
+            assert_eq!(entry.seq, index as u64 + 1);
+            assert_eq!((entry.node_id, entry.shard), (9, 3));
+            assert_eq!(entry.timestamp_ns, 1_000_000 + index as i64);
+            assert_eq!(std::str::from_utf8(&entry.body).unwrap(), line);
+            assert_eq!(entry.tags.get("source").map(String::as_str), Some(*source));
+        }
+        // Reading from the middle starts exactly there.
+        let middle = shard.read_from(7777, 5).await.unwrap();
+        assert_eq!(middle.iter().map(|entry| entry.seq).collect::<Vec<_>>(), vec![7777, 7778, 7779, 7780, 7781]);
+        let stats = shard.stats();
+        assert_eq!(stats.entries, lines.len() as u64);
+        let raw_text: usize = lines.iter().map(|(_, line)| line.len()).sum();
+        assert!(stats.raw_bytes > raw_text as u64, "raw bytes {} count bodies and tags", stats.raw_bytes);
+        assert!(stats.disk_bytes < stats.raw_bytes / 2, "LogHub text compresses: {stats:?}");
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_group_commits() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    common::run(move || async move {
+        let shard = Shard::open(ShardConfig::new(&path, 0)).await.unwrap();
+        let appenders = 64;
+        let per_appender = 50;
+        let results = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for appender in 0..appenders {
+            let shard = shard.clone();
+            let results = results.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for round in 0..per_appender {
+                    let body = format!("appender {appender} round {round}");
+                    let tags = [("appender", "x")];
+                    let entry = EntryRef { timestamp_ns: 5, tags: &tags, body: body.as_bytes() };
+                    let range = shard.append(&[entry]).unwrap().durable().await.unwrap();
+                    results.borrow_mut().push((range.first, body));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        let total = appenders * per_appender;
+        let mut results = results.borrow().clone();
+        results.sort();
+        let seqs: Vec<u64> = results.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "dense, unique seqs");
+        let stats = shard.stats();
+        assert!(stats.commits < total as u64 / 4, "{} commits for {total} appends: not grouped", stats.commits);
+        assert!(stats.syncs <= stats.commits);
+        let entries = shard.read_from(1, total).await.unwrap();
+        for (entry, (seq, body)) in entries.iter().zip(&results) {
+            assert_eq!(entry.seq, *seq);
+            assert_eq!(std::str::from_utf8(&entry.body).unwrap(), body);
+        }
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn small_commits_pack_into_the_tail_page() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    let lines = common::loghub_lines("Spark");
+    common::run(move || async move {
+        let shard = Shard::open(ShardConfig::new(&path, 0)).await.unwrap();
+        let commits = 10_000;
+        let mut body_bytes = 0;
+        for index in 0..commits {
+            let line = &lines[index % lines.len()];
+            let body = format!("{line:.<200}");
+            body_bytes += body.len();
+            let tags = [("app", "spark")];
+            shard
+                .append(&[EntryRef { timestamp_ns: 1, tags: &tags, body: body.as_bytes() }])
+                .unwrap()
+                .durable()
+                .await
+                .unwrap();
+        }
+        let stats = shard.stats();
+        assert_eq!(stats.commits, commits as u64);
+        // One ~200-byte block per commit: a few MB, not a 4 KiB page each (40 MB).
+        assert!(
+            stats.disk_bytes < 4 * 1024 * 1024,
+            "segment grew by {} bytes for {body_bytes} bytes of bodies",
+            stats.disk_bytes
+        );
+        assert!(stats.disk_bytes > body_bytes as u64 / 4);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_over_and_stay_readable() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    let lines = common::loghub_all();
+    common::run(move || async move {
+        let config = ShardConfig { segment_bytes: wormdb::limits::SEGMENT_BYTES_MIN, ..ShardConfig::new(&path, 0) };
+        let shard = Shard::open(config.clone()).await.unwrap();
+        let mut appended = 0u64;
+        for round in 0..24 {
+            append_lines(&shard, &lines, 500, round * 100_000).await;
+            appended += lines.len() as u64;
+        }
+        let stats = shard.stats();
+        assert!(stats.segments >= 3, "{stats:?}");
+        assert_eq!(stats.entries, appended);
+        shard.close().await.unwrap();
+
+        let shard = Shard::open(config).await.unwrap();
+        assert_eq!(shard.durable_seq(), appended);
+        assert_eq!(shard.recovery_report().indexes_rebuilt, 0);
+        let entries = shard.read_from(1, appended as usize).await.unwrap();
+        assert_eq!(entries.len() as u64, appended);
+        assert!(entries.iter().enumerate().all(|(index, entry)| entry.seq == index as u64 + 1));
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn queries_use_the_index_and_filter_exactly() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    let lines = common::loghub_all();
+    common::run(move || async move {
+        let config = ShardConfig { segment_bytes: wormdb::limits::SEGMENT_BYTES_MIN, ..ShardConfig::new(&path, 0) };
+        let shard = Shard::open(config).await.unwrap();
+        // Each source in its own appends, so sources land in separate blocks.
+        append_lines(&shard, &lines, 250, 0).await;
+        let total_blocks = {
+            let everything =
+                Query { tags: &[], from_ts: i64::MIN, to_ts: i64::MAX, limit: usize::MAX, backward: false };
+            let result = shard.query(&everything).await.unwrap();
+            assert_eq!(result.entries.len(), lines.len());
+            result.blocks_read
+        };
+        let tags = [("source", "OpenSSH"), ("level", "info")];
+        let query = Query { tags: &tags, from_ts: 0, to_ts: i64::MAX, limit: 100_000, backward: false };
+        let result = shard.query(&query).await.unwrap();
+        let expected: Vec<u64> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, (source, line))| *source == "OpenSSH" && level_of(line) == "info")
+            .map(|(index, _)| index as u64 + 1)
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(result.entries.iter().map(|entry| entry.seq).collect::<Vec<_>>(), expected);
+        assert!(result.blocks_read * 4 < total_blocks, "read {} of {total_blocks} blocks", result.blocks_read);
+
+        // Time range [from, to) and limit, both directions.
+        let window = Query { tags: &[], from_ts: 100, to_ts: 110, limit: 100, backward: false };
+        let forward = shard.query(&window).await.unwrap();
+        assert_eq!(
+            forward.entries.iter().map(|entry| entry.timestamp_ns).collect::<Vec<_>>(),
+            (100..110).collect::<Vec<_>>()
+        );
+        let backward = shard.query(&Query { backward: true, limit: 3, ..window }).await.unwrap();
+        assert_eq!(backward.entries.iter().map(|entry| entry.timestamp_ns).collect::<Vec<_>>(), vec![109, 108, 107]);
+        let missing = [("source", "nowhere")];
+        let none = shard.query(&Query { tags: &missing, ..window }).await.unwrap();
+        assert!(none.entries.is_empty());
+        assert_eq!(none.blocks_read, 0);
+        shard.close().await.unwrap();
+    });
+}
