@@ -203,9 +203,14 @@ impl Error {
     pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
         let path = path.to_path_buf();
         let source = Arc::new(source);
-        match source.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::DiskFull { op, path, source },
-            _ => Error::Io { op, path, source },
+        // glommio's errors reach us as custom io::Errors that keep the
+        // kind but not the errno, so look at both.
+        let disk_full = matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded);
+        if disk_full {
+            Error::DiskFull { op, path, source }
+        } else {
+            Error::Io { op, path, source }
         }
     }
 

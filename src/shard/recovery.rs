@@ -494,7 +494,13 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
             reason: format!("header says first seq {}, file name says {active_first_seq}", header.first_seq),
         });
     }
-    let file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", &active_path, error))?;
+    let mut file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", &active_path, error))?;
+    if file_bytes % PAGE_BYTES as u64 != 0 {
+        // Cut short by something other than wormdb (segments are whole
+        // pages): round it back up to a page, so O_DIRECT can write there.
+        file_bytes = page_ceil(file_bytes);
+        file.truncate(file_bytes).await.map_err(|error| Error::glommio("extend segment", &active_path, error))?;
+    }
     let scanned = scan_segment(&file, &active_path, active_first_seq, file_bytes).await?;
     let dirty_bytes = scrub_tail(&file, &active_path, scanned.end, file_bytes).await?;
     if let Stop::Torn(reason) = &scanned.stop {

@@ -1,0 +1,153 @@
+//! SIGKILL in the middle of durable appends: a child process (this test
+//! binary, re-executed) appends from many concurrent tasks and prints every
+//! acknowledgement; the parent kills it at a random moment, reopens the
+//! shard and checks that every acknowledged entry is there, whole, with its
+//! seq, and that the seqs are dense. Several rounds on the same directory.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use wormdb::shard::{EntryRef, Shard, ShardConfig};
+
+const CHILD_DIR_VAR: &str = "WORMDB_SIGKILL_CHILD_DIR";
+const CHILD_RUN_VAR: &str = "WORMDB_SIGKILL_CHILD_RUN";
+
+fn config(dir: &Path) -> ShardConfig {
+    // Small segments, so that kills also land around roll-overs.
+    ShardConfig { segment_bytes: wormdb::limits::SEGMENT_BYTES_MIN, ..ShardConfig::new(dir, 0) }
+}
+
+fn body(lines: &[String], run: u64, appender: u64, round: u64, index: u64) -> String {
+    let line = &lines[((appender * 7919 + round * 31 + index) % lines.len() as u64) as usize];
+    format!("c{run} a{appender} r{round} i{index} {line}")
+}
+
+/// The child: appends until killed (bounded at 30 s), printing
+/// `ACK first last appender round` after each durable append.
+#[test]
+fn sigkill_child_writer() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else { return };
+    let run: u64 = std::env::var(CHILD_RUN_VAR).unwrap().parse().unwrap();
+    let lines = common::loghub_lines("OpenSSH");
+    common::run(move || async move {
+        let lines = Rc::new(lines);
+        let shard = Shard::open(config(Path::new(&dir))).await.unwrap();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for appender in 0..8u64 {
+            let shard = shard.clone();
+            let lines = lines.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut round = 0u64;
+                while started.elapsed() < Duration::from_secs(30) {
+                    let count = 1 + (appender * 13 + round * 7) % 40;
+                    let bodies: Vec<String> =
+                        (0..count).map(|index| body(&lines, run, appender, round, index)).collect();
+                    let tags = [("run", "sigkill")];
+                    let entries: Vec<EntryRef<'_>> = bodies
+                        .iter()
+                        .map(|text| EntryRef { timestamp_ns: 1 + round as i64, tags: &tags, body: text.as_bytes() })
+                        .collect();
+                    match shard.append(&entries) {
+                        Ok(wait) => {
+                            let range = wait.durable().await.unwrap();
+                            let mut stdout = std::io::stdout().lock();
+                            writeln!(stdout, "ACK {} {} {appender} {round}", range.first, range.last).unwrap();
+                            stdout.flush().unwrap();
+                            round += 1;
+                        }
+                        Err(wormdb::shard::Error::Backpressure { .. }) => {
+                            glommio::timer::sleep(Duration::from_millis(1)).await
+                        }
+                        Err(error) => panic!("append failed: {error}"),
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+    });
+}
+
+struct Ack {
+    run: u64,
+    first: u64,
+    last: u64,
+    appender: u64,
+    round: u64,
+}
+
+#[test]
+fn sigkill_never_loses_an_acknowledged_entry() {
+    let dir = common::durable_temp_dir();
+    let shard_dir = dir.path().join("shard-000");
+    let lines = common::loghub_lines("OpenSSH");
+    let seed = 0x5191_c111;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut acks: Vec<Ack> = Vec::new();
+    for run in 0..5u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "sigkill_child_writer", "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR_VAR, &shard_dir)
+            .env(CHILD_RUN_VAR, run.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.first() == Some(&"ACK") && fields.len() == 5 {
+                    let number = |index: usize| fields[index].parse::<u64>().unwrap();
+                    acks.push(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) });
+                }
+            }
+            acks
+        });
+        // Kill once the child is well into writing, at a random moment.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(600..2500)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let run_acks = reader.join().unwrap();
+        assert!(!run_acks.is_empty(), "run {run}: the child acknowledged nothing before the kill");
+        acks.extend(run_acks);
+
+        let shard_dir = shard_dir.clone();
+        let expected: Vec<(u64, u64, String)> = acks
+            .iter()
+            .flat_map(|ack| {
+                (ack.first..=ack.last)
+                    .map(|seq| (seq, ack.run, body(&lines, ack.run, ack.appender, ack.round, seq - ack.first)))
+            })
+            .collect();
+        let acked_max = expected.iter().map(|(seq, _, _)| *seq).max().unwrap();
+        let checked = common::run(move || async move {
+            let shard = Shard::open(config(&shard_dir)).await.unwrap();
+            let durable = shard.durable_seq();
+            assert!(durable >= acked_max, "run {run}: recovered up to {durable}, but {acked_max} was acknowledged");
+            let entries = shard.read_from(1, durable as usize).await.unwrap();
+            assert_eq!(entries.len() as u64, durable);
+            for (index, entry) in entries.iter().enumerate() {
+                assert_eq!(entry.seq, index as u64 + 1, "run {run}: seqs are dense");
+            }
+            for (seq, _, text) in &expected {
+                let entry = &entries[(*seq - 1) as usize];
+                assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text, "run {run}: seq {seq}");
+            }
+            shard.close().await.unwrap();
+            expected.len()
+        });
+        eprintln!("run {run}: {checked} acknowledged entries verified");
+    }
+}
