@@ -261,3 +261,41 @@ fn model_based_power_loss_keeps_every_acknowledged_entry() {
         }
     });
 }
+
+#[test]
+fn a_missing_or_corrupt_sealed_index_is_rebuilt_from_its_segment() {
+    let root = common::durable_temp_dir();
+    let root_path = root.path().to_path_buf();
+    common::run(move || async move {
+        let dir = root_path.join("shard");
+        let shard = Shard::open(config(&dir)).await.unwrap();
+        let lines = common::loghub_all();
+        while shard.stats().segments < 3 {
+            let tags = [("k", "v")];
+            let entries: Vec<EntryRef<'_>> =
+                lines.iter().take(2000).map(|(_, line)| EntryRef { timestamp_ns: 3, tags: &tags, body: line.as_bytes() }).collect();
+            shard.append(&entries).unwrap().durable().await.unwrap();
+        }
+        let total = shard.durable_seq();
+        shard.close().await.unwrap();
+        let mut indexes: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|extension| extension == "idx"))
+            .collect();
+        indexes.sort();
+        assert_eq!(indexes.len(), 2);
+        std::fs::remove_file(&indexes[0]).unwrap();
+        let mut corrupt = std::fs::read(&indexes[1]).unwrap();
+        corrupt[10] ^= 0xff;
+        std::fs::write(&indexes[1], corrupt).unwrap();
+
+        let shard = Shard::open(config(&dir)).await.unwrap();
+        assert_eq!(shard.recovery_report().indexes_rebuilt, 2);
+        assert_eq!(shard.durable_seq(), total);
+        let query = wormdb::shard::Query { tags: &[("k", "v")], from_ts: 0, to_ts: 10, limit: usize::MAX, backward: false };
+        assert_eq!(shard.query(&query).await.unwrap().entries.len() as u64, total);
+        shard.close().await.unwrap();
+        assert!(indexes.iter().all(|path| path.exists()), "rebuilt index files are written back");
+    });
+}

@@ -234,3 +234,42 @@ fn queries_use_the_index_and_filter_exactly() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_tail_reader_follows_new_commits() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    common::run(move || async move {
+        let shard = Shard::open(ShardConfig::new(&path, 0)).await.unwrap();
+        let tail = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let mut seen = Vec::new();
+                let mut after = 0;
+                while seen.len() < 300 {
+                    let durable = shard.wait_durable_after(after).await;
+                    assert!(durable > after, "woken without progress");
+                    let entries = shard.read_from(after + 1, 1000).await.unwrap();
+                    assert_eq!(entries.last().unwrap().seq, durable, "reads see exactly what is durable");
+                    after = durable;
+                    seen.extend(entries.into_iter().map(|entry| entry.seq));
+                }
+                seen
+            })
+        };
+        for round in 0..30 {
+            let bodies: Vec<String> = (0..10).map(|index| format!("round {round} entry {index}")).collect();
+            let entries: Vec<EntryRef<'_>> =
+                bodies.iter().map(|body| EntryRef { timestamp_ns: 0, tags: &[], body: body.as_bytes() }).collect();
+            shard.append(&entries).unwrap().durable().await.unwrap();
+            glommio::yield_if_needed().await;
+        }
+        let seen = tail.await;
+        assert_eq!(seen, (1..=300).collect::<Vec<u64>>());
+        // timestamp 0 means "now".
+        let entry = &shard.read_from(1, 1).await.unwrap()[0];
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+        assert!((now - entry.timestamp_ns).abs() < 60_000_000_000, "timestamp {} is not now", entry.timestamp_ns);
+        shard.close().await.unwrap();
+    });
+}

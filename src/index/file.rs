@@ -1,6 +1,6 @@
 //! The persisted index file of a sealed segment: encode and decode.
 //!
-//! Same layout as `docs/index-format.md`. Little-endian everywhere.
+//! Same layout as `docs/format.md`. Little-endian everywhere.
 //!
 //! ```text
 //! Header, HEADER_BYTES = 88 bytes, covered by its own crc32:
@@ -81,7 +81,7 @@ const HEADER_CRC_OFFSET: usize = BODY_CRC_OFFSET + 4;
 /// Size of the fixed header, which [`decode_summary`] reads on its own.
 pub const HEADER_BYTES: usize = HEADER_CRC_OFFSET + 4;
 
-const _: () = assert!(HEADER_BYTES == 88, "the header layout in docs/index-format.md says 88 bytes");
+const _: () = assert!(HEADER_BYTES == 88, "the header layout in docs/format.md says 88 bytes");
 // The header crc covers everything before it and is the header's last field.
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == HEADER_BYTES);
 // Every u64 and i64 field is naturally aligned, so the header can be viewed as a struct.
@@ -105,7 +105,7 @@ const BLOCK_MIN_TS_OFFSET: usize = BLOCK_FIRST_SEQ_OFFSET + 8;
 const BLOCK_MAX_TS_OFFSET: usize = BLOCK_MIN_TS_OFFSET + 8;
 /// Size of one record of the block table.
 const BLOCK_META_BYTES: usize = BLOCK_MAX_TS_OFFSET + 8;
-const _: () = assert!(BLOCK_META_BYTES == 40, "the block record in docs/index-format.md says 40 bytes");
+const _: () = assert!(BLOCK_META_BYTES == 40, "the block record in docs/format.md says 40 bytes");
 
 /// Smallest term: two empty strings and one single-byte posting.
 const TERM_BYTES_MIN: usize = 2 + 2 + 4 + 1;

@@ -15,7 +15,7 @@
 //! [`SegmentIndex::encode`] beside a segment when it seals it, and later reads
 //! it back with [`SegmentIndex::decode`], or only its fixed header with
 //! [`decode_summary`] when it merely needs the segment's sequence and time
-//! range. The byte layout is in `docs/index-format.md` and at the top of
+//! range. The byte layout is in `docs/format.md` and at the top of
 //! [`file`](mod@file).
 //!
 //! # What is indexed
