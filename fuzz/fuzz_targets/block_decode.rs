@@ -1,0 +1,8 @@
+//! Fuzz target `block_decode`: see `wormdb_fuzz::block_decode` for what it feeds and checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    wormdb_fuzz::block_decode(data);
+});

@@ -1,0 +1,342 @@
+//! The bodies of the wormdb fuzz targets, one function per target, so that
+//! they can also run on stable over fixed inputs (`cargo test` here).
+//!
+//! Each function feeds arbitrary bytes to a decoder that reads from disk. A
+//! decoder may refuse the bytes with an error; it must never panic, and what
+//! it accepts must be consistent (see the assertions). Random bytes almost
+//! never carry a valid crc32, so each target also runs on a copy whose
+//! checksums were recomputed: that is what reaches the checks behind them.
+
+use std::collections::BTreeMap;
+
+use wormdb::proto::LogEntry;
+use wormdb::shard::block::{self, BlockHeader, EntryView};
+use wormdb::shard::scan::{self, Step, Stop};
+use wormdb::shard::segment::SegmentHeader;
+
+/// The block crc is the last header field (see the table in
+/// `src/shard/block.rs`); it covers the header before it and the payload.
+const BLOCK_CRC_OFFSET: usize = block::HEADER_BYTES - 4;
+/// The segment header crc sits at offset 40 and covers bytes `[0, 40)`.
+const SEGMENT_CRC_OFFSET: usize = 40;
+/// The index file's body crc at 80 covers the body (from byte 88); its header
+/// crc at 84 covers bytes `[0, 84)`.
+const INDEX_BODY_CRC_OFFSET: usize = 80;
+const INDEX_HEADER_CRC_OFFSET: usize = 84;
+
+fn put_u32(bytes: &mut [u8], offset: usize, value: u32) {
+    bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+/// Recomputes the crc of each block in `bytes`, walking them back to back
+/// while their headers parse and they fit.
+pub fn resign_blocks(bytes: &mut [u8]) {
+    let mut position = 0;
+    while let Ok(header) = block::parse_header(&bytes[position..]) {
+        let end = position + header.block_bytes();
+        if end > bytes.len() {
+            return;
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes[position..position + BLOCK_CRC_OFFSET]);
+        hasher.update(&bytes[position + block::HEADER_BYTES..end]);
+        put_u32(bytes, position + BLOCK_CRC_OFFSET, hasher.finalize());
+        position = end;
+    }
+}
+
+/// Target `block_decode`: one block through `verify_block`, `decode_block`,
+/// `decompress_payload`, `for_each_entry` and `EntryView`.
+pub fn block_decode(data: &[u8]) {
+    check_block(data);
+    let mut resigned = data.to_vec();
+    resign_blocks(&mut resigned);
+    if resigned != data {
+        check_block(&resigned);
+    }
+}
+
+fn check_block(data: &[u8]) {
+    let Ok(header) = block::verify_block(data) else {
+        return;
+    };
+    assert_eq!(block::parse_header(data), Ok(header), "verify_block and parse_header disagree");
+    assert!(header.block_bytes() <= data.len());
+
+    let mut raw = Vec::new();
+    let payload_ok = block::decompress_payload(&header, data, &mut raw).is_ok();
+    if payload_ok {
+        assert_eq!(raw.len(), header.raw_len as usize);
+        let mut count = 0_u64;
+        let walked = block::for_each_entry(&header, &raw, |seq, entry| {
+            assert_eq!(seq, header.first_seq + count, "entries are numbered densely");
+            count += 1;
+            check_entry(entry);
+            Ok(())
+        });
+        if walked.is_ok() {
+            assert_eq!(count, u64::from(header.entry_count));
+        }
+    }
+    if let Ok((decoded_header, entries)) = block::decode_block(data, 1, 2) {
+        assert!(payload_ok, "decode_block accepted a payload that decompress_payload refuses");
+        assert_eq!(decoded_header, header);
+        assert_eq!(entries.len(), header.entry_count as usize);
+        check_ids(&header, &entries);
+    }
+}
+
+/// The ids come from the header: the origin's when there is one.
+fn check_ids(header: &BlockHeader, entries: &[LogEntry]) {
+    let (first_seq, node, shard) = match header.origin {
+        Some(origin) => (origin.first_seq, origin.node, origin.shard),
+        None => (header.first_seq, 1, 2),
+    };
+    for (index, entry) in entries.iter().enumerate() {
+        assert_eq!((entry.seq, entry.node_id, entry.shard), (first_seq + index as u64, node, shard));
+    }
+}
+
+/// Parses one entry with `EntryView`; when prost accepts it too, they agree.
+fn check_entry(entry: &[u8]) {
+    use prost::Message;
+    let Ok(view) = EntryView::parse(entry) else {
+        return;
+    };
+    let mut tags = BTreeMap::new();
+    let tags_parsed = view.for_each_tag(|key, value| {
+        tags.insert(key.to_owned(), value.to_owned());
+    });
+    let _ = view.has_tags(&[("level", "INFO"), ("", "")]);
+    if let (Ok(expected), Ok(())) = (LogEntry::decode(entry), tags_parsed) {
+        assert_eq!(view.timestamp_ns, expected.timestamp_ns);
+        assert_eq!(view.body, &expected.body[..]);
+        // prost reads a tags field of wire type varint as a map entry (it
+        // never checks the wire type of map fields); EntryView does not.
+        if !has_varint_tags_field(entry) {
+            assert_eq!(tags, expected.tags);
+        }
+    }
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0_u64;
+    for (index, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some((value, index + 1));
+        }
+    }
+    None
+}
+
+/// Whether a top-level field 3 has wire type 0, in an entry that
+/// `EntryView::parse` accepted (so wire types are 0 or 2).
+fn has_varint_tags_field(mut entry: &[u8]) -> bool {
+    while let Some((key, used)) = read_varint(entry) {
+        if key == 3 << 3 {
+            return true;
+        }
+        let rest = &entry[used..];
+        let Some((value, value_used)) = read_varint(rest) else {
+            return false;
+        };
+        let skip = match key & 7 {
+            0 => value_used,
+            _ => match usize::try_from(value).ok().and_then(|length| length.checked_add(value_used)) {
+                Some(skip) if skip <= rest.len() => skip,
+                _ => return false,
+            },
+        };
+        entry = &rest[skip..];
+    }
+    false
+}
+
+/// Target `segment_header`: `SegmentHeader::decode`; what it accepts
+/// re-encodes to the same fields.
+pub fn segment_header(data: &[u8]) {
+    check_segment_header(data);
+    if data.len() >= SEGMENT_CRC_OFFSET + 4 {
+        let mut resigned = data.to_vec();
+        let crc = crc32fast::hash(&resigned[..SEGMENT_CRC_OFFSET]);
+        put_u32(&mut resigned, SEGMENT_CRC_OFFSET, crc);
+        check_segment_header(&resigned);
+    }
+}
+
+fn check_segment_header(data: &[u8]) {
+    let Ok(header) = SegmentHeader::decode(data) else {
+        return;
+    };
+    let page = header.encode();
+    assert_eq!(SegmentHeader::decode(&page), Ok(header), "an encoded header does not decode to itself");
+    // The fields that decode reads; the reserved bytes 6..8 and the zero
+    // tail of the page are not checked by decode, so they may differ.
+    assert_eq!(page[..6], data[..6]);
+    assert_eq!(page[8..SEGMENT_CRC_OFFSET], data[8..SEGMENT_CRC_OFFSET]);
+}
+
+/// Target `index_file_decode`: `wormdb::index::file::fuzz_decode`, which
+/// also checks that an accepted file re-encodes to the same bytes.
+pub fn index_file_decode(data: &[u8]) {
+    wormdb::index::file::fuzz_decode(data);
+    if data.len() >= wormdb::index::HEADER_BYTES {
+        let mut resigned = data.to_vec();
+        let body_crc = crc32fast::hash(&resigned[wormdb::index::HEADER_BYTES..]);
+        put_u32(&mut resigned, INDEX_BODY_CRC_OFFSET, body_crc);
+        let header_crc = crc32fast::hash(&resigned[..INDEX_HEADER_CRC_OFFSET]);
+        put_u32(&mut resigned, INDEX_HEADER_CRC_OFFSET, header_crc);
+        wormdb::index::file::fuzz_decode(&resigned);
+    }
+}
+
+/// Where a block's data starts in a segment file, as the shard scans it.
+const SCAN_BASE: u64 = wormdb::shard::segment::DATA_OFFSET;
+/// Window sizes to scan with: smaller than a header, odd, a page, and more.
+const SCAN_WINDOWS: [usize; 5] = [40, 64, 97, 4096, 1 << 20];
+
+/// What a scan found: the blocks it accepted (offset, first seq) and where
+/// and why it stopped.
+type ScanResult = (Vec<(u64, u64)>, u64, Stop);
+
+/// Target `recovery_scan`: `scan_window` over the input as a segment's data
+/// area, in one window with `at_eof` true, and in windows of several sizes
+/// the way recovery reads a file (`at_eof` false until the last one). Both
+/// must find the same blocks and stop at the same place.
+pub fn recovery_scan(data: &[u8]) {
+    check_scan(data);
+    let mut resigned = data.to_vec();
+    resign_blocks(&mut resigned);
+    if resigned != data {
+        check_scan(&resigned);
+    }
+}
+
+fn check_scan(data: &[u8]) {
+    let whole = scan_whole(data);
+    let (blocks, end, _) = &whole;
+    assert!(*end >= SCAN_BASE && *end <= SCAN_BASE + data.len() as u64);
+    let accepted_bytes: u64 = blocks.windows(2).map(|pair| pair[1].0 - pair[0].0).sum();
+    assert!(blocks.first().is_none_or(|first| first.0 == SCAN_BASE), "the first block starts the data area");
+    assert!(accepted_bytes <= end - SCAN_BASE);
+    for window in SCAN_WINDOWS {
+        assert_eq!(scan_in_windows(data, window), whole, "window of {window} bytes");
+    }
+}
+
+/// One valid block as the scanner's visitor sees it: decode it fully, as
+/// recovery indexes it.
+fn visit_block(header: &BlockHeader, bytes: &[u8]) -> Result<(), block::BlockError> {
+    assert_eq!(bytes.len(), header.block_bytes());
+    let (_, entries) = block::decode_block(bytes, 1, 2)?;
+    check_ids(header, &entries);
+    Ok(())
+}
+
+fn scan_whole(data: &[u8]) -> ScanResult {
+    let mut next_seq = 1;
+    let mut blocks = Vec::new();
+    let step = scan::scan_window(data, SCAN_BASE, &mut next_seq, true, |offset, header, bytes| {
+        visit_block(header, bytes)?;
+        blocks.push((offset, header.first_seq));
+        Ok(())
+    });
+    match step {
+        Step::End { offset, stop } => (blocks, offset, stop),
+        Step::NeedMore { offset } => panic!("a scan at the end of the file asked for more at {offset}"),
+    }
+}
+
+/// Scans like recovery: reads `window` bytes at a time from where the last
+/// step asked. A block larger than the window is read whole (recovery sizes
+/// its window for the largest block).
+fn scan_in_windows(data: &[u8], window: usize) -> ScanResult {
+    let mut next_seq = 1;
+    let mut blocks = Vec::new();
+    let mut start = 0_usize;
+    let mut length = window;
+    loop {
+        let end = start.saturating_add(length).min(data.len());
+        let at_eof = end == data.len();
+        let base = SCAN_BASE + start as u64;
+        let step = scan::scan_window(&data[start..end], base, &mut next_seq, at_eof, |offset, header, bytes| {
+            visit_block(header, bytes)?;
+            blocks.push((offset, header.first_seq));
+            Ok(())
+        });
+        match step {
+            Step::End { offset, stop } => return (blocks, offset, stop),
+            Step::NeedMore { offset } => {
+                assert!(!at_eof, "a scan at the end of the file asked for more");
+                assert!(offset >= base && offset <= SCAN_BASE + end as u64, "asked for more outside the window");
+                let next = (offset - SCAN_BASE) as usize;
+                // No progress: the block at `next` is larger than the window.
+                length = if next == start { data.len() - start } else { window };
+                start = next;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Runs the targets over the format fixtures and mutations of them, so
+    //! that they are exercised on stable too.
+
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v1/");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}{name}")).expect("the format fixtures are checked in")
+    }
+
+    /// Every input with one byte changed to a few values, and every prefix.
+    fn mutations(data: &[u8]) -> Vec<Vec<u8>> {
+        let mut inputs = vec![data.to_vec()];
+        for position in 0..data.len() {
+            for value in [0, 1, 0x80, 0xff, data[position] ^ 0x04] {
+                let mut mutated = data.to_vec();
+                mutated[position] = value;
+                inputs.push(mutated);
+            }
+        }
+        inputs.extend((0..data.len()).map(|length| data[..length].to_vec()));
+        inputs
+    }
+
+    #[test]
+    fn block_decode_runs_on_fixtures() {
+        for name in ["block.bin", "block-replicated.bin"] {
+            for input in mutations(&fixture(name)) {
+                block_decode(&input);
+            }
+        }
+    }
+
+    #[test]
+    fn recovery_scan_runs_on_a_log_of_fixtures() {
+        // Blocks at seqs 1..=3 and 4..=5 back to back: a valid two-block log.
+        let mut log = fixture("block.bin");
+        log.extend_from_slice(&fixture("block-replicated.bin"));
+        let (blocks, end, stop) = scan_whole(&log);
+        assert_eq!((blocks.len(), end, stop), (2, SCAN_BASE + log.len() as u64, Stop::Clean));
+        log.extend_from_slice(&[0; 100]);
+        for input in mutations(&log) {
+            recovery_scan(&input);
+        }
+    }
+
+    #[test]
+    fn segment_header_and_index_run_on_fixtures() {
+        let page = fixture("segment-header.bin");
+        assert!(SegmentHeader::decode(&page).is_ok());
+        for input in mutations(&page[..64]) {
+            segment_header(&input);
+        }
+        for input in mutations(&fixture("index.idx")) {
+            index_file_decode(&input);
+        }
+    }
+}

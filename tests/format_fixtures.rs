@@ -1,0 +1,427 @@
+//! Format-stability fixtures: files written by version 1 of the block, the
+//! segment header and the index file formats, kept in `tests/fixtures/v1/`.
+//!
+//! Each file must still decode to exactly the content hard-coded here, and
+//! the same bytes with the version field set to 2 must fail with an explicit
+//! "upgrade required" (whether or not the checksums were fixed up: every
+//! decoder reads the version before the crc).
+//!
+//! The files were written once by the ignored `generate_v1_fixtures` test
+//! (`cargo test --test format_fixtures -- --ignored`). Do not regenerate them
+//! to make a failure here go away: a failure means this build reads or
+//! writes version 1 differently from the build that wrote them. A new
+//! format version gets its own directory (`v2/`), and the v1 files stay.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use prost::Message;
+use wormdb::index::{self, decode_summary, BlockMeta, SegmentIndex};
+use wormdb::limits;
+use wormdb::proto::LogEntry;
+use wormdb::shard::block::{self, BlockError, BlockHeader, BlockSpec, Codec, EntryRef, EntryView, Origin};
+use wormdb::shard::segment::{HeaderError, SegmentHeader};
+
+const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/");
+const LOGHUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/loghub/");
+
+/// Every fixture stays below this, so the repository stays small.
+const FIXTURE_BYTES_MAX: usize = 8 * 1024;
+
+// ---- the expected content, which is the format contract ----
+
+/// One entry as stored: timestamp, tags in key order, body.
+struct Expected {
+    timestamp_ns: i64,
+    tags: &'static [(&'static str, &'static str)],
+    body: &'static str,
+}
+
+const HDFS_TAGS: &[(&str, &str)] = &[("level", "INFO"), ("source", "hdfs")];
+
+/// `block.bin`: the first three lines of LogHub's `HDFS_2k.log`, with the
+/// timestamps their text gives (2008-11-09, UTC), seqs 1 to 3, no origin.
+const BLOCK_ENTRIES: [Expected; 3] = [
+    Expected {
+        timestamp_ns: 1_226_262_975_000_000_000,
+        tags: HDFS_TAGS,
+        body: "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block \
+               blk_38865049064139660 terminating",
+    },
+    Expected {
+        timestamp_ns: 1_226_263_087_000_000_000,
+        tags: HDFS_TAGS,
+        body: "081109 203807 222 INFO dfs.DataNode$PacketResponder: PacketResponder 0 for block \
+               blk_-6952295868487656571 terminating",
+    },
+    Expected {
+        timestamp_ns: 1_226_263_205_000_000_000,
+        tags: HDFS_TAGS,
+        body: "081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: \
+               10.251.73.220:50010 is added to blk_7128370237687728475 size 67108864",
+    },
+];
+const BLOCK_FIRST_SEQ: u64 = 1;
+/// What the fixed header of `block.bin` says.
+const BLOCK_HEADER: BlockHeader = BlockHeader {
+    codec: Codec::Lz4,
+    first_seq: BLOCK_FIRST_SEQ,
+    entry_count: 3,
+    min_ts: 1_226_262_975_000_000_000,
+    max_ts: 1_226_263_205_000_000_000,
+    raw_len: 528,
+    stored_len: 365,
+    origin: None,
+    crc: 0x40d6_5a83,
+};
+
+/// `block-replicated.bin`: a block stored at seqs 4 and 5 of this shard that
+/// holds entries first stored on node 2, shard 5, at seqs 1000 and 1001. The
+/// first is LogHub's first `OpenSSH_2k.log` line; the second has a negative
+/// timestamp and neither tags nor body.
+const REPLICATED_ENTRIES: [Expected; 2] = [
+    Expected {
+        timestamp_ns: 1_260_428_146_000_000_000,
+        tags: &[("host", "LabSZ"), ("source", "openssh")],
+        body: "Dec 10 06:55:46 LabSZ sshd[24200]: reverse mapping checking getaddrinfo for \
+               ns.marryaldkfaczcz.com [173.234.31.186] failed - POSSIBLE BREAK-IN ATTEMPT!",
+    },
+    Expected { timestamp_ns: -1, tags: &[], body: "" },
+];
+const REPLICATED_FIRST_SEQ: u64 = 4;
+const REPLICATED_ORIGIN: Origin = Origin { node: 2, shard: 5, first_seq: 1000 };
+/// What the fixed header of `block-replicated.bin` says.
+const REPLICATED_HEADER: BlockHeader = BlockHeader {
+    codec: Codec::None,
+    first_seq: REPLICATED_FIRST_SEQ,
+    entry_count: 2,
+    min_ts: -1,
+    max_ts: 1_260_428_146_000_000_000,
+    raw_len: 212,
+    stored_len: 212,
+    origin: Some(REPLICATED_ORIGIN),
+    crc: 0x4b5d_89f7,
+};
+
+/// `segment-header.bin`: the header page of the segment the blocks are in.
+const SEGMENT_HEADER: SegmentHeader = SegmentHeader {
+    first_seq: 1,
+    shard: 3,
+    node: 7,
+    capacity_bytes: limits::SEGMENT_BYTES_DEFAULT,
+    created_unix_ns: 1_226_262_974_000_000_000,
+};
+/// The node and shard that `block.bin` was stored by.
+const NODE: u32 = 7;
+const SHARD: u32 = 3;
+
+/// `index.idx`: the index of that segment. Its first two blocks are the
+/// block fixtures, packed from the end of the header page; the third is not
+/// a fixture file.
+const INDEX_BLOCKS: [BlockMeta; 3] = [
+    BlockMeta {
+        offset: 4096,
+        len: 429,
+        first_seq: 1,
+        entry_count: 3,
+        min_ts: 1_226_262_975_000_000_000,
+        max_ts: 1_226_263_205_000_000_000,
+    },
+    BlockMeta { offset: 4525, len: 276, first_seq: 4, entry_count: 2, min_ts: -1, max_ts: 1_260_428_146_000_000_000 },
+    BlockMeta {
+        offset: 4801,
+        len: 1234,
+        first_seq: 6,
+        entry_count: 10,
+        min_ts: 1_226_263_300_000_000_000,
+        max_ts: 1_226_263_400_000_000_000,
+    },
+];
+/// The tags of each index block.
+const INDEX_BLOCK_TAGS: [&[(&str, &str)]; 3] =
+    [HDFS_TAGS, &[("host", "LabSZ"), ("source", "openssh")], &[("level", "WARN"), ("source", "hdfs")]];
+/// Every indexed pair and its postings, in key then value order.
+const INDEX_POSTINGS: [(&str, &str, &[u32]); 5] = [
+    ("host", "LabSZ", &[1]),
+    ("level", "INFO", &[0]),
+    ("level", "WARN", &[2]),
+    ("source", "hdfs", &[0, 2]),
+    ("source", "openssh", &[1]),
+];
+const INDEX_RAW_BYTES: u64 = 5000;
+
+// ---- helpers ----
+
+fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(FIXTURE_DIR).join(name)
+}
+
+fn read_fixture(name: &str) -> Vec<u8> {
+    let path = fixture_path(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|error| {
+        panic!("fixture {} cannot be read ({error}); it is checked in with the tests", path.display())
+    });
+    assert!(bytes.len() < FIXTURE_BYTES_MAX, "{name} is {} bytes", bytes.len());
+    bytes
+}
+
+fn expected_proto(entry: &Expected, seq: u64, node_id: u32, shard: u32) -> LogEntry {
+    LogEntry {
+        seq,
+        timestamp_ns: entry.timestamp_ns,
+        tags: entry.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+        body: entry.body.as_bytes().to_vec().into(),
+        node_id,
+        shard,
+    }
+}
+
+/// The uncompressed payload that this build writes for `entries`.
+fn raw_payload(entries: &[Expected]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for entry in entries {
+        let entry_ref = EntryRef { timestamp_ns: entry.timestamp_ns, tags: entry.tags, body: entry.body.as_bytes() };
+        block::validate_entry(&entry_ref).unwrap();
+        block::encode_entry(&entry_ref, entry.timestamp_ns, &mut raw);
+    }
+    raw
+}
+
+/// Sets the u16 version field at offset 4 (the same place in all three formats).
+fn set_version(bytes: &mut [u8], version: u16) {
+    bytes[4..6].copy_from_slice(&version.to_le_bytes());
+}
+
+/// Rewrites the crc at `crc_offset`, which covers `bytes[..crc_offset]` and
+/// then `also`.
+fn put_crc(bytes: &mut [u8], crc_offset: usize, also: std::ops::Range<usize>) {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..crc_offset]);
+    hasher.update(&bytes[also]);
+    let crc = hasher.finalize();
+    bytes[crc_offset..crc_offset + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn resign_block(bytes: &mut [u8]) {
+    put_crc(bytes, 60, block::HEADER_BYTES..bytes.len());
+}
+
+fn resign_segment_header(bytes: &mut [u8]) {
+    put_crc(bytes, 40, 0..0);
+}
+
+fn resign_index(bytes: &mut [u8]) {
+    put_crc(bytes, 84, 0..0);
+}
+
+// ---- blocks ----
+
+/// Checks a block fixture against its expected header and entries.
+fn assert_block_fixture(name: &str, expected_header: BlockHeader, entries: &[Expected]) {
+    let bytes = read_fixture(name);
+    assert_eq!(&bytes[..4], b"WRMB");
+    assert_eq!(&bytes[4..6], &[1, 0], "format version 1, little-endian");
+
+    let header = block::verify_block(&bytes).unwrap();
+    assert_eq!(header, expected_header);
+    assert_eq!(header.block_bytes(), bytes.len());
+
+    let (_, decoded) = block::decode_block(&bytes, NODE, SHARD).unwrap();
+    assert_eq!(decoded.len(), entries.len());
+    for (index, (got, want)) in decoded.iter().zip(entries).enumerate() {
+        let expected = match header.origin {
+            Some(origin) => expected_proto(want, origin.first_seq + index as u64, origin.node, origin.shard),
+            None => expected_proto(want, header.first_seq + index as u64, NODE, SHARD),
+        };
+        assert_eq!(*got, expected, "{name}: entry {index}");
+    }
+
+    // This build still writes the entries of version 1 byte for byte.
+    let mut payload = Vec::new();
+    block::decompress_payload(&header, &bytes, &mut payload).unwrap();
+    assert!(payload == raw_payload(entries), "{name}: encode_entry no longer writes the stored bytes");
+    let mut index = 0;
+    block::for_each_entry(&header, &payload, |seq, entry_bytes| {
+        let want = &entries[index];
+        assert_eq!(seq, header.first_seq + index as u64);
+        let view = EntryView::parse(entry_bytes)?;
+        assert_eq!((view.timestamp_ns, view.body), (want.timestamp_ns, want.body.as_bytes()));
+        assert!(view.has_tags(want.tags));
+        assert_eq!(
+            LogEntry::decode(entry_bytes).unwrap(),
+            expected_proto(want, 0, 0, 0),
+            "no seq, node or shard stored"
+        );
+        index += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(index, entries.len());
+}
+
+#[test]
+fn v1_block_decodes_to_its_entries() {
+    assert_block_fixture("block.bin", BLOCK_HEADER, &BLOCK_ENTRIES);
+    assert_eq!(BLOCK_HEADER.block_bytes(), INDEX_BLOCKS[0].len as usize);
+}
+
+#[test]
+fn v1_replicated_block_decodes_with_its_origin_ids() {
+    assert_block_fixture("block-replicated.bin", REPLICATED_HEADER, &REPLICATED_ENTRIES);
+    assert_eq!(REPLICATED_HEADER.block_bytes(), INDEX_BLOCKS[1].len as usize);
+}
+
+#[test]
+fn v2_blocks_ask_for_an_upgrade() {
+    for name in ["block.bin", "block-replicated.bin"] {
+        let mut bytes = read_fixture(name);
+        set_version(&mut bytes, 2);
+        // The version is read before the crc, so a stale crc does not hide it...
+        let stale = block::verify_block(&bytes).unwrap_err();
+        // ...and with the crc fixed up, only the version is wrong.
+        resign_block(&mut bytes);
+        let resigned = block::decode_block(&bytes, NODE, SHARD).unwrap_err();
+        for error in [stale, resigned] {
+            assert_eq!(error, BlockError::UnsupportedVersion(2), "{name}");
+            assert!(error.to_string().contains("upgrade required"), "{name}: {error}");
+        }
+    }
+}
+
+// ---- segment header ----
+
+#[test]
+fn v1_segment_header_decodes_to_its_fields() {
+    let bytes = read_fixture("segment-header.bin");
+    assert_eq!(bytes.len(), 4096, "a whole page");
+    assert_eq!(&bytes[..4], b"WRMS");
+    assert_eq!(&bytes[4..6], &[1, 0], "format version 1, little-endian");
+    assert_eq!(SegmentHeader::decode(&bytes), Ok(SEGMENT_HEADER));
+    assert!(SEGMENT_HEADER.encode()[..] == bytes[..], "this build writes the same page");
+}
+
+#[test]
+fn v2_segment_header_asks_for_an_upgrade() {
+    let mut bytes = read_fixture("segment-header.bin");
+    set_version(&mut bytes, 2);
+    let stale = SegmentHeader::decode(&bytes).unwrap_err();
+    resign_segment_header(&mut bytes);
+    let resigned = SegmentHeader::decode(&bytes).unwrap_err();
+    for error in [stale, resigned] {
+        assert_eq!(error, HeaderError::UnsupportedVersion(2));
+        assert!(error.to_string().contains("upgrade required"), "{error}");
+    }
+}
+
+// ---- index file ----
+
+#[test]
+fn v1_index_decodes_to_its_blocks_and_postings() {
+    let bytes = read_fixture("index.idx");
+    assert_eq!(&bytes[..4], b"WRMI");
+    assert_eq!(&bytes[4..6], &[1, 0], "format version 1, little-endian");
+    let index = SegmentIndex::decode(&bytes).unwrap();
+    assert_eq!(index.blocks(), &INDEX_BLOCKS[..]);
+    assert_eq!(index.segment_first_seq(), 1);
+    assert_eq!(index.next_seq(), 16);
+    assert_eq!(index.tag_values(), INDEX_POSTINGS.len());
+    assert_eq!(index.tag_values_max(), limits::INDEX_TAG_VALUES_PER_SEGMENT_MAX);
+    assert_eq!(index.saturated_from(), None);
+    assert_eq!(index.time_range(), Some((-1, 1_260_428_146_000_000_000)));
+    assert_eq!(index.data_end(), 6035);
+    for (key, value, positions) in INDEX_POSTINGS {
+        assert_eq!(index.postings(key, value), Some(positions), "{key}={value}");
+    }
+    assert_eq!(index.postings("level", "ERROR"), None);
+    assert_eq!(index.candidates(&[("source", "hdfs")], i64::MIN, i64::MAX), [0, 2]);
+    assert_eq!(index.block_for_seq(5), Some(1));
+
+    let summary = decode_summary(&bytes).unwrap();
+    assert_eq!((summary.segment_first_seq, summary.next_seq), (1, 16));
+    assert_eq!((summary.block_count, summary.tag_values), (3, 5));
+    assert_eq!(summary.tag_values_max as usize, limits::INDEX_TAG_VALUES_PER_SEGMENT_MAX);
+    assert_eq!(summary.saturated_from, None);
+    assert_eq!(summary.time_range(), index.time_range());
+    assert_eq!(summary.data_end, index.data_end());
+    assert_eq!(summary.raw_bytes, INDEX_RAW_BYTES);
+    assert_eq!(summary.file_bytes(), bytes.len() as u64);
+    assert_eq!(summary.body_crc, 0xfe94_8bda);
+
+    assert!(index.encode(INDEX_RAW_BYTES) == bytes, "this build writes the same file");
+}
+
+#[test]
+fn v2_index_asks_for_an_upgrade() {
+    let mut bytes = read_fixture("index.idx");
+    set_version(&mut bytes, 2);
+    let stale = SegmentIndex::decode(&bytes).unwrap_err();
+    let stale_summary = decode_summary(&bytes).unwrap_err();
+    resign_index(&mut bytes);
+    let resigned = SegmentIndex::decode(&bytes).unwrap_err();
+    for error in [stale, stale_summary, resigned] {
+        assert_eq!(error, index::Error::UnsupportedVersion(2));
+        assert!(error.to_string().contains("upgrade required"), "{error}");
+    }
+}
+
+// ---- the generator ----
+
+fn encode_block_of(entries: &[Expected], first_seq: u64, origin: Option<Origin>) -> Vec<u8> {
+    let raw = raw_payload(entries);
+    let spec = BlockSpec {
+        first_seq,
+        entry_count: entries.len() as u32,
+        min_ts: entries.iter().map(|entry| entry.timestamp_ns).min().unwrap(),
+        max_ts: entries.iter().map(|entry| entry.timestamp_ns).max().unwrap(),
+        origin,
+    };
+    let mut out = vec![0; block::encoded_bytes_max(raw.len())];
+    let used = block::encode_block(&spec, &raw, &mut out);
+    out.truncate(used);
+    out
+}
+
+/// The first `count` lines of a LogHub sample, without their CRLF.
+fn loghub_lines(file: &str, count: usize) -> Vec<String> {
+    let path = format!("{LOGHUB_DIR}{file}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"));
+    text.lines().take(count).map(str::to_owned).collect()
+}
+
+#[test]
+#[ignore = "writes tests/fixtures/v1: run once, when a format version is introduced"]
+fn generate_v1_fixtures() {
+    // The hard-coded bodies are LogHub's lines.
+    let hdfs = loghub_lines("HDFS_2k.log", 3);
+    assert_eq!(hdfs, BLOCK_ENTRIES.map(|entry| entry.body));
+    assert_eq!(loghub_lines("OpenSSH_2k.log", 1), [REPLICATED_ENTRIES[0].body]);
+
+    std::fs::create_dir_all(FIXTURE_DIR).unwrap();
+    let block = encode_block_of(&BLOCK_ENTRIES, BLOCK_FIRST_SEQ, None);
+    let replicated = encode_block_of(&REPLICATED_ENTRIES, REPLICATED_FIRST_SEQ, Some(REPLICATED_ORIGIN));
+    let segment_header = SEGMENT_HEADER.encode();
+
+    let mut index = SegmentIndex::new(SEGMENT_HEADER.first_seq);
+    // The index describes the two block fixtures: when writing the fixtures
+    // of a new version, set their lengths and offsets from these.
+    assert_eq!((INDEX_BLOCKS[0].len as usize, INDEX_BLOCKS[1].len as usize), (block.len(), replicated.len()));
+    for (meta, tags) in INDEX_BLOCKS.into_iter().zip(INDEX_BLOCK_TAGS) {
+        index.push_block(meta, tags.iter().copied());
+    }
+    let index_file = index.encode(INDEX_RAW_BYTES);
+
+    for (name, bytes) in [
+        ("block.bin", &block[..]),
+        ("block-replicated.bin", &replicated[..]),
+        ("segment-header.bin", &segment_header[..]),
+        ("index.idx", &index_file[..]),
+    ] {
+        assert!(bytes.len() < FIXTURE_BYTES_MAX, "{name} is {} bytes", bytes.len());
+        std::fs::write(fixture_path(name), bytes).unwrap();
+        eprintln!("wrote {name}: {} bytes", bytes.len());
+    }
+    // The values the tests above hard-code.
+    eprintln!("block.bin header: {:?}", block::parse_header(&block).unwrap());
+    eprintln!("block-replicated.bin header: {:?}", block::parse_header(&replicated).unwrap());
+    eprintln!("index.idx summary: {:?}", decode_summary(&index_file).unwrap());
+}
