@@ -28,8 +28,12 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod config;
+pub mod http;
 pub mod index;
+pub mod inspect;
 pub mod limits;
+pub mod node;
 pub mod replication;
 pub mod runtime;
 pub mod shard;

@@ -30,7 +30,7 @@ pub const BLOCK_STORED_BYTES_MAX: usize = BLOCK_RAW_BYTES_MAX;
 
 /// Largest amount of uncompressed entry data waiting for one group commit on
 /// a shard. An append that would pass it is refused with backpressure.
-pub const PENDING_RAW_BYTES_MAX: usize = 8 * 1024 * 1024;
+pub const PENDING_RAW_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Largest number of appends waiting for one group commit on a shard.
 pub const PENDING_APPENDS_MAX: usize = 4096;
 /// Largest DMA buffer of one group commit, and so the largest extent one

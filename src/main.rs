@@ -1,18 +1,12 @@
-//! The `wormdb` command line.
-//!
-//! `wormdb serve` starts one glommio executor per shard, each pinned to a
-//! core and owning its shard's files. The HTTP and gRPC APIs are not built
-//! yet (see the node issue); today `serve` opens and recovers every shard,
-//! reports what recovery found, and closes them cleanly on SIGINT/SIGTERM.
+//! The `wormdb` command line: `serve` runs a node, `inspect` dumps what is
+//! on disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use glommio::{LocalExecutorBuilder, Placement};
-use wormdb::shard::{Durability, Shard, ShardConfig};
+use clap::{Parser, Subcommand};
+use wormdb::config::{NodeConfig, Settings};
 
 #[derive(Parser)]
 #[command(name = "wormdb", version, about = "A write-once, read-many log store: thread per core on io_uring")]
@@ -23,39 +17,90 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Open every shard and serve until SIGINT/SIGTERM.
-    Serve(ServeArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DurabilityArg {
-    /// Acknowledge after fdatasync (default).
-    Sync,
-    /// Acknowledge after the write, without fdatasync. Unsafe: for benchmarks.
-    None,
+    /// Run a node: one shard per core, HTTP API, until SIGINT/SIGTERM.
+    Serve(Box<ServeArgs>),
+    /// Print what is on disk: shards, segments, blocks, indexes, torn tails.
+    /// Read-only: it never repairs anything.
+    Inspect {
+        /// A data directory (holding shard-NNN directories) or one shard directory.
+        dir: PathBuf,
+        /// List every block, not only segment summaries.
+        #[arg(long)]
+        blocks: bool,
+    },
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Directory holding one `shard-NNN` directory per shard.
-    #[arg(long, default_value = "./wormdb-data")]
-    data_dir: PathBuf,
-    /// Number of shards (executors); default: available cores.
+    /// TOML file with the same keys as these flags (`data-dir = "..."`); flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory holding one `shard-NNN` directory per shard [default: ./wormdb-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP API address; port 0 picks a free one [default: 127.0.0.1:8080]
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// gRPC address for replication [default: 127.0.0.1:50051] (not served yet)
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Number of shards, one executor each [default: available cores]
     #[arg(long)]
     shards: Option<usize>,
-    /// This node's id, stored in every entry's global id.
-    #[arg(long, default_value_t = 1)]
-    node_id: u32,
-    /// Segment file size in bytes.
-    #[arg(long, default_value_t = wormdb::limits::SEGMENT_BYTES_DEFAULT)]
-    segment_bytes: u64,
-    /// When writes are acknowledged.
-    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
-    durability: DurabilityArg,
+    /// This node's id, part of every entry's global id [default: 1]
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Follow this leader's gRPC address (replication; not available yet)
+    #[arg(long)]
+    leader: Option<String>,
+    /// `sync` acknowledges after fdatasync; `none` after the write only (unsafe: benchmarks) [default: sync]
+    #[arg(long)]
+    durability: Option<String>,
+    /// Segment file size in bytes [default: 268435456]
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// Delete the oldest segments once a shard holds more than this many bytes
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Delete segments whose newest entry is older than this (30s, 15m, 12h, 7d)
+    #[arg(long)]
+    retention_age: Option<String>,
+    /// Largest request body in bytes [default: 16777216]
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Requests that may wait for one group commit per shard before 429 [default: 4096]
+    #[arg(long)]
+    max_pending_appends: Option<usize>,
+}
+
+impl ServeArgs {
+    fn settings(self) -> Result<Settings, String> {
+        let flags = Settings {
+            data_dir: self.data_dir,
+            http_addr: self.http_addr,
+            grpc_addr: self.grpc_addr,
+            shards: self.shards,
+            node_id: self.node_id,
+            leader: self.leader,
+            durability: self.durability,
+            segment_bytes: self.segment_bytes,
+            retention_bytes: self.retention_bytes,
+            retention_age: self.retention_age,
+            max_body_bytes: self.max_body_bytes,
+            max_pending_appends: self.max_pending_appends,
+        };
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Ok(flags.over(file))
+    }
 }
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -63,19 +108,21 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
+            eprintln!("wormdb: {message}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and the threads it spawns), so
-/// that only [`wait_for_signal`] receives them.
+/// Blocks SIGINT and SIGTERM in this thread and the threads it spawns, so
+/// that only the signal thread receives them.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a set we own.
     unsafe {
@@ -88,64 +135,29 @@ fn block_shutdown_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: sigwait reads the set we own and writes the signal number.
-    unsafe { libc::sigwait(set, &mut signal) };
-    signal
-}
-
 fn serve(args: ServeArgs) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
-    let shards = args.shards.unwrap_or(cores);
-    if shards == 0 || shards > 1024 {
-        return Err(format!("--shards {shards}: must be between 1 and 1024"));
-    }
-    wormdb::runtime::ensure_memlock(wormdb::runtime::MEMLOCK_BYTES_PER_EXECUTOR * shards as u64)?;
+    let config = NodeConfig::from_settings(args.settings()?, cores)?;
     let signals = block_shutdown_signals();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut executors = Vec::new();
-    for shard_id in 0..shards {
-        let config = ShardConfig {
-            node_id: args.node_id,
-            segment_bytes: args.segment_bytes,
-            durability: match args.durability {
-                DurabilityArg::Sync => Durability::Sync,
-                DurabilityArg::None => Durability::None,
-            },
-            ..ShardConfig::new(args.data_dir.join(format!("shard-{shard_id:03}")), shard_id as u32)
-        };
+    {
         let stop = stop.clone();
-        let executor = LocalExecutorBuilder::new(Placement::Fixed(shard_id % cores))
-            .name(&format!("shard-{shard_id:03}"))
-            .spawn(move || async move {
-                let shard = Shard::open(config).await.map_err(|error| format!("shard {shard_id}: {error}"))?;
-                let report = shard.recovery_report();
-                tracing::info!(shard = shard_id, next_seq = report.next_seq, segments = report.segments, torn_tail = ?report.torn_tail, "shard ready");
-                while !stop.load(Ordering::Acquire) {
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
-                }
-                shard.close().await.map_err(|error| format!("shard {shard_id}: {error}"))?;
-                tracing::info!(shard = shard_id, last_seq = shard.durable_seq(), "shard closed");
-                Ok::<(), String>(())
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut signal = 0;
+                // SAFETY: sigwait reads the set we own and writes the number.
+                unsafe { libc::sigwait(&signals, &mut signal) };
+                tracing::info!(signal, "shutting down");
+                stop.store(true, Ordering::Release);
             })
-            .map_err(|error| format!("cannot start executor {shard_id}: {error}"))?;
-        executors.push(executor);
+            .map_err(|error| format!("cannot start the signal thread: {error}"))?;
     }
-    let signal = wait_for_signal(&signals);
-    tracing::info!(signal, "shutting down");
-    stop.store(true, Ordering::Release);
-    let mut failures = Vec::new();
-    for executor in executors {
-        match executor.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => failures.push(message),
-            Err(error) => failures.push(format!("executor failed: {error}")),
-        }
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        shards = config.shards,
+        durability = ?config.durability,
+        "starting wormdb node {}", config.node_id
+    );
+    wormdb::node::run(config, stop)
 }

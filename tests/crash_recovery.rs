@@ -272,8 +272,11 @@ fn a_missing_or_corrupt_sealed_index_is_rebuilt_from_its_segment() {
         let lines = common::loghub_all();
         while shard.stats().segments < 3 {
             let tags = [("k", "v")];
-            let entries: Vec<EntryRef<'_>> =
-                lines.iter().take(2000).map(|(_, line)| EntryRef { timestamp_ns: 3, tags: &tags, body: line.as_bytes() }).collect();
+            let entries: Vec<EntryRef<'_>> = lines
+                .iter()
+                .take(2000)
+                .map(|(_, line)| EntryRef { timestamp_ns: 3, tags: &tags, body: line.as_bytes() })
+                .collect();
             shard.append(&entries).unwrap().durable().await.unwrap();
         }
         let total = shard.durable_seq();
@@ -293,7 +296,8 @@ fn a_missing_or_corrupt_sealed_index_is_rebuilt_from_its_segment() {
         let shard = Shard::open(config(&dir)).await.unwrap();
         assert_eq!(shard.recovery_report().indexes_rebuilt, 2);
         assert_eq!(shard.durable_seq(), total);
-        let query = wormdb::shard::Query { tags: &[("k", "v")], from_ts: 0, to_ts: 10, limit: usize::MAX, backward: false };
+        let query =
+            wormdb::shard::Query { tags: &[("k", "v")], from_ts: 0, to_ts: 10, limit: usize::MAX, backward: false };
         assert_eq!(shard.query(&query).await.unwrap().entries.len() as u64, total);
         shard.close().await.unwrap();
         assert!(indexes.iter().all(|path| path.exists()), "rebuilt index files are written back");

@@ -7,37 +7,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::loopfs::{free_bytes, LoopMount};
 use wormdb::shard::{EntryRef, Error, Shard, ShardConfig};
-
-struct LoopMount {
-    mount_point: PathBuf,
-}
-
-impl LoopMount {
-    fn new(root: &Path, bytes: u64) -> LoopMount {
-        let image = root.join("fs.img");
-        let mount_point = root.join("mnt");
-        std::fs::create_dir_all(&mount_point).unwrap();
-        std::fs::File::create(&image).unwrap().set_len(bytes).unwrap();
-        let run = |program: &str, args: &[&std::ffi::OsStr]| {
-            let status = Command::new(program).args(args).status();
-            let ok = status.as_ref().is_ok_and(|status| status.success());
-            assert!(ok, "`{program}` failed ({status:?}): this test needs root, mkfs.ext4 and loop devices");
-        };
-        run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()]);
-        run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), mount_point.as_os_str()]);
-        LoopMount { mount_point }
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
-    }
-}
 
 #[test]
 fn disk_full_refuses_appends_and_recovers_when_space_is_freed() {
@@ -46,12 +17,7 @@ fn disk_full_refuses_appends_and_recovers_when_space_is_freed() {
     let shard_dir = mount.mount_point.join("shard-000");
     let ballast = mount.mount_point.join("ballast");
     // Leave room for two 16 MiB segments but not three.
-    let free = {
-        let c_path = std::ffi::CString::new(mount.mount_point.as_os_str().as_encoded_bytes()).unwrap();
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) }, 0);
-        stat.f_bavail * stat.f_frsize
-    };
+    let free = free_bytes(&mount.mount_point);
     let segment_bytes: u64 = 16 * 1024 * 1024;
     let ballast_bytes = free - 2 * segment_bytes - 4 * 1024 * 1024;
     std::fs::write(&ballast, vec![0xab; ballast_bytes as usize]).unwrap();

@@ -273,3 +273,72 @@ fn a_tail_reader_follows_new_commits() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn ordered_queries_sort_by_timestamp_across_blocks_and_segments() {
+    use rand::{Rng, SeedableRng};
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    common::run(move || async move {
+        let config = ShardConfig { segment_bytes: wormdb::limits::SEGMENT_BYTES_MIN, ..ShardConfig::new(&path, 0) };
+        let shard = Shard::open(config).await.unwrap();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let lines = common::loghub_lines("Zookeeper");
+        // Timestamps jitter around a rising clock, so blocks overlap in time.
+        let mut model = Vec::new();
+        for round in 0..800u64 {
+            let batch: Vec<(i64, &str, String)> = (0..100)
+                .map(|index| {
+                    let ts = (round * 100 + index) as i64 * 10 + rng.gen_range(-3000..3000);
+                    let line = &lines[(round * 100 + index) as usize % lines.len()];
+                    // A random suffix keeps the data from compressing away, so it spans segments.
+                    let body = format!("{line} {:032x}", rng.gen::<u128>());
+                    (ts, if index % 3 == 0 { "a" } else { "b" }, body)
+                })
+                .collect();
+            let tags: Vec<[(&str, &str); 1]> = batch.iter().map(|(_, group, _)| [("group", *group)]).collect();
+            let entries: Vec<EntryRef<'_>> = batch
+                .iter()
+                .zip(&tags)
+                .map(|((ts, _, body), tags)| EntryRef { timestamp_ns: *ts, tags, body: body.as_bytes() })
+                .collect();
+            let range = shard.append(&entries).unwrap().durable().await.unwrap();
+            for (offset, (ts, group, _)) in batch.iter().enumerate() {
+                model.push((*ts, range.first + offset as u64, *group));
+            }
+        }
+        assert!(shard.stats().segments >= 2, "spans segments: {:?}", shard.stats());
+        for backward in [false, true] {
+            for (tags, from_ts, to_ts, limit) in [
+                (vec![], i64::MIN, i64::MAX, 5000),
+                (vec![("group", "a")], 20_000, 90_000, 700),
+                (vec![("group", "b")], 0, 1, 10),
+            ] {
+                let query = Query { tags: &tags, from_ts, to_ts, limit, backward };
+                let mut ordered = shard.query_ordered(&query).await.unwrap();
+                let mut got = Vec::new();
+                loop {
+                    let chunk = ordered.next_chunk(97).await.unwrap();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    got.extend(chunk.into_iter().map(|entry| (entry.timestamp_ns, entry.seq)));
+                }
+                let mut expected: Vec<(i64, u64)> = model
+                    .iter()
+                    .filter(|(ts, _, group)| {
+                        *ts >= from_ts && *ts < to_ts && tags.iter().all(|(_, want)| want == group)
+                    })
+                    .map(|(ts, seq, _)| (*ts, *seq))
+                    .collect();
+                expected.sort();
+                if backward {
+                    expected.reverse();
+                }
+                expected.truncate(limit);
+                assert_eq!(got, expected, "backward={backward} tags={tags:?} [{from_ts},{to_ts}) limit {limit}");
+            }
+        }
+        shard.close().await.unwrap();
+    });
+}

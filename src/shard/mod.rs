@@ -41,8 +41,8 @@ use glommio::io::DmaFile;
 use crate::index::{self, SegmentIndex};
 use crate::limits;
 pub use block::{EntryRef, Origin};
-pub use reader::{Query, QueryResult};
-pub use recovery::RecoveryReport;
+pub use reader::{OrderedQuery, Query, QueryResult};
+pub use recovery::{RecoveryReport, TornTail};
 
 /// The unit of O_DIRECT alignment and of tail-page packing.
 pub const PAGE_BYTES: usize = 4096;
@@ -90,6 +90,10 @@ pub struct ShardConfig {
     pub durability: Durability,
     /// How segment space is reserved.
     pub preallocation: Preallocation,
+    /// Appends that may wait for one group commit before further appends
+    /// are refused with [`Error::Backpressure`]; at most
+    /// [`limits::PENDING_APPENDS_MAX`].
+    pub pending_appends_max: usize,
 }
 
 impl ShardConfig {
@@ -102,6 +106,7 @@ impl ShardConfig {
             segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
             durability: Durability::Sync,
             preallocation: Preallocation::Fallocate,
+            pending_appends_max: limits::PENDING_APPENDS_MAX,
         }
     }
 }
@@ -251,7 +256,18 @@ pub struct ShardStats {
     pub backpressure_rejections: u64,
     /// Blocks read by readers since open.
     pub blocks_read: u64,
+    /// Appends waiting for the next group commit right now.
+    pub pending_appends: u64,
+    /// fdatasync latencies since open: `sync_latency_buckets[i]` counts
+    /// syncs that took at most `SYNC_LATENCY_BUCKETS_US[i]` µs (cumulative,
+    /// as Prometheus histograms are); syncs above the last bound only count
+    /// in `syncs`.
+    pub sync_latency_buckets: [u64; SYNC_LATENCY_BUCKETS_US.len()],
 }
+
+/// Upper bounds, in microseconds, of the fdatasync latency histogram.
+pub const SYNC_LATENCY_BUCKETS_US: [u64; 12] =
+    [50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
 
 /// A durable, sealed segment: read-only, with its index file beside it.
 struct Sealed {
@@ -425,6 +441,13 @@ impl Shard {
                 limits::SEGMENT_BYTES_MAX
             )));
         }
+        if config.pending_appends_max == 0 || config.pending_appends_max > limits::PENDING_APPENDS_MAX {
+            return Err(Error::Config(format!(
+                "pending_appends_max {} outside 1..={}",
+                config.pending_appends_max,
+                limits::PENDING_APPENDS_MAX
+            )));
+        }
         if config.segment_bytes % PAGE_BYTES as u64 != 0 {
             return Err(Error::Config(format!("segment_bytes {} is not a multiple of 4096", config.segment_bytes)));
         }
@@ -512,7 +535,7 @@ impl Shard {
         if state.closing {
             return Err(Error::Closed);
         }
-        let limit = if state.pending.appends.len() >= limits::PENDING_APPENDS_MAX {
+        let limit = if state.pending.appends.len() >= self.inner.config.pending_appends_max {
             Some("PENDING_APPENDS_MAX")
         } else if state.pending.raw.len() + bound > pending_max {
             Some("PENDING_RAW_BYTES_MAX")
@@ -605,6 +628,7 @@ impl Shard {
         let state = self.inner.state.borrow();
         let mut stats = state.stats.clone();
         stats.last_seq = state.durable_seq;
+        stats.pending_appends = state.pending.appends.len() as u64;
         let first = state.sealed.front().map(|sealed| sealed.first_seq).unwrap_or(state.active.first_seq);
         stats.entries = state.durable_seq + 1 - first;
         stats.segments = state.sealed.len() as u64 + 1;

@@ -310,3 +310,176 @@ fn coalesce(blocks: &[BlockMeta]) -> Vec<Vec<BlockMeta>> {
     }
     groups
 }
+
+/// An entry waiting in [`OrderedQuery`]'s heap, ordered by timestamp then
+/// seq (reversed for backward queries).
+struct Pending {
+    key: (i64, u64),
+    entry: LogEntry,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+/// A candidate block of an ordered query, with the segment it lives in.
+struct Candidate {
+    file: Rc<DmaFile>,
+    path: Rc<PathBuf>,
+    meta: BlockMeta,
+}
+
+/// A query whose results come out in timestamp order (ties by seq), chunk
+/// by chunk, without holding the whole result: candidate blocks are visited
+/// in order of their time range, and an entry is released only once no
+/// unvisited block can hold an earlier one. Memory is the candidate block
+/// list plus the entries of blocks whose time ranges overlap.
+pub struct OrderedQuery {
+    shard: Shard,
+    tags: Vec<(String, String)>,
+    from_ts: i64,
+    to_ts: i64,
+    backward: bool,
+    remaining: usize,
+    candidates: Vec<Candidate>,
+    next_candidate: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
+    blocks_read: u64,
+}
+
+impl OrderedQuery {
+    /// Blocks read so far.
+    pub fn blocks_read(&self) -> u64 {
+        self.blocks_read
+    }
+
+    /// The next up to `max` entries, in order; empty when the query is done.
+    pub async fn next_chunk(&mut self, max: usize) -> Result<Vec<LogEntry>> {
+        let mut out = Vec::new();
+        while out.len() < max && self.remaining > 0 {
+            // Visit blocks while one could hold an entry that sorts before
+            // the best one waiting.
+            while self.next_candidate < self.candidates.len() {
+                let meta = &self.candidates[self.next_candidate].meta;
+                let block_key = if self.backward { -(meta.max_ts as i128) } else { meta.min_ts as i128 };
+                let must_visit = match self.heap.peek() {
+                    None => true,
+                    Some(std::cmp::Reverse(best)) => block_key <= i128::from(best.key.0),
+                };
+                if !must_visit {
+                    break;
+                }
+                self.visit_next().await?;
+            }
+            match self.heap.pop() {
+                Some(std::cmp::Reverse(pending)) => {
+                    out.push(pending.entry);
+                    self.remaining -= 1;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn visit_next(&mut self) -> Result<()> {
+        let candidate = &self.candidates[self.next_candidate];
+        self.next_candidate += 1;
+        let bytes = candidate
+            .file
+            .read_at(candidate.meta.offset, candidate.meta.len as usize)
+            .await
+            .map_err(|error| Error::glommio("read segment", &candidate.path, error))?;
+        self.blocks_read += 1;
+        self.shard.inner.state.borrow_mut().stats.blocks_read += 1;
+        let block_error =
+            |source| Error::Block { path: candidate.path.as_ref().clone(), offset: candidate.meta.offset, source };
+        let header = block::verify_block(&bytes).map_err(block_error)?;
+        let mut raw = Vec::new();
+        block::decompress_payload(&header, &bytes, &mut raw).map_err(block_error)?;
+        let (node, shard) = (self.shard.inner.config.node_id, self.shard.inner.config.shard_id);
+        let tags: Vec<(&str, &str)> = self.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+        let (from_ts, to_ts, backward) = (self.from_ts, self.to_ts, self.backward);
+        let heap = &mut self.heap;
+        block::for_each_entry(&header, &raw, |seq, entry_bytes| {
+            let view = EntryView::parse(entry_bytes)?;
+            if view.timestamp_ns >= from_ts && view.timestamp_ns < to_ts && view.has_tags(&tags) {
+                let entry = block::decode_entry(&header, seq, entry_bytes, node, shard)?;
+                let key = if backward {
+                    (-view.timestamp_ns.max(i64::MIN + 1), u64::MAX - seq)
+                } else {
+                    (view.timestamp_ns, seq)
+                };
+                heap.push(std::cmp::Reverse(Pending { key, entry }));
+            }
+            Ok(())
+        })
+        .map_err(block_error)?;
+        Ok(())
+    }
+}
+
+impl Shard {
+    /// Starts a query whose results come out in timestamp order (newest
+    /// first when `query.backward`), ties broken by seq. See
+    /// [`OrderedQuery`].
+    pub async fn query_ordered(&self, query: &Query<'_>) -> Result<OrderedQuery> {
+        let mut candidates = Vec::new();
+        if query.limit > 0 && query.from_ts < query.to_ts {
+            let targets = self.targets(|_, _, min_ts, max_ts| min_ts < query.to_ts && max_ts >= query.from_ts);
+            for target in targets {
+                let Some(plan) = self
+                    .plan(target, |index, visible| {
+                        index
+                            .candidates(query.tags, query.from_ts, query.to_ts)
+                            .into_iter()
+                            .filter(|&position| (position as usize) < visible)
+                            .map(|position| index.blocks()[position as usize])
+                            .collect()
+                    })
+                    .await?
+                else {
+                    continue;
+                };
+                let path = Rc::new(plan.path);
+                candidates.extend(plan.blocks.into_iter().map(|meta| Candidate {
+                    file: plan.file.clone(),
+                    path: path.clone(),
+                    meta,
+                }));
+            }
+        }
+        if query.backward {
+            candidates.sort_by_key(|candidate| {
+                (std::cmp::Reverse(candidate.meta.max_ts), std::cmp::Reverse(candidate.meta.first_seq))
+            });
+        } else {
+            candidates.sort_by_key(|candidate| (candidate.meta.min_ts, candidate.meta.first_seq));
+        }
+        Ok(OrderedQuery {
+            shard: self.clone(),
+            tags: query.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+            from_ts: query.from_ts,
+            to_ts: query.to_ts,
+            backward: query.backward,
+            remaining: query.limit,
+            candidates,
+            next_candidate: 0,
+            heap: std::collections::BinaryHeap::new(),
+            blocks_read: 0,
+        })
+    }
+}

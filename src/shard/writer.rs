@@ -300,6 +300,9 @@ pub(super) async fn run_syncer(inner: Rc<Inner>) {
             state.stats.syncs += 1;
             state.stats.sync_us_total += elapsed_us;
             state.stats.sync_us_max = state.stats.sync_us_max.max(elapsed_us);
+            for (bucket, bound) in state.stats.sync_latency_buckets.iter_mut().zip(super::SYNC_LATENCY_BUCKETS_US) {
+                *bucket += u64::from(elapsed_us <= bound);
+            }
         }
         // Only the batches whose writes completed before the fdatasync was
         // issued are durable now.

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod loopfs;
+pub mod node;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 

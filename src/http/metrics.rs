@@ -1,0 +1,99 @@
+//! `GET /metrics`: Prometheus text exposition, per shard. Pure.
+
+use std::fmt::Write;
+
+use crate::node::peers::ShardReport;
+use crate::shard::SYNC_LATENCY_BUCKETS_US;
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every shard's counters.
+pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
+    let mut out = String::new();
+    let scalar = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardReport) -> u64| {
+        family(out, name, kind, help);
+        for report in reports {
+            let _ = writeln!(out, "{name}{{node=\"{node_id}\",shard=\"{}\"}} {}", report.stats.shard, value(report));
+        }
+    };
+    scalar(&mut out, "wormdb_ingest_entries_total", "counter", "Entries stored through HTTP.", &|r| {
+        r.http.ingest_entries
+    });
+    scalar(&mut out, "wormdb_ingest_bytes_total", "counter", "Request body bytes of stored ingests.", &|r| {
+        r.http.ingest_bytes
+    });
+    scalar(&mut out, "wormdb_ingest_requests_total", "counter", "Ingest requests that stored entries.", &|r| {
+        r.http.ingest_requests
+    });
+    scalar(&mut out, "wormdb_commits_total", "counter", "Group commits written.", &|r| r.stats.commits);
+    scalar(&mut out, "wormdb_write_bytes_total", "counter", "Bytes written by DMA writes.", &|r| r.stats.write_bytes);
+    scalar(&mut out, "wormdb_last_seq", "gauge", "Highest durable sequence number.", &|r| r.stats.last_seq);
+    scalar(&mut out, "wormdb_entries", "gauge", "Entries on disk.", &|r| r.stats.entries);
+    scalar(&mut out, "wormdb_raw_bytes", "gauge", "Entry bytes on disk before compression.", &|r| r.stats.raw_bytes);
+    scalar(&mut out, "wormdb_disk_bytes", "gauge", "Bytes the blocks occupy on disk.", &|r| r.stats.disk_bytes);
+    scalar(&mut out, "wormdb_segments", "gauge", "Segment files.", &|r| r.stats.segments);
+    scalar(&mut out, "wormdb_append_queue_depth", "gauge", "Appends waiting for the next group commit.", &|r| {
+        r.stats.pending_appends
+    });
+    scalar(&mut out, "wormdb_blocks_read_total", "counter", "Blocks read by queries and tails.", &|r| {
+        r.stats.blocks_read
+    });
+    scalar(&mut out, "wormdb_queries_total", "counter", "Query requests served.", &|r| r.http.queries);
+    scalar(&mut out, "wormdb_tails_lagged_total", "counter", "Tail subscribers dropped for falling behind.", &|r| {
+        r.http.tails_lagged
+    });
+
+    family(&mut out, "wormdb_rejected_requests_total", "counter", "Requests refused, by reason.");
+    for report in reports {
+        let rejected = &report.http.rejected;
+        for (reason, count) in [
+            ("malformed", rejected.malformed),
+            ("too_large", rejected.too_large),
+            ("unsupported_media_type", rejected.unsupported_media_type),
+            (
+                "backpressure",
+                rejected.backpressure + report.stats.backpressure_rejections.saturating_sub(rejected.backpressure),
+            ),
+            ("shutting_down", rejected.shutting_down),
+            ("disk_full", rejected.disk_full),
+            ("internal", rejected.internal),
+        ] {
+            let _ = writeln!(
+                out,
+                "wormdb_rejected_requests_total{{node=\"{node_id}\",shard=\"{}\",reason=\"{reason}\"}} {count}",
+                report.stats.shard
+            );
+        }
+    }
+
+    family(&mut out, "wormdb_fsync_duration_seconds", "histogram", "fdatasync latency of group commits.");
+    for report in reports {
+        let shard = report.stats.shard;
+        for (bound, count) in SYNC_LATENCY_BUCKETS_US.iter().zip(report.stats.sync_latency_buckets) {
+            let _ = writeln!(
+                out,
+                "wormdb_fsync_duration_seconds_bucket{{node=\"{node_id}\",shard=\"{shard}\",le=\"{}\"}} {count}",
+                *bound as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "wormdb_fsync_duration_seconds_bucket{{node=\"{node_id}\",shard=\"{shard}\",le=\"+Inf\"}} {}",
+            report.stats.syncs
+        );
+        let _ = writeln!(
+            out,
+            "wormdb_fsync_duration_seconds_sum{{node=\"{node_id}\",shard=\"{shard}\"}} {}",
+            report.stats.sync_us_total as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "wormdb_fsync_duration_seconds_count{{node=\"{node_id}\",shard=\"{shard}\"}} {}",
+            report.stats.syncs
+        );
+    }
+    out
+}

@@ -1,0 +1,12 @@
+//! The HTTP API (DESIGN.md section 7): ingest, query, tail, stats, metrics.
+//!
+//! - [`ndjson`]: NDJSON ingest parsing (borrowed, no per-field allocation)
+//!   and NDJSON output of entries. Pure.
+//! - [`params`]: query-string parsing. Pure.
+//! - [`metrics`]: Prometheus text rendering. Pure.
+//! - [`server`]: hyper on glommio; routing and handlers.
+
+pub mod metrics;
+pub mod ndjson;
+pub mod params;
+pub mod server;

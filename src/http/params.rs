@@ -1,0 +1,144 @@
+//! Query-string parsing for `GET /v1/entries` and `GET /v1/tail`. Pure.
+
+use crate::limits;
+
+/// Default `limit` of a query.
+pub const QUERY_LIMIT_DEFAULT: usize = 1000;
+/// Largest `limit` of a query (results are streamed).
+pub const QUERY_LIMIT_MAX: usize = 10_000_000;
+/// Most `tag=` predicates in one request.
+pub const QUERY_TAGS_MAX: usize = limits::ENTRY_TAGS_MAX;
+
+/// A parsed query string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryParams {
+    /// `from` (inclusive, ns); default: the beginning of time.
+    pub from_ts: i64,
+    /// `to` (exclusive, ns); default: the end of time.
+    pub to_ts: i64,
+    /// Every `tag=k=v`, in order.
+    pub tags: Vec<(String, String)>,
+    /// `limit`.
+    pub limit: usize,
+    /// `direction=backward`.
+    pub backward: bool,
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(index + 1..index + 3).ok_or_else(|| format!("bad percent escape in {text:?}"))?;
+                let hex = std::str::from_utf8(hex).map_err(|_| format!("bad percent escape in {text:?}"))?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad percent escape in {text:?}"))?);
+                index += 2;
+            }
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
+}
+
+/// Parses `from`, `to`, `tag` (repeated, `k=v`), `limit`, `direction`.
+/// `allowed` names the parameters this endpoint takes; others are refused.
+pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, String> {
+    let mut params = QueryParams {
+        from_ts: i64::MIN,
+        to_ts: i64::MAX,
+        tags: Vec::new(),
+        limit: QUERY_LIMIT_DEFAULT,
+        backward: false,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name)?;
+        let value = percent_decode(value)?;
+        if !allowed.contains(&name.as_str()) {
+            return Err(format!("unknown parameter {name:?} (this endpoint takes: {})", allowed.join(", ")));
+        }
+        match name.as_str() {
+            "from" => {
+                params.from_ts = value.parse().map_err(|_| format!("from={value:?}: expected integer nanoseconds"))?
+            }
+            "to" => params.to_ts = value.parse().map_err(|_| format!("to={value:?}: expected integer nanoseconds"))?,
+            "limit" => {
+                let limit: usize =
+                    value.parse().map_err(|_| format!("limit={value:?}: expected a positive integer"))?;
+                if limit == 0 || limit > QUERY_LIMIT_MAX {
+                    return Err(format!("limit={limit}: must be between 1 and {QUERY_LIMIT_MAX}"));
+                }
+                params.limit = limit;
+            }
+            "direction" => {
+                params.backward = match value.as_str() {
+                    "forward" => false,
+                    "backward" => true,
+                    _ => return Err(format!("direction={value:?}: expected forward or backward")),
+                }
+            }
+            "tag" => {
+                let (key, tag_value) =
+                    value.split_once('=').ok_or_else(|| format!("tag={value:?}: expected tag=key=value"))?;
+                if key.is_empty() {
+                    return Err(format!("tag={value:?}: empty key"));
+                }
+                if params.tags.len() == QUERY_TAGS_MAX {
+                    return Err(format!("more than {QUERY_TAGS_MAX} tag predicates"));
+                }
+                params.tags.push((key.to_owned(), tag_value.to_owned()));
+            }
+            _ => unreachable!("checked against allowed"),
+        }
+    }
+    if params.from_ts > params.to_ts {
+        return Err(format!("from={} is after to={}", params.from_ts, params.to_ts));
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[&str] = &["from", "to", "tag", "limit", "direction"];
+
+    #[test]
+    fn parses_every_parameter() {
+        let params =
+            parse(Some("from=10&to=20&tag=app=web%3D1&tag=level=error&limit=5&direction=backward"), ALL).unwrap();
+        assert_eq!(params.from_ts, 10);
+        assert_eq!(params.to_ts, 20);
+        assert_eq!(params.tags, vec![("app".into(), "web=1".into()), ("level".into(), "error".into())]);
+        assert_eq!(params.limit, 5);
+        assert!(params.backward);
+        let defaults = parse(None, ALL).unwrap();
+        assert_eq!(
+            (defaults.from_ts, defaults.to_ts, defaults.limit, defaults.backward),
+            (i64::MIN, i64::MAX, 1000, false)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_input_with_the_parameter_named() {
+        for (query, needle) in [
+            ("from=yesterday", "from="),
+            ("limit=0", "limit="),
+            ("limit=10000001", "limit="),
+            ("direction=up", "direction="),
+            ("tag=novalue", "tag="),
+            ("tag==v", "empty key"),
+            ("color=red", "unknown parameter"),
+            ("from=5&to=4", "after"),
+            ("tag=a%zz", "percent"),
+        ] {
+            let error = parse(Some(query), ALL).unwrap_err();
+            assert!(error.contains(needle), "{query}: {error}");
+        }
+        assert!(parse(Some("limit=5"), &["tag"]).is_err());
+    }
+}

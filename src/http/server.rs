@@ -1,0 +1,496 @@
+//! The HTTP/1.1 API on hyper, driven by glommio: each core accepts on its
+//! own `SO_REUSEPORT` socket and serves its connections; ingest goes to the
+//! core's own shard, queries, tails and stats fan out to every core.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::{mpsc, oneshot};
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use super::{metrics, ndjson, params};
+use crate::node::peers::{self, QueryChunk, QuerySpec};
+use crate::node::{Core, InFlight};
+use crate::proto::{LogEntry, WriteRequest};
+use crate::shard::{EntryRef, Error};
+
+/// The response body type: whole or streamed.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Connections one core serves at once; more are closed on accept.
+pub const CONNECTIONS_PER_CORE_MAX: usize = 16_384;
+/// Entries in one ingest request.
+pub const ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;
+/// Streamed responses are written in chunks of about this size.
+const STREAM_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks buffered between a streaming task and its connection.
+const STREAM_CHUNKS_BUFFERED: usize = 8;
+/// Query chunks buffered per shard stream.
+const QUERY_CHUNKS_BUFFERED: usize = 4;
+
+const NDJSON: &str = "application/x-ndjson";
+
+/// Accepts connections until cancelled, serving each on its own task.
+pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
+    let connections = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if connections.get() >= CONNECTIONS_PER_CORE_MAX {
+            tracing::warn!(limit = CONNECTIONS_PER_CORE_MAX, "too many connections; closing a new one");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        connections.set(connections.get() + 1);
+        let core = core.clone();
+        let connections = connections.clone();
+        glommio::spawn_local(async move {
+            let io = TokioIo::new(stream.compat());
+            let service = hyper::service::service_fn(move |request| {
+                let core = core.clone();
+                async move { Ok::<_, Infallible>(handle(core, request).await) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            connections.set(connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+/// Routes one request.
+pub async fn handle(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    match (request.method().clone(), path.as_str()) {
+        (Method::POST, "/v1/entries") => ingest(core, request).await,
+        (Method::GET, "/v1/entries") => query(core, request).await,
+        (Method::GET, "/v1/tail") => tail(core, request).await,
+        (Method::GET, "/v1/stats") => stats(core).await,
+        (Method::GET, "/metrics") => prometheus(core).await,
+        (Method::GET, "/healthz") => {
+            let mut response = Response::new(full("ok\n"));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        }
+        (_, "/v1/entries" | "/v1/tail" | "/v1/stats" | "/metrics" | "/healthz") => {
+            let allow = if path == "/v1/entries" { "GET, POST" } else { "GET" };
+            let mut response =
+                error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", request.method()));
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            response
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+enum Format {
+    Ndjson,
+    Protobuf,
+}
+
+/// Counts a refusal and builds its response.
+fn reject(core: &Core, status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    {
+        let mut counters = core.counters.borrow_mut();
+        let rejected = &mut counters.rejected;
+        match status {
+            StatusCode::BAD_REQUEST => rejected.malformed += 1,
+            StatusCode::PAYLOAD_TOO_LARGE => rejected.too_large += 1,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => rejected.unsupported_media_type += 1,
+            StatusCode::TOO_MANY_REQUESTS => rejected.backpressure += 1,
+            StatusCode::SERVICE_UNAVAILABLE => rejected.shutting_down += 1,
+            StatusCode::INSUFFICIENT_STORAGE => rejected.disk_full += 1,
+            _ => rejected.internal += 1,
+        }
+    }
+    let mut response = error(status, message);
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Maps a shard error to its HTTP status. `entry_label` names an entry by
+/// its position (`line N` for NDJSON, `entry N` for protobuf).
+fn shard_error(core: &Core, error: Error, entry_label: impl Fn(usize) -> String) -> Response<Body> {
+    match error {
+        Error::InvalidEntry { index, source } => {
+            reject(core, StatusCode::BAD_REQUEST, format!("{}: {source}", entry_label(index)))
+        }
+        Error::InvalidAppend(message) => reject(core, StatusCode::PAYLOAD_TOO_LARGE, message),
+        error @ Error::Backpressure { .. } => reject(core, StatusCode::TOO_MANY_REQUESTS, error),
+        error @ Error::DiskFull { .. } => reject(core, StatusCode::INSUFFICIENT_STORAGE, error),
+        Error::Closed => reject(core, StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        error => {
+            tracing::error!(%error, "ingest failed");
+            reject(core, StatusCode::INTERNAL_SERVER_ERROR, error)
+        }
+    }
+}
+
+async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
+    let _in_flight = InFlight::new(&core);
+    if core.closing.get() {
+        return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or("?").split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let format = match content_type.as_deref() {
+        None | Some("application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json") => {
+            Format::Ndjson
+        }
+        Some("application/x-protobuf" | "application/protobuf") => Format::Protobuf,
+        Some(other) => {
+            return reject(
+                &core,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-type {other:?} is not supported: use application/x-ndjson or application/x-protobuf"),
+            )
+        }
+    };
+    let max_body = core.config.max_body_bytes;
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body as u64) {
+        return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"));
+    }
+    let body = match Limited::new(request.into_body(), max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(failure) if failure.is::<http_body_util::LengthLimitError>() => {
+            return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"))
+        }
+        Err(failure) => return reject(&core, StatusCode::BAD_REQUEST, format!("reading the body failed: {failure}")),
+    };
+    let body_bytes = body.len() as u64;
+    let appended = match format {
+        Format::Ndjson => {
+            let batch = match ndjson::parse_ndjson(&body, ENTRIES_PER_REQUEST_MAX) {
+                Ok(batch) => batch,
+                Err(line_error) => return reject(&core, StatusCode::BAD_REQUEST, line_error),
+            };
+            let mut tags = Vec::new();
+            let entries = batch.entry_refs(&mut tags);
+            if entries.is_empty() {
+                return reject(&core, StatusCode::BAD_REQUEST, "no entries in the body");
+            }
+            // Line numbers of entries, for errors the shard finds.
+            core.shard.append(&entries).map(|wait| (wait, entries.len())).map_err(|error| (error, true))
+        }
+        Format::Protobuf => {
+            let write: WriteRequest = match prost::Message::decode(body.clone()) {
+                Ok(write) => write,
+                Err(failure) => return reject(&core, StatusCode::BAD_REQUEST, format!("bad WriteRequest: {failure}")),
+            };
+            if write.entries.len() > ENTRIES_PER_REQUEST_MAX {
+                return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, "too many entries in one request");
+            }
+            let tags: Vec<Vec<(&str, &str)>> = write
+                .entries
+                .iter()
+                .map(|entry| entry.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
+                .collect();
+            let entries: Vec<EntryRef<'_>> = write
+                .entries
+                .iter()
+                .zip(&tags)
+                .map(|(entry, tags)| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body })
+                .collect();
+            if entries.is_empty() {
+                return reject(&core, StatusCode::BAD_REQUEST, "no entries in the WriteRequest");
+            }
+            core.shard.append(&entries).map(|wait| (wait, entries.len())).map_err(|error| (error, false))
+        }
+    };
+    let (wait, count) = match appended {
+        Ok(appended) => appended,
+        Err((failure, ndjson_lines)) => {
+            return shard_error(&core, failure, |index| {
+                if ndjson_lines {
+                    format!("entry {}", index + 1)
+                } else {
+                    format!("entry {index}")
+                }
+            })
+        }
+    };
+    match wait.durable().await {
+        Ok(range) => {
+            {
+                let mut counters = core.counters.borrow_mut();
+                counters.ingest_requests += 1;
+                counters.ingest_entries += count as u64;
+                counters.ingest_bytes += body_bytes;
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "shard": core.shard.config().shard_id,
+                    "first_seq": range.first,
+                    "last_seq": range.last,
+                    "count": count,
+                }),
+            )
+        }
+        Err(failure) => shard_error(&core, failure, |index| format!("entry {index}")),
+    }
+}
+
+/// A streamed NDJSON response fed by a channel of chunks.
+fn streamed(receiver: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let stream = receiver.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    response
+}
+
+/// Sort key of a query result: timestamp, then the entry's global id.
+fn order_key(entry: &LogEntry) -> (i64, u32, u32, u64) {
+    (entry.timestamp_ns, entry.node_id, entry.shard, entry.seq)
+}
+
+async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
+    let params = match params::parse(request.uri().query(), &["from", "to", "tag", "limit", "direction"]) {
+        Ok(params) => params,
+        Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
+    };
+    core.counters.borrow_mut().queries += 1;
+    let spec = Arc::new(QuerySpec {
+        tags: params.tags,
+        from_ts: params.from_ts,
+        to_ts: params.to_ts,
+        limit: params.limit,
+        backward: params.backward,
+    });
+    let mut streams = Vec::new();
+    for peer in &core.peers {
+        let (sink, receiver) = mpsc::channel(QUERY_CHUNKS_BUFFERED);
+        if peer.clone().send(peers::Request::Query { spec: spec.clone(), sink }).await.is_err() {
+            return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
+        streams.push(receiver);
+    }
+    // Wait for every shard's first answer, so that a failure to start
+    // becomes an error status rather than a cut stream.
+    let mut heads: Vec<VecDeque<LogEntry>> = Vec::new();
+    let mut done = Vec::new();
+    for stream in &mut streams {
+        match stream.next().await {
+            Some(QueryChunk::Entries(entries)) => {
+                heads.push(entries.into());
+                done.push(false);
+            }
+            Some(QueryChunk::Done { .. }) => {
+                heads.push(VecDeque::new());
+                done.push(true);
+            }
+            Some(QueryChunk::Failed(message)) => return reject(&core, StatusCode::INTERNAL_SERVER_ERROR, message),
+            None => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        }
+    }
+    let (mut body, receiver) = mpsc::channel::<Bytes>(STREAM_CHUNKS_BUFFERED);
+    let limit = spec.limit;
+    let backward = spec.backward;
+    glommio::spawn_local(async move {
+        let mut out = Vec::with_capacity(STREAM_CHUNK_BYTES + 4096);
+        let mut written = 0usize;
+        while written < limit {
+            // Refill every shard whose buffer ran dry.
+            for (index, stream) in streams.iter_mut().enumerate() {
+                if heads[index].is_empty() && !done[index] {
+                    match stream.next().await {
+                        Some(QueryChunk::Entries(entries)) => heads[index].extend(entries),
+                        Some(QueryChunk::Done { .. }) | None => done[index] = true,
+                        Some(QueryChunk::Failed(message)) => {
+                            out.extend_from_slice(serde_json::json!({ "error": message }).to_string().as_bytes());
+                            out.push(b'\n');
+                            let _ = body.send(Bytes::from(out)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            let best = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(index, head)| head.front().map(|entry| (index, order_key(entry))))
+                .reduce(|best, candidate| {
+                    let better = if backward { candidate.1 > best.1 } else { candidate.1 < best.1 };
+                    if better {
+                        candidate
+                    } else {
+                        best
+                    }
+                });
+            let Some((index, _)) = best else { break };
+            let entry = heads[index].pop_front().expect("chosen from a non-empty head");
+            ndjson::write_entry_line(&mut out, &entry);
+            written += 1;
+            if out.len() >= STREAM_CHUNK_BYTES {
+                let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(STREAM_CHUNK_BYTES + 4096)));
+                if body.send(chunk).await.is_err() {
+                    return; // the client went away; dropping the streams stops the shards
+                }
+            }
+        }
+        if !out.is_empty() {
+            let _ = body.send(Bytes::from(out)).await;
+        }
+    })
+    .detach();
+    streamed(receiver)
+}
+
+async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
+    let params = match params::parse(request.uri().query(), &["tag"]) {
+        Ok(params) => params,
+        Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
+    };
+    let tags = Arc::new(params.tags);
+    let mut streams = Vec::new();
+    let mut lag_flags = Vec::new();
+    for peer in &core.peers {
+        let (sink, receiver) = mpsc::channel(peers::TAIL_CHUNKS_BUFFERED_MAX);
+        let lagged = Arc::new(AtomicBool::new(false));
+        if peer.clone().send(peers::Request::Tail { tags: tags.clone(), sink, lagged: lagged.clone() }).await.is_err() {
+            return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
+        streams.push(receiver);
+        lag_flags.push(lagged);
+    }
+    let (mut body, receiver) = mpsc::channel::<Bytes>(STREAM_CHUNKS_BUFFERED);
+    glommio::spawn_local(async move {
+        let mut merged = futures_util::stream::select_all(streams);
+        while let Some(entries) = merged.next().await {
+            let mut out = Vec::new();
+            for entry in &entries {
+                ndjson::write_entry_line(&mut out, entry);
+            }
+            if body.send(Bytes::from(out)).await.is_err() {
+                return; // the client went away
+            }
+            if lag_flags.iter().any(|flag| flag.load(Ordering::Acquire)) {
+                break;
+            }
+        }
+        if lag_flags.iter().any(|flag| flag.load(Ordering::Acquire)) {
+            let line = serde_json::json!({ "error": "tail fell behind and was disconnected; reconnect to resume" });
+            let _ = body.send(Bytes::from(format!("{line}\n"))).await;
+        }
+    })
+    .detach();
+    streamed(receiver)
+}
+
+/// Every core's report, in shard order.
+async fn reports(core: &Core) -> Result<Vec<peers::ShardReport>, Response<Body>> {
+    let mut replies = Vec::new();
+    for peer in &core.peers {
+        let (reply, receiver) = oneshot::channel();
+        if peer.clone().send(peers::Request::Report { reply }).await.is_err() {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+        replies.push(receiver);
+    }
+    let mut reports = Vec::new();
+    for receiver in replies {
+        match receiver.await {
+            Ok(report) => reports.push(report),
+            Err(_) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+        }
+    }
+    Ok(reports)
+}
+
+async fn stats(core: Rc<Core>) -> Response<Body> {
+    let reports = match reports(&core).await {
+        Ok(reports) => reports,
+        Err(response) => return response,
+    };
+    let shards: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|report| {
+            let stats = &report.stats;
+            serde_json::json!({
+                "shard": stats.shard,
+                "last_seq": stats.last_seq,
+                "entries": stats.entries,
+                "raw_bytes": stats.raw_bytes,
+                "disk_bytes": stats.disk_bytes,
+                "segments": stats.segments,
+                "commits": stats.commits,
+                "syncs": stats.syncs,
+                "blocks_read": stats.blocks_read,
+                "pending_appends": stats.pending_appends,
+                "ingest_entries": report.http.ingest_entries,
+                "torn_tail": report.torn_tail.as_ref().map(|torn| serde_json::json!({
+                    "path": torn.path.display().to_string(),
+                    "offset": torn.offset,
+                    "bytes": torn.bytes,
+                    "reason": torn.reason,
+                })),
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "node_id": core.config.node_id,
+            "shards": shards,
+            // Replication is not built yet: this node follows no leader and
+            // holds no follower watermarks.
+            "follower": null,
+            "watermarks": [],
+        }),
+    )
+}
+
+async fn prometheus(core: Rc<Core>) -> Response<Body> {
+    match reports(&core).await {
+        Ok(reports) => {
+            let mut response = Response::new(full(metrics::render(core.config.node_id, &reports)));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            response
+        }
+        Err(response) => response,
+    }
+}

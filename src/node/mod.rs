@@ -1,0 +1,259 @@
+//! The node: one glommio executor per shard, each pinned to a core, owning
+//! its shard and serving the HTTP connections the kernel hands its
+//! `SO_REUSEPORT` listener. Cores talk only through bounded channels
+//! ([`peers`]): query fan-out, tail subscriptions, stats.
+//!
+//! Shutdown (SIGINT/SIGTERM → [`StopFlag`]): each core stops accepting
+//! connections, answers new ingest with 503, waits (bounded) for in-flight
+//! requests, closes its shard (which makes everything accepted durable and
+//! acknowledged), and exits.
+
+pub mod peers;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_channel::mpsc;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::NodeConfig;
+use crate::shard::{Shard, ShardConfig};
+
+/// How long shutdown waits for in-flight requests before closing shards.
+pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+/// How often a core checks the stop flag and runs retention.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
+/// Requests queued per core from the other cores.
+pub const PEER_QUEUE_MAX: usize = 256;
+/// Listen backlog of each shard's socket.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Set once to stop the node.
+pub type StopFlag = Arc<AtomicBool>;
+
+/// Requests refused, by reason, on one core (for `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct Rejections {
+    /// 400
+    pub malformed: u64,
+    /// 413
+    pub too_large: u64,
+    /// 415
+    pub unsupported_media_type: u64,
+    /// 429
+    pub backpressure: u64,
+    /// 503
+    pub shutting_down: u64,
+    /// 507
+    pub disk_full: u64,
+    /// 500
+    pub internal: u64,
+}
+
+/// Counters of one core's HTTP traffic.
+#[derive(Clone, Debug, Default)]
+pub struct HttpCounters {
+    /// Ingest requests that stored their entries.
+    pub ingest_requests: u64,
+    /// Entries stored through this core.
+    pub ingest_entries: u64,
+    /// Request body bytes of successful ingests.
+    pub ingest_bytes: u64,
+    /// Refused requests.
+    pub rejected: Rejections,
+    /// Query requests served.
+    pub queries: u64,
+    /// Tail subscribers disconnected for falling behind.
+    pub tails_lagged: u64,
+}
+
+/// One core's state: its shard, its way to the other cores, its counters.
+pub struct Core {
+    /// This core's shard.
+    pub shard: Shard,
+    /// The node configuration.
+    pub config: Arc<NodeConfig>,
+    /// One sender per core (index = shard id), this one included.
+    pub peers: Vec<mpsc::Sender<peers::Request>>,
+    /// Set when shutdown began: ingest answers 503.
+    pub closing: Cell<bool>,
+    /// Requests being handled (not counting streaming bodies).
+    pub in_flight: Cell<usize>,
+    /// HTTP counters.
+    pub counters: RefCell<HttpCounters>,
+}
+
+/// Counts a request as in flight while alive.
+pub struct InFlight(Rc<Core>);
+
+impl InFlight {
+    /// Starts counting.
+    pub fn new(core: &Rc<Core>) -> InFlight {
+        core.in_flight.set(core.in_flight.get() + 1);
+        InFlight(core.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// Builds one shard's listening socket: `SO_REUSEPORT` so that every shard
+/// binds the same address and the kernel spreads connections among them.
+fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// Runs a node until `stop` is set and every core has shut down.
+pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
+    let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
+    crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
+
+    // Bind every shard's socket up front: the first one resolves port 0,
+    // the others reuse the port it got.
+    let first =
+        reuseport_listener(config.http_addr).map_err(|error| format!("--http-addr {}: {error}", config.http_addr))?;
+    let http_addr = first
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .ok_or_else(|| "cannot read the bound HTTP address".to_string())?;
+    let mut sockets = vec![first];
+    for _ in 1..config.shards {
+        sockets.push(reuseport_listener(http_addr).map_err(|error| format!("--http-addr {http_addr}: {error}"))?);
+    }
+
+    let config = Arc::new(NodeConfig { http_addr, ..config });
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..config.shards {
+        let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+        senders.push(sender);
+        receivers.push(receiver);
+    }
+
+    let mut executors = Vec::new();
+    for (shard_id, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
+        let config = config.clone();
+        let peers = senders.clone();
+        let stop = stop.clone();
+        let fd = socket.into_raw_fd();
+        let executor = LocalExecutorBuilder::new(Placement::Fixed(shard_id % cores))
+            .name(&format!("shard-{shard_id:03}"))
+            .spawn(move || async move { run_core(shard_id as u32, config, peers, inbox, fd, stop).await })
+            .map_err(|error| format!("cannot start the executor of shard {shard_id}: {error}"))?;
+        executors.push(executor);
+    }
+    drop(senders);
+    let mut failures = Vec::new();
+    for executor in executors {
+        match executor.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => failures.push(message),
+            Err(error) => failures.push(format!("executor failed: {error}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        // One core failing to start stops the others too.
+        stop.store(true, Ordering::Release);
+        Err(failures.join("; "))
+    }
+}
+
+async fn run_core(
+    shard_id: u32,
+    config: Arc<NodeConfig>,
+    peers: Vec<mpsc::Sender<peers::Request>>,
+    inbox: mpsc::Receiver<peers::Request>,
+    listener_fd: i32,
+    stop: StopFlag,
+) -> Result<(), String> {
+    // SAFETY: the fd is a listening TCP socket that this core now owns.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener_fd) };
+    let shard_config = ShardConfig {
+        node_id: config.node_id,
+        segment_bytes: config.segment_bytes,
+        durability: config.durability,
+        pending_appends_max: config.max_pending_appends,
+        ..ShardConfig::new(config.data_dir.join(format!("shard-{shard_id:03}")), shard_id)
+    };
+    let shard = match Shard::open(shard_config).await {
+        Ok(shard) => shard,
+        Err(error) => {
+            stop.store(true, Ordering::Release);
+            return Err(format!("shard {shard_id}: {error}"));
+        }
+    };
+    let report = shard.recovery_report();
+    tracing::info!(
+        shard = shard_id,
+        next_seq = report.next_seq,
+        segments = report.segments,
+        torn_tail = ?report.torn_tail,
+        "shard opened"
+    );
+    let core = Rc::new(Core {
+        shard,
+        config: config.clone(),
+        peers,
+        closing: Cell::new(false),
+        in_flight: Cell::new(0),
+        counters: RefCell::new(HttpCounters::default()),
+    });
+    let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
+    let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
+    tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
+
+    let mut since_retention = Duration::ZERO;
+    while !stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
+        since_retention += HOUSEKEEPING_INTERVAL;
+        let retention = config.retention;
+        if since_retention >= RETENTION_INTERVAL && (retention.bytes_max.is_some() || retention.age_max.is_some()) {
+            since_retention = Duration::ZERO;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as i64)
+                .unwrap_or(0);
+            if let Err(error) = core.shard.enforce_retention(retention, now, |_| true).await {
+                tracing::error!(shard = shard_id, %error, "retention failed");
+            }
+        }
+    }
+
+    tracing::info!(shard = shard_id, "shutting down: draining in-flight requests");
+    accept_task.cancel();
+    core.closing.set(true);
+    let drain_started = std::time::Instant::now();
+    while core.in_flight.get() > 0 && drain_started.elapsed() < SHUTDOWN_DRAIN_MAX {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let closed = core.shard.close().await;
+    // Let the handlers whose appends the close just made durable write
+    // their responses.
+    let drain_started = std::time::Instant::now();
+    while core.in_flight.get() > 0 && drain_started.elapsed() < SHUTDOWN_DRAIN_MAX {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    inbox_task.cancel();
+    tracing::info!(shard = shard_id, last_seq = core.shard.durable_seq(), "shard closed");
+    closed.map_err(|error| format!("shard {shard_id}: {error}"))
+}

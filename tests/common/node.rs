@@ -1,0 +1,217 @@
+//! Starts the real `wormdb` binary on an ephemeral port for black-box tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running node.
+pub struct TestNode {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Everything the node logged.
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl TestNode {
+    /// Starts `wormdb serve --data-dir DIR --http-addr 127.0.0.1:0 ARGS...`
+    /// and waits until every shard's listener is up.
+    pub fn start(data_dir: &Path, args: &[&str]) -> TestNode {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let mut node = TestNode {
+            child: None,
+            base: String::new(),
+            log: Default::default(),
+            data_dir: data_dir.to_path_buf(),
+            args,
+        };
+        node.launch(None);
+        node
+    }
+
+    fn launch(&mut self, port: Option<u16>) {
+        let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wormdb"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--http-addr", &addr])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        // Owned by `self` from here on, so a panic below still kills it.
+        self.child = Some(child);
+        let log = self.log.clone();
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("http listening on ").nth(1) {
+                    let _ = ready_sender.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let shards = self
+            .args
+            .iter()
+            .position(|arg| arg == "--shards")
+            .map(|index| self.args[index + 1].parse().unwrap())
+            .unwrap_or(2usize);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut listening = Vec::new();
+        while listening.len() < shards {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ready.recv_timeout(left) {
+                Ok(addr) => listening.push(addr),
+                Err(_) => panic!("node did not start; log:\n{}", self.log.lock().unwrap().join("\n")),
+            }
+        }
+        assert!(listening.iter().all(|addr| addr == &listening[0]), "shards listen on one port: {listening:?}");
+        self.base = format!("http://{}", listening[0]);
+    }
+
+    /// The port the node listens on.
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// `base + path`
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM; waits for a clean exit and returns its status code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("node did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same data dir and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        let port = self.port();
+        self.launch(Some(port));
+    }
+
+    /// The log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP response as the tests see it.
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers we look at.
+    pub retry_after: Option<String>,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Body text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+    }
+
+    /// The body as NDJSON lines.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.body.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
+}
+
+fn reply(result: Result<ureq::Response, ureq::Error>) -> Reply {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("request failed: {error}"),
+    };
+    let status = response.status();
+    let retry_after = response.header("retry-after").map(str::to_owned);
+    let content_type = response.header("content-type").map(str::to_owned);
+    let mut body = String::new();
+    response.into_reader().read_to_string(&mut body).unwrap();
+    Reply { status, retry_after, content_type, body }
+}
+
+/// GET.
+pub fn get(url: &str) -> Reply {
+    reply(agent().get(url).call())
+}
+
+/// POST with a content type.
+pub fn post(url: &str, content_type: &str, body: &[u8]) -> Reply {
+    reply(agent().post(url).set("content-type", content_type).send_bytes(body))
+}
+
+/// POST that may fail at the connection level (server going away).
+pub fn try_post(url: &str, content_type: &str, body: &[u8]) -> Option<Reply> {
+    match agent().post(url).set("content-type", content_type).send_bytes(body) {
+        Ok(response) => Some(reply(Ok(response))),
+        Err(ureq::Error::Status(code, response)) => Some(reply(Err(ureq::Error::Status(code, response)))),
+        Err(_) => None,
+    }
+}
+
+/// One entry to send: timestamp, tags, body.
+pub type TestEntry<'a> = (i64, Vec<(&'a str, &'a str)>, String);
+
+/// Builds NDJSON lines from (ts, tags, body).
+pub fn ndjson(entries: &[TestEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (ts, tags, body) in entries {
+        let tags: serde_json::Map<String, serde_json::Value> =
+            tags.iter().map(|(key, value)| (key.to_string(), serde_json::Value::from(*value))).collect();
+        let line = serde_json::json!({ "ts": ts, "tags": tags, "body": body });
+        out.extend_from_slice(line.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}

@@ -1,0 +1,288 @@
+//! Black-box tests of the HTTP API: the real binary on an ephemeral port,
+//! LogHub samples ingested over HTTP and queried back by time, tag and
+//! direction; every error status stores nothing and leaves the node healthy.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::time::Duration;
+
+use common::node::{get, ndjson, post, TestEntry, TestNode};
+
+const NDJSON: &str = "application/x-ndjson";
+
+fn level_of(line: &str) -> &'static str {
+    if line.contains("ERROR") || line.contains("error") {
+        "error"
+    } else if line.contains("WARN") || line.contains("warn") {
+        "warn"
+    } else {
+        "info"
+    }
+}
+
+fn total_entries(node: &TestNode) -> u64 {
+    get(&node.url("/v1/stats")).json()["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|shard| shard["entries"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn loghub_ingested_over_http_is_queried_back_by_time_tag_and_direction() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2"]);
+    let base_ts: i64 = 1_700_000_000_000_000_000;
+    let lines = common::loghub_all();
+    let mut expected: HashMap<i64, (&str, String)> = HashMap::new();
+    let mut per_shard_seqs: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for (chunk_index, chunk) in lines.chunks(500).enumerate() {
+        let entries: Vec<TestEntry<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (source, line))| {
+                let ts = base_ts + (chunk_index * 500 + index) as i64 * 1000;
+                expected.insert(ts, (*source, line.clone()));
+                (ts, vec![("source", *source), ("level", level_of(line))], line.clone())
+            })
+            .collect();
+        let reply = post(&node.url("/v1/entries"), NDJSON, &ndjson(&entries));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let answer = reply.json();
+        assert_eq!(answer["count"].as_u64(), Some(chunk.len() as u64));
+        let (first, last) = (answer["first_seq"].as_u64().unwrap(), answer["last_seq"].as_u64().unwrap());
+        assert_eq!(last - first + 1, chunk.len() as u64);
+        per_shard_seqs.entry(answer["shard"].as_u64().unwrap()).or_default().push((first, last));
+    }
+    // Per shard, the acknowledged ranges are dense from 1.
+    for ranges in per_shard_seqs.values_mut() {
+        ranges.sort();
+        let mut next = 1;
+        for (first, last) in ranges.iter() {
+            assert_eq!(*first, next);
+            next = last + 1;
+        }
+    }
+
+    // Everything, in timestamp order, with every field.
+    let all = get(&node.url("/v1/entries?limit=100000"));
+    assert_eq!(all.status, 200);
+    assert_eq!(all.content_type.as_deref(), Some(NDJSON));
+    let all = all.lines();
+    assert_eq!(all.len(), lines.len());
+    let mut previous = i64::MIN;
+    for entry in &all {
+        let ts = entry["ts"].as_i64().unwrap();
+        assert!(ts > previous, "timestamp order");
+        previous = ts;
+        let (source, body) = &expected[&ts];
+        assert_eq!(entry["body"].as_str().unwrap(), body);
+        assert_eq!(entry["tags"]["source"].as_str().unwrap(), *source);
+        assert_eq!(entry["node"].as_u64(), Some(1));
+        assert!(entry["shard"].as_u64().unwrap() < 2);
+        assert!(entry["seq"].as_u64().unwrap() >= 1);
+    }
+
+    // By tag (AND of two), by time window, backward with a limit, default limit.
+    let stats_before = get(&node.url("/v1/stats")).json();
+    let spark = get(&node.url("/v1/entries?tag=source=Spark&tag=level=info&limit=100000")).lines();
+    let expected_spark = lines.iter().filter(|(source, line)| *source == "Spark" && level_of(line) == "info").count();
+    assert_eq!(spark.len(), expected_spark);
+    assert!(spark.iter().all(|entry| entry["tags"]["source"] == "Spark" && entry["tags"]["level"] == "info"));
+    let stats_after = get(&node.url("/v1/stats")).json();
+    let blocks_read = |stats: &serde_json::Value| -> u64 {
+        stats["shards"].as_array().unwrap().iter().map(|shard| shard["blocks_read"].as_u64().unwrap()).sum()
+    };
+    let total_blocks = blocks_read(&stats_after) - blocks_read(&stats_before);
+    // One source's appends are a small part of the blocks.
+    assert!(total_blocks <= 12, "a selective query read {total_blocks} blocks");
+
+    let window = get(&node.url(&format!("/v1/entries?from={}&to={}", base_ts + 100_000, base_ts + 200_000))).lines();
+    assert_eq!(window.len(), 100);
+    assert_eq!(window[0]["ts"].as_i64(), Some(base_ts + 100_000));
+    let newest = get(&node.url("/v1/entries?direction=backward&limit=10")).lines();
+    let newest_ts: Vec<i64> = newest.iter().map(|entry| entry["ts"].as_i64().unwrap()).collect();
+    let last_ts = base_ts + (lines.len() as i64 - 1) * 1000;
+    assert_eq!(newest_ts, (0..10).map(|back| last_ts - back * 1000).collect::<Vec<_>>());
+    assert_eq!(get(&node.url("/v1/entries")).lines().len(), 1000, "default limit");
+    assert_eq!(get(&node.url("/healthz")).status, 200);
+}
+
+#[test]
+fn protobuf_ingest_and_bodies_that_are_not_utf8() {
+    use prost::Message;
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "1"]);
+    let request = wormdb::proto::WriteRequest {
+        entries: vec![
+            wormdb::proto::LogEntry {
+                timestamp_ns: 5,
+                tags: [("k".to_string(), "v".to_string())].into(),
+                body: bytes::Bytes::from_static(&[0xff, 0xfe, 0x00, 0x41]),
+                ..Default::default()
+            },
+            wormdb::proto::LogEntry {
+                timestamp_ns: 6,
+                body: bytes::Bytes::from_static(b"plain"),
+                ..Default::default()
+            },
+        ],
+    };
+    let reply = post(&node.url("/v1/entries"), "application/x-protobuf", &request.encode_to_vec());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["count"], 2);
+    let entries = get(&node.url("/v1/entries")).lines();
+    assert_eq!(entries[0]["body_base64"].as_str(), Some("//4AQQ=="));
+    assert!(entries[0].get("body").is_none());
+    assert_eq!(entries[1]["body"].as_str(), Some("plain"));
+    let bad = post(&node.url("/v1/entries"), "application/x-protobuf", b"\xff\xff\xff");
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn every_error_status_stores_nothing_and_leaves_the_node_healthy() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2", "--max-body-bytes", "65536"]);
+    let good = ndjson(&[(1, vec![("a", "b")], "ok".into())]);
+    assert_eq!(post(&node.url("/v1/entries"), NDJSON, &good).status, 200);
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", NDJSON, b"{\"body\":\"a\"}\n{\"body\":\"b\"}\n{\"body\": oops}\n".to_vec(), 400, "line 3"),
+        ("POST", NDJSON, b"{\"body\":\"a\",\"tags\":[1,2]}\n".to_vec(), 400, "line 1"),
+        ("POST", NDJSON, b"{\"body\":\"a\",\"tags\":{\"k\":5}}\n".to_vec(), 400, "line 1"),
+        ("POST", NDJSON, b"{\"body\":\"ok\"}\n{\"body\":\"\xff\xfe\"}\n".to_vec(), 400, "line 2"),
+        ("POST", NDJSON, b"{\"body\":\"a\",\"ts\":1.5}\n".to_vec(), 400, "line 1"),
+        ("POST", NDJSON, b"\n\n".to_vec(), 400, "no entries"),
+        ("POST", "text/csv", good.clone(), 415, "content-type"),
+        ("POST", NDJSON, vec![b' '; 70_000], 413, "limit"),
+    ];
+    for (_, content_type, body, status, needle) in cases {
+        let reply = post(&node.url("/v1/entries"), content_type, &body);
+        assert_eq!(reply.status, status, "{needle}: {}", reply.body);
+        let message = reply.json()["error"].as_str().unwrap().to_string();
+        assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+        assert_eq!(total_entries(&node), 1, "a refused request stored something ({needle})");
+        assert_eq!(get(&node.url("/healthz")).status, 200);
+    }
+    assert_eq!(get(&node.url("/nowhere")).status, 404);
+    assert_eq!(post(&node.url("/v1/stats"), NDJSON, b"").status, 405);
+    assert_eq!(get(&node.url("/v1/entries?limit=0")).status, 400);
+    assert_eq!(get(&node.url("/v1/entries?tag=nokey")).status, 400);
+    assert_eq!(get(&node.url("/v1/tail?limit=5")).status, 400);
+    let metrics = get(&node.url("/metrics")).body;
+    assert!(metrics.contains("reason=\"malformed\"} "), "{metrics}");
+    let malformed: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("wormdb_rejected_requests_total") && line.contains("reason=\"malformed\""))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(malformed, 9, "six bad ingests and three bad queries");
+    assert_eq!(total_entries(&node), 1);
+}
+
+#[test]
+fn backpressure_answers_429_with_retry_after_and_never_drops_silently() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "1", "--max-pending-appends", "1"]);
+    let url = node.url("/v1/entries");
+    let threads: Vec<_> = (0..16)
+        .map(|thread| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                for round in 0..40 {
+                    let body = ndjson(&[(1, vec![], format!("thread {thread} round {round}"))]);
+                    let reply = post(&url, NDJSON, &body);
+                    outcomes.push((reply.status, reply.retry_after));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let outcomes: Vec<(u16, Option<String>)> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+    let accepted = outcomes.iter().filter(|(status, _)| *status == 200).count() as u64;
+    let refused = outcomes.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!(accepted as usize + refused, outcomes.len(), "only 200 and 429");
+    assert!(refused > 0, "16 concurrent writers never hit a queue of 1");
+    assert!(outcomes.iter().filter(|(status, _)| *status == 429).all(|(_, retry)| retry.as_deref() == Some("1")));
+    assert_eq!(total_entries(&node), accepted, "every 200 stored, every 429 stored nothing");
+}
+
+/// Reads NDJSON lines of a streaming (chunked) response.
+fn stream_lines(stream: std::net::TcpStream, wanted: usize) -> Vec<serde_json::Value> {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while lines.len() < wanted {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.starts_with('{') {
+            lines.push(serde_json::from_str(line.trim()).unwrap());
+        }
+    }
+    lines
+}
+
+#[test]
+fn tail_streams_newly_committed_matching_entries() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2"]);
+    post(&node.url("/v1/entries"), NDJSON, &ndjson(&[(1, vec![("app", "x")], "before the tail".into())]));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
+    write!(stream, "GET /v1/tail?tag=app=x HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let reader = std::thread::spawn(move || stream_lines(stream, 20));
+    std::thread::sleep(Duration::from_millis(300));
+    // Several connections, so both shards see writes.
+    for round in 0..20 {
+        let entries = vec![
+            (10 + round, vec![("app", "x")], format!("x {round}")),
+            (10 + round, vec![("app", "y")], format!("y {round}")),
+        ];
+        assert_eq!(post(&node.url("/v1/entries"), NDJSON, &ndjson(&entries)).status, 200);
+    }
+    let seen = reader.join().unwrap();
+    let mut bodies: Vec<String> = seen.iter().map(|entry| entry["body"].as_str().unwrap().to_string()).collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..20).map(|round| format!("x {round}")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "only new entries tagged app=x");
+}
+
+#[test]
+fn stats_and_metrics_expose_the_documented_keys() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2", "--node-id", "7"]);
+    post(&node.url("/v1/entries"), NDJSON, &ndjson(&[(1, vec![("a", "b")], "hello".into())]));
+    let stats = get(&node.url("/v1/stats")).json();
+    assert_eq!(stats["node_id"], 7);
+    let shards = stats["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    for shard in shards {
+        for key in ["shard", "last_seq", "entries", "raw_bytes", "disk_bytes", "segments"] {
+            assert!(shard[key].is_u64(), "missing {key}: {shard}");
+        }
+    }
+    assert_eq!(shards.iter().map(|shard| shard["entries"].as_u64().unwrap()).sum::<u64>(), 1);
+    let metrics = get(&node.url("/metrics"));
+    assert_eq!(metrics.status, 200);
+    for family in [
+        "wormdb_ingest_entries_total",
+        "wormdb_ingest_bytes_total",
+        "wormdb_commits_total",
+        "wormdb_fsync_duration_seconds_bucket",
+        "wormdb_append_queue_depth",
+        "wormdb_rejected_requests_total",
+    ] {
+        assert!(
+            metrics.body.contains(&format!("# TYPE {family}")) || metrics.body.contains(family),
+            "{family} missing"
+        );
+    }
+    assert!(metrics.body.contains("wormdb_ingest_entries_total{node=\"7\""));
+}
