@@ -467,7 +467,7 @@ fn decode_blocks(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Vec<
 /// Reads the terms and their postings.
 fn decode_terms(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Postings, Error> {
     let block_count = summary.block_count;
-    let mut postings = Postings::new();
+    let mut postings = Postings::default();
     let mut previous: Option<(&[u8], &[u8])> = None;
     for _ in 0..summary.tag_values {
         let key = reader.take_string(TAG_KEY_BYTES_MAX, "TAG_KEY_BYTES_MAX", "tag key bytes")?;

@@ -44,7 +44,11 @@ impl BlockMeta {
 /// Postings of all indexed pairs: key, then value, then the increasing block
 /// positions. Nested maps of boxed strings let a query look a pair up by two
 /// `&str` without allocating or joining them.
-pub(crate) type Postings = HashMap<Box<str>, HashMap<Box<str>, Vec<u32>>>;
+/// ahash: fast, and keyed per process, so hostile tag values cannot force
+/// collisions (HashDoS) the way they could with a fixed-key fast hash.
+pub(crate) type Postings = HashMap<Box<str>, ValuePostings, ahash::RandomState>;
+/// Postings of one key's values.
+pub(crate) type ValuePostings = HashMap<Box<str>, Vec<u32>, ahash::RandomState>;
 
 /// The index of one segment: its block table and the `key=value` postings of
 /// its blocks, with at most `tag_values_max` distinct pairs indexed.
@@ -98,7 +102,7 @@ impl SegmentIndex {
             tag_values: 0,
             saturated_from: None,
             blocks: Vec::new(),
-            postings: HashMap::new(),
+            postings: HashMap::default(),
         }
     }
 
@@ -296,7 +300,7 @@ impl SegmentIndex {
         }
         let mut bytes = std::mem::size_of::<Self>();
         bytes += self.blocks.capacity() * std::mem::size_of::<BlockMeta>();
-        bytes += table_bytes::<HashMap<Box<str>, Vec<u32>>>(self.postings.len());
+        bytes += table_bytes::<ValuePostings>(self.postings.len());
         for (key, values) in &self.postings {
             bytes += key.len();
             bytes += table_bytes::<Vec<u32>>(values.len());

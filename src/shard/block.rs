@@ -302,7 +302,8 @@ pub fn for_each_entry<'a>(
 ) -> Result<(), BlockError> {
     let mut rest = raw;
     for index in 0..u64::from(header.entry_count) {
-        let (length, prefix) = read_varint(rest).ok_or(BlockError::Payload("bad entry length prefix".into()))?;
+        let (length, prefix) =
+            read_varint(rest).ok_or_else(|| BlockError::Payload("bad entry length prefix".into()))?;
         rest = &rest[prefix..];
         let length = usize::try_from(length).map_err(|_| BlockError::Payload("entry length overflows".into()))?;
         if length > rest.len() {
@@ -580,11 +581,11 @@ impl<'a> EntryView<'a> {
         let mut view = EntryView { timestamp_ns: 0, body: &[], tags: bytes };
         let mut rest = bytes;
         while !rest.is_empty() {
-            let (key, used) = read_varint(rest).ok_or(BlockError::Payload("bad field key".into()))?;
+            let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
             rest = &rest[used..];
             match (key >> 3, key & 7) {
                 (2, 0) => {
-                    let (value, used) = read_varint(rest).ok_or(BlockError::Payload("bad timestamp".into()))?;
+                    let (value, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad timestamp".into()))?;
                     view.timestamp_ns = value as i64;
                     rest = &rest[used..];
                 }
@@ -596,7 +597,7 @@ impl<'a> EntryView<'a> {
                     rest = after;
                 }
                 (_, 0) => {
-                    let (_, used) = read_varint(rest).ok_or(BlockError::Payload("bad varint".into()))?;
+                    let (_, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad varint".into()))?;
                     rest = &rest[used..];
                 }
                 (_, wire_type @ (1 | 5)) => rest = skip_fixed(rest, wire_type)?,
@@ -611,11 +612,11 @@ impl<'a> EntryView<'a> {
     pub fn for_each_tag(&self, mut visit: impl FnMut(&'a str, &'a str)) -> Result<(), BlockError> {
         let mut rest = self.tags;
         while !rest.is_empty() {
-            let (key, used) = read_varint(rest).ok_or(BlockError::Payload("bad field key".into()))?;
+            let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
             rest = &rest[used..];
             match key & 7 {
                 0 => {
-                    let (_, used) = read_varint(rest).ok_or(BlockError::Payload("bad varint".into()))?;
+                    let (_, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad varint".into()))?;
                     rest = &rest[used..];
                 }
                 wire_type @ (1 | 5) => rest = skip_fixed(rest, wire_type)?,
@@ -649,11 +650,11 @@ impl<'a> EntryView<'a> {
 /// skips unknown fields, so a future fixed-width field does not hide entries.
 fn skip_fixed(bytes: &[u8], wire_type: u64) -> Result<&[u8], BlockError> {
     let width = if wire_type == 1 { 8 } else { 4 };
-    bytes.get(width..).ok_or(BlockError::Payload("fixed-width field runs past the entry".into()))
+    bytes.get(width..).ok_or_else(|| BlockError::Payload("fixed-width field runs past the entry".into()))
 }
 
 fn split_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
-    let (length, used) = read_varint(bytes).ok_or(BlockError::Payload("bad length".into()))?;
+    let (length, used) = read_varint(bytes).ok_or_else(|| BlockError::Payload("bad length".into()))?;
     let rest = &bytes[used..];
     let length = usize::try_from(length).map_err(|_| BlockError::Payload("length overflows".into()))?;
     if length > rest.len() {
@@ -667,7 +668,7 @@ fn parse_map_entry(bytes: &[u8]) -> Result<(&str, &str), BlockError> {
     let mut value: &[u8] = &[];
     let mut rest = bytes;
     while !rest.is_empty() {
-        let (field_key, used) = read_varint(rest).ok_or(BlockError::Payload("bad map key".into()))?;
+        let (field_key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad map key".into()))?;
         rest = &rest[used..];
         if field_key & 7 != 2 {
             return Err(BlockError::Payload("unexpected wire type in tag".into()));

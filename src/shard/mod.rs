@@ -310,6 +310,24 @@ struct PendingBlock {
     min_ts: i64,
     max_ts: i64,
     origin: Option<Origin>,
+    /// The distinct `key=value` pairs of the block's entries, gathered as
+    /// they are appended, so the commit indexes the block without parsing
+    /// its entries again.
+    tags: TagSet,
+}
+
+/// Distinct tag pairs, looked up by borrowed [`TagRef`]s (no allocation
+/// for a pair already present).
+type TagSet = hashbrown::HashSet<(Box<str>, Box<str>), ahash::RandomState>;
+
+/// A borrowed tag pair that hashes and compares like an owned one.
+#[derive(Hash)]
+struct TagRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(Box<str>, Box<str>)> for TagRef<'_> {
+    fn equivalent(&self, key: &(Box<str>, Box<str>)) -> bool {
+        *key.0 == *self.0 && *key.1 == *self.1
+    }
 }
 
 struct PendingAppend {
@@ -573,6 +591,7 @@ impl Shard {
                     min_ts: timestamp_ns,
                     max_ts: timestamp_ns,
                     origin: origin_seq.zip(origin).map(|(first_seq, origin)| Origin { first_seq, ..origin }),
+                    tags: TagSet::default(),
                 });
                 force_new_block = false;
             }
@@ -583,6 +602,11 @@ impl Shard {
             block.entry_count += 1;
             block.min_ts = block.min_ts.min(timestamp_ns);
             block.max_ts = block.max_ts.max(timestamp_ns);
+            for (key, value) in entry.tags {
+                if !block.tags.contains(&TagRef(key, value)) {
+                    block.tags.insert(((*key).into(), (*value).into()));
+                }
+            }
             // Keep replicated blocks within one contiguous origin range, and
             // every block under the raw size the codec accepts.
             if let Some(seq) = origin_seq.as_mut() {

@@ -3,12 +3,12 @@
 
 use std::rc::Rc;
 
-use super::block::{self, BlockHeader, BlockSpec};
+use super::block::{self, BlockSpec};
 use super::recovery;
 use super::{
     page_ceil, page_floor, Durability, Error, Inner, Pending, Result, SeqRange, Unsynced, UNSYNCED_WRITES_MAX,
 };
-use crate::index::SegmentIndex;
+use crate::index::{BlockMeta, SegmentIndex};
 
 /// Fails every append of `pending` with `error`.
 fn fail_pending(pending: &mut Pending, error: &Error) {
@@ -136,7 +136,15 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
             let out = &mut buffer.as_bytes_mut()[used..];
             let block_len = block::encode_block(&spec, raw, out);
             let header = block::parse_header(out).expect("a block just encoded parses");
-            push_to_index(&mut state.active.index, write_start + used as u64, &header, raw);
+            let meta = BlockMeta {
+                offset: write_start + used as u64,
+                len: header.block_bytes() as u32,
+                first_seq: header.first_seq,
+                entry_count: header.entry_count,
+                min_ts: header.min_ts,
+                max_ts: header.max_ts,
+            };
+            state.active.index.push_block(meta, pending_block.tags.iter().map(|(key, value)| (&**key, &**value)));
             used += block_len;
             seq += u64::from(pending_block.entry_count);
             raw_bytes += raw.len() as u64;
@@ -190,11 +198,6 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     drop(state);
     inner.syncer_wake.notify();
     Ok(())
-}
-
-fn push_to_index(index: &mut SegmentIndex, offset: u64, header: &BlockHeader, raw: &[u8]) {
-    // The raw payload was encoded by this process from validated entries.
-    recovery::push_block_from_raw(index, offset, header, raw).expect("entries encoded by this shard parse back");
 }
 
 /// Seals the active segment and starts the next one. Waits until everything
