@@ -79,25 +79,38 @@ async fn open_dma(path: &Path, op: &'static str) -> Result<DmaFile> {
     OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(|error| Error::glommio(op, path, error))
 }
 
-/// Creates the segment that starts at `first_seq`: preallocated, header
+/// Creates the segment that starts at `first_seq` right away: preallocated
+/// with `fallocate` only (zero-filling would stall the caller), header
 /// written, synced, directory synced. On failure the file is removed, so a
 /// failed creation (for example ENOSPC) leaves nothing behind.
 pub(super) async fn create_segment(config: &ShardConfig, first_seq: u64) -> Result<(Rc<DmaFile>, PathBuf)> {
-    let path = config.dir.join(segment::segment_file_name(first_seq));
-    let result = create_segment_file(config, first_seq, &path).await;
-    match result {
-        Ok(file) => {
-            sync_dir(&config.dir).await?;
-            Ok((Rc::new(file), path))
-        }
-        Err(error) => {
-            let _ = std::fs::remove_file(&path);
-            Err(error)
-        }
-    }
+    let temporary = config.dir.join(format!("{}.tmp", segment::segment_file_name(first_seq)));
+    let file = prepare_segment_file(config, &temporary, Preallocation::Fallocate).await?;
+    finish_segment(config, file, &temporary, first_seq).await
 }
 
-async fn create_segment_file(config: &ShardConfig, first_seq: u64, path: &Path) -> Result<DmaFile> {
+/// Creates a spare segment file at `path` (a `*.tmp` name, which recovery
+/// deletes if the process dies first): preallocated and, with
+/// [`Preallocation::ZeroFill`], overwritten with zeros and synced, so that
+/// the fdatasyncs of the commits later written into it find written
+/// extents. On failure the file is removed.
+pub(super) async fn prepare_segment_file(
+    config: &ShardConfig,
+    path: &Path,
+    preallocation: Preallocation,
+) -> Result<DmaFile> {
+    let result = prepare_segment_file_inner(config, path, preallocation).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+async fn prepare_segment_file_inner(
+    config: &ShardConfig,
+    path: &Path,
+    preallocation: Preallocation,
+) -> Result<DmaFile> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -109,14 +122,12 @@ async fn create_segment_file(config: &ShardConfig, first_seq: u64, path: &Path) 
     file.pre_allocate(config.segment_bytes, false)
         .await
         .map_err(|error| Error::glommio("fallocate segment", path, error))?;
-    if config.preallocation == Preallocation::ZeroFill {
+    if preallocation == Preallocation::ZeroFill {
         let mut zeros = file.alloc_dma_buffer(ZERO_CHUNK_BYTES);
         zeros.as_bytes_mut().fill(0);
         let zeros = Rc::new(zeros);
         let mut offset = DATA_OFFSET;
         while offset < config.segment_bytes {
-            // The last chunk may be shorter: ZERO_CHUNK_BYTES divides no
-            // segment size we require, so write it from a fresh buffer.
             let length = (config.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
             let written = if length == ZERO_CHUNK_BYTES {
                 file.write_rc_at(zeros.clone(), offset).await
@@ -130,23 +141,53 @@ async fn create_segment_file(config: &ShardConfig, first_seq: u64, path: &Path) 
                 return Err(Error::io("zero-fill segment", path, std::io::Error::other("short write")));
             }
             offset += length as u64;
+            // Zero-filling runs beside the commits of the active segment:
+            // let them through between chunks.
+            glommio::yield_if_needed().await;
+        }
+        file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
+    }
+    Ok(file)
+}
+
+/// Turns a prepared file into the segment that starts at `first_seq`:
+/// writes and syncs its header, renames it into place, syncs the directory.
+/// On failure the file is removed.
+pub(super) async fn finish_segment(
+    config: &ShardConfig,
+    file: DmaFile,
+    temporary: &Path,
+    first_seq: u64,
+) -> Result<(Rc<DmaFile>, PathBuf)> {
+    let path = config.dir.join(segment::segment_file_name(first_seq));
+    let result = async {
+        let header = SegmentHeader {
+            first_seq,
+            shard: config.shard_id,
+            node: config.node_id,
+            capacity_bytes: config.segment_bytes,
+            created_unix_ns: super::now_unix_ns() as u64,
+        };
+        let mut page = file.alloc_dma_buffer(PAGE_BYTES);
+        page.as_bytes_mut().copy_from_slice(&header.encode());
+        let written =
+            file.write_at(page, 0).await.map_err(|error| Error::glommio("write segment header", temporary, error))?;
+        if written != PAGE_BYTES {
+            return Err(Error::io("write segment header", temporary, std::io::Error::other("short write")));
+        }
+        file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", temporary, error))?;
+        std::fs::rename(temporary, &path).map_err(|error| Error::io("rename segment", &path, error))?;
+        sync_dir(&config.dir).await
+    }
+    .await;
+    match result {
+        Ok(()) => Ok((Rc::new(file), path)),
+        Err(error) => {
+            let _ = std::fs::remove_file(temporary);
+            let _ = std::fs::remove_file(&path);
+            Err(error)
         }
     }
-    let header = SegmentHeader {
-        first_seq,
-        shard: config.shard_id,
-        node: config.node_id,
-        capacity_bytes: config.segment_bytes,
-        created_unix_ns: super::now_unix_ns() as u64,
-    };
-    let mut page = file.alloc_dma_buffer(PAGE_BYTES);
-    page.as_bytes_mut().copy_from_slice(&header.encode());
-    let written = file.write_at(page, 0).await.map_err(|error| Error::glommio("write segment header", path, error))?;
-    if written != PAGE_BYTES {
-        return Err(Error::io("write segment header", path, std::io::Error::other("short write")));
-    }
-    file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
-    Ok(file)
 }
 
 /// Writes an encoded index file as the sealed index of the segment starting at

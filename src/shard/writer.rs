@@ -219,7 +219,11 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         wake.await;
     }
     let next_first_seq = inner.state.borrow().next_seq;
-    let (file, path) = recovery::create_segment(&inner.config, next_first_seq).await?;
+    let spare = inner.state.borrow_mut().spare_segment.take();
+    let (file, path) = match spare {
+        Some((file, temporary)) => recovery::finish_segment(&inner.config, file, &temporary, next_first_seq).await?,
+        None => recovery::create_segment(&inner.config, next_first_seq).await?,
+    };
     // Encode the index before the first await, so readers keep seeing the
     // active segment's index in place while the file is written.
     let (old_first_seq, index_bytes) = {
@@ -235,7 +239,9 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
     };
     let summary = crate::index::decode_summary(&index_bytes)
         .map_err(|source| Error::Index { path: index_path.clone(), source: source.into() })?;
-    let capacity = file.file_size().await.map_err(|error| Error::glommio("stat segment", &path, error))?;
+    // Preallocated to exactly this. (Not `file_size()`: glommio stats the
+    // path the file was opened under, which the rename just replaced.)
+    let capacity = inner.config.segment_bytes;
     let mut state = inner.state.borrow_mut();
     let new_active = super::Active {
         first_seq: next_first_seq,
@@ -264,8 +270,49 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
     });
     state.loaded_indexes.push_back(old.first_seq);
     super::reader::evict_indexes(&mut state);
+    drop(state);
     tracing::info!(shard = inner.config.shard_id, first_seq = next_first_seq, "rolled to a new segment");
+    prepare_spare_segment(inner);
     Ok(())
+}
+
+/// Starts preparing the next segment file in the background, if the shard
+/// zero-fills its segments and no spare is ready or being prepared. A
+/// failure (for example ENOSPC) is only logged: the next roll then creates
+/// its segment on the spot and reports the error to the appenders.
+pub(super) fn prepare_spare_segment(inner: &Rc<Inner>) {
+    {
+        let mut state = inner.state.borrow_mut();
+        if inner.config.preallocation != super::Preallocation::ZeroFill
+            || state.spare_segment.is_some()
+            || state.preparing_spare
+            || state.closing
+        {
+            return;
+        }
+        state.preparing_spare = true;
+    }
+    let task_inner = inner.clone();
+    let task = glommio::spawn_local(async move {
+        let inner = task_inner;
+        // A name of its own, so a task of an earlier open of this directory
+        // can never touch this one's file.
+        let path = inner.config.dir.join(format!("spare-{}.seg.tmp", super::now_unix_ns()));
+        let prepared = recovery::prepare_segment_file(&inner.config, &path, super::Preallocation::ZeroFill).await;
+        let mut state = inner.state.borrow_mut();
+        state.preparing_spare = false;
+        match prepared {
+            Ok(file) if !state.closing => state.spare_segment = Some((file, path)),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(error) => tracing::warn!(shard = inner.config.shard_id, %error, "could not prepare the next segment"),
+        }
+    })
+    .detach();
+    // Close cancels it (a half-prepared spare is a *.tmp file that the next
+    // open deletes).
+    inner.spare_task.borrow_mut().replace(task);
 }
 
 pub(super) async fn run_syncer(inner: Rc<Inner>) {
