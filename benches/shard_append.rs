@@ -682,10 +682,13 @@ fn print_conditions(dir: &Path, settings: &Settings, memlock: u64, small_entry_b
     println!("executor: one glommio LocalExecutor (unpinned); appenders are spawn_local tasks on it");
     println!("source tree: {}", source_tree());
     println!(
-        "shard: segment_bytes={} MiB for b (and the baseline file size), {} MiB for c and d; durability=Sync \
-         (ack after write + fdatasync); preallocation as stated per row",
+        "shard: segment_bytes={} MiB for b (and the baseline file size), {} MiB for c, {} MiB for d (rolling, \
+         after a warm-up roll and a {:?} pause); durability=Sync (ack after write + fdatasync); preallocation as \
+         stated per row",
         settings.large_file_bytes / MIB,
-        SEGMENT_BYTES / MIB
+        SEGMENT_BYTES / MIB,
+        settings.rolling_segment_bytes / MIB,
+        WARM_UP_PAUSE
     );
     println!(
         "entries: incompressible = {RANDOM_BODIES_PER_APPEND} x {} KiB random bodies per append ({:.0} B encoded each); \
