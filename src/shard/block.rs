@@ -412,7 +412,11 @@ pub fn encode_block(spec: &BlockSpec, raw: &[u8], out: &mut [u8]) -> usize {
     assert!(out.len() >= encoded_bytes_max(raw.len()));
 
     let (header, payload) = out.split_at_mut(HEADER_BYTES);
-    let compressed = lz4_flex::block::compress_into(raw, payload).unwrap_or(usize::MAX);
+    let compressed = if looks_incompressible(raw) {
+        usize::MAX
+    } else {
+        lz4_flex::block::compress_into(raw, payload).unwrap_or(usize::MAX)
+    };
     let (codec, stored_len) = if compressed < raw.len() {
         (Codec::Lz4, compressed)
     } else {
@@ -441,6 +445,25 @@ pub fn encode_block(spec: &BlockSpec, raw: &[u8], out: &mut [u8]) -> usize {
     // Pair the assertion: what we wrote reads back as the block we meant.
     debug_assert_eq!(verify_block(&out[..block_len]).map(|h| h.first_seq), Ok(spec.first_seq));
     block_len
+}
+
+/// Whether a large payload is not worth compressing, judged from one
+/// sample: LZ4 on random bytes (encrypted or already compressed bodies)
+/// costs as much as on text and saves nothing, so a payload whose middle
+/// 8 KiB does not shrink by 3 % is stored as is without compressing the rest.
+fn looks_incompressible(raw: &[u8]) -> bool {
+    const SAMPLE_BYTES: usize = 8 * 1024;
+    const SAMPLE_OUT_BYTES: usize = lz4_flex::block::get_maximum_output_size(SAMPLE_BYTES);
+    if raw.len() < 8 * SAMPLE_BYTES {
+        return false;
+    }
+    let start = raw.len() / 2 - SAMPLE_BYTES / 2;
+    let sample = &raw[start..start + SAMPLE_BYTES];
+    let mut out = [0u8; SAMPLE_OUT_BYTES];
+    match lz4_flex::block::compress_into(sample, &mut out) {
+        Ok(compressed) => compressed * 100 > SAMPLE_BYTES * 97,
+        Err(_) => false,
+    }
 }
 
 /// A borrowed entry to append: nothing is copied until it is encoded.
