@@ -2,11 +2,12 @@
 # HTTP ingest benchmark: a release `wormdb serve` (2 shards by default) on an
 # ext4 temp dir, wrk POSTing NDJSON batches of 1000 LogHub entries (3 tags,
 # 256 B bodies), on the same machine. Prints entries/s from the node's own
-# stats, server CPU-seconds per million entries, and wrk's latency.
+# stats (entries acknowledged, so retention does not skew it), server
+# CPU-seconds per million entries, peak RSS, and wrk's latency.
 # Bounded: DURATION seconds per run. Usage:
 #   benches/http/run.sh                 # saturation: 32 connections, 20 s
 #   CONNS=8 DURATION=20 benches/http/run.sh
-#   RATE=1000 benches/http/run.sh       # wrk2-style fixed rate is not in wrk; see the loadgen
+#   SERVE_ARGS="--retention-bytes 2147483648" DURATION=600 benches/http/run.sh   # long run, bounded disk
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -22,12 +23,12 @@ data=$(mktemp -d /tmp/wormdb-bench.XXXXXX)
 payload=$data.payload.ndjson
 python3 "$here/make_payload.py" 1000 256 > "$payload"
 log=$data.log
-"$BIN" serve --data-dir "$data" --http-addr 127.0.0.1:0 --shards "$SHARDS" --durability "$DURABILITY" 2> "$log" &
+"$BIN" serve --data-dir "$data" --http-addr 127.0.0.1:0 --shards "$SHARDS" --durability "$DURABILITY" ${SERVE_ARGS:-} 2> "$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data" "$payload" "$log"' EXIT
 for _ in $(seq 1 100); do grep -q "http listening on" "$log" && break; sleep 0.1; done
 addr=$(grep -o "http listening on [0-9.:]*" "$log" | head -1 | awk '{print $4}')
-entries() { curl -s "http://$addr/v1/stats" | python3 -c 'import json,sys; print(sum(s["entries"] for s in json.load(sys.stdin)["shards"]))'; }
+entries() { curl -s "http://$addr/v1/stats" | python3 -c 'import json,sys; print(sum(s["ingest_entries"] for s in json.load(sys.stdin)["shards"]))'; }
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
 # Warm-up (segment creation, page faults), then the measured run.
