@@ -260,17 +260,7 @@ impl Shard {
         }
         let blocks_read_before = self.inner.state.borrow().stats.blocks_read;
         for target in targets {
-            let Some(plan) = self
-                .plan(target, |index, visible| {
-                    index
-                        .candidates(query.tags, query.from_ts, query.to_ts)
-                        .into_iter()
-                        .filter(|&position| (position as usize) < visible)
-                        .map(|position| index.blocks()[position as usize])
-                        .collect()
-                })
-                .await?
-            else {
+            let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await? else {
                 continue;
             };
             let keep = |_: u64, view: &EntryView<'_>| {
@@ -291,6 +281,17 @@ impl Shard {
         result.blocks_read = self.inner.state.borrow().stats.blocks_read - blocks_read_before;
         Ok(result)
     }
+}
+
+/// The blocks of a segment that may hold matches of `query`, among the
+/// first `visible` (the durable ones).
+fn candidate_blocks(index: &SegmentIndex, visible: usize, query: &Query<'_>) -> Vec<BlockMeta> {
+    index
+        .candidates(query.tags, query.from_ts, query.to_ts)
+        .into_iter()
+        .filter(|&position| (position as usize) < visible)
+        .map(|position| index.blocks()[position as usize])
+        .collect()
 }
 
 /// Groups blocks that are adjacent on disk, so each group is one read.
@@ -441,16 +442,7 @@ impl Shard {
         if query.limit > 0 && query.from_ts < query.to_ts {
             let targets = self.targets(|_, _, min_ts, max_ts| min_ts < query.to_ts && max_ts >= query.from_ts);
             for target in targets {
-                let Some(plan) = self
-                    .plan(target, |index, visible| {
-                        index
-                            .candidates(query.tags, query.from_ts, query.to_ts)
-                            .into_iter()
-                            .filter(|&position| (position as usize) < visible)
-                            .map(|position| index.blocks()[position as usize])
-                            .collect()
-                    })
-                    .await?
+                let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await?
                 else {
                     continue;
                 };
