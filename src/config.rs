@@ -21,6 +21,8 @@ pub const DATA_DIR_DEFAULT: &str = "./wormdb-data";
 pub const MAX_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 /// Largest accepted `--max-body-bytes`.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Default time a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Largest accepted `--shards`.
 pub const SHARDS_MAX: usize = 256;
 
@@ -53,6 +55,8 @@ pub struct Settings {
     pub max_body_bytes: Option<usize>,
     /// `--max-pending-appends` (per shard)
     pub max_pending_appends: Option<usize>,
+    /// `--header-read-timeout` (`10s`)
+    pub header_read_timeout: Option<String>,
 }
 
 impl Settings {
@@ -77,6 +81,7 @@ impl Settings {
             retention_age: self.retention_age.or(base.retention_age),
             max_body_bytes: self.max_body_bytes.or(base.max_body_bytes),
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
+            header_read_timeout: self.header_read_timeout.or(base.header_read_timeout),
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct NodeConfig {
     /// Appends (requests) that may wait for one group commit per shard;
     /// more get 429.
     pub max_pending_appends: usize,
+    /// A connection that does not finish sending a request's headers within
+    /// this time is closed.
+    pub header_read_timeout: Duration,
 }
 
 /// Parses `30s`, `15m`, `12h`, `7d` (or a bare number of seconds).
@@ -169,6 +177,13 @@ impl NodeConfig {
                 limits::PENDING_APPENDS_MAX
             ));
         }
+        let header_read_timeout = match settings.header_read_timeout.as_deref() {
+            Some(text) => parse_duration(text)?,
+            None => HEADER_READ_TIMEOUT_DEFAULT,
+        };
+        if header_read_timeout.is_zero() {
+            return Err("--header-read-timeout must be at least 1s".into());
+        }
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
         Ok(NodeConfig {
             data_dir: settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
@@ -181,6 +196,7 @@ impl NodeConfig {
             retention: RetentionPolicy { bytes_max: settings.retention_bytes, age_max },
             max_body_bytes,
             max_pending_appends,
+            header_read_timeout,
         })
     }
 }

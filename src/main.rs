@@ -71,6 +71,9 @@ struct ServeArgs {
     /// Requests that may wait for one group commit per shard before 429 [default: 4096]
     #[arg(long)]
     max_pending_appends: Option<usize>,
+    /// Close connections that do not send a request's headers within this time [default: 10s]
+    #[arg(long)]
+    header_read_timeout: Option<String>,
 }
 
 impl ServeArgs {
@@ -88,6 +91,7 @@ impl ServeArgs {
             retention_age: self.retention_age,
             max_body_bytes: self.max_body_bytes,
             max_pending_appends: self.max_pending_appends,
+            header_read_timeout: self.header_read_timeout,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,

@@ -286,3 +286,26 @@ fn stats_and_metrics_expose_the_documented_keys() {
     }
     assert!(metrics.body.contains("wormdb_ingest_entries_total{node=\"7\""));
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use std::io::Read;
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "1", "--header-read-timeout", "1s"]);
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
+    write!(slow, "GET /healthz HTTP/1.1\r\nHost: test\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    let outcome = slow.read(&mut buffer);
+    let waited = started.elapsed();
+    // Closed (EOF or reset), possibly after a 408, and not by our own 10 s read timeout.
+    let closed = match &outcome {
+        Ok(0) => true,
+        Ok(read) => String::from_utf8_lossy(&buffer[..*read]).contains("408"),
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock && error.kind() != std::io::ErrorKind::TimedOut,
+    };
+    assert!(closed, "{outcome:?}");
+    assert!(waited < Duration::from_secs(8), "closed after {waited:?}");
+    assert_eq!(get(&node.url("/healthz")).status, 200, "other clients are served");
+}

@@ -5,8 +5,10 @@
 //! - [`params`]: query-string parsing. Pure.
 //! - [`metrics`]: Prometheus text rendering. Pure.
 //! - [`server`]: hyper on glommio; routing and handlers.
+//! - [`timer`]: glommio-backed timer for hyper's header-read timeout.
 
 pub mod metrics;
 pub mod ndjson;
 pub mod params;
 pub mod server;
+pub mod timer;

@@ -62,13 +62,18 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
         connections.set(connections.get() + 1);
         let core = core.clone();
         let connections = connections.clone();
+        let header_read_timeout = core.config.header_read_timeout;
         glommio::spawn_local(async move {
             let io = TokioIo::new(stream.compat());
             let service = hyper::service::service_fn(move |request| {
                 let core = core.clone();
                 async move { Ok::<_, Infallible>(handle(core, request).await) }
             });
-            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(super::timer::GlommioTimer)
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(io, service);
+            if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
             connections.set(connections.get() - 1);
