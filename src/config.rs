@@ -186,7 +186,8 @@ impl NodeConfig {
         }
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
         Ok(NodeConfig {
-            data_dir: settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
+            data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
+                .map_err(|error| format!("--data-dir: {error}"))?,
             http_addr: parse_addr("--http-addr", settings.http_addr.as_deref().unwrap_or(HTTP_ADDR_DEFAULT))?,
             grpc_addr: parse_addr("--grpc-addr", settings.grpc_addr.as_deref().unwrap_or(GRPC_ADDR_DEFAULT))?,
             shards,

@@ -309,3 +309,17 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(waited < Duration::from_secs(8), "closed after {waited:?}");
     assert_eq!(get(&node.url("/healthz")).status, 200, "other clients are served");
 }
+
+#[test]
+fn the_default_relative_data_dir_works() {
+    // The README's first command: no --data-dir, so ./wormdb-data.
+    let dir = common::durable_temp_dir();
+    let mut node = TestNode::start_in(dir.path(), &["--shards", "2"]);
+    let reply = post(&node.url("/v1/entries"), NDJSON, &ndjson(&[(5, vec![("app", "web")], "hello".into())]));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, node.log_text());
+    assert_eq!(get(&node.url("/v1/entries")).lines().len(), 1);
+    assert!(dir.path().join("wormdb-data/shard-000").is_dir());
+    assert_eq!(node.terminate(), 0);
+    node.restart();
+    assert_eq!(get(&node.url("/v1/entries")).lines().len(), 1, "data found again after a restart");
+}

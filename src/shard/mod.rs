@@ -467,7 +467,11 @@ impl Shard {
     /// segments are checked through their index files, the active segment is
     /// scanned block by block and any torn tail is zeroed and reported.
     /// Starts the writer and syncer tasks on the current executor.
-    pub async fn open(config: ShardConfig) -> Result<Shard> {
+    pub async fn open(mut config: ShardConfig) -> Result<Shard> {
+        // glommio opens directories relative to no directory fd, so a
+        // relative path fails with EBADF: make it absolute first.
+        config.dir =
+            std::path::absolute(&config.dir).map_err(|error| Error::io("resolve shard dir", &config.dir, error))?;
         if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&config.segment_bytes) {
             return Err(Error::Config(format!(
                 "segment_bytes {} outside {}..={}",

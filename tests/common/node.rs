@@ -17,6 +17,8 @@ pub struct TestNode {
     /// The data directory.
     pub data_dir: PathBuf,
     args: Vec<String>,
+    /// Run with this working directory and no `--data-dir` (the defaults).
+    cwd: Option<PathBuf>,
 }
 
 impl TestNode {
@@ -30,6 +32,23 @@ impl TestNode {
             log: Default::default(),
             data_dir: data_dir.to_path_buf(),
             args,
+            cwd: None,
+        };
+        node.launch(None);
+        node
+    }
+
+    /// Starts `wormdb serve --http-addr 127.0.0.1:0 ARGS...` in `cwd`, with
+    /// the default (relative) data directory, as the README's first command does.
+    pub fn start_in(cwd: &Path, args: &[&str]) -> TestNode {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let mut node = TestNode {
+            child: None,
+            base: String::new(),
+            log: Default::default(),
+            data_dir: cwd.join("wormdb-data"),
+            args,
+            cwd: Some(cwd.to_path_buf()),
         };
         node.launch(None);
         node
@@ -37,10 +56,17 @@ impl TestNode {
 
     fn launch(&mut self, port: Option<u16>) {
         let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wormdb"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wormdb"));
+        command.arg("serve");
+        match &self.cwd {
+            Some(cwd) => {
+                command.current_dir(cwd);
+            }
+            None => {
+                command.arg("--data-dir").arg(&self.data_dir);
+            }
+        }
+        let mut child = command
             .args(["--http-addr", &addr])
             .args(&self.args)
             .env("RUST_LOG", "info")
