@@ -31,7 +31,21 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
+        // io_uring tears a ring down asynchronously after its process or
+        // thread is gone, holding the files it used until then, so the
+        // first umount can find the filesystem busy: retry, then detach it.
+        for _ in 0..50 {
+            let unmounted = Command::new("umount")
+                .arg(&self.mount_point)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if unmounted {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
     }
 }
 
