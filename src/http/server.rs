@@ -151,12 +151,13 @@ fn reject(core: &Core, status: StatusCode, message: impl std::fmt::Display) -> R
     response
 }
 
-/// Maps a shard error to its HTTP status. `entry_label` names an entry by
-/// its position (`line N` for NDJSON, `entry N` for protobuf).
-fn shard_error(core: &Core, error: Error, entry_label: impl Fn(usize) -> String) -> Response<Body> {
+/// Maps a shard error to its HTTP status. Entries are named by their
+/// 1-based position in the request (NDJSON line numbers are checked before
+/// the shard sees the entries, so this is for protobuf requests).
+fn shard_error(core: &Core, error: Error) -> Response<Body> {
     match error {
         Error::InvalidEntry { index, source } => {
-            reject(core, StatusCode::BAD_REQUEST, format!("{}: {source}", entry_label(index)))
+            reject(core, StatusCode::BAD_REQUEST, format!("entry {}: {source}", index + 1))
         }
         Error::InvalidAppend(message) => reject(core, StatusCode::PAYLOAD_TOO_LARGE, message),
         error @ Error::Backpressure { .. } => reject(core, StatusCode::TOO_MANY_REQUESTS, error),
@@ -216,8 +217,7 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
             if entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the body");
             }
-            // Line numbers of entries, for errors the shard finds.
-            core.shard.append(&entries).map(|wait| (wait, entries.len())).map_err(|error| (error, true))
+            core.shard.append(&entries).map(|wait| (wait, entries.len()))
         }
         Format::Protobuf => {
             let write: WriteRequest = match prost::Message::decode(body.clone()) {
@@ -241,20 +241,12 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
             if entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the WriteRequest");
             }
-            core.shard.append(&entries).map(|wait| (wait, entries.len())).map_err(|error| (error, false))
+            core.shard.append(&entries).map(|wait| (wait, entries.len()))
         }
     };
     let (wait, count) = match appended {
         Ok(appended) => appended,
-        Err((failure, ndjson_lines)) => {
-            return shard_error(&core, failure, |index| {
-                if ndjson_lines {
-                    format!("entry {}", index + 1)
-                } else {
-                    format!("entry {index}")
-                }
-            })
-        }
+        Err(failure) => return shard_error(&core, failure),
     };
     match wait.durable().await {
         Ok(range) => {
@@ -274,7 +266,7 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
                 }),
             )
         }
-        Err(failure) => shard_error(&core, failure, |index| format!("entry {index}")),
+        Err(failure) => shard_error(&core, failure),
     }
 }
 

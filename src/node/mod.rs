@@ -169,11 +169,11 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
             Err(error) => failures.push(format!("executor failed: {error}")),
         }
     }
+    // A core that fails to open its shard sets `stop` itself, so the others
+    // have already shut down by the time every join returned.
     if failures.is_empty() {
         Ok(())
     } else {
-        // One core failing to start stops the others too.
-        stop.store(true, Ordering::Release);
         Err(failures.join("; "))
     }
 }

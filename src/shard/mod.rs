@@ -697,7 +697,6 @@ impl Shard {
         self.inner.durable_wake.notify();
         let spare_task = self.inner.spare_task.borrow_mut().take();
         if let Some(task) = spare_task {
-            task.cancel();
             task.await;
         }
         let tasks: Vec<_> = self.inner.tasks.borrow_mut().drain(..).collect();

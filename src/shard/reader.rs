@@ -178,18 +178,11 @@ impl Shard {
                         available: bytes.len().saturating_sub(local),
                     },
                 })?;
-                let block_error = |source| Error::Block { path: plan.path.clone(), offset: meta.offset, source };
-                let header = block::verify_block(block_bytes).map_err(block_error)?;
-                block::decompress_payload(&header, block_bytes, &mut raw).map_err(block_error)?;
-                let mut entries = Vec::new();
-                block::for_each_entry(&header, &raw, |seq, entry_bytes| {
-                    let view = EntryView::parse(entry_bytes)?;
-                    if keep(seq, &view) {
-                        entries.push(block::decode_entry(&header, seq, entry_bytes, node, shard)?);
-                    }
-                    Ok(())
-                })
-                .map_err(block_error)?;
+                let mut entries: Vec<LogEntry> = matching_entries(block_bytes, &mut raw, node, shard, keep)
+                    .map_err(|source| Error::Block { path: plan.path.clone(), offset: meta.offset, source })?
+                    .into_iter()
+                    .map(|(_, entry)| entry)
+                    .collect();
                 if backward {
                     entries.reverse();
                 }
@@ -281,6 +274,29 @@ impl Shard {
         result.blocks_read = self.inner.state.borrow().stats.blocks_read - blocks_read_before;
         Ok(result)
     }
+}
+
+/// Verifies one block, decompresses it into `raw`, and decodes the entries
+/// that `keep` accepts (judged on a zero-copy view first), with their seq in
+/// this shard. Both read paths go through here.
+fn matching_entries(
+    block_bytes: &[u8],
+    raw: &mut Vec<u8>,
+    node: u32,
+    shard: u32,
+    keep: &dyn Fn(u64, &EntryView<'_>) -> bool,
+) -> Result<Vec<(u64, LogEntry)>, block::BlockError> {
+    let header = block::verify_block(block_bytes)?;
+    block::decompress_payload(&header, block_bytes, raw)?;
+    let mut entries = Vec::new();
+    block::for_each_entry(&header, raw, |seq, entry_bytes| {
+        let view = EntryView::parse(entry_bytes)?;
+        if keep(seq, &view) {
+            entries.push((seq, block::decode_entry(&header, seq, entry_bytes, node, shard)?));
+        }
+        Ok(())
+    })?;
+    Ok(entries)
 }
 
 /// The blocks of a segment that may hold matches of `query`, among the
@@ -406,29 +422,23 @@ impl OrderedQuery {
             .map_err(|error| Error::glommio("read segment", &candidate.path, error))?;
         self.blocks_read += 1;
         self.shard.inner.state.borrow_mut().stats.blocks_read += 1;
-        let block_error =
-            |source| Error::Block { path: candidate.path.as_ref().clone(), offset: candidate.meta.offset, source };
-        let header = block::verify_block(&bytes).map_err(block_error)?;
-        let mut raw = Vec::new();
-        block::decompress_payload(&header, &bytes, &mut raw).map_err(block_error)?;
         let (node, shard) = (self.shard.inner.config.node_id, self.shard.inner.config.shard_id);
         let tags: Vec<(&str, &str)> = self.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
         let (from_ts, to_ts, backward) = (self.from_ts, self.to_ts, self.backward);
-        let heap = &mut self.heap;
-        block::for_each_entry(&header, &raw, |seq, entry_bytes| {
-            let view = EntryView::parse(entry_bytes)?;
-            if view.timestamp_ns >= from_ts && view.timestamp_ns < to_ts && view.has_tags(&tags) {
-                let entry = block::decode_entry(&header, seq, entry_bytes, node, shard)?;
-                let key = if backward {
-                    (-view.timestamp_ns.max(i64::MIN + 1), u64::MAX - seq)
-                } else {
-                    (view.timestamp_ns, seq)
-                };
-                heap.push(std::cmp::Reverse(Pending { key, entry }));
-            }
-            Ok(())
-        })
-        .map_err(block_error)?;
+        let keep = |_: u64, view: &EntryView<'_>| {
+            view.timestamp_ns >= from_ts && view.timestamp_ns < to_ts && view.has_tags(&tags)
+        };
+        let mut raw = Vec::new();
+        let found = matching_entries(&bytes, &mut raw, node, shard, &keep).map_err(|source| Error::Block {
+            path: candidate.path.as_ref().clone(),
+            offset: candidate.meta.offset,
+            source,
+        })?;
+        for (seq, entry) in found {
+            let timestamp_ns = entry.timestamp_ns;
+            let key = if backward { (-timestamp_ns.max(i64::MIN + 1), u64::MAX - seq) } else { (timestamp_ns, seq) };
+            self.heap.push(std::cmp::Reverse(Pending { key, entry }));
+        }
         Ok(())
     }
 }

@@ -85,7 +85,7 @@ async fn open_dma(path: &Path, op: &'static str) -> Result<DmaFile> {
 /// failed creation (for example ENOSPC) leaves nothing behind.
 pub(super) async fn create_segment(config: &ShardConfig, first_seq: u64) -> Result<(Rc<DmaFile>, PathBuf)> {
     let temporary = config.dir.join(format!("{}.tmp", segment::segment_file_name(first_seq)));
-    let file = prepare_segment_file(config, &temporary, Preallocation::Fallocate).await?;
+    let file = prepare_segment_file(config, &temporary, Preallocation::Fallocate, &|| true).await?;
     finish_segment(config, file, &temporary, first_seq).await
 }
 
@@ -93,13 +93,16 @@ pub(super) async fn create_segment(config: &ShardConfig, first_seq: u64) -> Resu
 /// deletes if the process dies first): preallocated and, with
 /// [`Preallocation::ZeroFill`], overwritten with zeros and synced, so that
 /// the fdatasyncs of the commits later written into it find written
-/// extents. On failure the file is removed.
+/// extents. `keep_going` is asked between chunks of zero-filling; when it
+/// says no, preparation stops with [`Error::Closed`]. On failure the file is
+/// removed.
 pub(super) async fn prepare_segment_file(
     config: &ShardConfig,
     path: &Path,
     preallocation: Preallocation,
+    keep_going: &dyn Fn() -> bool,
 ) -> Result<DmaFile> {
-    let result = prepare_segment_file_inner(config, path, preallocation).await;
+    let result = prepare_segment_file_inner(config, path, preallocation, keep_going).await;
     if result.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -110,6 +113,7 @@ async fn prepare_segment_file_inner(
     config: &ShardConfig,
     path: &Path,
     preallocation: Preallocation,
+    keep_going: &dyn Fn() -> bool,
 ) -> Result<DmaFile> {
     let file = OpenOptions::new()
         .read(true)
@@ -142,8 +146,11 @@ async fn prepare_segment_file_inner(
             }
             offset += length as u64;
             // Zero-filling runs beside the commits of the active segment:
-            // let them through between chunks.
+            // let them through between chunks, and stop early on close.
             glommio::yield_if_needed().await;
+            if !keep_going() {
+                return Err(Error::Closed);
+            }
         }
         file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
     }

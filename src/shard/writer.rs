@@ -298,7 +298,9 @@ pub(super) fn prepare_spare_segment(inner: &Rc<Inner>) {
         // A name of its own, so a task of an earlier open of this directory
         // can never touch this one's file.
         let path = inner.config.dir.join(format!("spare-{}.seg.tmp", super::now_unix_ns()));
-        let prepared = recovery::prepare_segment_file(&inner.config, &path, super::Preallocation::ZeroFill).await;
+        let keep_going = || !inner.state.borrow().closing;
+        let prepared =
+            recovery::prepare_segment_file(&inner.config, &path, super::Preallocation::ZeroFill, &keep_going).await;
         let mut state = inner.state.borrow_mut();
         state.preparing_spare = false;
         match prepared {
@@ -306,12 +308,14 @@ pub(super) fn prepare_spare_segment(inner: &Rc<Inner>) {
             Ok(_) => {
                 let _ = std::fs::remove_file(&path);
             }
+            Err(Error::Closed) => {}
             Err(error) => tracing::warn!(shard = inner.config.shard_id, %error, "could not prepare the next segment"),
         }
     })
     .detach();
-    // Close cancels it (a half-prepared spare is a *.tmp file that the next
-    // open deletes).
+    // Close waits for it: it stops at the next chunk once the shard closes.
+    // (Cancelling it instead could let an in-flight create land after the
+    // close removed the spare files.)
     inner.spare_task.borrow_mut().replace(task);
 }
 
