@@ -23,6 +23,8 @@ pub const MAX_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Default time a client has to send a request's headers.
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default `--shutdown-timeout`.
+pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Largest accepted `--shards`.
 pub const SHARDS_MAX: usize = 256;
 
@@ -57,6 +59,8 @@ pub struct Settings {
     pub max_pending_appends: Option<usize>,
     /// `--header-read-timeout` (`10s`)
     pub header_read_timeout: Option<String>,
+    /// `--shutdown-timeout` (`10s`)
+    pub shutdown_timeout: Option<String>,
 }
 
 impl Settings {
@@ -82,6 +86,7 @@ impl Settings {
             max_body_bytes: self.max_body_bytes.or(base.max_body_bytes),
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
             header_read_timeout: self.header_read_timeout.or(base.header_read_timeout),
+            shutdown_timeout: self.shutdown_timeout.or(base.shutdown_timeout),
         }
     }
 }
@@ -93,8 +98,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// HTTP API address; port 0 picks a free port (shared by all shards).
     pub http_addr: SocketAddr,
-    /// gRPC address (replication; not served yet).
+    /// gRPC address (ingest, query, replication); port 0 picks a free port.
     pub grpc_addr: SocketAddr,
+    /// The leader's gRPC address when this node is a follower.
+    pub leader: Option<SocketAddr>,
+    /// How long shutdown may take to finish requests and drain replication.
+    pub shutdown_timeout: Duration,
     /// Number of shards, one executor each.
     pub shards: usize,
     /// This node's id.
@@ -142,11 +151,6 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, String> {
 impl NodeConfig {
     /// Validates merged settings; `cores` is the default shard count.
     pub fn from_settings(settings: Settings, cores: usize) -> Result<NodeConfig, String> {
-        if let Some(leader) = &settings.leader {
-            return Err(format!(
-                "--leader {leader}: replication is not available in this build yet (see the replication issue)"
-            ));
-        }
         let shards = settings.shards.unwrap_or(cores);
         if shards == 0 || shards > SHARDS_MAX {
             return Err(format!("--shards {shards}: must be between 1 and {SHARDS_MAX}"));
@@ -184,12 +188,19 @@ impl NodeConfig {
         if header_read_timeout.is_zero() {
             return Err("--header-read-timeout must be at least 1s".into());
         }
+        let shutdown_timeout = match settings.shutdown_timeout.as_deref() {
+            Some(text) => parse_duration(text)?,
+            None => SHUTDOWN_TIMEOUT_DEFAULT,
+        };
+        let leader = settings.leader.as_deref().map(|leader| parse_addr("--leader", leader)).transpose()?;
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
             http_addr: parse_addr("--http-addr", settings.http_addr.as_deref().unwrap_or(HTTP_ADDR_DEFAULT))?,
             grpc_addr: parse_addr("--grpc-addr", settings.grpc_addr.as_deref().unwrap_or(GRPC_ADDR_DEFAULT))?,
+            leader,
+            shutdown_timeout,
             shards,
             node_id: settings.node_id.unwrap_or(1),
             durability,
@@ -228,7 +239,8 @@ mod tests {
             (Settings { segment_bytes: Some(1000), ..Settings::default() }, "--segment-bytes"),
             (Settings { http_addr: Some("nowhere".into()), ..Settings::default() }, "--http-addr"),
             (Settings { retention_age: Some("3 weeks".into()), ..Settings::default() }, "duration"),
-            (Settings { leader: Some("10.0.0.1:50051".into()), ..Settings::default() }, "--leader"),
+            (Settings { leader: Some("no-such-host".into()), ..Settings::default() }, "--leader"),
+            (Settings { shutdown_timeout: Some("soon".into()), ..Settings::default() }, "duration"),
         ] {
             let error = NodeConfig::from_settings(settings, 2).unwrap_err();
             assert!(error.contains(flag), "{error}");

@@ -80,6 +80,19 @@ pub const fn pending_raw_bytes_max(segment_bytes: u64) -> usize {
 
 const _: () = assert!(pending_raw_bytes_max(SEGMENT_BYTES_MIN) >= ENTRY_ENCODED_BYTES_MAX + 64);
 
+/// Largest gRPC message we accept (and send), in bytes: the length prefix
+/// is checked against it before anything is allocated. Four times gRPC's
+/// usual 4 MiB default, so that a push batch of many entries travels as one
+/// message; senders split larger batches.
+pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+// One entry of the largest size fits a PushBatch on its own (the entry's
+// field key and length, follower_id and shard take under 64 bytes).
+const _: () = assert!(MESSAGE_BYTES_MAX >= ENTRY_ENCODED_BYTES_MAX + 64);
+/// Largest `grpc-message` header value we send, and largest status message
+/// we keep from a peer, in bytes: enough for any error we write, small
+/// enough that a status never makes a huge header.
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
+
 /// Largest number of entries one read call returns.
 pub const READ_ENTRIES_MAX: usize = 1_000_000;
 
@@ -105,3 +118,7 @@ pub fn check(name: &'static str, what: &'static str, actual: usize, limit: usize
         Ok(())
     }
 }
+
+/// Largest header block a gRPC peer may send (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+/// gRPC metadata is small; this keeps a hostile peer's HPACK state bounded.
+pub const GRPC_HEADER_BYTES_MAX: u32 = 64 * 1024;

@@ -28,6 +28,22 @@ enum Command {
         #[arg(long)]
         blocks: bool,
     },
+    /// Rebuild a follower's lost shards from the leader's archive (ReplayFrom),
+    /// keeping the original ids. Run it on the follower, before `serve`.
+    Restore {
+        /// The leader's gRPC address.
+        #[arg(long)]
+        from: String,
+        /// The follower's node id (the `--node-id` it serves with).
+        #[arg(long)]
+        follower_id: u32,
+        /// The follower's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Shards to restore (0 .. N-1) [default: available cores, as `serve`]
+        #[arg(long)]
+        shards: Option<usize>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -41,7 +57,7 @@ struct ServeArgs {
     /// HTTP API address; port 0 picks a free one [default: 127.0.0.1:8080]
     #[arg(long)]
     http_addr: Option<String>,
-    /// gRPC address for replication [default: 127.0.0.1:50051] (not served yet)
+    /// gRPC address (ingest, query, replication); port 0 picks a free one [default: 127.0.0.1:50051]
     #[arg(long)]
     grpc_addr: Option<String>,
     /// Number of shards, one executor each [default: available cores]
@@ -50,7 +66,7 @@ struct ServeArgs {
     /// This node's id, part of every entry's global id [default: 1]
     #[arg(long)]
     node_id: Option<u32>,
-    /// Follow this leader's gRPC address (replication; not available yet)
+    /// Make this node a follower: push every entry to this leader's gRPC address
     #[arg(long)]
     leader: Option<String>,
     /// `sync` acknowledges after fdatasync; `none` after the write only (unsafe: benchmarks) [default: sync]
@@ -74,6 +90,9 @@ struct ServeArgs {
     /// Close connections that do not send a request's headers within this time [default: 10s]
     #[arg(long)]
     header_read_timeout: Option<String>,
+    /// How long shutdown may take to finish requests and drain replication to the leader [default: 10s]
+    #[arg(long)]
+    shutdown_timeout: Option<String>,
 }
 
 impl ServeArgs {
@@ -92,6 +111,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_pending_appends: self.max_pending_appends,
             header_read_timeout: self.header_read_timeout,
+            shutdown_timeout: self.shutdown_timeout,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,
@@ -114,6 +134,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
+        Command::Restore { from, follower_id, data_dir, shards } => restore(&from, follower_id, data_dir, shards),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -164,4 +185,29 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         "starting wormdb node {}", config.node_id
     );
     wormdb::node::run(config, stop)
+}
+
+fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize>) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let leader = from
+        .to_socket_addrs()
+        .map_err(|error| format!("--from {from}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("--from {from}: no address"))?;
+    let shards = shards.unwrap_or_else(|| std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1));
+    let data_dir = std::path::absolute(&data_dir).map_err(|error| format!("--data-dir: {error}"))?;
+    std::fs::create_dir_all(&data_dir).map_err(|error| format!("--data-dir {}: {error}", data_dir.display()))?;
+    wormdb::runtime::ensure_memlock(wormdb::runtime::MEMLOCK_BYTES_PER_EXECUTOR)?;
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            for shard in 0..shards as u32 {
+                let restored =
+                    wormdb::replication::restore::restore_shard(leader, follower_id, shard, &data_dir).await?;
+                println!("shard {shard}: restored {} entries, last seq {}", restored.entries, restored.last_seq);
+            }
+            Ok(())
+        })
+        .map_err(|error| format!("cannot start the executor: {error}"))?
+        .join()
+        .map_err(|error| format!("restore failed: {error}"))?
 }

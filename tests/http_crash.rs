@@ -9,65 +9,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::node::{get, ndjson, try_post, TestNode};
+use common::node::{get, ndjson, try_post, writers, Acked, TestNode};
 use rand::{Rng, SeedableRng};
-
-/// (shard, seq) → body of every acknowledged entry.
-type Acked = Arc<Mutex<HashMap<(u64, u64), String>>>;
-
-/// Runs `writers` threads posting 50-entry batches until `stop`; records
-/// every acknowledged entry. Returns the status codes seen.
-fn writers(
-    url: String,
-    writers: usize,
-    round: usize,
-    acked: Acked,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<u16>>> {
-    (0..writers)
-        .map(|writer| {
-            let url = url.clone();
-            let acked = acked.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let lines = common::loghub_lines("HDFS");
-                let mut statuses = Vec::new();
-                let mut batch = 0;
-                while !stop.load(Ordering::Acquire) && batch < 100_000 {
-                    let bodies: Vec<String> = (0..50)
-                        .map(|index| {
-                            format!(
-                                "r{round} w{writer} b{batch} i{index} {}",
-                                lines[(batch * 50 + index) % lines.len()]
-                            )
-                        })
-                        .collect();
-                    let entries: Vec<_> = bodies.iter().map(|body| (0, vec![("w", "x")], body.clone())).collect();
-                    batch += 1;
-                    let Some(reply) = try_post(&url, "application/x-ndjson", &ndjson(&entries)) else {
-                        statuses.push(0);
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    };
-                    statuses.push(reply.status);
-                    if reply.status == 200 {
-                        let answer = reply.json();
-                        let shard = answer["shard"].as_u64().unwrap();
-                        let first = answer["first_seq"].as_u64().unwrap();
-                        let mut acked = acked.lock().unwrap();
-                        for (offset, body) in bodies.into_iter().enumerate() {
-                            acked.insert((shard, first + offset as u64), body);
-                        }
-                    }
-                }
-                statuses
-            })
-        })
-        .collect()
-}
 
 /// Checks that the node holds every acknowledged entry and dense seqs.
 fn verify(node: &TestNode, acked: &Acked, context: &str) {

@@ -1,8 +1,8 @@
 //! The bodies of the wormdb fuzz targets, one function per target, so that
 //! they can also run on stable over fixed inputs (`cargo test` here).
 //!
-//! Each function feeds arbitrary bytes to a decoder that reads from disk. A
-//! decoder may refuse the bytes with an error; it must never panic, and what
+//! Each function feeds arbitrary bytes to a decoder that reads from disk or
+//! from the network. A decoder may refuse the bytes with an error; it must never panic, and what
 //! it accepts must be consistent (see the assertions). Random bytes almost
 //! never carry a valid crc32, so each target also runs on a copy whose
 //! checksums were recomputed: that is what reaches the checks behind them.
@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use wormdb::proto::LogEntry;
+use wormdb::replication::frame::{self, Decoder, FrameError};
 use wormdb::shard::block::{self, BlockHeader, EntryView};
 use wormdb::shard::scan::{self, Step, Stop};
 use wormdb::shard::segment::SegmentHeader;
@@ -279,6 +280,106 @@ fn scan_in_windows(data: &[u8], window: usize) -> ScanResult {
     }
 }
 
+/// Most chunk lengths a `grpc_frame` input gives.
+const GRPC_CHUNK_LENGTHS_MAX: usize = 8;
+
+/// Target `grpc_frame`: a gRPC message stream through `frame::Decoder`,
+/// split into DATA chunks the way the input says. Byte 0 is the maximum
+/// message size (0..=255, small so that both sides of it are reached), byte
+/// 1 how many chunk lengths follow (1 to 8); the chunks then take those
+/// lengths in turn (0 is an empty chunk). The decoder must return what a
+/// whole-buffer reference decoder finds, and never hold more than its bound
+/// plus the chunk just pushed.
+pub fn grpc_frame(data: &[u8]) {
+    let Some((&max_message_bytes, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&count, rest)) = rest.split_first() else {
+        return;
+    };
+    let max_message_bytes = usize::from(max_message_bytes);
+    let (lengths, stream) = rest.split_at((usize::from(count) % GRPC_CHUNK_LENGTHS_MAX + 1).min(rest.len()));
+    // All-zero (or no) lengths would never make progress: one chunk then.
+    let lengths = if lengths.iter().any(|&length| length > 0) { lengths } else { &[u8::MAX][..] };
+
+    let mut decoder = Decoder::new(max_message_bytes);
+    let bound = decoder.buffered_bytes_bound();
+    let mut messages = Vec::new();
+    let mut error = None;
+    let mut position = 0;
+    for &length in lengths.iter().cycle() {
+        if position == stream.len() {
+            break;
+        }
+        let end = (position + usize::from(length)).min(stream.len());
+        let chunk = &stream[position..end];
+        position = end;
+        let before = decoder.buffered_bytes();
+        decoder.push(chunk.to_vec().into());
+        assert!(decoder.buffered_bytes() <= before + chunk.len());
+        assert!(decoder.buffered_bytes() <= bound + chunk.len(), "buffered past the bound");
+        loop {
+            match decoder.next_message() {
+                Ok(Some(message)) => {
+                    assert!(message.len() <= max_message_bytes);
+                    messages.push(message);
+                }
+                Ok(None) => break,
+                Err(found) => {
+                    assert_eq!(decoder.buffered_bytes(), 0, "a failed decoder holds nothing");
+                    error = Some(found);
+                    break;
+                }
+            }
+        }
+        assert!(decoder.buffered_bytes() <= bound, "buffered past the bound after draining");
+        if error.is_some() {
+            break;
+        }
+    }
+    let end = match error {
+        Some(error) => {
+            assert_eq!(decoder.next_message(), Err(error.clone()), "errors are sticky");
+            Err(error)
+        }
+        None => decoder.finish(),
+    };
+
+    let (expected, expected_end) = reference_frames(stream, max_message_bytes);
+    assert_eq!(messages.len(), expected.len());
+    for (message, expected) in messages.iter().zip(&expected) {
+        assert_eq!(&message[..], *expected);
+    }
+    assert_eq!(end, expected_end);
+}
+
+/// The messages of a whole gRPC stream and how it ends, decoded directly:
+/// the model `grpc_frame` checks the chunked decoder against.
+fn reference_frames(mut stream: &[u8], max: usize) -> (Vec<&[u8]>, Result<(), FrameError>) {
+    let mut messages = Vec::new();
+    while !stream.is_empty() {
+        if stream.len() < frame::PREFIX_BYTES {
+            return (messages, Err(FrameError::Truncated { buffered: stream.len() }));
+        }
+        match stream[0] {
+            0 => {}
+            1 => return (messages, Err(FrameError::Compressed)),
+            flag => return (messages, Err(FrameError::BadFlag(flag))),
+        }
+        let length = u32::from_be_bytes([stream[1], stream[2], stream[3], stream[4]]);
+        if length as usize > max {
+            return (messages, Err(FrameError::TooLarge { len: u64::from(length), max }));
+        }
+        let end = frame::PREFIX_BYTES + length as usize;
+        if stream.len() < end {
+            return (messages, Err(FrameError::Truncated { buffered: stream.len() }));
+        }
+        messages.push(&stream[frame::PREFIX_BYTES..end]);
+        stream = &stream[end..];
+    }
+    (messages, Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
     //! Runs the targets over the format fixtures and mutations of them, so
@@ -337,6 +438,27 @@ mod tests {
         }
         for input in mutations(&fixture("index.idx")) {
             index_file_decode(&input);
+        }
+    }
+
+    #[test]
+    fn grpc_frame_runs_on_a_stream_and_its_mutations() {
+        let mut stream = Vec::new();
+        for message in [&b"first"[..], b"", &[0xab; 40], b"last message"] {
+            stream.extend_from_slice(&frame::prefix(message.len()));
+            stream.extend_from_slice(message);
+        }
+        let entry = LogEntry { seq: 9, body: b"body".to_vec().into(), ..LogEntry::default() };
+        let mut encoded = Default::default();
+        frame::encode_message(&entry, &mut encoded);
+        stream.extend_from_slice(&encoded);
+        for (max_message_bytes, lengths) in [(64, &[3, 1, 7][..]), (40, &[0, 5]), (39, &[255]), (0, &[1])] {
+            let mut input = vec![max_message_bytes, lengths.len() as u8 - 1];
+            input.extend_from_slice(lengths);
+            input.extend_from_slice(&stream);
+            for input in mutations(&input) {
+                grpc_frame(&input);
+            }
         }
     }
 }

@@ -46,6 +46,61 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
         r.http.tails_lagged
     });
 
+    let followers: Vec<_> =
+        reports.iter().filter_map(|r| r.replication.follower.as_ref().map(|f| (r.stats.shard, f))).collect();
+    if !followers.is_empty() {
+        for (name, kind, help, value) in [
+            (
+                "wormdb_replication_lag_entries",
+                "gauge",
+                "Durable entries the leader has not acknowledged.",
+                (|f| f.lag_entries) as fn(&crate::node::peers::FollowerReport) -> u64,
+            ),
+            ("wormdb_replication_lag_bytes", "gauge", "Estimated bytes the leader has not acknowledged.", |f| {
+                f.lag_bytes
+            }),
+            ("wormdb_replication_acked_seq", "gauge", "Highest seq the leader acknowledged.", |f| {
+                f.acked_seq.unwrap_or(0)
+            }),
+            ("wormdb_replication_connected", "gauge", "1 while a session with the leader is up.", |f| {
+                u64::from(f.connected)
+            }),
+            ("wormdb_replication_sessions_total", "counter", "Replication sessions started.", |f| f.sessions),
+            ("wormdb_replication_sent_entries_total", "counter", "Entries pushed, resends included.", |f| {
+                f.sent_entries
+            }),
+        ] {
+            family(&mut out, name, kind, help);
+            for (shard, follower) in &followers {
+                let _ = writeln!(out, "{name}{{node=\"{node_id}\",shard=\"{shard}\"}} {}", value(follower));
+            }
+        }
+    }
+    let pairs: Vec<_> = reports.iter().flat_map(|r| r.replication.archive.iter()).collect();
+    if !pairs.is_empty() {
+        for (name, kind, help, value) in [
+            (
+                "wormdb_archive_watermark",
+                "gauge",
+                "Highest archived seq of a follower shard.",
+                (|p| p.watermark) as fn(&crate::replication::service::PairReport) -> u64,
+            ),
+            ("wormdb_archive_written_total", "counter", "Entries archived for a follower shard.", |p| p.written),
+            ("wormdb_archive_duplicates_total", "counter", "Pushed entries skipped as already archived.", |p| {
+                p.duplicates
+            }),
+        ] {
+            family(&mut out, name, kind, help);
+            for ((follower, shard), pair) in &pairs {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node_id}\",follower=\"{follower}\",follower_shard=\"{shard}\"}} {}",
+                    value(pair)
+                );
+            }
+        }
+    }
+
     family(&mut out, "wormdb_rejected_requests_total", "counter", "Requests refused, by reason.");
     for report in reports {
         let rejected = &report.http.rejected;

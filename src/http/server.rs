@@ -3,7 +3,6 @@
 //! core's own shard, queries, tails and stats fan out to every core.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +19,9 @@ use hyper_util::rt::TokioIo;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::{metrics, ndjson, params};
-use crate::node::peers::{self, QueryChunk, QuerySpec};
+use crate::node::peers::{self, MergedQuery, QueryStartError, QuerySpec};
 use crate::node::{Core, InFlight};
-use crate::proto::{LogEntry, WriteRequest};
+use crate::proto::WriteRequest;
 use crate::shard::{EntryRef, Error};
 
 /// The response body type: whole or streamed.
@@ -36,8 +35,6 @@ pub const ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;
 const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks buffered between a streaming task and its connection.
 const STREAM_CHUNKS_BUFFERED: usize = 8;
-/// Query chunks buffered per shard stream.
-const QUERY_CHUNKS_BUFFERED: usize = 4;
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -278,11 +275,6 @@ fn streamed(receiver: mpsc::Receiver<Bytes>) -> Response<Body> {
     response
 }
 
-/// Sort key of a query result: timestamp, then the entry's global id.
-fn order_key(entry: &LogEntry) -> (i64, u32, u32, u64) {
-    (entry.timestamp_ns, entry.node_id, entry.shard, entry.seq)
-}
-
 async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
     let params = match params::parse(request.uri().query(), &["from", "to", "tag", "limit", "direction"]) {
         Ok(params) => params,
@@ -296,70 +288,26 @@ async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
         limit: params.limit,
         backward: params.backward,
     });
-    let mut streams = Vec::new();
-    for peer in &core.peers {
-        let (sink, receiver) = mpsc::channel(QUERY_CHUNKS_BUFFERED);
-        if peer.clone().send(peers::Request::Query { spec: spec.clone(), sink }).await.is_err() {
-            return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        }
-        streams.push(receiver);
-    }
-    // Wait for every shard's first answer, so that a failure to start
-    // becomes an error status rather than a cut stream.
-    let mut heads: Vec<VecDeque<LogEntry>> = Vec::new();
-    let mut done = Vec::new();
-    for stream in &mut streams {
-        match stream.next().await {
-            Some(QueryChunk::Entries(entries)) => {
-                heads.push(entries.into());
-                done.push(false);
-            }
-            Some(QueryChunk::Done { .. }) => {
-                heads.push(VecDeque::new());
-                done.push(true);
-            }
-            Some(QueryChunk::Failed(message)) => return reject(&core, StatusCode::INTERNAL_SERVER_ERROR, message),
-            None => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-        }
-    }
+    let mut merged = match MergedQuery::start(&core, spec).await {
+        Ok(merged) => merged,
+        Err(QueryStartError::ShuttingDown) => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Err(QueryStartError::Failed(message)) => return reject(&core, StatusCode::INTERNAL_SERVER_ERROR, message),
+    };
     let (mut body, receiver) = mpsc::channel::<Bytes>(STREAM_CHUNKS_BUFFERED);
-    let limit = spec.limit;
-    let backward = spec.backward;
     glommio::spawn_local(async move {
         let mut out = Vec::with_capacity(STREAM_CHUNK_BYTES + 4096);
-        let mut written = 0usize;
-        while written < limit {
-            // Refill every shard whose buffer ran dry.
-            for (index, stream) in streams.iter_mut().enumerate() {
-                if heads[index].is_empty() && !done[index] {
-                    match stream.next().await {
-                        Some(QueryChunk::Entries(entries)) => heads[index].extend(entries),
-                        Some(QueryChunk::Done { .. }) | None => done[index] = true,
-                        Some(QueryChunk::Failed(message)) => {
-                            out.extend_from_slice(serde_json::json!({ "error": message }).to_string().as_bytes());
-                            out.push(b'\n');
-                            let _ = body.send(Bytes::from(out)).await;
-                            return;
-                        }
-                    }
+        loop {
+            let entry = match merged.next().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(message) => {
+                    out.extend_from_slice(serde_json::json!({ "error": message }).to_string().as_bytes());
+                    out.push(b'\n');
+                    let _ = body.send(Bytes::from(out)).await;
+                    return;
                 }
-            }
-            let best = heads
-                .iter()
-                .enumerate()
-                .filter_map(|(index, head)| head.front().map(|entry| (index, order_key(entry))))
-                .reduce(|best, candidate| {
-                    let better = if backward { candidate.1 > best.1 } else { candidate.1 < best.1 };
-                    if better {
-                        candidate
-                    } else {
-                        best
-                    }
-                });
-            let Some((index, _)) = best else { break };
-            let entry = heads[index].pop_front().expect("chosen from a non-empty head");
+            };
             ndjson::write_entry_line(&mut out, &entry);
-            written += 1;
             if out.len() >= STREAM_CHUNK_BYTES {
                 let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(STREAM_CHUNK_BYTES + 4096)));
                 if body.send(chunk).await.is_err() {
@@ -457,6 +405,15 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
                 "blocks_read": stats.blocks_read,
                 "pending_appends": stats.pending_appends,
                 "ingest_entries": report.http.ingest_entries,
+                "replication": report.replication.follower.as_ref().map(|follower| serde_json::json!({
+                    "acked_seq": follower.acked_seq,
+                    "lag_entries": follower.lag_entries,
+                    "lag_bytes": follower.lag_bytes,
+                    "connected": follower.connected,
+                    "sessions": follower.sessions,
+                    "sent_entries": follower.sent_entries,
+                    "last_error": follower.last_error,
+                })),
                 "torn_tail": report.torn_tail.as_ref().map(|torn| serde_json::json!({
                     "path": torn.path.display().to_string(),
                     "offset": torn.offset,
@@ -466,15 +423,34 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
             })
         })
         .collect();
+    let watermarks: Vec<serde_json::Value> = reports
+        .iter()
+        .flat_map(|report| {
+            report.replication.archive.iter().map(|(&(follower_id, shard), pair)| {
+                serde_json::json!({
+                    "follower_id": follower_id,
+                    "shard": shard,
+                    "owner_shard": report.stats.shard,
+                    "acked_seq": pair.watermark,
+                    "written": pair.written,
+                    "duplicates": pair.duplicates,
+                })
+            })
+        })
+        .collect();
+    let follower = core.config.leader.map(|leader| {
+        let followers = reports.iter().filter_map(|report| report.replication.follower.as_ref());
+        let (lag_entries, lag_bytes) =
+            followers.fold((0, 0), |(entries, bytes), f| (entries + f.lag_entries, bytes + f.lag_bytes));
+        serde_json::json!({ "leader": leader.to_string(), "lag_entries": lag_entries, "lag_bytes": lag_bytes })
+    });
     json(
         StatusCode::OK,
         &serde_json::json!({
             "node_id": core.config.node_id,
             "shards": shards,
-            // Replication is not built yet: this node follows no leader and
-            // holds no follower watermarks.
-            "follower": null,
-            "watermarks": [],
+            "follower": follower,
+            "watermarks": watermarks,
         }),
     )
 }

@@ -23,8 +23,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::NodeConfig;
 use crate::shard::{Shard, ShardConfig};
 
-/// How long shutdown waits for in-flight requests before closing shards.
-pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 /// How often a core checks the stop flag and runs retention.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
@@ -86,6 +84,10 @@ pub struct Core {
     pub in_flight: Cell<usize>,
     /// HTTP counters.
     pub counters: RefCell<HttpCounters>,
+    /// The (follower, shard) pairs this core archives as a leader.
+    pub archive: crate::replication::service::Archive,
+    /// This shard's pusher, when the node follows a leader.
+    pub follower: crate::replication::follower::FollowerState,
 }
 
 /// Counts a request as in flight while alive.
@@ -118,6 +120,32 @@ fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::So
     Ok(socket)
 }
 
+/// The listening sockets handed to one core.
+struct Listeners {
+    http: i32,
+    grpc: i32,
+}
+
+/// Binds `count` `SO_REUSEPORT` sockets on one address; returns the
+/// address bound (port 0 resolved) and the sockets.
+fn bind_all(
+    addr: std::net::SocketAddr,
+    count: usize,
+    flag: &str,
+) -> Result<(std::net::SocketAddr, Vec<socket2::Socket>), String> {
+    let first = reuseport_listener(addr).map_err(|error| format!("{flag} {addr}: {error}"))?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .ok_or_else(|| format!("cannot read the address bound for {flag}"))?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(reuseport_listener(bound).map_err(|error| format!("{flag} {bound}: {error}"))?);
+    }
+    Ok((bound, sockets))
+}
+
 /// Runs a node until `stop` is set and every core has shut down.
 pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
@@ -125,21 +153,12 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
 
-    // Bind every shard's socket up front: the first one resolves port 0,
+    // Bind every shard's sockets up front: the first one resolves port 0,
     // the others reuse the port it got.
-    let first =
-        reuseport_listener(config.http_addr).map_err(|error| format!("--http-addr {}: {error}", config.http_addr))?;
-    let http_addr = first
-        .local_addr()
-        .ok()
-        .and_then(|addr| addr.as_socket())
-        .ok_or_else(|| "cannot read the bound HTTP address".to_string())?;
-    let mut sockets = vec![first];
-    for _ in 1..config.shards {
-        sockets.push(reuseport_listener(http_addr).map_err(|error| format!("--http-addr {http_addr}: {error}"))?);
-    }
+    let (http_addr, http_sockets) = bind_all(config.http_addr, config.shards, "--http-addr")?;
+    let (grpc_addr, grpc_sockets) = bind_all(config.grpc_addr, config.shards, "--grpc-addr")?;
 
-    let config = Arc::new(NodeConfig { http_addr, ..config });
+    let config = Arc::new(NodeConfig { http_addr, grpc_addr, ..config });
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..config.shards {
@@ -149,11 +168,13 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     }
 
     let mut executors = Vec::new();
-    for (shard_id, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
+    for (shard_id, ((http_socket, grpc_socket), inbox)) in
+        http_sockets.into_iter().zip(grpc_sockets).zip(receivers).enumerate()
+    {
         let config = config.clone();
         let peers = senders.clone();
         let stop = stop.clone();
-        let fd = socket.into_raw_fd();
+        let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(shard_id % cores))
             .name(&format!("shard-{shard_id:03}"))
             .spawn(move || async move { run_core(shard_id as u32, config, peers, inbox, fd, stop).await })
@@ -183,11 +204,12 @@ async fn run_core(
     config: Arc<NodeConfig>,
     peers: Vec<mpsc::Sender<peers::Request>>,
     inbox: mpsc::Receiver<peers::Request>,
-    listener_fd: i32,
+    listeners: Listeners,
     stop: StopFlag,
 ) -> Result<(), String> {
-    // SAFETY: the fd is a listening TCP socket that this core now owns.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener_fd) };
+    // SAFETY: the fds are listening TCP sockets that this core now owns.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
+    let grpc_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.grpc) };
     let shard_config = ShardConfig {
         node_id: config.node_id,
         segment_bytes: config.segment_bytes,
@@ -217,10 +239,15 @@ async fn run_core(
         closing: Cell::new(false),
         in_flight: Cell::new(0),
         counters: RefCell::new(HttpCounters::default()),
+        archive: Default::default(),
+        follower: crate::replication::follower::FollowerState::new(config.leader),
     });
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
     let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
     tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
+    let grpc_task = glommio::spawn_local(crate::replication::accept_loop(core.clone(), grpc_listener)).detach();
+    tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
+    let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
 
     let mut since_retention = Duration::ZERO;
     while !stop.load(Ordering::Acquire) {
@@ -233,26 +260,39 @@ async fn run_core(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_nanos() as i64)
                 .unwrap_or(0);
-            if let Err(error) = core.shard.enforce_retention(retention, now, |_| true).await {
+            if let Err(error) = core.shard.enforce_retention(retention, now, |span| core.follower.may_delete(span)).await {
                 tracing::error!(shard = shard_id, %error, "retention failed");
             }
         }
     }
 
     tracing::info!(shard = shard_id, "shutting down: draining in-flight requests");
+    let deadline = std::time::Instant::now() + config.shutdown_timeout;
     accept_task.cancel();
     core.closing.set(true);
-    let drain_started = std::time::Instant::now();
-    while core.in_flight.get() > 0 && drain_started.elapsed() < SHUTDOWN_DRAIN_MAX {
+    while core.in_flight.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Push what is durable to the leader, then close the stream cleanly.
+    core.follower.stopping.set(true);
+    if core.follower.leader.is_some() {
+        let drained = futures_lite::future::or(async { pusher.await.is_some() }, async {
+            glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
+            false
+        })
+        .await;
+        let (acked, durable) = (core.follower.acked.get(), core.shard.durable_seq());
+        if !drained || acked < Some(durable) {
+            tracing::warn!(shard = shard_id, ?acked, durable, "shutdown: the leader has not acknowledged everything");
+        }
     }
     let closed = core.shard.close().await;
     // Let the handlers whose appends the close just made durable write
     // their responses.
-    let drain_started = std::time::Instant::now();
-    while core.in_flight.get() > 0 && drain_started.elapsed() < SHUTDOWN_DRAIN_MAX {
+    while core.in_flight.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    grpc_task.cancel();
     inbox_task.cancel();
     tracing::info!(shard = shard_id, last_seq = core.shard.durable_seq(), "shard closed");
     closed.map_err(|error| format!("shard {shard_id}: {error}"))

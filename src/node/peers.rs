@@ -11,7 +11,9 @@ use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
 
 use super::{Core, HttpCounters};
-use crate::proto::LogEntry;
+use crate::proto::{LogEntry, PushAck, PushBatch};
+use crate::replication::service;
+use crate::replication::status::Status;
 use crate::shard::{Query, ShardStats, TornTail};
 
 /// Entries per query chunk sent between cores.
@@ -60,6 +62,37 @@ pub struct ShardReport {
     pub torn_tail: Option<TornTail>,
     /// The core's HTTP counters.
     pub http: HttpCounters,
+    /// Replication as this core sees it.
+    pub replication: ReplicationReport,
+}
+
+/// A core's replication numbers: its pusher (when following) and the
+/// archive pairs it owns (as a leader).
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationReport {
+    /// The pusher's view, when the node follows a leader.
+    pub follower: Option<FollowerReport>,
+    /// Archive pairs this core owns: (follower, follower shard) → counters.
+    pub archive: std::collections::BTreeMap<(u32, u32), service::PairReport>,
+}
+
+/// One shard's replication lag as its pusher sees it.
+#[derive(Clone, Debug, Default)]
+pub struct FollowerReport {
+    /// Highest seq the leader acknowledged (`None` before first contact).
+    pub acked_seq: Option<u64>,
+    /// Durable entries the leader has not acknowledged.
+    pub lag_entries: u64,
+    /// Their size before compression (estimated from the shard's mean entry size).
+    pub lag_bytes: u64,
+    /// A session with the leader is up.
+    pub connected: bool,
+    /// Sessions started (1 + reconnects).
+    pub sessions: u64,
+    /// Entries sent, resends included.
+    pub sent_entries: u64,
+    /// Why the last session ended.
+    pub last_error: Option<String>,
 }
 
 /// A request from one core to another (or to itself).
@@ -85,6 +118,44 @@ pub enum Request {
         /// Where the report goes.
         reply: oneshot::Sender<ShardReport>,
     },
+    /// Archive a follower's batch (this core owns its pair).
+    Archive {
+        /// The batch.
+        batch: PushBatch,
+        /// The ack, once the fresh entries are durable.
+        reply: oneshot::Sender<Result<PushAck, Status>>,
+    },
+    /// The archive watermark of a pair this core owns.
+    Watermark {
+        /// The follower.
+        follower_id: u32,
+        /// The follower's shard.
+        shard: u32,
+        /// The highest archived seq.
+        reply: oneshot::Sender<Result<u64, Status>>,
+    },
+    /// Archived entries of a pair this core owns, from an origin seq on.
+    ReadOrigin {
+        /// The follower.
+        node: u32,
+        /// The follower's shard.
+        shard: u32,
+        /// First origin seq wanted.
+        from_seq: u64,
+        /// Most entries.
+        limit: usize,
+        /// The entries, in origin-seq order, under their original ids.
+        reply: oneshot::Sender<Result<Vec<LogEntry>, Status>>,
+    },
+    /// The highest origin seq of (node, shard) stored in this core's shard.
+    OriginWatermark {
+        /// The origin node.
+        node: u32,
+        /// The origin shard.
+        shard: u32,
+        /// The seq (0 if none).
+        reply: oneshot::Sender<u64>,
+    },
 }
 
 /// Serves requests from the other cores until every sender is gone.
@@ -100,6 +171,31 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Request>) {
             Request::Report { reply } => {
                 let _ = reply.send(report(&core));
             }
+            Request::Archive { batch, reply } => {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(service::archive_local(&core, batch).await);
+                })
+                .detach();
+            }
+            Request::Watermark { follower_id, shard, reply } => {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(service::watermark_local(&core, follower_id, shard).await);
+                })
+                .detach();
+            }
+            Request::ReadOrigin { node, shard, from_seq, limit, reply } => {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    let read = core.shard.read_origin(node, shard, from_seq, limit).await;
+                    let _ = reply.send(read.map_err(|error| Status::internal(error.to_string())));
+                })
+                .detach();
+            }
+            Request::OriginWatermark { node, shard, reply } => {
+                let _ = reply.send(core.shard.origin_watermark(node, shard));
+            }
         }
     }
 }
@@ -110,7 +206,26 @@ pub fn report(core: &Core) -> ShardReport {
         stats: core.shard.stats(),
         torn_tail: core.shard.recovery_report().torn_tail.clone(),
         http: core.counters.borrow().clone(),
+        replication: ReplicationReport { follower: follower_report(core), archive: core.archive.report() },
     }
+}
+
+fn follower_report(core: &Core) -> Option<FollowerReport> {
+    let state = &core.follower;
+    state.leader?;
+    let stats = core.shard.stats();
+    let durable = core.shard.durable_seq();
+    let lag_entries = durable.saturating_sub(state.acked.get().unwrap_or(0));
+    let mean_entry_bytes = stats.raw_bytes.checked_div(stats.entries).unwrap_or(0);
+    Some(FollowerReport {
+        acked_seq: state.acked.get(),
+        lag_entries,
+        lag_bytes: lag_entries.saturating_mul(mean_entry_bytes),
+        connected: state.connected.get(),
+        sessions: state.sessions.get(),
+        sent_entries: state.sent_entries.get(),
+        last_error: state.last_error.borrow().clone(),
+    })
 }
 
 async fn run_query(core: Rc<Core>, spec: Arc<QuerySpec>, mut sink: mpsc::Sender<QueryChunk>) {
@@ -182,5 +297,101 @@ async fn run_tail(
                 return;
             }
         }
+    }
+}
+
+/// Query chunks buffered per shard stream of one merged query.
+const QUERY_CHUNKS_BUFFERED: usize = 4;
+
+/// Why a merged query could not start.
+#[derive(Debug)]
+pub enum QueryStartError {
+    /// A core is gone: the node is shutting down.
+    ShuttingDown,
+    /// A shard failed to start its part.
+    Failed(String),
+}
+
+/// One query over every shard of the node, merged into one stream in
+/// timestamp order (then by entry id), newest first when backward. Each
+/// shard streams its matches in order through a bounded channel, so memory
+/// stays bounded however large the limit.
+pub struct MergedQuery {
+    streams: Vec<mpsc::Receiver<QueryChunk>>,
+    heads: Vec<std::collections::VecDeque<LogEntry>>,
+    done: Vec<bool>,
+    backward: bool,
+    remaining: usize,
+}
+
+/// Sort key of a query result: timestamp, then the entry's global id.
+fn order_key(entry: &LogEntry) -> (i64, u32, u32, u64) {
+    (entry.timestamp_ns, entry.node_id, entry.shard, entry.seq)
+}
+
+impl MergedQuery {
+    /// Sends `spec` to every core and waits for each one's first answer,
+    /// so that a failure to start is an error rather than a cut stream.
+    pub async fn start(core: &Core, spec: Arc<QuerySpec>) -> Result<MergedQuery, QueryStartError> {
+        let mut streams = Vec::new();
+        for peer in &core.peers {
+            let (sink, receiver) = mpsc::channel(QUERY_CHUNKS_BUFFERED);
+            if peer.clone().send(Request::Query { spec: spec.clone(), sink }).await.is_err() {
+                return Err(QueryStartError::ShuttingDown);
+            }
+            streams.push(receiver);
+        }
+        let mut heads = Vec::new();
+        let mut done = Vec::new();
+        for stream in &mut streams {
+            match stream.next().await {
+                Some(QueryChunk::Entries(entries)) => {
+                    heads.push(entries.into());
+                    done.push(false);
+                }
+                Some(QueryChunk::Done { .. }) => {
+                    heads.push(Default::default());
+                    done.push(true);
+                }
+                Some(QueryChunk::Failed(message)) => return Err(QueryStartError::Failed(message)),
+                None => return Err(QueryStartError::ShuttingDown),
+            }
+        }
+        Ok(MergedQuery { streams, heads, done, backward: spec.backward, remaining: spec.limit })
+    }
+
+    /// The next entry in order, `None` when the query is complete; `Err`
+    /// when a shard failed midway.
+    pub async fn next(&mut self) -> Result<Option<LogEntry>, String> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        // Refill every shard whose buffer ran dry.
+        for (index, stream) in self.streams.iter_mut().enumerate() {
+            if self.heads[index].is_empty() && !self.done[index] {
+                match stream.next().await {
+                    Some(QueryChunk::Entries(entries)) => self.heads[index].extend(entries),
+                    Some(QueryChunk::Done { .. }) | None => self.done[index] = true,
+                    Some(QueryChunk::Failed(message)) => return Err(message),
+                }
+            }
+        }
+        let backward = self.backward;
+        let best = self
+            .heads
+            .iter()
+            .enumerate()
+            .filter_map(|(index, head)| head.front().map(|entry| (index, order_key(entry))))
+            .reduce(|best, candidate| {
+                let better = if backward { candidate.1 > best.1 } else { candidate.1 < best.1 };
+                if better {
+                    candidate
+                } else {
+                    best
+                }
+            });
+        let Some((index, _)) = best else { return Ok(None) };
+        self.remaining -= 1;
+        Ok(self.heads[index].pop_front())
     }
 }

@@ -1,9 +1,11 @@
 //! Starts the real `wormdb` binary on an ephemeral port for black-box tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,8 @@ pub struct TestNode {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// The gRPC address, `127.0.0.1:PORT`.
+    pub grpc_addr: String,
     /// Everything the node logged.
     pub log: Arc<Mutex<Vec<String>>>,
     /// The data directory.
@@ -29,12 +33,13 @@ impl TestNode {
         let mut node = TestNode {
             child: None,
             base: String::new(),
+            grpc_addr: String::new(),
             log: Default::default(),
             data_dir: data_dir.to_path_buf(),
             args,
             cwd: None,
         };
-        node.launch(None);
+        node.launch(None, None);
         node
     }
 
@@ -45,17 +50,19 @@ impl TestNode {
         let mut node = TestNode {
             child: None,
             base: String::new(),
+            grpc_addr: String::new(),
             log: Default::default(),
             data_dir: cwd.join("wormdb-data"),
             args,
             cwd: Some(cwd.to_path_buf()),
         };
-        node.launch(None);
+        node.launch(None, None);
         node
     }
 
-    fn launch(&mut self, port: Option<u16>) {
+    fn launch(&mut self, port: Option<u16>, grpc_port: Option<u16>) {
         let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let grpc_addr = format!("127.0.0.1:{}", grpc_port.unwrap_or(0));
         let mut command = Command::new(env!("CARGO_BIN_EXE_wormdb"));
         command.arg("serve");
         match &self.cwd {
@@ -67,7 +74,7 @@ impl TestNode {
             }
         }
         let mut child = command
-            .args(["--http-addr", &addr])
+            .args(["--http-addr", &addr, "--grpc-addr", &grpc_addr])
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -82,8 +89,10 @@ impl TestNode {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("http listening on ").nth(1) {
-                    let _ = ready_sender.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                for (protocol, marker) in [("http", "http listening on "), ("grpc", "grpc listening on ")] {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        let _ = ready_sender.send((protocol, rest.split_whitespace().next().unwrap_or("").to_string()));
+                    }
                 }
                 log.lock().unwrap().push(line);
             }
@@ -96,15 +105,19 @@ impl TestNode {
             .unwrap_or(2usize);
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut listening = Vec::new();
-        while listening.len() < shards {
+        let mut grpc_listening = Vec::new();
+        while listening.len() < shards || grpc_listening.len() < shards {
             let left = deadline.saturating_duration_since(Instant::now());
             match ready.recv_timeout(left) {
-                Ok(addr) => listening.push(addr),
+                Ok(("http", addr)) => listening.push(addr),
+                Ok((_, addr)) => grpc_listening.push(addr),
                 Err(_) => panic!("node did not start; log:\n{}", self.log.lock().unwrap().join("\n")),
             }
         }
         assert!(listening.iter().all(|addr| addr == &listening[0]), "shards listen on one port: {listening:?}");
+        assert!(grpc_listening.iter().all(|addr| addr == &grpc_listening[0]), "one gRPC port: {grpc_listening:?}");
         self.base = format!("http://{}", listening[0]);
+        self.grpc_addr = grpc_listening[0].clone();
     }
 
     /// The port the node listens on.
@@ -147,7 +160,8 @@ impl TestNode {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
         let port = self.port();
-        self.launch(Some(port));
+        let grpc_port = self.grpc_addr.rsplit(':').next().unwrap().parse().unwrap();
+        self.launch(Some(port), Some(grpc_port));
     }
 
     /// The log so far, one string.
@@ -240,4 +254,58 @@ pub fn ndjson(entries: &[TestEntry<'_>]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
+}
+
+/// (shard, seq) → body of every acknowledged entry.
+pub type Acked = Arc<Mutex<HashMap<(u64, u64), String>>>;
+
+/// Runs `writers` threads posting 50-entry batches until `stop`; records
+/// every acknowledged entry. Returns the status codes seen.
+pub fn writers(
+    url: String,
+    writers: usize,
+    round: usize,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<u16>>> {
+    (0..writers)
+        .map(|writer| {
+            let url = url.clone();
+            let acked = acked.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let lines = super::loghub_lines("HDFS");
+                let mut statuses = Vec::new();
+                let mut batch = 0;
+                while !stop.load(Ordering::Acquire) && batch < 100_000 {
+                    let bodies: Vec<String> = (0..50)
+                        .map(|index| {
+                            format!(
+                                "r{round} w{writer} b{batch} i{index} {}",
+                                lines[(batch * 50 + index) % lines.len()]
+                            )
+                        })
+                        .collect();
+                    let entries: Vec<_> = bodies.iter().map(|body| (0, vec![("w", "x")], body.clone())).collect();
+                    batch += 1;
+                    let Some(reply) = try_post(&url, "application/x-ndjson", &ndjson(&entries)) else {
+                        statuses.push(0);
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    statuses.push(reply.status);
+                    if reply.status == 200 {
+                        let answer = reply.json();
+                        let shard = answer["shard"].as_u64().unwrap();
+                        let first = answer["first_seq"].as_u64().unwrap();
+                        let mut acked = acked.lock().unwrap();
+                        for (offset, body) in bodies.into_iter().enumerate() {
+                            acked.insert((shard, first + offset as u64), body);
+                        }
+                    }
+                }
+                statuses
+            })
+        })
+        .collect()
 }

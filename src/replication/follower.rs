@@ -1,0 +1,285 @@
+//! The follower's pusher: one per shard, streaming the shard's durable
+//! entries to the leader over `Replicate` and tracking the leader's acks.
+//!
+//! A session: connect, ask `GetWatermark` for (this node, this shard), then
+//! read the shard's own log from `watermark + 1` on and send it in batches
+//! bounded by count and bytes, with at most [`BATCHES_IN_FLIGHT_MAX`]
+//! unacknowledged. Acks advance [`FollowerState::acked`]. Any failure ends
+//! the session; the next one starts after a capped, jittered exponential
+//! backoff and resumes from the leader's watermark, which is exact (the
+//! leader drops duplicates), so nothing is lost or archived twice.
+//!
+//! The log is the queue: nothing is buffered beyond the batches in flight,
+//! and retention never deletes a segment the leader has not acknowledged
+//! ([`FollowerState::may_delete`]).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+
+use super::grpc::{CallReceiver, CallSender, Channel};
+use super::status::{Code, Status};
+use crate::node::Core;
+use crate::proto::{LogEntry, PushAck, PushBatch, WatermarkRequest, WatermarkResponse};
+use crate::shard::SegmentSpan;
+
+/// Most entries in one pushed batch.
+pub const BATCH_ENTRIES_MAX: usize = 4096;
+/// Batches stop growing once their entries pass this many bytes.
+pub const BATCH_BYTES_TARGET: usize = 1 << 20;
+/// Batches sent and not yet acknowledged.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `GetWatermark` may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle pusher looks at the stop flag.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
+
+const REPLICATE: &str = "/wormdb.v1.WormReplication/Replicate";
+const GET_WATERMARK: &str = "/wormdb.v1.WormReplication/GetWatermark";
+
+/// What one core's pusher knows, for stats, retention and shutdown.
+#[derive(Default)]
+pub struct FollowerState {
+    /// The leader this node follows, if any.
+    pub leader: Option<SocketAddr>,
+    /// Highest seq the leader acknowledged (`None` before first contact).
+    pub acked: Cell<Option<u64>>,
+    /// A session is up.
+    pub connected: Cell<bool>,
+    /// Sessions started (1 + reconnects).
+    pub sessions: Cell<u64>,
+    /// Entries sent (resends after a reconnect included).
+    pub sent_entries: Cell<u64>,
+    /// Why the last session ended.
+    pub last_error: RefCell<Option<String>>,
+    /// Set at shutdown: the pusher sends what is durable, then closes.
+    pub stopping: Cell<bool>,
+}
+
+impl FollowerState {
+    /// The state of a node that follows `leader` (or none).
+    pub fn new(leader: Option<SocketAddr>) -> FollowerState {
+        FollowerState { leader, ..FollowerState::default() }
+    }
+
+    /// Retention's veto: a follower keeps every segment holding an entry
+    /// the leader has not acknowledged.
+    pub fn may_delete(&self, span: &SegmentSpan) -> bool {
+        match self.leader {
+            None => true,
+            Some(_) => self.acked.get().is_some_and(|acked| span.last_seq <= acked),
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(seed: u64) -> Backoff {
+        Backoff { next: BACKOFF_MIN, seed: seed | 1 }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    /// A delay in [next/2, next), then doubles `next` (capped).
+    fn delay(&mut self) -> Duration {
+        // xorshift64: jitter only, no need for a real generator.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let half = self.next / 2;
+        let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64).max(1));
+        let delay = half + jitter;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Runs the pusher of `core`'s shard until shutdown has drained it.
+pub async fn run_pusher(core: Rc<Core>) {
+    let Some(leader) = core.follower.leader else { return };
+    let shard = core.shard.config().shard_id;
+    let mut backoff = Backoff::new(u64::from(core.config.node_id) << 32 | u64::from(shard) ^ 0x5DEE_CE66);
+    loop {
+        let state = &core.follower;
+        state.sessions.set(state.sessions.get() + 1);
+        let started = Instant::now();
+        let result = session(&core, leader).await;
+        state.connected.set(false);
+        match result {
+            Ok(()) => return,
+            Err(status) => {
+                if state.stopping.get() {
+                    tracing::warn!(shard, %status, "replication: shutting down with entries not acknowledged");
+                    return;
+                }
+                // A session that ran for a while was healthy: start over.
+                if started.elapsed() > BACKOFF_MAX * 2 {
+                    backoff.reset();
+                }
+                let delay = backoff.delay();
+                if state.last_error.borrow().as_deref() != Some(status.message.as_str()) {
+                    tracing::warn!(shard, %leader, %status, ?delay, "replication session ended; reconnecting");
+                }
+                *state.last_error.borrow_mut() = Some(status.message.clone());
+                let mut waited = Duration::ZERO;
+                while waited < delay && !state.stopping.get() {
+                    glommio::timer::sleep(IDLE_CHECK.min(delay - waited)).await;
+                    waited += IDLE_CHECK;
+                }
+                if state.stopping.get() && state.acked.get() >= Some(core.shard.durable_seq()) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One connection's worth of pushing. `Ok` only when shutdown drained
+/// everything durable.
+async fn session(core: &Rc<Core>, leader: SocketAddr) -> Result<(), Status> {
+    let node = core.config.node_id;
+    let shard = core.shard.config().shard_id;
+    let channel = Channel::connect(leader, CONNECT_TIMEOUT).await?;
+    let request = WatermarkRequest { follower_id: node, shard };
+    let watermark: WatermarkResponse = channel.unary(GET_WATERMARK, &request, Some(WATERMARK_TIMEOUT)).await?;
+    let acked = watermark.acked_seq;
+    let durable = core.shard.durable_seq();
+    if acked > durable {
+        return Err(Status::failed_precondition(format!(
+            "the leader archived up to seq {acked} of (node {node}, shard {shard}) but this shard's log ends at \
+             {durable}: this node lost data; rebuild it with `wormdb restore` before it pushes again"
+        )));
+    }
+    core.follower.acked.set(Some(acked));
+    core.follower.connected.set(true);
+    tracing::info!(shard, %leader, acked, "replication session up");
+    let (sender, receiver) = channel.start(REPLICATE, None).await?.split();
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX as u64));
+    let sending = send_batches(core, sender, acked + 1, in_flight.clone());
+    let receiving = receive_acks(core, receiver, in_flight);
+    futures_util::future::try_join(sending, receiving).await?;
+    Ok(())
+}
+
+async fn send_batches(
+    core: &Core,
+    mut sender: CallSender,
+    mut next: u64,
+    in_flight: Rc<glommio::sync::Semaphore>,
+) -> Result<(), Status> {
+    let node = core.config.node_id;
+    let shard = core.shard.config().shard_id;
+    let mut entry_bytes_estimate = 256usize;
+    loop {
+        in_flight.acquire(1).await.map_err(|_| Status::cancelled("pusher closed"))?;
+        // Wait for durable entries past `next - 1`.
+        while next > core.shard.durable_seq() {
+            if core.follower.stopping.get() {
+                sender.close_send().await?;
+                return Ok(());
+            }
+            future::or(
+                async {
+                    core.shard.wait_durable_after(next - 1).await;
+                },
+                glommio::timer::sleep(IDLE_CHECK),
+            )
+            .await;
+        }
+        let count = (BATCH_BYTES_TARGET / entry_bytes_estimate.max(1)).clamp(1, BATCH_ENTRIES_MAX);
+        let mut entries = core.shard.read_from(next, count).await.map_err(|error| Status::internal(error.to_string()))?;
+        match entries.first() {
+            Some(first) if first.seq == next => {}
+            first => {
+                return Err(Status::new(Code::DataLoss, format!(
+                    "seq {next} is no longer in the local log (first readable: {:?}); it cannot be replicated",
+                    first.map(|entry| entry.seq)
+                )));
+            }
+        }
+        let mut bytes = 0usize;
+        let keep = entries
+            .iter()
+            .position(|entry| {
+                bytes += entry_bytes(entry);
+                bytes >= BATCH_BYTES_TARGET
+            })
+            .map_or(entries.len(), |last| last + 1);
+        entries.truncate(keep);
+        entry_bytes_estimate = bytes / entries.len();
+        next = entries.last().map_or(next, |entry| entry.seq + 1);
+        let sent = entries.len() as u64;
+        sender.send(&PushBatch { follower_id: node, shard, entries }).await?;
+        core.follower.sent_entries.set(core.follower.sent_entries.get() + sent);
+    }
+}
+
+/// Rough wire size of an entry, for batch sizing.
+fn entry_bytes(entry: &LogEntry) -> usize {
+    entry.body.len() + entry.tags.iter().map(|(key, value)| key.len() + value.len() + 4).sum::<usize>() + 24
+}
+
+async fn receive_acks(
+    core: &Core,
+    mut receiver: CallReceiver,
+    in_flight: Rc<glommio::sync::Semaphore>,
+) -> Result<(), Status> {
+    while let Some(ack) = receiver.next::<PushAck>().await? {
+        if core.follower.acked.get().is_some_and(|acked| ack.acked_seq < acked) {
+            return Err(Status::new(
+                Code::Internal,
+                format!("the leader's ack went backwards: {} after {:?}", ack.acked_seq, core.follower.acked.get()),
+            ));
+        }
+        core.follower.acked.set(Some(ack.acked_seq));
+        in_flight.signal(1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let mut backoff = Backoff::new(42);
+        let mut previous_cap = BACKOFF_MIN;
+        for _ in 0..20 {
+            let delay = backoff.delay();
+            assert!(delay >= previous_cap / 2 && delay < previous_cap.max(Duration::from_nanos(1)), "{delay:?}");
+            previous_cap = (previous_cap * 2).min(BACKOFF_MAX);
+        }
+        assert_eq!(backoff.next, BACKOFF_MAX);
+        backoff.reset();
+        assert!(backoff.delay() < BACKOFF_MIN);
+    }
+
+    #[test]
+    fn retention_keeps_what_the_leader_has_not_acknowledged() {
+        let span = SegmentSpan { first_seq: 1, last_seq: 100, max_ts: 0, file_bytes: 0 };
+        assert!(FollowerState::new(None).may_delete(&span));
+        let following = FollowerState::new(Some("127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(!following.may_delete(&span), "unknown watermark: keep");
+        following.acked.set(Some(99));
+        assert!(!following.may_delete(&span));
+        following.acked.set(Some(100));
+        assert!(following.may_delete(&span));
+    }
+}
