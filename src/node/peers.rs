@@ -171,13 +171,7 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Request>) {
             Request::Report { reply } => {
                 let _ = reply.send(report(&core));
             }
-            Request::Archive { batch, reply } => {
-                let core = core.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(service::archive_local(&core, batch).await);
-                })
-                .detach();
-            }
+            Request::Archive { batch, reply } => service::archive_enqueue(&core, batch, reply),
             Request::Watermark { follower_id, shard, reply } => {
                 let core = core.clone();
                 glommio::spawn_local(async move {

@@ -14,15 +14,16 @@
 //! time a pair is touched after a restart.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_channel::oneshot;
+use futures_lite::future;
 use futures_util::SinkExt;
 
 use super::grpc::{Call, LocalFuture, Service};
-use super::status::Status;
+use super::status::{Code, Status};
 use super::watermark;
 use crate::node::peers::{MergedQuery, QuerySpec, QueryStartError, Request};
 use crate::node::Core;
@@ -63,9 +64,14 @@ pub struct PairReport {
     pub duplicates: u64,
 }
 
+/// A batch waiting for its pair's committer, and where its ack goes.
+type Queued = (PushBatch, oneshot::Sender<Result<PushAck, Status>>);
+
 struct Pair {
-    /// One batch of the pair at a time, from admission to durability.
-    turn: glommio::sync::Semaphore,
+    /// Batches waiting, in arrival order.
+    queue: RefCell<Vec<Queued>>,
+    /// A committer task is draining `queue`.
+    committing: Cell<bool>,
     /// Highest archived (durable) seq; `None` until read from the shards.
     watermark: Cell<Option<u64>>,
     written: Cell<u64>,
@@ -106,7 +112,8 @@ impl Archive {
             )));
         }
         let pair = Rc::new(Pair {
-            turn: glommio::sync::Semaphore::new(1),
+            queue: RefCell::new(Vec::new()),
+            committing: Cell::new(false),
             watermark: Cell::new(None),
             written: Cell::new(0),
             duplicates: Cell::new(0),
@@ -128,7 +135,11 @@ pub fn shard_status(error: Error) -> Status {
 }
 
 /// Borrowed views of protobuf entries, for the shard's append.
-pub(crate) fn with_entry_refs<T>(entries: &[LogEntry], append: impl FnOnce(&[EntryRef<'_>]) -> T) -> T {
+pub(crate) fn with_entry_refs<'e, T>(
+    entries: impl IntoIterator<Item = &'e LogEntry>,
+    append: impl FnOnce(&[EntryRef<'_>]) -> T,
+) -> T {
+    let entries: Vec<&LogEntry> = entries.into_iter().collect();
     let tags: Vec<Vec<(&str, &str)>> = entries
         .iter()
         .map(|entry| entry.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
@@ -163,33 +174,135 @@ async fn pair_watermark(core: &Core, pair: &Pair, key: (u32, u32)) -> Result<u64
     Ok(watermark)
 }
 
-/// Archives one batch on the owner core: admit against the watermark,
-/// append what is fresh, wait for durability. Returns the ack for this
-/// batch (`written` and `duplicates` count this batch only).
-pub async fn archive_local(core: &Core, batch: PushBatch) -> Result<PushAck, Status> {
+/// Queues one batch for archiving on its owner core (this one); the ack
+/// (or the refusal) goes to `reply` once the batch's fresh entries are
+/// durable. Synchronous, so batches of a stream queue in stream order.
+///
+/// One committer task per pair drains the queue: it admits every queued
+/// batch in order against the running watermark and appends all their
+/// fresh entries as **one** append (group commit, all or nothing), waits
+/// for durability, then advances the watermark and answers. Batches that
+/// arrive meanwhile form the next group. So the archive never gets a hole:
+/// an append that fails leaves the watermark where it was, and nothing
+/// queued behind it was appended.
+pub fn archive_enqueue(core: &Rc<Core>, batch: PushBatch, reply: oneshot::Sender<Result<PushAck, Status>>) {
     if core.closing.get() {
-        return Err(Status::unavailable("shutting down"));
+        let _ = reply.send(Err(Status::unavailable("shutting down")));
+        return;
     }
     let key = (batch.follower_id, batch.shard);
-    let pair = core.archive.pair(key)?;
-    let _turn = pair.turn.acquire_permit(1).await.map_err(|_| Status::unavailable("shutting down"))?;
-    let watermark = pair_watermark(core, &pair, key).await?;
-    let admission = watermark::admit(watermark, batch.entries.iter().map(|entry| entry.seq))?;
-    if admission.fresh > 0 {
-        let fresh = &batch.entries[admission.duplicates..];
-        let origin = Origin { node: key.0, shard: key.1, first_seq: admission.first_seq };
-        let wait = with_entry_refs(fresh, |refs| core.shard.append_replicated(origin, refs)).map_err(shard_status)?;
-        wait.durable().await.map_err(shard_status)?;
-        pair.watermark.set(Some(admission.watermark_after()));
-        pair.written.set(pair.written.get() + admission.fresh as u64);
+    let pair = match core.archive.pair(key) {
+        Ok(pair) => pair,
+        Err(status) => {
+            let _ = reply.send(Err(status));
+            return;
+        }
+    };
+    pair.queue.borrow_mut().push((batch, reply));
+    if !pair.committing.replace(true) {
+        glommio::spawn_local(commit_loop(core.clone(), pair, key)).detach();
     }
-    pair.duplicates.set(pair.duplicates.get() + admission.duplicates as u64);
-    Ok(PushAck {
-        shard: key.1,
-        acked_seq: pair.watermark.get().unwrap_or(watermark),
-        written: admission.fresh as u64,
-        duplicates: admission.duplicates as u64,
-    })
+}
+
+async fn commit_loop(core: Rc<Core>, pair: Rc<Pair>, key: (u32, u32)) {
+    loop {
+        let group = std::mem::take(&mut *pair.queue.borrow_mut());
+        if group.is_empty() {
+            pair.committing.set(false);
+            return;
+        }
+        commit_group(&core, &pair, key, group).await;
+    }
+}
+
+/// Raw bytes (bodies and tags) one group append may carry; a larger group
+/// is committed in several appends, in order, stopping at the first failure.
+const GROUP_BYTES_MAX: usize = 8 << 20;
+
+async fn commit_group(core: &Core, pair: &Pair, key: (u32, u32), group: Vec<Queued>) {
+    let mut watermark = match pair_watermark(core, pair, key).await {
+        Ok(watermark) => watermark,
+        Err(status) => {
+            for (_, reply) in group {
+                let _ = reply.send(Err(status.clone()));
+            }
+            return;
+        }
+    };
+    let mut group = group.into_iter().peekable();
+    while group.peek().is_some() {
+        // Admit batches in order while they fit one append.
+        let mut admitted: Vec<(Queued, Result<watermark::Admission, Status>)> = Vec::new();
+        let mut expected = watermark;
+        let mut bytes = 0usize;
+        while let Some((batch, _)) = group.peek() {
+            let batch_bytes: usize = batch.entries.iter().map(entry_bytes).sum();
+            if !admitted.is_empty() && bytes + batch_bytes > GROUP_BYTES_MAX {
+                break;
+            }
+            bytes += batch_bytes;
+            let queued = group.next().expect("peeked");
+            let admission = watermark::admit(expected, queued.0.entries.iter().map(|entry| entry.seq));
+            if let Ok(admission) = &admission {
+                expected += admission.fresh as u64;
+            }
+            admitted.push((queued, admission));
+        }
+        let outcome = if expected > watermark {
+            let fresh: Vec<&LogEntry> = admitted
+                .iter()
+                .filter_map(|((batch, _), admission)| {
+                    admission.as_ref().ok().map(|admission| &batch.entries[admission.duplicates..])
+                })
+                .flatten()
+                .collect();
+            let origin = Origin { node: key.0, shard: key.1, first_seq: watermark + 1 };
+            match with_entry_refs(fresh.iter().copied(), |refs| core.shard.append_replicated(origin, refs)) {
+                Ok(wait) => wait.durable().await.map(|_| ()).map_err(shard_status),
+                Err(error) => Err(shard_status(error)),
+            }
+        } else {
+            Ok(())
+        };
+        let failed = outcome.is_err();
+        if !failed {
+            watermark = expected;
+            pair.watermark.set(Some(watermark));
+        }
+        let mut acked = watermark;
+        for ((batch, reply), admission) in admitted {
+            let result = match (&outcome, admission) {
+                (Err(status), _) => Err(status.clone()),
+                (Ok(()), Err(status)) => Err(status),
+                (Ok(()), Ok(admission)) => {
+                    pair.written.set(pair.written.get() + admission.fresh as u64);
+                    pair.duplicates.set(pair.duplicates.get() + admission.duplicates as u64);
+                    if admission.fresh > 0 {
+                        acked = admission.watermark_after();
+                    }
+                    Ok(PushAck {
+                        shard: batch.shard,
+                        acked_seq: acked,
+                        written: admission.fresh as u64,
+                        duplicates: admission.duplicates as u64,
+                    })
+                }
+            };
+            let _ = reply.send(result);
+        }
+        if failed {
+            let status = Status::new(Code::Aborted, "an earlier batch of this stream failed to archive");
+            for (_, reply) in group {
+                let _ = reply.send(Err(status.clone()));
+            }
+            return;
+        }
+    }
+}
+
+/// Rough size of an entry (body and tags), for group sizing.
+fn entry_bytes(entry: &LogEntry) -> usize {
+    entry.body.len() + entry.tags.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() + 16
 }
 
 /// The watermark of a pair, answered by its owner core.
@@ -197,6 +310,15 @@ pub async fn watermark_local(core: &Core, follower_id: u32, shard: u32) -> Resul
     let key = (follower_id, shard);
     let pair = core.archive.pair(key)?;
     pair_watermark(core, &pair, key).await
+}
+
+/// Batches of one push stream being archived at once.
+pub const PUSH_BATCHES_IN_FLIGHT_MAX: usize = 16;
+
+/// What a push stream's handler waits for.
+enum Event {
+    Batch(Result<Option<PushBatch>, Status>),
+    Ack(Result<Result<PushAck, Status>, oneshot::Canceled>),
 }
 
 /// The gRPC services of one core.
@@ -233,13 +355,21 @@ impl Services {
         answer.await.map_err(|_| Status::unavailable("shutting down"))?
     }
 
-    async fn archive(&self, batch: PushBatch) -> Result<PushAck, Status> {
+    /// Hands a batch to its pair's owner core, in order; the receiver
+    /// yields its ack once the batch is archived.
+    async fn submit(&self, batch: PushBatch) -> Result<oneshot::Receiver<Result<PushAck, Status>>, Status> {
         let owner = self.owner(batch.follower_id, batch.shard);
+        let (reply, answer) = oneshot::channel();
         if self.is_local(owner) {
-            archive_local(&self.core, batch).await
+            archive_enqueue(&self.core, batch, reply);
         } else {
-            self.ask(owner, |reply| Request::Archive { batch, reply }).await
+            self.core.peers[owner]
+                .clone()
+                .send(Request::Archive { batch, reply })
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
         }
+        Ok(answer)
     }
 
     async fn write(&self, call: &mut Call) -> Result<(), Status> {
@@ -291,32 +421,61 @@ impl Services {
     }
 
     /// PushEntries (one final ack) and Replicate (an ack per batch, as soon
-    /// as it is durable).
+    /// as it is durable). Up to [`PUSH_BATCHES_IN_FLIGHT_MAX`] batches of a
+    /// stream are being archived at once (they group-commit on the owner);
+    /// acks go out in batch order.
     async fn push(&self, call: &mut Call, ack_each: bool) -> Result<(), Status> {
         let mut key = None;
         let mut total = PushAck::default();
-        while let Some(batch) = call.messages.next::<PushBatch>().await? {
-            let batch_key = (batch.follower_id, batch.shard);
-            match key {
-                None => key = Some(batch_key),
-                Some(key) if key != batch_key => {
-                    return Err(Status::invalid_argument(format!(
-                        "a stream carries one (follower, shard) pair: got ({}, {}) after ({}, {})",
-                        batch_key.0, batch_key.1, key.0, key.1
-                    )));
+        let mut in_flight: VecDeque<oneshot::Receiver<Result<PushAck, Status>>> = VecDeque::new();
+        let mut input_done = false;
+        loop {
+            let can_read = !input_done && in_flight.len() < PUSH_BATCHES_IN_FLIGHT_MAX;
+            let event = match in_flight.front_mut() {
+                None if !can_read => break,
+                None => Event::Batch(call.messages.next::<PushBatch>().await),
+                Some(head) if !can_read => Event::Ack(head.await),
+                Some(head) => {
+                    future::or(
+                        async { Event::Ack(head.await) },
+                        async { Event::Batch(call.messages.next::<PushBatch>().await) },
+                    )
+                    .await
                 }
-                Some(_) => {}
-            }
-            let ack = self.archive(batch).await?;
-            total = PushAck {
-                shard: ack.shard,
-                acked_seq: ack.acked_seq,
-                written: total.written + ack.written,
-                duplicates: total.duplicates + ack.duplicates,
             };
-            if ack_each {
-                call.send(&total).await?;
-                call.flush().await?;
+            match event {
+                Event::Batch(batch) => {
+                    let Some(batch) = batch? else {
+                        input_done = true;
+                        continue;
+                    };
+                    let batch_key = (batch.follower_id, batch.shard);
+                    match key {
+                        None => key = Some(batch_key),
+                        Some(key) if key != batch_key => {
+                            return Err(Status::invalid_argument(format!(
+                                "a stream carries one (follower, shard) pair: got ({}, {}) after ({}, {})",
+                                batch_key.0, batch_key.1, key.0, key.1
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                    in_flight.push_back(self.submit(batch).await?);
+                }
+                Event::Ack(answer) => {
+                    in_flight.pop_front();
+                    let ack = answer.map_err(|_| Status::unavailable("shutting down"))??;
+                    total = PushAck {
+                        shard: ack.shard,
+                        acked_seq: ack.acked_seq,
+                        written: total.written + ack.written,
+                        duplicates: total.duplicates + ack.duplicates,
+                    };
+                    if ack_each {
+                        call.send(&total).await?;
+                        call.flush().await?;
+                    }
+                }
             }
         }
         if !ack_each {

@@ -806,10 +806,3 @@ impl Shard {
         Ok(deleted)
     }
 }
-/// STUB
-impl Shard {
-    /// STUB
-    pub fn origin_watermark(&self, node: u32, shard: u32) -> u64 { let _ = (node, shard); 0 }
-    /// STUB
-    pub async fn read_origin(&self, node: u32, shard: u32, from_seq: u64, limit: usize) -> Result<Vec<crate::proto::LogEntry>> { let _ = (node, shard, from_seq, limit); Ok(Vec::new()) }
-}
