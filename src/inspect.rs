@@ -15,7 +15,12 @@
 //! * with `--blocks`, one line per block of every segment (sealed segments
 //!   are then scanned too, and their index is checked against the scan);
 //! * leftovers: `*.tmp` files, an index without its segment, unfinished
-//!   segments, unknown files, each with what recovery will do about it.
+//!   segments, unknown files, each with what recovery will do about it;
+//! * the shard's **origin watermarks** (highest archived origin seq per
+//!   origin node and shard of replicated entries) as the next open rebuilds
+//!   them: from the origin tables of the sealed indexes it would use, and
+//!   from a scan where it would scan (the active segment, indexes to
+//!   rebuild). Each usable index also lists its origin table.
 //!
 //! # Read-only
 //!
@@ -49,7 +54,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::index::{self, IndexSummary, SegmentIndex};
+use crate::index::{self, IndexSummary, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 use crate::shard::block::{self, BlockError, BlockHeader, Codec, EntryView};
 use crate::shard::scan::{self, Step, Stop};
@@ -390,6 +395,8 @@ fn trailing_bytes(
 struct IndexCheck {
     file_bytes: u64,
     summary: Result<IndexSummary, String>,
+    /// The origin table, which recovery reads with the header.
+    origins: Result<BTreeMap<OriginKey, OriginSummary>, String>,
     /// Whether the whole file decodes ([`SegmentIndex::decode`]).
     verified: Result<(), String>,
 }
@@ -412,13 +419,28 @@ fn check_index(path: &Path) -> Result<IndexCheck, String> {
         let mut header = vec![0u8; index::HEADER_BYTES];
         read(&mut header)?;
         let summary = index::decode_summary(&header).map_err(|error| error.to_string());
-        return Ok(IndexCheck { file_bytes, summary, verified: Err(limit.to_string()) });
+        // The summary bounds the origin table by INDEX_ORIGINS_MAX records.
+        let origins = match &summary {
+            Ok(summary) => {
+                let mut start = vec![0u8; summary.origin_table_end()];
+                read(&mut start)?;
+                index::decode_origin_table(&start, summary).map_err(|error| error.to_string())
+            }
+            Err(error) => Err(error.clone()),
+        };
+        return Ok(IndexCheck { file_bytes, summary, origins, verified: Err(limit.to_string()) });
     }
     let mut bytes = vec![0u8; file_bytes as usize];
     read(&mut bytes)?;
+    let summary = index::decode_summary(&bytes).map_err(|error| error.to_string());
+    let origins = match &summary {
+        Ok(summary) => index::decode_origin_table(&bytes, summary).map_err(|error| error.to_string()),
+        Err(error) => Err(error.clone()),
+    };
     Ok(IndexCheck {
         file_bytes,
-        summary: index::decode_summary(&bytes).map_err(|error| error.to_string()),
+        summary,
+        origins,
         verified: SegmentIndex::decode(&bytes).map(|_| ()).map_err(|error| error.to_string()),
     })
 }
@@ -427,6 +449,9 @@ fn check_index(path: &Path) -> Result<IndexCheck, String> {
 struct SegmentOutcome {
     /// The seq after its last entry, when known.
     next_seq: Option<u64>,
+    /// The origin watermarks recovery takes from it: its index's origin
+    /// table, or what a scan finds when recovery would rebuild the index.
+    watermarks: BTreeMap<OriginKey, u64>,
 }
 
 struct Inspector<'a> {
@@ -516,6 +541,8 @@ impl Inspector<'_> {
         }
 
         let mut expected_first_seq: Option<u64> = None;
+        // What the next open rebuilds as the shard's origin watermarks.
+        let mut watermarks: BTreeMap<OriginKey, u64> = BTreeMap::new();
         let mut shard_first_seq = None;
         let mut shard_next_seq = None;
         let mut role_counts = [0u64; 3];
@@ -548,6 +575,10 @@ impl Inspector<'_> {
             if role != Role::Unfinished {
                 expected_first_seq = outcome.next_seq;
                 shard_next_seq = outcome.next_seq;
+            }
+            for (key, watermark) in outcome.watermarks {
+                let entry = watermarks.entry(key).or_insert(0);
+                *entry = (*entry).max(watermark);
             }
         }
 
@@ -594,6 +625,14 @@ impl Inspector<'_> {
             count_text(segments.len() as u64, "segment"),
             size_text(totals.disk_bytes)
         )?;
+        if watermarks.is_empty() {
+            say!(self.out, "  origin watermarks: none (no replicated entries)")?;
+        } else {
+            say!(self.out, "  origin watermarks (highest archived origin seq, as the next open rebuilds them):")?;
+            for ((node, shard), watermark) in &watermarks {
+                say!(self.out, "    node {node} shard {shard}: {watermark}")?;
+            }
+        }
         totals.problems = problems.len() as u64;
         if problems.is_empty() {
             say!(self.out, "  problems: none")?;
@@ -626,7 +665,7 @@ impl Inspector<'_> {
             if let Some(path) = index_path {
                 say!(self.out, "    index: {} (left beside an unfinished segment)", file_name(path))?;
             }
-            return Ok(SegmentOutcome { next_seq: None });
+            return Ok(SegmentOutcome { next_seq: None, watermarks: BTreeMap::new() });
         }
         match &segment.header {
             Ok(header) => {
@@ -690,18 +729,22 @@ impl Inspector<'_> {
 
         // Scan a sealed segment too when its index is not whole, to show what it holds.
         let scan_needed = role == Role::Active || self.show_blocks || !index_verified;
+        let from_index = |summary: Option<(IndexSummary, BTreeMap<OriginKey, OriginSummary>)>| SegmentOutcome {
+            next_seq: summary.as_ref().map(|(summary, _)| summary.next_seq),
+            watermarks: summary.map(|(_, origins)| table_watermarks(&origins)).unwrap_or_default(),
+        };
         if !scan_needed {
-            return Ok(SegmentOutcome { next_seq: summary.map(|summary| summary.next_seq) });
+            return Ok(from_index(summary));
         }
         let scan = match self.scan(segment, role) {
             Ok(scan) => scan,
             Err(ScanError::Output(error)) => return Err(error),
             Err(ScanError::Read(error)) => {
                 self.unreadable("    ", error)?;
-                return Ok(SegmentOutcome { next_seq: summary.map(|summary| summary.next_seq) });
+                return Ok(from_index(summary));
             }
         };
-        if let Some(summary) = &summary {
+        if let Some((summary, _)) = &summary {
             let scan_data_end = if scan.blocks == 0 { 0 } else { scan.end };
             let agrees = u64::from(summary.block_count) == scan.blocks
                 && summary.next_seq == scan.next_seq
@@ -742,15 +785,20 @@ impl Inspector<'_> {
                 ));
             }
         }
-        let next_seq = match summary {
-            Some(summary) => summary.next_seq,
-            None => scan.next_seq,
-        };
-        Ok(SegmentOutcome { next_seq: Some(next_seq) })
+        match summary {
+            Some(summary) => Ok(from_index(Some(summary))),
+            None => {
+                // Recovery scans this segment (active, or an index to rebuild).
+                let watermarks = scan.origins.iter().map(|(&key, &(_, next, _))| (key, next - 1)).collect();
+                Ok(SegmentOutcome { next_seq: Some(scan.next_seq), watermarks })
+            }
+        }
     }
 
-    /// Prints an index file's summary and verification. Returns the summary
-    /// if recovery would use it (its header decodes and names this segment).
+    /// Prints an index file's summary, origin table and verification.
+    /// Returns the summary and the origin table if recovery would use them
+    /// (the header and the origin table decode, and it names this segment).
+    #[allow(clippy::type_complexity)]
     fn index(
         &mut self,
         segment_name: &str,
@@ -758,7 +806,7 @@ impl Inspector<'_> {
         first_seq: u64,
         check: &IndexCheck,
         problems: &mut Vec<String>,
-    ) -> Result<Option<IndexSummary>, OutputError> {
+    ) -> Result<Option<(IndexSummary, BTreeMap<OriginKey, OriginSummary>)>, OutputError> {
         let verified = match &check.verified {
             Ok(()) => "verifies".to_string(),
             Err(error) => format!("does NOT verify: {error}"),
@@ -797,6 +845,20 @@ impl Inspector<'_> {
             Some(position) => format!("saturated from block {position}"),
         };
         say!(self.out, "      tag values {} of {}, {saturation}", summary.tag_values, summary.tag_values_max)?;
+        let origins = match &check.origins {
+            Ok(origins) => origins,
+            Err(error) => {
+                say!(self.out, "      origin table unusable: {error}; the next open rebuilds the index by scanning")?;
+                return Ok(None);
+            }
+        };
+        for (&(node, shard), origin) in origins {
+            let here = match origin.seqs {
+                Some((first, last)) => format!("origin seqs {first}..={last} in this segment"),
+                None => "no block in this segment (carried over)".to_string(),
+            };
+            say!(self.out, "      replicated from node {node} shard {shard}: {here}, watermark {}", origin.watermark)?;
+        }
         if summary.segment_first_seq != first_seq {
             problems.push(format!(
                 "{index_name}: belongs to a segment starting at seq {}, not {segment_name}; the next open rebuilds it",
@@ -804,7 +866,7 @@ impl Inspector<'_> {
             ));
             return Ok(None);
         }
-        Ok(Some(*summary))
+        Ok(Some((*summary, origins.clone())))
     }
 
     /// Scans a segment, printing its blocks with `--blocks`, then its totals
@@ -919,6 +981,11 @@ impl Inspector<'_> {
         }
         Ok(scan)
     }
+}
+
+/// The watermarks of an index's origin table.
+fn table_watermarks(origins: &BTreeMap<OriginKey, OriginSummary>) -> BTreeMap<OriginKey, u64> {
+    origins.iter().map(|(&key, origin)| (key, origin.watermark)).collect()
 }
 
 /// Writes one line of a scan's report.
@@ -1125,9 +1192,11 @@ mod tests {
     }
 
     /// Writes a shard directory by hand, a sealed segment with its index and
-    /// an active one, and returns the active segment's block spans.
-    fn build_shard(dir: &Path) -> Vec<(u64, u64)> {
-        let (sealed, sealed_spans) = segment_image(1, 5, None);
+    /// an active one, and returns the active segment's block spans. With
+    /// `origin`, every block is replicated from it, origin seqs continuing
+    /// from the sealed segment into the active one.
+    fn build_shard_from(dir: &Path, origin: Option<Origin>) -> Vec<(u64, u64)> {
+        let (sealed, sealed_spans) = segment_image(1, 5, origin);
         let mut index = SegmentIndex::new(1);
         let mut raw_bytes = 0;
         let mut scratch = Vec::new();
@@ -1143,15 +1212,21 @@ mod tests {
                 entry_count: header.entry_count,
                 min_ts: header.min_ts,
                 max_ts: header.max_ts,
+                origin: header.origin,
             };
             index.push_block(meta, [("host", "web-01")]);
         }
         let next_seq = index.next_seq();
-        let (active, active_spans) = segment_image(next_seq, 3, None);
+        let active_origin = origin.map(|origin| Origin { first_seq: origin.first_seq + next_seq - 1, ..origin });
+        let (active, active_spans) = segment_image(next_seq, 3, active_origin);
         std::fs::write(dir.join(segment::segment_file_name(1)), &sealed).unwrap();
         std::fs::write(dir.join(segment::index_file_name(1)), index.encode(raw_bytes)).unwrap();
         std::fs::write(dir.join(segment::segment_file_name(next_seq)), &active).unwrap();
         active_spans
+    }
+
+    fn build_shard(dir: &Path) -> Vec<(u64, u64)> {
+        build_shard_from(dir, None)
     }
 
     fn inspect_text(dir: &Path, show_blocks: bool) -> (Result<(), String>, String) {
@@ -1185,6 +1260,7 @@ mod tests {
         assert!(text.contains("notes.txt: unknown file"), "{text}");
         assert!(text.contains("summary: 2 segments (1 sealed, 1 active), seqs 1..=15, next seq 16"), "{text}");
         assert!(text.contains("problems: none"), "{text}");
+        assert!(text.contains("origin watermarks: none"), "{text}");
         assert!(!text.contains("block at"), "{text}");
 
         // The data dir above it gives the same shard, plus totals.
@@ -1194,6 +1270,33 @@ mod tests {
         assert_eq!(text.matches("      block at ").count(), 8, "{text}");
         assert!(text.contains("index agrees with the scan"), "{text}");
         assert!(text.contains("total: 1 shard, 2 segments, 15 entries"), "{text}");
+    }
+
+    #[test]
+    fn origin_watermarks_come_from_the_index_and_the_active_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        // Seqs 1..=9 sealed hold origin seqs 100..=108, seqs 10..=15 active 109..=114.
+        build_shard_from(dir.path(), Some(Origin { node: 7, shard: 3, first_seq: 100 }));
+        let (result, text) = inspect_text(dir.path(), false);
+        assert_eq!(result, Ok(()), "{text}");
+        assert!(
+            text.contains("replicated from node 7 shard 3: origin seqs 100..=108 in this segment, watermark 108"),
+            "{text}"
+        );
+        assert!(text.contains("origin watermarks (highest archived origin seq"), "{text}");
+        assert!(text.contains("    node 7 shard 3: 114\n"), "{text}");
+
+        // Without the active segment's blocks, the sealed index decides; with
+        // its index gone, the scan that would rebuild it does.
+        let active = dir.path().join(segment::segment_file_name(10));
+        let mut image = std::fs::read(&active).unwrap();
+        image[DATA_OFFSET as usize..].fill(0);
+        std::fs::write(&active, &image).unwrap();
+        let (_, text) = inspect_text(dir.path(), false);
+        assert!(text.contains("    node 7 shard 3: 108\n"), "{text}");
+        std::fs::remove_file(dir.path().join(segment::index_file_name(1))).unwrap();
+        let (_, text) = inspect_text(dir.path(), false);
+        assert!(text.contains("    node 7 shard 3: 108\n"), "{text}");
     }
 
     #[test]

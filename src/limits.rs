@@ -50,6 +50,18 @@ pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * crate::shard::PAGE_BYTES
 pub const INDEX_TAG_VALUES_PER_SEGMENT_MAX: usize = 65_536;
 /// Largest persisted segment index file.
 pub const INDEX_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Distinct origins `(node, shard)` of replicated entries one shard archives
+/// (and keeps a watermark for). An append from one more origin is refused.
+pub const ORIGINS_PER_SHARD_MAX: usize = 65_536;
+/// Records in the origin table of one index file. Above
+/// [`ORIGINS_PER_SHARD_MAX`] because the shard checks that cap against its
+/// durable watermarks, so the appends in flight (one pending batch and
+/// `UNSYNCED_WRITES_MAX` written ones, each of up to
+/// [`PENDING_APPENDS_MAX`] appends with one origin each) may add new origins
+/// beyond it.
+pub const INDEX_ORIGINS_MAX: usize = 2 * ORIGINS_PER_SHARD_MAX;
+const _: () =
+    assert!(ORIGINS_PER_SHARD_MAX + (crate::shard::UNSYNCED_WRITES_MAX + 1) * PENDING_APPENDS_MAX <= INDEX_ORIGINS_MAX);
 /// Sealed segment indexes kept loaded per shard (least recently used evicted).
 pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
 

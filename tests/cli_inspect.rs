@@ -148,6 +148,7 @@ fn inspect_reports_segments_blocks_and_a_torn_tail_read_only() {
     assert!(text.contains(&format!("end: clean at offset {end}; no non-zero byte")), "{text}");
     assert!(text.contains(&format!("seqs 1..={last_seq}, next seq {}", last_seq + 1)), "{text}");
     assert!(text.contains("problems: none"), "{text}");
+    assert!(text.contains("origin watermarks: none (no replicated entries)"), "{text}");
     assert!(text.contains("leftovers: none"), "{text}");
     assert!(text.contains("created 20"), "an RFC 3339 creation time:\n{text}");
     assert!(!text.contains("block at "), "{text}");

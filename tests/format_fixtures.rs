@@ -1,28 +1,34 @@
 //! Format-stability fixtures: files written by version 1 of the block, the
-//! segment header and the index file formats, kept in `tests/fixtures/v1/`.
+//! segment header and the index file formats, kept in `tests/fixtures/v1/`,
+//! and by version 2 of the index file format, in `tests/fixtures/v2/`.
 //!
-//! Each file must still decode to exactly the content hard-coded here, and
-//! the same bytes with the version field set to 2 must fail with an explicit
-//! "upgrade required" (whether or not the checksums were fixed up: every
-//! decoder reads the version before the crc).
+//! Each current file must still decode to exactly the content hard-coded
+//! here, and the same bytes with the version field set to the next version
+//! must fail with an explicit "upgrade required" (whether or not the
+//! checksums were fixed up: every decoder reads the version before the crc).
+//! The version 1 index file is outdated: it is refused with an explicit
+//! "written by an older build" error, which makes a shard rebuild it by
+//! scanning its segment (`crash_recovery.rs` opens a shard with it).
 //!
-//! The files were written once by the ignored `generate_v1_fixtures` test
-//! (`cargo test --test format_fixtures -- --ignored`). Do not regenerate them
-//! to make a failure here go away: a failure means this build reads or
-//! writes version 1 differently from the build that wrote them. A new
-//! format version gets its own directory (`v2/`), and the v1 files stay.
+//! The files were written once by the ignored `generate_v1_fixtures` and
+//! `generate_v2_fixtures` tests (`cargo test --test format_fixtures --
+//! --ignored`). Do not regenerate them to make a failure here go away: a
+//! failure means this build reads or writes a format differently from the
+//! build that wrote them. A new format version gets its own directory, and
+//! the old files stay.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
 use prost::Message;
-use wormdb::index::{self, decode_summary, BlockMeta, SegmentIndex};
+use wormdb::index::{self, decode_origin_table, decode_summary, BlockMeta, OriginSummary, SegmentIndex};
 use wormdb::limits;
 use wormdb::proto::LogEntry;
 use wormdb::shard::block::{self, BlockError, BlockHeader, BlockSpec, Codec, EntryRef, EntryView, Origin};
 use wormdb::shard::segment::{HeaderError, SegmentHeader};
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/");
+const V2_FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2/");
 const LOGHUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/loghub/");
 
 /// Every fixture stays below this, so the repository stays small.
@@ -115,9 +121,10 @@ const SEGMENT_HEADER: SegmentHeader = SegmentHeader {
 const NODE: u32 = 7;
 const SHARD: u32 = 3;
 
-/// `index.idx`: the index of that segment. Its first two blocks are the
-/// block fixtures, packed from the end of the header page; the third is not
-/// a fixture file.
+/// `v2/index.idx`: the index of that segment (`v1/index.idx` described the
+/// same blocks, without their origins). Its first two blocks are the block
+/// fixtures, packed from the end of the header page; the third is not a
+/// fixture file.
 const INDEX_BLOCKS: [BlockMeta; 3] = [
     BlockMeta {
         offset: 4096,
@@ -126,8 +133,17 @@ const INDEX_BLOCKS: [BlockMeta; 3] = [
         entry_count: 3,
         min_ts: 1_226_262_975_000_000_000,
         max_ts: 1_226_263_205_000_000_000,
+        origin: None,
     },
-    BlockMeta { offset: 4525, len: 276, first_seq: 4, entry_count: 2, min_ts: -1, max_ts: 1_260_428_146_000_000_000 },
+    BlockMeta {
+        offset: 4525,
+        len: 276,
+        first_seq: 4,
+        entry_count: 2,
+        min_ts: -1,
+        max_ts: 1_260_428_146_000_000_000,
+        origin: Some(REPLICATED_ORIGIN),
+    },
     BlockMeta {
         offset: 4801,
         len: 1234,
@@ -135,7 +151,17 @@ const INDEX_BLOCKS: [BlockMeta; 3] = [
         entry_count: 10,
         min_ts: 1_226_263_300_000_000_000,
         max_ts: 1_226_263_400_000_000_000,
+        origin: None,
     },
+];
+/// The watermarks `v2/index.idx` carries over from earlier segments: node 2
+/// shard 5 (whose blocks here end at origin seq 1001) and node 4 shard 1
+/// (which has no block here).
+const INDEX_CARRIED_WATERMARKS: [((u32, u32), u64); 2] = [((2, 5), 999), ((4, 1), 77)];
+/// The origin table of `v2/index.idx`.
+const INDEX_ORIGINS: [((u32, u32), OriginSummary); 2] = [
+    ((2, 5), OriginSummary { watermark: 1001, seqs: Some((1000, 1001)) }),
+    ((4, 1), OriginSummary { watermark: 77, seqs: None }),
 ];
 /// The tags of each index block.
 const INDEX_BLOCK_TAGS: [&[(&str, &str)]; 3] =
@@ -157,7 +183,15 @@ fn fixture_path(name: &str) -> PathBuf {
 }
 
 fn read_fixture(name: &str) -> Vec<u8> {
-    let path = fixture_path(name);
+    read_fixture_at(fixture_path(name))
+}
+
+fn read_v2_fixture(name: &str) -> Vec<u8> {
+    read_fixture_at(PathBuf::from(V2_FIXTURE_DIR).join(name))
+}
+
+fn read_fixture_at(path: PathBuf) -> Vec<u8> {
+    let name = path.display().to_string();
     let bytes = std::fs::read(&path).unwrap_or_else(|error| {
         panic!("fixture {} cannot be read ({error}); it is checked in with the tests", path.display())
     });
@@ -210,8 +244,9 @@ fn resign_segment_header(bytes: &mut [u8]) {
     put_crc(bytes, 40, 0..0);
 }
 
+/// Re-signs the header of a version 2 index file (its crc sits at 92).
 fn resign_index(bytes: &mut [u8]) {
-    put_crc(bytes, 84, 0..0);
+    put_crc(bytes, 92, 0..0);
 }
 
 // ---- blocks ----
@@ -316,10 +351,27 @@ fn v2_segment_header_asks_for_an_upgrade() {
 // ---- index file ----
 
 #[test]
-fn v1_index_decodes_to_its_blocks_and_postings() {
+fn v1_index_is_refused_as_outdated_so_its_segment_is_rescanned() {
     let bytes = read_fixture("index.idx");
     assert_eq!(&bytes[..4], b"WRMI");
     assert_eq!(&bytes[4..6], &[1, 0], "format version 1, little-endian");
+    // The file is still what version 1 wrote: its header crc (at 84, over
+    // [0, 84)) and its body crc (at 80, over the body from 88) hold.
+    let stored = |offset: usize| u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap());
+    assert_eq!(stored(84), crc32fast::hash(&bytes[..84]));
+    assert_eq!(stored(80), 0xfe94_8bda);
+    assert_eq!(crc32fast::hash(&bytes[88..]), 0xfe94_8bda);
+    for error in [SegmentIndex::decode(&bytes).unwrap_err(), decode_summary(&bytes).unwrap_err()] {
+        assert_eq!(error, index::Error::OutdatedVersion(1));
+        assert!(error.to_string().contains("rebuilds the index from its segment"), "{error}");
+    }
+}
+
+#[test]
+fn v2_index_decodes_to_its_blocks_origins_and_postings() {
+    let bytes = read_v2_fixture("index.idx");
+    assert_eq!(&bytes[..4], b"WRMI");
+    assert_eq!(&bytes[4..6], &[2, 0], "format version 2, little-endian");
     let index = SegmentIndex::decode(&bytes).unwrap();
     assert_eq!(index.blocks(), &INDEX_BLOCKS[..]);
     assert_eq!(index.segment_first_seq(), 1);
@@ -329,6 +381,7 @@ fn v1_index_decodes_to_its_blocks_and_postings() {
     assert_eq!(index.saturated_from(), None);
     assert_eq!(index.time_range(), Some((-1, 1_260_428_146_000_000_000)));
     assert_eq!(index.data_end(), 6035);
+    assert_eq!(index.origins().iter().map(|(key, origin)| (*key, *origin)).collect::<Vec<_>>(), INDEX_ORIGINS);
     for (key, value, positions) in INDEX_POSTINGS {
         assert_eq!(index.postings(key, value), Some(positions), "{key}={value}");
     }
@@ -338,28 +391,34 @@ fn v1_index_decodes_to_its_blocks_and_postings() {
 
     let summary = decode_summary(&bytes).unwrap();
     assert_eq!((summary.segment_first_seq, summary.next_seq), (1, 16));
-    assert_eq!((summary.block_count, summary.tag_values), (3, 5));
+    assert_eq!((summary.block_count, summary.tag_values, summary.origin_count), (3, 5, 2));
     assert_eq!(summary.tag_values_max as usize, limits::INDEX_TAG_VALUES_PER_SEGMENT_MAX);
     assert_eq!(summary.saturated_from, None);
     assert_eq!(summary.time_range(), index.time_range());
     assert_eq!(summary.data_end, index.data_end());
     assert_eq!(summary.raw_bytes, INDEX_RAW_BYTES);
     assert_eq!(summary.file_bytes(), bytes.len() as u64);
-    assert_eq!(summary.body_crc, 0xfe94_8bda);
+    assert_eq!((summary.body_crc, summary.origins_crc), V2_INDEX_CRCS);
+    // The origin table decodes from the start of the file alone.
+    let origins = decode_origin_table(&bytes[..summary.origin_table_end()], &summary).unwrap();
+    assert_eq!(&origins, index.origins());
 
-    assert!(index.encode(INDEX_RAW_BYTES) == bytes, "this build writes the same file");
+    assert!(current_index_file() == bytes, "this build writes the same file");
 }
 
+/// `(body_crc, origins_crc)` of `v2/index.idx`.
+const V2_INDEX_CRCS: (u32, u32) = (0xc0ba_abe3, 0x7947_b678);
+
 #[test]
-fn v2_index_asks_for_an_upgrade() {
-    let mut bytes = read_fixture("index.idx");
-    set_version(&mut bytes, 2);
+fn v3_index_asks_for_an_upgrade() {
+    let mut bytes = read_v2_fixture("index.idx");
+    set_version(&mut bytes, 3);
     let stale = SegmentIndex::decode(&bytes).unwrap_err();
     let stale_summary = decode_summary(&bytes).unwrap_err();
     resign_index(&mut bytes);
     let resigned = SegmentIndex::decode(&bytes).unwrap_err();
     for error in [stale, stale_summary, resigned] {
-        assert_eq!(error, index::Error::UnsupportedVersion(2));
+        assert_eq!(error, index::Error::UnsupportedVersion(3));
         assert!(error.to_string().contains("upgrade required"), "{error}");
     }
 }
@@ -388,6 +447,34 @@ fn loghub_lines(file: &str, count: usize) -> Vec<String> {
     text.lines().take(count).map(str::to_owned).collect()
 }
 
+/// The index file of the block fixtures' segment, as this build writes it.
+fn current_index_file() -> Vec<u8> {
+    let mut index = SegmentIndex::new(SEGMENT_HEADER.first_seq);
+    for (meta, tags) in INDEX_BLOCKS.into_iter().zip(INDEX_BLOCK_TAGS) {
+        index.push_block(meta, tags.iter().copied());
+    }
+    index.carry_watermarks(&INDEX_CARRIED_WATERMARKS.into_iter().collect());
+    index.encode(INDEX_RAW_BYTES)
+}
+
+#[test]
+#[ignore = "writes tests/fixtures/v2: run once, when a format version is introduced"]
+fn generate_v2_fixtures() {
+    // Only the index file is at version 2; blocks and segment headers stay at 1.
+    std::fs::create_dir_all(V2_FIXTURE_DIR).unwrap();
+    let block = encode_block_of(&BLOCK_ENTRIES, BLOCK_FIRST_SEQ, None);
+    let replicated = encode_block_of(&REPLICATED_ENTRIES, REPLICATED_FIRST_SEQ, Some(REPLICATED_ORIGIN));
+    assert_eq!((INDEX_BLOCKS[0].len as usize, INDEX_BLOCKS[1].len as usize), (block.len(), replicated.len()));
+    let index_file = current_index_file();
+    assert!(index_file.len() < FIXTURE_BYTES_MAX, "index.idx is {} bytes", index_file.len());
+    std::fs::write(PathBuf::from(V2_FIXTURE_DIR).join("index.idx"), &index_file).unwrap();
+    eprintln!("wrote v2/index.idx: {} bytes", index_file.len());
+    eprintln!("v2/index.idx summary: {:?}", decode_summary(&index_file).unwrap());
+}
+
+/// Writes the version 1 block and segment header fixtures. The version 1
+/// index file (`v1/index.idx`) was written by the build of that version;
+/// this build writes version 2 and cannot write it again.
 #[test]
 #[ignore = "writes tests/fixtures/v1: run once, when a format version is introduced"]
 fn generate_v1_fixtures() {
@@ -400,21 +487,14 @@ fn generate_v1_fixtures() {
     let block = encode_block_of(&BLOCK_ENTRIES, BLOCK_FIRST_SEQ, None);
     let replicated = encode_block_of(&REPLICATED_ENTRIES, REPLICATED_FIRST_SEQ, Some(REPLICATED_ORIGIN));
     let segment_header = SEGMENT_HEADER.encode();
-
-    let mut index = SegmentIndex::new(SEGMENT_HEADER.first_seq);
     // The index describes the two block fixtures: when writing the fixtures
     // of a new version, set their lengths and offsets from these.
     assert_eq!((INDEX_BLOCKS[0].len as usize, INDEX_BLOCKS[1].len as usize), (block.len(), replicated.len()));
-    for (meta, tags) in INDEX_BLOCKS.into_iter().zip(INDEX_BLOCK_TAGS) {
-        index.push_block(meta, tags.iter().copied());
-    }
-    let index_file = index.encode(INDEX_RAW_BYTES);
 
     for (name, bytes) in [
         ("block.bin", &block[..]),
         ("block-replicated.bin", &replicated[..]),
         ("segment-header.bin", &segment_header[..]),
-        ("index.idx", &index_file[..]),
     ] {
         assert!(bytes.len() < FIXTURE_BYTES_MAX, "{name} is {} bytes", bytes.len());
         std::fs::write(fixture_path(name), bytes).unwrap();
@@ -423,5 +503,4 @@ fn generate_v1_fixtures() {
     // The values the tests above hard-code.
     eprintln!("block.bin header: {:?}", block::parse_header(&block).unwrap());
     eprintln!("block-replicated.bin header: {:?}", block::parse_header(&replicated).unwrap());
-    eprintln!("index.idx summary: {:?}", decode_summary(&index_file).unwrap());
 }

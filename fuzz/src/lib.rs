@@ -20,10 +20,14 @@ use wormdb::shard::segment::SegmentHeader;
 const BLOCK_CRC_OFFSET: usize = block::HEADER_BYTES - 4;
 /// The segment header crc sits at offset 40 and covers bytes `[0, 40)`.
 const SEGMENT_CRC_OFFSET: usize = 40;
-/// The index file's body crc at 80 covers the body (from byte 88); its header
-/// crc at 84 covers bytes `[0, 84)`.
+/// The index file's body crc at 80 covers the body (from byte 96); the
+/// origin table crc at 88 covers the `origin_count` (at 84) records of 32
+/// bytes that start the body; the header crc at 92 covers bytes `[0, 92)`.
 const INDEX_BODY_CRC_OFFSET: usize = 80;
-const INDEX_HEADER_CRC_OFFSET: usize = 84;
+const INDEX_ORIGIN_COUNT_OFFSET: usize = 84;
+const INDEX_ORIGINS_CRC_OFFSET: usize = 88;
+const INDEX_HEADER_CRC_OFFSET: usize = 92;
+const INDEX_ORIGIN_RECORD_BYTES: usize = wormdb::index::file::ORIGIN_RECORD_BYTES;
 
 fn put_u32(bytes: &mut [u8], offset: usize, value: u32) {
     bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
@@ -184,6 +188,16 @@ pub fn index_file_decode(data: &[u8]) {
     wormdb::index::file::fuzz_decode(data);
     if data.len() >= wormdb::index::HEADER_BYTES {
         let mut resigned = data.to_vec();
+        let origin_count = u32::from_le_bytes(
+            resigned[INDEX_ORIGIN_COUNT_OFFSET..INDEX_ORIGIN_COUNT_OFFSET + 4].try_into().expect("4 bytes"),
+        ) as usize;
+        let table_end = origin_count
+            .checked_mul(INDEX_ORIGIN_RECORD_BYTES)
+            .and_then(|bytes| bytes.checked_add(wormdb::index::HEADER_BYTES));
+        if let Some(table) = table_end.and_then(|end| resigned.get(wormdb::index::HEADER_BYTES..end)) {
+            let origins_crc = crc32fast::hash(table);
+            put_u32(&mut resigned, INDEX_ORIGINS_CRC_OFFSET, origins_crc);
+        }
         let body_crc = crc32fast::hash(&resigned[wormdb::index::HEADER_BYTES..]);
         put_u32(&mut resigned, INDEX_BODY_CRC_OFFSET, body_crc);
         let header_crc = crc32fast::hash(&resigned[..INDEX_HEADER_CRC_OFFSET]);
@@ -388,9 +402,14 @@ mod tests {
     use super::*;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v1/");
+    const V2_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v2/");
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIXTURES}{name}")).expect("the format fixtures are checked in")
+    }
+
+    fn v2_fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{V2_FIXTURES}{name}")).expect("the format fixtures are checked in")
     }
 
     /// Every input with one byte changed to a few values, and every prefix.
@@ -436,7 +455,13 @@ mod tests {
         for input in mutations(&page[..64]) {
             segment_header(&input);
         }
+        // The version 1 index is refused (outdated); version 2 is current.
         for input in mutations(&fixture("index.idx")) {
+            index_file_decode(&input);
+        }
+        let index = v2_fixture("index.idx");
+        assert!(wormdb::index::SegmentIndex::decode(&index).is_ok());
+        for input in mutations(&index) {
             index_file_decode(&input);
         }
     }

@@ -3,13 +3,13 @@
 //! Same layout as `docs/format.md`. Little-endian everywhere.
 //!
 //! ```text
-//! Header, HEADER_BYTES = 88 bytes, covered by its own crc32:
+//! Header, HEADER_BYTES = 96 bytes, covered by its own crc32:
 //!
 //!  offset size field              meaning
 //!  ------ ---- ------------------ ---------------------------------------------
 //!       0    4 magic              b"WRMI"
-//!       4    2 version            u16, FORMAT_VERSION = 1
-//!       6    2 flags              u16, 0 (no flag is defined in version 1)
+//!       4    2 version            u16, FORMAT_VERSION = 2
+//!       6    2 flags              u16, 0 (no flag is defined in version 2)
 //!       8    8 segment_first_seq  u64, seq of the segment's first entry
 //!      16    8 next_seq           u64, last seq + 1 (= segment_first_seq if no block)
 //!      24    4 block_count        u32, records in the block table
@@ -22,18 +22,33 @@
 //!      64    8 raw_bytes          u64, uncompressed payload bytes of all blocks
 //!      72    8 body_bytes         u64, length of the body that follows the header
 //!      80    4 body_crc           u32, crc32 of the body
-//!      84    4 header_crc         u32, crc32 of header bytes [0, 84)
-//!      88      (body)
+//!      84    4 origin_count       u32, records in the origin table, <= INDEX_ORIGINS_MAX
+//!      88    4 origins_crc        u32, crc32 of the origin table alone
+//!      92    4 header_crc         u32, crc32 of header bytes [0, 92)
+//!      96      (body)
 //!
 //! Body, body_bytes bytes, right after the header, ending the file:
 //!
-//!   block table: block_count records of BLOCK_META_BYTES = 40 bytes, in order
+//!   origin table: origin_count records of ORIGIN_RECORD_BYTES = 32 bytes,
+//!                 strictly increasing by (node, shard); first in the body so
+//!                 that a shard can read it with the header at open
+//!     +0   4 node         u32, node that first stored the entries
+//!     +4   4 shard        u32, shard on that node
+//!     +8   8 watermark    u64, highest origin seq known durable when the
+//!                         index was built (this segment and earlier ones), >= 1
+//!     +16  8 first_seq    u64, lowest origin seq of its blocks here (0 = none)
+//!     +24  8 last_seq     u64, highest origin seq of its blocks here (0 = none),
+//!                         first_seq <= last_seq <= watermark
+//!   block table: block_count records of BLOCK_META_BYTES = 56 bytes, in order
 //!     +0   8 offset       u64, byte offset of the block in the segment file
 //!     +8   4 len          u32, bytes the block occupies (>= 1)
 //!     +12  4 entry_count  u32, 1 ..= BLOCK_ENTRIES_MAX
 //!     +16  8 first_seq    u64, seq of the block's first entry
 //!     +24  8 min_ts       i64
 //!     +32  8 max_ts       i64
+//!     +40  8 origin_first_seq  u64, origin seq of the first entry; 0 = not replicated
+//!     +48  4 origin_node       u32 (0 unless replicated)
+//!     +52  4 origin_shard      u32 (0 unless replicated)
 //!   terms: tag_values records, strictly increasing by (key bytes, value bytes)
 //!          2 key_len         u16, <= TAG_KEY_BYTES_MAX
 //!    key_len key             UTF-8
@@ -48,19 +63,27 @@
 //! The encoding is canonical: [`SegmentIndex::decode`] accepts exactly the
 //! byte strings that [`SegmentIndex::encode`] produces, so re-encoding a
 //! decoded file yields the same bytes ([`fuzz_decode`] checks this).
+//!
+//! Version 1 (no origin table, 40-byte block records, 88-byte header) is
+//! refused with [`Error::OutdatedVersion`]: it cannot tell replicated blocks
+//! apart, so the shard rebuilds such an index by scanning its segment.
 
-use crate::index::segment_index::{BlockMeta, Postings, SegmentIndex};
+use std::collections::BTreeMap;
+
+use crate::index::segment_index::{BlockMeta, OriginKey, OriginSummary, Postings, SegmentIndex};
 use crate::index::Error;
 use crate::limits::{
-    self, BLOCK_ENTRIES_MAX, BLOCK_RAW_BYTES_MAX, INDEX_FILE_BYTES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX,
-    TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
+    self, BLOCK_ENTRIES_MAX, BLOCK_RAW_BYTES_MAX, INDEX_FILE_BYTES_MAX, INDEX_ORIGINS_MAX,
+    INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
 };
+use crate::shard::block::Origin;
 
 /// First four bytes of every index file.
 pub const MAGIC: [u8; 4] = *b"WRMI";
-/// The only format version this build reads and writes. A file of another
-/// version is refused with [`Error::UnsupportedVersion`].
-pub const FORMAT_VERSION: u16 = 1;
+/// The only format version this build reads and writes. An older version is
+/// refused with [`Error::OutdatedVersion`] (the segment is rescanned), a
+/// newer or unknown one with [`Error::UnsupportedVersion`].
+pub const FORMAT_VERSION: u16 = 2;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
@@ -77,11 +100,13 @@ const DATA_END_OFFSET: usize = MAX_TS_OFFSET + 8;
 const RAW_BYTES_OFFSET: usize = DATA_END_OFFSET + 8;
 const BODY_BYTES_OFFSET: usize = RAW_BYTES_OFFSET + 8;
 const BODY_CRC_OFFSET: usize = BODY_BYTES_OFFSET + 8;
-const HEADER_CRC_OFFSET: usize = BODY_CRC_OFFSET + 4;
+const ORIGIN_COUNT_OFFSET: usize = BODY_CRC_OFFSET + 4;
+const ORIGINS_CRC_OFFSET: usize = ORIGIN_COUNT_OFFSET + 4;
+const HEADER_CRC_OFFSET: usize = ORIGINS_CRC_OFFSET + 4;
 /// Size of the fixed header, which [`decode_summary`] reads on its own.
 pub const HEADER_BYTES: usize = HEADER_CRC_OFFSET + 4;
 
-const _: () = assert!(HEADER_BYTES == 88, "the header layout in docs/format.md says 88 bytes");
+const _: () = assert!(HEADER_BYTES == 96, "the header layout in docs/format.md says 96 bytes");
 // The header crc covers everything before it and is the header's last field.
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == HEADER_BYTES);
 // Every u64 and i64 field is naturally aligned, so the header can be viewed as a struct.
@@ -103,9 +128,26 @@ const BLOCK_ENTRY_COUNT_OFFSET: usize = BLOCK_LEN_OFFSET + 4;
 const BLOCK_FIRST_SEQ_OFFSET: usize = BLOCK_ENTRY_COUNT_OFFSET + 4;
 const BLOCK_MIN_TS_OFFSET: usize = BLOCK_FIRST_SEQ_OFFSET + 8;
 const BLOCK_MAX_TS_OFFSET: usize = BLOCK_MIN_TS_OFFSET + 8;
+const BLOCK_ORIGIN_FIRST_SEQ_OFFSET: usize = BLOCK_MAX_TS_OFFSET + 8;
+const BLOCK_ORIGIN_NODE_OFFSET: usize = BLOCK_ORIGIN_FIRST_SEQ_OFFSET + 8;
+const BLOCK_ORIGIN_SHARD_OFFSET: usize = BLOCK_ORIGIN_NODE_OFFSET + 4;
 /// Size of one record of the block table.
-const BLOCK_META_BYTES: usize = BLOCK_MAX_TS_OFFSET + 8;
-const _: () = assert!(BLOCK_META_BYTES == 40, "the block record in docs/format.md says 40 bytes");
+const BLOCK_META_BYTES: usize = BLOCK_ORIGIN_SHARD_OFFSET + 4;
+const _: () = assert!(BLOCK_META_BYTES == 56, "the block record in docs/format.md says 56 bytes");
+const _: () = assert!(BLOCK_ORIGIN_FIRST_SEQ_OFFSET % 8 == 0);
+
+const ORIGIN_NODE_OFFSET: usize = 0;
+const ORIGIN_SHARD_OFFSET: usize = ORIGIN_NODE_OFFSET + 4;
+const ORIGIN_WATERMARK_OFFSET: usize = ORIGIN_SHARD_OFFSET + 4;
+const ORIGIN_FIRST_SEQ_OFFSET: usize = ORIGIN_WATERMARK_OFFSET + 8;
+const ORIGIN_LAST_SEQ_OFFSET: usize = ORIGIN_FIRST_SEQ_OFFSET + 8;
+/// Size of one record of the origin table.
+pub const ORIGIN_RECORD_BYTES: usize = ORIGIN_LAST_SEQ_OFFSET + 8;
+const _: () = assert!(ORIGIN_RECORD_BYTES == 32, "the origin record in docs/format.md says 32 bytes");
+const _: () = assert!(ORIGIN_WATERMARK_OFFSET % 8 == 0);
+// The origin table is read at open together with the header: bound it.
+const _: () = assert!(HEADER_BYTES + INDEX_ORIGINS_MAX * ORIGIN_RECORD_BYTES <= INDEX_FILE_BYTES_MAX);
+const _: () = assert!(INDEX_ORIGINS_MAX < u32::MAX as usize);
 
 /// Smallest term: two empty strings and one single-byte posting.
 const TERM_BYTES_MIN: usize = 2 + 2 + 4 + 1;
@@ -152,8 +194,13 @@ pub struct IndexSummary {
     pub raw_bytes: u64,
     /// Length of the body that follows the header.
     pub body_bytes: u64,
-    /// crc32 of the body.
+    /// crc32 of the body (which includes the origin table).
     pub body_crc: u32,
+    /// Records in the origin table, which starts the body (see
+    /// [`decode_origin_table`]).
+    pub origin_count: u32,
+    /// crc32 of the origin table.
+    pub origins_crc: u32,
 }
 
 impl IndexSummary {
@@ -165,6 +212,14 @@ impl IndexSummary {
     /// Length of the whole file: header plus body.
     pub fn file_bytes(&self) -> u64 {
         HEADER_BYTES as u64 + self.body_bytes
+    }
+
+    /// Offset one past the origin table: the bytes [`decode_origin_table`]
+    /// needs from the start of the file. At most
+    /// `HEADER_BYTES + INDEX_ORIGINS_MAX * ORIGIN_RECORD_BYTES` for a summary
+    /// that decoded.
+    pub fn origin_table_end(&self) -> usize {
+        HEADER_BYTES + self.origin_count as usize * ORIGIN_RECORD_BYTES
     }
 }
 
@@ -182,8 +237,12 @@ pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
     if header[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC {
         return Err(Error::BadMagic);
     }
-    // The version comes before the crc: another version may place its crc elsewhere.
+    // The version comes before the crc: another version places its crc
+    // elsewhere (version 1 at offset 84, with an 88-byte header).
     let version = u16::from_le_bytes(array(header, VERSION_OFFSET));
+    if (1..FORMAT_VERSION).contains(&version) {
+        return Err(Error::OutdatedVersion(version));
+    }
     if version != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion(version));
     }
@@ -209,6 +268,8 @@ pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
         raw_bytes: u64::from_le_bytes(array(header, RAW_BYTES_OFFSET)),
         body_bytes: u64::from_le_bytes(array(header, BODY_BYTES_OFFSET)),
         body_crc: u32::from_le_bytes(array(header, BODY_CRC_OFFSET)),
+        origin_count: u32::from_le_bytes(array(header, ORIGIN_COUNT_OFFSET)),
+        origins_crc: u32::from_le_bytes(array(header, ORIGINS_CRC_OFFSET)),
     };
     check_summary(&summary)?;
     Ok(summary)
@@ -236,12 +297,15 @@ fn check_summary(summary: &IndexSummary) -> Result<(), Error> {
     if tag_values > tag_values_max {
         return Err(corrupt("more tag values than the cap"));
     }
+    let origin_count = summary.origin_count as usize;
+    limits::check("INDEX_ORIGINS_MAX", "origins of an index file", origin_count, INDEX_ORIGINS_MAX)?;
     let block_count = summary.block_count as usize;
     // The counts come from the file: saturate rather than overflow.
+    let origins_bytes = origin_count.saturating_mul(ORIGIN_RECORD_BYTES);
     let table_bytes = block_count.saturating_mul(BLOCK_META_BYTES);
     let terms_bytes_min = tag_values.saturating_mul(TERM_BYTES_MIN);
-    if table_bytes.saturating_add(terms_bytes_min) > body_bytes {
-        return Err(corrupt("block and term counts do not fit the body length"));
+    if origins_bytes.saturating_add(table_bytes).saturating_add(terms_bytes_min) > body_bytes {
+        return Err(corrupt("origin, block and term counts do not fit the body length"));
     }
     if let Some(saturated_from) = summary.saturated_from {
         if saturated_from >= summary.block_count {
@@ -307,19 +371,36 @@ impl SegmentIndex {
         terms.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         assert_eq!(terms.len(), self.tag_values, "tag_values disagrees with the postings");
 
+        assert!(self.origins.len() <= INDEX_ORIGINS_MAX, "more origins than INDEX_ORIGINS_MAX");
+
         let terms_bytes: usize =
             terms.iter().map(|(key, value, blocks)| 2 + key.len() + 2 + value.len() + 4 + postings_bytes(blocks)).sum();
-        let body_bytes = self.blocks.len() * BLOCK_META_BYTES + terms_bytes;
+        let origins_bytes = self.origins.len() * ORIGIN_RECORD_BYTES;
+        let body_bytes = origins_bytes + self.blocks.len() * BLOCK_META_BYTES + terms_bytes;
         let mut bytes = Vec::with_capacity(HEADER_BYTES + body_bytes);
         bytes.resize(HEADER_BYTES, 0);
 
+        // BTreeMap order is the (node, shard) order the format asks for.
+        for (&(node, shard), summary) in &self.origins {
+            let (first_seq, last_seq) = summary.seqs.unwrap_or((0, 0));
+            bytes.extend_from_slice(&node.to_le_bytes());
+            bytes.extend_from_slice(&shard.to_le_bytes());
+            bytes.extend_from_slice(&summary.watermark.to_le_bytes());
+            bytes.extend_from_slice(&first_seq.to_le_bytes());
+            bytes.extend_from_slice(&last_seq.to_le_bytes());
+        }
+        let origins_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
         for block in &self.blocks {
+            let origin = block.origin.unwrap_or(Origin { node: 0, shard: 0, first_seq: 0 });
             bytes.extend_from_slice(&block.offset.to_le_bytes());
             bytes.extend_from_slice(&block.len.to_le_bytes());
             bytes.extend_from_slice(&block.entry_count.to_le_bytes());
             bytes.extend_from_slice(&block.first_seq.to_le_bytes());
             bytes.extend_from_slice(&block.min_ts.to_le_bytes());
             bytes.extend_from_slice(&block.max_ts.to_le_bytes());
+            bytes.extend_from_slice(&origin.first_seq.to_le_bytes());
+            bytes.extend_from_slice(&origin.node.to_le_bytes());
+            bytes.extend_from_slice(&origin.shard.to_le_bytes());
         }
         for (key, value, blocks) in terms {
             // push_block bounds the lengths well below u16::MAX.
@@ -352,6 +433,8 @@ impl SegmentIndex {
         put(header, DATA_END_OFFSET, &self.data_end().to_le_bytes());
         put(header, RAW_BYTES_OFFSET, &raw_bytes.to_le_bytes());
         put(header, BODY_BYTES_OFFSET, &(body_bytes as u64).to_le_bytes());
+        put(header, ORIGIN_COUNT_OFFSET, &(self.origins.len() as u32).to_le_bytes());
+        put(header, ORIGINS_CRC_OFFSET, &origins_crc.to_le_bytes());
         let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
         let header = &mut bytes[..HEADER_BYTES];
         put(header, BODY_CRC_OFFSET, &body_crc.to_le_bytes());
@@ -385,8 +468,10 @@ impl SegmentIndex {
             return Err(Error::Checksum { what: "body", expected: summary.body_crc, actual });
         }
 
-        let mut reader = Reader { bytes: body };
+        let origins = decode_origin_table(bytes, &summary)?;
+        let mut reader = Reader { bytes: &body[summary.origin_table_end() - HEADER_BYTES..] };
         let blocks = decode_blocks(&mut reader, &summary)?;
+        check_origins_against_blocks(&origins, &blocks)?;
         let postings = decode_terms(&mut reader, &summary)?;
         if !reader.bytes.is_empty() {
             return Err(corrupt("bytes after the last term"));
@@ -399,8 +484,81 @@ impl SegmentIndex {
             saturated_from: summary.saturated_from,
             blocks,
             postings,
+            origins,
         })
     }
+}
+
+/// Decodes the origin table of an index file whose header decoded to
+/// `summary`: `bytes` is the file from its start, at least up to
+/// [`IndexSummary::origin_table_end`] (anything after is ignored), so a
+/// shard can read the watermarks of a sealed segment without its postings.
+/// Checks the table's own crc, the order of the records and each record;
+/// only [`SegmentIndex::decode`] also checks them against the block table.
+pub fn decode_origin_table(bytes: &[u8], summary: &IndexSummary) -> Result<BTreeMap<OriginKey, OriginSummary>, Error> {
+    // decode_summary bounded origin_count by INDEX_ORIGINS_MAX, so this is small.
+    let Some(table) = bytes.get(HEADER_BYTES..summary.origin_table_end()) else {
+        return Err(Error::Truncated { what: "origin table" });
+    };
+    let actual = crc32fast::hash(table);
+    if actual != summary.origins_crc {
+        return Err(Error::Checksum { what: "origin table", expected: summary.origins_crc, actual });
+    }
+    let mut origins = BTreeMap::new();
+    let mut previous: Option<OriginKey> = None;
+    for record in table.chunks_exact(ORIGIN_RECORD_BYTES) {
+        let key = (
+            u32::from_le_bytes(array(record, ORIGIN_NODE_OFFSET)),
+            u32::from_le_bytes(array(record, ORIGIN_SHARD_OFFSET)),
+        );
+        let watermark = u64::from_le_bytes(array(record, ORIGIN_WATERMARK_OFFSET));
+        let first_seq = u64::from_le_bytes(array(record, ORIGIN_FIRST_SEQ_OFFSET));
+        let last_seq = u64::from_le_bytes(array(record, ORIGIN_LAST_SEQ_OFFSET));
+        if previous.is_some_and(|previous| previous >= key) {
+            return Err(corrupt("origins are not strictly increasing"));
+        }
+        previous = Some(key);
+        if watermark == 0 {
+            return Err(corrupt("origin watermark is 0"));
+        }
+        let seqs = match (first_seq, last_seq) {
+            (0, 0) => None,
+            (first, last) if first >= 1 && first <= last && last <= watermark => Some((first, last)),
+            _ => return Err(corrupt("origin seq range is out of order")),
+        };
+        origins.insert(key, OriginSummary { watermark, seqs });
+    }
+    Ok(origins)
+}
+
+/// The origin seqs in the table must be exactly those of the blocks: every
+/// replicated block's origin has a record whose range is the lowest and
+/// highest origin seq over its blocks, and no record claims blocks that are
+/// not there.
+fn check_origins_against_blocks(
+    origins: &BTreeMap<OriginKey, OriginSummary>,
+    blocks: &[BlockMeta],
+) -> Result<(), Error> {
+    // One origin after another, so memory stays at one entry per origin.
+    let mut spans: BTreeMap<OriginKey, (u64, u64)> = BTreeMap::new();
+    for block in blocks {
+        if let (Some(key), Some(origin), Some(last)) = (block.origin_key(), block.origin, block.origin_last_seq()) {
+            let span = spans.entry(key).or_insert((origin.first_seq, last));
+            *span = (span.0.min(origin.first_seq), span.1.max(last));
+            if spans.len() > origins.len() {
+                return Err(corrupt("a block's origin has no record in the origin table"));
+            }
+        }
+    }
+    for (key, span) in &spans {
+        if origins.get(key).and_then(|summary| summary.seqs) != Some(*span) {
+            return Err(corrupt("origin table disagrees with the blocks"));
+        }
+    }
+    if origins.iter().any(|(key, summary)| summary.seqs.is_some() && !spans.contains_key(key)) {
+        return Err(corrupt("origin table claims blocks that are not there"));
+    }
+    Ok(())
 }
 
 /// Reads the block table and checks it against itself and the header.
@@ -425,6 +583,23 @@ fn decode_blocks(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Vec<
             first_seq: u64::from_le_bytes(array(record, BLOCK_FIRST_SEQ_OFFSET)),
             min_ts: i64::from_le_bytes(array(record, BLOCK_MIN_TS_OFFSET)),
             max_ts: i64::from_le_bytes(array(record, BLOCK_MAX_TS_OFFSET)),
+            origin: None,
+        };
+        let origin = Origin {
+            node: u32::from_le_bytes(array(record, BLOCK_ORIGIN_NODE_OFFSET)),
+            shard: u32::from_le_bytes(array(record, BLOCK_ORIGIN_SHARD_OFFSET)),
+            first_seq: u64::from_le_bytes(array(record, BLOCK_ORIGIN_FIRST_SEQ_OFFSET)),
+        };
+        let block = match origin {
+            Origin { node: 0, shard: 0, first_seq: 0 } => block,
+            Origin { first_seq: 0, .. } => return Err(corrupt("origin node or shard set without an origin seq")),
+            origin => {
+                // A checked end, as push_block asserts.
+                if origin.first_seq.checked_add(u64::from(block.entry_count)).is_none() {
+                    return Err(corrupt("origin seq range overflows"));
+                }
+                BlockMeta { origin: Some(origin), ..block }
+            }
         };
         // The same invariants as the assertions of push_block, as errors.
         if block.first_seq != next_seq {
@@ -628,6 +803,16 @@ pub fn fuzz_decode(data: &[u8]) {
     assert!(summary.raw_bytes <= raw_bytes_max(summary.block_count));
     assert_eq!(summary.saturated_from, index.saturated_from());
     assert_eq!(summary.file_bytes(), data.len() as u64);
+    match decode_origin_table(data, &summary) {
+        Ok(origins) => assert!(&origins == index.origins(), "the origin table alone decodes differently"),
+        Err(error) => panic!("decode accepted a file whose origin table does not decode alone: {error}"),
+    }
+    for (key, summary) in index.origins() {
+        assert!(summary.watermark >= 1, "{key:?}");
+        if let Some((first, last)) = summary.seqs {
+            assert!(1 <= first && first <= last && last <= summary.watermark, "{key:?}");
+        }
+    }
 
     let encoded = index.encode(summary.raw_bytes);
     assert!(encoded == data, "re-encoding a decoded file changed its bytes");
@@ -752,30 +937,45 @@ mod tests {
     fn format_is_stable() {
         let mut index = SegmentIndex::with_tag_values_max(5, 9);
         index.push_block(
-            BlockMeta { offset: 16, len: 32, first_seq: 5, entry_count: 2, min_ts: -1, max_ts: 3 },
+            BlockMeta { offset: 16, len: 32, first_seq: 5, entry_count: 2, min_ts: -1, max_ts: 3, origin: None },
             [("a", "b")],
         );
+        let origin = Some(Origin { node: 3, shard: 4, first_seq: 10 });
         index.push_block(
-            BlockMeta { offset: 48, len: 200, first_seq: 7, entry_count: 1, min_ts: 1, max_ts: 2 },
+            BlockMeta { offset: 48, len: 200, first_seq: 7, entry_count: 1, min_ts: 1, max_ts: 2, origin },
             [("a", "b"), ("c", "")],
         );
+        // Node 1 shard 2 has no block here; its watermark is carried over.
+        index.carry_watermarks(&BTreeMap::from([((1, 2), 70), ((3, 4), 9)]));
         let bytes = index.encode(300);
+        let origins: &[u8] = &[
+            // node 1 shard 2: watermark 70, no seqs here
+            1, 0, 0, 0, 2, 0, 0, 0, 70, 0, 0, 0, 0, 0, 0, 0, //
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+            // node 3 shard 4: watermark 10, seqs 10..=10
+            3, 0, 0, 0, 4, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, //
+            10, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, //
+        ];
         let body: &[u8] = &[
-            // block 0: offset 16, len 32, entry_count 2, first_seq 5, min_ts -1, max_ts 3
+            // block 0: offset 16, len 32, entry_count 2, first_seq 5, min_ts -1, max_ts 3, no origin
             16, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, //
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 0, 0, 0, 0, //
-            // block 1: offset 48, len 200, entry_count 1, first_seq 7, min_ts 1, max_ts 2
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+            // block 1: offset 48, len 200, entry_count 1, first_seq 7, min_ts 1, max_ts 2,
+            // origin first seq 10, node 3, shard 4
             48, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, //
             1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
+            10, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, //
             // term a=b: postings [0, 1] as 0, delta 1
             1, 0, b'a', 1, 0, b'b', 2, 0, 0, 0, 0, 1, //
             // term c="": postings [1]
             1, 0, b'c', 0, 0, 1, 0, 0, 0, 1,
         ];
-        let body_crc = crc32fast::hash(body).to_le_bytes();
+        let body: Vec<u8> = [origins, body].concat();
+        let body_crc = crc32fast::hash(&body).to_le_bytes();
         let mut header = vec![];
         header.extend_from_slice(b"WRMI");
-        header.extend_from_slice(&[1, 0, 0, 0]); // version 1, flags 0
+        header.extend_from_slice(&[2, 0, 0, 0]); // version 2, flags 0
         header.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // segment_first_seq
         header.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]); // next_seq
         header.extend_from_slice(&[2, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0]); // block_count, tag_values, tag_values_max
@@ -786,11 +986,69 @@ mod tests {
         header.extend_from_slice(&[44, 1, 0, 0, 0, 0, 0, 0]); // raw_bytes 300
         header.extend_from_slice(&[body.len() as u8, 0, 0, 0, 0, 0, 0, 0]); // body_bytes
         header.extend_from_slice(&body_crc);
+        header.extend_from_slice(&[2, 0, 0, 0]); // origin_count
+        header.extend_from_slice(&crc32fast::hash(origins).to_le_bytes()); // origins_crc
         let header_crc = crc32fast::hash(&header).to_le_bytes();
         header.extend_from_slice(&header_crc);
         assert_eq!(header.len(), HEADER_BYTES);
         assert_eq!(&bytes[..HEADER_BYTES], &header[..]);
-        assert_eq!(&bytes[HEADER_BYTES..], body);
+        assert_eq!(&bytes[HEADER_BYTES..], &body[..]);
+        assert_round_trip(&index);
+        let summary = decode_summary(&bytes).unwrap();
+        assert_eq!(
+            decode_origin_table(&bytes[..summary.origin_table_end()], &summary).unwrap(),
+            BTreeMap::from([
+                ((1, 2), OriginSummary { watermark: 70, seqs: None }),
+                ((3, 4), OriginSummary { watermark: 10, seqs: Some((10, 10)) }),
+            ])
+        );
+    }
+
+    #[test]
+    fn origin_table_must_agree_with_the_blocks() {
+        let mut index = SegmentIndex::new(5);
+        let origin = |first_seq| Some(Origin { node: 3, shard: 4, first_seq });
+        index.push_block(BlockMeta { origin: origin(10), ..next_meta(&index, 2, 0, 0) }, []);
+        index.push_block(BlockMeta { origin: origin(12), ..next_meta(&index, 3, 0, 0) }, []);
+        assert_eq!(index.origins()[&(3, 4)], OriginSummary { watermark: 14, seqs: Some((10, 14)) });
+        let bytes = assert_round_trip(&index);
+        let record = HEADER_BYTES;
+        let edits: &[(usize, u64, &str)] = &[
+            (record + ORIGIN_LAST_SEQ_OFFSET, 13, "origin table disagrees with the blocks"),
+            (record + ORIGIN_FIRST_SEQ_OFFSET, 0, "origin seq range is out of order"),
+            (record + ORIGIN_WATERMARK_OFFSET, 13, "origin seq range is out of order"),
+            (record + ORIGIN_WATERMARK_OFFSET, 0, "origin watermark is 0"),
+        ];
+        for &(offset, value, what) in edits {
+            let mut edited = bytes.clone();
+            edited[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+            resign(&mut edited);
+            assert_eq!(SegmentIndex::decode(&edited), Err(Error::Corrupt { what }), "{what}");
+        }
+        // A block whose origin has no record: the second block's node.
+        let mut edited = bytes.clone();
+        let block = HEADER_BYTES + ORIGIN_RECORD_BYTES + BLOCK_META_BYTES;
+        edited[block + BLOCK_ORIGIN_NODE_OFFSET] = 9;
+        resign(&mut edited);
+        assert!(matches!(SegmentIndex::decode(&edited), Err(Error::Corrupt { .. })));
+        // An origin node without an origin seq.
+        let mut edited = bytes.clone();
+        edited[block + BLOCK_ORIGIN_FIRST_SEQ_OFFSET..block + BLOCK_ORIGIN_NODE_OFFSET].fill(0);
+        resign(&mut edited);
+        assert_eq!(
+            SegmentIndex::decode(&edited),
+            Err(Error::Corrupt { what: "origin node or shard set without an origin seq" })
+        );
+    }
+
+    #[test]
+    fn version_1_is_outdated_and_refused() {
+        let mut bytes = encode(&sample(100));
+        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&1_u16.to_le_bytes());
+        let error = SegmentIndex::decode(&bytes).unwrap_err();
+        assert_eq!(error, Error::OutdatedVersion(1));
+        assert!(error.to_string().contains("rebuilds the index"), "{error}");
+        assert_eq!(decode_summary(&bytes), Err(Error::OutdatedVersion(1)));
     }
 
     #[test]
@@ -836,13 +1094,13 @@ mod tests {
     #[test]
     fn other_version_says_upgrade_required() {
         let mut bytes = encode(&sample(100));
-        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&2_u16.to_le_bytes());
+        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&3_u16.to_le_bytes());
         let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
         bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
         let error = SegmentIndex::decode(&bytes).unwrap_err();
-        assert_eq!(error, Error::UnsupportedVersion(2));
+        assert_eq!(error, Error::UnsupportedVersion(3));
         assert!(error.to_string().contains("upgrade required"), "{error}");
-        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(2)));
+        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(3)));
     }
 
     #[test]
@@ -857,8 +1115,14 @@ mod tests {
     /// Re-signs a header after editing it, so that the checks behind the crc
     /// are reached.
     fn resign(bytes: &mut [u8]) {
+        let origin_count = u32::from_le_bytes(array(bytes, ORIGIN_COUNT_OFFSET)) as usize;
+        let table_end = HEADER_BYTES.saturating_add(origin_count.saturating_mul(ORIGIN_RECORD_BYTES));
+        if let Some(table) = bytes.get(HEADER_BYTES..table_end) {
+            let origins_crc = crc32fast::hash(table);
+            bytes[ORIGINS_CRC_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&origins_crc.to_le_bytes());
+        }
         let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
-        bytes[BODY_CRC_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&body_crc.to_le_bytes());
+        bytes[BODY_CRC_OFFSET..ORIGIN_COUNT_OFFSET].copy_from_slice(&body_crc.to_le_bytes());
         let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
         bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
     }

@@ -21,8 +21,15 @@
 //! # What is indexed
 //!
 //! * A **block table**: one [`BlockMeta`] per block, in sequence order, with
-//!   the block's byte range, first sequence number, entry count and the
-//!   smallest and largest timestamp of its entries.
+//!   the block's byte range, first sequence number, entry count, the
+//!   smallest and largest timestamp of its entries, and for replicated
+//!   entries their origin (node, shard, first origin seq).
+//! * An **origin summary**: per origin `(node, shard)` of replicated entries,
+//!   the range of origin seqs its blocks hold in this segment and a
+//!   watermark that also carries the shard's watermarks over from earlier
+//!   segments ([`OriginSummary`]). It is stored first in the file, so a
+//!   shard reads the watermarks of every sealed segment at open without
+//!   loading postings.
 //! * **Postings**: for each distinct `key=value` pair, the increasing list of
 //!   the positions (in the block table) of the blocks in which at least one
 //!   entry carries that pair. Postings are block-granular: a query decodes the
@@ -74,8 +81,8 @@
 pub mod file;
 pub mod segment_index;
 
-pub use file::{decode_summary, IndexSummary, FORMAT_VERSION, HEADER_BYTES, MAGIC};
-pub use segment_index::{BlockMeta, SegmentIndex};
+pub use file::{decode_origin_table, decode_summary, IndexSummary, FORMAT_VERSION, HEADER_BYTES, MAGIC};
+pub use segment_index::{BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 
 /// Errors of the index layer. They all come from reading an index file: the
 /// in-memory index has no operating errors (misuse is a programmer error and
@@ -96,6 +103,11 @@ pub enum Error {
     /// The file was written in a format version this build cannot read.
     #[error("index file format version {0} is not supported by this build, which reads version {FORMAT_VERSION}: upgrade required")]
     UnsupportedVersion(u16),
+    /// The file was written by an older build in a format version that
+    /// lacks what this build needs (version 1 has no block origins). It is
+    /// not used: the shard rebuilds the index by scanning its segment.
+    #[error("index file format version {0} was written by an older build; this build reads version {FORMAT_VERSION} and rebuilds the index from its segment")]
+    OutdatedVersion(u16),
     /// A stored crc32 does not match the bytes it covers.
     #[error("index file {what} checksum mismatch: stored {expected:#010x}, computed {actual:#010x}")]
     Checksum {

@@ -2,9 +2,14 @@
 //!
 //! See the [module documentation](crate::index) for the cap and its fallback.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::limits::{BLOCK_ENTRIES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX};
+use crate::shard::block::Origin;
+
+/// An origin of replicated entries: `(node, shard)` of the shard that first
+/// stored them.
+pub type OriginKey = (u32, u32);
 
 /// Where one block lies in its segment file and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +26,10 @@ pub struct BlockMeta {
     pub min_ts: i64,
     /// Largest `timestamp_ns` of the block's entries.
     pub max_ts: i64,
+    /// For a block of replicated entries, where they were first stored: the
+    /// block covers origin seqs `origin.first_seq ..= origin_last_seq()`.
+    /// `None` for entries stored here first.
+    pub origin: Option<Origin>,
 }
 
 impl BlockMeta {
@@ -34,11 +43,36 @@ impl BlockMeta {
         self.first_seq + u64::from(self.entry_count)
     }
 
+    /// The `(node, shard)` the block's entries come from, if replicated.
+    pub fn origin_key(&self) -> Option<OriginKey> {
+        self.origin.map(|origin| (origin.node, origin.shard))
+    }
+
+    /// Origin seq of the block's last entry, if replicated. The block covers
+    /// the closed range `origin.first_seq ..= origin_last_seq`.
+    pub fn origin_last_seq(&self) -> Option<u64> {
+        self.origin.map(|origin| origin.first_seq + u64::from(self.entry_count) - 1)
+    }
+
     /// Whether the block's closed timestamp range `[min_ts, max_ts]` overlaps
     /// the half-open range `[from_ts, to_ts)`; false when `from_ts >= to_ts`.
     pub fn overlaps_time(&self, from_ts: i64, to_ts: i64) -> bool {
         from_ts < to_ts && self.min_ts < to_ts && self.max_ts >= from_ts
     }
+}
+
+/// What a segment's index knows about one origin of replicated entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginSummary {
+    /// Highest origin seq of this origin known durable on the shard when
+    /// the index was built: over its blocks in this segment and, carried
+    /// over with [`SegmentIndex::carry_watermarks`], in earlier segments
+    /// (which retention may since have deleted). At least 1.
+    pub watermark: u64,
+    /// Lowest and highest origin seq over this origin's blocks in this
+    /// segment (a closed range; `lowest <= highest`), or `None` when the
+    /// segment holds no block of it and the origin is only carried over.
+    pub seqs: Option<(u64, u64)>,
 }
 
 /// Postings of all indexed pairs: key, then value, then the increasing block
@@ -66,6 +100,10 @@ pub struct SegmentIndex {
     pub(crate) saturated_from: Option<u32>,
     pub(crate) blocks: Vec<BlockMeta>,
     pub(crate) postings: Postings,
+    /// One record per origin of the segment's replicated blocks, plus the
+    /// origins carried over: bounded by [`crate::limits::INDEX_ORIGINS_MAX`]
+    /// (the shard caps the origins it accepts).
+    pub(crate) origins: BTreeMap<OriginKey, OriginSummary>,
 }
 
 /// What one tag predicate allows, before intersection.
@@ -103,6 +141,7 @@ impl SegmentIndex {
             saturated_from: None,
             blocks: Vec::new(),
             postings: HashMap::default(),
+            origins: BTreeMap::new(),
         }
     }
 
@@ -118,8 +157,9 @@ impl SegmentIndex {
     /// (`first_seq` is not [`next_seq`](Self::next_seq), or it starts before
     /// [`data_end`](Self::data_end)), its `len` is 0, its `entry_count` is 0 or
     /// over [`BLOCK_ENTRIES_MAX`], `min_ts > max_ts`, a sequence number or
-    /// offset overflows, or a tag key or value is longer than
-    /// [`TAG_KEY_BYTES_MAX`] or [`TAG_VALUE_BYTES_MAX`].
+    /// offset overflows, an origin's first seq is 0 or its range overflows,
+    /// or a tag key or value is longer than [`TAG_KEY_BYTES_MAX`] or
+    /// [`TAG_VALUE_BYTES_MAX`].
     pub fn push_block<'a>(&mut self, meta: BlockMeta, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
         assert_eq!(meta.first_seq, self.next_seq, "block does not follow the previous one in sequence");
         assert!(meta.offset >= self.data_end(), "block overlaps the previous one");
@@ -134,14 +174,49 @@ impl SegmentIndex {
         let (Some(next_seq), Some(position)) = (next_seq, position) else {
             panic!("segment has too many entries or blocks");
         };
+        if let Some(origin) = meta.origin {
+            assert!(origin.first_seq >= 1, "block origin seqs start at 1");
+            assert!(
+                origin.first_seq.checked_add(u64::from(meta.entry_count)).is_some(),
+                "block origin seq range overflows"
+            );
+        }
 
         for (key, value) in tags {
             assert!(key.len() <= TAG_KEY_BYTES_MAX, "tag key is over TAG_KEY_BYTES_MAX");
             assert!(value.len() <= TAG_VALUE_BYTES_MAX, "tag value is over TAG_VALUE_BYTES_MAX");
             self.add_posting(key, value, position);
         }
+        if let (Some(key), Some(origin), Some(last)) = (meta.origin_key(), meta.origin, meta.origin_last_seq()) {
+            let summary = self.origins.entry(key).or_insert(OriginSummary { watermark: last, seqs: None });
+            summary.watermark = summary.watermark.max(last);
+            summary.seqs = Some(match summary.seqs {
+                None => (origin.first_seq, last),
+                Some((lowest, highest)) => (lowest.min(origin.first_seq), highest.max(last)),
+            });
+        }
         self.blocks.push(meta);
         self.next_seq = next_seq;
+    }
+
+    /// Carries the shard's origin watermarks into this index (keeping, per
+    /// origin, the larger of the two), so that the index file written when
+    /// the segment is sealed remembers them even after retention deletes
+    /// the segments that hold those entries. Zero watermarks are ignored.
+    pub fn carry_watermarks(&mut self, watermarks: &BTreeMap<OriginKey, u64>) {
+        for (&key, &watermark) in watermarks {
+            if watermark == 0 {
+                continue;
+            }
+            let summary = self.origins.entry(key).or_insert(OriginSummary { watermark, seqs: None });
+            summary.watermark = summary.watermark.max(watermark);
+        }
+    }
+
+    /// Per origin of replicated entries: its watermark and the origin seqs
+    /// of its blocks in this segment (see [`OriginSummary`]), by `(node, shard)`.
+    pub fn origins(&self) -> &BTreeMap<OriginKey, OriginSummary> {
+        &self.origins
     }
 
     fn add_posting(&mut self, key: &str, value: &str, position: u32) {
@@ -300,6 +375,7 @@ impl SegmentIndex {
         }
         let mut bytes = std::mem::size_of::<Self>();
         bytes += self.blocks.capacity() * std::mem::size_of::<BlockMeta>();
+        bytes += self.origins.len() * (std::mem::size_of::<(OriginKey, OriginSummary)>() + 16);
         bytes += table_bytes::<ValuePostings>(self.postings.len());
         for (key, values) in &self.postings {
             bytes += key.len();
@@ -327,6 +403,7 @@ pub(crate) mod tests {
             entry_count,
             min_ts,
             max_ts,
+            origin: None,
         }
     }
 
@@ -479,6 +556,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn origins_summarize_replicated_blocks_and_carried_watermarks() {
+        let mut index = SegmentIndex::new(1);
+        let replicated = |index: &SegmentIndex, node, first_seq, entry_count| BlockMeta {
+            origin: Some(Origin { node, shard: 1, first_seq }),
+            ..next_meta(index, entry_count, 0, 0)
+        };
+        push(&mut index, 0, 0, &[]);
+        index.push_block(replicated(&index, 7, 10, 3), []); // 10..=12
+        push(&mut index, 0, 0, &[]);
+        index.push_block(replicated(&index, 7, 13, 2), []); // 13..=14
+        index.push_block(replicated(&index, 8, 1, 1), []); // 1..=1
+        assert_eq!(index.blocks()[1].origin_key(), Some((7, 1)));
+        assert_eq!(index.blocks()[1].origin_last_seq(), Some(12));
+        assert_eq!(index.blocks()[0].origin_last_seq(), None);
+        let expected = BTreeMap::from([
+            ((7, 1), OriginSummary { watermark: 14, seqs: Some((10, 14)) }),
+            ((8, 1), OriginSummary { watermark: 1, seqs: Some((1, 1)) }),
+        ]);
+        assert_eq!(index.origins(), &expected);
+        // Carrying keeps the larger watermark and adds origins without blocks.
+        index.carry_watermarks(&BTreeMap::from([((7, 1), 9), ((8, 1), 5), ((9, 9), 40), ((9, 10), 0)]));
+        let expected = BTreeMap::from([
+            ((7, 1), OriginSummary { watermark: 14, seqs: Some((10, 14)) }),
+            ((8, 1), OriginSummary { watermark: 5, seqs: Some((1, 1)) }),
+            ((9, 9), OriginSummary { watermark: 40, seqs: None }),
+        ]);
+        assert_eq!(index.origins(), &expected);
+    }
+
+    #[test]
+    #[should_panic(expected = "origin seqs start at 1")]
+    fn push_block_rejects_origin_seq_zero() {
+        let mut index = SegmentIndex::new(1);
+        let meta = BlockMeta { origin: Some(Origin { node: 1, shard: 1, first_seq: 0 }), ..next_meta(&index, 1, 0, 0) };
+        index.push_block(meta, []);
+    }
+
+    #[test]
     #[should_panic(expected = "does not follow")]
     fn push_block_rejects_a_gap_in_sequence() {
         let mut index = SegmentIndex::new(1);
@@ -544,7 +659,12 @@ pub(crate) mod tests {
             let min_ts = block_entries.iter().map(|entry| entry.0).min().unwrap();
             let max_ts = block_entries.iter().map(|entry| entry.0).max().unwrap();
             let len = rng.gen_range(1..5000_u32);
-            let meta = BlockMeta { offset, len, first_seq: index.next_seq(), entry_count, min_ts, max_ts };
+            // Some blocks are replicated, from one of three origins.
+            let origin = match rng.gen_range(0..6_u32) {
+                node @ 0..=2 => Some(Origin { node, shard: 7, first_seq: rng.gen_range(1..1_000_000) }),
+                _ => None,
+            };
+            let meta = BlockMeta { offset, len, first_seq: index.next_seq(), entry_count, min_ts, max_ts, origin };
             offset += u64::from(len) + rng.gen_range(0..3_u64);
             let tags = block_entries
                 .iter()

@@ -31,14 +31,14 @@ pub mod segment;
 mod writer;
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use glommio::io::DmaFile;
 
-use crate::index::{self, SegmentIndex};
+use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 pub use block::{EntryRef, Origin};
 pub use reader::{OrderedQuery, Query, QueryResult};
@@ -287,6 +287,10 @@ struct Sealed {
     path: PathBuf,
     index_path: PathBuf,
     summary: index::IndexSummary,
+    /// Per origin with blocks in this segment: the lowest and highest
+    /// origin seq of those blocks. Small (one entry per origin), kept so
+    /// [`Shard::read_origin`] opens only the segments that hold an origin.
+    origin_seqs: BTreeMap<OriginKey, (u64, u64)>,
     file_bytes: u64,
     file: RefCell<Option<Rc<DmaFile>>>,
     index: RefCell<Option<Rc<SegmentIndex>>>,
@@ -395,6 +399,10 @@ struct State {
     closing: bool,
     writer_finished: bool,
     stats: ShardStats,
+    /// Highest durable origin seq per origin of replicated entries (see
+    /// [`Shard::origin_watermarks`]); at most about
+    /// [`limits::ORIGINS_PER_SHARD_MAX`] entries.
+    origin_watermarks: BTreeMap<OriginKey, u64>,
     /// First seqs of sealed segments whose index is loaded, least recent first.
     loaded_indexes: VecDeque<u64>,
     /// The spare segment file, once prepared ([`Preallocation::ZeroFill`]).
@@ -506,6 +514,7 @@ impl Shard {
             closing: false,
             writer_finished: false,
             stats,
+            origin_watermarks: recovered.origin_watermarks,
             loaded_indexes: VecDeque::new(),
             spare_segment: None,
             preparing_spare: false,
@@ -550,7 +559,12 @@ impl Shard {
 
     /// Like [`Shard::append`], for entries replicated from another node:
     /// they keep their origin id (node, shard, seq) and get a block of their
-    /// own. Origin seqs of `entries` are `origin.first_seq ..`, dense.
+    /// own. Origin seqs of `entries` are `origin.first_seq ..`, dense, and
+    /// `origin.first_seq >= 1`. The shard does not deduplicate: the caller
+    /// appends each origin's entries once, in increasing origin seq order
+    /// (what the leader's watermark check gives). At most
+    /// [`limits::ORIGINS_PER_SHARD_MAX`] distinct origins are accepted; an
+    /// append from one more fails with [`Error::InvalidAppend`].
     pub fn append_replicated(&self, origin: Origin, entries: &[EntryRef<'_>]) -> Result<AppendWait> {
         self.append_with_origin(entries, Some(origin))
     }
@@ -558,6 +572,16 @@ impl Shard {
     fn append_with_origin(&self, entries: &[EntryRef<'_>], origin: Option<Origin>) -> Result<AppendWait> {
         if entries.is_empty() {
             return Err(Error::InvalidAppend("no entries".into()));
+        }
+        if let Some(origin) = origin {
+            let fits = origin.first_seq >= 1 && origin.first_seq.checked_add(entries.len() as u64).is_some();
+            if !fits {
+                return Err(Error::InvalidAppend(format!(
+                    "origin seqs {} + {} entries are outside 1..u64::MAX",
+                    origin.first_seq,
+                    entries.len()
+                )));
+            }
         }
         let mut bound = 0usize;
         for (index, entry) in entries.iter().enumerate() {
@@ -577,6 +601,20 @@ impl Shard {
         }
         if state.closing {
             return Err(Error::Closed);
+        }
+        if let Some(origin) = origin {
+            let watermarks = &state.origin_watermarks;
+            if !watermarks.contains_key(&(origin.node, origin.shard))
+                && watermarks.len() >= limits::ORIGINS_PER_SHARD_MAX
+            {
+                return Err(Error::InvalidAppend(format!(
+                    "shard {} already archives {} origins (ORIGINS_PER_SHARD_MAX); node {} shard {} is refused",
+                    self.inner.config.shard_id,
+                    watermarks.len(),
+                    origin.node,
+                    origin.shard
+                )));
+            }
         }
         let limit = if state.pending.appends.len() >= self.inner.config.pending_appends_max {
             Some("PENDING_APPENDS_MAX")
@@ -602,8 +640,11 @@ impl Shard {
             let needs_new_block = match pending.blocks.last() {
                 None => true,
                 Some(last) => {
+                    // A replicated append continues its own block (its
+                    // origin seqs are contiguous); a local append never
+                    // joins a replicated block.
                     force_new_block
-                        || last.origin.is_some()
+                        || last.origin.is_some() != origin.is_some()
                         || last.raw_end - last.raw_start >= limits::BLOCK_RAW_BYTES_TARGET
                         || last.entry_count as usize >= limits::BLOCK_ENTRIES_MAX
                 }
@@ -655,6 +696,24 @@ impl Shard {
     pub fn first_seq(&self) -> u64 {
         let state = self.inner.state.borrow();
         state.sealed.front().map(|sealed| sealed.first_seq).unwrap_or(state.active.first_seq)
+    }
+
+    /// Highest durable origin seq per (origin node, origin shard) over the
+    /// replicated entries this shard holds; an origin is absent if none.
+    /// Rebuilt at open from the data (the origin tables of the sealed
+    /// segments' index files, which also carry the watermarks of segments
+    /// retention deleted, plus the recovery scan of the active segment), and
+    /// updated when commits become durable: a block that is written but not
+    /// yet durable is never counted. Retention never lowers it while the
+    /// shard is open. See `docs/format.md` for what a restart keeps.
+    pub fn origin_watermarks(&self) -> BTreeMap<(u32, u32), u64> {
+        self.inner.state.borrow().origin_watermarks.clone()
+    }
+
+    /// The watermark of one origin (see [`Shard::origin_watermarks`]); 0 if
+    /// the shard holds none of its entries.
+    pub fn origin_watermark(&self, node: u32, shard: u32) -> u64 {
+        self.inner.state.borrow().origin_watermarks.get(&(node, shard)).copied().unwrap_or(0)
     }
 
     /// Waits until a seq above `seq` is durable, or the shard closes or fails.
@@ -722,6 +781,23 @@ impl Shard {
     }
 }
 
+/// Raises `watermarks` to the last origin seq of each replicated block of
+/// `blocks` (blocks that just became durable).
+fn advance_watermarks(watermarks: &mut BTreeMap<OriginKey, u64>, blocks: &[BlockMeta]) {
+    for block in blocks {
+        if let (Some(key), Some(last)) = (block.origin_key(), block.origin_last_seq()) {
+            let watermark = watermarks.entry(key).or_insert(0);
+            *watermark = (*watermark).max(last);
+        }
+    }
+}
+
+/// The origin seq ranges of the origins that have blocks in a segment
+/// (leaving out the ones only carried over).
+fn own_origin_seqs(origins: &BTreeMap<OriginKey, OriginSummary>) -> BTreeMap<OriginKey, (u64, u64)> {
+    origins.iter().filter_map(|(&key, summary)| summary.seqs.map(|seqs| (key, seqs))).collect()
+}
+
 /// Which sealed segments retention may delete.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetentionPolicy {
@@ -750,7 +826,8 @@ impl Shard {
     /// `policy.age_max` (measured against `now_ns`). `may_delete` can veto a
     /// segment (for example: not yet replicated); deletion stops at the
     /// first veto, so the log always stays a contiguous range. The active
-    /// segment is never deleted. Returns the spans deleted.
+    /// segment is never deleted. Returns the spans deleted. Origin
+    /// watermarks stay as they are: they never go back while the shard runs.
     pub async fn enforce_retention(
         &self,
         policy: RetentionPolicy,

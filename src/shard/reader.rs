@@ -9,7 +9,7 @@ use glommio::io::DmaFile;
 
 use super::block::{self, EntryView};
 use super::{recovery, Error, Result, Shard, State};
-use crate::index::{BlockMeta, SegmentIndex};
+use crate::index::{BlockMeta, OriginKey, SegmentIndex};
 use crate::limits;
 use crate::proto::LogEntry;
 
@@ -239,6 +239,83 @@ impl Shard {
         Ok(out)
     }
 
+    /// Up to `limit` durable replicated entries of origin `(node, shard)`
+    /// with origin seq >= `from_seq`, in origin-seq order, with their
+    /// original ids (`LogEntry.node_id`, `shard` and `seq` are the origin's).
+    ///
+    /// Only the segments whose origin summary holds such entries are opened,
+    /// and in them only this origin's blocks (picked from the index) are
+    /// read. Entries come out in the order they were stored, which is
+    /// origin-seq order when each origin's entries were appended once and in
+    /// order (see [`Shard::append_replicated`]); an entry whose origin seq is
+    /// not above the previous one returned (a batch stored twice) is
+    /// skipped, so the result is always strictly increasing. Empty when
+    /// `from_seq` is past the origin's watermark or the shard holds nothing
+    /// of it (any more: retention).
+    pub async fn read_origin(&self, node: u32, shard: u32, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let limit = limit.min(limits::READ_ENTRIES_MAX);
+        let mut out: Vec<LogEntry> = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let key = (node, shard);
+        let targets: Vec<Target> = {
+            let state = self.inner.state.borrow();
+            let mut targets: Vec<Target> = state
+                .sealed
+                .iter()
+                .filter(|sealed| sealed.origin_seqs.get(&key).is_some_and(|&(_, last)| last >= from_seq))
+                .map(|sealed| Target::Sealed(sealed.first_seq))
+                .collect();
+            targets.push(Target::Active);
+            targets
+        };
+        // The lowest origin seq still to return.
+        let mut next_wanted = from_seq.max(1);
+        let mut targets = targets.into_iter();
+        let mut target = targets.next();
+        while let Some(current) = target {
+            let wanted = next_wanted;
+            let remaining = limit - out.len();
+            let picked = std::cell::Cell::new(false);
+            let select = |index: &SegmentIndex, visible: usize| {
+                let (blocks, truncated) = origin_blocks(index, visible, key, wanted, remaining);
+                picked.set(truncated);
+                blocks
+            };
+            let plan = self.plan(current, select).await?;
+            // A plan cut short by the limit is continued in the same segment
+            // (entries skipped as repeats may leave room); else the next one.
+            target = if picked.get() { Some(current) } else { targets.next() };
+            let Some(plan) = plan.filter(|plan| !plan.blocks.is_empty()) else { continue };
+            // Decode only the entries at or above `wanted` (the first block
+            // may start below it).
+            let keep = |seq: u64, _: &EntryView<'_>| origin_seq_of(&plan.blocks, seq).is_some_and(|seq| seq >= wanted);
+            let complete = self
+                .read_plan(&plan, false, &keep, &mut |entries| {
+                    for entry in entries {
+                        if (entry.node_id, entry.shard) != key || entry.seq < next_wanted {
+                            continue;
+                        }
+                        next_wanted = entry.seq.saturating_add(1);
+                        out.push(entry);
+                        if out.len() >= limit {
+                            return false;
+                        }
+                    }
+                    true
+                })
+                .await?;
+            if !complete || out.len() >= limit {
+                break;
+            }
+            // Progress: every picked block ends below `next_wanted` now, so
+            // planning the same segment again picks none of them.
+            debug_assert!(plan.blocks.iter().all(|meta| meta.origin_last_seq() < Some(next_wanted)));
+        }
+        Ok(out)
+    }
+
     /// Entries matching `query`: the index picks candidate blocks (tags and
     /// time), which are then filtered exactly.
     pub async fn query(&self, query: &Query<'_>) -> Result<QueryResult> {
@@ -308,6 +385,45 @@ fn candidate_blocks(index: &SegmentIndex, visible: usize, query: &Query<'_>) -> 
         .filter(|&position| (position as usize) < visible)
         .map(|position| index.blocks()[position as usize])
         .collect()
+}
+
+/// The blocks, among the first `visible` of a segment, of origin `key` that
+/// hold an origin seq >= `from_seq`, in storage order, stopping once they
+/// hold `limit` such entries; and whether it stopped there (more blocks of
+/// the origin may follow).
+fn origin_blocks(
+    index: &SegmentIndex,
+    visible: usize,
+    key: OriginKey,
+    from_seq: u64,
+    limit: usize,
+) -> (Vec<BlockMeta>, bool) {
+    if index.origins().get(&key).and_then(|summary| summary.seqs).is_none_or(|(_, last)| last < from_seq) {
+        return (Vec::new(), false);
+    }
+    let mut picked = Vec::new();
+    let mut entries = 0u64;
+    for meta in &index.blocks()[..visible] {
+        if entries >= limit as u64 {
+            return (picked, true);
+        }
+        let (Some(origin), Some(last)) = (meta.origin, meta.origin_last_seq()) else { continue };
+        if (origin.node, origin.shard) != key || last < from_seq {
+            continue;
+        }
+        entries += last - origin.first_seq.max(from_seq) + 1;
+        picked.push(*meta);
+    }
+    (picked, false)
+}
+
+/// The origin seq of the entry stored at `seq`, if it is in one of
+/// `blocks` (sorted by seq) and that block is replicated.
+fn origin_seq_of(blocks: &[BlockMeta], seq: u64) -> Option<u64> {
+    let position = blocks.partition_point(|meta| meta.first_seq <= seq).checked_sub(1)?;
+    let meta = &blocks[position];
+    (seq < meta.next_seq()).then_some(())?;
+    meta.origin.map(|origin| origin.first_seq + (seq - meta.first_seq))
 }
 
 /// Groups blocks that are adjacent on disk, so each group is one read.

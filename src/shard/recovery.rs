@@ -13,7 +13,7 @@ use super::block::{self, BlockError, BlockHeader, EntryView};
 use super::scan::{self, Step, Stop};
 use super::segment::{self, FileKind, SegmentHeader, DATA_OFFSET};
 use super::{page_ceil, page_floor, Active, Error, Preallocation, Result, Sealed, ShardConfig, PAGE_BYTES};
-use crate::index::{self, BlockMeta, SegmentIndex};
+use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 
 /// How much of the file one recovery read covers. Larger than any block, so
@@ -66,6 +66,8 @@ pub(super) struct Recovered {
     pub active: Active,
     pub sealed: VecDeque<Sealed>,
     pub report: RecoveryReport,
+    /// Highest durable origin seq per origin, rebuilt from the data.
+    pub origin_watermarks: BTreeMap<OriginKey, u64>,
 }
 
 pub(super) async fn sync_dir(dir: &Path) -> Result<()> {
@@ -233,13 +235,30 @@ pub(super) async fn load_index(path: &Path) -> Result<SegmentIndex> {
     SegmentIndex::decode(&bytes).map_err(|source| Error::Index { path: path.to_path_buf(), source: source.into() })
 }
 
-async fn read_summary(path: &Path) -> Result<index::IndexSummary> {
+/// Reads the header of an index file and the origin table right after it
+/// (not the block table nor the postings), verifying both.
+async fn read_summary(path: &Path) -> Result<(index::IndexSummary, BTreeMap<OriginKey, OriginSummary>)> {
     let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open index", path, error))?;
-    let header =
-        file.read_at(0, index::HEADER_BYTES).await.map_err(|error| Error::glommio("read index", path, error))?;
-    let summary = index::decode_summary(&header);
+    let result = async {
+        let index_error = |source: index::Error| Error::Index { path: path.to_path_buf(), source: source.into() };
+        let header =
+            file.read_at(0, index::HEADER_BYTES).await.map_err(|error| Error::glommio("read index", path, error))?;
+        let summary = index::decode_summary(&header).map_err(index_error)?;
+        // decode_summary bounded the table by INDEX_ORIGINS_MAX records.
+        let origins = if summary.origin_count == 0 {
+            BTreeMap::new()
+        } else {
+            let start = file
+                .read_at(0, summary.origin_table_end())
+                .await
+                .map_err(|error| Error::glommio("read index", path, error))?;
+            index::decode_origin_table(&start, &summary).map_err(index_error)?
+        };
+        Ok((summary, origins))
+    }
+    .await;
     let _ = file.close().await;
-    summary.map_err(|source| Error::Index { path: path.to_path_buf(), source: source.into() })
+    result
 }
 
 async fn read_small_file(path: &Path, bytes_max: usize) -> Result<Vec<u8>> {
@@ -292,6 +311,7 @@ pub(super) fn push_block_from_raw(
         entry_count: header.entry_count,
         min_ts: header.min_ts,
         max_ts: header.max_ts,
+        origin: header.origin,
     };
     index.push_block(meta, tags);
     Ok(())
@@ -465,6 +485,9 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
 
     let mut sealed = VecDeque::new();
     let mut expected_first = None;
+    // Built oldest segment first, so that an index rebuilt by a scan carries
+    // the watermarks of the segments before it, as the original did.
+    let mut origin_watermarks = BTreeMap::new();
     for (&first_seq, path) in segments.range(..active_first_seq) {
         if let Some(expected) = expected_first {
             if first_seq != expected {
@@ -476,7 +499,7 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
         }
         let index_path = dir.join(segment::index_file_name(first_seq));
         let summary = match read_summary(&index_path).await {
-            Ok(summary) if summary.segment_first_seq == first_seq => Some(summary),
+            Ok(read) if read.0.segment_first_seq == first_seq => Some(read),
             Ok(_) => None,
             Err(error) => {
                 if indexes.contains(&first_seq) {
@@ -490,16 +513,19 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
             None => {
                 let file = open_dma(path, "open segment").await?;
                 let file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", path, error))?;
-                let scanned = scan_segment(&file, path, first_seq, file_bytes).await?;
+                let mut scanned = scan_segment(&file, path, first_seq, file_bytes).await?;
                 let _ = file.close().await;
                 if let Stop::Torn(reason) = &scanned.stop {
                     tracing::warn!(path = %path.display(), offset = scanned.end, %reason, "sealed segment ends early");
                 }
+                scanned.index.carry_watermarks(&origin_watermarks);
                 write_index_file(dir, first_seq, &scanned.index.encode(scanned.raw_bytes)).await?;
                 report.indexes_rebuilt += 1;
                 read_summary(&index_path).await?
             }
         };
+        let (summary, origins) = summary;
+        merge_watermarks(&mut origin_watermarks, &origins);
         let file_bytes = std::fs::metadata(path).map_err(|error| Error::io("stat segment", path, error))?.len();
         expected_first = Some(summary.next_seq);
         sealed.push_back(Sealed {
@@ -508,6 +534,7 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
             path: path.clone(),
             index_path,
             summary,
+            origin_seqs: super::own_origin_seqs(&origins),
             file_bytes,
             file: std::cell::RefCell::new(None),
             index: std::cell::RefCell::new(None),
@@ -583,6 +610,8 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
     report.active_blocks = scanned.index.blocks().len();
     report.next_seq = scanned.index.next_seq();
     let blocks = scanned.index.blocks().len();
+    // Every block the scan accepted is durable (recovery scrubbed the rest).
+    merge_watermarks(&mut origin_watermarks, scanned.index.origins());
     let active = Active {
         first_seq: active_first_seq,
         path: active_path,
@@ -596,5 +625,13 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
         raw_bytes_written: scanned.raw_bytes,
         raw_bytes_durable: scanned.raw_bytes,
     };
-    Ok(Recovered { active, sealed, report })
+    Ok(Recovered { active, sealed, report, origin_watermarks })
+}
+
+/// Raises `watermarks` to the watermarks of an index's origin summary.
+fn merge_watermarks(watermarks: &mut BTreeMap<OriginKey, u64>, origins: &BTreeMap<OriginKey, OriginSummary>) {
+    for (&key, summary) in origins {
+        let watermark = watermarks.entry(key).or_insert(0);
+        *watermark = (*watermark).max(summary.watermark);
+    }
 }

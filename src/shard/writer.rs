@@ -143,6 +143,7 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
                 entry_count: header.entry_count,
                 min_ts: header.min_ts,
                 max_ts: header.max_ts,
+                origin: header.origin,
             };
             state.active.index.push_block(meta, pending_block.tags.iter().map(|(key, value)| (&**key, &**value)));
             used += block_len;
@@ -225,9 +226,14 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         None => recovery::create_segment(&inner.config, next_first_seq).await?,
     };
     // Encode the index before the first await, so readers keep seeing the
-    // active segment's index in place while the file is written.
+    // active segment's index in place while the file is written. Every
+    // block of the segment is durable now (no write is unsynced), so the
+    // shard's watermarks count them all; the index carries them over, so
+    // that they survive a restart after retention deleted older segments.
     let (old_first_seq, index_bytes) = {
-        let state = inner.state.borrow();
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
+        state.active.index.carry_watermarks(&state.origin_watermarks);
         (state.active.first_seq, state.active.index.encode(state.active.raw_bytes_durable))
     };
     let index_path = match recovery::write_index_file(&inner.config.dir, old_first_seq, &index_bytes).await {
@@ -258,12 +264,14 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
     };
     let old = std::mem::replace(&mut state.active, new_active);
     let file_bytes = old.capacity;
+    let origin_seqs = super::own_origin_seqs(old.index.origins());
     state.sealed.push_back(super::Sealed {
         first_seq: old.first_seq,
         next_seq: old.index.next_seq(),
         path: old.path,
         index_path,
         summary,
+        origin_seqs,
         file_bytes,
         file: std::cell::RefCell::new(Some(old.file)),
         index: std::cell::RefCell::new(Some(Rc::new(old.index))),
@@ -365,6 +373,10 @@ pub(super) async fn run_syncer(inner: Rc<Inner>) {
             let batch = state.unsynced.pop_front().expect("batches are only removed here");
             state.durable_seq = batch.last_seq;
             state.active.durable_end = batch.write_end;
+            // Watermarks count a block only now that it is durable.
+            let state = &mut *state;
+            let newly_durable = &state.active.index.blocks()[state.active.durable_blocks..batch.blocks];
+            super::advance_watermarks(&mut state.origin_watermarks, newly_durable);
             state.active.durable_blocks = batch.blocks;
             state.active.raw_bytes_durable = batch.raw_bytes;
             acked.extend(batch.appends);
