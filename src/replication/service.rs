@@ -347,11 +347,7 @@ impl Services {
         request: impl FnOnce(oneshot::Sender<Result<T, Status>>) -> Request,
     ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
-        self.core.peers[owner]
-            .clone()
-            .send(request(reply))
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
+        self.core.peers[owner].clone().send(request(reply)).await.map_err(|_| Status::unavailable("shutting down"))?;
         answer.await.map_err(|_| Status::unavailable("shutting down"))?
     }
 
@@ -387,7 +383,8 @@ impl Services {
             counters.ingest_requests += 1;
             counters.ingest_entries += request.entries.len() as u64;
         }
-        let response = WriteResponse { shard: self.core.shard.config().shard_id, first_seq: range.first, last_seq: range.last };
+        let response =
+            WriteResponse { shard: self.core.shard.config().shard_id, first_seq: range.first, last_seq: range.last };
         call.send(&response).await
     }
 
@@ -436,10 +433,9 @@ impl Services {
                 None => Event::Batch(call.messages.next::<PushBatch>().await),
                 Some(head) if !can_read => Event::Ack(head.await),
                 Some(head) => {
-                    future::or(
-                        async { Event::Ack(head.await) },
-                        async { Event::Batch(call.messages.next::<PushBatch>().await) },
-                    )
+                    future::or(async { Event::Ack(head.await) }, async {
+                        Event::Batch(call.messages.next::<PushBatch>().await)
+                    })
                     .await
                 }
             };

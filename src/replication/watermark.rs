@@ -42,6 +42,8 @@ pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admi
     let mut duplicates = 0usize;
     let mut fresh = 0usize;
     let mut previous = 0u64;
+    // A malformed batch is reported as such even when it also has a gap.
+    let mut first_gap = None;
     for (index, seq) in seqs.into_iter().enumerate() {
         if seq <= previous {
             return Err(Status::invalid_argument(format!(
@@ -56,11 +58,14 @@ pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admi
         }
         let expected = watermark + 1 + fresh as u64;
         if seq != expected {
-            return Err(gap(expected, seq));
+            first_gap.get_or_insert((expected, seq));
         }
         fresh += 1;
     }
-    Ok(Admission { duplicates, fresh, first_seq: watermark + 1 })
+    match first_gap {
+        Some((expected, got)) => Err(gap(expected, got)),
+        None => Ok(Admission { duplicates, fresh, first_seq: watermark + 1 }),
+    }
 }
 
 /// The refusal of a batch that would leave a hole in the archive.
