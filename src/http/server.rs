@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::{metrics, ndjson, params};
-use crate::node::peers::{self, MergedQuery, QueryStartError, QuerySpec};
+use crate::node::peers::{self, MergedQuery, QuerySpec, QueryStartError};
 use crate::node::{Core, InFlight};
 use crate::proto::WriteRequest;
 use crate::shard::{EntryRef, Error};

@@ -260,7 +260,9 @@ async fn run_core(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_nanos() as i64)
                 .unwrap_or(0);
-            if let Err(error) = core.shard.enforce_retention(retention, now, |span| core.follower.may_delete(span)).await {
+            if let Err(error) =
+                core.shard.enforce_retention(retention, now, |span| core.follower.may_delete(span)).await
+            {
                 tracing::error!(shard = shard_id, %error, "retention failed");
             }
         }

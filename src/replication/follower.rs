@@ -203,14 +203,18 @@ async fn send_batches(
             .await;
         }
         let count = (BATCH_BYTES_TARGET / entry_bytes_estimate.max(1)).clamp(1, BATCH_ENTRIES_MAX);
-        let mut entries = core.shard.read_from(next, count).await.map_err(|error| Status::internal(error.to_string()))?;
+        let mut entries =
+            core.shard.read_from(next, count).await.map_err(|error| Status::internal(error.to_string()))?;
         match entries.first() {
             Some(first) if first.seq == next => {}
             first => {
-                return Err(Status::new(Code::DataLoss, format!(
-                    "seq {next} is no longer in the local log (first readable: {:?}); it cannot be replicated",
-                    first.map(|entry| entry.seq)
-                )));
+                return Err(Status::new(
+                    Code::DataLoss,
+                    format!(
+                        "seq {next} is no longer in the local log (first readable: {:?}); it cannot be replicated",
+                        first.map(|entry| entry.seq)
+                    ),
+                ));
             }
         }
         let mut bytes = 0usize;

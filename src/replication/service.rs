@@ -225,11 +225,7 @@ impl Services {
         request: impl FnOnce(oneshot::Sender<Result<T, Status>>) -> Request,
     ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
-        self.core.peers[owner]
-            .clone()
-            .send(request(reply))
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
+        self.core.peers[owner].clone().send(request(reply)).await.map_err(|_| Status::unavailable("shutting down"))?;
         answer.await.map_err(|_| Status::unavailable("shutting down"))?
     }
 
@@ -257,7 +253,8 @@ impl Services {
             counters.ingest_requests += 1;
             counters.ingest_entries += request.entries.len() as u64;
         }
-        let response = WriteResponse { shard: self.core.shard.config().shard_id, first_seq: range.first, last_seq: range.last };
+        let response =
+            WriteResponse { shard: self.core.shard.config().shard_id, first_seq: range.first, last_seq: range.last };
         call.send(&response).await
     }
 
