@@ -33,7 +33,8 @@ impl Admission {
 /// Decides what the archive does with a batch whose entries carry `seqs`,
 /// given the pair's current `watermark` (highest archived seq, 0 if none).
 ///
-/// - seqs not strictly increasing, or a seq of 0: `INVALID_ARGUMENT`;
+/// - seqs not strictly increasing, or a seq of 0: `INVALID_ARGUMENT`
+///   (anywhere in the batch, even after a gap);
 /// - every seq at or below the watermark: all duplicates, nothing fresh;
 /// - the first seq above the watermark is not `watermark + 1`, or the
 ///   fresh part skips a seq: `FAILED_PRECONDITION` naming the expected seq,
@@ -42,7 +43,10 @@ pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admi
     let mut duplicates = 0usize;
     let mut fresh = 0usize;
     let mut previous = 0u64;
-    // A malformed batch is reported as such even when it also has a gap.
+    // The first gap is only reported once the whole batch is known to be
+    // well-formed: a malformed batch is INVALID_ARGUMENT whatever the
+    // watermark (gRPC's rule for the two codes), so `[1, 3, 2]` is refused
+    // as out of order, not as a gap the follower would resume from.
     let mut first_gap = None;
     for (index, seq) in seqs.into_iter().enumerate() {
         if seq <= previous {
@@ -57,15 +61,15 @@ pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admi
             continue;
         }
         let expected = watermark + 1 + fresh as u64;
-        if seq != expected {
-            first_gap.get_or_insert((expected, seq));
+        if first_gap.is_none() && seq != expected {
+            first_gap = Some((expected, seq));
         }
         fresh += 1;
     }
-    match first_gap {
-        Some((expected, got)) => Err(gap(expected, got)),
-        None => Ok(Admission { duplicates, fresh, first_seq: watermark + 1 }),
+    if let Some((expected, got)) = first_gap {
+        return Err(gap(expected, got));
     }
+    Ok(Admission { duplicates, fresh, first_seq: watermark + 1 })
 }
 
 /// The refusal of a batch that would leave a hole in the archive.
@@ -125,7 +129,9 @@ mod tests {
 
     #[test]
     fn seqs_must_be_strictly_increasing_and_positive() {
-        for seqs in [vec![3, 3], vec![5, 4], vec![0], vec![1, 2, 2]] {
+        // Out of order after a gap too: the batch is malformed, whatever
+        // the watermark.
+        for seqs in [vec![3, 3], vec![5, 4], vec![0], vec![1, 2, 2], vec![1, 3, 2], vec![7, 9, 8]] {
             let status = admit(0, seqs.clone()).unwrap_err();
             assert_eq!(status.code, Code::InvalidArgument, "{seqs:?}");
         }
