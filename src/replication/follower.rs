@@ -18,12 +18,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::future;
+use prost::encoding::{encode_varint, encoded_len_varint};
 
+use super::frame;
 use super::grpc::{CallReceiver, CallSender, Channel};
 use super::status::{Code, Status};
 use crate::node::Core;
-use crate::proto::{LogEntry, PushAck, PushBatch, WatermarkRequest, WatermarkResponse};
+use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
 use crate::shard::SegmentSpan;
 
 /// Most entries in one pushed batch.
@@ -185,7 +188,6 @@ async fn send_batches(
 ) -> Result<(), Status> {
     let node = core.config.node_id;
     let shard = core.shard.config().shard_id;
-    let mut entry_bytes_estimate = 256usize;
     loop {
         in_flight.acquire(1).await.map_err(|_| Status::cancelled("pusher closed"))?;
         // Wait for durable entries past `next - 1`.
@@ -202,41 +204,57 @@ async fn send_batches(
             )
             .await;
         }
-        let count = (BATCH_BYTES_TARGET / entry_bytes_estimate.max(1)).clamp(1, BATCH_ENTRIES_MAX);
-        let mut entries =
-            core.shard.read_from(next, count).await.map_err(|error| Status::internal(error.to_string()))?;
-        match entries.first() {
-            Some(first) if first.seq == next => {}
-            first => {
-                return Err(Status::new(
-                    Code::DataLoss,
-                    format!(
-                        "seq {next} is no longer in the local log (first readable: {:?}); it cannot be replicated",
-                        first.map(|entry| entry.seq)
-                    ),
-                ));
-            }
-        }
-        let mut bytes = 0usize;
-        let keep = entries
-            .iter()
-            .position(|entry| {
-                bytes += entry_bytes(entry);
-                bytes >= BATCH_BYTES_TARGET
-            })
-            .map_or(entries.len(), |last| last + 1);
-        entries.truncate(keep);
-        entry_bytes_estimate = bytes / entries.len();
-        next = entries.last().map_or(next, |entry| entry.seq + 1);
-        let sent = entries.len() as u64;
-        sender.send(&PushBatch { follower_id: node, shard, entries }).await?;
+        let (framed, sent) = encode_batch(core, node, shard, next).await?;
+        next += sent;
+        sender.send_framed(framed).await?;
         core.follower.sent_entries.set(core.follower.sent_entries.get() + sent);
     }
 }
 
-/// Rough wire size of an entry, for batch sizing.
-fn entry_bytes(entry: &LogEntry) -> usize {
-    entry.body.len() + entry.tags.iter().map(|(key, value)| key.len() + value.len() + 4).sum::<usize>() + 24
+/// Builds the framed `PushBatch` of the durable entries from `next` on,
+/// straight from their stored bytes (no decoding): each stored entry is a
+/// `LogEntry` without ids, so appending its `seq` field makes it the
+/// `LogEntry` the leader needs (protobuf fields may come in any order).
+async fn encode_batch(core: &Core, node: u32, shard: u32, next: u64) -> Result<(Bytes, u64), Status> {
+    const FOLLOWER_ID_TAG: u8 = 1 << 3; // field 1, varint
+    const SHARD_TAG: u8 = 2 << 3; // field 2, varint
+    const ENTRIES_TAG: u8 = (3 << 3) | 2; // field 3, length-delimited
+    const SEQ_TAG: u8 = 1 << 3; // LogEntry field 1, varint
+    let mut out = BytesMut::with_capacity(BATCH_BYTES_TARGET + BATCH_BYTES_TARGET / 8);
+    out.put_slice(&[0; frame::PREFIX_BYTES]);
+    out.put_u8(FOLLOWER_ID_TAG);
+    encode_varint(u64::from(node), &mut out);
+    out.put_u8(SHARD_TAG);
+    encode_varint(u64::from(shard), &mut out);
+    let mut expected = next;
+    let mut out_of_order = None;
+    let visited = core
+        .shard
+        .read_raw_from(next, BATCH_ENTRIES_MAX, BATCH_BYTES_TARGET, &mut |seq, entry| {
+            if seq != expected {
+                out_of_order.get_or_insert(seq);
+            }
+            expected = seq + 1;
+            out.put_u8(ENTRIES_TAG);
+            encode_varint((entry.len() + 1 + encoded_len_varint(seq)) as u64, &mut out);
+            out.put_slice(entry);
+            out.put_u8(SEQ_TAG);
+            encode_varint(seq, &mut out);
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?;
+    if visited == 0 || out_of_order.is_some() {
+        return Err(Status::new(
+            Code::DataLoss,
+            format!(
+                "seq {next} is no longer in the local log (read {visited} entries, first out of order: \
+                 {out_of_order:?}); it cannot be replicated"
+            ),
+        ));
+    }
+    let len = out.len() - frame::PREFIX_BYTES;
+    out[..frame::PREFIX_BYTES].copy_from_slice(&frame::prefix(len));
+    Ok((out.freeze(), visited as u64))
 }
 
 async fn receive_acks(

@@ -534,6 +534,12 @@ impl CallSender {
         send_flow_controlled(&mut self.send, Bytes::new(), true).await
     }
 
+    /// Sends a message the caller framed itself: the 5-byte prefix
+    /// ([`frame::prefix`]) followed by the encoded message.
+    pub async fn send_framed(&mut self, framed: Bytes) -> Result<(), Status> {
+        send_flow_controlled(&mut self.send, framed, false).await
+    }
+
     /// Abandons the call: the server sees it cancelled.
     pub fn cancel(&mut self) {
         self.send.send_reset(Reason::CANCEL);

@@ -426,6 +426,12 @@ impl Services {
         let mut total = PushAck::default();
         let mut in_flight: VecDeque<oneshot::Receiver<Result<PushAck, Status>>> = VecDeque::new();
         let mut input_done = false;
+        let mut refused = None;
+        if ack_each {
+            // Response headers now, as a tonic server does: a client may wait
+            // for them before it sends its first batch.
+            call.flush().await?;
+        }
         loop {
             let can_read = !input_done && in_flight.len() < PUSH_BATCHES_IN_FLIGHT_MAX;
             let event = match in_flight.front_mut() {
@@ -440,19 +446,23 @@ impl Services {
                 }
             };
             match event {
-                Event::Batch(batch) => {
-                    let Some(batch) = batch? else {
-                        input_done = true;
-                        continue;
-                    };
+                Event::Batch(Err(status)) => {
+                    // Answer the batches before the bad one, then fail.
+                    refused = Some(status);
+                    input_done = true;
+                }
+                Event::Batch(Ok(None)) => input_done = true,
+                Event::Batch(Ok(Some(batch))) => {
                     let batch_key = (batch.follower_id, batch.shard);
                     match key {
                         None => key = Some(batch_key),
                         Some(key) if key != batch_key => {
-                            return Err(Status::invalid_argument(format!(
+                            refused = Some(Status::invalid_argument(format!(
                                 "a stream carries one (follower, shard) pair: got ({}, {}) after ({}, {})",
                                 batch_key.0, batch_key.1, key.0, key.1
                             )));
+                            input_done = true;
+                            continue;
                         }
                         Some(_) => {}
                     }
@@ -473,6 +483,9 @@ impl Services {
                     }
                 }
             }
+        }
+        if let Some(status) = refused {
+            return Err(status);
         }
         if !ack_each {
             if let Some((follower_id, shard)) = key.filter(|_| total.acked_seq == 0) {

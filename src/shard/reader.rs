@@ -149,14 +149,37 @@ impl Shard {
         keep: &dyn Fn(u64, &EntryView<'_>) -> bool,
         visit: &mut dyn FnMut(Vec<LogEntry>) -> bool,
     ) -> Result<bool> {
+        let (node, shard) = (self.inner.config.node_id, self.inner.config.shard_id);
+        let mut raw = Vec::new();
+        self.read_blocks(plan, backward, &mut |meta, block_bytes| {
+            let mut entries: Vec<LogEntry> = matching_entries(block_bytes, &mut raw, node, shard, keep)
+                .map_err(|source| Error::Block { path: plan.path.clone(), offset: meta.offset, source })?
+                .into_iter()
+                .map(|(_, entry)| entry)
+                .collect();
+            if backward {
+                entries.reverse();
+            }
+            Ok(entries.is_empty() || visit(entries))
+        })
+        .await
+    }
+
+    /// Reads `plan`'s blocks (adjacent ones in one read), in order or in
+    /// reverse order, calling `visit` with each block's bytes until it
+    /// returns false.
+    async fn read_blocks(
+        &self,
+        plan: &Plan,
+        backward: bool,
+        visit: &mut dyn FnMut(&BlockMeta, &[u8]) -> Result<bool>,
+    ) -> Result<bool> {
         let groups = coalesce(&plan.blocks);
         let ordered: Box<dyn Iterator<Item = &[BlockMeta]>> = if backward {
             Box::new(groups.iter().rev().map(|group| group.as_slice()))
         } else {
             Box::new(groups.iter().map(|group| group.as_slice()))
         };
-        let (node, shard) = (self.inner.config.node_id, self.inner.config.shard_id);
-        let mut raw = Vec::new();
         for group in ordered {
             let start = group[0].offset;
             let end = group[group.len() - 1].offset + u64::from(group[group.len() - 1].len);
@@ -178,20 +201,87 @@ impl Shard {
                         available: bytes.len().saturating_sub(local),
                     },
                 })?;
-                let mut entries: Vec<LogEntry> = matching_entries(block_bytes, &mut raw, node, shard, keep)
-                    .map_err(|source| Error::Block { path: plan.path.clone(), offset: meta.offset, source })?
-                    .into_iter()
-                    .map(|(_, entry)| entry)
-                    .collect();
-                if backward {
-                    entries.reverse();
-                }
-                if !entries.is_empty() && !visit(entries) {
+                if !visit(meta, block_bytes)? {
                     return Ok(false);
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Plans, segment by segment, the durable blocks holding seqs from
+    /// `from_seq` on, about `limit` entries' worth.
+    async fn plans_from(&self, from_seq: u64, limit: usize) -> Result<Vec<Plan>> {
+        let mut plans = Vec::new();
+        let mut planned = 0usize;
+        for target in self.targets(|_, next_seq, _, _| next_seq > from_seq) {
+            if planned >= limit {
+                break;
+            }
+            let room = limit - planned;
+            let plan = self
+                .plan(target, |index, visible| {
+                    let blocks = &index.blocks()[..visible];
+                    let start = blocks.partition_point(|meta| meta.first_seq + u64::from(meta.entry_count) <= from_seq);
+                    let mut picked = Vec::new();
+                    let mut entries = 0usize;
+                    for meta in &blocks[start..] {
+                        if entries >= room {
+                            break;
+                        }
+                        entries += meta.entry_count as usize;
+                        picked.push(*meta);
+                    }
+                    picked
+                })
+                .await?;
+            if let Some(plan) = plan {
+                planned += plan.blocks.iter().map(|meta| meta.entry_count as usize).sum::<usize>();
+                plans.push(plan);
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Visits up to `limit` durable entries with seq >= `from_seq`, in seq
+    /// order, as their stored bytes (a protobuf `LogEntry` without its
+    /// length prefix and with no seq/node/shard fields), stopping early once
+    /// `bytes_max` entry bytes were visited. No decoding: this is how a
+    /// follower's pusher builds its batches. Returns the entries visited.
+    pub async fn read_raw_from(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        bytes_max: usize,
+        visit: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<usize> {
+        let limit = limit.min(limits::READ_ENTRIES_MAX);
+        let mut visited = 0usize;
+        let mut bytes = 0usize;
+        let mut raw = Vec::new();
+        for plan in self.plans_from(from_seq, limit).await? {
+            let complete = self
+                .read_blocks(&plan, false, &mut |meta, block_bytes| {
+                    let block_error = |source| Error::Block { path: plan.path.clone(), offset: meta.offset, source };
+                    let header = block::verify_block(block_bytes).map_err(block_error)?;
+                    block::decompress_payload(&header, block_bytes, &mut raw).map_err(block_error)?;
+                    block::for_each_entry(&header, &raw, |seq, entry| {
+                        if seq >= from_seq && visited < limit && bytes < bytes_max {
+                            visit(seq, entry);
+                            visited += 1;
+                            bytes += entry.len();
+                        }
+                        Ok(())
+                    })
+                    .map_err(block_error)?;
+                    Ok(visited < limit && bytes < bytes_max)
+                })
+                .await?;
+            if !complete {
+                break;
+            }
+        }
+        Ok(visited)
     }
 
     /// Up to `limit` durable entries with seq >= `from_seq`, in seq order.
@@ -203,27 +293,7 @@ impl Shard {
         if limit == 0 {
             return Ok(out);
         }
-        let targets = self.targets(|_, next_seq, _, _| next_seq > from_seq);
-        for target in targets {
-            let Some(plan) = self
-                .plan(target, |index, visible| {
-                    let blocks = &index.blocks()[..visible];
-                    let start = blocks.partition_point(|meta| meta.first_seq + u64::from(meta.entry_count) <= from_seq);
-                    let mut picked = Vec::new();
-                    let mut entries = 0usize;
-                    for meta in &blocks[start..] {
-                        if entries >= limit {
-                            break;
-                        }
-                        entries += meta.entry_count as usize;
-                        picked.push(*meta);
-                    }
-                    picked
-                })
-                .await?
-            else {
-                continue;
-            };
+        for plan in self.plans_from(from_seq, limit).await? {
             let keep = |seq: u64, _: &EntryView<'_>| seq >= from_seq;
             let complete = self
                 .read_plan(&plan, false, &keep, &mut |entries| {
