@@ -11,7 +11,7 @@ use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
 
 use super::{Core, HttpCounters};
-use crate::proto::{LogEntry, PushAck, PushBatch};
+use crate::proto::{LogEntry, PushAck};
 use crate::replication::service;
 use crate::replication::status::Status;
 use crate::shard::{Query, ShardStats, TornTail};
@@ -121,7 +121,7 @@ pub enum Request {
     /// Archive a follower's batch (this core owns its pair).
     Archive {
         /// The batch.
-        batch: PushBatch,
+        batch: crate::replication::batch::PushedBatch,
         /// The ack, once the fresh entries are durable.
         reply: oneshot::Sender<Result<PushAck, Status>>,
     },

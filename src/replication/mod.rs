@@ -10,6 +10,7 @@
 //! The follower's log is the queue: a slow or absent leader costs no
 //! memory and loses nothing.
 
+pub mod batch;
 pub mod follower;
 pub mod frame;
 pub mod grpc;

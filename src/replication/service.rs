@@ -22,14 +22,14 @@ use futures_channel::oneshot;
 use futures_lite::future;
 use futures_util::SinkExt;
 
-use super::grpc::{Call, LocalFuture, Service};
+use super::batch::{with_pushed_refs, PushedBatch};
+use super::grpc::{Call, LocalFuture, MessageStream, Service};
 use super::status::{Code, Status};
 use super::watermark;
 use crate::node::peers::{MergedQuery, QuerySpec, QueryStartError, Request};
 use crate::node::Core;
 use crate::proto::{
-    LogEntry, PushAck, PushBatch, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse, WriteRequest,
-    WriteResponse,
+    LogEntry, PushAck, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse, WriteRequest, WriteResponse,
 };
 use crate::shard::{EntryRef, Error, Origin};
 
@@ -65,7 +65,7 @@ pub struct PairReport {
 }
 
 /// A batch waiting for its pair's committer, and where its ack goes.
-type Queued = (PushBatch, oneshot::Sender<Result<PushAck, Status>>);
+type Queued = (PushedBatch, oneshot::Sender<Result<PushAck, Status>>);
 
 struct Pair {
     /// Batches waiting, in arrival order.
@@ -185,7 +185,7 @@ async fn pair_watermark(core: &Core, pair: &Pair, key: (u32, u32)) -> Result<u64
 /// arrive meanwhile form the next group. So the archive never gets a hole:
 /// an append that fails leaves the watermark where it was, and nothing
 /// queued behind it was appended.
-pub fn archive_enqueue(core: &Rc<Core>, batch: PushBatch, reply: oneshot::Sender<Result<PushAck, Status>>) {
+pub fn archive_enqueue(core: &Rc<Core>, batch: PushedBatch, reply: oneshot::Sender<Result<PushAck, Status>>) {
     if core.closing.get() {
         let _ = reply.send(Err(Status::unavailable("shutting down")));
         return;
@@ -236,31 +236,20 @@ async fn commit_group(core: &Core, pair: &Pair, key: (u32, u32), group: Vec<Queu
         let mut expected = watermark;
         let mut bytes = 0usize;
         while let Some((batch, _)) = group.peek() {
-            let batch_bytes: usize = batch.entries.iter().map(entry_bytes).sum();
-            if !admitted.is_empty() && bytes + batch_bytes > GROUP_BYTES_MAX {
+            if !admitted.is_empty() && bytes + batch.message_bytes() > GROUP_BYTES_MAX {
                 break;
             }
-            bytes += batch_bytes;
+            bytes += batch.message_bytes();
             let queued = group.next().expect("peeked");
-            let admission = watermark::admit(expected, queued.0.entries.iter().map(|entry| entry.seq));
+            let admission = watermark::admit(expected, queued.0.seqs());
             if let Ok(admission) = &admission {
                 expected += admission.fresh as u64;
             }
             admitted.push((queued, admission));
         }
         let outcome = if expected > watermark {
-            let fresh: Vec<&LogEntry> = admitted
-                .iter()
-                .filter_map(|((batch, _), admission)| {
-                    admission.as_ref().ok().map(|admission| &batch.entries[admission.duplicates..])
-                })
-                .flatten()
-                .collect();
             let origin = Origin { node: key.0, shard: key.1, first_seq: watermark + 1 };
-            match with_entry_refs(fresh.iter().copied(), |refs| core.shard.append_replicated(origin, refs)) {
-                Ok(wait) => wait.durable().await.map(|_| ()).map_err(shard_status),
-                Err(error) => Err(shard_status(error)),
-            }
+            append_fresh(core, origin, &admitted).await
         } else {
             Ok(())
         };
@@ -300,9 +289,24 @@ async fn commit_group(core: &Core, pair: &Pair, key: (u32, u32), group: Vec<Queu
     }
 }
 
-/// Rough size of an entry (body and tags), for group sizing.
-fn entry_bytes(entry: &LogEntry) -> usize {
-    entry.body.len() + entry.tags.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() + 16
+/// Appends the fresh entries of the admitted batches as one append, and
+/// waits until they are durable.
+async fn append_fresh(
+    core: &Core,
+    origin: Origin,
+    admitted: &[(Queued, Result<watermark::Admission, Status>)],
+) -> Result<(), Status> {
+    let mut views = Vec::new();
+    for ((batch, _), admission) in admitted {
+        let Ok(admission) = admission else { continue };
+        for index in admission.duplicates..batch.len() {
+            views.push(batch.entry(index).map_err(|error| Status::internal(format!("pushed entry: {error}")))?);
+        }
+    }
+    let wait = with_pushed_refs(&views, |refs| core.shard.append_replicated(origin, refs))
+        .map_err(|error| Status::internal(format!("pushed entry: {error}")))?
+        .map_err(shard_status)?;
+    wait.durable().await.map(|_| ()).map_err(shard_status)
 }
 
 /// The watermark of a pair, answered by its owner core.
@@ -317,7 +321,7 @@ pub const PUSH_BATCHES_IN_FLIGHT_MAX: usize = 16;
 
 /// What a push stream's handler waits for.
 enum Event {
-    Batch(Result<Option<PushBatch>, Status>),
+    Batch(Result<Option<PushedBatch>, Status>),
     Ack(Result<Result<PushAck, Status>, oneshot::Canceled>),
 }
 
@@ -353,7 +357,7 @@ impl Services {
 
     /// Hands a batch to its pair's owner core, in order; the receiver
     /// yields its ack once the batch is archived.
-    async fn submit(&self, batch: PushBatch) -> Result<oneshot::Receiver<Result<PushAck, Status>>, Status> {
+    async fn submit(&self, batch: PushedBatch) -> Result<oneshot::Receiver<Result<PushAck, Status>>, Status> {
         let owner = self.owner(batch.follower_id, batch.shard);
         let (reply, answer) = oneshot::channel();
         if self.is_local(owner) {
@@ -436,11 +440,11 @@ impl Services {
             let can_read = !input_done && in_flight.len() < PUSH_BATCHES_IN_FLIGHT_MAX;
             let event = match in_flight.front_mut() {
                 None if !can_read => break,
-                None => Event::Batch(call.messages.next::<PushBatch>().await),
+                None => Event::Batch(next_batch(&mut call.messages).await),
                 Some(head) if !can_read => Event::Ack(head.await),
                 Some(head) => {
                     future::or(async { Event::Ack(head.await) }, async {
-                        Event::Batch(call.messages.next::<PushBatch>().await)
+                        Event::Batch(next_batch(&mut call.messages).await)
                     })
                     .await
                 }
@@ -528,6 +532,14 @@ impl Services {
                 call.send(entry).await?;
             }
         }
+    }
+}
+
+/// The next pushed batch of a stream, parsed in place.
+async fn next_batch(messages: &mut MessageStream) -> Result<Option<PushedBatch>, Status> {
+    match messages.next_bytes().await? {
+        None => Ok(None),
+        Some(message) => PushedBatch::parse(message).map(Some),
     }
 }
 

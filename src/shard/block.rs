@@ -360,7 +360,7 @@ pub fn decode_entry(
     Ok(entry)
 }
 
-fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (index, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * index);
@@ -591,6 +591,9 @@ pub fn encode_entry(entry: &EntryRef<'_>, timestamp_ns: i64, out: &mut Vec<u8>) 
 /// A borrowed view of one stored entry, parsed without allocating.
 #[derive(Clone, Copy, Debug)]
 pub struct EntryView<'a> {
+    /// The `seq` field (1) if present: stored entries have none (their seq
+    /// comes from the block header); pushed entries carry their origin seq.
+    pub seq: u64,
     /// Timestamp in nanoseconds.
     pub timestamp_ns: i64,
     /// The body bytes.
@@ -601,15 +604,19 @@ pub struct EntryView<'a> {
 impl<'a> EntryView<'a> {
     /// Parses one entry's protobuf bytes (as [`for_each_entry`] yields them).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BlockError> {
-        let mut view = EntryView { timestamp_ns: 0, body: &[], tags: bytes };
+        let mut view = EntryView { seq: 0, timestamp_ns: 0, body: &[], tags: bytes };
         let mut rest = bytes;
         while !rest.is_empty() {
             let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
             rest = &rest[used..];
             match (key >> 3, key & 7) {
-                (2, 0) => {
-                    let (value, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad timestamp".into()))?;
-                    view.timestamp_ns = value as i64;
+                (field @ (1 | 2), 0) => {
+                    let (value, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad varint".into()))?;
+                    if field == 1 {
+                        view.seq = value;
+                    } else {
+                        view.timestamp_ns = value as i64;
+                    }
                     rest = &rest[used..];
                 }
                 (field, 2) => {
@@ -671,12 +678,12 @@ impl<'a> EntryView<'a> {
 
 /// Skips a fixed-width field (wire type 1: 8 bytes, 5: 4 bytes), as prost
 /// skips unknown fields, so a future fixed-width field does not hide entries.
-fn skip_fixed(bytes: &[u8], wire_type: u64) -> Result<&[u8], BlockError> {
+pub(crate) fn skip_fixed(bytes: &[u8], wire_type: u64) -> Result<&[u8], BlockError> {
     let width = if wire_type == 1 { 8 } else { 4 };
     bytes.get(width..).ok_or_else(|| BlockError::Payload("fixed-width field runs past the entry".into()))
 }
 
-fn split_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
+pub(crate) fn split_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
     let (length, used) = read_varint(bytes).ok_or_else(|| BlockError::Payload("bad length".into()))?;
     let rest = &bytes[used..];
     let length = usize::try_from(length).map_err(|_| BlockError::Payload("length overflows".into()))?;
