@@ -30,11 +30,11 @@ use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
 use crate::shard::SegmentSpan;
 
 /// Most entries in one pushed batch.
-pub const BATCH_ENTRIES_MAX: usize = 4096;
+pub const BATCH_ENTRIES_MAX: usize = 16_384;
 /// Batches stop growing once their entries pass this many bytes.
-pub const BATCH_BYTES_TARGET: usize = 1 << 20;
+pub const BATCH_BYTES_TARGET: usize = 4 << 20;
 /// Batches sent and not yet acknowledged.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest reconnect delay.
