@@ -105,6 +105,11 @@ const _: () = assert!(MESSAGE_BYTES_MAX >= ENTRY_ENCODED_BYTES_MAX + 64);
 /// enough that a status never makes a huge header.
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
 
+/// Bytes of recent commit buffers a shard keeps in memory for readers of
+/// recent blocks (a follower's pusher reads what was just committed): about
+/// the last second of a busy shard's writes.
+pub const RECENT_WRITES_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Largest number of entries one read call returns.
 pub const READ_ENTRIES_MAX: usize = 1_000_000;
 

@@ -46,16 +46,18 @@ start() {
 }
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 stat_sum() { curl -s "http://$1/v1/stats" | python3 -c "import json,sys; print(sum(s$2 or 0 for s in json.load(sys.stdin)['shards']))"; }
-ingest_rate() { # addr seconds -> entries/s acknowledged
-  local e0 e1 t0 t1
-  e0=$(stat_sum "$1" '["ingest_entries"]'); t0=$(date +%s.%N)
+hz=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ingest_rate() { # addr seconds pid -> "entries/s cpu-s-per-million" (entries acknowledged; the node's own CPU)
+  local e0 e1 t0 t1 c0 c1
+  e0=$(stat_sum "$1" '["ingest_entries"]'); t0=$(date +%s.%N); c0=$(cpu "$3")
   PAYLOAD=$payload wrk -t1 -c"$CONNS" -d"$2"s -s "$repo/benches/http/ingest.lua" "http://$1/v1/entries" > /dev/null
-  e1=$(stat_sum "$1" '["ingest_entries"]'); t1=$(date +%s.%N)
-  python3 -c "print(round(($e1 - $e0) / ($t1 - $t0)))"
+  e1=$(stat_sum "$1" '["ingest_entries"]'); t1=$(date +%s.%N); c1=$(cpu "$3")
+  python3 -c "e = $e1 - $e0; print(round(e / ($t1 - $t0)), round(($c1 - $c0) / $hz / (e / 1e6), 3))"
 }
 
 start leader "$LEADER_CPUS" --node-id 1 --grpc-addr "127.0.0.1:$leader_port"; leader_pid=$pid
-start follower "$FOLLOWER_CPUS" --node-id 2 --grpc-addr 127.0.0.1:0 --leader "127.0.0.1:$leader_port"; follower=$addr
+start follower "$FOLLOWER_CPUS" --node-id 2 --grpc-addr 127.0.0.1:0 --leader "127.0.0.1:$leader_port"; follower=$addr; follower_pid=$pid
 start plain "$FOLLOWER_CPUS" --node-id 3 --grpc-addr 127.0.0.1:0; plain=$addr; plain_pid=$pid
 # Warm-up both (segment creation, page faults).
 PAYLOAD=$payload wrk -t1 -c"$CONNS" -d2s -s "$repo/benches/http/ingest.lua" "http://$follower/v1/entries" > /dev/null
@@ -64,20 +66,21 @@ PAYLOAD=$payload wrk -t1 -c"$CONNS" -d2s -s "$repo/benches/http/ingest.lua" "htt
 echo "== 1. follower ingest with replication on vs off ($RUNS x ${DURATION}s each, alternating)"
 ratios=()
 for run in $(seq 1 "$RUNS"); do
-  on=$(ingest_rate "$follower" "$DURATION")
-  off=$(ingest_rate "$plain" "$DURATION")
+  read -r on on_cpu <<< "$(ingest_rate "$follower" "$DURATION" "$follower_pid")"
+  read -r off off_cpu <<< "$(ingest_rate "$plain" "$DURATION" "$plain_pid")"
   ratio=$(python3 -c "print(f'{$on / $off * 100:.1f}')")
   ratios+=("$ratio")
-  echo "run $run: on $on entries/s, off $off entries/s, on/off $ratio %"
+  echo "run $run: on $on entries/s ($on_cpu CPU-s/M in the follower), off $off entries/s ($off_cpu CPU-s/M), on/off $ratio %"
 done
 echo "median on/off: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') % (target >= 90 %)"
+echo "(with replication on, the leader process runs on the same 2-core machine and takes CPU from wrk and the follower)"
 stop "$plain_pid"
 
 echo "== 2. catch-up after a ${OUTAGE}s leader outage"
 lag() { stat_sum "$follower" '["replication"]["lag_entries"]'; }
 for _ in $(seq 1 600); do [ "$(lag)" = 0 ] && break; sleep 0.1; done
 stop "$leader_pid"
-live=$(ingest_rate "$follower" "$OUTAGE")
+read -r live _ <<< "$(ingest_rate "$follower" "$OUTAGE" "$follower_pid")"
 backlog=$(lag)
 t0=$(date +%s.%N)
 start leader "$LEADER_CPUS" --node-id 1 --grpc-addr "127.0.0.1:$leader_port"

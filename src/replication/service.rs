@@ -325,15 +325,21 @@ enum Event {
     Ack(Result<Result<PushAck, Status>, oneshot::Canceled>),
 }
 
+/// Bytes of pushed batches one core may hold between reading them from
+/// their streams and their acks (all streams together); a stream waits
+/// (and HTTP/2 flow control stops its sender) while the budget is spent.
+pub const PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX: u64 = 256 << 20;
+
 /// The gRPC services of one core.
 pub struct Services {
     core: Rc<Core>,
+    push_budget: Rc<glommio::sync::Semaphore>,
 }
 
 impl Services {
     /// The services of `core`.
     pub fn new(core: Rc<Core>) -> Services {
-        Services { core }
+        Services { core, push_budget: Rc::new(glommio::sync::Semaphore::new(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX)) }
     }
 
     fn owner(&self, follower_id: u32, shard: u32) -> usize {
@@ -428,7 +434,8 @@ impl Services {
     async fn push(&self, call: &mut Call, ack_each: bool) -> Result<(), Status> {
         let mut key = None;
         let mut total = PushAck::default();
-        let mut in_flight: VecDeque<oneshot::Receiver<Result<PushAck, Status>>> = VecDeque::new();
+        let mut in_flight: VecDeque<(oneshot::Receiver<Result<PushAck, Status>>, glommio::sync::StaticPermit)> =
+            VecDeque::new();
         let mut input_done = false;
         let mut refused = None;
         if ack_each {
@@ -438,7 +445,7 @@ impl Services {
         }
         loop {
             let can_read = !input_done && in_flight.len() < PUSH_BATCHES_IN_FLIGHT_MAX;
-            let event = match in_flight.front_mut() {
+            let event = match in_flight.front_mut().map(|(head, _)| head) {
                 None if !can_read => break,
                 None => Event::Batch(next_batch(&mut call.messages).await),
                 Some(head) if !can_read => Event::Ack(head.await),
@@ -470,7 +477,13 @@ impl Services {
                         }
                         Some(_) => {}
                     }
-                    in_flight.push_back(self.submit(batch).await?);
+                    let bytes = (batch.message_bytes() as u64).min(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX);
+                    let permit = self
+                        .push_budget
+                        .acquire_static_permit(bytes)
+                        .await
+                        .map_err(|_| Status::unavailable("shutting down"))?;
+                    in_flight.push_back((self.submit(batch).await?, permit));
                 }
                 Event::Ack(answer) => {
                     in_flight.pop_front();

@@ -409,6 +409,21 @@ struct State {
     spare_segment: Option<(DmaFile, PathBuf)>,
     /// Whether a task is preparing the spare segment.
     preparing_spare: bool,
+    /// The last commits' write buffers, newest last: readers of recent
+    /// blocks (a follower's pusher, a tail) take them from memory instead
+    /// of reading them back from disk. Bounded by
+    /// [`limits::RECENT_WRITES_BYTES_MAX`].
+    recent_writes: VecDeque<RecentWrite>,
+}
+
+/// One commit's write buffer, as written at `start` of the segment `path`.
+/// Only `start..end` holds blocks: the zero padding after `end` is
+/// overwritten on disk by the next commit (which rewrites the tail page).
+struct RecentWrite {
+    path: PathBuf,
+    start: u64,
+    end: u64,
+    buffer: Rc<glommio::io::DmaBuffer>,
 }
 
 struct Inner {
@@ -518,6 +533,7 @@ impl Shard {
             loaded_indexes: VecDeque::new(),
             spare_segment: None,
             preparing_spare: false,
+            recent_writes: VecDeque::new(),
         };
         let shard = Shard {
             inner: Rc::new(Inner {

@@ -2,10 +2,11 @@
 //! index). Reads see durable blocks only, go through O_DIRECT reads and
 //! verify each block's crc before decoding it.
 
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::DmaFile;
+use glommio::io::{DmaBuffer, DmaFile};
 
 use super::block::{self, EntryView};
 use super::{recovery, Error, Result, Shard, State};
@@ -183,11 +184,16 @@ impl Shard {
         for group in ordered {
             let start = group[0].offset;
             let end = group[group.len() - 1].offset + u64::from(group[group.len() - 1].len);
-            let bytes = plan
-                .file
-                .read_at(start, (end - start) as usize)
-                .await
-                .map_err(|error| Error::glommio("read segment", &plan.path, error))?;
+            let bytes = match self.recent_bytes(&plan.path, start, end) {
+                Some(bytes) => GroupBytes::Recent(bytes),
+                None => GroupBytes::Read(
+                    plan.file
+                        .read_at(start, (end - start) as usize)
+                        .await
+                        .map_err(|error| Error::glommio("read segment", &plan.path, error))?,
+                ),
+            };
+            let bytes = bytes.as_slice();
             self.inner.state.borrow_mut().stats.blocks_read += group.len() as u64;
             let block_order: Box<dyn Iterator<Item = &BlockMeta>> =
                 if backward { Box::new(group.iter().rev()) } else { Box::new(group.iter()) };
@@ -207,6 +213,19 @@ impl Shard {
             }
         }
         Ok(true)
+    }
+
+    /// The bytes `start..end` of segment `path` if a recent commit buffer
+    /// still holds them (they are then the same bytes as on disk).
+    fn recent_bytes(&self, path: &Path, start: u64, end: u64) -> Option<(Rc<DmaBuffer>, Range<usize>)> {
+        let state = self.inner.state.borrow();
+        let write = state
+            .recent_writes
+            .iter()
+            .rev()
+            .find(|write| write.path == path && write.start <= start && end <= write.end)?;
+        let local = (start - write.start) as usize..(end - write.start) as usize;
+        Some((write.buffer.clone(), local))
     }
 
     /// Plans, segment by segment, the durable blocks holding seqs from
@@ -669,5 +688,20 @@ impl Shard {
             heap: std::collections::BinaryHeap::new(),
             blocks_read: 0,
         })
+    }
+}
+
+/// A group of blocks' bytes: from a recent commit buffer, or read from disk.
+enum GroupBytes {
+    Recent((Rc<DmaBuffer>, Range<usize>)),
+    Read(glommio::io::ReadResult),
+}
+
+impl GroupBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            GroupBytes::Recent((buffer, range)) => &buffer.as_bytes()[range.clone()],
+            GroupBytes::Read(read) => read,
+        }
     }
 }

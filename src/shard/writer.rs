@@ -189,6 +189,18 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     let tail_start = (page_floor(new_end) - write_start) as usize;
     state.active.tail.clear();
     state.active.tail.extend_from_slice(&buffer.as_bytes()[tail_start..used]);
+    // Readers of these blocks (once durable) find them here.
+    state.recent_writes.push_back(super::RecentWrite {
+        path: path.clone(),
+        start: write_start,
+        end: new_end,
+        buffer: buffer.clone(),
+    });
+    let mut recent_bytes: usize = state.recent_writes.iter().map(|write| write.buffer.len()).sum();
+    while recent_bytes > crate::limits::RECENT_WRITES_BYTES_MAX {
+        let Some(oldest) = state.recent_writes.pop_front() else { break };
+        recent_bytes -= oldest.buffer.len();
+    }
     state.active.write_end = new_end;
     state.active.raw_bytes_written += raw_bytes;
     state.next_seq = last_seq + 1;
