@@ -103,6 +103,7 @@ fn sigkill_never_loses_an_acknowledged_entry() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (writing, first_ack) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut acks = Vec::new();
             for line in BufReader::new(stdout).lines() {
@@ -111,12 +112,16 @@ fn sigkill_never_loses_an_acknowledged_entry() {
                 if fields.first() == Some(&"ACK") && fields.len() == 5 {
                     let number = |index: usize| fields[index].parse::<u64>().unwrap();
                     acks.push(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) });
+                    let _ = writing.send(());
                 }
             }
             acks
         });
-        // Kill once the child is well into writing, at a random moment.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(600..2500)));
+        // Kill once the child is writing (its first ack: recovery of the
+        // previous runs' data takes a while on a loaded machine), at a
+        // random moment after that.
+        let _ = first_ack.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..2000)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let run_acks = reader.join().unwrap();

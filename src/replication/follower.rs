@@ -212,20 +212,9 @@ async fn send_batches(
 }
 
 /// Builds the framed `PushBatch` of the durable entries from `next` on,
-/// straight from their stored bytes (no decoding): each stored entry is a
-/// `LogEntry` without ids, so appending its `seq` field makes it the
-/// `LogEntry` the leader needs (protobuf fields may come in any order).
+/// straight from their stored bytes (no decoding, see [`PushBatchWriter`]).
 async fn encode_batch(core: &Core, node: u32, shard: u32, next: u64) -> Result<(Bytes, u64), Status> {
-    const FOLLOWER_ID_TAG: u8 = 1 << 3; // field 1, varint
-    const SHARD_TAG: u8 = 2 << 3; // field 2, varint
-    const ENTRIES_TAG: u8 = (3 << 3) | 2; // field 3, length-delimited
-    const SEQ_TAG: u8 = 1 << 3; // LogEntry field 1, varint
-    let mut out = BytesMut::with_capacity(BATCH_BYTES_TARGET + BATCH_BYTES_TARGET / 8);
-    out.put_slice(&[0; frame::PREFIX_BYTES]);
-    out.put_u8(FOLLOWER_ID_TAG);
-    encode_varint(u64::from(node), &mut out);
-    out.put_u8(SHARD_TAG);
-    encode_varint(u64::from(shard), &mut out);
+    let mut writer = PushBatchWriter::new(node, shard, BATCH_BYTES_TARGET + BATCH_BYTES_TARGET / 8);
     let mut expected = next;
     let mut out_of_order = None;
     let visited = core
@@ -235,11 +224,7 @@ async fn encode_batch(core: &Core, node: u32, shard: u32, next: u64) -> Result<(
                 out_of_order.get_or_insert(seq);
             }
             expected = seq + 1;
-            out.put_u8(ENTRIES_TAG);
-            encode_varint((entry.len() + 1 + encoded_len_varint(seq)) as u64, &mut out);
-            out.put_slice(entry);
-            out.put_u8(SEQ_TAG);
-            encode_varint(seq, &mut out);
+            writer.push(seq, entry);
         })
         .await
         .map_err(|error| Status::internal(error.to_string()))?;
@@ -252,9 +237,48 @@ async fn encode_batch(core: &Core, node: u32, shard: u32, next: u64) -> Result<(
             ),
         ));
     }
-    let len = out.len() - frame::PREFIX_BYTES;
-    out[..frame::PREFIX_BYTES].copy_from_slice(&frame::prefix(len));
-    Ok((out.freeze(), visited as u64))
+    Ok((writer.finish(), visited as u64))
+}
+
+/// Writes a framed `PushBatch` message from stored entries: each stored
+/// entry is a `LogEntry` without ids, so appending its `seq` field makes it
+/// the `LogEntry` the leader needs (protobuf fields may come in any order).
+pub struct PushBatchWriter {
+    out: BytesMut,
+}
+
+impl PushBatchWriter {
+    const FOLLOWER_ID_TAG: u8 = 1 << 3; // field 1, varint
+    const SHARD_TAG: u8 = 2 << 3; // field 2, varint
+    const ENTRIES_TAG: u8 = (3 << 3) | 2; // field 3, length-delimited
+    const SEQ_TAG: u8 = 1 << 3; // LogEntry field 1, varint
+
+    /// A batch of follower `node`'s shard `shard`, with room for `capacity` bytes.
+    pub fn new(node: u32, shard: u32, capacity: usize) -> PushBatchWriter {
+        let mut out = BytesMut::with_capacity(capacity);
+        out.put_slice(&[0; frame::PREFIX_BYTES]);
+        out.put_u8(Self::FOLLOWER_ID_TAG);
+        encode_varint(u64::from(node), &mut out);
+        out.put_u8(Self::SHARD_TAG);
+        encode_varint(u64::from(shard), &mut out);
+        PushBatchWriter { out }
+    }
+
+    /// Appends one stored entry (its bytes without the length prefix) with its seq.
+    pub fn push(&mut self, seq: u64, entry: &[u8]) {
+        self.out.put_u8(Self::ENTRIES_TAG);
+        encode_varint((entry.len() + 1 + encoded_len_varint(seq)) as u64, &mut self.out);
+        self.out.put_slice(entry);
+        self.out.put_u8(Self::SEQ_TAG);
+        encode_varint(seq, &mut self.out);
+    }
+
+    /// The framed message (5-byte gRPC prefix included).
+    pub fn finish(mut self) -> Bytes {
+        let len = self.out.len() - frame::PREFIX_BYTES;
+        self.out[..frame::PREFIX_BYTES].copy_from_slice(&frame::prefix(len));
+        self.out.freeze()
+    }
 }
 
 async fn receive_acks(
@@ -278,6 +302,41 @@ async fn receive_acks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_batch_decodes_as_the_push_batch_prost_would_read() {
+        use crate::proto::{LogEntry, PushBatch};
+        use crate::shard::block::{encode_entry, read_varint};
+        use crate::shard::EntryRef;
+        use prost::Message;
+        let tags = [("app", "web"), ("level", "info")];
+        let mut writer = PushBatchWriter::new(7, 3, 1024);
+        for seq in [41u64, 42, 300] {
+            let body = format!("entry {seq}");
+            let mut stored = Vec::new();
+            encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: body.as_bytes() }, 5, &mut stored);
+            let (_, prefix) = read_varint(&stored).unwrap_or_else(|| unreachable!());
+            writer.push(seq, &stored[prefix..]);
+        }
+        let framed = writer.finish();
+        assert_eq!(framed[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        assert_eq!(len, framed.len() - frame::PREFIX_BYTES);
+        let batch = PushBatch::decode(&framed[frame::PREFIX_BYTES..]).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!((batch.follower_id, batch.shard), (7, 3));
+        let expected: Vec<LogEntry> = [41u64, 42, 300]
+            .iter()
+            .map(|&seq| LogEntry {
+                seq,
+                timestamp_ns: 5,
+                tags: tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+                body: format!("entry {seq}").into_bytes().into(),
+                node_id: 0,
+                shard: 0,
+            })
+            .collect();
+        assert_eq!(batch.entries, expected);
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {

@@ -360,7 +360,8 @@ pub fn decode_entry(
     Ok(entry)
 }
 
-pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+/// Reads a protobuf varint: its value and how many bytes it took.
+pub fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (index, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * index);
