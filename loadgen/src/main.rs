@@ -1,2 +1,209 @@
-//! wormdb-loadgen: being built (see its issue).
-fn main() {}
+//! # wormdb-loadgen
+//!
+//! A load generator for wormdb in the manner of wrk2 and the OpenMessaging
+//! Benchmark: a fixed rate on an open-loop timeline with latencies measured
+//! from each request's *intended* send time (so a stalled node cannot hide
+//! the requests it delayed: coordinated omission is corrected), or `--rate
+//! max` for saturation. HTTP (`POST /v1/entries`, NDJSON) and gRPC
+//! (`WormIngest.Write`, or follower pushes over `WormReplication.Replicate`).
+//!
+//! Layout, pure core first: [`cli`] (flags), [`pool`] (pre-encoded
+//! requests), [`schedule`] (the timeline), [`record`] (histograms, errors,
+//! acknowledged seq ranges), [`report`] (human, JSON, hgrm); then the I/O:
+//! [`client`] (HTTP/1.1 and gRPC on glommio), [`run`] (one executor per
+//! thread), [`verify`] (does the node store what it acknowledged?).
+//!
+//! Exit codes: 0 success, 1 the run failed (nothing acknowledged, an output
+//! file could not be written, or `--verify` found missing entries), 2 a bad
+//! flag or an unreachable target.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cli;
+mod client;
+mod plot;
+mod pool;
+mod record;
+mod report;
+mod run;
+mod schedule;
+mod verify;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use cli::{Args, Protocol, Rate};
+use record::Acknowledged;
+use run::{Mode, Plan};
+
+/// A bad flag or an unreachable target.
+const EXIT_USAGE: u8 = 2;
+/// The run or the verification failed.
+const EXIT_FAILED: u8 = 1;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("wormdb-loadgen: error: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn real_main(args: Args) -> Result<ExitCode, String> {
+    cli::validate(&args)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|cores| cores.get()).unwrap_or(1))
+        .clamp(1, args.connections);
+    // Each glommio executor registers its I/O buffers (one for verification).
+    wormdb::runtime::ensure_memlock(wormdb::runtime::MEMLOCK_BYTES_PER_EXECUTOR * (threads as u64 + 1))?;
+
+    if let Some(path) = &args.verify_from {
+        return verify_from(&args, path);
+    }
+
+    let mode = match (args.protocol, args.follower_id) {
+        (Protocol::Http, _) => Mode::Http,
+        (Protocol::Grpc, None) => Mode::GrpcWrite,
+        (Protocol::Grpc, Some(follower_id)) => Mode::Follower(follower_id),
+    };
+    let target = cli::resolve_target(&args.target, args.protocol)?;
+    let mut source = match &args.payload_file {
+        Some(path) => pool::BodySource::from_file(path)?,
+        None => pool::BodySource::Synthetic { body_bytes: args.body_bytes },
+    };
+    let spec = pool::PoolSpec {
+        encoding: mode.encoding(),
+        batch: args.batch,
+        tag_count: args.tags.count,
+        tag_cardinality: args.tags.cardinality,
+        requests: args.pool_requests,
+        seed: args.seed,
+    };
+    let pool = pool::build(&spec, &mut source)?;
+    let plan = Arc::new(Plan {
+        target: target.clone(),
+        mode,
+        rate: args.rate,
+        warmup: args.warmup,
+        duration: args.duration,
+        timeout: args.timeout,
+        connections: args.connections,
+        threads,
+        seed: args.seed,
+        pool,
+    });
+    let outcome = run::run(plan.clone(), std::io::stderr().is_terminal())?;
+
+    let follower_id = match mode {
+        Mode::Follower(id) => Some(id),
+        _ => None,
+    };
+    let acknowledged = outcome.recorder.acknowledged(
+        &plan.pool,
+        mode.name(),
+        follower_id,
+        (outcome.start_unix_ns, outcome.end_unix_ns),
+    );
+    let summary = report::Summary {
+        target: args.target.clone(),
+        mode: mode.name().to_string(),
+        rate: match args.rate {
+            Rate::Fixed(rate) => Some(rate),
+            Rate::Max => None,
+        },
+        batch: args.batch,
+        connections: args.connections,
+        threads,
+        duration_s: outcome.measured.as_secs_f64(),
+        warmup_s: args.warmup.as_secs_f64(),
+        body_bytes_mean: plan.pool.body_bytes_mean,
+        request_bytes_mean: plan.pool.request_bytes_mean,
+        requests_sent: outcome.recorder.requests_sent,
+        requests_acked: outcome.recorder.requests_acked,
+        entries_acked: outcome.recorder.entries_acked,
+        warmup_entries_acked: outcome.recorder.warmup_entries_acked,
+        requests_unsent: outcome.recorder.requests_unsent,
+        errors: outcome
+            .recorder
+            .errors
+            .iter()
+            .map(|(kind, (count, message))| (kind.clone(), *count, message.clone()))
+            .collect(),
+        histogram: outcome.histogram,
+        cpu_s: outcome.cpu_s,
+        acknowledged,
+    };
+    print!("{}", summary.human());
+
+    let mut failed = false;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&summary.json()).map_err(|error| format!("encoding JSON: {error}"))?;
+        failed |= !write_file(path, "--json", text.as_bytes());
+    }
+    if let Some(path) = &args.hgrm {
+        failed |= !write_file(path, "--hgrm", report::hgrm(&summary.histogram).as_bytes());
+    }
+    if let Some(path) = &args.plot {
+        let rate = summary.rate.map_or("max".to_string(), |rate| format!("{rate}/s"));
+        let series = [plot::Series {
+            label: format!("{} {rate} batch {}", summary.mode, summary.batch),
+            points: report::percentile_points(&summary.histogram),
+        }];
+        let title = format!("wormdb {} latency by percentile", summary.mode);
+        if let Err(error) = plot::write_percentile_plot(path, &title, &series) {
+            eprintln!("wormdb-loadgen: --plot {}: {error}", path.display());
+            failed = true;
+        }
+    }
+    if summary.entries_acked + summary.warmup_entries_acked == 0 {
+        eprintln!("wormdb-loadgen: no request was acknowledged ({} errors)", summary.error_count());
+        failed = true;
+    }
+    if args.verify {
+        println!();
+        let verdict = verify::verify(target, summary.acknowledged.clone())?;
+        print!("{}", verdict.render());
+        failed |= !verdict.problems.is_empty();
+    }
+    Ok(if failed { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+}
+
+/// `--verify-from FILE`: check an earlier run's acknowledgements.
+fn verify_from(args: &Args, path: &Path) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("--verify-from {}: {error}", path.display()))?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).map_err(|error| format!("--verify-from {}: not JSON: {error}", path.display()))?;
+    let acknowledged: Acknowledged = serde_json::from_value(document["acknowledged"].clone()).map_err(|error| {
+        format!("--verify-from {}: no acknowledgements of a wormdb-loadgen --json run ({error})", path.display())
+    })?;
+    let protocol = if acknowledged.mode == "http" { Protocol::Http } else { Protocol::Grpc };
+    let target = cli::resolve_target(&args.target, protocol)?;
+    let total: u64 = acknowledged.shards.iter().map(|shard| shard.entries).sum();
+    println!(
+        "verify: {total} acknowledged {} entries of {} against {}",
+        acknowledged.mode,
+        path.display(),
+        args.target
+    );
+    let verdict = verify::verify(target, acknowledged)?;
+    print!("{}", verdict.render());
+    Ok(if verdict.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+}
+
+fn write_file(path: &Path, flag: &str, bytes: &[u8]) -> bool {
+    match std::fs::write(path, bytes) {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("wormdb-loadgen: {flag} {}: {error}", path.display());
+            false
+        }
+    }
+}

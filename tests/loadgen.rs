@@ -1,0 +1,281 @@
+//! wormdb-loadgen against the real node: what it reports agrees with what
+//! the node stores, a fixed rate is held, percentiles are ordered, and
+//! `--verify` / `--verify-from` pass on a healthy node and fail, with a
+//! clear message and a non-zero exit, when acknowledged entries are missing.
+//! HTTP, gRPC `Write` and follower pushes are all driven. The `--payload-file`
+//! run replays a LogHub sample (https://github.com/logpai/loghub).
+//!
+//! The loadgen is another package of the workspace, so its binary is built
+//! (once, into the same target directory) with `cargo build` from here.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::node::{get, TestNode};
+
+fn loadgen_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let wormdb = PathBuf::from(env!("CARGO_BIN_EXE_wormdb"));
+            let profile_dir = wormdb.parent().unwrap().to_path_buf();
+            let target_dir = profile_dir.parent().unwrap();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let mut command = Command::new(cargo);
+            command
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["build", "--quiet", "-p", "wormdb-loadgen", "--bin", "wormdb-loadgen", "--target-dir"])
+                .arg(target_dir);
+            match profile_dir.file_name().and_then(|name| name.to_str()) {
+                Some("debug") | None => {}
+                Some("release") => {
+                    command.arg("--release");
+                }
+                Some(profile) => {
+                    command.args(["--profile", profile]);
+                }
+            }
+            let status = command.status().unwrap();
+            assert!(status.success(), "cargo build -p wormdb-loadgen failed");
+            let binary = profile_dir.join("wormdb-loadgen");
+            assert!(binary.exists(), "{} was not built", binary.display());
+            binary
+        })
+        .clone()
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    let output = Command::new(loadgen_binary()).args(args).output().unwrap();
+    eprintln!(
+        "$ wormdb-loadgen {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn stored_entries(node: &TestNode) -> u64 {
+    get(&node.url("/v1/stats")).json()["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|shard| shard["entries"].as_u64().unwrap())
+        .sum()
+}
+
+fn assert_percentiles_ordered(report: &serde_json::Value) {
+    let latency = &report["latency_us"];
+    let values: Vec<u64> =
+        ["p50", "p90", "p99", "p999", "p9999", "max"].iter().map(|key| latency[*key].as_u64().unwrap()).collect();
+    assert!(values[0] > 0, "latencies are recorded: {latency}");
+    assert!(values.windows(2).all(|pair| pair[0] <= pair[1]), "percentiles are ordered: {latency}");
+}
+
+#[test]
+fn http_fixed_rate_is_held_and_every_acknowledged_entry_is_stored() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2"]);
+    let json = dir.path().join("run.json");
+    let hgrm = dir.path().join("run.hgrm");
+    let output = loadgen(&[
+        "--target",
+        &node.base,
+        "--rate",
+        "20000",
+        "--duration",
+        "3s",
+        "--batch",
+        "100",
+        "--connections",
+        "32",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = read_json(&json);
+    let acked = report["entries_acked"].as_u64().unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(acked, 60_000, "20,000/s for 3 s, all acknowledged");
+    assert_eq!(acked, stored_entries(&node), "the loadgen's count agrees with the node's");
+    let rate = report["entries_per_s"].as_f64().unwrap();
+    assert!((rate - 20_000.0).abs() <= 1_000.0, "fixed rate held within 5 %: {rate}");
+    assert_percentiles_ordered(&report);
+    assert!(report["cpu_s"].as_f64().unwrap() > 0.0);
+    assert!(stdout(&output).contains("verify: every acknowledged entry checked is stored"), "{}", stdout(&output));
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{text}");
+    assert!(text.contains(&format!("Total count    = {:>12}]", report["requests"].as_u64().unwrap())), "{text}");
+}
+
+#[test]
+fn verify_fails_when_acknowledged_entries_are_missing() {
+    let dir = common::durable_temp_dir();
+    let mut node = TestNode::start(&dir.path().join("a"), &["--shards", "2"]);
+    let json = dir.path().join("run.json");
+    let payload = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub/OpenSSH_2k.log");
+    let output = loadgen(&[
+        "--target",
+        &node.base,
+        "--rate",
+        "max",
+        "--duration",
+        "1s",
+        "--batch",
+        "50",
+        "--connections",
+        "2",
+        "--payload-file",
+        payload.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = read_json(&json);
+    assert_eq!(report["rate"], "max");
+    assert!(report["entries_acked"].as_u64().unwrap() > 0);
+    assert_eq!(report["entries_acked"].as_u64().unwrap(), stored_entries(&node));
+    assert_percentiles_ordered(&report);
+
+    // The acknowledgements survive a restart.
+    assert_eq!(node.terminate(), 0);
+    let unreachable = loadgen(&["--target", &node.base, "--verify-from", json.to_str().unwrap()]);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(stderr(&unreachable).contains("cannot reach"), "{}", stderr(&unreachable));
+    node.restart();
+    let healthy = loadgen(&["--target", &node.base, "--verify-from", json.to_str().unwrap()]);
+    assert!(healthy.status.success(), "{}", stdout(&healthy));
+
+    // A node that does not hold them: every shard is short, and the
+    // sampled bodies are not found.
+    let other = TestNode::start(&dir.path().join("b"), &["--shards", "2"]);
+    let missing = loadgen(&["--target", &other.base, "--verify-from", json.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    let text = stdout(&missing);
+    assert!(text.contains("MISSING  shard 0: acknowledged up to seq"), "{text}");
+    assert!(text.contains("but the node's last_seq is 0"), "{text}");
+    assert!(text.contains("verify: FAILED"), "{text}");
+}
+
+#[test]
+fn grpc_write_and_follower_push_agree_with_the_node() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2"]);
+    let json = dir.path().join("grpc.json");
+    let output = loadgen(&[
+        "--protocol",
+        "grpc",
+        "--target",
+        &node.grpc_addr,
+        "--rate",
+        "10000",
+        "--duration",
+        "2s",
+        "--batch",
+        "100",
+        "--connections",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = read_json(&json);
+    assert_eq!(report["protocol"], "grpc");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["entries_acked"].as_u64().unwrap(), 20_000);
+    assert_eq!(stored_entries(&node), 20_000);
+    assert_percentiles_ordered(&report);
+    assert!(stdout(&output).contains("all"), "the gRPC check counts entries: {}", stdout(&output));
+
+    let push_json = dir.path().join("push.json");
+    let output = loadgen(&[
+        "--protocol",
+        "grpc",
+        "--follower-id",
+        "7",
+        "--target",
+        &node.grpc_addr,
+        "--rate",
+        "10000",
+        "--duration",
+        "2s",
+        "--batch",
+        "100",
+        "--connections",
+        "2",
+        "--json",
+        push_json.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = read_json(&push_json);
+    assert_eq!(report["protocol"], "follower");
+    assert_eq!(report["entries_acked"].as_u64().unwrap(), 20_000);
+    assert_percentiles_ordered(&report);
+    let stats = get(&node.url("/v1/stats")).json();
+    let watermarks = stats["watermarks"].as_array().unwrap();
+    let archived: u64 =
+        watermarks.iter().filter(|pair| pair["follower_id"] == 7).map(|pair| pair["acked_seq"].as_u64().unwrap()).sum();
+    assert_eq!(archived, 20_000, "dense seqs per shard stream, all archived: {watermarks:?}");
+    assert_eq!(stored_entries(&node), 40_000);
+    // Another run continues from the watermarks.
+    let again = loadgen(&[
+        "--protocol",
+        "grpc",
+        "--follower-id",
+        "7",
+        "--target",
+        &node.grpc_addr,
+        "--rate",
+        "5000",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--verify",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stored_entries(&node), 45_000);
+}
+
+#[test]
+fn bad_flags_and_unreachable_targets_are_clear_errors() {
+    let bad_rate = loadgen(&["--target", "http://127.0.0.1:1", "--rate", "fast"]);
+    assert_eq!(bad_rate.status.code(), Some(2));
+    assert!(stderr(&bad_rate).contains("is not a rate"), "{}", stderr(&bad_rate));
+    let no_scheme = loadgen(&["--target", "127.0.0.1:8080"]);
+    assert_eq!(no_scheme.status.code(), Some(2));
+    assert!(stderr(&no_scheme).contains("give an HTTP base URL"), "{}", stderr(&no_scheme));
+    let follower_over_http = loadgen(&["--target", "http://127.0.0.1:1", "--follower-id", "3"]);
+    assert_eq!(follower_over_http.status.code(), Some(2));
+    assert!(stderr(&follower_over_http).contains("--follower-id needs --protocol grpc"));
+    // Port 1 on loopback: nothing listens there.
+    for args in [
+        vec!["--target", "http://127.0.0.1:1", "--duration", "1s"],
+        vec!["--protocol", "grpc", "--target", "127.0.0.1:1", "--duration", "1s"],
+    ] {
+        let unreachable = loadgen(&args);
+        assert_eq!(unreachable.status.code(), Some(2));
+        assert!(stderr(&unreachable).contains("cannot reach 127.0.0.1:1"), "{}", stderr(&unreachable));
+    }
+}
