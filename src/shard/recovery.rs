@@ -28,6 +28,13 @@ pub(super) const SCRUB_BYTES: u64 = ((super::UNSYNCED_WRITES_MAX + 1) * limits::
 
 /// Chunk size for zero-filling and scrubbing.
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// Zero-filling syncs the spare file every this many bytes. A commit's
+/// fdatasync flushes the device's whole write cache, zeros of the spare
+/// segment included: zeroing a 256 MiB segment in one go and syncing once
+/// made commits wait for hundreds of MiB of zeros (fdatasync stalls of up to
+/// a second under sustained ingest). Syncing as it goes keeps that backlog
+/// to a few MiB.
+const ZERO_SYNC_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What recovery found and did when a shard was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,6 +154,9 @@ async fn prepare_segment_file_inner(
                 return Err(Error::io("zero-fill segment", path, std::io::Error::other("short write")));
             }
             offset += length as u64;
+            if (offset - DATA_OFFSET) % ZERO_SYNC_BYTES == 0 {
+                file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
+            }
             // Zero-filling runs beside the commits of the active segment:
             // let them through between chunks, and stop early on close.
             glommio::yield_if_needed().await;
