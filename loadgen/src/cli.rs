@@ -56,9 +56,11 @@ pub struct Args {
     /// Entries per request.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// Bytes of each synthetic entry body (ignored with `--payload-file`).
-    #[arg(long, default_value_t = 200)]
-    pub body_bytes: usize,
+    /// Bytes of each entry body [default: 200]. With `--payload-file`, bodies
+    /// are whole lines unless this is given; then consecutive lines are
+    /// joined and cut to exactly this size (real text at a fixed record shape).
+    #[arg(long)]
+    pub body_bytes: Option<usize>,
     /// Tags per entry and distinct values per tag, `COUNT:CARDINALITY`.
     #[arg(long, default_value = "3:100", value_parser = parse_tags)]
     pub tags: TagShape,
@@ -243,10 +245,10 @@ pub fn validate(args: &Args) -> Result<(), String> {
             return Err(format!("--threads {threads}: must be between 1 and {THREADS_MAX}"));
         }
     }
-    if args.payload_file.is_none() && !(1..=wormdb::limits::ENTRY_BODY_BYTES_MAX).contains(&args.body_bytes) {
+    if args.body_bytes.is_some_and(|bytes| !(1..=wormdb::limits::ENTRY_BODY_BYTES_MAX).contains(&bytes)) {
         return Err(format!(
             "--body-bytes {}: must be between 1 and {}",
-            args.body_bytes,
+            args.body_bytes.unwrap_or_default(),
             wormdb::limits::ENTRY_BODY_BYTES_MAX
         ));
     }

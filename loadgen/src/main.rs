@@ -22,6 +22,9 @@
 mod cli;
 mod client;
 mod plot;
+
+/// Body size of synthetic entries when `--body-bytes` is not given.
+const DEFAULT_BODY_BYTES: usize = 200;
 mod pool;
 mod record;
 mod report;
@@ -76,8 +79,8 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     };
     let target = cli::resolve_target(&args.target, args.protocol)?;
     let mut source = match &args.payload_file {
-        Some(path) => pool::BodySource::from_file(path)?,
-        None => pool::BodySource::Synthetic { body_bytes: args.body_bytes },
+        Some(path) => pool::BodySource::from_file(path, args.body_bytes)?,
+        None => pool::BodySource::Synthetic { body_bytes: args.body_bytes.unwrap_or(DEFAULT_BODY_BYTES) },
     };
     let spec = pool::PoolSpec {
         encoding: mode.encoding(),

@@ -69,6 +69,8 @@ pub enum BodySource {
         lines: Vec<String>,
         /// The next one.
         cursor: usize,
+        /// Join consecutive lines and cut them to this size, if set.
+        body_bytes: Option<usize>,
     },
     /// Synthetic log-like text of a fixed size.
     Synthetic {
@@ -79,7 +81,7 @@ pub enum BodySource {
 
 impl BodySource {
     /// Reads `path` (invalid UTF-8 replaced, empty lines skipped).
-    pub fn from_file(path: &std::path::Path) -> Result<BodySource, String> {
+    pub fn from_file(path: &std::path::Path, body_bytes: Option<usize>) -> Result<BodySource, String> {
         let bytes = std::fs::read(path).map_err(|error| format!("--payload-file {}: {error}", path.display()))?;
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<String> = text
@@ -91,7 +93,7 @@ impl BodySource {
         if lines.is_empty() {
             return Err(format!("--payload-file {}: no non-empty line", path.display()));
         }
-        Ok(BodySource::Lines { lines, cursor: 0 })
+        Ok(BodySource::Lines { lines, cursor: 0, body_bytes })
     }
 }
 
@@ -228,9 +230,25 @@ pub fn build(spec: &PoolSpec, source: &mut BodySource) -> Result<Pool, String> {
         for _ in 0..spec.batch {
             body.clear();
             match source {
-                BodySource::Lines { lines, cursor } => {
-                    body.push_str(&lines[*cursor % lines.len()]);
-                    *cursor = (*cursor + 1) % lines.len();
+                BodySource::Lines { lines, cursor, body_bytes } => {
+                    let wanted = body_bytes.unwrap_or(0);
+                    loop {
+                        if !body.is_empty() {
+                            body.push(' ');
+                        }
+                        body.push_str(&lines[*cursor % lines.len()]);
+                        *cursor = (*cursor + 1) % lines.len();
+                        if body.len() >= wanted {
+                            break;
+                        }
+                    }
+                    if let Some(wanted) = body_bytes {
+                        let mut cut = (*wanted).min(body.len());
+                        while !body.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        body.truncate(cut);
+                    }
                 }
                 BodySource::Synthetic { body_bytes } => synthetic_body(&mut rng, *body_bytes, &mut body),
             }
@@ -425,12 +443,28 @@ mod tests {
 
     #[test]
     fn payload_lines_are_replayed_in_order() {
-        let mut source = BodySource::Lines { lines: vec!["a b".into(), "c \"d\"".into(), "e\\f".into()], cursor: 0 };
+        let mut source = BodySource::Lines {
+            lines: vec!["a b".into(), "c \"d\"".into(), "e\\f".into()],
+            cursor: 0,
+            body_bytes: None,
+        };
         let mut spec = spec(Encoding::Ndjson);
         spec.batch = 2;
         let pool = build(&spec, &mut source).unwrap();
         assert_eq!(pool.requests[0].last_body, "c \"d\"");
         assert_eq!(pool.requests[1].last_body, "a b");
+    }
+
+    #[test]
+    fn payload_lines_are_joined_and_cut_to_the_body_size() {
+        let lines = vec!["alpha".to_string(), "béta".to_string(), "gamma delta".to_string()];
+        let mut source = BodySource::Lines { lines, cursor: 0, body_bytes: Some(9) };
+        let mut spec = spec(Encoding::Ndjson);
+        spec.batch = 1;
+        let pool = build(&spec, &mut source).unwrap();
+        // "alpha béta" is 11 bytes: cut to 9 at a char boundary ("é" is 2 bytes).
+        assert_eq!(pool.requests[0].last_body, "alpha bé");
+        assert_eq!(pool.requests[1].last_body, "gamma del");
     }
 
     #[test]
