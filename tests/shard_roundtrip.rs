@@ -353,7 +353,9 @@ fn reads_of_recent_commits_match_the_files() {
     let path = dir.path().join("shard-000");
     let lines = common::loghub_lines("Zookeeper");
     common::run(move || async move {
-        let shard = Shard::open(ShardConfig::new(&path, 0)).await.unwrap();
+        let config =
+            ShardConfig { recent_writes_bytes: wormdb::limits::RECENT_WRITES_BYTES_MAX, ..ShardConfig::new(&path, 0) };
+        let shard = Shard::open(config).await.unwrap();
         let mut expected = Vec::new();
         for index in 0..600 {
             // 1 to 3 entries per commit, bodies of varied size.

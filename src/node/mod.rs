@@ -215,6 +215,8 @@ async fn run_core(
         segment_bytes: config.segment_bytes,
         durability: config.durability,
         pending_appends_max: config.max_pending_appends,
+        // A follower's pusher reads right behind the writer.
+        recent_writes_bytes: if config.leader.is_some() { crate::limits::RECENT_WRITES_BYTES_MAX } else { 0 },
         ..ShardConfig::new(config.data_dir.join(format!("shard-{shard_id:03}")), shard_id)
     };
     let shard = match Shard::open(shard_config).await {

@@ -190,16 +190,19 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     state.active.tail.clear();
     state.active.tail.extend_from_slice(&buffer.as_bytes()[tail_start..used]);
     // Readers of these blocks (once durable) find them here.
-    state.recent_writes.push_back(super::RecentWrite {
-        path: path.clone(),
-        start: write_start,
-        end: new_end,
-        buffer: buffer.clone(),
-    });
-    let mut recent_bytes: usize = state.recent_writes.iter().map(|write| write.buffer.len()).sum();
-    while recent_bytes > crate::limits::RECENT_WRITES_BYTES_MAX {
-        let Some(oldest) = state.recent_writes.pop_front() else { break };
-        recent_bytes -= oldest.buffer.len();
+    let recent_max = inner.config.recent_writes_bytes.min(crate::limits::RECENT_WRITES_BYTES_MAX);
+    if recent_max > 0 {
+        state.recent_writes.push_back(super::RecentWrite {
+            path: path.clone(),
+            start: write_start,
+            end: new_end,
+            buffer: buffer.clone(),
+        });
+        let mut recent_bytes: usize = state.recent_writes.iter().map(|write| write.buffer.len()).sum();
+        while recent_bytes > recent_max {
+            let Some(oldest) = state.recent_writes.pop_front() else { break };
+            recent_bytes -= oldest.buffer.len();
+        }
     }
     state.active.write_end = new_end;
     state.active.raw_bytes_written += raw_bytes;
