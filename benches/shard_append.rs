@@ -44,8 +44,9 @@
 //! list of a, a', b, c, d) runs only those rows, for profiling.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
+
+use support::{common, source_tree};
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -1046,16 +1047,4 @@ fn main() {
     let dir = temp.path().to_path_buf();
     common::run(move || bench(dir, settings, memlock));
     drop(temp);
-}
-
-/// The source tree the bench runs from (`git describe --always --dirty`, at
-/// run time): other work lands while benches run, so results name it.
-fn source_tree() -> String {
-    std::process::Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }

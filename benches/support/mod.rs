@@ -1,5 +1,5 @@
-//! Helpers shared by the criterion benches (`block_codec`, `index`,
-//! `grpc_frame`, `ndjson`): the LogHub corpus, the shard's block cut,
+//! Helpers shared by the benches (the criterion ones: `block_codec`, `index`,
+//! `grpc_frame`, `ndjson`; `shard_append` and `recovery_scan` use a few): the LogHub corpus, the shard's block cut,
 //! criterion settings, the median summary printed after criterion's own
 //! report, and the machine facts every bench prints with its numbers.
 //!
@@ -10,7 +10,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 #[path = "../../tests/common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};

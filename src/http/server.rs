@@ -22,7 +22,7 @@ use super::{metrics, ndjson, params};
 use crate::node::peers::{self, MergedQuery, QuerySpec, QueryStartError};
 use crate::node::{Core, InFlight};
 use crate::proto::WriteRequest;
-use crate::shard::{EntryRef, Error};
+use crate::shard::{block, Error};
 
 /// The response body type: whole or streamed.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -224,21 +224,11 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
             if write.entries.len() > ENTRIES_PER_REQUEST_MAX {
                 return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, "too many entries in one request");
             }
-            let tags: Vec<Vec<(&str, &str)>> = write
-                .entries
-                .iter()
-                .map(|entry| entry.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
-                .collect();
-            let entries: Vec<EntryRef<'_>> = write
-                .entries
-                .iter()
-                .zip(&tags)
-                .map(|(entry, tags)| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body })
-                .collect();
-            if entries.is_empty() {
+            if write.entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the WriteRequest");
             }
-            core.shard.append(&entries).map(|wait| (wait, entries.len()))
+            block::with_log_entry_refs(&write.entries, |entries| core.shard.append(entries))
+                .map(|wait| (wait, write.entries.len()))
         }
     };
     let (wait, count) = match appended {

@@ -8,7 +8,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::status::Status;
-use crate::shard::block::{read_varint, skip_fixed, split_delimited, BlockError, EntryView};
+use crate::shard::block::{read_varint, skip_fixed, split_delimited, EntryView};
 use crate::shard::EntryRef;
 
 /// A `PushBatch` message, validated, with its entries located.
@@ -19,8 +19,16 @@ pub struct PushedBatch {
     /// The follower's shard.
     pub shard: u32,
     message: Bytes,
-    /// Each entry's origin seq and its bytes' range in `message`.
-    entries: Vec<(u64, Range<usize>)>,
+    entries: Vec<Located>,
+}
+
+/// One entry of a pushed batch: what parsing found, as ranges of the message.
+#[derive(Clone, Debug)]
+struct Located {
+    seq: u64,
+    timestamp_ns: i64,
+    entry: Range<usize>,
+    body: Range<usize>,
 }
 
 fn malformed(error: impl std::fmt::Display) -> Status {
@@ -28,9 +36,10 @@ fn malformed(error: impl std::fmt::Display) -> Status {
 }
 
 impl PushedBatch {
-    /// Parses and validates a `PushBatch` message: the protobuf structure,
-    /// every entry (tags must be UTF-8). Malformed input is
-    /// `INVALID_ARGUMENT`.
+    /// Parses a `PushBatch` message: its protobuf structure and every
+    /// entry's fields, once. Malformed input is `INVALID_ARGUMENT`. Tags are
+    /// checked (UTF-8) when the entries are appended
+    /// ([`with_pushed_refs`]), the one pass that reads them.
     pub fn parse(message: Bytes) -> Result<PushedBatch, Status> {
         let mut batch = PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new() };
         let mut rest: &[u8] = &message;
@@ -54,10 +63,16 @@ impl PushedBatch {
                         let index = batch.entries.len();
                         let view = EntryView::parse(field_bytes)
                             .map_err(|error| malformed(format!("entry {}: {error}", index + 1)))?;
-                        view.for_each_tag(|_, _| {})
-                            .map_err(|error| malformed(format!("entry {}: {error}", index + 1)))?;
-                        let start = field_bytes.as_ptr() as usize - message.as_ptr() as usize;
-                        batch.entries.push((view.seq, start..start + field_bytes.len()));
+                        let offset = |bytes: &[u8]| bytes.as_ptr() as usize - message.as_ptr() as usize;
+                        let start = offset(field_bytes);
+                        // An entry without a body field has a static empty body.
+                        let body_start = if view.body.is_empty() { start } else { offset(view.body) };
+                        batch.entries.push(Located {
+                            seq: view.seq,
+                            timestamp_ns: view.timestamp_ns,
+                            entry: start..start + field_bytes.len(),
+                            body: body_start..body_start + view.body.len(),
+                        });
                     }
                     rest = after;
                 }
@@ -84,7 +99,7 @@ impl PushedBatch {
 
     /// The entries' seqs, in batch order.
     pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries.iter().map(|(seq, _)| *seq)
+        self.entries.iter().map(|located| located.seq)
     }
 
     /// The message's size in bytes.
@@ -92,24 +107,29 @@ impl PushedBatch {
         self.message.len()
     }
 
-    /// Entry `index`, borrowed from the message.
-    pub fn entry(&self, index: usize) -> Result<EntryView<'_>, BlockError> {
-        let (_, range) = &self.entries[index];
-        EntryView::parse(&self.message[range.clone()])
+    /// Entry `index`, borrowed from the message (no parsing: `parse` found it).
+    pub fn entry(&self, index: usize) -> EntryView<'_> {
+        let located = &self.entries[index];
+        EntryView::from_parts(
+            located.seq,
+            located.timestamp_ns,
+            &self.message[located.body.clone()],
+            &self.message[located.entry.clone()],
+        )
     }
 }
 
 /// Calls `append` with borrowed [`EntryRef`]s of `entries` (views of pushed
-/// entries), with the tags of all of them in one allocation.
-pub fn with_pushed_refs<T>(
-    entries: &[EntryView<'_>],
-    append: impl FnOnce(&[EntryRef<'_>]) -> T,
-) -> Result<T, BlockError> {
+/// entries), with the tags of all of them in one allocation. This is where a
+/// pushed entry's tags are read, once; one that is not UTF-8 is
+/// `INVALID_ARGUMENT` and nothing is appended.
+pub fn with_pushed_refs<T>(entries: &[EntryView<'_>], append: impl FnOnce(&[EntryRef<'_>]) -> T) -> Result<T, Status> {
     let mut tags: Vec<(&str, &str)> = Vec::with_capacity(entries.len() * 4);
     let mut spans = Vec::with_capacity(entries.len());
-    for view in entries {
+    for (index, view) in entries.iter().enumerate() {
         let start = tags.len();
-        view.for_each_tag(|key, value| tags.push((key, value)))?;
+        view.for_each_tag(|key, value| tags.push((key, value)))
+            .map_err(|error| malformed(format!("entry {} (seq {}): {error}", index + 1, view.seq)))?;
         spans.push(start..tags.len());
     }
     let refs: Vec<EntryRef<'_>> = entries
@@ -145,7 +165,7 @@ mod tests {
         assert_eq!((batch.follower_id, batch.shard, batch.len()), (7, 2, 5));
         assert_eq!(batch.seqs().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
         for (index, original) in pushed.entries.iter().enumerate() {
-            let view = batch.entry(index).unwrap();
+            let view = batch.entry(index);
             assert_eq!(view.seq, original.seq);
             assert_eq!(view.timestamp_ns, original.timestamp_ns);
             assert_eq!(view.body, &original.body[..]);
@@ -153,13 +173,22 @@ mod tests {
             view.for_each_tag(|key, value| tags.push((key.to_string(), value.to_string()))).unwrap();
             assert_eq!(tags, original.tags.clone().into_iter().collect::<Vec<_>>());
         }
-        let views: Vec<_> = (0..batch.len()).map(|index| batch.entry(index).unwrap()).collect();
+        let views: Vec<_> = (0..batch.len()).map(|index| batch.entry(index)).collect();
         let bodies = with_pushed_refs(&views, |refs| {
             assert_eq!(refs[2].tags, &[("app", "web"), ("k", "v3")]);
             refs.iter().map(|entry| entry.body.to_vec()).collect::<Vec<_>>()
         })
         .unwrap();
         assert_eq!(bodies.len(), 5);
+    }
+
+    #[test]
+    fn entries_without_a_body_or_tags_parse() {
+        let pushed = PushBatch { follower_id: 3, shard: 1, entries: vec![LogEntry { seq: 1, ..LogEntry::default() }] };
+        let batch = PushedBatch::parse(pushed.encode_to_vec().into()).unwrap();
+        let view = batch.entry(0);
+        assert_eq!((view.seq, view.timestamp_ns, view.body), (1, 0, &[][..]));
+        with_pushed_refs(&[view], |refs| assert!(refs[0].tags.is_empty() && refs[0].body.is_empty())).unwrap();
     }
 
     #[test]
@@ -174,7 +203,9 @@ mod tests {
         let mut bad_tag = PushBatch { follower_id: 1, shard: 0, entries: vec![] }.encode_to_vec();
         // entry { tags: { key: 0xFF (not UTF-8), value: "v" } }
         bad_tag.extend_from_slice(&[0x1A, 8, 0x1A, 6, 0x0A, 1, 0xFF, 0x12, 1, b'v']);
-        let status = PushedBatch::parse(bad_tag.into()).unwrap_err();
+        // Tags are read (and checked) once, when the entries are appended.
+        let batch = PushedBatch::parse(bad_tag.into()).unwrap();
+        let status = with_pushed_refs(&[batch.entry(0)], |_| ()).unwrap_err();
         assert_eq!(status.code, Code::InvalidArgument, "{status:?}");
         let status = PushedBatch::parse(Bytes::from_static(&[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])).unwrap_err();
         assert!(status.message.contains("32 bits"), "{status:?}");

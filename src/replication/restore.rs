@@ -82,7 +82,8 @@ async fn replay_into(shard: &Shard, leader: SocketAddr, follower_id: u32, shard_
 /// Appends `batch` (its seqs continue the shard) and waits for durability.
 async fn append(shard: &Shard, batch: &mut Vec<LogEntry>) -> Result<u64, Status> {
     let Some(first) = batch.first().map(|entry| entry.seq) else { return Ok(0) };
-    let wait = super::service::with_entry_refs(batch.iter(), |refs| shard.append(refs)).map_err(shard_status)?;
+    let wait =
+        crate::shard::block::with_log_entry_refs(batch.iter(), |refs| shard.append(refs)).map_err(shard_status)?;
     let range = wait.durable().await.map_err(shard_status)?;
     if range.first != first {
         return Err(Status::internal(format!("restored entries got seq {} instead of {first}", range.first)));

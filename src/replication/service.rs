@@ -29,9 +29,10 @@ use super::watermark;
 use crate::node::peers::{MergedQuery, QuerySpec, QueryStartError, Request};
 use crate::node::Core;
 use crate::proto::{
-    LogEntry, PushAck, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse, WriteRequest, WriteResponse,
+    PushAck, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse, WriteRequest, WriteResponse,
 };
-use crate::shard::{EntryRef, Error, Origin};
+use crate::shard::block::with_log_entry_refs;
+use crate::shard::{Error, Origin};
 
 /// Entries a `ReplayFrom` reads from the owner core per round trip.
 pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
@@ -132,24 +133,6 @@ pub fn shard_status(error: Error) -> Status {
         Error::Closed => Status::unavailable("shutting down"),
         error => Status::internal(error.to_string()),
     }
-}
-
-/// Borrowed views of protobuf entries, for the shard's append.
-pub(crate) fn with_entry_refs<'e, T>(
-    entries: impl IntoIterator<Item = &'e LogEntry>,
-    append: impl FnOnce(&[EntryRef<'_>]) -> T,
-) -> T {
-    let entries: Vec<&LogEntry> = entries.into_iter().collect();
-    let tags: Vec<Vec<(&str, &str)>> = entries
-        .iter()
-        .map(|entry| entry.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
-        .collect();
-    let refs: Vec<EntryRef<'_>> = entries
-        .iter()
-        .zip(&tags)
-        .map(|(entry, tags)| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body })
-        .collect();
-    append(&refs)
 }
 
 /// The pair's watermark, read from every shard the first time (after a
@@ -299,13 +282,9 @@ async fn append_fresh(
     let mut views = Vec::new();
     for ((batch, _), admission) in admitted {
         let Ok(admission) = admission else { continue };
-        for index in admission.duplicates..batch.len() {
-            views.push(batch.entry(index).map_err(|error| Status::internal(format!("pushed entry: {error}")))?);
-        }
+        views.extend((admission.duplicates..batch.len()).map(|index| batch.entry(index)));
     }
-    let wait = with_pushed_refs(&views, |refs| core.shard.append_replicated(origin, refs))
-        .map_err(|error| Status::internal(format!("pushed entry: {error}")))?
-        .map_err(shard_status)?;
+    let wait = with_pushed_refs(&views, |refs| core.shard.append_replicated(origin, refs))?.map_err(shard_status)?;
     wait.durable().await.map(|_| ()).map_err(shard_status)
 }
 
@@ -386,7 +365,7 @@ impl Services {
         if request.entries.len() > WRITE_ENTRIES_MAX {
             return Err(Status::resource_exhausted(format!("over {WRITE_ENTRIES_MAX} entries in one WriteRequest")));
         }
-        let wait = with_entry_refs(&request.entries, |refs| self.core.shard.append(refs)).map_err(shard_status)?;
+        let wait = with_log_entry_refs(&request.entries, |refs| self.core.shard.append(refs)).map_err(shard_status)?;
         let range = wait.durable().await.map_err(shard_status)?;
         {
             let mut counters = self.core.counters.borrow_mut();

@@ -478,6 +478,25 @@ pub struct EntryRef<'a> {
     pub body: &'a [u8],
 }
 
+/// Calls `append` with borrowed [`EntryRef`]s of protobuf entries (a
+/// `WriteRequest`'s, a replayed archive's): ingest over protobuf and gRPC.
+pub fn with_log_entry_refs<'e, T>(
+    entries: impl IntoIterator<Item = &'e crate::proto::LogEntry>,
+    append: impl FnOnce(&[EntryRef<'_>]) -> T,
+) -> T {
+    let entries: Vec<&crate::proto::LogEntry> = entries.into_iter().collect();
+    let tags: Vec<Vec<(&str, &str)>> = entries
+        .iter()
+        .map(|entry| entry.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
+        .collect();
+    let refs: Vec<EntryRef<'_>> = entries
+        .iter()
+        .zip(&tags)
+        .map(|(entry, tags)| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body })
+        .collect();
+    append(&refs)
+}
+
 /// Why an entry cannot be stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
@@ -636,6 +655,12 @@ impl<'a> EntryView<'a> {
             }
         }
         Ok(view)
+    }
+
+    /// A view of `entry` (one entry's protobuf bytes) from what an earlier
+    /// [`EntryView::parse`] of the same bytes found, without parsing again.
+    pub(crate) fn from_parts(seq: u64, timestamp_ns: i64, body: &'a [u8], entry: &'a [u8]) -> Self {
+        EntryView { seq, timestamp_ns, body, tags: entry }
     }
 
     /// Calls `visit(key, value)` for each tag. Tags that are not valid
