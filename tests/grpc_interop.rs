@@ -135,7 +135,7 @@ async fn watermark(client: &mut Client, follower_id: u32, shard: u32) -> u64 {
 /// (tagged `follower=<id>`, so a query finds exactly a pair's archive).
 fn batch(follower_id: u32, shard: u32, seqs: impl IntoIterator<Item = u64>) -> PushBatch {
     let entries = seqs.into_iter().map(|seq| follower_entry(follower_id, shard, seq)).collect();
-    PushBatch { follower_id, shard, entries }
+    PushBatch { follower_id, shard, entries, blocks: Vec::new() }
 }
 
 fn follower_entry(follower_id: u32, shard: u32, seq: u64) -> LogEntry {
@@ -552,5 +552,48 @@ fn errors_arrive_as_standard_status_codes_and_the_server_stays_up() {
         let mut fresh = connect(&node).await;
         write(&mut fresh, vec![entry]).await.unwrap();
         assert_eq!(watermark(&mut fresh, 71, 0).await, 0);
+    });
+}
+
+/// A follower resumes from a watermark in the middle of one of its blocks
+/// (another client pushed the first entries of that block): it sends the
+/// rest of that block as entries, then whole blocks, and the archive holds
+/// every seq once, as the follower stored it.
+#[test]
+fn a_follower_resumes_inside_a_block_a_standard_client_pushed_part_of() {
+    let dir = common::durable_temp_dir();
+    let follower_dir = dir.path().join("follower");
+    let mut follower = TestNode::start(&follower_dir, &["--node-id", "2", "--shards", "1"]);
+    let stored: Vec<LogEntry> = block_on(async {
+        let mut client = connect(&follower).await;
+        // One request, one block (seqs 1..=50); then a second block.
+        for (first, count) in [(1u64, 50u64), (51, 30)] {
+            let entries = (first..first + count).map(|seq| follower_entry(2, 0, seq)).collect();
+            let response = write(&mut client, entries).await.unwrap();
+            assert_eq!((response.first_seq, response.last_seq), (first, first + count - 1));
+        }
+        query_tag(&mut client, "follower", "2-0").await
+    });
+    assert_eq!(stored.len(), 80);
+    assert_eq!(follower.terminate(), 0);
+
+    let leader_dir = dir.path().join("leader");
+    let leader = TestNode::start(&leader_dir, &["--node-id", &NODE_ID.to_string(), "--shards", "2"]);
+    block_on(async {
+        let mut client = connect(&leader).await;
+        let first_twenty = PushBatch { follower_id: 2, shard: 0, entries: stored[..20].to_vec(), blocks: Vec::new() };
+        let ack = push_entries(&mut client, vec![first_twenty]).await.unwrap();
+        assert_eq!((ack.acked_seq, ack.written), (20, 20));
+    });
+    let follower = TestNode::start(&follower_dir, &["--node-id", "2", "--shards", "1", "--leader", &leader.grpc_addr]);
+    block_on(async {
+        let mut client = connect(&leader).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while watermark(&mut client, 2, 0).await < 80 {
+            assert!(Instant::now() < deadline, "the follower did not catch up:\n{}", follower.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let archived = query_tag(&mut client, "follower", "2-0").await;
+        assert_eq!(archived, stored, "every seq once, as the follower stored it");
     });
 }

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use wormdb::proto::LogEntry;
+use wormdb::shard::block::{self, BlockSpec};
 use wormdb::shard::segment::{self, FileKind};
-use wormdb::shard::{AppendWait, EntryRef, Origin, RetentionPolicy, Shard, ShardConfig};
+use wormdb::shard::{AppendWait, EntryRef, Origin, ReplicatedPart, RetentionPolicy, Shard, ShardConfig};
 
 const ORIGIN_A: (u32, u32) = (2, 5);
 const ORIGIN_B: (u32, u32) = (3, 0);
@@ -56,7 +57,21 @@ async fn fill(shard: &Shard, rng: &mut SmallRng, rounds: usize, model: &mut Mode
                     let stored = model.entry(key).or_default();
                     let first_seq = stored.last().map_or(1, |last| last.0 + 1);
                     let origin = Origin { node: key.0, shard: key.1, first_seq };
-                    let wait = shard.append_replicated(origin, &entries).unwrap();
+                    let wait = if key == ORIGIN_B && round % 2 == 1 {
+                        // As a follower pushes them: the first entries as
+                        // the block the origin stored, the rest as entries.
+                        let split = (count as usize).div_ceil(2);
+                        let block = origin_block(first_seq, &entries[..split]);
+                        let (header, tags) = block::check_foreign_block(&block, &mut Vec::new()).unwrap();
+                        let payload = &block[block::HEADER_BYTES..];
+                        let parts = vec![
+                            ReplicatedPart::Block { header, payload, tags },
+                            ReplicatedPart::Entries(&entries[split..]),
+                        ];
+                        shard.append_replicated_parts(origin, parts).unwrap()
+                    } else {
+                        shard.append_replicated(origin, &entries).unwrap()
+                    };
                     for (index, (body, timestamp)) in bodies.iter().zip(&timestamps).enumerate() {
                         stored.push((first_seq + index as u64, *timestamp, body.clone()));
                     }
@@ -77,6 +92,25 @@ async fn fill(shard: &Shard, rng: &mut SmallRng, rounds: usize, model: &mut Mode
         wait.durable().await.unwrap();
     }
     appends
+}
+
+/// The block a follower's shard would have stored for `entries` at `first_seq`.
+fn origin_block(first_seq: u64, entries: &[EntryRef<'_>]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for entry in entries {
+        block::encode_entry(entry, entry.timestamp_ns, &mut raw);
+    }
+    let spec = BlockSpec {
+        first_seq,
+        entry_count: entries.len() as u32,
+        min_ts: entries.iter().map(|entry| entry.timestamp_ns).min().unwrap(),
+        max_ts: entries.iter().map(|entry| entry.timestamp_ns).max().unwrap(),
+        origin: None,
+    };
+    let mut out = vec![0; block::encoded_bytes_max(raw.len())];
+    let used = block::encode_block(&spec, &raw, &mut out);
+    out.truncate(used);
+    out
 }
 
 fn watermarks_of(model: &Model) -> BTreeMap<(u32, u32), u64> {

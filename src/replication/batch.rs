@@ -2,14 +2,23 @@
 //! leader reads `PushBatch` messages as byte ranges of the received
 //! message, and hands the shard borrowed entries ([`EntryRef`]), so a
 //! pushed entry is copied once, into the archive's block.
+//!
+//! A wormdb follower pushes its stored blocks instead of entries
+//! (`PushBatch.blocks`): each is checked entry by entry
+//! ([`check_foreign_block`]) when the batch is parsed, and its compressed
+//! payload is archived as is ([`ReplicatedPart::Block`]), so the leader
+//! decompresses (cheap) but never compresses pushed data again.
 
 use std::ops::Range;
 
 use bytes::Bytes;
 
 use super::status::Status;
-use crate::shard::block::{read_varint, skip_fixed, split_delimited, EntryView};
-use crate::shard::EntryRef;
+use crate::shard::block::{
+    check_foreign_block, decompress_payload, for_each_entry, read_varint, skip_fixed, split_delimited, BlockHeader,
+    EntryView, HEADER_BYTES,
+};
+use crate::shard::{EntryRef, ReplicatedPart, TagSet};
 
 /// A `PushBatch` message, validated, with its entries located.
 #[derive(Clone, Debug)]
@@ -20,6 +29,16 @@ pub struct PushedBatch {
     pub shard: u32,
     message: Bytes,
     entries: Vec<Located>,
+    blocks: Vec<PushedBlock>,
+}
+
+/// One pushed block, checked: where it is in the message, its header, and
+/// the tags of its entries (given away to the shard when it is appended).
+#[derive(Clone, Debug)]
+struct PushedBlock {
+    block: Range<usize>,
+    header: BlockHeader,
+    tags: TagSet,
 }
 
 /// One entry of a pushed batch: what parsing found, as ranges of the message.
@@ -41,7 +60,9 @@ impl PushedBatch {
     /// checked (UTF-8) when the entries are appended
     /// ([`with_pushed_refs`]), the one pass that reads them.
     pub fn parse(message: Bytes) -> Result<PushedBatch, Status> {
-        let mut batch = PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new() };
+        let mut batch =
+            PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new(), blocks: Vec::new() };
+        let mut raw = Vec::new();
         let mut rest: &[u8] = &message;
         while !rest.is_empty() {
             let (key, used) = read_varint(rest).ok_or_else(|| malformed("bad field key"))?;
@@ -73,6 +94,12 @@ impl PushedBatch {
                             entry: start..start + field_bytes.len(),
                             body: body_start..body_start + view.body.len(),
                         });
+                    } else if field == 4 {
+                        let index = batch.blocks.len();
+                        let (header, tags) = check_foreign_block(field_bytes, &mut raw)
+                            .map_err(|error| malformed(format!("block {}: {error}", index + 1)))?;
+                        let start = field_bytes.as_ptr() as usize - message.as_ptr() as usize;
+                        batch.blocks.push(PushedBlock { block: start..start + field_bytes.len(), header, tags });
                     }
                     rest = after;
                 }
@@ -84,22 +111,27 @@ impl PushedBatch {
                 (_, wire_type) => return Err(malformed(format!("unexpected wire type {wire_type}"))),
             }
         }
+        if !batch.entries.is_empty() && !batch.blocks.is_empty() {
+            return Err(malformed("a batch carries entries or blocks, not both"));
+        }
         Ok(batch)
     }
 
-    /// Entries in the batch.
+    /// Entries in the batch (those of its blocks included).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.blocks.iter().map(|block| block.header.entry_count as usize).sum::<usize>()
     }
 
     /// The batch has no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// The entries' seqs, in batch order.
+    /// The entries' seqs, in batch order: a block's entries have the
+    /// follower seqs `first_seq ..` of its header.
     pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries.iter().map(|located| located.seq)
+        let entries = self.entries.iter().map(|located| located.seq);
+        entries.chain(self.blocks.iter().flat_map(|block| block.header.first_seq..block.header.next_seq()))
     }
 
     /// The message's size in bytes.
@@ -107,7 +139,8 @@ impl PushedBatch {
         self.message.len()
     }
 
-    /// Entry `index`, borrowed from the message (no parsing: `parse` found it).
+    /// Entry `index` of a batch of entries, borrowed from the message (no
+    /// parsing: `parse` found it).
     pub fn entry(&self, index: usize) -> EntryView<'_> {
         let located = &self.entries[index];
         EntryView::from_parts(
@@ -140,6 +173,91 @@ pub fn with_pushed_refs<T>(entries: &[EntryView<'_>], append: impl FnOnce(&[Entr
     Ok(append(&refs))
 }
 
+/// What one append takes from a run of batches, in order.
+enum Item<'a> {
+    /// `views[range]`: entries to encode.
+    Views(Range<usize>),
+    /// A whole block, stored as is: its header and stored payload.
+    Block(BlockHeader, &'a [u8]),
+}
+
+/// Calls `append` with the parts of `batches` after the first `skip`
+/// entries of each (the duplicates), in order, for one append: pushed
+/// entries as borrowed [`EntryRef`]s (their tags read here, once: one that
+/// is not UTF-8 is `INVALID_ARGUMENT` and nothing is appended), and pushed
+/// blocks as stored blocks, except a block the skip cuts into, whose
+/// remaining entries are decompressed and encoded again. The whole blocks'
+/// tags are moved to the shard.
+pub fn with_fresh_parts<T>(
+    batches: &mut [(&mut PushedBatch, usize)],
+    append: impl FnOnce(Vec<ReplicatedPart<'_>>) -> T,
+) -> Result<T, Status> {
+    // First what needs `&mut`: take the tags of whole blocks, decompress cut ones.
+    let mut block_tags = Vec::new();
+    let mut cut_payloads = Vec::new();
+    for (batch, skip) in batches.iter_mut() {
+        let mut first = 0usize;
+        for block in &mut batch.blocks {
+            let count = block.header.entry_count as usize;
+            if first >= *skip {
+                block_tags.push(std::mem::take(&mut block.tags));
+            } else if first + count > *skip {
+                let mut raw = Vec::new();
+                decompress_payload(&block.header, &batch.message[block.block.clone()], &mut raw).map_err(malformed)?;
+                cut_payloads.push(raw);
+            }
+            first += count;
+        }
+    }
+    let mut views: Vec<EntryView<'_>> = Vec::new();
+    let mut items = Vec::new();
+    let mut cut_payloads = cut_payloads.iter();
+    for (batch, skip) in batches.iter() {
+        let (batch, skip): (&PushedBatch, usize) = (batch, *skip);
+        let run_start = views.len();
+        views.extend((skip.min(batch.entries.len())..batch.entries.len()).map(|index| batch.entry(index)));
+        if views.len() > run_start {
+            items.push(Item::Views(run_start..views.len()));
+        }
+        let mut first = 0usize;
+        for block in &batch.blocks {
+            let header = &block.header;
+            let count = header.entry_count as usize;
+            if first >= skip {
+                let payload = &batch.message[block.block.start + HEADER_BYTES..block.block.end];
+                items.push(Item::Block(*header, payload));
+            } else if first + count > skip {
+                let raw = cut_payloads.next().expect("decompressed above");
+                let run_start = views.len();
+                let keep_from = header.first_seq + (skip - first) as u64;
+                for_each_entry(header, raw, |seq, bytes| {
+                    if seq >= keep_from {
+                        views.push(EntryView::parse(bytes)?);
+                    }
+                    Ok(())
+                })
+                .map_err(malformed)?;
+                items.push(Item::Views(run_start..views.len()));
+            }
+            first += count;
+        }
+    }
+    with_pushed_refs(&views, |refs| {
+        let mut block_tags = block_tags.into_iter();
+        let parts = items
+            .into_iter()
+            .map(|item| match item {
+                Item::Views(range) => ReplicatedPart::Entries(&refs[range]),
+                Item::Block(header, payload) => {
+                    let tags = block_tags.next().expect("one tag set per whole block");
+                    ReplicatedPart::Block { header, payload, tags }
+                }
+            })
+            .collect();
+        append(parts)
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -160,7 +278,12 @@ mod tests {
 
     #[test]
     fn a_prost_encoded_batch_parses_to_the_same_entries() {
-        let pushed = PushBatch { follower_id: 7, shard: 2, entries: (1..=5).map(|seq| entry(seq, "body")).collect() };
+        let pushed = PushBatch {
+            follower_id: 7,
+            shard: 2,
+            entries: (1..=5).map(|seq| entry(seq, "body")).collect(),
+            blocks: Vec::new(),
+        };
         let batch = PushedBatch::parse(pushed.encode_to_vec().into()).unwrap();
         assert_eq!((batch.follower_id, batch.shard, batch.len()), (7, 2, 5));
         assert_eq!(batch.seqs().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
@@ -182,9 +305,94 @@ mod tests {
         assert_eq!(bodies.len(), 5);
     }
 
+    /// A stored block of `seqs` (the follower's seqs) as a follower's shard writes it.
+    fn stored_block(seqs: std::ops::RangeInclusive<u64>) -> Bytes {
+        use crate::shard::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec};
+        let mut raw = Vec::new();
+        for seq in seqs.clone() {
+            let body = format!("line {seq} of a follower's log");
+            let tags = [("app", "web"), ("n", if seq % 2 == 0 { "even" } else { "odd" })];
+            encode_entry(
+                &EntryRef { timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
+                seq as i64,
+                &mut raw,
+            );
+        }
+        let count = (seqs.end() - seqs.start() + 1) as u32;
+        let spec = BlockSpec {
+            first_seq: *seqs.start(),
+            entry_count: count,
+            min_ts: *seqs.start() as i64,
+            max_ts: *seqs.end() as i64,
+            origin: None,
+        };
+        let mut out = vec![0; encoded_bytes_max(raw.len())];
+        let used = encode_block(&spec, &raw, &mut out);
+        out.truncate(used);
+        out.into()
+    }
+
+    fn part_shapes(batch: &mut PushedBatch, skip: usize) -> Vec<String> {
+        with_fresh_parts(&mut [(batch, skip)], |parts| {
+            parts
+                .iter()
+                .map(|part| match part {
+                    ReplicatedPart::Entries(entries) => {
+                        let bodies: Vec<_> = entries.iter().map(|entry| String::from_utf8_lossy(entry.body)).collect();
+                        format!("entries {bodies:?}")
+                    }
+                    ReplicatedPart::Block { header, tags, .. } => {
+                        format!("block {}+{} ({} tags)", header.first_seq, header.entry_count, tags.len())
+                    }
+                })
+                .collect()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn pushed_blocks_are_archived_whole_unless_the_watermark_cuts_one() {
+        let pushed = PushBatch {
+            follower_id: 4,
+            shard: 1,
+            entries: Vec::new(),
+            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
+        };
+        let message: Bytes = pushed.encode_to_vec().into();
+        let batch = PushedBatch::parse(message.clone()).unwrap();
+        assert_eq!((batch.follower_id, batch.shard, batch.len()), (4, 1, 6));
+        assert_eq!(batch.seqs().collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+        let shapes = |skip| part_shapes(&mut PushedBatch::parse(message.clone()).unwrap(), skip);
+        assert_eq!(shapes(0), ["block 1+3 (3 tags)", "block 4+3 (3 tags)"]);
+        assert_eq!(shapes(3), ["block 4+3 (3 tags)"]);
+        let cut = r#"entries ["line 5 of a follower's log", "line 6 of a follower's log"]"#;
+        assert_eq!(shapes(4), [cut]);
+        assert!(shapes(6).is_empty());
+    }
+
+    #[test]
+    fn a_bad_block_or_a_batch_mixing_entries_and_blocks_is_invalid_argument() {
+        use crate::replication::status::Code;
+        let mut block = stored_block(1..=3).to_vec();
+        block[70] ^= 0x40;
+        let damaged = PushBatch { follower_id: 1, shard: 0, entries: Vec::new(), blocks: vec![block.into()] };
+        let status = PushedBatch::parse(damaged.encode_to_vec().into()).unwrap_err();
+        assert_eq!(status.code, Code::InvalidArgument);
+        assert!(status.message.contains("block 1: block checksum mismatch"), "{status:?}");
+        let mixed =
+            PushBatch { follower_id: 1, shard: 0, entries: vec![entry(4, "x")], blocks: vec![stored_block(1..=3)] };
+        let status = PushedBatch::parse(mixed.encode_to_vec().into()).unwrap_err();
+        assert!(status.message.contains("not both"), "{status:?}");
+    }
+
     #[test]
     fn entries_without_a_body_or_tags_parse() {
-        let pushed = PushBatch { follower_id: 3, shard: 1, entries: vec![LogEntry { seq: 1, ..LogEntry::default() }] };
+        let pushed = PushBatch {
+            follower_id: 3,
+            shard: 1,
+            entries: vec![LogEntry { seq: 1, ..LogEntry::default() }],
+            blocks: Vec::new(),
+        };
         let batch = PushedBatch::parse(pushed.encode_to_vec().into()).unwrap();
         let view = batch.entry(0);
         assert_eq!((view.seq, view.timestamp_ns, view.body), (1, 0, &[][..]));
@@ -194,13 +402,14 @@ mod tests {
     #[test]
     fn malformed_batches_are_invalid_argument() {
         use crate::replication::status::Code;
-        let good = PushBatch { follower_id: 1, shard: 0, entries: vec![entry(1, "x")] }.encode_to_vec();
+        let good =
+            PushBatch { follower_id: 1, shard: 0, entries: vec![entry(1, "x")], blocks: Vec::new() }.encode_to_vec();
         for cut in 1..good.len() {
             if let Err(status) = PushedBatch::parse(Bytes::copy_from_slice(&good[..cut])) {
                 assert_eq!(status.code, Code::InvalidArgument);
             }
         }
-        let mut bad_tag = PushBatch { follower_id: 1, shard: 0, entries: vec![] }.encode_to_vec();
+        let mut bad_tag = PushBatch { follower_id: 1, shard: 0, entries: vec![], blocks: Vec::new() }.encode_to_vec();
         // entry { tags: { key: 0xFF (not UTF-8), value: "v" } }
         bad_tag.extend_from_slice(&[0x1A, 8, 0x1A, 6, 0x0A, 1, 0xFF, 0x12, 1, b'v']);
         // Tags are read (and checked) once, when the entries are appended.

@@ -27,11 +27,14 @@ use super::grpc::{CallReceiver, CallSender, Channel};
 use super::status::{Code, Status};
 use crate::node::Core;
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
-use crate::shard::SegmentSpan;
+use crate::shard::{block, SegmentSpan};
 
-/// Most entries in one pushed batch.
+/// Most entries in one pushed batch of entries.
 pub const BATCH_ENTRIES_MAX: usize = 16_384;
-/// Batches stop growing once their entries pass this many bytes.
+/// Most entries in one pushed batch of blocks (a block has at most
+/// [`crate::limits::BLOCK_ENTRIES_MAX`]).
+pub const BLOCK_BATCH_ENTRIES_MAX: usize = 65_536;
+/// Batches stop growing once their entries (or blocks) pass this many bytes.
 pub const BATCH_BYTES_TARGET: usize = 4 << 20;
 /// Batches sent and not yet acknowledged.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
@@ -211,38 +214,63 @@ async fn send_batches(
     }
 }
 
-/// Builds the framed `PushBatch` of the durable entries from `next` on,
-/// straight from their stored bytes (no decoding, see [`PushBatchWriter`]).
+/// Builds the framed `PushBatch` of the durable entries from `next` on:
+/// the shard's stored blocks as they are (see [`PushBatchWriter::push_block`]),
+/// except when `next` falls inside a block (a resume from a watermark the
+/// leader got otherwise): then the batch holds that block's entries from
+/// `next` on, straight from their stored bytes ([`PushBatchWriter::push`]).
+/// Returns the message and the entries it holds.
 async fn encode_batch(core: &Core, node: u32, shard: u32, next: u64) -> Result<(Bytes, u64), Status> {
     let mut writer = PushBatchWriter::new(node, shard, BATCH_BYTES_TARGET + BATCH_BYTES_TARGET / 8);
     let mut expected = next;
     let mut out_of_order = None;
-    let visited = core
-        .shard
-        .read_raw_from(next, BATCH_ENTRIES_MAX, BATCH_BYTES_TARGET, &mut |seq, entry| {
-            if seq != expected {
-                out_of_order.get_or_insert(seq);
+    let mut cut_block = None;
+    core.shard
+        .read_stored_blocks_from(next, BLOCK_BATCH_ENTRIES_MAX, BATCH_BYTES_TARGET, &mut |header, block| {
+            if header.first_seq < next && header.next_seq() > next {
+                cut_block = Some((*header, block.to_vec()));
+                return false;
             }
-            expected = seq + 1;
-            writer.push(seq, entry);
+            if header.first_seq != expected {
+                out_of_order.get_or_insert(header.first_seq);
+                return false;
+            }
+            writer.push_block(block);
+            expected = header.next_seq();
+            true
         })
         .await
         .map_err(|error| Status::internal(error.to_string()))?;
-    if visited == 0 || out_of_order.is_some() {
+    if let Some((header, block)) = cut_block {
+        let mut raw = Vec::new();
+        let result = block::decompress_payload(&header, &block, &mut raw).and_then(|()| {
+            block::for_each_entry(&header, &raw, |seq, entry| {
+                if seq >= next {
+                    writer.push(seq, entry);
+                }
+                Ok(())
+            })
+        });
+        result.map_err(|error| Status::internal(format!("stored block at seq {}: {error}", header.first_seq)))?;
+        expected = header.next_seq();
+    }
+    let sent = expected - next;
+    if sent == 0 || out_of_order.is_some() {
         return Err(Status::new(
             Code::DataLoss,
             format!(
-                "seq {next} is no longer in the local log (read {visited} entries, first out of order: \
+                "seq {next} is no longer in the local log (read {sent} entries, first block out of order: \
                  {out_of_order:?}); it cannot be replicated"
             ),
         ));
     }
-    Ok((writer.finish(), visited as u64))
+    Ok((writer.finish(), sent))
 }
 
-/// Writes a framed `PushBatch` message from stored entries: each stored
-/// entry is a `LogEntry` without ids, so appending its `seq` field makes it
-/// the `LogEntry` the leader needs (protobuf fields may come in any order).
+/// Writes a framed `PushBatch` message from stored data: whole stored
+/// blocks (field `blocks`), or stored entries: each stored entry is a
+/// `LogEntry` without ids, so appending its `seq` field makes it the
+/// `LogEntry` the leader needs (protobuf fields may come in any order).
 pub struct PushBatchWriter {
     out: BytesMut,
 }
@@ -251,6 +279,7 @@ impl PushBatchWriter {
     const FOLLOWER_ID_TAG: u8 = 1 << 3; // field 1, varint
     const SHARD_TAG: u8 = 2 << 3; // field 2, varint
     const ENTRIES_TAG: u8 = (3 << 3) | 2; // field 3, length-delimited
+    const BLOCKS_TAG: u8 = (4 << 3) | 2; // field 4, length-delimited
     const SEQ_TAG: u8 = 1 << 3; // LogEntry field 1, varint
 
     /// A batch of follower `node`'s shard `shard`, with room for `capacity` bytes.
@@ -271,6 +300,13 @@ impl PushBatchWriter {
         self.out.put_slice(entry);
         self.out.put_u8(Self::SEQ_TAG);
         encode_varint(seq, &mut self.out);
+    }
+
+    /// Appends one stored block, whole (header, payload, crc).
+    pub fn push_block(&mut self, block: &[u8]) {
+        self.out.put_u8(Self::BLOCKS_TAG);
+        encode_varint(block.len() as u64, &mut self.out);
+        self.out.put_slice(block);
     }
 
     /// The framed message (5-byte gRPC prefix included).
@@ -336,6 +372,21 @@ mod tests {
             })
             .collect();
         assert_eq!(batch.entries, expected);
+    }
+
+    #[test]
+    fn written_blocks_decode_as_the_push_batch_blocks_prost_would_read() {
+        use crate::proto::PushBatch;
+        use prost::Message;
+        let blocks: [&[u8]; 2] = [b"first block bytes", &[7u8; 300]];
+        let mut writer = PushBatchWriter::new(2, 9, 1024);
+        for block in blocks {
+            writer.push_block(block);
+        }
+        let framed = writer.finish();
+        let batch = PushBatch::decode(&framed[frame::PREFIX_BYTES..]).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!((batch.follower_id, batch.shard, batch.entries.len()), (2, 9, 0));
+        assert_eq!(batch.blocks, blocks.map(Bytes::copy_from_slice).to_vec());
     }
 
     #[test]

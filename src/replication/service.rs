@@ -22,7 +22,7 @@ use futures_channel::oneshot;
 use futures_lite::future;
 use futures_util::SinkExt;
 
-use super::batch::{with_pushed_refs, PushedBatch};
+use super::batch::{with_fresh_parts, PushedBatch};
 use super::grpc::{Call, LocalFuture, MessageStream, Service};
 use super::status::{Code, Status};
 use super::watermark;
@@ -232,7 +232,7 @@ async fn commit_group(core: &Core, pair: &Pair, key: (u32, u32), group: Vec<Queu
         }
         let outcome = if expected > watermark {
             let origin = Origin { node: key.0, shard: key.1, first_seq: watermark + 1 };
-            append_fresh(core, origin, &admitted).await
+            append_fresh(core, origin, &mut admitted).await
         } else {
             Ok(())
         };
@@ -277,14 +277,14 @@ async fn commit_group(core: &Core, pair: &Pair, key: (u32, u32), group: Vec<Queu
 async fn append_fresh(
     core: &Core,
     origin: Origin,
-    admitted: &[(Queued, Result<watermark::Admission, Status>)],
+    admitted: &mut [(Queued, Result<watermark::Admission, Status>)],
 ) -> Result<(), Status> {
-    let mut views = Vec::new();
-    for ((batch, _), admission) in admitted {
-        let Ok(admission) = admission else { continue };
-        views.extend((admission.duplicates..batch.len()).map(|index| batch.entry(index)));
-    }
-    let wait = with_pushed_refs(&views, |refs| core.shard.append_replicated(origin, refs))?.map_err(shard_status)?;
+    let mut fresh: Vec<(&mut PushedBatch, usize)> = admitted
+        .iter_mut()
+        .filter_map(|((batch, _), admission)| admission.as_ref().ok().map(|admission| (batch, admission.duplicates)))
+        .collect();
+    let wait = with_fresh_parts(&mut fresh, |parts| core.shard.append_replicated_parts(origin, parts))?
+        .map_err(shard_status)?;
     wait.durable().await.map(|_| ()).map_err(shard_status)
 }
 

@@ -412,7 +412,7 @@ pub fn encode_block(spec: &BlockSpec, raw: &[u8], out: &mut [u8]) -> usize {
     assert!(raw.len() >= spec.entry_count as usize, "every entry has at least its length prefix");
     assert!(out.len() >= encoded_bytes_max(raw.len()));
 
-    let (header, payload) = out.split_at_mut(HEADER_BYTES);
+    let payload = &mut out[HEADER_BYTES..];
     let compressed = if looks_incompressible(raw) {
         usize::MAX
     } else {
@@ -424,7 +424,27 @@ pub fn encode_block(spec: &BlockSpec, raw: &[u8], out: &mut [u8]) -> usize {
         payload[..raw.len()].copy_from_slice(raw);
         (Codec::None, raw.len())
     };
+    finish_block(spec, codec, raw.len(), stored_len, out)
+}
 
+/// Encodes one block into `out` (at least `HEADER_BYTES + stored.len()`
+/// long) around a payload that is already stored: the payload of a block
+/// another node encoded ([`check_foreign_block`]), given a header of this
+/// shard. Returns the bytes used. Nothing is compressed.
+pub fn encode_stored_block(spec: &BlockSpec, codec: Codec, raw_len: usize, stored: &[u8], out: &mut [u8]) -> usize {
+    assert!(spec.entry_count >= 1, "a block holds at least one entry");
+    assert!(spec.first_seq >= 1, "seqs start at 1");
+    assert!(spec.min_ts <= spec.max_ts);
+    assert!(raw_len <= limits::BLOCK_RAW_BYTES_MAX && stored.len() <= limits::BLOCK_STORED_BYTES_MAX);
+    assert!(codec == Codec::Lz4 || stored.len() == raw_len, "an uncompressed payload is its raw bytes");
+    out[HEADER_BYTES..HEADER_BYTES + stored.len()].copy_from_slice(stored);
+    finish_block(spec, codec, raw_len, stored.len(), out)
+}
+
+/// Writes the header of a block whose payload is already in place at
+/// `out[HEADER_BYTES..][..stored_len]`, crc last; returns the block's bytes.
+fn finish_block(spec: &BlockSpec, codec: Codec, raw_len: usize, stored_len: usize, out: &mut [u8]) -> usize {
+    let (header, payload) = out.split_at_mut(HEADER_BYTES);
     header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
     header[VERSION_OFFSET..CODEC_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     header[CODEC_OFFSET] = codec as u8;
@@ -435,7 +455,7 @@ pub fn encode_block(spec: &BlockSpec, raw: &[u8], out: &mut [u8]) -> usize {
     let origin = spec.origin.unwrap_or(Origin { node: 0, shard: 0, first_seq: 0 });
     header[ORIGIN_FIRST_SEQ_OFFSET..ENTRY_COUNT_OFFSET].copy_from_slice(&origin.first_seq.to_le_bytes());
     header[ENTRY_COUNT_OFFSET..RAW_LEN_OFFSET].copy_from_slice(&spec.entry_count.to_le_bytes());
-    header[RAW_LEN_OFFSET..STORED_LEN_OFFSET].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    header[RAW_LEN_OFFSET..STORED_LEN_OFFSET].copy_from_slice(&(raw_len as u32).to_le_bytes());
     header[STORED_LEN_OFFSET..ORIGIN_NODE_OFFSET].copy_from_slice(&(stored_len as u32).to_le_bytes());
     header[ORIGIN_NODE_OFFSET..ORIGIN_SHARD_OFFSET].copy_from_slice(&origin.node.to_le_bytes());
     header[ORIGIN_SHARD_OFFSET..CRC_OFFSET].copy_from_slice(&origin.shard.to_le_bytes());
@@ -446,6 +466,77 @@ pub fn encode_block(spec: &BlockSpec, raw: &[u8], out: &mut [u8]) -> usize {
     // Pair the assertion: what we wrote reads back as the block we meant.
     debug_assert_eq!(verify_block(&out[..block_len]).map(|h| h.first_seq), Ok(spec.first_seq));
     block_len
+}
+
+/// Distinct `key=value` pairs, looked up by borrowed [`TagRef`]s (no
+/// allocation for a pair already present): the tags of one block, which is
+/// what the index records.
+pub type TagSet = hashbrown::HashSet<(Box<str>, Box<str>), ahash::RandomState>;
+
+/// A borrowed tag pair that hashes and compares like an owned one.
+#[derive(Hash)]
+struct TagRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(Box<str>, Box<str>)> for TagRef<'_> {
+    fn equivalent(&self, key: &(Box<str>, Box<str>)) -> bool {
+        *key.0 == *self.0 && *key.1 == *self.1
+    }
+}
+
+/// Adds `key=value` to `tags`, allocating only if it is new.
+pub fn insert_tag(tags: &mut TagSet, key: &str, value: &str) {
+    if !tags.contains(&TagRef(key, value)) {
+        tags.insert((key.into(), value.into()));
+    }
+}
+
+/// Checks a block that another node encoded (a follower's, pushed to its
+/// leader) before its payload is stored as is, and gathers its tags for
+/// the index. Beyond [`verify_block`] (header, limits, crc), the payload
+/// must decompress to exactly `entry_count` entries (decompressed into
+/// `raw`, a reusable scratch buffer), each a stored entry as
+/// [`encode_entry`] writes it (no seq field, tags UTF-8 and within the
+/// limits of [`validate_entry`]), with timestamps whose minimum and maximum
+/// are the header's: the index trusts those. The block's own seqs and
+/// origin fields are the sender's business; the caller gives it a header
+/// of this shard ([`encode_stored_block`]).
+pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHeader, TagSet), BlockError> {
+    let header = verify_block(block)?;
+    if block.len() != header.block_bytes() {
+        return Err(BlockError::Payload(format!(
+            "{} bytes after the block's {}",
+            block.len() - header.block_bytes(),
+            header.block_bytes()
+        )));
+    }
+    decompress_payload(&header, block, raw)?;
+    let mut tags = TagSet::default();
+    let mut entry_tags: Vec<(&str, &str)> = Vec::with_capacity(8);
+    let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+    for_each_entry(&header, raw, |seq, bytes| {
+        let view = EntryView::parse(bytes)?;
+        let bad = |what: String| BlockError::Payload(format!("entry {seq}: {what}"));
+        if view.seq != 0 {
+            return Err(bad("a stored entry carries no seq field".into()));
+        }
+        entry_tags.clear();
+        view.for_each_tag(|key, value| entry_tags.push((key, value)))?;
+        validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &entry_tags, body: view.body })
+            .map_err(|error| bad(error.to_string()))?;
+        for (key, value) in &entry_tags {
+            insert_tag(&mut tags, key, value);
+        }
+        min_ts = min_ts.min(view.timestamp_ns);
+        max_ts = max_ts.max(view.timestamp_ns);
+        Ok(())
+    })?;
+    if (min_ts, max_ts) != (header.min_ts, header.max_ts) {
+        return Err(BlockError::Payload(format!(
+            "entry timestamps span {min_ts}..={max_ts}, the header says {}..={}",
+            header.min_ts, header.max_ts
+        )));
+    }
+    Ok((header, tags))
 }
 
 /// Whether a large payload is not worth compressing, judged from one
@@ -1085,6 +1176,81 @@ mod tests {
 
     /// Encodes, verifies and decodes `entries` as one block and checks every
     /// field that comes back. Returns the header.
+    #[test]
+    fn a_foreign_block_is_stored_as_is_under_a_new_header() {
+        let entries: Vec<TestEntry> = loghub_entries("HDFS_2k.log").into_iter().take(300).collect();
+        let sent = encode_entries(&entries, 41, None);
+        let mut raw = Vec::new();
+        let (header, tags) = check_foreign_block(&sent, &mut raw).unwrap();
+        assert_eq!((header.first_seq, header.entry_count, header.codec), (41, 300, Codec::Lz4));
+        let mut want_tags = TagSet::default();
+        for entry in &entries {
+            for (key, value) in &entry.tags {
+                insert_tag(&mut want_tags, key, value);
+            }
+        }
+        assert_eq!(tags, want_tags);
+
+        let origin = Origin { node: 7, shard: 2, first_seq: 41 };
+        let spec = BlockSpec { first_seq: 9000, origin: Some(origin), ..spec_for(&entries, 1, None) };
+        let payload = &sent[HEADER_BYTES..];
+        let mut out = vec![0; HEADER_BYTES + payload.len()];
+        let used = encode_stored_block(&spec, header.codec, header.raw_len as usize, payload, &mut out);
+        assert_eq!(used, sent.len(), "same payload, same size");
+        assert_eq!(&out[HEADER_BYTES..], payload, "the payload is not compressed again");
+        let (stored, decoded) = decode_block(&out, 1, 0).unwrap();
+        assert_eq!((stored.first_seq, stored.origin), (9000, Some(origin)));
+        for (index, (entry, want)) in decoded.iter().zip(&entries).enumerate() {
+            assert_eq!(entry, &want.to_proto(41 + index as u64, 7, 2));
+        }
+    }
+
+    #[test]
+    fn a_foreign_block_that_is_not_what_this_shard_writes_is_refused() {
+        let entries: Vec<TestEntry> = loghub_entries("HDFS_2k.log").into_iter().take(20).collect();
+        let good = encode_entries(&entries, 1, None);
+        let mut raw = Vec::new();
+        let check = |block: &[u8], raw: &mut Vec<u8>| check_foreign_block(block, raw).map(|(header, _)| header);
+        assert!(check(&good, &mut raw).is_ok());
+        // Damaged anywhere: the crc.
+        let mut flipped = good.clone();
+        flipped[HEADER_BYTES + 5] ^= 1;
+        assert!(matches!(check(&flipped, &mut raw), Err(BlockError::Checksum { .. })));
+        // Bytes after the block.
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(matches!(check(&longer, &mut raw), Err(BlockError::Payload(message)) if message.contains("after")));
+        // A header whose time range is not its entries' (re-signed).
+        let mut wider = good.clone();
+        put_u64(&mut wider, MIN_TS_OFFSET, (entries[0].timestamp_ns - 1) as u64);
+        resign(&mut wider);
+        assert!(matches!(check(&wider, &mut raw), Err(BlockError::Payload(message)) if message.contains("span")));
+        // An entry carrying a seq field, a tag that is not UTF-8, too many tags.
+        let bad_payloads: [(&str, Vec<u8>); 3] = [
+            ("seq", vec![0x08, 0x05, 0x10, 0x01]),
+            ("UTF-8", vec![0x10, 0x01, 0x1A, 0x05, 0x0A, 0x01, 0xFF, 0x12, 0x00]),
+            ("ENTRY_TAGS_MAX", {
+                let tags: Vec<(String, String)> =
+                    (0..=limits::ENTRY_TAGS_MAX).map(|i| (format!("k{i}"), "v".into())).collect();
+                let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+                let mut encoded = Vec::new();
+                encode_entry(&EntryRef { timestamp_ns: 1, tags: &tags, body: b"x" }, 1, &mut encoded);
+                message_of(&encoded).to_vec()
+            }),
+        ];
+        for (what, entry) in bad_payloads {
+            let mut payload = Vec::new();
+            put_varint(&mut payload, entry.len() as u64);
+            payload.extend_from_slice(&entry);
+            let spec = BlockSpec { first_seq: 1, entry_count: 1, min_ts: 1, max_ts: 1, origin: None };
+            let block = encode(&spec, &payload);
+            match check(&block, &mut raw) {
+                Err(error) => assert!(error.to_string().contains(what), "{what}: {error}"),
+                Ok(header) => panic!("{what}: accepted {header:?}"),
+            }
+        }
+    }
+
     fn assert_block_round_trip(entries: &[TestEntry], first_seq: u64, origin: Option<Origin>) -> BlockHeader {
         const NODE: u32 = 11;
         const SHARD: u32 = 22;

@@ -40,7 +40,7 @@ use glommio::io::DmaFile;
 
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
-pub use block::{EntryRef, Origin};
+pub use block::{EntryRef, Origin, TagSet};
 pub use reader::{OrderedQuery, Query, QueryResult};
 pub use recovery::{RecoveryReport, TornTail};
 
@@ -336,20 +336,16 @@ struct PendingBlock {
     /// they are appended, so the commit indexes the block without parsing
     /// its entries again.
     tags: TagSet,
+    /// Set for a block another node encoded: `raw_start..raw_end` holds its
+    /// stored payload, which the commit writes as is (no compression).
+    stored: Option<StoredPayload>,
 }
 
-/// Distinct tag pairs, looked up by borrowed [`TagRef`]s (no allocation
-/// for a pair already present).
-type TagSet = hashbrown::HashSet<(Box<str>, Box<str>), ahash::RandomState>;
-
-/// A borrowed tag pair that hashes and compares like an owned one.
-#[derive(Hash)]
-struct TagRef<'a>(&'a str, &'a str);
-
-impl hashbrown::Equivalent<(Box<str>, Box<str>)> for TagRef<'_> {
-    fn equivalent(&self, key: &(Box<str>, Box<str>)) -> bool {
-        *key.0 == *self.0 && *key.1 == *self.1
-    }
+/// How a pending block's payload, encoded by another node, is stored.
+#[derive(Clone, Copy)]
+struct StoredPayload {
+    codec: block::Codec,
+    raw_len: usize,
 }
 
 struct PendingAppend {
@@ -453,6 +449,32 @@ struct Inner {
 #[derive(Clone)]
 pub struct Shard {
     inner: Rc<Inner>,
+}
+
+/// One part of a replicated append ([`Shard::append_replicated_parts`]).
+pub enum ReplicatedPart<'a> {
+    /// Entries to encode, in blocks of their own.
+    Entries(&'a [EntryRef<'a>]),
+    /// A block another node encoded, checked with
+    /// [`block::check_foreign_block`]: its payload is stored as is.
+    Block {
+        /// The block's header as checked (its seqs and origin fields are
+        /// the sender's and are not used).
+        header: block::BlockHeader,
+        /// The stored payload, `header.stored_len` bytes.
+        payload: &'a [u8],
+        /// The distinct tags of its entries, as the check gathered them.
+        tags: TagSet,
+    },
+}
+
+impl ReplicatedPart<'_> {
+    fn entry_count(&self) -> u64 {
+        match self {
+            ReplicatedPart::Entries(entries) => entries.len() as u64,
+            ReplicatedPart::Block { header, .. } => u64::from(header.entry_count),
+        }
+    }
 }
 
 /// Resolves once an append is durable (or failed). Dropping it does not
@@ -592,24 +614,58 @@ impl Shard {
         self.append_with_origin(entries, Some(origin))
     }
 
+    /// Like [`Shard::append_replicated`], for a run of parts, all or
+    /// nothing, as one append: entries to encode, or whole blocks that the
+    /// origin node encoded (a follower's blocks, pushed to its leader),
+    /// whose payload is stored as is under a header of this shard, so the
+    /// leader does not compress what the follower already compressed.
+    /// Origin seqs run from `origin.first_seq` on, dense, across the parts
+    /// in order.
+    pub fn append_replicated_parts(&self, origin: Origin, parts: Vec<ReplicatedPart<'_>>) -> Result<AppendWait> {
+        self.append_parts(Some(origin), parts)
+    }
+
     fn append_with_origin(&self, entries: &[EntryRef<'_>], origin: Option<Origin>) -> Result<AppendWait> {
-        if entries.is_empty() {
+        self.append_parts(origin, vec![ReplicatedPart::Entries(entries)])
+    }
+
+    fn append_parts(&self, origin: Option<Origin>, parts: Vec<ReplicatedPart<'_>>) -> Result<AppendWait> {
+        let entry_count: u64 = parts.iter().map(ReplicatedPart::entry_count).sum();
+        if entry_count == 0 {
             return Err(Error::InvalidAppend("no entries".into()));
         }
         if let Some(origin) = origin {
-            let fits = origin.first_seq >= 1 && origin.first_seq.checked_add(entries.len() as u64).is_some();
+            let fits = origin.first_seq >= 1 && origin.first_seq.checked_add(entry_count).is_some();
             if !fits {
                 return Err(Error::InvalidAppend(format!(
-                    "origin seqs {} + {} entries are outside 1..u64::MAX",
+                    "origin seqs {} + {entry_count} entries are outside 1..u64::MAX",
                     origin.first_seq,
-                    entries.len()
                 )));
             }
         }
         let mut bound = 0usize;
-        for (index, entry) in entries.iter().enumerate() {
-            block::validate_entry(entry).map_err(|source| Error::InvalidEntry { index, source })?;
-            bound += entry_bytes_bound(entry);
+        let mut index = 0usize;
+        for part in &parts {
+            match part {
+                ReplicatedPart::Entries(entries) => {
+                    for entry in entries.iter() {
+                        block::validate_entry(entry).map_err(|source| Error::InvalidEntry { index, source })?;
+                        bound += entry_bytes_bound(entry);
+                        index += 1;
+                    }
+                }
+                ReplicatedPart::Block { header, payload, .. } => {
+                    if payload.len() != header.stored_len as usize {
+                        return Err(Error::InvalidAppend(format!(
+                            "a stored block's payload is {} bytes, its header says {}",
+                            payload.len(),
+                            header.stored_len
+                        )));
+                    }
+                    bound += payload.len();
+                    index += header.entry_count as usize;
+                }
+            }
         }
         let pending_max = limits::pending_raw_bytes_max(self.inner.config.segment_bytes);
         if bound > pending_max {
@@ -653,58 +709,82 @@ impl Shard {
 
         let now = now_unix_ns();
         let pending = &mut state.pending;
-        // A replicated batch starts a block of its own, so that one block
-        // never mixes origins.
-        let mut force_new_block = origin.is_some();
         let mut origin_seq = origin.map(|origin| origin.first_seq);
-        for entry in entries {
-            let timestamp_ns = if entry.timestamp_ns == 0 { now } else { entry.timestamp_ns };
-            let start = pending.raw.len();
-            let needs_new_block = match pending.blocks.last() {
-                None => true,
-                Some(last) => {
-                    // A replicated append continues its own block (its
-                    // origin seqs are contiguous); a local append never
-                    // joins a replicated block.
-                    force_new_block
-                        || last.origin.is_some() != origin.is_some()
-                        || last.raw_end - last.raw_start >= limits::BLOCK_RAW_BYTES_TARGET
-                        || last.entry_count as usize >= limits::BLOCK_ENTRIES_MAX
+        let origin_at = |seq: Option<u64>| seq.zip(origin).map(|(first_seq, origin)| Origin { first_seq, ..origin });
+        for part in parts {
+            let entries = match part {
+                ReplicatedPart::Entries(entries) => entries,
+                ReplicatedPart::Block { header, payload, tags } => {
+                    let start = pending.raw.len();
+                    pending.raw.extend_from_slice(payload);
+                    pending.blocks.push(PendingBlock {
+                        raw_start: start,
+                        raw_end: pending.raw.len(),
+                        entry_count: header.entry_count,
+                        min_ts: header.min_ts,
+                        max_ts: header.max_ts,
+                        origin: origin_at(origin_seq),
+                        tags,
+                        stored: Some(StoredPayload { codec: header.codec, raw_len: header.raw_len as usize }),
+                    });
+                    if let Some(seq) = origin_seq.as_mut() {
+                        *seq += u64::from(header.entry_count);
+                    }
+                    continue;
                 }
             };
-            if needs_new_block {
-                pending.blocks.push(PendingBlock {
-                    raw_start: start,
-                    raw_end: start,
-                    entry_count: 0,
-                    min_ts: timestamp_ns,
-                    max_ts: timestamp_ns,
-                    origin: origin_seq.zip(origin).map(|(first_seq, origin)| Origin { first_seq, ..origin }),
-                    tags: TagSet::default(),
-                });
-                force_new_block = false;
-            }
-            block::encode_entry(entry, timestamp_ns, &mut pending.raw);
-            let end = pending.raw.len();
-            let block = pending.blocks.last_mut().expect("a block was pushed above");
-            block.raw_end = end;
-            block.entry_count += 1;
-            block.min_ts = block.min_ts.min(timestamp_ns);
-            block.max_ts = block.max_ts.max(timestamp_ns);
-            for (key, value) in entry.tags {
-                if !block.tags.contains(&TagRef(key, value)) {
-                    block.tags.insert(((*key).into(), (*value).into()));
+            // A replicated run starts a block of its own, so that one block
+            // never mixes origins.
+            let mut force_new_block = origin.is_some();
+            for entry in entries {
+                let timestamp_ns = if entry.timestamp_ns == 0 { now } else { entry.timestamp_ns };
+                let start = pending.raw.len();
+                let needs_new_block = match pending.blocks.last() {
+                    None => true,
+                    Some(last) => {
+                        // A replicated append continues its own block (its
+                        // origin seqs are contiguous); a local append never
+                        // joins a replicated block.
+                        force_new_block
+                            || last.stored.is_some()
+                            || last.origin.is_some() != origin.is_some()
+                            || last.raw_end - last.raw_start >= limits::BLOCK_RAW_BYTES_TARGET
+                            || last.entry_count as usize >= limits::BLOCK_ENTRIES_MAX
+                    }
+                };
+                if needs_new_block {
+                    pending.blocks.push(PendingBlock {
+                        raw_start: start,
+                        raw_end: start,
+                        entry_count: 0,
+                        min_ts: timestamp_ns,
+                        max_ts: timestamp_ns,
+                        origin: origin_at(origin_seq),
+                        tags: TagSet::default(),
+                        stored: None,
+                    });
+                    force_new_block = false;
                 }
+                block::encode_entry(entry, timestamp_ns, &mut pending.raw);
+                let end = pending.raw.len();
+                let block = pending.blocks.last_mut().expect("a block was pushed above");
+                block.raw_end = end;
+                block.entry_count += 1;
+                block.min_ts = block.min_ts.min(timestamp_ns);
+                block.max_ts = block.max_ts.max(timestamp_ns);
+                for (key, value) in entry.tags {
+                    block::insert_tag(&mut block.tags, key, value);
+                }
+                // Keep replicated blocks within one contiguous origin range, and
+                // every block under the raw size the codec accepts.
+                if let Some(seq) = origin_seq.as_mut() {
+                    *seq += 1;
+                }
+                debug_assert!(block.raw_end - block.raw_start <= limits::BLOCK_RAW_BYTES_MAX);
             }
-            // Keep replicated blocks within one contiguous origin range, and
-            // every block under the raw size the codec accepts.
-            if let Some(seq) = origin_seq.as_mut() {
-                *seq += 1;
-            }
-            debug_assert!(block.raw_end - block.raw_start <= limits::BLOCK_RAW_BYTES_MAX);
         }
         let (sender, receiver) = oneshot::channel();
-        pending.appends.push(PendingAppend { entry_count: entries.len() as u64, done: sender });
+        pending.appends.push(PendingAppend { entry_count, done: sender });
         drop(state);
         self.inner.writer_wake.notify();
         Ok(AppendWait { receiver })

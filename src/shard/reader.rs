@@ -303,6 +303,41 @@ impl Shard {
         Ok(visited)
     }
 
+    /// Visits whole durable blocks, crc-checked but not decoded, in seq
+    /// order from the one holding `from_seq` (which may start before it),
+    /// while `visit(header, block bytes)` returns true, up to about `limit`
+    /// entries and until `bytes_max` block bytes were visited. This is what
+    /// a follower's pusher sends. Returns the blocks visited.
+    pub async fn read_stored_blocks_from(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        bytes_max: usize,
+        visit: &mut dyn FnMut(&block::BlockHeader, &[u8]) -> bool,
+    ) -> Result<usize> {
+        let limit = limit.min(limits::READ_ENTRIES_MAX);
+        let mut visited = 0usize;
+        let mut bytes = 0usize;
+        for plan in self.plans_from(from_seq, limit).await? {
+            let complete = self
+                .read_blocks(&plan, false, &mut |meta, block_bytes| {
+                    let block_error = |source| Error::Block { path: plan.path.clone(), offset: meta.offset, source };
+                    let header = block::verify_block(block_bytes).map_err(block_error)?;
+                    if !visit(&header, &block_bytes[..header.block_bytes()]) {
+                        return Ok(false);
+                    }
+                    visited += 1;
+                    bytes += header.block_bytes();
+                    Ok(bytes < bytes_max)
+                })
+                .await?;
+            if !complete {
+                break;
+            }
+        }
+        Ok(visited)
+    }
+
     /// Up to `limit` durable entries with seq >= `from_seq`, in seq order.
     /// Entries below [`Shard::first_seq`] are gone (retention): reading
     /// starts at the first one still on disk.

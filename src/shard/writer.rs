@@ -41,7 +41,11 @@ fn poison(inner: &Inner, error: Error) {
 
 /// Largest number of bytes the blocks of `pending` can take once encoded.
 fn encoded_bound(pending: &Pending) -> u64 {
-    pending.blocks.iter().map(|block| block::encoded_bytes_max(block.raw_end - block.raw_start) as u64).sum()
+    let block_bound = |block: &super::PendingBlock| match block.stored {
+        Some(_) => block::HEADER_BYTES + (block.raw_end - block.raw_start),
+        None => block::encoded_bytes_max(block.raw_end - block.raw_start),
+    };
+    pending.blocks.iter().map(|block| block_bound(block) as u64).sum()
 }
 
 pub(super) async fn run_writer(inner: Rc<Inner>) {
@@ -134,7 +138,12 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
                 origin: pending_block.origin,
             };
             let out = &mut buffer.as_bytes_mut()[used..];
-            let block_len = block::encode_block(&spec, raw, out);
+            let (block_len, raw_len) = match pending_block.stored {
+                Some(stored) => {
+                    (block::encode_stored_block(&spec, stored.codec, stored.raw_len, raw, out), stored.raw_len)
+                }
+                None => (block::encode_block(&spec, raw, out), raw.len()),
+            };
             let header = block::parse_header(out).expect("a block just encoded parses");
             let meta = BlockMeta {
                 offset: write_start + used as u64,
@@ -148,7 +157,7 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
             state.active.index.push_block(meta, pending_block.tags.iter().map(|(key, value)| (&**key, &**value)));
             used += block_len;
             seq += u64::from(pending_block.entry_count);
-            raw_bytes += raw.len() as u64;
+            raw_bytes += raw_len as u64;
         }
         let write_len = page_ceil(used as u64) as usize;
         buffer.as_bytes_mut()[used..write_len].fill(0);
