@@ -96,7 +96,7 @@ pub(super) async fn run_writer(inner: Rc<Inner>) {
 /// the first of at least this many raw bytes, each next one of at least
 /// twice the previous. Each chunk's write is started before the next chunk
 /// is encoded, so a 1 MiB commit (four 256 KiB blocks) starts writing after
-/// encoding one block instead of four, and a 4 MiB commit goes out in four
+/// encoding one block instead of four, and a 4 MiB commit goes out in five
 /// writes, each encoded while the previous ones are in flight (encoding
 /// runs several times faster than the disk writes). Writes of one commit
 /// cover disjoint pages and are all awaited before the commit is handed to
@@ -236,6 +236,13 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     }
 
     let mut state = inner.state.borrow_mut();
+    if written.is_ok() {
+        if let Some(failure) = &state.failure {
+            // The syncer failed while these writes were in flight and
+            // stopped: nothing would acknowledge them.
+            written = Err(Error::Failed(failure.clone()));
+        }
+    }
     // Give each append its seqs, in arrival order.
     let last_seq = seq - 1;
     let mut appends = Vec::with_capacity(batch.appends.len());
