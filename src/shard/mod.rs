@@ -7,16 +7,20 @@
 //!
 //! ```text
 //! append ─▶ pending batch ─▶ writer task ─────────────▶ syncer task ─▶ acks
-//!            (fills while    one DMA write per batch:    fdatasync issued
-//!             the previous   tail page + new blocks      after the write
-//!             is in flight)                              completed
+//!            (fills while    DMA writes of one batch:    fdatasync issued
+//!             the previous   tail page + new blocks,     after the writes
+//!             is in flight)  in chunks                   completed
 //! ```
 //!
-//! The writer never has two writes in flight (so two writes never cover the
-//! same page at once) and stays at most [`UNSYNCED_WRITES_MAX`] batches ahead
-//! of the syncer, which bounds how much of a segment a crash can leave torn.
-//! A batch is acknowledged only after its own write completed and an
-//! fdatasync issued after that completion completed.
+//! The writer encodes a large batch in chunks of whole blocks and starts
+//! each chunk's write before encoding the next; the writes of a batch cover
+//! disjoint pages (the page a chunk ends in is written by the next one), so
+//! no two writes in flight ever cover the same page. The writer starts the
+//! next batch only after every write of the previous one completed, and
+//! stays at most [`UNSYNCED_WRITES_MAX`] batches ahead of the syncer, which
+//! bounds how much of a segment a crash can leave torn. A batch is
+//! acknowledged only after all its writes completed and an fdatasync issued
+//! after that completed.
 //!
 //! Modules: [`block`] (the block codec), [`segment`] (segment header and
 //! names), [`scan`] (the recovery scanner) are pure; this module, `writer`,

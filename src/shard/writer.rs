@@ -1,5 +1,6 @@
-//! The group-commit pipeline: the writer task turns pending batches into one
-//! DMA write each; the syncer task makes them durable and acknowledges them.
+//! The group-commit pipeline: the writer task turns each pending batch into
+//! DMA writes (one per chunk of blocks, see [`WRITE_CHUNK_RAW_BYTES`]); the
+//! syncer task makes them durable and acknowledges them.
 
 use std::rc::Rc;
 
@@ -41,11 +42,16 @@ fn poison(inner: &Inner, error: Error) {
 
 /// Largest number of bytes the blocks of `pending` can take once encoded.
 fn encoded_bound(pending: &Pending) -> u64 {
-    let block_bound = |block: &super::PendingBlock| match block.stored {
+    pending.blocks.iter().map(|block| block_encoded_bound(block) as u64).sum()
+}
+
+/// Largest number of bytes one pending block can take once encoded: a
+/// stored payload is written as is behind its header.
+fn block_encoded_bound(block: &super::PendingBlock) -> usize {
+    match block.stored {
         Some(_) => block::HEADER_BYTES + (block.raw_end - block.raw_start),
         None => block::encoded_bytes_max(block.raw_end - block.raw_start),
-    };
-    pending.blocks.iter().map(|block| block_bound(block) as u64).sum()
+    }
 }
 
 pub(super) async fn run_writer(inner: Rc<Inner>) {
@@ -95,6 +101,22 @@ pub(super) async fn run_writer(inner: Rc<Inner>) {
     }
 }
 
+/// A commit's blocks are encoded and written in chunks of whole blocks:
+/// the first of at least this many raw bytes, each next one of at least
+/// twice the previous. Each chunk's write is started before the next chunk
+/// is encoded, so a 1 MiB commit (four 256 KiB blocks) starts writing after
+/// encoding one block instead of four, and a 4 MiB commit goes out in five
+/// writes, each encoded while the previous ones are in flight (encoding
+/// runs several times faster than the disk writes). Writes of one commit
+/// cover disjoint pages and are all awaited before the commit is handed to
+/// the syncer, so a crash tears a commit no worse than one large write.
+const WRITE_CHUNK_RAW_BYTES: usize = crate::limits::BLOCK_RAW_BYTES_TARGET;
+
+/// How long the writer sleeps after starting a chunk's write: any timer
+/// makes the executor turn (and submit the write) before the writer runs
+/// again; a short one keeps that turn from idling.
+const CHUNK_SUBMIT_PAUSE: std::time::Duration = std::time::Duration::from_micros(1);
+
 /// Writes one batch (rolling to a new segment first if it does not fit) and
 /// hands it to the syncer.
 async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
@@ -107,87 +129,144 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
         roll(inner).await?;
     }
 
-    let (file, path, write_start, mut buffer, tail_len) = {
-        let state = inner.state.borrow();
-        let active = &state.active;
-        let write_start = page_floor(active.write_end);
-        let tail_len = (active.write_end - write_start) as usize;
-        debug_assert_eq!(tail_len, active.tail.len());
-        let capacity = page_ceil(tail_len as u64 + bound) as usize;
-        assert!(capacity <= crate::limits::COMMIT_WRITE_BYTES_MAX, "pending limits bound one write");
-        let mut buffer = active.file.alloc_dma_buffer(capacity);
-        buffer.as_bytes_mut()[..tail_len].copy_from_slice(&active.tail);
-        (active.file.clone(), active.path.clone(), write_start, buffer, tail_len)
-    };
-
-    // Encode every block behind the tail and index it (the index hides
-    // blocks that are not yet durable).
-    let (write_len, used, new_end, last_seq, blocks, raw_bytes, appends) = {
+    let (file, path, write_start, mut carry, mut seq) = {
         let mut state = inner.state.borrow_mut();
-        let state = &mut *state;
-        let mut used = tail_len;
-        let mut seq = state.next_seq;
-        let mut raw_bytes = 0u64;
-        for pending_block in &batch.blocks {
-            let raw = &batch.raw[pending_block.raw_start..pending_block.raw_end];
-            let spec = BlockSpec {
-                first_seq: seq,
-                entry_count: pending_block.entry_count,
-                min_ts: pending_block.min_ts,
-                max_ts: pending_block.max_ts,
-                origin: pending_block.origin,
-            };
-            let out = &mut buffer.as_bytes_mut()[used..];
-            let (block_len, raw_len) = match pending_block.stored {
-                Some(stored) => {
-                    (block::encode_stored_block(&spec, stored.codec, stored.raw_len, raw, out), stored.raw_len)
-                }
-                None => (block::encode_block(&spec, raw, out), raw.len()),
-            };
-            let header = block::parse_header(out).expect("a block just encoded parses");
-            let meta = BlockMeta {
-                offset: write_start + used as u64,
-                len: header.block_bytes() as u32,
-                first_seq: header.first_seq,
-                entry_count: header.entry_count,
-                min_ts: header.min_ts,
-                max_ts: header.max_ts,
-                origin: header.origin,
-            };
-            state.active.index.push_block(meta, pending_block.tags.iter().map(|(key, value)| (&**key, &**value)));
-            used += block_len;
-            seq += u64::from(pending_block.entry_count);
-            raw_bytes += raw_len as u64;
-        }
-        let write_len = page_ceil(used as u64) as usize;
-        buffer.as_bytes_mut()[used..write_len].fill(0);
-        buffer.trim_to_size(write_len);
-        // Give each append its seqs, in arrival order.
-        let mut appends = Vec::with_capacity(batch.appends.len());
-        let mut next = state.next_seq;
-        for append in batch.appends.drain(..) {
-            let range = SeqRange { first: next, last: next + append.entry_count - 1 };
-            next += append.entry_count;
-            appends.push((range, append.done));
-        }
-        assert_eq!(next, seq, "appends and blocks count the same entries");
-        let blocks = state.active.index.blocks().len();
-        (write_len, used, write_start + used as u64, seq - 1, blocks, raw_bytes, appends)
+        let active = &mut state.active;
+        let write_start = page_floor(active.write_end);
+        debug_assert_eq!((active.write_end - write_start) as usize, active.tail.len());
+        let capacity = page_ceil(active.tail.len() as u64 + bound) as usize;
+        assert!(capacity <= crate::limits::COMMIT_WRITE_BYTES_MAX, "pending limits bound one write");
+        let carry = std::mem::take(&mut active.tail);
+        (active.file.clone(), active.path.clone(), write_start, carry, state.next_seq)
     };
 
-    let buffer = Rc::new(buffer);
-    let written = file.write_rc_at(buffer.clone(), write_start).await;
-    let written = written.map_err(|error| Error::glommio("write segment", &path, error));
-    let written = match written {
-        Ok(written) if written == write_len => Ok(()),
-        Ok(written) => Err(Error::io(
-            "write segment",
-            &path,
-            std::io::Error::other(format!("short write: {written} of {write_len}")),
-        )),
-        Err(error) => Err(error),
+    // Encode the blocks behind the tail, a chunk at a time, index them (the
+    // index hides blocks that are not yet durable) and start each chunk's
+    // write before encoding the next, so that encoding overlaps the I/O.
+    let recent_max = inner.config.recent_writes_bytes.min(crate::limits::RECENT_WRITES_BYTES_MAX);
+    let mut writes = Vec::new();
+    let mut recent = Vec::new();
+    let mut chunk_start = write_start;
+    let mut raw_bytes = 0u64;
+    let mut write_bytes = 0u64;
+    let mut first_block = 0;
+    let mut chunk_target = WRITE_CHUNK_RAW_BYTES;
+    let new_end = loop {
+        let mut end_block = first_block;
+        let mut chunk_raw_bytes = 0;
+        let mut chunk_bound = 0;
+        while end_block < batch.blocks.len() && (end_block == first_block || chunk_raw_bytes < chunk_target) {
+            let block_raw_bytes = batch.blocks[end_block].raw_end - batch.blocks[end_block].raw_start;
+            chunk_raw_bytes += block_raw_bytes;
+            chunk_bound += block_encoded_bound(&batch.blocks[end_block]);
+            end_block += 1;
+        }
+        let last = end_block == batch.blocks.len();
+        let mut buffer = file.alloc_dma_buffer(page_ceil((carry.len() + chunk_bound) as u64) as usize);
+        buffer.as_bytes_mut()[..carry.len()].copy_from_slice(&carry);
+        let mut used = carry.len();
+        {
+            let mut state = inner.state.borrow_mut();
+            for pending_block in &batch.blocks[first_block..end_block] {
+                let raw = &batch.raw[pending_block.raw_start..pending_block.raw_end];
+                let spec = BlockSpec {
+                    first_seq: seq,
+                    entry_count: pending_block.entry_count,
+                    min_ts: pending_block.min_ts,
+                    max_ts: pending_block.max_ts,
+                    origin: pending_block.origin,
+                };
+                let out = &mut buffer.as_bytes_mut()[used..];
+                let (block_len, raw_len) = match pending_block.stored {
+                    Some(stored) => {
+                        (block::encode_stored_block(&spec, stored.codec, stored.raw_len, raw, out), stored.raw_len)
+                    }
+                    None => (block::encode_block(&spec, raw, out), raw.len()),
+                };
+                let header = block::parse_header(out).expect("a block just encoded parses");
+                let meta = BlockMeta {
+                    offset: chunk_start + used as u64,
+                    len: header.block_bytes() as u32,
+                    first_seq: header.first_seq,
+                    entry_count: header.entry_count,
+                    min_ts: header.min_ts,
+                    max_ts: header.max_ts,
+                    origin: header.origin,
+                };
+                state.active.index.push_block(meta, pending_block.tags.iter().map(|(key, value)| (&**key, &**value)));
+                used += block_len;
+                seq += u64::from(pending_block.entry_count);
+                raw_bytes += raw_len as u64;
+            }
+        }
+        // The page that holds the end is written by the next chunk (or, after
+        // the last chunk, rewritten by the next commit), so that no two
+        // writes in flight cover the same page.
+        let full_pages = page_floor(used as u64) as usize;
+        carry.clear();
+        carry.extend_from_slice(&buffer.as_bytes()[full_pages..used]);
+        let write_len = if last { page_ceil(used as u64) as usize } else { full_pages };
+        buffer.as_bytes_mut()[used.min(write_len)..write_len].fill(0);
+        buffer.trim_to_size(write_len);
+        if write_len > 0 {
+            let buffer = Rc::new(buffer);
+            if recent_max > 0 {
+                recent.push((chunk_start, chunk_start + used.min(write_len) as u64, buffer.clone()));
+            }
+            let chunk_file = file.clone();
+            let position = chunk_start;
+            let write = glommio::spawn_local(async move { chunk_file.write_rc_at(buffer, position).await });
+            writes.push((write, write_len));
+            write_bytes += write_len as u64;
+        }
+        if last {
+            break chunk_start + used as u64;
+        }
+        chunk_start += full_pages as u64;
+        first_block = end_block;
+        chunk_target *= 2;
+        // glommio submits queued I/O only once no task is runnable: give
+        // way until the next reactor turn, so the write above is in flight
+        // while the next chunk is encoded.
+        glommio::timer::sleep(CHUNK_SUBMIT_PAUSE).await;
     };
+
+    // Await every write, even after one failed: none may be in flight once
+    // the shard is poisoned.
+    let mut written = Ok(());
+    for (write, write_len) in writes {
+        let result = match write.await {
+            Ok(done) if done == write_len => Ok(()),
+            Ok(done) => Err(Error::io(
+                "write segment",
+                &path,
+                std::io::Error::other(format!("short write: {done} of {write_len}")),
+            )),
+            Err(error) => Err(Error::glommio("write segment", &path, error)),
+        };
+        if written.is_ok() {
+            written = result;
+        }
+    }
+
     let mut state = inner.state.borrow_mut();
+    if written.is_ok() {
+        if let Some(failure) = &state.failure {
+            // The syncer failed while these writes were in flight and
+            // stopped: nothing would acknowledge them.
+            written = Err(Error::Failed(failure.clone()));
+        }
+    }
+    // Give each append its seqs, in arrival order.
+    let last_seq = seq - 1;
+    let mut appends = Vec::with_capacity(batch.appends.len());
+    let mut next = state.next_seq;
+    for append in batch.appends.drain(..) {
+        let range = SeqRange { first: next, last: next + append.entry_count - 1 };
+        next += append.entry_count;
+        appends.push((range, append.done));
+    }
+    assert_eq!(next, seq, "appends and blocks count the same entries");
     if let Err(error) = written {
         // The appends were taken out of the batch: fail them here.
         for (_, done) in appends {
@@ -195,18 +274,12 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
         }
         return Err(error);
     }
-    let tail_start = (page_floor(new_end) - write_start) as usize;
-    state.active.tail.clear();
-    state.active.tail.extend_from_slice(&buffer.as_bytes()[tail_start..used]);
+    state.active.tail = carry;
     // Readers of these blocks (once durable) find them here.
-    let recent_max = inner.config.recent_writes_bytes.min(crate::limits::RECENT_WRITES_BYTES_MAX);
     if recent_max > 0 {
-        state.recent_writes.push_back(super::RecentWrite {
-            path: path.clone(),
-            start: write_start,
-            end: new_end,
-            buffer: buffer.clone(),
-        });
+        for (start, end, buffer) in recent {
+            state.recent_writes.push_back(super::RecentWrite { path: path.clone(), start, end, buffer });
+        }
         let mut recent_bytes: usize = state.recent_writes.iter().map(|write| write.buffer.len()).sum();
         while recent_bytes > recent_max {
             let Some(oldest) = state.recent_writes.pop_front() else { break };
@@ -217,8 +290,9 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     state.active.raw_bytes_written += raw_bytes;
     state.next_seq = last_seq + 1;
     state.stats.commits += 1;
-    state.stats.write_bytes += write_len as u64;
+    state.stats.write_bytes += write_bytes;
     let raw_bytes = state.active.raw_bytes_written;
+    let blocks = state.active.index.blocks().len();
     state.unsynced.push_back(Unsynced { appends, last_seq, write_end: new_end, blocks, raw_bytes });
     drop(state);
     inner.syncer_wake.notify();
