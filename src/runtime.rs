@@ -51,3 +51,58 @@ pub fn ensure_memlock(wanted: u64) -> Result<u64, String> {
     }
     Ok(in_force)
 }
+
+/// The CPUs this process may run on (its affinity mask, as `taskset`,
+/// `systemd`'s `CPUAffinity=` or a container's cpuset left it), in
+/// ascending order. Never empty: if the mask cannot be read, CPU 0 up to
+/// the available parallelism.
+///
+/// Executors are pinned to these, shard `i` to the `i`-th (modulo their
+/// number), and never to CPU numbers counted from 0: glommio's
+/// `Placement::Fixed(n)` pins to CPU `n` itself, which under `taskset -c 1`
+/// would put shard 0 on CPU 0, outside the mask the operator chose.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes
+    // into the set we own; pid 0 is the calling thread, which is the main
+    // thread here, before any executor starts.
+    let read = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    let cpus: Vec<usize> = if read {
+        // SAFETY: CPU_ISSET reads the set we own; the index is in range.
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
+        return (0..count).collect();
+    }
+    cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_cpus_follow_the_affinity_mask() {
+        // Run on a thread of its own, so that narrowing its mask leaves the
+        // test harness alone.
+        std::thread::spawn(|| {
+            let all = allowed_cpus();
+            assert!(!all.is_empty());
+            assert!(all.windows(2).all(|pair| pair[0] < pair[1]), "ascending: {all:?}");
+            let last = *all.last().expect("not empty");
+            // SAFETY: as in allowed_cpus; the set is ours.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(last, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+            assert_eq!(allowed_cpus(), vec![last], "the mask a `taskset -c {last}` would set");
+        })
+        .join()
+        .expect("the test thread");
+    }
+}

@@ -148,7 +148,7 @@ fn bind_all(
 
 /// Runs a node until `stop` is set and every core has shut down.
 pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
-    let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
+    let cpus = crate::runtime::allowed_cpus();
     crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
@@ -175,7 +175,7 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let peers = senders.clone();
         let stop = stop.clone();
         let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
-        let executor = LocalExecutorBuilder::new(Placement::Fixed(shard_id % cores))
+        let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
             .spawn(move || async move { run_core(shard_id as u32, config, peers, inbox, fd, stop).await })
             .map_err(|error| format!("cannot start the executor of shard {shard_id}: {error}"))?;
