@@ -84,15 +84,26 @@ read -r live _ <<< "$(ingest_rate "$follower" "$OUTAGE" "$follower_pid")"
 backlog=$(lag)
 t0=$(date +%s.%N)
 start leader "$LEADER_CPUS" --node-id 1 --grpc-addr "127.0.0.1:$leader_port"
-for _ in $(seq 1 6000); do [ "$(lag)" = 0 ] && break; sleep 0.1; done
+# t_first: the first poll that sees the lag shrink (the follower reconnected:
+# its backoff is at most 1 s).
+t_first=""
+for _ in $(seq 1 6000); do
+  left=$(lag)
+  [ -z "$t_first" ] && [ "$left" != "$backlog" ] && t_first=$(date +%s.%N)
+  [ "$left" = 0 ] && break
+  sleep 0.05
+done
 t1=$(date +%s.%N)
 [ "$(lag)" = 0 ] || echo "WARNING: lag did not drain within 600 s"
-python3 - "$live" "$backlog" "$t0" "$t1" <<'PY'
+python3 - "$live" "$backlog" "$t0" "$t1" "${t_first:-$t0}" <<'PY'
 import sys
-live, backlog = int(sys.argv[1]), int(sys.argv[2]); t0, t1 = float(sys.argv[3]), float(sys.argv[4])
+live, backlog = int(sys.argv[1]), int(sys.argv[2]); t0, t1, t_first = map(float, sys.argv[3:6])
 rate = backlog / (t1 - t0)
 print(f"live ingest during the outage: {live:,} entries/s; backlog {backlog:,} entries")
-print(f"drained in {t1 - t0:.2f} s (leader start included) = {rate:,.0f} entries/s pushed "
-      f"= {rate / live:.2f}x the live ingest rate (targets: >= 2 M entries/s, >= 3x)")
+print(f"drained in {t1 - t0:.2f} s from the leader's restart (its start and the follower's reconnect "
+      f"included) = {rate:,.0f} entries/s = {rate / live:.2f}x the live ingest rate "
+      f"(targets: >= 2 M entries/s, >= 3x)")
+print(f"push rate once reconnected ({t1 - t_first:.2f} s from the first ack seen): "
+      f"{backlog / (t1 - t_first):,.0f} entries/s (an upper bound: acks before that poll are counted)")
 PY
 echo "conditions: $(nproc) cores, shards=$SHARDS per node, follower on cpus $FOLLOWER_CPUS, leader on cpus $LEADER_CPUS, wrk unpinned, conns=$CONNS, data on $(df -T "$work" | awk 'NR==2 {print $2}')"

@@ -40,8 +40,9 @@ pub const BATCH_BYTES_TARGET: usize = 4 << 20;
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest reconnect delay (as Kafka clients' `reconnect.backoff.max.ms`): a
+/// leader back from an outage waits at most this long for its followers.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `GetWatermark` may take.

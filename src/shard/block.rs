@@ -277,10 +277,15 @@ pub fn verify_block(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
 /// Decompresses a verified block's payload into `raw` (cleared first).
 pub fn decompress_payload(header: &BlockHeader, block: &[u8], raw: &mut Vec<u8>) -> Result<(), BlockError> {
     let stored = &block[HEADER_BYTES..header.block_bytes()];
-    raw.clear();
     match header.codec {
-        Codec::None => raw.extend_from_slice(stored),
+        Codec::None => {
+            raw.clear();
+            raw.extend_from_slice(stored);
+        }
         Codec::Lz4 => {
+            // Only bytes beyond the buffer's current length are zeroed: the
+            // decompressor overwrites all of them or fails.
+            raw.truncate(header.raw_len as usize);
             raw.resize(header.raw_len as usize, 0);
             let written = lz4_flex::block::decompress_into(stored, raw)
                 .map_err(|error| BlockError::Payload(format!("lz4: {error}")))?;
@@ -510,8 +515,14 @@ pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHead
         )));
     }
     decompress_payload(&header, block, raw)?;
+    let raw: &[u8] = raw;
     let mut tags = TagSet::default();
     let mut entry_tags: Vec<(&str, &str)> = Vec::with_capacity(8);
+    // The tag bytes of entries already checked: entries of one source
+    // mostly repeat a few tag sets, and the same bytes parse to the same
+    // tags, which pass the same checks and add nothing new to `tags`. At
+    // most one item per entry of the block.
+    let mut checked_tags: hashbrown::HashSet<&[u8], ahash::RandomState> = hashbrown::HashSet::default();
     let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
     for_each_entry(&header, raw, |seq, bytes| {
         let view = EntryView::parse(bytes)?;
@@ -519,12 +530,18 @@ pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHead
         if view.seq != 0 {
             return Err(bad("a stored entry carries no seq field".into()));
         }
-        entry_tags.clear();
-        view.for_each_tag(|key, value| entry_tags.push((key, value)))?;
-        validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &entry_tags, body: view.body })
-            .map_err(|error| bad(error.to_string()))?;
-        for (key, value) in &entry_tags {
-            insert_tag(&mut tags, key, value);
+        if checked_tags.insert(view.tags) {
+            entry_tags.clear();
+            view.for_each_tag(|key, value| entry_tags.push((key, value)))?;
+            validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &entry_tags, body: view.body })
+                .map_err(|error| bad(error.to_string()))?;
+            for (key, value) in &entry_tags {
+                insert_tag(&mut tags, key, value);
+            }
+        } else {
+            // Tags as an entry's before: only the body is left to check.
+            validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &[], body: view.body })
+                .map_err(|error| bad(error.to_string()))?;
         }
         min_ts = min_ts.min(view.timestamp_ns);
         max_ts = max_ts.max(view.timestamp_ns);
@@ -709,15 +726,20 @@ pub struct EntryView<'a> {
     pub timestamp_ns: i64,
     /// The body bytes.
     pub body: &'a [u8],
+    /// Whole fields covering every tag field (3): from the first one's key
+    /// to the last one's end. An encoder writes tags back to back, so this
+    /// is usually exactly the tags; any other field inside is skipped.
     tags: &'a [u8],
 }
 
 impl<'a> EntryView<'a> {
     /// Parses one entry's protobuf bytes (as [`for_each_entry`] yields them).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BlockError> {
-        let mut view = EntryView { seq: 0, timestamp_ns: 0, body: &[], tags: bytes };
+        let mut view = EntryView { seq: 0, timestamp_ns: 0, body: &[], tags: &[] };
+        let mut tags_span: Option<(usize, usize)> = None;
         let mut rest = bytes;
         while !rest.is_empty() {
+            let field_start = bytes.len() - rest.len();
             let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
             rest = &rest[used..];
             match (key >> 3, key & 7) {
@@ -736,6 +758,11 @@ impl<'a> EntryView<'a> {
                         view.body = field_bytes;
                     }
                     rest = after;
+                    if field == 3 {
+                        let field_end = bytes.len() - rest.len();
+                        let start = tags_span.map_or(field_start, |(start, _)| start);
+                        tags_span = Some((start, field_end));
+                    }
                 }
                 (_, 0) => {
                     let (_, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad varint".into()))?;
@@ -744,6 +771,9 @@ impl<'a> EntryView<'a> {
                 (_, wire_type @ (1 | 5)) => rest = skip_fixed(rest, wire_type)?,
                 _ => return Err(BlockError::Payload("unexpected wire type".into())),
             }
+        }
+        if let Some((start, end)) = tags_span {
+            view.tags = &bytes[start..end];
         }
         Ok(view)
     }
@@ -1249,6 +1279,58 @@ mod tests {
                 Ok(header) => panic!("{what}: accepted {header:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_foreign_block_checks_each_entry_even_when_its_tags_repeat_an_earlier_ones() {
+        // Tags checked once per distinct tag bytes: a repeat must still have
+        // its body checked, and a tag set split by another field (a foreign
+        // encoder may interleave) must still be read whole.
+        let tags = [("host", "web-01"), ("level", "info")];
+        let mut entry = Vec::new();
+        encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: b"ok" }, 5, &mut entry);
+        let good = message_of(&entry).to_vec();
+        let mut big = Vec::new();
+        let body_over = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX + 1];
+        encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: &body_over }, 5, &mut big);
+        let big = message_of(&big).to_vec();
+        // host=web-01, then the timestamp, then level=info, then the body.
+        let split: Vec<u8> = {
+            let map_entry = |key: &str, value: &str| {
+                let mut field = vec![0x1A, (4 + key.len() + value.len()) as u8, 0x0A, key.len() as u8];
+                field.extend_from_slice(key.as_bytes());
+                field.extend_from_slice(&[0x12, value.len() as u8]);
+                field.extend_from_slice(value.as_bytes());
+                field
+            };
+            let mut bytes = map_entry("host", "web-01");
+            bytes.extend_from_slice(&[0x10, 0x05]);
+            bytes.extend(map_entry("level", "warn"));
+            bytes.extend_from_slice(&[0x22, 0x02, b'o', b'k']);
+            bytes
+        };
+        let block_of = |entries: &[&[u8]]| {
+            let mut payload = Vec::new();
+            for entry in entries {
+                put_varint(&mut payload, entry.len() as u64);
+                payload.extend_from_slice(entry);
+            }
+            let spec =
+                BlockSpec { first_seq: 1, entry_count: entries.len() as u32, min_ts: 5, max_ts: 5, origin: None };
+            encode(&spec, &payload)
+        };
+        let mut raw = Vec::new();
+        let (_, found) = check_foreign_block(&block_of(&[&good, &good, &split, &split]), &mut raw).unwrap();
+        let mut want = TagSet::default();
+        for (key, value) in [("host", "web-01"), ("level", "info"), ("level", "warn")] {
+            insert_tag(&mut want, key, value);
+        }
+        assert_eq!(found, want);
+        let refused = check_foreign_block(&block_of(&[&good, &good, &big]), &mut raw).unwrap_err();
+        assert!(
+            refused.to_string().contains("entry 3") && refused.to_string().contains("ENTRY_BODY_BYTES_MAX"),
+            "{refused}"
+        );
     }
 
     fn assert_block_round_trip(entries: &[TestEntry], first_seq: u64, origin: Option<Origin>) -> BlockHeader {
