@@ -8,6 +8,14 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use wormdb::config::{NodeConfig, Settings};
 
+/// mimalloc instead of glibc's malloc: commit and DMA buffers of many sizes
+/// (a few KiB to a few MiB, 4 KiB aligned) freed in a different order than
+/// allocated left glibc's per-thread arena holding freed memory it never
+/// gave back. A follower's RSS grew from 150 to 470 MiB in two minutes of
+/// ingest, and `malloc_trim` brought it back to 99 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "wormdb", version, about = "A write-once, read-many log store: thread per core on io_uring")]
 struct Cli {
