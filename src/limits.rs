@@ -64,6 +64,12 @@ const _: () =
     assert!(ORIGINS_PER_SHARD_MAX + (crate::shard::UNSYNCED_WRITES_MAX + 1) * PENDING_APPENDS_MAX <= INDEX_ORIGINS_MAX);
 /// Sealed segment indexes kept loaded per shard (least recently used evicted).
 pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
+/// Estimated heap bytes of the sealed segment indexes kept loaded per shard
+/// (least recently used evicted; the most recent one always stays). With
+/// three tags of 100 values each in random combinations a 256 MiB segment's
+/// index is about 10 MB on disk and more in memory: sixteen of them per
+/// shard grew a saturated node by hundreds of MiB.
+pub const INDEX_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Smallest and largest segment size accepted by configuration. The
 /// smallest still holds a batch with the largest entry (see

@@ -366,7 +366,8 @@ impl SegmentIndex {
 
     /// A rough estimate of the heap bytes held, for stats: string bytes,
     /// postings and block table capacity plus a per-entry allowance for the
-    /// hash tables. Not exact; never used for a limit decision.
+    /// hash tables. Not exact: stats, and the shard's budget of loaded
+    /// sealed indexes (`limits::INDEX_CACHE_BYTES_MAX`).
     pub fn memory_bytes(&self) -> usize {
         // A hashbrown slot is the (key, value) pair plus one control byte;
         // tables run at most 7/8 full, so count 8/7 of the entries.

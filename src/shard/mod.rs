@@ -410,8 +410,9 @@ struct State {
     /// [`Shard::origin_watermarks`]); at most about
     /// [`limits::ORIGINS_PER_SHARD_MAX`] entries.
     origin_watermarks: BTreeMap<OriginKey, u64>,
-    /// First seqs of sealed segments whose index is loaded, least recent first.
-    loaded_indexes: VecDeque<u64>,
+    /// Sealed segments whose index is loaded, least recent first: first seq
+    /// and the index's estimated heap bytes ([`SegmentIndex::memory_bytes`]).
+    loaded_indexes: VecDeque<(u64, usize)>,
     /// The spare segment file, once prepared ([`Preallocation::ZeroFill`]).
     spare_segment: Option<(DmaFile, PathBuf)>,
     /// Whether a task is preparing the spare segment.
@@ -970,7 +971,7 @@ impl Shard {
             let sealed = {
                 let mut state = self.inner.state.borrow_mut();
                 let sealed = state.sealed.pop_front().expect("checked above");
-                state.loaded_indexes.retain(|&first| first != sealed.first_seq);
+                state.loaded_indexes.retain(|&(first, _)| first != sealed.first_seq);
                 sealed
             };
             // Segment first, then its index: a crash in between leaves an

@@ -49,12 +49,26 @@ struct Plan {
 }
 
 pub(super) fn evict_indexes(state: &mut State) {
-    while state.loaded_indexes.len() > limits::INDEX_CACHE_SEGMENTS_MAX {
-        let Some(first_seq) = state.loaded_indexes.pop_front() else { break };
+    let sizes: Vec<usize> = state.loaded_indexes.iter().map(|&(_, bytes)| bytes).collect();
+    let evict = indexes_to_evict(&sizes, limits::INDEX_CACHE_SEGMENTS_MAX, limits::INDEX_CACHE_BYTES_MAX);
+    for (first_seq, _) in state.loaded_indexes.drain(..evict).collect::<Vec<_>>() {
         if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
             sealed.index.borrow_mut().take();
         }
     }
+}
+
+/// How many of the loaded indexes (estimated bytes each, least recently
+/// used first) to unload so that at most `count_max` stay and they hold at
+/// most `bytes_max`, except that the most recent one always stays.
+fn indexes_to_evict(sizes: &[usize], count_max: usize, bytes_max: usize) -> usize {
+    let mut bytes: usize = sizes.iter().sum();
+    let mut evict = 0;
+    while sizes.len() - evict > 1 && (sizes.len() - evict > count_max || bytes > bytes_max) {
+        bytes -= sizes[evict];
+        evict += 1;
+    }
+    evict
 }
 
 /// Which segments a read touches, by first seq, oldest first.
@@ -91,8 +105,8 @@ impl Shard {
             *sealed.file.borrow_mut() = Some(file.clone());
             let was_loaded = sealed.index.borrow().is_some();
             *sealed.index.borrow_mut() = Some(index.clone());
-            state.loaded_indexes.retain(|&first| first != first_seq);
-            state.loaded_indexes.push_back(first_seq);
+            state.loaded_indexes.retain(|&(first, _)| first != first_seq);
+            state.loaded_indexes.push_back((first_seq, index.memory_bytes()));
             if !was_loaded {
                 evict_indexes(&mut state);
             }
@@ -738,5 +752,20 @@ impl GroupBytes {
             GroupBytes::Recent((buffer, range)) => &buffer.as_bytes()[range.clone()],
             GroupBytes::Read(read) => read,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::indexes_to_evict;
+
+    #[test]
+    fn loaded_indexes_are_capped_by_count_and_bytes_keeping_the_newest() {
+        assert_eq!(indexes_to_evict(&[], 16, 100), 0);
+        assert_eq!(indexes_to_evict(&[10, 10, 10], 16, 100), 0);
+        assert_eq!(indexes_to_evict(&[10, 10, 10], 2, 100), 1, "count");
+        assert_eq!(indexes_to_evict(&[60, 30, 30], 16, 100), 1, "bytes: the oldest goes first");
+        assert_eq!(indexes_to_evict(&[60, 30, 30], 16, 59), 2);
+        assert_eq!(indexes_to_evict(&[60, 30, 300], 16, 100), 2, "the newest stays even alone over the budget");
     }
 }

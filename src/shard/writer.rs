@@ -363,6 +363,7 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
     let old = std::mem::replace(&mut state.active, new_active);
     let file_bytes = old.capacity;
     let origin_seqs = super::own_origin_seqs(old.index.origins());
+    let index_bytes = old.index.memory_bytes();
     state.sealed.push_back(super::Sealed {
         first_seq: old.first_seq,
         next_seq: old.index.next_seq(),
@@ -374,7 +375,7 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         file: std::cell::RefCell::new(Some(old.file)),
         index: std::cell::RefCell::new(Some(Rc::new(old.index))),
     });
-    state.loaded_indexes.push_back(old.first_seq);
+    state.loaded_indexes.push_back((old.first_seq, index_bytes));
     super::reader::evict_indexes(&mut state);
     drop(state);
     tracing::info!(shard = inner.config.shard_id, first_seq = next_first_seq, "rolled to a new segment");
