@@ -69,7 +69,7 @@ pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
 /// three tags of 100 values each in random combinations a 256 MiB segment's
 /// index is about 10 MB on disk and more in memory: sixteen of them per
 /// shard grew a saturated node by hundreds of MiB.
-pub const INDEX_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub const INDEX_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Smallest and largest segment size accepted by configuration. The
 /// smallest still holds a batch with the largest entry (see

@@ -364,6 +364,18 @@ impl SegmentIndex {
         self.saturated_from
     }
 
+    /// Gives back the spare capacity of the block table and the postings
+    /// lists (grown by doubling, so up to half of them): called once the
+    /// segment is sealed and its index only read.
+    pub fn shrink_to_fit(&mut self) {
+        self.blocks.shrink_to_fit();
+        for values in self.postings.values_mut() {
+            for blocks in values.values_mut() {
+                blocks.shrink_to_fit();
+            }
+        }
+    }
+
     /// A rough estimate of the heap bytes held, for stats: string bytes,
     /// postings and block table capacity plus a per-entry allowance for the
     /// hash tables. Not exact: stats, and the shard's budget of loaded

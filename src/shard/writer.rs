@@ -360,7 +360,8 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         raw_bytes_written: 0,
         raw_bytes_durable: 0,
     };
-    let old = std::mem::replace(&mut state.active, new_active);
+    let mut old = std::mem::replace(&mut state.active, new_active);
+    old.index.shrink_to_fit();
     let file_bytes = old.capacity;
     let origin_seqs = super::own_origin_seqs(old.index.origins());
     let index_bytes = old.index.memory_bytes();
