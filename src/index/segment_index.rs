@@ -437,6 +437,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn shrink_to_fit_gives_back_capacity_and_changes_nothing_else() {
+        let mut index = SegmentIndex::new(1);
+        for block in 0..1000 {
+            let host = format!("h{}", block % 3);
+            push(&mut index, block, block, &[("app", "web"), ("host", &host)]);
+        }
+        let (before_bytes, before_file) = (index.memory_bytes(), index.encode(0));
+        index.shrink_to_fit();
+        assert!(index.memory_bytes() < before_bytes, "{} then {}", before_bytes, index.memory_bytes());
+        assert_eq!(index.encode(0), before_file);
+    }
+
+    #[test]
     fn block_table_accessors() {
         let index = sample();
         assert_eq!(index.blocks().len(), 4);
