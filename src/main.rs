@@ -12,7 +12,9 @@ use wormdb::config::{NodeConfig, Settings};
 /// (a few KiB to a few MiB, 4 KiB aligned) freed in a different order than
 /// allocated left glibc's per-thread arena holding freed memory it never
 /// gave back. A follower's RSS grew from 150 to 470 MiB in two minutes of
-/// ingest, and `malloc_trim` brought it back to 99 MiB.
+/// ingest, and `malloc_trim` brought it back to 99 MiB. Built with
+/// `no_thp`: mimalloc otherwise madvises its arenas for transparent huge
+/// pages, and partly used 2 MiB pages cost a saturated node 30-40 MiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

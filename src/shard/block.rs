@@ -274,7 +274,8 @@ pub fn verify_block(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
     Ok(header)
 }
 
-/// Decompresses a verified block's payload into `raw` (cleared first).
+/// Decompresses a verified block's payload into `raw`, which ends up holding
+/// exactly the payload (a reusable buffer: its old bytes are overwritten).
 pub fn decompress_payload(header: &BlockHeader, block: &[u8], raw: &mut Vec<u8>) -> Result<(), BlockError> {
     let stored = &block[HEADER_BYTES..header.block_bytes()];
     match header.codec {

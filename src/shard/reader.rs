@@ -51,7 +51,8 @@ struct Plan {
 pub(super) fn evict_indexes(state: &mut State) {
     let sizes: Vec<usize> = state.loaded_indexes.iter().map(|&(_, bytes)| bytes).collect();
     let evict = indexes_to_evict(&sizes, limits::INDEX_CACHE_SEGMENTS_MAX, limits::INDEX_CACHE_BYTES_MAX);
-    for (first_seq, _) in state.loaded_indexes.drain(..evict).collect::<Vec<_>>() {
+    for _ in 0..evict {
+        let Some((first_seq, _)) = state.loaded_indexes.pop_front() else { break };
         if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
             sealed.index.borrow_mut().take();
         }
