@@ -38,21 +38,25 @@ use crate::shard::oneshot::Signal;
 thread_local! {
     /// This executor's pending sleeps.
     static WHEEL: RefCell<Wheel> = RefCell::new(Wheel::default());
-    /// Wakes the ticker when it must re-arm for an earlier deadline.
-    static REARM: Rc<Signal> = Rc::new(Signal::default());
 }
 
 static NEXT_SLEEP_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Pending sleeps by deadline: the pure part of the timer, driven by
-/// [`GlommioSleep`] (register, remove) and the ticker (expire).
+/// [`GlommioSleep`] (register, remove) and the ticker (expire). It holds at
+/// most one sleep per connection (hyper keeps one header-read sleep per
+/// connection), so it is bounded by the connection limit.
 #[derive(Default)]
 pub struct Wheel {
     sleeps: BTreeMap<(Instant, u64), Waker>,
     /// The deadline the ticker waits for, if it waits for one.
     armed: Option<Instant>,
-    /// Whether this executor's ticker task was started.
-    ticker_started: bool,
+    /// The executor whose ticker serves this wheel, once one was started.
+    /// (An executor's tasks die with it; a later executor on the same
+    /// thread, as in tests, starts its own ticker.)
+    ticker_executor: Option<usize>,
+    /// Wakes the ticker when it must re-arm for an earlier deadline.
+    rearm: Rc<Signal>,
 }
 
 impl Wheel {
@@ -111,7 +115,7 @@ pub fn pending_sleeps() -> usize {
 
 /// The ticker: wakes due sleeps, then waits for the earliest deadline left
 /// or for a re-arm. Runs for the life of the executor.
-async fn run_ticker() {
+async fn run_ticker(rearm: Rc<Signal>) {
     loop {
         let now = Instant::now();
         let (expired, next) = WHEEL.with(|wheel| {
@@ -122,7 +126,6 @@ async fn run_ticker() {
         for waker in expired {
             waker.wake();
         }
-        let rearm = REARM.with(Rc::clone);
         let due = async move {
             match next {
                 Some(deadline) => glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await,
@@ -160,16 +163,22 @@ impl Future for GlommioSleep {
         if Instant::now() >= self.deadline {
             return Poll::Ready(());
         }
-        let (rearm, start_ticker) = WHEEL.with(|wheel| {
+        let executor = glommio::executor().id();
+        let (rearm, start_ticker, signal) = WHEEL.with(|wheel| {
             let mut wheel = wheel.borrow_mut();
+            let start_ticker = wheel.ticker_executor != Some(executor);
+            if start_ticker {
+                wheel.ticker_executor = Some(executor);
+                wheel.armed = None;
+                wheel.rearm = Rc::default();
+            }
             let rearm = wheel.register(self.id, self.deadline, context.waker());
-            let start_ticker = !std::mem::replace(&mut wheel.ticker_started, true);
-            (rearm, start_ticker)
+            (rearm, start_ticker, wheel.rearm.clone())
         });
         if start_ticker {
-            glommio::spawn_local(run_ticker()).detach();
+            glommio::spawn_local(run_ticker(signal)).detach();
         } else if rearm {
-            REARM.with(|rearm| rearm.notify());
+            signal.notify();
         }
         Poll::Pending
     }
@@ -260,6 +269,16 @@ mod tests {
             assert_eq!(pending_sleeps(), 1, "only the long sleep is left");
             drop(long);
             assert_eq!(pending_sleeps(), 0);
+        });
+        drop(executor);
+
+        // A second executor on the same thread gets a ticker of its own: the
+        // first one's died with it.
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
+        executor.run(async {
+            let started = Instant::now();
+            GlommioTimer.sleep(Duration::from_millis(20)).await;
+            assert!(started.elapsed() < Duration::from_secs(30));
         });
     }
 }
