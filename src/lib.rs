@@ -33,6 +33,7 @@ pub mod http;
 pub mod index;
 pub mod inspect;
 pub mod limits;
+pub mod net;
 pub mod node;
 pub mod replication;
 pub mod runtime;

@@ -11,7 +11,6 @@ use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use wormdb::proto::WriteResponse;
 use wormdb::replication::grpc::Channel;
 use wormdb::replication::status::{Code, Status};
@@ -101,7 +100,7 @@ impl HttpClient {
                 .await
                 .map_err(|error| Failure::connection(format!("connect {addr}: {error}")))?;
             let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(stream.compat());
+            let io = TokioIo::new(wormdb::net::TokioStream::new(stream));
             let (sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|error| Failure::connection(format!("HTTP/1.1 handshake with {addr}: {error}")))?;

@@ -16,7 +16,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::{metrics, ndjson, params};
 use crate::node::peers::{self, MergedQuery, QuerySpec, QueryStartError};
@@ -61,7 +60,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
         let connections = connections.clone();
         let header_read_timeout = core.config.header_read_timeout;
         glommio::spawn_local(async move {
-            let io = TokioIo::new(stream.compat());
+            let io = TokioIo::new(crate::net::TokioStream::new(stream));
             let service = hyper::service::service_fn(move |request| {
                 let core = core.clone();
                 async move { Ok::<_, Infallible>(handle(core, request).await) }

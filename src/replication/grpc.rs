@@ -1,7 +1,7 @@
 //! gRPC over HTTP/2 on glommio: the request/response plumbing between the
 //! pure framing ([`super::frame`], [`super::status`]) and the services.
 //!
-//! h2 runs on a glommio `TcpStream` through `tokio_util::compat` (tokio is
+//! h2 runs on a glommio `TcpStream` through [`crate::net::TokioStream`] (tokio is
 //! only there for its io traits). h2 has no timers, so `grpc-timeout` and
 //! keepalive pings use glommio timers. Flow control is explicit in both
 //! directions: senders reserve capacity and send at most what h2 grants;
@@ -25,7 +25,6 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::frame::{self, Decoder, FrameError};
 use super::status::{self, Code, Status};
@@ -52,8 +51,8 @@ pub const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 const CONTENT_TYPE: &str = "application/grpc";
 
-/// The compat-wrapped glommio stream h2 runs on.
-type Io = tokio_util::compat::Compat<glommio::net::TcpStream>;
+/// The glommio stream h2 runs on, as a tokio stream.
+type Io = crate::net::TokioStream<glommio::net::TcpStream>;
 
 /// A boxed, thread-local future.
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -260,7 +259,7 @@ fn h2_server_builder() -> h2::server::Builder {
 /// finds it dead, or the node shuts down.
 pub async fn serve_connection<S: Service>(stream: glommio::net::TcpStream, service: Rc<S>, options: Rc<ServerOptions>) {
     let _ = stream.set_nodelay(true);
-    let mut connection = match h2_server_builder().handshake::<Io, Bytes>(stream.compat()).await {
+    let mut connection = match h2_server_builder().handshake::<Io, Bytes>(Io::new(stream)).await {
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "grpc: handshake failed");
@@ -410,7 +409,7 @@ impl Channel {
                 .max_send_buffer_size(SEND_BUFFER_BYTES)
                 .max_header_list_size(limits::GRPC_HEADER_BYTES_MAX);
             builder
-                .handshake::<Io, Bytes>(stream.compat())
+                .handshake::<Io, Bytes>(Io::new(stream))
                 .await
                 .map_err(|error| Status::unavailable(format!("http/2 handshake with {addr}: {error}")))
         };
