@@ -173,12 +173,17 @@ impl Future for GlommioSleep {
                 wheel.rearm = Rc::default();
             }
             let rearm = wheel.register(self.id, self.deadline, context.waker());
-            (rearm, start_ticker, wheel.rearm.clone())
+            // Most polls neither start nor re-arm the ticker: no clone then.
+            let signal = (start_ticker || rearm).then(|| wheel.rearm.clone());
+            (rearm, start_ticker, signal)
         });
-        if start_ticker {
-            glommio::spawn_local(run_ticker(signal)).detach();
-        } else if rearm {
-            signal.notify();
+        // Outside the wheel's borrow: the ticker borrows it when it runs.
+        if let Some(signal) = signal {
+            if start_ticker {
+                glommio::spawn_local(run_ticker(signal)).detach();
+            } else if rearm {
+                signal.notify();
+            }
         }
         Poll::Pending
     }
