@@ -1,15 +1,22 @@
 //! Durable group-commit append throughput of one shard on a real file,
 //! against a raw O_DIRECT sequential-write baseline measured in the same run.
 //!
-//! Workloads (each run 3 times on a fresh file; the median run is reported):
+//! Workloads (each run on a fresh file, 9 short rounds for a and b and 3
+//! for c and d; the median run is reported):
 //!
 //! - **a** raw baseline: a glommio `DmaFile`, fallocated (8 GiB),
 //!   sequential `write_at` of 1 MiB buffers with an `fdatasync` after each:
 //!   the I/O pattern of a durable shard committing 1 MiB at a time.
 //!   **a'** is the same on a zero-filled file (context for workload d).
+//!   **a\*** is a with each 1 MiB first copied from a 16 MiB heap pool into
+//!   the DMA buffer and crc32'd: the ceiling of any store that takes
+//!   borrowed entries (it must copy them once) and checksums them.
 //! - **b** incompressible 1 MiB appends (16 entries of 64 KiB random body),
 //!   awaiting durability each time, with 1 and with 4 concurrent appenders:
-//!   MB/s and percent of (a); target >= 90 %.
+//!   MB/s and percent of (a); target >= 90 %. The disk's speed drifts
+//!   between runs by more than the rows differ, so the bench also reports
+//!   each b row against the a and a\* runs of the same round, as the
+//!   median of per-round ratios.
 //! - **c** small entries (3 tags and a 256 B body cut from LogHub lines),
 //!   1000 entries per append, 8 concurrent appenders, `Fallocate`, one
 //!   1 GiB segment that does not roll: entries/s and CPU time
@@ -41,7 +48,7 @@
 //! fdatasync-bound workload). `WORMDB_BENCH_QUICK=1`, or running the binary
 //! without `--bench` (as `cargo test --benches` does), runs a short smoke
 //! version whose numbers are not meaningful. `WORMDB_BENCH_ONLY=b` (a comma
-//! list of a, a', b, c, d) runs only those rows, for profiling.
+//! list of a, a', a*, b, c, d) runs only those rows, for profiling.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -100,6 +107,11 @@ struct Settings {
     single_entries_budget: u64,
     /// Segment size of the workload d shards, which roll.
     rolling_segment_bytes: u64,
+    /// Rounds of the a/b group, and the time budget of each of its runs:
+    /// many short runs, interleaved, so that each shard run has a baseline
+    /// run next to it in time (see `paired_ratios`).
+    paired_rounds: usize,
+    paired_time_budget: Duration,
 }
 
 impl Settings {
@@ -113,6 +125,8 @@ impl Settings {
                 small_entries_budget: 200_000,
                 single_entries_budget: 20_000,
                 rolling_segment_bytes: 32 * MIB,
+                paired_rounds: 2,
+                paired_time_budget: Duration::from_millis(500),
             }
         } else {
             Settings {
@@ -129,6 +143,11 @@ impl Settings {
                 single_entries_budget: 1_000_000,
                 // The default segment size.
                 rolling_segment_bytes: wormdb::limits::SEGMENT_BYTES_DEFAULT,
+                // The disk's speed here drifts by +-30 % within a minute:
+                // 2 s runs in 9 rounds keep each shard run within seconds
+                // of a baseline run.
+                paired_rounds: 9,
+                paired_time_budget: Duration::from_secs(2),
             }
         }
     }
@@ -397,7 +416,7 @@ async fn run_shard(dir: &Path, workload: &Workload, run_index: usize, settings: 
 
 /// Workload a: 1 MiB DMA writes, each followed by fdatasync, into a fresh
 /// fallocated (and, with `zero_fill`, zero-written) file.
-async fn run_raw_baseline(dir: &Path, run_index: usize, zero_fill: bool, settings: &Settings) -> Run {
+async fn run_raw_baseline(dir: &Path, run_index: usize, zero_fill: bool, copy_in: bool, settings: &Settings) -> Run {
     let path = dir.join(format!("raw-baseline-{run_index}.dat"));
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&path).await.unwrap();
     let opening = Instant::now();
@@ -416,8 +435,14 @@ async fn run_raw_baseline(dir: &Path, run_index: usize, zero_fill: bool, setting
     // before the first commit.
     file.fdatasync().await.unwrap();
     let open_seconds = opening.elapsed().as_secs_f64();
-    SmallRng::seed_from_u64(SEED ^ run_index as u64).fill_bytes(buffer.as_bytes_mut());
-    let buffer = Rc::new(buffer);
+    let mut rng = SmallRng::seed_from_u64(SEED ^ run_index as u64);
+    rng.fill_bytes(buffer.as_bytes_mut());
+    let mut buffer = Rc::new(buffer);
+    // As much borrowed data as workload b cycles through (its 256 distinct
+    // 64 KiB bodies), so the copy meets the same cache misses.
+    let mut source = vec![0u8; if copy_in { RANDOM_BODY_COUNT * RANDOM_BODY_BYTES } else { 0 }];
+    rng.fill_bytes(&mut source);
+    let mut crcs = 0u32;
 
     let cpu_before = CpuTime::now();
     let started = Instant::now();
@@ -427,6 +452,14 @@ async fn run_raw_baseline(dir: &Path, run_index: usize, zero_fill: bool, setting
     let mut sync_us_max = 0u64;
     let mut writes = 0u64;
     while offset + COMMIT_BYTES as u64 <= settings.bytes_budget.min(file_bytes) && Instant::now() < deadline {
+        if copy_in {
+            // The least a block store does per byte before its write: copy
+            // the caller's (borrowed) data once, and checksum it.
+            let bytes = Rc::get_mut(&mut buffer).expect("the previous write released the buffer").as_bytes_mut();
+            let start = (writes as usize * COMMIT_BYTES) % source.len();
+            bytes[..COMMIT_BYTES].copy_from_slice(&source[start..start + COMMIT_BYTES]);
+            crcs ^= crc32fast::hash(&bytes[..COMMIT_BYTES]);
+        }
         assert_eq!(file.write_rc_at(buffer.clone(), offset).await.unwrap(), COMMIT_BYTES);
         let syncing = Instant::now();
         file.fdatasync().await.unwrap();
@@ -438,6 +471,7 @@ async fn run_raw_baseline(dir: &Path, run_index: usize, zero_fill: bool, setting
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = CpuTime::now().since(cpu_before);
+    std::hint::black_box(crcs);
     file.close().await.unwrap();
     std::fs::remove_file(&path).unwrap();
     settle_filesystem(dir);
@@ -699,10 +733,12 @@ fn print_conditions(dir: &Path, settings: &Settings, memlock: u64, small_entry_b
         small_entry_bytes
     );
     println!(
-        "bounds per run: {:?} or {} MiB (a, b) / {} entries (c) / {} entries (single-entry), whichever first; \
-         {RUNS} runs each, median reported{}",
-        settings.time_budget,
+        "bounds per run: {:?} or {} MiB (a, b; {} rounds) / {:?} (c, d; {RUNS} rounds) / {} entries (c) / {} \
+         entries (single-entry), whichever first; median reported{}",
+        settings.paired_time_budget,
         settings.bytes_budget / MIB,
+        settings.paired_rounds,
+        settings.time_budget,
         settings.small_entries_budget,
         settings.single_entries_budget,
         if settings.quick { "; QUICK MODE: numbers are a smoke test, not a measurement" } else { "" }
@@ -714,7 +750,12 @@ fn print_conditions(dir: &Path, settings: &Settings, memlock: u64, small_entry_b
 /// One line of the table: the raw baseline or a shard workload.
 #[derive(Clone, Copy)]
 enum Job {
-    Raw { zero_fill: bool },
+    /// Workload a (and a', a*): `copy_in` copies each 1 MiB from a heap pool
+    /// into the DMA buffer and checksums it before the write.
+    Raw {
+        zero_fill: bool,
+        copy_in: bool,
+    },
     Shard(Workload),
 }
 
@@ -732,18 +773,67 @@ impl Row {
     }
 }
 
-/// Runs the rows of a group round-robin, `RUNS` rounds, so that a drift in
-/// background load on a shared machine hits every row of the group alike.
-async fn run_group(dir: &Path, rows: &mut [Row], settings: &Settings) {
-    for run_index in 0..RUNS {
+/// Runs the rows of a group round-robin, `rounds` rounds, so that a drift
+/// in background load on a shared machine hits every row of the group alike.
+async fn run_group(dir: &Path, rows: &mut [Row], rounds: usize, settings: &Settings) {
+    for run_index in 0..rounds {
         for row in rows.iter_mut() {
             let run = match row.job {
-                Job::Raw { zero_fill } => run_raw_baseline(dir, run_index, zero_fill, settings).await,
+                Job::Raw { zero_fill, copy_in } => run_raw_baseline(dir, run_index, zero_fill, copy_in, settings).await,
                 Job::Shard(workload) => run_shard(dir, &workload, run_index, settings).await,
             };
             row.runs.push(run);
         }
     }
+}
+
+/// `row`'s MB/s over `baseline`'s, round by round (runs `i` of both rows
+/// are seconds apart), in percent.
+fn paired_ratios(row: &Row, baseline: &Row) -> Vec<f64> {
+    row.runs
+        .iter()
+        .zip(&baseline.runs)
+        .map(|(run, base)| 100.0 * run.payload_mb_per_second() / base.payload_mb_per_second())
+        .collect()
+}
+
+/// The median of `values` and their range, as "median (min..max)".
+fn median_and_range(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match (sorted.first(), sorted.last()) {
+        (Some(min), Some(max)) => format!("{:.1} % ({min:.1}..{max:.1})", sorted[sorted.len() / 2]),
+        _ => "-".into(),
+    }
+}
+
+/// Each row of the a/b group against [a] and against [a*], as the median
+/// of per-round ratios. The disk's speed drifts between rounds more than
+/// the rows differ, so a ratio of medians taken from different minutes
+/// says less than the median of ratios taken seconds apart.
+fn print_paired_ratios(throughput: &[Row]) {
+    let find = |tag: &str| throughput.iter().find(|row| row.tag == tag);
+    let (raw, copy_ceiling) = (find("a"), find("a*"));
+    if raw.is_none() && copy_ceiling.is_none() {
+        return;
+    }
+    println!("== paired: each row against the baselines of the same round (median of per-round ratios) ==");
+    for row in throughput.iter().filter(|row| row.tag != "a") {
+        let label = match row.job {
+            Job::Shard(workload) => format!("[b] {} appender(s)", workload.appenders),
+            Job::Raw { .. } => format!("[{}]", row.tag),
+        };
+        let mut line = format!("{label:<18}");
+        if let Some(raw) = raw {
+            line += &format!("  % of [a]: {}", median_and_range(&paired_ratios(row, raw)));
+        }
+        if let (Some(ceiling), Job::Shard(_)) = (copy_ceiling, row.job) {
+            line += &format!("  % of [a*]: {}", median_and_range(&paired_ratios(row, ceiling)));
+        }
+        println!("{line}");
+    }
+    println!("target: [b] >= {TARGET_PERCENT_OF_BASELINE:.0} % of [a]");
+    println!();
 }
 
 /// Which workloads to run: `WORMDB_BENCH_ONLY=a,b` keeps those tags (a
@@ -769,12 +859,19 @@ async fn bench(dir: PathBuf, settings: Settings, memlock: u64) {
                 "[a] raw baseline: DmaFile fallocated to {} GiB, sequential 1 MiB write_at + fdatasync after each",
                 large / GIB
             ),
-            Job::Raw { zero_fill: false },
+            Job::Raw { zero_fill: false, copy_in: false },
         ),
         Row::new(
             "a'",
             "[a'] raw baseline on a zero-filled file (as Preallocation::ZeroFill leaves it; context for d)".into(),
-            Job::Raw { zero_fill: true },
+            Job::Raw { zero_fill: true, copy_in: false },
+        ),
+        Row::new(
+            "a*",
+            "[a*] raw baseline, each 1 MiB first copied from a 16 MiB heap pool into the DMA buffer and crc32'd \
+             (the least per-byte work of a store that takes borrowed entries)"
+                .into(),
+            Job::Raw { zero_fill: false, copy_in: true },
         ),
     ];
     for appenders in INCOMPRESSIBLE_APPENDERS {
@@ -867,10 +964,15 @@ async fn bench(dir: PathBuf, settings: Settings, memlock: u64) {
         })
         .collect();
 
+    let paired = Settings { time_budget: settings.paired_time_budget, ..settings };
     let mut groups = [throughput, batched, rolling_batched, rolling_single];
-    for group in &mut groups {
+    for (index, group) in groups.iter_mut().enumerate() {
         let mut rows: Vec<Row> = std::mem::take(group).into_iter().filter(|row| selected(row.tag)).collect();
-        run_group(&dir, &mut rows, &settings).await;
+        if index == 0 {
+            run_group(&dir, &mut rows, settings.paired_rounds, &paired).await;
+        } else {
+            run_group(&dir, &mut rows, RUNS, &settings).await;
+        }
         *group = rows;
     }
     let [throughput, batched, rolling_batched, rolling_single] = groups;
@@ -882,7 +984,7 @@ async fn bench(dir: PathBuf, settings: Settings, memlock: u64) {
         println!("{}", row.title);
         let median = median_by(&row.runs, Run::payload_mb_per_second);
         match row.job {
-            Job::Raw { zero_fill } => {
+            Job::Raw { zero_fill, copy_in } => {
                 print_runs(&row.runs, describe_raw);
                 println!(
                     "    median: {:.1} MB/s (runs {}){}",
@@ -897,6 +999,8 @@ async fn bench(dir: PathBuf, settings: Settings, memlock: u64) {
                 summary.push((
                     if zero_fill {
                         "a' raw baseline, zero-filled".into()
+                    } else if copy_in {
+                        "a* raw baseline, copy + crc first".into()
                     } else {
                         "a  raw baseline, fallocated".into()
                     },
@@ -924,6 +1028,8 @@ async fn bench(dir: PathBuf, settings: Settings, memlock: u64) {
         }
         println!();
     }
+
+    print_paired_ratios(&throughput);
 
     let mut comparison: Vec<(String, Preallocation, Run)> = Vec::new();
     for row in batched.iter().chain(&rolling_batched) {
