@@ -51,6 +51,15 @@
 //! entry vector is reserved up front from a count of the lines, bounded by
 //! `entries_max` and by the body size.
 //!
+//! # Two parsers, one grammar
+//!
+//! Lines of the common shape (no escapes, an integer, `null` or RFC 3339
+//! `ts`, each field once) are parsed by a small hand-written scanner; every
+//! other line, valid or not, goes to serde_json, which also words every
+//! error. The scanner accepts only what serde_json accepts, with the same
+//! result, which property tests check on generated and mutated lines. On
+//! LogHub bodies it made parsing about 1.5x faster (`benches/ndjson.rs`).
+//!
 //! # Query output
 //!
 //! [`write_entry_line`] appends one line
@@ -172,7 +181,14 @@ pub fn parse_ndjson(body: &[u8], entries_max: usize) -> Result<Batch<'_>, LineEr
             return Err(LineError { line: line_number, message });
         }
         let tags_start = batch.tags.len();
-        match parse_line(line, &mut batch.tags) {
+        let parsed = match parse_plain_line(line, &mut batch.tags) {
+            Some(parsed) => Ok(parsed),
+            None => {
+                batch.tags.truncate(tags_start);
+                parse_line(line, &mut batch.tags)
+            }
+        };
+        match parsed {
             Ok((timestamp_ns, body)) => {
                 let tags = tags_start..batch.tags.len();
                 batch.entries.push(ParsedEntry { line: line_number, timestamp_ns, tags, body });
@@ -250,6 +266,194 @@ fn find_newline(bytes: &[u8]) -> Option<usize> {
         offset += CHUNK_BYTES;
     }
     bytes[offset..].iter().position(|&byte| byte == b'\n').map(|index| offset + index)
+}
+
+/// Parses a line of the common shape without serde, or returns `None`.
+///
+/// The common shape: one object of the three fields, each at most once and
+/// `body` present; every string (key, tag, body) free of escapes and
+/// control characters; `ts` a plain integer in `i64` range, `null`, or an
+/// RFC 3339 string that converts. Anything else, valid or not, is `None`,
+/// and the caller parses the line again with [`parse_line`], which accepts
+/// it or words the error. So this may only accept what `parse_line`
+/// accepts, with the same result: a property test compares the two on
+/// generated and mutated lines.
+///
+/// Why: serde_json checks each string's UTF-8 separately and goes through
+/// a visitor per value; here the line's UTF-8 is checked once (every string
+/// between ASCII quotes is then valid too) and strings are scanned 16 bytes
+/// at a time. Parsing was a fifth of a saturated node's CPU.
+fn parse_plain_line<'a>(line: &'a [u8], tags: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Option<(i64, Cow<'a, str>)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut cursor = PlainCursor { text, at: 0 };
+    cursor.skip_whitespace();
+    cursor.eat(b'{')?;
+    let mut timestamp_ns = None;
+    let mut tags_seen = false;
+    let mut body = None;
+    loop {
+        cursor.skip_whitespace();
+        let field = cursor.plain_string()?;
+        cursor.skip_whitespace();
+        cursor.eat(b':')?;
+        cursor.skip_whitespace();
+        match field {
+            "ts" if timestamp_ns.is_none() => timestamp_ns = Some(cursor.timestamp()?),
+            "tags" if !tags_seen => {
+                tags_seen = true;
+                cursor.tags(tags)?;
+            }
+            "body" if body.is_none() => body = Some(cursor.plain_string()?),
+            _ => return None,
+        }
+        cursor.skip_whitespace();
+        match cursor.next_byte()? {
+            b',' => {}
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    cursor.skip_whitespace();
+    if cursor.at < text.len() {
+        return None;
+    }
+    Some((timestamp_ns.unwrap_or(0), Cow::Borrowed(body?)))
+}
+
+/// A position in a line for [`parse_plain_line`]; every method returns
+/// `None` on anything outside the common shape.
+struct PlainCursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> PlainCursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn eat(&mut self, expected: u8) -> Option<()> {
+        (self.next_byte()? == expected).then_some(())
+    }
+
+    fn eat_literal(&mut self, literal: &str) -> Option<()> {
+        self.text[self.at..].starts_with(literal).then(|| self.at += literal.len())
+    }
+
+    /// JSON's whitespace, as serde_json skips it.
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// A string with no escape and no control character, borrowed.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let rest = &self.text.as_bytes()[self.at..];
+        let length = plain_string_length(rest)?;
+        // The quotes are ASCII, so both ends are char boundaries.
+        let string = &self.text[self.at..self.at + length];
+        self.at += length + 1;
+        Some(string)
+    }
+
+    fn timestamp(&mut self) -> Option<i64> {
+        match self.peek()? {
+            b'n' => self.eat_literal("null").map(|()| 0),
+            b'"' => {
+                let text = self.plain_string()?;
+                let moment = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+                i64::try_from(moment.unix_timestamp_nanos()).ok()
+            }
+            _ => self.integer(),
+        }
+    }
+
+    /// `-?(0|[1-9][0-9]*)` in `i64` range, not followed by a fraction or an
+    /// exponent. serde_json reads `-0` as a float, so it is left to it.
+    fn integer(&mut self) -> Option<i64> {
+        let negative = self.peek()? == b'-';
+        if negative {
+            self.at += 1;
+        }
+        let digits = &self.text.as_bytes()[self.at..];
+        let length = digits.iter().take_while(|byte| byte.is_ascii_digit()).count();
+        if length == 0 || (digits[0] == b'0' && length > 1) {
+            return None;
+        }
+        if matches!(digits.get(length), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let mut magnitude = 0u64;
+        for &digit in &digits[..length] {
+            magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+        }
+        self.at += length;
+        match negative {
+            false => i64::try_from(magnitude).ok(),
+            true if magnitude == 0 => None,
+            true => 0i64.checked_sub_unsigned(magnitude),
+        }
+    }
+
+    /// `null`, or an object of plain strings, pushed onto `tags`.
+    fn tags(&mut self, tags: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Option<()> {
+        if self.peek()? == b'n' {
+            return self.eat_literal("null");
+        }
+        self.eat(b'{')?;
+        self.skip_whitespace();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        let mut count = 0;
+        loop {
+            self.skip_whitespace();
+            let key = self.plain_string()?;
+            self.skip_whitespace();
+            self.eat(b':')?;
+            self.skip_whitespace();
+            let value = self.plain_string()?;
+            count += 1;
+            if count > limits::ENTRY_TAGS_MAX {
+                return None;
+            }
+            tags.push((Cow::Borrowed(key), Cow::Borrowed(value)));
+            self.skip_whitespace();
+            match self.next_byte()? {
+                b',' => {}
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The length of a plain string's contents: the index of its closing
+/// quote, or `None` if a backslash or a control character comes first (or
+/// nothing does). Looks at 16 bytes at a time, as [`find_newline`] does.
+fn plain_string_length(bytes: &[u8]) -> Option<usize> {
+    const CHUNK_BYTES: usize = 16;
+    // Bitwise, not short-circuit: the chunk loop then compiles to vector
+    // compares (with `||` it was a branch per byte, 60 % of the parse).
+    let special = |byte: u8| (byte == b'"') | (byte == b'\\') | (byte < 0x20);
+    let mut offset = 0;
+    for chunk in bytes.chunks_exact(CHUNK_BYTES) {
+        if chunk.iter().fold(false, |found, &byte| found | special(byte)) {
+            break;
+        }
+        offset += CHUNK_BYTES;
+    }
+    let index = offset + bytes[offset..].iter().position(|&byte| special(byte))?;
+    (bytes[index] == b'"').then_some(index)
 }
 
 /// Parses one non-blank line, pushing its tags onto `tags`. On error, some
@@ -1381,6 +1585,194 @@ mod tests {
 
     fn text_strategy() -> impl Strategy<Value = String> {
         prop_oneof![any::<String>(), "[a-z \"\\\\\n\t\u{0}\u{1f}é日🦀]{0,24}",]
+    }
+
+    /// Both parsers on one line: the serde one's result, and the plain
+    /// one's if it accepted the line (the tags each pushed, the ts, the body).
+    type LineResult = (i64, Vec<(String, String)>, String);
+
+    fn both_parsers(line: &[u8]) -> (Result<LineResult, String>, Option<LineResult>) {
+        let collect = |tags: &[(Cow<'_, str>, Cow<'_, str>)], timestamp_ns: i64, body: &str| {
+            let tags = tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+            (timestamp_ns, tags, body.to_owned())
+        };
+        let mut tags = Vec::new();
+        let serde = parse_line(line, &mut tags)
+            .map(|(timestamp_ns, body)| collect(&tags, timestamp_ns, &body))
+            .map_err(|error| error.to_string());
+        let mut tags = Vec::new();
+        let plain = parse_plain_line(line, &mut tags).map(|(timestamp_ns, body)| collect(&tags, timestamp_ns, &body));
+        (serde, plain)
+    }
+
+    /// The plain parser accepts only what serde accepts, with its result.
+    fn assert_plain_agrees(line: &[u8]) {
+        let (serde, plain) = both_parsers(line);
+        if let Some(plain) = plain {
+            assert_eq!(serde, Ok(plain), "plain parser accepted {:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn plain_parser_takes_the_common_shapes() {
+        for line in [
+            r#"{"ts":1795313248000000000,"tags":{"host":"web-1","app":"nginx"},"body":"GET / 200"}"#,
+            r#" { "body" : "first" , "ts" : -5 , "tags" : { } } "#,
+            r#"{"tags":null,"ts":null,"body":""}"#,
+            r#"{"ts":"2026-11-22T04:07:28.5+02:00","body":"日本 🦀"}"#,
+            r#"{"ts":-9223372036854775808,"body":"min"}"#,
+            r#"{"ts":9223372036854775807,"body":"max"}"#,
+            "{\"body\":\"a/b: c=d, 'q'\"}\r",
+        ] {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let (serde, plain) = both_parsers(line.as_bytes());
+            assert!(plain.is_some(), "{line:?} should take the plain path");
+            assert_eq!(serde, Ok(plain.unwrap()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn plain_parser_leaves_the_rest_to_serde() {
+        for line in [
+            r#"{"body":"esc \"q\""}"#,
+            r#"{"\u0062ody":"escaped key"}"#,
+            r#"{"ts":-0,"body":"x"}"#,
+            r#"{"ts":01,"body":"x"}"#,
+            r#"{"ts":1.5,"body":"x"}"#,
+            r#"{"ts":1e3,"body":"x"}"#,
+            r#"{"ts":9223372036854775808,"body":"x"}"#,
+            r#"{"ts":-9223372036854775809,"body":"x"}"#,
+            r#"{"ts":"yesterday","body":"x"}"#,
+            r#"{"ts":"1677-09-20T00:00:00Z","body":"x"}"#,
+            r#"{"ts":true,"body":"x"}"#,
+            r#"{"tags":{"k":1},"body":"x"}"#,
+            r#"{"tags":[],"body":"x"}"#,
+            r#"{"tags":{"k":"v",},"body":"x"}"#,
+            r#"{"body":"x",}"#,
+            r#"{"body":"x","body":"y"}"#,
+            r#"{"ts":1,"ts":2,"body":"x"}"#,
+            r#"{"tags":{},"tags":{},"body":"x"}"#,
+            r#"{"body":"x","extra":1}"#,
+            r#"{"ts":1}"#,
+            r#"{}"#,
+            r#"{"body":"x"} {"body":"y"}"#,
+            r#"{"body":"x"}x"#,
+            r#"{"ts":nul,"body":"x"}"#,
+            r#"{"ts":nullx,"body":"x"}"#,
+            "{\"body\":\"raw\u{1}control\"}",
+            "\u{feff}{\"body\":\"bom\"}",
+        ] {
+            let (_, plain) = both_parsers(line.as_bytes());
+            assert_eq!(plain, None, "{line:?} should be left to serde");
+            assert_plain_agrees(line.as_bytes());
+        }
+        let mut too_many_tags = String::from(r#"{"body":"x","tags":{"#);
+        for index in 0..=limits::ENTRY_TAGS_MAX {
+            too_many_tags += &format!(r#"{}"k{index}":"v""#, if index == 0 { "" } else { "," });
+        }
+        too_many_tags += "}}";
+        assert_eq!(both_parsers(too_many_tags.as_bytes()).1, None);
+        assert!(both_parsers(too_many_tags.as_bytes()).0.is_err());
+        assert_eq!(both_parsers(b"{\"body\":\"\xff\"}").1, None);
+    }
+
+    /// Pieces of lines: fields, values and separators, valid or nearly.
+    fn line_piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "{",
+            "}",
+            ",",
+            ":",
+            " ",
+            "\t",
+            "\"ts\"",
+            "\"tags\"",
+            "\"body\"",
+            "\"other\"",
+            "\"t\\u0073\"",
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "01",
+            "1.5",
+            "2e9",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "null",
+            "nul",
+            "true",
+            "[]",
+            "{}",
+            "\"\"",
+            "\"v\"",
+            "\"a b\"",
+            "\"é日🦀\"",
+            "\"esc\\n\"",
+            "\"q\\\"\"",
+            "\"\u{1}\"",
+            "\"2026-11-22T04:07:28.5+02:00\"",
+            "\"2026-11-22T04:07:28Z\"",
+            "\"2262-04-12T00:00:00Z\"",
+            "\"not a time\"",
+            "{\"k\":\"v\"}",
+            "{\"k\":\"v\",\"k2\":\"w\"}",
+            "{\"k\":1}",
+            "\u{feff}",
+            "\u{a0}",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn plain_parser_agrees_with_serde_on_generated_lines(
+            fields in prop::collection::vec(
+                (prop::sample::select(vec!["ts", "tags", "body", "x"]), prop::collection::vec(line_piece(), 1..4)),
+                0..5,
+            ),
+            separator in prop::sample::select(vec![",", " , ", ",,", ""]),
+            closing in prop::sample::select(vec!["}", " } ", "", "}}", "} x"]),
+        ) {
+            let members: Vec<String> =
+                fields.iter().map(|(name, value)| format!("\"{name}\":{}", value.concat())).collect();
+            let line = format!("{{{}{closing}", members.join(separator));
+            assert_plain_agrees(line.as_bytes());
+        }
+
+        #[test]
+        fn plain_parser_agrees_with_serde_on_piece_soup(pieces in prop::collection::vec(line_piece(), 0..24)) {
+            assert_plain_agrees(pieces.concat().as_bytes());
+        }
+
+        #[test]
+        fn plain_parser_agrees_with_serde_on_mutated_lines(mutations in prop::collection::vec(mutation(), 1..6)) {
+            let mut body = valid_ndjson_sample();
+            for mutation in mutations {
+                match mutation {
+                    Mutation::Overwrite(at, byte) => { let at = at % body.len().max(1); if at < body.len() { body[at] = byte; } }
+                    Mutation::Insert(at, byte) => body.insert(at % (body.len() + 1), byte),
+                    Mutation::Delete(at) => if !body.is_empty() { body.remove(at % body.len()); },
+                }
+            }
+            for line in body.split(|&byte| byte == b'\n') {
+                assert_plain_agrees(line.strip_suffix(b"\r").unwrap_or(line));
+            }
+        }
+
+        #[test]
+        fn plain_parser_agrees_with_serde_on_written_entries(
+            timestamp_ns in any::<i64>(),
+            tags in prop::collection::btree_map(text_strategy(), text_strategy(), 0..4),
+            body in text_strategy(),
+        ) {
+            let line = serde_json::to_string(&json!({"ts": timestamp_ns, "tags": tags, "body": body})).unwrap();
+            assert_plain_agrees(line.as_bytes());
+        }
     }
 
     proptest! {
