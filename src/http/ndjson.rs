@@ -292,12 +292,7 @@ fn parse_plain_line<'a>(line: &'a [u8], tags: &mut Vec<(Cow<'a, str>, Cow<'a, st
     let mut tags_seen = false;
     let mut body = None;
     loop {
-        cursor.skip_whitespace();
-        let field = cursor.plain_string()?;
-        cursor.skip_whitespace();
-        cursor.eat(b':')?;
-        cursor.skip_whitespace();
-        match field {
+        match cursor.member_key()? {
             "ts" if timestamp_ns.is_none() => timestamp_ns = Some(cursor.timestamp()?),
             "tags" if !tags_seen => {
                 tags_seen = true;
@@ -364,6 +359,17 @@ impl<'a> PlainCursor<'a> {
         Some(string)
     }
 
+    /// An object member's key and the `:` after it, with the whitespace
+    /// around them; leaves the cursor on the value.
+    fn member_key(&mut self) -> Option<&'a str> {
+        self.skip_whitespace();
+        let key = self.plain_string()?;
+        self.skip_whitespace();
+        self.eat(b':')?;
+        self.skip_whitespace();
+        Some(key)
+    }
+
     fn timestamp(&mut self) -> Option<i64> {
         match self.peek()? {
             b'n' => self.eat_literal("null").map(|()| 0),
@@ -416,11 +422,7 @@ impl<'a> PlainCursor<'a> {
         }
         let mut count = 0;
         loop {
-            self.skip_whitespace();
-            let key = self.plain_string()?;
-            self.skip_whitespace();
-            self.eat(b':')?;
-            self.skip_whitespace();
+            let key = self.member_key()?;
             let value = self.plain_string()?;
             count += 1;
             if count > limits::ENTRY_TAGS_MAX {
@@ -1575,6 +1577,28 @@ mod tests {
         Delete(usize),
     }
 
+    /// [`valid_ndjson_sample`] with `mutations` applied in order.
+    fn mutated_sample(mutations: &[Mutation]) -> Vec<u8> {
+        let mut body = valid_ndjson_sample();
+        for mutation in mutations {
+            match *mutation {
+                Mutation::Overwrite(at, byte) => {
+                    let at = at % body.len().max(1);
+                    if let Some(slot) = body.get_mut(at) {
+                        *slot = byte;
+                    }
+                }
+                Mutation::Insert(at, byte) => body.insert(at % (body.len() + 1), byte),
+                Mutation::Delete(at) => {
+                    if !body.is_empty() {
+                        body.remove(at % body.len());
+                    }
+                }
+            }
+        }
+        body
+    }
+
     fn mutation() -> impl Strategy<Value = Mutation> {
         prop_oneof![
             (any::<usize>(), interesting_byte()).prop_map(|(at, byte)| Mutation::Overwrite(at, byte)),
@@ -1751,14 +1775,7 @@ mod tests {
 
         #[test]
         fn plain_parser_agrees_with_serde_on_mutated_lines(mutations in prop::collection::vec(mutation(), 1..6)) {
-            let mut body = valid_ndjson_sample();
-            for mutation in mutations {
-                match mutation {
-                    Mutation::Overwrite(at, byte) => { let at = at % body.len().max(1); if at < body.len() { body[at] = byte; } }
-                    Mutation::Insert(at, byte) => body.insert(at % (body.len() + 1), byte),
-                    Mutation::Delete(at) => if !body.is_empty() { body.remove(at % body.len()); },
-                }
-            }
+            let body = mutated_sample(&mutations);
             for line in body.split(|&byte| byte == b'\n') {
                 assert_plain_agrees(line.strip_suffix(b"\r").unwrap_or(line));
             }
@@ -1795,14 +1812,7 @@ mod tests {
 
         #[test]
         fn mutated_ndjson_never_panics(mutations in prop::collection::vec(mutation(), 1..8)) {
-            let mut body = valid_ndjson_sample();
-            for mutation in mutations {
-                match mutation {
-                    Mutation::Overwrite(at, byte) => { let at = at % body.len().max(1); if at < body.len() { body[at] = byte; } }
-                    Mutation::Insert(at, byte) => body.insert(at % (body.len() + 1), byte),
-                    Mutation::Delete(at) => if !body.is_empty() { body.remove(at % body.len()); },
-                }
-            }
+            let body = mutated_sample(&mutations);
             check_invariants(&body);
         }
 
