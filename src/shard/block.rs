@@ -788,6 +788,22 @@ impl<'a> EntryView<'a> {
     /// Calls `visit(key, value)` for each tag. Tags that are not valid
     /// UTF-8 are reported as an error.
     pub fn for_each_tag(&self, mut visit: impl FnMut(&'a str, &'a str)) -> Result<(), BlockError> {
+        let mut utf8 = Ok(());
+        self.for_each_tag_bytes(|key, value| {
+            if utf8.is_ok() {
+                match tag_strs(key, value) {
+                    Ok((key, value)) => visit(key, value),
+                    Err(error) => utf8 = Err(error),
+                }
+            }
+        })?;
+        utf8
+    }
+
+    /// Calls `visit(key, value)` for each tag, as bytes not yet checked to
+    /// be UTF-8 ([`tag_strs`] checks them): for callers that see the same
+    /// pair many times and check each distinct one once.
+    pub fn for_each_tag_bytes(&self, mut visit: impl FnMut(&'a [u8], &'a [u8])) -> Result<(), BlockError> {
         let mut rest = self.tags;
         while !rest.is_empty() {
             let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
@@ -841,7 +857,7 @@ pub(crate) fn split_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError
     Ok(rest.split_at(length))
 }
 
-fn parse_map_entry(bytes: &[u8]) -> Result<(&str, &str), BlockError> {
+fn parse_map_entry(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
     let mut key: &[u8] = &[];
     let mut value: &[u8] = &[];
     let mut rest = bytes;
@@ -859,6 +875,11 @@ fn parse_map_entry(bytes: &[u8]) -> Result<(&str, &str), BlockError> {
             _ => {}
         }
     }
+    Ok((key, value))
+}
+
+/// A tag's key and value as text, or the error that names which is not UTF-8.
+pub fn tag_strs<'a>(key: &'a [u8], value: &'a [u8]) -> Result<(&'a str, &'a str), BlockError> {
     let key = std::str::from_utf8(key).map_err(|_| BlockError::Payload("tag key is not UTF-8".into()))?;
     let value = std::str::from_utf8(value).map_err(|_| BlockError::Payload("tag value is not UTF-8".into()))?;
     Ok((key, value))
