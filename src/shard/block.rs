@@ -801,9 +801,24 @@ impl<'a> EntryView<'a> {
     }
 
     /// Calls `visit(key, value)` for each tag, as bytes not yet checked to
-    /// be UTF-8 ([`tag_strs`] checks them): for callers that see the same
-    /// pair many times and check each distinct one once.
+    /// be UTF-8 ([`tag_strs`] checks them).
     pub fn for_each_tag_bytes(&self, mut visit: impl FnMut(&'a [u8], &'a [u8])) -> Result<(), BlockError> {
+        let mut parsed = Ok(());
+        self.for_each_tag_field(|field| {
+            if parsed.is_ok() {
+                match parse_map_entry(field) {
+                    Ok((key, value)) => visit(key, value),
+                    Err(error) => parsed = Err(error),
+                }
+            }
+        })?;
+        parsed
+    }
+
+    /// Calls `visit(field)` with each tag's encoded map entry, unparsed
+    /// ([`parse_tag_field`] parses one): for callers that see the same
+    /// pair many times and parse and check each distinct encoding once.
+    pub fn for_each_tag_field(&self, mut visit: impl FnMut(&'a [u8])) -> Result<(), BlockError> {
         let mut rest = self.tags;
         while !rest.is_empty() {
             let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
@@ -818,8 +833,7 @@ impl<'a> EntryView<'a> {
                     let (field_bytes, after) = split_delimited(rest)?;
                     rest = after;
                     if key >> 3 == 3 {
-                        let (tag_key, tag_value) = parse_map_entry(field_bytes)?;
-                        visit(tag_key, tag_value);
+                        visit(field_bytes);
                     }
                 }
                 _ => return Err(BlockError::Payload("unexpected wire type".into())),
@@ -876,6 +890,13 @@ fn parse_map_entry(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
         }
     }
     Ok((key, value))
+}
+
+/// One tag's key and value from its encoded map entry (as
+/// [`EntryView::for_each_tag_field`] yields it), checked as UTF-8.
+pub fn parse_tag_field(field: &[u8]) -> Result<(&str, &str), BlockError> {
+    let (key, value) = parse_map_entry(field)?;
+    tag_strs(key, value)
 }
 
 /// A tag's key and value as text, or the error that names which is not UTF-8.
