@@ -373,11 +373,7 @@ impl<'a> PlainCursor<'a> {
     fn timestamp(&mut self) -> Option<i64> {
         match self.peek()? {
             b'n' => self.eat_literal("null").map(|()| 0),
-            b'"' => {
-                let text = self.plain_string()?;
-                let moment = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-                i64::try_from(moment.unix_timestamp_nanos()).ok()
-            }
+            b'"' => rfc3339_nanos(self.plain_string()?).ok(),
             _ => self.integer(),
         }
     }
@@ -598,19 +594,25 @@ impl Visitor<'_> for TimestampVisitor {
     // `visit_f64`, an "invalid type" error: nanoseconds are integers.
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<i64, E> {
-        let moment = OffsetDateTime::parse(text, &Rfc3339)
-            .map_err(|error| E::custom(format_args!("ts {text:?} is not an RFC 3339 timestamp ({error})")))?;
-        i64::try_from(moment.unix_timestamp_nanos()).map_err(|_| {
-            E::custom(format_args!(
-                "ts {text:?} is out of range: nanoseconds since the Unix epoch must fit in an i64 \
-                 (1677-09-21 to 2262-04-11)"
-            ))
-        })
+        rfc3339_nanos(text).map_err(E::custom)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<i64, E> {
         Ok(0)
     }
+}
+
+/// An RFC 3339 `ts` as nanoseconds since the Unix epoch, or why not; for
+/// both parsers.
+fn rfc3339_nanos(text: &str) -> Result<i64, String> {
+    let moment = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|error| format!("ts {text:?} is not an RFC 3339 timestamp ({error})"))?;
+    i64::try_from(moment.unix_timestamp_nanos()).map_err(|_| {
+        format!(
+            "ts {text:?} is out of range: nanoseconds since the Unix epoch must fit in an i64 \
+             (1677-09-21 to 2262-04-11)"
+        )
+    })
 }
 
 /// `body`: a JSON string, borrowed unless it has escapes.

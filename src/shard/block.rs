@@ -788,37 +788,21 @@ impl<'a> EntryView<'a> {
     /// Calls `visit(key, value)` for each tag. Tags that are not valid
     /// UTF-8 are reported as an error.
     pub fn for_each_tag(&self, mut visit: impl FnMut(&'a str, &'a str)) -> Result<(), BlockError> {
-        let mut utf8 = Ok(());
-        self.for_each_tag_bytes(|key, value| {
-            if utf8.is_ok() {
-                match tag_strs(key, value) {
-                    Ok((key, value)) => visit(key, value),
-                    Err(error) => utf8 = Err(error),
-                }
-            }
-        })?;
-        utf8
-    }
-
-    /// Calls `visit(key, value)` for each tag, as bytes not yet checked to
-    /// be UTF-8 ([`tag_strs`] checks them).
-    pub fn for_each_tag_bytes(&self, mut visit: impl FnMut(&'a [u8], &'a [u8])) -> Result<(), BlockError> {
-        let mut parsed = Ok(());
         self.for_each_tag_field(|field| {
-            if parsed.is_ok() {
-                match parse_map_entry(field) {
-                    Ok((key, value)) => visit(key, value),
-                    Err(error) => parsed = Err(error),
-                }
-            }
-        })?;
-        parsed
+            let (key, value) = parse_tag_field(field)?;
+            visit(key, value);
+            Ok(())
+        })
     }
 
     /// Calls `visit(field)` with each tag's encoded map entry, unparsed
-    /// ([`parse_tag_field`] parses one): for callers that see the same
-    /// pair many times and parse and check each distinct encoding once.
-    pub fn for_each_tag_field(&self, mut visit: impl FnMut(&'a [u8])) -> Result<(), BlockError> {
+    /// ([`parse_tag_field`] parses one), and stops at the first error
+    /// either returns: for callers that see the same pair many times and
+    /// parse and check each distinct encoding once.
+    pub fn for_each_tag_field(
+        &self,
+        mut visit: impl FnMut(&'a [u8]) -> Result<(), BlockError>,
+    ) -> Result<(), BlockError> {
         let mut rest = self.tags;
         while !rest.is_empty() {
             let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
@@ -833,7 +817,7 @@ impl<'a> EntryView<'a> {
                     let (field_bytes, after) = split_delimited(rest)?;
                     rest = after;
                     if key >> 3 == 3 {
-                        visit(field_bytes);
+                        visit(field_bytes)?;
                     }
                 }
                 _ => return Err(BlockError::Payload("unexpected wire type".into())),
@@ -871,7 +855,9 @@ pub(crate) fn split_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError
     Ok(rest.split_at(length))
 }
 
-fn parse_map_entry(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
+/// One tag's key and value from its encoded map entry (as
+/// [`EntryView::for_each_tag_field`] yields it), checked as UTF-8.
+pub fn parse_tag_field(bytes: &[u8]) -> Result<(&str, &str), BlockError> {
     let mut key: &[u8] = &[];
     let mut value: &[u8] = &[];
     let mut rest = bytes;
@@ -889,18 +875,6 @@ fn parse_map_entry(bytes: &[u8]) -> Result<(&[u8], &[u8]), BlockError> {
             _ => {}
         }
     }
-    Ok((key, value))
-}
-
-/// One tag's key and value from its encoded map entry (as
-/// [`EntryView::for_each_tag_field`] yields it), checked as UTF-8.
-pub fn parse_tag_field(field: &[u8]) -> Result<(&str, &str), BlockError> {
-    let (key, value) = parse_map_entry(field)?;
-    tag_strs(key, value)
-}
-
-/// A tag's key and value as text, or the error that names which is not UTF-8.
-pub fn tag_strs<'a>(key: &'a [u8], value: &'a [u8]) -> Result<(&'a str, &'a str), BlockError> {
     let key = std::str::from_utf8(key).map_err(|_| BlockError::Payload("tag key is not UTF-8".into()))?;
     let value = std::str::from_utf8(value).map_err(|_| BlockError::Payload("tag value is not UTF-8".into()))?;
     Ok((key, value))

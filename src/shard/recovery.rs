@@ -310,21 +310,14 @@ pub(super) fn push_block_from_raw(
     // (another field order) both reach the index, which ignores repeats.
     let mut seen: hashbrown::HashSet<&[u8], ahash::RandomState> = hashbrown::HashSet::default();
     let mut tags: Vec<(&str, &str)> = Vec::new();
-    let mut bad_tag = None;
     block::for_each_entry(header, raw, |_, bytes| {
-        let view = EntryView::parse(bytes)?;
-        view.for_each_tag_field(|field| {
-            if bad_tag.is_none() && seen.insert(field) {
-                match block::parse_tag_field(field) {
-                    Ok(pair) => tags.push(pair),
-                    Err(error) => bad_tag = Some(error),
-                }
+        EntryView::parse(bytes)?.for_each_tag_field(|field| {
+            if seen.insert(field) {
+                tags.push(block::parse_tag_field(field)?);
             }
+            Ok(())
         })
     })?;
-    if let Some(error) = bad_tag {
-        return Err(error);
-    }
     let meta = BlockMeta {
         offset,
         len: header.block_bytes() as u32,
