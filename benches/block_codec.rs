@@ -24,8 +24,8 @@ use std::hint::black_box;
 
 use criterion::Throughput;
 use support::{BlockInput, Samples, Settings};
+use wormdb::codec::block::{self, BlockSpec};
 use wormdb::limits;
-use wormdb::shard::block::{self, BlockSpec};
 
 const ENCODE_TARGET_BYTES_PER_SECOND: f64 = 500e6;
 const DECODE_TARGET_BYTES_PER_SECOND: f64 = 1.5e9;

@@ -1,4 +1,4 @@
-//! gRPC message framing (`replication::frame::Decoder`) on one core, with no
+//! gRPC message framing (`grpc::frame::Decoder`) on one core, with no
 //! executor and no socket: the bytes h2 hands up as DATA chunks are pushed
 //! and every message is taken out, as the replication and ingest services do.
 //!
@@ -32,9 +32,9 @@ use bytes::{Bytes, BytesMut};
 use criterion::Throughput;
 use prost::Message;
 use support::{Samples, Settings};
+use wormdb::grpc::frame::{self, Decoder};
 use wormdb::limits;
 use wormdb::proto::{LogEntry, PushBatch};
-use wormdb::replication::frame::{self, Decoder};
 use wormdb::shard::EntryRef;
 
 /// Encoded size a `PushBatch` grows to before it is closed.

@@ -25,12 +25,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
+use wormdb::codec::block::{encode_entry, read_varint};
+use wormdb::grpc::status::Status;
+use wormdb::grpc::transport::{self, Call, Channel, LocalFuture, Service};
+use wormdb::limits::{
+    PUSH_BATCHES_UNACKED_MAX as BATCHES_IN_FLIGHT_MAX, PUSH_BATCH_BYTES_TARGET as BATCH_BYTES_TARGET,
+    PUSH_BATCH_ENTRIES_MAX as BATCH_ENTRIES_MAX,
+};
 use wormdb::proto::PushAck;
 use wormdb::replication::batch::PushedBatch;
-use wormdb::replication::follower::{PushBatchWriter, BATCHES_IN_FLIGHT_MAX, BATCH_BYTES_TARGET, BATCH_ENTRIES_MAX};
-use wormdb::replication::grpc::{self, Call, Channel, LocalFuture, Service};
-use wormdb::replication::status::Status;
-use wormdb::shard::block::{encode_entry, read_varint};
+use wormdb::replication::follower::PushBatchWriter;
 use wormdb::shard::EntryRef;
 
 /// Acks every batch after parsing it; stores nothing.
@@ -130,12 +134,12 @@ fn main() {
                     <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd())
                 };
                 let stream = listener.accept().await.unwrap();
-                let options = Rc::new(grpc::ServerOptions {
+                let options = Rc::new(transport::ServerOptions {
                     max_message_bytes: wormdb::limits::MESSAGE_BYTES_MAX,
                     closing: Rc::new(|| false),
                 });
                 let started = thread_cpu_us();
-                grpc::serve_connection(stream, Rc::new(Sink { entries: received }), options).await;
+                transport::serve_connection(stream, Rc::new(Sink { entries: received }), options).await;
                 server_cpu.store(thread_cpu_us() - started, Ordering::Relaxed);
             })
             .unwrap()

@@ -31,7 +31,7 @@ use std::path::Path;
 use criterion::Throughput;
 use support::{Samples, Settings};
 use wormdb::http::ndjson::parse_ndjson;
-use wormdb::http::server::ENTRIES_PER_REQUEST_MAX;
+use wormdb::limits::HTTP_ENTRIES_PER_REQUEST_MAX as ENTRIES_PER_REQUEST_MAX;
 
 /// Entries per request body.
 const ENTRIES: usize = 1000;

@@ -281,7 +281,7 @@ impl Pool {
     fn mean_encoded_bytes(&self) -> f64 {
         let mut raw = Vec::new();
         for entry in &self.entries[..self.positions] {
-            wormdb::shard::block::encode_entry(entry, 1_700_000_000_000_000_000, &mut raw);
+            wormdb::codec::block::encode_entry(entry, 1_700_000_000_000_000_000, &mut raw);
         }
         raw.len() as f64 / self.positions as f64
     }

@@ -54,9 +54,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::codec::block::{self, BlockError, BlockHeader, Codec, EntryView};
 use crate::index::{self, IndexSummary, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
-use crate::shard::block::{self, BlockError, BlockHeader, Codec, EntryView};
 use crate::shard::scan::{self, Step, Stop};
 use crate::shard::segment::{self, FileKind, HeaderError, SegmentHeader, DATA_OFFSET};
 use crate::shard::{PAGE_BYTES, UNSYNCED_WRITES_MAX};
@@ -1098,8 +1098,8 @@ fn ratio_text(raw_bytes: u64, stored_bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec, EntryRef, Origin};
     use crate::index::BlockMeta;
-    use crate::shard::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec, EntryRef, Origin};
 
     const CAPACITY: u64 = 256 * 1024;
 

@@ -7,36 +7,53 @@
 //! own O_DIRECT segment files, group commit, recovery and index. Nothing on
 //! the write path is shared between cores, so there are no locks on it.
 //!
-//! - [`shard`]: the storage engine of one core. Entries are appended in
-//!   batches; a batch becomes LZ4-compressed, crc-checked blocks
-//!   ([`shard::block`]) packed back to back in preallocated segment files,
-//!   written with one DMA write and made durable with one fdatasync before
-//!   anyone is acknowledged. Recovery scans the active segment and cuts the
-//!   log at the first torn block.
+//! The tree is layered, and imports run one way (top to bottom;
+//! `tests/layers.rs` fails on an import that goes up):
+//!
+//! - [`server`]: the wiring: sockets, one executor per core, housekeeping,
+//!   shutdown.
+//! - [`http`] and [`services`]: the front doors (HTTP API; gRPC
+//!   `WormIngest` and `WormReplication`).
+//! - [`node`]: one core's state ([`node::Core`]) and what cores ask of
+//!   each other.
+//! - [`query`] (fan-out, merge, tail) and [`replication`] (the leader's
+//!   exactly-once archive, the follower's pusher, restore).
+//! - [`grpc`]: the hand-rolled gRPC transport on h2, which knows no wormdb
+//!   service; and [`shard`]: the storage engine of one core. Entries are
+//!   appended in batches; a batch becomes LZ4-compressed, crc-checked
+//!   blocks packed back to back in preallocated segment files, written
+//!   with one DMA write and made durable with one fdatasync before anyone
+//!   is acknowledged. Recovery scans the active segment and cuts the log at
+//!   the first torn block.
 //! - [`index`]: the per-segment tag inverted index and time index, with
 //!   block-granular postings and bounded memory.
+//! - [`codec`]: the byte formats of blocks and entries, pure.
 //! - [`limits`]: every size, count and queue bound.
-//! - [`replication`]: gRPC over h2, follower pusher, leader watermarks
-//!   (being built).
 //!
-//! See `docs/ARCHITECTURE.md` for a walk through the tree and
-//! `docs/format.md` for the byte-exact on-disk formats.
+//! See `docs/ARCHITECTURE.md` for a walk through the tree (and the write
+//! and push paths file by file) and `docs/format.md` for the byte-exact
+//! on-disk formats.
 //!
 //! ## Current limitations
-//! - The node (HTTP API, CLI flags beyond `serve`) and replication are being
-//!   built; this crate currently ships the storage engine.
+//! - One leader holds the archive: if it is lost, the archive is lost (the
+//!   Raft tier of DESIGN.md section 9 is next).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod codec;
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod index;
 pub mod inspect;
 pub mod limits;
 pub mod net;
 pub mod node;
+pub mod query;
 pub mod replication;
 pub mod runtime;
+pub mod server;
+pub mod services;
 pub mod shard;
 
 pub mod proto {

@@ -1,8 +1,30 @@
-//! Every size, count and queue bound in wormdb, in one place.
+//! Every size, count and queue bound in wormdb, in one place, each with
+//! the reason for its value.
 //!
 //! A length read from disk or from the network is checked against these
 //! before anything is allocated for it. Errors that a limit causes name the
 //! limit (see [`LimitExceeded`]), so an operator can tell which knob it was.
+
+/// The unit of O_DIRECT alignment and of tail-page packing: the page size
+/// of the file systems wormdb runs on (ext4, XFS).
+pub const PAGE_BYTES: usize = 4096;
+
+/// How many written batches may wait for their fdatasync at once. With 2 the
+/// next batch is written while the previous one syncs; more would only
+/// widen what a crash can leave torn (recovery scrubs that much).
+pub const UNSYNCED_WRITES_MAX: usize = 2;
+
+/// Size of the fixed block header (`docs/format.md`; the codec asserts that
+/// its layout ends here).
+pub const BLOCK_HEADER_BYTES: usize = 64;
+
+/// Largest number of bytes one encoded block of `raw_len` payload bytes may
+/// take while it is being encoded: the header plus lz4_flex's own bound
+/// (about 1.1x plus 20 bytes), which `compress_into` insists on for its
+/// output buffer. What is stored is never more than the raw payload.
+pub const fn block_encoded_bytes_max(raw_len: usize) -> usize {
+    BLOCK_HEADER_BYTES + lz4_flex::block::get_maximum_output_size(raw_len)
+}
 
 /// Largest body of one entry, in bytes.
 pub const ENTRY_BODY_BYTES_MAX: usize = 1024 * 1024;
@@ -38,10 +60,9 @@ pub const PENDING_APPENDS_MAX: usize = 4096;
 /// at LZ4's worst-case bound, rounded up to whole pages. Blocks close at
 /// [`BLOCK_RAW_BYTES_TARGET`], and each append may start one (replicated
 /// appends do), which bounds the block count and so the header overhead.
-pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * crate::shard::PAGE_BYTES
+pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * PAGE_BYTES
     + PENDING_RAW_BYTES_MAX * 110 / 100
-    + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2)
-        * crate::shard::block::encoded_bytes_max(0);
+    + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2) * block_encoded_bytes_max(0);
 
 /// Distinct `key=value` pairs indexed per segment. Pairs first seen after the
 /// cap is reached are not indexed: blocks from the saturation point on are
@@ -60,8 +81,7 @@ pub const ORIGINS_PER_SHARD_MAX: usize = 65_536;
 /// [`PENDING_APPENDS_MAX`] appends with one origin each) may add new origins
 /// beyond it.
 pub const INDEX_ORIGINS_MAX: usize = 2 * ORIGINS_PER_SHARD_MAX;
-const _: () =
-    assert!(ORIGINS_PER_SHARD_MAX + (crate::shard::UNSYNCED_WRITES_MAX + 1) * PENDING_APPENDS_MAX <= INDEX_ORIGINS_MAX);
+const _: () = assert!(ORIGINS_PER_SHARD_MAX + (UNSYNCED_WRITES_MAX + 1) * PENDING_APPENDS_MAX <= INDEX_ORIGINS_MAX);
 /// Sealed segment indexes kept loaded per shard (least recently used evicted).
 pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
 /// Estimated heap bytes of the sealed segment indexes kept loaded per shard
@@ -85,9 +105,8 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 /// encoded at its worst case, fits in an empty segment. Without that, a
 /// batch that fits no segment would roll forever.
 pub const fn pending_raw_bytes_max(segment_bytes: u64) -> usize {
-    let overhead = 3 * crate::shard::PAGE_BYTES
-        + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2)
-            * crate::shard::block::encoded_bytes_max(0);
+    let overhead = 3 * PAGE_BYTES
+        + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2) * block_encoded_bytes_max(0);
     let usable = (segment_bytes as usize).saturating_sub(overhead) / 11 * 10;
     if usable < PENDING_RAW_BYTES_MAX {
         usable
@@ -115,6 +134,16 @@ pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
 /// recent blocks (a follower's pusher reads what was just committed): about
 /// the last second of a busy shard's writes.
 pub const RECENT_WRITES_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// (follower, shard) pairs one core archives as a leader; more are refused,
+/// which bounds the archive state (a few hundred bytes a pair).
+pub const ARCHIVE_PAIRS_MAX: usize = 65_536;
+/// Raw bytes (bodies and tags) one archive group append may carry: a
+/// larger group of queued batches is committed in several appends, in
+/// order, stopping at the first failure. Half the pending batch, so an
+/// archive group never fills a shard's pending batch alone.
+pub const ARCHIVE_GROUP_BYTES_MAX: usize = 8 << 20;
+const _: () = assert!(ARCHIVE_GROUP_BYTES_MAX <= PENDING_RAW_BYTES_MAX / 2);
 
 /// Largest number of entries one read call returns.
 pub const READ_ENTRIES_MAX: usize = 1_000_000;
@@ -145,3 +174,106 @@ pub fn check(name: &'static str, what: &'static str, actual: usize, limit: usize
 /// Largest header block a gRPC peer may send (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
 /// gRPC metadata is small; this keeps a hostile peer's HPACK state bounded.
 pub const GRPC_HEADER_BYTES_MAX: u32 = 64 * 1024;
+
+// ---------------------------------------------------------------------------
+// Front doors: connections, requests, streamed responses.
+// ---------------------------------------------------------------------------
+
+/// Listen backlog of each core's sockets: enough for a burst of connects
+/// from a fleet of shippers restarting at once.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// How long an accept loop waits after a failed accept (EMFILE and
+/// friends) before trying again, instead of spinning.
+pub const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+/// HTTP connections one core serves at once; more are closed on accept.
+/// Each idle connection costs a task and a few KiB of buffers.
+pub const HTTP_CONNECTIONS_PER_CORE_MAX: usize = 16_384;
+/// Entries in one ingest request (HTTP): a 16 MiB body of the smallest
+/// lines holds about this many.
+pub const HTTP_ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;
+/// Streamed HTTP responses (queries, tails) are written in chunks of about
+/// this size: large enough to amortize a write, small enough to start fast.
+pub const HTTP_STREAM_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks buffered between a streaming task and its connection, so a slow
+/// reader holds at most this many chunks of a response in memory.
+pub const HTTP_STREAM_CHUNKS_BUFFERED: usize = 8;
+/// Default `limit` of a query (HTTP and gRPC), as in DESIGN.md section 7.
+pub const QUERY_LIMIT_DEFAULT: usize = 1000;
+/// Largest `limit` of a query (DESIGN.md section 7): results are streamed,
+/// never buffered whole, so this bounds only the work of one request.
+pub const QUERY_LIMIT_MAX: usize = 10_000_000;
+/// Most `tag=` predicates in one query: an entry has at most this many tags,
+/// so more could never match.
+pub const QUERY_TAGS_MAX: usize = ENTRY_TAGS_MAX;
+/// gRPC connections one core serves at once; more are closed on accept.
+pub const GRPC_CONNECTIONS_PER_CORE_MAX: usize = 4096;
+/// Entries one `WormIngest.Write` call may carry (as an HTTP ingest).
+pub const WRITE_ENTRIES_MAX: usize = HTTP_ENTRIES_PER_REQUEST_MAX;
+
+// ---------------------------------------------------------------------------
+// The gRPC transport (DESIGN.md section 6; windows and frames as measured).
+// ---------------------------------------------------------------------------
+
+/// HTTP/2 receive window of one stream: a follower streams 4 MiB batches,
+/// and one window lets a whole batch be in flight.
+pub const GRPC_STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// HTTP/2 receive window of one connection: four streams' worth.
+pub const GRPC_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+/// Largest HTTP/2 frame we accept: fewer frames per batch than h2's
+/// 16 KiB default, while a frame still fits comfortably in one read.
+pub const GRPC_FRAME_BYTES_MAX: u32 = 256 << 10;
+/// Streams one HTTP/2 connection may have open at once.
+pub const GRPC_CONNECTION_STREAMS_MAX: u32 = 128;
+/// Bytes h2 may buffer per stream on the send side.
+pub const GRPC_SEND_BUFFER_BYTES: usize = 1 << 20;
+/// Response bytes a call buffers before writing them out.
+pub const GRPC_FLUSH_BYTES: usize = 64 << 10;
+/// Longest `grpc-timeout` honoured (longer ones are cut to it).
+pub const GRPC_CALL_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+// ---------------------------------------------------------------------------
+// Between cores.
+// ---------------------------------------------------------------------------
+
+/// Requests queued per core from the other cores; a full queue makes the
+/// sender wait, which is the backpressure between cores.
+pub const PEER_QUEUE_MAX: usize = 256;
+/// Entries per query chunk sent between cores.
+pub const QUERY_CHUNK_ENTRIES: usize = 256;
+/// Query chunks buffered per shard stream of one merged query: with
+/// [`QUERY_CHUNK_ENTRIES`], at most about a thousand entries a shard.
+pub const QUERY_CHUNKS_BUFFERED: usize = 4;
+/// Entries a tail reads per pass.
+pub const TAIL_READ_ENTRIES: usize = 4096;
+/// Chunks buffered per tail subscription and shard before the subscriber
+/// is declared too slow and disconnected.
+pub const TAIL_CHUNKS_BUFFERED_MAX: usize = 64;
+
+// ---------------------------------------------------------------------------
+// Replication.
+// ---------------------------------------------------------------------------
+
+/// Batches of one push stream being archived at once: enough to keep the
+/// owner's group commit fed while the previous group syncs.
+pub const PUSH_BATCHES_IN_FLIGHT_MAX: usize = 16;
+/// Bytes of pushed batches one core may hold between reading them from
+/// their streams and their acks (all streams together); a stream waits
+/// (and HTTP/2 flow control stops its sender) while the budget is spent.
+pub const PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX: u64 = 256 << 20;
+/// Entries a `ReplayFrom` reads from the owner core per round trip.
+pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
+/// Most entries in one pushed batch of entries (a follower pushing
+/// entries rather than blocks).
+pub const PUSH_BATCH_ENTRIES_MAX: usize = 16_384;
+/// Most entries in one pushed batch of blocks (a block has at most
+/// [`BLOCK_ENTRIES_MAX`]).
+pub const PUSH_BLOCK_BATCH_ENTRIES_MAX: usize = 65_536;
+/// A follower's batches stop growing once their entries (or blocks) pass
+/// this many bytes: a quarter of [`MESSAGE_BYTES_MAX`], so a batch plus the
+/// block that crossed the target always fits one message.
+pub const PUSH_BATCH_BYTES_TARGET: usize = 4 << 20;
+const _: () = assert!(PUSH_BATCH_BYTES_TARGET + BLOCK_STORED_BYTES_MAX + BLOCK_HEADER_BYTES + 64 <= MESSAGE_BYTES_MAX);
+/// Batches a follower's pusher has sent and not yet seen acknowledged.
+pub const PUSH_BATCHES_UNACKED_MAX: usize = 4;
+/// Entries `wormdb restore` appends per group commit.
+pub const RESTORE_BATCH_ENTRIES: usize = 4096;

@@ -194,7 +194,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         durability = ?config.durability,
         "starting wormdb node {}", config.node_id
     );
-    wormdb::node::run(config, stop)
+    wormdb::server::run(config, stop)
 }
 
 fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize>) -> Result<(), String> {

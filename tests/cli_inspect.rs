@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use wormdb::shard::block::BlockHeader;
+use wormdb::codec::block::BlockHeader;
 use wormdb::shard::scan::{scan_window, Step, Stop};
 use wormdb::shard::segment::{self, FileKind, DATA_OFFSET};
 use wormdb::shard::{EntryRef, Shard, ShardConfig};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use wormdb::shard::block::BlockHeader;
+use wormdb::codec::block::BlockHeader;
 use wormdb::shard::scan::{scan_window, Step};
 use wormdb::shard::segment::DATA_OFFSET;
 use wormdb::shard::{EntryRef, Shard, ShardConfig};

@@ -21,10 +21,10 @@
 use std::path::PathBuf;
 
 use prost::Message;
+use wormdb::codec::block::{self, BlockError, BlockHeader, BlockSpec, Codec, EntryRef, EntryView, Origin};
 use wormdb::index::{self, decode_origin_table, decode_summary, BlockMeta, OriginSummary, SegmentIndex};
 use wormdb::limits;
 use wormdb::proto::LogEntry;
-use wormdb::shard::block::{self, BlockError, BlockHeader, BlockSpec, Codec, EntryRef, EntryView, Origin};
 use wormdb::shard::segment::{HeaderError, SegmentHeader};
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/");

@@ -1,7 +1,7 @@
 //! Our gRPC client against a standard server: a tonic server (hyper and
 //! h2 on a tokio runtime of its own thread) implements `WormReplication`'s
 //! `PushEntries` and `GetWatermark` by hand, as a small exactly-once
-//! archive, and our `wormdb::replication::grpc::Channel` calls it from a
+//! archive, and our `wormdb::grpc::transport::Channel` calls it from a
 //! glommio executor, as a follower's pusher does: client streaming, unary,
 //! `grpc-timeout`, and error statuses (a gap, percent-encoded messages,
 //! an unknown method) that must arrive with their code and message intact.
@@ -21,9 +21,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use wormdb::grpc::status::Code;
+use wormdb::grpc::transport::Channel;
 use wormdb::proto::{LogEntry, PushAck, PushBatch, WatermarkRequest, WatermarkResponse};
-use wormdb::replication::grpc::Channel;
-use wormdb::replication::status::Code;
 use wormdb::replication::watermark::expected_seq_of;
 
 const PUSH_ENTRIES: &str = "/wormdb.v1.WormReplication/PushEntries";

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use wormdb::codec::block::{self, BlockSpec};
 use wormdb::proto::LogEntry;
-use wormdb::shard::block::{self, BlockSpec};
 use wormdb::shard::segment::{self, FileKind};
 use wormdb::shard::{AppendWait, EntryRef, Origin, ReplicatedPart, RetentionPolicy, Shard, ShardConfig};
 

@@ -16,8 +16,8 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use wormdb::codec::block;
 use wormdb::limits;
-use wormdb::shard::block;
 use wormdb::shard::EntryRef;
 
 pub use common::loghub_lines;

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use wormdb::proto::LogEntry;
-use wormdb::replication::frame::{self, Decoder, FrameError};
-use wormdb::shard::block::{self, BlockHeader, EntryView};
+use wormdb::grpc::frame::{self, Decoder, FrameError};
+use wormdb::codec::block::{self, BlockHeader, EntryView};
 use wormdb::shard::scan::{self, Step, Stop};
 use wormdb::shard::segment::SegmentHeader;
 

@@ -11,9 +11,9 @@ use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use wormdb::grpc::status::{Code, Status};
+use wormdb::grpc::transport::Channel;
 use wormdb::proto::WriteResponse;
-use wormdb::replication::grpc::Channel;
-use wormdb::replication::status::{Code, Status};
 
 use crate::cli::Target;
 

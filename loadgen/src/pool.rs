@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
+use wormdb::grpc::frame;
 use wormdb::proto::{LogEntry, WriteRequest};
-use wormdb::replication::frame;
 
 /// Largest encoded request (the node's default `--max-body-bytes` and the
 /// gRPC message limit are both 16 MiB).

@@ -17,8 +17,8 @@ use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use http::Uri;
+use wormdb::grpc::transport::Channel;
 use wormdb::proto::{PushAck, WatermarkRequest, WatermarkResponse};
-use wormdb::replication::grpc::Channel;
 
 use crate::cli::{Rate, Target};
 use crate::client::{self, until, Failure, HttpClient, WriteAck};

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
+use wormdb::grpc::status::Status;
+use wormdb::grpc::transport::Channel;
 use wormdb::proto::{LogEntry, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse};
-use wormdb::replication::grpc::Channel;
-use wormdb::replication::status::Status;
 
 use crate::cli::Target;
 use crate::client::{self, until, HttpClient};

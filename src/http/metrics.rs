@@ -83,7 +83,7 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
                 "wormdb_archive_watermark",
                 "gauge",
                 "Highest archived seq of a follower shard.",
-                (|p| p.watermark) as fn(&crate::replication::service::PairReport) -> u64,
+                (|p| p.watermark) as fn(&crate::replication::leader::PairReport) -> u64,
             ),
             ("wormdb_archive_written_total", "counter", "Entries archived for a follower shard.", |p| p.written),
             ("wormdb_archive_duplicates_total", "counter", "Pushed entries skipped as already archived.", |p| {

@@ -77,9 +77,9 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::codec::block::{validate_entry, EntryRef};
 use crate::limits;
 use crate::proto::LogEntry;
-use crate::shard::block::{validate_entry, EntryRef};
 
 /// Why a request body was refused: the first bad line.
 ///

@@ -1,13 +1,6 @@
 //! Query-string parsing for `GET /v1/entries` and `GET /v1/tail`. Pure.
 
-use crate::limits;
-
-/// Default `limit` of a query.
-pub const QUERY_LIMIT_DEFAULT: usize = 1000;
-/// Largest `limit` of a query (results are streamed).
-pub const QUERY_LIMIT_MAX: usize = 10_000_000;
-/// Most `tag=` predicates in one request.
-pub const QUERY_TAGS_MAX: usize = limits::ENTRY_TAGS_MAX;
+use crate::limits::{QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TAGS_MAX};
 
 /// A parsed query string.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,11 +5,11 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_channel::{mpsc, oneshot};
+use futures_channel::mpsc;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -18,22 +18,19 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 
 use super::{metrics, ndjson, params};
-use crate::node::peers::{self, MergedQuery, QuerySpec, QueryStartError};
+use crate::codec::block;
+use crate::limits::{
+    ACCEPT_RETRY_DELAY, HTTP_CONNECTIONS_PER_CORE_MAX, HTTP_ENTRIES_PER_REQUEST_MAX, HTTP_STREAM_CHUNKS_BUFFERED,
+    HTTP_STREAM_CHUNK_BYTES,
+};
+use crate::node::peers::ShardReport;
 use crate::node::{Core, InFlight};
 use crate::proto::WriteRequest;
-use crate::shard::{block, Error};
+use crate::query::{self, QuerySpec};
+use crate::shard::Error;
 
 /// The response body type: whole or streamed.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Connections one core serves at once; more are closed on accept.
-pub const CONNECTIONS_PER_CORE_MAX: usize = 16_384;
-/// Entries in one ingest request.
-pub const ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;
-/// Streamed responses are written in chunks of about this size.
-const STREAM_CHUNK_BYTES: usize = 64 * 1024;
-/// Chunks buffered between a streaming task and its connection.
-const STREAM_CHUNKS_BUFFERED: usize = 8;
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -46,12 +43,12 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(%error, "accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;
                 continue;
             }
         };
-        if connections.get() >= CONNECTIONS_PER_CORE_MAX {
-            tracing::warn!(limit = CONNECTIONS_PER_CORE_MAX, "too many connections; closing a new one");
+        if connections.get() >= HTTP_CONNECTIONS_PER_CORE_MAX {
+            tracing::warn!(limit = HTTP_CONNECTIONS_PER_CORE_MAX, "too many connections; closing a new one");
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -204,7 +201,7 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
     let body_bytes = body.len() as u64;
     let appended = match format {
         Format::Ndjson => {
-            let batch = match ndjson::parse_ndjson(&body, ENTRIES_PER_REQUEST_MAX) {
+            let batch = match ndjson::parse_ndjson(&body, HTTP_ENTRIES_PER_REQUEST_MAX) {
                 Ok(batch) => batch,
                 Err(line_error) => return reject(&core, StatusCode::BAD_REQUEST, line_error),
             };
@@ -220,7 +217,7 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
                 Ok(write) => write,
                 Err(failure) => return reject(&core, StatusCode::BAD_REQUEST, format!("bad WriteRequest: {failure}")),
             };
-            if write.entries.len() > ENTRIES_PER_REQUEST_MAX {
+            if write.entries.len() > HTTP_ENTRIES_PER_REQUEST_MAX {
                 return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, "too many entries in one request");
             }
             if write.entries.is_empty() {
@@ -277,28 +274,29 @@ async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
         limit: params.limit,
         backward: params.backward,
     });
-    let mut merged = match MergedQuery::start(&core, spec).await {
+    let mut merged = match core.query(spec).await {
         Ok(merged) => merged,
-        Err(QueryStartError::ShuttingDown) => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-        Err(QueryStartError::Failed(message)) => return reject(&core, StatusCode::INTERNAL_SERVER_ERROR, message),
+        Err(query::Error::ShuttingDown) => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Err(error @ query::Error::Shard { .. }) => return reject(&core, StatusCode::INTERNAL_SERVER_ERROR, error),
     };
-    let (mut body, receiver) = mpsc::channel::<Bytes>(STREAM_CHUNKS_BUFFERED);
+    let (mut body, receiver) = mpsc::channel::<Bytes>(HTTP_STREAM_CHUNKS_BUFFERED);
     glommio::spawn_local(async move {
-        let mut out = Vec::with_capacity(STREAM_CHUNK_BYTES + 4096);
+        let mut out = Vec::with_capacity(HTTP_STREAM_CHUNK_BYTES + 4096);
         loop {
             let entry = match merged.next().await {
                 Ok(Some(entry)) => entry,
                 Ok(None) => break,
-                Err(message) => {
-                    out.extend_from_slice(serde_json::json!({ "error": message }).to_string().as_bytes());
+                Err(error) => {
+                    out.extend_from_slice(serde_json::json!({ "error": error.to_string() }).to_string().as_bytes());
                     out.push(b'\n');
                     let _ = body.send(Bytes::from(out)).await;
                     return;
                 }
             };
             ndjson::write_entry_line(&mut out, &entry);
-            if out.len() >= STREAM_CHUNK_BYTES {
-                let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(STREAM_CHUNK_BYTES + 4096)));
+            if out.len() >= HTTP_STREAM_CHUNK_BYTES {
+                let chunk =
+                    Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(HTTP_STREAM_CHUNK_BYTES + 4096)));
                 if body.send(chunk).await.is_err() {
                     return; // the client went away; dropping the streams stops the shards
                 }
@@ -317,19 +315,11 @@ async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
         Ok(params) => params,
         Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
     };
-    let tags = Arc::new(params.tags);
-    let mut streams = Vec::new();
-    let mut lag_flags = Vec::new();
-    for peer in &core.peers {
-        let (sink, receiver) = mpsc::channel(peers::TAIL_CHUNKS_BUFFERED_MAX);
-        let lagged = Arc::new(AtomicBool::new(false));
-        if peer.clone().send(peers::Request::Tail { tags: tags.clone(), sink, lagged: lagged.clone() }).await.is_err() {
-            return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        }
-        streams.push(receiver);
-        lag_flags.push(lagged);
-    }
-    let (mut body, receiver) = mpsc::channel::<Bytes>(STREAM_CHUNKS_BUFFERED);
+    let (streams, lag_flags) = match core.tail(Arc::new(params.tags)).await {
+        Ok(subscription) => subscription,
+        Err(shutting_down) => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, shutting_down),
+    };
+    let (mut body, receiver) = mpsc::channel::<Bytes>(HTTP_STREAM_CHUNKS_BUFFERED);
     glommio::spawn_local(async move {
         let mut merged = futures_util::stream::select_all(streams);
         while let Some(entries) = merged.next().await {
@@ -354,23 +344,8 @@ async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
 }
 
 /// Every core's report, in shard order.
-async fn reports(core: &Core) -> Result<Vec<peers::ShardReport>, Response<Body>> {
-    let mut replies = Vec::new();
-    for peer in &core.peers {
-        let (reply, receiver) = oneshot::channel();
-        if peer.clone().send(peers::Request::Report { reply }).await.is_err() {
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
-        }
-        replies.push(receiver);
-    }
-    let mut reports = Vec::new();
-    for receiver in replies {
-        match receiver.await {
-            Ok(report) => reports.push(report),
-            Err(_) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
-        }
-    }
-    Ok(reports)
+async fn reports(core: &Core) -> Result<Vec<ShardReport>, Response<Body>> {
+    core.reports().await.map_err(|shutting_down| error(StatusCode::SERVICE_UNAVAILABLE, shutting_down))
 }
 
 async fn stats(core: Rc<Core>) -> Response<Body> {

@@ -70,13 +70,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::codec::block::Origin;
 use crate::index::segment_index::{BlockMeta, OriginKey, OriginSummary, Postings, SegmentIndex};
 use crate::index::Error;
 use crate::limits::{
     self, BLOCK_ENTRIES_MAX, BLOCK_RAW_BYTES_MAX, INDEX_FILE_BYTES_MAX, INDEX_ORIGINS_MAX,
     INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
 };
-use crate::shard::block::Origin;
 
 /// First four bytes of every index file.
 pub const MAGIC: [u8; 4] = *b"WRMI";

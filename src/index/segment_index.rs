@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::codec::block::Origin;
 use crate::limits::{BLOCK_ENTRIES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX};
-use crate::shard::block::Origin;
 
 /// An origin of replicated entries: `(node, shard)` of the shard that first
 /// stored them.

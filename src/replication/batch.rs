@@ -13,8 +13,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::status::Status;
-use crate::shard::block::{
+use super::Error;
+use crate::codec::block::{
     check_foreign_block, decompress_payload, for_each_entry, read_varint, skip_fixed, split_delimited, BlockHeader,
     EntryView, HEADER_BYTES,
 };
@@ -50,8 +50,8 @@ struct Located {
     body: Range<usize>,
 }
 
-fn malformed(error: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("malformed PushBatch: {error}"))
+fn malformed(error: impl std::fmt::Display) -> Error {
+    Error::Malformed(format!("malformed PushBatch: {error}"))
 }
 
 impl PushedBatch {
@@ -59,7 +59,7 @@ impl PushedBatch {
     /// entry's fields, once. Malformed input is `INVALID_ARGUMENT`. Tags are
     /// checked (UTF-8) when the entries are appended
     /// ([`with_pushed_refs`]), the one pass that reads them.
-    pub fn parse(message: Bytes) -> Result<PushedBatch, Status> {
+    pub fn parse(message: Bytes) -> Result<PushedBatch, Error> {
         let mut batch =
             PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new(), blocks: Vec::new() };
         let mut raw = Vec::new();
@@ -156,7 +156,7 @@ impl PushedBatch {
 /// entries), with the tags of all of them in one allocation. This is where a
 /// pushed entry's tags are read, once; one that is not UTF-8 is
 /// `INVALID_ARGUMENT` and nothing is appended.
-pub fn with_pushed_refs<T>(entries: &[EntryView<'_>], append: impl FnOnce(&[EntryRef<'_>]) -> T) -> Result<T, Status> {
+pub fn with_pushed_refs<T>(entries: &[EntryView<'_>], append: impl FnOnce(&[EntryRef<'_>]) -> T) -> Result<T, Error> {
     let mut tags: Vec<(&str, &str)> = Vec::with_capacity(entries.len() * 4);
     let mut spans = Vec::with_capacity(entries.len());
     for (index, view) in entries.iter().enumerate() {
@@ -191,7 +191,7 @@ enum Item<'a> {
 pub fn with_fresh_parts<T>(
     batches: &mut [(&mut PushedBatch, usize)],
     append: impl FnOnce(Vec<ReplicatedPart<'_>>) -> T,
-) -> Result<T, Status> {
+) -> Result<T, Error> {
     // First what needs `&mut`: take the tags of whole blocks, decompress cut ones.
     let mut block_tags = Vec::new();
     let mut cut_payloads = Vec::new();
@@ -307,7 +307,7 @@ mod tests {
 
     /// A stored block of `seqs` (the follower's seqs) as a follower's shard writes it.
     fn stored_block(seqs: std::ops::RangeInclusive<u64>) -> Bytes {
-        use crate::shard::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec};
+        use crate::codec::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec};
         let mut raw = Vec::new();
         for seq in seqs.clone() {
             let body = format!("line {seq} of a follower's log");
@@ -372,16 +372,16 @@ mod tests {
 
     #[test]
     fn a_bad_block_or_a_batch_mixing_entries_and_blocks_is_invalid_argument() {
-        use crate::replication::status::Code;
+        use crate::grpc::status::Code;
         let mut block = stored_block(1..=3).to_vec();
         block[70] ^= 0x40;
         let damaged = PushBatch { follower_id: 1, shard: 0, entries: Vec::new(), blocks: vec![block.into()] };
-        let status = PushedBatch::parse(damaged.encode_to_vec().into()).unwrap_err();
+        let status = crate::grpc::Status::from(PushedBatch::parse(damaged.encode_to_vec().into()).unwrap_err());
         assert_eq!(status.code, Code::InvalidArgument);
         assert!(status.message.contains("block 1: block checksum mismatch"), "{status:?}");
         let mixed =
             PushBatch { follower_id: 1, shard: 0, entries: vec![entry(4, "x")], blocks: vec![stored_block(1..=3)] };
-        let status = PushedBatch::parse(mixed.encode_to_vec().into()).unwrap_err();
+        let status = crate::grpc::Status::from(PushedBatch::parse(mixed.encode_to_vec().into()).unwrap_err());
         assert!(status.message.contains("not both"), "{status:?}");
     }
 
@@ -401,11 +401,12 @@ mod tests {
 
     #[test]
     fn malformed_batches_are_invalid_argument() {
-        use crate::replication::status::Code;
+        use crate::grpc::status::Code;
         let good =
             PushBatch { follower_id: 1, shard: 0, entries: vec![entry(1, "x")], blocks: Vec::new() }.encode_to_vec();
         for cut in 1..good.len() {
-            if let Err(status) = PushedBatch::parse(Bytes::copy_from_slice(&good[..cut])) {
+            if let Err(error) = PushedBatch::parse(Bytes::copy_from_slice(&good[..cut])) {
+                let status = crate::grpc::Status::from(error);
                 assert_eq!(status.code, Code::InvalidArgument);
             }
         }
@@ -414,9 +415,11 @@ mod tests {
         bad_tag.extend_from_slice(&[0x1A, 8, 0x1A, 6, 0x0A, 1, 0xFF, 0x12, 1, b'v']);
         // Tags are read (and checked) once, when the entries are appended.
         let batch = PushedBatch::parse(bad_tag.into()).unwrap();
-        let status = with_pushed_refs(&[batch.entry(0)], |_| ()).unwrap_err();
+        let status = crate::grpc::Status::from(with_pushed_refs(&[batch.entry(0)], |_| ()).unwrap_err());
         assert_eq!(status.code, Code::InvalidArgument, "{status:?}");
-        let status = PushedBatch::parse(Bytes::from_static(&[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])).unwrap_err();
+        let status = crate::grpc::Status::from(
+            PushedBatch::parse(Bytes::from_static(&[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])).unwrap_err(),
+        );
         assert!(status.message.contains("32 bits"), "{status:?}");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A session: connect, ask `GetWatermark` for (this node, this shard), then
 //! read the shard's own log from `watermark + 1` on and send it in batches
-//! bounded by count and bytes, with at most [`BATCHES_IN_FLIGHT_MAX`]
+//! bounded by count and bytes, with at most [`PUSH_BATCHES_UNACKED_MAX`]
 //! unacknowledged. Acks advance [`FollowerState::acked`]. Any failure ends
 //! the session; the next one starts after a capped, jittered exponential
 //! backoff and resumes from the leader's watermark, which is exact (the
@@ -22,22 +22,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::future;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use super::frame;
-use super::grpc::{CallReceiver, CallSender, Channel};
-use super::status::{Code, Status};
-use crate::node::Core;
+use super::Host;
+use crate::codec::block;
+use crate::grpc::frame;
+use crate::grpc::status::{Code, Status};
+use crate::grpc::transport::{CallReceiver, CallSender, Channel};
+use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET, PUSH_BLOCK_BATCH_ENTRIES_MAX};
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
-use crate::shard::{block, SegmentSpan};
+use crate::shard::SegmentSpan;
 
-/// Most entries in one pushed batch of entries.
-pub const BATCH_ENTRIES_MAX: usize = 16_384;
-/// Most entries in one pushed batch of blocks (a block has at most
-/// [`crate::limits::BLOCK_ENTRIES_MAX`]).
-pub const BLOCK_BATCH_ENTRIES_MAX: usize = 65_536;
-/// Batches stop growing once their entries (or blocks) pass this many bytes.
-pub const BATCH_BYTES_TARGET: usize = 4 << 20;
-/// Batches sent and not yet acknowledged.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest reconnect delay (as Kafka clients' `reconnect.backoff.max.ms`): a
@@ -117,16 +110,16 @@ impl Backoff {
     }
 }
 
-/// Runs the pusher of `core`'s shard until shutdown has drained it.
-pub async fn run_pusher(core: Rc<Core>) {
-    let Some(leader) = core.follower.leader else { return };
-    let shard = core.shard.config().shard_id;
-    let mut backoff = Backoff::new(u64::from(core.config.node_id) << 32 | u64::from(shard) ^ 0x5DEE_CE66);
+/// Runs the pusher of the host's shard until shutdown has drained it.
+pub async fn run_pusher<H: Host>(host: Rc<H>) {
+    let Some(leader) = host.follower().leader else { return };
+    let shard = host.shard().config().shard_id;
+    let mut backoff = Backoff::new(u64::from(host.node_id()) << 32 | u64::from(shard) ^ 0x5DEE_CE66);
     loop {
-        let state = &core.follower;
+        let state = &host.follower();
         state.sessions.set(state.sessions.get() + 1);
         let started = Instant::now();
-        let result = session(&core, leader).await;
+        let result = session(&host, leader).await;
         state.connected.set(false);
         match result {
             Ok(()) => return,
@@ -149,7 +142,7 @@ pub async fn run_pusher(core: Rc<Core>) {
                     glommio::timer::sleep(IDLE_CHECK.min(delay - waited)).await;
                     waited += IDLE_CHECK;
                 }
-                if state.stopping.get() && state.acked.get() >= Some(core.shard.durable_seq()) {
+                if state.stopping.get() && state.acked.get() >= Some(host.shard().durable_seq()) {
                     return;
                 }
             }
@@ -159,59 +152,59 @@ pub async fn run_pusher(core: Rc<Core>) {
 
 /// One connection's worth of pushing. `Ok` only when shutdown drained
 /// everything durable.
-async fn session(core: &Rc<Core>, leader: SocketAddr) -> Result<(), Status> {
-    let node = core.config.node_id;
-    let shard = core.shard.config().shard_id;
+async fn session<H: Host>(host: &Rc<H>, leader: SocketAddr) -> Result<(), Status> {
+    let node = host.node_id();
+    let shard = host.shard().config().shard_id;
     let channel = Channel::connect(leader, CONNECT_TIMEOUT).await?;
     let request = WatermarkRequest { follower_id: node, shard };
     let watermark: WatermarkResponse = channel.unary(GET_WATERMARK, &request, Some(WATERMARK_TIMEOUT)).await?;
     let acked = watermark.acked_seq;
-    let durable = core.shard.durable_seq();
+    let durable = host.shard().durable_seq();
     if acked > durable {
         return Err(Status::failed_precondition(format!(
             "the leader archived up to seq {acked} of (node {node}, shard {shard}) but this shard's log ends at \
              {durable}: this node lost data; rebuild it with `wormdb restore` before it pushes again"
         )));
     }
-    core.follower.acked.set(Some(acked));
-    core.follower.connected.set(true);
+    host.follower().acked.set(Some(acked));
+    host.follower().connected.set(true);
     tracing::info!(shard, %leader, acked, "replication session up");
     let (sender, receiver) = channel.start(REPLICATE, None).await?.split();
-    let in_flight = Rc::new(glommio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX as u64));
-    let sending = send_batches(core, sender, acked + 1, in_flight.clone());
-    let receiving = receive_acks(core, receiver, in_flight);
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(PUSH_BATCHES_UNACKED_MAX as u64));
+    let sending = send_batches(&**host, sender, acked + 1, in_flight.clone());
+    let receiving = receive_acks(&**host, receiver, in_flight);
     futures_util::future::try_join(sending, receiving).await?;
     Ok(())
 }
 
-async fn send_batches(
-    core: &Core,
+async fn send_batches<H: Host>(
+    host: &H,
     mut sender: CallSender,
     mut next: u64,
     in_flight: Rc<glommio::sync::Semaphore>,
 ) -> Result<(), Status> {
-    let node = core.config.node_id;
-    let shard = core.shard.config().shard_id;
+    let node = host.node_id();
+    let shard = host.shard().config().shard_id;
     loop {
         in_flight.acquire(1).await.map_err(|_| Status::cancelled("pusher closed"))?;
         // Wait for durable entries past `next - 1`.
-        while next > core.shard.durable_seq() {
-            if core.follower.stopping.get() {
+        while next > host.shard().durable_seq() {
+            if host.follower().stopping.get() {
                 sender.close_send().await?;
                 return Ok(());
             }
             future::or(
                 async {
-                    core.shard.wait_durable_after(next - 1).await;
+                    host.shard().wait_durable_after(next - 1).await;
                 },
                 glommio::timer::sleep(IDLE_CHECK),
             )
             .await;
         }
-        let (framed, sent) = encode_batch(core, node, shard, next).await?;
+        let (framed, sent) = encode_batch(host, node, shard, next).await?;
         next += sent;
         sender.send_framed(framed).await?;
-        core.follower.sent_entries.set(core.follower.sent_entries.get() + sent);
+        host.follower().sent_entries.set(host.follower().sent_entries.get() + sent);
     }
 }
 
@@ -221,13 +214,13 @@ async fn send_batches(
 /// leader got otherwise): then the batch holds that block's entries from
 /// `next` on, straight from their stored bytes ([`PushBatchWriter::push`]).
 /// Returns the message and the entries it holds.
-async fn encode_batch(core: &Core, node: u32, shard: u32, next: u64) -> Result<(Bytes, u64), Status> {
-    let mut writer = PushBatchWriter::new(node, shard, BATCH_BYTES_TARGET + BATCH_BYTES_TARGET / 8);
+async fn encode_batch<H: Host>(host: &H, node: u32, shard: u32, next: u64) -> Result<(Bytes, u64), Status> {
+    let mut writer = PushBatchWriter::new(node, shard, PUSH_BATCH_BYTES_TARGET + PUSH_BATCH_BYTES_TARGET / 8);
     let mut expected = next;
     let mut out_of_order = None;
     let mut cut_block = None;
-    core.shard
-        .read_stored_blocks_from(next, BLOCK_BATCH_ENTRIES_MAX, BATCH_BYTES_TARGET, &mut |header, block| {
+    host.shard()
+        .read_stored_blocks_from(next, PUSH_BLOCK_BATCH_ENTRIES_MAX, PUSH_BATCH_BYTES_TARGET, &mut |header, block| {
             if header.first_seq < next && header.next_seq() > next {
                 cut_block = Some((*header, block.to_vec()));
                 return false;
@@ -318,19 +311,19 @@ impl PushBatchWriter {
     }
 }
 
-async fn receive_acks(
-    core: &Core,
+async fn receive_acks<H: Host>(
+    host: &H,
     mut receiver: CallReceiver,
     in_flight: Rc<glommio::sync::Semaphore>,
 ) -> Result<(), Status> {
     while let Some(ack) = receiver.next::<PushAck>().await? {
-        if core.follower.acked.get().is_some_and(|acked| ack.acked_seq < acked) {
+        if host.follower().acked.get().is_some_and(|acked| ack.acked_seq < acked) {
             return Err(Status::new(
                 Code::Internal,
-                format!("the leader's ack went backwards: {} after {:?}", ack.acked_seq, core.follower.acked.get()),
+                format!("the leader's ack went backwards: {} after {:?}", ack.acked_seq, host.follower().acked.get()),
             ));
         }
-        core.follower.acked.set(Some(ack.acked_seq));
+        host.follower().acked.set(Some(ack.acked_seq));
         in_flight.signal(1);
     }
     Ok(())
@@ -342,8 +335,8 @@ mod tests {
 
     #[test]
     fn a_written_batch_decodes_as_the_push_batch_prost_would_read() {
+        use crate::codec::block::{encode_entry, read_varint};
         use crate::proto::{LogEntry, PushBatch};
-        use crate::shard::block::{encode_entry, read_varint};
         use crate::shard::EntryRef;
         use prost::Message;
         let tags = [("app", "web"), ("level", "info")];

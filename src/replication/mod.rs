@@ -1,60 +1,106 @@
-//! Replication over gRPC, hand-rolled on h2: the framing and status codes
-//! ([`frame`], [`status`]), HTTP/2 plumbing for servers and clients
-//! ([`grpc`]), the exactly-once rule ([`watermark`]), the services every
-//! node serves ([`service`]: ingest, query and the leader's archive) and
-//! the follower's pusher ([`follower`]).
+//! Replication between nodes (DESIGN.md section 5): a follower stores every
+//! entry locally first; one pusher per shard streams the shard's durable
+//! entries to the leader, which archives each (follower, shard, seq) exactly
+//! once and acks continuously. The follower's log is the queue: a slow or
+//! absent leader costs no memory and loses nothing.
 //!
-//! A follower stores every entry locally first; one pusher per shard then
-//! streams the shard's durable entries to the leader (`Replicate`), which
-//! archives each (follower, shard, seq) exactly once and acks continuously.
-//! The follower's log is the queue: a slow or absent leader costs no
-//! memory and loses nothing.
+//! Pure parts, tested without an executor:
+//! - [`watermark`]: the exactly-once rule, one batch against a watermark;
+//! - [`batch`]: `PushBatch` parsing in place, and writing one from stored
+//!   blocks.
+//!
+//! I/O drivers, on glommio and the [`crate::grpc`] transport:
+//! - [`leader`]: the archive of the pairs one core owns (group commit per
+//!   pair, watermarks rebuilt from the data);
+//! - [`follower`]: the pusher of one shard;
+//! - [`restore`]: rebuilding a lost follower from the archive.
+//!
+//! This layer sees the node only through [`Host`], so it imports nothing
+//! above the shard and the gRPC transport; errors crossing cores are
+//! [`Error`], turned into a gRPC status only at the front door.
 
 pub mod batch;
 pub mod follower;
-pub mod frame;
-pub mod grpc;
+pub mod leader;
 pub mod restore;
-pub mod service;
-pub mod status;
 pub mod watermark;
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::future::Future;
 
-use crate::node::Core;
+use crate::grpc::status::{Code, Status};
+use crate::shard::{self, Shard};
 
-/// gRPC connections one core serves at once; more are closed on accept.
-pub const CONNECTIONS_PER_CORE_MAX: usize = 4096;
+/// Errors of the replication layer.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// A pushed batch or request is malformed (`INVALID_ARGUMENT`).
+    #[error("{0}")]
+    Malformed(String),
+    /// A batch would leave a hole in the archive (`FAILED_PRECONDITION`):
+    /// the follower resumes at `expected`.
+    #[error("gap: expected seq {expected}, got {got}")]
+    Gap {
+        /// The seq the archive needs next.
+        expected: u64,
+        /// The first fresh seq the batch carried.
+        got: u64,
+    },
+    /// A bound of this layer was reached (`RESOURCE_EXHAUSTED`).
+    #[error("{0}")]
+    Exhausted(String),
+    /// An earlier batch of the same stream failed to archive, so this one
+    /// was not tried (`ABORTED`).
+    #[error("an earlier batch of this stream failed to archive")]
+    Aborted,
+    /// The node is shutting down (`UNAVAILABLE`).
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The shard refused or failed.
+    #[error(transparent)]
+    Shard(#[from] shard::Error),
+}
 
-/// Accepts gRPC connections until cancelled, serving each on its own task.
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
-    let services = Rc::new(service::Services::new(core.clone()));
-    let closing = core.clone();
-    let options = Rc::new(grpc::ServerOptions {
-        max_message_bytes: crate::limits::MESSAGE_BYTES_MAX,
-        closing: Rc::new(move || closing.closing.get()),
-    });
-    let open = Rc::new(Cell::new(0usize));
-    loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "grpc accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if open.get() >= CONNECTIONS_PER_CORE_MAX {
-            tracing::warn!("grpc: {CONNECTIONS_PER_CORE_MAX} connections open on this core; closing a new one");
-            continue;
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match error {
+            Error::Malformed(message) => Status::invalid_argument(message),
+            error @ Error::Gap { .. } => Status::failed_precondition(error.to_string()),
+            Error::Exhausted(message) => Status::resource_exhausted(message),
+            error @ Error::Aborted => Status::new(Code::Aborted, error.to_string()),
+            Error::ShuttingDown => Status::unavailable("shutting down"),
+            Error::Shard(error) => shard_status(error),
         }
-        open.set(open.get() + 1);
-        let (services, options, open) = (services.clone(), options.clone(), open.clone());
-        glommio::spawn_local(async move {
-            grpc::serve_connection(stream, services, options).await;
-            open.set(open.get() - 1);
-        })
-        .detach();
     }
+}
+
+/// Maps a shard error to the status a gRPC client sees.
+pub fn shard_status(error: shard::Error) -> Status {
+    use shard::Error;
+    match error {
+        Error::InvalidEntry { index, source } => Status::invalid_argument(format!("entry {}: {source}", index + 1)),
+        Error::InvalidAppend(refusal) => Status::resource_exhausted(refusal.to_string()),
+        error @ (Error::Backpressure { .. } | Error::DiskFull { .. }) => Status::resource_exhausted(error.to_string()),
+        Error::Closed => Status::unavailable("shutting down"),
+        error => Status::internal(error.to_string()),
+    }
+}
+
+/// What replication needs of the core it runs on: a narrow handle, so that
+/// the node implements it and this layer never names the node.
+pub trait Host: 'static {
+    /// This node's id.
+    fn node_id(&self) -> u32;
+    /// This core's shard.
+    fn shard(&self) -> &Shard;
+    /// Set once shutdown began: refuse new work.
+    fn closing(&self) -> bool;
+    /// The archive pairs this core owns.
+    fn archive(&self) -> &leader::Archive;
+    /// This shard's pusher state (its leader is `None` on a node that
+    /// follows no one).
+    fn follower(&self) -> &follower::FollowerState;
+    /// The highest origin seq of `(node, shard)` archived in the shards of
+    /// the other cores of this node (0 when none): after a restart, a pair's
+    /// data may sit in any shard if the shard count changed.
+    fn origin_watermark_elsewhere(&self, node: u32, shard: u32) -> impl Future<Output = Result<u64, Error>>;
 }

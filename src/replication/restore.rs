@@ -12,14 +12,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::grpc::Channel;
-use super::service::shard_status;
-use super::status::Status;
+use super::shard_status;
+use crate::grpc::status::Status;
+use crate::grpc::transport::Channel;
+use crate::limits::RESTORE_BATCH_ENTRIES;
 use crate::proto::{LogEntry, ReplayRequest};
 use crate::shard::{Shard, ShardConfig};
 
-/// Entries appended per group commit while restoring.
-pub const RESTORE_BATCH_ENTRIES: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_FROM: &str = "/wormdb.v1.WormReplication/ReplayFrom";
 
@@ -83,7 +82,7 @@ async fn replay_into(shard: &Shard, leader: SocketAddr, follower_id: u32, shard_
 async fn append(shard: &Shard, batch: &mut Vec<LogEntry>) -> Result<u64, Status> {
     let Some(first) = batch.first().map(|entry| entry.seq) else { return Ok(0) };
     let wait =
-        crate::shard::block::with_log_entry_refs(batch.iter(), |refs| shard.append(refs)).map_err(shard_status)?;
+        crate::codec::block::with_log_entry_refs(batch.iter(), |refs| shard.append(refs)).map_err(shard_status)?;
     let range = wait.durable().await.map_err(shard_status)?;
     if range.first != first {
         return Err(Status::internal(format!("restored entries got seq {} instead of {first}", range.first)));

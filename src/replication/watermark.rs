@@ -10,7 +10,7 @@
 //! and the rest must be exactly `watermark + 1, watermark + 2, …`. Anything
 //! else would leave a hole or a repeat in the archive and is refused.
 
-use super::status::Status;
+use super::Error;
 
 /// What to do with a batch whose seqs passed [`admit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl Admission {
 /// - the first seq above the watermark is not `watermark + 1`, or the
 ///   fresh part skips a seq: `FAILED_PRECONDITION` naming the expected seq,
 ///   so the follower resumes there.
-pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admission, Status> {
+pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admission, Error> {
     let mut duplicates = 0usize;
     let mut fresh = 0usize;
     let mut previous = 0u64;
@@ -50,7 +50,7 @@ pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admi
     let mut first_gap = None;
     for (index, seq) in seqs.into_iter().enumerate() {
         if seq <= previous {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::Malformed(format!(
                 "entry {index}: seq {seq} does not follow {previous}: seqs of a batch must be strictly increasing and \
                  start at 1"
             )));
@@ -67,18 +67,14 @@ pub fn admit(watermark: u64, seqs: impl IntoIterator<Item = u64>) -> Result<Admi
         fresh += 1;
     }
     if let Some((expected, got)) = first_gap {
-        return Err(gap(expected, got));
+        return Err(Error::Gap { expected, got });
     }
     Ok(Admission { duplicates, fresh, first_seq: watermark + 1 })
 }
 
-/// The refusal of a batch that would leave a hole in the archive.
-pub fn gap(expected: u64, got: u64) -> Status {
-    Status::failed_precondition(format!("gap: expected seq {expected}, got {got}"))
-}
-
-/// Reads the expected seq back out of a [`gap`] refusal (what a follower
-/// does with the message of a `FAILED_PRECONDITION`).
+/// Reads the expected seq back out of the message of an [`Error::Gap`]
+/// refusal (what a follower does with the message of a
+/// `FAILED_PRECONDITION`).
 pub fn expected_seq_of(message: &str) -> Option<u64> {
     let rest = message.strip_prefix("gap: expected seq ")?;
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -88,7 +84,6 @@ pub fn expected_seq_of(message: &str) -> Option<u64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::replication::status::Code;
 
     #[test]
     fn a_batch_that_continues_the_archive_is_all_fresh() {
@@ -113,16 +108,15 @@ mod tests {
 
     #[test]
     fn a_batch_beyond_the_watermark_is_a_gap_naming_the_expected_seq() {
-        let status = admit(10, 12..=20).unwrap_err();
-        assert_eq!(status.code, Code::FailedPrecondition);
-        assert_eq!(expected_seq_of(&status.message), Some(11));
+        let error = admit(10, 12..=20).unwrap_err();
+        assert!(matches!(error, Error::Gap { expected: 11, got: 12 }), "{error:?}");
+        assert_eq!(expected_seq_of(&error.to_string()), Some(11));
     }
 
     #[test]
     fn a_hole_inside_the_fresh_part_is_a_gap() {
-        let status = admit(0, [1, 2, 4]).unwrap_err();
-        assert_eq!(status.code, Code::FailedPrecondition);
-        assert_eq!(expected_seq_of(&status.message), Some(3));
+        let error = admit(0, [1, 2, 4]).unwrap_err();
+        assert!(matches!(error, Error::Gap { expected: 3, got: 4 }), "{error:?}");
         // Holes among the duplicates do not matter: they are skipped.
         assert_eq!(admit(10, [2, 5, 11]).unwrap(), Admission { duplicates: 2, fresh: 1, first_seq: 11 });
     }
@@ -132,8 +126,8 @@ mod tests {
         // Out of order after a gap too: the batch is malformed, whatever
         // the watermark.
         for seqs in [vec![3, 3], vec![5, 4], vec![0], vec![1, 2, 2], vec![1, 3, 2], vec![7, 9, 8]] {
-            let status = admit(0, seqs.clone()).unwrap_err();
-            assert_eq!(status.code, Code::InvalidArgument, "{seqs:?}");
+            let error = admit(0, seqs.clone()).unwrap_err();
+            assert!(matches!(error, Error::Malformed(_)), "{seqs:?}: {error:?}");
         }
     }
 
@@ -168,10 +162,10 @@ mod tests {
                             watermark = admission.watermark_after();
                         }
                     }
-                    Err(status) => {
-                        proptest::prop_assert_eq!(status.code, Code::FailedPrecondition);
+                    Err(error) => {
+                        let is_gap = matches!(error, Error::Gap { expected, got } if expected == watermark + 1 && got == start);
+                        proptest::prop_assert!(is_gap, "{:?}", error);
                         proptest::prop_assert!(start > watermark + 1);
-                        proptest::prop_assert_eq!(expected_seq_of(&status.message), Some(watermark + 1));
                     }
                 }
             }

@@ -22,11 +22,10 @@
 //! acknowledged only after all its writes completed and an fdatasync issued
 //! after that completed.
 //!
-//! Modules: [`block`] (the block codec), [`segment`] (segment header and
+//! Modules: [`segment`] (segment header and
 //! names), [`scan`] (the recovery scanner) are pure; this module, `writer`,
 //! `reader` and `recovery` do the I/O.
 
-pub mod block;
 pub(crate) mod oneshot;
 mod reader;
 mod recovery;
@@ -42,18 +41,14 @@ use std::sync::Arc;
 
 use glommio::io::DmaFile;
 
+use crate::codec::block;
+pub use crate::codec::{EntryRef, Origin, TagSet};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
-pub use block::{EntryRef, Origin, TagSet};
 pub use reader::{OrderedQuery, Query, QueryResult};
 pub use recovery::{RecoveryReport, TornTail};
 
-/// The unit of O_DIRECT alignment and of tail-page packing.
-pub const PAGE_BYTES: usize = 4096;
-
-/// How many written batches may wait for their fdatasync at once. With 2 the
-/// next batch is written while the previous one syncs.
-pub const UNSYNCED_WRITES_MAX: usize = 2;
+pub use crate::limits::{PAGE_BYTES, UNSYNCED_WRITES_MAX};
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,9 +169,9 @@ pub enum Error {
         /// What is wrong.
         source: block::EntryError,
     },
-    /// The append is malformed as a whole.
+    /// The append is malformed as a whole; nothing of it was stored.
     #[error("invalid append: {0}")]
-    InvalidAppend(String),
+    InvalidAppend(InvalidAppend),
     /// The pending batch is full; retry after the in-flight commit.
     #[error("shard {shard} is busy: {limit} reached; retry later")]
     Backpressure {
@@ -222,6 +217,53 @@ pub enum Error {
     /// Bad configuration.
     #[error("invalid shard config: {0}")]
     Config(String),
+}
+
+/// Why an append was refused as a whole (see [`Error::InvalidAppend`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidAppend {
+    /// The append holds no entry.
+    #[error("no entries")]
+    Empty,
+    /// Replicated entries whose origin seqs would leave `1..u64::MAX`.
+    #[error("origin seqs {first_seq} + {entry_count} entries are outside 1..u64::MAX")]
+    OriginSeqsOutOfRange {
+        /// The origin seq of the first entry.
+        first_seq: u64,
+        /// Entries in the append.
+        entry_count: u64,
+    },
+    /// A pushed block whose payload length disagrees with its header.
+    #[error("a stored block's payload is {payload_bytes} bytes, its header says {header_bytes}")]
+    StoredPayloadLength {
+        /// The payload's length.
+        payload_bytes: usize,
+        /// The header's `stored_len`.
+        header_bytes: u32,
+    },
+    /// The append alone is larger than a pending batch may be.
+    #[error(
+        "append of up to {bytes} bytes is over the pending-batch limit of {limit} bytes \
+         (PENDING_RAW_BYTES_MAX, lowered for small segments)"
+    )]
+    OverPendingBatch {
+        /// The append's encoded size bound.
+        bytes: usize,
+        /// The shard's pending-batch bound.
+        limit: usize,
+    },
+    /// One origin more than [`limits::ORIGINS_PER_SHARD_MAX`].
+    #[error("shard {shard} already archives {origins} origins (ORIGINS_PER_SHARD_MAX); node {node} shard {origin_shard} is refused")]
+    TooManyOrigins {
+        /// This shard.
+        shard: u32,
+        /// Origins it archives.
+        origins: usize,
+        /// The refused origin's node.
+        node: u32,
+        /// The refused origin's shard.
+        origin_shard: u32,
+    },
 }
 
 impl Error {
@@ -637,15 +679,15 @@ impl Shard {
     fn append_parts(&self, origin: Option<Origin>, parts: Vec<ReplicatedPart<'_>>) -> Result<AppendWait> {
         let entry_count: u64 = parts.iter().map(ReplicatedPart::entry_count).sum();
         if entry_count == 0 {
-            return Err(Error::InvalidAppend("no entries".into()));
+            return Err(Error::InvalidAppend(InvalidAppend::Empty));
         }
         if let Some(origin) = origin {
             let fits = origin.first_seq >= 1 && origin.first_seq.checked_add(entry_count).is_some();
             if !fits {
-                return Err(Error::InvalidAppend(format!(
-                    "origin seqs {} + {entry_count} entries are outside 1..u64::MAX",
-                    origin.first_seq,
-                )));
+                return Err(Error::InvalidAppend(InvalidAppend::OriginSeqsOutOfRange {
+                    first_seq: origin.first_seq,
+                    entry_count,
+                }));
             }
         }
         let mut bound = 0usize;
@@ -661,11 +703,10 @@ impl Shard {
                 }
                 ReplicatedPart::Block { header, payload, .. } => {
                     if payload.len() != header.stored_len as usize {
-                        return Err(Error::InvalidAppend(format!(
-                            "a stored block's payload is {} bytes, its header says {}",
-                            payload.len(),
-                            header.stored_len
-                        )));
+                        return Err(Error::InvalidAppend(InvalidAppend::StoredPayloadLength {
+                            payload_bytes: payload.len(),
+                            header_bytes: header.stored_len,
+                        }));
                     }
                     bound += payload.len();
                     index += header.entry_count as usize;
@@ -674,10 +715,7 @@ impl Shard {
         }
         let pending_max = limits::pending_raw_bytes_max(self.inner.config.segment_bytes);
         if bound > pending_max {
-            return Err(Error::InvalidAppend(format!(
-                "append of up to {bound} bytes is over the pending-batch limit of {pending_max} bytes \
-                 (PENDING_RAW_BYTES_MAX, lowered for small segments)"
-            )));
+            return Err(Error::InvalidAppend(InvalidAppend::OverPendingBatch { bytes: bound, limit: pending_max }));
         }
         let mut state = self.inner.state.borrow_mut();
         if let Some(failure) = &state.failure {
@@ -691,13 +729,12 @@ impl Shard {
             if !watermarks.contains_key(&(origin.node, origin.shard))
                 && watermarks.len() >= limits::ORIGINS_PER_SHARD_MAX
             {
-                return Err(Error::InvalidAppend(format!(
-                    "shard {} already archives {} origins (ORIGINS_PER_SHARD_MAX); node {} shard {} is refused",
-                    self.inner.config.shard_id,
-                    watermarks.len(),
-                    origin.node,
-                    origin.shard
-                )));
+                return Err(Error::InvalidAppend(InvalidAppend::TooManyOrigins {
+                    shard: self.inner.config.shard_id,
+                    origins: watermarks.len(),
+                    node: origin.node,
+                    origin_shard: origin.shard,
+                }));
             }
         }
         let limit = if state.pending.appends.len() >= self.inner.config.pending_appends_max {

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile};
 
-use super::block::{self, EntryView};
 use super::{recovery, Error, Result, Shard, State};
+use crate::codec::block::{self, EntryView};
 use crate::index::{BlockMeta, OriginKey, SegmentIndex};
 use crate::limits;
 use crate::proto::LogEntry;

@@ -9,10 +9,10 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
-use super::block::{self, BlockError, BlockHeader, EntryView};
 use super::scan::{self, Step, Stop};
 use super::segment::{self, FileKind, SegmentHeader, DATA_OFFSET};
 use super::{page_ceil, page_floor, Active, Error, Preallocation, Result, Sealed, ShardConfig, PAGE_BYTES};
+use crate::codec::block::{self, BlockError, BlockHeader, EntryView};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 
@@ -655,7 +655,7 @@ mod tests {
     //! Rebuilding a block's index entry from its payload (the recovery path).
 
     use super::*;
-    use crate::shard::block::{BlockSpec, EntryRef};
+    use crate::codec::block::{BlockSpec, EntryRef};
 
     const HOSTS: [&str; 7] = ["web-1", "web-2", "web-3", "db-1", "db-2", "cache-1", "cache-2"];
     const LEVELS: [&str; 3] = ["info", "warn", "error"];

@@ -8,7 +8,7 @@
 //! clean end of a log that was never written further; anything else is a
 //! torn or corrupt tail, which the shard zeroes and reports.
 
-use super::block::{self, BlockError, BlockHeader};
+use crate::codec::block::{self, BlockError, BlockHeader};
 
 /// Why the scan stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub fn scan_window(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec, EntryRef};
+    use crate::codec::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec, EntryRef};
 
     fn build_log(blocks: usize) -> (Vec<u8>, Vec<usize>) {
         let mut log = Vec::new();

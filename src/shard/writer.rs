@@ -4,11 +4,11 @@
 
 use std::rc::Rc;
 
-use super::block::{self, BlockSpec};
 use super::recovery;
 use super::{
     page_ceil, page_floor, Durability, Error, Inner, Pending, Result, SeqRange, Unsynced, UNSYNCED_WRITES_MAX,
 };
+use crate::codec::block::{self, BlockSpec};
 use crate::index::{BlockMeta, SegmentIndex};
 
 /// Fails every append of `pending` with `error`.

@@ -53,7 +53,7 @@ const CRC_OFFSET: usize = ORIGIN_SHARD_OFFSET + 4;
 /// Size of the fixed block header.
 pub const HEADER_BYTES: usize = CRC_OFFSET + 4;
 
-const _: () = assert!(HEADER_BYTES == 64);
+const _: () = assert!(HEADER_BYTES == 64 && HEADER_BYTES == limits::BLOCK_HEADER_BYTES);
 // The u64 fields sit on 8-byte boundaries, the u32 fields on 4-byte ones.
 const _: () = assert!(FIRST_SEQ_OFFSET % 8 == 0 && ORIGIN_FIRST_SEQ_OFFSET % 8 == 0);
 const _: () = assert!(ENTRY_COUNT_OFFSET % 4 == 0 && CRC_OFFSET % 4 == 0);
@@ -400,7 +400,7 @@ pub struct BlockSpec {
 /// is never more than the raw payload, because incompressible payloads are
 /// stored as is.
 pub const fn encoded_bytes_max(raw_len: usize) -> usize {
-    HEADER_BYTES + lz4_flex::block::get_maximum_output_size(raw_len)
+    limits::block_encoded_bytes_max(raw_len)
 }
 
 /// Encodes one block into `out` (at least `encoded_bytes_max(raw.len())`

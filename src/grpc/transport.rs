@@ -30,24 +30,10 @@ use super::frame::{self, Decoder, FrameError};
 use super::status::{self, Code, Status};
 use crate::limits;
 
-/// Receive window of one stream: a follower streams large batches.
-pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
-/// Receive window of one connection.
-pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
-/// Largest HTTP/2 frame we accept.
-pub const FRAME_BYTES_MAX: u32 = 256 << 10;
-/// Streams one connection may have open at once.
-pub const CONNECTION_STREAMS_MAX: u32 = 128;
-/// Bytes h2 may buffer per stream on the send side.
-pub const SEND_BUFFER_BYTES: usize = 1 << 20;
-/// Response bytes a call buffers before writing them out.
-const FLUSH_BYTES: usize = 64 << 10;
 /// How often an idle connection is pinged, and how long a pong may take.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keepalive pong may take before the peer counts as dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest `grpc-timeout` honoured (longer ones are cut to it).
-pub const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 const CONTENT_TYPE: &str = "application/grpc";
 
@@ -152,7 +138,7 @@ async fn send_flow_controlled(stream: &mut SendStream<Bytes>, mut data: Bytes, e
 }
 
 /// One server-side call: the request's headers and messages, and the
-/// response sink. Messages are buffered up to [`FLUSH_BYTES`]; call
+/// response sink. Messages are buffered up to [`limits::GRPC_FLUSH_BYTES`]; call
 /// [`Call::flush`] when a message must go out now (an ack).
 pub struct Call {
     /// The request headers.
@@ -169,7 +155,7 @@ impl Call {
     /// this is the first one).
     pub async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
         frame::encode_message(message, &mut self.pending);
-        if self.pending.len() >= FLUSH_BYTES {
+        if self.pending.len() >= limits::GRPC_FLUSH_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -246,11 +232,11 @@ pub struct ServerOptions {
 fn h2_server_builder() -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();
     builder
-        .initial_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_frame_size(FRAME_BYTES_MAX)
-        .max_concurrent_streams(CONNECTION_STREAMS_MAX)
-        .max_send_buffer_size(SEND_BUFFER_BYTES)
+        .initial_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(limits::GRPC_FRAME_BYTES_MAX)
+        .max_concurrent_streams(limits::GRPC_CONNECTION_STREAMS_MAX)
+        .max_send_buffer_size(limits::GRPC_SEND_BUFFER_BYTES)
         .max_header_list_size(limits::GRPC_HEADER_BYTES_MAX);
     builder
 }
@@ -356,7 +342,7 @@ async fn run_call<S: Service>(
         let timeout = match call.headers.get("grpc-timeout") {
             None => Ok(None),
             Some(value) => status::parse_timeout(value.as_bytes())
-                .map(|timeout| Some(timeout.min(CALL_TIMEOUT_MAX)))
+                .map(|timeout| Some(timeout.min(limits::GRPC_CALL_TIMEOUT_MAX)))
                 .ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header")),
         };
         match timeout {
@@ -403,10 +389,10 @@ impl Channel {
             let _ = stream.set_nodelay(true);
             let mut builder = h2::client::Builder::new();
             builder
-                .initial_window_size(STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-                .max_frame_size(FRAME_BYTES_MAX)
-                .max_send_buffer_size(SEND_BUFFER_BYTES)
+                .initial_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
+                .max_frame_size(limits::GRPC_FRAME_BYTES_MAX)
+                .max_send_buffer_size(limits::GRPC_SEND_BUFFER_BYTES)
                 .max_header_list_size(limits::GRPC_HEADER_BYTES_MAX);
             builder
                 .handshake::<Io, Bytes>(Io::new(stream))

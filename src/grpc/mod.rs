@@ -1,0 +1,18 @@
+//! The hand-rolled gRPC transport over `h2` (DESIGN.md section 6): it knows
+//! no wormdb service, so the node's services, the follower pusher, `restore`,
+//! the load generator and later the Raft transport all use it.
+//!
+//! Layered like h2 itself:
+//! - [`frame`]: the 5-byte length-prefixed message framing, pure;
+//! - [`status`]: status codes, `grpc-status`/`grpc-message` trailers and
+//!   `grpc-timeout`, pure;
+//! - [`transport`]: HTTP/2 plumbing on glommio: the server side
+//!   ([`transport::serve_connection`] with a [`transport::Service`]) and the
+//!   client side ([`transport::Channel`]), with flow control released per
+//!   DATA chunk and every buffer bounded by [`crate::limits`].
+
+pub mod frame;
+pub mod status;
+pub mod transport;
+
+pub use status::{Code, Status};

@@ -1,0 +1,223 @@
+//! Server wiring: binds every listener, starts one glommio executor per
+//! shard (each pinned to a core), and on each builds the core's state
+//! ([`Core`]) and starts its front doors (HTTP, gRPC), its inbox from the
+//! other cores and its follower pusher; then runs housekeeping until stop.
+//!
+//! Shutdown (SIGINT/SIGTERM → [`StopFlag`]): each core stops accepting
+//! connections, answers new ingest with 503, waits (bounded) for in-flight
+//! requests, drains its pusher, closes its shard (which makes everything
+//! accepted durable and acknowledged), and exits.
+//!
+//! This is the top of the tree: it may import every layer, and none
+//! imports it.
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_channel::mpsc;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::NodeConfig;
+use crate::limits::{LISTEN_BACKLOG, PEER_QUEUE_MAX};
+use crate::node::peers::{self, Request};
+use crate::node::Core;
+use crate::shard::{Shard, ShardConfig};
+
+/// How often a core checks the stop flag.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a core runs retention by age and bytes.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
+/// How often shutdown looks at the requests still in flight.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Set once to stop the node.
+pub type StopFlag = Arc<AtomicBool>;
+
+/// Builds one shard's listening socket: `SO_REUSEPORT` so that every shard
+/// binds the same address and the kernel spreads connections among them.
+fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// The listening sockets handed to one core.
+struct Listeners {
+    http: i32,
+    grpc: i32,
+}
+
+/// Binds `count` `SO_REUSEPORT` sockets on one address; returns the
+/// address bound (port 0 resolved) and the sockets.
+fn bind_all(
+    addr: std::net::SocketAddr,
+    count: usize,
+    flag: &str,
+) -> Result<(std::net::SocketAddr, Vec<socket2::Socket>), String> {
+    let first = reuseport_listener(addr).map_err(|error| format!("{flag} {addr}: {error}"))?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .ok_or_else(|| format!("cannot read the address bound for {flag}"))?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(reuseport_listener(bound).map_err(|error| format!("{flag} {bound}: {error}"))?);
+    }
+    Ok((bound, sockets))
+}
+
+/// Runs a node until `stop` is set and every core has shut down.
+pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
+    let cpus = crate::runtime::allowed_cpus();
+    crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
+
+    // Bind every shard's sockets up front: the first one resolves port 0,
+    // the others reuse the port it got.
+    let (http_addr, http_sockets) = bind_all(config.http_addr, config.shards, "--http-addr")?;
+    let (grpc_addr, grpc_sockets) = bind_all(config.grpc_addr, config.shards, "--grpc-addr")?;
+
+    let config = Arc::new(NodeConfig { http_addr, grpc_addr, ..config });
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..config.shards {
+        let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+        senders.push(sender);
+        receivers.push(receiver);
+    }
+
+    let mut executors = Vec::new();
+    for (shard_id, ((http_socket, grpc_socket), inbox)) in
+        http_sockets.into_iter().zip(grpc_sockets).zip(receivers).enumerate()
+    {
+        let config = config.clone();
+        let peers = senders.clone();
+        let stop = stop.clone();
+        let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
+        let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
+            .name(&format!("shard-{shard_id:03}"))
+            .spawn(move || async move { run_core(shard_id as u32, config, peers, inbox, fd, stop).await })
+            .map_err(|error| format!("cannot start the executor of shard {shard_id}: {error}"))?;
+        executors.push(executor);
+    }
+    drop(senders);
+    let mut failures = Vec::new();
+    for executor in executors {
+        match executor.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => failures.push(message),
+            Err(error) => failures.push(format!("executor failed: {error}")),
+        }
+    }
+    // A core that fails to open its shard sets `stop` itself, so the others
+    // have already shut down by the time every join returned.
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+async fn run_core(
+    shard_id: u32,
+    config: Arc<NodeConfig>,
+    peers: Vec<mpsc::Sender<Request>>,
+    inbox: mpsc::Receiver<Request>,
+    listeners: Listeners,
+    stop: StopFlag,
+) -> Result<(), String> {
+    // SAFETY: the fds are listening TCP sockets that this core now owns.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
+    let grpc_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.grpc) };
+    let shard_config = ShardConfig {
+        node_id: config.node_id,
+        segment_bytes: config.segment_bytes,
+        durability: config.durability,
+        pending_appends_max: config.max_pending_appends,
+        // A follower's pusher reads right behind the writer.
+        recent_writes_bytes: if config.leader.is_some() { crate::limits::RECENT_WRITES_BYTES_MAX } else { 0 },
+        ..ShardConfig::new(config.data_dir.join(format!("shard-{shard_id:03}")), shard_id)
+    };
+    let shard = match Shard::open(shard_config).await {
+        Ok(shard) => shard,
+        Err(error) => {
+            stop.store(true, Ordering::Release);
+            return Err(format!("shard {shard_id}: {error}"));
+        }
+    };
+    let report = shard.recovery_report();
+    tracing::info!(
+        shard = shard_id,
+        next_seq = report.next_seq,
+        segments = report.segments,
+        torn_tail = ?report.torn_tail,
+        "shard opened"
+    );
+    let core = Rc::new(Core::new(shard, config.clone(), peers));
+    let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
+    let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
+    tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
+    let grpc_task = glommio::spawn_local(crate::services::accept_loop(core.clone(), grpc_listener)).detach();
+    tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
+    let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
+
+    let mut since_retention = Duration::ZERO;
+    while !stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
+        since_retention += HOUSEKEEPING_INTERVAL;
+        let retention = config.retention;
+        if since_retention >= RETENTION_INTERVAL && (retention.bytes_max.is_some() || retention.age_max.is_some()) {
+            since_retention = Duration::ZERO;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as i64)
+                .unwrap_or(0);
+            if let Err(error) =
+                core.shard.enforce_retention(retention, now, |span| core.follower.may_delete(span)).await
+            {
+                tracing::error!(shard = shard_id, %error, "retention failed");
+            }
+        }
+    }
+
+    tracing::info!(shard = shard_id, "shutting down: draining in-flight requests");
+    let deadline = std::time::Instant::now() + config.shutdown_timeout;
+    accept_task.cancel();
+    core.closing.set(true);
+    while core.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(DRAIN_CHECK_INTERVAL).await;
+    }
+    // Push what is durable to the leader, then close the stream cleanly.
+    core.follower.stopping.set(true);
+    if core.follower.leader.is_some() {
+        let drained = futures_lite::future::or(async { pusher.await.is_some() }, async {
+            glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
+            false
+        })
+        .await;
+        let (acked, durable) = (core.follower.acked.get(), core.shard.durable_seq());
+        if !drained || acked < Some(durable) {
+            tracing::warn!(shard = shard_id, ?acked, durable, "shutdown: the leader has not acknowledged everything");
+        }
+    }
+    let closed = core.shard.close().await;
+    // Let the handlers whose appends the close just made durable write
+    // their responses.
+    while core.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(DRAIN_CHECK_INTERVAL).await;
+    }
+    grpc_task.cancel();
+    inbox_task.cancel();
+    tracing::info!(shard = shard_id, last_seq = core.shard.durable_seq(), "shard closed");
+    closed.map_err(|error| format!("shard {shard_id}: {error}"))
+}

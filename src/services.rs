@@ -1,0 +1,279 @@
+//! The gRPC front door: the services every node serves on `--grpc-addr`,
+//! `WormIngest` (write and query, like the HTTP API) and `WormReplication`
+//! (the leader side of replication: push streams, watermarks, replay), on
+//! the hand-rolled transport of [`crate::grpc`]. Each call is turned into a
+//! call on the core ([`Core`]); the archive's rules live in
+//! [`crate::replication::leader`], and errors become gRPC statuses here.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_channel::oneshot;
+use futures_lite::future;
+
+use crate::codec::block::with_log_entry_refs;
+use crate::grpc::status::Status;
+use crate::grpc::transport::{self, Call, LocalFuture, MessageStream, Service};
+use crate::limits::{
+    GRPC_CONNECTIONS_PER_CORE_MAX, PUSH_BATCHES_IN_FLIGHT_MAX, PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX, QUERY_LIMIT_DEFAULT,
+    QUERY_LIMIT_MAX, REPLAY_CHUNK_ENTRIES, WRITE_ENTRIES_MAX,
+};
+use crate::node::Core;
+use crate::proto::{
+    PushAck, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse, WriteRequest, WriteResponse,
+};
+use crate::query::{self, QuerySpec};
+use crate::replication::batch::PushedBatch;
+use crate::replication::{self, shard_status};
+
+/// Accepts gRPC connections until cancelled, serving each on its own task.
+pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
+    let services = Rc::new(Services::new(core.clone()));
+    let closing = core.clone();
+    let options = Rc::new(transport::ServerOptions {
+        max_message_bytes: crate::limits::MESSAGE_BYTES_MAX,
+        closing: Rc::new(move || closing.closing.get()),
+    });
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "grpc accept failed");
+                glommio::timer::sleep(crate::limits::ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        if open.get() >= GRPC_CONNECTIONS_PER_CORE_MAX {
+            tracing::warn!("grpc: {GRPC_CONNECTIONS_PER_CORE_MAX} connections open on this core; closing a new one");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (services, options, open) = (services.clone(), options.clone(), open.clone());
+        glommio::spawn_local(async move {
+            transport::serve_connection(stream, services, options).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// What a push stream's handler waits for.
+enum Event {
+    Batch(Result<Option<PushedBatch>, Status>),
+    Ack(Result<Result<PushAck, replication::Error>, oneshot::Canceled>),
+}
+
+/// The gRPC services of one core.
+pub struct Services {
+    core: Rc<Core>,
+    push_budget: Rc<glommio::sync::Semaphore>,
+}
+
+impl Services {
+    /// The services of `core`.
+    pub fn new(core: Rc<Core>) -> Services {
+        Services { core, push_budget: Rc::new(glommio::sync::Semaphore::new(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX)) }
+    }
+
+    async fn write(&self, call: &mut Call) -> Result<(), Status> {
+        let request: WriteRequest = single_message(call).await?;
+        if request.entries.is_empty() {
+            return Err(Status::invalid_argument("no entries in the WriteRequest"));
+        }
+        if request.entries.len() > WRITE_ENTRIES_MAX {
+            return Err(Status::resource_exhausted(format!("over {WRITE_ENTRIES_MAX} entries in one WriteRequest")));
+        }
+        let wait = with_log_entry_refs(&request.entries, |refs| self.core.shard.append(refs)).map_err(shard_status)?;
+        let range = wait.durable().await.map_err(shard_status)?;
+        {
+            let mut counters = self.core.counters.borrow_mut();
+            counters.ingest_requests += 1;
+            counters.ingest_entries += request.entries.len() as u64;
+        }
+        let response =
+            WriteResponse { shard: self.core.shard.config().shard_id, first_seq: range.first, last_seq: range.last };
+        call.send(&response).await
+    }
+
+    async fn query(&self, call: &mut Call) -> Result<(), Status> {
+        let request: QueryRequest = single_message(call).await?;
+        let to_ts = if request.to_ns == 0 { i64::MAX } else { request.to_ns };
+        if request.from_ns > to_ts {
+            return Err(Status::invalid_argument("from_ns is after to_ns"));
+        }
+        let limit = match request.limit as usize {
+            0 => QUERY_LIMIT_DEFAULT,
+            limit => limit.min(QUERY_LIMIT_MAX),
+        };
+        let spec = Arc::new(QuerySpec {
+            tags: request.tags.into_iter().collect(),
+            from_ts: request.from_ns,
+            to_ts,
+            limit,
+            backward: false,
+        });
+        self.core.counters.borrow_mut().queries += 1;
+        let mut merged = self.core.query(spec).await.map_err(query_status)?;
+        while let Some(entry) = merged.next().await.map_err(query_status)? {
+            call.send(&entry).await?;
+        }
+        Ok(())
+    }
+
+    /// PushEntries (one final ack) and Replicate (an ack per batch, as soon
+    /// as it is durable). Up to [`PUSH_BATCHES_IN_FLIGHT_MAX`] batches of a
+    /// stream are being archived at once (they group-commit on the owner);
+    /// acks go out in batch order.
+    async fn push(&self, call: &mut Call, ack_each: bool) -> Result<(), Status> {
+        let mut key = None;
+        let mut total = PushAck::default();
+        let mut in_flight: VecDeque<(
+            oneshot::Receiver<Result<PushAck, replication::Error>>,
+            glommio::sync::StaticPermit,
+        )> = VecDeque::new();
+        let mut input_done = false;
+        let mut refused = None;
+        if ack_each {
+            // Response headers now, as a tonic server does: a client may wait
+            // for them before it sends its first batch.
+            call.flush().await?;
+        }
+        loop {
+            let can_read = !input_done && in_flight.len() < PUSH_BATCHES_IN_FLIGHT_MAX;
+            let event = match in_flight.front_mut().map(|(head, _)| head) {
+                None if !can_read => break,
+                None => Event::Batch(next_batch(&mut call.messages).await),
+                Some(head) if !can_read => Event::Ack(head.await),
+                Some(head) => {
+                    future::or(async { Event::Ack(head.await) }, async {
+                        Event::Batch(next_batch(&mut call.messages).await)
+                    })
+                    .await
+                }
+            };
+            match event {
+                Event::Batch(Err(status)) => {
+                    // Answer the batches before the bad one, then fail.
+                    refused = Some(status);
+                    input_done = true;
+                }
+                Event::Batch(Ok(None)) => input_done = true,
+                Event::Batch(Ok(Some(batch))) => {
+                    let batch_key = (batch.follower_id, batch.shard);
+                    match key {
+                        None => key = Some(batch_key),
+                        Some(key) if key != batch_key => {
+                            refused = Some(Status::invalid_argument(format!(
+                                "a stream carries one (follower, shard) pair: got ({}, {}) after ({}, {})",
+                                batch_key.0, batch_key.1, key.0, key.1
+                            )));
+                            input_done = true;
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                    let bytes = (batch.message_bytes() as u64).min(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX);
+                    let permit = self
+                        .push_budget
+                        .acquire_static_permit(bytes)
+                        .await
+                        .map_err(|_| Status::unavailable("shutting down"))?;
+                    in_flight.push_back((self.core.archive_batch(batch).await?, permit));
+                }
+                Event::Ack(answer) => {
+                    in_flight.pop_front();
+                    let ack = answer.map_err(|_| Status::unavailable("shutting down"))??;
+                    total = PushAck {
+                        shard: ack.shard,
+                        acked_seq: ack.acked_seq,
+                        written: total.written + ack.written,
+                        duplicates: total.duplicates + ack.duplicates,
+                    };
+                    if ack_each {
+                        call.send(&total).await?;
+                        call.flush().await?;
+                    }
+                }
+            }
+        }
+        if let Some(status) = refused {
+            return Err(status);
+        }
+        if !ack_each {
+            if let Some((follower_id, shard)) = key.filter(|_| total.acked_seq == 0) {
+                // Only empty batches: still answer with the watermark.
+                total.shard = shard;
+                total.acked_seq = self.core.archive_watermark(follower_id, shard).await?;
+            }
+            call.send(&total).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_watermark(&self, call: &mut Call) -> Result<(), Status> {
+        let request: WatermarkRequest = single_message(call).await?;
+        let acked_seq = self.core.archive_watermark(request.follower_id, request.shard).await?;
+        call.send(&WatermarkResponse { acked_seq }).await
+    }
+
+    async fn replay_from(&self, call: &mut Call) -> Result<(), Status> {
+        let request: ReplayRequest = single_message(call).await?;
+        let (node, shard) = (request.follower_id, request.shard);
+        let mut from_seq = request.from_seq.max(1);
+        loop {
+            let entries = self.core.archived_entries(node, shard, from_seq, REPLAY_CHUNK_ENTRIES).await?;
+            let Some(last) = entries.last() else { return Ok(()) };
+            from_seq = last.seq + 1;
+            for entry in &entries {
+                call.send(entry).await?;
+            }
+        }
+    }
+}
+
+/// The next pushed batch of a stream, parsed in place.
+async fn next_batch(messages: &mut MessageStream) -> Result<Option<PushedBatch>, Status> {
+    match messages.next_bytes().await? {
+        None => Ok(None),
+        Some(message) => PushedBatch::parse(message).map(Some).map_err(Status::from),
+    }
+}
+
+/// Reads the one request message of a unary or server-streaming call.
+async fn single_message<M: prost::Message + Default>(call: &mut Call) -> Result<M, Status> {
+    let message = call.messages.next::<M>().await?.ok_or_else(|| Status::invalid_argument("no request message"))?;
+    if call.messages.next_bytes().await?.is_some() {
+        return Err(Status::invalid_argument("more than one request message"));
+    }
+    Ok(message)
+}
+
+impl Service for Services {
+    fn call<'a>(self: Rc<Self>, path: &'a str, call: &'a mut Call) -> LocalFuture<'a, Result<(), Status>> {
+        Box::pin(async move {
+            if self.core.closing.get() {
+                return Err(Status::unavailable("shutting down"));
+            }
+            match path {
+                "/wormdb.v1.WormIngest/Write" => self.write(call).await,
+                "/wormdb.v1.WormIngest/Query" => self.query(call).await,
+                "/wormdb.v1.WormReplication/PushEntries" => self.push(call, false).await,
+                "/wormdb.v1.WormReplication/Replicate" => self.push(call, true).await,
+                "/wormdb.v1.WormReplication/GetWatermark" => self.get_watermark(call).await,
+                "/wormdb.v1.WormReplication/ReplayFrom" => self.replay_from(call).await,
+                _ => Err(Status::unimplemented(format!("unknown method {path}"))),
+            }
+        })
+    }
+}
+
+/// The status of a query that failed to start or to finish.
+fn query_status(error: query::Error) -> Status {
+    match error {
+        query::Error::ShuttingDown => Status::unavailable("shutting down"),
+        error @ query::Error::Shard { .. } => Status::internal(error.to_string()),
+    }
+}
