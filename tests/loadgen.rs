@@ -132,7 +132,7 @@ fn verify_fails_when_acknowledged_entries_are_missing() {
     let dir = common::durable_temp_dir();
     let mut node = TestNode::start(&dir.path().join("a"), &["--shards", "2"]);
     let json = dir.path().join("run.json");
-    let payload = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub/OpenSSH_2k.log");
+    let payload = common::loghub::path("OpenSSH");
     let output = loadgen(&[
         "--target",
         &node.base,
