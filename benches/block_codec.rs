@@ -110,7 +110,8 @@ fn main() {
 
     support::print_machine("block_codec");
     println!(
-        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub), lines interleaved across sources, 3 tags per entry (source, level, host)"
+        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub; {}), lines interleaved across sources, 3 tags per entry (source, level, host)",
+        support::common::loghub::describe()
     );
     println!(
         "blocks: {} of {:.1} KiB raw on average ({} entries, {} raw bytes per iteration; BLOCK_RAW_BYTES_TARGET = {} KiB)",

@@ -144,7 +144,8 @@ fn main() {
 
     support::print_machine("grpc_frame");
     println!(
-        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub) as LogEntry messages, 3 tags per entry"
+        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub; {}) as LogEntry messages, 3 tags per entry",
+        support::common::loghub::describe()
     );
     for workload in &workloads {
         println!(

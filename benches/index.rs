@@ -191,8 +191,9 @@ fn main() {
 
     support::print_machine("index");
     println!(
-        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub) shipped by {AGENT_COUNT} agents in batches of \
-         {BATCH_ENTRIES}; 3 tags per entry (source, level, host)"
+        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub; {}) shipped by {AGENT_COUNT} agents in \
+         batches of {BATCH_ENTRIES}; 3 tags per entry (source, level, host)",
+        support::common::loghub::describe()
     );
     println!(
         "segment: {BLOCK_COUNT} blocks, {entry_count} entries ({:.0} per block), {:.1} MiB raw; {} tags pushed \

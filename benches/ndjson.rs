@@ -89,7 +89,10 @@ fn main() {
             body.len() as f64 / ENTRIES as f64
         );
     }
-    println!("data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub); 3 tags per entry");
+    println!(
+        "data: LogHub *_2k.log (8 files, https://github.com/logpai/loghub; {}); 3 tags per entry",
+        support::common::loghub::describe()
+    );
     println!("{}; throughput in body bytes", settings.describe());
     println!();
 

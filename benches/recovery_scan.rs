@@ -23,7 +23,7 @@
 
 mod support;
 
-use support::{common, source_tree};
+use support::{common, source_tree, SOURCES};
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -46,7 +46,6 @@ const RUNS: usize = 3;
 /// The scanner's read size (`SCAN_WINDOW_BYTES` in `src/shard/recovery.rs`).
 const READ_WINDOW_BYTES: u64 = 8 * MIB;
 const HOST_COUNT: usize = 16;
-const SOURCES: [&str; 8] = ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"];
 
 /// Process CPU time (user, sys) in seconds, from `getrusage(RUSAGE_SELF)`.
 fn cpu_seconds() -> (f64, f64) {
@@ -72,8 +71,7 @@ fn level_of(line: &str) -> &'static str {
 /// is extended cyclically by `ENTRIES_PER_APPEND`, so that every position
 /// below the returned count starts a full append.
 fn loghub_entries() -> (&'static [EntryRef<'static>], usize) {
-    // LogHub samples: https://github.com/logpai/loghub (see shared/data/loghub/LICENSE),
-    // read from `$CARGO_MANIFEST_DIR/../shared/data/loghub/NAME_2k.log`.
+    // LogHub samples: https://github.com/logpai/loghub, found by `tests/common/loghub.rs`.
     let per_source: Vec<(&'static str, Vec<&'static str>)> = SOURCES
         .iter()
         .map(|&source| (source, common::loghub_lines(source).into_iter().map(|line| &*String::leak(line)).collect()))

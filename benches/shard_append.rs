@@ -53,7 +53,7 @@
 
 mod support;
 
-use support::{common, source_tree};
+use support::{common, source_tree, SOURCES};
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -88,7 +88,6 @@ const INCOMPRESSIBLE_APPENDERS: [usize; 2] = [1, 4];
 const RUNS: usize = 3;
 const HOST_COUNT: usize = 16;
 const SEED: u64 = 0x5eed_2024;
-const SOURCES: [&str; 8] = ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"];
 const TARGET_PERCENT_OF_BASELINE: f64 = 90.0;
 
 /// Bounds of every workload: whichever is reached first ends it.
@@ -619,8 +618,7 @@ fn level_of(body: &[u8]) -> &'static str {
 /// lines joined with newlines and cut into consecutive pieces, sources
 /// interleaved piece by piece.
 fn small_entries() -> Vec<EntryRef<'static>> {
-    // LogHub samples: https://github.com/logpai/loghub (see shared/data/loghub/LICENSE),
-    // read from `$CARGO_MANIFEST_DIR/../shared/data/loghub/NAME_2k.log`.
+    // LogHub samples: https://github.com/logpai/loghub, found by `tests/common/loghub.rs`.
     let texts: Vec<(&'static str, &'static [u8])> = SOURCES
         .iter()
         .map(|&source| (source, String::leak(common::loghub_lines(source).join("\n")).as_bytes()))

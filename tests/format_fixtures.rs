@@ -16,7 +16,12 @@
 //! failure means this build reads or writes a format differently from the
 //! build that wrote them. A new format version gets its own directory, and
 //! the old files stay.
+//!
+//! The LogHub subset in `tests/data/loghub/`, which tests read when the full
+//! samples are not beside the repository, is checked here too.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::path::PathBuf;
 
@@ -29,10 +34,12 @@ use wormdb::shard::segment::{HeaderError, SegmentHeader};
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/");
 const V2_FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2/");
-const LOGHUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/loghub/");
 
 /// Every fixture stays below this, so the repository stays small.
 const FIXTURE_BYTES_MAX: usize = 8 * 1024;
+/// The vendored LogHub subset stays below this (it is about 300 KB), so the
+/// repository stays small.
+const LOGHUB_SUBSET_BYTES_MAX: usize = 512 * 1024;
 
 // ---- the expected content, which is the format contract ----
 
@@ -423,6 +430,34 @@ fn v3_index_asks_for_an_upgrade() {
     }
 }
 
+// ---- the vendored LogHub subset ----
+
+/// `tests/data/loghub/` is what its README says: the first
+/// `SUBSET_LINES` lines of each sample, line ends as LogHub ships them, with
+/// LogHub's license beside them, small; and, where the full samples are
+/// beside the repository, their prefix byte for byte (so a test sees the
+/// same first lines either way).
+#[test]
+fn vendored_loghub_subset_is_the_head_of_each_sample() {
+    use common::loghub;
+    let mut total_bytes = 0;
+    for name in loghub::SOURCES {
+        let file = format!("{name}_2k.log");
+        let subset = std::fs::read(loghub::subset_dir().join(&file)).unwrap();
+        total_bytes += subset.len();
+        let lines = subset.split_inclusive(|&byte| byte == b'\n');
+        assert_eq!(lines.clone().count(), loghub::SUBSET_LINES, "{file}");
+        assert!(lines.clone().all(|line| line.ends_with(b"\r\n")), "{file}: every line ends in CRLF, as in LogHub");
+        match std::fs::read(loghub::full_dir().join(&file)) {
+            Ok(full) => assert!(full.starts_with(&subset), "{file} is not the head of the full sample"),
+            Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{file}"),
+        }
+    }
+    assert!(total_bytes < LOGHUB_SUBSET_BYTES_MAX, "the subset holds {total_bytes} bytes");
+    let license = std::fs::read_to_string(loghub::subset_dir().join("LICENSE")).unwrap();
+    assert!(license.contains("https://github.com/logpai/loghub"), "{license}");
+}
+
 // ---- the generator ----
 
 fn encode_block_of(entries: &[Expected], first_seq: u64, origin: Option<Origin>) -> Vec<u8> {
@@ -441,10 +476,8 @@ fn encode_block_of(entries: &[Expected], first_seq: u64, origin: Option<Origin>)
 }
 
 /// The first `count` lines of a LogHub sample, without their CRLF.
-fn loghub_lines(file: &str, count: usize) -> Vec<String> {
-    let path = format!("{LOGHUB_DIR}{file}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"));
-    text.lines().take(count).map(str::to_owned).collect()
+fn loghub_lines(name: &str, count: usize) -> Vec<String> {
+    common::loghub::lines(name).into_iter().take(count).collect()
 }
 
 /// The index file of the block fixtures' segment, as this build writes it.
@@ -479,9 +512,9 @@ fn generate_v2_fixtures() {
 #[ignore = "writes tests/fixtures/v1: run once, when a format version is introduced"]
 fn generate_v1_fixtures() {
     // The hard-coded bodies are LogHub's lines.
-    let hdfs = loghub_lines("HDFS_2k.log", 3);
+    let hdfs = loghub_lines("HDFS", 3);
     assert_eq!(hdfs, BLOCK_ENTRIES.map(|entry| entry.body));
-    assert_eq!(loghub_lines("OpenSSH_2k.log", 1), [REPLICATED_ENTRIES[0].body]);
+    assert_eq!(loghub_lines("OpenSSH", 1), [REPLICATED_ENTRIES[0].body]);
 
     std::fs::create_dir_all(FIXTURE_DIR).unwrap();
     let block = encode_block_of(&BLOCK_ENTRIES, BLOCK_FIRST_SEQ, None);

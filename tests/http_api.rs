@@ -228,22 +228,21 @@ fn backpressure_answers_429_with_retry_after_and_never_drops_silently() {
     assert_eq!(total_entries(&node), accepted, "every 200 stored, every 429 stored nothing");
 }
 
-/// Reads NDJSON lines of a streaming (chunked) response.
-fn stream_lines(stream: std::net::TcpStream, wanted: usize) -> Vec<serde_json::Value> {
+/// Sends each NDJSON line of a streaming (chunked) response to `lines`
+/// until the stream ends, the receiver is gone, or 20 s pass without a line.
+fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serde_json::Value>) {
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut reader = BufReader::new(stream);
-    let mut lines = Vec::new();
     let mut line = String::new();
-    while lines.len() < wanted {
+    loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
+            return;
         }
-        if line.starts_with('{') {
-            lines.push(serde_json::from_str(line.trim()).unwrap());
+        if line.starts_with('{') && lines.send(serde_json::from_str(line.trim()).unwrap()).is_err() {
+            return;
         }
     }
-    lines
 }
 
 #[test]
@@ -253,8 +252,31 @@ fn tail_streams_newly_committed_matching_entries() {
     post(&node.url("/v1/entries"), NDJSON, &ndjson(&[(1, vec![("app", "x")], "before the tail".into())]));
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
     write!(stream, "GET /v1/tail?tag=app=x HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let reader = std::thread::spawn(move || stream_lines(stream, 20));
-    std::thread::sleep(Duration::from_millis(300));
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || stream_lines(stream, sender));
+    let mut seen = Vec::new();
+    // Readiness: each shard's part of the tail starts at that shard's
+    // durable seq when the shard gets the request, some time after the
+    // response headers. Post markers (each on a new connection, so on
+    // either shard) until one came back from every shard: from then on,
+    // every commit is tailed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut live_shards = std::collections::BTreeSet::new();
+    for marker in 0.. {
+        assert!(std::time::Instant::now() < deadline, "the tail never delivered a marker from both shards: {seen:?}");
+        let reply =
+            post(&node.url("/v1/entries"), NDJSON, &ndjson(&[(2, vec![("app", "x")], format!("marker {marker}"))]));
+        assert_eq!(reply.status, 200);
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+            if line["body"].as_str().unwrap().starts_with("marker ") {
+                live_shards.insert(line["shard"].as_u64().unwrap());
+            }
+            seen.push(line);
+        }
+        if live_shards.len() == 2 {
+            break;
+        }
+    }
     // Several connections, so both shards see writes.
     for round in 0..20 {
         let entries = vec![
@@ -263,8 +285,15 @@ fn tail_streams_newly_committed_matching_entries() {
         ];
         assert_eq!(post(&node.url("/v1/entries"), NDJSON, &ndjson(&entries)).status, 200);
     }
-    let seen = reader.join().unwrap();
-    let mut bodies: Vec<String> = seen.iter().map(|entry| entry["body"].as_str().unwrap().to_string()).collect();
+    let is_marker = |line: &serde_json::Value| line["body"].as_str().unwrap().starts_with("marker ");
+    while seen.iter().filter(|line| !is_marker(line)).count() < 20 {
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let mut bodies: Vec<String> =
+        seen.iter().filter(|line| !is_marker(line)).map(|entry| entry["body"].as_str().unwrap().to_string()).collect();
     bodies.sort();
     let mut expected: Vec<String> = (0..20).map(|round| format!("x {round}")).collect();
     expected.sort();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::node::{get, ndjson, try_post, writers, Acked, TestNode};
+use common::node::{get, ndjson, try_post, wait_acked, writers, Acked, TestNode};
 use rand::{Rng, SeedableRng};
 
 /// Checks that the node holds every acknowledged entry and dense seqs.
@@ -50,6 +50,10 @@ fn sigkill_under_concurrent_http_writes_loses_nothing_acknowledged() {
     for round in 0..4 {
         let stop = Arc::new(AtomicBool::new(false));
         let handles = writers(node.url("/v1/entries"), 6, round, acked.clone(), stop.clone());
+        // Kill once this round's writers are getting through (a restart
+        // recovers the previous rounds first), at a random moment after that.
+        let before = acked.lock().unwrap().len();
+        wait_acked(&acked, before + 1, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
         node.kill();
         stop.store(true, Ordering::Release);
@@ -69,7 +73,9 @@ fn graceful_shutdown_under_load_loses_nothing_acknowledged() {
     let acked: Acked = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let handles = writers(node.url("/v1/entries"), 6, 0, acked.clone(), stop.clone());
-    std::thread::sleep(Duration::from_millis(1500));
+    // SIGTERM once the writers are well under way; they go on writing
+    // while the node shuts down.
+    wait_acked(&acked, 1000, Duration::from_secs(60));
     assert_eq!(node.terminate(), 0, "clean exit on SIGTERM:\n{}", node.log_text());
     stop.store(true, Ordering::Release);
     let statuses: Vec<u16> = handles.into_iter().flat_map(|handle| handle.join().unwrap()).collect();

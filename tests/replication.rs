@@ -15,9 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::node::{get, ndjson, post, writers, Acked, TestNode};
+use common::node::{get, ndjson, post, wait_acked, writers, Acked, TestNode};
 
 const FOLLOWER_ID: u64 = 2;
+/// What a follower logs when its session with the leader breaks.
+const SESSION_ENDED: &str = "replication session ended";
 
 fn start_leader(dir: &std::path::Path) -> TestNode {
     TestNode::start(dir, &["--node-id", "1", "--shards", "2"])
@@ -112,13 +114,20 @@ fn ingest(node: &TestNode, batches: usize, tag: &str, acked: &Acked) {
     }
 }
 
+/// Entries the writers get acknowledged before a fault, and again after it,
+/// so that the fault strikes during ingest and ingest goes on after it,
+/// however fast the machine is.
+const ENTRIES_AROUND_FAULT: usize = 1000;
+
 /// Runs writers against the follower while `fault` runs, then stops them.
 fn under_load(url: String, acked: &Acked, round: usize, fault: impl FnOnce()) {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = writers(url, 2, round, acked.clone(), stop.clone());
-    std::thread::sleep(Duration::from_millis(700));
+    let before = acked.lock().unwrap().len();
+    wait_acked(acked, before + ENTRIES_AROUND_FAULT, Duration::from_secs(60));
     fault();
-    std::thread::sleep(Duration::from_millis(700));
+    let after = acked.lock().unwrap().len();
+    wait_acked(acked, after + ENTRIES_AROUND_FAULT, Duration::from_secs(60));
     stop.store(true, Ordering::Release);
     for handle in handles {
         handle.join().unwrap();
@@ -148,8 +157,11 @@ fn leader_sigkilled_and_restarted_during_ingest_archives_everything_exactly_once
     let acked = Acked::default();
     for round in 0..2 {
         under_load(follower.url("/v1/entries"), &acked, round, || {
+            // The leader stays down until the follower noticed: its
+            // pushes fail and it reconnects.
+            let ended = follower.log_count(SESSION_ENDED);
             leader.kill();
-            std::thread::sleep(Duration::from_millis(300));
+            follower.wait_for_log(SESSION_ENDED, ended, Duration::from_secs(60));
             leader.restart();
         });
     }

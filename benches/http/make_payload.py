@@ -7,7 +7,12 @@ import json, os, sys
 entries = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 body_bytes = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 offset = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../shared/data/loghub")
+# The full samples beside the repository, else the subset vendored in it
+# (the same rule as tests/common/loghub.rs).
+repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../..")
+root = os.path.join(repo, "../shared/data/loghub")
+if not os.path.isdir(root):
+    root = os.path.join(repo, "tests/data/loghub")
 names = ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"]
 text = []
 for name in names:

@@ -3,9 +3,9 @@
 //! criterion settings, the median summary printed after criterion's own
 //! report, and the machine facts every bench prints with its numbers.
 //!
-//! LogHub samples: <https://github.com/logpai/loghub> (see
-//! `shared/data/loghub/LICENSE`), read from
-//! `$CARGO_MANIFEST_DIR/../shared/data/loghub/NAME_2k.log`.
+//! LogHub samples: <https://github.com/logpai/loghub>, found by
+//! `tests/common/loghub.rs` (the full samples beside the repository, or the
+//! subset vendored in `tests/data/loghub/`).
 // Each bench uses a different subset of these helpers.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -22,8 +22,7 @@ use wormdb::shard::EntryRef;
 
 pub use common::loghub_lines;
 
-/// The eight LogHub samples, as `NAME` of `NAME_2k.log`.
-pub const SOURCES: [&str; 8] = ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"];
+pub use common::loghub::SOURCES;
 /// Distinct `host` tag values of [`loghub_entries`].
 pub const HOST_COUNT: usize = 16;
 /// Timestamp of the first entry of [`loghub_entries`]; entries are 1 µs apart.

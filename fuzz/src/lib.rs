@@ -9,14 +9,18 @@
 
 use std::collections::BTreeMap;
 
-use wormdb::proto::LogEntry;
+use prost::bytes::Bytes;
+use wormdb::proto::{LogEntry, PushBatch};
+use wormdb::replication::batch::{with_fresh_parts, with_pushed_refs, PushedBatch};
 use wormdb::grpc::frame::{self, Decoder, FrameError};
+use wormdb::grpc::status::{Code, Status};
 use wormdb::codec::block::{self, BlockHeader, EntryView};
 use wormdb::shard::scan::{self, Step, Stop};
 use wormdb::shard::segment::SegmentHeader;
+use wormdb::shard::{EntryRef, ReplicatedPart};
 
 /// The block crc is the last header field (see the table in
-/// `src/shard/block.rs`); it covers the header before it and the payload.
+/// `src/codec/block.rs`); it covers the header before it and the payload.
 const BLOCK_CRC_OFFSET: usize = block::HEADER_BYTES - 4;
 /// The segment header crc sits at offset 40 and covers bytes `[0, 40)`.
 const SEGMENT_CRC_OFFSET: usize = 40;
@@ -394,6 +398,220 @@ fn reference_frames(mut stream: &[u8], max: usize) -> (Vec<&[u8]>, Result<(), Fr
     (messages, Ok(()))
 }
 
+/// The protobuf fields of a `PushBatch` (or any message), walked until one
+/// does not parse: (field number, wire type, byte range of its value; of
+/// its contents for a length-delimited field).
+fn message_fields(message: &[u8]) -> Vec<(u64, u64, std::ops::Range<usize>)> {
+    let mut fields = Vec::new();
+    let mut position = 0;
+    while let Some((key, used)) = read_varint(&message[position..]) {
+        position += used;
+        let (field, wire_type) = (key >> 3, key & 7);
+        let contents = match wire_type {
+            0 => match read_varint(&message[position..]) {
+                Some((_, used)) => position..position + used,
+                None => break,
+            },
+            1 | 5 => position..position + if wire_type == 1 { 8 } else { 4 },
+            2 => match read_varint(&message[position..]) {
+                Some((length, used)) => {
+                    let start = position + used;
+                    match usize::try_from(length).ok().and_then(|length| start.checked_add(length)) {
+                        Some(end) => start..end,
+                        None => break,
+                    }
+                }
+                None => break,
+            },
+            _ => break,
+        };
+        if contents.end > message.len() {
+            break;
+        }
+        position = contents.end;
+        fields.push((field, wire_type, contents));
+    }
+    fields
+}
+
+/// Field 3 of `PushBatch`: one entry.
+const PUSH_BATCH_ENTRIES_FIELD: u64 = 3;
+/// Field 4 of `PushBatch`: one stored block.
+const PUSH_BATCH_BLOCKS_FIELD: u64 = 4;
+
+/// Recomputes the crc of each block the `blocks` fields of a `PushBatch`
+/// message carry.
+pub fn resign_pushed_blocks(message: &mut [u8]) {
+    for (field, wire_type, contents) in message_fields(message) {
+        if (field, wire_type) == (PUSH_BATCH_BLOCKS_FIELD, 2) {
+            resign_blocks(&mut message[contents]);
+        }
+    }
+}
+
+/// One pushed entry as the leader reads it: seq, timestamp, tags in their
+/// order, body.
+type PushedEntry = (u64, i64, Vec<(String, String)>, Vec<u8>);
+
+/// The entries of a batch of `count` entries (none for a batch of blocks),
+/// or `None` when a tag is not UTF-8 (`with_pushed_refs` refuses the batch
+/// then, when it is appended).
+fn pushed_entries(batch: &PushedBatch, count: usize) -> Option<Vec<PushedEntry>> {
+    let views: Vec<EntryView<'_>> = (0..count).map(|index| batch.entry(index)).collect();
+    with_pushed_refs(&views, |refs| {
+        views
+            .iter()
+            .zip(refs)
+            .map(|(view, entry)| {
+                let tags = entry.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+                (view.seq, entry.timestamp_ns, tags, entry.body.to_vec())
+            })
+            .collect()
+    })
+    .ok()
+}
+
+/// Target `push_batch`: `PushedBatch::parse`, the leader's decoder of a
+/// follower's `PushBatch` message (entries, or stored blocks checked entry
+/// by entry). It refuses with `INVALID_ARGUMENT` or accepts; what it
+/// accepts has as many seqs as entries, agrees with prost where prost
+/// accepts the message too, re-encodes (ids, then its entries or blocks) to
+/// a message that parses to the same entries, and appends, after any
+/// number of duplicates skipped, exactly the entries after them.
+pub fn push_batch(data: &[u8]) {
+    check_push_batch(data);
+    let mut resigned = data.to_vec();
+    resign_pushed_blocks(&mut resigned);
+    if resigned != data {
+        check_push_batch(&resigned);
+    }
+}
+
+fn check_push_batch(data: &[u8]) {
+    use prost::Message;
+    let batch = match PushedBatch::parse(Bytes::copy_from_slice(data)) {
+        Ok(batch) => batch,
+        Err(error) => {
+            let status = Status::from(error);
+            assert_eq!(status.code, Code::InvalidArgument, "{status:?}");
+            return;
+        }
+    };
+    assert_eq!(batch.message_bytes(), data.len());
+    assert_eq!(batch.seqs().count(), batch.len());
+    // Parsed, so its fields walk to the end; each entry or block is one.
+    let fields = message_fields(data);
+    assert_eq!(fields.last().map_or(0, |(_, _, contents)| contents.end), data.len());
+    let count_of =
+        |wanted: u64| fields.iter().filter(|(field, wire_type, _)| (*field, *wire_type) == (wanted, 2)).count();
+    let (entry_count, block_count) = (count_of(PUSH_BATCH_ENTRIES_FIELD), count_of(PUSH_BATCH_BLOCKS_FIELD));
+    assert!(entry_count == 0 || block_count == 0, "entries and blocks, accepted");
+    let is_entry_batch = block_count == 0;
+    if is_entry_batch {
+        assert_eq!(batch.len(), entry_count);
+    } else {
+        assert!(batch.len() >= block_count, "a block holds at least one entry");
+    }
+    let entries = pushed_entries(&batch, entry_count);
+
+    for (field, wire_type, contents) in &fields {
+        if (*field, *wire_type) == (PUSH_BATCH_ENTRIES_FIELD, 2) {
+            check_entry(&data[contents.clone()]);
+        }
+    }
+    if let Ok(expected) = PushBatch::decode(data) {
+        assert_eq!((batch.follower_id, batch.shard), (expected.follower_id, expected.shard));
+        if is_entry_batch {
+            assert_eq!(batch.len(), expected.entries.len());
+            for (index, expected) in expected.entries.iter().enumerate() {
+                let view = batch.entry(index);
+                assert_eq!(
+                    (view.seq, view.timestamp_ns, view.body),
+                    (expected.seq, expected.timestamp_ns, &expected.body[..])
+                );
+            }
+        } else {
+            let blocks: Vec<&[u8]> = fields
+                .iter()
+                .filter(|(field, wire_type, _)| (*field, *wire_type) == (PUSH_BATCH_BLOCKS_FIELD, 2))
+                .map(|(_, _, contents)| &data[contents.clone()])
+                .collect();
+            assert_eq!(blocks, expected.blocks.iter().map(|block| &block[..]).collect::<Vec<_>>());
+        }
+    }
+
+    // Encoded again: the ids, then the entries (seq and the stored form,
+    // tags in their order) or the blocks' bytes; unknown fields dropped.
+    let mut again = Vec::new();
+    put_varint_field(&mut again, 1 << 3, u64::from(batch.follower_id));
+    put_varint_field(&mut again, 2 << 3, u64::from(batch.shard));
+    let reencoded = if is_entry_batch {
+        entries.as_ref().map(|entries| {
+            for (seq, timestamp_ns, tags, body) in entries {
+                let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+                let mut stored = Vec::new();
+                block::encode_entry(&EntryRef { timestamp_ns: 0, tags: &tags, body }, *timestamp_ns, &mut stored);
+                let (_, prefix) = read_varint(&stored).expect("encode_entry writes a length first");
+                let mut entry = Vec::new();
+                put_varint_field(&mut entry, 1 << 3, *seq);
+                entry.extend_from_slice(&stored[prefix..]);
+                put_varint(&mut again, (3 << 3) | 2);
+                put_varint(&mut again, entry.len() as u64);
+                again.extend_from_slice(&entry);
+            }
+        })
+    } else {
+        for (field, wire_type, contents) in &fields {
+            if (*field, *wire_type) == (PUSH_BATCH_BLOCKS_FIELD, 2) {
+                put_varint(&mut again, (PUSH_BATCH_BLOCKS_FIELD << 3) | 2);
+                put_varint(&mut again, contents.len() as u64);
+                again.extend_from_slice(&data[contents.clone()]);
+            }
+        }
+        Some(())
+    };
+    if reencoded.is_some() {
+        let parsed = PushedBatch::parse(again.into()).expect("a batch encoded again parses");
+        assert_eq!((parsed.follower_id, parsed.shard, parsed.len()), (batch.follower_id, batch.shard, batch.len()));
+        assert!(parsed.seqs().eq(batch.seqs()));
+        assert_eq!(pushed_entries(&parsed, entry_count), entries);
+    }
+
+    // Appended after `skip` duplicates: exactly the rest.
+    let skip = data.len() % (batch.len() + 1);
+    let mut appended = batch.clone();
+    let parts = with_fresh_parts(&mut [(&mut appended, skip)], |parts| {
+        parts
+            .iter()
+            .map(|part| match part {
+                ReplicatedPart::Entries(entries) => entries.len(),
+                ReplicatedPart::Block { header, .. } => header.entry_count as usize,
+            })
+            .sum::<usize>()
+    });
+    match parts {
+        Ok(count) => assert_eq!(count, batch.len() - skip, "{skip} skipped"),
+        Err(error) => {
+            let status = Status::from(error);
+            assert_eq!(status.code, Code::InvalidArgument);
+            assert!(is_entry_batch && entries.is_none(), "only a tag that is not UTF-8 fails: {status:?}");
+        }
+    }
+}
+
+fn put_varint_field(out: &mut Vec<u8>, key: u64, value: u64) {
+    put_varint(out, key);
+    put_varint(out, value);
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 #[cfg(test)]
 mod tests {
     //! Runs the targets over the format fixtures and mutations of them, so
@@ -463,6 +681,40 @@ mod tests {
         assert!(wormdb::index::SegmentIndex::decode(&index).is_ok());
         for input in mutations(&index) {
             index_file_decode(&input);
+        }
+    }
+
+    #[test]
+    fn push_batch_runs_on_batches_and_their_mutations() {
+        use prost::Message;
+        let entry = |seq: u64, body: &str| LogEntry {
+            seq,
+            timestamp_ns: 1_700_000_000_000_000_000 + seq as i64,
+            tags: [("app".to_owned(), "web".to_owned()), ("k".to_owned(), format!("v{seq}"))].into(),
+            body: body.as_bytes().to_vec().into(),
+            node_id: 0,
+            shard: 0,
+        };
+        let entries = PushBatch {
+            follower_id: 7,
+            shard: 2,
+            entries: vec![entry(1, "first"), LogEntry { seq: 2, ..LogEntry::default() }, entry(3, "")],
+            blocks: Vec::new(),
+        };
+        // The block fixture (seqs 1..=3) is what a follower's shard stores.
+        let blocks = PushBatch {
+            follower_id: 7,
+            shard: 2,
+            entries: Vec::new(),
+            blocks: vec![fixture("block.bin").into(), fixture("block.bin").into()],
+        };
+        for batch in [&entries, &blocks] {
+            let message = batch.encode_to_vec();
+            let parsed = PushedBatch::parse(message.clone().into()).expect("a valid batch parses");
+            assert_eq!(parsed.len(), batch.entries.len() + 3 * batch.blocks.len());
+            for input in mutations(&message) {
+                push_batch(&input);
+            }
         }
     }
 

@@ -895,18 +895,6 @@ mod tests {
 
     use super::*;
 
-    const LOGHUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/loghub/");
-    const LOGHUB_FILES: [&str; 8] = [
-        "Android_2k.log",
-        "Apache_2k.log",
-        "HDFS_2k.log",
-        "Hadoop_2k.log",
-        "Linux_2k.log",
-        "OpenSSH_2k.log",
-        "Spark_2k.log",
-        "Zookeeper_2k.log",
-    ];
-
     /// An entry as the tests describe it. Tags come from a map, so they are
     /// unique and in key order, which is what byte-identity with prost needs.
     #[derive(Clone, Debug)]
@@ -953,10 +941,7 @@ mod tests {
 
     /// The lines of a LogHub sample, as bytes (some samples are not UTF-8).
     fn loghub_lines(file: &str) -> Vec<Vec<u8>> {
-        let path = format!("{LOGHUB_DIR}{file}");
-        let text = std::fs::read(&path).unwrap_or_else(|error| {
-            panic!("LogHub sample {path} cannot be read ({error}); these tests need /work/shared/data/loghub")
-        });
+        let text = crate::loghub::bytes(file);
         text.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect()
     }
 
@@ -1009,7 +994,7 @@ mod tests {
 
     /// A small LZ4 block of LogHub lines.
     fn small_lz4_block(origin: Option<Origin>) -> Vec<u8> {
-        let entries: Vec<TestEntry> = loghub_entries("HDFS_2k.log").into_iter().take(4).collect();
+        let entries: Vec<TestEntry> = loghub_entries("HDFS").into_iter().take(4).collect();
         let block = encode_entries(&entries, 10, origin);
         assert_eq!(parse_header(&block).unwrap().codec, Codec::Lz4);
         block
@@ -1225,7 +1210,7 @@ mod tests {
     /// field that comes back. Returns the header.
     #[test]
     fn a_foreign_block_is_stored_as_is_under_a_new_header() {
-        let entries: Vec<TestEntry> = loghub_entries("HDFS_2k.log").into_iter().take(300).collect();
+        let entries: Vec<TestEntry> = loghub_entries("HDFS").into_iter().take(300).collect();
         let sent = encode_entries(&entries, 41, None);
         let mut raw = Vec::new();
         let (header, tags) = check_foreign_block(&sent, &mut raw).unwrap();
@@ -1254,7 +1239,7 @@ mod tests {
 
     #[test]
     fn a_foreign_block_that_is_not_what_this_shard_writes_is_refused() {
-        let entries: Vec<TestEntry> = loghub_entries("HDFS_2k.log").into_iter().take(20).collect();
+        let entries: Vec<TestEntry> = loghub_entries("HDFS").into_iter().take(20).collect();
         let good = encode_entries(&entries, 1, None);
         let mut raw = Vec::new();
         let check = |block: &[u8], raw: &mut Vec<u8>| check_foreign_block(block, raw).map(|(header, _)| header);
@@ -1408,9 +1393,9 @@ mod tests {
     #[test]
     fn loghub_blocks_round_trip_local_and_replicated() {
         let mut first_seq = 1;
-        for file in LOGHUB_FILES {
+        for file in crate::loghub::SOURCES {
             let entries = loghub_entries(file);
-            assert!(entries.len() >= 1000, "{file} has {} lines", entries.len());
+            assert!(entries.len() >= crate::loghub::SUBSET_LINES, "{file} has {} lines", entries.len());
             for (chunk_index, chunk) in entries.chunks(250).enumerate() {
                 let origin = (chunk_index % 2 == 1).then_some(Origin {
                     node: 9,

@@ -263,6 +263,7 @@ pub fn with_fresh_parts<T>(
 mod tests {
     use super::*;
     use crate::proto::{LogEntry, PushBatch};
+    use proptest::prelude::*;
     use prost::Message;
 
     fn entry(seq: u64, body: &str) -> LogEntry {
@@ -421,5 +422,130 @@ mod tests {
             PushedBatch::parse(Bytes::from_static(&[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])).unwrap_err(),
         );
         assert!(status.message.contains("32 bits"), "{status:?}");
+    }
+
+    // ---- properties (the fuzz target `push_batch` checks more, on nightly) ----
+
+    /// One pushed entry as the leader reads it: seq, timestamp, tags in
+    /// their order, body.
+    type Pushed = (u64, i64, Vec<(String, String)>, Vec<u8>);
+
+    /// The entries of a batch of entries, or `None` when a tag is not UTF-8
+    /// (refused when appended).
+    fn entries_of(batch: &PushedBatch) -> Option<Vec<Pushed>> {
+        let views: Vec<EntryView<'_>> = (0..batch.entries.len()).map(|index| batch.entry(index)).collect();
+        with_pushed_refs(&views, |refs| {
+            let tags = |entry: &EntryRef<'_>| -> Vec<(String, String)> {
+                entry.tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
+            };
+            let entries = views.iter().zip(refs);
+            entries.map(|(view, entry)| (view.seq, entry.timestamp_ns, tags(entry), entry.body.to_vec())).collect()
+        })
+        .ok()
+    }
+
+    fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    /// A `PushBatch` of `entries`, encoded by hand (prost would sort and
+    /// merge tags): each entry is its seq, then its stored form.
+    fn encode_batch(follower_id: u32, shard: u32, entries: &[Pushed]) -> Vec<u8> {
+        let mut out = vec![1 << 3];
+        put_varint(&mut out, u64::from(follower_id));
+        out.push(2 << 3);
+        put_varint(&mut out, u64::from(shard));
+        for (seq, timestamp_ns, tags, body) in entries {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+            let mut stored = Vec::new();
+            crate::codec::block::encode_entry(
+                &EntryRef { timestamp_ns: 0, tags: &tags, body },
+                *timestamp_ns,
+                &mut stored,
+            );
+            let (_, prefix) = read_varint(&stored).unwrap();
+            let mut entry = vec![1 << 3];
+            put_varint(&mut entry, *seq);
+            entry.extend_from_slice(&stored[prefix..]);
+            out.push((3 << 3) | 2);
+            put_varint(&mut out, entry.len() as u64);
+            out.extend_from_slice(&entry);
+        }
+        out
+    }
+
+    /// Parses `message`: a refusal is `INVALID_ARGUMENT`; an accepted batch
+    /// of entries encodes again to a message that parses to the same ids
+    /// and entries. Returns the entries.
+    fn check_parse(message: &[u8]) -> Option<Vec<Pushed>> {
+        use crate::grpc::status::Code;
+        let batch = match PushedBatch::parse(Bytes::copy_from_slice(message)) {
+            Ok(batch) => batch,
+            Err(error) => {
+                let status = crate::grpc::Status::from(error);
+                assert_eq!(status.code, Code::InvalidArgument, "{status:?}");
+                return None;
+            }
+        };
+        assert_eq!(batch.seqs().count(), batch.len());
+        if !batch.blocks.is_empty() {
+            return None;
+        }
+        let entries = entries_of(&batch)?;
+        let again = PushedBatch::parse(encode_batch(batch.follower_id, batch.shard, &entries).into())
+            .unwrap_or_else(|status| panic!("{entries:?} encoded again: {status:?}"));
+        assert_eq!((again.follower_id, again.shard), (batch.follower_id, batch.shard));
+        assert_eq!(entries_of(&again).as_ref(), Some(&entries));
+        Some(entries)
+    }
+
+    fn pushed_entry() -> impl Strategy<Value = Pushed> {
+        let tags = prop::collection::btree_map("[a-z]{0,3}", "[a-z0-9]{0,5}", 0..4);
+        (any::<u64>(), any::<i64>(), tags, prop::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(seq, timestamp_ns, tags, body)| (seq, timestamp_ns, tags.into_iter().collect(), body))
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_parse_or_are_refused(message in prop::collection::vec(any::<u8>(), 0..300)) {
+            check_parse(&message);
+        }
+
+        #[test]
+        fn mutated_batches_parse_or_are_refused_and_accepted_ones_encode_again_to_the_same_entries(
+            entries in prop::collection::vec(pushed_entry(), 0..6),
+            follower_id in any::<u32>(),
+            shard in any::<u32>(),
+            overwrites in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            truncate in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let protos: Vec<LogEntry> = entries
+                .iter()
+                .map(|(seq, timestamp_ns, tags, body)| LogEntry {
+                    seq: *seq,
+                    timestamp_ns: *timestamp_ns,
+                    tags: tags.iter().cloned().collect(),
+                    body: body.clone().into(),
+                    node_id: 0,
+                    shard: 0,
+                })
+                .collect();
+            let mut message = PushBatch { follower_id, shard, entries: protos, blocks: Vec::new() }.encode_to_vec();
+            prop_assert_eq!(check_parse(&message), Some(entries), "prost's encoding parses to its entries");
+            for (position, value) in overwrites {
+                if !message.is_empty() {
+                    let position = position.index(message.len());
+                    message[position] = value;
+                }
+            }
+            if let Some(cut) = truncate {
+                message.truncate(cut.index(message.len() + 1));
+            }
+            check_parse(&message);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod loghub;
 pub mod loopfs;
 pub mod node;
 
@@ -41,20 +42,15 @@ fn assert_not_tmpfs(path: &Path) {
     );
 }
 
-/// Lines of a LogHub sample (https://github.com/logpai/loghub), from
-/// `../shared/data/loghub/NAME_2k.log` beside the repository.
+/// Lines of the LogHub sample `name` (see [`loghub`] for where it is read from).
 pub fn loghub_lines(name: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub").join(format!("{name}_2k.log"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
-        panic!("LogHub sample {} is missing ({error}); it ships in shared/data/loghub", path.display())
-    });
-    text.lines().map(str::to_owned).collect()
+    loghub::lines(name)
 }
 
 /// All eight LogHub samples, tagged with their source.
 pub fn loghub_all() -> Vec<(&'static str, String)> {
     let mut lines = Vec::new();
-    for name in ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"] {
+    for name in loghub::SOURCES {
         lines.extend(loghub_lines(name).into_iter().map(|line| (name, line)));
     }
     lines

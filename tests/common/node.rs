@@ -168,6 +168,21 @@ impl TestNode {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// How many lines logged so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).count()
+    }
+
+    /// Waits until more than `seen` logged lines contain `needle`: a
+    /// readiness signal. Panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, seen: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_count(needle) <= seen {
+            assert!(Instant::now() < deadline, "no new {needle:?} logged in {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for TestNode {
@@ -258,6 +273,20 @@ pub fn ndjson(entries: &[TestEntry<'_>]) -> Vec<u8> {
 
 /// (shard, seq) → body of every acknowledged entry.
 pub type Acked = Arc<Mutex<HashMap<(u64, u64), String>>>;
+
+/// Waits until `acked` holds at least `count` entries: a readiness signal
+/// that writers are getting through. Panics after `timeout`.
+pub fn wait_acked(acked: &Acked, count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let held = acked.lock().unwrap().len();
+        if held >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{held} entries acknowledged after {timeout:?}, waited for {count}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// Runs `writers` threads posting 50-entry batches until `stop`; records
 /// every acknowledged entry. Returns the status codes seen.
