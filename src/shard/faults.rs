@@ -313,7 +313,7 @@ impl Faults {
 
     /// Counts an operation of kind `op` and returns its fault, if any. Once
     /// the power is out every operation gets [`Fault::PowerLoss`].
-    fn next(&self, tracker: &mut Tracker, op: Op) -> Option<Fault> {
+    fn next(&self, tracker: &mut Tracker, op: Op, path: &Path) -> Option<Fault> {
         tracker.counts[op.index()] += 1;
         let nth = tracker.counts[op.index()];
         if tracker.power_cut {
@@ -324,7 +324,7 @@ impl Faults {
             tracker.power_cut = true;
         }
         tracker.injected.push(Injected { op, nth, fault });
-        tracing::debug!(?op, nth, ?fault, "injecting a storage fault");
+        tracing::debug!(?op, nth, ?fault, path = %path.display(), "injecting a storage fault");
         Some(fault)
     }
 
@@ -335,7 +335,7 @@ impl Faults {
         assert_eq!(offset % PAGE_BYTES as u64, 0, "segment writes are page aligned");
         assert_eq!(bytes.len() % PAGE_BYTES, 0, "segment writes are whole pages");
         let mut tracker = self.lock();
-        let fault = self.next(&mut tracker, Op::Write);
+        let fault = self.next(&mut tracker, Op::Write, path);
         let pages = bytes.len() / PAGE_BYTES;
         let (landed_pages, outcome) = match fault {
             None => (pages, WriteOutcome::Proceed),
@@ -391,7 +391,7 @@ impl Faults {
     async fn fdatasync(&self, file: &DmaFile, path: &Path) -> std::io::Result<()> {
         let covered: Vec<u64> = {
             let mut tracker = self.lock();
-            let fault = self.next(&mut tracker, Op::Sync);
+            let fault = self.next(&mut tracker, Op::Sync, path);
             let track = tracker.files.entry(path.to_path_buf()).or_default();
             let covered = track.unsynced.iter().filter(|write| write.completed).map(|write| write.id).collect();
             match fault {
@@ -424,9 +424,9 @@ impl Faults {
     }
 
     /// Creating the segment `path` at a roll, through the plan.
-    fn create_segment(&self, _path: &Path) -> std::io::Result<()> {
+    fn create_segment(&self, path: &Path) -> std::io::Result<()> {
         let mut tracker = self.lock();
-        match self.next(&mut tracker, Op::CreateSegment) {
+        match self.next(&mut tracker, Op::CreateSegment, path) {
             None => Ok(()),
             Some(Fault::NoSpace) => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
             Some(Fault::PowerLoss) => Err(eio()),
