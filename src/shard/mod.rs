@@ -26,6 +26,7 @@
 //! names), [`scan`] (the recovery scanner) are pure; this module, `writer`,
 //! `reader` and `recovery` do the I/O.
 
+pub mod faults;
 pub(crate) mod oneshot;
 mod reader;
 mod recovery;
@@ -110,6 +111,10 @@ pub struct ShardConfig {
     /// otherwise it only delays the reuse of write buffers (large appends
     /// measured 20 % slower with it on: `benches/shard_append`).
     pub recent_writes_bytes: usize,
+    /// For tests: the storage fault layer the commit path's writes,
+    /// fdatasyncs and segment creations go through (see [`faults`]).
+    /// `None` (the default) costs one branch per operation.
+    pub faults: Option<Arc<faults::Faults>>,
 }
 
 impl ShardConfig {
@@ -124,6 +129,7 @@ impl ShardConfig {
             preallocation: Preallocation::ZeroFill,
             pending_appends_max: limits::PENDING_APPENDS_MAX,
             recent_writes_bytes: 0,
+            faults: None,
         }
     }
 }
@@ -180,11 +186,23 @@ pub enum Error {
         /// The limit that was hit.
         limit: &'static str,
     },
-    /// A write or fdatasync failed earlier; the shard accepts no more appends
-    /// until it is reopened, because what reached the disk is unknown until
-    /// recovery scans it again.
-    #[error("shard failed and must be reopened: {0}")]
-    Failed(String),
+    /// A write or fdatasync failed, in this append's commit or an earlier
+    /// one. What reached the disk is unknown until recovery scans it again,
+    /// so the shard acknowledges nothing more and refuses every append until
+    /// it is reopened. It never retries a failed fdatasync: the kernel may
+    /// have dropped the unsynced pages, and a retry would then succeed
+    /// without having written them ("fsyncgate").
+    #[error("shard {shard} failed and must be reopened: {op} {}: {source}", path.display())]
+    Failed {
+        /// The shard.
+        shard: u32,
+        /// The operation that failed first.
+        op: &'static str,
+        /// The file it failed on.
+        path: PathBuf,
+        /// The OS error it failed with.
+        source: Arc<std::io::Error>,
+    },
     /// The shard is closing or closed.
     #[error("shard is closed")]
     Closed,
@@ -285,6 +303,25 @@ impl Error {
 
     fn glommio(op: &'static str, path: &Path, source: glommio::GlommioError<()>) -> Self {
         Error::io(op, path, source.into())
+    }
+
+    /// The [`Error::Failed`] that `self` fails shard `shard` with. The
+    /// operation, path and OS error of an I/O error are kept; an error
+    /// without them (none is expected on the commit path) is kept as text,
+    /// against `path`.
+    fn into_failure(self, shard: u32, path: &Path) -> Self {
+        match self {
+            Error::Io { op, path, source } | Error::DiskFull { op, path, source } => {
+                Error::Failed { shard, op, path, source }
+            }
+            failed @ Error::Failed { .. } => failed,
+            other => Error::Failed {
+                shard,
+                op: "commit",
+                path: path.to_path_buf(),
+                source: Arc::new(std::io::Error::other(other.to_string())),
+            },
+        }
     }
 }
 
@@ -444,7 +481,9 @@ struct State {
     unsynced: VecDeque<Unsynced>,
     next_seq: u64,
     durable_seq: u64,
-    failure: Option<String>,
+    /// Set once, by the first write or fdatasync that failed: always an
+    /// [`Error::Failed`], handed to every append from then on.
+    failure: Option<Error>,
     closing: bool,
     writer_finished: bool,
     stats: ShardStats,
@@ -719,7 +758,7 @@ impl Shard {
         }
         let mut state = self.inner.state.borrow_mut();
         if let Some(failure) = &state.failure {
-            return Err(Error::Failed(failure.clone()));
+            return Err(failure.clone());
         }
         if state.closing {
             return Err(Error::Closed);
@@ -920,7 +959,7 @@ impl Shard {
         }
         let state = self.inner.state.borrow();
         match &state.failure {
-            Some(failure) => Err(Error::Failed(failure.clone())),
+            Some(failure) => Err(failure.clone()),
             None => Ok(()),
         }
     }

@@ -379,8 +379,8 @@ async fn scrub_tail(file: &DmaFile, path: &Path, end: u64, file_bytes: u64) -> R
     while offset < stop {
         let length = (stop - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
         let chunk = file.read_at(offset, length).await.map_err(|error| Error::glommio("read segment", path, error))?;
-        let skip = end.saturating_sub(offset) as usize;
-        if let Some(last) = chunk.iter().skip(skip).rposition(|&byte| byte != 0) {
+        let skip = (end.saturating_sub(offset) as usize).min(chunk.len());
+        if let Some(last) = last_non_zero(&chunk[skip..]) {
             dirty_end = offset + (skip + last) as u64 + 1;
         }
         offset += length as u64;
@@ -410,6 +410,23 @@ async fn scrub_tail(file: &DmaFile, path: &Path, end: u64, file_bytes: u64) -> R
     }
     file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
     Ok(dirty_end - end)
+}
+
+/// Position of the last non-zero byte of `bytes`. Skips zero pages with a
+/// slice comparison (memcmp), not byte by byte: recovery scrubs up to a
+/// whole segment of zeros at every open, which took 0.4 s per 4 MiB in a
+/// debug build (the storage simulator opens a shard hundreds of times).
+fn last_non_zero(bytes: &[u8]) -> Option<usize> {
+    const ZEROS: [u8; PAGE_BYTES] = [0; PAGE_BYTES];
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(PAGE_BYTES);
+        if bytes[start..end] != ZEROS[..end - start] {
+            return bytes[start..end].iter().rposition(|&byte| byte != 0).map(|last| start + last);
+        }
+        end = start;
+    }
+    None
 }
 
 async fn read_header(file: &DmaFile, path: &Path) -> Result<std::result::Result<SegmentHeader, segment::HeaderError>> {
@@ -698,6 +715,19 @@ mod tests {
             max_ts: header.max_ts,
             origin: None,
         }
+    }
+
+    #[test]
+    fn last_non_zero_finds_the_last_set_byte_across_pages() {
+        let mut bytes = vec![0u8; 3 * PAGE_BYTES + 100];
+        assert_eq!(last_non_zero(&bytes), None);
+        assert_eq!(last_non_zero(&[]), None);
+        for position in [0, 1, PAGE_BYTES - 1, PAGE_BYTES, 2 * PAGE_BYTES + 7, bytes.len() - 1] {
+            bytes[position] = 0x10;
+            assert_eq!(last_non_zero(&bytes), Some(position));
+        }
+        bytes[PAGE_BYTES + 3] = 1;
+        assert_eq!(last_non_zero(&bytes), Some(bytes.len() - 1), "the last one wins");
     }
 
     #[test]

@@ -19,15 +19,33 @@ fn fail_pending(pending: &mut Pending, error: &Error) {
     pending.clear();
 }
 
-/// Marks the shard failed and fails everything queued or unsynced.
-fn poison(inner: &Inner, error: Error) {
-    tracing::error!(shard = inner.config.shard_id, %error, "shard I/O failed; refusing appends until reopened");
-    {
+/// Fails the shard with `error` and fails every append not yet
+/// acknowledged: the pending batch and the written batches waiting for
+/// their fdatasync (even one whose fdatasync is in flight: the syncer
+/// acknowledges nothing once the shard failed). The first failure is the
+/// shard's for good and the only one logged at error level; returns it (an
+/// [`Error::Failed`]) for the caller's own appends. The writer and the
+/// syncer stop at their next step: nothing is written, retried or
+/// acknowledged afterwards.
+fn fail_shard(inner: &Inner, error: Error) -> Error {
+    let failed = {
         let mut state = inner.state.borrow_mut();
-        if state.failure.is_none() {
-            state.failure = Some(error.to_string());
-        }
-        let failed = Error::Failed(error.to_string());
+        let failed = match &state.failure {
+            Some(failure) => {
+                tracing::debug!(shard = inner.config.shard_id, %error, "after the shard failed");
+                failure.clone()
+            }
+            None => {
+                let failure = error.into_failure(inner.config.shard_id, &state.active.path);
+                tracing::error!(
+                    shard = inner.config.shard_id,
+                    error = %failure,
+                    "shard I/O failed; refusing appends until reopened"
+                );
+                state.failure = Some(failure.clone());
+                failure
+            }
+        };
         let state = &mut *state;
         fail_pending(&mut state.pending, &failed);
         for batch in state.unsynced.drain(..) {
@@ -35,9 +53,12 @@ fn poison(inner: &Inner, error: Error) {
                 done.send(Err(failed.clone()));
             }
         }
-    }
+        failed
+    };
     inner.durable_wake.notify();
     inner.syncer_wake.notify();
+    inner.writer_wake.notify();
+    failed
 }
 
 /// Largest number of bytes the blocks of `pending` can take once encoded.
@@ -84,15 +105,17 @@ pub(super) async fn run_writer(inner: Rc<Inner>) {
         match result {
             Ok(()) => {}
             Err(error @ Error::DiskFull { .. }) => {
-                // Nothing was written: the shard stays healthy and a later
-                // append retries the roll once space is free.
+                // Only a roll reports a full disk (a write's error fails the
+                // shard inside `commit`): nothing was written, the shard
+                // stays healthy and a later append retries the roll once
+                // space is free.
                 tracing::warn!(shard = inner.config.shard_id, %error, "append failed: disk full");
                 fail_pending(&mut batch, &error);
             }
             Err(error) => {
-                fail_pending(&mut batch, &error);
                 drop(state);
-                poison(&inner, error);
+                let failed = fail_shard(&inner, error);
+                fail_pending(&mut batch, &failed);
                 state = inner.state.borrow_mut();
             }
         }
@@ -118,7 +141,8 @@ const WRITE_CHUNK_RAW_BYTES: usize = crate::limits::BLOCK_RAW_BYTES_TARGET;
 const CHUNK_SUBMIT_PAUSE: std::time::Duration = std::time::Duration::from_micros(1);
 
 /// Writes one batch (rolling to a new segment first if it does not fit) and
-/// hands it to the syncer.
+/// hands it to the syncer. [`Error::DiskFull`] means a roll found no room
+/// and nothing was written; after any other error the shard has failed.
 async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     let bound = encoded_bound(batch);
     let needs_roll = {
@@ -213,9 +237,8 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
             if recent_max > 0 {
                 recent.push((chunk_start, chunk_start + used.min(write_len) as u64, buffer.clone()));
             }
-            let chunk_file = file.clone();
-            let position = chunk_start;
-            let write = glommio::spawn_local(async move { chunk_file.write_rc_at(buffer, position).await });
+            let write =
+                super::faults::spawn_write(inner.config.faults.as_ref(), file.clone(), &path, buffer, chunk_start);
             writes.push((write, write_len));
             write_bytes += write_len as u64;
         }
@@ -242,7 +265,7 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
                 &path,
                 std::io::Error::other(format!("short write: {done} of {write_len}")),
             )),
-            Err(error) => Err(Error::glommio("write segment", &path, error)),
+            Err(error) => Err(Error::io("write segment", &path, error)),
         };
         if written.is_ok() {
             written = result;
@@ -254,7 +277,7 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
         if let Some(failure) = &state.failure {
             // The syncer failed while these writes were in flight and
             // stopped: nothing would acknowledge them.
-            written = Err(Error::Failed(failure.clone()));
+            written = Err(failure.clone());
         }
     }
     // Give each append its seqs, in arrival order.
@@ -268,11 +291,16 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
     }
     assert_eq!(next, seq, "appends and blocks count the same entries");
     if let Err(error) = written {
-        // The appends were taken out of the batch: fail them here.
+        // Whatever the error (ENOSPC included: blocks may have landed), the
+        // blocks of this batch are indexed but not written, and the tail
+        // page was taken: the shard cannot go on. The appends were taken
+        // out of the batch: fail them here.
+        drop(state);
+        let failed = fail_shard(inner, error);
         for (_, done) in appends {
-            done.send(Err(error.clone()));
+            done.send(Err(failed.clone()));
         }
-        return Err(error);
+        return Err(failed);
     }
     state.active.tail = carry;
     // Readers of these blocks (once durable) find them here.
@@ -309,7 +337,7 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         {
             let state = inner.state.borrow();
             if let Some(failure) = &state.failure {
-                return Err(Error::Failed(failure.clone()));
+                return Err(failure.clone());
             }
             if state.unsynced.is_empty() {
                 break;
@@ -318,6 +346,9 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         wake.await;
     }
     let next_first_seq = inner.state.borrow().next_seq;
+    let next_path = inner.config.dir.join(super::segment::segment_file_name(next_first_seq));
+    super::faults::create_segment(inner.config.faults.as_ref(), &next_path)
+        .map_err(|error| Error::io("create segment", &next_path, error))?;
     let spare = inner.state.borrow_mut().spare_segment.take();
     let (file, path) = match spare {
         Some((file, temporary)) => recovery::finish_segment(&inner.config, file, &temporary, next_first_seq).await?,
@@ -447,17 +478,24 @@ pub(super) async fn run_syncer(inner: Rc<Inner>) {
         };
         let started = std::time::Instant::now();
         let synced = match inner.config.durability {
-            Durability::Sync => {
-                file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", &path, error))
-            }
+            Durability::Sync => super::faults::fdatasync(inner.config.faults.as_ref(), &file, &path)
+                .await
+                .map_err(|error| Error::io("fdatasync segment", &path, error)),
             Durability::None => Ok(()),
         };
         let elapsed_us = started.elapsed().as_micros() as u64;
         if let Err(error) = synced {
-            poison(&inner, error);
+            // Never retried (see `Error::Failed`): the batches it covered
+            // are failed, and the syncer stops.
+            fail_shard(&inner, error);
             return;
         }
         let mut state = inner.state.borrow_mut();
+        if state.failure.is_some() {
+            // The writer failed the shard while this fdatasync was in
+            // flight and failed its batches then: acknowledge nothing.
+            return;
+        }
         if inner.config.durability == Durability::Sync {
             state.stats.syncs += 1;
             state.stats.sync_us_total += elapsed_us;
