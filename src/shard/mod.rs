@@ -23,11 +23,13 @@
 //! after that completed.
 //!
 //! Modules: [`block`] (the block codec), [`segment`] (segment header and
-//! names), [`scan`] (the recovery scanner) are pure; this module, `writer`,
-//! `reader` and `recovery` do the I/O.
+//! names), [`scan`] (the recovery scanner) and [`plan`] (recovery's
+//! decisions) are pure; this module, `writer`, `reader` and `recovery` do
+//! the I/O.
 
 pub mod block;
 pub(crate) mod oneshot;
+pub mod plan;
 mod reader;
 mod recovery;
 pub mod scan;
@@ -45,8 +47,8 @@ use glommio::io::DmaFile;
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 pub use block::{EntryRef, Origin, TagSet};
+pub use plan::{RecoveryReport, TornTail};
 pub use reader::{OrderedQuery, Query, QueryResult};
-pub use recovery::{RecoveryReport, TornTail};
 
 /// The unit of O_DIRECT alignment and of tail-page packing.
 pub const PAGE_BYTES: usize = 4096;
