@@ -1,17 +1,25 @@
 //! `wormdb inspect DIR`: a read-only, human-readable dump of what is on disk.
 //!
 //! `DIR` is a data directory (holding `shard-NNN/` directories) or a single
-//! shard directory (holding `*.seg` files). For each shard, inspect lists
-//! the segments in seq order with their header page, then:
+//! shard directory (holding `*.seg` files). For each shard, inspect reads
+//! what recovery reads and feeds it to recovery's own
+//! [`RecoveryPlan`], so every "the next open ..." it prints (which segment
+//! is active, which index is rebuilt, which file is deleted, where the log
+//! is cut, what refuses the shard) is the decision recovery makes, not a
+//! copy of it. It lists the segments in seq order with their header page,
+//! then:
 //!
 //! * for a **sealed** segment (any but the newest), the summary of the index
 //!   file beside it and whether the whole file verifies
-//!   ([`SegmentIndex::decode`]), or a scan if that index is missing or bad;
+//!   ([`SegmentIndex::decode`]), or a scan if that index is not whole or
+//!   recovery would rebuild it;
 //! * for the **active** segment (the newest one), a scan of its blocks from
 //!   [`DATA_OFFSET`] with the recovery scanner ([`scan_window`]) and the same
-//!   checks recovery makes (crc, seq continuity, payload decoding), so it
-//!   shows exactly where the next open will end the log, and whether that
-//!   end is clean or a torn tail (`docs/format.md` section 4);
+//!   checks recovery makes (crc, seq continuity, payload decoding), over
+//!   the file rounded up to whole pages as recovery rounds it, so it shows
+//!   exactly where the next open will end the log, whether that end is
+//!   clean or a torn tail (`docs/format.md` section 4), and the non-zero
+//!   bytes in what recovery scrubs after it;
 //! * with `--blocks`, one line per block of every segment (sealed segments
 //!   are then scanned too, and their index is checked against the scan);
 //! * leftovers: `*.tmp` files, an index without its segment, unfinished
@@ -57,21 +65,18 @@ use std::path::{Path, PathBuf};
 use crate::codec::block::{self, BlockError, BlockHeader, Codec, EntryView};
 use crate::index::{self, IndexSummary, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
+use crate::shard::plan::{
+    self, IndexDecision, IndexRead, Leftover, Listing, PlanError, RebuildCause, RecoveryPlan, Role, ScanEnd,
+};
 use crate::shard::scan::{self, Step, Stop};
-use crate::shard::segment::{self, FileKind, HeaderError, SegmentHeader, DATA_OFFSET};
-use crate::shard::{PAGE_BYTES, UNSYNCED_WRITES_MAX};
+use crate::shard::segment::{self, HeaderError, SegmentHeader, DATA_OFFSET};
+use crate::shard::PAGE_BYTES;
 
 /// How much of a segment one read covers.
 const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 // A window must hold the largest block (plus the page it may start in), or
 // the scan could ask for more forever.
 const _: () = assert!(WINDOW_BYTES >= block::HEADER_BYTES + limits::BLOCK_STORED_BYTES_MAX + PAGE_BYTES);
-
-/// How far past the end of the log inspect looks for non-zero bytes.
-const TAIL_CHECK_BYTES: u64 = 64 * 1024 * 1024;
-// It covers everything recovery scrubs after the end (recovery's
-// SCRUB_BYTES), so a report of "no non-zero byte" means recovery zeroes none.
-const _: () = assert!(TAIL_CHECK_BYTES >= ((UNSYNCED_WRITES_MAX + 1) * limits::COMMIT_WRITE_BYTES_MAX) as u64);
 
 /// Writes one line of output; a failed write (say, a closed pipe) ends the dump.
 macro_rules! say {
@@ -165,43 +170,13 @@ fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
 }
 
-/// The files of one shard directory, by kind.
-#[derive(Default)]
-struct ShardFiles {
-    segments: BTreeMap<u64, PathBuf>,
-    indexes: BTreeMap<u64, PathBuf>,
-    temporaries: Vec<PathBuf>,
-    unknown: Vec<PathBuf>,
-}
-
-fn shard_files(dir: &Path) -> Result<ShardFiles, String> {
-    let mut files = ShardFiles::default();
-    for path in list_dir(dir)? {
-        match segment::classify(&path) {
-            _ if path.is_dir() => files.unknown.push(path),
-            Some(FileKind::Segment(first_seq)) => {
-                files.segments.insert(first_seq, path);
-            }
-            Some(FileKind::Index(first_seq)) => {
-                files.indexes.insert(first_seq, path);
-            }
-            Some(FileKind::Temporary) => files.temporaries.push(path),
-            None => files.unknown.push(path),
-        }
-    }
-    Ok(files)
-}
-
-/// What recovery makes of a segment, by its place among the shard's segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    /// Older than the active one.
-    Sealed,
-    /// The newest segment whose header page was written.
-    Active,
-    /// Newer than the active one, with a header that was never written:
-    /// its creation did not finish, and recovery deletes it.
-    Unfinished,
+/// The files of one shard directory, by kind, as recovery sorts them.
+fn shard_files(dir: &Path) -> Result<Listing, String> {
+    let paths = list_dir(dir)?;
+    Ok(Listing::classify(paths.into_iter().map(|path| {
+        let is_directory = path.is_dir();
+        (path, is_directory)
+    })))
 }
 
 /// A segment file and its header page, read before roles are assigned.
@@ -300,10 +275,29 @@ fn check_payload(header: &BlockHeader, block_bytes: &[u8], scratch: &mut Vec<u8>
     block::for_each_entry(header, scratch, |_, entry| EntryView::parse(entry)?.for_each_tag(|_, _| ()))
 }
 
-/// Scans the segment in `file` (of `file_bytes` bytes, whose first entry is
-/// `first_seq`) from [`DATA_OFFSET`], reading `window.len()` bytes at a time,
-/// and calls `on_block` for each accepted block in order. The `Err` of
-/// `on_block` ends the scan and is returned; so is a read error.
+/// Reads `bytes.len()` bytes of `file` at `offset`. Bytes past the end of
+/// the file (of `real_bytes`) read as zeros: recovery rounds an active
+/// segment cut short to whole pages before it scans it, and inspect scans
+/// what recovery would.
+fn read_padded(file: &File, path: &Path, bytes: &mut [u8], offset: u64, real_bytes: u64) -> Result<(), ScanError> {
+    let present = real_bytes.saturating_sub(offset).min(bytes.len() as u64) as usize;
+    file.read_exact_at(&mut bytes[..present], offset)
+        .map_err(|error| ScanError::Read(format!("cannot read {}: {error}", path.display())))?;
+    bytes[present..].fill(0);
+    Ok(())
+}
+
+fn real_bytes_of(file: &File, path: &Path) -> Result<u64, ScanError> {
+    let metadata =
+        file.metadata().map_err(|error| ScanError::Read(format!("cannot stat {}: {error}", path.display())))?;
+    Ok(metadata.len())
+}
+
+/// Scans the first `file_bytes` bytes of the segment in `file` (whose first
+/// entry is `first_seq`; bytes past the end of the file read as zeros) from
+/// [`DATA_OFFSET`], reading `window.len()` bytes at a time, and calls
+/// `on_block` for each accepted block in order. The `Err` of `on_block`
+/// ends the scan and is returned; so is a read error.
 fn scan_segment(
     file: &File,
     path: &Path,
@@ -317,6 +311,7 @@ fn scan_segment(
     let mut offset = DATA_OFFSET;
     let mut scratch = Vec::new();
     let mut accepted = Vec::new();
+    let real_bytes = real_bytes_of(file, path)?;
     loop {
         let length = file_bytes.saturating_sub(offset).min(window.len() as u64) as usize;
         if length == 0 {
@@ -325,8 +320,7 @@ fn scan_segment(
             return Ok(scan);
         }
         let bytes = &mut window[..length];
-        file.read_exact_at(bytes, offset)
-            .map_err(|error| ScanError::Read(format!("cannot read {}: {error}", path.display())))?;
+        read_padded(file, path, bytes, offset, real_bytes)?;
         let at_eof = offset + length as u64 >= file_bytes;
         accepted.clear();
         let step = scan::scan_window(bytes, offset, &mut next_seq, at_eof, |block_offset, header, block_bytes| {
@@ -359,7 +353,8 @@ fn scan_segment(
 /// Non-zero bytes found after the end of a log.
 #[derive(Debug, PartialEq, Eq)]
 struct Trailing {
-    /// Bytes looked at: up to [`TAIL_CHECK_BYTES`], less at the end of the file.
+    /// Bytes looked at: those recovery checks and zeroes after the end
+    /// ([`plan::scrub_window`]).
     checked_bytes: u64,
     /// How many of them are not zero.
     nonzero_bytes: u64,
@@ -367,6 +362,8 @@ struct Trailing {
     last_nonzero: Option<u64>,
 }
 
+/// Looks for non-zero bytes after a log's `end` in a segment scanned over
+/// `file_bytes` bytes, where recovery looks for them.
 fn trailing_bytes(
     file: &File,
     path: &Path,
@@ -374,14 +371,14 @@ fn trailing_bytes(
     file_bytes: u64,
     window: &mut [u8],
 ) -> Result<Trailing, ScanError> {
-    let stop = file_bytes.min(end.saturating_add(TAIL_CHECK_BYTES));
-    let mut trailing = Trailing { checked_bytes: stop.saturating_sub(end), nonzero_bytes: 0, last_nonzero: None };
-    let mut offset = end;
-    while offset < stop {
-        let length = (stop - offset).min(window.len() as u64) as usize;
+    let scrub = plan::scrub_window(end, file_bytes);
+    let real_bytes = real_bytes_of(file, path)?;
+    let mut trailing = Trailing { checked_bytes: scrub.end - scrub.start, nonzero_bytes: 0, last_nonzero: None };
+    let mut offset = scrub.start;
+    while offset < scrub.end {
+        let length = (scrub.end - offset).min(window.len() as u64) as usize;
         let bytes = &mut window[..length];
-        file.read_exact_at(bytes, offset)
-            .map_err(|error| ScanError::Read(format!("cannot read {}: {error}", path.display())))?;
+        read_padded(file, path, bytes, offset, real_bytes)?;
         trailing.nonzero_bytes += bytes.iter().filter(|&&byte| byte != 0).count() as u64;
         if let Some(last) = bytes.iter().rposition(|&byte| byte != 0) {
             trailing.last_nonzero = Some(offset + last as u64);
@@ -445,15 +442,6 @@ fn check_index(path: &Path) -> Result<IndexCheck, String> {
     })
 }
 
-/// What a segment contributed to its shard.
-struct SegmentOutcome {
-    /// The seq after its last entry, when known.
-    next_seq: Option<u64>,
-    /// The origin watermarks recovery takes from it: its index's origin
-    /// table, or what a scan finds when recovery would rebuild the index.
-    watermarks: BTreeMap<OriginKey, u64>,
-}
-
 struct Inspector<'a> {
     out: &'a mut dyn Write,
     show_blocks: bool,
@@ -511,92 +499,78 @@ impl Inspector<'_> {
         let shard_id = shard_number(dir);
         say!(self.out, "{} ({})", file_name(dir), dir.display())?;
         let mut totals = ShardTotals::default();
-        let files = match shard_files(dir) {
-            Ok(files) => files,
+        let listing = match shard_files(dir) {
+            Ok(listing) => listing,
             Err(error) => {
                 self.unreadable("  ", error)?;
                 return Ok(totals);
             }
         };
         let mut problems = Vec::new();
+        // Recovery's decisions, fed what inspect reads; inspect shows them.
+        let mut plan = RecoveryPlan::new(listing);
 
+        // Every header is read, to be shown; the plan takes the ones it needs.
         let mut segments = Vec::new();
-        for (&first_seq, path) in &files.segments {
-            match read_segment_header(first_seq, path) {
-                Ok(segment) => segments.push(segment),
+        for (first_seq, path) in plan.listing().segments.clone() {
+            match read_segment_header(first_seq, &path) {
+                Ok(segment) => {
+                    plan.header(first_seq, segment.header.clone());
+                    segments.push(segment);
+                }
                 Err(error) => {
+                    plan.header_unreadable(first_seq);
                     self.unreadable("  ", error)?;
-                    problems.push(format!("{}: unreadable", file_name(path)));
+                    problems.push(format!("{}: unreadable", file_name(&path)));
                 }
             }
         }
-        // As recovery does: the newest segments whose header was never
-        // written are unfinished; the newest one after them is active.
-        let active = segments
-            .iter()
-            .rposition(|segment| !matches!(segment.header, Err(HeaderError::Zero | HeaderError::Truncated)));
-        if active.is_none() {
+        // A bad header of the active segment is reported with that segment.
+        let _ = plan.settle_roles();
+        if plan.creates_first_segment() {
             let first = segment::segment_file_name(1);
             say!(self.out, "  no segment with a written header: the next open creates {first}")?;
         }
 
-        let mut expected_first_seq: Option<u64> = None;
-        // What the next open rebuilds as the shard's origin watermarks.
-        let mut watermarks: BTreeMap<OriginKey, u64> = BTreeMap::new();
         let mut shard_first_seq = None;
-        let mut shard_next_seq = None;
         let mut role_counts = [0u64; 3];
-        for (position, segment) in segments.iter().enumerate() {
-            let role = match active {
-                Some(active) if position < active => Role::Sealed,
-                Some(active) if position == active => Role::Active,
-                _ => Role::Unfinished,
-            };
-            role_counts[role as usize] += 1;
+        for segment in &segments {
+            let role = plan.role(segment.first_seq).expect("a segment whose header was read has a role");
+            role_counts[match role {
+                Role::Sealed => 0,
+                Role::Active => 1,
+                Role::Unfinished => 2,
+            }] += 1;
             totals.disk_bytes += segment.file_bytes;
             if role != Role::Unfinished {
-                if let Some(expected) = expected_first_seq {
-                    if segment.first_seq != expected {
-                        problems.push(format!(
-                            "{} starts at seq {}, but the segment before it ends before seq {expected}: \
-                             the shard will not open",
-                            file_name(&segment.path),
-                            segment.first_seq
-                        ));
-                    }
+                if let Err(PlanError::Gap { expected, .. }) = plan.start_segment(segment.first_seq) {
+                    problems.push(format!(
+                        "{} starts at seq {}, but the segment before it ends before seq {expected}: the shard will \
+                         not open",
+                        file_name(&segment.path),
+                        segment.first_seq
+                    ));
                 }
                 shard_first_seq.get_or_insert(segment.first_seq);
             }
-            let index_path = files.indexes.get(&segment.first_seq);
-            if let Some(path) = index_path {
+            let index_path = plan.listing().indexes.get(&segment.first_seq).cloned();
+            if let Some(path) = &index_path {
                 totals.disk_bytes += std::fs::metadata(path).map_or(0, |metadata| metadata.len());
             }
-            let outcome = self.segment(segment, role, index_path.map(PathBuf::as_path), shard_id, &mut problems)?;
-            if role != Role::Unfinished {
-                expected_first_seq = outcome.next_seq;
-                shard_next_seq = outcome.next_seq;
-            }
-            for (key, watermark) in outcome.watermarks {
-                let entry = watermarks.entry(key).or_insert(0);
-                *entry = (*entry).max(watermark);
-            }
+            self.segment(&mut plan, segment, role, index_path.as_deref(), shard_id, &mut problems)?;
         }
 
         // Leftovers.
         let mut leftovers = Vec::new();
-        for path in &files.temporaries {
-            leftovers
-                .push(format!("{}: temporary file of an interrupted write; the next open deletes it", file_name(path)));
+        for removal in plan.leftovers() {
+            let what = match removal.leftover {
+                Leftover::Temporary => "temporary file of an interrupted write",
+                Leftover::OrphanIndex => "index without its segment (retention was interrupted)",
+                Leftover::UnfinishedSegment => "segment whose creation did not finish",
+            };
+            leftovers.push(format!("{}: {what}; the next open deletes it", file_name(&removal.path)));
         }
-        for (first_seq, path) in &files.indexes {
-            if !files.segments.contains_key(first_seq) {
-                leftovers.push(format!(
-                    "{}: index without its segment (retention was interrupted); the next open deletes it",
-                    file_name(path)
-                ));
-            }
-        }
-        for path in &files.unknown {
+        for path in &plan.listing().unknown {
             let kind = if path.is_dir() { "directory" } else { "file" };
             leftovers.push(format!("{}: unknown {kind}, ignored by wormdb", file_name(path)));
         }
@@ -610,7 +584,7 @@ impl Inspector<'_> {
         }
 
         totals.segments = segments.len() as u64;
-        let seqs = match (shard_first_seq, shard_next_seq) {
+        let seqs = match (shard_first_seq, plan.next_seq()) {
             (Some(first), Some(next)) => {
                 totals.entries = next.saturating_sub(first);
                 format!("{}, next seq {next}", seq_range(first, next))
@@ -625,11 +599,12 @@ impl Inspector<'_> {
             count_text(segments.len() as u64, "segment"),
             size_text(totals.disk_bytes)
         )?;
+        let watermarks = plan.origin_watermarks();
         if watermarks.is_empty() {
             say!(self.out, "  origin watermarks: none (no replicated entries)")?;
         } else {
             say!(self.out, "  origin watermarks (highest archived origin seq, as the next open rebuilds them):")?;
-            for ((node, shard), watermark) in &watermarks {
+            for ((node, shard), watermark) in watermarks {
                 say!(self.out, "    node {node} shard {shard}: {watermark}")?;
             }
         }
@@ -645,15 +620,18 @@ impl Inspector<'_> {
         Ok(totals)
     }
 
-    /// Dumps one segment. An `Err` is an output failure only.
+    /// Dumps one segment, and feeds the plan (a kept segment was started
+    /// by the caller) what recovery would read of it. An `Err` is an output
+    /// failure only.
     fn segment(
         &mut self,
+        plan: &mut RecoveryPlan,
         segment: &SegmentFile,
         role: Role,
         index_path: Option<&Path>,
         shard_id: Option<u32>,
         problems: &mut Vec<String>,
-    ) -> Result<SegmentOutcome, OutputError> {
+    ) -> Result<(), OutputError> {
         let name = file_name(&segment.path);
         let role_text = match role {
             Role::Sealed => "sealed",
@@ -665,8 +643,11 @@ impl Inspector<'_> {
             if let Some(path) = index_path {
                 say!(self.out, "    index: {} (left beside an unfinished segment)", file_name(path))?;
             }
-            return Ok(SegmentOutcome { next_seq: None, watermarks: BTreeMap::new() });
+            return Ok(());
         }
+        // Recovery checks the active segment's header only; the others' are shown.
+        let refused = role == Role::Active && plan.active_header(&segment.header).is_err();
+        let consequence = if refused { ": the shard will not open" } else { "" };
         match &segment.header {
             Ok(header) => {
                 say!(
@@ -679,7 +660,6 @@ impl Inspector<'_> {
                     time_text(i128::from(header.created_unix_ns))
                 )?;
                 if header.first_seq != segment.first_seq {
-                    let consequence = if role == Role::Active { ": the shard will not open" } else { "" };
                     problems.push(format!(
                         "{name}: header says first seq {}, the file name says {}{consequence}",
                         header.first_seq, segment.first_seq
@@ -698,8 +678,6 @@ impl Inspector<'_> {
             }
             Err(error) => {
                 say!(self.out, "    header: invalid: {error}")?;
-                // Recovery reads only the active segment's header.
-                let consequence = if role == Role::Active { ": the shard will not open" } else { "" };
                 problems.push(format!("{name}: invalid segment header ({error}){consequence}"));
             }
         }
@@ -707,11 +685,15 @@ impl Inspector<'_> {
         // A sealed segment is trusted through its index; the active one is scanned.
         let mut summary = None;
         let mut index_verified = false;
+        let mut read = None;
         if let Some(path) = index_path {
             let index_name = file_name(path);
             match check_index(path) {
-                Err(error) => self.unreadable("    ", error)?,
-                Ok(_) if role == Role::Active => {
+                Err(error) => {
+                    self.unreadable("    ", error.clone())?;
+                    read = Some(IndexRead::Unusable(error));
+                }
+                Ok(_) if plan.stale_active_index() == Some(path) => {
                     say!(
                         self.out,
                         "    index: {index_name} beside the active segment (a crash between sealing it and \
@@ -719,31 +701,113 @@ impl Inspector<'_> {
                     )?;
                 }
                 Ok(check) => {
-                    summary = self.index(&name, &index_name, segment.first_seq, &check, problems)?;
+                    let usable = self.index(&index_name, &check, problems)?;
                     index_verified = check.verified.is_ok();
+                    read = Some(match &usable {
+                        Ok((summary, _)) => IndexRead::Summary { segment_first_seq: summary.segment_first_seq },
+                        Err(error) => IndexRead::Unusable(error.clone()),
+                    });
+                    summary = usable.ok();
                 }
             }
-        } else if role == Role::Sealed {
-            say!(self.out, "    index: missing; the next open rebuilds it by scanning the segment")?;
         }
+        let decision = (role == Role::Sealed).then(|| plan.index_decision(segment.first_seq, read));
+        match &decision {
+            Some(IndexDecision::Rebuild(RebuildCause::Missing)) => {
+                say!(self.out, "    index: missing; the next open rebuilds it by scanning the segment")?;
+            }
+            Some(IndexDecision::Rebuild(RebuildCause::OtherSegment(other))) => {
+                let index_name = index_path.map(file_name).unwrap_or_default();
+                problems.push(format!(
+                    "{index_name}: belongs to a segment starting at seq {other}, not {name}; the next open rebuilds it"
+                ));
+            }
+            _ => {}
+        }
+        // What recovery takes from the index, when it trusts it.
+        let summary = summary.filter(|_| decision == Some(IndexDecision::Trust));
+        let trusted_next_seq = summary.as_ref().map(|(summary, _)| summary.next_seq);
+        let trusted_watermarks = summary.as_ref().map(|(_, origins)| table_watermarks(origins)).unwrap_or_default();
 
-        // Scan a sealed segment too when its index is not whole, to show what it holds.
-        let scan_needed = role == Role::Active || self.show_blocks || !index_verified;
-        let from_index = |summary: Option<(IndexSummary, BTreeMap<OriginKey, OriginSummary>)>| SegmentOutcome {
-            next_seq: summary.as_ref().map(|(summary, _)| summary.next_seq),
-            watermarks: summary.map(|(_, origins)| table_watermarks(&origins)).unwrap_or_default(),
-        };
+        // Scan a sealed segment too when its index is not whole or recovery
+        // would rebuild it, to show what it holds.
+        let rebuilds = matches!(decision, Some(IndexDecision::Rebuild(_)));
+        let scan_needed = role == Role::Active || self.show_blocks || !index_verified || rebuilds;
         if !scan_needed {
-            return Ok(from_index(summary));
+            plan.end_sealed(segment.first_seq, trusted_next_seq, trusted_watermarks);
+            return Ok(());
         }
-        let scan = match self.scan(segment, role) {
+        // The active segment is scanned as recovery scans it: rounded up to whole pages.
+        let scan_bytes = match role {
+            Role::Active => plan.active_file(segment.file_bytes).capacity_bytes,
+            _ => segment.file_bytes,
+        };
+        let check_tail = role == Role::Active;
+        let scan = match self.scan(segment, scan_bytes, check_tail) {
             Ok(scan) => scan,
             Err(ScanError::Output(error)) => return Err(error),
             Err(ScanError::Read(error)) => {
                 self.unreadable("    ", error)?;
-                return Ok(from_index(summary));
+                match role {
+                    Role::Active => plan.end_active(None, []),
+                    _ => plan.end_sealed(segment.first_seq, trusted_next_seq, trusted_watermarks),
+                }
+                return Ok(());
             }
         };
+        let scan_watermarks: BTreeMap<OriginKey, u64> =
+            scan.origins.iter().map(|(&key, &(_, next, _))| (key, next - 1)).collect();
+        if role == Role::Active {
+            let scan_end = ScanEnd {
+                blocks: scan.blocks as usize,
+                end: scan.end,
+                next_seq: scan.next_seq,
+                stop: scan.stop.clone(),
+            };
+            plan.end_active(Some(scan_end), scan_watermarks);
+            let trailing = scan.trailing.as_ref().expect("the active segment's tail was checked");
+            debug_assert_eq!(plan.scrub_window().map(|window| window.end - window.start), Some(trailing.checked_bytes));
+            plan.tail(trailing.last_nonzero);
+            let follow = trailing_text(trailing);
+            match (plan.torn_tail(), &scan.stop) {
+                (None, _) => say!(self.out, "    end: clean at offset {}; {follow}", scan.end)?,
+                (Some(stale), Stop::Clean) => {
+                    say!(
+                        self.out,
+                        "    end: clean at offset {}, but {follow}: stale bytes, which the next open zeroes",
+                        stale.offset
+                    )?;
+                    problems.push(format!(
+                        "{name}: {} stale non-zero bytes after the clean end at offset {} (the last at offset {}); \
+                         the next open zeroes them",
+                        trailing.nonzero_bytes,
+                        stale.offset,
+                        stale.offset + stale.bytes - 1
+                    ));
+                }
+                (Some(torn), Stop::Torn(_)) => {
+                    say!(
+                        self.out,
+                        "    end: torn tail at offset {}: {}; {follow}; the next open cuts the log here and zeroes \
+                         them",
+                        torn.offset,
+                        torn.reason
+                    )?;
+                    problems.push(format!(
+                        "{name}: torn tail at offset {}: {} (the next open cuts the log there)",
+                        torn.offset, torn.reason
+                    ));
+                }
+            }
+            return Ok(());
+        }
+
+        match (&scan.stop, &scan.trailing) {
+            (Stop::Torn(reason), Some(trailing)) => {
+                say!(self.out, "    end: torn tail at offset {}: {reason}; {}", scan.end, trailing_text(trailing))?;
+            }
+            _ => say!(self.out, "    end: clean at offset {}", scan.end)?,
+        }
         if let Some((summary, _)) = &summary {
             let scan_data_end = if scan.blocks == 0 { 0 } else { scan.end };
             let agrees = u64::from(summary.block_count) == scan.blocks
@@ -766,47 +830,28 @@ impl Inspector<'_> {
                 ));
             }
         }
-        if let (Stop::Clean, Some(Trailing { nonzero_bytes, last_nonzero: Some(last), .. })) =
-            (&scan.stop, &scan.trailing)
-        {
-            problems.push(format!(
-                "{name}: {nonzero_bytes} stale non-zero bytes after the clean end at offset {} (the last at offset \
-                 {last}); the next open zeroes them",
-                scan.end
-            ));
-        }
+
         if let Stop::Torn(reason) = &scan.stop {
-            if role == Role::Sealed {
-                problems.push(format!("{name}: sealed segment ends early at offset {}: {reason}", scan.end));
-            } else {
-                problems.push(format!(
-                    "{name}: torn tail at offset {}: {reason} (the next open cuts the log there)",
-                    scan.end
-                ));
-            }
+            problems.push(format!("{name}: sealed segment ends early at offset {}: {reason}", scan.end));
         }
-        match summary {
-            Some(summary) => Ok(from_index(Some(summary))),
-            None => {
-                // Recovery scans this segment (active, or an index to rebuild).
-                let watermarks = scan.origins.iter().map(|(&key, &(_, next, _))| (key, next - 1)).collect();
-                Ok(SegmentOutcome { next_seq: Some(scan.next_seq), watermarks })
-            }
+        match decision {
+            Some(IndexDecision::Trust) => plan.end_sealed(segment.first_seq, trusted_next_seq, trusted_watermarks),
+            // Recovery scans this segment to rebuild its index.
+            _ => plan.end_sealed(segment.first_seq, Some(scan.next_seq), scan_watermarks),
         }
+        Ok(())
     }
 
     /// Prints an index file's summary, origin table and verification.
-    /// Returns the summary and the origin table if recovery would use them
-    /// (the header and the origin table decode, and it names this segment).
+    /// Returns the summary and the origin table (the part of the file
+    /// recovery reads), or why they do not decode.
     #[allow(clippy::type_complexity)]
     fn index(
         &mut self,
-        segment_name: &str,
         index_name: &str,
-        first_seq: u64,
         check: &IndexCheck,
         problems: &mut Vec<String>,
-    ) -> Result<Option<(IndexSummary, BTreeMap<OriginKey, OriginSummary>)>, OutputError> {
+    ) -> Result<Result<(IndexSummary, BTreeMap<OriginKey, OriginSummary>), String>, OutputError> {
         let verified = match &check.verified {
             Ok(()) => "verifies".to_string(),
             Err(error) => format!("does NOT verify: {error}"),
@@ -819,7 +864,7 @@ impl Inspector<'_> {
             Ok(summary) => summary,
             Err(error) => {
                 say!(self.out, "      header unusable: {error}; the next open rebuilds the index by scanning")?;
-                return Ok(None);
+                return Ok(Err(error.clone()));
             }
         };
         say!(
@@ -849,7 +894,7 @@ impl Inspector<'_> {
             Ok(origins) => origins,
             Err(error) => {
                 say!(self.out, "      origin table unusable: {error}; the next open rebuilds the index by scanning")?;
-                return Ok(None);
+                return Ok(Err(error.clone()));
             }
         };
         for (&(node, shard), origin) in origins {
@@ -859,19 +904,13 @@ impl Inspector<'_> {
             };
             say!(self.out, "      replicated from node {node} shard {shard}: {here}, watermark {}", origin.watermark)?;
         }
-        if summary.segment_first_seq != first_seq {
-            problems.push(format!(
-                "{index_name}: belongs to a segment starting at seq {}, not {segment_name}; the next open rebuilds it",
-                summary.segment_first_seq
-            ));
-            return Ok(None);
-        }
-        Ok(Some((*summary, origins.clone())))
+        Ok(Ok((*summary, origins.clone())))
     }
 
-    /// Scans a segment, printing its blocks with `--blocks`, then its totals
-    /// and how its log ends.
-    fn scan(&mut self, segment: &SegmentFile, role: Role) -> Result<Scan, ScanError> {
+    /// Scans a segment over `scan_bytes`, printing its blocks with
+    /// `--blocks`, then its totals. Looks for non-zero bytes after its end
+    /// with `check_tail`, or wherever it ends torn.
+    fn scan(&mut self, segment: &SegmentFile, scan_bytes: u64, check_tail: bool) -> Result<Scan, ScanError> {
         let path = &segment.path;
         let file =
             File::open(path).map_err(|error| ScanError::Read(format!("cannot open {}: {error}", path.display())))?;
@@ -879,7 +918,7 @@ impl Inspector<'_> {
         if window.is_empty() {
             window = vec![0u8; WINDOW_BYTES];
         }
-        let result = self.scan_with(&file, segment, role, &mut window);
+        let result = self.scan_with(&file, segment, scan_bytes, check_tail, &mut window);
         self.window = window;
         result
     }
@@ -888,7 +927,8 @@ impl Inspector<'_> {
         &mut self,
         file: &File,
         segment: &SegmentFile,
-        role: Role,
+        scan_bytes: u64,
+        check_tail: bool,
         window: &mut [u8],
     ) -> Result<Scan, ScanError> {
         let path = &segment.path;
@@ -897,7 +937,7 @@ impl Inspector<'_> {
             say!(self.out, "    blocks:").map_err(ScanError::Output)?;
         }
         let out = &mut *self.out;
-        let mut scan = scan_segment(file, path, segment.file_bytes, segment.first_seq, window, |offset, header| {
+        let mut scan = scan_segment(file, path, scan_bytes, segment.first_seq, window, |offset, header| {
             if show_blocks {
                 say!(out, "      {}", block_text(offset, header)).map_err(ScanError::Output)?;
             }
@@ -952,34 +992,23 @@ impl Inspector<'_> {
             )?;
         }
         // Bytes after the end matter where recovery scrubs them (the active
-        // segment) and wherever the log ends torn.
-        if role == Role::Active || matches!(scan.stop, Stop::Torn(_)) {
-            let trailing = trailing_bytes(file, path, scan.end, segment.file_bytes, window)?;
-            let follow = match trailing.last_nonzero {
-                None => format!("no non-zero byte in the next {} bytes", trailing.checked_bytes),
-                Some(last) => format!(
-                    "{} non-zero bytes follow in the next {} bytes (the last at offset {last})",
-                    trailing.nonzero_bytes, trailing.checked_bytes
-                ),
-            };
-            let end = match (&scan.stop, trailing.last_nonzero) {
-                (Stop::Clean, None) => format!("    end: clean at offset {}; {follow}", scan.end),
-                (Stop::Clean, Some(_)) => format!(
-                    "    end: clean at offset {}, but {follow}: stale bytes, which the next open zeroes",
-                    scan.end
-                ),
-                (Stop::Torn(reason), _) if role == Role::Active => format!(
-                    "    end: torn tail at offset {}: {reason}; {follow}; the next open cuts the log here and zeroes them",
-                    scan.end
-                ),
-                (Stop::Torn(reason), _) => format!("    end: torn tail at offset {}: {reason}; {follow}", scan.end),
-            };
-            emit(out, end)?;
-            scan.trailing = Some(trailing);
-        } else {
-            emit(out, format!("    end: clean at offset {}", scan.end))?;
+        // segment) and wherever the log ends torn; the caller says how the
+        // log ends.
+        if check_tail || matches!(scan.stop, Stop::Torn(_)) {
+            scan.trailing = Some(trailing_bytes(file, path, scan.end, scan_bytes, window)?);
         }
         Ok(scan)
+    }
+}
+
+/// What follows a log's end, for its `end:` line.
+fn trailing_text(trailing: &Trailing) -> String {
+    match trailing.last_nonzero {
+        None => format!("no non-zero byte in the next {} bytes", trailing.checked_bytes),
+        Some(last) => format!(
+            "{} non-zero bytes follow in the next {} bytes (the last at offset {last})",
+            trailing.nonzero_bytes, trailing.checked_bytes
+        ),
     }
 }
 

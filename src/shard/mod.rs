@@ -22,12 +22,14 @@
 //! acknowledged only after all its writes completed and an fdatasync issued
 //! after that completed.
 //!
-//! Modules: [`segment`] (segment header and
-//! names), [`scan`] (the recovery scanner) are pure; this module, `writer`,
-//! `reader` and `recovery` do the I/O.
+//! Modules: [`segment`] (segment header and names), [`scan`] (the
+//! recovery scanner) and [`plan`] (recovery's decisions) are pure;
+//! [`faults`] is the seam that tests inject storage faults through; this
+//! module, `writer`, `reader` and `recovery` do the I/O.
 
 pub mod faults;
 pub(crate) mod oneshot;
+pub mod plan;
 mod reader;
 mod recovery;
 pub mod scan;
@@ -46,8 +48,8 @@ use crate::codec::block;
 pub use crate::codec::{EntryRef, Origin, TagSet};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
+pub use plan::{RecoveryReport, TornTail};
 pub use reader::{OrderedQuery, Query, QueryResult};
-pub use recovery::{RecoveryReport, TornTail};
 
 pub use crate::limits::{PAGE_BYTES, UNSYNCED_WRITES_MAX};
 

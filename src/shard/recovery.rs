@@ -1,16 +1,21 @@
 //! Opening a shard: listing its files, checking sealed segments through
 //! their index files, scanning the active segment, zeroing a torn tail.
-//! Also the file operations that recovery shares with the writer: creating
-//! a segment, writing an index file, syncing the directory.
+//! This is the I/O driver of [`RecoveryPlan`] (`plan.rs`), which makes every
+//! decision: recovery reads what the plan asks for, feeds it, and deletes,
+//! rebuilds, extends and zeroes what the plan says. Also the file operations
+//! that recovery shares with the writer: creating a segment, writing an
+//! index file, syncing the directory.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
+use super::plan::{IndexDecision, IndexRead, Leftover, Listing, RebuildCause, RecoveryPlan, RecoveryReport, ScanEnd};
 use super::scan::{self, Step, Stop};
-use super::segment::{self, FileKind, SegmentHeader, DATA_OFFSET};
+use super::segment::{self, SegmentHeader, DATA_OFFSET};
 use super::{page_ceil, page_floor, Active, Error, Preallocation, Result, Sealed, ShardConfig, PAGE_BYTES};
 use crate::codec::block::{self, BlockError, BlockHeader, EntryView};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
@@ -21,11 +26,6 @@ use crate::limits;
 const SCAN_WINDOW_BYTES: usize = 8 * 1024 * 1024;
 const _: () = assert!(SCAN_WINDOW_BYTES >= block::HEADER_BYTES + limits::BLOCK_STORED_BYTES_MAX + PAGE_BYTES);
 
-/// How far past the recovered end a crash can have left bytes: the writes
-/// that were in flight or unsynced. Recovery zeroes this much, so stale
-/// bytes of a torn write can never be mistaken for later blocks.
-pub(super) const SCRUB_BYTES: u64 = ((super::UNSYNCED_WRITES_MAX + 1) * limits::COMMIT_WRITE_BYTES_MAX) as u64;
-
 /// Chunk size for zero-filling and scrubbing.
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// Zero-filling syncs the spare file every this many bytes. A commit's
@@ -35,39 +35,6 @@ const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// a second under sustained ingest). Syncing as it goes keeps that backlog
 /// to a few MiB.
 const ZERO_SYNC_BYTES: u64 = 4 * 1024 * 1024;
-
-/// What recovery found and did when a shard was opened.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Segment files kept (sealed plus active).
-    pub segments: usize,
-    /// Sealed segments whose index file was missing or bad and was rebuilt
-    /// by scanning the segment.
-    pub indexes_rebuilt: usize,
-    /// First seq of the active segment.
-    pub active_first_seq: u64,
-    /// Valid blocks found in the active segment.
-    pub active_blocks: usize,
-    /// The next seq the shard will assign.
-    pub next_seq: u64,
-    /// Where the log ended, if not cleanly: a torn or corrupt tail.
-    pub torn_tail: Option<TornTail>,
-    /// Files removed as leftovers of an interrupted operation.
-    pub removed_files: Vec<PathBuf>,
-}
-
-/// A torn or corrupt tail found and zeroed by recovery.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TornTail {
-    /// The segment file.
-    pub path: PathBuf,
-    /// File offset where the valid log ends.
-    pub offset: u64,
-    /// Bytes past `offset` that were not zero and were zeroed.
-    pub bytes: u64,
-    /// Why the block at `offset` was not accepted.
-    pub reason: String,
-}
 
 pub(super) struct Recovered {
     pub active: Active,
@@ -368,34 +335,36 @@ async fn scan_segment(file: &DmaFile, path: &Path, first_seq: u64, file_bytes: u
     }
 }
 
-/// Zeroes every non-zero byte in `[end, end + SCRUB_BYTES)` (within the file),
-/// keeping the bytes before `end` in its page. Returns how many bytes past
-/// `end` were not zero.
-async fn scrub_tail(file: &DmaFile, path: &Path, end: u64, file_bytes: u64) -> Result<u64> {
-    let start = page_floor(end);
-    let stop = file_bytes.min(start + SCRUB_BYTES);
-    let mut dirty_end = end;
-    let mut offset = start;
-    while offset < stop {
-        let length = (stop - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+/// Reads `window` (bytes after the log's end, from
+/// [`RecoveryPlan::scrub_window`]) and returns the offset of its last
+/// non-zero byte, if any.
+async fn last_nonzero_byte(file: &DmaFile, path: &Path, window: Range<u64>) -> Result<Option<u64>> {
+    // Reads start on the window's page, as O_DIRECT wants.
+    let mut offset = page_floor(window.start);
+    let mut last_nonzero = None;
+    while offset < window.end {
+        let length = (window.end - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
         let chunk = file.read_at(offset, length).await.map_err(|error| Error::glommio("read segment", path, error))?;
-        let skip = (end.saturating_sub(offset) as usize).min(chunk.len());
+        let skip = (window.start.saturating_sub(offset) as usize).min(chunk.len());
         if let Some(last) = last_non_zero(&chunk[skip..]) {
-            dirty_end = offset + (skip + last) as u64 + 1;
+            last_nonzero = Some(offset + (skip + last) as u64);
         }
         offset += length as u64;
     }
-    if dirty_end == end {
-        return Ok(0);
-    }
-    let mut offset = start;
-    let zero_until = page_ceil(dirty_end).min(file_bytes);
+    Ok(last_nonzero)
+}
+
+/// Zeroes `zero` (from [`RecoveryPlan::tail`]), keeping the bytes before it
+/// in its first page, and syncs the file.
+async fn zero_tail(file: &DmaFile, path: &Path, zero: Range<u64>) -> Result<()> {
+    let start = page_floor(zero.start);
     let prefix = file
-        .read_at(start, (end - start) as usize)
+        .read_at(start, (zero.start - start) as usize)
         .await
         .map_err(|error| Error::glommio("read segment", path, error))?;
-    while offset < zero_until {
-        let length = (zero_until - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+    let mut offset = start;
+    while offset < zero.end {
+        let length = (zero.end - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
         let mut buffer = file.alloc_dma_buffer(length);
         buffer.as_bytes_mut().fill(0);
         if offset == start {
@@ -409,7 +378,7 @@ async fn scrub_tail(file: &DmaFile, path: &Path, end: u64, file_bytes: u64) -> R
         offset += length as u64;
     }
     file.fdatasync().await.map_err(|error| Error::glommio("fdatasync segment", path, error))?;
-    Ok(dirty_end - end)
+    Ok(())
 }
 
 /// Position of the last non-zero byte of `bytes`. Skips zero pages with a
@@ -453,116 +422,99 @@ async fn settle_iopoll_probe(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Lists, checks and opens a shard's files (see the module doc).
+/// Lists a shard directory.
+fn list_shard_dir(dir: &Path) -> Result<Listing> {
+    let listing = std::fs::read_dir(dir).map_err(|error| Error::io("list shard dir", dir, error))?;
+    let mut entries = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|error| Error::io("list shard dir", dir, error))?;
+        let is_directory = entry.file_type().map_err(|error| Error::io("list shard dir", dir, error))?.is_dir();
+        entries.push((entry.path(), is_directory));
+    }
+    Ok(Listing::classify(entries))
+}
+
+async fn read_segment_header(path: &Path) -> Result<std::result::Result<SegmentHeader, segment::HeaderError>> {
+    let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open segment", path, error))?;
+    let header = read_header(&file, path).await;
+    let _ = file.close().await;
+    header
+}
+
+/// Lists, checks and opens a shard's files (see the module doc): reads what
+/// the [`RecoveryPlan`] asks for, and does what it decides.
 pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
     let dir = &config.dir;
     std::fs::create_dir_all(dir).map_err(|error| Error::io("create shard dir", dir, error))?;
     settle_iopoll_probe(dir).await?;
-    let mut report = RecoveryReport::default();
-    let mut segments = BTreeMap::new();
-    let mut indexes = BTreeSet::new();
-    let listing = std::fs::read_dir(dir).map_err(|error| Error::io("list shard dir", dir, error))?;
-    for entry in listing {
-        let path = entry.map_err(|error| Error::io("list shard dir", dir, error))?.path();
-        match segment::classify(&path) {
-            Some(FileKind::Segment(first_seq)) => {
-                segments.insert(first_seq, path);
-            }
-            Some(FileKind::Index(first_seq)) => {
-                indexes.insert(first_seq);
-            }
-            Some(FileKind::Temporary) => {
-                std::fs::remove_file(&path).map_err(|error| Error::io("remove temporary", &path, error))?;
-                report.removed_files.push(path);
-            }
-            None => {}
-        }
-    }
-    // An index whose segment is gone: retention died between the two deletes.
-    for &first_seq in indexes.iter().filter(|first_seq| !segments.contains_key(first_seq)) {
-        let path = dir.join(segment::index_file_name(first_seq));
-        std::fs::remove_file(&path).map_err(|error| Error::io("remove orphan index", &path, error))?;
-        report.removed_files.push(path);
+    let mut plan = RecoveryPlan::new(list_shard_dir(dir)?);
+    for removal in plan.leftovers() {
+        let op = match removal.leftover {
+            Leftover::Temporary => "remove temporary",
+            Leftover::OrphanIndex => "remove orphan index",
+            Leftover::UnfinishedSegment => "remove unfinished segment",
+        };
+        std::fs::remove_file(&removal.path).map_err(|error| Error::io(op, &removal.path, error))?;
     }
 
-    // The newest segment may have been created but never finished (its
-    // header is not durable): nothing was ever acknowledged in it.
-    while let Some((&first_seq, path)) = segments.iter().next_back() {
-        let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open segment", path, error))?;
-        let header = read_header(&file, path).await?;
-        let _ = file.close().await;
-        match header {
-            Ok(_) => break,
-            Err(segment::HeaderError::Zero | segment::HeaderError::Truncated) => {
-                let path = path.clone();
-                tracing::warn!(path = %path.display(), "removing a segment whose creation did not finish");
-                std::fs::remove_file(&path).map_err(|error| Error::io("remove unfinished segment", &path, error))?;
-                report.removed_files.push(path);
-                segments.remove(&first_seq);
-            }
-            Err(error) => return Err(Error::Corrupt { path: path.clone(), reason: error.to_string() }),
-        }
+    while let Some(first_seq) = plan.header_needed() {
+        let header = read_segment_header(&plan.listing().segments[&first_seq]).await?;
+        plan.header(first_seq, header);
     }
-
-    let active_first_seq = match segments.keys().next_back() {
-        Some(&first_seq) => first_seq,
-        None => {
-            // A brand-new shard: only then is there no segment at all.
-            let (_file, path) = create_segment(config, 1).await?;
-            segments.insert(1, path);
-            1
-        }
-    };
+    let roles = plan.settle_roles();
+    for removal in plan.unfinished() {
+        let path = &removal.path;
+        tracing::warn!(path = %path.display(), "removing a segment whose creation did not finish");
+        std::fs::remove_file(path).map_err(|error| Error::io("remove unfinished segment", path, error))?;
+    }
+    roles?;
+    if plan.creates_first_segment() {
+        // A brand-new shard: only then is there no segment at all.
+        let (_file, path) = create_segment(config, 1).await?;
+        plan.first_segment_created(path);
+    }
 
     let mut sealed = VecDeque::new();
-    let mut expected_first = None;
-    // Built oldest segment first, so that an index rebuilt by a scan carries
-    // the watermarks of the segments before it, as the original did.
-    let mut origin_watermarks = BTreeMap::new();
-    for (&first_seq, path) in segments.range(..active_first_seq) {
-        if let Some(expected) = expected_first {
-            if first_seq != expected {
-                return Err(Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("segment starts at seq {first_seq}, but the previous one ends before {expected}"),
-                });
-            }
-        }
+    for first_seq in plan.sealed_first_seqs().to_vec() {
+        plan.start_segment(first_seq)?;
+        let path = plan.listing().segments[&first_seq].clone();
         let index_path = dir.join(segment::index_file_name(first_seq));
-        let summary = match read_summary(&index_path).await {
-            Ok(read) if read.0.segment_first_seq == first_seq => Some(read),
-            Ok(_) => None,
-            Err(error) => {
-                if indexes.contains(&first_seq) {
+        let summary =
+            if plan.listing().indexes.contains_key(&first_seq) { Some(read_summary(&index_path).await) } else { None };
+        let read = summary.as_ref().map(|summary| match summary {
+            Ok((summary, _)) => IndexRead::Summary { segment_first_seq: summary.segment_first_seq },
+            Err(error) => IndexRead::Unusable(error.to_string()),
+        });
+        let (summary, origins) = match (plan.index_decision(first_seq, read), summary) {
+            (IndexDecision::Trust, Some(Ok(summary))) => summary,
+            (IndexDecision::Trust, _) => unreachable!("the plan trusts only an index whose summary was read"),
+            (IndexDecision::Rebuild(cause), _) => {
+                if let RebuildCause::Unusable(error) = cause {
                     tracing::warn!(%error, "sealed segment index unusable; rebuilding it from the segment");
                 }
-                None
-            }
-        };
-        let summary = match summary {
-            Some(summary) => summary,
-            None => {
-                let file = open_dma(path, "open segment").await?;
-                let file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", path, error))?;
-                let mut scanned = scan_segment(&file, path, first_seq, file_bytes).await?;
+                let file = open_dma(&path, "open segment").await?;
+                let file_bytes =
+                    file.file_size().await.map_err(|error| Error::glommio("stat segment", &path, error))?;
+                let mut scanned = scan_segment(&file, &path, first_seq, file_bytes).await?;
                 let _ = file.close().await;
                 if let Stop::Torn(reason) = &scanned.stop {
                     tracing::warn!(path = %path.display(), offset = scanned.end, %reason, "sealed segment ends early");
                 }
-                scanned.index.carry_watermarks(&origin_watermarks);
+                // Built oldest segment first, so that an index rebuilt by a
+                // scan carries the watermarks of the segments before it, as
+                // the original did.
+                scanned.index.carry_watermarks(plan.origin_watermarks());
                 write_index_file(dir, first_seq, &scanned.index.encode(scanned.raw_bytes)).await?;
-                report.indexes_rebuilt += 1;
                 read_summary(&index_path).await?
             }
         };
-        let (summary, origins) = summary;
-        merge_watermarks(&mut origin_watermarks, &origins);
-        let file_bytes = std::fs::metadata(path).map_err(|error| Error::io("stat segment", path, error))?.len();
-        expected_first = Some(summary.next_seq);
+        let watermarks = origins.iter().map(|(&key, origin)| (key, origin.watermark));
+        plan.end_sealed(first_seq, Some(summary.next_seq), watermarks);
+        let file_bytes = std::fs::metadata(&path).map_err(|error| Error::io("stat segment", &path, error))?.len();
         sealed.push_back(Sealed {
             first_seq,
             next_seq: summary.next_seq,
-            path: path.clone(),
+            path,
             index_path,
             summary,
             origin_seqs: super::own_origin_seqs(&origins),
@@ -571,60 +523,36 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
             index: std::cell::RefCell::new(None),
         });
     }
-    if let Some(expected) = expected_first {
-        if expected != active_first_seq {
-            return Err(Error::Corrupt {
-                path: dir.join(segment::segment_file_name(active_first_seq)),
-                reason: format!(
-                    "active segment starts at seq {active_first_seq}, but the previous one ends before {expected}"
-                ),
-            });
-        }
-    }
 
-    // The active segment. An index beside it means the process died after
-    // sealing it but before the next segment existed: it is reopened for
-    // appends and sealed again at the next roll.
-    let active_path = dir.join(segment::segment_file_name(active_first_seq));
-    if indexes.contains(&active_first_seq) {
-        let index_path = dir.join(segment::index_file_name(active_first_seq));
-        std::fs::remove_file(&index_path).map_err(|error| Error::io("remove index", &index_path, error))?;
+    let active_first_seq = plan.active_first_seq().expect("an active segment, found or created");
+    plan.start_segment(active_first_seq)?;
+    let active_path = plan.listing().segments[&active_first_seq].clone();
+    if let Some(index_path) = plan.stale_active_index() {
+        std::fs::remove_file(index_path).map_err(|error| Error::io("remove index", index_path, error))?;
     }
     let file = open_dma(&active_path, "open segment").await?;
-    let header = read_header(&file, &active_path)
-        .await?
-        .map_err(|error| Error::Corrupt { path: active_path.clone(), reason: error.to_string() })?;
-    if header.first_seq != active_first_seq {
-        return Err(Error::Corrupt {
-            path: active_path.clone(),
-            reason: format!("header says first seq {}, file name says {active_first_seq}", header.first_seq),
-        });
+    plan.active_header(&read_header(&file, &active_path).await?)?;
+    let file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", &active_path, error))?;
+    let capacity = plan.active_file(file_bytes).capacity_bytes;
+    if capacity != file_bytes {
+        file.truncate(capacity).await.map_err(|error| Error::glommio("extend segment", &active_path, error))?;
     }
-    let mut file_bytes = file.file_size().await.map_err(|error| Error::glommio("stat segment", &active_path, error))?;
-    if file_bytes % PAGE_BYTES as u64 != 0 {
-        // Cut short by something other than wormdb (segments are whole
-        // pages): round it back up to a page, so O_DIRECT can write there.
-        file_bytes = page_ceil(file_bytes);
-        file.truncate(file_bytes).await.map_err(|error| Error::glommio("extend segment", &active_path, error))?;
+    let scanned = scan_segment(&file, &active_path, active_first_seq, capacity).await?;
+    // Every block the scan accepted is durable (recovery scrubs the rest).
+    let watermarks = scanned.index.origins().iter().map(|(&key, origin)| (key, origin.watermark));
+    let scan_end = ScanEnd {
+        blocks: scanned.index.blocks().len(),
+        end: scanned.end,
+        next_seq: scanned.index.next_seq(),
+        stop: scanned.stop,
+    };
+    plan.end_active(Some(scan_end), watermarks);
+    let window = plan.scrub_window().expect("the active segment was scanned");
+    let zero = plan.tail(last_nonzero_byte(&file, &active_path, window).await?);
+    if !zero.is_empty() {
+        zero_tail(&file, &active_path, zero).await?;
     }
-    let scanned = scan_segment(&file, &active_path, active_first_seq, file_bytes).await?;
-    let dirty_bytes = scrub_tail(&file, &active_path, scanned.end, file_bytes).await?;
-    if let Stop::Torn(reason) = &scanned.stop {
-        report.torn_tail = Some(TornTail {
-            path: active_path.clone(),
-            offset: scanned.end,
-            bytes: dirty_bytes,
-            reason: reason.clone(),
-        });
-    } else if dirty_bytes > 0 {
-        report.torn_tail = Some(TornTail {
-            path: active_path.clone(),
-            offset: scanned.end,
-            bytes: dirty_bytes,
-            reason: "stale bytes after a clean end".into(),
-        });
-    }
-    if let Some(torn) = &report.torn_tail {
+    if let Some(torn) = plan.torn_tail() {
         tracing::warn!(path = %torn.path.display(), offset = torn.offset, bytes = torn.bytes, reason = %torn.reason, "truncated a torn tail");
     }
     let tail_start = page_floor(scanned.end);
@@ -636,18 +564,13 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
     } else {
         Vec::new()
     };
-    report.segments = sealed.len() + 1;
-    report.active_first_seq = active_first_seq;
-    report.active_blocks = scanned.index.blocks().len();
-    report.next_seq = scanned.index.next_seq();
+    let report = plan.report();
     let blocks = scanned.index.blocks().len();
-    // Every block the scan accepted is durable (recovery scrubbed the rest).
-    merge_watermarks(&mut origin_watermarks, scanned.index.origins());
     let active = Active {
         first_seq: active_first_seq,
         path: active_path,
         file: Rc::new(file),
-        capacity: file_bytes,
+        capacity,
         index: scanned.index,
         durable_blocks: blocks,
         durable_end: scanned.end,
@@ -656,15 +579,7 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
         raw_bytes_written: scanned.raw_bytes,
         raw_bytes_durable: scanned.raw_bytes,
     };
-    Ok(Recovered { active, sealed, report, origin_watermarks })
-}
-
-/// Raises `watermarks` to the watermarks of an index's origin summary.
-fn merge_watermarks(watermarks: &mut BTreeMap<OriginKey, u64>, origins: &BTreeMap<OriginKey, OriginSummary>) {
-    for (&key, summary) in origins {
-        let watermark = watermarks.entry(key).or_insert(0);
-        *watermark = (*watermark).max(summary.watermark);
-    }
+    Ok(Recovered { active, sealed, report, origin_watermarks: plan.origin_watermarks().clone() })
 }
 
 #[cfg(test)]
