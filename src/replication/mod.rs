@@ -7,7 +7,12 @@
 //! Pure parts, tested without an executor:
 //! - [`watermark`]: the exactly-once rule, one batch against a watermark;
 //! - [`batch`]: `PushBatch` parsing in place, and writing one from stored
-//!   blocks.
+//!   blocks;
+//! - [`archive`]: the leader's group commit of one (follower, shard) pair,
+//!   as a state machine (queue, admit, one append per chunk, acks);
+//! - [`session`]: the follower pusher's sessions, as a state machine
+//!   (connect, resume from the leader's watermark, batches in flight, acks,
+//!   backoff, shutdown drain, retention veto).
 //!
 //! I/O drivers, on glommio and the [`crate::grpc`] transport:
 //! - [`leader`]: the archive of the pairs one core owns (group commit per
@@ -19,10 +24,12 @@
 //! above the shard and the gRPC transport; errors crossing cores are
 //! [`Error`], turned into a gRPC status only at the front door.
 
+pub mod archive;
 pub mod batch;
 pub mod follower;
 pub mod leader;
 pub mod restore;
+pub mod session;
 pub mod watermark;
 
 use std::future::Future;

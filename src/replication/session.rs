@@ -1,0 +1,744 @@
+//! The follower's pusher for one shard, as a sans-I/O state machine: when
+//! to connect, which seqs to send next, what an ack or a failure changes,
+//! how long to back off, and when shutdown has drained everything. It
+//! never touches a socket, a log or a clock: the driver passes the time in
+//! and performs what [`Session::poll`] asks for.
+//!
+//! # The protocol
+//!
+//! A session connects and asks the leader's watermark for (this node, this
+//! shard). A watermark above the local durable seq means this node lost
+//! data it had pushed ([`Error::DataLoss`]): it must be rebuilt, never push
+//! over the archive. Otherwise everything up to the watermark is
+//! acknowledged, and the session sends the durable entries from
+//! `watermark + 1` on, in order, in batches bounded by entries and bytes,
+//! with at most `batches_in_flight_max` unacknowledged. Each ack releases
+//! one batch; acks never go backwards ([`Error::AckWentBackwards`]). Any
+//! failure ends the session; the next one starts after a capped, jittered
+//! exponential backoff ([`Backoff`]; reset when the failed session had run
+//! longer than twice [`BACKOFF_MAX`]) and resumes from the leader's
+//! watermark, which is exact (the leader drops duplicates), so nothing is
+//! lost or archived twice.
+//!
+//! At shutdown the session sends what is durable, half-closes the stream
+//! and is done once the leader has acknowledged everything and ended the
+//! stream. A failure while shutting down ends the pusher at once, with
+//! entries possibly unacknowledged (they stay in the log for next time).
+//!
+//! Retention asks [`Session::may_delete`]: a segment holding an entry the
+//! leader has not acknowledged stays.
+//!
+//! # Driving it
+//!
+//! One machine per pushing shard. The driver calls [`Session::poll`] with
+//! the time elapsed since it started (any monotonic clock) and does what it
+//! says:
+//! - [`Action::Connect`]: connect and call `GetWatermark`; on the answer
+//!   call [`Session::connected`], then open the `Replicate` stream; on any
+//!   error call [`Session::failed`].
+//! - [`Action::Send`]: read the durable entries (or stored blocks) from
+//!   `window.from_seq`, stopping before `window.to_seq_max` and once past
+//!   `window.bytes_target` bytes (at least one entry; a block may not be
+//!   cut at its end, so the driver may stop earlier), send them as one
+//!   batch, then call [`Session::sent`] with the end it reached. If the read
+//!   fails, call [`Session::failed`].
+//! - [`Action::CloseSend`]: half-close the stream and keep reading acks.
+//! - [`Action::Wait`]: wait for an input: an ack ([`Session::ack`]), the
+//!   stream's end ([`Session::stream_closed`]) or error
+//!   ([`Session::failed`]), new durable entries ([`Session::durable`]) or
+//!   shutdown ([`Session::shutdown`]); then poll again.
+//! - [`Action::Sleep`]: sleep until `until` (or until shutdown), then poll.
+//! - [`Action::Done`]: the pusher is finished.
+//!
+//! An input that returns an error has already ended the session: the
+//! driver drops the connection (and may log the error). Events of a
+//! connection the driver dropped must not be fed in: each input belongs to
+//! the current session. `poll` is cheap and may be called at any time.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::follower::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET, PUSH_BLOCK_BATCH_ENTRIES_MAX};
+
+/// Bounds of one pusher's batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Most entries in one batch.
+    pub batch_entries_max: u64,
+    /// A batch stops growing once its entries pass this many bytes (the
+    /// driver measures them).
+    pub batch_bytes_target: usize,
+    /// Batches sent and not yet acknowledged.
+    pub batches_in_flight_max: usize,
+}
+
+impl Default for Config {
+    /// The pusher's bounds: batches of stored blocks.
+    fn default() -> Config {
+        Config {
+            batch_entries_max: PUSH_BLOCK_BATCH_ENTRIES_MAX as u64,
+            batch_bytes_target: PUSH_BATCH_BYTES_TARGET,
+            batches_in_flight_max: PUSH_BATCHES_UNACKED_MAX,
+        }
+    }
+}
+
+/// The seqs the next batch may hold: from `from_seq` (always durable) up to
+/// but not including `to_seq_max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// The first seq of the batch.
+    pub from_seq: u64,
+    /// One past the last seq the batch may hold (`from_seq < to_seq_max`,
+    /// and `to_seq_max - 1` is durable).
+    pub to_seq_max: u64,
+    /// The batch stops growing once its entries pass this many bytes.
+    pub bytes_target: usize,
+}
+
+/// What the driver does next (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Connect and ask the leader's watermark.
+    Connect,
+    /// Send one batch within the window, then call [`Session::sent`].
+    Send(Window),
+    /// Half-close the stream: everything durable is sent and shutdown was
+    /// asked for.
+    CloseSend,
+    /// Nothing to do until an input.
+    Wait,
+    /// Back off until this time (on the driver's clock), or until shutdown.
+    Sleep {
+        /// When to poll again.
+        until: Duration,
+    },
+    /// The pusher is finished.
+    Done,
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The leader archived more of this shard than its log holds: this node
+    /// lost data it had pushed.
+    #[error(
+        "the leader archived up to seq {leader_watermark} but this shard's log ends at {durable_seq}: this node lost \
+         data; rebuild it with `wormdb restore` before it pushes again"
+    )]
+    DataLoss {
+        /// The leader's watermark.
+        leader_watermark: u64,
+        /// The local durable seq.
+        durable_seq: u64,
+    },
+    /// An ack lower than the previous one.
+    #[error("the leader's ack went backwards: {acked_seq} after {previous}")]
+    AckWentBackwards {
+        /// The new ack.
+        acked_seq: u64,
+        /// The previous ack.
+        previous: u64,
+    },
+    /// An ack with no batch waiting for one.
+    #[error("the leader acknowledged seq {acked_seq} with no batch in flight")]
+    UnexpectedAck {
+        /// The ack.
+        acked_seq: u64,
+    },
+    /// The leader ended the stream before shutdown drained it.
+    #[error("the leader ended the stream with batches unacknowledged or before shutdown")]
+    StreamEndedEarly,
+    /// The driver's failure: connect, `GetWatermark`, a refused batch, a
+    /// broken stream, a failed read of the log.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Capped exponential backoff with full jitter, from a seed (xorshift64:
+/// jitter only, no need for a real generator).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    /// Starts at [`BACKOFF_MIN`].
+    pub fn new(seed: u64) -> Backoff {
+        Backoff { next: BACKOFF_MIN, seed: seed | 1 }
+    }
+
+    /// Back to [`BACKOFF_MIN`] (after a healthy session).
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    /// A delay in `[next / 2, next)`, then doubles `next` up to
+    /// [`BACKOFF_MAX`].
+    pub fn delay(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let half = self.next / 2;
+        let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64).max(1));
+        let delay = half + jitter;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Retention's veto: a segment whose last seq is `segment_last_seq` may go
+/// only once the leader acknowledged it (`acked_seq` is `None` before the
+/// first contact).
+pub fn may_delete(acked_seq: Option<u64>, segment_last_seq: u64) -> bool {
+    acked_seq.is_some_and(|acked| segment_last_seq <= acked)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Connect at the next poll.
+    Disconnected,
+    /// Waiting for [`Session::connected`].
+    Connecting,
+    /// The stream is up.
+    Streaming {
+        /// The first seq not yet sent.
+        next_seq: u64,
+        /// A [`Action::Send`] is out, its end is `to_seq_max`, waiting for
+        /// [`Session::sent`].
+        sending: Option<u64>,
+        /// [`Action::CloseSend`] is out.
+        close_sent: bool,
+    },
+    /// Reconnect at `until`.
+    Backoff {
+        until: Duration,
+    },
+    Done,
+}
+
+/// The pusher state machine of one shard.
+#[derive(Debug)]
+pub struct Session {
+    config: Config,
+    backoff: Backoff,
+    state: State,
+    durable_seq: u64,
+    acked_seq: Option<u64>,
+    stopping: bool,
+    /// When the current (or last) session started.
+    started_at: Duration,
+    /// Batches sent and not acknowledged, as `[from, to)`, oldest first.
+    in_flight: VecDeque<(u64, u64)>,
+    sessions: u64,
+    sent_entries: u64,
+    last_error: Option<Error>,
+}
+
+impl Session {
+    /// A pusher whose shard holds `durable_seq` durable entries; `seed`
+    /// drives the backoff's jitter. It connects at the first poll.
+    pub fn new(config: Config, seed: u64, durable_seq: u64) -> Session {
+        assert!(config.batch_entries_max > 0 && config.batches_in_flight_max > 0, "{config:?}");
+        Session {
+            config,
+            backoff: Backoff::new(seed),
+            state: State::Disconnected,
+            durable_seq,
+            acked_seq: None,
+            stopping: false,
+            started_at: Duration::ZERO,
+            in_flight: VecDeque::with_capacity(config.batches_in_flight_max),
+            sessions: 0,
+            sent_entries: 0,
+            last_error: None,
+        }
+    }
+
+    /// What to do now; `now` is the driver's monotonic time.
+    pub fn poll(&mut self, now: Duration) -> Action {
+        match &mut self.state {
+            State::Disconnected => self.start(now),
+            State::Connecting => Action::Wait,
+            State::Streaming { next_seq, sending, close_sent } => {
+                if sending.is_some() || *close_sent || self.in_flight.len() >= self.config.batches_in_flight_max {
+                    return Action::Wait;
+                }
+                if *next_seq <= self.durable_seq {
+                    let last = self.durable_seq.min(next_seq.saturating_add(self.config.batch_entries_max - 1));
+                    let window = Window {
+                        from_seq: *next_seq,
+                        to_seq_max: last + 1,
+                        bytes_target: self.config.batch_bytes_target,
+                    };
+                    *sending = Some(window.to_seq_max);
+                    return Action::Send(window);
+                }
+                if self.stopping {
+                    *close_sent = true;
+                    return Action::CloseSend;
+                }
+                Action::Wait
+            }
+            State::Backoff { until } => {
+                if now < *until && !self.stopping {
+                    return Action::Sleep { until: *until };
+                }
+                if self.stopping && self.acked_seq >= Some(self.durable_seq) {
+                    self.state = State::Done;
+                    return Action::Done;
+                }
+                self.start(now)
+            }
+            State::Done => Action::Done,
+        }
+    }
+
+    fn start(&mut self, now: Duration) -> Action {
+        self.sessions += 1;
+        self.started_at = now;
+        self.in_flight.clear();
+        self.state = State::Connecting;
+        Action::Connect
+    }
+
+    /// The leader answered `GetWatermark` with `leader_watermark`.
+    pub fn connected(&mut self, now: Duration, leader_watermark: u64) -> Result<(), Error> {
+        assert_eq!(self.state, State::Connecting, "connected() answers Action::Connect");
+        if leader_watermark > self.durable_seq {
+            return Err(self.fail(now, Error::DataLoss { leader_watermark, durable_seq: self.durable_seq }));
+        }
+        self.acked_seq = Some(leader_watermark);
+        self.state = State::Streaming { next_seq: leader_watermark + 1, sending: None, close_sent: false };
+        Ok(())
+    }
+
+    /// The batch of the last [`Action::Send`] holds `[from_seq, to_seq)` and
+    /// is sent.
+    pub fn sent(&mut self, from_seq: u64, to_seq: u64) {
+        let State::Streaming { next_seq, sending, .. } = &mut self.state else {
+            panic!("sent() without a session");
+        };
+        let to_seq_max = sending.take().expect("sent() answers Action::Send");
+        assert_eq!(from_seq, *next_seq, "a batch starts where the last one ended");
+        assert!(from_seq < to_seq && to_seq <= to_seq_max, "batch [{from_seq}, {to_seq}) outside its window");
+        *next_seq = to_seq;
+        self.in_flight.push_back((from_seq, to_seq));
+        self.sent_entries += to_seq - from_seq;
+    }
+
+    /// The leader acknowledged the oldest batch in flight, reporting
+    /// `acked_seq` archived.
+    pub fn ack(&mut self, now: Duration, acked_seq: u64) -> Result<(), Error> {
+        assert!(matches!(self.state, State::Streaming { .. }), "ack() without a stream");
+        if let Some(previous) = self.acked_seq.filter(|&previous| acked_seq < previous) {
+            return Err(self.fail(now, Error::AckWentBackwards { acked_seq, previous }));
+        }
+        if self.in_flight.pop_front().is_none() {
+            return Err(self.fail(now, Error::UnexpectedAck { acked_seq }));
+        }
+        self.acked_seq = Some(acked_seq);
+        Ok(())
+    }
+
+    /// The leader ended the stream without an error.
+    pub fn stream_closed(&mut self, now: Duration) -> Result<(), Error> {
+        let drained = matches!(self.state, State::Streaming { close_sent: true, .. }) && self.in_flight.is_empty();
+        if !drained {
+            return Err(self.fail(now, Error::StreamEndedEarly));
+        }
+        self.state = State::Done;
+        Ok(())
+    }
+
+    /// The current session failed (see [`Error::Failed`]).
+    pub fn failed(&mut self, now: Duration, reason: impl Into<String>) {
+        self.fail(now, Error::Failed(reason.into()));
+    }
+
+    fn fail(&mut self, now: Duration, error: Error) -> Error {
+        assert!(
+            matches!(self.state, State::Connecting | State::Streaming { .. }),
+            "a failure ends a session: there is none ({:?})",
+            self.state
+        );
+        self.in_flight.clear();
+        if self.stopping {
+            self.state = State::Done;
+        } else {
+            if now.saturating_sub(self.started_at) > BACKOFF_MAX * 2 {
+                self.backoff.reset();
+            }
+            self.state = State::Backoff { until: now + self.backoff.delay() };
+        }
+        self.last_error = Some(error.clone());
+        error
+    }
+
+    /// The shard's log is durable up to `durable_seq` (lower values than
+    /// one already seen are ignored).
+    pub fn durable(&mut self, durable_seq: u64) {
+        self.durable_seq = self.durable_seq.max(durable_seq);
+    }
+
+    /// Shutdown: send what is durable, then finish (a backoff is cut short).
+    pub fn shutdown(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Retention's veto (see [`may_delete`]).
+    pub fn may_delete(&self, segment_last_seq: u64) -> bool {
+        may_delete(self.acked_seq, segment_last_seq)
+    }
+
+    /// Highest seq the leader acknowledged (`None` before first contact).
+    pub fn acked_seq(&self) -> Option<u64> {
+        self.acked_seq
+    }
+
+    /// The local durable seq last seen.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// A session is up (the leader's watermark is known).
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Streaming { .. })
+    }
+
+    /// The pusher is finished.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Batches sent and not yet acknowledged.
+    pub fn batches_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Sessions started (1 + reconnects).
+    pub fn sessions(&self) -> u64 {
+        self.sessions
+    }
+
+    /// Entries sent, resends after a reconnect included.
+    pub fn sent_entries(&self) -> u64 {
+        self.sent_entries
+    }
+
+    /// Why the last session ended.
+    pub fn last_error(&self) -> Option<&Error> {
+        self.last_error.as_ref()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config(batch_entries_max: u64, batches_in_flight_max: usize) -> Config {
+        Config { batch_entries_max, batch_bytes_target: 1000, batches_in_flight_max }
+    }
+
+    fn window(from_seq: u64, to_seq_max: u64) -> Action {
+        Action::Send(Window { from_seq, to_seq_max, bytes_target: 1000 })
+    }
+
+    #[test]
+    fn a_session_resumes_from_the_leaders_watermark_in_bounded_batches() {
+        let mut session = Session::new(config(4, 2), 1, 10);
+        assert_eq!(session.poll(Duration::ZERO), Action::Connect);
+        assert_eq!(session.poll(Duration::ZERO), Action::Wait);
+        assert!(!session.may_delete(1), "nothing acknowledged before first contact");
+        session.connected(MS, 3).unwrap();
+        assert!(session.is_connected() && session.may_delete(3) && !session.may_delete(4));
+        assert_eq!(session.poll(MS), window(4, 8));
+        assert_eq!(session.poll(MS), Action::Wait, "waits for sent()");
+        session.sent(4, 6); // the driver stopped early (bytes)
+        assert_eq!(session.poll(MS), window(6, 10));
+        session.sent(6, 10);
+        assert_eq!(session.poll(MS), Action::Wait, "two batches in flight");
+        session.ack(MS, 5).unwrap();
+        assert_eq!(session.poll(MS), window(10, 11));
+        session.sent(10, 11);
+        session.ack(MS, 9).unwrap();
+        assert_eq!(session.poll(MS), Action::Wait, "nothing more is durable");
+        session.durable(12);
+        assert_eq!(session.poll(MS), window(11, 13));
+        assert_eq!(session.sent_entries(), 7);
+        assert_eq!(session.batches_in_flight(), 1);
+    }
+
+    #[test]
+    fn a_leader_ahead_of_the_log_is_data_loss() {
+        let mut session = Session::new(config(4, 2), 1, 10);
+        session.poll(Duration::ZERO);
+        let error = session.connected(MS, 11).unwrap_err();
+        assert_eq!(error, Error::DataLoss { leader_watermark: 11, durable_seq: 10 });
+        assert_eq!(session.acked_seq(), None, "the leader's watermark is not taken");
+        assert!(matches!(session.poll(MS), Action::Sleep { .. }));
+    }
+
+    #[test]
+    fn acks_that_go_backwards_or_come_unasked_end_the_session() {
+        let mut session = Session::new(config(4, 2), 1, 10);
+        session.poll(Duration::ZERO);
+        session.connected(MS, 0).unwrap();
+        let Action::Send(window) = session.poll(MS) else { panic!() };
+        session.sent(window.from_seq, window.to_seq_max);
+        session.ack(MS, 4).unwrap();
+        assert_eq!(session.ack(MS, 5).unwrap_err(), Error::UnexpectedAck { acked_seq: 5 });
+        assert!(!session.is_connected());
+        // Next session.
+        let Action::Sleep { until } = session.poll(MS) else { panic!() };
+        assert_eq!(session.poll(until), Action::Connect);
+        session.connected(until, 4).unwrap();
+        let Action::Send(window) = session.poll(until) else { panic!() };
+        session.sent(window.from_seq, window.to_seq_max);
+        assert_eq!(session.ack(until, 3).unwrap_err(), Error::AckWentBackwards { acked_seq: 3, previous: 4 });
+        assert_eq!(session.sessions(), 2);
+        assert_eq!(session.last_error(), Some(&Error::AckWentBackwards { acked_seq: 3, previous: 4 }));
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets_after_a_healthy_session() {
+        let mut session = Session::new(config(4, 2), 7, 0);
+        let mut now = Duration::ZERO;
+        let mut cap = BACKOFF_MIN;
+        for _ in 0..10 {
+            assert_eq!(session.poll(now), Action::Connect);
+            session.failed(now, "refused");
+            let Action::Sleep { until } = session.poll(now) else { panic!() };
+            assert!(until - now >= cap / 2 && until - now < cap, "{:?} for cap {cap:?}", until - now);
+            assert_eq!(session.poll(until - Duration::from_nanos(1)), Action::Sleep { until });
+            cap = (cap * 2).min(BACKOFF_MAX);
+            now = until;
+        }
+        // A session that ran longer than twice the cap was healthy.
+        assert_eq!(session.poll(now), Action::Connect);
+        session.connected(now, 0).unwrap();
+        let later = now + BACKOFF_MAX * 2 + MS;
+        session.failed(later, "leader restarted");
+        let Action::Sleep { until } = session.poll(later) else { panic!() };
+        assert!(until - later < BACKOFF_MIN);
+    }
+
+    #[test]
+    fn shutdown_drains_then_closes() {
+        let mut session = Session::new(config(4, 4), 1, 6);
+        session.poll(Duration::ZERO);
+        session.connected(MS, 0).unwrap();
+        session.shutdown();
+        assert_eq!(session.poll(MS), window(1, 5));
+        session.sent(1, 5);
+        assert_eq!(session.poll(MS), window(5, 7));
+        session.sent(5, 7);
+        assert_eq!(session.poll(MS), Action::CloseSend);
+        assert_eq!(session.poll(MS), Action::Wait);
+        assert_eq!(session.stream_closed(MS).unwrap_err(), Error::StreamEndedEarly);
+        assert_eq!(session.poll(MS), Action::Done, "a failure while stopping ends the pusher");
+
+        let mut session = Session::new(config(4, 4), 1, 2);
+        session.poll(Duration::ZERO);
+        session.connected(MS, 0).unwrap();
+        session.shutdown();
+        assert_eq!(session.poll(MS), window(1, 3));
+        session.sent(1, 3);
+        assert_eq!(session.poll(MS), Action::CloseSend);
+        session.ack(MS, 2).unwrap();
+        session.stream_closed(MS).unwrap();
+        assert!(session.is_done());
+        assert_eq!(session.poll(MS), Action::Done);
+    }
+
+    #[test]
+    fn shutdown_cuts_a_backoff_short() {
+        let mut session = Session::new(config(4, 4), 1, 2);
+        session.poll(Duration::ZERO);
+        session.connected(MS, 2).unwrap();
+        session.failed(MS, "broken pipe");
+        assert!(matches!(session.poll(MS), Action::Sleep { .. }));
+        session.shutdown();
+        assert_eq!(session.poll(MS), Action::Done, "everything durable was acknowledged");
+
+        let mut session = Session::new(config(4, 4), 1, 3);
+        session.poll(Duration::ZERO);
+        session.connected(MS, 2).unwrap();
+        session.failed(MS, "broken pipe");
+        session.shutdown();
+        assert_eq!(session.poll(MS), Action::Connect, "one more session to drain seq 3");
+    }
+
+    #[test]
+    fn retention_keeps_what_the_leader_has_not_acknowledged() {
+        assert!(!may_delete(None, 1));
+        assert!(!may_delete(Some(99), 100));
+        assert!(may_delete(Some(100), 100));
+    }
+
+    /// One step of the property test's world.
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        /// Time passes by this many ms, then the driver polls and acts.
+        Poll(u8),
+        /// New durable entries.
+        Write(u8),
+        /// The leader answers the oldest outstanding thing.
+        Answer,
+        /// The connection breaks.
+        Fail,
+        Shutdown,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => any::<u8>().prop_map(Op::Poll),
+            2 => (1u8..6).prop_map(Op::Write),
+            4 => Just(Op::Answer),
+            1 => Just(Op::Fail),
+            1 => Just(Op::Shutdown),
+        ]
+    }
+
+    /// An honest leader with an exact archive, and a driver that sends as
+    /// much of each window as `cut` allows.
+    struct World {
+        session: Session,
+        now: Duration,
+        archive_watermark: u64,
+        /// Batches the leader got and has not answered, and whether the
+        /// follower half-closed.
+        leader_batches: VecDeque<(u64, u64)>,
+        closed: bool,
+        connecting: bool,
+        streaming: bool,
+        expected_next: u64,
+    }
+
+    impl World {
+        fn act(&mut self, cut: u8) -> Action {
+            let action = self.session.poll(self.now);
+            match action {
+                Action::Connect => {
+                    assert!(!self.connecting && !self.streaming);
+                    self.connecting = true;
+                }
+                Action::Send(window) => {
+                    assert!(self.streaming);
+                    assert_eq!(window.from_seq, self.expected_next, "batches are contiguous");
+                    assert!(window.to_seq_max <= self.session.durable_seq() + 1, "only durable entries");
+                    assert!(window.to_seq_max - window.from_seq <= 3);
+                    assert!(self.session.batches_in_flight() < 2);
+                    let len = (u64::from(cut) % (window.to_seq_max - window.from_seq)) + 1;
+                    self.session.sent(window.from_seq, window.from_seq + len);
+                    self.leader_batches.push_back((window.from_seq, window.from_seq + len));
+                    self.expected_next = window.from_seq + len;
+                }
+                Action::CloseSend => self.closed = true,
+                Action::Sleep { until } => {
+                    assert!(until > self.now && until < self.now + BACKOFF_MAX);
+                }
+                Action::Wait | Action::Done => {}
+            }
+            action
+        }
+
+        fn answer(&mut self) {
+            if self.connecting {
+                self.connecting = false;
+                self.streaming = true;
+                self.session.connected(self.now, self.archive_watermark).unwrap();
+                self.expected_next = self.archive_watermark + 1;
+            } else if let Some((from, to)) = self.leader_batches.pop_front() {
+                if from > self.archive_watermark + 1 {
+                    panic!("the session left a gap: sent {from} with {} archived", self.archive_watermark);
+                }
+                self.archive_watermark = self.archive_watermark.max(to - 1);
+                self.session.ack(self.now, self.archive_watermark).unwrap();
+            } else if self.closed && self.streaming {
+                self.streaming = false;
+                self.session.stream_closed(self.now).unwrap();
+            }
+        }
+
+        fn fail(&mut self) {
+            if self.connecting || self.streaming {
+                self.session.failed(self.now, "cut");
+                self.connecting = false;
+                self.streaming = false;
+                self.closed = false;
+                self.leader_batches.clear();
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the failures and timings, the session sends contiguous
+        /// durable batches from the leader's watermark, never leaves a gap,
+        /// keeps what is unacknowledged, and once the faults stop and
+        /// shutdown is asked, drains everything and finishes.
+        #[test]
+        fn any_history_sends_in_order_and_drains_at_shutdown(
+            ops in proptest::collection::vec(op(), 0..200),
+            seed: u64,
+        ) {
+            let mut world = World {
+                session: Session::new(config(3, 2), seed, 0),
+                now: Duration::ZERO,
+                archive_watermark: 0,
+                leader_batches: VecDeque::new(),
+                closed: false,
+                connecting: false,
+                streaming: false,
+                expected_next: 0,
+            };
+            let mut durable = 0u64;
+            let mut stopping = false;
+            for op in ops {
+                match op {
+                    Op::Poll(ms) => {
+                        world.now += Duration::from_millis(u64::from(ms) * 4);
+                        world.act(ms);
+                    }
+                    // A node that shuts down takes no more writes.
+                    Op::Write(count) if !stopping => {
+                        durable += u64::from(count);
+                        world.session.durable(durable);
+                    }
+                    Op::Write(_) => {}
+                    Op::Answer => world.answer(),
+                    Op::Fail => world.fail(),
+                    Op::Shutdown => {
+                        stopping = true;
+                        world.session.shutdown();
+                    }
+                }
+                let acked = world.session.acked_seq();
+                proptest::prop_assert!(acked.unwrap_or(0) <= world.archive_watermark);
+                proptest::prop_assert!(!world.session.may_delete(acked.unwrap_or(0) + 1));
+            }
+            // Faults stop; shutdown; an honest leader answers everything.
+            world.session.shutdown();
+            for _ in 0..10_000 {
+                if world.session.is_done() {
+                    break;
+                }
+                world.answer();
+                if let Action::Sleep { until } = world.act(0) {
+                    world.now = until;
+                }
+            }
+            proptest::prop_assert!(world.session.is_done());
+            // Done after a clean drain, or after a failure while stopping.
+            if world.session.acked_seq() != Some(durable) {
+                proptest::prop_assert!(world.session.last_error().is_some());
+            }
+        }
+    }
+}
