@@ -22,6 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::future;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
+use super::session::{self, Backoff};
 use super::Host;
 use crate::codec::block;
 use crate::grpc::frame;
@@ -76,37 +77,8 @@ impl FollowerState {
     pub fn may_delete(&self, span: &SegmentSpan) -> bool {
         match self.leader {
             None => true,
-            Some(_) => self.acked.get().is_some_and(|acked| span.last_seq <= acked),
+            Some(_) => session::may_delete(self.acked.get(), span.last_seq),
         }
-    }
-}
-
-/// Capped exponential backoff with full jitter.
-struct Backoff {
-    next: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(seed: u64) -> Backoff {
-        Backoff { next: BACKOFF_MIN, seed: seed | 1 }
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-
-    /// A delay in [next/2, next), then doubles `next` (capped).
-    fn delay(&mut self) -> Duration {
-        // xorshift64: jitter only, no need for a real generator.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let half = self.next / 2;
-        let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64).max(1));
-        let delay = half + jitter;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        delay
     }
 }
 
@@ -381,20 +353,6 @@ mod tests {
         let batch = PushBatch::decode(&framed[frame::PREFIX_BYTES..]).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!((batch.follower_id, batch.shard, batch.entries.len()), (2, 9, 0));
         assert_eq!(batch.blocks, blocks.map(Bytes::copy_from_slice).to_vec());
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let mut backoff = Backoff::new(42);
-        let mut previous_cap = BACKOFF_MIN;
-        for _ in 0..20 {
-            let delay = backoff.delay();
-            assert!(delay >= previous_cap / 2 && delay < previous_cap.max(Duration::from_nanos(1)), "{delay:?}");
-            previous_cap = (previous_cap * 2).min(BACKOFF_MAX);
-        }
-        assert_eq!(backoff.next, BACKOFF_MAX);
-        backoff.reset();
-        assert!(backoff.delay() < BACKOFF_MIN);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! entries, on the core that owns each (follower, follower shard) pair.
 //!
 //! Each pair has one owner core on this node ([`owner_of`]); a push stream
-//! accepted by another core forwards every batch to the owner, which admits
-//! it against the pair's watermark ([`super::watermark::admit`]) and appends
-//! the fresh entries with
+//! accepted by another core forwards every batch to the owner, where the
+//! pair's sans-I/O state machine ([`super::archive::PairArchive`]) admits
+//! it against the pair's watermark ([`super::watermark::admit`]) and this
+//! driver appends the fresh entries with
 //! [`Shard::append_replicated_parts`](crate::shard::Shard::append_replicated_parts),
 //! one group per pair at a time. So two streams of one pair can never both
 //! append, and the archive of every pair is the dense range
@@ -18,9 +19,10 @@ use std::rc::Rc;
 
 use futures_channel::oneshot;
 
+use super::archive::{PairArchive, Step};
 use super::batch::{with_fresh_parts, PushedBatch};
-use super::{watermark, Error, Host};
-use crate::limits::{ARCHIVE_GROUP_BYTES_MAX, ARCHIVE_PAIRS_MAX};
+use super::{Error, Host};
+use crate::limits::ARCHIVE_PAIRS_MAX;
 use crate::proto::PushAck;
 use crate::shard::Origin;
 
@@ -32,32 +34,16 @@ pub fn owner_of(follower_id: u32, shard: u32, cores: usize) -> usize {
     ((key >> 32) % cores.max(1) as u64) as usize
 }
 
-/// The archive counters of one pair, for stats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PairReport {
-    /// Highest archived seq.
-    pub watermark: u64,
-    /// Entries archived since this node started.
-    pub written: u64,
-    /// Entries skipped as already archived since this node started.
-    pub duplicates: u64,
-}
+pub use super::archive::PairReport;
 
 /// Where a batch's ack (or refusal) goes.
 pub type AckSender = oneshot::Sender<Result<PushAck, Error>>;
 
-/// A batch waiting for its pair's committer, and where its ack goes.
-type Queued = (PushedBatch, AckSender);
-
+/// One pair's archive: its state machine, and whether a committer task is
+/// driving it.
 struct Pair {
-    /// Batches waiting, in arrival order.
-    queue: RefCell<Vec<Queued>>,
-    /// A committer task is draining `queue`.
+    machine: RefCell<PairArchive<PushedBatch, AckSender>>,
     committing: Cell<bool>,
-    /// Highest archived (durable) seq; `None` until read from the shards.
-    watermark: Cell<Option<u64>>,
-    written: Cell<u64>,
-    duplicates: Cell<u64>,
 }
 
 /// The pairs a core owns.
@@ -69,18 +55,7 @@ pub struct Archive {
 impl Archive {
     /// Counters of every pair touched since start, by (follower, shard).
     pub fn report(&self) -> BTreeMap<(u32, u32), PairReport> {
-        self.pairs
-            .borrow()
-            .iter()
-            .map(|(&key, pair)| {
-                let report = PairReport {
-                    watermark: pair.watermark.get().unwrap_or(0),
-                    written: pair.written.get(),
-                    duplicates: pair.duplicates.get(),
-                };
-                (key, report)
-            })
-            .collect()
+        self.pairs.borrow().iter().map(|(&key, pair)| (key, pair.machine.borrow().report())).collect()
     }
 
     fn pair(&self, key: (u32, u32)) -> Result<Rc<Pair>, Error> {
@@ -93,40 +68,31 @@ impl Archive {
                 "this core already archives {ARCHIVE_PAIRS_MAX} (follower, shard) pairs (ARCHIVE_PAIRS_MAX)"
             )));
         }
-        let pair = Rc::new(Pair {
-            queue: RefCell::new(Vec::new()),
-            committing: Cell::new(false),
-            watermark: Cell::new(None),
-            written: Cell::new(0),
-            duplicates: Cell::new(0),
-        });
+        let pair = Rc::new(Pair { machine: RefCell::new(PairArchive::new()), committing: Cell::new(false) });
         pairs.insert(key, pair.clone());
         Ok(pair)
     }
 }
 
-/// The pair's watermark, read from every shard the first time.
-async fn pair_watermark<H: Host>(host: &H, pair: &Pair, key: (u32, u32)) -> Result<u64, Error> {
-    if let Some(watermark) = pair.watermark.get() {
-        return Ok(watermark);
-    }
+/// The pair's watermark as the durable data says: the highest origin seq
+/// of the pair in every shard of this node (after a restart the pair's
+/// data may sit in any shard if the shard count changed).
+async fn load_watermark<H: Host>(host: &H, key: (u32, u32)) -> Result<u64, Error> {
     let local = host.shard().origin_watermark(key.0, key.1);
-    let watermark = local.max(host.origin_watermark_elsewhere(key.0, key.1).await?);
-    pair.watermark.set(Some(watermark));
-    Ok(watermark)
+    Ok(local.max(host.origin_watermark_elsewhere(key.0, key.1).await?))
 }
 
 /// Queues one batch for archiving on its owner core (this one); the ack
 /// (or the refusal) goes to `reply` once the batch's fresh entries are
 /// durable. Synchronous, so batches of a stream queue in stream order.
 ///
-/// One committer task per pair drains the queue: it admits every queued
-/// batch in order against the running watermark and appends all their
-/// fresh entries as **one** append (group commit, all or nothing), waits
-/// for durability, then advances the watermark and answers. Batches that
-/// arrive meanwhile form the next group. So the archive never gets a hole:
-/// an append that fails leaves the watermark where it was, and nothing
-/// queued behind it was appended.
+/// One committer task per pair drives the pair's [`PairArchive`]: it
+/// admits the queued batches in order against the running watermark and
+/// appends all their fresh entries as **one** append (group commit, all
+/// or nothing), waits for durability, then advances the watermark and
+/// answers. Batches that arrive meanwhile form the next group. So the
+/// archive never gets a hole: an append that fails leaves the watermark
+/// where it was, and nothing queued behind it was appended.
 pub fn enqueue<H: Host>(host: &Rc<H>, batch: PushedBatch, reply: AckSender) {
     if host.closing() {
         let _ = reply.send(Err(Error::ShuttingDown));
@@ -140,113 +106,68 @@ pub fn enqueue<H: Host>(host: &Rc<H>, batch: PushedBatch, reply: AckSender) {
             return;
         }
     };
-    pair.queue.borrow_mut().push((batch, reply));
+    pair.machine.borrow_mut().enqueue(batch, reply);
     if !pair.committing.replace(true) {
         glommio::spawn_local(commit_loop(host.clone(), pair, key)).detach();
     }
 }
 
+/// Does what the pair's machine asks until it has nothing to do. The only
+/// task doing I/O for the pair, so at most one load or append is
+/// outstanding.
 async fn commit_loop<H: Host>(host: Rc<H>, pair: Rc<Pair>, key: (u32, u32)) {
     loop {
-        let group = std::mem::take(&mut *pair.queue.borrow_mut());
-        if group.is_empty() {
-            pair.committing.set(false);
-            return;
-        }
-        commit_group(&*host, &pair, key, group).await;
-    }
-}
-
-async fn commit_group<H: Host>(host: &H, pair: &Pair, key: (u32, u32), group: Vec<Queued>) {
-    let mut watermark = match pair_watermark(host, pair, key).await {
-        Ok(watermark) => watermark,
-        Err(error) => {
-            for (_, reply) in group {
-                let _ = reply.send(Err(error.clone()));
+        let step = pair.machine.borrow_mut().poll();
+        match step {
+            Step::Reply { reply, result } => {
+                let ack = result.map(|ack| PushAck {
+                    shard: key.1,
+                    acked_seq: ack.acked_seq,
+                    written: ack.written,
+                    duplicates: ack.duplicates,
+                });
+                let _ = reply.send(ack);
             }
-            return;
-        }
-    };
-    let mut group = group.into_iter().peekable();
-    while group.peek().is_some() {
-        // Admit batches in order while they fit one append.
-        let mut admitted: Vec<(Queued, Result<watermark::Admission, Error>)> = Vec::new();
-        let mut expected = watermark;
-        let mut bytes = 0usize;
-        while let Some((batch, _)) = group.peek() {
-            if !admitted.is_empty() && bytes + batch.message_bytes() > ARCHIVE_GROUP_BYTES_MAX {
-                break;
+            Step::LoadWatermark => {
+                let loaded = load_watermark(&*host, key).await;
+                pair.machine.borrow_mut().watermark_loaded(loaded);
             }
-            bytes += batch.message_bytes();
-            let queued = group.next().expect("peeked");
-            let admission = watermark::admit(expected, queued.0.seqs());
-            if let Ok(admission) = &admission {
-                expected += admission.fresh as u64;
+            Step::Append { first_seq, .. } => {
+                let origin = Origin { node: key.0, shard: key.1, first_seq };
+                let appended = {
+                    let mut machine = pair.machine.borrow_mut();
+                    let mut fresh: Vec<(&mut PushedBatch, usize)> = machine.fresh_parts_mut().collect();
+                    with_fresh_parts(&mut fresh, |parts| host.shard().append_replicated_parts(origin, parts))
+                };
+                let outcome = match appended {
+                    Ok(Ok(wait)) => wait.durable().await.map(|_| ()).map_err(Error::from),
+                    Ok(Err(error)) => Err(Error::from(error)),
+                    Err(error) => Err(error),
+                };
+                pair.machine.borrow_mut().append_done(outcome);
             }
-            admitted.push((queued, admission));
-        }
-        let outcome = if expected > watermark {
-            let origin = Origin { node: key.0, shard: key.1, first_seq: watermark + 1 };
-            append_fresh(host, origin, &mut admitted).await
-        } else {
-            Ok(())
-        };
-        let failed = outcome.is_err();
-        if !failed {
-            watermark = expected;
-            pair.watermark.set(Some(watermark));
-        }
-        let mut acked = watermark;
-        for ((batch, reply), admission) in admitted {
-            let result = match (&outcome, admission) {
-                (Err(error), _) => Err(error.clone()),
-                (Ok(()), Err(error)) => Err(error),
-                (Ok(()), Ok(admission)) => {
-                    pair.written.set(pair.written.get() + admission.fresh as u64);
-                    pair.duplicates.set(pair.duplicates.get() + admission.duplicates as u64);
-                    if admission.fresh > 0 {
-                        acked = admission.watermark_after();
-                    }
-                    Ok(PushAck {
-                        shard: batch.shard,
-                        acked_seq: acked,
-                        written: admission.fresh as u64,
-                        duplicates: admission.duplicates as u64,
-                    })
-                }
-            };
-            let _ = reply.send(result);
-        }
-        if failed {
-            for (_, reply) in group {
-                let _ = reply.send(Err(Error::Aborted));
+            Step::Idle => {
+                pair.committing.set(false);
+                return;
             }
-            return;
         }
     }
 }
 
-/// Appends the fresh entries of the admitted batches as one append, and
-/// waits until they are durable.
-async fn append_fresh<H: Host>(
-    host: &H,
-    origin: Origin,
-    admitted: &mut [(Queued, Result<watermark::Admission, Error>)],
-) -> Result<(), Error> {
-    let mut fresh: Vec<(&mut PushedBatch, usize)> = admitted
-        .iter_mut()
-        .filter_map(|((batch, _), admission)| admission.as_ref().ok().map(|admission| (batch, admission.duplicates)))
-        .collect();
-    let wait = with_fresh_parts(&mut fresh, |parts| host.shard().append_replicated_parts(origin, parts))??;
-    wait.durable().await?;
-    Ok(())
-}
-
-/// The watermark of a pair, answered by its owner core (this one).
+/// The watermark of a pair, answered by its owner core (this one). A
+/// watermark read here never replaces one the committer already knows
+/// ([`PairArchive::watermark_read`]): the read may have started before an
+/// append that has completed since.
 pub async fn watermark<H: Host>(host: &H, follower_id: u32, shard: u32) -> Result<u64, Error> {
     let key = (follower_id, shard);
     let pair = host.archive().pair(key)?;
-    pair_watermark(host, &pair, key).await
+    let known = pair.machine.borrow().watermark();
+    if let Some(watermark) = known {
+        return Ok(watermark);
+    }
+    let read = load_watermark(host, key).await?;
+    let watermark = pair.machine.borrow_mut().watermark_read(read);
+    Ok(watermark)
 }
 
 #[cfg(test)]
