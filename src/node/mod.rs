@@ -210,8 +210,11 @@ async fn run_core(
     // SAFETY: the fds are listening TCP sockets that this core now owns.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
     let grpc_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.grpc) };
+    let follower = crate::replication::follower::FollowerState::new(config.leader);
     let shard_config = ShardConfig {
         node_id: config.node_id,
+        retention: config.retention,
+        retention_deletable_through: follower.retention_deletable_through(),
         segment_bytes: config.segment_bytes,
         durability: config.durability,
         pending_appends_max: config.max_pending_appends,
@@ -242,7 +245,7 @@ async fn run_core(
         in_flight: Cell::new(0),
         counters: RefCell::new(HttpCounters::default()),
         archive: Default::default(),
-        follower: crate::replication::follower::FollowerState::new(config.leader),
+        follower,
     });
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
     let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
@@ -251,20 +254,19 @@ async fn run_core(
     tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
     let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
 
+    // The shard applies retention at every segment roll itself; this
+    // catches segments that age out, and acks that arrive, between rolls.
     let mut since_retention = Duration::ZERO;
     while !stop.load(Ordering::Acquire) {
         glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
         since_retention += HOUSEKEEPING_INTERVAL;
-        let retention = config.retention;
-        if since_retention >= RETENTION_INTERVAL && (retention.bytes_max.is_some() || retention.age_max.is_some()) {
+        if since_retention >= RETENTION_INTERVAL {
             since_retention = Duration::ZERO;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_nanos() as i64)
                 .unwrap_or(0);
-            if let Err(error) =
-                core.shard.enforce_retention(retention, now, |span| core.follower.may_delete(span)).await
-            {
+            if let Err(error) = core.shard.apply_retention(now).await {
                 tracing::error!(shard = shard_id, %error, "retention failed");
             }
         }

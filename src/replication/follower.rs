@@ -11,7 +11,7 @@
 //!
 //! The log is the queue: nothing is buffered beyond the batches in flight,
 //! and retention never deletes a segment the leader has not acknowledged
-//! ([`FollowerState::may_delete`]).
+//! ([`FollowerState::retention_deletable_through`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ use super::grpc::{CallReceiver, CallSender, Channel};
 use super::status::{Code, Status};
 use crate::node::Core;
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
-use crate::shard::{block, SegmentSpan};
+use crate::shard::{block, SharedSeq};
 
 /// Most entries in one pushed batch of entries.
 pub const BATCH_ENTRIES_MAX: usize = 16_384;
@@ -58,8 +58,9 @@ const GET_WATERMARK: &str = "/wormdb.v1.WormReplication/GetWatermark";
 pub struct FollowerState {
     /// The leader this node follows, if any.
     pub leader: Option<SocketAddr>,
-    /// Highest seq the leader acknowledged (`None` before first contact).
-    pub acked: Cell<Option<u64>>,
+    /// Highest seq the leader acknowledged (`None` before first contact);
+    /// shared with the shard as retention's veto.
+    pub acked: SharedSeq,
     /// A session is up.
     pub connected: Cell<bool>,
     /// Sessions started (1 + reconnects).
@@ -78,13 +79,12 @@ impl FollowerState {
         FollowerState { leader, ..FollowerState::default() }
     }
 
-    /// Retention's veto: a follower keeps every segment holding an entry
-    /// the leader has not acknowledged.
-    pub fn may_delete(&self, span: &SegmentSpan) -> bool {
-        match self.leader {
-            None => true,
-            Some(_) => self.acked.get().is_some_and(|acked| span.last_seq <= acked),
-        }
+    /// Retention's veto, for the shard's config
+    /// (`ShardConfig::retention_deletable_through`): a follower keeps every
+    /// segment holding an entry the leader has not acknowledged, so it
+    /// hands over its acked seq; a node that follows no leader has no veto.
+    pub fn retention_deletable_through(&self) -> Option<SharedSeq> {
+        self.leader.map(|_| self.acked.clone())
     }
 }
 
@@ -406,13 +406,13 @@ mod tests {
 
     #[test]
     fn retention_keeps_what_the_leader_has_not_acknowledged() {
-        let span = SegmentSpan { first_seq: 1, last_seq: 100, max_ts: 0, file_bytes: 0 };
-        assert!(FollowerState::new(None).may_delete(&span));
+        assert!(FollowerState::new(None).retention_deletable_through().is_none(), "no leader: no veto");
         let following = FollowerState::new(Some("127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!())));
-        assert!(!following.may_delete(&span), "unknown watermark: keep");
+        let Some(through) = following.retention_deletable_through() else { unreachable!("a follower has a veto") };
+        assert_eq!(through.get(), None, "unknown watermark: keep everything");
         following.acked.set(Some(99));
-        assert!(!following.may_delete(&span));
+        assert_eq!(through.get(), Some(99), "the shard sees every ack");
         following.acked.set(Some(100));
-        assert!(following.may_delete(&span));
+        assert_eq!(through.get(), Some(100));
     }
 }
