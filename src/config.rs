@@ -1,12 +1,17 @@
 //! Node configuration: command-line flags over an optional TOML file over
 //! defaults (DESIGN.md section 8). The TOML keys are the flag names
 //! (`data-dir = "/var/lib/wormdb"`, `shards = 4`, ...).
+//!
+//! Durations are written `30s`, `15m`, `12h`, `7d` ([`parse_duration`]);
+//! byte sizes as a plain number of bytes or with a unit, `16MiB`, `256 MB`,
+//! `1.5GiB` ([`parse_byte_size`]), on the command line and in the file
+//! alike (where a plain TOML integer also works).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::limits;
 use crate::shard::{Durability, RetentionPolicy};
@@ -48,13 +53,19 @@ pub struct Settings {
     /// `--durability` (`sync` or `none`)
     pub durability: Option<String>,
     /// `--segment-bytes`
+    #[serde(default, deserialize_with = "deserialize_byte_size")]
     pub segment_bytes: Option<u64>,
     /// `--retention-bytes` (per shard)
+    #[serde(default, deserialize_with = "deserialize_byte_size")]
     pub retention_bytes: Option<u64>,
     /// `--retention-age` (`30s`, `15m`, `12h`, `7d`)
     pub retention_age: Option<String>,
     /// `--max-body-bytes`
-    pub max_body_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "deserialize_byte_size")]
+    pub max_body_bytes: Option<u64>,
+    /// `--max-body-bytes-in-flight` (per core)
+    #[serde(default, deserialize_with = "deserialize_byte_size")]
+    pub max_body_bytes_in_flight: Option<u64>,
     /// `--max-pending-appends` (per shard)
     pub max_pending_appends: Option<usize>,
     /// `--header-read-timeout` (`10s`)
@@ -84,6 +95,7 @@ impl Settings {
             retention_bytes: self.retention_bytes.or(base.retention_bytes),
             retention_age: self.retention_age.or(base.retention_age),
             max_body_bytes: self.max_body_bytes.or(base.max_body_bytes),
+            max_body_bytes_in_flight: self.max_body_bytes_in_flight.or(base.max_body_bytes_in_flight),
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
             header_read_timeout: self.header_read_timeout.or(base.header_read_timeout),
             shutdown_timeout: self.shutdown_timeout.or(base.shutdown_timeout),
@@ -116,6 +128,9 @@ pub struct NodeConfig {
     pub retention: RetentionPolicy,
     /// Cap on one HTTP request body.
     pub max_body_bytes: usize,
+    /// Cap on the HTTP request body bytes one core holds at once, over all
+    /// its connections; at least `max_body_bytes`. Ingest over it gets 429.
+    pub max_body_bytes_in_flight: usize,
     /// Appends (requests) that may wait for one group commit per shard;
     /// more get 429.
     pub max_pending_appends: usize,
@@ -138,6 +153,119 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("bad duration unit in {text:?}: use s, m, h or d")),
     };
     number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// The units [`parse_byte_size`] accepts (matched ignoring case), with
+/// their size in bytes.
+const BYTE_SIZE_UNITS: [(&str, u64); 9] = [
+    ("B", 1),
+    ("KB", 1000),
+    ("MB", 1000 * 1000),
+    ("GB", 1000 * 1000 * 1000),
+    ("TB", 1000 * 1000 * 1000 * 1000),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("TiB", 1 << 40),
+];
+
+/// Most significant decimal places [`parse_byte_size`] reads: more than a
+/// setting ever needs, few enough that its integer arithmetic is exact.
+const BYTE_SIZE_DECIMALS_MAX: usize = 18;
+
+/// What a byte-size setting may look like, for error messages.
+pub const BYTE_SIZE_FORMS: &str = "a number of bytes, or a number and a unit: B, KB, MB, GB, TB (powers of 1000) \
+     or KiB, MiB, GiB, TiB (powers of 1024), e.g. 16MiB, 256 MB, 1.5GiB";
+
+/// Parses a byte size: a whole number of bytes (`16777216`), or a number
+/// and a unit with an optional space between (`16MiB`, `256 MB`): `B`;
+/// `KB`, `MB`, `GB`, `TB` (powers of 1000); `KiB`, `MiB`, `GiB`, `TiB`
+/// (powers of 1024); units match ignoring case. A bare `K`, `M` or `G` is
+/// refused: it does not say which of the two powers it means.
+///
+/// A decimal fraction is accepted when it comes to a whole number of bytes
+/// (`1.5GiB`, `2.5KB`) and refused otherwise (`1.5B`, `0.3KiB`): a setting
+/// is never rounded behind the operator's back. The result is computed
+/// exactly (no floating point), and anything above `u64::MAX` bytes is an
+/// error, never a wrapped value. Pure; callers check the ranges and name
+/// the flag.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let bad = || format!("bad byte size {text:?}: use {BYTE_SIZE_FORMS}");
+    let number_end = trimmed.find(|character: char| !(character.is_ascii_digit() || character == '.'));
+    let (number, unit) = trimmed.split_at(number_end.unwrap_or(trimmed.len()));
+    let unit = unit.trim_start();
+    let unit_bytes = if unit.is_empty() {
+        1
+    } else {
+        BYTE_SIZE_UNITS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(unit))
+            .map(|&(_, bytes)| bytes)
+            .ok_or_else(|| format!("bad unit {unit:?} in byte size {text:?}: use {BYTE_SIZE_FORMS}"))?
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(whole) || (number.contains('.') && !digits(fraction)) {
+        return Err(bad());
+    }
+    // value = (whole * 10^k + fraction) * unit_bytes / 10^k, in integers.
+    // With k <= 18 every overflow of u128 below means a value over
+    // u64::MAX, since unit_bytes <= 2^40.
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.len() > BYTE_SIZE_DECIMALS_MAX {
+        return Err(format!("byte size {text:?} has more than {BYTE_SIZE_DECIMALS_MAX} decimal places"));
+    }
+    let too_large = || format!("byte size {text:?} is too large: at most {} bytes", u64::MAX);
+    let scale = 10u128.pow(fraction.len() as u32);
+    let whole: u128 = whole.parse().map_err(|_| too_large())?;
+    let fraction: u128 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| bad())? };
+    let scaled = whole
+        .checked_mul(scale)
+        .and_then(|value| value.checked_add(fraction))
+        .and_then(|value| value.checked_mul(u128::from(unit_bytes)))
+        .ok_or_else(too_large)?;
+    if scaled % scale != 0 {
+        return Err(format!("byte size {text:?} is not a whole number of bytes"));
+    }
+    u64::try_from(scaled / scale).map_err(|_| too_large())
+}
+
+/// Writes `bytes` in the largest binary unit that divides it exactly
+/// (`4MiB`, `64GiB`), or as plain bytes; [`parse_byte_size`] reads it back.
+pub fn format_byte_size(bytes: u64) -> String {
+    for (name, unit_bytes) in BYTE_SIZE_UNITS.iter().rev().take(4) {
+        if bytes != 0 && bytes % unit_bytes == 0 {
+            return format!("{}{name}", bytes / unit_bytes);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Reads a byte-size TOML value: an integer number of bytes, or a string
+/// for [`parse_byte_size`].
+fn deserialize_byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    struct ByteSizeVisitor;
+    impl serde::de::Visitor<'_> for ByteSizeVisitor {
+        type Value = u64;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(formatter, "a byte size: {BYTE_SIZE_FORMS}")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<u64, E> {
+            Ok(bytes)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<u64, E> {
+            u64::try_from(bytes).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(bytes), &self))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+            parse_byte_size(text).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(ByteSizeVisitor).map(Some)
 }
 
 fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, String> {
@@ -165,15 +293,31 @@ impl NodeConfig {
             || segment_bytes % 4096 != 0
         {
             return Err(format!(
-                "--segment-bytes {segment_bytes}: must be a multiple of 4096 between {} and {}",
-                limits::SEGMENT_BYTES_MIN,
-                limits::SEGMENT_BYTES_MAX
+                "--segment-bytes {segment_bytes}: must be a multiple of 4096 between {} and {} (SEGMENT_BYTES_MIN, \
+                 SEGMENT_BYTES_MAX)",
+                format_byte_size(limits::SEGMENT_BYTES_MIN),
+                format_byte_size(limits::SEGMENT_BYTES_MAX)
             ));
         }
-        let max_body_bytes = settings.max_body_bytes.unwrap_or(MAX_BODY_BYTES_DEFAULT);
-        if max_body_bytes == 0 || max_body_bytes > MAX_BODY_BYTES_LIMIT {
-            return Err(format!("--max-body-bytes {max_body_bytes}: must be between 1 and {MAX_BODY_BYTES_LIMIT}"));
+        let max_body_bytes = settings.max_body_bytes.unwrap_or(MAX_BODY_BYTES_DEFAULT as u64);
+        if max_body_bytes == 0 || max_body_bytes > MAX_BODY_BYTES_LIMIT as u64 {
+            return Err(format!(
+                "--max-body-bytes {max_body_bytes}: must be between 1 and {} (MAX_BODY_BYTES_LIMIT)",
+                format_byte_size(MAX_BODY_BYTES_LIMIT as u64)
+            ));
         }
+        let max_body_bytes = max_body_bytes as usize;
+        let in_flight_max = limits::HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX;
+        let max_body_bytes_in_flight = settings.max_body_bytes_in_flight.unwrap_or(in_flight_max as u64);
+        if max_body_bytes_in_flight < max_body_bytes as u64 || max_body_bytes_in_flight > in_flight_max as u64 {
+            return Err(format!(
+                "--max-body-bytes-in-flight {max_body_bytes_in_flight}: must be between --max-body-bytes ({}) and {} \
+                 (HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX)",
+                format_byte_size(max_body_bytes as u64),
+                format_byte_size(in_flight_max as u64)
+            ));
+        }
+        let max_body_bytes_in_flight = max_body_bytes_in_flight as usize;
         let max_pending_appends = settings.max_pending_appends.unwrap_or(limits::PENDING_APPENDS_MAX);
         if max_pending_appends == 0 || max_pending_appends > limits::PENDING_APPENDS_MAX {
             return Err(format!(
@@ -207,6 +351,7 @@ impl NodeConfig {
             segment_bytes,
             retention: RetentionPolicy { bytes_max: settings.retention_bytes, age_max },
             max_body_bytes,
+            max_body_bytes_in_flight,
             max_pending_appends,
             header_read_timeout,
         })
@@ -246,5 +391,146 @@ mod tests {
             assert!(error.contains(flag), "{error}");
         }
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn byte_sizes_take_plain_numbers_and_both_kinds_of_unit() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("0B", 0),
+            ("0 GiB", 0),
+            ("16777216", 16 << 20),
+            ("16MiB", 16 << 20),
+            ("16 MiB", 16 << 20),
+            ("  16mib ", 16 << 20),
+            ("256MB", 256_000_000),
+            ("4096 b", 4096),
+            ("2KB", 2000),
+            ("2KiB", 2048),
+            ("1GB", 1_000_000_000),
+            ("1GiB", 1 << 30),
+            ("3TB", 3_000_000_000_000),
+            ("3TiB", 3 << 40),
+            ("007KiB", 7 << 10),
+            ("1.5GiB", 3 << 29),
+            ("2.5KB", 2500),
+            ("1.50KiB", 1536),
+            ("0.5KiB", 512),
+            ("1.000000000000000000000000000000000000000000000000GiB", 1 << 30),
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551615B", u64::MAX),
+            ("16777215.5TiB", (16777215 << 40) + (1 << 39)),
+            ("0.000000000001TB", 1),
+        ] {
+            assert_eq!(parse_byte_size(text), Ok(bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes_refuse_garbage_fractions_of_a_byte_and_overflow() {
+        for (text, expected) in [
+            ("", "use a number of bytes"),
+            ("MiB", "use a number of bytes"),
+            ("-1", "use a number of bytes"),
+            ("+1", "use a number of bytes"),
+            ("1.MiB", "use a number of bytes"),
+            (".5MiB", "use a number of bytes"),
+            ("1.2.3MiB", "use a number of bytes"),
+            ("1,5GiB", "bad unit"),
+            ("16M", "bad unit \"M\""),
+            ("16K", "bad unit"),
+            ("16 XB", "bad unit \"XB\""),
+            ("16PiB", "bad unit"),
+            ("1e6", "bad unit"),
+            ("16 Mi B", "bad unit"),
+            ("1.5B", "not a whole number of bytes"),
+            ("0.3KiB", "not a whole number of bytes"),
+            ("0.0001KB", "not a whole number of bytes"),
+            ("16777215.9999999999999TiB", "not a whole number of bytes"),
+            ("1.0000000000000000001KiB", "more than 18 decimal places"),
+            ("18446744073709551616", "too large"),
+            ("16777216TiB", "too large"),
+            ("18446744073709551616000000000000000000000000000000", "too large"),
+            ("99999999999999999999999TB", "too large"),
+        ] {
+            let error = parse_byte_size(text).unwrap_err();
+            assert!(error.contains(expected), "{text:?}: {error}");
+            assert!(error.contains(&format!("{text:?}")), "the error quotes the input: {error}");
+        }
+        let error = parse_byte_size("16M").unwrap_err();
+        assert!(error.contains("KiB, MiB") && error.contains("KB, MB"), "the error lists the forms: {error}");
+    }
+
+    #[test]
+    fn a_formatted_byte_size_parses_back() {
+        for bytes in [0, 1, 1000, 1536, 4096, 4 << 20, 64 << 30, 1 << 40, 5 << 40, u64::MAX] {
+            assert_eq!(parse_byte_size(&format_byte_size(bytes)), Ok(bytes), "{}", format_byte_size(bytes));
+        }
+        assert_eq!(format_byte_size(4 << 20), "4MiB");
+        assert_eq!(format_byte_size(1000), "1000");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn any_number_with_any_unit_is_exact_or_too_large(
+            number in proptest::prelude::any::<u64>(),
+            unit in 0..BYTE_SIZE_UNITS.len(),
+            space in proptest::prelude::any::<bool>(),
+        ) {
+            let (name, unit_bytes) = BYTE_SIZE_UNITS[unit];
+            let text = format!("{number}{}{name}", if space { " " } else { "" });
+            match number.checked_mul(unit_bytes) {
+                Some(bytes) => proptest::prop_assert_eq!(parse_byte_size(&text), Ok(bytes)),
+                None => proptest::prop_assert!(parse_byte_size(&text).unwrap_err().contains("too large")),
+            }
+        }
+    }
+
+    #[test]
+    fn toml_byte_sizes_are_integers_or_strings_and_ranges_still_hold() {
+        let file: Settings =
+            toml::from_str("segment-bytes = \"16 MiB\"\nretention-bytes = 3000000000\nmax-body-bytes = \"1MB\"\n")
+                .unwrap();
+        assert_eq!(file.segment_bytes, Some(16 << 20));
+        assert_eq!(file.retention_bytes, Some(3_000_000_000));
+        let config = NodeConfig::from_settings(file, 1).unwrap();
+        assert_eq!(config.segment_bytes, 16 << 20);
+        assert_eq!(config.retention.bytes_max, Some(3_000_000_000));
+        assert_eq!(config.max_body_bytes, 1_000_000);
+        assert_eq!(config.max_body_bytes_in_flight, limits::HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX);
+
+        for (text, expected) in [
+            ("segment-bytes = \"16XB\"", "bad unit"),
+            ("retention-bytes = -5", "expected a byte size"),
+            ("retention-bytes = 1.5", "expected a byte size"),
+            ("max-body-bytes = true", "expected a byte size"),
+            ("max-body-bytes = \"99999999999999TiB\"", "too large"),
+        ] {
+            let error = toml::from_str::<Settings>(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(error.contains(text.split(' ').next().unwrap()), "the error shows the key: {error}");
+        }
+
+        for (settings, expected) in [
+            (Settings { segment_bytes: Some(2 << 20), ..Settings::default() }, "--segment-bytes 2097152"),
+            (Settings { segment_bytes: Some((4 << 20) + 1), ..Settings::default() }, "4MiB and 64GiB"),
+            (Settings { max_body_bytes: Some(0), ..Settings::default() }, "--max-body-bytes 0"),
+            (Settings { max_body_bytes: Some(65 << 20), ..Settings::default() }, "64MiB"),
+            (
+                Settings { max_body_bytes: Some(1 << 20), max_body_bytes_in_flight: Some(1000), ..Settings::default() },
+                "--max-body-bytes-in-flight 1000: must be between --max-body-bytes (1MiB) and 256MiB",
+            ),
+            (Settings { max_body_bytes_in_flight: Some(257 << 20), ..Settings::default() }, "256MiB"),
+        ] {
+            let error = NodeConfig::from_settings(settings, 1).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let small = Settings {
+            max_body_bytes: Some(64 << 10),
+            max_body_bytes_in_flight: Some(64 << 10),
+            ..Settings::default()
+        };
+        assert_eq!(NodeConfig::from_settings(small, 1).unwrap().max_body_bytes_in_flight, 64 << 10);
     }
 }

@@ -144,6 +144,16 @@ pub const ARCHIVE_PAIRS_MAX: usize = 65_536;
 /// archive group never fills a shard's pending batch alone.
 pub const ARCHIVE_GROUP_BYTES_MAX: usize = 8 << 20;
 const _: () = assert!(ARCHIVE_GROUP_BYTES_MAX <= PENDING_RAW_BYTES_MAX / 2);
+/// Largest number of HTTP request body bytes one core holds at once (read
+/// or being read, parsed, waiting for their commit), over all its
+/// connections, and the default of `--max-body-bytes-in-flight`. Without
+/// it, [`HTTP_CONNECTIONS_PER_CORE_MAX`] connections each sending a body of the
+/// 16 MiB default cap could ask one core for 256 GiB. 256 MiB is sixteen
+/// bodies of that cap, far more than a shard's pending batch
+/// ([`PENDING_RAW_BYTES_MAX`]) needs to stay full, and the same budget a
+/// core gives pushed gRPC batches. An ingest over it gets 429 before its
+/// body is read.
+pub const HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX: usize = 256 * 1024 * 1024;
 
 /// Largest number of entries one read call returns.
 pub const READ_ENTRIES_MAX: usize = 1_000_000;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use wormdb::config::{NodeConfig, Settings};
+use wormdb::config::{parse_byte_size, NodeConfig, Settings};
 
 /// mimalloc instead of glibc's malloc: commit and DMA buffers of many sizes
 /// (a few KiB to a few MiB, 4 KiB aligned) freed in a different order than
@@ -25,9 +25,16 @@ struct Cli {
     command: Command,
 }
 
+/// How `serve --help` explains a SIZE.
+const SIZES_HELP: &str = "A SIZE is a number of bytes, or a number and a unit (a space between is allowed, case is \
+                          ignored): B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); \
+                          e.g. 16MiB, 256MB, 1.5GiB (a fraction must come to whole bytes). The same forms work \
+                          in the --config file, where a plain integer is bytes.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: one shard per core, HTTP API, until SIGINT/SIGTERM.
+    #[command(after_help = SIZES_HELP)]
     Serve(Box<ServeArgs>),
     /// Print what is on disk: shards, segments, blocks, indexes, torn tails.
     /// Read-only: it never repairs anything.
@@ -82,18 +89,21 @@ struct ServeArgs {
     /// `sync` acknowledges after fdatasync; `none` after the write only (unsafe: benchmarks) [default: sync]
     #[arg(long)]
     durability: Option<String>,
-    /// Segment file size in bytes [default: 268435456]
-    #[arg(long)]
+    /// Segment file size, a multiple of 4096 from 4MiB to 64GiB [default: 256MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
     segment_bytes: Option<u64>,
-    /// Delete the oldest segments once a shard holds more than this many bytes
-    #[arg(long)]
+    /// Delete the oldest segments once a shard's segment files hold more than this (e.g. 50GiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
     retention_bytes: Option<u64>,
     /// Delete segments whose newest entry is older than this (30s, 15m, 12h, 7d)
     #[arg(long)]
     retention_age: Option<String>,
-    /// Largest request body in bytes [default: 16777216]
-    #[arg(long)]
-    max_body_bytes: Option<usize>,
+    /// Largest HTTP request body [default: 16MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    max_body_bytes: Option<u64>,
+    /// HTTP request body bytes one core holds at once before ingest gets 429 [default: 256MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    max_body_bytes_in_flight: Option<u64>,
     /// Requests that may wait for one group commit per shard before 429 [default: 4096]
     #[arg(long)]
     max_pending_appends: Option<usize>,
@@ -119,6 +129,7 @@ impl ServeArgs {
             retention_bytes: self.retention_bytes,
             retention_age: self.retention_age,
             max_body_bytes: self.max_body_bytes,
+            max_body_bytes_in_flight: self.max_body_bytes_in_flight,
             max_pending_appends: self.max_pending_appends,
             header_read_timeout: self.header_read_timeout,
             shutdown_timeout: self.shutdown_timeout,

@@ -24,6 +24,7 @@ use crate::config::NodeConfig;
 use crate::limits::{LISTEN_BACKLOG, PEER_QUEUE_MAX};
 use crate::node::peers::{self, Request};
 use crate::node::Core;
+use crate::replication::follower::FollowerState;
 use crate::shard::{Shard, ShardConfig};
 
 /// How often a core checks the stop flag.
@@ -139,8 +140,11 @@ async fn run_core(
     // SAFETY: the fds are listening TCP sockets that this core now owns.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
     let grpc_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.grpc) };
+    let follower = FollowerState::new(config.leader);
     let shard_config = ShardConfig {
         node_id: config.node_id,
+        retention: config.retention,
+        retention_deletable_through: follower.retention_deletable_through(),
         segment_bytes: config.segment_bytes,
         durability: config.durability,
         pending_appends_max: config.max_pending_appends,
@@ -163,7 +167,7 @@ async fn run_core(
         torn_tail = ?report.torn_tail,
         "shard opened"
     );
-    let core = Rc::new(Core::new(shard, config.clone(), peers));
+    let core = Rc::new(Core::new(shard, config.clone(), peers, follower));
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
     let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
     tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
@@ -171,20 +175,19 @@ async fn run_core(
     tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
     let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
 
+    // The shard applies retention at every segment roll itself; this
+    // catches segments that age out, and acks that arrive, between rolls.
     let mut since_retention = Duration::ZERO;
     while !stop.load(Ordering::Acquire) {
         glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
         since_retention += HOUSEKEEPING_INTERVAL;
-        let retention = config.retention;
-        if since_retention >= RETENTION_INTERVAL && (retention.bytes_max.is_some() || retention.age_max.is_some()) {
+        if since_retention >= RETENTION_INTERVAL {
             since_retention = Duration::ZERO;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_nanos() as i64)
                 .unwrap_or(0);
-            if let Err(error) =
-                core.shard.enforce_retention(retention, now, |span| core.follower.may_delete(span)).await
-            {
+            if let Err(error) = core.shard.apply_retention(now).await {
                 tracing::error!(shard = shard_id, %error, "retention failed");
             }
         }

@@ -369,3 +369,140 @@ fn the_default_relative_data_dir_works() {
     node.restart();
     assert_eq!(get(&node.url("/v1/entries")).lines().len(), 1, "data found again after a restart");
 }
+
+/// Reads one HTTP/1.1 response (headers and a `Content-Length` body) from
+/// a raw connection: status, lower-case headers, body.
+fn read_response(stream: &mut impl BufRead) -> (u16, HashMap<String, String>, String) {
+    let mut status_line = String::new();
+    stream.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap_or_else(|| panic!("{status_line:?}")).parse().unwrap();
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap();
+        headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
+    }
+    let length: usize = headers.get("content-length").map_or(0, |length| length.parse().unwrap());
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(stream, &mut body).unwrap();
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+/// NDJSON of exactly `bytes` bytes: entries of about 1000 bytes, the last
+/// one padded to the length.
+fn ndjson_of_length(bytes: usize, tag: &str) -> (Vec<u8>, usize) {
+    let line = |body: &str| format!("{{\"tags\":{{\"t\":\"{tag}\"}},\"body\":\"{body}\"}}\n");
+    let overhead = line("").len();
+    let mut out = Vec::new();
+    let mut entries = 0;
+    while bytes - out.len() >= 2 * 1000 {
+        out.extend_from_slice(line(&"x".repeat(1000 - overhead)).as_bytes());
+        entries += 1;
+    }
+    out.extend_from_slice(line(&"y".repeat(bytes - out.len() - overhead)).as_bytes());
+    assert_eq!(out.len(), bytes);
+    (out, entries + 1)
+}
+
+/// Opens a connection and sends the headers of an NDJSON ingest with
+/// `Expect: 100-continue`, so that the server answers before any body byte
+/// is sent: `100 Continue` once it reserved the body, or its refusal.
+fn start_ingest(node: &TestNode, framing: &str) -> BufReader<std::net::TcpStream> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "POST /v1/entries HTTP/1.1\r\nHost: test\r\nContent-Type: {NDJSON}\r\nExpect: 100-continue\r\n{framing}\r\n"
+    )
+    .unwrap();
+    BufReader::new(stream)
+}
+
+/// Reads the `100 Continue` the server sends once it starts reading a body.
+fn read_continue(stream: &mut impl BufRead) {
+    let mut lines = String::new();
+    stream.read_line(&mut lines).unwrap();
+    stream.read_line(&mut lines).unwrap();
+    assert_eq!(lines, "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+#[test]
+fn request_bodies_in_flight_have_a_per_core_budget() {
+    const BUDGET: usize = 1 << 20;
+    let dir = common::durable_temp_dir();
+    // One core, so every connection draws on the same budget; sizes with units.
+    let node = TestNode::start(
+        dir.path(),
+        &["--shards", "1", "--max-body-bytes", "1MiB", "--max-body-bytes-in-flight", "1 MiB"],
+    );
+    let url = node.url("/v1/entries");
+
+    // A holds 700 kB of the budget: its server answered 100 Continue, so the
+    // reservation is made, and it sends its body only later.
+    let (held_body, held_entries) = ndjson_of_length(700_000, "held");
+    let mut held = start_ingest(&node, &format!("Content-Length: {}\r\n", held_body.len()));
+    read_continue(&mut held);
+
+    // Another large body no longer fits: 429 before its body is read.
+    let mut refused = start_ingest(&node, "Content-Length: 700000\r\n");
+    let (status, headers, body) = read_response(&mut refused);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
+    let message = serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].as_str().unwrap().to_string();
+    assert!(message.contains("--max-body-bytes-in-flight") && message.contains("1048576"), "{message}");
+
+    // A chunked body reserves as it arrives: refused at the byte past the
+    // budget (all of it sent is read, so the close is clean).
+    let mut chunked = start_ingest(&node, "Transfer-Encoding: chunked\r\n");
+    read_continue(&mut chunked);
+    let over = BUDGET - held_body.len() + 1;
+    write!(chunked.get_mut(), "{:x}\r\n", over + 1000).unwrap();
+    chunked.get_mut().write_all(&vec![b' '; over]).unwrap();
+    let (status, headers, body) = read_response(&mut chunked);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
+
+    // Small bodies still pass while A holds its share.
+    for round in 0..3 {
+        let reply = post(&url, NDJSON, &ndjson(&[(1, vec![("t", "small")], format!("small {round}"))]));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(total_entries(&node), 3, "the refused requests stored nothing");
+
+    // A sends its body and is stored.
+    held.get_mut().write_all(&held_body).unwrap();
+    let (status, _, body) = read_response(&mut held);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(total_entries(&node), 3 + held_entries as u64);
+
+    // Failed requests give their reservation back too: a body cut short
+    // (the client half-closes mid-body) and a malformed one.
+    let mut cut = start_ingest(&node, "Content-Length: 900000\r\n");
+    read_continue(&mut cut);
+    cut.get_mut().write_all(&[b'{'; 1000]).unwrap();
+    cut.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let (status, _, body) = read_response(&mut cut);
+    assert_eq!(status, 400, "{body}");
+    let reply = post(&url, NDJSON, &vec![b'{'; 900_000]);
+    assert_eq!(reply.status, 400, "{}", reply.body);
+
+    // With everything finished the budget is whole again: a body of the
+    // entire budget is taken.
+    let (whole_body, whole_entries) = ndjson_of_length(BUDGET, "whole");
+    let reply = post(&url, NDJSON, &whole_body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(total_entries(&node), 3 + (held_entries + whole_entries) as u64);
+
+    let metrics = get(&node.url("/metrics")).body;
+    let backpressure: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("wormdb_rejected_requests_total") && line.contains("reason=\"backpressure\""))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(backpressure, 2, "both refusals count as 429s");
+}

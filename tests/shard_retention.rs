@@ -1,6 +1,8 @@
 //! Retention deletes whole sealed segments, oldest first, by size and by
 //! age, honours a veto, and the log stays a contiguous, readable range that
-//! survives a reopen. Bad appends are refused whole; backpressure is bounded.
+//! survives a reopen. The shard applies its own policy at every segment
+//! roll, so a burst never leaves more than the cap plus one segment.
+//! Bad appends are refused whole; backpressure is bounded.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use wormdb::limits::SEGMENT_BYTES_MIN;
-use wormdb::shard::{EntryRef, Error, RetentionPolicy, Shard, ShardConfig};
+use wormdb::shard::{EntryRef, Error, RetentionPolicy, Shard, ShardConfig, SharedSeq};
 
 fn config(dir: &Path) -> ShardConfig {
     ShardConfig { segment_bytes: SEGMENT_BYTES_MIN, ..ShardConfig::new(dir, 0) }
@@ -104,6 +106,118 @@ fn retention_by_bytes_and_age_with_a_veto() {
         let range =
             shard.append(&[EntryRef { timestamp_ns: 1, tags: &[], body: b"after" }]).unwrap().durable().await.unwrap();
         assert_eq!(range.first, last + 1);
+        shard.close().await.unwrap();
+    });
+}
+
+/// Bytes of the segment files (`NNN.seg`, sealed and active) in `dir`: what
+/// the byte cap counts. Each is preallocated to its full size.
+fn segment_file_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
+}
+
+/// The name of the newest segment file in `dir`: it changes at every roll.
+fn newest_segment(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".seg"))
+        .max()
+        .unwrap()
+}
+
+/// Appends about 1 MiB of entries LZ4 cannot shrink (random hex bodies), so
+/// a 4 MiB segment fills in a few appends; returns the last seq.
+async fn append_incompressible(shard: &Shard, seed: &mut u64) -> u64 {
+    let bodies: Vec<String> = (0..1000)
+        .map(|_| {
+            (0..64)
+                .map(|_| {
+                    *seed ^= *seed << 13;
+                    *seed ^= *seed >> 7;
+                    *seed ^= *seed << 17;
+                    format!("{:016x}", *seed)[..16].to_string()
+                })
+                .collect()
+        })
+        .collect();
+    let entries: Vec<EntryRef<'_>> =
+        bodies.iter().map(|body| EntryRef { timestamp_ns: 1, tags: &[], body: body.as_bytes() }).collect();
+    shard.append(&entries).unwrap().durable().await.unwrap().last
+}
+
+#[test]
+fn retention_at_every_roll_holds_the_cap_plus_one_segment_and_the_veto() {
+    let dir = common::durable_temp_dir();
+    let path = dir.path().join("shard-000");
+    common::run(move || async move {
+        let segment = SEGMENT_BYTES_MIN;
+        let cap = 3 * segment;
+        let acked = SharedSeq::default();
+        let config = ShardConfig {
+            retention: RetentionPolicy { bytes_max: Some(cap), age_max: None },
+            retention_deletable_through: Some(acked.clone()),
+            ..config(&path)
+        };
+        let shard = Shard::open(config).await.unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+
+        // A follower whose leader has acknowledged nothing: every roll
+        // retains, the cap is exceeded, nothing is deleted.
+        let mut acked_at = 0;
+        while shard.stats().segments < 7 {
+            let last = append_incompressible(&shard, &mut seed).await;
+            if shard.stats().segments == 3 && acked_at == 0 {
+                acked_at = last;
+            }
+            assert_eq!(shard.first_seq(), 1, "nothing is deleted while the leader acknowledged nothing");
+        }
+        assert!(segment_file_bytes(&path) > cap + segment, "the veto, not the cap, kept the files");
+
+        // The leader acknowledges up to a seq inside the third segment: the
+        // next rolls delete only segments wholly at or below it.
+        acked.set(Some(acked_at));
+        let mut rolls_seen = 0;
+        while rolls_seen < 3 {
+            let newest = newest_segment(&path);
+            append_incompressible(&shard, &mut seed).await;
+            rolls_seen += usize::from(newest_segment(&path) != newest);
+            assert!(shard.first_seq() <= acked_at + 1, "a segment the leader has not acknowledged was deleted");
+        }
+        // The retention pass of the last roll may still be running: the
+        // owner's own pass waits for it (one pass at a time).
+        shard.apply_retention(0).await.unwrap();
+        let first = shard.first_seq();
+        assert!(first > 1, "acknowledged segments were deleted");
+        assert!(first <= acked_at + 1);
+        assert_eq!(shard.read_from(1, 1).await.unwrap()[0].seq, first, "the log starts where retention stopped");
+
+        // The leader catches up; from the owner's next pass on, every
+        // moment of a burst over many segments stays within the cap plus
+        // the one segment a roll adds.
+        acked.set(Some(shard.durable_seq()));
+        shard.apply_retention(0).await.unwrap();
+        assert!(segment_file_bytes(&path) <= cap, "{} > {cap}", segment_file_bytes(&path));
+        let mut rolls_seen = 0;
+        while rolls_seen < 12 {
+            let newest = newest_segment(&path);
+            let last = append_incompressible(&shard, &mut seed).await;
+            acked.set(Some(last));
+            rolls_seen += usize::from(newest_segment(&path) != newest);
+            let on_disk = segment_file_bytes(&path);
+            assert!(
+                on_disk <= cap + segment,
+                "after {rolls_seen} rolls: {on_disk} bytes of segments > {cap} + {segment}"
+            );
+            assert!(shard.stats().segments <= cap / segment + 1);
+        }
+        let first = shard.first_seq();
+        assert_eq!(shard.read_from(first, 1).await.unwrap()[0].seq, first);
         shard.close().await.unwrap();
     });
 }

@@ -13,10 +13,11 @@ use futures_channel::mpsc;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 
+use super::budget::BodyBudget;
 use super::{metrics, ndjson, params};
 use crate::codec::block;
 use crate::limits::{
@@ -37,6 +38,7 @@ const NDJSON: &str = "application/x-ndjson";
 /// Accepts connections until cancelled, serving each on its own task.
 pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
     let connections = Rc::new(Cell::new(0usize));
+    let body_budget = BodyBudget::new(core.config.max_body_bytes_in_flight);
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -55,12 +57,14 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
         connections.set(connections.get() + 1);
         let core = core.clone();
         let connections = connections.clone();
+        let body_budget = body_budget.clone();
         let header_read_timeout = core.config.header_read_timeout;
         glommio::spawn_local(async move {
             let io = TokioIo::new(crate::net::TokioStream::new(stream));
             let service = hyper::service::service_fn(move |request| {
                 let core = core.clone();
-                async move { Ok::<_, Infallible>(handle(core, request).await) }
+                let body_budget = body_budget.clone();
+                async move { Ok::<_, Infallible>(handle(core, &body_budget, request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(super::timer::GlommioTimer)
@@ -92,11 +96,12 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> 
     json(status, &serde_json::json!({ "error": message.to_string() }))
 }
 
-/// Routes one request.
-pub async fn handle(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
+/// Routes one request; `body_budget` is the core's budget of request body
+/// bytes in flight.
+pub async fn handle(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     match (request.method().clone(), path.as_str()) {
-        (Method::POST, "/v1/entries") => ingest(core, request).await,
+        (Method::POST, "/v1/entries") => ingest(core, body_budget, request).await,
         (Method::GET, "/v1/entries") => query(core, request).await,
         (Method::GET, "/v1/tail") => tail(core, request).await,
         (Method::GET, "/v1/stats") => stats(core).await,
@@ -163,7 +168,20 @@ fn shard_error(core: &Core, error: Error) -> Response<Body> {
     }
 }
 
-async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
+/// The 429 of an ingest whose body would pass the core's budget.
+fn over_body_budget(core: &Core, budget: &BodyBudget) -> Response<Body> {
+    reject(
+        core,
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "request bodies in flight on this core would pass {} bytes (--max-body-bytes-in-flight, at most \
+             HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX); retry later",
+            budget.max_bytes()
+        ),
+    )
+}
+
+async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<Incoming>) -> Response<Body> {
     let _in_flight = InFlight::new(&core);
     if core.closing.get() {
         return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
@@ -191,12 +209,34 @@ async fn ingest(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
     if declared.is_some_and(|length| length > max_body as u64) {
         return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"));
     }
-    let body = match Limited::new(request.into_body(), max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(failure) if failure.is::<http_body_util::LengthLimitError>() => {
-            return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"))
+    // The declared length is reserved before a byte of the body is read; a
+    // chunked body reserves as it arrives. Held until this request is done.
+    let Some(mut reservation) = body_budget.reserve(declared.unwrap_or(0) as usize) else {
+        return over_body_budget(&core, body_budget);
+    };
+    let mut incoming = request.into_body();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    while let Some(frame) = incoming.frame().await {
+        let data = match frame.map(Frame::into_data) {
+            Ok(Ok(data)) => data,
+            Ok(Err(_trailers)) => continue,
+            Err(failure) => {
+                return reject(&core, StatusCode::BAD_REQUEST, format!("reading the body failed: {failure}"))
+            }
+        };
+        received += data.len();
+        if received > max_body {
+            return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"));
         }
-        Err(failure) => return reject(&core, StatusCode::BAD_REQUEST, format!("reading the body failed: {failure}")),
+        if !reservation.grow_to(received) {
+            return over_body_budget(&core, body_budget);
+        }
+        chunks.push(data);
+    }
+    let body = match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
     };
     let body_bytes = body.len() as u64;
     let appended = match format {

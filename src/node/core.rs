@@ -95,9 +95,14 @@ impl Drop for InFlight {
 }
 
 impl Core {
-    /// A new core's state around its opened shard.
-    pub fn new(shard: Shard, config: Arc<NodeConfig>, peers: Vec<mpsc::Sender<Request>>) -> Core {
-        let follower = FollowerState::new(config.leader);
+    /// A new core's state around its opened shard and its pusher's state
+    /// (which the shard's retention veto already shares).
+    pub fn new(
+        shard: Shard,
+        config: Arc<NodeConfig>,
+        peers: Vec<mpsc::Sender<Request>>,
+        follower: FollowerState,
+    ) -> Core {
         Core {
             shard,
             config,

@@ -11,7 +11,7 @@
 //!
 //! The log is the queue: nothing is buffered beyond the batches in flight,
 //! and retention never deletes a segment the leader has not acknowledged
-//! ([`FollowerState::may_delete`]).
+//! ([`FollowerState::retention_deletable_through`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::future;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use super::session::{self, Backoff};
+use super::session::Backoff;
 use super::Host;
 use crate::codec::block;
 use crate::grpc::frame;
@@ -30,7 +30,7 @@ use crate::grpc::status::{Code, Status};
 use crate::grpc::transport::{CallReceiver, CallSender, Channel};
 use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET, PUSH_BLOCK_BATCH_ENTRIES_MAX};
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
-use crate::shard::SegmentSpan;
+use crate::shard::SharedSeq;
 
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -52,8 +52,9 @@ const GET_WATERMARK: &str = "/wormdb.v1.WormReplication/GetWatermark";
 pub struct FollowerState {
     /// The leader this node follows, if any.
     pub leader: Option<SocketAddr>,
-    /// Highest seq the leader acknowledged (`None` before first contact).
-    pub acked: Cell<Option<u64>>,
+    /// Highest seq the leader acknowledged (`None` before first contact);
+    /// shared with the shard as retention's veto.
+    pub acked: SharedSeq,
     /// A session is up.
     pub connected: Cell<bool>,
     /// Sessions started (1 + reconnects).
@@ -72,13 +73,12 @@ impl FollowerState {
         FollowerState { leader, ..FollowerState::default() }
     }
 
-    /// Retention's veto: a follower keeps every segment holding an entry
-    /// the leader has not acknowledged.
-    pub fn may_delete(&self, span: &SegmentSpan) -> bool {
-        match self.leader {
-            None => true,
-            Some(_) => session::may_delete(self.acked.get(), span.last_seq),
-        }
+    /// Retention's veto, for the shard's config
+    /// (`ShardConfig::retention_deletable_through`): a follower keeps every
+    /// segment holding an entry the leader has not acknowledged, so it
+    /// hands over its acked seq; a node that follows no leader has no veto.
+    pub fn retention_deletable_through(&self) -> Option<SharedSeq> {
+        self.leader.map(|_| self.acked.clone())
     }
 }
 
@@ -357,13 +357,13 @@ mod tests {
 
     #[test]
     fn retention_keeps_what_the_leader_has_not_acknowledged() {
-        let span = SegmentSpan { first_seq: 1, last_seq: 100, max_ts: 0, file_bytes: 0 };
-        assert!(FollowerState::new(None).may_delete(&span));
+        assert!(FollowerState::new(None).retention_deletable_through().is_none(), "no leader: no veto");
         let following = FollowerState::new(Some("127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!())));
-        assert!(!following.may_delete(&span), "unknown watermark: keep");
+        let Some(through) = following.retention_deletable_through() else { unreachable!("a follower has a veto") };
+        assert_eq!(through.get(), None, "unknown watermark: keep everything");
         following.acked.set(Some(99));
-        assert!(!following.may_delete(&span));
+        assert_eq!(through.get(), Some(99), "the shard sees every ack");
         following.acked.set(Some(100));
-        assert!(following.may_delete(&span));
+        assert_eq!(through.get(), Some(100));
     }
 }

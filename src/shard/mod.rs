@@ -32,6 +32,7 @@ pub(crate) mod oneshot;
 pub mod plan;
 mod reader;
 mod recovery;
+mod retention;
 pub mod scan;
 pub mod segment;
 mod writer;
@@ -50,6 +51,7 @@ use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 pub use plan::{RecoveryReport, TornTail};
 pub use reader::{OrderedQuery, Query, QueryResult};
+pub use retention::{plan_retention, RetentionPolicy, SegmentSpan, SharedSeq};
 
 pub use crate::limits::{PAGE_BYTES, UNSYNCED_WRITES_MAX};
 
@@ -117,6 +119,15 @@ pub struct ShardConfig {
     /// fdatasyncs and segment creations go through (see [`faults`]).
     /// `None` (the default) costs one branch per operation.
     pub faults: Option<Arc<faults::Faults>>,
+    /// Which sealed segments retention deletes, after every segment roll
+    /// and at [`Shard::apply_retention`]; the default deletes nothing.
+    pub retention: RetentionPolicy,
+    /// Retention's veto: when set, retention deletes only sealed segments
+    /// whose last seq is at most the seq this holds, and none while it
+    /// holds `None`. A follower hands its shard the seq
+    /// its leader acknowledged, so nothing the leader has not archived is
+    /// deleted. Unset (the default): no veto.
+    pub retention_deletable_through: Option<SharedSeq>,
 }
 
 impl ShardConfig {
@@ -132,6 +143,8 @@ impl ShardConfig {
             pending_appends_max: limits::PENDING_APPENDS_MAX,
             recent_writes_bytes: 0,
             faults: None,
+            retention: RetentionPolicy::default(),
+            retention_deletable_through: None,
         }
     }
 }
@@ -530,6 +543,10 @@ struct Inner {
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// The task preparing the spare segment, if any.
     spare_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// The retention pass the last roll started, if it may still run.
+    retention_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// One permit: retention passes run one at a time.
+    retention_lock: glommio::sync::Semaphore,
 }
 
 /// One shard of the log, owned by the executor that opened it. Cloning is
@@ -662,6 +679,8 @@ impl Shard {
                 recovery: recovered.report,
                 tasks: RefCell::new(Vec::new()),
                 spare_task: RefCell::new(None),
+                retention_task: RefCell::new(None),
+                retention_lock: glommio::sync::Semaphore::new(1),
             }),
         };
         let writer = glommio::spawn_local(writer::run_writer(shard.inner.clone())).detach();
@@ -948,6 +967,8 @@ impl Shard {
         for task in tasks {
             task.await;
         }
+        // The writer has stopped, so no roll starts another pass.
+        retention::wait_for_pass(&self.inner).await;
         // The spare segment is not part of the log: leave no file behind.
         self.inner.state.borrow_mut().spare_segment.take();
         if let Ok(listing) = std::fs::read_dir(&self.inner.config.dir) {
@@ -982,90 +1003,4 @@ fn advance_watermarks(watermarks: &mut BTreeMap<OriginKey, u64>, blocks: &[Block
 /// (leaving out the ones only carried over).
 fn own_origin_seqs(origins: &BTreeMap<OriginKey, OriginSummary>) -> BTreeMap<OriginKey, (u64, u64)> {
     origins.iter().filter_map(|(&key, summary)| summary.seqs.map(|seqs| (key, seqs))).collect()
-}
-
-/// Which sealed segments retention may delete.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RetentionPolicy {
-    /// Keep the shard's segment files under this many bytes in total.
-    pub bytes_max: Option<u64>,
-    /// Delete segments whose newest entry is older than this.
-    pub age_max: Option<std::time::Duration>,
-}
-
-/// A sealed segment as retention sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SegmentSpan {
-    /// First seq in the segment.
-    pub first_seq: u64,
-    /// Last seq in the segment.
-    pub last_seq: u64,
-    /// Newest timestamp in the segment.
-    pub max_ts: i64,
-    /// Size of the file.
-    pub file_bytes: u64,
-}
-
-impl Shard {
-    /// Deletes whole sealed segments, oldest first, while the shard is over
-    /// `policy.bytes_max` or the oldest segment is older than
-    /// `policy.age_max` (measured against `now_ns`). `may_delete` can veto a
-    /// segment (for example: not yet replicated); deletion stops at the
-    /// first veto, so the log always stays a contiguous range. The active
-    /// segment is never deleted. Returns the spans deleted. Origin
-    /// watermarks stay as they are: they never go back while the shard runs.
-    pub async fn enforce_retention(
-        &self,
-        policy: RetentionPolicy,
-        now_ns: i64,
-        mut may_delete: impl FnMut(&SegmentSpan) -> bool,
-    ) -> Result<Vec<SegmentSpan>> {
-        let mut deleted = Vec::new();
-        loop {
-            let victim = {
-                let state = self.inner.state.borrow();
-                let Some(oldest) = state.sealed.front() else { break };
-                let total: u64 =
-                    state.sealed.iter().map(|sealed| sealed.file_bytes).sum::<u64>() + state.active.capacity;
-                let over_bytes = policy.bytes_max.is_some_and(|max| total > max);
-                let too_old = policy.age_max.is_some_and(|age| {
-                    let age_ns = i64::try_from(age.as_nanos()).unwrap_or(i64::MAX);
-                    oldest.summary.max_ts < now_ns.saturating_sub(age_ns)
-                });
-                if !over_bytes && !too_old {
-                    break;
-                }
-                let span = SegmentSpan {
-                    first_seq: oldest.first_seq,
-                    last_seq: oldest.next_seq - 1,
-                    max_ts: oldest.summary.max_ts,
-                    file_bytes: oldest.file_bytes,
-                };
-                if !may_delete(&span) {
-                    break;
-                }
-                span
-            };
-            let sealed = {
-                let mut state = self.inner.state.borrow_mut();
-                let sealed = state.sealed.pop_front().expect("checked above");
-                state.loaded_indexes.retain(|&(first, _)| first != sealed.first_seq);
-                sealed
-            };
-            // Segment first, then its index: a crash in between leaves an
-            // orphan index, which recovery deletes.
-            std::fs::remove_file(&sealed.path).map_err(|source| Error::io("delete segment", &sealed.path, source))?;
-            std::fs::remove_file(&sealed.index_path)
-                .map_err(|source| Error::io("delete index", &sealed.index_path, source))?;
-            recovery::sync_dir(&self.inner.config.dir).await?;
-            tracing::info!(
-                shard = self.inner.config.shard_id,
-                first_seq = victim.first_seq,
-                last_seq = victim.last_seq,
-                "retention deleted segment"
-            );
-            deleted.push(victim);
-        }
-        Ok(deleted)
-    }
 }

@@ -333,12 +333,25 @@ pub struct RecoveryPlan {
     index_decisions: Vec<IndexDecision>,
     origin_watermarks: BTreeMap<OriginKey, u64>,
     active: ActiveState,
+    /// What stage 1 removes, decided from the listing as it was read (a
+    /// first segment created later must not turn an orphan index back into
+    /// a kept one).
+    leftovers: Vec<Removal>,
 }
 
 impl RecoveryPlan {
     /// Stage 1: a plan for the shard directory that holds `listing`.
     pub fn new(listing: Listing) -> RecoveryPlan {
+        let temporaries =
+            listing.temporaries.iter().map(|path| Removal { path: path.clone(), leftover: Leftover::Temporary });
+        let orphans = listing
+            .indexes
+            .iter()
+            .filter(|(first_seq, _)| !listing.segments.contains_key(first_seq))
+            .map(|(_, path)| Removal { path: path.clone(), leftover: Leftover::OrphanIndex });
+        let leftovers = temporaries.chain(orphans).collect();
         RecoveryPlan {
+            leftovers,
             listing,
             headers: BTreeMap::new(),
             unreadable: BTreeSet::new(),
@@ -360,15 +373,7 @@ impl RecoveryPlan {
     /// Files removed before any segment is read: the `*.tmp` files, then
     /// the index files whose segment is gone, by seq.
     pub fn leftovers(&self) -> Vec<Removal> {
-        let temporaries =
-            self.listing.temporaries.iter().map(|path| Removal { path: path.clone(), leftover: Leftover::Temporary });
-        let orphans = self
-            .listing
-            .indexes
-            .iter()
-            .filter(|(first_seq, _)| !self.listing.segments.contains_key(first_seq))
-            .map(|(_, path)| Removal { path: path.clone(), leftover: Leftover::OrphanIndex });
-        temporaries.chain(orphans).collect()
+        self.leftovers.clone()
     }
 
     /// Stage 2: the segment whose header must be read next, newest first,
@@ -497,6 +502,9 @@ impl RecoveryPlan {
     /// [`Self::creates_first_segment`]): it is the active one.
     pub fn first_segment_created(&mut self, path: PathBuf) {
         assert!(self.creates_first_segment(), "a first segment created beside an active one");
+        // An index of seq 1 was an orphan, removed at stage 1: not the
+        // new segment's stale index.
+        self.listing.indexes.remove(&1);
         self.listing.segments.insert(1, path);
         if let Some(roles) = self.roles.as_mut() {
             roles.active = Some(1);
@@ -917,6 +925,21 @@ mod tests {
     }
 
     #[test]
+    fn an_orphan_index_of_seq_1_is_removed_once_when_the_first_segment_is_created() {
+        // Found by the property test: the report listed nothing, and the
+        // created segment 1 had the removed index as its "stale index".
+        let listing = Listing::classify([(index_path(1), false)]);
+        let mut plan = RecoveryPlan::new(listing);
+        assert_eq!(plan.header_needed(), None);
+        plan.settle_roles().unwrap();
+        assert!(plan.creates_first_segment());
+        assert_eq!(plan.leftovers(), [Removal { path: index_path(1), leftover: Leftover::OrphanIndex }]);
+        plan.first_segment_created(segment_path(1));
+        assert_eq!(plan.stale_active_index(), None);
+        assert_eq!(plan.leftovers().len(), 1);
+    }
+
+    #[test]
     fn with_no_header_written_every_segment_is_removed_and_segment_one_created() {
         let mut facts = Facts::new().segment(1, 1).segment(2, 2);
         facts.headers.insert(1, Err(HeaderError::Zero));
@@ -1253,7 +1276,7 @@ mod tests {
                 prop_assert_eq!(removed.contains(&path), expected, "{}", name);
             }
             let stale = plan.stale_active_index().map(Path::to_path_buf);
-            let indexed = facts.files.iter().any(|(name, _)| *name == index_file_name(active));
+            let indexed = !created && facts.files.iter().any(|(name, _)| *name == index_file_name(active));
             prop_assert_eq!(stale, indexed.then(|| index_path(active)));
 
             // An index is rebuilt exactly when recovery cannot trust it.

@@ -332,6 +332,9 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
 /// new segment is created before the old one is sealed: if creation fails
 /// (disk full), the old segment simply stays active.
 async fn roll(inner: &Rc<Inner>) -> Result<()> {
+    // Almost always finished long ago: it only waits when a whole segment
+    // filled faster than the previous pass could delete.
+    super::retention::wait_for_pass(inner).await;
     loop {
         let wake = inner.writer_wake.wait();
         {
@@ -411,6 +414,7 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
     super::reader::evict_indexes(&mut state);
     drop(state);
     tracing::info!(shard = inner.config.shard_id, first_seq = next_first_seq, "rolled to a new segment");
+    super::retention::start_after_roll(inner);
     prepare_spare_segment(inner);
     Ok(())
 }
