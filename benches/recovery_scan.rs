@@ -43,8 +43,8 @@ const PROJECT_AFTER_FRACTION: f64 = 0.1;
 const BUILD_APPENDERS: usize = 4;
 const ENTRIES_PER_APPEND: usize = 1000;
 const RUNS: usize = 3;
-/// The scanner's read size (`SCAN_WINDOW_BYTES` in `src/shard/recovery.rs`).
-const READ_WINDOW_BYTES: u64 = 8 * MIB;
+/// The scanner's read size.
+const READ_WINDOW_BYTES: u64 = wormdb::limits::SCAN_WINDOW_BYTES as u64;
 const HOST_COUNT: usize = 16;
 
 /// Process CPU time (user, sys) in seconds, from `getrusage(RUSAGE_SELF)`.

@@ -22,16 +22,10 @@ pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const GRPC_ADDR_DEFAULT: &str = "127.0.0.1:50051";
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./wormdb-data";
-/// Default cap on one HTTP request body.
-pub const MAX_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
-/// Largest accepted `--max-body-bytes`.
-pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Default time a client has to send a request's headers.
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default `--shutdown-timeout`.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
-/// Largest accepted `--shards`.
-pub const SHARDS_MAX: usize = 256;
 
 /// Every `serve` setting; each is optional here, so that flags and the file
 /// can be merged (flags win).
@@ -280,8 +274,8 @@ impl NodeConfig {
     /// Validates merged settings; `cores` is the default shard count.
     pub fn from_settings(settings: Settings, cores: usize) -> Result<NodeConfig, String> {
         let shards = settings.shards.unwrap_or(cores);
-        if shards == 0 || shards > SHARDS_MAX {
-            return Err(format!("--shards {shards}: must be between 1 and {SHARDS_MAX}"));
+        if shards == 0 || shards > limits::SHARDS_MAX {
+            return Err(format!("--shards {shards}: must be between 1 and {}", limits::SHARDS_MAX));
         }
         let durability = match settings.durability.as_deref().unwrap_or("sync") {
             "sync" => Durability::Sync,
@@ -299,11 +293,11 @@ impl NodeConfig {
                 format_byte_size(limits::SEGMENT_BYTES_MAX)
             ));
         }
-        let max_body_bytes = settings.max_body_bytes.unwrap_or(MAX_BODY_BYTES_DEFAULT as u64);
-        if max_body_bytes == 0 || max_body_bytes > MAX_BODY_BYTES_LIMIT as u64 {
+        let max_body_bytes = settings.max_body_bytes.unwrap_or(limits::HTTP_BODY_BYTES_DEFAULT as u64);
+        if max_body_bytes == 0 || max_body_bytes > limits::HTTP_BODY_BYTES_LIMIT as u64 {
             return Err(format!(
-                "--max-body-bytes {max_body_bytes}: must be between 1 and {} (MAX_BODY_BYTES_LIMIT)",
-                format_byte_size(MAX_BODY_BYTES_LIMIT as u64)
+                "--max-body-bytes {max_body_bytes}: must be between 1 and {} (HTTP_BODY_BYTES_LIMIT)",
+                format_byte_size(limits::HTTP_BODY_BYTES_LIMIT as u64)
             ));
         }
         let max_body_bytes = max_body_bytes as usize;

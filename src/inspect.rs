@@ -72,12 +72,6 @@ use crate::shard::scan::{self, Step, Stop};
 use crate::shard::segment::{self, HeaderError, SegmentHeader, DATA_OFFSET};
 use crate::shard::PAGE_BYTES;
 
-/// How much of a segment one read covers.
-const WINDOW_BYTES: usize = 8 * 1024 * 1024;
-// A window must hold the largest block (plus the page it may start in), or
-// the scan could ask for more forever.
-const _: () = assert!(WINDOW_BYTES >= block::HEADER_BYTES + limits::BLOCK_STORED_BYTES_MAX + PAGE_BYTES);
-
 /// Writes one line of output; a failed write (say, a closed pipe) ends the dump.
 macro_rules! say {
     ($out:expr, $($arg:tt)*) => {
@@ -445,7 +439,7 @@ fn check_index(path: &Path) -> Result<IndexCheck, String> {
 struct Inspector<'a> {
     out: &'a mut dyn Write,
     show_blocks: bool,
-    /// The read buffer, [`WINDOW_BYTES`] once allocated; shared by every read.
+    /// The read buffer, [`limits::SCAN_WINDOW_BYTES`] once allocated; shared by every read.
     window: Vec<u8>,
     /// Files that could not be read, with the error.
     unreadable: Vec<String>,
@@ -916,7 +910,7 @@ impl Inspector<'_> {
             File::open(path).map_err(|error| ScanError::Read(format!("cannot open {}: {error}", path.display())))?;
         let mut window = std::mem::take(&mut self.window);
         if window.is_empty() {
-            window = vec![0u8; WINDOW_BYTES];
+            window = vec![0u8; limits::SCAN_WINDOW_BYTES];
         }
         let result = self.scan_with(&file, segment, scan_bytes, check_tail, &mut window);
         self.window = window;

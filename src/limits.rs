@@ -287,3 +287,36 @@ const _: () = assert!(PUSH_BATCH_BYTES_TARGET + BLOCK_STORED_BYTES_MAX + BLOCK_H
 pub const PUSH_BATCHES_UNACKED_MAX: usize = 4;
 /// Entries `wormdb restore` appends per group commit.
 pub const RESTORE_BATCH_ENTRIES: usize = 4096;
+
+// ---------------------------------------------------------------------------
+// Reads and scans of segment files, and the node's own setup.
+// ---------------------------------------------------------------------------
+
+/// How much of a segment one recovery (or `wormdb inspect`) read covers.
+/// Larger than any block, so a block always fits in one window; 8 MiB reads
+/// run near the disk's sequential rate without holding much memory.
+pub const SCAN_WINDOW_BYTES: usize = 8 * 1024 * 1024;
+const _: () = assert!(SCAN_WINDOW_BYTES >= BLOCK_HEADER_BYTES + BLOCK_STORED_BYTES_MAX + PAGE_BYTES);
+/// Adjacent blocks a query or replay reads are coalesced into one I/O up to
+/// this many bytes: fewer syscalls, and a bounded buffer per reader.
+pub const READ_COALESCE_BYTES: u64 = 4 * 1024 * 1024;
+/// Chunk size for zero-filling a spare segment and scrubbing a torn tail.
+pub const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// Zero-filling syncs the spare file every this many bytes. A commit's
+/// fdatasync flushes the device's whole write cache, zeros of the spare
+/// segment included: zeroing a 256 MiB segment in one go and syncing once
+/// made commits wait for hundreds of MiB of zeros (fdatasync stalls of up to
+/// a second under sustained ingest). Syncing as it goes keeps that backlog
+/// to a few MiB.
+pub const ZERO_SYNC_BYTES: u64 = 4 * 1024 * 1024;
+/// Most bytes one socket read asks for (and zero-initializes first):
+/// loopback delivers at most 64 KiB segments.
+pub const NET_READ_WINDOW_BYTES: usize = 64 * 1024;
+/// Default cap on one HTTP request body (`--max-body-bytes`, DESIGN.md
+/// section 7's 413): sixteen thousand typical log lines.
+pub const HTTP_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// Largest accepted `--max-body-bytes`: a body is held whole while it is
+/// parsed, so this bounds one request's memory.
+pub const HTTP_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest accepted `--shards`: one executor and one set of listeners each.
+pub const SHARDS_MAX: usize = 256;

@@ -17,9 +17,7 @@ use std::task::{ready, Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
-/// Most bytes one read asks the socket for (and zero-initializes first).
-/// Loopback delivers at most 64 KiB segments.
-pub const READ_WINDOW_BYTES: usize = 64 * 1024;
+pub use crate::limits::NET_READ_WINDOW_BYTES as READ_WINDOW_BYTES;
 
 /// A futures-io stream (a glommio `TcpStream`) as a tokio stream.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The bottom: bounds, wire types, stream adapters, process setup.
     ("limits", &[]),
     ("proto", &[]),
-    ("net", &[]),
+    ("net", &["limits"]),
     ("runtime", &[]),
     // Pure byte formats.
     ("codec", &["limits", "proto"]),

@@ -11,11 +11,8 @@ use glommio::io::{DmaBuffer, DmaFile};
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
 use crate::index::{BlockMeta, OriginKey, SegmentIndex};
-use crate::limits;
+use crate::limits::{self, READ_COALESCE_BYTES};
 use crate::proto::LogEntry;
-
-/// Adjacent blocks are read with one I/O up to this many bytes.
-const READ_COALESCE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A query over one shard.
 #[derive(Clone, Copy, Debug)]

@@ -19,22 +19,7 @@ use super::segment::{self, SegmentHeader, DATA_OFFSET};
 use super::{page_ceil, page_floor, Active, Error, Preallocation, Result, Sealed, ShardConfig, PAGE_BYTES};
 use crate::codec::block::{self, BlockError, BlockHeader, EntryView};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
-use crate::limits;
-
-/// How much of the file one recovery read covers. Larger than any block, so
-/// a block always fits in one window.
-const SCAN_WINDOW_BYTES: usize = 8 * 1024 * 1024;
-const _: () = assert!(SCAN_WINDOW_BYTES >= block::HEADER_BYTES + limits::BLOCK_STORED_BYTES_MAX + PAGE_BYTES);
-
-/// Chunk size for zero-filling and scrubbing.
-const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
-/// Zero-filling syncs the spare file every this many bytes. A commit's
-/// fdatasync flushes the device's whole write cache, zeros of the spare
-/// segment included: zeroing a 256 MiB segment in one go and syncing once
-/// made commits wait for hundreds of MiB of zeros (fdatasync stalls of up to
-/// a second under sustained ingest). Syncing as it goes keeps that backlog
-/// to a few MiB.
-const ZERO_SYNC_BYTES: u64 = 4 * 1024 * 1024;
+use crate::limits::{self, SCAN_WINDOW_BYTES, ZERO_CHUNK_BYTES, ZERO_SYNC_BYTES};
 
 pub(super) struct Recovered {
     pub active: Active,
