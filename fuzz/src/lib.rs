@@ -117,15 +117,18 @@ fn check_entry(entry: &[u8]) {
         tags.insert(key.to_owned(), value.to_owned());
     });
     let _ = view.has_tags(&[("level", "INFO"), ("", "")]);
+    // prost reads a tags field of any wire type as a length-delimited map
+    // entry (it never checks the wire type of map fields), where EntryView
+    // skips one that is not length-delimited as an unknown field: from there
+    // on the two frame the rest of the entry differently (tags, body,
+    // timestamp), so they are compared only on entries without one.
+    if has_misframed_tags_field(entry) {
+        return;
+    }
     if let (Ok(expected), Ok(())) = (LogEntry::decode(entry), tags_parsed) {
         assert_eq!(view.timestamp_ns, expected.timestamp_ns);
         assert_eq!(view.body, &expected.body[..]);
-        // prost reads a tags field of any wire type as a length-delimited
-        // map entry (it never checks the wire type of map fields);
-        // EntryView skips one that is not length-delimited, as an unknown field.
-        if !has_misframed_tags_field(entry) {
-            assert_eq!(tags, expected.tags);
-        }
+        assert_eq!(tags, expected.tags);
     }
 }
 
@@ -689,13 +692,17 @@ mod tests {
     /// Found by `push_batch`: prost reads a tags field of any wire type as
     /// a map entry, where `EntryView` skips it; first one of wire type
     /// varint behind a fixed64 field (whose first byte the helper took for a
-    /// length), then one of wire type fixed32.
+    /// length), then one of wire type fixed32, then one of wire type fixed64
+    /// after which prost frames the body away.
     #[test]
     fn a_tags_field_that_is_not_length_delimited_is_the_known_prost_quirk() {
         let behind_fixed64 = [(13 << 3) | 1, 0x69, 0x69, 0x28, 0x18, 0x18, 0x18, 0x18, 0x18, 3 << 3, 24];
         // prost: tags {"app": "web"}; EntryView: 4 bytes skipped, then field 14 and field 2 (wire type 2).
         let fixed32 = b"\x08\x01\x10\x05\x1d\x0a\x0a\x03app\x12\x03web\x22\x04body";
-        for entry in [&behind_fixed64[..], &fixed32[..]] {
+        // prost: the map entry takes 9 bytes, field 15 (fixed64) the body;
+        // EntryView: 8 bytes skipped, field 8, then the body.
+        let fixed64 = b"\x08\x01\x19\x09\x29\x97\x00\x00XRMB\x03yeb\x22\x04body";
+        for entry in [&behind_fixed64[..], &fixed32[..], &fixed64[..]] {
             assert!(EntryView::parse(entry).is_ok(), "{entry:?}");
             assert!(has_misframed_tags_field(entry), "{entry:?}");
             check_entry(entry);
