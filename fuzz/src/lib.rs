@@ -520,21 +520,28 @@ fn check_push_batch(data: &[u8]) {
     }
     let entries = pushed_entries(&batch, entry_count);
 
-    for (field, wire_type, contents) in &fields {
-        if (*field, *wire_type) == (PUSH_BATCH_ENTRIES_FIELD, 2) {
-            check_entry(&data[contents.clone()]);
-        }
+    let entry_fields: Vec<&[u8]> = fields
+        .iter()
+        .filter(|(field, wire_type, _)| (*field, *wire_type) == (PUSH_BATCH_ENTRIES_FIELD, 2))
+        .map(|(_, _, contents)| &data[contents.clone()])
+        .collect();
+    for entry in &entry_fields {
+        check_entry(entry);
     }
     if let Ok(expected) = PushBatch::decode(data) {
         assert_eq!((batch.follower_id, batch.shard), (expected.follower_id, expected.shard));
         if is_entry_batch {
             assert_eq!(batch.len(), expected.entries.len());
-            for (index, expected) in expected.entries.iter().enumerate() {
-                let view = batch.entry(index);
-                assert_eq!(
-                    (view.seq, view.timestamp_ns, view.body),
-                    (expected.seq, expected.timestamp_ns, &expected.body[..])
-                );
+            for (index, (entry, expected)) in entry_fields.iter().zip(&expected.entries).enumerate() {
+                // check_entry compared the other fields, and says why an
+                // entry with a misframed tags field is left out.
+                if !has_misframed_tags_field(entry) {
+                    let view = batch.entry(index);
+                    assert_eq!(
+                        (view.seq, view.timestamp_ns, view.body),
+                        (expected.seq, expected.timestamp_ns, &expected.body[..])
+                    );
+                }
             }
         } else {
             let blocks: Vec<&[u8]> = fields
@@ -707,6 +714,18 @@ mod tests {
             assert!(has_misframed_tags_field(entry), "{entry:?}");
             check_entry(entry);
         }
+    }
+
+    /// Found by `push_batch`: the same quirk in a pushed entry, a tags field
+    /// of wire type varint (prost: a 10-byte map entry that swallows the
+    /// body; the leader: body `d\0XX`).
+    #[test]
+    fn a_pushed_entry_with_a_misframed_tags_field_is_not_compared_with_prost() {
+        let entry = b"\x08\x01\x10\x05\x18\x0a\x22\x04d\x00XXXhhhhhhhhh";
+        let mut batch = vec![0x08, 7, 0x10, 2, 0x1a, entry.len() as u8];
+        batch.extend_from_slice(entry);
+        assert_eq!(PushedBatch::parse(batch.clone().into()).unwrap().entry(0).body, b"d\0XX");
+        push_batch(&batch);
     }
 
     #[test]
