@@ -117,15 +117,18 @@ fn check_entry(entry: &[u8]) {
         tags.insert(key.to_owned(), value.to_owned());
     });
     let _ = view.has_tags(&[("level", "INFO"), ("", "")]);
+    // prost reads a tags field of any wire type as a length-delimited map
+    // entry (it never checks the wire type of map fields), where EntryView
+    // skips one that is not length-delimited as an unknown field: from there
+    // on the two frame the rest of the entry differently (tags, body,
+    // timestamp), so they are compared only on entries without one.
+    if has_misframed_tags_field(entry) {
+        return;
+    }
     if let (Ok(expected), Ok(())) = (LogEntry::decode(entry), tags_parsed) {
         assert_eq!(view.timestamp_ns, expected.timestamp_ns);
         assert_eq!(view.body, &expected.body[..]);
-        // prost reads a tags field of any wire type as a length-delimited
-        // map entry (it never checks the wire type of map fields);
-        // EntryView skips one that is not length-delimited, as an unknown field.
-        if !has_misframed_tags_field(entry) {
-            assert_eq!(tags, expected.tags);
-        }
+        assert_eq!(tags, expected.tags);
     }
 }
 
@@ -518,21 +521,28 @@ fn check_push_batch(data: &[u8]) {
     }
     let entries = pushed_entries(&batch, entry_count);
 
-    for (field, wire_type, contents) in &fields {
-        if (*field, *wire_type) == (PUSH_BATCH_ENTRIES_FIELD, 2) {
-            check_entry(&data[contents.clone()]);
-        }
+    let entry_fields: Vec<&[u8]> = fields
+        .iter()
+        .filter(|(field, wire_type, _)| (*field, *wire_type) == (PUSH_BATCH_ENTRIES_FIELD, 2))
+        .map(|(_, _, contents)| &data[contents.clone()])
+        .collect();
+    for entry in &entry_fields {
+        check_entry(entry);
     }
     if let Ok(expected) = PushBatch::decode(data) {
         assert_eq!((batch.follower_id, batch.shard), (expected.follower_id, expected.shard));
         if is_entry_batch {
             assert_eq!(batch.len(), expected.entries.len());
-            for (index, expected) in expected.entries.iter().enumerate() {
-                let view = batch.entry(index);
-                assert_eq!(
-                    (view.seq, view.timestamp_ns, view.body),
-                    (expected.seq, expected.timestamp_ns, &expected.body[..])
-                );
+            for (index, (entry, expected)) in entry_fields.iter().zip(&expected.entries).enumerate() {
+                // check_entry compared the other fields, and says why an
+                // entry with a misframed tags field is left out.
+                if !has_misframed_tags_field(entry) {
+                    let view = batch.entry(index);
+                    assert_eq!(
+                        (view.seq, view.timestamp_ns, view.body),
+                        (expected.seq, expected.timestamp_ns, &expected.body[..])
+                    );
+                }
             }
         } else {
             let blocks: Vec<&[u8]> = fields
@@ -691,17 +701,33 @@ mod tests {
     /// Found by `push_batch`: prost reads a tags field of any wire type as
     /// a map entry, where `EntryView` skips it; first one of wire type
     /// varint behind a fixed64 field (whose first byte the helper took for a
-    /// length), then one of wire type fixed32.
+    /// length), then one of wire type fixed32, then one of wire type fixed64
+    /// after which prost frames the body away.
     #[test]
     fn a_tags_field_that_is_not_length_delimited_is_the_known_prost_quirk() {
         let behind_fixed64 = [(13 << 3) | 1, 0x69, 0x69, 0x28, 0x18, 0x18, 0x18, 0x18, 0x18, 3 << 3, 24];
         // prost: tags {"app": "web"}; EntryView: 4 bytes skipped, then field 14 and field 2 (wire type 2).
         let fixed32 = b"\x08\x01\x10\x05\x1d\x0a\x0a\x03app\x12\x03web\x22\x04body";
-        for entry in [&behind_fixed64[..], &fixed32[..]] {
+        // prost: the map entry takes 9 bytes, field 15 (fixed64) the body;
+        // EntryView: 8 bytes skipped, field 8, then the body.
+        let fixed64 = b"\x08\x01\x19\x09\x29\x97\x00\x00XRMB\x03yeb\x22\x04body";
+        for entry in [&behind_fixed64[..], &fixed32[..], &fixed64[..]] {
             assert!(EntryView::parse(entry).is_ok(), "{entry:?}");
             assert!(has_misframed_tags_field(entry), "{entry:?}");
             check_entry(entry);
         }
+    }
+
+    /// Found by `push_batch`: the same quirk in a pushed entry, a tags field
+    /// of wire type varint (prost: a 10-byte map entry that swallows the
+    /// body; the leader: body `d\0XX`).
+    #[test]
+    fn a_pushed_entry_with_a_misframed_tags_field_is_not_compared_with_prost() {
+        let entry = b"\x08\x01\x10\x05\x18\x0a\x22\x04d\x00XXXhhhhhhhhh";
+        let mut batch = vec![0x08, 7, 0x10, 2, 0x1a, entry.len() as u8];
+        batch.extend_from_slice(entry);
+        assert_eq!(PushedBatch::parse(batch.clone().into()).unwrap().entry(0).body, b"d\0XX");
+        push_batch(&batch);
     }
 
     #[test]
