@@ -1,5 +1,7 @@
 //! The follower's pusher: one per shard, streaming the shard's durable
 //! entries to the leader over `Replicate` and tracking the leader's acks.
+//! This file is the I/O driver; the rules live in the sans-I/O
+//! [`super::session::Session`], which [`run_pusher`] polls and feeds.
 //!
 //! A session: connect, ask `GetWatermark` for (this node, this shard), then
 //! read the shard's own log from `watermark + 1` on and send it in batches
@@ -19,16 +21,18 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_channel::mpsc;
 use futures_lite::future;
+use futures_util::{SinkExt, StreamExt};
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use super::session::Backoff;
+use super::session::{self, Action, Config, Session, Window};
 use super::Host;
 use crate::codec::block;
 use crate::grpc::frame;
 use crate::grpc::status::{Code, Status};
-use crate::grpc::transport::{CallReceiver, CallSender, Channel};
-use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET, PUSH_BLOCK_BATCH_ENTRIES_MAX};
+use crate::grpc::transport::{CallSender, Channel};
+use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET};
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
 use crate::shard::SharedSeq;
 
@@ -82,102 +86,177 @@ impl FollowerState {
     }
 }
 
-/// Runs the pusher of the host's shard until shutdown has drained it.
+/// Runs the pusher of the host's shard until shutdown has drained it: the
+/// I/O driver of a [`Session`], which decides what to do; this function
+/// connects, reads the log, sends, and feeds back what happened.
 pub async fn run_pusher<H: Host>(host: Rc<H>) {
     let Some(leader) = host.follower().leader else { return };
+    let node = host.node_id();
     let shard = host.shard().config().shard_id;
-    let mut backoff = Backoff::new(u64::from(host.node_id()) << 32 | u64::from(shard) ^ 0x5DEE_CE66);
+    let seed = u64::from(node) << 32 | u64::from(shard) ^ 0x5DEE_CE66;
+    let clock = Instant::now();
+    let state = host.follower();
+    let mut session = Session::new(Config::default(), seed, host.shard().durable_seq());
+    let mut stream: Option<Stream> = None;
     loop {
-        let state = &host.follower();
-        state.sessions.set(state.sessions.get() + 1);
-        let started = Instant::now();
-        let result = session(&host, leader).await;
-        state.connected.set(false);
-        match result {
-            Ok(()) => return,
-            Err(status) => {
-                if state.stopping.get() {
-                    tracing::warn!(shard, %status, "replication: shutting down with entries not acknowledged");
-                    return;
+        if state.stopping.get() {
+            session.shutdown();
+        }
+        session.durable(host.shard().durable_seq());
+        let action = session.poll(clock.elapsed());
+        publish(&session, state);
+        match action {
+            Action::Done => {
+                if session.acked_seq() < Some(session.durable_seq()) {
+                    tracing::warn!(shard, "replication: shutting down with entries not acknowledged");
                 }
-                // A session that ran for a while was healthy: start over.
-                if started.elapsed() > BACKOFF_MAX * 2 {
-                    backoff.reset();
+                return;
+            }
+            Action::Connect => {
+                stream = None;
+                match connect(node, shard, leader).await {
+                    Ok((watermark, started)) => match session.connected(clock.elapsed(), watermark) {
+                        Ok(()) => {
+                            tracing::info!(shard, %leader, acked = watermark, "replication session up");
+                            stream = Some(started);
+                        }
+                        Err(error) => ended(shard, leader, &session, state, error.to_string()),
+                    },
+                    Err(status) => {
+                        session.failed(clock.elapsed(), status.to_string());
+                        ended(shard, leader, &session, state, status.to_string());
+                    }
                 }
-                let delay = backoff.delay();
-                if state.last_error.borrow().as_deref() != Some(status.message.as_str()) {
-                    tracing::warn!(shard, %leader, %status, ?delay, "replication session ended; reconnecting");
+            }
+            Action::Send(window) => {
+                let Some(open) = stream.as_mut() else { unreachable!("a Send comes with a stream") };
+                let sent = match encode_batch(&*host, node, shard, window).await {
+                    Ok((framed, to_seq)) => open.sender.send_framed(framed).await.map(|()| to_seq),
+                    Err(status) => Err(status),
+                };
+                match sent {
+                    Ok(to_seq) => session.sent(window.from_seq, to_seq),
+                    Err(status) => {
+                        stream = None;
+                        session.failed(clock.elapsed(), status.to_string());
+                        ended(shard, leader, &session, state, status.to_string());
+                    }
                 }
-                *state.last_error.borrow_mut() = Some(status.message.clone());
-                let mut waited = Duration::ZERO;
-                while waited < delay && !state.stopping.get() {
-                    glommio::timer::sleep(IDLE_CHECK.min(delay - waited)).await;
-                    waited += IDLE_CHECK;
+            }
+            Action::CloseSend => {
+                let Some(open) = stream.as_mut() else { unreachable!("a CloseSend comes with a stream") };
+                if let Err(status) = open.sender.close_send().await {
+                    stream = None;
+                    session.failed(clock.elapsed(), status.to_string());
+                    ended(shard, leader, &session, state, status.to_string());
                 }
-                if state.stopping.get() && state.acked.get() >= Some(host.shard().durable_seq()) {
-                    return;
+            }
+            Action::Wait => {
+                let Some(open) = stream.as_mut() else {
+                    glommio::timer::sleep(IDLE_CHECK).await;
+                    continue;
+                };
+                let durable = session.durable_seq();
+                let event = future::or(async { open.acks.next().await }, async {
+                    future::or(
+                        async {
+                            // A closing or failed shard answers at once
+                            // without progress: do not spin on it.
+                            if host.shard().wait_durable_after(durable).await <= durable {
+                                glommio::timer::sleep(IDLE_CHECK).await;
+                            }
+                        },
+                        glommio::timer::sleep(IDLE_CHECK),
+                    )
+                    .await;
+                    Some(StreamEvent::Tick)
+                })
+                .await;
+                let now = clock.elapsed();
+                let outcome = match event {
+                    Some(StreamEvent::Tick) => Ok(()),
+                    Some(StreamEvent::Ack(acked_seq)) => session.ack(now, acked_seq),
+                    Some(StreamEvent::Closed) | None => session.stream_closed(now),
+                    Some(StreamEvent::Failed(status)) => {
+                        session.failed(now, status.to_string());
+                        Err(session::Error::Failed(status.to_string()))
+                    }
+                };
+                if let Err(error) = outcome {
+                    stream = None;
+                    ended(shard, leader, &session, state, error.to_string());
+                } else if session.is_done() {
+                    stream = None;
                 }
+            }
+            Action::Sleep { until } => {
+                let left = until.saturating_sub(clock.elapsed());
+                glommio::timer::sleep(left.min(IDLE_CHECK)).await;
             }
         }
     }
 }
 
-/// One connection's worth of pushing. `Ok` only when shutdown drained
-/// everything durable.
-async fn session<H: Host>(host: &Rc<H>, leader: SocketAddr) -> Result<(), Status> {
-    let node = host.node_id();
-    let shard = host.shard().config().shard_id;
+/// An open `Replicate` stream: the sending half, and the acks a task reads
+/// from the receiving half (so that waiting for one never cancels a read
+/// midway). Dropping it cancels the call.
+struct Stream {
+    sender: CallSender,
+    acks: mpsc::Receiver<StreamEvent>,
+    _reader: glommio::task::JoinHandle<()>,
+    _channel: Channel,
+}
+
+/// What the ack reader saw, or a timer tick.
+enum StreamEvent {
+    Ack(u64),
+    Closed,
+    Failed(Status),
+    Tick,
+}
+
+/// Connects, asks the leader's watermark of (node, shard), and opens the
+/// `Replicate` stream.
+async fn connect(node: u32, shard: u32, leader: SocketAddr) -> Result<(u64, Stream), Status> {
     let channel = Channel::connect(leader, CONNECT_TIMEOUT).await?;
     let request = WatermarkRequest { follower_id: node, shard };
     let watermark: WatermarkResponse = channel.unary(GET_WATERMARK, &request, Some(WATERMARK_TIMEOUT)).await?;
-    let acked = watermark.acked_seq;
-    let durable = host.shard().durable_seq();
-    if acked > durable {
-        return Err(Status::failed_precondition(format!(
-            "the leader archived up to seq {acked} of (node {node}, shard {shard}) but this shard's log ends at \
-             {durable}: this node lost data; rebuild it with `wormdb restore` before it pushes again"
-        )));
-    }
-    host.follower().acked.set(Some(acked));
-    host.follower().connected.set(true);
-    tracing::info!(shard, %leader, acked, "replication session up");
     let (sender, receiver) = channel.start(REPLICATE, None).await?.split();
-    let in_flight = Rc::new(glommio::sync::Semaphore::new(PUSH_BATCHES_UNACKED_MAX as u64));
-    let sending = send_batches(&**host, sender, acked + 1, in_flight.clone());
-    let receiving = receive_acks(&**host, receiver, in_flight);
-    futures_util::future::try_join(sending, receiving).await?;
-    Ok(())
+    // One event per batch in flight, plus the stream's end.
+    let (mut events, acks) = mpsc::channel(PUSH_BATCHES_UNACKED_MAX + 1);
+    let reader = glommio::spawn_local(async move {
+        let mut receiver = receiver;
+        loop {
+            let event = match receiver.next::<PushAck>().await {
+                Ok(Some(ack)) => StreamEvent::Ack(ack.acked_seq),
+                Ok(None) => StreamEvent::Closed,
+                Err(status) => StreamEvent::Failed(status),
+            };
+            let last = !matches!(event, StreamEvent::Ack(_));
+            if events.send(event).await.is_err() || last {
+                return;
+            }
+        }
+    })
+    .detach();
+    Ok((watermark.acked_seq, Stream { sender, acks, _reader: reader, _channel: channel }))
 }
 
-async fn send_batches<H: Host>(
-    host: &H,
-    mut sender: CallSender,
-    mut next: u64,
-    in_flight: Rc<glommio::sync::Semaphore>,
-) -> Result<(), Status> {
-    let node = host.node_id();
-    let shard = host.shard().config().shard_id;
-    loop {
-        in_flight.acquire(1).await.map_err(|_| Status::cancelled("pusher closed"))?;
-        // Wait for durable entries past `next - 1`.
-        while next > host.shard().durable_seq() {
-            if host.follower().stopping.get() {
-                sender.close_send().await?;
-                return Ok(());
-            }
-            future::or(
-                async {
-                    host.shard().wait_durable_after(next - 1).await;
-                },
-                glommio::timer::sleep(IDLE_CHECK),
-            )
-            .await;
-        }
-        let (framed, sent) = encode_batch(host, node, shard, next).await?;
-        next += sent;
-        sender.send_framed(framed).await?;
-        host.follower().sent_entries.set(host.follower().sent_entries.get() + sent);
+/// Mirrors the session into the state stats, retention and shutdown read.
+fn publish(session: &Session, state: &FollowerState) {
+    state.acked.set(session.acked_seq());
+    state.connected.set(session.is_connected());
+    state.sessions.set(session.sessions());
+    state.sent_entries.set(session.sent_entries());
+}
+
+/// Logs a session's end, once per distinct reason, and keeps the reason.
+fn ended(shard: u32, leader: SocketAddr, session: &Session, state: &FollowerState, reason: String) {
+    if state.last_error.borrow().as_deref() != Some(reason.as_str()) && !session.is_done() {
+        tracing::warn!(shard, %leader, reason = %reason, "replication session ended; reconnecting");
     }
+    *state.last_error.borrow_mut() = Some(reason);
+    state.connected.set(false);
 }
 
 /// Builds the framed `PushBatch` of the durable entries from `next` on:
@@ -185,20 +264,26 @@ async fn send_batches<H: Host>(
 /// except when `next` falls inside a block (a resume from a watermark the
 /// leader got otherwise): then the batch holds that block's entries from
 /// `next` on, straight from their stored bytes ([`PushBatchWriter::push`]).
-/// Returns the message and the entries it holds.
-async fn encode_batch<H: Host>(host: &H, node: u32, shard: u32, next: u64) -> Result<(Bytes, u64), Status> {
+/// Returns the message and the seq after its last entry.
+async fn encode_batch<H: Host>(host: &H, node: u32, shard: u32, window: Window) -> Result<(Bytes, u64), Status> {
+    let next = window.from_seq;
+    let entries_max = usize::try_from(window.to_seq_max - next).unwrap_or(usize::MAX);
     let mut writer = PushBatchWriter::new(node, shard, PUSH_BATCH_BYTES_TARGET + PUSH_BATCH_BYTES_TARGET / 8);
     let mut expected = next;
     let mut out_of_order = None;
     let mut cut_block = None;
     host.shard()
-        .read_stored_blocks_from(next, PUSH_BLOCK_BATCH_ENTRIES_MAX, PUSH_BATCH_BYTES_TARGET, &mut |header, block| {
+        .read_stored_blocks_from(next, entries_max, window.bytes_target, &mut |header, block| {
             if header.first_seq < next && header.next_seq() > next {
                 cut_block = Some((*header, block.to_vec()));
                 return false;
             }
             if header.first_seq != expected {
                 out_of_order.get_or_insert(header.first_seq);
+                return false;
+            }
+            if header.next_seq() > window.to_seq_max && expected > next {
+                // Blocks are not cut at the end: the next batch takes it.
                 return false;
             }
             writer.push_block(block);
@@ -230,7 +315,13 @@ async fn encode_batch<H: Host>(host: &H, node: u32, shard: u32, next: u64) -> Re
             ),
         ));
     }
-    Ok((writer.finish(), sent))
+    if expected > window.to_seq_max {
+        return Err(Status::internal(format!(
+            "the stored blocks from seq {next} end at {expected}, past the batch's window end {}",
+            window.to_seq_max
+        )));
+    }
+    Ok((writer.finish(), expected))
 }
 
 /// Writes a framed `PushBatch` message from stored data: whole stored
@@ -281,24 +372,6 @@ impl PushBatchWriter {
         self.out[..frame::PREFIX_BYTES].copy_from_slice(&frame::prefix(len));
         self.out.freeze()
     }
-}
-
-async fn receive_acks<H: Host>(
-    host: &H,
-    mut receiver: CallReceiver,
-    in_flight: Rc<glommio::sync::Semaphore>,
-) -> Result<(), Status> {
-    while let Some(ack) = receiver.next::<PushAck>().await? {
-        if host.follower().acked.get().is_some_and(|acked| ack.acked_seq < acked) {
-            return Err(Status::new(
-                Code::Internal,
-                format!("the leader's ack went backwards: {} after {:?}", ack.acked_seq, host.follower().acked.get()),
-            ));
-        }
-        host.follower().acked.set(Some(ack.acked_seq));
-        in_flight.signal(1);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
