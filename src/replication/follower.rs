@@ -36,11 +36,6 @@ use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET};
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
 use crate::shard::SharedSeq;
 
-/// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest reconnect delay (as Kafka clients' `reconnect.backoff.max.ms`): a
-/// leader back from an outage waits at most this long for its followers.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `GetWatermark` may take.

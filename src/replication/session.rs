@@ -58,8 +58,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::follower::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET, PUSH_BLOCK_BATCH_ENTRIES_MAX};
+
+/// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest reconnect delay (as Kafka clients' `reconnect.backoff.max.ms`): a
+/// leader back from an outage waits at most this long for its followers.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Bounds of one pusher's batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
