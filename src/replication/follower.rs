@@ -198,8 +198,15 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
 struct Stream {
     sender: CallSender,
     acks: mpsc::Receiver<StreamEvent>,
-    _reader: glommio::task::JoinHandle<()>,
+    reader: glommio::task::JoinHandle<()>,
     _channel: Channel,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A detached task outlives its handle: stop the reader with the call.
+        self.reader.cancel();
+    }
 }
 
 /// What the ack reader saw, or a timer tick.
@@ -234,7 +241,7 @@ async fn connect(node: u32, shard: u32, leader: SocketAddr) -> Result<(u64, Stre
         }
     })
     .detach();
-    Ok((watermark.acked_seq, Stream { sender, acks, _reader: reader, _channel: channel }))
+    Ok((watermark.acked_seq, Stream { sender, acks, reader, _channel: channel }))
 }
 
 /// Mirrors the session into the state stats, retention and shutdown read.

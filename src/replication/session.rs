@@ -25,8 +25,9 @@
 //! stream. A failure while shutting down ends the pusher at once, with
 //! entries possibly unacknowledged (they stay in the log for next time).
 //!
-//! Retention asks [`Session::may_delete`]: a segment holding an entry the
-//! leader has not acknowledged stays.
+//! Retention's veto is the shard's (`ShardConfig::retention_deletable_through`):
+//! the driver publishes [`Session::acked_seq`] into it, so a segment holding
+//! an entry the leader has not acknowledged stays.
 //!
 //! # Driving it
 //!
@@ -192,13 +193,6 @@ impl Backoff {
         self.next = (self.next * 2).min(BACKOFF_MAX);
         delay
     }
-}
-
-/// Retention's veto: a segment whose last seq is `segment_last_seq` may go
-/// only once the leader acknowledged it (`acked_seq` is `None` before the
-/// first contact).
-pub fn may_delete(acked_seq: Option<u64>, segment_last_seq: u64) -> bool {
-    acked_seq.is_some_and(|acked| segment_last_seq <= acked)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,11 +387,6 @@ impl Session {
         self.stopping = true;
     }
 
-    /// Retention's veto (see [`may_delete`]).
-    pub fn may_delete(&self, segment_last_seq: u64) -> bool {
-        may_delete(self.acked_seq, segment_last_seq)
-    }
-
     /// Highest seq the leader acknowledged (`None` before first contact).
     pub fn acked_seq(&self) -> Option<u64> {
         self.acked_seq
@@ -459,9 +448,10 @@ mod tests {
         let mut session = Session::new(config(4, 2), 1, 10);
         assert_eq!(session.poll(Duration::ZERO), Action::Connect);
         assert_eq!(session.poll(Duration::ZERO), Action::Wait);
-        assert!(!session.may_delete(1), "nothing acknowledged before first contact");
+        assert_eq!(session.acked_seq(), None, "nothing acknowledged before first contact");
         session.connected(MS, 3).unwrap();
-        assert!(session.is_connected() && session.may_delete(3) && !session.may_delete(4));
+        assert!(session.is_connected());
+        assert_eq!(session.acked_seq(), Some(3), "the watermark is what retention may delete through");
         assert_eq!(session.poll(MS), window(4, 8));
         assert_eq!(session.poll(MS), Action::Wait, "waits for sent()");
         session.sent(4, 6); // the driver stopped early (bytes)
@@ -577,13 +567,6 @@ mod tests {
         session.failed(MS, "broken pipe");
         session.shutdown();
         assert_eq!(session.poll(MS), Action::Connect, "one more session to drain seq 3");
-    }
-
-    #[test]
-    fn retention_keeps_what_the_leader_has_not_acknowledged() {
-        assert!(!may_delete(None, 1));
-        assert!(!may_delete(Some(99), 100));
-        assert!(may_delete(Some(100), 100));
     }
 
     /// One step of the property test's world.
@@ -726,7 +709,6 @@ mod tests {
                 }
                 let acked = world.session.acked_seq();
                 proptest::prop_assert!(acked.unwrap_or(0) <= world.archive_watermark);
-                proptest::prop_assert!(!world.session.may_delete(acked.unwrap_or(0) + 1));
             }
             // Faults stop; shutdown; an honest leader answers everything.
             world.session.shutdown();
