@@ -55,6 +55,7 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod shard;
+pub mod tier;
 
 // The LogHub samples that unit tests read: the same helper as the
 // integration tests and benches use, so all find them one way.

@@ -320,3 +320,51 @@ pub const HTTP_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 pub const HTTP_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Largest accepted `--shards`: one executor and one set of listeners each.
 pub const SHARDS_MAX: usize = 256;
+
+/// Most tier members (`--peers`): a Raft group's cost grows with its voters
+/// (every entry goes to each), and 3 or 5 is what anyone runs; 7 leaves
+/// room for a replacement joining a 5-node tier.
+pub const TIER_MEMBERS_MAX: usize = 7;
+
+/// Most bytes of pushed batches and direct writes in one Raft proposal (a
+/// group commit): one entry of the group's log, written and fdatasynced on
+/// every replica before it commits. Below the gRPC message cap, so a
+/// proposal always fits in one Raft message.
+pub const PROPOSAL_BYTES_MAX: usize = 8 << 20;
+
+/// Most proposals a group leader has in flight (proposed, not yet applied).
+/// Each holds its batches in memory until applied; beyond this, pushes wait
+/// (the follower's log is the queue).
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 64;
+
+/// Most bytes of batches waiting to be proposed on one group: a push that
+/// would exceed it waits for room.
+pub const PROPOSAL_QUEUE_BYTES_MAX: usize = 32 << 20;
+
+/// Most Raft messages queued for one peer of one group while its connection
+/// is down or slow: beyond that the oldest are dropped (Raft resends what
+/// matters: heartbeats repeat, appends are retried from the match index).
+pub const RAFT_OUTBOX_MESSAGES_MAX: usize = 4096;
+
+/// Most entries a replica keeps in its Raft log behind the applied index,
+/// for peers that lag: a peer further behind gets a snapshot instead. The
+/// log's memory (its entries are held in memory to serve raft-rs) is
+/// bounded by this times the proposal size, in practice far less (a
+/// proposal is a group commit of whatever arrived during one fdatasync).
+pub const RAFT_LOG_RETAINED_ENTRIES: u64 = 4096;
+
+/// Most bytes of one Raft log segment file before a new one starts; whole
+/// segments are deleted once compaction passes them.
+pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Most bytes of one record of the Raft log on disk (one entry): a proposal
+/// and its framing. A longer length read back is corruption.
+pub const RAFT_RECORD_BYTES_MAX: usize = PROPOSAL_BYTES_MAX + (1 << 20);
+
+/// Most ReadIndex requests waiting on a group: linearizable watermark
+/// reads beyond it are refused with `RESOURCE_EXHAUSTED`.
+pub const READ_INDEX_WAITING_MAX: usize = 4096;
+
+/// Entries per batch of a snapshot stream: bounds the memory of both ends
+/// while a lagging replica is brought up to date.
+pub const SNAPSHOT_CHUNK_ENTRIES: usize = 4096;

@@ -26,13 +26,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),
     ("config", &["shard", "limits"]),
+    // The archive tier: Raft groups over the replication rules.
+    ("tier", &["replication", "grpc", "shard", "index", "codec", "limits", "proto", "net"]),
     // One core's state; it names no front door.
-    ("node", &["query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"]),
+    ("node", &["tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"]),
     // The front doors.
-    ("http", &["node", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "net"]),
+    ("http", &["node", "tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "net"]),
     (
         "services",
-        &["node", "query", "replication", "grpc", "config", "shard", "index", "codec", "limits", "proto", "net"],
+        &["node", "tier", "query", "replication", "grpc", "config", "shard", "index", "codec", "limits", "proto", "net"],
     ),
     // Tools over storage.
     ("inspect", &["shard", "index", "codec", "limits"]),
@@ -43,6 +45,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "services",
             "http",
             "node",
+            "tier",
             "query",
             "replication",
             "grpc",

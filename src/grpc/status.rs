@@ -123,12 +123,32 @@ pub struct Status {
     pub code: Code,
     /// The message, plain text (not percent-encoded); may be empty.
     pub message: String,
+    /// Where the leader is, on a not-leader refusal of the archive tier.
+    pub leader: Option<LeaderHint>,
+}
+
+/// The leader of a tier group, as a refusing replica knows it (trailers
+/// `wormdb-leader-id`, `wormdb-leader-addr`, `wormdb-term`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    /// The leader's node id.
+    pub leader_id: u32,
+    /// Its gRPC address.
+    pub addr: String,
+    /// The term in which it leads.
+    pub term: u64,
 }
 
 impl Status {
     /// A status with `code` and `message`.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into() }
+        Status { code, message: message.into(), leader: None }
+    }
+
+    /// `UNAVAILABLE` from a replica that does not lead, with where the
+    /// leader is when known.
+    pub fn not_leader(message: impl Into<String>, hint: Option<LeaderHint>) -> Status {
+        Status { code: Code::Unavailable, message: message.into(), leader: hint }
     }
 
     /// Success: [`Code::Ok`] with no message.
@@ -217,7 +237,7 @@ impl Status {
             }
             None => String::new(),
         };
-        Some(Status { code, message })
+        Some(Status { code, message, leader: None })
     }
 }
 

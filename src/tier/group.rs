@@ -1,0 +1,424 @@
+//! One replica of one Raft group, sans I/O: raft-rs's `RawNode` over the
+//! in-memory log it reads, with each `Ready` turned into explicit work for
+//! a driver — the real one ([`super::replica`]) or the simulator.
+//!
+//! raft-rs's `Storage` is synchronous, so the log it reads lives in memory
+//! ([`MemStorage`]); the driver makes the same entries durable ([`Work`]'s
+//! `entries`, `hard_state`, `snapshot`) and only then sends the messages
+//! that depend on them (`persisted_messages`) and calls
+//! [`Group::persisted`]. The order of one round, as raft-rs requires:
+//!
+//! 1. [`Group::ready`] → a [`Work`]: send `messages` right away (a leader
+//!    may replicate before its own write is durable);
+//! 2. persist `snapshot`, `entries` and `hard_state`, fdatasync;
+//! 3. send `persisted_messages` (votes and append responses promise what
+//!    is now on disk);
+//! 4. [`Group::persisted`] → [`After`]: send its messages; apply `committed`
+//!    of the `Work`, then of the `After`, in order;
+//! 5. [`Group::applied`] once the applied state is durable.
+//!
+//! The snapshot a lagging peer receives is taken at the **applied** index
+//! (raft-rs's `MemStorage` would take it at the commit index, which may run
+//! ahead of what is applied): the archive data streamed with it is at least
+//! the state at that index.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use raft::prelude::*;
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, StateRole};
+
+use super::{Error, ELECTION_TICKS, HEARTBEAT_TICKS};
+use crate::limits::{PROPOSAL_BYTES_MAX, RAFT_LOG_RETAINED_ENTRIES};
+
+/// The in-memory log raft-rs reads, with snapshots taken at the applied
+/// index.
+#[derive(Clone)]
+pub struct GroupStorage {
+    mem: MemStorage,
+    applied: Rc<Cell<u64>>,
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.mem.term(index)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let index = self.applied.get();
+        if index < request_index {
+            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snapshot = Snapshot::default();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = index;
+        metadata.term = self.mem.term(index)?;
+        metadata.set_conf_state(self.mem.initial_state()?.conf_state);
+        Ok(snapshot)
+    }
+}
+
+/// What a replica recovered from its disk.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// Term, vote and commit.
+    pub hard_state: HardState,
+    /// The voters (and learners).
+    pub conf_state: ConfState,
+    /// The index and term of the last snapshot installed (0, 0 if none):
+    /// the log starts after it.
+    pub snapshot: (u64, u64),
+    /// The log after the snapshot, in index order.
+    pub entries: Vec<Entry>,
+    /// The highest index whose effects are known durable.
+    pub applied: u64,
+}
+
+/// One round of work from a `Ready` (see the module docs for the order).
+#[derive(Debug, Default)]
+pub struct Work {
+    /// Send now.
+    pub messages: Vec<Message>,
+    /// Install (the archive data came with it), then persist its metadata.
+    pub snapshot: Option<Snapshot>,
+    /// Persist, in order; an entry at an index already on disk replaces
+    /// it and everything after it.
+    pub entries: Vec<Entry>,
+    /// Persist.
+    pub hard_state: Option<HardState>,
+    /// Send once the above is durable.
+    pub persisted_messages: Vec<Message>,
+    /// Apply, in order.
+    pub committed: Vec<Entry>,
+    /// ReadIndex answers: the context given to [`Group::read_index`] and
+    /// the index to wait for.
+    pub read_states: Vec<ReadState>,
+    /// The group's leader or term changed to this (leader id, term).
+    pub leader_changed: Option<(u64, u64)>,
+}
+
+/// What raft-rs hands back once a round is persisted.
+#[derive(Debug, Default)]
+pub struct After {
+    /// Send now.
+    pub messages: Vec<Message>,
+    /// Apply, in order, after the round's own committed entries.
+    pub committed: Vec<Entry>,
+}
+
+/// A replica's view of its group, for `/v1/cluster` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The known leader (0 when none).
+    pub leader: u64,
+    /// The current term.
+    pub term: u64,
+    /// The commit index.
+    pub commit: u64,
+    /// The applied index.
+    pub applied: u64,
+    /// Leader, follower, candidate (or pre-candidate).
+    pub role: StateRole,
+}
+
+/// One replica of one group.
+pub struct Group {
+    node: RawNode<GroupStorage>,
+    storage: GroupStorage,
+    pending: Option<Ready>,
+    last_leader: (u64, u64),
+    group: u32,
+}
+
+impl Group {
+    /// The replica `id` of group `group`: a new one (whose voters are
+    /// `voters`), or one recovered from disk.
+    pub fn new(id: u64, group: u32, voters: &[u64], restored: Option<Restored>, logger: &slog::Logger) -> Group {
+        let mem = match &restored {
+            None => MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), Vec::new()))),
+            Some(restored) => {
+                let mem = MemStorage::new();
+                let mut core = mem.wl();
+                let mut snapshot = Snapshot::default();
+                snapshot.mut_metadata().index = restored.snapshot.0;
+                snapshot.mut_metadata().term = restored.snapshot.1;
+                snapshot.mut_metadata().set_conf_state(restored.conf_state.clone());
+                // A snapshot at index 0 is no snapshot; the conf state is
+                // then set on its own.
+                if restored.snapshot.0 > 0 {
+                    core.apply_snapshot(snapshot).expect("a fresh storage takes any snapshot");
+                } else {
+                    core.set_conf_state(restored.conf_state.clone());
+                }
+                core.append(&restored.entries).expect("entries follow the snapshot");
+                core.set_hardstate(restored.hard_state.clone());
+                drop(core);
+                mem
+            }
+        };
+        // raft-rs panics ("applied out of range") if applied runs past
+        // commit: after a crash, applied is at most what the hard state
+        // says is committed, and at least the snapshot.
+        let applied = restored
+            .as_ref()
+            .map(|restored| restored.applied.min(restored.hard_state.commit).max(restored.snapshot.0))
+            .unwrap_or(0);
+        let storage = GroupStorage { mem, applied: Rc::new(Cell::new(applied)) };
+        let config = Config {
+            id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: PROPOSAL_BYTES_MAX as u64,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 4 * PROPOSAL_BYTES_MAX as u64,
+            max_committed_size_per_ready: 4 * PROPOSAL_BYTES_MAX as u64,
+            ..Config::default()
+        };
+        let node = RawNode::new(&config, storage.clone(), logger).expect("the configuration is valid");
+        Group { node, storage, pending: None, last_leader: (0, 0), group }
+    }
+
+    /// Advances the logical clock by one [`super::TICK`].
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Takes in a message from a peer.
+    pub fn step(&mut self, message: Message) -> Result<(), Error> {
+        self.node.step(message).map_err(|error| Error::Malformed(format!("raft message refused: {error}")))
+    }
+
+    /// Proposes `data` as the next entry; returns its (index, term), which
+    /// the entry carries when it is applied if it was not overtaken.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(u64, u64), Error> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        self.node.propose(Vec::new(), data).map_err(|_| Error::Dropped { group: self.group })?;
+        Ok((self.node.raft.raft_log.last_index(), self.node.raft.term))
+    }
+
+    /// Asks for a linearizable read point; the answer comes back in a later
+    /// [`Work::read_states`] with `context`.
+    pub fn read_index(&mut self, context: Vec<u8>) -> Result<(), Error> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        self.node.read_index(context);
+        Ok(())
+    }
+
+    /// The refusal for a request that needs the leader, with the leader's
+    /// id when known (the caller maps it to an address).
+    pub fn not_leader(&self) -> Error {
+        let leader = self.node.raft.leader_id;
+        let leader = (leader != 0 && leader != self.node.raft.id).then_some((leader as u32, unknown_addr()));
+        Error::NotLeader { group: self.group, leader, term: self.node.raft.term }
+    }
+
+    /// Tells raft-rs that a peer could not be reached.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.node.report_unreachable(peer);
+    }
+
+    /// Tells raft-rs how sending a snapshot to `peer` went.
+    pub fn report_snapshot(&mut self, peer: u64, done: bool) {
+        let status = if done { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.node.report_snapshot(peer, status);
+    }
+
+    /// The next round of work, if any. Call [`Group::persisted`] before
+    /// asking again.
+    pub fn ready(&mut self) -> Option<Work> {
+        assert!(self.pending.is_none(), "a round is already out: call persisted first");
+        if !self.node.has_ready() {
+            return None;
+        }
+        let mut ready = self.node.ready();
+        let mut work = Work { messages: ready.take_messages(), ..Work::default() };
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let index = snapshot.get_metadata().index;
+            // In memory first, so raft-rs reads the new log start; the
+            // driver persists it with the rest of the round.
+            let mut core = self.storage.mem.wl();
+            core.apply_snapshot(snapshot.clone()).expect("raft-rs only hands over newer snapshots");
+            drop(core);
+            self.storage.applied.set(self.storage.applied.get().max(index));
+            work.snapshot = Some(snapshot);
+        }
+        work.committed = ready.take_committed_entries();
+        if !ready.entries().is_empty() {
+            work.entries = ready.take_entries();
+            self.storage.mem.wl().append(&work.entries).expect("raft-rs appends after its log start");
+        }
+        if let Some(hard_state) = ready.hs() {
+            work.hard_state = Some(hard_state.clone());
+            self.storage.mem.wl().set_hardstate(hard_state.clone());
+        }
+        work.persisted_messages = ready.take_persisted_messages();
+        work.read_states = ready.take_read_states();
+        let leader = (self.node.raft.leader_id, self.node.raft.term);
+        if leader.0 != 0 && leader != self.last_leader {
+            self.last_leader = leader;
+            work.leader_changed = Some(leader);
+        }
+        self.pending = Some(ready);
+        Some(work)
+    }
+
+    /// The round [`Group::ready`] gave is durable.
+    pub fn persisted(&mut self) -> After {
+        let ready = self.pending.take().expect("persisted follows ready");
+        let mut light = self.node.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.mem.wl().mut_hard_state().commit = commit;
+        }
+        After { messages: light.take_messages(), committed: light.take_committed_entries() }
+    }
+
+    /// Entries up to `index` are applied and their effects durable: raft-rs
+    /// may snapshot at that index, and the in-memory log is compacted to
+    /// keep [`RAFT_LOG_RETAINED_ENTRIES`] behind it. Returns the new first
+    /// index of the log when it was compacted.
+    pub fn applied(&mut self, index: u64) -> Option<u64> {
+        if index <= self.storage.applied.get() {
+            return None;
+        }
+        self.storage.applied.set(index);
+        self.node.advance_apply_to(index);
+        let first = self.storage.mem.first_index().unwrap_or(1);
+        let compact_to = index.saturating_sub(RAFT_LOG_RETAINED_ENTRIES);
+        if compact_to > first {
+            self.storage.mem.wl().compact(compact_to).expect("compaction stays below the applied index");
+            return Some(compact_to);
+        }
+        None
+    }
+
+    /// The replica's view of its group.
+    pub fn status(&self) -> GroupStatus {
+        GroupStatus {
+            leader: self.node.raft.leader_id,
+            term: self.node.raft.term,
+            commit: self.node.raft.raft_log.committed,
+            applied: self.storage.applied.get(),
+            role: self.node.raft.state,
+        }
+    }
+
+    /// This replica leads its group.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The index of the first entry still in the log.
+    pub fn first_index(&self) -> u64 {
+        self.storage.mem.first_index().unwrap_or(1)
+    }
+
+    /// The hard state, conf state and log start, for a new log segment's
+    /// first record.
+    pub fn checkpoint(&self) -> (HardState, ConfState, (u64, u64)) {
+        let state = self.storage.mem.initial_state().unwrap_or_default();
+        let first = self.first_index();
+        let snapshot_index = first.saturating_sub(1);
+        let snapshot_term = self.storage.mem.term(snapshot_index).unwrap_or(0);
+        (state.hard_state, state.conf_state, (snapshot_index, snapshot_term))
+    }
+
+    /// The group's index.
+    pub fn group(&self) -> u32 {
+        self.group
+    }
+}
+
+/// The address the group does not know (the driver fills in the member's).
+fn unknown_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logger() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// Drives three replicas by hand, delivering every message at once.
+    fn settle(groups: &mut [Group]) -> Vec<(usize, Entry)> {
+        let mut applied = Vec::new();
+        for _ in 0..100 {
+            let mut outbox = Vec::new();
+            let mut any = false;
+            for (index, group) in groups.iter_mut().enumerate() {
+                while let Some(work) = group.ready() {
+                    any = true;
+                    outbox.extend(work.messages);
+                    outbox.extend(work.persisted_messages);
+                    applied.extend(work.committed.into_iter().map(|entry| (index, entry)));
+                    let after = group.persisted();
+                    outbox.extend(after.messages);
+                    applied.extend(after.committed.into_iter().map(|entry| (index, entry)));
+                }
+            }
+            for message in outbox {
+                let to = message.to as usize - 1;
+                groups[to].step(message).unwrap();
+            }
+            if !any {
+                break;
+            }
+        }
+        applied
+    }
+
+    #[test]
+    fn three_replicas_elect_a_leader_and_commit_a_proposal_everywhere() {
+        let voters = [1, 2, 3];
+        let mut groups: Vec<Group> = voters.iter().map(|&id| Group::new(id, 0, &voters, None, &logger())).collect();
+        assert!(matches!(groups[0].propose(b"x".to_vec()), Err(Error::NotLeader { leader: None, .. })));
+        for _ in 0..2 * ELECTION_TICKS {
+            groups[0].tick();
+        }
+        settle(&mut groups);
+        assert!(groups[0].is_leader());
+        assert!(matches!(groups[1].propose(b"x".to_vec()), Err(Error::NotLeader { leader: Some((1, _)), .. })));
+        let (index, term) = groups[0].propose(b"hello".to_vec()).unwrap();
+        let applied = settle(&mut groups);
+        let hellos: Vec<usize> = applied
+            .iter()
+            .filter(|(_, entry)| &entry.data[..] == b"hello")
+            .inspect(|(_, entry)| assert_eq!((entry.index, entry.term), (index, term)))
+            .map(|(replica, _)| *replica)
+            .collect();
+        assert_eq!(hellos.len(), 3, "{hellos:?}");
+    }
+}
