@@ -1,1 +1,437 @@
-//! (in progress)
+//! A group's Raft log and hard state on disk: append-only segment files of
+//! crc'd records, fdatasynced once per round before any message that
+//! depends on the round leaves (`docs/format.md`, "Raft log").
+//!
+//! A round of work ([`Work`]) becomes one write of records — an installed
+//! snapshot, the new entries, the hard state, and the applied index noted
+//! since the last round — then one fdatasync. Nothing is ever overwritten:
+//! an entry record at an index already written replaces that entry and
+//! everything after it when the log is read back (raft-rs truncates a
+//! follower's uncommitted suffix that way), so a crash mid-write can only
+//! leave a torn last record, which recovery cuts.
+//!
+//! Each segment starts with a checkpoint (the log start, the conf state,
+//! the hard state), so whole segments before the compaction point can be
+//! deleted without losing any of them. Memory: recovery holds the entries
+//! after the last snapshot, which compaction keeps bounded
+//! ([`RAFT_LOG_RETAINED_ENTRIES`](crate::limits::RAFT_LOG_RETAINED_ENTRIES)).
+
+use std::path::{Path, PathBuf};
+
+use glommio::io::{BufferedFile, OpenOptions};
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState};
+
+use super::group::{Restored, Work};
+use super::Error;
+use crate::limits::{RAFT_LOG_SEGMENT_BYTES, RAFT_RECORD_BYTES_MAX};
+
+/// Record kinds.
+const ENTRY: u8 = 1;
+const HARD_STATE: u8 = 2;
+/// An installed snapshot: the log restarts after it (every entry dropped).
+const SNAPSHOT: u8 = 3;
+/// A segment's checkpoint: the log starts after (index, term); entries at
+/// or below it are dropped, the others kept.
+const LOG_START: u8 = 4;
+const CONF_STATE: u8 = 5;
+const APPLIED: u8 = 6;
+
+/// Bytes before a record's payload: length (u32, kind + payload), crc32
+/// (of kind and payload), kind.
+const RECORD_HEADER_BYTES: usize = 9;
+
+fn log_error(what: &str, path: &Path, error: impl std::fmt::Display) -> Error {
+    Error::Log(format!("{what} {}: {error}", path.display()))
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("log-{id:08}"))
+}
+
+/// Appends one record to `out`.
+fn record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let len = (payload.len() + 1) as u32;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(payload);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&hasher.finalize().to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+fn u64s(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|value| value.to_le_bytes()).collect()
+}
+
+fn read_u64s<const N: usize>(payload: &[u8]) -> Option<[u64; N]> {
+    if payload.len() < N * 8 {
+        return None;
+    }
+    let mut values = [0u64; N];
+    for (index, value) in values.iter_mut().enumerate() {
+        *value = u64::from_le_bytes(payload[index * 8..index * 8 + 8].try_into().ok()?);
+    }
+    Some(values)
+}
+
+fn encode_start(out: &mut Vec<u8>, kind: u8, (index, term): (u64, u64), conf_state: &ConfState) -> Result<(), Error> {
+    let mut payload = u64s(&[index, term]);
+    payload.extend(conf_state.write_to_bytes().map_err(|error| Error::Log(format!("encode conf state: {error}")))?);
+    record(out, kind, &payload);
+    Ok(())
+}
+
+fn encode_hard_state(out: &mut Vec<u8>, hard_state: &HardState) {
+    record(out, HARD_STATE, &u64s(&[hard_state.term, hard_state.vote, hard_state.commit]));
+}
+
+/// The durable log of one group on one replica.
+pub struct RaftLog {
+    dir: PathBuf,
+    /// Closed segments: (id, highest entry index written in it).
+    closed: Vec<(u64, u64)>,
+    active: BufferedFile,
+    active_id: u64,
+    active_len: u64,
+    /// Highest entry index written in the active segment.
+    active_last_index: u64,
+    /// The applied index to note in the next write.
+    applied: Option<u64>,
+}
+
+/// What reading a group's log back found.
+pub struct Recovered {
+    /// The state to rebuild the group from (`None`: a new replica).
+    pub restored: Option<Restored>,
+    /// Bytes cut from a torn last record.
+    pub torn_bytes: u64,
+}
+
+impl RaftLog {
+    /// Reads the log in `dir` back (blocking: once, before the group
+    /// starts). A torn last record of the last segment is cut; a bad record
+    /// anywhere else is corruption, refused with its place.
+    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<(u64, u64, u64)>), Error> {
+        let mut ids: Vec<u64> = match std::fs::read_dir(dir) {
+            Ok(listing) => listing
+                .filter_map(|item| item.ok())
+                .filter_map(|item| item.file_name().to_str()?.strip_prefix("log-")?.parse().ok())
+                .collect(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(log_error("read", dir, error)),
+        };
+        ids.sort_unstable();
+        if ids.is_empty() {
+            return Ok((Recovered { restored: None, torn_bytes: 0 }, Vec::new()));
+        }
+        let mut restored = Restored::default();
+        let mut torn_bytes = 0;
+        // (id, last entry index, valid length) of every segment.
+        let mut segments = Vec::new();
+        for (position, &id) in ids.iter().enumerate() {
+            let path = segment_path(dir, id);
+            let bytes = std::fs::read(&path).map_err(|error| log_error("read", &path, error))?;
+            let mut offset = 0usize;
+            let mut last_index = 0;
+            while offset < bytes.len() {
+                match read_record(&bytes[offset..]) {
+                    Some((kind, payload, used)) => {
+                        replay(&mut restored, kind, payload, &mut last_index)
+                            .map_err(|error| log_error("replay", &path, format!("offset {offset}: {error}")))?;
+                        offset += used;
+                    }
+                    None if position + 1 == ids.len() => {
+                        torn_bytes = (bytes.len() - offset) as u64;
+                        break;
+                    }
+                    None => return Err(log_error("corrupt record in", &path, format!("offset {offset}"))),
+                }
+            }
+            segments.push((id, last_index, offset as u64));
+        }
+        Ok((Recovered { restored: Some(restored), torn_bytes }, segments))
+    }
+
+    /// Opens the log for writing after [`RaftLog::recover`]: the last
+    /// segment is cut to its valid length and appended to; a new log gets
+    /// a first segment whose checkpoint is `start`.
+    pub async fn open(
+        dir: &Path,
+        segments: Vec<(u64, u64, u64)>,
+        start: (HardState, ConfState, (u64, u64)),
+    ) -> Result<RaftLog, Error> {
+        std::fs::create_dir_all(dir).map_err(|error| log_error("create", dir, error))?;
+        let mut segments = segments;
+        let Some((active_id, active_last_index, valid)) = segments.pop() else {
+            let mut log = RaftLog::create_segment(dir, 1, Vec::new(), 0).await?;
+            log.write_checkpoint(start).await?;
+            return Ok(log);
+        };
+        let path = segment_path(dir, active_id);
+        let active = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|error| log_error("open", &path, error))?;
+        active.truncate(valid).await.map_err(|error| log_error("truncate", &path, error))?;
+        active.fdatasync().await.map_err(|error| log_error("fdatasync", &path, error))?;
+        Ok(RaftLog {
+            dir: dir.to_path_buf(),
+            closed: segments.into_iter().map(|(id, last, _)| (id, last)).collect(),
+            active,
+            active_id,
+            active_len: valid,
+            active_last_index,
+            applied: None,
+        })
+    }
+
+    async fn create_segment(
+        dir: &Path,
+        id: u64,
+        closed: Vec<(u64, u64)>,
+        active_last_index: u64,
+    ) -> Result<RaftLog, Error> {
+        let path = segment_path(dir, id);
+        let active = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|error| log_error("create", &path, error))?;
+        Ok(RaftLog {
+            dir: dir.to_path_buf(),
+            closed,
+            active,
+            active_id: id,
+            active_len: 0,
+            active_last_index,
+            applied: None,
+        })
+    }
+
+    async fn write_checkpoint(&mut self, (hard_state, conf_state, start): (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
+        let mut out = Vec::new();
+        encode_start(&mut out, LOG_START, start, &conf_state)?;
+        encode_hard_state(&mut out, &hard_state);
+        self.write(out).await?;
+        // The new file's name must survive a crash too.
+        sync_dir(&self.dir)
+    }
+
+    async fn write(&mut self, out: Vec<u8>) -> Result<(), Error> {
+        let path = segment_path(&self.dir, self.active_id);
+        let total = out.len();
+        let wrote = self.active.write_at(out, self.active_len).await.map_err(|error| log_error("write", &path, error))?;
+        if wrote < total {
+            // A short write is the disk filling up: what was written is a
+            // torn record that the next successful write goes after… so it
+            // must not: cut it, and fail the round.
+            let _ = self.active.truncate(self.active_len).await;
+            return Err(log_error("write", &path, format!("short write, {wrote} of {total} bytes (disk full?)")));
+        }
+        self.active.fdatasync().await.map_err(|error| log_error("fdatasync", &path, error))?;
+        self.active_len += total as u64;
+        Ok(())
+    }
+
+    /// Notes the applied index: written with the next round (it may lag:
+    /// applying again is a no-op).
+    pub fn note_applied(&mut self, applied: u64) {
+        self.applied = Some(applied);
+    }
+
+    /// Makes a round durable: one write, one fdatasync. When the segment
+    /// is full, the next round starts a new one with `checkpoint()`.
+    pub async fn persist(
+        &mut self,
+        work: &Work,
+        checkpoint: impl FnOnce() -> (HardState, ConfState, (u64, u64)),
+    ) -> Result<(), Error> {
+        let mut out = Vec::new();
+        if let Some(snapshot) = &work.snapshot {
+            let metadata = snapshot.get_metadata();
+            encode_start(&mut out, SNAPSHOT, (metadata.index, metadata.term), metadata.get_conf_state())?;
+        }
+        for entry in &work.entries {
+            let payload = entry.write_to_bytes().map_err(|error| Error::Log(format!("encode entry: {error}")))?;
+            record(&mut out, ENTRY, &payload);
+            self.active_last_index = entry.index;
+        }
+        if let Some(hard_state) = &work.hard_state {
+            encode_hard_state(&mut out, hard_state);
+        }
+        if let Some(applied) = self.applied.take() {
+            record(&mut out, APPLIED, &u64s(&[applied]));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.write(out).await?;
+        if self.active_len >= RAFT_LOG_SEGMENT_BYTES {
+            self.roll(checkpoint()).await?;
+        }
+        Ok(())
+    }
+
+    async fn roll(&mut self, checkpoint: (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
+        let mut closed = std::mem::take(&mut self.closed);
+        closed.push((self.active_id, self.active_last_index));
+        let next = RaftLog::create_segment(&self.dir, self.active_id + 1, closed, self.active_last_index).await?;
+        let previous = std::mem::replace(self, next);
+        let _ = previous.active.close().await;
+        self.write_checkpoint(checkpoint).await
+    }
+
+    /// Deletes the closed segments whose every entry is below
+    /// `first_index` (the log was compacted there; the newer segments'
+    /// checkpoints carry everything else).
+    pub async fn compact(&mut self, first_index: u64) {
+        while let Some(&(id, last_index)) = self.closed.first() {
+            if last_index >= first_index {
+                break;
+            }
+            let path = segment_path(&self.dir, id);
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "raft log: cannot delete a compacted segment");
+                break;
+            }
+            self.closed.remove(0);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(|error| log_error("fsync", dir, error))
+}
+
+/// One record at the start of `bytes`: (kind, payload, bytes used), or
+/// `None` when it is torn or fails its crc.
+fn read_record(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let header = bytes.get(..RECORD_HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    if len == 0 || len > RAFT_RECORD_BYTES_MAX {
+        return None;
+    }
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let body = bytes.get(8..8 + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some((body[0], &body[1..], 8 + len))
+}
+
+/// Applies one record to the state being rebuilt.
+fn replay(restored: &mut Restored, kind: u8, payload: &[u8], last_index: &mut u64) -> Result<(), String> {
+    match kind {
+        ENTRY => {
+            let entry = Entry::parse_from_bytes(payload).map_err(|error| format!("bad entry: {error}"))?;
+            let first = restored.entries.first().map_or(restored.snapshot.0 + 1, |first| first.index);
+            if entry.index <= restored.snapshot.0 {
+                return Ok(());
+            }
+            let next = first + restored.entries.len() as u64;
+            if entry.index > next {
+                return Err(format!("entry {} after a log ending at {}", entry.index, next - 1));
+            }
+            // Replaces that index and everything after it.
+            restored.entries.truncate((entry.index - first) as usize);
+            *last_index = entry.index;
+            restored.entries.push(entry);
+        }
+        HARD_STATE => {
+            let [term, vote, commit] = read_u64s::<3>(payload).ok_or("short hard state")?;
+            restored.hard_state = HardState { term, vote, commit, ..HardState::default() };
+        }
+        SNAPSHOT | LOG_START => {
+            let [index, term] = read_u64s::<2>(payload).ok_or("short log start")?;
+            let conf_state = ConfState::parse_from_bytes(&payload[16..]).map_err(|error| format!("bad conf state: {error}"))?;
+            if kind == SNAPSHOT {
+                restored.entries.clear();
+            } else {
+                restored.entries.retain(|entry| entry.index > index);
+            }
+            if index >= restored.snapshot.0 {
+                restored.snapshot = (index, term);
+            }
+            restored.conf_state = conf_state;
+            restored.applied = restored.applied.max(if kind == SNAPSHOT { index } else { 0 });
+        }
+        CONF_STATE => {
+            restored.conf_state =
+                ConfState::parse_from_bytes(payload).map_err(|error| format!("bad conf state: {error}"))?;
+        }
+        APPLIED => {
+            let [applied] = read_u64s::<1>(payload).ok_or("short applied index")?;
+            restored.applied = restored.applied.max(applied);
+        }
+        kind => return Err(format!("unknown record kind {kind}")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry { index, term, data: data.to_vec().into(), ..Entry::default() }
+    }
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(future)
+    }
+
+    #[test]
+    fn rounds_come_back_with_overwrites_and_a_torn_tail_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let conf = ConfState::from((vec![1, 2, 3], vec![]));
+        let written = path.clone();
+        run(async move {
+            let mut log = RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0))).await.unwrap();
+            let mut work = Work { entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], ..Work::default() };
+            work.hard_state = Some(HardState { term: 1, vote: 1, commit: 1, ..HardState::default() });
+            log.persist(&work, || unreachable!()).await.unwrap();
+            // A new leader overwrites the uncommitted suffix from index 2.
+            let work = Work {
+                entries: vec![entry(2, 2, b"B")],
+                hard_state: Some(HardState { term: 2, vote: 2, commit: 2, ..HardState::default() }),
+                ..Work::default()
+            };
+            log.note_applied(2);
+            log.persist(&work, || unreachable!()).await.unwrap();
+        });
+        // A torn record after the last good one.
+        let segment = segment_path(&path, 1);
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let (recovered, segments) = RaftLog::recover(&path).unwrap();
+        assert_eq!(recovered.torn_bytes, 7);
+        assert_eq!(segments, vec![(1, 2, good as u64)]);
+        let restored = recovered.restored.unwrap();
+        let entries: Vec<(u64, u64, Vec<u8>)> =
+            restored.entries.iter().map(|entry| (entry.index, entry.term, entry.data.to_vec())).collect();
+        assert_eq!(entries, vec![(1, 1, b"a".to_vec()), (2, 2, b"B".to_vec())]);
+        assert_eq!((restored.hard_state.term, restored.hard_state.vote, restored.hard_state.commit), (2, 2, 2));
+        assert_eq!(restored.applied, 2);
+        assert_eq!(restored.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_bad_record_before_the_last_segment_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segment_path(dir.path(), 1), [9u8; 32]).unwrap();
+        std::fs::write(segment_path(dir.path(), 2), []).unwrap();
+        let error = RaftLog::recover(dir.path()).err().unwrap();
+        assert!(error.to_string().contains("corrupt record"), "{error}");
+    }
+}
