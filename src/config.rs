@@ -44,6 +44,8 @@ pub struct Settings {
     pub node_id: Option<u32>,
     /// `--leader`
     pub leader: Option<String>,
+    /// `--peers` (`1=HOST:PORT,2=HOST:PORT,...`: the archive tier's members)
+    pub peers: Option<String>,
     /// `--durability` (`sync` or `none`)
     pub durability: Option<String>,
     /// `--segment-bytes`
@@ -84,6 +86,7 @@ impl Settings {
             shards: self.shards.or(base.shards),
             node_id: self.node_id.or(base.node_id),
             leader: self.leader.or(base.leader),
+            peers: self.peers.or(base.peers),
             durability: self.durability.or(base.durability),
             segment_bytes: self.segment_bytes.or(base.segment_bytes),
             retention_bytes: self.retention_bytes.or(base.retention_bytes),
@@ -108,6 +111,10 @@ pub struct NodeConfig {
     pub grpc_addr: SocketAddr,
     /// The leader's gRPC address when this node is a follower.
     pub leader: Option<SocketAddr>,
+    /// The archive tier's members, node id → gRPC address (empty: this node
+    /// is not a tier member). A restarted member uses the membership it
+    /// persisted instead.
+    pub peers: std::collections::BTreeMap<u32, SocketAddr>,
     /// How long shutdown may take to finish requests and drain replication.
     pub shutdown_timeout: Duration,
     /// Number of shards, one executor each.
@@ -332,15 +339,21 @@ impl NodeConfig {
         };
         let leader = settings.leader.as_deref().map(|leader| parse_addr("--leader", leader)).transpose()?;
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
+        let node_id = settings.node_id.unwrap_or(1);
+        let peers = match settings.peers.as_deref() {
+            None => std::collections::BTreeMap::new(),
+            Some(text) => parse_peers(text, node_id)?,
+        };
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
             http_addr: parse_addr("--http-addr", settings.http_addr.as_deref().unwrap_or(HTTP_ADDR_DEFAULT))?,
             grpc_addr: parse_addr("--grpc-addr", settings.grpc_addr.as_deref().unwrap_or(GRPC_ADDR_DEFAULT))?,
             leader,
+            peers,
             shutdown_timeout,
             shards,
-            node_id: settings.node_id.unwrap_or(1),
+            node_id,
             durability,
             segment_bytes,
             retention: RetentionPolicy { bytes_max: settings.retention_bytes, age_max },
@@ -350,6 +363,38 @@ impl NodeConfig {
             header_read_timeout,
         })
     }
+}
+
+/// Parses `--peers 1=HOST:PORT,2=HOST:PORT,...`: unique ids from 1 (node id
+/// 0 names the tier itself in entry ids), at most
+/// [`limits::TIER_MEMBERS_MAX`], this node (`node_id`) among them.
+pub fn parse_peers(text: &str, node_id: u32) -> Result<std::collections::BTreeMap<u32, SocketAddr>, String> {
+    let mut peers = std::collections::BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("--peers {item:?}: expected ID=HOST:PORT"))?;
+        let id: u32 = id.trim().parse().map_err(|_| format!("--peers {item:?}: the id is not a number"))?;
+        if id == 0 {
+            return Err(format!("--peers {item:?}: node ids start at 1 (0 names the tier in entry ids)"));
+        }
+        let addr = parse_addr("--peers", addr.trim())?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("--peers: node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers: no members listed".into());
+    }
+    if peers.len() > limits::TIER_MEMBERS_MAX {
+        return Err(format!(
+            "--peers: {} members, at most {} (TIER_MEMBERS_MAX)",
+            peers.len(),
+            limits::TIER_MEMBERS_MAX
+        ));
+    }
+    if !peers.contains_key(&node_id) {
+        return Err(format!("--peers does not list this node (--node-id {node_id})"));
+    }
+    Ok(peers)
 }
 
 #[cfg(test)]
@@ -366,6 +411,24 @@ mod tests {
         assert_eq!(config.retention.age_max, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(config.http_addr.to_string(), HTTP_ADDR_DEFAULT);
         assert_eq!(config.segment_bytes, limits::SEGMENT_BYTES_DEFAULT);
+    }
+
+    #[test]
+    fn peers_parse_and_refuse_with_the_reason() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=127.0.0.1:7003", 2).unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&3].to_string(), "127.0.0.1:7003");
+        for (text, node, needle) in [
+            ("1=127.0.0.1:7001,1=127.0.0.1:7002", 1, "twice"),
+            ("0=127.0.0.1:7001", 1, "start at 1"),
+            ("1=127.0.0.1:7001", 2, "does not list this node"),
+            ("127.0.0.1:7001", 1, "ID=HOST:PORT"),
+            ("x=127.0.0.1:7001", 1, "not a number"),
+            ("", 1, "no members"),
+        ] {
+            let error = parse_peers(text, node).unwrap_err();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
     }
 
     #[test]

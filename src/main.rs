@@ -61,6 +61,22 @@ enum Command {
         #[arg(long)]
         shards: Option<usize>,
     },
+    /// Look at and run the archive tier (DESIGN.md section 9).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, group leaders and terms, commit and applied indexes, followers.
+    Status {
+        /// A tier member's gRPC address.
+        #[arg(long)]
+        to: String,
+        /// Print the `/v1/cluster` JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -86,6 +102,11 @@ struct ServeArgs {
     /// Make this node a follower: push every entry to this leader's gRPC address
     #[arg(long)]
     leader: Option<String>,
+    /// Make this node a member of the archive tier: every member's id and gRPC address,
+    /// this node's among them (1=HOST:PORT,2=HOST:PORT,3=HOST:PORT); a restarted member
+    /// uses the membership it persisted
+    #[arg(long)]
+    peers: Option<String>,
     /// `sync` acknowledges after fdatasync; `none` after the write only (unsafe: benchmarks) [default: sync]
     #[arg(long)]
     durability: Option<String>,
@@ -124,6 +145,7 @@ impl ServeArgs {
             shards: self.shards,
             node_id: self.node_id,
             leader: self.leader,
+            peers: self.peers,
             durability: self.durability,
             segment_bytes: self.segment_bytes,
             retention_bytes: self.retention_bytes,
@@ -156,6 +178,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
         Command::Restore { from, follower_id, data_dir, shards } => restore(&from, follower_id, data_dir, shards),
+        Command::Cluster(ClusterCommand::Status { to, json }) => cluster_status(&to, json),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -231,4 +254,38 @@ fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize
         .map_err(|error| format!("cannot start the executor: {error}"))?
         .join()
         .map_err(|error| format!("restore failed: {error}"))?
+}
+
+/// `wormdb cluster status`: asks a member for its `/v1/cluster` document
+/// over gRPC (`WormCluster.Status`) and prints it.
+fn cluster_status(to: &str, json: bool) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let addr = to
+        .to_socket_addrs()
+        .map_err(|error| format!("--to {to}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("--to {to}: no address"))?;
+    let document = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let timeout = std::time::Duration::from_secs(5);
+            let channel = wormdb::grpc::transport::Channel::connect(addr, timeout)
+                .await
+                .map_err(|status| format!("--to {addr}: {}", status.message))?;
+            let response: wormdb::proto::ClusterStatusResponse = channel
+                .unary("/wormdb.v1.WormCluster/Status", &wormdb::proto::ClusterStatusRequest {}, Some(timeout))
+                .await
+                .map_err(|status| format!("{addr}: {}", status.message))?;
+            Ok::<_, String>(response.json)
+        })
+        .map_err(|error| format!("cannot start the executor: {error}"))?
+        .join()
+        .map_err(|error| format!("cluster status failed: {error}"))??;
+    if json {
+        println!("{document}");
+        return Ok(());
+    }
+    let document: serde_json::Value =
+        serde_json::from_str(&document).map_err(|error| format!("{addr} answered a bad document: {error}"))?;
+    print!("{}", wormdb::node::cluster::render(&document));
+    Ok(())
 }

@@ -26,6 +26,7 @@ use crate::node::peers::{self, Request};
 use crate::node::Core;
 use crate::replication::follower::FollowerState;
 use crate::shard::{Shard, ShardConfig};
+use crate::tier::replica::Replica;
 
 /// How often a core checks the stop flag.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
@@ -88,6 +89,13 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     let (http_addr, http_sockets) = bind_all(config.http_addr, config.shards, "--http-addr")?;
     let (grpc_addr, grpc_sockets) = bind_all(config.grpc_addr, config.shards, "--grpc-addr")?;
 
+    let members = crate::tier::Members::load_or_bootstrap(&config.data_dir, &config.peers, config.node_id)?;
+    if members.is_some() && config.leader.is_some() {
+        return Err("a tier member (--peers) archives; it cannot also follow a --leader".into());
+    }
+    if let Some(members) = &members {
+        tracing::info!(node = config.node_id, members = ?members.addrs, "archive tier member: one raft group per shard");
+    }
     let config = Arc::new(NodeConfig { http_addr, grpc_addr, ..config });
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -104,10 +112,11 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let config = config.clone();
         let peers = senders.clone();
         let stop = stop.clone();
+        let members = members.clone();
         let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
-            .spawn(move || async move { run_core(shard_id as u32, config, peers, inbox, fd, stop).await })
+            .spawn(move || async move { run_core(shard_id as u32, config, members, peers, inbox, fd, stop).await })
             .map_err(|error| format!("cannot start the executor of shard {shard_id}: {error}"))?;
         executors.push(executor);
     }
@@ -132,6 +141,7 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
 async fn run_core(
     shard_id: u32,
     config: Arc<NodeConfig>,
+    members: Option<crate::tier::Members>,
     peers: Vec<mpsc::Sender<Request>>,
     inbox: mpsc::Receiver<Request>,
     listeners: Listeners,
@@ -167,7 +177,22 @@ async fn run_core(
         torn_tail = ?report.torn_tail,
         "shard opened"
     );
-    let core = Rc::new(Core::new(shard, config.clone(), peers, follower));
+    let tier = match members {
+        None => None,
+        Some(members) => {
+            let dir = crate::tier::group_dir(&config.data_dir, shard_id);
+            match Replica::open(config.node_id, shard_id, members, &dir, shard.clone()).await {
+                Ok(replica) => Some(replica),
+                Err(error) => {
+                    stop.store(true, Ordering::Release);
+                    let _ = shard.close().await;
+                    return Err(format!("raft group {shard_id}: {error}"));
+                }
+            }
+        }
+    };
+    let tier_tasks = tier.as_ref().map(|replica| replica.start()).unwrap_or_default();
+    let core = Rc::new(Core::new(shard, config.clone(), peers, follower, tier));
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
     let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
     tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
@@ -212,6 +237,12 @@ async fn run_core(
         if !drained || acked < Some(durable) {
             tracing::warn!(shard = shard_id, ?acked, durable, "shutdown: the leader has not acknowledged everything");
         }
+    }
+    if let Some(replica) = &core.tier {
+        replica.close();
+    }
+    for task in tier_tasks {
+        task.cancel();
     }
     let closed = core.shard.close().await;
     // Let the handlers whose appends the close just made durable write

@@ -13,26 +13,30 @@ use std::sync::Arc;
 use futures_channel::oneshot;
 use futures_lite::future;
 
-use crate::codec::block::with_log_entry_refs;
-use crate::grpc::status::Status;
-use crate::grpc::transport::{self, Call, LocalFuture, MessageStream, Service};
+use crate::codec::block::{validate_entry, with_log_entry_refs};
+use crate::grpc::status::{Code, Status};
+use crate::grpc::transport as grpc_transport;
+use crate::grpc::transport::{Call, LocalFuture, MessageStream, Service};
 use crate::limits::{
     GRPC_CONNECTIONS_PER_CORE_MAX, PUSH_BATCHES_IN_FLIGHT_MAX, PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX, QUERY_LIMIT_DEFAULT,
     QUERY_LIMIT_MAX, REPLAY_CHUNK_ENTRIES, WRITE_ENTRIES_MAX,
 };
 use crate::node::Core;
 use crate::proto::{
-    PushAck, QueryRequest, ReplayRequest, WatermarkRequest, WatermarkResponse, WriteRequest, WriteResponse,
+    ClusterStatusRequest, ClusterStatusResponse, ForwardWrite, OriginWatermark, PushAck, QueryRequest, RaftAck,
+    RaftBatch, ReplayRequest, SnapshotChunk, WatermarkRequest, WatermarkResponse, WatermarksRequest,
+    WatermarksResponse, WriteRequest, WriteResponse,
 };
 use crate::query::{self, QuerySpec};
 use crate::replication::batch::PushedBatch;
 use crate::replication::{self, shard_status};
+use crate::tier::{self, transport};
 
 /// Accepts gRPC connections until cancelled, serving each on its own task.
 pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
     let services = Rc::new(Services::new(core.clone()));
     let closing = core.clone();
-    let options = Rc::new(transport::ServerOptions {
+    let options = Rc::new(grpc_transport::ServerOptions {
         max_message_bytes: crate::limits::MESSAGE_BYTES_MAX,
         closing: Rc::new(move || closing.closing.get()),
     });
@@ -53,7 +57,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
         open.set(open.get() + 1);
         let (services, options, open) = (services.clone(), options.clone(), open.clone());
         glommio::spawn_local(async move {
-            transport::serve_connection(stream, services, options).await;
+            grpc_transport::serve_connection(stream, services, options).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -85,6 +89,24 @@ impl Services {
         }
         if request.entries.len() > WRITE_ENTRIES_MAX {
             return Err(Status::resource_exhausted(format!("over {WRITE_ENTRIES_MAX} entries in one WriteRequest")));
+        }
+        if let Some(replica) = &self.core.tier {
+            // On the tier a write is replicated: validated here, proposed to
+            // this core's group (through its leader), answered once committed.
+            with_log_entry_refs(&request.entries, |entries| {
+                entries.iter().enumerate().try_for_each(|(index, entry)| {
+                    validate_entry(entry)
+                        .map_err(|error| Status::invalid_argument(format!("entry {}: {error}", index + 1)))
+                })
+            })?;
+            let count = request.entries.len() as u64;
+            let (first_seq, last_seq) = replica.write(request.entries).await?;
+            {
+                let mut counters = self.core.counters.borrow_mut();
+                counters.ingest_requests += 1;
+                counters.ingest_entries += count;
+            }
+            return call.send(&WriteResponse { shard: replica.group_id(), first_seq, last_seq }).await;
         }
         let wait = with_log_entry_refs(&request.entries, |refs| self.core.shard.append(refs)).map_err(shard_status)?;
         let range = wait.durable().await.map_err(shard_status)?;
@@ -213,6 +235,114 @@ impl Services {
         Ok(())
     }
 
+    /// The index of the group a peer call names, checked.
+    fn group_index(&self, group: u32) -> Result<usize, Status> {
+        if self.core.tier.is_none() {
+            return Err(Status::failed_precondition("this node is not a member of an archive tier"));
+        }
+        if group as usize >= self.core.peers.len() {
+            return Err(Status::invalid_argument(format!(
+                "group {group}: this node has {} groups (--shards differs across the tier?)",
+                self.core.peers.len()
+            )));
+        }
+        Ok(group as usize)
+    }
+
+    /// `WormRaft.Send`: a member's stream of Raft message batches, each
+    /// handed to its group's core.
+    async fn raft_send(&self, call: &mut Call) -> Result<(), Status> {
+        while let Some(batch) = call.messages.next::<RaftBatch>().await? {
+            let index = self.group_index(batch.group)?;
+            let received = self
+                .core
+                .run_on(index, move |core| async move {
+                    match &core.tier {
+                        Some(replica) => replica.receive(batch.from, batch.to, &batch.messages),
+                        None => Err(tier::Error::ShuttingDown),
+                    }
+                })
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            received.map_err(|error| match error {
+                tier::Error::Malformed(message) => Status::new(Code::PermissionDenied, message),
+                error => Status::from(error),
+            })?;
+        }
+        call.send(&RaftAck {}).await
+    }
+
+    /// `WormRaft.Watermarks`: this replica's origin watermarks.
+    async fn raft_watermarks(&self, call: &mut Call) -> Result<(), Status> {
+        let request: WatermarksRequest = single_message(call).await?;
+        let index = self.group_index(request.group)?;
+        let watermarks =
+            self.core
+                .run_on(index, |core| async move {
+                    core.tier.as_ref().map(|replica| replica.watermarks()).unwrap_or_default()
+                })
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+        let watermarks =
+            watermarks.into_iter().map(|((node, shard), seq)| OriginWatermark { node, shard, seq }).collect();
+        call.send(&WatermarksResponse { watermarks }).await
+    }
+
+    /// `WormRaft.Snapshot`: a snapshot stream, chunk by chunk into the
+    /// group's shard, then its `MsgSnapshot` into the group.
+    async fn raft_snapshot(&self, call: &mut Call) -> Result<(), Status> {
+        while let Some(chunk) = call.messages.next::<SnapshotChunk>().await? {
+            let index = self.group_index(chunk.group)?;
+            let installed = self
+                .core
+                .run_on(index, move |core| async move {
+                    match &core.tier {
+                        Some(replica) => replica.install_chunk(chunk).await,
+                        None => Err(tier::Error::ShuttingDown),
+                    }
+                })
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            installed?;
+        }
+        call.send(&RaftAck {}).await
+    }
+
+    /// `WormRaft.Write`: a direct write another member forwarded to this
+    /// node because it leads the group; proposed here, never forwarded on.
+    async fn raft_write(&self, call: &mut Call) -> Result<(), Status> {
+        let request: ForwardWrite = single_message(call).await?;
+        let index = self.group_index(request.group)?;
+        if request.entries.is_empty() || request.entries.len() > WRITE_ENTRIES_MAX {
+            return Err(Status::invalid_argument("a forwarded write holds 1 to WRITE_ENTRIES_MAX entries"));
+        }
+        let group = request.group;
+        let written = self
+            .core
+            .run_on(index, move |core| async move {
+                match &core.tier {
+                    Some(replica) => match replica.propose_direct(request.entries).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(tier::Error::ShuttingDown),
+                    },
+                    None => Err(tier::Error::ShuttingDown),
+                }
+            })
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let (first_seq, last_seq) = written?;
+        call.send(&WriteResponse { shard: group, first_seq, last_seq }).await
+    }
+
+    /// `WormCluster.Status`: the `/v1/cluster` document.
+    async fn cluster_status(&self, call: &mut Call) -> Result<(), Status> {
+        let _: ClusterStatusRequest = single_message(call).await?;
+        let reports = self.core.reports().await.map_err(|_| Status::unavailable("shutting down"))?;
+        let members = self.core.tier.as_ref().map(|replica| replica.members());
+        let document = crate::node::cluster::document(self.core.config.node_id, members, &reports, now_ns());
+        call.send(&ClusterStatusResponse { json: document.to_string() }).await
+    }
+
     async fn get_watermark(&self, call: &mut Call) -> Result<(), Status> {
         let request: WatermarkRequest = single_message(call).await?;
         let acked_seq = self.core.archive_watermark(request.follower_id, request.shard).await?;
@@ -264,6 +394,16 @@ impl Service for Services {
                 "/wormdb.v1.WormReplication/Replicate" => self.push(call, true).await,
                 "/wormdb.v1.WormReplication/GetWatermark" => self.get_watermark(call).await,
                 "/wormdb.v1.WormReplication/ReplayFrom" => self.replay_from(call).await,
+                transport::SEND_PATH => self.raft_send(call).await,
+                transport::WATERMARKS_PATH => self.raft_watermarks(call).await,
+                transport::SNAPSHOT_PATH => self.raft_snapshot(call).await,
+                transport::WRITE_PATH => self.raft_write(call).await,
+                "/wormdb.v1.WormCluster/Status" => self.cluster_status(call).await,
+                "/wormdb.v1.WormCluster/Join"
+                | "/wormdb.v1.WormCluster/Remove"
+                | "/wormdb.v1.WormCluster/TransferLeader" => {
+                    Err(Status::unimplemented(format!("{path}: membership changes are not built yet")))
+                }
                 _ => Err(Status::unimplemented(format!("unknown method {path}"))),
             }
         })
@@ -276,4 +416,11 @@ fn query_status(error: query::Error) -> Status {
         query::Error::ShuttingDown => Status::unavailable("shutting down"),
         error @ query::Error::Shard { .. } => Status::internal(error.to_string()),
     }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i64)
+        .unwrap_or(0)
 }

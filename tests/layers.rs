@@ -34,7 +34,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("http", &["node", "tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "net"]),
     (
         "services",
-        &["node", "tier", "query", "replication", "grpc", "config", "shard", "index", "codec", "limits", "proto", "net"],
+        &[
+            "node",
+            "tier",
+            "query",
+            "replication",
+            "grpc",
+            "config",
+            "shard",
+            "index",
+            "codec",
+            "limits",
+            "proto",
+            "net",
+        ],
     ),
     // Tools over storage.
     ("inspect", &["shard", "index", "codec", "limits"]),

@@ -46,6 +46,44 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
         r.http.tails_lagged
     });
 
+    let groups: Vec<_> = reports.iter().filter_map(|r| r.tier.as_ref()).collect();
+    if !groups.is_empty() {
+        type GroupValue = fn(&crate::tier::replica::ReplicaReport) -> u64;
+        let families: [(&str, &str, &str, GroupValue); 9] = [
+            ("wormdb_raft_term", "gauge", "The group's current Raft term.", |g| g.status.term),
+            ("wormdb_raft_commit_index", "gauge", "The group's commit index as this replica knows it.", |g| {
+                g.status.commit
+            }),
+            ("wormdb_raft_applied_index", "gauge", "The group's index applied (and durable) on this replica.", |g| {
+                g.status.applied
+            }),
+            ("wormdb_raft_leader_changes_total", "counter", "Leader changes this replica saw.", |g| {
+                g.counters.leader_changes
+            }),
+            ("wormdb_raft_is_leader", "gauge", "1 when this replica leads its group.", |g| {
+                u64::from(g.status.role == raft::StateRole::Leader)
+            }),
+            ("wormdb_raft_proposals_total", "counter", "Proposals (group commits) made while leading.", |g| {
+                g.counters.proposals
+            }),
+            ("wormdb_raft_refused_messages_total", "counter", "Peer messages and snapshots refused.", |g| {
+                g.counters.refused_messages
+            }),
+            ("wormdb_raft_snapshots_sent_total", "counter", "Snapshots sent to lagging replicas.", |g| {
+                g.counters.snapshots_sent
+            }),
+            ("wormdb_raft_snapshots_installed_total", "counter", "Snapshots installed on this replica.", |g| {
+                g.counters.snapshots_installed
+            }),
+        ];
+        for (name, kind, help, value) in families {
+            family(&mut out, name, kind, help);
+            for group in &groups {
+                let _ = writeln!(out, "{name}{{node=\"{node_id}\",group=\"{}\"}} {}", group.group, value(group));
+            }
+        }
+    }
+
     let followers: Vec<_> =
         reports.iter().filter_map(|r| r.replication.follower.as_ref().map(|f| (r.stats.shard, f))).collect();
     if !followers.is_empty() {

@@ -105,13 +105,14 @@ pub async fn handle(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Reque
         (Method::GET, "/v1/entries") => query(core, request).await,
         (Method::GET, "/v1/tail") => tail(core, request).await,
         (Method::GET, "/v1/stats") => stats(core).await,
+        (Method::GET, "/v1/cluster") => cluster(core).await,
         (Method::GET, "/metrics") => prometheus(core).await,
         (Method::GET, "/healthz") => {
             let mut response = Response::new(full("ok\n"));
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             response
         }
-        (_, "/v1/entries" | "/v1/tail" | "/v1/stats" | "/metrics" | "/healthz") => {
+        (_, "/v1/entries" | "/v1/tail" | "/v1/stats" | "/v1/cluster" | "/metrics" | "/healthz") => {
             let allow = if path == "/v1/entries" { "GET, POST" } else { "GET" };
             let mut response =
                 error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", request.method()));
@@ -250,6 +251,9 @@ async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<I
             if entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the body");
             }
+            if core.tier.is_some() {
+                return tier_ingest(&core, &entries, body_bytes).await;
+            }
             core.shard.append(&entries).map(|wait| (wait, entries.len()))
         }
         Format::Protobuf => {
@@ -262,6 +266,9 @@ async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<I
             }
             if write.entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the WriteRequest");
+            }
+            if core.tier.is_some() {
+                return tier_ingest_entries(&core, write.entries, body_bytes).await;
             }
             block::with_log_entry_refs(&write.entries, |entries| core.shard.append(entries))
                 .map(|wait| (wait, write.entries.len()))
@@ -291,6 +298,77 @@ async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<I
         }
         Err(failure) => shard_error(&core, failure),
     }
+}
+
+/// Ingest on a tier member: the entries are checked here, then replicated
+/// through this core's group (forwarded to its leader's node when needed)
+/// and answered once committed, with ids `(0, group, seq)`.
+async fn tier_ingest(core: &Rc<Core>, entries: &[crate::shard::EntryRef<'_>], body_bytes: u64) -> Response<Body> {
+    tier_ingest_entries(core, crate::tier::direct_entries(entries), body_bytes).await
+}
+
+async fn tier_ingest_entries(core: &Rc<Core>, entries: Vec<crate::proto::LogEntry>, body_bytes: u64) -> Response<Body> {
+    let Some(replica) = core.tier.clone() else {
+        return reject(core, StatusCode::INTERNAL_SERVER_ERROR, "not a tier member");
+    };
+    let checked = block::with_log_entry_refs(&entries, |refs| {
+        refs.iter().enumerate().try_for_each(|(index, entry)| {
+            block::validate_entry(entry).map_err(|failure| format!("entry {}: {failure}", index + 1))
+        })
+    });
+    if let Err(message) = checked {
+        return reject(core, StatusCode::BAD_REQUEST, message);
+    }
+    let count = entries.len();
+    match replica.write(entries).await {
+        Ok((first_seq, last_seq)) => {
+            {
+                let mut counters = core.counters.borrow_mut();
+                counters.ingest_requests += 1;
+                counters.ingest_entries += count as u64;
+                counters.ingest_bytes += body_bytes;
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "shard": replica.group_id(),
+                    "first_seq": first_seq,
+                    "last_seq": last_seq,
+                    "count": count,
+                }),
+            )
+        }
+        Err(failure) => {
+            use crate::tier::Error as TierError;
+            let status = match &failure {
+                TierError::Malformed(_) | TierError::Replication(crate::replication::Error::Malformed(_)) => {
+                    StatusCode::BAD_REQUEST
+                }
+                TierError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+                TierError::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let mut response = reject(core, status, &failure);
+            if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
+/// `GET /v1/cluster`: the tier as this node sees it.
+async fn cluster(core: Rc<Core>) -> Response<Body> {
+    let reports = match reports(&core).await {
+        Ok(reports) => reports,
+        Err(response) => return response,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i64)
+        .unwrap_or(0);
+    let members = core.tier.as_ref().map(|replica| replica.members());
+    json(StatusCode::OK, &crate::node::cluster::document(core.config.node_id, members, &reports, now))
 }
 
 /// A streamed NDJSON response fed by a channel of chunks.

@@ -20,6 +20,7 @@ use crate::replication::follower::FollowerState;
 use crate::replication::leader::{self, owner_of, Archive};
 use crate::replication::{self, Host};
 use crate::shard::Shard;
+use crate::tier::replica::Replica;
 
 /// Requests refused, by reason, on one core (for `/metrics`).
 #[derive(Clone, Debug, Default)]
@@ -75,6 +76,8 @@ pub struct Core {
     pub archive: Archive,
     /// This shard's pusher, when the node follows a leader.
     pub follower: FollowerState,
+    /// This core's replica of its archive group, on a tier member.
+    pub tier: Option<Rc<Replica>>,
 }
 
 /// Counts a request as in flight while alive.
@@ -102,6 +105,7 @@ impl Core {
         config: Arc<NodeConfig>,
         peers: Vec<mpsc::Sender<Request>>,
         follower: FollowerState,
+        tier: Option<Rc<Replica>>,
     ) -> Core {
         Core {
             shard,
@@ -112,6 +116,7 @@ impl Core {
             counters: RefCell::new(HttpCounters::default()),
             archive: Archive::default(),
             follower,
+            tier,
         }
     }
 
@@ -200,7 +205,7 @@ impl Core {
         let owner = self.owner(batch.follower_id, batch.shard);
         let (reply, answer) = oneshot::channel();
         if self.is_local(owner) {
-            leader::enqueue(self, batch, reply);
+            self.archive_here(batch, reply);
         } else {
             self.send(owner, Request::Archive { batch, reply })
                 .await
@@ -209,11 +214,51 @@ impl Core {
         Ok(answer)
     }
 
+    /// Archives a batch whose pair this core owns: proposed to this core's
+    /// group on a tier member, else straight into the shard.
+    pub fn archive_here(self: &Rc<Self>, batch: PushedBatch, reply: leader::AckSender) {
+        match &self.tier {
+            Some(replica) => replica.propose_push(batch, reply),
+            None => leader::enqueue(self, batch, reply),
+        }
+    }
+
+    /// The watermark of a pair this core owns: linearizable (ReadIndex) on
+    /// a tier member, which refuses unless it leads the group.
+    pub async fn watermark_here(&self, follower_id: u32, shard: u32) -> Result<u64, replication::Error> {
+        match &self.tier {
+            Some(replica) => replica.read_watermark((follower_id, shard)).await.map_err(Into::into),
+            None => leader::watermark(self, follower_id, shard).await,
+        }
+    }
+
+    /// Runs `work` on core `index` with that core's state, and waits for
+    /// its answer: how the tier's peer calls reach their group's core.
+    pub async fn run_on<T, F, Fut>(self: &Rc<Self>, index: usize, work: F) -> Result<T, ShuttingDown>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Core>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        if self.is_local(index) {
+            return Ok(work(self.clone()).await);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn FnOnce(Rc<Core>) + Send> = Box::new(move |core| {
+            glommio::spawn_local(async move {
+                let _ = reply.send(work(core).await);
+            })
+            .detach();
+        });
+        self.send(index, Request::OnCore(job)).await?;
+        answer.await.map_err(|_| ShuttingDown)
+    }
+
     /// The archive watermark of `(follower_id, shard)`, from its owner core.
     pub async fn archive_watermark(&self, follower_id: u32, shard: u32) -> Result<u64, replication::Error> {
         let owner = self.owner(follower_id, shard);
         if self.is_local(owner) {
-            leader::watermark(self, follower_id, shard).await
+            self.watermark_here(follower_id, shard).await
         } else {
             self.ask(owner, |reply| Request::Watermark { follower_id, shard, reply }).await
         }

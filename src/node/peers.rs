@@ -30,6 +30,8 @@ pub struct ShardReport {
     pub http: HttpCounters,
     /// Replication as this core sees it.
     pub replication: ReplicationReport,
+    /// This core's replica of its archive group, on a tier member.
+    pub tier: Option<crate::tier::replica::ReplicaReport>,
 }
 
 /// A core's replication numbers: its pusher (when following) and the
@@ -113,6 +115,8 @@ pub enum Request {
         /// The entries, in origin-seq order, under their original ids.
         reply: oneshot::Sender<Result<Vec<LogEntry>, replication::Error>>,
     },
+    /// Run a job on this core (it answers through its own channel).
+    OnCore(Box<dyn FnOnce(Rc<Core>) + Send>),
     /// The highest origin seq of (node, shard) stored in this core's shard.
     OriginWatermark {
         /// The origin node.
@@ -144,14 +148,15 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Request>) {
             Request::Report { reply } => {
                 let _ = reply.send(report(&core));
             }
-            Request::Archive { batch, reply } => leader::enqueue(&core, batch, reply),
+            Request::Archive { batch, reply } => core.archive_here(batch, reply),
             Request::Watermark { follower_id, shard, reply } => {
                 let core = core.clone();
                 glommio::spawn_local(async move {
-                    let _ = reply.send(leader::watermark(&*core, follower_id, shard).await);
+                    let _ = reply.send(core.watermark_here(follower_id, shard).await);
                 })
                 .detach();
             }
+            Request::OnCore(job) => job(core.clone()),
             Request::ReadOrigin { node, shard, from_seq, limit, reply } => {
                 let core = core.clone();
                 glommio::spawn_local(async move {
@@ -174,6 +179,7 @@ pub fn report(core: &Core) -> ShardReport {
         torn_tail: core.shard.recovery_report().torn_tail.clone(),
         http: core.counters.borrow().clone(),
         replication: ReplicationReport { follower: follower_report(core), archive: core.archive.report() },
+        tier: core.tier.as_ref().map(|replica| replica.report()),
     }
 }
 

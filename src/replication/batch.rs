@@ -134,6 +134,11 @@ impl PushedBatch {
         entries.chain(self.blocks.iter().flat_map(|block| block.header.first_seq..block.header.next_seq()))
     }
 
+    /// The message as it arrived (what a Raft proposal carries).
+    pub fn message(&self) -> &Bytes {
+        &self.message
+    }
+
     /// The message's size in bytes.
     pub fn message_bytes(&self) -> usize {
         self.message.len()

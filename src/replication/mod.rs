@@ -34,7 +34,7 @@ pub mod watermark;
 
 use std::future::Future;
 
-use crate::grpc::status::{Code, Status};
+use crate::grpc::status::{Code, LeaderHint, Status};
 use crate::shard::{self, Shard};
 
 /// Errors of the replication layer.
@@ -62,6 +62,22 @@ pub enum Error {
     /// The node is shutting down (`UNAVAILABLE`).
     #[error("shutting down")]
     ShuttingDown,
+    /// On an archive tier: this node does not lead the group the batch
+    /// belongs to (`UNAVAILABLE`, with the leader hint trailers when the
+    /// leader is known).
+    #[error("{message}")]
+    NotLeader {
+        /// Why, for people.
+        message: String,
+        /// The leader's id and gRPC address, when known.
+        leader: Option<(u32, std::net::SocketAddr)>,
+        /// The term of that knowledge.
+        term: u64,
+    },
+    /// The archive cannot take the batch now; a retry may succeed
+    /// (`UNAVAILABLE`).
+    #[error("{0}")]
+    Unavailable(String),
     /// The shard refused or failed.
     #[error(transparent)]
     Shard(#[from] shard::Error),
@@ -75,6 +91,11 @@ impl From<Error> for Status {
             Error::Exhausted(message) => Status::resource_exhausted(message),
             error @ Error::Aborted => Status::new(Code::Aborted, error.to_string()),
             Error::ShuttingDown => Status::unavailable("shutting down"),
+            Error::NotLeader { message, leader, term } => {
+                let hint = leader.map(|(leader_id, addr)| LeaderHint { leader_id, addr: addr.to_string(), term });
+                Status::not_leader(message, hint)
+            }
+            Error::Unavailable(message) => Status::unavailable(message),
             Error::Shard(error) => shard_status(error),
         }
     }

@@ -215,7 +215,10 @@ impl RaftLog {
         })
     }
 
-    async fn write_checkpoint(&mut self, (hard_state, conf_state, start): (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
+    async fn write_checkpoint(
+        &mut self,
+        (hard_state, conf_state, start): (HardState, ConfState, (u64, u64)),
+    ) -> Result<(), Error> {
         let mut out = Vec::new();
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
@@ -227,7 +230,8 @@ impl RaftLog {
     async fn write(&mut self, out: Vec<u8>) -> Result<(), Error> {
         let path = segment_path(&self.dir, self.active_id);
         let total = out.len();
-        let wrote = self.active.write_at(out, self.active_len).await.map_err(|error| log_error("write", &path, error))?;
+        let wrote =
+            self.active.write_at(out, self.active_len).await.map_err(|error| log_error("write", &path, error))?;
         if wrote < total {
             // A short write is the disk filling up: what was written is a
             // torn record that the next successful write goes after… so it
@@ -350,7 +354,8 @@ fn replay(restored: &mut Restored, kind: u8, payload: &[u8], last_index: &mut u6
         }
         SNAPSHOT | LOG_START => {
             let [index, term] = read_u64s::<2>(payload).ok_or("short log start")?;
-            let conf_state = ConfState::parse_from_bytes(&payload[16..]).map_err(|error| format!("bad conf state: {error}"))?;
+            let conf_state =
+                ConfState::parse_from_bytes(&payload[16..]).map_err(|error| format!("bad conf state: {error}"))?;
             if kind == SNAPSHOT {
                 restored.entries.clear();
             } else {
@@ -395,7 +400,8 @@ mod tests {
         let written = path.clone();
         run(async move {
             let mut log = RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0))).await.unwrap();
-            let mut work = Work { entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], ..Work::default() };
+            let mut work =
+                Work { entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], ..Work::default() };
             work.hard_state = Some(HardState { term: 1, vote: 1, commit: 1, ..HardState::default() });
             log.persist(&work, || unreachable!()).await.unwrap();
             // A new leader overwrites the uncommitted suffix from index 2.

@@ -62,6 +62,15 @@ impl Machine {
     /// Every refusal leaves the state as it was, and depends only on the
     /// state and the batch, so it is the same on every replica.
     pub fn admit(&mut self, pair: Pair, seqs: impl IntoIterator<Item = u64>, direct: bool) -> Result<Admission, Error> {
+        let admission = self.check(pair, seqs, direct)?;
+        self.advance(pair, &admission);
+        Ok(admission)
+    }
+
+    /// What [`Machine::admit`] would decide, without changing anything: the
+    /// driver checks, prepares the append (which may still refuse the
+    /// batch's content, the same way on every replica), then advances.
+    pub fn check(&self, pair: Pair, seqs: impl IntoIterator<Item = u64>, direct: bool) -> Result<Admission, Error> {
         let known = self.watermarks.contains_key(&pair);
         if !known && self.watermarks.len() >= ARCHIVE_PAIRS_MAX {
             return Err(Error::Exhausted(format!(
@@ -75,10 +84,14 @@ impl Machine {
             Ok(admission) => admission,
             Err(error) => return Err(error.into()),
         };
+        Ok(admission)
+    }
+
+    /// Moves `pair`'s watermark past an admitted batch's fresh entries.
+    pub fn advance(&mut self, pair: Pair, admission: &Admission) {
         if admission.fresh > 0 {
             self.watermarks.insert(pair, admission.watermark_after());
         }
-        Ok(admission)
     }
 
     /// Raises watermarks to at least `other`'s: what installing a snapshot

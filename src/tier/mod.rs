@@ -117,6 +117,23 @@ pub enum Error {
     Replication(#[from] crate::replication::Error),
 }
 
+impl From<Error> for crate::replication::Error {
+    fn from(error: Error) -> crate::replication::Error {
+        use crate::replication::Error as Replication;
+        match error {
+            Error::NotLeader { leader, term, .. } => {
+                Replication::NotLeader { message: error.to_string(), leader, term }
+            }
+            error @ (Error::Dropped { .. } | Error::Conflict { .. }) => Replication::Unavailable(error.to_string()),
+            Error::ShuttingDown => Replication::ShuttingDown,
+            Error::Exhausted(message) => Replication::Exhausted(message),
+            Error::Malformed(message) => Replication::Malformed(message),
+            error @ Error::Log(_) => Replication::Unavailable(error.to_string()),
+            Error::Replication(error) => error,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         match error {
@@ -133,4 +150,83 @@ impl From<Error> for Status {
             Error::Replication(error) => error.into(),
         }
     }
+}
+
+/// The file, in the data directory, that holds the tier's membership once
+/// a node has joined it (`id=HOST:PORT` lines).
+pub const MEMBERS_FILE: &str = "raft/members";
+
+impl Members {
+    /// The membership this node persisted, or, on a first start with
+    /// `--peers`, that list (persisted now). `None`: not a tier member.
+    /// A persisted membership wins over `--peers` (a restarted member keeps
+    /// what it agreed to; changing it is the next issue's `cluster` work).
+    pub fn load_or_bootstrap(
+        data_dir: &std::path::Path,
+        peers: &BTreeMap<u32, SocketAddr>,
+        node_id: u32,
+    ) -> Result<Option<Members>, String> {
+        let path = data_dir.join(MEMBERS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut addrs = BTreeMap::new();
+                for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+                    let parsed = line
+                        .split_once('=')
+                        .and_then(|(id, addr)| Some((id.parse::<u32>().ok()?, addr.parse::<SocketAddr>().ok()?)));
+                    let (id, addr) = parsed.ok_or_else(|| format!("{}: bad line {line:?}", path.display()))?;
+                    addrs.insert(id, addr);
+                }
+                if !addrs.contains_key(&node_id) {
+                    return Err(format!(
+                        "{} does not list this node (--node-id {node_id}): this data directory belongs to another \
+                         member",
+                        path.display()
+                    ));
+                }
+                if !peers.is_empty() && *peers != addrs {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "--peers differs from the persisted membership: the persisted one is used"
+                    );
+                }
+                Ok(Some(Members { addrs }))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if peers.is_empty() {
+                    return Ok(None);
+                }
+                let dir = path.parent().unwrap_or(data_dir);
+                std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+                let text: String = peers.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
+                let temporary = path.with_extension("tmp");
+                let written = std::fs::write(&temporary, text)
+                    .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                    .and_then(|()| std::fs::File::open(dir)?.sync_all());
+                written.map_err(|error| format!("{}: {error}", path.display()))?;
+                Ok(Some(Members { addrs: peers.clone() }))
+            }
+            Err(error) => Err(format!("{}: {error}", path.display())),
+        }
+    }
+}
+
+/// The directory of group `group`'s Raft log.
+pub fn group_dir(data_dir: &std::path::Path, group: u32) -> std::path::PathBuf {
+    data_dir.join(format!("raft/group-{group:03}"))
+}
+
+/// Direct-write entries as proposals carry them: protobuf `LogEntry`s
+/// (the leader gives them their seqs).
+pub fn direct_entries(entries: &[crate::shard::EntryRef<'_>]) -> Vec<crate::proto::LogEntry> {
+    entries
+        .iter()
+        .map(|entry| crate::proto::LogEntry {
+            timestamp_ns: entry.timestamp_ns,
+            tags: entry.tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+            body: bytes::Bytes::copy_from_slice(entry.body),
+            ..crate::proto::LogEntry::default()
+        })
+        .collect()
 }

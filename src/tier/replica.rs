@@ -1,1 +1,1011 @@
-//! (in progress)
+//! One replica of one archive group, on the group's core: the I/O driver of
+//! [`Group`] and [`Machine`].
+//!
+//! Two tasks share the replica's state:
+//!
+//! - the **raft loop** ticks the group every [`TICK`], steps the messages
+//!   peers sent, proposes what is queued (a group commit: every push and
+//!   direct write that arrived since the last proposal, up to
+//!   [`PROPOSAL_BYTES_MAX`]), and handles each `Ready` in raft-rs's order:
+//!   send what may go now, make the round durable ([`RaftLog::persist`],
+//!   one fdatasync), send what depended on it, advance, and hand committed
+//!   entries to the applier. Proposals queued meanwhile wait for the next
+//!   round, so the fdatasync is what batches them.
+//! - the **applier** applies committed entries in order: each batch of an
+//!   entry is admitted by the [`Machine`] (the same decision on every
+//!   replica) and its fresh entries appended to the shard; once they are
+//!   durable, the proposer (when this replica proposed the entry, in the
+//!   same term) is answered, and the group learns the applied index.
+//!
+//! A push is therefore acknowledged only when committed on a quorum and
+//! applied here; a follower that loses its ack resends, and the watermark
+//! rule skips what is already there.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::{mpsc, oneshot};
+use futures_util::StreamExt;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{Entry, EntryType, Message, MessageType};
+
+use super::group::{Group, GroupStatus, Work};
+use super::log::RaftLog;
+use super::machine::{Machine, Pair};
+use super::transport::{self, Link};
+use super::{logger, Error, Members, TICK};
+use crate::grpc::transport::Channel;
+use crate::limits::{PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_QUEUE_BYTES_MAX, READ_INDEX_WAITING_MAX};
+use crate::proto::{LogEntry, Proposal, PushAck, PushBatch, SnapshotChunk};
+use crate::replication::batch::{with_fresh_parts, PushedBatch};
+use crate::replication::leader::AckSender;
+use crate::replication::watermark::Admission;
+use crate::shard::{self, Origin, Shard};
+
+/// Where a direct write's answer goes: its (first, last) seq.
+pub type DirectSender = oneshot::Sender<Result<(u64, u64), Error>>;
+
+/// How long the applier waits before trying a transiently refused append
+/// again (backpressure, a full disk).
+const APPLY_RETRY: Duration = Duration::from_millis(50);
+/// How long a direct write forwarded to the leader's node may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A proposal's waiting writers, in batch order.
+enum Waiter {
+    Push(AckSender),
+    Direct(DirectSender),
+}
+
+impl Waiter {
+    fn fail(self, error: Error) {
+        match self {
+            Waiter::Push(reply) => {
+                let _ = reply.send(Err(error.into()));
+            }
+            Waiter::Direct(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// What waits to be proposed.
+enum Queued {
+    Push(PushedBatch, AckSender),
+    Direct(Vec<LogEntry>, DirectSender),
+}
+
+impl Queued {
+    fn bytes(&self) -> usize {
+        match self {
+            Queued::Push(batch, _) => batch.message_bytes(),
+            Queued::Direct(entries, _) => entries.iter().map(|entry| entry.encoded_len() + 8).sum(),
+        }
+    }
+}
+
+/// Counters of one replica, for `/metrics` and `/v1/cluster`.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaCounters {
+    /// Leader changes seen.
+    pub leader_changes: u64,
+    /// Proposals made while leading.
+    pub proposals: u64,
+    /// Entries applied.
+    pub applied_entries: u64,
+    /// Peer messages refused (malformed, from a non-member, bad snapshot).
+    pub refused_messages: u64,
+    /// Snapshots sent and installed.
+    pub snapshots_sent: u64,
+    /// See [`ReplicaCounters::snapshots_sent`].
+    pub snapshots_installed: u64,
+}
+
+/// A replica's report.
+#[derive(Clone, Debug)]
+pub struct ReplicaReport {
+    /// The group.
+    pub group: u32,
+    /// Raft's view.
+    pub status: GroupStatus,
+    /// Counters.
+    pub counters: ReplicaCounters,
+    /// Each origin pair's watermark here.
+    pub watermarks: BTreeMap<Pair, u64>,
+    /// When each follower's last push reached this replica (ns since the
+    /// epoch).
+    pub last_push_ns: BTreeMap<u32, i64>,
+}
+
+struct Proposed {
+    term: u64,
+    waiters: Vec<Waiter>,
+}
+
+struct State {
+    group: Group,
+    /// The state after the last entry the applier decided.
+    machine: Machine,
+    /// Peer messages to step, in arrival order.
+    inbound: VecDeque<Message>,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    proposals: BTreeMap<u64, Proposed>,
+    /// Committed entries for the applier.
+    committed: VecDeque<Entry>,
+    /// The last entry the applier decided (its appends may not be durable yet).
+    decided: u64,
+    /// ReadIndex requests sent to raft-rs, by context.
+    reads_asked: BTreeMap<u64, (Pair, oneshot::Sender<Result<u64, Error>>)>,
+    /// ReadIndex answers waiting for the applier to reach their index.
+    reads_ready: Vec<(u64, Pair, oneshot::Sender<Result<u64, Error>>)>,
+    next_read: u64,
+    /// The highest direct-write seq proposed in `direct_term`.
+    direct_proposed: (u64, u64),
+    /// Peers a snapshot is being sent to.
+    snapshotting: BTreeSet<u64>,
+    counters: ReplicaCounters,
+    failed: Option<String>,
+    /// When each follower's last push arrived (bounded by the followers
+    /// the machine knows, ARCHIVE_PAIRS_MAX).
+    last_push_ns: BTreeMap<u32, i64>,
+}
+
+/// One replica of one group.
+pub struct Replica {
+    node_id: u32,
+    group_id: u32,
+    members: Members,
+    shard: Shard,
+    state: RefCell<State>,
+    links: BTreeMap<u32, Rc<Link>>,
+    /// Only the raft loop writes the log.
+    log: RefCell<Option<RaftLog>>,
+    /// The applied index to note in the log's next round.
+    applied: Cell<u64>,
+    /// Snapshots being sent: (peer, outcome once known).
+    snapshot_outcomes: RefCell<Vec<(u64, Rc<Cell<Option<bool>>>)>>,
+    /// The connection forwarded direct writes take to the leader's node.
+    forward: RefCell<Option<(SocketAddr, Rc<Channel>)>>,
+    wake: RefCell<mpsc::Sender<()>>,
+    wakeups: RefCell<Option<mpsc::Receiver<()>>>,
+    apply_wake: RefCell<mpsc::Sender<()>>,
+    apply_wakeups: RefCell<Option<mpsc::Receiver<()>>>,
+    closing: Cell<bool>,
+}
+
+impl Replica {
+    /// Opens replica `node_id` of group `group_id`: its Raft log from `dir`
+    /// (a new log when there is none, whose voters are the members), its
+    /// state machine from the shard's data.
+    pub async fn open(
+        node_id: u32,
+        group_id: u32,
+        members: Members,
+        dir: &Path,
+        shard: Shard,
+    ) -> Result<Rc<Replica>, Error> {
+        let (recovered, segments) = RaftLog::recover(dir)?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(group = group_id, bytes = recovered.torn_bytes, "raft log: cut a torn last record");
+        }
+        let logger = logger::for_group(node_id, group_id);
+        let group = Group::new(u64::from(node_id), group_id, &members.voters(), recovered.restored, &logger);
+        let log = RaftLog::open(dir, segments, group.checkpoint()).await?;
+        let status = group.status();
+        tracing::info!(
+            group = group_id,
+            term = status.term,
+            commit = status.commit,
+            applied = status.applied,
+            "raft group opened"
+        );
+        let machine = Machine::new(shard.origin_watermarks());
+        let links = members
+            .addrs
+            .iter()
+            .filter(|(&id, _)| id != node_id)
+            .map(|(&id, &addr)| (id, Link::new(group_id, node_id, id, addr)))
+            .collect();
+        let (wake, wakeups) = mpsc::channel(1);
+        let (apply_wake, apply_wakeups) = mpsc::channel(1);
+        Ok(Rc::new(Replica {
+            node_id,
+            group_id,
+            members,
+            shard,
+            state: RefCell::new(State {
+                decided: status.applied,
+                group,
+                machine,
+                inbound: VecDeque::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                proposals: BTreeMap::new(),
+                committed: VecDeque::new(),
+                reads_asked: BTreeMap::new(),
+                reads_ready: Vec::new(),
+                next_read: 1,
+                direct_proposed: (0, 0),
+                snapshotting: BTreeSet::new(),
+                counters: ReplicaCounters::default(),
+                failed: None,
+                last_push_ns: BTreeMap::new(),
+            }),
+            links,
+            log: RefCell::new(Some(log)),
+            applied: Cell::new(status.applied),
+            snapshot_outcomes: RefCell::new(Vec::new()),
+            forward: RefCell::new(None),
+            wake: RefCell::new(wake),
+            wakeups: RefCell::new(Some(wakeups)),
+            apply_wake: RefCell::new(apply_wake),
+            apply_wakeups: RefCell::new(Some(apply_wakeups)),
+            closing: Cell::new(false),
+        }))
+    }
+
+    /// Starts the raft loop, the applier and the links; returns their
+    /// tasks (cancel them to stop).
+    pub fn start(self: &Rc<Self>) -> Vec<glommio::task::JoinHandle<()>> {
+        let mut tasks = vec![
+            glommio::spawn_local(self.clone().raft_loop()).detach(),
+            glommio::spawn_local(self.clone().apply_loop()).detach(),
+        ];
+        for link in self.links.values() {
+            tasks.push(glommio::spawn_local(link.clone().run()).detach());
+        }
+        tasks
+    }
+
+    /// The group.
+    pub fn group_id(&self) -> u32 {
+        self.group_id
+    }
+
+    /// The tier's members.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    fn wake(&self) {
+        let _ = self.wake.borrow_mut().try_send(());
+    }
+
+    /// Stops taking new work: queued and waiting writers are refused.
+    pub fn close(&self) {
+        self.closing.set(true);
+        let mut state = self.state.borrow_mut();
+        state.queued_bytes = 0;
+        for queued in std::mem::take(&mut state.queue) {
+            match queued {
+                Queued::Push(_, reply) => Waiter::Push(reply).fail(Error::ShuttingDown),
+                Queued::Direct(_, reply) => Waiter::Direct(reply).fail(Error::ShuttingDown),
+            }
+        }
+        for (_, proposed) in std::mem::take(&mut state.proposals) {
+            proposed.waiters.into_iter().for_each(|waiter| waiter.fail(Error::ShuttingDown));
+        }
+    }
+
+    /// The refusal for work that needs the leader, with its address.
+    fn not_leader(&self, state: &State) -> Error {
+        match state.group.not_leader() {
+            Error::NotLeader { group, leader, term } => {
+                Error::NotLeader { group, leader: leader.and_then(|(id, _)| Some((id, self.members.addr(id)?))), term }
+            }
+            other => other,
+        }
+    }
+
+    /// Refuses unless this replica leads and has room for `bytes` more.
+    fn admit_work(&self, state: &State, bytes: usize) -> Result<(), Error> {
+        if self.closing.get() {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(failure) = &state.failed {
+            return Err(Error::Log(failure.clone()));
+        }
+        if !state.group.is_leader() {
+            return Err(self.not_leader(state));
+        }
+        if state.queued_bytes + bytes > PROPOSAL_QUEUE_BYTES_MAX {
+            return Err(Error::Exhausted(format!(
+                "group {}: {} bytes wait to be proposed (PROPOSAL_QUEUE_BYTES_MAX)",
+                self.group_id, state.queued_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a follower's batch for the next proposal; `reply` gets its
+    /// ack once committed and applied here, or the refusal.
+    pub fn propose_push(&self, batch: PushedBatch, reply: AckSender) {
+        let mut state = self.state.borrow_mut();
+        if state.last_push_ns.len() < crate::limits::ARCHIVE_PAIRS_MAX
+            || state.last_push_ns.contains_key(&batch.follower_id)
+        {
+            state.last_push_ns.insert(batch.follower_id, now_ns());
+        }
+        if let Err(error) = self.admit_work(&state, batch.message_bytes()) {
+            let _ = reply.send(Err(error.into()));
+            return;
+        }
+        state.queued_bytes += batch.message_bytes();
+        state.queue.push_back(Queued::Push(batch, reply));
+        drop(state);
+        self.wake();
+    }
+
+    /// Queues a direct write (ids `(0, group, seq)`, seqs given at
+    /// proposal); the answer is its (first, last) seq once committed and
+    /// applied here.
+    pub fn propose_direct(&self, entries: Vec<LogEntry>) -> oneshot::Receiver<Result<(u64, u64), Error>> {
+        let (reply, answer) = oneshot::channel();
+        let mut state = self.state.borrow_mut();
+        let queued = Queued::Direct(entries, reply);
+        if let Err(error) = self.admit_work(&state, queued.bytes()) {
+            if let Queued::Direct(_, reply) = queued {
+                let _ = reply.send(Err(error));
+            }
+            return answer;
+        }
+        state.queued_bytes += queued.bytes();
+        state.queue.push_back(queued);
+        drop(state);
+        self.wake();
+        answer
+    }
+
+    /// A direct write to this core's group: proposed here when this
+    /// replica leads, else forwarded to the leader's node (which proposes
+    /// it to its replica of the same group, and forwards no further).
+    /// Answers the (first, last) seq of ids `(0, group, seq)`.
+    pub async fn write(&self, entries: Vec<LogEntry>) -> Result<(u64, u64), Error> {
+        if self.is_leader() {
+            return self.propose_direct(entries).await.map_err(|_| Error::ShuttingDown)?;
+        }
+        let (leader, term) = self.leader();
+        let Some((leader_id, addr)) = leader.filter(|(id, _)| *id != self.node_id) else {
+            return Err(self.not_leader(&self.state.borrow()));
+        };
+        let channel = self.forward_channel(addr).await.map_err(|status| Error::NotLeader {
+            group: self.group_id,
+            leader: None,
+            term: term.max(status.leader.as_ref().map_or(0, |hint| hint.term)),
+        })?;
+        let request = crate::proto::ForwardWrite { group: self.group_id, entries };
+        let answer: Result<crate::proto::WriteResponse, _> =
+            channel.unary(transport::WRITE_PATH, &request, Some(FORWARD_TIMEOUT)).await;
+        match answer {
+            Ok(response) => Ok((response.first_seq, response.last_seq)),
+            Err(status) => {
+                self.forward.borrow_mut().take();
+                let leader = status
+                    .leader
+                    .as_ref()
+                    .and_then(|hint| Some((hint.leader_id, hint.addr.parse().ok()?)))
+                    .or(Some((leader_id, addr)));
+                match status.code {
+                    crate::grpc::status::Code::Unavailable => {
+                        Err(Error::NotLeader { group: self.group_id, leader, term })
+                    }
+                    crate::grpc::status::Code::InvalidArgument => Err(Error::Malformed(status.message)),
+                    crate::grpc::status::Code::ResourceExhausted => Err(Error::Exhausted(status.message)),
+                    _ => Err(Error::Log(format!("forwarded write to node {leader_id}: {}", status.message))),
+                }
+            }
+        }
+    }
+
+    /// The connection to the leader's node for forwarded writes, kept while
+    /// the leader stays.
+    async fn forward_channel(&self, addr: SocketAddr) -> Result<Rc<Channel>, crate::grpc::status::Status> {
+        if let Some((known, channel)) = self.forward.borrow().as_ref() {
+            if *known == addr {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = Rc::new(Channel::connect(addr, transport::CONNECT_TIMEOUT).await?);
+        *self.forward.borrow_mut() = Some((addr, channel.clone()));
+        Ok(channel)
+    }
+
+    /// The watermark of `pair`, linearizable: the leader confirms it still
+    /// leads (ReadIndex) and answers once it applied up to that point.
+    pub async fn read_watermark(&self, pair: Pair) -> Result<u64, Error> {
+        let answer = {
+            let mut state = self.state.borrow_mut();
+            if self.closing.get() {
+                return Err(Error::ShuttingDown);
+            }
+            if state.reads_asked.len() + state.reads_ready.len() >= READ_INDEX_WAITING_MAX {
+                return Err(Error::Exhausted(format!(
+                    "group {}: {READ_INDEX_WAITING_MAX} watermark reads wait (READ_INDEX_WAITING_MAX)",
+                    self.group_id
+                )));
+            }
+            let context = state.next_read;
+            state.next_read += 1;
+            if state.group.read_index(context.to_le_bytes().to_vec()).is_err() {
+                return Err(self.not_leader(&state));
+            }
+            let (reply, answer) = oneshot::channel();
+            state.reads_asked.insert(context, (pair, reply));
+            answer
+        };
+        self.wake();
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Every origin pair's watermark on this replica (what a snapshot
+    /// sender needs to know).
+    pub fn watermarks(&self) -> BTreeMap<Pair, u64> {
+        self.state.borrow().machine.watermarks().clone()
+    }
+
+    /// Takes in a batch of messages from member `from`, each raft-rs's
+    /// encoding. A message from a non-member, to another node, for another
+    /// group, or that does not decode, refuses the batch (counted).
+    pub fn receive(&self, from: u32, to: u32, messages: &[Bytes]) -> Result<(), Error> {
+        let refuse = |reason: String| {
+            self.state.borrow_mut().counters.refused_messages += 1;
+            tracing::warn!(group = self.group_id, from, "raft messages refused: {reason}");
+            Err(Error::Malformed(reason))
+        };
+        if from == self.node_id || self.members.addr(from).is_none() {
+            return refuse(format!("node {from} is not a member of the tier"));
+        }
+        if to != self.node_id {
+            return refuse(format!("messages for node {to} reached node {}", self.node_id));
+        }
+        let mut decoded = Vec::with_capacity(messages.len());
+        for bytes in messages {
+            let message = match Message::parse_from_bytes(bytes) {
+                Ok(message) => message,
+                Err(error) => return refuse(format!("malformed raft message: {error}")),
+            };
+            if message.from != u64::from(from) || message.to != u64::from(to) {
+                return refuse(format!(
+                    "a message from {} to {} in a batch from {from} to {to}",
+                    message.from, message.to
+                ));
+            }
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                return refuse("snapshots travel on their own stream".to_string());
+            }
+            decoded.push(message);
+        }
+        self.state.borrow_mut().inbound.extend(decoded);
+        self.wake();
+        Ok(())
+    }
+
+    /// Installs one chunk of a snapshot stream from member `from`: the
+    /// batches are applied like pushes (the watermark rule skips what is
+    /// here already), the last chunk's `MsgSnapshot` is stepped once they
+    /// are durable.
+    pub async fn install_chunk(&self, chunk: SnapshotChunk) -> Result<(), Error> {
+        let from = chunk.from;
+        let refuse = |reason: String| {
+            self.state.borrow_mut().counters.refused_messages += 1;
+            tracing::warn!(group = self.group_id, from, "snapshot refused: {reason}");
+            Err(Error::Malformed(reason))
+        };
+        if from == self.node_id || self.members.addr(from).is_none() {
+            return refuse(format!("node {from} is not a member of the tier"));
+        }
+        if !chunk.batch.is_empty() {
+            if crc32fast::hash(&chunk.batch) != chunk.crc32 {
+                return refuse("a snapshot chunk fails its crc".to_string());
+            }
+            let batch = match PushedBatch::parse(chunk.batch) {
+                Ok(batch) => batch,
+                Err(error) => return refuse(format!("a snapshot chunk is malformed: {error}")),
+            };
+            let pair = (batch.follower_id, batch.shard);
+            let mut batches = vec![batch];
+            let outcomes = self.apply_batches(&mut batches, false, |_| pair).await?;
+            if let Some(Err(error)) = outcomes.into_iter().next() {
+                return refuse(format!("a snapshot chunk does not apply: {error}"));
+            }
+        }
+        if !chunk.raft_message.is_empty() {
+            let message = match Message::parse_from_bytes(&chunk.raft_message) {
+                Ok(message) if message.get_msg_type() == MessageType::MsgSnapshot => message,
+                Ok(_) => return refuse("the last chunk is not a MsgSnapshot".to_string()),
+                Err(error) => return refuse(format!("malformed raft message: {error}")),
+            };
+            let mut state = self.state.borrow_mut();
+            state.counters.snapshots_installed += 1;
+            state.inbound.push_back(message);
+            drop(state);
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// This replica's report.
+    pub fn report(&self) -> ReplicaReport {
+        let state = self.state.borrow();
+        ReplicaReport {
+            group: self.group_id,
+            status: state.group.status(),
+            counters: state.counters.clone(),
+            watermarks: state.machine.watermarks().clone(),
+            last_push_ns: state.last_push_ns.clone(),
+        }
+    }
+
+    /// The leader this replica knows, with its address, and the term.
+    pub fn leader(&self) -> (Option<(u32, SocketAddr)>, u64) {
+        let status = self.state.borrow().group.status();
+        let leader =
+            (status.leader != 0).then(|| status.leader as u32).and_then(|id| Some((id, self.members.addr(id)?)));
+        (leader, status.term)
+    }
+
+    /// Whether this replica leads its group.
+    pub fn is_leader(&self) -> bool {
+        self.state.borrow().group.is_leader()
+    }
+
+    async fn raft_loop(self: Rc<Self>) {
+        let Some(mut wakeups) = self.wakeups.borrow_mut().take() else { return };
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let now = Instant::now();
+            if now < next_tick {
+                let wait = next_tick - now;
+                futures_lite::future::or(
+                    async {
+                        wakeups.next().await;
+                    },
+                    glommio::timer::sleep(wait),
+                )
+                .await;
+            }
+            if Instant::now() >= next_tick {
+                self.state.borrow_mut().group.tick();
+                next_tick += TICK;
+                if next_tick < Instant::now() {
+                    // A stalled executor: do not tick in a burst.
+                    next_tick = Instant::now() + TICK;
+                }
+            }
+            self.step_inbound();
+            self.propose_queued();
+            if let Err(error) = self.handle_ready().await {
+                // The log cannot be written: this replica must not promise
+                // anything more. It stops here; the others carry on.
+                tracing::error!(group = self.group_id, %error, "raft log failed: this replica stops");
+                let mut state = self.state.borrow_mut();
+                state.failed = Some(error.to_string());
+                drop(state);
+                self.close();
+                return;
+            }
+        }
+    }
+
+    fn step_inbound(&self) {
+        let mut state = self.state.borrow_mut();
+        self.snapshot_outcomes.borrow_mut().retain(|(peer, outcome)| match outcome.get() {
+            None => true,
+            Some(done) => {
+                state.group.report_snapshot(*peer, done);
+                state.snapshotting.remove(peer);
+                if done {
+                    state.counters.snapshots_sent += 1;
+                }
+                false
+            }
+        });
+        for link in self.links.values() {
+            if link.take_unreachable() {
+                state.group.report_unreachable(u64::from(link.peer()));
+            }
+        }
+        while let Some(message) = state.inbound.pop_front() {
+            if let Err(error) = state.group.step(message) {
+                tracing::debug!(group = self.group_id, %error, "raft step");
+            }
+        }
+    }
+
+    /// Turns queued writes into proposals while this replica leads.
+    fn propose_queued(&self) {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        if state.queue.is_empty() {
+            return;
+        }
+        if !state.group.is_leader() {
+            let error = self.not_leader(state);
+            state.queued_bytes = 0;
+            for queued in std::mem::take(&mut state.queue) {
+                match queued {
+                    Queued::Push(_, reply) => Waiter::Push(reply).fail(error.clone()),
+                    Queued::Direct(_, reply) => Waiter::Direct(reply).fail(error.clone()),
+                }
+            }
+            return;
+        }
+        let term = state.group.status().term;
+        if state.direct_proposed.0 != term {
+            state.direct_proposed = (term, 0);
+        }
+        while !state.queue.is_empty() && state.proposals.len() < PROPOSALS_IN_FLIGHT_MAX {
+            let direct = matches!(state.queue.front(), Some(Queued::Direct(..)));
+            let mut proposal = Proposal { batches: Vec::new(), direct };
+            let mut waiters = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(front) = state.queue.front() {
+                let size = front.bytes();
+                if matches!(front, Queued::Direct(..)) != direct
+                    || (!proposal.batches.is_empty() && bytes + size > PROPOSAL_BYTES_MAX)
+                {
+                    break;
+                }
+                bytes += size;
+                state.queued_bytes -= size;
+                match state.queue.pop_front() {
+                    Some(Queued::Push(batch, reply)) => {
+                        proposal.batches.push(batch.message().clone());
+                        waiters.push(Waiter::Push(reply));
+                    }
+                    Some(Queued::Direct(mut entries, reply)) => {
+                        // Seqs continue what this leader knows is taken:
+                        // applied, or proposed by it in this term.
+                        let pair = (0, self.group_id);
+                        let first = state.direct_proposed.1.max(state.machine.watermark(pair)) + 1;
+                        let now = now_ns();
+                        for (offset, entry) in entries.iter_mut().enumerate() {
+                            entry.seq = first + offset as u64;
+                            entry.node_id = 0;
+                            entry.shard = self.group_id;
+                            if entry.timestamp_ns == 0 {
+                                entry.timestamp_ns = now;
+                            }
+                        }
+                        state.direct_proposed.1 = first + entries.len() as u64 - 1;
+                        let batch = PushBatch { follower_id: 0, shard: self.group_id, entries, blocks: Vec::new() };
+                        proposal.batches.push(batch.encode_to_vec().into());
+                        waiters.push(Waiter::Direct(reply));
+                    }
+                    None => break,
+                }
+            }
+            match state.group.propose(proposal.encode_to_vec()) {
+                Ok((index, term)) => {
+                    state.counters.proposals += 1;
+                    state.proposals.insert(index, Proposed { term, waiters });
+                }
+                Err(error) => waiters.into_iter().for_each(|waiter| waiter.fail(error.clone())),
+            }
+        }
+    }
+
+    /// One round of the group's `Ready`, in raft-rs's order.
+    async fn handle_ready(&self) -> Result<(), Error> {
+        let Some(mut work) = self.state.borrow_mut().group.ready() else { return Ok(()) };
+        self.send(std::mem::take(&mut work.messages));
+        if let Some((leader, term)) = work.leader_changed {
+            self.leader_changed(leader, term);
+        }
+        {
+            // Only this task touches the log: it is taken out for the write
+            // so no borrow is held across it.
+            let mut log = self.log.borrow_mut().take().ok_or_else(|| Error::Log("the log is gone".into()))?;
+            log.note_applied(self.applied.get());
+            let checkpoint = || self.state.borrow().group.checkpoint();
+            let persisted = log.persist(&work, checkpoint).await;
+            let compact_to = self.state.borrow().group.first_index();
+            log.compact(compact_to).await;
+            *self.log.borrow_mut() = Some(log);
+            persisted?;
+        }
+        self.send(std::mem::take(&mut work.persisted_messages));
+        let after = self.state.borrow_mut().group.persisted();
+        self.send(after.messages);
+        let Work { committed, read_states, .. } = work;
+        let mut state = self.state.borrow_mut();
+        for read in read_states {
+            let context = read.request_ctx.get(..8).and_then(|bytes| bytes.try_into().ok()).map(u64::from_le_bytes);
+            if let Some((pair, reply)) = context.and_then(|context| state.reads_asked.remove(&context)) {
+                state.reads_ready.push((read.index, pair, reply));
+            }
+        }
+        let had = state.committed.len();
+        state.committed.extend(committed);
+        state.committed.extend(after.committed);
+        let woke = state.committed.len() > had || !state.reads_ready.is_empty();
+        drop(state);
+        if woke {
+            let _ = self.apply_wake.borrow_mut().try_send(());
+        }
+        Ok(())
+    }
+
+    fn leader_changed(&self, leader: u64, term: u64) {
+        let mut state = self.state.borrow_mut();
+        state.counters.leader_changes += 1;
+        tracing::info!(
+            group = self.group_id,
+            term,
+            leader,
+            "group {}: node {leader} leads in term {term}",
+            self.group_id
+        );
+        if leader != u64::from(self.node_id) {
+            // Proposals of an earlier term of ours may still commit, or be
+            // overwritten: their writers are told to retry either way
+            // (pushes are exactly-once; the ack will come to the resend).
+            let error = self.not_leader(&state);
+            for (_, proposed) in std::mem::take(&mut state.proposals) {
+                proposed.waiters.into_iter().for_each(|waiter| waiter.fail(error.clone()));
+            }
+            for (_, (_, reply)) in std::mem::take(&mut state.reads_asked) {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Sends messages to their peers; a snapshot goes on its own stream.
+    fn send(&self, messages: Vec<Message>) {
+        let mut by_peer: BTreeMap<u32, Vec<Message>> = BTreeMap::new();
+        for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.start_snapshot(message);
+                continue;
+            }
+            by_peer.entry(message.to as u32).or_default().push(message);
+        }
+        for (peer, messages) in by_peer {
+            if let Some(link) = self.links.get(&peer) {
+                link.send(messages);
+            }
+        }
+    }
+
+    fn start_snapshot(&self, message: Message) {
+        let peer = message.to;
+        let Some(link) = self.links.get(&(peer as u32)) else { return };
+        let mut state = self.state.borrow_mut();
+        if !state.snapshotting.insert(peer) {
+            return;
+        }
+        let watermarks = state.machine.watermarks().clone();
+        drop(state);
+        let (shard, group, from, addr) = (self.shard.clone(), self.group_id, self.node_id, link.addr());
+        let outcome = Rc::new(Cell::new(None));
+        let done = outcome.clone();
+        let mut wake = self.wake.borrow().clone();
+        glommio::spawn_local(async move {
+            let sent = transport::send_snapshot(shard, group, from, addr, message, watermarks).await;
+            if let Err(status) = &sent {
+                tracing::warn!(group, to = %addr, %status, "snapshot failed");
+            }
+            done.set(Some(sent.is_ok()));
+            let _ = wake.try_send(());
+        })
+        .detach();
+        self.snapshot_outcomes.borrow_mut().push((peer, outcome));
+    }
+
+    async fn apply_loop(self: Rc<Self>) {
+        let Some(mut wakeups) = self.apply_wakeups.borrow_mut().take() else { return };
+        loop {
+            let entry = self.state.borrow_mut().committed.pop_front();
+            let Some(entry) = entry else {
+                self.answer_reads();
+                if wakeups.next().await.is_none() {
+                    return;
+                }
+                continue;
+            };
+            let index = entry.index;
+            if let Err(error) = self.apply(entry).await {
+                tracing::error!(group = self.group_id, index, %error, "apply failed: this replica stops applying");
+                self.state.borrow_mut().failed = Some(error.to_string());
+                self.close();
+                return;
+            }
+            let mut state = self.state.borrow_mut();
+            state.counters.applied_entries += 1;
+            // Compaction of the in-memory log happens here; the files
+            // follow at the raft loop's next round.
+            state.group.applied(index);
+            drop(state);
+            self.applied.set(index);
+            self.answer_reads();
+        }
+    }
+
+    fn answer_reads(&self) {
+        let mut state = self.state.borrow_mut();
+        let decided = state.decided;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut state.reads_ready).into_iter().partition(|(index, _, _)| *index <= decided);
+        state.reads_ready = waiting;
+        for (_, pair, reply) in ready {
+            let _ = reply.send(Ok(state.machine.watermark(pair)));
+        }
+    }
+
+    /// Applies one committed entry; answers its proposer when it is ours.
+    async fn apply(&self, entry: Entry) -> Result<(), Error> {
+        let index = entry.index;
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            // A new leader's empty entry, or a membership change (the next
+            // issue's): nothing for the archive.
+            self.state.borrow_mut().decided = index;
+            return Ok(());
+        }
+        let outcomes = match Proposal::decode(entry.data.clone()) {
+            Ok(proposal) => {
+                let direct = proposal.direct;
+                let mut batches = Vec::with_capacity(proposal.batches.len());
+                let mut parse_errors = Vec::new();
+                for (position, bytes) in proposal.batches.into_iter().enumerate() {
+                    match PushedBatch::parse(bytes) {
+                        Ok(batch) => batches.push(batch),
+                        Err(error) => parse_errors.push((position, error)),
+                    }
+                }
+                let group = self.group_id;
+                let pair_of = move |batch: &PushedBatch| {
+                    if direct {
+                        (0, group)
+                    } else {
+                        (batch.follower_id, batch.shard)
+                    }
+                };
+                let mut outcomes = self.apply_batches(&mut batches, direct, pair_of).await?;
+                // A batch that does not parse was refused at the front door
+                // already; should one be here, it is refused the same way
+                // on every replica.
+                for (position, error) in parse_errors {
+                    outcomes.insert(position.min(outcomes.len()), Err(Error::Replication(error)));
+                }
+                outcomes
+            }
+            Err(error) => {
+                tracing::error!(group = self.group_id, index, %error, "a committed entry does not decode: skipped");
+                Vec::new()
+            }
+        };
+        let mut state = self.state.borrow_mut();
+        state.decided = index;
+        let proposed = state.proposals.remove(&index);
+        drop(state);
+        if let Some(proposed) = proposed {
+            if proposed.term != entry.term {
+                proposed.waiters.into_iter().for_each(|waiter| waiter.fail(Error::Dropped { group: self.group_id }));
+            } else {
+                let mut outcomes = outcomes.into_iter();
+                for waiter in proposed.waiters {
+                    let outcome = outcomes.next().unwrap_or(Err(Error::Dropped { group: self.group_id }));
+                    match (waiter, outcome) {
+                        (Waiter::Push(reply), outcome) => {
+                            let _ = reply.send(
+                                outcome
+                                    .map(|(pair, admission, watermark)| PushAck {
+                                        shard: pair.1,
+                                        acked_seq: watermark,
+                                        written: admission.fresh as u64,
+                                        duplicates: admission.duplicates as u64,
+                                    })
+                                    .map_err(Into::into),
+                            );
+                        }
+                        (Waiter::Direct(reply), outcome) => {
+                            let _ =
+                                reply.send(outcome.map(|(_, admission, watermark)| (admission.first_seq, watermark)));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits `batches` in order and appends their fresh entries; returns,
+    /// per batch, (pair, admission, the pair's watermark after it) or the
+    /// refusal, once every append is durable.
+    #[allow(clippy::type_complexity)]
+    async fn apply_batches(
+        &self,
+        batches: &mut [PushedBatch],
+        direct: bool,
+        pair_of: impl Fn(&PushedBatch) -> Pair,
+    ) -> Result<Vec<Result<(Pair, Admission, u64), Error>>, Error> {
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut waits = Vec::new();
+        for batch in batches.iter_mut() {
+            let pair = pair_of(batch);
+            let admission = {
+                let state = self.state.borrow();
+                state.machine.check(pair, batch.seqs(), direct)
+            };
+            let admission = match admission {
+                Ok(admission) => admission,
+                Err(error) => {
+                    outcomes.push(Err(error));
+                    continue;
+                }
+            };
+            if admission.fresh > 0 {
+                let origin = Origin { node: pair.0, shard: pair.1, first_seq: admission.first_seq };
+                if let Some(refusal) = self.append_fresh(batch, origin, admission.duplicates, &mut waits).await? {
+                    outcomes.push(Err(refusal));
+                    continue;
+                }
+            }
+            let mut state = self.state.borrow_mut();
+            state.machine.advance(pair, &admission);
+            let watermark = state.machine.watermark(pair);
+            outcomes.push(Ok((pair, admission, watermark)));
+        }
+        for wait in waits {
+            wait.durable().await.map_err(|error| Error::Log(format!("apply: {error}")))?;
+        }
+        Ok(outcomes)
+    }
+}
+
+impl Replica {
+    /// Appends the entries of `batch` after its first `skip` (duplicates);
+    /// the append's wait joins `waits`. `Ok(Some(refusal))` when the
+    /// batch's content is refused (the same on every replica); transient
+    /// refusals (backpressure, a full disk) are waited out.
+    async fn append_fresh(
+        &self,
+        batch: &mut PushedBatch,
+        origin: Origin,
+        skip: usize,
+        waits: &mut Vec<shard::AppendWait>,
+    ) -> Result<Option<Error>, Error> {
+        loop {
+            let appended = {
+                let mut fresh = [(&mut *batch, skip)];
+                with_fresh_parts(&mut fresh, |parts| self.shard.append_replicated_parts(origin, parts))
+            };
+            match appended {
+                Ok(Ok(wait)) => {
+                    waits.push(wait);
+                    return Ok(None);
+                }
+                Err(error) => return Ok(Some(Error::Replication(error))),
+                Ok(Err(error @ (shard::Error::InvalidEntry { .. } | shard::Error::InvalidAppend(_)))) => {
+                    return Ok(Some(Error::Replication(error.into())))
+                }
+                Ok(Err(shard::Error::Closed)) => return Err(Error::ShuttingDown),
+                Ok(Err(error)) => {
+                    tracing::debug!(group = self.group_id, %error, "apply: append refused for now");
+                    for wait in waits.drain(..) {
+                        wait.durable().await.map_err(|error| Error::Log(format!("apply: {error}")))?;
+                    }
+                    glommio::timer::sleep(APPLY_RETRY).await;
+                    if self.closing.get() {
+                        return Err(Error::ShuttingDown);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i64)
+        .unwrap_or(0)
+}

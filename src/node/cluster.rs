@@ -1,0 +1,143 @@
+//! The tier as one node sees it: the `GET /v1/cluster` document (DESIGN.md
+//! section 9; its keys are a contract), and the table `wormdb cluster
+//! status` prints from it. Pure: built from the cores' reports.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use super::peers::ShardReport;
+use crate::tier::Members;
+
+/// How long a follower counts as alive after its last push (the lease TTL
+/// default of DESIGN.md section 9; leases proper are the next issue's).
+pub const LEASE_TTL_MS: u64 = 10_000;
+
+/// The role name of a raft-rs state.
+fn role(role: raft::StateRole) -> &'static str {
+    match role {
+        raft::StateRole::Leader => "leader",
+        raft::StateRole::Follower => "follower",
+        raft::StateRole::Candidate | raft::StateRole::PreCandidate => "candidate",
+    }
+}
+
+/// The `/v1/cluster` document of node `node_id`; `now_ns` is the wall
+/// clock, for the followers' lease times.
+pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport], now_ns: i64) -> Value {
+    let members: Vec<Value> = members
+        .map(|members| {
+            members
+                .addrs
+                .iter()
+                .map(|(id, addr)| json!({"node_id": id, "addr": addr.to_string(), "role": "voter"}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let groups: Vec<Value> = reports
+        .iter()
+        .filter_map(|report| report.tier.as_ref())
+        .map(|tier| {
+            json!({
+                "group": tier.group,
+                "leader": tier.status.leader,
+                "term": tier.status.term,
+                "commit": tier.status.commit,
+                "applied": tier.status.applied,
+                "role": role(tier.status.role),
+            })
+        })
+        .collect();
+    // Followers: every origin node in the groups this node replicates,
+    // with the last time one of its pushes reached this node (leases, kept
+    // as replicated state, are the next issue's: until then a follower is
+    // alive here while its pushes reach this node, and lag is what the
+    // follower's own `/v1/stats` reports).
+    let mut last_seen = std::collections::BTreeMap::<u32, i64>::new();
+    for report in reports {
+        if let Some(tier) = &report.tier {
+            for (&follower, &seen) in &tier.last_push_ns {
+                let entry = last_seen.entry(follower).or_insert(0);
+                *entry = (*entry).max(seen);
+            }
+            for &(node, _) in tier.watermarks.keys() {
+                if node != 0 {
+                    last_seen.entry(node).or_insert(0);
+                }
+            }
+        }
+    }
+    let followers: Vec<Value> = last_seen
+        .into_iter()
+        .map(|(follower, seen)| {
+            let since_ms = if seen > 0 { (now_ns.saturating_sub(seen) / 1_000_000).max(0) as u64 } else { u64::MAX };
+            let left = LEASE_TTL_MS.saturating_sub(since_ms);
+            json!({
+                "follower_id": follower,
+                "lease": if left > 0 { "alive" } else { "expired" },
+                "expires_in_ms": left,
+                "lag_entries": 0,
+                "last_seen_ns": seen,
+            })
+        })
+        .collect();
+    json!({"node_id": node_id, "members": members, "groups": groups, "followers": followers})
+}
+
+/// The document as a table, readable at a glance.
+pub fn render(document: &Value) -> String {
+    let mut out = String::new();
+    let node = document["node_id"].as_u64().unwrap_or(0);
+    let members = document["members"].as_array().cloned().unwrap_or_default();
+    if members.is_empty() {
+        let _ = writeln!(out, "node {node} is not a member of an archive tier");
+    } else {
+        let _ = writeln!(out, "node {node}, member of a tier of {}:", members.len());
+        for member in &members {
+            let _ = writeln!(
+                out,
+                "  node {:<3} {:<24} {}",
+                text(&member["node_id"]),
+                text(&member["addr"]),
+                text(&member["role"])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n  {:<6} {:<7} {:<7} {:>12} {:>12}  {}",
+            "GROUP", "LEADER", "TERM", "COMMIT", "APPLIED", "ROLE HERE"
+        );
+        for group in document["groups"].as_array().into_iter().flatten() {
+            let leader = match group["leader"].as_u64() {
+                Some(0) | None => "-".to_string(),
+                Some(id) => id.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<6} {:<7} {:<7} {:>12} {:>12}  {}",
+                text(&group["group"]),
+                leader,
+                text(&group["term"]),
+                text(&group["commit"]),
+                text(&group["applied"]),
+                text(&group["role"])
+            );
+        }
+    }
+    let followers = document["followers"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\n  {} follower(s)", followers.len());
+    for follower in &followers {
+        let _ = writeln!(
+            out,
+            "  follower {:<4} {:<8} expires in {} ms",
+            text(&follower["follower_id"]),
+            text(&follower["lease"]),
+            follower["expires_in_ms"]
+        );
+    }
+    out
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
+}
