@@ -43,6 +43,35 @@ impl TestNode {
         node
     }
 
+    /// Like [`TestNode::start`], on a gRPC port chosen beforehand (the
+    /// members of a tier must know each other's addresses).
+    pub fn start_on(data_dir: &Path, grpc_port: u16, args: &[&str]) -> TestNode {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let mut node = TestNode {
+            child: None,
+            base: String::new(),
+            grpc_addr: String::new(),
+            log: Default::default(),
+            data_dir: data_dir.to_path_buf(),
+            args,
+            cwd: None,
+        };
+        node.launch(None, Some(grpc_port));
+        node
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the process.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// Starts `wormdb serve --http-addr 127.0.0.1:0 ARGS...` in `cwd`, with
     /// the default (relative) data directory, as the README's first command does.
     pub fn start_in(cwd: &Path, args: &[&str]) -> TestNode {
@@ -337,4 +366,12 @@ pub fn writers(
             })
         })
         .collect()
+}
+
+/// A free TCP port on 127.0.0.1, for a server that must be named before it
+/// starts (a tier member). Freed again at once: a test races only with
+/// other processes binding ephemeral ports, which the kernel hands out in
+/// rotation.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
