@@ -5,7 +5,9 @@
 //! Durations are written `30s`, `15m`, `12h`, `7d` ([`parse_duration`]);
 //! byte sizes as a plain number of bytes or with a unit, `16MiB`, `256 MB`,
 //! `1.5GiB` ([`parse_byte_size`]), on the command line and in the file
-//! alike (where a plain TOML integer also works).
+//! alike (where a plain TOML integer also works). `--leader` takes a
+//! comma-separated list of gRPC addresses, `HOST:PORT,HOST:PORT`
+//! ([`parse_leader_addrs`]; a TOML string in the file).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +44,7 @@ pub struct Settings {
     pub shards: Option<usize>,
     /// `--node-id`
     pub node_id: Option<u32>,
-    /// `--leader`
+    /// `--leader` (`HOST:PORT,HOST:PORT,...`)
     pub leader: Option<String>,
     /// `--peers` (`1=HOST:PORT,2=HOST:PORT,...`: the archive tier's members)
     pub peers: Option<String>,
@@ -109,8 +111,10 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// gRPC address (ingest, query, replication); port 0 picks a free port.
     pub grpc_addr: SocketAddr,
-    /// The leader's gRPC address when this node is a follower.
-    pub leader: Option<SocketAddr>,
+    /// The gRPC addresses of the leader (a single node, or the nodes of an
+    /// archive tier, tried in this order) when this node is a follower;
+    /// empty otherwise. At most [`limits::LEADER_ADDRS_MAX`], no two alike.
+    pub leaders: Vec<SocketAddr>,
     /// The archive tier's members, node id → gRPC address (empty: this node
     /// is not a tier member). A restarted member uses the membership it
     /// persisted instead.
@@ -269,6 +273,37 @@ fn deserialize_byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<O
     deserializer.deserialize_any(ByteSizeVisitor).map(Some)
 }
 
+/// Parses a list of gRPC addresses, `HOST:PORT,HOST:PORT,...` (`--leader`,
+/// and `wormdb restore --from`): spaces around an item are ignored; at
+/// least one and at most [`limits::LEADER_ADDRS_MAX`] items. Each item is
+/// resolved now (its first address); an error names the flag and the item.
+///
+/// Two items that resolve to the same address are refused rather than
+/// merged: the list names the archive tier's nodes, and a repeated one is
+/// almost surely a node typed twice in place of another.
+pub fn parse_leader_addrs(flag: &str, text: &str) -> Result<Vec<SocketAddr>, String> {
+    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+    if items.len() > limits::LEADER_ADDRS_MAX {
+        return Err(format!(
+            "{flag} {text}: {} addresses, at most {} (LEADER_ADDRS_MAX)",
+            items.len(),
+            limits::LEADER_ADDRS_MAX
+        ));
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        if item.is_empty() {
+            return Err(format!("{flag} {text:?}: address {} is empty: use HOST:PORT,HOST:PORT,...", index + 1));
+        }
+        let addr = parse_addr(flag, item)?;
+        if let Some(earlier) = addrs.iter().position(|&seen| seen == addr) {
+            return Err(format!("{flag}: {item} and {} are the same address ({addr})", items[earlier]));
+        }
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
 fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     text.to_socket_addrs()
@@ -337,7 +372,10 @@ impl NodeConfig {
             Some(text) => parse_duration(text)?,
             None => SHUTDOWN_TIMEOUT_DEFAULT,
         };
-        let leader = settings.leader.as_deref().map(|leader| parse_addr("--leader", leader)).transpose()?;
+        let leaders = match settings.leader.as_deref() {
+            Some(text) => parse_leader_addrs("--leader", text)?,
+            None => Vec::new(),
+        };
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
         let node_id = settings.node_id.unwrap_or(1);
         let peers = match settings.peers.as_deref() {
@@ -349,7 +387,7 @@ impl NodeConfig {
                 .map_err(|error| format!("--data-dir: {error}"))?,
             http_addr: parse_addr("--http-addr", settings.http_addr.as_deref().unwrap_or(HTTP_ADDR_DEFAULT))?,
             grpc_addr: parse_addr("--grpc-addr", settings.grpc_addr.as_deref().unwrap_or(GRPC_ADDR_DEFAULT))?,
-            leader,
+            leaders,
             peers,
             shutdown_timeout,
             shards,
@@ -448,6 +486,52 @@ mod tests {
             assert!(error.contains(flag), "{error}");
         }
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+    }
+
+    fn leaders_of(text: &str) -> Result<Vec<SocketAddr>, String> {
+        let settings = Settings { leader: Some(text.into()), ..Settings::default() };
+        NodeConfig::from_settings(settings, 1).map(|config| config.leaders)
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn leader_takes_one_address_or_a_list_in_order() {
+        assert_eq!(NodeConfig::from_settings(Settings::default(), 1).unwrap().leaders, [], "not a follower");
+        assert_eq!(leaders_of("127.0.0.1:50051"), Ok(vec![addr("127.0.0.1:50051")]), "one address, as before");
+        assert_eq!(
+            leaders_of("10.0.0.1:1,10.0.0.2:2,[::1]:3"),
+            Ok(vec![addr("10.0.0.1:1"), addr("10.0.0.2:2"), addr("[::1]:3")])
+        );
+        assert_eq!(leaders_of(" 10.0.0.1:1 , 10.0.0.2:2\t"), Ok(vec![addr("10.0.0.1:1"), addr("10.0.0.2:2")]));
+        assert_eq!(leaders_of("localhost:7").unwrap().len(), 1, "host names are resolved");
+        let file: Settings = toml::from_str("leader = \"10.0.0.1:1,10.0.0.2:2\"\n").unwrap();
+        assert_eq!(NodeConfig::from_settings(file, 1).unwrap().leaders.len(), 2, "the same list in the file");
+        let longest = (1..=limits::LEADER_ADDRS_MAX).map(|port| format!("10.0.0.1:{port}")).collect::<Vec<_>>();
+        assert_eq!(leaders_of(&longest.join(",")).unwrap().len(), limits::LEADER_ADDRS_MAX);
+    }
+
+    #[test]
+    fn a_bad_leader_list_names_the_item() {
+        for (text, expected) in [
+            ("10.0.0.1:1,no-such-host,10.0.0.2:2", "--leader no-such-host:"),
+            ("10.0.0.1:1,10.0.0.2:port", "--leader 10.0.0.2:port:"),
+            ("10.0.0.1:1,,10.0.0.2:2", "address 2 is empty"),
+            ("10.0.0.1:1,", "address 2 is empty"),
+            ("", "address 1 is empty"),
+            (" , ", "address 1 is empty"),
+            ("10.0.0.1:1,10.0.0.2:2, 10.0.0.1:1", "10.0.0.1:1 and 10.0.0.1:1 are the same address"),
+        ] {
+            let error = leaders_of(text).unwrap_err();
+            assert!(error.contains(expected), "{text:?}: {error}");
+            assert!(error.starts_with("--leader"), "{error}");
+        }
+        let too_many = (1..=limits::LEADER_ADDRS_MAX + 1).map(|port| format!("10.0.0.1:{port}")).collect::<Vec<_>>();
+        let error = leaders_of(&too_many.join(",")).unwrap_err();
+        assert!(error.contains("17 addresses, at most 16 (LEADER_ADDRS_MAX)"), "{error}");
+        assert!(parse_leader_addrs("--from", "nowhere").unwrap_err().starts_with("--from nowhere"));
     }
 
     #[test]

@@ -129,6 +129,10 @@ const _: () = assert!(MESSAGE_BYTES_MAX >= ENTRY_ENCODED_BYTES_MAX + 64);
 /// we keep from a peer, in bytes: enough for any error we write, small
 /// enough that a status never makes a huge header.
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
+/// Largest leader address in a not-leader hint (`wormdb-leader-addr`), sent
+/// or kept: a DNS name (at most 253 bytes), a colon and a port (5 digits).
+/// A longer one is dropped, never cut: a cut address would point elsewhere.
+pub const LEADER_HINT_ADDR_BYTES_MAX: usize = 253 + 1 + 5;
 
 /// Bytes of recent commit buffers a shard keeps in memory for readers of
 /// recent blocks (a follower's pusher reads what was just committed): about
@@ -287,6 +291,16 @@ const _: () = assert!(PUSH_BATCH_BYTES_TARGET + BLOCK_STORED_BYTES_MAX + BLOCK_H
 pub const PUSH_BATCHES_UNACKED_MAX: usize = 4;
 /// Entries `wormdb restore` appends per group commit.
 pub const RESTORE_BATCH_ENTRIES: usize = 4096;
+/// Addresses a follower may list in `--leader` (and `wormdb restore` in
+/// `--from`): an archive tier has 3 or 5 nodes; 16 leaves room for a tier
+/// replaced node by node, and bounds one pass over the list to 16 backoffs.
+pub const LEADER_ADDRS_MAX: usize = 16;
+/// Attempts in a row (connect, not-leader refusal, broken stream) that
+/// `wormdb restore` makes for one shard without receiving an entry before
+/// it gives up: with the reconnect backoff capped at 1 s, about 15 s of
+/// trying, many times a tier's election timeout (about 1 s) and a pass
+/// over the longest address list.
+pub const RESTORE_ATTEMPTS_MAX: u32 = 24;
 
 // ---------------------------------------------------------------------------
 // Reads and scans of segment files, and the node's own setup.

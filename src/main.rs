@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use wormdb::config::{parse_byte_size, NodeConfig, Settings};
+use wormdb::config::{parse_byte_size, parse_leader_addrs, NodeConfig, Settings};
 
 /// mimalloc instead of glibc's malloc: commit and DMA buffers of many sizes
 /// (a few KiB to a few MiB, 4 KiB aligned) freed in a different order than
@@ -48,7 +48,8 @@ enum Command {
     /// Rebuild a follower's lost shards from the leader's archive (ReplayFrom),
     /// keeping the original ids. Run it on the follower, before `serve`.
     Restore {
-        /// The leader's gRPC address.
+        /// The leader's gRPC address, or the archive tier's: HOST:PORT,HOST:PORT,...
+        /// (tried in order, following not-leader hints)
         #[arg(long)]
         from: String,
         /// The follower's node id (the `--node-id` it serves with).
@@ -99,7 +100,8 @@ struct ServeArgs {
     /// This node's id, part of every entry's global id [default: 1]
     #[arg(long)]
     node_id: Option<u32>,
-    /// Make this node a follower: push every entry to this leader's gRPC address
+    /// Make this node a follower: push every entry to the leader at this gRPC address, or at one of
+    /// the archive tier's: HOST:PORT,HOST:PORT,... (tried in order, following not-leader hints)
     #[arg(long)]
     leader: Option<String>,
     /// Make this node a member of the archive tier: every member's id and gRPC address,
@@ -232,12 +234,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize>) -> Result<(), String> {
-    use std::net::ToSocketAddrs;
-    let leader = from
-        .to_socket_addrs()
-        .map_err(|error| format!("--from {from}: {error}"))?
-        .next()
-        .ok_or_else(|| format!("--from {from}: no address"))?;
+    let leaders = parse_leader_addrs("--from", from)?;
     let shards = shards.unwrap_or_else(|| std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1));
     let data_dir = std::path::absolute(&data_dir).map_err(|error| format!("--data-dir: {error}"))?;
     std::fs::create_dir_all(&data_dir).map_err(|error| format!("--data-dir {}: {error}", data_dir.display()))?;
@@ -246,7 +243,7 @@ fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize
         .spawn(move || async move {
             for shard in 0..shards as u32 {
                 let restored =
-                    wormdb::replication::restore::restore_shard(leader, follower_id, shard, &data_dir).await?;
+                    wormdb::replication::restore::restore_shard(&leaders, follower_id, shard, &data_dir).await?;
                 println!("shard {shard}: restored {} entries, last seq {}", restored.entries, restored.last_seq);
             }
             Ok(())

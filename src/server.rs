@@ -90,7 +90,7 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     let (grpc_addr, grpc_sockets) = bind_all(config.grpc_addr, config.shards, "--grpc-addr")?;
 
     let members = crate::tier::Members::load_or_bootstrap(&config.data_dir, &config.peers, config.node_id)?;
-    if members.is_some() && config.leader.is_some() {
+    if members.is_some() && !config.leaders.is_empty() {
         return Err("a tier member (--peers) archives; it cannot also follow a --leader".into());
     }
     if let Some(members) = &members {
@@ -150,7 +150,7 @@ async fn run_core(
     // SAFETY: the fds are listening TCP sockets that this core now owns.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
     let grpc_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.grpc) };
-    let follower = FollowerState::new(config.leader);
+    let follower = FollowerState::new(config.leaders.clone());
     let shard_config = ShardConfig {
         node_id: config.node_id,
         retention: config.retention,
@@ -159,7 +159,7 @@ async fn run_core(
         durability: config.durability,
         pending_appends_max: config.max_pending_appends,
         // A follower's pusher reads right behind the writer.
-        recent_writes_bytes: if config.leader.is_some() { crate::limits::RECENT_WRITES_BYTES_MAX } else { 0 },
+        recent_writes_bytes: if follower.is_follower() { crate::limits::RECENT_WRITES_BYTES_MAX } else { 0 },
         ..ShardConfig::new(config.data_dir.join(format!("shard-{shard_id:03}")), shard_id)
     };
     let shard = match Shard::open(shard_config).await {
@@ -227,7 +227,7 @@ async fn run_core(
     }
     // Push what is durable to the leader, then close the stream cleanly.
     core.follower.stopping.set(true);
-    if core.follower.leader.is_some() {
+    if core.follower.is_follower() {
         let drained = futures_lite::future::or(async { pusher.await.is_some() }, async {
             glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
             false

@@ -4,7 +4,8 @@
 //!
 //! Layered like h2 itself:
 //! - [`frame`]: the 5-byte length-prefixed message framing, pure;
-//! - [`status`]: status codes, `grpc-status`/`grpc-message` trailers and
+//! - [`status`]: status codes, `grpc-status`/`grpc-message` trailers (and
+//!   the leader hint of a not-leader refusal) and
 //!   `grpc-timeout`, pure;
 //! - [`transport`]: HTTP/2 plumbing on glommio: the server side
 //!   ([`transport::serve_connection`] with a [`transport::Service`]) and the
@@ -15,4 +16,4 @@ pub mod frame;
 pub mod status;
 pub mod transport;
 
-pub use status::{Code, Status};
+pub use status::{Code, LeaderHint, Status};

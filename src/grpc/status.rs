@@ -7,12 +7,22 @@
 //! `%`, become `%XX`) and bounded by
 //! [`crate::limits::STATUS_MESSAGE_BYTES_MAX`] both ways: what we send and
 //! what we keep from a peer.
+//!
+//! A status may also carry a [`LeaderHint`] (DESIGN.md section 9, "Leader
+//! discovery"): a tier replica that does not lead what a call belongs to
+//! refuses it with `UNAVAILABLE` ([`Status::not_leader`]) and, when it knows
+//! the leader, names it in three more trailers, [`WORMDB_LEADER_ID`],
+//! [`WORMDB_LEADER_ADDR`] and [`WORMDB_TERM`]. The three travel together:
+//! a hint is sent whole or not at all, and one read back with any of them
+//! missing or malformed is dropped (a client with no hint tries the next
+//! address it knows, which is always safe). They are plain custom metadata,
+//! so any gRPC client sees them (tonic's `Status::metadata`).
 
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::limits::STATUS_MESSAGE_BYTES_MAX;
+use crate::limits::{LEADER_HINT_ADDR_BYTES_MAX, STATUS_MESSAGE_BYTES_MAX};
 
 /// Header (or trailer) carrying the status code, in decimal.
 pub const GRPC_STATUS: &str = "grpc-status";
@@ -20,6 +30,12 @@ pub const GRPC_STATUS: &str = "grpc-status";
 pub const GRPC_MESSAGE: &str = "grpc-message";
 /// Request header carrying the deadline (see [`parse_timeout`]).
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// Trailer of a [`LeaderHint`]: the leader's node id, in decimal.
+pub const WORMDB_LEADER_ID: &str = "wormdb-leader-id";
+/// Trailer of a [`LeaderHint`]: the leader's gRPC address, `HOST:PORT`.
+pub const WORMDB_LEADER_ADDR: &str = "wormdb-leader-addr";
+/// Trailer of a [`LeaderHint`]: the term in which that node leads, in decimal.
+pub const WORMDB_TERM: &str = "wormdb-term";
 
 /// Appended to a `grpc-message` cut at [`STATUS_MESSAGE_BYTES_MAX`].
 const TRUNCATION_MARKER: &str = "...";
@@ -115,40 +131,63 @@ impl Code {
     }
 }
 
-/// The outcome of a gRPC call: a code and a human-readable message.
+/// Who leads what a refused call belongs to, as the refusing replica knows
+/// it: sent with [`Status::not_leader`] so that the client goes straight
+/// there. A replica that does not know the leader (an election under way)
+/// sends no hint at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    /// The leader's node id.
+    pub leader_id: u32,
+    /// The leader's gRPC address, `HOST:PORT`: visible ASCII, at most
+    /// [`LEADER_HINT_ADDR_BYTES_MAX`] bytes (a hint with another address is
+    /// not sent). Clients connect to it without a DNS lookup, so a replica
+    /// should send an `IP:PORT`.
+    pub addr: String,
+    /// The Raft term in which `leader_id` leads: clients ignore a hint older
+    /// than one they already followed.
+    pub term: u64,
+}
+
+impl std::fmt::Display for LeaderHint {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "leader {} at {}, term {}", self.leader_id, self.addr, self.term)
+    }
+}
+
+/// The outcome of a gRPC call: a code, a human-readable message and, for a
+/// not-leader refusal, where the leader is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code:?}: {message}")]
+#[error("{code:?}: {message}{}", leader_suffix(.leader.as_ref()))]
 pub struct Status {
     /// The status code.
     pub code: Code,
     /// The message, plain text (not percent-encoded); may be empty.
     pub message: String,
-    /// Where the leader is, on a not-leader refusal of the archive tier.
+    /// The leader the refusing replica knows of (see [`Status::not_leader`]);
+    /// `None` on every other status.
     pub leader: Option<LeaderHint>,
 }
 
-/// The leader of a tier group, as a refusing replica knows it (trailers
-/// `wormdb-leader-id`, `wormdb-leader-addr`, `wormdb-term`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderHint {
-    /// The leader's node id.
-    pub leader_id: u32,
-    /// Its gRPC address.
-    pub addr: String,
-    /// The term in which it leads.
-    pub term: u64,
+/// ` (leader 2 at 10.0.0.2:50051, term 7)` after a status message, so that
+/// logs show where a refusal pointed.
+fn leader_suffix(leader: Option<&LeaderHint>) -> String {
+    leader.map(|hint| format!(" ({hint})")).unwrap_or_default()
 }
 
 impl Status {
-    /// A status with `code` and `message`.
+    /// A status with `code` and `message`, and no leader hint.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
         Status { code, message: message.into(), leader: None }
     }
 
-    /// `UNAVAILABLE` from a replica that does not lead, with where the
-    /// leader is when known.
+    /// A replica refuses a call because it does not lead what the call
+    /// belongs to: [`Code::Unavailable`] (retrying elsewhere may succeed),
+    /// with `hint` when it knows the leader and `None` when it does not (an
+    /// election under way: the client then tries its next address with
+    /// backoff).
     pub fn not_leader(message: impl Into<String>, hint: Option<LeaderHint>) -> Status {
-        Status { code: Code::Unavailable, message: message.into(), leader: hint }
+        Status { leader: hint, ..Status::new(Code::Unavailable, message) }
     }
 
     /// Success: [`Code::Ok`] with no message.
@@ -204,16 +243,27 @@ impl Status {
     /// `grpc-status` (decimal) and, when the message is not empty,
     /// `grpc-message`: the message percent-encoded and cut at whole
     /// characters so that the value is at most
-    /// [`STATUS_MESSAGE_BYTES_MAX`] bytes (ending in `...` when cut). For the
-    /// trailers of a response, or the headers of a trailers-only one.
+    /// [`STATUS_MESSAGE_BYTES_MAX`] bytes (ending in `...` when cut). With a
+    /// leader hint, also [`WORMDB_LEADER_ID`], [`WORMDB_LEADER_ADDR`] and
+    /// [`WORMDB_TERM`]; a hint whose address is not visible ASCII of at most
+    /// [`LEADER_HINT_ADDR_BYTES_MAX`] bytes is left out (no hint is always
+    /// safe, a cut address never is). For the trailers of a response, or
+    /// the headers of a trailers-only one.
     pub fn to_header_map(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(2);
+        let mut headers = HeaderMap::with_capacity(5);
         headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(self.code as u8)));
         if !self.message.is_empty() {
             let encoded = percent_encode_bounded(&self.message, STATUS_MESSAGE_BYTES_MAX);
             // Percent-encoding leaves only bytes 0x20..=0x7E, all valid in a header value.
             let value = HeaderValue::try_from(encoded).expect("a percent-encoded message is visible ASCII");
             headers.insert(GRPC_MESSAGE, value);
+        }
+        if let Some(hint) = &self.leader {
+            if let Some(addr) = leader_addr_value(hint.addr.as_bytes()) {
+                headers.insert(WORMDB_LEADER_ID, HeaderValue::from(hint.leader_id));
+                headers.insert(WORMDB_LEADER_ADDR, addr);
+                headers.insert(WORMDB_TERM, HeaderValue::from(hint.term));
+            }
         }
         headers
     }
@@ -237,8 +287,31 @@ impl Status {
             }
             None => String::new(),
         };
-        Some(Status { code, message, leader: None })
+        Some(Status { code, message, leader: leader_hint_from_header_map(headers) })
     }
+}
+
+/// `addr` as the value of [`WORMDB_LEADER_ADDR`]: `None` unless it is 1 to
+/// [`LEADER_HINT_ADDR_BYTES_MAX`] bytes of visible ASCII (no space, which
+/// no `HOST:PORT` holds).
+fn leader_addr_value(addr: &[u8]) -> Option<HeaderValue> {
+    let visible = addr.iter().all(|byte| byte.is_ascii_graphic());
+    if addr.is_empty() || addr.len() > LEADER_HINT_ADDR_BYTES_MAX || !visible {
+        return None;
+    }
+    HeaderValue::from_bytes(addr).ok()
+}
+
+/// The [`LeaderHint`] in `headers`: all three trailers present and well
+/// formed, or `None`. A term alone (the leader unknown) is no hint.
+fn leader_hint_from_header_map(headers: &HeaderMap) -> Option<LeaderHint> {
+    let leader_id = parse_decimal_u32(headers.get(WORMDB_LEADER_ID)?.as_bytes())?;
+    let term = parse_decimal_u64(headers.get(WORMDB_TERM)?.as_bytes())?;
+    let addr = headers.get(WORMDB_LEADER_ADDR)?.as_bytes();
+    leader_addr_value(addr)?;
+    // Checked above: visible ASCII, so valid UTF-8.
+    let addr = std::str::from_utf8(addr).ok()?.to_owned();
+    Some(LeaderHint { leader_id, addr, term })
 }
 
 /// Whether the gRPC spec lets `byte` appear as itself in a `grpc-message`.
@@ -350,14 +423,23 @@ fn truncate_at_char_boundary(text: &mut String, bytes_max: usize) {
 /// ASCII decimal digits (1 to 10 of them) as a u32; `None` on anything else
 /// or on overflow.
 fn parse_decimal_u32(value: &[u8]) -> Option<u32> {
-    if value.is_empty() || value.len() > 10 {
+    if value.len() > 10 {
         return None;
     }
-    value.iter().try_fold(0_u32, |number, &digit| {
+    u32::try_from(parse_decimal_u64(value)?).ok()
+}
+
+/// ASCII decimal digits (1 to 20 of them) as a u64; `None` on anything else
+/// or on overflow.
+fn parse_decimal_u64(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 20 {
+        return None;
+    }
+    value.iter().try_fold(0_u64, |number, &digit| {
         if !digit.is_ascii_digit() {
             return None;
         }
-        number.checked_mul(10)?.checked_add(u32::from(digit - b'0'))
+        number.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
     })
 }
 
@@ -568,6 +650,87 @@ mod tests {
         }
     }
 
+    fn hint(leader_id: u32, addr: &str, term: u64) -> LeaderHint {
+        LeaderHint { leader_id, addr: addr.to_owned(), term }
+    }
+
+    #[test]
+    fn a_leader_hint_round_trips_as_three_trailers() {
+        let status = Status::not_leader("not the leader of group 3", Some(hint(2, "10.0.0.2:50051", 7)));
+        assert_eq!(status.code, Code::Unavailable);
+        let headers = status.to_header_map();
+        assert_eq!(headers.get(GRPC_STATUS).unwrap(), "14");
+        assert_eq!(headers.get(WORMDB_LEADER_ID).unwrap(), "2");
+        assert_eq!(headers.get(WORMDB_LEADER_ADDR).unwrap(), "10.0.0.2:50051");
+        assert_eq!(headers.get(WORMDB_TERM).unwrap(), "7");
+        assert_eq!(round_trip(&status), status);
+        for hint in [
+            hint(0, "[::1]:1", 0),
+            hint(u32::MAX, "node-3.tier.example:50051", u64::MAX),
+            hint(5, &"a".repeat(LEADER_HINT_ADDR_BYTES_MAX), 1),
+        ] {
+            let status = Status::not_leader("", Some(hint));
+            assert_eq!(round_trip(&status), status);
+        }
+        assert_eq!(
+            status.to_string(),
+            "Unavailable: not the leader of group 3 (leader 2 at 10.0.0.2:50051, term 7)",
+            "logs show where a refusal pointed"
+        );
+    }
+
+    #[test]
+    fn no_hint_sends_no_leader_trailers() {
+        let status = Status::not_leader("election under way", None);
+        assert_eq!(status, Status::unavailable("election under way"));
+        let headers = status.to_header_map();
+        for name in [WORMDB_LEADER_ID, WORMDB_LEADER_ADDR, WORMDB_TERM] {
+            assert!(headers.get(name).is_none(), "{name}");
+        }
+        assert_eq!(round_trip(&status).leader, None);
+        // An address that cannot travel whole is not sent at all.
+        for addr in ["", "has space:1", "tab\t:1", "é:1", &"a".repeat(LEADER_HINT_ADDR_BYTES_MAX + 1)] {
+            let headers = Status::not_leader("x", Some(hint(1, addr, 1))).to_header_map();
+            assert!(headers.get(WORMDB_LEADER_ID).is_none() && headers.get(WORMDB_TERM).is_none(), "{addr:?}");
+            assert!(headers.get(WORMDB_LEADER_ADDR).is_none(), "{addr:?}");
+        }
+    }
+
+    #[test]
+    fn a_partial_or_malformed_hint_from_a_peer_is_dropped() {
+        let complete = Status::not_leader("x", Some(hint(2, "10.0.0.2:50051", 7))).to_header_map();
+        assert!(Status::from_header_map(&complete).unwrap().leader.is_some());
+        // Any one trailer missing: a term alone (leader unknown) is no hint.
+        for missing in [WORMDB_LEADER_ID, WORMDB_LEADER_ADDR, WORMDB_TERM] {
+            let mut headers = complete.clone();
+            headers.remove(missing);
+            let status = Status::from_header_map(&headers).unwrap();
+            assert_eq!((status.code, status.leader), (Code::Unavailable, None), "without {missing}");
+        }
+        for (name, value) in [
+            (WORMDB_LEADER_ID, "-1"),
+            (WORMDB_LEADER_ID, "4294967296"),
+            (WORMDB_LEADER_ID, "two"),
+            (WORMDB_LEADER_ID, ""),
+            (WORMDB_TERM, "18446744073709551616"),
+            (WORMDB_TERM, "7.0"),
+            (WORMDB_TERM, " 7"),
+            (WORMDB_LEADER_ADDR, ""),
+            (WORMDB_LEADER_ADDR, "10.0.0.2 :50051"),
+        ] {
+            let mut headers = complete.clone();
+            headers.insert(name, HeaderValue::from_static(value));
+            assert_eq!(Status::from_header_map(&headers).unwrap().leader, None, "{name}: {value:?}");
+        }
+        let mut headers = complete.clone();
+        let long = HeaderValue::try_from("a".repeat(LEADER_HINT_ADDR_BYTES_MAX + 1)).unwrap();
+        headers.insert(WORMDB_LEADER_ADDR, long);
+        assert_eq!(Status::from_header_map(&headers).unwrap().leader, None, "an address over the bound");
+        let mut headers = complete.clone();
+        headers.insert(WORMDB_TERM, HeaderValue::from_static("18446744073709551615"));
+        assert_eq!(Status::from_header_map(&headers).unwrap().leader.unwrap().term, u64::MAX);
+    }
+
     #[test]
     fn every_timeout_unit_parses() {
         assert_eq!(parse_timeout(b"2H"), Some(Duration::from_secs(7200)));
@@ -648,6 +811,18 @@ mod tests {
                 let kept = received.message.strip_suffix(TRUNCATION_MARKER).unwrap();
                 prop_assert!(status.message.starts_with(kept));
             }
+        }
+
+        #[test]
+        fn any_leader_hint_round_trips(
+            leader_id: u32,
+            term: u64,
+            addr in prop::collection::vec(0x21_u8..0x7f, 1..=LEADER_HINT_ADDR_BYTES_MAX),
+            code in 0_u32..17,
+        ) {
+            let addr = String::from_utf8(addr).unwrap();
+            let status = Status { leader: Some(hint(leader_id, &addr, term)), ..Status::new(Code::from_u32(code), "m") };
+            prop_assert_eq!(round_trip(&status), status);
         }
 
         #[test]

@@ -12,8 +12,17 @@
 //! Server side: [`serve_connection`] accepts streams and runs each call as
 //! a task: `Service::call` gets a [`Call`] (its request messages and a
 //! response sink) and returns a [`Status`]; the plumbing sends it as
-//! trailers, or as a trailers-only response when nothing was sent yet.
-//! Client side: [`Channel`] (one HTTP/2 connection) starts [`ClientCall`]s.
+//! trailers, or as a trailers-only response when nothing was sent yet
+//! (either way with its leader hint, see [`super::status::LeaderHint`]).
+//! Client side: [`Channel`] (one HTTP/2 connection) starts [`ClientCall`]s;
+//! the status a call ends with carries the server's leader hint.
+//!
+//! A server may answer before it has read the request (a replica refusing
+//! a call it does not lead) and then resets the request half, as HTTP/2
+//! asks (`RST_STREAM(NO_ERROR)`). The client's send then fails with a bare
+//! HTTP/2 error while the answer is waiting to be read, so a unary call
+//! whose send fails reports the server's status when one arrives within
+//! [`SEND_ERROR_STATUS_WAIT`] ([`ClientCall::status_after_send_error`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +41,10 @@ use crate::limits;
 
 /// How often an idle connection is pinged, and how long a pong may take.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a client whose send failed waits for the server's status (see
+/// the module doc): the status is normally there already; a dead server
+/// sends none, and this bounds the wait for it.
+pub const SEND_ERROR_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// How long a keepalive pong may take before the peer counts as dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -459,8 +472,13 @@ impl Channel {
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
         let mut call = self.start(path, timeout).await?;
-        call.send(request).await?;
-        call.close_send().await?;
+        let sent = match call.send(request).await {
+            Ok(()) => call.close_send().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            return Err(call.status_after_send_error(error).await);
+        }
         let response = call.next::<Resp>().await?.ok_or_else(|| Status::internal("no response message"))?;
         match call.next::<Resp>().await? {
             None => Ok(response),
@@ -497,6 +515,16 @@ impl ClientCall {
     /// The sending and the receiving half.
     pub fn split(self) -> (CallSender, CallReceiver) {
         (self.sender, self.receiver)
+    }
+
+    /// What to report once sending failed with `error`: the status the
+    /// server ended the call with, if it did within
+    /// [`SEND_ERROR_STATUS_WAIT`] (a server may refuse a call, with a
+    /// leader hint, before reading it, and reset the request half; see the
+    /// module doc), else `error`. Response messages still unread are
+    /// skipped.
+    pub async fn status_after_send_error(&mut self, error: Status) -> Status {
+        self.receiver.status_after_send_error(error).await
     }
 }
 
@@ -540,6 +568,28 @@ pub struct CallReceiver {
 }
 
 impl CallReceiver {
+    /// See [`ClientCall::status_after_send_error`].
+    pub async fn status_after_send_error(&mut self, error: Status) -> Status {
+        let ended = future::or(
+            async {
+                loop {
+                    // `()` decodes any message (it skips every field): only the end matters here.
+                    match self.next::<()>().await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return None,
+                        Err(status) => return Some(status),
+                    }
+                }
+            },
+            async {
+                glommio::timer::sleep(SEND_ERROR_STATUS_WAIT).await;
+                None
+            },
+        )
+        .await;
+        ended.unwrap_or(error)
+    }
+
     /// The next response message; `Ok(None)` once the call ended with OK.
     pub async fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
         if self.finished {

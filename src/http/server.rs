@@ -495,6 +495,7 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
                     "sessions": follower.sessions,
                     "sent_entries": follower.sent_entries,
                     "last_error": follower.last_error,
+                    "leader_addr": follower.leader_addr.map(|addr| addr.to_string()),
                 })),
                 "torn_tail": report.torn_tail.as_ref().map(|torn| serde_json::json!({
                     "path": torn.path.display().to_string(),
@@ -520,11 +521,14 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
             })
         })
         .collect();
-    let follower = core.config.leader.map(|leader| {
+    let leaders = &core.config.leaders;
+    let follower = (!leaders.is_empty()).then(|| {
+        // One address as before; a tier's list as it was given (comma-separated).
+        let leader = leaders.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         let followers = reports.iter().filter_map(|report| report.replication.follower.as_ref());
         let (lag_entries, lag_bytes) =
             followers.fold((0, 0), |(entries, bytes), f| (entries + f.lag_entries, bytes + f.lag_bytes));
-        serde_json::json!({ "leader": leader.to_string(), "lag_entries": lag_entries, "lag_bytes": lag_bytes })
+        serde_json::json!({ "leader": leader, "lag_entries": lag_entries, "lag_bytes": lag_bytes })
     });
     json(
         StatusCode::OK,

@@ -61,6 +61,8 @@ pub struct FollowerReport {
     pub sent_entries: u64,
     /// Why the last session ended.
     pub last_error: Option<String>,
+    /// The leader address the pusher's current (or next) session uses.
+    pub leader_addr: Option<std::net::SocketAddr>,
 }
 
 /// A request from one core to another (or to itself).
@@ -185,7 +187,9 @@ pub fn report(core: &Core) -> ShardReport {
 
 fn follower_report(core: &Core) -> Option<FollowerReport> {
     let state = &core.follower;
-    state.leader?;
+    if !state.is_follower() {
+        return None;
+    }
     let stats = core.shard.stats();
     let durable = core.shard.durable_seq();
     let lag_entries = durable.saturating_sub(state.acked.get().unwrap_or(0));
@@ -198,5 +202,6 @@ fn follower_report(core: &Core) -> Option<FollowerReport> {
         sessions: state.sessions.get(),
         sent_entries: state.sent_entries.get(),
         last_error: state.last_error.borrow().clone(),
+        leader_addr: state.leader_addr.get(),
     })
 }

@@ -11,6 +11,11 @@
 //! backoff and resumes from the leader's watermark, which is exact (the
 //! leader drops duplicates), so nothing is lost or archived twice.
 //!
+//! With several `--leader` addresses (an archive tier), the session picks
+//! where each session connects ([`super::discovery`]): a not-leader refusal
+//! with a hint sends the next session straight to the hinted leader (one
+//! info line per switch), anything else to the next address of the list.
+//!
 //! The log is the queue: nothing is buffered beyond the batches in flight,
 //! and retention never deletes a segment the leader has not acknowledged
 //! ([`FollowerState::retention_deletable_through`]).
@@ -26,12 +31,13 @@ use futures_lite::future;
 use futures_util::{SinkExt, StreamExt};
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use super::session::{self, Action, Config, Session, Window};
+use super::discovery::Cause;
+use super::session::{Action, Config, Session, Window};
 use super::Host;
 use crate::codec::block;
 use crate::grpc::frame;
 use crate::grpc::status::{Code, Status};
-use crate::grpc::transport::{CallSender, Channel};
+use crate::grpc::transport::{CallSender, Channel, SEND_ERROR_STATUS_WAIT};
 use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET};
 use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
 use crate::shard::SharedSeq;
@@ -49,8 +55,12 @@ const GET_WATERMARK: &str = "/wormdb.v1.WormReplication/GetWatermark";
 /// What one core's pusher knows, for stats, retention and shutdown.
 #[derive(Default)]
 pub struct FollowerState {
-    /// The leader this node follows, if any.
-    pub leader: Option<SocketAddr>,
+    /// The leader addresses this node follows (`--leader`); empty on a node
+    /// that follows no one.
+    pub leaders: Vec<SocketAddr>,
+    /// The address the pusher's current (or next) session uses; `None`
+    /// before the pusher starts.
+    pub leader_addr: Cell<Option<SocketAddr>>,
     /// Highest seq the leader acknowledged (`None` before first contact);
     /// shared with the shard as retention's veto.
     pub acked: SharedSeq,
@@ -67,9 +77,15 @@ pub struct FollowerState {
 }
 
 impl FollowerState {
-    /// The state of a node that follows `leader` (or none).
-    pub fn new(leader: Option<SocketAddr>) -> FollowerState {
-        FollowerState { leader, ..FollowerState::default() }
+    /// The state of a node that follows the leader at one of `leaders`
+    /// (none when empty).
+    pub fn new(leaders: Vec<SocketAddr>) -> FollowerState {
+        FollowerState { leaders, ..FollowerState::default() }
+    }
+
+    /// This node follows a leader.
+    pub fn is_follower(&self) -> bool {
+        !self.leaders.is_empty()
     }
 
     /// Retention's veto, for the shard's config
@@ -77,7 +93,7 @@ impl FollowerState {
     /// segment holding an entry the leader has not acknowledged, so it
     /// hands over its acked seq; a node that follows no leader has no veto.
     pub fn retention_deletable_through(&self) -> Option<SharedSeq> {
-        self.leader.map(|_| self.acked.clone())
+        self.is_follower().then(|| self.acked.clone())
     }
 }
 
@@ -85,13 +101,15 @@ impl FollowerState {
 /// I/O driver of a [`Session`], which decides what to do; this function
 /// connects, reads the log, sends, and feeds back what happened.
 pub async fn run_pusher<H: Host>(host: Rc<H>) {
-    let Some(leader) = host.follower().leader else { return };
+    if !host.follower().is_follower() {
+        return;
+    }
     let node = host.node_id();
     let shard = host.shard().config().shard_id;
     let seed = u64::from(node) << 32 | u64::from(shard) ^ 0x5DEE_CE66;
     let clock = Instant::now();
     let state = host.follower();
-    let mut session = Session::new(Config::default(), seed, host.shard().durable_seq());
+    let mut session = Session::new(Config::default(), seed, host.shard().durable_seq(), &state.leaders);
     let mut stream: Option<Stream> = None;
     loop {
         if state.stopping.get() {
@@ -107,20 +125,17 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
                 }
                 return;
             }
-            Action::Connect => {
+            Action::Connect { addr } => {
                 stream = None;
-                match connect(node, shard, leader).await {
+                match connect(node, shard, addr).await {
                     Ok((watermark, started)) => match session.connected(clock.elapsed(), watermark) {
                         Ok(()) => {
-                            tracing::info!(shard, %leader, acked = watermark, "replication session up");
+                            tracing::info!(shard, leader = %addr, acked = watermark, "replication session up");
                             stream = Some(started);
                         }
-                        Err(error) => ended(shard, leader, &session, state, error.to_string()),
+                        Err(error) => ended(shard, addr, &session, state, error.to_string()),
                     },
-                    Err(status) => {
-                        session.failed(clock.elapsed(), status.to_string());
-                        ended(shard, leader, &session, state, status.to_string());
-                    }
+                    Err(status) => failed(shard, addr, &mut session, state, clock.elapsed(), &status),
                 }
             }
             Action::Send(window) => {
@@ -132,18 +147,18 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
                 match sent {
                     Ok(to_seq) => session.sent(window.from_seq, to_seq),
                     Err(status) => {
+                        let status = open.ended_status(status).await;
                         stream = None;
-                        session.failed(clock.elapsed(), status.to_string());
-                        ended(shard, leader, &session, state, status.to_string());
+                        failed(shard, session.leader_addr(), &mut session, state, clock.elapsed(), &status);
                     }
                 }
             }
             Action::CloseSend => {
                 let Some(open) = stream.as_mut() else { unreachable!("a CloseSend comes with a stream") };
                 if let Err(status) = open.sender.close_send().await {
+                    let status = open.ended_status(status).await;
                     stream = None;
-                    session.failed(clock.elapsed(), status.to_string());
-                    ended(shard, leader, &session, state, status.to_string());
+                    failed(shard, session.leader_addr(), &mut session, state, clock.elapsed(), &status);
                 }
             }
             Action::Wait => {
@@ -168,18 +183,20 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
                 })
                 .await;
                 let now = clock.elapsed();
+                let addr = session.leader_addr();
                 let outcome = match event {
                     Some(StreamEvent::Tick) => Ok(()),
                     Some(StreamEvent::Ack(acked_seq)) => session.ack(now, acked_seq),
                     Some(StreamEvent::Closed) | None => session.stream_closed(now),
                     Some(StreamEvent::Failed(status)) => {
-                        session.failed(now, status.to_string());
-                        Err(session::Error::Failed(status.to_string()))
+                        stream = None;
+                        failed(shard, addr, &mut session, state, now, &status);
+                        continue;
                     }
                 };
                 if let Err(error) = outcome {
                     stream = None;
-                    ended(shard, leader, &session, state, error.to_string());
+                    ended(shard, addr, &session, state, error.to_string());
                 } else if session.is_done() {
                     stream = None;
                 }
@@ -200,6 +217,36 @@ struct Stream {
     acks: mpsc::Receiver<StreamEvent>,
     reader: glommio::task::JoinHandle<()>,
     _channel: Channel,
+}
+
+impl Stream {
+    /// The status the stream ended with, once sending on it failed with
+    /// `send_error`: a server that refuses the stream (a replica that
+    /// stopped leading) ends its response and resets the request half, so
+    /// the send fails with a bare HTTP/2 error while the ack reader holds
+    /// the server's status and its leader hint. Waits for it at most
+    /// [`SEND_ERROR_STATUS_WAIT`]; acks still queued are dropped (the next
+    /// session starts from the leader's watermark).
+    async fn ended_status(&mut self, send_error: Status) -> Status {
+        let ended = future::or(
+            async {
+                while let Some(event) = self.acks.next().await {
+                    match event {
+                        StreamEvent::Failed(status) => return Some(status),
+                        StreamEvent::Closed => return None,
+                        StreamEvent::Ack(_) | StreamEvent::Tick => {}
+                    }
+                }
+                None
+            },
+            async {
+                glommio::timer::sleep(SEND_ERROR_STATUS_WAIT).await;
+                None
+            },
+        )
+        .await;
+        ended.unwrap_or(send_error)
+    }
 }
 
 impl Drop for Stream {
@@ -246,10 +293,27 @@ async fn connect(node: u32, shard: u32, leader: SocketAddr) -> Result<(u64, Stre
 
 /// Mirrors the session into the state stats, retention and shutdown read.
 fn publish(session: &Session, state: &FollowerState) {
+    state.leader_addr.set(Some(session.leader_addr()));
     state.acked.set(session.acked_seq());
     state.connected.set(session.is_connected());
     state.sessions.set(session.sessions());
     state.sent_entries.set(session.sent_entries());
+}
+
+/// Feeds a failed session's `status` (with its leader hint, if any) into
+/// the session. A switch of address that follows a hint is logged as one
+/// info line (it is how a tier's leader change looks, not a fault); any
+/// other end as [`ended`] does.
+fn failed(shard: u32, addr: SocketAddr, session: &mut Session, state: &FollowerState, now: Duration, status: &Status) {
+    let next = session.failed_with(now, status);
+    match next.cause {
+        Cause::Hint { term } if next.to != next.from && !session.is_done() => {
+            tracing::info!(shard, from = %next.from, to = %next.to, term, "replication: following the leader hint");
+            *state.last_error.borrow_mut() = Some(status.to_string());
+            state.connected.set(false);
+        }
+        _ => ended(shard, addr, session, state, status.to_string()),
+    }
 }
 
 /// Logs a session's end, once per distinct reason, and keeps the reason.
@@ -432,8 +496,8 @@ mod tests {
 
     #[test]
     fn retention_keeps_what_the_leader_has_not_acknowledged() {
-        assert!(FollowerState::new(None).retention_deletable_through().is_none(), "no leader: no veto");
-        let following = FollowerState::new(Some("127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(FollowerState::new(Vec::new()).retention_deletable_through().is_none(), "no leader: no veto");
+        let following = FollowerState::new(vec!["127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!())]);
         let Some(through) = following.retention_deletable_through() else { unreachable!("a follower has a veto") };
         assert_eq!(through.get(), None, "unknown watermark: keep everything");
         following.acked.set(Some(99));

@@ -12,7 +12,10 @@
 //!   as a state machine (queue, admit, one append per chunk, acks);
 //! - [`session`]: the follower pusher's sessions, as a state machine
 //!   (connect, resume from the leader's watermark, batches in flight, acks,
-//!   backoff, shutdown drain, retention veto).
+//!   backoff, shutdown drain, retention veto);
+//! - [`discovery`]: which of the leader addresses to try next (follow a
+//!   not-leader hint of a current term, else rotate the list), for the
+//!   pusher's sessions and for restore.
 //!
 //! I/O drivers, on glommio and the [`crate::grpc`] transport:
 //! - [`leader`]: the archive of the pairs one core owns (group commit per
@@ -26,6 +29,7 @@
 
 pub mod archive;
 pub mod batch;
+pub mod discovery;
 pub mod follower;
 pub mod leader;
 pub mod restore;
@@ -124,7 +128,7 @@ pub trait Host: 'static {
     fn closing(&self) -> bool;
     /// The archive pairs this core owns.
     fn archive(&self) -> &leader::Archive;
-    /// This shard's pusher state (its leader is `None` on a node that
+    /// This shard's pusher state (its leader list is empty on a node that
     /// follows no one).
     fn follower(&self) -> &follower::FollowerState;
     /// The highest origin seq of `(node, shard)` archived in the shards of

@@ -20,6 +20,17 @@
 //! watermark, which is exact (the leader drops duplicates), so nothing is
 //! lost or archived twice.
 //!
+//! # Which address
+//!
+//! The session knows the leader addresses of `--leader` (an archive tier
+//! lists its nodes) and chooses where each session connects, by the rules
+//! of [`super::discovery`]: it starts at the first; a session refused with
+//! `UNAVAILABLE` and a leader hint of a current term
+//! ([`Session::failed_with`]) is followed by one at the hinted address at
+//! once, with no backoff; any other end moves to the next address of the
+//! list after the backoff. With one address this is the plain reconnect
+//! loop above.
+//!
 //! At shutdown the session sends what is durable, half-closes the stream
 //! and is done once the leader has acknowledged everything and ended the
 //! stream. A failure while shutting down ends the pusher at once, with
@@ -34,9 +45,10 @@
 //! One machine per pushing shard. The driver calls [`Session::poll`] with
 //! the time elapsed since it started (any monotonic clock) and does what it
 //! says:
-//! - [`Action::Connect`]: connect and call `GetWatermark`; on the answer
-//!   call [`Session::connected`], then open the `Replicate` stream; on any
-//!   error call [`Session::failed`].
+//! - [`Action::Connect`]: connect to `addr` and call `GetWatermark`; on the
+//!   answer call [`Session::connected`], then open the `Replicate` stream;
+//!   on an error status call [`Session::failed_with`] (it reads the leader
+//!   hint), on any other error [`Session::failed`].
 //! - [`Action::Send`]: read the durable entries (or stored blocks) from
 //!   `window.from_seq`, stopping before `window.to_seq_max` and once past
 //!   `window.bytes_target` bytes (at least one entry; a block may not be
@@ -45,9 +57,9 @@
 //!   fails, call [`Session::failed`].
 //! - [`Action::CloseSend`]: half-close the stream and keep reading acks.
 //! - [`Action::Wait`]: wait for an input: an ack ([`Session::ack`]), the
-//!   stream's end ([`Session::stream_closed`]) or error
-//!   ([`Session::failed`]), new durable entries ([`Session::durable`]) or
-//!   shutdown ([`Session::shutdown`]); then poll again.
+//!   stream's end ([`Session::stream_closed`]) or error status
+//!   ([`Session::failed_with`]), new durable entries ([`Session::durable`])
+//!   or shutdown ([`Session::shutdown`]); then poll again.
 //! - [`Action::Sleep`]: sleep until `until` (or until shutdown), then poll.
 //! - [`Action::Done`]: the pusher is finished.
 //!
@@ -57,8 +69,11 @@
 //! the current session. `poll` is cheap and may be called at any time.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::discovery::{Hint, Leaders, Move};
+use crate::grpc::status::Status;
 use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET, PUSH_BLOCK_BATCH_ENTRIES_MAX};
 
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`], with jitter.
@@ -106,8 +121,11 @@ pub struct Window {
 /// What the driver does next (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Connect and ask the leader's watermark.
-    Connect,
+    /// Connect to `addr` and ask the leader's watermark.
+    Connect {
+        /// The address this session connects to.
+        addr: SocketAddr,
+    },
     /// Send one batch within the window, then call [`Session::sent`].
     Send(Window),
     /// Half-close the stream: everything durable is sent and shutdown was
@@ -162,6 +180,13 @@ pub enum Error {
     Failed(String),
 }
 
+impl Error {
+    /// The failure a gRPC status reports.
+    pub fn from_status(status: &Status) -> Error {
+        Error::Failed(status.to_string())
+    }
+}
+
 /// Capped exponential backoff with full jitter, from a seed (xorshift64:
 /// jitter only, no need for a real generator).
 #[derive(Clone, Debug)]
@@ -197,7 +222,7 @@ impl Backoff {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Connect at the next poll.
+    /// Connect at the next poll (first session, or a hint to follow).
     Disconnected,
     /// Waiting for [`Session::connected`].
     Connecting,
@@ -223,6 +248,7 @@ enum State {
 pub struct Session {
     config: Config,
     backoff: Backoff,
+    leaders: Leaders,
     state: State,
     durable_seq: u64,
     acked_seq: Option<u64>,
@@ -234,16 +260,21 @@ pub struct Session {
     sessions: u64,
     sent_entries: u64,
     last_error: Option<Error>,
+    /// Where the last failure sent the next session.
+    last_move: Option<Move>,
 }
 
 impl Session {
-    /// A pusher whose shard holds `durable_seq` durable entries; `seed`
-    /// drives the backoff's jitter. It connects at the first poll.
-    pub fn new(config: Config, seed: u64, durable_seq: u64) -> Session {
+    /// A pusher whose shard holds `durable_seq` durable entries, pushing
+    /// to the leader at one of `leaders` (not empty; the first is tried
+    /// first); `seed` drives the backoff's jitter. It connects at the first
+    /// poll.
+    pub fn new(config: Config, seed: u64, durable_seq: u64, leaders: &[SocketAddr]) -> Session {
         assert!(config.batch_entries_max > 0 && config.batches_in_flight_max > 0, "{config:?}");
         Session {
             config,
             backoff: Backoff::new(seed),
+            leaders: Leaders::new(leaders),
             state: State::Disconnected,
             durable_seq,
             acked_seq: None,
@@ -253,6 +284,7 @@ impl Session {
             sessions: 0,
             sent_entries: 0,
             last_error: None,
+            last_move: None,
         }
     }
 
@@ -300,7 +332,7 @@ impl Session {
         self.started_at = now;
         self.in_flight.clear();
         self.state = State::Connecting;
-        Action::Connect
+        Action::Connect { addr: self.leaders.current() }
     }
 
     /// The leader answered `GetWatermark` with `leader_watermark`.
@@ -309,6 +341,9 @@ impl Session {
         if leader_watermark > self.durable_seq {
             return Err(self.fail(now, Error::DataLoss { leader_watermark, durable_seq: self.durable_seq }));
         }
+        // Only the leader answers `GetWatermark` (on a tier it is
+        // linearizable): this address is the leader's.
+        self.leaders.reached();
         self.acked_seq = Some(leader_watermark);
         self.state = State::Streaming { next_seq: leader_watermark + 1, sending: None, close_sent: false };
         Ok(())
@@ -352,20 +387,42 @@ impl Session {
         Ok(())
     }
 
-    /// The current session failed (see [`Error::Failed`]).
+    /// The current session failed (see [`Error::Failed`]) with no status
+    /// to read: the next one goes to the next address, after the backoff.
     pub fn failed(&mut self, now: Duration, reason: impl Into<String>) {
-        self.fail(now, Error::Failed(reason.into()));
+        self.fail_at(now, Error::Failed(reason.into()), None);
     }
 
+    /// The current session ended with the error `status` (a connect,
+    /// `GetWatermark`, or the stream). A not-leader refusal with a hint of
+    /// a current term ([`Hint::from_status`]) sends the next session to the
+    /// hinted address at once; anything else to the next address after the
+    /// backoff. Returns where the next session goes and why (the driver
+    /// logs a move that follows a hint).
+    pub fn failed_with(&mut self, now: Duration, status: &Status) -> Move {
+        self.fail_at(now, Error::from_status(status), Hint::from_status(status));
+        self.last_move.expect("a failure decides the next address")
+    }
+
+    /// A failure decided by the session itself (a bad watermark or ack):
+    /// no hint.
     fn fail(&mut self, now: Duration, error: Error) -> Error {
+        self.fail_at(now, error, None)
+    }
+
+    fn fail_at(&mut self, now: Duration, error: Error, hint: Option<Hint>) -> Error {
         assert!(
             matches!(self.state, State::Connecting | State::Streaming { .. }),
             "a failure ends a session: there is none ({:?})",
             self.state
         );
         self.in_flight.clear();
+        let next = self.leaders.failed(hint);
+        self.last_move = Some(next);
         if self.stopping {
             self.state = State::Done;
+        } else if !next.backoff {
+            self.state = State::Disconnected;
         } else {
             if now.saturating_sub(self.started_at) > BACKOFF_MAX * 2 {
                 self.backoff.reset();
@@ -426,14 +483,32 @@ impl Session {
     pub fn last_error(&self) -> Option<&Error> {
         self.last_error.as_ref()
     }
+
+    /// The address the current session uses, or the next one will.
+    pub fn leader_addr(&self) -> SocketAddr {
+        self.leaders.current()
+    }
+
+    /// The highest term of a leader hint followed so far.
+    pub fn leader_term(&self) -> Option<u64> {
+        self.leaders.term_max()
+    }
+
+    /// Where the last failure sent the next session, and why.
+    pub fn last_move(&self) -> Option<Move> {
+        self.last_move
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::replication::discovery::{Cause, HINTS_FOLLOWED_AT_ONCE_MAX};
 
     const MS: Duration = Duration::from_millis(1);
+    /// The leader of the tests with one address.
+    const LEADER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
 
     fn config(batch_entries_max: u64, batches_in_flight_max: usize) -> Config {
         Config { batch_entries_max, batch_bytes_target: 1000, batches_in_flight_max }
@@ -445,8 +520,8 @@ mod tests {
 
     #[test]
     fn a_session_resumes_from_the_leaders_watermark_in_bounded_batches() {
-        let mut session = Session::new(config(4, 2), 1, 10);
-        assert_eq!(session.poll(Duration::ZERO), Action::Connect);
+        let mut session = Session::new(config(4, 2), 1, 10, &[LEADER]);
+        assert_eq!(session.poll(Duration::ZERO), Action::Connect { addr: LEADER });
         assert_eq!(session.poll(Duration::ZERO), Action::Wait);
         assert_eq!(session.acked_seq(), None, "nothing acknowledged before first contact");
         session.connected(MS, 3).unwrap();
@@ -471,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_leader_ahead_of_the_log_is_data_loss() {
-        let mut session = Session::new(config(4, 2), 1, 10);
+        let mut session = Session::new(config(4, 2), 1, 10, &[LEADER]);
         session.poll(Duration::ZERO);
         let error = session.connected(MS, 11).unwrap_err();
         assert_eq!(error, Error::DataLoss { leader_watermark: 11, durable_seq: 10 });
@@ -481,7 +556,7 @@ mod tests {
 
     #[test]
     fn acks_that_go_backwards_or_come_unasked_end_the_session() {
-        let mut session = Session::new(config(4, 2), 1, 10);
+        let mut session = Session::new(config(4, 2), 1, 10, &[LEADER]);
         session.poll(Duration::ZERO);
         session.connected(MS, 0).unwrap();
         let Action::Send(window) = session.poll(MS) else { panic!() };
@@ -491,7 +566,7 @@ mod tests {
         assert!(!session.is_connected());
         // Next session.
         let Action::Sleep { until } = session.poll(MS) else { panic!() };
-        assert_eq!(session.poll(until), Action::Connect);
+        assert_eq!(session.poll(until), Action::Connect { addr: LEADER });
         session.connected(until, 4).unwrap();
         let Action::Send(window) = session.poll(until) else { panic!() };
         session.sent(window.from_seq, window.to_seq_max);
@@ -502,11 +577,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_the_cap_and_resets_after_a_healthy_session() {
-        let mut session = Session::new(config(4, 2), 7, 0);
+        let mut session = Session::new(config(4, 2), 7, 0, &[LEADER]);
         let mut now = Duration::ZERO;
         let mut cap = BACKOFF_MIN;
         for _ in 0..10 {
-            assert_eq!(session.poll(now), Action::Connect);
+            assert_eq!(session.poll(now), Action::Connect { addr: LEADER });
             session.failed(now, "refused");
             let Action::Sleep { until } = session.poll(now) else { panic!() };
             assert!(until - now >= cap / 2 && until - now < cap, "{:?} for cap {cap:?}", until - now);
@@ -515,7 +590,7 @@ mod tests {
             now = until;
         }
         // A session that ran longer than twice the cap was healthy.
-        assert_eq!(session.poll(now), Action::Connect);
+        assert_eq!(session.poll(now), Action::Connect { addr: LEADER });
         session.connected(now, 0).unwrap();
         let later = now + BACKOFF_MAX * 2 + MS;
         session.failed(later, "leader restarted");
@@ -525,7 +600,7 @@ mod tests {
 
     #[test]
     fn shutdown_drains_then_closes() {
-        let mut session = Session::new(config(4, 4), 1, 6);
+        let mut session = Session::new(config(4, 4), 1, 6, &[LEADER]);
         session.poll(Duration::ZERO);
         session.connected(MS, 0).unwrap();
         session.shutdown();
@@ -538,7 +613,7 @@ mod tests {
         assert_eq!(session.stream_closed(MS).unwrap_err(), Error::StreamEndedEarly);
         assert_eq!(session.poll(MS), Action::Done, "a failure while stopping ends the pusher");
 
-        let mut session = Session::new(config(4, 4), 1, 2);
+        let mut session = Session::new(config(4, 4), 1, 2, &[LEADER]);
         session.poll(Duration::ZERO);
         session.connected(MS, 0).unwrap();
         session.shutdown();
@@ -553,7 +628,7 @@ mod tests {
 
     #[test]
     fn shutdown_cuts_a_backoff_short() {
-        let mut session = Session::new(config(4, 4), 1, 2);
+        let mut session = Session::new(config(4, 4), 1, 2, &[LEADER]);
         session.poll(Duration::ZERO);
         session.connected(MS, 2).unwrap();
         session.failed(MS, "broken pipe");
@@ -561,12 +636,176 @@ mod tests {
         session.shutdown();
         assert_eq!(session.poll(MS), Action::Done, "everything durable was acknowledged");
 
-        let mut session = Session::new(config(4, 4), 1, 3);
+        let mut session = Session::new(config(4, 4), 1, 3, &[LEADER]);
         session.poll(Duration::ZERO);
         session.connected(MS, 2).unwrap();
         session.failed(MS, "broken pipe");
         session.shutdown();
-        assert_eq!(session.poll(MS), Action::Connect, "one more session to drain seq 3");
+        assert_eq!(session.poll(MS), Action::Connect { addr: LEADER }, "one more session to drain seq 3");
+    }
+
+    // --- Which address --------------------------------------------------
+
+    fn tier(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The tier of the address tests: three nodes.
+    const TIER: [u16; 3] = [1, 2, 3];
+
+    fn tier_session() -> Session {
+        Session::new(config(4, 2), 3, 10, &TIER.map(tier))
+    }
+
+    /// A replica's refusal naming the leader at `port` in `term`.
+    fn not_leader(port: u16, term: u64) -> Status {
+        let hint = crate::grpc::status::LeaderHint { leader_id: u32::from(port), addr: tier(port).to_string(), term };
+        Status::not_leader("not the leader", Some(hint))
+    }
+
+    /// The next connect of `session` after a failure at `now`: at once
+    /// (`None`) or after a backoff (its end).
+    fn next_connect(session: &mut Session, now: Duration) -> (SocketAddr, Option<Duration>) {
+        match session.poll(now) {
+            Action::Connect { addr } => (addr, None),
+            Action::Sleep { until } => {
+                assert!(until > now);
+                let Action::Connect { addr } = session.poll(until) else { panic!("connects after its backoff") };
+                (addr, Some(until))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hint_is_followed_at_once() {
+        let mut session = tier_session();
+        assert_eq!(session.poll(Duration::ZERO), Action::Connect { addr: tier(1) }, "the first address first");
+        let step = session.failed_with(MS, &not_leader(3, 7));
+        assert_eq!(step, Move { from: tier(1), to: tier(3), cause: Cause::Hint { term: 7 }, backoff: false });
+        assert_eq!(next_connect(&mut session, MS), (tier(3), None), "no backoff");
+        assert_eq!(session.leader_term(), Some(7));
+        assert_eq!(session.last_error(), Some(&Error::from_status(&not_leader(3, 7))));
+        // A leader change while streaming: the stream's refusal redirects too,
+        // and the next session resumes from the new leader's watermark.
+        session.connected(MS, 4).unwrap();
+        let Action::Send(batch) = session.poll(MS) else { panic!() };
+        session.sent(batch.from_seq, batch.to_seq_max);
+        session.failed_with(2 * MS, &not_leader(2, 8));
+        assert_eq!(session.batches_in_flight(), 0);
+        assert_eq!(next_connect(&mut session, 2 * MS), (tier(2), None));
+        session.connected(2 * MS, 6).unwrap();
+        assert_eq!(session.poll(2 * MS), window(7, 11));
+    }
+
+    #[test]
+    fn a_stale_hint_is_ignored() {
+        let mut session = tier_session();
+        session.poll(Duration::ZERO);
+        session.failed_with(MS, &not_leader(2, 7));
+        assert_eq!(next_connect(&mut session, MS), (tier(2), None));
+        // Node 2 answers from an older view, pointing back at 1: rotation.
+        let step = session.failed_with(MS, &not_leader(1, 6));
+        assert_eq!((step.cause, step.backoff), (Cause::Rotation, true));
+        let (addr, after) = next_connect(&mut session, MS);
+        assert_eq!(addr, tier(3), "the list address after 2, not the stale hint's 1");
+        assert!(after.is_some(), "with backoff");
+        assert_eq!(session.leader_term(), Some(7));
+        // The same term again is not older: followed.
+        session.failed_with(after.unwrap(), &not_leader(1, 7));
+        assert_eq!(next_connect(&mut session, after.unwrap()), (tier(1), None));
+    }
+
+    #[test]
+    fn no_hint_rotates_the_list_with_backoff() {
+        let mut session = tier_session();
+        let mut now = Duration::ZERO;
+        assert_eq!(session.poll(now), Action::Connect { addr: tier(1) });
+        let mut visited = Vec::new();
+        let mut delays = Vec::new();
+        for failure in 0..6 {
+            // Alternately a connect that fails and a refusal that knows no leader.
+            let status = if failure % 2 == 0 {
+                Status::unavailable("connect 127.0.0.1:1: connection refused")
+            } else {
+                Status::not_leader("election under way", None)
+            };
+            let step = session.failed_with(now, &status);
+            assert_eq!((step.cause, step.backoff), (Cause::Rotation, true));
+            let (addr, until) = next_connect(&mut session, now);
+            delays.push(until.unwrap() - now);
+            now = until.unwrap();
+            visited.push(addr);
+        }
+        assert_eq!(visited, [2, 3, 1, 2, 3, 1].map(tier));
+        assert!(delays.windows(2).all(|pair| pair[1] >= pair[0] / 2), "the usual growing backoff: {delays:?}");
+        assert!(delays[0] < BACKOFF_MIN && delays[5] >= BACKOFF_MIN, "{delays:?}");
+        // A failure of the session itself (not a status) rotates as well.
+        session.connected(now, 11).unwrap_err();
+        assert_eq!(next_connect(&mut session, now).0, tier(2));
+        session.failed(now, "read failed");
+        assert_eq!(next_connect(&mut session, now).0, tier(3));
+    }
+
+    #[test]
+    fn a_hint_outside_the_list_is_followed() {
+        let mut session = tier_session();
+        session.poll(Duration::ZERO);
+        let step = session.failed_with(MS, &not_leader(9, 1));
+        assert_eq!((step.to, step.backoff), (tier(9), false));
+        assert_eq!(next_connect(&mut session, MS), (tier(9), None));
+        assert_eq!(session.leader_addr(), tier(9));
+        session.connected(MS, 0).unwrap();
+        assert!(session.is_connected());
+    }
+
+    #[test]
+    fn a_hinted_address_that_fails_falls_back_to_rotation() {
+        let mut session = tier_session();
+        session.poll(Duration::ZERO);
+        session.failed(MS, "connection refused"); // 1 is down: 2 next
+        assert_eq!(next_connect(&mut session, MS).0, tier(2));
+        let now = 100 * MS;
+        session.failed_with(now, &not_leader(9, 4)); // 2 names 9, outside the list
+        assert_eq!(next_connect(&mut session, now), (tier(9), None));
+        let step = session.failed_with(now, &Status::unavailable("connect 127.0.0.1:9: connection refused"));
+        assert_eq!(step, Move { from: tier(9), to: tier(3), cause: Cause::Rotation, backoff: true });
+        assert!(next_connect(&mut session, now).1.is_some(), "with backoff");
+        // A hinted list member that fails hands over to its successor.
+        session.failed_with(now, &not_leader(1, 5));
+        assert_eq!(next_connect(&mut session, now), (tier(1), None));
+        session.failed(now, "connection reset");
+        assert_eq!(next_connect(&mut session, now).0, tier(2));
+    }
+
+    #[test]
+    fn hints_bouncing_between_stale_replicas_slow_down_to_the_backoff() {
+        let mut session = tier_session();
+        let now = MS;
+        session.poll(Duration::ZERO);
+        for round in 0..HINTS_FOLLOWED_AT_ONCE_MAX {
+            let to = if round % 2 == 0 { 2 } else { 1 };
+            session.failed_with(now, &not_leader(to, 3));
+            assert_eq!(next_connect(&mut session, now), (tier(to), None), "round {round}");
+        }
+        session.failed_with(now, &not_leader(2, 3));
+        let (addr, after) = next_connect(&mut session, now);
+        assert_eq!(addr, tier(2), "still followed");
+        assert!(after.is_some(), "but after a backoff");
+        // Reaching the leader resets the bound.
+        session.connected(after.unwrap(), 0).unwrap();
+        session.failed_with(after.unwrap(), &not_leader(3, 3));
+        assert_eq!(next_connect(&mut session, after.unwrap()), (tier(3), None));
+    }
+
+    #[test]
+    fn a_hint_while_stopping_ends_the_pusher_as_any_failure() {
+        let mut session = tier_session();
+        session.poll(Duration::ZERO);
+        session.connected(MS, 2).unwrap();
+        session.shutdown();
+        session.failed_with(MS, &not_leader(2, 1));
+        assert_eq!(session.poll(MS), Action::Done);
     }
 
     /// One step of the property test's world.
@@ -613,7 +852,7 @@ mod tests {
         fn act(&mut self, cut: u8) -> Action {
             let action = self.session.poll(self.now);
             match action {
-                Action::Connect => {
+                Action::Connect { .. } => {
                     assert!(!self.connecting && !self.streaming);
                     self.connecting = true;
                 }
@@ -677,7 +916,7 @@ mod tests {
             seed: u64,
         ) {
             let mut world = World {
-                session: Session::new(config(3, 2), seed, 0),
+                session: Session::new(config(3, 2), seed, 0, &[LEADER]),
                 now: Duration::ZERO,
                 archive_watermark: 0,
                 leader_batches: VecDeque::new(),

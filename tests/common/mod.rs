@@ -4,6 +4,7 @@
 pub mod loghub;
 pub mod loopfs;
 pub mod node;
+pub mod not_leader;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -744,7 +744,9 @@ impl World {
     fn follower_start(&mut self, follower: usize) {
         let seed = self.rng.next_u64();
         let durable = self.followers[follower].log.len() as u64;
-        self.followers[follower].session = Some(Session::new(self.params.session, seed, durable));
+        // One leader: the simulated network routes every connect to it.
+        let leader = [std::net::SocketAddr::from(([127, 0, 0, 1], 50051))];
+        self.followers[follower].session = Some(Session::new(self.params.session, seed, durable, &leader));
         self.drive_follower(follower);
     }
 
@@ -793,7 +795,7 @@ impl World {
             let now = self.duration();
             let action = self.followers[follower].session.as_mut().expect("up").poll(now);
             match action {
-                Action::Connect => {
+                Action::Connect { .. } => {
                     let conn = self.open(follower);
                     self.followers[follower].conn = Some(conn);
                     if self.followers[follower].partitioned || !self.leader.up {
