@@ -14,7 +14,7 @@ use futures_channel::oneshot;
 use futures_lite::future;
 
 use crate::codec::block::{validate_entry, with_log_entry_refs};
-use crate::grpc::status::{Code, Status};
+use crate::grpc::status::Status;
 use crate::grpc::transport as grpc_transport;
 use crate::grpc::transport::{Call, LocalFuture, MessageStream, Service};
 use crate::limits::{
@@ -264,10 +264,7 @@ impl Services {
                 })
                 .await
                 .map_err(|_| Status::unavailable("shutting down"))?;
-            received.map_err(|error| match error {
-                tier::Error::Malformed(message) => Status::new(Code::PermissionDenied, message),
-                error => Status::from(error),
-            })?;
+            received?;
         }
         call.send(&RaftAck {}).await
     }

@@ -87,6 +87,10 @@ fn encode_hard_state(out: &mut Vec<u8>, hard_state: &HardState) {
     record(out, HARD_STATE, &u64s(&[hard_state.term, hard_state.vote, hard_state.commit]));
 }
 
+/// A segment found by recovery: (id, highest entry index in it, valid
+/// length in bytes).
+pub type FoundSegment = (u64, u64, u64);
+
 /// The durable log of one group on one replica.
 pub struct RaftLog {
     dir: PathBuf,
@@ -113,7 +117,7 @@ impl RaftLog {
     /// Reads the log in `dir` back (blocking: once, before the group
     /// starts). A torn last record of the last segment is cut; a bad record
     /// anywhere else is corruption, refused with its place.
-    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<(u64, u64, u64)>), Error> {
+    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<FoundSegment>), Error> {
         let mut ids: Vec<u64> = match std::fs::read_dir(dir) {
             Ok(listing) => listing
                 .filter_map(|item| item.ok())
@@ -159,7 +163,7 @@ impl RaftLog {
     /// a first segment whose checkpoint is `start`.
     pub async fn open(
         dir: &Path,
-        segments: Vec<(u64, u64, u64)>,
+        segments: Vec<FoundSegment>,
         start: (HardState, ConfState, (u64, u64)),
     ) -> Result<RaftLog, Error> {
         std::fs::create_dir_all(dir).map_err(|error| log_error("create", dir, error))?;

@@ -109,6 +109,9 @@ pub enum Error {
     /// A malformed or refused peer message.
     #[error("{0}")]
     Malformed(String),
+    /// A peer call from a node that is not a member of the tier.
+    #[error("{0}")]
+    NotMember(String),
     /// The Raft log on disk failed.
     #[error("raft log: {0}")]
     Log(String),
@@ -127,7 +130,7 @@ impl From<Error> for crate::replication::Error {
             error @ (Error::Dropped { .. } | Error::Conflict { .. }) => Replication::Unavailable(error.to_string()),
             Error::ShuttingDown => Replication::ShuttingDown,
             Error::Exhausted(message) => Replication::Exhausted(message),
-            Error::Malformed(message) => Replication::Malformed(message),
+            Error::Malformed(message) | Error::NotMember(message) => Replication::Malformed(message),
             error @ Error::Log(_) => Replication::Unavailable(error.to_string()),
             Error::Replication(error) => error,
         }
@@ -146,6 +149,7 @@ impl From<Error> for Status {
             }
             Error::Exhausted(message) => Status::resource_exhausted(message),
             Error::Malformed(message) => Status::invalid_argument(message),
+            Error::NotMember(message) => Status::new(crate::grpc::status::Code::PermissionDenied, message),
             error @ Error::Log(_) => Status::internal(error.to_string()),
             Error::Replication(error) => error.into(),
         }

@@ -48,6 +48,11 @@ use crate::replication::leader::AckSender;
 use crate::replication::watermark::Admission;
 use crate::shard::{self, Origin, Shard};
 
+/// Where a linearizable watermark read's answer goes.
+type ReadSender = oneshot::Sender<Result<u64, Error>>;
+/// How sending a snapshot went, once known (`Some(true)`: installed).
+type SnapshotOutcome = Rc<Cell<Option<bool>>>;
+
 /// Where a direct write's answer goes: its (first, last) seq.
 pub type DirectSender = oneshot::Sender<Result<(u64, u64), Error>>;
 
@@ -143,9 +148,9 @@ struct State {
     /// The last entry the applier decided (its appends may not be durable yet).
     decided: u64,
     /// ReadIndex requests sent to raft-rs, by context.
-    reads_asked: BTreeMap<u64, (Pair, oneshot::Sender<Result<u64, Error>>)>,
+    reads_asked: BTreeMap<u64, (Pair, ReadSender)>,
     /// ReadIndex answers waiting for the applier to reach their index.
-    reads_ready: Vec<(u64, Pair, oneshot::Sender<Result<u64, Error>>)>,
+    reads_ready: Vec<(u64, Pair, ReadSender)>,
     next_read: u64,
     /// The highest direct-write seq proposed in `direct_term`.
     direct_proposed: (u64, u64),
@@ -171,7 +176,7 @@ pub struct Replica {
     /// The applied index to note in the log's next round.
     applied: Cell<u64>,
     /// Snapshots being sent: (peer, outcome once known).
-    snapshot_outcomes: RefCell<Vec<(u64, Rc<Cell<Option<bool>>>)>>,
+    snapshot_outcomes: RefCell<Vec<(u64, SnapshotOutcome)>>,
     /// The connection forwarded direct writes take to the leader's node.
     forward: RefCell<Option<(SocketAddr, Rc<Channel>)>>,
     wake: RefCell<mpsc::Sender<()>>,
@@ -461,7 +466,9 @@ impl Replica {
             Err(Error::Malformed(reason))
         };
         if from == self.node_id || self.members.addr(from).is_none() {
-            return refuse(format!("node {from} is not a member of the tier"));
+            self.state.borrow_mut().counters.refused_messages += 1;
+            tracing::warn!(group = self.group_id, from, "raft messages refused: not a member");
+            return Err(Error::NotMember(format!("node {from} is not a member of the tier")));
         }
         if to != self.node_id {
             return refuse(format!("messages for node {to} reached node {}", self.node_id));
@@ -500,7 +507,9 @@ impl Replica {
             Err(Error::Malformed(reason))
         };
         if from == self.node_id || self.members.addr(from).is_none() {
-            return refuse(format!("node {from} is not a member of the tier"));
+            self.state.borrow_mut().counters.refused_messages += 1;
+            tracing::warn!(group = self.group_id, from, "snapshot refused: not a member");
+            return Err(Error::NotMember(format!("node {from} is not a member of the tier")));
         }
         if !chunk.batch.is_empty() {
             if crc32fast::hash(&chunk.batch) != chunk.crc32 {
@@ -548,7 +557,7 @@ impl Replica {
     pub fn leader(&self) -> (Option<(u32, SocketAddr)>, u64) {
         let status = self.state.borrow().group.status();
         let leader =
-            (status.leader != 0).then(|| status.leader as u32).and_then(|id| Some((id, self.members.addr(id)?)));
+            (status.leader != 0).then_some(status.leader as u32).and_then(|id| Some((id, self.members.addr(id)?)));
         (leader, status.term)
     }
 

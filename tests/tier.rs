@@ -1,0 +1,489 @@
+//! The archive tier (DESIGN.md section 9) with real processes on loopback:
+//! three members with two shards each (two Raft groups), a follower pushing
+//! under HTTP load. After every fault — the node leading most groups
+//! SIGKILLed and restarted again and again, a leader SIGSTOPped past its
+//! election timeout, two of three members down, every member restarted at
+//! once — every member's archive must equal the follower's log exactly
+//! (each (follower, shard, seq) once, same bodies), the watermarks agree,
+//! and the lag drains to zero. Direct writes to the tier under leader kills
+//! keep every acknowledged write exactly once on every member. Bad peer
+//! input is refused and counted, and changes nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::node::{free_port, get, wait_acked, writers, Acked, TestNode};
+
+const FOLLOWER_ID: u64 = 9;
+const SHARDS: &str = "2";
+/// How long anything in these tests may take to converge: generous, for a
+/// debug build of four nodes sharing two cores.
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// Three members of one tier.
+struct Tier {
+    nodes: Vec<TestNode>,
+    grpc: Vec<String>,
+}
+
+impl Tier {
+    fn start(dir: &Path) -> Tier {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let grpc: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let peers: String =
+            grpc.iter().enumerate().map(|(index, addr)| format!("{}={addr}", index + 1)).collect::<Vec<_>>().join(",");
+        let nodes = (0..3)
+            .map(|index| {
+                let id = (index + 1).to_string();
+                TestNode::start_on(
+                    &dir.join(format!("member-{id}")),
+                    ports[index],
+                    &["--node-id", &id, "--shards", SHARDS, "--peers", &peers],
+                )
+            })
+            .collect();
+        Tier { nodes, grpc }
+    }
+
+    fn leaders_list(&self) -> String {
+        self.grpc.join(",")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &TestNode> {
+        self.nodes.iter().filter(|node| node.is_running())
+    }
+
+    /// Each group's leader as a running member sees it (0: none known).
+    fn group_leaders(&self) -> BTreeMap<u64, u64> {
+        let node = self.running().next().unwrap();
+        let cluster = get(&node.url("/v1/cluster")).json();
+        cluster["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|group| (group["group"].as_u64().unwrap(), group["leader"].as_u64().unwrap()))
+            .collect()
+    }
+
+    /// The index (0-based) of the member that leads most groups.
+    fn busiest_leader(&self) -> usize {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let mut counts = [0usize; 3];
+            for leader in self.group_leaders().values() {
+                if (1..=3).contains(leader) {
+                    counts[*leader as usize - 1] += 1;
+                }
+            }
+            let (index, most) = counts.iter().enumerate().max_by_key(|(_, count)| **count).unwrap();
+            if *most > 0 {
+                return index;
+            }
+            assert!(Instant::now() < deadline, "no group has a leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running member sees every group with the same
+    /// leader and term, and applied everything committed: the tier is quiet.
+    fn wait_converged(&self, context: &str) {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let views: Vec<serde_json::Value> =
+                self.running().map(|node| get(&node.url("/v1/cluster")).json()).collect();
+            let settled = |views: &[serde_json::Value]| -> bool {
+                let groups = |view: &serde_json::Value| -> Vec<(u64, u64, u64, u64)> {
+                    view["groups"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|group| {
+                            (
+                                group["leader"].as_u64().unwrap(),
+                                group["term"].as_u64().unwrap(),
+                                group["commit"].as_u64().unwrap(),
+                                group["applied"].as_u64().unwrap(),
+                            )
+                        })
+                        .collect()
+                };
+                let first = groups(&views[0]);
+                first.iter().all(|(leader, _, commit, applied)| *leader != 0 && commit == applied)
+                    && views.iter().all(|view| groups(view) == first)
+            };
+            if settled(&views) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{context}: the tier did not converge: {views:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Every entry a node serves, by id: (node, shard, seq) → bodies (more
+/// than one body is a duplicate).
+fn contents(node: &TestNode) -> HashMap<(u64, u64, u64), Vec<String>> {
+    let stats = get(&node.url("/v1/stats")).json();
+    let total: u64 = stats["shards"].as_array().unwrap().iter().map(|shard| shard["entries"].as_u64().unwrap()).sum();
+    let reply = get(&node.url(&format!("/v1/entries?limit={}", total.max(1))));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut out: HashMap<(u64, u64, u64), Vec<String>> = HashMap::new();
+    for entry in reply.lines() {
+        let key = (entry["node"].as_u64().unwrap(), entry["shard"].as_u64().unwrap(), entry["seq"].as_u64().unwrap());
+        out.entry(key).or_default().push(entry["body"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+fn start_follower(dir: &Path, tier: &Tier) -> TestNode {
+    TestNode::start(dir, &["--node-id", &FOLLOWER_ID.to_string(), "--shards", SHARDS, "--leader", &tier.leaders_list()])
+}
+
+/// Waits until the follower's lag is zero on every shard.
+fn wait_drained(follower: &TestNode, context: &str) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let stats = get(&follower.url("/v1/stats")).json();
+        let drained = stats["shards"].as_array().unwrap().iter().all(|shard| {
+            let replication = &shard["replication"];
+            replication["lag_entries"].as_u64() == Some(0)
+                && replication["acked_seq"].as_u64() == shard["last_seq"].as_u64()
+        });
+        if drained {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{context}: replication did not drain: {stats}\n{}", follower.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every running member's archive is exactly the follower's log, and all
+/// of them are equal.
+fn assert_archives_equal_the_log(tier: &Tier, follower: &TestNode, acked: &Acked, context: &str) {
+    wait_drained(follower, context);
+    tier.wait_converged(context);
+    let log = contents(follower);
+    let mut first: Option<HashMap<(u64, u64, u64), Vec<String>>> = None;
+    for member in tier.running() {
+        let archive: HashMap<_, _> =
+            contents(member).into_iter().filter(|((node, _, _), _)| *node == FOLLOWER_ID).collect();
+        for (key, bodies) in &archive {
+            assert_eq!(bodies.len(), 1, "{context}: {key:?} archived {} times on {}", bodies.len(), member.base);
+        }
+        assert_eq!(archive.len(), log.len(), "{context}: the archive on {} and the follower's log differ", member.base);
+        for (key, bodies) in &log {
+            assert_eq!(archive.get(key), Some(bodies), "{context}: {key:?} missing or changed on {}", member.base);
+        }
+        for ((shard, seq), body) in acked.lock().unwrap().iter() {
+            let key = (FOLLOWER_ID, *shard, *seq);
+            assert_eq!(archive.get(&key), Some(&vec![body.clone()]), "{context}: acknowledged {key:?} not archived");
+        }
+        match &first {
+            None => first = Some(archive),
+            Some(first) => assert_eq!(first, &archive, "{context}: two members' archives differ"),
+        }
+    }
+    // Every member's watermarks agree with the follower's last seqs.
+    let follower_stats = get(&follower.url("/v1/stats")).json();
+    for member in tier.running() {
+        let metrics = get(&member.url("/v1/cluster")).json();
+        assert!(metrics["groups"].as_array().unwrap().len() == 2, "{context}: {metrics}");
+    }
+    for shard in follower_stats["shards"].as_array().unwrap() {
+        let (shard_id, last_seq) = (shard["shard"].as_u64().unwrap(), shard["last_seq"].as_u64().unwrap());
+        for member in tier.running() {
+            let held = log.keys().filter(|(_, s, _)| *s == shard_id).count() as u64;
+            let archived =
+                contents(member).keys().filter(|(node, s, _)| *node == FOLLOWER_ID && *s == shard_id).count();
+            assert_eq!(archived as u64, held, "{context}: shard {shard_id} on {}", member.base);
+            assert_eq!(held, last_seq, "{context}: the follower's shard {shard_id} is dense 1..={last_seq}");
+        }
+    }
+}
+
+/// Runs HTTP writers against the follower while `fault` runs: entries are
+/// acknowledged before and after it, so it strikes during ingest.
+fn under_load(follower: &TestNode, acked: &Acked, round: usize, fault: impl FnOnce()) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = writers(follower.url("/v1/entries"), 2, round, acked.clone(), stop.clone());
+    let before = acked.lock().unwrap().len();
+    wait_acked(acked, before + 500, CONVERGE);
+    fault();
+    let after = acked.lock().unwrap().len();
+    wait_acked(acked, after + 500, CONVERGE);
+    stop.store(true, Ordering::Release);
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
+#[test]
+fn the_archive_survives_its_leaders_being_killed_again_and_again() {
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start(dir.path());
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+    for round in 0..5 {
+        under_load(&follower, &acked, round, || {
+            let victim = tier.busiest_leader();
+            tier.nodes[victim].kill();
+            // The others elect new leaders for its groups, and pushes go on.
+            tier.nodes[victim].restart();
+        });
+        assert_archives_equal_the_log(&tier, &follower, &acked, &format!("after kill {}", round + 1));
+    }
+    // A restarted replica never trips raft-rs's "applied out of range".
+    for member in &tier.nodes {
+        assert!(!member.log_text().contains("panicked"), "{}", member.log_text());
+    }
+}
+
+#[test]
+fn a_stopped_leader_steps_down_and_a_lost_quorum_only_delays_the_archive() {
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start(dir.path());
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+
+    // SIGSTOP the busiest leader past its election timeout: the others
+    // elect new leaders; once it runs again it learns the newer terms and
+    // follows. No two members ever lead one group in one term.
+    under_load(&follower, &acked, 0, || {
+        let victim = tier.busiest_leader();
+        let led: Vec<u64> = tier
+            .group_leaders()
+            .into_iter()
+            .filter(|(_, leader)| *leader == victim as u64 + 1)
+            .map(|(g, _)| g)
+            .collect();
+        tier.nodes[victim].signal(libc::SIGSTOP);
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let others: Vec<&TestNode> =
+                tier.nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, n)| n).collect();
+            let view = get(&others[0].url("/v1/cluster")).json();
+            let moved = view["groups"].as_array().unwrap().iter().all(|group| {
+                !led.contains(&group["group"].as_u64().unwrap()) || group["leader"].as_u64() != Some(victim as u64 + 1)
+            });
+            if moved {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no new leader while node {} is stopped: {view}", victim + 1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tier.nodes[victim].signal(libc::SIGCONT);
+    });
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after SIGSTOP");
+    let mut leaders_by_term: HashMap<(u64, u64), u64> = HashMap::new();
+    for member in &tier.nodes {
+        for line in member.log_text().lines().filter(|line| line.contains(" leads in term ")) {
+            // "group G: node L leads in term T"
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let position = words.iter().position(|word| *word == "leads").unwrap();
+            let leader: u64 = words[position - 1].parse().unwrap();
+            let term: u64 = words[position + 3].parse().unwrap();
+            let group: u64 = words[position - 3].trim_end_matches(':').parse().unwrap();
+            let known = *leaders_by_term.entry((group, term)).or_insert(leader);
+            assert_eq!(known, leader, "two leaders of group {group} in term {term}");
+        }
+    }
+
+    // Two of three down: pushes are refused, the follower keeps taking
+    // writes (its log is the queue) and its lag grows; once they are back
+    // it drains, exactly once.
+    let stop = Arc::new(AtomicBool::new(false));
+    tier.nodes[1].kill();
+    tier.nodes[2].kill();
+    let handles = writers(follower.url("/v1/entries"), 2, 1, acked.clone(), stop.clone());
+    let before = acked.lock().unwrap().len();
+    wait_acked(&acked, before + 500, CONVERGE);
+    let stats = get(&follower.url("/v1/stats")).json();
+    let lag: u64 = stats["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|shard| shard["replication"]["lag_entries"].as_u64().unwrap())
+        .sum();
+    assert!(lag >= 500, "the follower's lag grows without a quorum: {stats}");
+    // check_quorum: a leader that hears from no quorum for an election
+    // timeout steps down.
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let cluster = get(&tier.nodes[0].url("/v1/cluster")).json();
+        if cluster["groups"].as_array().unwrap().iter().all(|group| group["role"] != "leader") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a lone member still leads: {cluster}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tier.nodes[1].restart();
+    tier.nodes[2].restart();
+    stop.store(true, Ordering::Release);
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after two of three came back");
+
+    // Every member restarted at once.
+    for member in &mut tier.nodes {
+        member.kill();
+    }
+    for member in &mut tier.nodes {
+        member.restart();
+    }
+    under_load(&follower, &acked, 2, || {});
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after restarting everyone");
+}
+
+#[test]
+fn direct_writes_to_the_tier_survive_a_leader_kill_exactly_once() {
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start(dir.path());
+    tier.wait_converged("start");
+    let acked: Acked = Default::default();
+    // Writers on a member that is not killed: its cores forward to the
+    // groups' leaders, wherever they are.
+    let victim = tier.busiest_leader();
+    let writer_node = (victim + 1) % 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = writers(tier.nodes[writer_node].url("/v1/entries"), 2, 0, acked.clone(), stop.clone());
+    wait_acked(&acked, 500, CONVERGE);
+    tier.nodes[victim].kill();
+    let after = acked.lock().unwrap().len();
+    wait_acked(&acked, after + 500, CONVERGE);
+    tier.nodes[victim].restart();
+    stop.store(true, Ordering::Release);
+    let statuses: Vec<u16> = handles.into_iter().flat_map(|handle| handle.join().unwrap()).collect();
+    assert!(statuses.iter().all(|status| [200, 429, 503].contains(status)), "{statuses:?}");
+    tier.wait_converged("after the kill");
+
+    let mut first: Option<HashMap<(u64, u64, u64), Vec<String>>> = None;
+    for member in &tier.nodes {
+        let held = contents(member);
+        for (key, bodies) in &held {
+            assert_eq!(key.0, 0, "direct writes have node id 0: {key:?}");
+            assert_eq!(bodies.len(), 1, "{key:?} stored {} times on {}", bodies.len(), member.base);
+        }
+        for ((group, seq), body) in acked.lock().unwrap().iter() {
+            assert_eq!(held.get(&(0, *group, *seq)), Some(&vec![body.clone()]), "acknowledged ({group}, {seq}) lost");
+        }
+        // Each group's seqs are dense from 1.
+        for group in 0..2u64 {
+            let seqs: Vec<u64> = {
+                let mut seqs: Vec<u64> = held.keys().filter(|(_, g, _)| *g == group).map(|(_, _, seq)| *seq).collect();
+                seqs.sort_unstable();
+                seqs
+            };
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "group {group} on {}", member.base);
+        }
+        match &first {
+            None => first = Some(held),
+            Some(first) => assert_eq!(first, &held, "members differ"),
+        }
+    }
+}
+
+/// Sends one `RaftBatch` on a `WormRaft.Send` stream and returns the
+/// status the member ends the stream with.
+async fn send_raft(addr: std::net::SocketAddr, batch: wormdb::proto::RaftBatch) -> wormdb::grpc::status::Status {
+    let channel = wormdb::grpc::transport::Channel::connect(addr, Duration::from_secs(5)).await.unwrap();
+    let mut call = channel.start("/wormdb.v1.WormRaft/Send", Some(Duration::from_secs(5))).await.unwrap();
+    let _ = call.send(&batch).await;
+    let _ = call.close_send().await;
+    match call.next::<wormdb::proto::RaftAck>().await {
+        Ok(_) => wormdb::grpc::status::Status::ok(),
+        Err(status) => status,
+    }
+}
+
+fn refused_messages(node: &TestNode) -> u64 {
+    get(&node.url("/metrics"))
+        .body
+        .lines()
+        .filter(|line| line.starts_with("wormdb_raft_refused_messages_total{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn bad_peer_input_is_refused_counted_and_changes_nothing() {
+    use protobuf::Message as _;
+    use wormdb::grpc::status::Code;
+    use wormdb::proto::{PushBatch, RaftBatch, SnapshotChunk};
+
+    let dir = common::durable_temp_dir();
+    let tier = Tier::start(dir.path());
+    tier.wait_converged("start");
+    let target = &tier.nodes[0];
+    let reply = common::node::post(&target.url("/v1/entries"), "application/x-ndjson", b"{\"body\":\"before\"}\n");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    tier.wait_converged("after a write");
+    let before = contents(target);
+    let addr: std::net::SocketAddr = tier.grpc[0].parse().unwrap();
+
+    // A message that would be valid from a member: a heartbeat of a huge
+    // term, which would depose every leader if it were stepped.
+    let mut heartbeat = raft::prelude::Message::default();
+    heartbeat.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+    heartbeat.from = 42;
+    heartbeat.to = 1;
+    heartbeat.term = 1_000_000;
+    let heartbeat_bytes: bytes::Bytes = heartbeat.write_to_bytes().unwrap().into();
+    let statuses = common::run(move || async move {
+        let mut statuses = Vec::new();
+        // From a node that is not a member.
+        statuses.push(
+            send_raft(addr, RaftBatch { group: 0, from: 42, to: 1, messages: vec![heartbeat_bytes.clone()] }).await,
+        );
+        // Garbage claiming to come from member 2.
+        statuses.push(
+            send_raft(
+                addr,
+                RaftBatch { group: 0, from: 2, to: 1, messages: vec![bytes::Bytes::from_static(b"\xff\xff\xff\x01")] },
+            )
+            .await,
+        );
+        // A group this node does not have.
+        statuses.push(send_raft(addr, RaftBatch { group: 7, from: 2, to: 1, messages: vec![] }).await);
+        // A snapshot chunk whose crc is wrong.
+        let batch = PushBatch {
+            follower_id: 5,
+            shard: 0,
+            entries: vec![wormdb::proto::LogEntry { seq: 1, body: "forged".into(), ..Default::default() }],
+            blocks: vec![],
+        };
+        let batch = prost::Message::encode_to_vec(&batch);
+        let crc32 = crc32fast::hash(&batch) ^ 1;
+        let channel = wormdb::grpc::transport::Channel::connect(addr, Duration::from_secs(5)).await.unwrap();
+        let mut call = channel.start("/wormdb.v1.WormRaft/Snapshot", Some(Duration::from_secs(5))).await.unwrap();
+        let _ = call.send(&SnapshotChunk { group: 0, from: 2, batch: batch.into(), crc32, ..Default::default() }).await;
+        let _ = call.close_send().await;
+        statuses.push(match call.next::<wormdb::proto::RaftAck>().await {
+            Ok(_) => wormdb::grpc::status::Status::ok(),
+            Err(status) => status,
+        });
+        statuses
+    });
+    let codes: Vec<Code> = statuses.iter().map(|status| status.code).collect();
+    assert_eq!(
+        codes,
+        vec![Code::PermissionDenied, Code::InvalidArgument, Code::InvalidArgument, Code::InvalidArgument],
+        "{statuses:?}"
+    );
+    assert!(refused_messages(target) >= 3, "refusals are counted");
+    assert!(target.log_text().contains("raft messages refused"), "refusals are logged");
+    // Nothing applied: no term jump, no forged entry; the tier still works.
+    let cluster = get(&target.url("/v1/cluster")).json();
+    assert!(cluster["groups"].as_array().unwrap().iter().all(|group| group["term"].as_u64().unwrap() < 1_000_000));
+    assert_eq!(contents(target), before);
+    let reply = common::node::post(&target.url("/v1/entries"), "application/x-ndjson", b"{\"body\":\"after\"}\n");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
