@@ -48,6 +48,9 @@ pub struct Settings {
     pub leader: Option<String>,
     /// `--peers` (`1=HOST:PORT,2=HOST:PORT,...`: the archive tier's members)
     pub peers: Option<String>,
+    /// `--raft-log-entries` (entries a tier member keeps behind the applied
+    /// index for lagging peers)
+    pub raft_log_entries: Option<u64>,
     /// `--durability` (`sync` or `none`)
     pub durability: Option<String>,
     /// `--segment-bytes`
@@ -89,6 +92,7 @@ impl Settings {
             node_id: self.node_id.or(base.node_id),
             leader: self.leader.or(base.leader),
             peers: self.peers.or(base.peers),
+            raft_log_entries: self.raft_log_entries.or(base.raft_log_entries),
             durability: self.durability.or(base.durability),
             segment_bytes: self.segment_bytes.or(base.segment_bytes),
             retention_bytes: self.retention_bytes.or(base.retention_bytes),
@@ -119,6 +123,9 @@ pub struct NodeConfig {
     /// is not a tier member). A restarted member uses the membership it
     /// persisted instead.
     pub peers: std::collections::BTreeMap<u32, SocketAddr>,
+    /// Raft log entries a tier member keeps behind its applied index for
+    /// lagging peers; a peer further behind gets a snapshot.
+    pub raft_log_entries: u64,
     /// How long shutdown may take to finish requests and drain replication.
     pub shutdown_timeout: Duration,
     /// Number of shards, one executor each.
@@ -378,6 +385,13 @@ impl NodeConfig {
         };
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
         let node_id = settings.node_id.unwrap_or(1);
+        let raft_log_entries = settings.raft_log_entries.unwrap_or(limits::RAFT_LOG_RETAINED_ENTRIES);
+        if raft_log_entries == 0 || raft_log_entries > limits::RAFT_LOG_RETAINED_ENTRIES {
+            return Err(format!(
+                "--raft-log-entries {raft_log_entries}: must be between 1 and {} (RAFT_LOG_RETAINED_ENTRIES)",
+                limits::RAFT_LOG_RETAINED_ENTRIES
+            ));
+        }
         let peers = match settings.peers.as_deref() {
             None => std::collections::BTreeMap::new(),
             Some(text) => parse_peers(text, node_id)?,
@@ -389,6 +403,7 @@ impl NodeConfig {
             grpc_addr: parse_addr("--grpc-addr", settings.grpc_addr.as_deref().unwrap_or(GRPC_ADDR_DEFAULT))?,
             leaders,
             peers,
+            raft_log_entries,
             shutdown_timeout,
             shards,
             node_id,

@@ -109,6 +109,10 @@ struct ServeArgs {
     /// uses the membership it persisted
     #[arg(long)]
     peers: Option<String>,
+    /// Raft log entries a tier member keeps behind its applied index for lagging
+    /// members; one further behind gets a snapshot [default: 4096]
+    #[arg(long)]
+    raft_log_entries: Option<u64>,
     /// `sync` acknowledges after fdatasync; `none` after the write only (unsafe: benchmarks) [default: sync]
     #[arg(long)]
     durability: Option<String>,
@@ -148,6 +152,7 @@ impl ServeArgs {
             node_id: self.node_id,
             leader: self.leader,
             peers: self.peers,
+            raft_log_entries: self.raft_log_entries,
             durability: self.durability,
             segment_bytes: self.segment_bytes,
             retention_bytes: self.retention_bytes,

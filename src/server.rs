@@ -181,7 +181,7 @@ async fn run_core(
         None => None,
         Some(members) => {
             let dir = crate::tier::group_dir(&config.data_dir, shard_id);
-            match Replica::open(config.node_id, shard_id, members, &dir, shard.clone()).await {
+            match Replica::open(config.node_id, shard_id, members, &dir, shard.clone(), config.raft_log_entries).await {
                 Ok(replica) => Some(replica),
                 Err(error) => {
                     stop.store(true, Ordering::Release);

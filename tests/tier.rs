@@ -34,6 +34,10 @@ struct Tier {
 
 impl Tier {
     fn start(dir: &Path) -> Tier {
+        Tier::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Tier {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let grpc: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
         let peers: String =
@@ -41,11 +45,9 @@ impl Tier {
         let nodes = (0..3)
             .map(|index| {
                 let id = (index + 1).to_string();
-                TestNode::start_on(
-                    &dir.join(format!("member-{id}")),
-                    ports[index],
-                    &["--node-id", &id, "--shards", SHARDS, "--peers", &peers],
-                )
+                let mut args = vec!["--node-id", &id, "--shards", SHARDS, "--peers", &peers];
+                args.extend_from_slice(extra);
+                TestNode::start_on(&dir.join(format!("member-{id}")), ports[index], &args)
             })
             .collect();
         Tier { nodes, grpc }
@@ -486,4 +488,45 @@ fn bad_peer_input_is_refused_counted_and_changes_nothing() {
     assert_eq!(contents(target), before);
     let reply = common::node::post(&target.url("/v1/entries"), "application/x-ndjson", b"{\"body\":\"after\"}\n");
     assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+fn metric_sum(node: &TestNode, name: &str) -> u64 {
+    get(&node.url("/metrics"))
+        .body
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_member_too_far_behind_catches_up_by_snapshot() {
+    // A log of 8 entries behind the applied index: a member that misses
+    // more than that can only come back through a snapshot.
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start_with(dir.path(), &["--raft-log-entries", "8"]);
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+    let lagging = (tier.busiest_leader() + 1) % 3;
+    under_load(&follower, &acked, 0, || tier.nodes[lagging].kill());
+    // Direct writes too, so the snapshot carries the tier's own range.
+    let writer = (lagging + 1) % 3;
+    for index in 0..40 {
+        let body = format!("{{\"body\":\"direct {index}\"}}\n");
+        let reply = common::node::post(&tier.nodes[writer].url("/v1/entries"), "application/x-ndjson", body.as_bytes());
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    tier.nodes[lagging].restart();
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after the snapshot");
+    assert!(
+        metric_sum(&tier.nodes[lagging], "wormdb_raft_snapshots_installed_total") > 0,
+        "the member came back by snapshot:\n{}",
+        tier.nodes[lagging].log_text()
+    );
+    let direct = |node: &TestNode| -> HashMap<(u64, u64, u64), Vec<String>> {
+        contents(node).into_iter().filter(|((origin, _, _), _)| *origin == 0).collect()
+    };
+    assert_eq!(direct(&tier.nodes[lagging]), direct(&tier.nodes[writer]), "direct writes after the snapshot");
+    assert_eq!(direct(&tier.nodes[lagging]).len(), 40);
 }

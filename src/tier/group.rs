@@ -148,6 +148,8 @@ pub struct GroupStatus {
 pub struct Group {
     node: RawNode<GroupStorage>,
     storage: GroupStorage,
+    /// Entries kept behind the applied index for lagging peers.
+    retained: u64,
     pending: Option<Ready>,
     last_leader: (u64, u64),
     group: u32,
@@ -201,7 +203,14 @@ impl Group {
             ..Config::default()
         };
         let node = RawNode::new(&config, storage.clone(), logger).expect("the configuration is valid");
-        Group { node, storage, pending: None, last_leader: (0, 0), group }
+        Group { node, storage, retained: RAFT_LOG_RETAINED_ENTRIES, pending: None, last_leader: (0, 0), group }
+    }
+
+    /// Keeps `entries` (at least 1) behind the applied index instead of
+    /// [`RAFT_LOG_RETAINED_ENTRIES`]: fewer make lagging peers need a
+    /// snapshot sooner (tests and the simulator use that).
+    pub fn set_retained_entries(&mut self, entries: u64) {
+        self.retained = entries.max(1);
     }
 
     /// Advances the logical clock by one [`super::TICK`].
@@ -305,7 +314,8 @@ impl Group {
 
     /// Entries up to `index` are applied and their effects durable: raft-rs
     /// may snapshot at that index, and the in-memory log is compacted to
-    /// keep [`RAFT_LOG_RETAINED_ENTRIES`] behind it. Returns the new first
+    /// keep [`RAFT_LOG_RETAINED_ENTRIES`] (or what
+    /// [`Group::set_retained_entries`] set) behind it. Returns the new first
     /// index of the log when it was compacted.
     pub fn applied(&mut self, index: u64) -> Option<u64> {
         if index <= self.storage.applied.get() {
@@ -314,7 +324,7 @@ impl Group {
         self.storage.applied.set(index);
         self.node.advance_apply_to(index);
         let first = self.storage.mem.first_index().unwrap_or(1);
-        let compact_to = index.saturating_sub(RAFT_LOG_RETAINED_ENTRIES);
+        let compact_to = index.saturating_sub(self.retained);
         if compact_to > first {
             self.storage.mem.wl().compact(compact_to).expect("compaction stays below the applied index");
             return Some(compact_to);

@@ -196,13 +196,15 @@ impl Replica {
         members: Members,
         dir: &Path,
         shard: Shard,
+        retained_entries: u64,
     ) -> Result<Rc<Replica>, Error> {
         let (recovered, segments) = RaftLog::recover(dir)?;
         if recovered.torn_bytes > 0 {
             tracing::warn!(group = group_id, bytes = recovered.torn_bytes, "raft log: cut a torn last record");
         }
         let logger = logger::for_group(node_id, group_id);
-        let group = Group::new(u64::from(node_id), group_id, &members.voters(), recovered.restored, &logger);
+        let mut group = Group::new(u64::from(node_id), group_id, &members.voters(), recovered.restored, &logger);
+        group.set_retained_entries(retained_entries);
         let log = RaftLog::open(dir, segments, group.checkpoint()).await?;
         let status = group.status();
         tracing::info!(
@@ -705,6 +707,13 @@ impl Replica {
     /// One round of the group's `Ready`, in raft-rs's order.
     async fn handle_ready(&self) -> Result<(), Error> {
         let Some(mut work) = self.state.borrow_mut().group.ready() else { return Ok(()) };
+        if let Some(snapshot) = &work.snapshot {
+            // Its data came first (install_chunk): the state is at least
+            // the snapshot's.
+            let mut state = self.state.borrow_mut();
+            state.decided = state.decided.max(snapshot.get_metadata().index);
+            self.applied.set(self.applied.get().max(snapshot.get_metadata().index));
+        }
         self.send(std::mem::take(&mut work.messages));
         if let Some((leader, term)) = work.leader_changed {
             self.leader_changed(leader, term);
