@@ -16,6 +16,8 @@
 //!   `WormIngest` and `WormReplication`).
 //! - [`node`]: one core's state ([`node::Core`]) and what cores ask of
 //!   each other.
+//! - [`tier`]: the archive tier: one raft-rs group per shard replicates
+//!   the archive over the tier's members, with failover and leader hints.
 //! - [`query`] (fan-out, merge, tail) and [`replication`] (the leader's
 //!   exactly-once archive, the follower's pusher, restore).
 //! - [`grpc`]: the hand-rolled gRPC transport on h2, which knows no wormdb
@@ -35,8 +37,8 @@
 //! on-disk formats.
 //!
 //! ## Current limitations
-//! - One leader holds the archive: if it is lost, the archive is lost (the
-//!   Raft tier of DESIGN.md section 9 is next).
+//! - The archive tier's membership is fixed at bootstrap (`--peers`):
+//!   join, remove and unsafe recovery are next.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

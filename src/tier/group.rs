@@ -262,6 +262,11 @@ impl Group {
         self.node.report_snapshot(peer, status);
     }
 
+    /// Whether a round of work is waiting.
+    pub fn has_ready(&self) -> bool {
+        self.pending.is_none() && self.node.has_ready()
+    }
+
     /// The next round of work, if any. Call [`Group::persisted`] before
     /// asking again.
     pub fn ready(&mut self) -> Option<Work> {

@@ -603,6 +603,15 @@ impl Replica {
                 self.close();
                 return;
             }
+            // Advancing may have made more work ready (a commit the leader
+            // now knows, queued proposals): go round again without waiting.
+            let more = {
+                let state = self.state.borrow();
+                state.group.has_ready() || (!state.queue.is_empty() && state.proposals.len() < PROPOSALS_IN_FLIGHT_MAX)
+            };
+            if more {
+                self.wake();
+            }
         }
     }
 
