@@ -416,6 +416,34 @@ mod tests {
     }
 
     #[test]
+    fn an_applied_index_past_the_persisted_commit_does_not_panic() {
+        // A crash after applying entries whose commit only the light ready
+        // carried (not yet in a persisted hard state): raft-rs would panic
+        // with "applied out of range" if given applied > commit.
+        let entries: Vec<Entry> =
+            (1..=3).map(|index| Entry { index, term: 1, data: vec![index as u8].into(), ..Entry::default() }).collect();
+        let restored = Restored {
+            hard_state: HardState { term: 1, vote: 1, commit: 2, ..HardState::default() },
+            conf_state: ConfState::from((vec![1, 2, 3], vec![])),
+            snapshot: (0, 0),
+            entries,
+            applied: 3,
+        };
+        let mut group = Group::new(1, 0, &[1, 2, 3], Some(restored), &logger());
+        assert_eq!(group.status().applied, 2);
+        assert_eq!(group.status().commit, 2);
+        // Entries after the clamped applied index come again (applying is
+        // idempotent), nothing before it.
+        let mut reapplied = Vec::new();
+        while let Some(work) = group.ready() {
+            reapplied.extend(work.committed.iter().map(|entry| entry.index));
+            let after = group.persisted();
+            reapplied.extend(after.committed.iter().map(|entry| entry.index));
+        }
+        assert!(reapplied.iter().all(|&index| index > 2), "{reapplied:?}");
+    }
+
+    #[test]
     fn three_replicas_elect_a_leader_and_commit_a_proposal_everywhere() {
         let voters = [1, 2, 3];
         let mut groups: Vec<Group> = voters.iter().map(|&id| Group::new(id, 0, &voters, None, &logger())).collect();
