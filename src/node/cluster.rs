@@ -104,8 +104,8 @@ pub fn render(document: &Value) -> String {
         }
         let _ = writeln!(
             out,
-            "\n  {:<6} {:<7} {:<7} {:>12} {:>12}  {}",
-            "GROUP", "LEADER", "TERM", "COMMIT", "APPLIED", "ROLE HERE"
+            "\n  {:<6} {:<7} {:<7} {:>12} {:>12}  ROLE HERE",
+            "GROUP", "LEADER", "TERM", "COMMIT", "APPLIED"
         );
         for group in document["groups"].as_array().into_iter().flatten() {
             let leader = match group["leader"].as_u64() {

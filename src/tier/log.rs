@@ -109,11 +109,15 @@ pub struct Recovered {
     pub torn_bytes: u64,
 }
 
+/// A segment found by [`RaftLog::recover`]: (id, highest entry index
+/// written in it, bytes of valid records).
+pub type FoundSegment = (u64, u64, u64);
+
 impl RaftLog {
     /// Reads the log in `dir` back (blocking: once, before the group
     /// starts). A torn last record of the last segment is cut; a bad record
     /// anywhere else is corruption, refused with its place.
-    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<(u64, u64, u64)>), Error> {
+    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<FoundSegment>), Error> {
         let mut ids: Vec<u64> = match std::fs::read_dir(dir) {
             Ok(listing) => listing
                 .filter_map(|item| item.ok())
@@ -159,7 +163,7 @@ impl RaftLog {
     /// a first segment whose checkpoint is `start`.
     pub async fn open(
         dir: &Path,
-        segments: Vec<(u64, u64, u64)>,
+        segments: Vec<FoundSegment>,
         start: (HardState, ConfState, (u64, u64)),
     ) -> Result<RaftLog, Error> {
         std::fs::create_dir_all(dir).map_err(|error| log_error("create", dir, error))?;

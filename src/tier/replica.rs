@@ -57,6 +57,12 @@ const APPLY_RETRY: Duration = Duration::from_millis(50);
 /// How long a direct write forwarded to the leader's node may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a watermark read's answer goes.
+type ReadSender = oneshot::Sender<Result<u64, Error>>;
+
+/// A snapshot being sent: (peer, its outcome once known).
+type SnapshotOutcome = (u64, Rc<Cell<Option<bool>>>);
+
 /// A proposal's waiting writers, in batch order.
 enum Waiter {
     Push(AckSender),
@@ -143,9 +149,9 @@ struct State {
     /// The last entry the applier decided (its appends may not be durable yet).
     decided: u64,
     /// ReadIndex requests sent to raft-rs, by context.
-    reads_asked: BTreeMap<u64, (Pair, oneshot::Sender<Result<u64, Error>>)>,
+    reads_asked: BTreeMap<u64, (Pair, ReadSender)>,
     /// ReadIndex answers waiting for the applier to reach their index.
-    reads_ready: Vec<(u64, Pair, oneshot::Sender<Result<u64, Error>>)>,
+    reads_ready: Vec<(u64, Pair, ReadSender)>,
     next_read: u64,
     /// The highest direct-write seq proposed in `direct_term`.
     direct_proposed: (u64, u64),
@@ -171,7 +177,7 @@ pub struct Replica {
     /// The applied index to note in the log's next round.
     applied: Cell<u64>,
     /// Snapshots being sent: (peer, outcome once known).
-    snapshot_outcomes: RefCell<Vec<(u64, Rc<Cell<Option<bool>>>)>>,
+    snapshot_outcomes: RefCell<Vec<SnapshotOutcome>>,
     /// The connection forwarded direct writes take to the leader's node.
     forward: RefCell<Option<(SocketAddr, Rc<Channel>)>>,
     wake: RefCell<mpsc::Sender<()>>,
@@ -548,7 +554,7 @@ impl Replica {
     pub fn leader(&self) -> (Option<(u32, SocketAddr)>, u64) {
         let status = self.state.borrow().group.status();
         let leader =
-            (status.leader != 0).then(|| status.leader as u32).and_then(|id| Some((id, self.members.addr(id)?)));
+            (status.leader != 0).then_some(status.leader as u32).and_then(|id| Some((id, self.members.addr(id)?)));
         (leader, status.term)
     }
 
