@@ -187,4 +187,14 @@ mod tests {
         }
         assert!(counts.iter().all(|&count| count > 32), "{counts:?}");
     }
+
+    #[test]
+    fn ownership_matches_the_tier_benches_copy() {
+        // benches/tier/tier.py computes the same mix to know which group
+        // archives which follower shard: a change here must change it too.
+        let python_says = [((10, 0, 2), 0), ((10, 1, 2), 1), ((1, 0, 2), 1), ((7, 3, 4), 3), ((123, 5, 8), 6)];
+        for ((follower, shard, cores), owner) in python_says {
+            assert_eq!(owner_of(follower, shard, cores), owner, "owner_of({follower}, {shard}, {cores})");
+        }
+    }
 }

@@ -113,6 +113,10 @@ pub struct Recovered {
     pub torn_bytes: u64,
 }
 
+/// A segment found by [`RaftLog::recover`]: (id, highest entry index
+/// written in it, bytes of valid records).
+pub type FoundSegment = (u64, u64, u64);
+
 impl RaftLog {
     /// Reads the log in `dir` back (blocking: once, before the group
     /// starts). A torn last record of the last segment is cut; a bad record
