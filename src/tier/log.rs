@@ -87,10 +87,6 @@ fn encode_hard_state(out: &mut Vec<u8>, hard_state: &HardState) {
     record(out, HARD_STATE, &u64s(&[hard_state.term, hard_state.vote, hard_state.commit]));
 }
 
-/// A segment found by recovery: (id, highest entry index in it, valid
-/// length in bytes).
-pub type FoundSegment = (u64, u64, u64);
-
 /// The durable log of one group on one replica.
 pub struct RaftLog {
     dir: PathBuf,
