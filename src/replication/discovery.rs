@@ -15,7 +15,10 @@
 //!   the client immune to a replica that answers from an older view (as
 //!   Kafka's KIP-951 does with leader epochs);
 //! - anything else (no hint, a stale hint, a failed connect, a broken
-//!   stream): the next address of the list, after the caller's backoff.
+//!   stream): the next address of the list, at once while a cycle of the
+//!   list is not complete (while a tier elects, another member is worth
+//!   asking), after the caller's backoff once every address failed in a
+//!   row.
 //!   Rotation continues from the list address last tried, or from the
 //!   hinted one when the hint named a list member, so a hinted leader that
 //!   then fails hands over to its successor in the list.
@@ -84,8 +87,9 @@ pub struct Move {
     pub to: SocketAddr,
     /// Why.
     pub cause: Cause,
-    /// Wait the caller's backoff before the next attempt (always after a
-    /// rotation; after a hint only past [`HINTS_FOLLOWED_AT_ONCE_MAX`]).
+    /// Wait the caller's backoff before the next attempt (after a rotation
+    /// that completes a cycle of the list without reaching a leader; after
+    /// a hint only past [`HINTS_FOLLOWED_AT_ONCE_MAX`]).
     pub backoff: bool,
 }
 
@@ -103,6 +107,10 @@ pub struct Leaders {
     term_max: Option<u64>,
     /// Hints followed since the last rotation or [`Leaders::reached`].
     hints_in_a_row: u32,
+    /// Rotations since [`Leaders::reached`]: the backoff applies once a
+    /// whole cycle of the list has failed, not between its members (while
+    /// a tier elects, the next member is worth asking at once).
+    rotations: usize,
 }
 
 impl Leaders {
@@ -110,7 +118,7 @@ impl Leaders {
     /// empty (a node with no leader runs no client).
     pub fn new(addrs: &[SocketAddr]) -> Leaders {
         assert!(!addrs.is_empty(), "leader discovery needs at least one address");
-        Leaders { addrs: addrs.to_vec(), cursor: 0, current: addrs[0], term_max: None, hints_in_a_row: 0 }
+        Leaders { addrs: addrs.to_vec(), cursor: 0, current: addrs[0], term_max: None, hints_in_a_row: 0, rotations: 0 }
     }
 
     /// The address to connect to now.
@@ -132,6 +140,7 @@ impl Leaders {
     /// as one): hints may again be followed at once.
     pub fn reached(&mut self) {
         self.hints_in_a_row = 0;
+        self.rotations = 0;
     }
 
     /// The attempt at [`Leaders::current`] ended, refused with `hint` (see
@@ -153,7 +162,9 @@ impl Leaders {
         self.hints_in_a_row = 0;
         self.cursor = (self.cursor + 1) % self.addrs.len();
         self.current = self.addrs[self.cursor];
-        Move { from, to: self.current, cause: Cause::Rotation, backoff: true }
+        self.rotations += 1;
+        let backoff = self.rotations % self.addrs.len() == 0;
+        Move { from, to: self.current, cause: Cause::Rotation, backoff }
     }
 }
 
@@ -192,7 +203,10 @@ mod tests {
         let visited: Vec<Move> = (0..4).map(|_| leaders.failed(None)).collect();
         let to: Vec<SocketAddr> = visited.iter().map(|step| step.to).collect();
         assert_eq!(to, [addr(2), addr(3), addr(1), addr(2)]);
-        assert!(visited.iter().all(|step| step.cause == Cause::Rotation && step.backoff));
+        assert!(visited.iter().all(|step| step.cause == Cause::Rotation));
+        // The backoff comes once the whole list failed, not between members.
+        let backoffs: Vec<bool> = visited.iter().map(|step| step.backoff).collect();
+        assert_eq!(backoffs, [false, false, true, false]);
         assert_eq!(visited[0].from, addr(1));
 
         let mut single = Leaders::new(&[addr(9)]);
@@ -207,9 +221,10 @@ mod tests {
         assert_eq!(leaders.term_max(), Some(5));
         // The same term is not older: followed.
         assert_eq!(leaders.failed(hint(2, 5)).to, addr(2));
-        // An older term is stale: rotation, with backoff, from the hinted 2.
+        // An older term is stale: rotation from the hinted 2 (the first of
+        // a cycle: no backoff yet).
         let step = leaders.failed(hint(1, 4));
-        assert_eq!(step, Move { from: addr(2), to: addr(3), cause: Cause::Rotation, backoff: true });
+        assert_eq!(step, Move { from: addr(2), to: addr(3), cause: Cause::Rotation, backoff: false });
         assert_eq!(leaders.term_max(), Some(5), "a stale hint changes nothing");
         assert_eq!(leaders.failed(hint(1, 6)).cause, Cause::Hint { term: 6 });
     }
@@ -224,7 +239,12 @@ mod tests {
         assert_eq!(leaders.addrs(), [addr(1), addr(2), addr(3)], "the list is not changed");
         // 7 fails to connect: rotation goes on after 2, the list address last tried.
         let step = leaders.failed(None);
-        assert_eq!(step, Move { from: addr(7), to: addr(3), cause: Cause::Rotation, backoff: true });
+        assert_eq!(step, Move { from: addr(7), to: addr(3), cause: Cause::Rotation, backoff: false });
+        // A whole cycle failed: now the backoff.
+        assert!(leaders.failed(None).backoff);
+        // Reaching a leader starts a new cycle.
+        leaders.reached();
+        assert!(!leaders.failed(None).backoff);
     }
 
     #[test]

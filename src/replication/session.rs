@@ -704,20 +704,21 @@ mod tests {
         session.poll(Duration::ZERO);
         session.failed_with(MS, &not_leader(2, 7));
         assert_eq!(next_connect(&mut session, MS), (tier(2), None));
-        // Node 2 answers from an older view, pointing back at 1: rotation.
+        // Node 2 answers from an older view, pointing back at 1: rotation
+        // (at once: the next member of the list is worth asking).
         let step = session.failed_with(MS, &not_leader(1, 6));
-        assert_eq!((step.cause, step.backoff), (Cause::Rotation, true));
+        assert_eq!((step.cause, step.backoff), (Cause::Rotation, false));
         let (addr, after) = next_connect(&mut session, MS);
         assert_eq!(addr, tier(3), "the list address after 2, not the stale hint's 1");
-        assert!(after.is_some(), "with backoff");
+        assert!(after.is_none(), "no backoff inside a cycle of the list");
         assert_eq!(session.leader_term(), Some(7));
         // The same term again is not older: followed.
-        session.failed_with(after.unwrap(), &not_leader(1, 7));
-        assert_eq!(next_connect(&mut session, after.unwrap()), (tier(1), None));
+        session.failed_with(MS, &not_leader(1, 7));
+        assert_eq!(next_connect(&mut session, MS), (tier(1), None));
     }
 
     #[test]
-    fn no_hint_rotates_the_list_with_backoff() {
+    fn no_hint_rotates_the_list_with_backoff_after_each_cycle() {
         let mut session = tier_session();
         let mut now = Duration::ZERO;
         assert_eq!(session.poll(now), Action::Connect { addr: tier(1) });
@@ -731,15 +732,19 @@ mod tests {
                 Status::not_leader("election under way", None)
             };
             let step = session.failed_with(now, &status);
-            assert_eq!((step.cause, step.backoff), (Cause::Rotation, true));
+            // The backoff comes once the whole list (3) failed.
+            assert_eq!((step.cause, step.backoff), (Cause::Rotation, failure % 3 == 2));
             let (addr, until) = next_connect(&mut session, now);
-            delays.push(until.unwrap() - now);
-            now = until.unwrap();
+            assert_eq!(until.is_some(), step.backoff);
+            if let Some(until) = until {
+                delays.push(until - now);
+                now = until;
+            }
             visited.push(addr);
         }
         assert_eq!(visited, [2, 3, 1, 2, 3, 1].map(tier));
-        assert!(delays.windows(2).all(|pair| pair[1] >= pair[0] / 2), "the usual growing backoff: {delays:?}");
-        assert!(delays[0] < BACKOFF_MIN && delays[5] >= BACKOFF_MIN, "{delays:?}");
+        assert!(delays[1] >= delays[0] / 2, "the usual growing backoff: {delays:?}");
+        assert!(delays[0] < BACKOFF_MIN && delays[1] >= BACKOFF_MIN / 2, "{delays:?}");
         // A failure of the session itself (not a status) rotates as well.
         session.connected(now, 11).unwrap_err();
         assert_eq!(next_connect(&mut session, now).0, tier(2));
@@ -769,8 +774,8 @@ mod tests {
         session.failed_with(now, &not_leader(9, 4)); // 2 names 9, outside the list
         assert_eq!(next_connect(&mut session, now), (tier(9), None));
         let step = session.failed_with(now, &Status::unavailable("connect 127.0.0.1:9: connection refused"));
-        assert_eq!(step, Move { from: tier(9), to: tier(3), cause: Cause::Rotation, backoff: true });
-        assert!(next_connect(&mut session, now).1.is_some(), "with backoff");
+        assert_eq!(step, Move { from: tier(9), to: tier(3), cause: Cause::Rotation, backoff: false });
+        assert!(next_connect(&mut session, now).1.is_none(), "inside a cycle of the list: at once");
         // A hinted list member that fails hands over to its successor.
         session.failed_with(now, &not_leader(1, 5));
         assert_eq!(next_connect(&mut session, now), (tier(1), None));

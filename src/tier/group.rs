@@ -247,7 +247,12 @@ impl Group {
     /// id when known (the caller maps it to an address).
     pub fn not_leader(&self) -> Error {
         let leader = self.node.raft.leader_id;
-        let leader = (leader != 0 && leader != self.node.raft.id).then_some((leader as u32, unknown_addr()));
+        // A leader not heard from for two heartbeats is probably gone:
+        // pointing clients at it would only make them wait for its
+        // connection to fail. They try the others until one is elected.
+        let heard_lately = self.node.raft.election_elapsed <= 2 * HEARTBEAT_TICKS;
+        let leader =
+            (leader != 0 && leader != self.node.raft.id && heard_lately).then_some((leader as u32, unknown_addr()));
         Error::NotLeader { group: self.group, leader, term: self.node.raft.term }
     }
 

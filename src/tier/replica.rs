@@ -1015,7 +1015,7 @@ impl Replica {
                     return Ok(Some(Error::Replication(error.into())))
                 }
                 Ok(Err(shard::Error::Closed)) => return Err(Error::ShuttingDown),
-                Ok(Err(error)) => {
+                Ok(Err(error @ (shard::Error::Backpressure { .. } | shard::Error::DiskFull { .. }))) => {
                     tracing::debug!(group = self.group_id, %error, "apply: append refused for now");
                     for wait in waits.drain(..) {
                         wait.durable().await.map_err(|error| Error::Log(format!("apply: {error}")))?;
@@ -1025,6 +1025,9 @@ impl Replica {
                         return Err(Error::ShuttingDown);
                     }
                 }
+                // The shard failed (an fdatasync error poisons it): this
+                // replica can apply nothing more; the caller stops it.
+                Ok(Err(error)) => return Err(Error::Log(format!("apply: the shard failed: {error}"))),
             }
         }
     }
