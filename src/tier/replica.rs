@@ -48,6 +48,10 @@ use crate::replication::leader::AckSender;
 use crate::replication::watermark::Admission;
 use crate::shard::{self, Origin, Shard};
 
+/// What applying one batch came to: its pair, what was admitted, and the
+/// pair's watermark after it; or the refusal.
+type BatchOutcome = Result<(Pair, Admission, u64), Error>;
+
 /// Where a linearizable watermark read's answer goes.
 type ReadSender = oneshot::Sender<Result<u64, Error>>;
 /// How sending a snapshot went, once known (`Some(true)`: installed).
@@ -132,6 +136,9 @@ pub struct ReplicaReport {
 struct Proposed {
     term: u64,
     waiters: Vec<Waiter>,
+    /// The batches of a push proposal as the front door parsed them: the
+    /// leader applies its own entry without parsing it again.
+    parsed: Option<Vec<PushedBatch>>,
 }
 
 struct State {
@@ -666,6 +673,7 @@ impl Replica {
             let direct = matches!(state.queue.front(), Some(Queued::Direct(..)));
             let mut proposal = Proposal { batches: Vec::new(), direct };
             let mut waiters = Vec::new();
+            let mut parsed = Vec::new();
             let mut bytes = 0usize;
             while let Some(front) = state.queue.front() {
                 let size = front.bytes();
@@ -679,6 +687,7 @@ impl Replica {
                 match state.queue.pop_front() {
                     Some(Queued::Push(batch, reply)) => {
                         proposal.batches.push(batch.message().clone());
+                        parsed.push(batch);
                         waiters.push(Waiter::Push(reply));
                     }
                     Some(Queued::Direct(mut entries, reply)) => {
@@ -706,7 +715,8 @@ impl Replica {
             match state.group.propose(proposal.encode_to_vec()) {
                 Ok((index, term)) => {
                     state.counters.proposals += 1;
-                    state.proposals.insert(index, Proposed { term, waiters });
+                    let parsed = (!direct).then_some(parsed);
+                    state.proposals.insert(index, Proposed { term, waiters, parsed });
                 }
                 Err(error) => waiters.into_iter().for_each(|waiter| waiter.fail(error.clone())),
             }
@@ -876,43 +886,17 @@ impl Replica {
             self.state.borrow_mut().decided = index;
             return Ok(());
         }
-        let outcomes = match Proposal::decode(entry.data.clone()) {
-            Ok(proposal) => {
-                let direct = proposal.direct;
-                let mut batches = Vec::with_capacity(proposal.batches.len());
-                let mut parse_errors = Vec::new();
-                for (position, bytes) in proposal.batches.into_iter().enumerate() {
-                    match PushedBatch::parse(bytes) {
-                        Ok(batch) => batches.push(batch),
-                        Err(error) => parse_errors.push((position, error)),
-                    }
-                }
-                let group = self.group_id;
-                let pair_of = move |batch: &PushedBatch| {
-                    if direct {
-                        (0, group)
-                    } else {
-                        (batch.follower_id, batch.shard)
-                    }
-                };
-                let mut outcomes = self.apply_batches(&mut batches, direct, pair_of).await?;
-                // A batch that does not parse was refused at the front door
-                // already; should one be here, it is refused the same way
-                // on every replica.
-                for (position, error) in parse_errors {
-                    outcomes.insert(position.min(outcomes.len()), Err(Error::Replication(error)));
-                }
-                outcomes
+        // Taken now: answered below whatever happens to the leadership
+        // meanwhile (the entry is committed, its outcome is final).
+        let mut proposed = self.state.borrow_mut().proposals.remove(&index);
+        let ours = proposed.as_ref().is_some_and(|proposed| proposed.term == entry.term);
+        let outcomes = match proposed.as_mut().and_then(|proposed| proposed.parsed.take()).filter(|_| ours) {
+            Some(mut batches) => {
+                self.apply_batches(&mut batches, false, |batch: &PushedBatch| (batch.follower_id, batch.shard)).await?
             }
-            Err(error) => {
-                tracing::error!(group = self.group_id, index, %error, "a committed entry does not decode: skipped");
-                Vec::new()
-            }
+            None => self.decode_and_apply(&entry).await?,
         };
-        let mut state = self.state.borrow_mut();
-        state.decided = index;
-        let proposed = state.proposals.remove(&index);
-        drop(state);
+        self.state.borrow_mut().decided = index;
         if let Some(proposed) = proposed {
             if proposed.term != entry.term {
                 proposed.waiters.into_iter().for_each(|waiter| waiter.fail(Error::Dropped { group: self.group_id }));
@@ -944,16 +928,53 @@ impl Replica {
         Ok(())
     }
 
+    /// Decodes a committed entry's proposal and applies its batches.
+    async fn decode_and_apply(&self, entry: &Entry) -> Result<Vec<BatchOutcome>, Error> {
+        let index = entry.index;
+        Ok(match Proposal::decode(entry.data.clone()) {
+            Ok(proposal) => {
+                let direct = proposal.direct;
+                let mut batches = Vec::with_capacity(proposal.batches.len());
+                let mut parse_errors = Vec::new();
+                for (position, bytes) in proposal.batches.into_iter().enumerate() {
+                    match PushedBatch::parse(bytes) {
+                        Ok(batch) => batches.push(batch),
+                        Err(error) => parse_errors.push((position, error)),
+                    }
+                }
+                let group = self.group_id;
+                let pair_of = move |batch: &PushedBatch| {
+                    if direct {
+                        (0, group)
+                    } else {
+                        (batch.follower_id, batch.shard)
+                    }
+                };
+                let mut outcomes = self.apply_batches(&mut batches, direct, pair_of).await?;
+                // A batch that does not parse was refused at the front door
+                // already; should one be here, it is refused the same way
+                // on every replica.
+                for (position, error) in parse_errors {
+                    outcomes.insert(position.min(outcomes.len()), Err(Error::Replication(error)));
+                }
+                outcomes
+            }
+            Err(error) => {
+                tracing::error!(group = self.group_id, index, %error, "a committed entry does not decode: skipped");
+                Vec::new()
+            }
+        })
+    }
+
     /// Admits `batches` in order and appends their fresh entries; returns,
     /// per batch, (pair, admission, the pair's watermark after it) or the
     /// refusal, once every append is durable.
-    #[allow(clippy::type_complexity)]
     async fn apply_batches(
         &self,
         batches: &mut [PushedBatch],
         direct: bool,
         pair_of: impl Fn(&PushedBatch) -> Pair,
-    ) -> Result<Vec<Result<(Pair, Admission, u64), Error>>, Error> {
+    ) -> Result<Vec<BatchOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(batches.len());
         let mut waits = Vec::new();
         for batch in batches.iter_mut() {
