@@ -49,6 +49,24 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("log-{id:08}"))
 }
 
+/// Appends one record whose payload `write` appends to `out` in place (no
+/// intermediate buffer: an entry is copied once, into the round's write).
+fn record_with(
+    out: &mut Vec<u8>,
+    kind: u8,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.push(kind);
+    write(out)?;
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// Appends one record to `out`.
 fn record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     let len = (payload.len() + 1) as u32;
@@ -261,14 +279,17 @@ impl RaftLog {
         work: &Work,
         checkpoint: impl FnOnce() -> (HardState, ConfState, (u64, u64)),
     ) -> Result<(), Error> {
-        let mut out = Vec::new();
+        let entry_bytes: usize =
+            work.entries.iter().map(|entry| entry.compute_size() as usize + RECORD_HEADER_BYTES).sum();
+        let mut out = Vec::with_capacity(entry_bytes + 256);
         if let Some(snapshot) = &work.snapshot {
             let metadata = snapshot.get_metadata();
             encode_start(&mut out, SNAPSHOT, (metadata.index, metadata.term), metadata.get_conf_state())?;
         }
         for entry in &work.entries {
-            let payload = entry.write_to_bytes().map_err(|error| Error::Log(format!("encode entry: {error}")))?;
-            record(&mut out, ENTRY, &payload);
+            record_with(&mut out, ENTRY, |out| {
+                entry.write_to_vec(out).map_err(|error| Error::Log(format!("encode entry: {error}")))
+            })?;
             self.active_last_index = entry.index;
         }
         if let Some(hard_state) = &work.hard_state {

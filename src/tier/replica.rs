@@ -484,7 +484,8 @@ impl Replica {
         }
         let mut decoded = Vec::with_capacity(messages.len());
         for bytes in messages {
-            let message = match Message::parse_from_bytes(bytes) {
+            // Zero-copy: an append's entries keep pointing into `bytes`.
+            let message = match Message::parse_from_carllerche_bytes(bytes) {
                 Ok(message) => message,
                 Err(error) => return refuse(format!("malformed raft message: {error}")),
             };
