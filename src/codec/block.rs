@@ -496,6 +496,20 @@ pub fn insert_tag(tags: &mut TagSet, key: &str, value: &str) {
     }
 }
 
+/// [`verify_block`] for a block that must fill `block` exactly (a pushed
+/// block): header, limits and crc, and no byte after it.
+pub fn verify_whole_block(block: &[u8]) -> Result<BlockHeader, BlockError> {
+    let header = verify_block(block)?;
+    if block.len() != header.block_bytes() {
+        return Err(BlockError::Payload(format!(
+            "{} bytes after the block's {}",
+            block.len() - header.block_bytes(),
+            header.block_bytes()
+        )));
+    }
+    Ok(header)
+}
+
 /// Checks a block that another node encoded (a follower's, pushed to its
 /// leader) before its payload is stored as is, and gathers its tags for
 /// the index. Beyond [`verify_block`] (header, limits, crc), the payload
@@ -507,14 +521,7 @@ pub fn insert_tag(tags: &mut TagSet, key: &str, value: &str) {
 /// origin fields are the sender's business; the caller gives it a header
 /// of this shard ([`encode_stored_block`]).
 pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHeader, TagSet), BlockError> {
-    let header = verify_block(block)?;
-    if block.len() != header.block_bytes() {
-        return Err(BlockError::Payload(format!(
-            "{} bytes after the block's {}",
-            block.len() - header.block_bytes(),
-            header.block_bytes()
-        )));
-    }
+    let header = verify_whole_block(block)?;
     decompress_payload(&header, block, raw)?;
     let raw: &[u8] = raw;
     let mut tags = TagSet::default();

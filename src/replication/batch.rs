@@ -15,8 +15,8 @@ use bytes::Bytes;
 
 use super::Error;
 use crate::codec::block::{
-    check_foreign_block, decompress_payload, for_each_entry, read_varint, skip_fixed, split_delimited, BlockHeader,
-    EntryView, HEADER_BYTES,
+    check_foreign_block, decompress_payload, for_each_entry, read_varint, skip_fixed, split_delimited,
+    verify_whole_block, BlockHeader, EntryView, HEADER_BYTES,
 };
 use crate::shard::{EntryRef, ReplicatedPart, TagSet};
 
@@ -60,6 +60,35 @@ impl PushedBatch {
     /// checked (UTF-8) when the entries are appended
     /// ([`with_pushed_refs`]), the one pass that reads them.
     pub fn parse(message: Bytes) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_inner(message, None)
+    }
+
+    /// Like [`PushedBatch::parse`], for a batch another node already
+    /// checked entry by entry (a tier leader, whose committed proposal
+    /// carries each block's tags): each block's header and crc are
+    /// verified, its payload is not decompressed, and its tags are the
+    /// ones given, one set per block in order. The crc still guards every
+    /// byte stored.
+    pub fn parse_checked(message: Bytes, block_tags: Vec<TagSet>) -> Result<PushedBatch, Error> {
+        let count = block_tags.len();
+        let mut tags = block_tags.into_iter();
+        let batch = PushedBatch::parse_inner(message, Some(&mut tags))?;
+        if batch.blocks.len() != count {
+            return Err(malformed(format!("{} blocks, {count} tag sets", batch.blocks.len())));
+        }
+        Ok(batch)
+    }
+
+    /// The distinct tags of each pushed block, in order (what
+    /// [`PushedBatch::parse_checked`] takes).
+    pub fn block_tags(&self) -> impl Iterator<Item = &TagSet> {
+        self.blocks.iter().map(|block| &block.tags)
+    }
+
+    fn parse_inner(
+        message: Bytes,
+        mut checked_tags: Option<&mut dyn Iterator<Item = TagSet>>,
+    ) -> Result<PushedBatch, Error> {
         let mut batch =
             PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new(), blocks: Vec::new() };
         let mut raw = Vec::new();
@@ -96,8 +125,14 @@ impl PushedBatch {
                         });
                     } else if field == 4 {
                         let index = batch.blocks.len();
-                        let (header, tags) = check_foreign_block(field_bytes, &mut raw)
-                            .map_err(|error| malformed(format!("block {}: {error}", index + 1)))?;
+                        let checked = match checked_tags.as_mut() {
+                            None => check_foreign_block(field_bytes, &mut raw),
+                            Some(tags) => {
+                                verify_whole_block(field_bytes).map(|header| (header, tags.next().unwrap_or_default()))
+                            }
+                        };
+                        let (header, tags) =
+                            checked.map_err(|error| malformed(format!("block {}: {error}", index + 1)))?;
                         let start = field_bytes.as_ptr() as usize - message.as_ptr() as usize;
                         batch.blocks.push(PushedBlock { block: start..start + field_bytes.len(), header, tags });
                     }
@@ -374,6 +409,30 @@ mod tests {
         let cut = r#"entries ["line 5 of a follower's log", "line 6 of a follower's log"]"#;
         assert_eq!(shapes(4), [cut]);
         assert!(shapes(6).is_empty());
+    }
+
+    #[test]
+    fn a_checked_parse_takes_the_given_tags_and_still_verifies_every_crc() {
+        let pushed = PushBatch {
+            follower_id: 4,
+            shard: 1,
+            entries: Vec::new(),
+            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
+        };
+        let message: Bytes = pushed.encode_to_vec().into();
+        let full = PushedBatch::parse(message.clone()).unwrap();
+        let tags: Vec<TagSet> = full.block_tags().cloned().collect();
+        let checked = PushedBatch::parse_checked(message.clone(), tags.clone()).unwrap();
+        assert_eq!(checked.seqs().collect::<Vec<_>>(), full.seqs().collect::<Vec<_>>());
+        assert_eq!(checked.block_tags().cloned().collect::<Vec<_>>(), tags);
+        // A tag set too few or too many is malformed.
+        assert!(PushedBatch::parse_checked(message.clone(), tags[..1].to_vec()).is_err());
+        // A damaged payload is caught by its crc, without decompressing.
+        let mut block = stored_block(1..=3).to_vec();
+        block[70] ^= 0x40;
+        let damaged = PushBatch { follower_id: 4, shard: 1, entries: Vec::new(), blocks: vec![block.into()] };
+        let error = PushedBatch::parse_checked(damaged.encode_to_vec().into(), tags[..1].to_vec()).unwrap_err();
+        assert!(error.to_string().contains("checksum"), "{error}");
     }
 
     #[test]

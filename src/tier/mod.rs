@@ -19,7 +19,10 @@
 //! (`tests/sim_raft.rs`):
 //! - [`machine`]: what applying a committed entry does to the watermarks;
 //! - [`group`]: one replica's `RawNode` and the in-memory log raft-rs reads,
-//!   turning each `Ready` into explicit work (persist, send, apply).
+//!   turning each `Ready` into explicit work (persist, send, apply);
+//! - [`proposal`]: the blocks' tags a leader sends with a proposal, so the
+//!   replicas store pushed blocks without checking them entry by entry
+//!   again.
 //!
 //! I/O, on glommio:
 //! - [`log`]: the Raft log and hard state on disk, fdatasynced before any
@@ -33,6 +36,7 @@ pub mod group;
 pub mod log;
 pub mod logger;
 pub mod machine;
+pub mod proposal;
 pub mod replica;
 pub mod transport;
 

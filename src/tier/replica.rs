@@ -672,7 +672,7 @@ impl Replica {
         }
         while !state.queue.is_empty() && state.proposals.len() < PROPOSALS_IN_FLIGHT_MAX {
             let direct = matches!(state.queue.front(), Some(Queued::Direct(..)));
-            let mut proposal = Proposal { batches: Vec::new(), direct };
+            let mut proposal = Proposal { batches: Vec::new(), direct, block_tags: Vec::new() };
             let mut waiters = Vec::new();
             let mut parsed = Vec::new();
             let mut bytes = 0usize;
@@ -688,6 +688,7 @@ impl Replica {
                 match state.queue.pop_front() {
                     Some(Queued::Push(batch, reply)) => {
                         proposal.batches.push(batch.message().clone());
+                        proposal.block_tags.push(super::proposal::encode_block_tags(&batch).into());
                         parsed.push(batch);
                         waiters.push(Waiter::Push(reply));
                     }
@@ -937,8 +938,18 @@ impl Replica {
                 let direct = proposal.direct;
                 let mut batches = Vec::with_capacity(proposal.batches.len());
                 let mut parse_errors = Vec::new();
+                // The leader checked the blocks entry by entry and sent their
+                // tags: verify crcs only. Without them (or if they do not
+                // decode), check everything here.
+                let mut block_tags = proposal.block_tags.into_iter();
+                let checked = !direct && block_tags.len() == proposal.batches.len();
                 for (position, bytes) in proposal.batches.into_iter().enumerate() {
-                    match PushedBatch::parse(bytes) {
+                    let tags = block_tags.next().filter(|_| checked);
+                    let parsed = match tags.map(|tags| super::proposal::decode_block_tags(&tags)) {
+                        Some(Ok(tags)) => PushedBatch::parse_checked(bytes, tags),
+                        _ => PushedBatch::parse(bytes),
+                    };
+                    match parsed {
                         Ok(batch) => batches.push(batch),
                         Err(error) => parse_errors.push((position, error)),
                     }
