@@ -81,6 +81,12 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest reconnect delay (as Kafka clients' `reconnect.backoff.max.ms`): a
 /// leader back from an outage waits at most this long for its followers.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest delay between two cycles over a list of several addresses (an
+/// archive tier): while the tier elects a new leader (about a second), the
+/// pusher keeps asking its members this often, so it finds the new leader
+/// within this of its election. A few connection attempts a second per
+/// follower shard cost the tier nothing.
+pub const BACKOFF_MAX_TIER: Duration = Duration::from_millis(200);
 
 /// Bounds of one pusher's batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,13 +198,19 @@ impl Error {
 #[derive(Clone, Debug)]
 pub struct Backoff {
     next: Duration,
+    max: Duration,
     seed: u64,
 }
 
 impl Backoff {
-    /// Starts at [`BACKOFF_MIN`].
+    /// Starts at [`BACKOFF_MIN`], grows up to [`BACKOFF_MAX`].
     pub fn new(seed: u64) -> Backoff {
-        Backoff { next: BACKOFF_MIN, seed: seed | 1 }
+        Backoff::with_max(seed, BACKOFF_MAX)
+    }
+
+    /// Starts at [`BACKOFF_MIN`], grows up to `max` (at least the minimum).
+    pub fn with_max(seed: u64, max: Duration) -> Backoff {
+        Backoff { next: BACKOFF_MIN, max: max.max(BACKOFF_MIN), seed: seed | 1 }
     }
 
     /// Back to [`BACKOFF_MIN`] (after a healthy session).
@@ -206,8 +218,8 @@ impl Backoff {
         self.next = BACKOFF_MIN;
     }
 
-    /// A delay in `[next / 2, next)`, then doubles `next` up to
-    /// [`BACKOFF_MAX`].
+    /// A delay in `[next / 2, next)`, then doubles `next` up to the
+    /// maximum.
     pub fn delay(&mut self) -> Duration {
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
@@ -215,7 +227,7 @@ impl Backoff {
         let half = self.next / 2;
         let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64).max(1));
         let delay = half + jitter;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(self.max);
         delay
     }
 }
@@ -273,7 +285,8 @@ impl Session {
         assert!(config.batch_entries_max > 0 && config.batches_in_flight_max > 0, "{config:?}");
         Session {
             config,
-            backoff: Backoff::new(seed),
+            // A tier has other members to ask while one is down or electing.
+            backoff: Backoff::with_max(seed, if leaders.len() > 1 { BACKOFF_MAX_TIER } else { BACKOFF_MAX }),
             leaders: Leaders::new(leaders),
             state: State::Disconnected,
             durable_seq,

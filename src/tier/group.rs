@@ -29,7 +29,7 @@ use raft::prelude::*;
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, StateRole};
 
-use super::{Error, ELECTION_TICKS, HEARTBEAT_TICKS};
+use super::{Error, ELECTION_TICKS, ELECTION_TICKS_MAX, HEARTBEAT_TICKS};
 use crate::limits::{PROPOSAL_BYTES_MAX, RAFT_LOG_RETAINED_ENTRIES};
 
 /// The in-memory log raft-rs reads, with snapshots taken at the applied
@@ -192,6 +192,8 @@ impl Group {
         let config = Config {
             id,
             election_tick: ELECTION_TICKS,
+            min_election_tick: ELECTION_TICKS,
+            max_election_tick: ELECTION_TICKS_MAX,
             heartbeat_tick: HEARTBEAT_TICKS,
             applied,
             check_quorum: true,
