@@ -20,7 +20,8 @@
 //! The snapshot a lagging peer receives is taken at the **applied** index
 //! (raft-rs's `MemStorage` would take it at the commit index, which may run
 //! ahead of what is applied): the archive data streamed with it is at least
-//! the state at that index.
+//! the state at that index, and its blocks record their indices, so the
+//! receiver's [`super::machine::Machine`] knows which state it got.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -215,6 +216,16 @@ impl Group {
         self.retained = entries.max(1);
     }
 
+    /// Replaces the election timeout raft-rs drew at its last reset (which
+    /// happens whenever the term or the role changes) from the thread's
+    /// RNG: the simulator draws it from its seed instead, so a run replays
+    /// exactly. `ticks` lies in raft-rs's range, `[ELECTION_TICKS, 2 *
+    /// ELECTION_TICKS)`.
+    pub fn set_election_timeout(&mut self, ticks: usize) {
+        assert!((ELECTION_TICKS..2 * ELECTION_TICKS).contains(&ticks), "election timeout {ticks} out of range");
+        self.node.raft.set_randomized_election_timeout(ticks);
+    }
+
     /// Advances the logical clock by one [`super::TICK`].
     pub fn tick(&mut self) {
         self.node.tick();
@@ -317,7 +328,16 @@ impl Group {
     /// The round [`Group::ready`] gave is durable.
     pub fn persisted(&mut self) -> After {
         let ready = self.pending.take().expect("persisted follows ready");
+        let snapshot_index = (!ready.snapshot().is_empty()).then(|| ready.snapshot().get_metadata().index);
         let mut light = self.node.advance_append(ready);
+        // raft-rs leaves its applied index where it was when a snapshot is
+        // installed; behind the snapshot, it points into the compacted log,
+        // and the next campaign (which scans the unapplied entries for
+        // configuration changes) panics on `Compacted`. The snapshot's
+        // state is the applied state now.
+        if let Some(index) = snapshot_index {
+            self.node.advance_apply_to(index);
+        }
         if let Some(commit) = light.commit_index() {
             self.storage.mem.wl().mut_hard_state().commit = commit;
         }

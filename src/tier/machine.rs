@@ -10,19 +10,30 @@
 //! entries in the same order from the same state, so every replica decides
 //! the same, and the archive holds each (pair, seq) exactly once.
 //!
-//! Applying is also **idempotent**: after a crash the driver rebuilds the
-//! watermarks from the shard's data (blocks record their origin) and may
-//! apply again entries whose appends were already durable; their batches
-//! then come out as duplicates and append nothing. That is why the applied
-//! index may reach disk after the data it covers.
+//! **The same state** is the catch after a crash. The applied index reaches
+//! disk after the data it covers, so raft-rs hands over again entries whose
+//! appends are already durable. Admitting them again is *not* harmless: a
+//! batch refused as a gap the first time (the follower was ahead) may be
+//! admitted against the later watermarks, so this replica's watermarks run
+//! ahead of the others', its acks too (when it leads), and entries the
+//! others lack are never resent (the simulator, `tests/sim_raft.rs`, found
+//! it). So the machine knows the index its watermarks stand for
+//! ([`Machine::applied`]) and skips whole every entry at or below it
+//! ([`Machine::begin`]). The driver rebuilds both from the shard's data:
+//! the watermarks from the blocks' origins, and the applied index as the
+//! highest Raft index the blocks record (each entry's fresh parts are one
+//! append that records its index, durable all or nothing), or raft-rs's
+//! restored applied index when that is higher (entries after the last
+//! append appended nothing). A snapshot's data raises both the same way
+//! ([`Machine::raise_to`]).
 //!
 //! Direct writes are stricter: their seqs were chosen by the leader that
 //! proposed them (the group's next seqs as it knew them), and a batch is
 //! admitted only when it continues the range exactly. A batch whose seqs
-//! are already taken (an earlier leader's write, committed since; or this
-//! very entry, applied before a crash) appends nothing and its writer is
-//! told to retry ([`Error::Conflict`]), so two different writes never share
-//! an id and a write is never stored under another's.
+//! are already taken (an earlier leader's write, committed since) appends
+//! nothing and its writer is told to retry ([`Error::Conflict`]), so two
+//! different writes never share an id and a write is never stored under
+//! another's.
 
 use std::collections::BTreeMap;
 
@@ -37,12 +48,40 @@ pub type Pair = (u32, u32);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Machine {
     watermarks: BTreeMap<Pair, u64>,
+    applied: u64,
 }
 
 impl Machine {
-    /// A machine at `watermarks` (rebuilt from the shard's data at start).
+    /// A machine at `watermarks`, standing for no entry in particular
+    /// ([`Machine::begin`] skips nothing).
     pub fn new(watermarks: BTreeMap<Pair, u64>) -> Machine {
-        Machine { watermarks }
+        Machine { watermarks, applied: 0 }
+    }
+
+    /// A machine at `watermarks`, which are the state after the entry at
+    /// `applied` exactly (rebuilt from the shard's data at start: see the
+    /// module docs).
+    pub fn restored(watermarks: BTreeMap<Pair, u64>, applied: u64) -> Machine {
+        Machine { watermarks, applied }
+    }
+
+    /// The index of the entry the watermarks stand for: every entry up to
+    /// it is applied, no later one.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Starts applying the committed entry at `index` (raft-rs hands them
+    /// over in order). `false` when the watermarks already hold its effects
+    /// (an entry handed over again after a restart, or covered by a
+    /// snapshot's data): skip it whole, admitting and answering none of its
+    /// batches.
+    pub fn begin(&mut self, index: u64) -> bool {
+        if index <= self.applied {
+            return false;
+        }
+        self.applied = index;
+        true
     }
 
     /// The highest seq of `pair` held (0 when none).
@@ -94,13 +133,16 @@ impl Machine {
         }
     }
 
-    /// Raises watermarks to at least `other`'s: what installing a snapshot
-    /// does once its batches are durable.
-    pub fn raise_to(&mut self, other: &BTreeMap<Pair, u64>) {
+    /// Raises watermarks to at least `other`'s, which stand for the state
+    /// after entry `applied`: what installing a snapshot does once its
+    /// batches are durable (`applied` is the higher of the snapshot's index
+    /// and the highest index its batches record).
+    pub fn raise_to(&mut self, other: &BTreeMap<Pair, u64>, applied: u64) {
         for (&pair, &seq) in other {
             let watermark = self.watermarks.entry(pair).or_insert(0);
             *watermark = (*watermark).max(seq);
         }
+        self.applied = self.applied.max(applied);
     }
 }
 
@@ -128,7 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn applying_twice_is_a_no_op() {
+    fn admitting_archived_batches_again_changes_nothing() {
         let mut once = Machine::default();
         let batches = [((1, 0), 1..=4), ((2, 1), 1..=3), ((1, 0), 5..=9)];
         for (pair, seqs) in batches.clone() {
@@ -158,8 +200,29 @@ mod tests {
 
     #[test]
     fn raising_keeps_the_higher_watermark() {
-        let mut machine = Machine::new(BTreeMap::from([((1, 0), 10), ((2, 0), 3)]));
-        machine.raise_to(&BTreeMap::from([((1, 0), 7), ((2, 0), 8), ((3, 0), 1)]));
+        let mut machine = Machine::restored(BTreeMap::from([((1, 0), 10), ((2, 0), 3)]), 20);
+        machine.raise_to(&BTreeMap::from([((1, 0), 7), ((2, 0), 8), ((3, 0), 1)]), 30);
         assert_eq!(machine.watermarks(), &BTreeMap::from([((1, 0), 10), ((2, 0), 8), ((3, 0), 1)]));
+        assert_eq!(machine.applied(), 30);
+    }
+
+    #[test]
+    fn entries_the_state_holds_are_skipped_whole() {
+        // Entry 1 admits 1..=5; entry 2 is a gap (7..=9); entry 3 admits 6.
+        let entries = [(1, 1..=5), (2, 7..=9), (3, 6..=6)];
+        let mut machine = Machine::default();
+        for (index, seqs) in entries.clone() {
+            assert!(machine.begin(index));
+            let _ = machine.admit((1, 0), seqs, false);
+        }
+        assert_eq!((machine.watermark((1, 0)), machine.applied()), (6, 3));
+        // A restart hands entries 1..=3 over again: admitting entry 2 against
+        // watermark 6 would take 7..=9, which no other replica holds.
+        let mut restarted = Machine::restored(machine.watermarks().clone(), 3);
+        for (index, _) in entries {
+            assert!(!restarted.begin(index));
+        }
+        assert!(restarted.begin(4));
+        assert_eq!(restarted.watermark((1, 0)), 6);
     }
 }

@@ -12,8 +12,10 @@
 //! entry is deterministic on every replica ([`machine`]): the watermark
 //! rule of section 5 decides, against the replica's own watermarks, what is
 //! fresh, so each replica holds each (origin node, origin shard, seq)
-//! exactly once, and applying an entry twice (a crash between the shard's
-//! fdatasync and the applied index reaching disk) changes nothing.
+//! exactly once. An entry handed over again after a crash (the applied
+//! index reaches disk after the shard's fdatasync) is skipped whole: the
+//! machine knows the index its watermarks stand for, which the shard's
+//! blocks record.
 //!
 //! Pure parts, tested without an executor and driven by the simulator
 //! (`tests/sim_raft.rs`):
