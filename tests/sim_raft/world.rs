@@ -107,6 +107,7 @@ pub struct Params {
     pub drop_per_million: u64,
     pub duplicate_per_million: u64,
     pub crash_per_million: u64,
+    pub round_crash_per_million: u64,
     pub downtime_ticks_max: u64,
     pub partition_per_million: u64,
     pub partition_ticks_max: u64,
@@ -140,6 +141,7 @@ impl Params {
             drop_per_million: rng.rate(150_000),
             duplicate_per_million: rng.rate(50_000),
             crash_per_million: rng.rate(30_000),
+            round_crash_per_million: rng.rate(3_000),
             downtime_ticks_max: rng.between(1, 60),
             partition_per_million: rng.rate(30_000),
             partition_ticks_max: rng.between(5, 80),
@@ -475,6 +477,7 @@ enum Event {
     Request { to: usize, request: Request },
     Reply(Reply),
     Wake,
+    Crash(usize, u64),
     Restart(usize),
     Heal,
 }
@@ -787,6 +790,12 @@ impl World {
                 self.schedule(self.now + TICK, Event::Wake);
                 self.wake()
             }
+            Event::Crash(index, incarnation) => {
+                if self.replicas[index].incarnation == incarnation && self.replicas[index].up {
+                    self.crash(index);
+                }
+                Ok(())
+            }
             Event::Restart(index) => {
                 if self.replicas[index].up {
                     return Ok(());
@@ -999,6 +1008,12 @@ impl World {
         let at = self.now + self.rng.between(0, self.params.sync_delay_max) + self.rng.below(slow + 1);
         let incarnation = self.replicas[index].incarnation;
         self.schedule(at, Event::SyncDone(index, incarnation));
+        if self.faults && self.rng.chance(self.params.round_crash_per_million) {
+            // A crash around this round: before its fdatasync (the round
+            // is lost), or just after its messages left.
+            let crash_at = self.now + self.rng.between(0, at - self.now + 1);
+            self.schedule(crash_at, Event::Crash(index, incarnation));
+        }
         Ok(())
     }
 
@@ -1384,8 +1399,14 @@ impl World {
         replica.held.clear();
         replica.archive_sync_scheduled = false;
         replica.reapply_through = replica.reapply_through.max(replica.last_applied);
-        let downtime = self.rng.between(1, self.params.downtime_ticks_max) * TICK;
-        self.trace(|| format!("replica {index} crashes for {} ticks", downtime / TICK));
+        // Sometimes back at once (a process restarted by its supervisor),
+        // while the election it took part in is still going on.
+        let downtime = if self.rng.below(3) == 0 {
+            self.rng.between(1, TICK)
+        } else {
+            self.rng.between(1, self.params.downtime_ticks_max) * TICK
+        };
+        self.trace(|| format!("replica {index} crashes for {}.{} ticks", downtime / TICK, downtime % TICK));
         self.schedule(self.now + downtime, Event::Restart(index));
     }
 
