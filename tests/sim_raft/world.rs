@@ -573,6 +573,9 @@ pub struct World {
     committed: BTreeMap<u64, (u64, u64)>,
     /// (0, 0, seq) → content, as first archived anywhere.
     direct_seen: BTreeMap<u64, u64>,
+    /// (pair, seq) → the Raft index of the entry that archived it, first
+    /// anywhere: every replica must archive it from the same entry.
+    archived_by: BTreeMap<(Pair, u64), u64>,
     logger: slog::Logger,
 }
 
@@ -642,6 +645,7 @@ impl World {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             direct_seen: BTreeMap::new(),
+            archived_by: BTreeMap::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -918,6 +922,13 @@ impl World {
         let replica = &mut self.replicas[index];
         replica.archive.append(pair, seq, archived).map_err(|error| format!("replica {index}: {error}"))?;
         let content = archived.content;
+        let by = *self.archived_by.entry((pair, seq)).or_insert(archived.index);
+        if by != archived.index {
+            return Err(format!(
+                "replica {index} archives {pair:?} seq {seq} from entry {}, another replica did from entry {by}",
+                archived.index
+            ));
+        }
         self.stats.entries_archived += 1;
         if pair.0 != 0 {
             if content != push_content(pair, seq) {
