@@ -353,17 +353,6 @@ impl Archive {
     fn recorded_index(&self) -> u64 {
         self.pairs.values().flat_map(|entries| entries.last()).map(|archived| archived.index).max().unwrap_or(0)
     }
-
-    /// The synced part, as a snapshot's stream carries it.
-    fn durable(&self) -> BTreeMap<Pair, Vec<Archived>> {
-        let mut durable = self.pairs.clone();
-        for &(pair, _) in self.tail.iter().rev() {
-            if let Some(entries) = durable.get_mut(&pair) {
-                entries.pop();
-            }
-        }
-        durable
-    }
 }
 
 /// A round whose writes wait for their fdatasync.
@@ -493,9 +482,6 @@ struct Replica {
     disk: Disk,
     archive: Archive,
     round: Option<Round>,
-    /// The archive data that came with snapshots, by snapshot index, until
-    /// raft-rs installs one (or refuses them all).
-    staged: BTreeMap<u64, Streamed>,
     inbox: VecDeque<Input>,
     /// The index of the last entry applied (or snapshot installed).
     last_applied: u64,
@@ -613,7 +599,6 @@ impl World {
                 disk: Disk { conf_state: ConfState::from((voters.clone(), Vec::new())), ..Disk::default() },
                 archive: Archive::default(),
                 round: None,
-                staged: BTreeMap::new(),
                 inbox: VecDeque::new(),
                 last_applied: 0,
                 synced_through: 0,
@@ -841,9 +826,8 @@ impl World {
             Input::Raft { from, message, archive } => {
                 let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
                 if let Some(archive) = archive {
-                    // Staged: installed if raft-rs takes the snapshot.
-                    let snapshot_index = message.get_snapshot().get_metadata().index;
-                    self.replicas[index].staged.insert(snapshot_index, archive);
+                    // The stream's batches come first, then the message.
+                    self.install_streamed(index, &archive)?;
                 }
                 // A refused message (a stale response from a removed peer, …)
                 // is the sender's problem, not the receiver's.
@@ -894,15 +878,13 @@ impl World {
         }
     }
 
-    /// raft-rs takes a snapshot: its archive data is written and synced,
-    /// and the machine raised to it, before the metadata is persisted.
-    fn install_snapshot(&mut self, index: usize, snapshot_index: u64) -> Result<(), String> {
-        let replica = &mut self.replicas[index];
-        let Some(streamed) = replica.staged.remove(&snapshot_index) else {
-            return Err(format!("replica {index} installs snapshot {snapshot_index} without its data"));
-        };
-        replica.staged = replica.staged.split_off(&(snapshot_index + 1));
-        for (&pair, entries) in streamed.iter() {
+    /// The batches streamed ahead of a `MsgSnapshot` (what the sender's
+    /// archive holds, each with the index that archived it): what this
+    /// replica lacks is written and synced, and the machine raised to the
+    /// state they stand for, before the message is stepped (whether raft-rs
+    /// then takes the snapshot or not: the data is committed either way).
+    fn install_streamed(&mut self, index: usize, streamed: &BTreeMap<Pair, Vec<Archived>>) -> Result<(), String> {
+        for (&pair, entries) in streamed {
             let held = self.replicas[index].archive.len(pair);
             for seq in held + 1..=entries.len() as u64 {
                 self.archive_append(index, pair, seq, entries[seq as usize - 1])?;
@@ -910,9 +892,8 @@ impl World {
         }
         self.sync_archive(index);
         let replica = &mut self.replicas[index];
-        let applied = snapshot_index.max(replica.archive.recorded_index());
-        let watermarks = replica.archive.watermarks();
-        replica.machine.raise_to(&watermarks, applied);
+        let (watermarks, recorded) = (replica.archive.watermarks(), replica.archive.recorded_index());
+        replica.machine.raise_to(&watermarks, recorded);
         Ok(())
     }
 
@@ -1000,7 +981,10 @@ impl World {
             self.send_raft(index, message);
         }
         if let Some(snapshot) = &work.snapshot {
-            self.install_snapshot(index, snapshot.get_metadata().index)?;
+            // raft-rs took it: its data came first (install_streamed), so
+            // the state is at least the snapshot's.
+            let snapshot_index = snapshot.get_metadata().index;
+            self.replicas[index].machine.raise_to(&BTreeMap::new(), snapshot_index);
         }
         let round = Round {
             snapshot: work.snapshot,
@@ -1262,7 +1246,7 @@ impl World {
         let to = message.to as usize - 1;
         let incarnation = self.replicas[from].incarnation;
         let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-        let archive = snapshot.then(|| Rc::new(self.replicas[from].archive.durable()));
+        let archive = snapshot.then(|| Rc::new(self.replicas[from].archive.pairs.clone()));
         if snapshot {
             self.stats.snapshots_sent += 1;
             self.trace(|| {
@@ -1399,7 +1383,6 @@ impl World {
             keep -= 1;
         }
         replica.archive.crash(keep);
-        replica.staged.clear();
         replica.up = false;
         replica.incarnation += 1;
         replica.group = None;
