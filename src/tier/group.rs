@@ -39,6 +39,13 @@ use crate::limits::{PROPOSAL_BYTES_MAX, RAFT_LOG_RETAINED_ENTRIES};
 pub struct GroupStorage {
     mem: MemStorage,
     applied: Rc<Cell<u64>>,
+    /// The (index, term) the log starts after: the last snapshot's, or the
+    /// last compaction point's. `MemStorage` forgets the term of a
+    /// compaction point (it only keeps a snapshot's), but raft-rs reads it
+    /// (the term of the entry before the first one), and a checkpoint must
+    /// record it: 0 there made a restarted leader send appends whose
+    /// previous term did not match anything (found by `tests/sim_raft.rs`).
+    log_start: Rc<Cell<(u64, u64)>>,
 }
 
 impl Storage for GroupStorage {
@@ -57,6 +64,10 @@ impl Storage for GroupStorage {
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
+        let (start, term) = self.log_start.get();
+        if index == start {
+            return Ok(term);
+        }
         self.mem.term(index)
     }
 
@@ -76,7 +87,7 @@ impl Storage for GroupStorage {
         let mut snapshot = Snapshot::default();
         let metadata = snapshot.mut_metadata();
         metadata.index = index;
-        metadata.term = self.mem.term(index)?;
+        metadata.term = self.term(index)?;
         metadata.set_conf_state(self.mem.initial_state()?.conf_state);
         Ok(snapshot)
     }
@@ -189,7 +200,9 @@ impl Group {
             .as_ref()
             .map(|restored| restored.applied.min(restored.hard_state.commit).max(restored.snapshot.0))
             .unwrap_or(0);
-        let storage = GroupStorage { mem, applied: Rc::new(Cell::new(applied)) };
+        let log_start = restored.as_ref().map_or((0, 0), |restored| restored.snapshot);
+        let storage =
+            GroupStorage { mem, applied: Rc::new(Cell::new(applied)), log_start: Rc::new(Cell::new(log_start)) };
         let config = Config {
             id,
             election_tick: ELECTION_TICKS,
@@ -302,6 +315,7 @@ impl Group {
             let mut core = self.storage.mem.wl();
             core.apply_snapshot(snapshot.clone()).expect("raft-rs only hands over newer snapshots");
             drop(core);
+            self.storage.log_start.set((index, snapshot.get_metadata().term));
             self.storage.applied.set(self.storage.applied.get().max(index));
             work.snapshot = Some(snapshot);
         }
@@ -358,7 +372,10 @@ impl Group {
         let first = self.storage.mem.first_index().unwrap_or(1);
         let compact_to = index.saturating_sub(self.retained);
         if compact_to > first {
+            // The new log start's term, while its entry is still there.
+            let term = self.storage.mem.term(compact_to - 1).expect("compaction stays below the applied index");
             self.storage.mem.wl().compact(compact_to).expect("compaction stays below the applied index");
+            self.storage.log_start.set((compact_to - 1, term));
             return Some(compact_to);
         }
         None
@@ -389,10 +406,9 @@ impl Group {
     /// first record.
     pub fn checkpoint(&self) -> (HardState, ConfState, (u64, u64)) {
         let state = self.storage.mem.initial_state().unwrap_or_default();
-        let first = self.first_index();
-        let snapshot_index = first.saturating_sub(1);
-        let snapshot_term = self.storage.mem.term(snapshot_index).unwrap_or(0);
-        (state.hard_state, state.conf_state, (snapshot_index, snapshot_term))
+        let log_start = self.storage.log_start.get();
+        debug_assert_eq!(log_start.0 + 1, self.first_index(), "the log starts after its checkpoint");
+        (state.hard_state, state.conf_state, log_start)
     }
 
     /// The group's index.
@@ -416,6 +432,11 @@ mod tests {
 
     /// Drives three replicas by hand, delivering every message at once.
     fn settle(groups: &mut [Group]) -> Vec<(usize, Entry)> {
+        settle_apart(groups, None)
+    }
+
+    /// Like [`settle`], dropping every message to or from replica `apart`.
+    fn settle_apart(groups: &mut [Group], apart: Option<usize>) -> Vec<(usize, Entry)> {
         let mut applied = Vec::new();
         for _ in 0..100 {
             let mut outbox = Vec::new();
@@ -432,7 +453,10 @@ mod tests {
                 }
             }
             for message in outbox {
-                let to = message.to as usize - 1;
+                let (from, to) = (message.from as usize - 1, message.to as usize - 1);
+                if apart.is_some_and(|apart| apart == from || apart == to) {
+                    continue;
+                }
                 groups[to].step(message).unwrap();
             }
             if !any {
@@ -490,5 +514,67 @@ mod tests {
             .map(|(replica, _)| *replica)
             .collect();
         assert_eq!(hellos.len(), 3, "{hellos:?}");
+    }
+
+    /// Three replicas with replica 0 leading and `entries` proposals
+    /// committed while replica 2 was cut off.
+    fn lagging_third(entries: usize) -> Vec<Group> {
+        let voters = [1, 2, 3];
+        let mut groups: Vec<Group> = voters.iter().map(|&id| Group::new(id, 0, &voters, None, &logger())).collect();
+        for _ in 0..2 * ELECTION_TICKS {
+            groups[0].tick();
+        }
+        settle(&mut groups);
+        assert!(groups[0].is_leader());
+        for entry in 0..entries {
+            groups[0].propose(vec![entry as u8]).unwrap();
+            settle_apart(&mut groups, Some(2));
+        }
+        groups
+    }
+
+    #[test]
+    fn a_checkpoint_after_compaction_keeps_the_term_of_the_log_start() {
+        let mut groups = lagging_third(5);
+        let status = groups[0].status();
+        groups[0].set_retained_entries(2);
+        assert_eq!(groups[0].applied(status.commit), Some(status.commit - 2));
+        let (_, _, (index, term)) = groups[0].checkpoint();
+        assert_eq!(index + 1, groups[0].first_index());
+        // The entry before the log's first was written in the leader's term
+        // (MemStorage alone answers "compacted", which made it 0).
+        assert_eq!(term, status.term);
+        // A replica restarted from that checkpoint answers the same.
+        let restored = Restored {
+            hard_state: HardState { term: status.term, vote: 1, commit: index, ..HardState::default() },
+            conf_state: ConfState::from((vec![1, 2, 3], Vec::new())),
+            snapshot: (index, term),
+            entries: Vec::new(),
+            applied: index,
+        };
+        let restarted = Group::new(1, 0, &[1, 2, 3], Some(restored), &logger());
+        assert_eq!(restarted.checkpoint().2, (index, term));
+    }
+
+    #[test]
+    fn a_replica_that_installed_a_snapshot_can_campaign() {
+        let mut groups = lagging_third(5);
+        let commit = groups[0].status().commit;
+        groups[0].set_retained_entries(1);
+        assert!(groups[0].applied(commit).is_some());
+        // The leader's next heartbeat finds replica 2 behind its log: a
+        // snapshot, then the rest.
+        groups[0].tick();
+        groups[0].tick();
+        settle(&mut groups);
+        groups[0].report_snapshot(3, true);
+        settle(&mut groups);
+        assert_eq!(groups[2].status().commit, commit);
+        // Cut off again, it campaigns: raft-rs first scans the entries it
+        // has not applied, which must not start in the compacted log.
+        for _ in 0..2 * ELECTION_TICKS {
+            groups[2].tick();
+        }
+        settle_apart(&mut groups, Some(0));
     }
 }
