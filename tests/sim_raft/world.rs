@@ -58,7 +58,7 @@
 //! writes: the same write at the same seq on every replica), and its
 //! machine's watermarks are the archive's; no ack above a follower's log.
 //! At the end (faults stopped, partitions healed, everyone restarted),
-//! within a deadline: every follower entry and every direct write is
+//! making progress until then: every follower entry and every direct write is
 //! acked, every replica has applied the same commit index, the archives
 //! are equal, every acked direct write is at its seqs, and a direct write
 //! whose outcome was never in doubt is stored exactly once.
@@ -87,9 +87,15 @@ const TICK: Time = 10;
 const DIRECT: Pair = (0, 0);
 /// Most proposals a leader has in flight (`limits::PROPOSALS_IN_FLIGHT_MAX`).
 const PROPOSALS_IN_FLIGHT_MAX: usize = 64;
-/// Once the faults stop, everything must be acked and applied everywhere
-/// within this many ticks (a stuck run is a liveness failure).
-const FINAL_TICKS_MAX: u64 = 3000;
+/// Once the faults stop, the run must make progress (an ack, a direct write
+/// done, an entry applied somewhere) at least once in this many ticks until
+/// it is quiet: a slow run is fine, a stuck one is a liveness failure.
+/// Longer than an election, a pusher's timeout and a snapshot's retry.
+const STALL_TICKS_MAX: u64 = 300;
+/// And it must be quiet within this many ticks after the faults stopped
+/// (progress that never ends, such as resends applied forever, is a
+/// liveness failure too).
+const FINAL_TICKS_MAX: u64 = 20_000;
 /// Events of one run; more means the run spins.
 const EVENTS_MAX: u64 = 20_000_000;
 
@@ -652,7 +658,7 @@ impl World {
             self.start(index, None)?;
         }
         self.schedule(0, Event::Wake);
-        let deadline = self.fault_end + FINAL_TICKS_MAX * TICK;
+        let mut progress = (0, self.fault_end);
         while let Some(((time, _), event)) = self.queue.pop_first() {
             self.now = time;
             if self.faults && time >= self.fault_end {
@@ -667,11 +673,22 @@ impl World {
             if !self.faults && self.quiet() {
                 return self.check_end();
             }
-            if time > deadline {
-                return Err(format!(
-                    "liveness: not quiet {FINAL_TICKS_MAX} ticks after the faults stopped: {}",
-                    self.progress()
-                ));
+            if !self.faults {
+                let done = self.done();
+                if done != progress.0 {
+                    progress = (done, time);
+                } else if time > progress.1 + STALL_TICKS_MAX * TICK {
+                    return Err(format!(
+                        "liveness: no progress for {STALL_TICKS_MAX} ticks after the faults stopped: {}",
+                        self.progress()
+                    ));
+                }
+                if time > self.fault_end + FINAL_TICKS_MAX * TICK {
+                    return Err(format!(
+                        "liveness: not quiet {FINAL_TICKS_MAX} ticks after the faults stopped: {}",
+                        self.progress()
+                    ));
+                }
             }
         }
         Err("the event queue ran dry".to_string())
@@ -1597,6 +1614,14 @@ impl World {
                 && status.commit == target
                 && status.applied == target
         })
+    }
+
+    /// A count that grows with every ack, direct write done and entry
+    /// applied.
+    fn done(&self) -> u64 {
+        let acked: u64 = self.pushers.iter().map(|pusher| pusher.acked).sum();
+        let applied: u64 = self.replicas.iter().map(|replica| replica.last_applied).sum();
+        acked + applied + (self.writes.len() - self.writes_open) as u64
     }
 
     fn progress(&self) -> String {
