@@ -125,6 +125,9 @@ pub struct Params {
     pub batch_entries_max: u64,
     pub window: u32,
     pub timeout_ticks: u64,
+    /// Election timeouts are drawn in `[ELECTION_TICKS, ELECTION_TICKS +
+    /// election_spread)`: a narrow range makes contested elections common.
+    pub election_spread: u64,
 }
 
 impl Params {
@@ -159,6 +162,7 @@ impl Params {
             batch_entries_max: rng.between(1, 12),
             window: rng.between(1, 4) as u32,
             timeout_ticks: rng.between(15, 60),
+            election_spread: if rng.below(3) == 0 { rng.between(1, 3) } else { ELECTION_TICKS as u64 },
         }
     }
 }
@@ -725,7 +729,7 @@ impl World {
     fn draw_election_timeout(&mut self, index: usize) {
         let status = self.replicas[index].group().status();
         if (status.term, status.role) != self.replicas[index].drawn_for {
-            let ticks = ELECTION_TICKS + self.rng.below(ELECTION_TICKS as u64) as usize;
+            let ticks = ELECTION_TICKS + self.rng.below(self.params.election_spread) as usize;
             let replica = &mut self.replicas[index];
             replica.drawn_for = (status.term, status.role);
             replica.group().set_election_timeout(ticks);
