@@ -114,6 +114,7 @@ pub struct Params {
     pub duplicate_per_million: u64,
     pub crash_per_million: u64,
     pub round_crash_per_million: u64,
+    pub election_crash_per_million: u64,
     pub downtime_ticks_max: u64,
     pub partition_per_million: u64,
     pub partition_ticks_max: u64,
@@ -151,6 +152,7 @@ impl Params {
             duplicate_per_million: rng.rate(50_000),
             crash_per_million: rng.rate(30_000),
             round_crash_per_million: rng.rate(3_000),
+            election_crash_per_million: rng.rate(200_000),
             downtime_ticks_max: rng.between(1, 60),
             partition_per_million: rng.rate(30_000),
             partition_ticks_max: rng.between(5, 80),
@@ -1015,6 +1017,12 @@ impl World {
             committed: work.committed,
         };
         let writes = round.writes();
+        // A round that persists a new term or vote: an election is on.
+        let disk = &self.replicas[index].disk.hard_state;
+        let election = round
+            .hard_state
+            .as_ref()
+            .is_some_and(|hard_state| (hard_state.term, hard_state.vote) != (disk.term, disk.vote));
         self.replicas[index].round = Some(round);
         if writes == 0 {
             // Nothing to make durable: no fdatasync.
@@ -1024,10 +1032,11 @@ impl World {
         let at = self.now + self.rng.between(0, self.params.sync_delay_max) + self.rng.below(slow + 1);
         let incarnation = self.replicas[index].incarnation;
         self.schedule(at, Event::SyncDone(index, incarnation));
-        if self.faults && self.rng.chance(self.params.round_crash_per_million) {
+        let crash = if election { self.params.election_crash_per_million } else { self.params.round_crash_per_million };
+        if self.faults && self.rng.chance(crash) {
             // A crash around this round: before its fdatasync (the round
-            // is lost), or just after its messages left.
-            let crash_at = self.now + self.rng.between(0, at - self.now + 1);
+            // is lost), or just after its messages (a vote) left.
+            let crash_at = self.now + self.rng.between(0, at - self.now + TICK);
             self.schedule(crash_at, Event::Crash(index, incarnation));
         }
         Ok(())
