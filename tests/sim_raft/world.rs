@@ -15,24 +15,29 @@
 //!   fdatasync (a delay), send `persisted_messages`, `persisted`, send, apply.
 //!   While a round is out the replica steps nothing: messages, ticks and
 //!   client requests wait in its inbox (raft-rs's rule for `Ready`).
-//! - **Applying** decodes the entry's [`Proposal`], parses each batch with
-//!   [`PushedBatch::parse`], admits it with [`Machine::admit`] and appends
-//!   the fresh entries to the replica's archive. Archive appends are
-//!   durable only at the next archive sync; only then are the replies of
-//!   the applied entries sent and [`Group::applied`] told (which may
-//!   compact the log, on disk too, from [`Group::checkpoint`]). The
-//!   applied index reaches the disk only now and then, lagging.
+//! - **Applying** starts with [`Machine::begin`] (an entry whose effects
+//!   the archive already holds is skipped whole), then decodes the entry's
+//!   [`Proposal`], parses each batch with [`PushedBatch::parse`], admits it
+//!   with [`Machine::admit`] and appends the fresh entries to the replica's
+//!   archive, each recording the Raft index that archived it (as the
+//!   shard's blocks must). Archive appends are durable only at the next
+//!   archive sync; only then are the replies of the applied entries sent
+//!   and [`Group::applied`] told, between two rounds (it may compact the
+//!   log, on disk too, from [`Group::checkpoint`]). The applied index
+//!   reaches the disk only now and then, lagging.
 //! - **Crashes** lose the unsynced: a round whose fdatasync did not finish
 //!   is lost (or, sometimes, a prefix of its writes survives), and so is
-//!   the archive's unsynced tail (or a prefix of it). The restarted replica
-//!   rebuilds [`Restored`] from its disk and its [`Machine`] from the
-//!   archive's watermarks, and raft-rs applies again what followed the
-//!   persisted applied index: those applies must change nothing.
-//! - **Snapshots.** The archive data of a `MsgSnapshot` (the sender's
-//!   durable archive when it was sent) is written and synced into the
+//!   the archive's unsynced tail (or a prefix of whole entries). Crashes
+//!   come at random, and around rounds (likelier around an election's).
+//!   The restarted replica rebuilds [`Restored`] from its disk and its
+//!   machine from the archive ([`Machine::restored`]: the watermarks, and
+//!   the highest index recorded or raft-rs's applied index if higher);
+//!   raft-rs hands over again what followed its persisted applied index.
+//! - **Snapshots.** The batches of a `MsgSnapshot` (the sender's archive
+//!   when it was sent, with their indices) are written and synced into the
 //!   receiver's archive before the message is stepped, and the receiver's
-//!   machine is raised to it; the sender then hears `report_snapshot`
-//!   (failure when the message was lost).
+//!   machine is raised to them ([`Machine::raise_to`]); the sender then
+//!   hears `report_snapshot` (a failure when the message was lost).
 //! - **Network.** Every message (Raft, client request, reply) may be
 //!   dropped, duplicated (not direct writes: HTTP/2 does not duplicate a
 //!   request), delayed (a few are very slow), and so reordered. Partitions
@@ -55,8 +60,9 @@
 //! index applied anywhere always holds the same entry; a replica applies
 //! indexes in order; each archive holds each (pair, seq) at most once,
 //! dense from 1, with the right content (pushes: the follower's; direct
-//! writes: the same write at the same seq on every replica), and its
-//! machine's watermarks are the archive's; no ack above a follower's log.
+//! writes: the same write at the same seq on every replica), archived by
+//! the same entry on every replica, and its machine's watermarks are the
+//! archive's; no ack above a follower's log.
 //! At the end (faults stopped, partitions healed, everyone restarted),
 //! making progress until then: every follower entry and every direct write is
 //! acked, every replica has applied the same commit index, the archives
