@@ -1259,7 +1259,7 @@ impl World {
                 continue;
             }
             let direct_seqs = if direct { next_direct - first_direct } else { 0 };
-            let data = Proposal { batches, direct }.encode_to_vec();
+            let data = Proposal { batches, direct, block_tags: Vec::new() }.encode_to_vec();
             let replica = &mut self.replicas[index];
             match replica.group().propose(data) {
                 Ok((proposed_index, term)) => {
@@ -1422,7 +1422,18 @@ impl World {
         replica.up = false;
         replica.incarnation += 1;
         replica.group = None;
-        replica.inbox.clear();
+        // A snapshot that arrived but was not stepped yet: its stream
+        // breaks, and the sender hears it failed.
+        let lost_snapshots: Vec<(usize, u64)> = replica
+            .inbox
+            .drain(..)
+            .filter_map(|input| match input {
+                Input::Raft { from, message, .. } if message.get_msg_type() == MessageType::MsgSnapshot => {
+                    Some((from, message.to))
+                }
+                _ => None,
+            })
+            .collect();
         replica.queue.clear();
         replica.pending.clear();
         replica.direct_in_flight = 0;
@@ -1431,6 +1442,10 @@ impl World {
         replica.reapply_through = replica.reapply_through.max(replica.last_applied);
         // Sometimes back at once (a process restarted by its supervisor),
         // while the election it took part in is still going on.
+        for (sender, peer) in lost_snapshots {
+            let incarnation = self.replicas[sender].incarnation;
+            self.snapshot_failed(sender, incarnation, peer);
+        }
         let downtime = if self.rng.below(3) == 0 {
             self.rng.between(1, TICK)
         } else {
