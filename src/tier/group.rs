@@ -232,10 +232,10 @@ impl Group {
     /// Replaces the election timeout raft-rs drew at its last reset (which
     /// happens whenever the term or the role changes) from the thread's
     /// RNG: the simulator draws it from its seed instead, so a run replays
-    /// exactly. `ticks` lies in raft-rs's range, `[ELECTION_TICKS, 2 *
-    /// ELECTION_TICKS)`.
+    /// exactly. `ticks` lies in the configured range, `[ELECTION_TICKS,
+    /// ELECTION_TICKS_MAX)`.
     pub fn set_election_timeout(&mut self, ticks: usize) {
-        assert!((ELECTION_TICKS..2 * ELECTION_TICKS).contains(&ticks), "election timeout {ticks} out of range");
+        assert!((ELECTION_TICKS..ELECTION_TICKS_MAX).contains(&ticks), "election timeout {ticks} out of range");
         self.node.raft.set_randomized_election_timeout(ticks);
     }
 

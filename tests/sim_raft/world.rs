@@ -80,7 +80,7 @@ use wormdb::proto::{LogEntry, Proposal, PushBatch};
 use wormdb::replication::batch::PushedBatch;
 use wormdb::tier::group::{Group, Restored, Work};
 use wormdb::tier::machine::{Machine, Pair};
-use wormdb::tier::{Error, ELECTION_TICKS};
+use wormdb::tier::{Error, ELECTION_TICKS, ELECTION_TICKS_MAX};
 
 use super::rng::Rng;
 
@@ -133,7 +133,8 @@ pub struct Params {
     pub window: u32,
     pub timeout_ticks: u64,
     /// Election timeouts are drawn in `[ELECTION_TICKS, ELECTION_TICKS +
-    /// election_spread)`: a narrow range makes contested elections common.
+    /// election_spread)` (at most the configured range): a narrow range
+    /// makes contested elections common.
     pub election_spread: u64,
 }
 
@@ -170,7 +171,11 @@ impl Params {
             batch_entries_max: rng.between(1, 12),
             window: rng.between(1, 4) as u32,
             timeout_ticks: rng.between(15, 60),
-            election_spread: if rng.below(3) == 0 { rng.between(1, 3) } else { ELECTION_TICKS as u64 },
+            election_spread: if rng.below(3) == 0 {
+                rng.between(1, 2)
+            } else {
+                (ELECTION_TICKS_MAX - ELECTION_TICKS) as u64
+            },
         }
     }
 }
