@@ -488,6 +488,27 @@ fn bad_peer_input_is_refused_counted_and_changes_nothing() {
     assert_eq!(contents(target), before);
     let reply = common::node::post(&target.url("/v1/entries"), "application/x-ndjson", b"{\"body\":\"after\"}\n");
     assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // `wormdb cluster status` shows the same tier, as JSON and as a table.
+    let status = |json: bool| -> String {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wormdb"));
+        command.args(["cluster", "status", "--to", &tier.grpc[1]]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let document: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(document["node_id"], 2);
+    assert_eq!(document["members"].as_array().unwrap().len(), 3);
+    assert_eq!(document["groups"].as_array().unwrap().len(), 2);
+    for key in ["group", "leader", "term", "commit", "applied", "role"] {
+        assert!(document["groups"][0].get(key).is_some(), "{key} in {document}");
+    }
+    let table = status(false);
+    assert!(table.contains("member of a tier of 3") && table.contains("GROUP"), "{table}");
 }
 
 fn metric_sum(node: &TestNode, name: &str) -> u64 {
