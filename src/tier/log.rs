@@ -148,13 +148,33 @@ impl RaftLog {
         if ids.is_empty() {
             return Ok((Recovered { restored: None, torn_bytes: 0 }, Vec::new()));
         }
+        let mut files = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let path = segment_path(dir, id);
+            files.push(std::fs::read(&path).map_err(|error| log_error("read", &path, error))?);
+        }
         let mut restored = Restored::default();
+        // Where the log starts: the latest log start or snapshot of all the
+        // segments left (compaction writes one before it deletes the
+        // segments it covers), so a segment whose own checkpoint is older
+        // does not leave a hole before its first entry.
+        for bytes in &files {
+            let mut offset = 0usize;
+            while let Some((kind, payload, used)) = bytes.get(offset..).and_then(read_record) {
+                if let (SNAPSHOT | LOG_START, Some([index, term])) = (kind, read_u64s::<2>(payload)) {
+                    if index > restored.snapshot.0 {
+                        restored.snapshot = (index, term);
+                    }
+                }
+                offset += used;
+            }
+        }
+        restored.applied = restored.snapshot.0;
         let mut torn_bytes = 0;
         // (id, last entry index, valid length) of every segment.
         let mut segments = Vec::new();
-        for (position, &id) in ids.iter().enumerate() {
+        for (position, (&id, bytes)) in ids.iter().zip(&files).enumerate() {
             let path = segment_path(dir, id);
-            let bytes = std::fs::read(&path).map_err(|error| log_error("read", &path, error))?;
             let mut offset = 0usize;
             let mut last_index = 0;
             while offset < bytes.len() {
@@ -320,11 +340,22 @@ impl RaftLog {
     /// Deletes the closed segments whose every entry is below
     /// `first_index` (the log was compacted there; the newer segments'
     /// checkpoints carry everything else).
-    pub async fn compact(&mut self, first_index: u64) {
-        while let Some(&(id, last_index)) = self.closed.first() {
-            if last_index >= first_index {
-                break;
-            }
+    pub async fn compact(&mut self, checkpoint: (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
+        let first_index = checkpoint.2 .0 + 1;
+        let deletable = self.closed.iter().take_while(|&&(_, last_index)| last_index < first_index).count();
+        if deletable == 0 {
+            return Ok(());
+        }
+        // First say durably where the log starts now: the segments after
+        // the deleted ones may begin with an older checkpoint, and the
+        // entries between it and their first entry are in the deleted ones.
+        let (hard_state, conf_state, start) = checkpoint;
+        let mut out = Vec::new();
+        encode_start(&mut out, LOG_START, start, &conf_state)?;
+        encode_hard_state(&mut out, &hard_state);
+        self.write(out).await?;
+        for _ in 0..deletable {
+            let (id, _) = self.closed[0];
             let path = segment_path(&self.dir, id);
             if let Err(error) = std::fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "raft log: cannot delete a compacted segment");
@@ -332,6 +363,7 @@ impl RaftLog {
             }
             self.closed.remove(0);
         }
+        Ok(())
     }
 }
 
@@ -455,6 +487,65 @@ mod tests {
         assert_eq!((restored.hard_state.term, restored.hard_state.vote, restored.hard_state.commit), (2, 2, 2));
         assert_eq!(restored.applied, 2);
         assert_eq!(restored.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_full_segment_rolls_over_with_a_checkpoint_and_compaction_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let conf = ConfState::from((vec![1, 2, 3], vec![]));
+        let written = path.clone();
+        let (rolled_at, last) = run(async move {
+            let mut log =
+                RaftLog::open(&written, Vec::new(), (HardState::default(), conf.clone(), (0, 0))).await.unwrap();
+            let body = vec![7u8; 1 << 20];
+            let mut index = 0;
+            let mut rolled_at = None;
+            while rolled_at.is_none() {
+                index += 1;
+                let work = Work {
+                    entries: vec![entry(index, 1, &body)],
+                    hard_state: Some(HardState { term: 1, vote: 1, commit: index, ..HardState::default() }),
+                    ..Work::default()
+                };
+                // The checkpoint of the next segment: the log now starts
+                // after `index - 2` (two entries kept).
+                let start = (index.saturating_sub(2), 1);
+                let hard_state = HardState { term: 1, vote: 1, commit: index, ..HardState::default() };
+                log.persist(&work, || (hard_state, conf.clone(), start)).await.unwrap();
+                if log.active_id == 2 {
+                    rolled_at = Some(index);
+                }
+            }
+            let rolled_at = rolled_at.unwrap();
+            // Two more rounds in the new segment, then compaction past the
+            // first segment's entries.
+            for index in rolled_at + 1..=rolled_at + 2 {
+                let work = Work { entries: vec![entry(index, 1, b"x")], ..Work::default() };
+                log.persist(&work, || unreachable!()).await.unwrap();
+            }
+            // The group compacted to keep two entries: the log starts after
+            // `rolled_at`, past every entry of the first segment.
+            let checkpoint = (
+                HardState { term: 1, vote: 1, commit: rolled_at + 2, ..HardState::default() },
+                ConfState::from((vec![1, 2, 3], vec![])),
+                (rolled_at, 1),
+            );
+            log.compact(checkpoint).await.unwrap();
+            (rolled_at, rolled_at + 2)
+        });
+        assert!(!segment_path(&path, 1).exists(), "the compacted segment is deleted");
+        let (recovered, segments) = RaftLog::recover(&path).unwrap();
+        assert_eq!(segments.len(), 1);
+        let restored = recovered.restored.unwrap();
+        // The new segment begins with an older checkpoint (`rolled_at - 2`)
+        // whose next entries were in the deleted segment: the log start
+        // compaction wrote says where the log starts, and the entries after
+        // it come back with no hole.
+        assert_eq!(restored.snapshot, (rolled_at, 1));
+        assert_eq!(restored.entries.first().map(|entry| entry.index), Some(rolled_at + 1));
+        assert_eq!(restored.entries.last().map(|entry| entry.index), Some(last));
+        assert_eq!(restored.hard_state.commit, rolled_at + 2);
     }
 
     #[test]

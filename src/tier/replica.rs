@@ -746,10 +746,15 @@ impl Replica {
             log.note_applied(self.applied.get());
             let checkpoint = || self.state.borrow().group.checkpoint();
             let persisted = log.persist(&work, checkpoint).await;
-            let compact_to = self.state.borrow().group.first_index();
-            log.compact(compact_to).await;
+            let compacted = match persisted {
+                Ok(()) => {
+                    let checkpoint = self.state.borrow().group.checkpoint();
+                    log.compact(checkpoint).await
+                }
+                Err(error) => Err(error),
+            };
             *self.log.borrow_mut() = Some(log);
-            persisted?;
+            compacted?;
         }
         self.send(std::mem::take(&mut work.persisted_messages));
         let after = self.state.borrow_mut().group.persisted();
