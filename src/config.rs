@@ -494,6 +494,9 @@ mod tests {
             (Settings { segment_bytes: Some(1000), ..Settings::default() }, "--segment-bytes"),
             (Settings { http_addr: Some("nowhere".into()), ..Settings::default() }, "--http-addr"),
             (Settings { retention_age: Some("3 weeks".into()), ..Settings::default() }, "duration"),
+            (Settings { raft_log_entries: Some(0), ..Settings::default() }, "--raft-log-entries"),
+            (Settings { raft_log_entries: Some(1 << 40), ..Settings::default() }, "--raft-log-entries"),
+            (Settings { peers: Some("1=127.0.0.1:1".into()), node_id: Some(2), ..Settings::default() }, "--peers"),
             (Settings { leader: Some("no-such-host".into()), ..Settings::default() }, "--leader"),
             (Settings { shutdown_timeout: Some("soon".into()), ..Settings::default() }, "duration"),
         ] {

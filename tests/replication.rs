@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::node::{get, ndjson, post, wait_acked, writers, Acked, TestNode};
+use common::node::{contents, get, ndjson, post, wait_acked, wait_drained, writers, Acked, TestNode};
 
 const FOLLOWER_ID: u64 = 2;
 /// What a follower logs when its session with the leader breaks.
@@ -27,40 +27,6 @@ fn start_leader(dir: &std::path::Path) -> TestNode {
 
 fn start_follower(dir: &std::path::Path, leader: &TestNode) -> TestNode {
     TestNode::start(dir, &["--node-id", "2", "--shards", "2", "--leader", &leader.grpc_addr])
-}
-
-/// Every entry a node serves, by id: (node, shard, seq) → bodies (more
-/// than one body would be a duplicate).
-fn contents(node: &TestNode) -> HashMap<(u64, u64, u64), Vec<String>> {
-    let stats = get(&node.url("/v1/stats")).json();
-    let total: u64 = stats["shards"].as_array().unwrap().iter().map(|shard| shard["entries"].as_u64().unwrap()).sum();
-    let reply = get(&node.url(&format!("/v1/entries?limit={}", total.max(1))));
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let mut out: HashMap<(u64, u64, u64), Vec<String>> = HashMap::new();
-    for entry in reply.lines() {
-        let key = (entry["node"].as_u64().unwrap(), entry["shard"].as_u64().unwrap(), entry["seq"].as_u64().unwrap());
-        out.entry(key).or_default().push(entry["body"].as_str().unwrap().to_string());
-    }
-    out
-}
-
-/// Waits until the follower's lag is zero on every shard.
-fn wait_drained(follower: &TestNode, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stats = get(&follower.url("/v1/stats")).json();
-        let shards = stats["shards"].as_array().unwrap();
-        let drained = shards.iter().all(|shard| {
-            let replication = &shard["replication"];
-            replication["lag_entries"].as_u64() == Some(0)
-                && replication["acked_seq"].as_u64() == shard["last_seq"].as_u64()
-        });
-        if drained {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replication did not drain: {stats}\n{}", follower.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The leader's archive is exactly the follower's log: same ids, same

@@ -10,9 +10,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::node::{get, ndjson, post, TestNode};
+use common::node::{get, ndjson, post, wait_drained, TestNode};
 use common::not_leader;
 use wormdb::grpc::status::LeaderHint;
 
@@ -42,23 +42,6 @@ fn entries_of(node: &TestNode, origin: u64) -> BTreeMap<(u64, u64), String> {
         .collect()
 }
 
-/// Waits until every shard of `follower` has its last seq acknowledged.
-fn wait_drained(follower: &TestNode) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = get(&follower.url("/v1/stats")).json();
-        let drained = stats["shards"].as_array().unwrap().iter().all(|shard| {
-            shard["replication"]["lag_entries"].as_u64() == Some(0)
-                && shard["replication"]["acked_seq"].as_u64() == shard["last_seq"].as_u64()
-        });
-        if drained {
-            return stats;
-        }
-        assert!(Instant::now() < deadline, "replication did not drain: {stats}\n{}", follower.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_follower_and_restore_find_the_leader_by_rotation_and_hint() {
     let dir = common::durable_temp_dir();
@@ -75,7 +58,7 @@ fn a_follower_and_restore_find_the_leader_by_rotation_and_hint() {
         let reply = post(&follower.url("/v1/entries"), "application/x-ndjson", &ndjson(&entries));
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    let stats = wait_drained(&follower);
+    let stats = wait_drained(&follower, Duration::from_secs(60));
     let local = entries_of(&follower, FOLLOWER_ID);
     assert_eq!(local.len(), 200);
     assert_eq!(entries_of(&leader, FOLLOWER_ID), local, "the leader archived every entry once, under its id");

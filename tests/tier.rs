@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::node::{free_port, get, wait_acked, writers, Acked, TestNode};
+use common::node::{contents, free_port, get, wait_acked, wait_drained, writers, Acked, TestNode};
 
 const FOLLOWER_ID: u64 = 9;
 const SHARDS: &str = "2";
@@ -128,47 +128,14 @@ impl Tier {
     }
 }
 
-/// Every entry a node serves, by id: (node, shard, seq) → bodies (more
-/// than one body is a duplicate).
-fn contents(node: &TestNode) -> HashMap<(u64, u64, u64), Vec<String>> {
-    let stats = get(&node.url("/v1/stats")).json();
-    let total: u64 = stats["shards"].as_array().unwrap().iter().map(|shard| shard["entries"].as_u64().unwrap()).sum();
-    let reply = get(&node.url(&format!("/v1/entries?limit={}", total.max(1))));
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let mut out: HashMap<(u64, u64, u64), Vec<String>> = HashMap::new();
-    for entry in reply.lines() {
-        let key = (entry["node"].as_u64().unwrap(), entry["shard"].as_u64().unwrap(), entry["seq"].as_u64().unwrap());
-        out.entry(key).or_default().push(entry["body"].as_str().unwrap().to_string());
-    }
-    out
-}
-
 fn start_follower(dir: &Path, tier: &Tier) -> TestNode {
     TestNode::start(dir, &["--node-id", &FOLLOWER_ID.to_string(), "--shards", SHARDS, "--leader", &tier.leaders_list()])
-}
-
-/// Waits until the follower's lag is zero on every shard.
-fn wait_drained(follower: &TestNode, context: &str) {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let stats = get(&follower.url("/v1/stats")).json();
-        let drained = stats["shards"].as_array().unwrap().iter().all(|shard| {
-            let replication = &shard["replication"];
-            replication["lag_entries"].as_u64() == Some(0)
-                && replication["acked_seq"].as_u64() == shard["last_seq"].as_u64()
-        });
-        if drained {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{context}: replication did not drain: {stats}\n{}", follower.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Every running member's archive is exactly the follower's log, and all
 /// of them are equal.
 fn assert_archives_equal_the_log(tier: &Tier, follower: &TestNode, acked: &Acked, context: &str) {
-    wait_drained(follower, context);
+    wait_drained(follower, CONVERGE);
     tier.wait_converged(context);
     let log = contents(follower);
     let mut first: Option<HashMap<(u64, u64, u64), Vec<String>>> = None;

@@ -279,25 +279,30 @@ async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<I
         Err(failure) => return shard_error(&core, failure),
     };
     match wait.durable().await {
-        Ok(range) => {
-            {
-                let mut counters = core.counters.borrow_mut();
-                counters.ingest_requests += 1;
-                counters.ingest_entries += count as u64;
-                counters.ingest_bytes += body_bytes;
-            }
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "shard": core.shard.config().shard_id,
-                    "first_seq": range.first,
-                    "last_seq": range.last,
-                    "count": count,
-                }),
-            )
-        }
+        Ok(range) => ingested(&core, core.shard.config().shard_id, (range.first, range.last), count, body_bytes),
         Err(failure) => shard_error(&core, failure),
     }
+}
+
+/// Counts a successful ingest and answers it: its shard (or group) and
+/// the (first, last) seq of its entries.
+fn ingested(
+    core: &Core,
+    shard: u32,
+    (first_seq, last_seq): (u64, u64),
+    count: usize,
+    body_bytes: u64,
+) -> Response<Body> {
+    {
+        let mut counters = core.counters.borrow_mut();
+        counters.ingest_requests += 1;
+        counters.ingest_entries += count as u64;
+        counters.ingest_bytes += body_bytes;
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "shard": shard, "first_seq": first_seq, "last_seq": last_seq, "count": count }),
+    )
 }
 
 /// Ingest on a tier member: the entries are checked here, then replicated
@@ -321,23 +326,7 @@ async fn tier_ingest_entries(core: &Rc<Core>, entries: Vec<crate::proto::LogEntr
     }
     let count = entries.len();
     match replica.write(entries).await {
-        Ok((first_seq, last_seq)) => {
-            {
-                let mut counters = core.counters.borrow_mut();
-                counters.ingest_requests += 1;
-                counters.ingest_entries += count as u64;
-                counters.ingest_bytes += body_bytes;
-            }
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "shard": replica.group_id(),
-                    "first_seq": first_seq,
-                    "last_seq": last_seq,
-                    "count": count,
-                }),
-            )
-        }
+        Ok(seqs) => ingested(core, replica.group_id(), seqs, count, body_bytes),
         Err(failure) => {
             use crate::tier::Error as TierError;
             let status = match &failure {

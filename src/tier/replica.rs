@@ -465,20 +465,28 @@ impl Replica {
         self.state.borrow().machine.watermarks().clone()
     }
 
+    /// Counts and logs a refused peer call (`what`, from node `from`).
+    fn refused(&self, what: &str, from: u32, error: Error) -> Error {
+        self.state.borrow_mut().counters.refused_messages += 1;
+        tracing::warn!(group = self.group_id, from, "{what} refused: {error}");
+        error
+    }
+
+    /// Only the other members may speak Raft to this replica.
+    fn check_member(&self, what: &str, from: u32) -> Result<(), Error> {
+        if from == self.node_id || self.members.addr(from).is_none() {
+            let error = Error::NotMember(format!("node {from} is not a member of the tier"));
+            return Err(self.refused(what, from, error));
+        }
+        Ok(())
+    }
+
     /// Takes in a batch of messages from member `from`, each raft-rs's
     /// encoding. A message from a non-member, to another node, for another
     /// group, or that does not decode, refuses the batch (counted).
     pub fn receive(&self, from: u32, to: u32, messages: &[Bytes]) -> Result<(), Error> {
-        let refuse = |reason: String| {
-            self.state.borrow_mut().counters.refused_messages += 1;
-            tracing::warn!(group = self.group_id, from, "raft messages refused: {reason}");
-            Err(Error::Malformed(reason))
-        };
-        if from == self.node_id || self.members.addr(from).is_none() {
-            self.state.borrow_mut().counters.refused_messages += 1;
-            tracing::warn!(group = self.group_id, from, "raft messages refused: not a member");
-            return Err(Error::NotMember(format!("node {from} is not a member of the tier")));
-        }
+        let refuse = |reason: String| Err(self.refused("raft messages", from, Error::Malformed(reason)));
+        self.check_member("raft messages", from)?;
         if to != self.node_id {
             return refuse(format!("messages for node {to} reached node {}", self.node_id));
         }
@@ -511,16 +519,8 @@ impl Replica {
     /// are durable.
     pub async fn install_chunk(&self, chunk: SnapshotChunk) -> Result<(), Error> {
         let from = chunk.from;
-        let refuse = |reason: String| {
-            self.state.borrow_mut().counters.refused_messages += 1;
-            tracing::warn!(group = self.group_id, from, "snapshot refused: {reason}");
-            Err(Error::Malformed(reason))
-        };
-        if from == self.node_id || self.members.addr(from).is_none() {
-            self.state.borrow_mut().counters.refused_messages += 1;
-            tracing::warn!(group = self.group_id, from, "snapshot refused: not a member");
-            return Err(Error::NotMember(format!("node {from} is not a member of the tier")));
-        }
+        let refuse = |reason: String| Err(self.refused("snapshot", from, Error::Malformed(reason)));
+        self.check_member("snapshot", from)?;
         if !chunk.batch.is_empty() {
             if crc32fast::hash(&chunk.batch) != chunk.crc32 {
                 return refuse("a snapshot chunk fails its crc".to_string());

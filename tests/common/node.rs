@@ -29,34 +29,32 @@ impl TestNode {
     /// Starts `wormdb serve --data-dir DIR --http-addr 127.0.0.1:0 ARGS...`
     /// and waits until every shard's listener is up.
     pub fn start(data_dir: &Path, args: &[&str]) -> TestNode {
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let mut node = TestNode {
-            child: None,
-            base: String::new(),
-            grpc_addr: String::new(),
-            log: Default::default(),
-            data_dir: data_dir.to_path_buf(),
-            args,
-            cwd: None,
-        };
-        node.launch(None, None);
-        node
+        TestNode::launched(data_dir.to_path_buf(), None, args, None)
     }
 
     /// Like [`TestNode::start`], on a gRPC port chosen beforehand (the
     /// members of a tier must know each other's addresses).
     pub fn start_on(data_dir: &Path, grpc_port: u16, args: &[&str]) -> TestNode {
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        TestNode::launched(data_dir.to_path_buf(), None, args, Some(grpc_port))
+    }
+
+    /// Starts `wormdb serve --http-addr 127.0.0.1:0 ARGS...` in `cwd`, with
+    /// the default (relative) data directory, as the README's first command does.
+    pub fn start_in(cwd: &Path, args: &[&str]) -> TestNode {
+        TestNode::launched(cwd.join("wormdb-data"), Some(cwd.to_path_buf()), args, None)
+    }
+
+    fn launched(data_dir: PathBuf, cwd: Option<PathBuf>, args: &[&str], grpc_port: Option<u16>) -> TestNode {
         let mut node = TestNode {
             child: None,
             base: String::new(),
             grpc_addr: String::new(),
             log: Default::default(),
-            data_dir: data_dir.to_path_buf(),
-            args,
-            cwd: None,
+            data_dir,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            cwd,
         };
-        node.launch(None, Some(grpc_port));
+        node.launch(None, grpc_port);
         node
     }
 
@@ -70,23 +68,6 @@ impl TestNode {
         let child = self.child.as_ref().expect("running");
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
-    }
-
-    /// Starts `wormdb serve --http-addr 127.0.0.1:0 ARGS...` in `cwd`, with
-    /// the default (relative) data directory, as the README's first command does.
-    pub fn start_in(cwd: &Path, args: &[&str]) -> TestNode {
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let mut node = TestNode {
-            child: None,
-            base: String::new(),
-            grpc_addr: String::new(),
-            log: Default::default(),
-            data_dir: cwd.join("wormdb-data"),
-            args,
-            cwd: Some(cwd.to_path_buf()),
-        };
-        node.launch(None, None);
-        node
     }
 
     fn launch(&mut self, port: Option<u16>, grpc_port: Option<u16>) {
@@ -374,4 +355,38 @@ pub fn writers(
 /// rotation.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Every entry a node serves, by id: (node, shard, seq) → bodies (more
+/// than one body would be a duplicate).
+pub fn contents(node: &TestNode) -> HashMap<(u64, u64, u64), Vec<String>> {
+    let stats = get(&node.url("/v1/stats")).json();
+    let total: u64 = stats["shards"].as_array().unwrap().iter().map(|shard| shard["entries"].as_u64().unwrap()).sum();
+    let reply = get(&node.url(&format!("/v1/entries?limit={}", total.max(1))));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut out: HashMap<(u64, u64, u64), Vec<String>> = HashMap::new();
+    for entry in reply.lines() {
+        let key = (entry["node"].as_u64().unwrap(), entry["shard"].as_u64().unwrap(), entry["seq"].as_u64().unwrap());
+        out.entry(key).or_default().push(entry["body"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+/// Waits until every shard of `follower` has its last seq acknowledged
+/// (lag 0); returns its stats then. Panics with its log after `timeout`.
+pub fn wait_drained(follower: &TestNode, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stats = get(&follower.url("/v1/stats")).json();
+        let drained = stats["shards"].as_array().unwrap().iter().all(|shard| {
+            let replication = &shard["replication"];
+            replication["lag_entries"].as_u64() == Some(0)
+                && replication["acked_seq"].as_u64() == shard["last_seq"].as_u64()
+        });
+        if drained {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "replication did not drain: {stats}\n{}", follower.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
