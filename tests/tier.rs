@@ -488,6 +488,41 @@ fn metric_sum(node: &TestNode, name: &str) -> u64 {
 }
 
 #[test]
+fn members_killed_mid_apply_replay_nothing_twice() {
+    // Any member, leader or not, killed while it applies (its appends
+    // durable, the state machine not yet persisted), with a log of 8
+    // entries so a restarted member often comes back by snapshot, and a
+    // follower whose window of pushes meets leader changes (gaps refused).
+    // A replica that admitted an entry again against a later state would
+    // hold entries the others lack, or ack past them.
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start_with(dir.path(), &["--raft-log-entries", "8"]);
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = writers(follower.url("/v1/entries"), 2, 0, acked.clone(), stop.clone());
+    for round in 0..8usize {
+        let victim = (round * 7 + round / 3) % 3;
+        let before = acked.lock().unwrap().len();
+        wait_acked(&acked, before + 100 + (round % 3) * 150, CONVERGE);
+        tier.nodes[victim].kill();
+        // The other two keep a quorum: ingest and archiving go on.
+        let after = acked.lock().unwrap().len();
+        wait_acked(&acked, after + 200, CONVERGE);
+        tier.nodes[victim].restart();
+    }
+    stop.store(true, Ordering::Release);
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after 8 kills");
+    for member in &tier.nodes {
+        assert!(!member.log_text().contains("panicked"), "{}", member.log_text());
+    }
+}
+
+#[test]
 fn a_member_too_far_behind_catches_up_by_snapshot() {
     // A log of 8 entries behind the applied index: a member that misses
     // more than that can only come back through a snapshot.

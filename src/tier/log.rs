@@ -16,6 +16,7 @@
 //! after the last snapshot, which compaction keeps bounded
 //! ([`RAFT_LOG_RETAINED_ENTRIES`](crate::limits::RAFT_LOG_RETAINED_ENTRIES)).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use glommio::io::{BufferedFile, OpenOptions};
@@ -23,8 +24,24 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState};
 
 use super::group::{Restored, Work};
+use super::machine::Pair;
 use super::Error;
-use crate::limits::{RAFT_LOG_SEGMENT_BYTES, RAFT_RECORD_BYTES_MAX};
+use crate::limits::{ARCHIVE_PAIRS_MAX, RAFT_LOG_SEGMENT_BYTES, RAFT_RECORD_BYTES_MAX};
+
+/// Bytes of one pair in a `MACHINE` record.
+const MACHINE_PAIR_BYTES: usize = 16;
+// The whole map fits one record.
+const _: () = assert!(9 + ARCHIVE_PAIRS_MAX * MACHINE_PAIR_BYTES < RAFT_RECORD_BYTES_MAX);
+
+/// The archive's state machine as persisted: the index its watermarks
+/// stand for, and the watermarks (see `machine.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineState {
+    /// The entry the watermarks stand for.
+    pub applied: u64,
+    /// Every origin pair's watermark.
+    pub watermarks: BTreeMap<Pair, u64>,
+}
 
 /// Record kinds.
 const ENTRY: u8 = 1;
@@ -36,6 +53,10 @@ const SNAPSHOT: u8 = 3;
 const LOG_START: u8 = 4;
 const CONF_STATE: u8 = 5;
 const APPLIED: u8 = 6;
+/// The archive's state machine ([`MachineState`]): the index it stands
+/// for, a flag (1: the whole map, 0: only the pairs that moved), then
+/// (node u32, shard u32, seq u64) per pair.
+const MACHINE: u8 = 7;
 
 /// Bytes before a record's payload: length (u32, kind + payload), crc32
 /// (of kind and payload), kind.
@@ -101,6 +122,43 @@ fn encode_start(out: &mut Vec<u8>, kind: u8, (index, term): (u64, u64), conf_sta
     Ok(())
 }
 
+fn encode_machine(out: &mut Vec<u8>, applied: u64, full: bool, watermarks: &BTreeMap<Pair, u64>) {
+    let mut payload = Vec::with_capacity(9 + watermarks.len() * MACHINE_PAIR_BYTES);
+    payload.extend_from_slice(&applied.to_le_bytes());
+    payload.push(u8::from(full));
+    for (&(node, shard), &seq) in watermarks {
+        payload.extend_from_slice(&node.to_le_bytes());
+        payload.extend_from_slice(&shard.to_le_bytes());
+        payload.extend_from_slice(&seq.to_le_bytes());
+    }
+    record(out, MACHINE, &payload);
+}
+
+fn replay_machine(machine: &mut Option<MachineState>, payload: &[u8]) -> Result<(), String> {
+    let [applied] = read_u64s::<1>(payload).ok_or("short machine state")?;
+    let (Some(&full), pairs) = (payload.get(8), payload.get(9..).unwrap_or_default()) else {
+        return Err("short machine state".to_string());
+    };
+    if pairs.len() % MACHINE_PAIR_BYTES != 0 || full > 1 {
+        return Err("malformed machine state".to_string());
+    }
+    let state = machine.get_or_insert_with(MachineState::default);
+    if full == 1 {
+        state.watermarks.clear();
+    }
+    state.applied = applied;
+    for pair in pairs.chunks_exact(MACHINE_PAIR_BYTES) {
+        let node = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
+        let shard = u32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
+        let [seq] = read_u64s::<1>(&pair[8..]).ok_or("short machine pair")?;
+        state.watermarks.insert((node, shard), seq);
+    }
+    if state.watermarks.len() > ARCHIVE_PAIRS_MAX {
+        return Err(format!("more than {ARCHIVE_PAIRS_MAX} pairs in the machine state"));
+    }
+    Ok(())
+}
+
 fn encode_hard_state(out: &mut Vec<u8>, hard_state: &HardState) {
     record(out, HARD_STATE, &u64s(&[hard_state.term, hard_state.vote, hard_state.commit]));
 }
@@ -117,12 +175,20 @@ pub struct RaftLog {
     active_last_index: u64,
     /// The applied index to note in the next write.
     applied: Option<u64>,
+    /// The machine state as the log holds it once the next write is
+    /// durable (each checkpoint carries it whole) ...
+    machine: MachineState,
+    /// ... and the pairs that moved since the last write.
+    machine_changed: Option<BTreeMap<Pair, u64>>,
 }
 
 /// What reading a group's log back found.
 pub struct Recovered {
     /// The state to rebuild the group from (`None`: a new replica).
     pub restored: Option<Restored>,
+    /// The archive's state machine (`None`: a log written before it was
+    /// persisted, or a new replica).
+    pub machine: Option<MachineState>,
     /// Bytes cut from a torn last record.
     pub torn_bytes: u64,
 }
@@ -146,7 +212,7 @@ impl RaftLog {
         };
         ids.sort_unstable();
         if ids.is_empty() {
-            return Ok((Recovered { restored: None, torn_bytes: 0 }, Vec::new()));
+            return Ok((Recovered { restored: None, machine: None, torn_bytes: 0 }, Vec::new()));
         }
         let mut files = Vec::with_capacity(ids.len());
         for &id in &ids {
@@ -171,6 +237,7 @@ impl RaftLog {
         }
         restored.applied = restored.snapshot.0;
         let mut torn_bytes = 0;
+        let mut machine = None;
         // (id, last entry index, valid length) of every segment.
         let mut segments = Vec::new();
         for (position, (&id, bytes)) in ids.iter().zip(&files).enumerate() {
@@ -180,8 +247,11 @@ impl RaftLog {
             while offset < bytes.len() {
                 match read_record(&bytes[offset..]) {
                     Some((kind, payload, used)) => {
-                        replay(&mut restored, kind, payload, &mut last_index)
-                            .map_err(|error| log_error("replay", &path, format!("offset {offset}: {error}")))?;
+                        let replayed = match kind {
+                            MACHINE => replay_machine(&mut machine, payload),
+                            _ => replay(&mut restored, kind, payload, &mut last_index),
+                        };
+                        replayed.map_err(|error| log_error("replay", &path, format!("offset {offset}: {error}")))?;
                         offset += used;
                     }
                     None if position + 1 == ids.len() => {
@@ -193,21 +263,25 @@ impl RaftLog {
             }
             segments.push((id, last_index, offset as u64));
         }
-        Ok((Recovered { restored: Some(restored), torn_bytes }, segments))
+        Ok((Recovered { restored: Some(restored), machine, torn_bytes }, segments))
     }
 
     /// Opens the log for writing after [`RaftLog::recover`]: the last
     /// segment is cut to its valid length and appended to; a new log gets
-    /// a first segment whose checkpoint is `start`.
+    /// a first segment whose checkpoint is `start`. `machine` is the state
+    /// machine the replica starts from (the recovered one, or the one
+    /// rebuilt from the shard when the log had none); it is written whole
+    /// at once.
     pub async fn open(
         dir: &Path,
         segments: Vec<FoundSegment>,
         start: (HardState, ConfState, (u64, u64)),
+        machine: MachineState,
     ) -> Result<RaftLog, Error> {
         std::fs::create_dir_all(dir).map_err(|error| log_error("create", dir, error))?;
         let mut segments = segments;
         let Some((active_id, active_last_index, valid)) = segments.pop() else {
-            let mut log = RaftLog::create_segment(dir, 1, Vec::new(), 0).await?;
+            let mut log = RaftLog::create_segment(dir, 1, Vec::new(), 0, machine).await?;
             log.write_checkpoint(start).await?;
             return Ok(log);
         };
@@ -220,7 +294,7 @@ impl RaftLog {
             .map_err(|error| log_error("open", &path, error))?;
         active.truncate(valid).await.map_err(|error| log_error("truncate", &path, error))?;
         active.fdatasync().await.map_err(|error| log_error("fdatasync", &path, error))?;
-        Ok(RaftLog {
+        let mut log = RaftLog {
             dir: dir.to_path_buf(),
             closed: segments.into_iter().map(|(id, last, _)| (id, last)).collect(),
             active,
@@ -228,7 +302,13 @@ impl RaftLog {
             active_len: valid,
             active_last_index,
             applied: None,
-        })
+            machine,
+            machine_changed: None,
+        };
+        let mut out = Vec::new();
+        encode_machine(&mut out, log.machine.applied, true, &log.machine.watermarks);
+        log.write(out).await?;
+        Ok(log)
     }
 
     async fn create_segment(
@@ -236,6 +316,7 @@ impl RaftLog {
         id: u64,
         closed: Vec<(u64, u64)>,
         active_last_index: u64,
+        machine: MachineState,
     ) -> Result<RaftLog, Error> {
         let path = segment_path(dir, id);
         let active = OpenOptions::new()
@@ -254,6 +335,8 @@ impl RaftLog {
             active_len: 0,
             active_last_index,
             applied: None,
+            machine,
+            machine_changed: None,
         })
     }
 
@@ -264,6 +347,7 @@ impl RaftLog {
         let mut out = Vec::new();
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
+        encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
         self.write(out).await?;
         // The new file's name must survive a crash too.
         sync_dir(&self.dir)
@@ -292,6 +376,18 @@ impl RaftLog {
         self.applied = Some(applied);
     }
 
+    /// Notes the state machine for the next write: it now stands for entry
+    /// `applied`, with `changes` (the watermarks that moved). Only a state
+    /// whose appends are all durable is noted.
+    pub fn note_machine(&mut self, applied: u64, changes: BTreeMap<Pair, u64>) {
+        if applied == self.machine.applied && changes.is_empty() {
+            return;
+        }
+        self.machine.applied = applied;
+        self.machine.watermarks.extend(changes.iter().map(|(&pair, &seq)| (pair, seq)));
+        self.machine_changed.get_or_insert_with(BTreeMap::new).extend(changes);
+    }
+
     /// Makes a round durable: one write, one fdatasync. When the segment
     /// is full, the next round starts a new one with `checkpoint()`.
     pub async fn persist(
@@ -318,6 +414,9 @@ impl RaftLog {
         if let Some(applied) = self.applied.take() {
             record(&mut out, APPLIED, &u64s(&[applied]));
         }
+        if let Some(changed) = self.machine_changed.take() {
+            encode_machine(&mut out, self.machine.applied, false, &changed);
+        }
         if out.is_empty() {
             return Ok(());
         }
@@ -331,7 +430,9 @@ impl RaftLog {
     async fn roll(&mut self, checkpoint: (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
         let mut closed = std::mem::take(&mut self.closed);
         closed.push((self.active_id, self.active_last_index));
-        let next = RaftLog::create_segment(&self.dir, self.active_id + 1, closed, self.active_last_index).await?;
+        let machine = self.machine.clone();
+        let next =
+            RaftLog::create_segment(&self.dir, self.active_id + 1, closed, self.active_last_index, machine).await?;
         let previous = std::mem::replace(self, next);
         let _ = previous.active.close().await;
         self.write_checkpoint(checkpoint).await
@@ -353,6 +454,8 @@ impl RaftLog {
         let mut out = Vec::new();
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
+        // The deltas in the segments about to go are folded into this one.
+        encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
         self.write(out).await?;
         for _ in 0..deletable {
             let (id, _) = self.closed[0];
@@ -456,7 +559,10 @@ mod tests {
         let conf = ConfState::from((vec![1, 2, 3], vec![]));
         let written = path.clone();
         run(async move {
-            let mut log = RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0))).await.unwrap();
+            let mut log =
+                RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0)), MachineState::default())
+                    .await
+                    .unwrap();
             let mut work =
                 Work { entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], ..Work::default() };
             work.hard_state = Some(HardState { term: 1, vote: 1, commit: 1, ..HardState::default() });
@@ -496,8 +602,14 @@ mod tests {
         let conf = ConfState::from((vec![1, 2, 3], vec![]));
         let written = path.clone();
         let (rolled_at, last) = run(async move {
-            let mut log =
-                RaftLog::open(&written, Vec::new(), (HardState::default(), conf.clone(), (0, 0))).await.unwrap();
+            let mut log = RaftLog::open(
+                &written,
+                Vec::new(),
+                (HardState::default(), conf.clone(), (0, 0)),
+                MachineState::default(),
+            )
+            .await
+            .unwrap();
             let body = vec![7u8; 1 << 20];
             let mut index = 0;
             let mut rolled_at = None;
@@ -512,6 +624,9 @@ mod tests {
                 // after `index - 2` (two entries kept).
                 let start = (index.saturating_sub(2), 1);
                 let hard_state = HardState { term: 1, vote: 1, commit: index, ..HardState::default() };
+                // The machine moves one of three pairs per round: only
+                // deltas are written, until a checkpoint writes it whole.
+                log.note_machine(index, BTreeMap::from([((1, (index % 3) as u32), index)]));
                 log.persist(&work, || (hard_state, conf.clone(), start)).await.unwrap();
                 if log.active_id == 2 {
                     rolled_at = Some(index);
@@ -546,6 +661,39 @@ mod tests {
         assert_eq!(restored.entries.first().map(|entry| entry.index), Some(rolled_at + 1));
         assert_eq!(restored.entries.last().map(|entry| entry.index), Some(last));
         assert_eq!(restored.hard_state.commit, rolled_at + 2);
+        // The machine's deltas in the deleted segment live on in the whole
+        // state compaction wrote.
+        let machine = recovered.machine.unwrap();
+        assert_eq!(machine.applied, rolled_at);
+        let expected: BTreeMap<Pair, u64> =
+            (rolled_at - 2..=rolled_at).map(|index| ((1, (index % 3) as u32), index)).collect();
+        assert_eq!(machine.watermarks, expected);
+    }
+
+    #[test]
+    fn the_machine_comes_back_from_its_last_whole_state_and_the_deltas_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let conf = ConfState::from((vec![1], vec![]));
+        let start = MachineState { applied: 0, watermarks: BTreeMap::from([((9, 0), 5)]) };
+        let written = path.clone();
+        run(async move {
+            let mut log =
+                RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0)), start).await.unwrap();
+            log.note_machine(3, BTreeMap::from([((1, 0), 10)]));
+            log.note_machine(4, BTreeMap::from([((2, 0), 7), ((1, 0), 12)]));
+            log.persist(&Work::default(), || unreachable!()).await.unwrap();
+            // Nothing moved: nothing is written.
+            log.note_machine(4, BTreeMap::new());
+            assert!(log.machine_changed.is_none());
+            log.note_machine(6, BTreeMap::new());
+            log.persist(&Work::default(), || unreachable!()).await.unwrap();
+            // Noted but never written (a crash before the round): lost.
+            log.note_machine(7, BTreeMap::from([((1, 0), 20)]));
+        });
+        let machine = RaftLog::recover(&path).unwrap().0.machine.unwrap();
+        assert_eq!(machine.applied, 6);
+        assert_eq!(machine.watermarks, BTreeMap::from([((9, 0), 5), ((1, 0), 12), ((2, 0), 7)]));
     }
 
     #[test]

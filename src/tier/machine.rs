@@ -10,22 +10,22 @@
 //! entries in the same order from the same state, so every replica decides
 //! the same, and the archive holds each (pair, seq) exactly once.
 //!
-//! **The same state** is the catch after a crash. The applied index reaches
-//! disk after the data it covers, so raft-rs hands over again entries whose
-//! appends are already durable. Admitting them again is *not* harmless: a
-//! batch refused as a gap the first time (the follower was ahead) may be
-//! admitted against the later watermarks, so this replica's watermarks run
-//! ahead of the others', its acks too (when it leads), and entries the
-//! others lack are never resent (the simulator, `tests/sim_raft.rs`, found
-//! it). So the machine knows the index its watermarks stand for
-//! ([`Machine::applied`]) and skips whole every entry at or below it
-//! ([`Machine::begin`]). The driver rebuilds both from the shard's data:
-//! the watermarks from the blocks' origins, and the applied index as the
-//! highest Raft index the blocks record (each entry's fresh parts are one
-//! append that records its index, durable all or nothing), or raft-rs's
-//! restored applied index when that is higher (entries after the last
-//! append appended nothing). A snapshot's data raises both the same way
-//! ([`Machine::raise_to`]).
+//! **The same state** is the catch after a crash. Admitting an entry again
+//! against a later state is *not* harmless: a batch refused as a gap the
+//! first time (the follower was ahead) may be admitted against the later
+//! watermarks, so this replica's watermarks run ahead of the others', its
+//! acks too (when it leads), and entries the others lack are never resent
+//! (the simulator, `tests/sim_raft.rs`, found it). So the machine's state,
+//! the watermarks and the index they stand for ([`Machine::applied`]), is
+//! persisted in the group's Raft log (`MACHINE` records, written in the
+//! round after the appends it covers are durable), and a restart resumes
+//! from exactly that state: [`Machine::begin`] skips whole every entry at
+//! or below it. The shard's data may be *ahead* of it (appends of later
+//! entries that were durable before the crash, part of a snapshot), never
+//! behind; those are the appends the same entries decide again, so the
+//! driver appends only what the shard does not hold yet. A snapshot raises
+//! the state to the sender's, standing for the sender's applied index
+//! ([`Machine::raise_to`]), once its data is durable.
 //!
 //! Direct writes are stricter: their seqs were chosen by the leader that
 //! proposed them (the group's next seqs as it knew them), and a batch is
@@ -35,7 +35,7 @@
 //! different writes never share an id and a write is never stored under
 //! another's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Error;
 use crate::limits::ARCHIVE_PAIRS_MAX;
@@ -49,20 +49,23 @@ pub type Pair = (u32, u32);
 pub struct Machine {
     watermarks: BTreeMap<Pair, u64>,
     applied: u64,
+    /// Pairs whose watermark moved since the last [`Machine::take_changes`]
+    /// (what the next `MACHINE` record of the Raft log carries).
+    changed: BTreeSet<Pair>,
 }
 
 impl Machine {
     /// A machine at `watermarks`, standing for no entry in particular
     /// ([`Machine::begin`] skips nothing).
     pub fn new(watermarks: BTreeMap<Pair, u64>) -> Machine {
-        Machine { watermarks, applied: 0 }
+        Machine { watermarks, applied: 0, changed: BTreeSet::new() }
     }
 
     /// A machine at `watermarks`, which are the state after the entry at
-    /// `applied` exactly (rebuilt from the shard's data at start: see the
-    /// module docs).
+    /// `applied` exactly (as the Raft log persisted it: see the module
+    /// docs).
     pub fn restored(watermarks: BTreeMap<Pair, u64>, applied: u64) -> Machine {
-        Machine { watermarks, applied }
+        Machine { watermarks, applied, changed: BTreeSet::new() }
     }
 
     /// The index of the entry the watermarks stand for: every entry up to
@@ -130,17 +133,28 @@ impl Machine {
     pub fn advance(&mut self, pair: Pair, admission: &Admission) {
         if admission.fresh > 0 {
             self.watermarks.insert(pair, admission.watermark_after());
+            self.changed.insert(pair);
         }
+    }
+
+    /// The watermarks that moved since the last call, with the index the
+    /// state stands for: what persisting the state needs.
+    pub fn take_changes(&mut self) -> (u64, BTreeMap<Pair, u64>) {
+        let changed = std::mem::take(&mut self.changed);
+        (self.applied, changed.into_iter().map(|pair| (pair, self.watermark(pair))).collect())
     }
 
     /// Raises watermarks to at least `other`'s, which stand for the state
     /// after entry `applied`: what installing a snapshot does once its
-    /// batches are durable (`applied` is the higher of the snapshot's index
-    /// and the highest index its batches record).
+    /// batches are durable (`applied` is the sender's applied index when it
+    /// took its watermarks).
     pub fn raise_to(&mut self, other: &BTreeMap<Pair, u64>, applied: u64) {
         for (&pair, &seq) in other {
             let watermark = self.watermarks.entry(pair).or_insert(0);
-            *watermark = (*watermark).max(seq);
+            if seq > *watermark {
+                *watermark = seq;
+                self.changed.insert(pair);
+            }
         }
         self.applied = self.applied.max(applied);
     }
@@ -204,6 +218,9 @@ mod tests {
         machine.raise_to(&BTreeMap::from([((1, 0), 7), ((2, 0), 8), ((3, 0), 1)]), 30);
         assert_eq!(machine.watermarks(), &BTreeMap::from([((1, 0), 10), ((2, 0), 8), ((3, 0), 1)]));
         assert_eq!(machine.applied(), 30);
+        // Only what moved is persisted again.
+        assert_eq!(machine.take_changes(), (30, BTreeMap::from([((2, 0), 8), ((3, 0), 1)])));
+        assert_eq!(machine.take_changes(), (30, BTreeMap::new()));
     }
 
     #[test]

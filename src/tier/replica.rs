@@ -36,12 +36,14 @@ use protobuf::Message as _;
 use raft::prelude::{Entry, EntryType, Message, MessageType};
 
 use super::group::{Group, GroupStatus, Work};
-use super::log::RaftLog;
+use super::log::{MachineState, RaftLog};
 use super::machine::{Machine, Pair};
 use super::transport::{self, Link};
 use super::{logger, Error, Members, TICK};
 use crate::grpc::transport::Channel;
-use crate::limits::{PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_QUEUE_BYTES_MAX, READ_INDEX_WAITING_MAX};
+use crate::limits::{
+    ARCHIVE_PAIRS_MAX, PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_QUEUE_BYTES_MAX, READ_INDEX_WAITING_MAX,
+};
 use crate::proto::{LogEntry, Proposal, PushAck, PushBatch, SnapshotChunk};
 use crate::replication::batch::{with_fresh_parts, PushedBatch};
 use crate::replication::leader::AckSender;
@@ -182,6 +184,14 @@ pub struct Replica {
     log: RefCell<Option<RaftLog>>,
     /// The applied index to note in the log's next round.
     applied: Cell<u64>,
+    /// The machine state to note in the log's next round: the index it
+    /// stands for and the watermarks that moved (only ever a state whose
+    /// appends are durable).
+    machine_noted: RefCell<Option<(u64, BTreeMap<Pair, u64>)>>,
+    /// Held by whoever appends to the shard (the applier for one entry, a
+    /// snapshot for one chunk) until its appends are durable: each sees
+    /// the other's data whole, and the machine moves between entries only.
+    apply_lock: futures_util::lock::Mutex<()>,
     /// Snapshots being sent: (peer, outcome once known).
     snapshot_outcomes: RefCell<Vec<(u64, SnapshotOutcome)>>,
     /// The connection forwarded direct writes take to the leader's node.
@@ -206,22 +216,29 @@ impl Replica {
         retained_entries: u64,
     ) -> Result<Rc<Replica>, Error> {
         let (recovered, segments) = RaftLog::recover(dir)?;
+        // The state machine as the log persisted it; a log without one (a
+        // new replica) starts from the shard's data, standing for no entry.
+        let machine = match recovered.machine {
+            Some(state) => Machine::restored(state.watermarks, state.applied),
+            None => Machine::new(shard.origin_watermarks()),
+        };
         if recovered.torn_bytes > 0 {
             tracing::warn!(group = group_id, bytes = recovered.torn_bytes, "raft log: cut a torn last record");
         }
         let logger = logger::for_group(node_id, group_id);
         let mut group = Group::new(u64::from(node_id), group_id, &members.voters(), recovered.restored, &logger);
         group.set_retained_entries(retained_entries);
-        let log = RaftLog::open(dir, segments, group.checkpoint()).await?;
+        let persisted = MachineState { applied: machine.applied(), watermarks: machine.watermarks().clone() };
+        let log = RaftLog::open(dir, segments, group.checkpoint(), persisted).await?;
         let status = group.status();
         tracing::info!(
             group = group_id,
             term = status.term,
             commit = status.commit,
             applied = status.applied,
+            machine_applied = machine.applied(),
             "raft group opened"
         );
-        let machine = Machine::new(shard.origin_watermarks());
         let links = members
             .addrs
             .iter()
@@ -256,6 +273,8 @@ impl Replica {
             links,
             log: RefCell::new(Some(log)),
             applied: Cell::new(status.applied),
+            machine_noted: RefCell::new(None),
+            apply_lock: futures_util::lock::Mutex::new(()),
             snapshot_outcomes: RefCell::new(Vec::new()),
             forward: RefCell::new(None),
             wake: RefCell::new(wake),
@@ -459,10 +478,11 @@ impl Replica {
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Every origin pair's watermark on this replica (what a snapshot
-    /// sender needs to know).
+    /// Every origin pair's watermark in this replica's data (what a
+    /// snapshot sender needs to know: the data may be ahead of the state
+    /// machine after a restart, never behind).
     pub fn watermarks(&self) -> BTreeMap<Pair, u64> {
-        self.state.borrow().machine.watermarks().clone()
+        self.shard.origin_watermarks()
     }
 
     /// Counts and logs a refused peer call (`what`, from node `from`).
@@ -513,27 +533,42 @@ impl Replica {
         Ok(())
     }
 
-    /// Installs one chunk of a snapshot stream from member `from`: the
-    /// batches are applied like pushes (the watermark rule skips what is
-    /// here already), the last chunk's `MsgSnapshot` is stepped once they
-    /// are durable.
+    /// Installs one chunk of a snapshot stream from member `from`. A
+    /// chunk's batch is appended where the data lacks it (the machine does
+    /// not move: the data is ahead of it until the end, which a crash
+    /// meanwhile leaves so). The last chunk raises the machine to the
+    /// sender's state, once every batch is durable, and its `MsgSnapshot`
+    /// is stepped.
     pub async fn install_chunk(&self, chunk: SnapshotChunk) -> Result<(), Error> {
         let from = chunk.from;
         let refuse = |reason: String| Err(self.refused("snapshot", from, Error::Malformed(reason)));
         self.check_member("snapshot", from)?;
+        let _installing = self.apply_lock.lock().await;
         if !chunk.batch.is_empty() {
             if crc32fast::hash(&chunk.batch) != chunk.crc32 {
                 return refuse("a snapshot chunk fails its crc".to_string());
             }
-            let batch = match PushedBatch::parse(chunk.batch) {
+            let mut batch = match PushedBatch::parse(chunk.batch) {
                 Ok(batch) => batch,
                 Err(error) => return refuse(format!("a snapshot chunk is malformed: {error}")),
             };
             let pair = (batch.follower_id, batch.shard);
-            let mut batches = vec![batch];
-            let outcomes = self.apply_batches(&mut batches, false, |_| pair).await?;
-            if let Some(Err(error)) = outcomes.into_iter().next() {
-                return refuse(format!("a snapshot chunk does not apply: {error}"));
+            let (Some(first_seq), Some(last_seq)) = (batch.seqs().next(), batch.seqs().last()) else {
+                return refuse("an empty snapshot chunk".to_string());
+            };
+            let held = self.shard.origin_watermark(pair.0, pair.1);
+            if first_seq > held + 1 {
+                return refuse(format!(
+                    "a snapshot chunk of {pair:?} starts at {first_seq}, the data holds 1..={held}"
+                ));
+            }
+            if last_seq > held {
+                let origin = Origin { node: pair.0, shard: pair.1, first_seq };
+                let mut appends = Appends::default();
+                if let Some(refusal) = self.append_fresh(&mut batch, origin, 0, &mut appends).await? {
+                    return refuse(format!("a snapshot chunk does not apply: {refusal}"));
+                }
+                appends.durable().await?;
             }
         }
         if !chunk.raft_message.is_empty() {
@@ -542,13 +577,42 @@ impl Replica {
                 Ok(_) => return refuse("the last chunk is not a MsgSnapshot".to_string()),
                 Err(error) => return refuse(format!("malformed raft message: {error}")),
             };
+            if chunk.watermarks.len() > ARCHIVE_PAIRS_MAX {
+                return refuse(format!("a snapshot of more than {ARCHIVE_PAIRS_MAX} origin pairs"));
+            }
+            let index = message.get_snapshot().get_metadata().index;
+            if chunk.applied < index {
+                return refuse(format!("a snapshot at index {index} whose data stands for {}", chunk.applied));
+            }
+            let mut watermarks = BTreeMap::new();
+            for watermark in &chunk.watermarks {
+                let pair = (watermark.node, watermark.shard);
+                let held = self.shard.origin_watermark(pair.0, pair.1);
+                if held < watermark.seq {
+                    return refuse(format!("the snapshot left {pair:?} at {held}, its state at {}", watermark.seq));
+                }
+                watermarks.insert(pair, watermark.seq);
+            }
             let mut state = self.state.borrow_mut();
+            state.machine.raise_to(&watermarks, chunk.applied);
+            state.decided = state.decided.max(state.machine.applied());
+            self.note_machine(&mut state.machine);
             state.counters.snapshots_installed += 1;
             state.inbound.push_back(message);
             drop(state);
             self.wake();
         }
         Ok(())
+    }
+
+    /// Hands the machine's state to the log's next round. Only called when
+    /// every append the state covers is durable.
+    fn note_machine(&self, machine: &mut Machine) {
+        let (applied, changes) = machine.take_changes();
+        let mut noted = self.machine_noted.borrow_mut();
+        let (noted_applied, noted_changes) = noted.get_or_insert_with(Default::default);
+        *noted_applied = applied;
+        noted_changes.extend(changes);
     }
 
     /// This replica's report.
@@ -744,6 +808,9 @@ impl Replica {
             // so no borrow is held across it.
             let mut log = self.log.borrow_mut().take().ok_or_else(|| Error::Log("the log is gone".into()))?;
             log.note_applied(self.applied.get());
+            if let Some((applied, changes)) = self.machine_noted.borrow_mut().take() {
+                log.note_machine(applied, changes);
+            }
             let checkpoint = || self.state.borrow().group.checkpoint();
             let persisted = log.persist(&work, checkpoint).await;
             let compacted = match persisted {
@@ -826,14 +893,16 @@ impl Replica {
         if !state.snapshotting.insert(peer) {
             return;
         }
-        let watermarks = state.machine.watermarks().clone();
+        // The state the data sent stands for: the receiver skips the entries
+        // up to `applied` (their effects come with the data).
+        let (watermarks, applied) = (state.machine.watermarks().clone(), state.machine.applied());
         drop(state);
         let (shard, group, from, addr) = (self.shard.clone(), self.group_id, self.node_id, link.addr());
         let outcome = Rc::new(Cell::new(None));
         let done = outcome.clone();
         let mut wake = self.wake.borrow().clone();
         glommio::spawn_local(async move {
-            let sent = transport::send_snapshot(shard, group, from, addr, message, watermarks).await;
+            let sent = transport::send_snapshot(shard, group, from, addr, message, watermarks, applied).await;
             if let Err(status) = &sent {
                 tracing::warn!(group, to = %addr, %status, "snapshot failed");
             }
@@ -887,15 +956,30 @@ impl Replica {
     /// Applies one committed entry; answers its proposer when it is ours.
     async fn apply(&self, entry: Entry) -> Result<(), Error> {
         let index = entry.index;
-        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-            // A new leader's empty entry, or a membership change (the next
-            // issue's): nothing for the archive.
-            self.state.borrow_mut().decided = index;
-            return Ok(());
-        }
+        let _applying = self.apply_lock.lock().await;
         // Taken now: answered below whatever happens to the leadership
         // meanwhile (the entry is committed, its outcome is final).
         let mut proposed = self.state.borrow_mut().proposals.remove(&index);
+        let fresh = self.state.borrow_mut().machine.begin(index);
+        if !fresh {
+            // The state holds this entry's effects already (a restart, or a
+            // snapshot's data): its outcome for a writer is not known here.
+            let mut state = self.state.borrow_mut();
+            state.decided = state.decided.max(index);
+            drop(state);
+            for waiter in proposed.into_iter().flat_map(|proposed| proposed.waiters) {
+                waiter.fail(Error::Dropped { group: self.group_id });
+            }
+            return Ok(());
+        }
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            // A new leader's empty entry, or a membership change (the next
+            // issue's): nothing for the archive.
+            let mut state = self.state.borrow_mut();
+            state.decided = index;
+            self.note_machine(&mut state.machine);
+            return Ok(());
+        }
         let ours = proposed.as_ref().is_some_and(|proposed| proposed.term == entry.term);
         let outcomes = match proposed.as_mut().and_then(|proposed| proposed.parsed.take()).filter(|_| ours) {
             Some(mut batches) => {
@@ -903,7 +987,11 @@ impl Replica {
             }
             None => self.decode_and_apply(&entry).await?,
         };
-        self.state.borrow_mut().decided = index;
+        // Every append of the entry is durable: the state may be persisted.
+        let mut state = self.state.borrow_mut();
+        state.decided = index;
+        self.note_machine(&mut state.machine);
+        drop(state);
         if let Some(proposed) = proposed {
             if proposed.term != entry.term {
                 proposed.waiters.into_iter().for_each(|waiter| waiter.fail(Error::Dropped { group: self.group_id }));
@@ -993,7 +1081,7 @@ impl Replica {
         pair_of: impl Fn(&PushedBatch) -> Pair,
     ) -> Result<Vec<BatchOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(batches.len());
-        let mut waits = Vec::new();
+        let mut appends = Appends::default();
         for batch in batches.iter_mut() {
             let pair = pair_of(batch);
             let admission = {
@@ -1009,7 +1097,7 @@ impl Replica {
             };
             if admission.fresh > 0 {
                 let origin = Origin { node: pair.0, shard: pair.1, first_seq: admission.first_seq };
-                if let Some(refusal) = self.append_fresh(batch, origin, admission.duplicates, &mut waits).await? {
+                if let Some(refusal) = self.append_fresh(batch, origin, admission.duplicates, &mut appends).await? {
                     outcomes.push(Err(refusal));
                     continue;
                 }
@@ -1019,25 +1107,68 @@ impl Replica {
             let watermark = state.machine.watermark(pair);
             outcomes.push(Ok((pair, admission, watermark)));
         }
-        for wait in waits {
-            wait.durable().await.map_err(|error| Error::Log(format!("apply: {error}")))?;
-        }
+        appends.durable().await?;
         Ok(outcomes)
     }
 }
 
+/// The appends of one entry (or one snapshot chunk) in flight.
+#[derive(Default)]
+struct Appends {
+    waits: Vec<shard::AppendWait>,
+    /// The last seq appended per pair, durable or not.
+    appended: BTreeMap<Pair, u64>,
+}
+
+impl Appends {
+    /// The highest seq of `pair` the shard holds or will.
+    fn held(&self, shard: &Shard, pair: Pair) -> u64 {
+        let durable = shard.origin_watermark(pair.0, pair.1);
+        self.appended.get(&pair).map_or(durable, |&appended| appended.max(durable))
+    }
+
+    async fn durable(&mut self) -> Result<(), Error> {
+        for wait in self.waits.drain(..) {
+            wait.durable().await.map_err(|error| Error::Log(format!("apply: {error}")))?;
+        }
+        Ok(())
+    }
+}
+
 impl Replica {
-    /// Appends the entries of `batch` after its first `skip` (duplicates);
-    /// the append's wait joins `waits`. `Ok(Some(refusal))` when the
-    /// batch's content is refused (the same on every replica); transient
-    /// refusals (backpressure, a full disk) are waited out.
+    /// Appends the entries of `batch` after its first `skip` (duplicates),
+    /// the first of them at `origin.first_seq`, leaving out those the shard
+    /// holds already (its data may be ahead of the machine: see
+    /// `machine.rs`). `Ok(Some(refusal))` when the batch's content is
+    /// refused (the same on every replica); transient refusals
+    /// (backpressure, a full disk) are waited out.
     async fn append_fresh(
         &self,
         batch: &mut PushedBatch,
-        origin: Origin,
-        skip: usize,
-        waits: &mut Vec<shard::AppendWait>,
+        mut origin: Origin,
+        mut skip: usize,
+        appends: &mut Appends,
     ) -> Result<Option<Error>, Error> {
+        let pair = (origin.node, origin.shard);
+        let held = appends.held(&self.shard, pair);
+        if held + 1 < origin.first_seq {
+            // The machine never runs ahead of the data: this is a bug or a
+            // damaged shard, and applying on would leave a hole.
+            return Err(Error::Log(format!(
+                "apply: {pair:?} seq {} follows data that ends at {held}",
+                origin.first_seq
+            )));
+        }
+        let count = batch.len();
+        if held >= origin.first_seq {
+            let already = (held - origin.first_seq + 1) as usize;
+            if skip + already >= count {
+                return Ok(None);
+            }
+            skip += already;
+            origin.first_seq = held + 1;
+        }
+        let last_seq = origin.first_seq + (count - skip) as u64 - 1;
         loop {
             let appended = {
                 let mut fresh = [(&mut *batch, skip)];
@@ -1045,7 +1176,8 @@ impl Replica {
             };
             match appended {
                 Ok(Ok(wait)) => {
-                    waits.push(wait);
+                    appends.waits.push(wait);
+                    appends.appended.insert(pair, last_seq);
                     return Ok(None);
                 }
                 Err(error) => return Ok(Some(Error::Replication(error))),
@@ -1055,9 +1187,7 @@ impl Replica {
                 Ok(Err(shard::Error::Closed)) => return Err(Error::ShuttingDown),
                 Ok(Err(error @ (shard::Error::Backpressure { .. } | shard::Error::DiskFull { .. }))) => {
                     tracing::debug!(group = self.group_id, %error, "apply: append refused for now");
-                    for wait in waits.drain(..) {
-                        wait.durable().await.map_err(|error| Error::Log(format!("apply: {error}")))?;
-                    }
+                    appends.durable().await?;
                     glommio::timer::sleep(APPLY_RETRY).await;
                     if self.closing.get() {
                         return Err(Error::ShuttingDown);

@@ -31,7 +31,7 @@ use raft::prelude::Message;
 use crate::grpc::status::Status;
 use crate::grpc::transport::Channel;
 use crate::limits::{RAFT_OUTBOX_MESSAGES_MAX, SNAPSHOT_CHUNK_ENTRIES};
-use crate::proto::{PushBatch, SnapshotChunk, WatermarksRequest, WatermarksResponse};
+use crate::proto::{OriginWatermark, PushBatch, SnapshotChunk, WatermarksRequest, WatermarksResponse};
 use crate::shard::Shard;
 
 /// How long a connection attempt to a peer may take.
@@ -227,8 +227,10 @@ impl Link {
 }
 
 /// Sends a snapshot to the replica at `addr`: the (pair, seq)s this
-/// replica's shard holds above the receiver's watermarks, then `message`
-/// (the `MsgSnapshot`). `Ok` once the receiver installed it.
+/// replica's shard holds above the receiver's watermarks up to
+/// `watermarks` (this replica's state after entry `applied`), then
+/// `message` (the `MsgSnapshot`) with that state. `Ok` once the receiver
+/// installed it.
 pub async fn send_snapshot(
     shard: Shard,
     group: u32,
@@ -236,6 +238,7 @@ pub async fn send_snapshot(
     addr: SocketAddr,
     message: Message,
     watermarks: BTreeMap<(u32, u32), u64>,
+    applied: u64,
 ) -> Result<(), Status> {
     let channel = Channel::connect(addr, CONNECT_TIMEOUT).await?;
     let theirs: WatermarksResponse =
@@ -262,13 +265,21 @@ pub async fn send_snapshot(
             let batch =
                 PushBatch { follower_id: node, shard: origin_shard, entries, blocks: Vec::new() }.encode_to_vec();
             let crc32 = crc32fast::hash(&batch);
-            call.send(&SnapshotChunk { group, from, batch: batch.into(), crc32, raft_message: Default::default() })
-                .await?;
+            call.send(&SnapshotChunk { group, from, batch: batch.into(), crc32, ..Default::default() }).await?;
         }
     }
     let raft_message =
         message.write_to_bytes().map_err(|error| Status::internal(format!("encode raft message: {error}")))?;
-    call.send(&SnapshotChunk { group, from, raft_message: raft_message.into(), ..SnapshotChunk::default() }).await?;
+    let state = watermarks.iter().map(|(&(node, shard), &seq)| OriginWatermark { node, shard, seq }).collect();
+    let last = SnapshotChunk {
+        group,
+        from,
+        raft_message: raft_message.into(),
+        applied,
+        watermarks: state,
+        ..Default::default()
+    };
+    call.send(&last).await?;
     call.close_send().await?;
     call.next::<crate::proto::RaftAck>().await?;
     tracing::info!(group, to = %addr, entries = sent_entries, "snapshot sent");
