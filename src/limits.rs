@@ -371,6 +371,12 @@ pub const RAFT_LOG_RETAINED_ENTRIES: u64 = 4096;
 /// segments are deleted once compaction passes them.
 pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Most bytes of the buffer a group's Raft log keeps between rounds to
+/// build the next round's records in (a bigger round's buffer is freed
+/// after it): rounds of up to a few group commits reuse it without
+/// allocating or faulting pages in.
+pub const RAFT_LOG_SCRATCH_BYTES_MAX: usize = 8 << 20;
+
 /// Most bytes of one record of the Raft log on disk (one entry): a proposal
 /// and its framing. A longer length read back is corruption.
 pub const RAFT_RECORD_BYTES_MAX: usize = PROPOSAL_BYTES_MAX + (1 << 20);

@@ -10,6 +10,14 @@
 //! follower's uncommitted suffix that way), so a crash mid-write can only
 //! leave a torn last record, which recovery cuts.
 //!
+//! The files are written with O_DIRECT, in whole pages: a round's write
+//! starts at the page that holds the end of the log (its bytes are written
+//! again, unchanged, so a torn write cannot damage them) and is padded with
+//! zeros to the next page; reading back, zeros after the last record end a
+//! segment. No page cache: the kernel neither copies the records nor
+//! writes them back later, and the round's records are built in one buffer
+//! reused round after round.
+//!
 //! Each segment starts with a checkpoint (the log start, the conf state,
 //! the hard state), so whole segments before the compaction point can be
 //! deleted without losing any of them. Memory: recovery holds the entries
@@ -19,14 +27,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{BufferedFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState};
 
 use super::group::{Restored, Work};
 use super::machine::Pair;
 use super::Error;
-use crate::limits::{ARCHIVE_PAIRS_MAX, RAFT_LOG_SEGMENT_BYTES, RAFT_RECORD_BYTES_MAX};
+use crate::limits::{
+    ARCHIVE_PAIRS_MAX, PAGE_BYTES, RAFT_LOG_SCRATCH_BYTES_MAX, RAFT_LOG_SEGMENT_BYTES, RAFT_RECORD_BYTES_MAX,
+};
 
 /// Bytes of one pair in a `MACHINE` record.
 const MACHINE_PAIR_BYTES: usize = 16;
@@ -168,9 +178,17 @@ pub struct RaftLog {
     dir: PathBuf,
     /// Closed segments: (id, highest entry index written in it).
     closed: Vec<(u64, u64)>,
-    active: BufferedFile,
+    active: DmaFile,
     active_id: u64,
+    /// Bytes of records in the active segment (the file runs on with zeros
+    /// to the end of its last page).
     active_len: u64,
+    /// The records in the active segment's last, partial page: the start
+    /// of the next write.
+    tail: Vec<u8>,
+    /// Where a round's records are built (kept between rounds, up to
+    /// `RAFT_LOG_SCRATCH_BYTES_MAX`).
+    scratch: Vec<u8>,
     /// Highest entry index written in the active segment.
     active_last_index: u64,
     /// The applied index to note in the next write.
@@ -254,6 +272,8 @@ impl RaftLog {
                         replayed.map_err(|error| log_error("replay", &path, format!("offset {offset}: {error}")))?;
                         offset += used;
                     }
+                    // Zeros to the end: the padding of the last page.
+                    None if bytes[offset..].iter().all(|&byte| byte == 0) => break,
                     None if position + 1 == ids.len() => {
                         torn_bytes = (bytes.len() - offset) as u64;
                         break;
@@ -286,12 +306,19 @@ impl RaftLog {
             return Ok(log);
         };
         let path = segment_path(dir, active_id);
+        // The records of the last partial page: written again by the next round.
+        let tail_start = valid - valid % PAGE_BYTES as u64;
+        let mut tail = vec![0; (valid - tail_start) as usize];
+        std::fs::File::open(&path)
+            .and_then(|file| std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, tail_start))
+            .map_err(|error| log_error("read", &path, error))?;
         let active = OpenOptions::new()
             .read(true)
             .write(true)
-            .buffered_open(&path)
+            .dma_open(&path)
             .await
             .map_err(|error| log_error("open", &path, error))?;
+        // Whatever follows the records (a torn round) goes.
         active.truncate(valid).await.map_err(|error| log_error("truncate", &path, error))?;
         active.fdatasync().await.map_err(|error| log_error("fdatasync", &path, error))?;
         let mut log = RaftLog {
@@ -300,6 +327,8 @@ impl RaftLog {
             active,
             active_id,
             active_len: valid,
+            tail,
+            scratch: Vec::new(),
             active_last_index,
             applied: None,
             machine,
@@ -307,7 +336,7 @@ impl RaftLog {
         };
         let mut out = Vec::new();
         encode_machine(&mut out, log.machine.applied, true, &log.machine.watermarks);
-        log.write(out).await?;
+        log.write(&out).await?;
         Ok(log)
     }
 
@@ -324,7 +353,7 @@ impl RaftLog {
             .write(true)
             .create(true)
             .truncate(true)
-            .buffered_open(&path)
+            .dma_open(&path)
             .await
             .map_err(|error| log_error("create", &path, error))?;
         Ok(RaftLog {
@@ -333,6 +362,8 @@ impl RaftLog {
             active,
             active_id: id,
             active_len: 0,
+            tail: Vec::new(),
+            scratch: Vec::new(),
             active_last_index,
             applied: None,
             machine,
@@ -348,30 +379,39 @@ impl RaftLog {
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
         encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
-        self.write(out).await?;
+        self.write(&out).await?;
         // The new file's name must survive a crash too.
         sync_dir(&self.dir)
     }
 
-    async fn write(&mut self, out: Vec<u8>) -> Result<(), Error> {
+    /// Writes `records` at the end of the active segment (with the
+    /// partial page before them, padded with zeros to a whole page), then
+    /// fdatasyncs.
+    async fn write(&mut self, records: &[u8]) -> Result<(), Error> {
         let path = segment_path(&self.dir, self.active_id);
-        let total = out.len();
-        let wrote =
-            self.active.write_at(out, self.active_len).await.map_err(|error| log_error("write", &path, error))?;
+        let used = self.tail.len() + records.len();
+        let total = used.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        let mut buffer = self.active.alloc_dma_buffer(total);
+        let bytes = buffer.as_bytes_mut();
+        bytes[..self.tail.len()].copy_from_slice(&self.tail);
+        bytes[self.tail.len()..used].copy_from_slice(records);
+        bytes[used..].fill(0);
+        let tail = bytes[used - used % PAGE_BYTES..used].to_vec();
+        let position = self.active_len - self.tail.len() as u64;
+        let wrote = self.active.write_at(buffer, position).await.map_err(|error| log_error("write", &path, error))?;
         if wrote < total {
-            // A short write is the disk filling up: what was written is a
-            // torn record that the next successful write goes after… so it
-            // must not: cut it, and fail the round.
             let _ = self.active.truncate(self.active_len).await;
             return Err(log_error("write", &path, format!("short write, {wrote} of {total} bytes (disk full?)")));
         }
         self.active.fdatasync().await.map_err(|error| log_error("fdatasync", &path, error))?;
-        self.active_len += total as u64;
+        self.active_len += records.len() as u64;
+        self.tail = tail;
         Ok(())
     }
 
-    /// Notes the applied index: written with the next round (it may lag:
-    /// applying again is a no-op).
+    /// Notes raft-rs's applied index: written with the next round (it may
+    /// lag: the entries after it are handed over again, and the machine's
+    /// own state says which of them it holds).
     pub fn note_applied(&mut self, applied: u64) {
         self.applied = Some(applied);
     }
@@ -397,7 +437,9 @@ impl RaftLog {
     ) -> Result<(), Error> {
         let entry_bytes: usize =
             work.entries.iter().map(|entry| entry.compute_size() as usize + RECORD_HEADER_BYTES).sum();
-        let mut out = Vec::with_capacity(entry_bytes + 256);
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.reserve(entry_bytes + 256);
         if let Some(snapshot) = &work.snapshot {
             let metadata = snapshot.get_metadata();
             encode_start(&mut out, SNAPSHOT, (metadata.index, metadata.term), metadata.get_conf_state())?;
@@ -417,10 +459,11 @@ impl RaftLog {
         if let Some(changed) = self.machine_changed.take() {
             encode_machine(&mut out, self.machine.applied, false, &changed);
         }
-        if out.is_empty() {
-            return Ok(());
+        let written = if out.is_empty() { Ok(()) } else { self.write(&out).await };
+        if out.capacity() <= RAFT_LOG_SCRATCH_BYTES_MAX {
+            self.scratch = out;
         }
-        self.write(out).await?;
+        written?;
         if self.active_len >= RAFT_LOG_SEGMENT_BYTES {
             self.roll(checkpoint()).await?;
         }
@@ -456,7 +499,7 @@ impl RaftLog {
         encode_hard_state(&mut out, &hard_state);
         // The deltas in the segments about to go are folded into this one.
         encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
-        self.write(out).await?;
+        self.write(&out).await?;
         for _ in 0..deletable {
             let (id, _) = self.closed[0];
             let path = segment_path(&self.dir, id);
@@ -579,7 +622,14 @@ mod tests {
         // A torn record after the last good one.
         let segment = segment_path(&path, 1);
         let mut bytes = std::fs::read(&segment).unwrap();
-        let good = bytes.len();
+        // Whole pages: the records, then zeros, which end the log quietly.
+        assert_eq!(bytes.len() % PAGE_BYTES, 0);
+        let (recovered, segments) = RaftLog::recover(&path).unwrap();
+        assert_eq!(recovered.torn_bytes, 0);
+        let good = segments[0].2 as usize;
+        assert!(good < bytes.len() && bytes[good..].iter().all(|&byte| byte == 0));
+        // A torn round after them.
+        bytes.truncate(good);
         bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&segment, &bytes).unwrap();
 
@@ -646,6 +696,10 @@ mod tests {
                 ConfState::from((vec![1, 2, 3], vec![])),
                 (rolled_at, 1),
             );
+            // The closed segment ends with the zeros of its last page: not
+            // corruption.
+            let (recovered, segments) = RaftLog::recover(&written).unwrap();
+            assert_eq!((segments.len(), recovered.torn_bytes), (2, 0));
             log.compact(checkpoint).await.unwrap();
             (rolled_at, rolled_at + 2)
         });
@@ -694,6 +748,33 @@ mod tests {
         let machine = RaftLog::recover(&path).unwrap().0.machine.unwrap();
         assert_eq!(machine.applied, 6);
         assert_eq!(machine.watermarks, BTreeMap::from([((9, 0), 5), ((1, 0), 12), ((2, 0), 7)]));
+    }
+
+    #[test]
+    fn a_reopened_log_writes_its_last_page_again_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let conf = ConfState::from((vec![1], vec![]));
+        let session = |indexes: std::ops::RangeInclusive<u64>| {
+            let (recovered, segments) = RaftLog::recover(&path).unwrap();
+            let machine = recovered.machine.unwrap_or_default();
+            let (path, conf) = (path.clone(), conf.clone());
+            run(async move {
+                let mut log =
+                    RaftLog::open(&path, segments, (HardState::default(), conf, (0, 0)), machine).await.unwrap();
+                // Records of odd sizes, so rounds end mid-page.
+                for index in indexes {
+                    let work =
+                        Work { entries: vec![entry(index, 1, &vec![b'e'; 1000 + index as usize])], ..Work::default() };
+                    log.persist(&work, || unreachable!()).await.unwrap();
+                }
+            });
+        };
+        session(1..=3);
+        session(4..=9);
+        let restored = RaftLog::recover(&path).unwrap().0.restored.unwrap();
+        let lengths: Vec<(u64, usize)> = restored.entries.iter().map(|entry| (entry.index, entry.data.len())).collect();
+        assert_eq!(lengths, (1..=9).map(|index| (index, 1000 + index as usize)).collect::<Vec<_>>());
     }
 
     #[test]
