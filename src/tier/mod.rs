@@ -12,10 +12,10 @@
 //! entry is deterministic on every replica ([`machine`]): the watermark
 //! rule of section 5 decides, against the replica's own watermarks, what is
 //! fresh, so each replica holds each (origin node, origin shard, seq)
-//! exactly once. An entry handed over again after a crash (the applied
-//! index reaches disk after the shard's fdatasync) is skipped whole: the
-//! machine knows the index its watermarks stand for, which the shard's
-//! blocks record.
+//! exactly once. The machine's state (the watermarks and the index they
+//! stand for) is persisted in the Raft log once the appends it covers are
+//! durable; after a crash it resumes from exactly that state and skips the
+//! entries it covers, and appends leave out what the shard already holds.
 //!
 //! Pure parts, tested without an executor and driven by the simulator
 //! (`tests/sim_raft.rs`):
