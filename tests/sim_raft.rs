@@ -27,8 +27,8 @@ mod world;
 
 use world::{Stats, World};
 
-/// Seeds a default run tries: about 31 s of CPU in a debug build (31 ms a
-/// seed), so about 16 s on two cores, less on a CI machine's cores.
+/// Seeds a default run tries: about 37 s of CPU in a debug build (37 ms a
+/// seed), so about 19 s on two cores, less on a CI machine's cores.
 const SEEDS_DEFAULT: u64 = 1000;
 
 impl seeds::Totals for Stats {

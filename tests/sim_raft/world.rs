@@ -15,29 +15,54 @@
 //!   fdatasync (a delay), send `persisted_messages`, `persisted`, send, apply.
 //!   While a round is out the replica steps nothing: messages, ticks and
 //!   client requests wait in its inbox (raft-rs's rule for `Ready`).
-//! - **Applying** starts with [`Machine::begin`] (an entry whose effects
-//!   the archive already holds is skipped whole), then decodes the entry's
-//!   [`Proposal`], parses each batch with [`PushedBatch::parse`], admits it
-//!   with [`Machine::admit`] and appends the fresh entries to the replica's
-//!   archive, each recording the Raft index that archived it (as the
-//!   shard's blocks must). Archive appends are durable only at the next
-//!   archive sync; only then are the replies of the applied entries sent
-//!   and [`Group::applied`] told, between two rounds (it may compact the
-//!   log, on disk too, from [`Group::checkpoint`]). The applied index
-//!   reaches the disk only now and then, lagging.
+//! - **The machine's state lives in the Raft log**, not in the archive: its
+//!   watermarks and the index M they stand for ([`Machine::applied`]). It is
+//!   written only at an entry boundary whose archive appends are all
+//!   durable: the replica keeps a copy of its machine taken at each archive
+//!   sync (the live machine runs ahead of it, by the entries applied since),
+//!   and writes that copy with the applied index (now and then, lagging),
+//!   in a replica's first round, and whenever the log's start moves on disk
+//!   (a compaction's log start, a snapshot's metadata: see "the log start"
+//!   below).
+//! - **Applying** starts with [`Machine::begin`] (an entry at or below M is
+//!   skipped whole), then decodes the entry's [`Proposal`], parses each
+//!   batch with [`PushedBatch::parse`], admits it with [`Machine::admit`]
+//!   and appends its fresh seqs to the replica's archive, **skipping those
+//!   the archive already holds** (it may be ahead of the machine: appends of
+//!   later entries that were durable before a crash, a snapshot's data
+//!   written before a crash). Each archived seq records the Raft index that
+//!   archived it, only so that the properties can check it. Archive appends
+//!   are durable only at the next archive sync; only then are the replies of
+//!   the applied entries sent and [`Group::applied`] told, between two
+//!   rounds (it may compact the log, on disk too, from
+//!   [`Group::checkpoint`]).
 //! - **Crashes** lose the unsynced: a round whose fdatasync did not finish
 //!   is lost (or, sometimes, a prefix of its writes survives), and so is
-//!   the archive's unsynced tail (or a prefix of whole entries). Crashes
-//!   come at random, and around rounds (likelier around an election's).
-//!   The restarted replica rebuilds [`Restored`] from its disk and its
-//!   machine from the archive ([`Machine::restored`]: the watermarks, and
-//!   the highest index recorded or raft-rs's applied index if higher);
-//!   raft-rs hands over again what followed its persisted applied index.
-//! - **Snapshots.** The batches of a `MsgSnapshot` (the sender's archive
-//!   when it was sent, with their indices) are written and synced into the
-//!   receiver's archive before the message is stepped, and the receiver's
-//!   machine is raised to them ([`Machine::raise_to`]); the sender then
-//!   hears `report_snapshot` (a failure when the message was lost).
+//!   the archive's unsynced tail (or any prefix of its appends: part of an
+//!   entry's, part of a snapshot's). Crashes come at random, around rounds
+//!   (likelier around an election's) and in the middle of writing a
+//!   snapshot's data. The restarted replica rebuilds [`Restored`] from its
+//!   disk and its machine from the state its log holds
+//!   ([`Machine::restored`], [`Machine::default`] when none); raft-rs hands
+//!   over again what followed its persisted applied index (or its log
+//!   start, if later), and `begin` skips what is at or below M.
+//! - **The log start.** raft-rs never hands over again what precedes the
+//!   log's start on disk, so the machine state written must always stand
+//!   for at least that index: the model writes the synced copy with every
+//!   compaction's log start and before a snapshot's metadata in its round
+//!   (the simulator found that writing it with the applied index alone
+//!   loses entries; see `docs/simulation.md`).
+//! - **Snapshots.** A `MsgSnapshot` carries the sender's archive when it was
+//!   sent (each seq with the index that archived it) and the sender's machine
+//!   then: its watermarks and D, its [`Machine::applied`]. The receiver
+//!   writes what lies above its archive and syncs, before the message is
+//!   stepped; a crash may come in the middle (a prefix of those appends
+//!   survives, the machine is not raised, the sender hears a failure). Once
+//!   the data is durable the machine is raised ([`Machine::raise_to`]) to
+//!   the sender's watermarks and D, and that raised machine is the synced
+//!   copy the next write of the state takes; entries at or below D that
+//!   raft-rs hands over later are skipped by `begin`. The sender then hears
+//!   `report_snapshot` (a failure when the message was lost).
 //! - **Network.** Every message (Raft, client request, reply) may be
 //!   dropped, duplicated (not direct writes: HTTP/2 does not duplicate a
 //!   request), delayed (a few are very slow), and so reordered. Partitions
@@ -61,13 +86,19 @@
 //! indexes in order; each archive holds each (pair, seq) at most once,
 //! dense from 1, with the right content (pushes: the follower's; direct
 //! writes: the same write at the same seq on every replica), archived by
-//! the same entry on every replica, and its machine's watermarks are the
-//! archive's; no ack above a follower's log.
+//! the same entry on every replica; a seq an append skips because the
+//! archive holds it holds the same content, archived by the same entry; a
+//! machine's watermarks never exceed its archive's; a machine that stands
+//! for index i holds the same watermarks on every replica (the state after
+//! entry i), and a restarted machine or one that installed a snapshot
+//! stands for at least what raft-rs will not hand over again; no ack above
+//! a follower's log.
 //! At the end (faults stopped, partitions healed, everyone restarted),
 //! making progress until then: every follower entry and every direct write is
 //! acked, every replica has applied the same commit index, the archives
-//! are equal, every acked direct write is at its seqs, and a direct write
-//! whose outcome was never in doubt is stored exactly once.
+//! are equal and every machine's watermarks are its archive's, every acked
+//! direct write is at its seqs, and a direct write whose outcome was never
+//! in doubt is stored exactly once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -121,6 +152,8 @@ pub struct Params {
     pub crash_per_million: u64,
     pub round_crash_per_million: u64,
     pub election_crash_per_million: u64,
+    /// A crash while a snapshot's data is being written.
+    pub snapshot_crash_per_million: u64,
     pub downtime_ticks_max: u64,
     pub partition_per_million: u64,
     pub partition_ticks_max: u64,
@@ -160,6 +193,7 @@ impl Params {
             crash_per_million: rng.rate(30_000),
             round_crash_per_million: rng.rate(3_000),
             election_crash_per_million: rng.rate(200_000),
+            snapshot_crash_per_million: rng.rate(300_000),
             downtime_ticks_max: rng.between(1, 60),
             partition_per_million: rng.rate(30_000),
             partition_ticks_max: rng.between(5, 80),
@@ -192,7 +226,13 @@ pub struct Stats {
     pub entries_applied: u64,
     pub entries_reapplied: u64,
     pub entries_skipped: u64,
+    /// Fresh seqs not appended: the archive held them already.
+    pub seqs_held: u64,
     pub snapshots_sent: u64,
+    pub snapshot_crashes: u64,
+    /// Snapshots whose sender's machine stood for an index past the
+    /// snapshot's (D > the `MsgSnapshot`'s index).
+    pub snapshots_ahead: u64,
     pub snapshots_installed: u64,
     pub compactions: u64,
     pub push_acks: u64,
@@ -213,7 +253,10 @@ impl Stats {
         self.entries_applied += other.entries_applied;
         self.entries_reapplied += other.entries_reapplied;
         self.entries_skipped += other.entries_skipped;
+        self.seqs_held += other.seqs_held;
         self.snapshots_sent += other.snapshots_sent;
+        self.snapshot_crashes += other.snapshot_crashes;
+        self.snapshots_ahead += other.snapshots_ahead;
         self.snapshots_installed += other.snapshots_installed;
         self.compactions += other.compactions;
         self.push_acks += other.push_acks;
@@ -265,6 +308,10 @@ struct Disk {
     entries: Vec<Entry>,
     /// The applied index, persisted now and then.
     applied: u64,
+    /// The machine's state (watermarks, and the index they stand for) at
+    /// an entry boundary whose archive appends are durable; none on a
+    /// fresh disk until its first round.
+    machine: Option<Machine>,
 }
 
 impl Disk {
@@ -321,13 +368,14 @@ impl Disk {
 }
 
 /// A replica's archive: every pair's entries by seq (index `seq - 1`), each
-/// with the Raft index of the entry that appended it (what the blocks
-/// record); the last `tail.len()` appends are not synced yet.
+/// with the Raft index of the entry that appended it (kept only for the
+/// properties: recovery does not read it); the last `tail.len()` appends
+/// are not synced yet.
 #[derive(Clone, Debug, Default)]
 struct Archive {
     pairs: BTreeMap<Pair, Vec<Archived>>,
-    /// The pair and Raft index of each unsynced append, in append order.
-    tail: Vec<(Pair, u64)>,
+    /// The pair of each unsynced append, in append order.
+    tail: Vec<Pair>,
 }
 
 /// One archived entry: its content and the Raft index that appended it.
@@ -337,7 +385,15 @@ struct Archived {
     index: u64,
 }
 
-type Streamed = Rc<BTreeMap<Pair, Vec<Archived>>>;
+/// What a `MsgSnapshot` carries: the sender's archive when it was sent (the
+/// batches streamed ahead of the message) and its machine then.
+#[derive(Debug)]
+struct Streamed {
+    archive: BTreeMap<Pair, Vec<Archived>>,
+    watermarks: BTreeMap<Pair, u64>,
+    /// D: the index the sender's watermarks stand for.
+    applied: u64,
+}
 
 impl Archive {
     fn len(&self, pair: Pair) -> u64 {
@@ -350,7 +406,7 @@ impl Archive {
             return Err(format!("{pair:?} seq {seq} appended to an archive holding 1..={}", entries.len()));
         }
         entries.push(archived);
-        self.tail.push((pair, archived.index));
+        self.tail.push(pair);
         Ok(())
     }
 
@@ -360,7 +416,7 @@ impl Archive {
 
     /// A crash: the first `keep` unsynced appends survive.
     fn crash(&mut self, keep: usize) {
-        for &(pair, _) in self.tail[keep..].iter().rev() {
+        for &pair in self.tail[keep..].iter().rev() {
             if let Some(entries) = self.pairs.get_mut(&pair) {
                 entries.pop();
             }
@@ -368,19 +424,19 @@ impl Archive {
         self.tail.clear();
     }
 
-    fn watermarks(&self) -> BTreeMap<Pair, u64> {
-        self.pairs.iter().map(|(&pair, entries)| (pair, entries.len() as u64)).collect()
-    }
-
-    /// The highest Raft index the archive records.
-    fn recorded_index(&self) -> u64 {
-        self.pairs.values().flat_map(|entries| entries.last()).map(|archived| archived.index).max().unwrap_or(0)
+    /// What the archive holds at (pair, seq).
+    fn get(&self, pair: Pair, seq: u64) -> Option<Archived> {
+        let at = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.pairs.get(&pair)?.get(at).copied()
     }
 }
 
 /// A round whose writes wait for their fdatasync.
 #[derive(Debug)]
 struct Round {
+    /// The machine's state, written first (before a snapshot's metadata:
+    /// the log start must never pass the state on disk).
+    machine: Option<Machine>,
     snapshot: Option<Snapshot>,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
@@ -390,12 +446,22 @@ struct Round {
 
 impl Round {
     fn writes(&self) -> usize {
-        usize::from(self.snapshot.is_some()) + self.entries.len() + usize::from(self.hard_state.is_some())
+        usize::from(self.machine.is_some())
+            + usize::from(self.snapshot.is_some())
+            + self.entries.len()
+            + usize::from(self.hard_state.is_some())
     }
 
     /// Puts the first `count` writes on `disk`, in the order they are
-    /// written (snapshot, entries, hard state).
+    /// written (machine, snapshot, entries, hard state).
     fn persist(&self, disk: &mut Disk, mut count: usize) -> Result<(), String> {
+        if let Some(machine) = &self.machine {
+            if count == 0 {
+                return Ok(());
+            }
+            disk.machine = Some(machine.clone());
+            count -= 1;
+        }
         if let Some(snapshot) = &self.snapshot {
             if count == 0 {
                 return Ok(());
@@ -472,7 +538,7 @@ struct Pending {
 #[derive(Debug)]
 enum Input {
     Tick,
-    Raft { from: usize, message: Message, archive: Option<Streamed> },
+    Raft { from: usize, message: Message, archive: Option<Rc<Streamed>> },
     Request(Request),
     SnapshotReport { peer: u64, done: bool },
     Unreachable(u64),
@@ -481,7 +547,7 @@ enum Input {
 #[derive(Debug)]
 enum Event {
     Tick(usize, u64),
-    Raft { from: usize, incarnation: u64, to: usize, message: Message, archive: Option<Streamed> },
+    Raft { from: usize, incarnation: u64, to: usize, message: Message, archive: Option<Rc<Streamed>> },
     SyncDone(usize, u64),
     ArchiveSync(usize, u64),
     SnapshotReport { sender: usize, incarnation: u64, peer: u64, done: bool },
@@ -510,6 +576,10 @@ struct Replica {
     last_applied: u64,
     /// The index through which applied effects are synced in the archive.
     synced_through: u64,
+    /// The machine as of the last archive sync (or restart, or snapshot
+    /// raise): its effects are all durable, so it is what the disk may
+    /// take. The live machine runs ahead of it by the entries applied since.
+    synced: Machine,
     /// The highest index applied before this incarnation started.
     reapply_through: u64,
     /// Client requests waiting for a proposal.
@@ -585,6 +655,9 @@ pub struct World {
     /// (pair, seq) → the Raft index of the entry that archived it, first
     /// anywhere: every replica must archive it from the same entry.
     archived_by: BTreeMap<(Pair, u64), u64>,
+    /// index → the watermarks after that entry, as first seen anywhere: a
+    /// machine that stands for an index holds them on every replica.
+    states: BTreeMap<u64, BTreeMap<Pair, u64>>,
     logger: slog::Logger,
 }
 
@@ -625,6 +698,7 @@ impl World {
                 inbox: VecDeque::new(),
                 last_applied: 0,
                 synced_through: 0,
+                synced: Machine::default(),
                 reapply_through: 0,
                 queue: Vec::new(),
                 pending: BTreeMap::new(),
@@ -654,6 +728,7 @@ impl World {
             committed: BTreeMap::new(),
             direct_seen: BTreeMap::new(),
             archived_by: BTreeMap::new(),
+            states: BTreeMap::from([(0, BTreeMap::new())]),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -723,14 +798,27 @@ impl World {
         replica.last_applied = group.status().applied;
         replica.synced_through = replica.last_applied;
         replica.reapply_through = replica.reapply_through.max(replica.last_applied);
-        // The machine stands for the last entry the archive records, or for
-        // raft-rs's applied index if higher (what followed appended nothing).
-        let applied = replica.archive.recorded_index().max(replica.last_applied);
-        replica.machine = Machine::restored(replica.archive.watermarks(), applied);
+        // The machine is the state the log holds, not what the archive
+        // holds (which may be ahead of it).
+        replica.machine = match &replica.disk.machine {
+            Some(persisted) => Machine::restored(persisted.watermarks().clone(), persisted.applied()),
+            None => Machine::default(),
+        };
+        replica.synced = replica.machine.clone();
+        let resumes_after = replica.last_applied;
+        let stands_for = replica.machine.applied();
         replica.group = Some(group);
         replica.up = true;
         replica.drawn_for = (u64::MAX, StateRole::Follower);
         let incarnation = replica.incarnation;
+        if stands_for < resumes_after {
+            return Err(format!(
+                "replica {index} restarts with its machine at index {stands_for}, raft-rs resumes after \
+                 {resumes_after}: entries {}..={resumes_after} are never applied to it",
+                stands_for + 1
+            ));
+        }
+        self.check_machine(index)?;
         self.draw_election_timeout(index);
         let first_tick = self.now + 1 + self.rng.below(TICK);
         self.schedule(first_tick, Event::Tick(index, incarnation));
@@ -823,7 +911,14 @@ impl World {
                 if self.replicas[index].up {
                     return Ok(());
                 }
-                self.trace(|| format!("replica {index} restarts"));
+                let disk = &self.replicas[index].disk;
+                let machine = disk.machine.as_ref().map_or(0, Machine::applied);
+                self.trace(|| {
+                    format!(
+                        "replica {index} restarts: log start {}, applied {}, machine at {machine}",
+                        disk.snapshot.0, disk.applied
+                    )
+                });
                 let restored = self.replicas[index].disk.restored();
                 self.start(index, Some(restored))
             }
@@ -845,6 +940,10 @@ impl World {
             }
             let Some(input) = self.replicas[index].inbox.pop_front() else { break };
             self.input(index, input)?;
+            if !self.replicas[index].up {
+                // It crashed while writing a snapshot's data.
+                break;
+            }
             self.draw_election_timeout(index);
             self.check_leadership(index);
         }
@@ -861,7 +960,12 @@ impl World {
                 let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
                 if let Some(archive) = archive {
                     // The stream's batches come first, then the message.
-                    self.install_streamed(index, &archive)?;
+                    if !self.install_streamed(index, &archive, &message)? {
+                        // A crash in the middle: the stream broke.
+                        let incarnation = self.replicas[from].incarnation;
+                        self.snapshot_failed(from, incarnation, message.to);
+                        return Ok(());
+                    }
                 }
                 // A refused message (a stale response from a removed peer, …)
                 // is the sender's problem, not the receiver's.
@@ -913,21 +1017,76 @@ impl World {
     }
 
     /// The batches streamed ahead of a `MsgSnapshot` (what the sender's
-    /// archive holds, each with the index that archived it): what this
-    /// replica lacks is written and synced, and the machine raised to the
-    /// state they stand for, before the message is stepped (whether raft-rs
-    /// then takes the snapshot or not: the data is committed either way).
-    fn install_streamed(&mut self, index: usize, streamed: &BTreeMap<Pair, Vec<Archived>>) -> Result<(), String> {
-        for (&pair, entries) in streamed {
+    /// archive holds, each with the index that archived it): what lies
+    /// above this replica's archive is written and synced, and only then is
+    /// the machine raised to the sender's (its watermarks and D, the index
+    /// they stand for), before the message is stepped (whether raft-rs then
+    /// takes the snapshot or not: the data is committed either way). The
+    /// raised machine is the synced copy the disk takes next. `false` when
+    /// the replica crashed in the middle: a prefix of the appends survives,
+    /// the machine is not raised.
+    fn install_streamed(&mut self, index: usize, streamed: &Streamed, message: &Message) -> Result<bool, String> {
+        for (&pair, entries) in &streamed.archive {
             let held = self.replicas[index].archive.len(pair);
             for seq in held + 1..=entries.len() as u64 {
                 self.archive_append(index, pair, seq, entries[seq as usize - 1])?;
             }
         }
+        if self.faults && self.rng.chance(self.params.snapshot_crash_per_million) {
+            self.stats.snapshot_crashes += 1;
+            self.trace(|| format!("replica {index} crashes while writing a snapshot's data"));
+            self.crash_with(index, true);
+            return Ok(false);
+        }
         self.sync_archive(index);
+        if streamed.applied > message.get_snapshot().get_metadata().index {
+            self.stats.snapshots_ahead += 1;
+        }
         let replica = &mut self.replicas[index];
-        let (watermarks, recorded) = (replica.archive.watermarks(), replica.archive.recorded_index());
-        replica.machine.raise_to(&watermarks, recorded);
+        replica.machine.raise_to(&streamed.watermarks, streamed.applied);
+        replica.synced = replica.machine.clone();
+        self.check_machine(index)?;
+        Ok(true)
+    }
+
+    /// Replica `index`'s machine never holds more than its archive, and
+    /// holds what every machine holds after the entry it stands for.
+    fn check_machine(&mut self, index: usize) -> Result<(), String> {
+        let machine = &self.replicas[index].machine;
+        let archive = &self.replicas[index].archive;
+        for (&pair, &watermark) in machine.watermarks() {
+            let held = archive.len(pair);
+            if watermark > held {
+                return Err(format!("replica {index}: {pair:?} machine watermark {watermark}, archive holds {held}"));
+            }
+        }
+        let applied = machine.applied();
+        let state = self.states.entry(applied).or_insert_with(|| machine.watermarks().clone());
+        if state != machine.watermarks() {
+            return Err(format!(
+                "replica {index}: its machine stands for index {applied} with watermarks {:?}, the state after \
+                 entry {applied} is {state:?}",
+                machine.watermarks()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A fresh seq of an admitted batch: appended, unless the archive holds
+    /// it already (appended before a crash by this very entry, or written
+    /// from a snapshot's data), which must then be what this entry appends.
+    fn archive_fresh(&mut self, index: usize, pair: Pair, seq: u64, archived: Archived) -> Result<(), String> {
+        let Some(held) = self.replicas[index].archive.get(pair, seq) else {
+            return self.archive_append(index, pair, seq, archived);
+        };
+        if held != archived {
+            return Err(format!(
+                "replica {index}: entry {} appends {pair:?} seq {seq} with content {:#x}; the archive holds it from \
+                 entry {} with content {:#x}",
+                archived.index, archived.content, held.index, held.content
+            ));
+        }
+        self.stats.seqs_held += 1;
         Ok(())
     }
 
@@ -976,14 +1135,16 @@ impl World {
         let replica = &mut self.replicas[index];
         replica.archive.sync();
         replica.synced_through = replica.last_applied;
+        replica.synced = replica.machine.clone();
         for reply in std::mem::take(&mut replica.held) {
             self.send_reply(reply);
         }
     }
 
     /// Tells the group what is applied and durable (between rounds: raft-rs's
-    /// rule), compacts the log on disk as in memory, and now and then
-    /// persists the applied index.
+    /// rule), compacts the log on disk as in memory (the log start carries
+    /// the synced machine), and now and then persists the applied index
+    /// with the synced machine.
     fn tell_applied(&mut self, index: usize) {
         let replica = &mut self.replicas[index];
         let synced_through = replica.synced_through;
@@ -992,12 +1153,16 @@ impl World {
         }
         if replica.group().applied(synced_through).is_some() {
             let checkpoint = replica.group().checkpoint();
+            // The new log start: raft-rs will not hand over again what
+            // precedes it, so the state written with it covers it.
             replica.disk.compact(checkpoint);
+            replica.disk.machine = Some(replica.synced.clone());
             self.stats.compactions += 1;
         }
         if self.rng.chance(self.params.applied_persist_per_million) {
             let replica = &mut self.replicas[index];
             replica.disk.applied = replica.group().status().applied;
+            replica.disk.machine = Some(replica.synced.clone());
         }
     }
 
@@ -1015,12 +1180,26 @@ impl World {
             self.send_raft(index, message);
         }
         if let Some(snapshot) = &work.snapshot {
-            // raft-rs took it: its data came first (install_streamed), so
-            // the state is at least the snapshot's.
+            // raft-rs took it: its data came first (install_streamed), and
+            // raised the machine to the sender's, which stands for at least
+            // the snapshot's index; raft-rs hands over nothing up to it.
             let snapshot_index = snapshot.get_metadata().index;
-            self.replicas[index].machine.raise_to(&BTreeMap::new(), snapshot_index);
+            let stands_for = self.replicas[index].machine.applied();
+            if stands_for < snapshot_index {
+                return Err(format!(
+                    "replica {index} takes a snapshot at {snapshot_index}, its machine stands for index \
+                     {stands_for}: entries {}..={snapshot_index} are never applied to it",
+                    stands_for + 1
+                ));
+            }
         }
+        // The machine's state goes to a fresh disk with its first round,
+        // and ahead of a snapshot's metadata (which moves the log start).
+        let replica = &self.replicas[index];
+        let write_machine = replica.disk.machine.is_none() || work.snapshot.is_some();
+        let machine = write_machine.then(|| replica.synced.clone());
         let round = Round {
+            machine,
             snapshot: work.snapshot,
             entries: work.entries,
             hard_state: work.hard_state,
@@ -1130,12 +1309,13 @@ impl World {
                     for position in admission.duplicates..batch.len() {
                         let view = batch.entry(position);
                         let content = u64::from_le_bytes(view.body.try_into().map_err(|_| "a body of 8 bytes")?);
-                        self.archive_append(index, pair, view.seq, Archived { content, index: entry.index })?;
+                        let archived = Archived { content, index: entry.index };
+                        self.archive_fresh(index, pair, view.seq, archived)?;
                     }
                 }
                 let replica = &self.replicas[index];
                 let (machine, archive) = (replica.machine.watermark(pair), replica.archive.len(pair));
-                if machine != archive {
+                if machine > archive {
                     return Err(format!(
                         "replica {index}: {pair:?} machine watermark {machine}, archive holds {archive}"
                     ));
@@ -1150,6 +1330,7 @@ impl World {
                 outcomes.push(outcome.map(|admission| (admission.first_seq, machine)));
             }
         }
+        self.check_machine(index)?;
         let Some(pending) = self.replicas[index].pending.remove(&entry.index) else { return Ok(()) };
         self.replicas[index].direct_in_flight -= pending.direct_seqs;
         if pending.term != entry.term {
@@ -1287,7 +1468,14 @@ impl World {
         let to = message.to as usize - 1;
         let incarnation = self.replicas[from].incarnation;
         let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-        let archive = snapshot.then(|| Rc::new(self.replicas[from].archive.pairs.clone()));
+        let archive = snapshot.then(|| {
+            let sender = &self.replicas[from];
+            Rc::new(Streamed {
+                archive: sender.archive.pairs.clone(),
+                watermarks: sender.machine.watermarks().clone(),
+                applied: sender.machine.applied(),
+            })
+        });
         if snapshot {
             self.stats.snapshots_sent += 1;
             self.trace(|| {
@@ -1403,6 +1591,12 @@ impl World {
     }
 
     fn crash(&mut self, index: usize) {
+        self.crash_with(index, false);
+    }
+
+    /// A crash; `writing` when it comes in the middle of archive appends
+    /// (a snapshot's data): some of them reached the disk.
+    fn crash_with(&mut self, index: usize, writing: bool) {
         self.stats.crashes += 1;
         let torn = self.rng.chance(self.params.torn_per_million);
         let replica = &mut self.replicas[index];
@@ -1416,13 +1610,11 @@ impl World {
                 self.stats.torn_rounds += 1;
             }
         }
-        // What reached the disk of the archive: a prefix of whole entries
-        // (the driver appends an entry's fresh parts as one append).
-        let tail = &replica.archive.tail;
-        let mut keep = if torn { self.rng.below(tail.len() as u64 + 1) as usize } else { 0 };
-        while keep > 0 && keep < tail.len() && tail[keep].1 == tail[keep - 1].1 {
-            keep -= 1;
-        }
+        // What reached the disk of the archive: nothing unsynced, or any
+        // prefix of the unsynced appends (part of an entry's, part of a
+        // snapshot's data).
+        let unsynced = replica.archive.tail.len() as u64;
+        let keep = if torn || writing { self.rng.below(unsynced + 1) as usize } else { 0 };
         replica.archive.crash(keep);
         replica.up = false;
         replica.incarnation += 1;
