@@ -20,8 +20,9 @@
 //! The snapshot a lagging peer receives is taken at the **applied** index
 //! (raft-rs's `MemStorage` would take it at the commit index, which may run
 //! ahead of what is applied): the archive data streamed with it is at least
-//! the state at that index, and its blocks record their indices, so the
-//! receiver's [`super::machine::Machine`] knows which state it got.
+//! the state at that index, and it comes with the sender's machine state
+//! and the index that state stands for, so the receiver's
+//! [`super::machine::Machine`] knows which state it got.
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -376,9 +376,9 @@ impl RaftLog {
         (hard_state, conf_state, start): (HardState, ConfState, (u64, u64)),
     ) -> Result<(), Error> {
         let mut out = Vec::new();
+        encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
-        encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
         self.write(&out).await?;
         // The new file's name must survive a crash too.
         sync_dir(&self.dir)
@@ -440,6 +440,12 @@ impl RaftLog {
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         out.reserve(entry_bytes + 256);
+        // The machine first: a torn round keeps a prefix of its records, and
+        // the log must never start (a snapshot) past the machine's state, or
+        // raft-rs would never hand over the entries in between.
+        if let Some(changed) = self.machine_changed.take() {
+            encode_machine(&mut out, self.machine.applied, false, &changed);
+        }
         if let Some(snapshot) = &work.snapshot {
             let metadata = snapshot.get_metadata();
             encode_start(&mut out, SNAPSHOT, (metadata.index, metadata.term), metadata.get_conf_state())?;
@@ -455,9 +461,6 @@ impl RaftLog {
         }
         if let Some(applied) = self.applied.take() {
             record(&mut out, APPLIED, &u64s(&[applied]));
-        }
-        if let Some(changed) = self.machine_changed.take() {
-            encode_machine(&mut out, self.machine.applied, false, &changed);
         }
         let written = if out.is_empty() { Ok(()) } else { self.write(&out).await };
         if out.capacity() <= RAFT_LOG_SCRATCH_BYTES_MAX {
@@ -495,10 +498,10 @@ impl RaftLog {
         // entries between it and their first entry are in the deleted ones.
         let (hard_state, conf_state, start) = checkpoint;
         let mut out = Vec::new();
-        encode_start(&mut out, LOG_START, start, &conf_state)?;
-        encode_hard_state(&mut out, &hard_state);
         // The deltas in the segments about to go are folded into this one.
         encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
+        encode_start(&mut out, LOG_START, start, &conf_state)?;
+        encode_hard_state(&mut out, &hard_state);
         self.write(&out).await?;
         for _ in 0..deletable {
             let (id, _) = self.closed[0];

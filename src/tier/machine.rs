@@ -25,7 +25,10 @@
 //! behind; those are the appends the same entries decide again, so the
 //! driver appends only what the shard does not hold yet. A snapshot raises
 //! the state to the sender's, standing for the sender's applied index
-//! ([`Machine::raise_to`]), once its data is durable.
+//! ([`Machine::raise_to`]), once its data is durable. The persisted state
+//! must never stand for less than where the log starts on disk (a snapshot,
+//! a compaction point): raft-rs never hands over the entries before that,
+//! so the log writes the state first in every round and checkpoint.
 //!
 //! Direct writes are stricter: their seqs were chosen by the leader that
 //! proposed them (the group's next seqs as it knew them), and a batch is
