@@ -537,8 +537,20 @@ fn a_member_too_far_behind_catches_up_by_snapshot() {
     let writer = (lagging + 1) % 3;
     for index in 0..40 {
         let body = format!("{{\"body\":\"direct {index}\"}}\n");
-        let reply = common::node::post(&tier.nodes[writer].url("/v1/entries"), "application/x-ndjson", body.as_bytes());
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        // The killed member may have led a group: until the others elect,
+        // a write is refused unproposed (503, no leader known), and a
+        // client tries again.
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let reply =
+                common::node::post(&tier.nodes[writer].url("/v1/entries"), "application/x-ndjson", body.as_bytes());
+            if reply.status == 503 && reply.body.contains("no leader known") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            break;
+        }
     }
     tier.nodes[lagging].restart();
     assert_archives_equal_the_log(&tier, &follower, &acked, "after the snapshot");
