@@ -48,6 +48,8 @@ pub struct Settings {
     pub leader: Option<String>,
     /// `--peers` (`1=HOST:PORT,2=HOST:PORT,...`: the archive tier's members)
     pub peers: Option<String>,
+    /// `--join` (`HOST:PORT`: a member of the tier to join)
+    pub join: Option<String>,
     /// `--raft-log-entries` (entries a tier member keeps behind the applied
     /// index for lagging peers)
     pub raft_log_entries: Option<u64>,
@@ -92,6 +94,7 @@ impl Settings {
             node_id: self.node_id.or(base.node_id),
             leader: self.leader.or(base.leader),
             peers: self.peers.or(base.peers),
+            join: self.join.or(base.join),
             raft_log_entries: self.raft_log_entries.or(base.raft_log_entries),
             durability: self.durability.or(base.durability),
             segment_bytes: self.segment_bytes.or(base.segment_bytes),
@@ -123,6 +126,9 @@ pub struct NodeConfig {
     /// is not a tier member). A restarted member uses the membership it
     /// persisted instead.
     pub peers: std::collections::BTreeMap<u32, SocketAddr>,
+    /// A member of the tier to ask to add this node (`--join`), on its
+    /// first start; a node that has joined uses its persisted membership.
+    pub join: Option<SocketAddr>,
     /// Raft log entries a tier member keeps behind its applied index for
     /// lagging peers; a peer further behind gets a snapshot.
     pub raft_log_entries: u64,
@@ -396,6 +402,10 @@ impl NodeConfig {
             None => std::collections::BTreeMap::new(),
             Some(text) => parse_peers(text, node_id)?,
         };
+        let join = settings.join.as_deref().map(|addr| parse_addr("--join", addr)).transpose()?;
+        if join.is_some() && !peers.is_empty() {
+            return Err("--join and --peers: a node either forms the tier (--peers) or joins it (--join)".into());
+        }
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
@@ -403,6 +413,7 @@ impl NodeConfig {
             grpc_addr: parse_addr("--grpc-addr", settings.grpc_addr.as_deref().unwrap_or(GRPC_ADDR_DEFAULT))?,
             leaders,
             peers,
+            join,
             raft_log_entries,
             shutdown_timeout,
             shards,

@@ -381,6 +381,11 @@ pub const RAFT_LOG_SCRATCH_BYTES_MAX: usize = 8 << 20;
 /// and its framing. A longer length read back is corruption.
 pub const RAFT_RECORD_BYTES_MAX: usize = PROPOSAL_BYTES_MAX + (1 << 20);
 
+/// A learner is promoted to voter once its log is within this many entries
+/// of its leader's (a few group commits: it then keeps up as a voter
+/// without holding back the quorum).
+pub const PROMOTE_LAG_ENTRIES: u64 = 64;
+
 /// Most ReadIndex requests waiting on a group: linearizable watermark
 /// reads beyond it are refused with `RESOURCE_EXHAUSTED`.
 pub const READ_INDEX_WAITING_MAX: usize = 4096;

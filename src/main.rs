@@ -78,6 +78,28 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take a member out of the tier: its leaderships move to the others first, then it
+    /// leaves every group and stops serving the tier.
+    Remove {
+        /// A tier member's gRPC address (any member).
+        #[arg(long)]
+        to: String,
+        /// The member to remove.
+        #[arg(long)]
+        node_id: u32,
+    },
+    /// Hand a group's leadership to a voter.
+    Transfer {
+        /// A tier member's gRPC address (any member).
+        #[arg(long)]
+        to: String,
+        /// The group (= shard index).
+        #[arg(long)]
+        group: u32,
+        /// The voter to lead it.
+        #[arg(long)]
+        node_id: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -109,6 +131,11 @@ struct ServeArgs {
     /// uses the membership it persisted
     #[arg(long)]
     peers: Option<String>,
+    /// Join a running archive tier through one of its members (its gRPC HOST:PORT): this
+    /// node becomes a learner of every group, then a voter once caught up; a node that has
+    /// joined uses the membership it persisted
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
     /// Raft log entries a tier member keeps behind its applied index for lagging
     /// members; one further behind gets a snapshot [default: 4096]
     #[arg(long)]
@@ -152,6 +179,7 @@ impl ServeArgs {
             node_id: self.node_id,
             leader: self.leader,
             peers: self.peers,
+            join: self.join,
             raft_log_entries: self.raft_log_entries,
             durability: self.durability,
             segment_bytes: self.segment_bytes,
@@ -186,6 +214,8 @@ fn main() -> std::process::ExitCode {
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
         Command::Restore { from, follower_id, data_dir, shards } => restore(&from, follower_id, data_dir, shards),
         Command::Cluster(ClusterCommand::Status { to, json }) => cluster_status(&to, json),
+        Command::Cluster(ClusterCommand::Remove { to, node_id }) => cluster_remove(&to, node_id),
+        Command::Cluster(ClusterCommand::Transfer { to, group, node_id }) => cluster_transfer(&to, group, node_id),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -260,34 +290,48 @@ fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize
 
 /// `wormdb cluster status`: asks a member for its `/v1/cluster` document
 /// over gRPC (`WormCluster.Status`) and prints it.
-fn cluster_status(to: &str, json: bool) -> Result<(), String> {
+/// One `WormCluster` call to the member at `to`, for the CLI.
+fn cluster_call<Request, Response>(to: &str, path: &'static str, request: Request) -> Result<Response, String>
+where
+    Request: prost::Message + Send + 'static,
+    Response: prost::Message + Default + Send + 'static,
+{
     use std::net::ToSocketAddrs;
     let addr = to
         .to_socket_addrs()
         .map_err(|error| format!("--to {to}: {error}"))?
         .next()
         .ok_or_else(|| format!("--to {to}: no address"))?;
-    let document = glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            let timeout = std::time::Duration::from_secs(5);
-            let channel = wormdb::grpc::transport::Channel::connect(addr, timeout)
-                .await
-                .map_err(|status| format!("--to {addr}: {}", status.message))?;
-            let response: wormdb::proto::ClusterStatusResponse = channel
-                .unary("/wormdb.v1.WormCluster/Status", &wormdb::proto::ClusterStatusRequest {}, Some(timeout))
-                .await
-                .map_err(|status| format!("{addr}: {}", status.message))?;
-            Ok::<_, String>(response.json)
-        })
-        .map_err(|error| format!("cannot start the executor: {error}"))?
-        .join()
-        .map_err(|error| format!("cluster status failed: {error}"))??;
+    // Membership changes wait for every group's quorum (and for leaders to
+    // hand over): generous.
+    let timeout = std::time::Duration::from_secs(60);
+    wormdb::node::cluster::call(addr, path, request, timeout).map_err(|status| format!("{addr}: {}", status.message))
+}
+
+fn cluster_remove(to: &str, node_id: u32) -> Result<(), String> {
+    let request = wormdb::proto::RemoveRequest { node_id };
+    let _: wormdb::proto::RemoveResponse = cluster_call(to, wormdb::node::cluster::REMOVE_PATH, request)?;
+    println!("node {node_id} removed from every group: it no longer serves the tier");
+    Ok(())
+}
+
+fn cluster_transfer(to: &str, group: u32, node_id: u32) -> Result<(), String> {
+    let request = wormdb::proto::TransferLeaderRequest { group, node_id };
+    let _: wormdb::proto::TransferLeaderResponse = cluster_call(to, wormdb::node::cluster::TRANSFER_PATH, request)?;
+    println!("node {node_id} leads group {group}");
+    Ok(())
+}
+
+fn cluster_status(to: &str, json: bool) -> Result<(), String> {
+    let response: wormdb::proto::ClusterStatusResponse =
+        cluster_call(to, wormdb::node::cluster::STATUS_PATH, wormdb::proto::ClusterStatusRequest {})?;
+    let document = response.json;
     if json {
         println!("{document}");
         return Ok(());
     }
     let document: serde_json::Value =
-        serde_json::from_str(&document).map_err(|error| format!("{addr} answered a bad document: {error}"))?;
+        serde_json::from_str(&document).map_err(|error| format!("{to} answered a bad document: {error}"))?;
     print!("{}", wormdb::node::cluster::render(&document));
     Ok(())
 }

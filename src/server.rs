@@ -89,7 +89,18 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     let (http_addr, http_sockets) = bind_all(config.http_addr, config.shards, "--http-addr")?;
     let (grpc_addr, grpc_sockets) = bind_all(config.grpc_addr, config.shards, "--grpc-addr")?;
 
-    let members = crate::tier::Members::load_or_bootstrap(&config.data_dir, &config.peers, config.node_id)?;
+    let mut members = crate::tier::Members::load_or_bootstrap(&config.data_dir, &config.peers, config.node_id)?;
+    if members.is_none() {
+        if let Some(seed) = config.join {
+            members = Some(crate::node::cluster::join(seed, config.node_id, grpc_addr, &config.data_dir)?);
+        }
+    }
+    // The voters a new group starts with: the bootstrap list; none on a
+    // node that joined (it learns its groups from their leaders).
+    let voters = match &members {
+        Some(members) if !crate::tier::joined(&config.data_dir) => members.voters(),
+        _ => Vec::new(),
+    };
     if members.is_some() && !config.leaders.is_empty() {
         return Err("a tier member (--peers) archives; it cannot also follow a --leader".into());
     }
@@ -112,7 +123,7 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let config = config.clone();
         let peers = senders.clone();
         let stop = stop.clone();
-        let members = members.clone();
+        let members = members.clone().map(|members| (members, voters.clone()));
         let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
@@ -141,7 +152,7 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
 async fn run_core(
     shard_id: u32,
     config: Arc<NodeConfig>,
-    members: Option<crate::tier::Members>,
+    members: Option<(crate::tier::Members, Vec<u64>)>,
     peers: Vec<mpsc::Sender<Request>>,
     inbox: mpsc::Receiver<Request>,
     listeners: Listeners,
@@ -179,9 +190,10 @@ async fn run_core(
     );
     let tier = match members {
         None => None,
-        Some(members) => {
+        Some((members, voters)) => {
             let dir = crate::tier::group_dir(&config.data_dir, shard_id);
-            match Replica::open(config.node_id, shard_id, members, &dir, shard.clone(), config.raft_log_entries).await {
+            let (id, entries) = (config.node_id, config.raft_log_entries);
+            match Replica::open(id, shard_id, members, &voters, &dir, shard.clone(), entries).await {
                 Ok(replica) => Some(replica),
                 Err(error) => {
                     stop.store(true, Ordering::Release);

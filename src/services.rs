@@ -23,14 +23,22 @@ use crate::limits::{
 };
 use crate::node::Core;
 use crate::proto::{
-    ClusterStatusRequest, ClusterStatusResponse, ForwardWrite, OriginWatermark, PushAck, QueryRequest, RaftAck,
-    RaftBatch, ReplayRequest, SnapshotChunk, WatermarkRequest, WatermarkResponse, WatermarksRequest,
-    WatermarksResponse, WriteRequest, WriteResponse,
+    ClusterStatusRequest, ClusterStatusResponse, ForwardWrite, GroupChange, GroupChangeResponse, JoinRequest,
+    JoinResponse, Member, OriginWatermark, PushAck, QueryRequest, RaftAck, RaftBatch, RemoveRequest, RemoveResponse,
+    ReplayRequest, SnapshotChunk, TransferLeaderRequest, TransferLeaderResponse, WatermarkRequest, WatermarkResponse,
+    WatermarksRequest, WatermarksResponse, WriteRequest, WriteResponse,
 };
 use crate::query::{self, QuerySpec};
 use crate::replication::batch::PushedBatch;
 use crate::replication::{self, shard_status};
+use crate::tier::replica::Change;
 use crate::tier::{self, transport};
+
+/// How long `WormCluster` calls keep trying a group whose leader is being
+/// elected or busy with another change.
+const CHANGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The pause between two tries.
+const CHANGE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Accepts gRPC connections until cancelled, serving each on its own task.
 pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
@@ -331,12 +339,116 @@ impl Services {
         call.send(&WriteResponse { shard: group, first_seq, last_seq }).await
     }
 
+    /// Runs `change` on group `group` from its core (which sends it to the
+    /// group's leader), trying again while the group elects or finishes
+    /// another change.
+    async fn change_group(&self, group: u32, change: Change) -> Result<(), tier::Error> {
+        let deadline = std::time::Instant::now() + CHANGE_DEADLINE;
+        loop {
+            let outcome = self
+                .core
+                .run_on(group as usize, move |core| async move {
+                    match &core.tier {
+                        Some(replica) => replica.change(change).await,
+                        None => Err(tier::Error::Refused("this node is not a member of an archive tier".into())),
+                    }
+                })
+                .await
+                .map_err(|_| tier::Error::ShuttingDown)?;
+            match outcome {
+                Err(tier::Error::NotLeader { .. } | tier::Error::Busy(_) | tier::Error::Dropped { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    glommio::timer::sleep(CHANGE_RETRY).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn groups(&self) -> std::ops::Range<u32> {
+        0..self.core.peers.len() as u32
+    }
+
+    /// `WormCluster.Join`: adds the node as a learner of every group (each
+    /// promotes it once it caught up); answers the members.
+    async fn cluster_join(&self, call: &mut Call) -> Result<(), Status> {
+        let request: JoinRequest = single_message(call).await?;
+        self.group_index(0)?;
+        let addr: std::net::SocketAddr = request
+            .addr
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("join: {:?} is not a HOST:PORT address", request.addr)))?;
+        let change =
+            Change::from_proto(&GroupChange { node_id: request.node_id, addr: request.addr, ..Default::default() })?;
+        for group in self.groups() {
+            self.change_group(group, change).await?;
+        }
+        tracing::info!(node = request.node_id, %addr, "a node joined the tier as a learner of every group");
+        let members = self.core.tier.as_ref().map(|replica| replica.members().addrs).unwrap_or_default();
+        let members = members.into_iter().map(|(node_id, addr)| Member { node_id, addr: addr.to_string() }).collect();
+        call.send(&JoinResponse { members }).await
+    }
+
+    /// `WormCluster.Remove`: takes the node out of every group (each hands
+    /// its leadership over first when the node leads it).
+    async fn cluster_remove(&self, call: &mut Call) -> Result<(), Status> {
+        let request: RemoveRequest = single_message(call).await?;
+        self.group_index(0)?;
+        let node = request.node_id;
+        let known = self.core.tier.as_ref().is_some_and(|replica| replica.members().addr(node).is_some());
+        if !known {
+            return Err(Status::failed_precondition(format!("remove: node {node} is not a member of the tier")));
+        }
+        for group in self.groups() {
+            match self.change_group(group, Change::Remove { node }).await {
+                // Already out of this group (a remove retried).
+                Err(tier::Error::Refused(message)) if message.contains("is not a member") => {}
+                outcome => outcome?,
+            }
+        }
+        tracing::info!(node, "a node was removed from the tier");
+        call.send(&RemoveResponse {}).await
+    }
+
+    /// `WormCluster.TransferLeader`: hands group `group`'s leadership to
+    /// the node.
+    async fn cluster_transfer(&self, call: &mut Call) -> Result<(), Status> {
+        let request: TransferLeaderRequest = single_message(call).await?;
+        self.group_index(request.group)?;
+        if request.node_id == 0 {
+            return Err(Status::invalid_argument("transfer: node ids are 1 and up"));
+        }
+        self.change_group(request.group, Change::Transfer { node: request.node_id }).await?;
+        call.send(&TransferLeaderResponse {}).await
+    }
+
+    /// `WormRaft.Change`: a membership change another member sent to this
+    /// node because it leads the group; done here, never sent on.
+    async fn raft_change(&self, call: &mut Call) -> Result<(), Status> {
+        let request: GroupChange = single_message(call).await?;
+        let index = self.group_index(request.group)?;
+        let change = Change::from_proto(&request)?;
+        let outcome = self
+            .core
+            .run_on(index, move |core| async move {
+                match &core.tier {
+                    Some(replica) => replica.change_here(change).await,
+                    None => Err(tier::Error::ShuttingDown),
+                }
+            })
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        outcome?;
+        call.send(&GroupChangeResponse {}).await
+    }
+
     /// `WormCluster.Status`: the `/v1/cluster` document.
     async fn cluster_status(&self, call: &mut Call) -> Result<(), Status> {
         let _: ClusterStatusRequest = single_message(call).await?;
         let reports = self.core.reports().await.map_err(|_| Status::unavailable("shutting down"))?;
         let members = self.core.tier.as_ref().map(|replica| replica.members());
-        let document = crate::node::cluster::document(self.core.config.node_id, members, &reports, now_ns());
+        let document = crate::node::cluster::document(self.core.config.node_id, members.as_ref(), &reports, now_ns());
         call.send(&ClusterStatusResponse { json: document.to_string() }).await
     }
 
@@ -395,12 +507,11 @@ impl Service for Services {
                 transport::WATERMARKS_PATH => self.raft_watermarks(call).await,
                 transport::SNAPSHOT_PATH => self.raft_snapshot(call).await,
                 transport::WRITE_PATH => self.raft_write(call).await,
+                transport::CHANGE_PATH => self.raft_change(call).await,
                 "/wormdb.v1.WormCluster/Status" => self.cluster_status(call).await,
-                "/wormdb.v1.WormCluster/Join"
-                | "/wormdb.v1.WormCluster/Remove"
-                | "/wormdb.v1.WormCluster/TransferLeader" => {
-                    Err(Status::unimplemented(format!("{path}: membership changes are not built yet")))
-                }
+                "/wormdb.v1.WormCluster/Join" => self.cluster_join(call).await,
+                "/wormdb.v1.WormCluster/Remove" => self.cluster_remove(call).await,
+                "/wormdb.v1.WormCluster/TransferLeader" => self.cluster_transfer(call).await,
                 _ => Err(Status::unimplemented(format!("unknown method {path}"))),
             }
         })

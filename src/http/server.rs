@@ -357,7 +357,7 @@ async fn cluster(core: Rc<Core>) -> Response<Body> {
         .map(|elapsed| elapsed.as_nanos() as i64)
         .unwrap_or(0);
     let members = core.tier.as_ref().map(|replica| replica.members());
-    json(StatusCode::OK, &crate::node::cluster::document(core.config.node_id, members, &reports, now))
+    json(StatusCode::OK, &crate::node::cluster::document(core.config.node_id, members.as_ref(), &reports, now))
 }
 
 /// A streamed NDJSON response fed by a channel of chunks.

@@ -1,12 +1,19 @@
 //! The tier as one node sees it: the `GET /v1/cluster` document (DESIGN.md
 //! section 9; its keys are a contract), and the table `wormdb cluster
-//! status` prints from it. Pure: built from the cores' reports.
+//! status` prints from it (pure: built from the cores' reports); and the
+//! calls the CLI and `serve --join` make to a member.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::peers::ShardReport;
+use crate::grpc::status::Status;
+use crate::grpc::transport::Channel;
+use crate::proto::{JoinRequest, JoinResponse};
+use crate::tier::transport::CONNECT_TIMEOUT;
 use crate::tier::Members;
 
 /// How long a follower counts as alive after its last push (the lease TTL
@@ -25,12 +32,19 @@ fn role(role: raft::StateRole) -> &'static str {
 /// The `/v1/cluster` document of node `node_id`; `now_ns` is the wall
 /// clock, for the followers' lease times.
 pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport], now_ns: i64) -> Value {
+    // Roles from the first group's membership (every group goes through
+    // the same changes, one after the other).
+    let conf = reports.iter().find_map(|report| report.tier.as_ref());
+    let member_role = |id: u32| match conf {
+        Some(tier) if !tier.voters.contains(&u64::from(id)) => "learner",
+        _ => "voter",
+    };
     let members: Vec<Value> = members
         .map(|members| {
             members
                 .addrs
                 .iter()
-                .map(|(id, addr)| json!({"node_id": id, "addr": addr.to_string(), "role": "voter"}))
+                .map(|(&id, addr)| json!({"node_id": id, "addr": addr.to_string(), "role": member_role(id)}))
                 .collect()
         })
         .unwrap_or_default();
@@ -44,7 +58,15 @@ pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport]
                 "term": tier.status.term,
                 "commit": tier.status.commit,
                 "applied": tier.status.applied,
-                "role": role(tier.status.role),
+                "role": if tier.removed {
+                    "removed"
+                } else if !tier.voters.contains(&u64::from(node_id)) {
+                    // A learner, or a joining node that has not heard of
+                    // its group's members yet.
+                    "learner"
+                } else {
+                    role(tier.status.role)
+                },
             })
         })
         .collect();
@@ -141,3 +163,68 @@ pub fn render(document: &Value) -> String {
 fn text(value: &Value) -> String {
     value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
 }
+
+/// Runs one unary call to the member at `to` on an executor of its own
+/// (the CLI and `serve --join` call the tier before any executor runs).
+pub fn call<Request, Response>(
+    to: SocketAddr,
+    path: &'static str,
+    request: Request,
+    timeout: Duration,
+) -> Result<Response, Status>
+where
+    Request: prost::Message + Send + 'static,
+    Response: prost::Message + Default + Send + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let channel = Channel::connect(to, timeout.min(CONNECT_TIMEOUT)).await?;
+            channel.unary(path, &request, Some(timeout)).await
+        })
+        .map_err(|error| Status::internal(format!("cannot start an executor: {error}")))?
+        .join()
+        .map_err(|error| Status::internal(format!("the call failed: {error}")))?
+}
+
+/// How long joining may take: every group adds this node as a learner, one
+/// after the other, each committed by the tier's quorum.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks the member at `seed` to add node `node_id` (whose gRPC address is
+/// `addr`) to the tier, and persists what it answered: the members, and
+/// that this node joined (so its groups start empty, whatever happens).
+pub fn join(seed: SocketAddr, node_id: u32, addr: SocketAddr, data_dir: &std::path::Path) -> Result<Members, String> {
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "--join: the members reach this node at its --grpc-addr, and {addr} is no address they can dial: give \
+             its own IP"
+        ));
+    }
+    tracing::info!(node = node_id, %seed, %addr, "asking the tier to add this node");
+    let request = JoinRequest { node_id, addr: addr.to_string() };
+    let response: JoinResponse = call(seed, JOIN_PATH, request, JOIN_TIMEOUT)
+        .map_err(|status| format!("--join {seed}: the tier refused or could not add this node: {}", status.message))?;
+    let mut addrs = std::collections::BTreeMap::new();
+    for member in response.members {
+        let member_addr = member
+            .addr
+            .parse()
+            .map_err(|_| format!("--join {seed}: a member address {:?} is malformed", member.addr))?;
+        addrs.insert(member.node_id, member_addr);
+    }
+    addrs.insert(node_id, addr);
+    let members = Members { addrs };
+    crate::tier::write_durably(&data_dir.join(crate::tier::JOINED_FILE), "joined\n")?;
+    members.store(data_dir)?;
+    tracing::info!(node = node_id, members = ?members.addrs, "joined the tier as a learner of every group");
+    Ok(members)
+}
+
+/// `WormCluster.Join`.
+pub const JOIN_PATH: &str = "/wormdb.v1.WormCluster/Join";
+/// `WormCluster.Remove`.
+pub const REMOVE_PATH: &str = "/wormdb.v1.WormCluster/Remove";
+/// `WormCluster.TransferLeader`.
+pub const TRANSFER_PATH: &str = "/wormdb.v1.WormCluster/TransferLeader";
+/// `WormCluster.Status`.
+pub const STATUS_PATH: &str = "/wormdb.v1.WormCluster/Status";

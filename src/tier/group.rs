@@ -34,6 +34,10 @@ use raft::{GetEntriesContext, RaftState, StateRole};
 use super::{Error, ELECTION_TICKS, ELECTION_TICKS_MAX, HEARTBEAT_TICKS};
 use crate::limits::{PROPOSAL_BYTES_MAX, RAFT_LOG_RETAINED_ENTRIES};
 
+/// The (index, term) of the snapshot a new group starts from (see
+/// [`Group::new`]).
+pub const BOOTSTRAP: (u64, u64) = (1, 1);
+
 /// The in-memory log raft-rs reads, with snapshots taken at the applied
 /// index.
 #[derive(Clone)]
@@ -169,11 +173,28 @@ pub struct Group {
 }
 
 impl Group {
-    /// The replica `id` of group `group`: a new one (whose voters are
-    /// `voters`), or one recovered from disk.
+    /// The replica `id` of group `group`: a new one, or one recovered from
+    /// disk. A new replica of a new group starts from a snapshot at
+    /// [`BOOTSTRAP`] whose voters are `voters`; a new replica joining a
+    /// running group (`voters` empty) starts empty and knows nothing of
+    /// the group until its leader sends a snapshot.
     pub fn new(id: u64, group: u32, voters: &[u64], restored: Option<Restored>, logger: &slog::Logger) -> Group {
         let mem = match &restored {
-            None => MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), Vec::new()))),
+            None if voters.is_empty() => MemStorage::new(),
+            None => {
+                // As TiKV does: the group begins with a snapshot that names
+                // its voters, so its log starts after it. A replica that
+                // joins later has an empty log: its leader can only bring
+                // it up by snapshot, with the voters in it, never by
+                // replaying entries that do not say who the voters were.
+                let mem = MemStorage::new();
+                let mut snapshot = Snapshot::default();
+                snapshot.mut_metadata().index = BOOTSTRAP.0;
+                snapshot.mut_metadata().term = BOOTSTRAP.1;
+                snapshot.mut_metadata().set_conf_state(ConfState::from((voters.to_vec(), Vec::new())));
+                mem.wl().apply_snapshot(snapshot).expect("a fresh storage takes any snapshot");
+                mem
+            }
             Some(restored) => {
                 let mem = MemStorage::new();
                 let mut core = mem.wl();
@@ -200,8 +221,12 @@ impl Group {
         let applied = restored
             .as_ref()
             .map(|restored| restored.applied.min(restored.hard_state.commit).max(restored.snapshot.0))
-            .unwrap_or(0);
-        let log_start = restored.as_ref().map_or((0, 0), |restored| restored.snapshot);
+            .unwrap_or(if voters.is_empty() { 0 } else { BOOTSTRAP.0 });
+        let log_start = match &restored {
+            Some(restored) => restored.snapshot,
+            None if voters.is_empty() => (0, 0),
+            None => BOOTSTRAP,
+        };
         let storage =
             GroupStorage { mem, applied: Rc::new(Cell::new(applied)), log_start: Rc::new(Cell::new(log_start)) };
         let config = Config {
@@ -415,6 +440,65 @@ impl Group {
     /// The group's index.
     pub fn group(&self) -> u32 {
         self.group
+    }
+
+    /// Proposes a membership change (raft-rs allows one at a time: while
+    /// one is pending, or off the leader, it is refused). Between two
+    /// rounds only, as every proposal.
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<u64, Error> {
+        assert!(self.pending.is_none(), "a proposal while a round is out: raft-rs would panic at its end");
+        if self.node.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        if self.node.raft.has_pending_conf() {
+            return Err(Error::Busy(format!("group {}: a membership change is under way", self.group)));
+        }
+        self.node.propose_conf_change(Vec::new(), change).map_err(|_| Error::Dropped { group: self.group })?;
+        Ok(self.node.raft.raft_log.last_index())
+    }
+
+    /// Applies a committed membership change; returns the new membership,
+    /// which the driver persists. Applying the same change again (an entry
+    /// handed over again after a restart) changes nothing.
+    pub fn apply_conf_change(&mut self, change: &ConfChangeV2) -> Result<ConfState, Error> {
+        let conf = self
+            .node
+            .apply_conf_change(change)
+            .map_err(|error| Error::Malformed(format!("group {}: membership change refused: {error}", self.group)))?;
+        self.storage.mem.wl().set_conf_state(conf.clone());
+        Ok(conf)
+    }
+
+    /// The group's voters and learners.
+    pub fn conf_state(&self) -> ConfState {
+        self.storage.mem.initial_state().map(|state| state.conf_state).unwrap_or_default()
+    }
+
+    /// Asks the leader to hand its leadership to `to` (raft-rs brings `to`
+    /// up to date, then tells it to campaign at once).
+    pub fn transfer_leader(&mut self, to: u64) {
+        assert!(self.pending.is_none(), "a transfer while a round is out");
+        self.node.transfer_leader(to);
+    }
+
+    /// On the leader: how far behind the leader's log replica `id` is (in
+    /// entries), or `None` when unknown (not the leader, or not a member),
+    /// or when the replica does not hold the log's start yet: a new
+    /// replica is behind by a whole snapshot, however short the log.
+    pub fn lag_of(&self, id: u64) -> Option<u64> {
+        if self.node.raft.state != StateRole::Leader {
+            return None;
+        }
+        let matched = self.node.raft.prs().get(id)?.matched;
+        if matched == 0 || matched < self.storage.log_start.get().0 {
+            return None;
+        }
+        Some(self.node.raft.raft_log.last_index().saturating_sub(matched))
+    }
+
+    /// A membership change is proposed and not yet applied.
+    pub fn has_pending_conf(&self) -> bool {
+        self.node.raft.has_pending_conf()
     }
 }
 

@@ -25,6 +25,7 @@
 //! ([`RAFT_LOG_RETAINED_ENTRIES`](crate::limits::RAFT_LOG_RETAINED_ENTRIES)).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaFile, OpenOptions};
@@ -67,6 +68,8 @@ const APPLIED: u8 = 6;
 /// for, a flag (1: the whole map, 0: only the pairs that moved), then
 /// (node u32, shard u32, seq u64) per pair.
 const MACHINE: u8 = 7;
+/// The group's address book: `id=HOST:PORT` lines (UTF-8).
+const MEMBERS: u8 = 8;
 
 /// Bytes before a record's payload: length (u32, kind + payload), crc32
 /// (of kind and payload), kind.
@@ -169,6 +172,22 @@ fn replay_machine(machine: &mut Option<MachineState>, payload: &[u8]) -> Result<
     Ok(())
 }
 
+fn encode_addrs(out: &mut Vec<u8>, addrs: &BTreeMap<u32, SocketAddr>) {
+    let text: String = addrs.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
+    record(out, MEMBERS, text.as_bytes());
+}
+
+fn decode_addrs(payload: &[u8]) -> Result<BTreeMap<u32, SocketAddr>, String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "an address book that is not UTF-8".to_string())?;
+    text.lines()
+        .map(|line| {
+            line.split_once('=')
+                .and_then(|(id, addr)| Some((id.parse().ok()?, addr.parse().ok()?)))
+                .ok_or_else(|| format!("a bad address book line {line:?}"))
+        })
+        .collect()
+}
+
 fn encode_hard_state(out: &mut Vec<u8>, hard_state: &HardState) {
     record(out, HARD_STATE, &u64s(&[hard_state.term, hard_state.vote, hard_state.commit]));
 }
@@ -198,6 +217,12 @@ pub struct RaftLog {
     machine: MachineState,
     /// ... and the pairs that moved since the last write.
     machine_changed: Option<BTreeMap<Pair, u64>>,
+    /// The group's membership and address book as the log holds them once
+    /// the next write is durable (each checkpoint carries the book) ...
+    addrs: BTreeMap<u32, SocketAddr>,
+    /// ... and a change of them to write.
+    conf_changed: Option<ConfState>,
+    addrs_changed: bool,
 }
 
 /// What reading a group's log back found.
@@ -207,6 +232,9 @@ pub struct Recovered {
     /// The archive's state machine (`None`: a log written before it was
     /// persisted, or a new replica).
     pub machine: Option<MachineState>,
+    /// The group's address book, when the log holds one (`None`: the
+    /// node's members file has it).
+    pub addrs: Option<BTreeMap<u32, SocketAddr>>,
     /// Bytes cut from a torn last record.
     pub torn_bytes: u64,
 }
@@ -230,7 +258,7 @@ impl RaftLog {
         };
         ids.sort_unstable();
         if ids.is_empty() {
-            return Ok((Recovered { restored: None, machine: None, torn_bytes: 0 }, Vec::new()));
+            return Ok((Recovered { restored: None, machine: None, addrs: None, torn_bytes: 0 }, Vec::new()));
         }
         let mut files = Vec::with_capacity(ids.len());
         for &id in &ids {
@@ -256,6 +284,7 @@ impl RaftLog {
         restored.applied = restored.snapshot.0;
         let mut torn_bytes = 0;
         let mut machine = None;
+        let mut addrs = None;
         // (id, last entry index, valid length) of every segment.
         let mut segments = Vec::new();
         for (position, (&id, bytes)) in ids.iter().zip(&files).enumerate() {
@@ -267,6 +296,7 @@ impl RaftLog {
                     Some((kind, payload, used)) => {
                         let replayed = match kind {
                             MACHINE => replay_machine(&mut machine, payload),
+                            MEMBERS => decode_addrs(payload).map(|book| addrs = Some(book)),
                             _ => replay(&mut restored, kind, payload, &mut last_index),
                         };
                         replayed.map_err(|error| log_error("replay", &path, format!("offset {offset}: {error}")))?;
@@ -283,7 +313,7 @@ impl RaftLog {
             }
             segments.push((id, last_index, offset as u64));
         }
-        Ok((Recovered { restored: Some(restored), machine, torn_bytes }, segments))
+        Ok((Recovered { restored: Some(restored), machine, addrs, torn_bytes }, segments))
     }
 
     /// Opens the log for writing after [`RaftLog::recover`]: the last
@@ -297,11 +327,12 @@ impl RaftLog {
         segments: Vec<FoundSegment>,
         start: (HardState, ConfState, (u64, u64)),
         machine: MachineState,
+        addrs: BTreeMap<u32, SocketAddr>,
     ) -> Result<RaftLog, Error> {
         std::fs::create_dir_all(dir).map_err(|error| log_error("create", dir, error))?;
         let mut segments = segments;
         let Some((active_id, active_last_index, valid)) = segments.pop() else {
-            let mut log = RaftLog::create_segment(dir, 1, Vec::new(), 0, machine).await?;
+            let mut log = RaftLog::create_segment(dir, 1, Vec::new(), 0, machine, addrs).await?;
             log.write_checkpoint(start).await?;
             return Ok(log);
         };
@@ -333,9 +364,13 @@ impl RaftLog {
             applied: None,
             machine,
             machine_changed: None,
+            addrs,
+            conf_changed: None,
+            addrs_changed: false,
         };
         let mut out = Vec::new();
         encode_machine(&mut out, log.machine.applied, true, &log.machine.watermarks);
+        encode_addrs(&mut out, &log.addrs);
         log.write(&out).await?;
         Ok(log)
     }
@@ -346,6 +381,7 @@ impl RaftLog {
         closed: Vec<(u64, u64)>,
         active_last_index: u64,
         machine: MachineState,
+        addrs: BTreeMap<u32, SocketAddr>,
     ) -> Result<RaftLog, Error> {
         let path = segment_path(dir, id);
         let active = OpenOptions::new()
@@ -368,6 +404,9 @@ impl RaftLog {
             applied: None,
             machine,
             machine_changed: None,
+            addrs,
+            conf_changed: None,
+            addrs_changed: false,
         })
     }
 
@@ -377,6 +416,7 @@ impl RaftLog {
     ) -> Result<(), Error> {
         let mut out = Vec::new();
         encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
+        encode_addrs(&mut out, &self.addrs);
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
         self.write(&out).await?;
@@ -428,6 +468,16 @@ impl RaftLog {
         self.machine_changed.get_or_insert_with(BTreeMap::new).extend(changes);
     }
 
+    /// Notes a membership change for the next write: the group's voters
+    /// and learners, and its address book.
+    pub fn note_conf(&mut self, conf: ConfState, addrs: BTreeMap<u32, SocketAddr>) {
+        self.conf_changed = Some(conf);
+        if addrs != self.addrs {
+            self.addrs = addrs;
+            self.addrs_changed = true;
+        }
+    }
+
     /// Makes a round durable: one write, one fdatasync. When the segment
     /// is full, the next round starts a new one with `checkpoint()`.
     pub async fn persist(
@@ -459,6 +509,18 @@ impl RaftLog {
         if let Some(hard_state) = &work.hard_state {
             encode_hard_state(&mut out, hard_state);
         }
+        // A membership change before the applied index that covers it: a
+        // torn round that keeps the index keeps the change too (applying
+        // the same change again, when only the change is kept, changes
+        // nothing).
+        if self.addrs_changed {
+            self.addrs_changed = false;
+            encode_addrs(&mut out, &self.addrs);
+        }
+        if let Some(conf) = self.conf_changed.take() {
+            let bytes = conf.write_to_bytes().map_err(|error| Error::Log(format!("encode conf state: {error}")))?;
+            record(&mut out, CONF_STATE, &bytes);
+        }
         if let Some(applied) = self.applied.take() {
             record(&mut out, APPLIED, &u64s(&[applied]));
         }
@@ -476,9 +538,10 @@ impl RaftLog {
     async fn roll(&mut self, checkpoint: (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
         let mut closed = std::mem::take(&mut self.closed);
         closed.push((self.active_id, self.active_last_index));
-        let machine = self.machine.clone();
+        let (machine, addrs) = (self.machine.clone(), self.addrs.clone());
         let next =
-            RaftLog::create_segment(&self.dir, self.active_id + 1, closed, self.active_last_index, machine).await?;
+            RaftLog::create_segment(&self.dir, self.active_id + 1, closed, self.active_last_index, machine, addrs)
+                .await?;
         let previous = std::mem::replace(self, next);
         let _ = previous.active.close().await;
         self.write_checkpoint(checkpoint).await
@@ -500,6 +563,7 @@ impl RaftLog {
         let mut out = Vec::new();
         // The deltas in the segments about to go are folded into this one.
         encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
+        encode_addrs(&mut out, &self.addrs);
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
         self.write(&out).await?;
@@ -605,10 +669,15 @@ mod tests {
         let conf = ConfState::from((vec![1, 2, 3], vec![]));
         let written = path.clone();
         run(async move {
-            let mut log =
-                RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0)), MachineState::default())
-                    .await
-                    .unwrap();
+            let mut log = RaftLog::open(
+                &written,
+                Vec::new(),
+                (HardState::default(), conf, (0, 0)),
+                MachineState::default(),
+                BTreeMap::new(),
+            )
+            .await
+            .unwrap();
             let mut work =
                 Work { entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")], ..Work::default() };
             work.hard_state = Some(HardState { term: 1, vote: 1, commit: 1, ..HardState::default() });
@@ -660,6 +729,7 @@ mod tests {
                 Vec::new(),
                 (HardState::default(), conf.clone(), (0, 0)),
                 MachineState::default(),
+                BTreeMap::new(),
             )
             .await
             .unwrap();
@@ -736,7 +806,9 @@ mod tests {
         let written = path.clone();
         run(async move {
             let mut log =
-                RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0)), start).await.unwrap();
+                RaftLog::open(&written, Vec::new(), (HardState::default(), conf, (0, 0)), start, BTreeMap::new())
+                    .await
+                    .unwrap();
             log.note_machine(3, BTreeMap::from([((1, 0), 10)]));
             log.note_machine(4, BTreeMap::from([((2, 0), 7), ((1, 0), 12)]));
             log.persist(&Work::default(), || unreachable!()).await.unwrap();
@@ -764,7 +836,9 @@ mod tests {
             let (path, conf) = (path.clone(), conf.clone());
             run(async move {
                 let mut log =
-                    RaftLog::open(&path, segments, (HardState::default(), conf, (0, 0)), machine).await.unwrap();
+                    RaftLog::open(&path, segments, (HardState::default(), conf, (0, 0)), machine, BTreeMap::new())
+                        .await
+                        .unwrap();
                 // Records of odd sizes, so rounds end mid-page.
                 for index in indexes {
                     let work =

@@ -113,6 +113,13 @@ pub enum Error {
     /// A bound was reached.
     #[error("{0}")]
     Exhausted(String),
+    /// Another membership change is under way: retry once it is done.
+    #[error("{0}")]
+    Busy(String),
+    /// A membership request that cannot be done (an unknown node, the
+    /// last voter, an id in use): retrying does not help.
+    #[error("{0}")]
+    Refused(String),
     /// The node is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -137,8 +144,11 @@ impl From<Error> for crate::replication::Error {
             Error::NotLeader { leader, term, .. } => {
                 Replication::NotLeader { message: error.to_string(), leader, term }
             }
-            error @ (Error::Dropped { .. } | Error::Conflict { .. }) => Replication::Unavailable(error.to_string()),
+            error @ (Error::Dropped { .. } | Error::Conflict { .. } | Error::Busy(_)) => {
+                Replication::Unavailable(error.to_string())
+            }
             Error::ShuttingDown => Replication::ShuttingDown,
+            Error::Refused(message) => Replication::Malformed(message),
             Error::Exhausted(message) => Replication::Exhausted(message),
             Error::Malformed(message) | Error::NotMember(message) => Replication::Malformed(message),
             error @ Error::Log(_) => Replication::Unavailable(error.to_string()),
@@ -154,9 +164,10 @@ impl From<Error> for Status {
                 let hint = leader.map(|(leader_id, addr)| LeaderHint { leader_id, addr: addr.to_string(), term });
                 Status::not_leader(error.to_string(), hint)
             }
-            error @ (Error::Dropped { .. } | Error::Conflict { .. } | Error::ShuttingDown) => {
+            error @ (Error::Dropped { .. } | Error::Conflict { .. } | Error::ShuttingDown | Error::Busy(_)) => {
                 Status::unavailable(error.to_string())
             }
+            Error::Refused(message) => Status::new(crate::grpc::status::Code::FailedPrecondition, message),
             Error::Exhausted(message) => Status::resource_exhausted(message),
             Error::Malformed(message) => Status::invalid_argument(message),
             Error::NotMember(message) => Status::new(crate::grpc::status::Code::PermissionDenied, message),
@@ -210,19 +221,43 @@ impl Members {
                 if peers.is_empty() {
                     return Ok(None);
                 }
-                let dir = path.parent().unwrap_or(data_dir);
-                std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-                let text: String = peers.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
-                let temporary = path.with_extension("tmp");
-                let written = std::fs::write(&temporary, text)
-                    .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
-                    .and_then(|()| std::fs::rename(&temporary, &path))
-                    .and_then(|()| std::fs::File::open(dir)?.sync_all());
-                written.map_err(|error| format!("{}: {error}", path.display()))?;
-                Ok(Some(Members { addrs: peers.clone() }))
+                let members = Members { addrs: peers.clone() };
+                members.store(data_dir)?;
+                Ok(Some(members))
             }
             Err(error) => Err(format!("{}: {error}", path.display())),
         }
+    }
+}
+
+/// The file, in the data directory, that says this node joined a running
+/// tier (`--join`) instead of forming it: its groups start empty and learn
+/// their members from their leaders. Written before the members file.
+pub const JOINED_FILE: &str = "raft/joined";
+
+/// Whether the node whose data directory is `data_dir` joined its tier.
+pub fn joined(data_dir: &std::path::Path) -> bool {
+    data_dir.join(JOINED_FILE).exists()
+}
+
+/// Writes `text` to `path` durably: a temporary file, fsync, rename, fsync
+/// of the directory.
+pub fn write_durably(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let dir = path.parent().ok_or_else(|| format!("{}: no directory", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let temporary = path.with_extension("tmp");
+    let written = std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
+    written.map_err(|error| format!("{}: {error}", path.display()))
+}
+
+impl Members {
+    /// Persists the membership in `data_dir` (see [`MEMBERS_FILE`]).
+    pub fn store(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let text: String = self.addrs.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
+        write_durably(&data_dir.join(MEMBERS_FILE), &text)
     }
 }
 

@@ -33,16 +33,19 @@ use futures_channel::{mpsc, oneshot};
 use futures_util::StreamExt;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{Entry, EntryType, Message, MessageType};
+use raft::prelude::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+};
 
-use super::group::{Group, GroupStatus, Work};
+use super::group::{Group, GroupStatus, Work, BOOTSTRAP};
 use super::log::{MachineState, RaftLog};
 use super::machine::{Machine, Pair};
 use super::transport::{self, Link};
 use super::{logger, Error, Members, TICK};
 use crate::grpc::transport::Channel;
 use crate::limits::{
-    ARCHIVE_PAIRS_MAX, PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_QUEUE_BYTES_MAX, READ_INDEX_WAITING_MAX,
+    ARCHIVE_PAIRS_MAX, PROMOTE_LAG_ENTRIES, PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_QUEUE_BYTES_MAX,
+    READ_INDEX_WAITING_MAX, TIER_MEMBERS_MAX,
 };
 use crate::proto::{LogEntry, Proposal, PushAck, PushBatch, SnapshotChunk};
 use crate::replication::batch::{with_fresh_parts, PushedBatch};
@@ -68,15 +71,99 @@ const APPLY_RETRY: Duration = Duration::from_millis(50);
 /// How long a direct write forwarded to the leader's node may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a membership change forwarded to the leader's node may take.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a leader looks for learners to promote, in ticks.
+const PROMOTE_CHECK_TICKS: u64 = 5;
+
+/// A membership request for one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Adds `node`, at `addr`, as a learner (a node joining the tier).
+    AddLearner {
+        /// The joining node.
+        node: u32,
+        /// Its gRPC address.
+        addr: SocketAddr,
+    },
+    /// Makes learner `node` a voter.
+    Promote {
+        /// The learner.
+        node: u32,
+    },
+    /// Removes `node` from the group.
+    Remove {
+        /// The member to remove.
+        node: u32,
+    },
+    /// Hands the group's leadership to voter `node`.
+    Transfer {
+        /// The next leader.
+        node: u32,
+    },
+}
+
+impl Change {
+    fn to_proto(self, group: u32) -> crate::proto::GroupChange {
+        use crate::proto::group_change::Op;
+        let (op, node_id, addr) = match self {
+            Change::AddLearner { node, addr } => (Op::AddLearner, node, addr.to_string()),
+            Change::Promote { node } => (Op::Promote, node, String::new()),
+            Change::Remove { node } => (Op::Remove, node, String::new()),
+            Change::Transfer { node } => (Op::Transfer, node, String::new()),
+        };
+        crate::proto::GroupChange { group, op: op as i32, node_id, addr }
+    }
+
+    /// The change a `GroupChange` asks for.
+    pub fn from_proto(change: &crate::proto::GroupChange) -> Result<Change, Error> {
+        use crate::proto::group_change::Op;
+        let node = change.node_id;
+        if node == 0 {
+            return Err(Error::Refused("node id 0 stands for the tier itself; members are 1 and up".into()));
+        }
+        Ok(match Op::try_from(change.op) {
+            Ok(Op::AddLearner) => Change::AddLearner {
+                node,
+                addr: change
+                    .addr
+                    .parse()
+                    .map_err(|_| Error::Refused(format!("{:?} is not a HOST:PORT address", change.addr)))?,
+            },
+            Ok(Op::Promote) => Change::Promote { node },
+            Ok(Op::Remove) => Change::Remove { node },
+            Ok(Op::Transfer) => Change::Transfer { node },
+            Err(_) => return Err(Error::Malformed(format!("unknown membership change {}", change.op))),
+        })
+    }
+}
+
+/// What a membership change on the leader takes.
+enum Planned {
+    /// Nothing: it is done already.
+    Done,
+    /// Its entry, once applied.
+    Proposed(oneshot::Receiver<Result<(), Error>>),
+    /// The leadership moving to this node.
+    Transfer(u32),
+}
+
+/// A membership change queued for the raft loop, with its proposer.
+type QueuedChange = (ConfChangeV2, Option<oneshot::Sender<Result<(), Error>>>);
+
 /// A proposal's waiting writers, in batch order.
 enum Waiter {
     Push(AckSender),
     Direct(DirectSender),
+    Conf(oneshot::Sender<Result<(), Error>>),
 }
 
 impl Waiter {
     fn fail(self, error: Error) {
         match self {
+            Waiter::Conf(reply) => {
+                let _ = reply.send(Err(error));
+            }
             Waiter::Push(reply) => {
                 let _ = reply.send(Err(error.into()));
             }
@@ -133,6 +220,12 @@ pub struct ReplicaReport {
     /// When each follower's last push reached this replica (ns since the
     /// epoch).
     pub last_push_ns: BTreeMap<u32, i64>,
+    /// The group's voters and learners, as this replica knows them.
+    pub voters: Vec<u64>,
+    /// See `voters`.
+    pub learners: Vec<u64>,
+    /// This node was removed from the group.
+    pub removed: bool,
 }
 
 struct Proposed {
@@ -165,6 +258,11 @@ struct State {
     direct_proposed: (u64, u64),
     /// Peers a snapshot is being sent to.
     snapshotting: BTreeSet<u64>,
+    /// Membership changes to propose, by the raft loop between two rounds
+    /// (raft-rs must not take a proposal while a round is out).
+    changes: VecDeque<QueuedChange>,
+    /// A leadership transfer to start between two rounds.
+    transfer: Option<u64>,
     counters: ReplicaCounters,
     failed: Option<String>,
     /// When each follower's last push arrived (bounded by the followers
@@ -176,10 +274,18 @@ struct State {
 pub struct Replica {
     node_id: u32,
     group_id: u32,
-    members: Members,
+    /// The group's address book (changes with its membership).
+    members: RefCell<Members>,
     shard: Shard,
     state: RefCell<State>,
-    links: BTreeMap<u32, Rc<Link>>,
+    /// One link per other member of the group.
+    links: RefCell<BTreeMap<u32, Rc<Link>>>,
+    link_tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// A membership change applied, for the log's next round.
+    conf_noted: RefCell<Option<ConfState>>,
+    /// This node is no longer a member of the group: it stops.
+    removed: Cell<bool>,
+    ticks: Cell<u64>,
     /// Only the raft loop writes the log.
     log: RefCell<Option<RaftLog>>,
     /// The applied index to note in the log's next round.
@@ -211,6 +317,7 @@ impl Replica {
         node_id: u32,
         group_id: u32,
         members: Members,
+        voters: &[u64],
         dir: &Path,
         shard: Shard,
         retained_entries: u64,
@@ -220,16 +327,31 @@ impl Replica {
         // new replica) starts from the shard's data, standing for no entry.
         let machine = match recovered.machine {
             Some(state) => Machine::restored(state.watermarks, state.applied),
+            // A new replica of a new group: the state stands for the
+            // snapshot the group starts from.
+            None if recovered.restored.is_none() && !voters.is_empty() => {
+                Machine::restored(shard.origin_watermarks(), BOOTSTRAP.0)
+            }
             None => Machine::new(shard.origin_watermarks()),
         };
         if recovered.torn_bytes > 0 {
             tracing::warn!(group = group_id, bytes = recovered.torn_bytes, "raft log: cut a torn last record");
         }
         let logger = logger::for_group(node_id, group_id);
-        let mut group = Group::new(u64::from(node_id), group_id, &members.voters(), recovered.restored, &logger);
+        // The group's own address book wins over the node's members file
+        // (it follows the group's membership changes exactly).
+        let members = match recovered.addrs {
+            Some(addrs) if !addrs.is_empty() => Members { addrs },
+            _ => members,
+        };
+        let mut group = Group::new(u64::from(node_id), group_id, voters, recovered.restored, &logger);
         group.set_retained_entries(retained_entries);
         let persisted = MachineState { applied: machine.applied(), watermarks: machine.watermarks().clone() };
-        let log = RaftLog::open(dir, segments, group.checkpoint(), persisted).await?;
+        let log = RaftLog::open(dir, segments, group.checkpoint(), persisted, members.addrs.clone()).await?;
+        let conf = group.conf_state();
+        let me = u64::from(node_id);
+        let known = !conf.voters.is_empty() || !conf.learners.is_empty();
+        let removed = known && !conf.voters.contains(&me) && !conf.learners.contains(&me);
         let status = group.status();
         tracing::info!(
             group = group_id,
@@ -245,6 +367,7 @@ impl Replica {
             .filter(|(&id, _)| id != node_id)
             .map(|(&id, &addr)| (id, Link::new(group_id, node_id, id, addr)))
             .collect();
+        let members = RefCell::new(members);
         let (wake, wakeups) = mpsc::channel(1);
         let (apply_wake, apply_wakeups) = mpsc::channel(1);
         Ok(Rc::new(Replica {
@@ -266,11 +389,17 @@ impl Replica {
                 next_read: 1,
                 direct_proposed: (0, 0),
                 snapshotting: BTreeSet::new(),
+                changes: VecDeque::new(),
+                transfer: None,
                 counters: ReplicaCounters::default(),
                 failed: None,
                 last_push_ns: BTreeMap::new(),
             }),
-            links,
+            links: RefCell::new(links),
+            link_tasks: RefCell::new(Vec::new()),
+            conf_noted: RefCell::new(None),
+            removed: Cell::new(removed),
+            ticks: Cell::new(0),
             log: RefCell::new(Some(log)),
             applied: Cell::new(status.applied),
             machine_noted: RefCell::new(None),
@@ -288,14 +417,25 @@ impl Replica {
     /// Starts the raft loop, the applier and the links; returns their
     /// tasks (cancel them to stop).
     pub fn start(self: &Rc<Self>) -> Vec<glommio::task::JoinHandle<()>> {
-        let mut tasks = vec![
+        if self.removed.get() {
+            tracing::warn!(group = self.group_id, "this node was removed from the group: its replica stays stopped");
+            self.closing.set(true);
+            return Vec::new();
+        }
+        let tasks = vec![
             glommio::spawn_local(self.clone().raft_loop()).detach(),
             glommio::spawn_local(self.clone().apply_loop()).detach(),
         ];
-        for link in self.links.values() {
-            tasks.push(glommio::spawn_local(link.clone().run()).detach());
+        let mut link_tasks = self.link_tasks.borrow_mut();
+        for link in self.links.borrow().values() {
+            link_tasks.push(glommio::spawn_local(link.clone().run()).detach());
         }
         tasks
+    }
+
+    /// Whether this node was removed from the group.
+    pub fn removed(&self) -> bool {
+        self.removed.get()
     }
 
     /// The group.
@@ -303,9 +443,14 @@ impl Replica {
         self.group_id
     }
 
-    /// The tier's members.
-    pub fn members(&self) -> &Members {
-        &self.members
+    /// The group's members and their addresses.
+    pub fn members(&self) -> Members {
+        self.members.borrow().clone()
+    }
+
+    /// The group's voters and learners, as this replica knows them.
+    pub fn conf_state(&self) -> ConfState {
+        self.state.borrow().group.conf_state()
     }
 
     fn wake(&self) {
@@ -315,12 +460,20 @@ impl Replica {
     /// Stops taking new work: queued and waiting writers are refused.
     pub fn close(&self) {
         self.closing.set(true);
+        for task in self.link_tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
         let mut state = self.state.borrow_mut();
         state.queued_bytes = 0;
         for queued in std::mem::take(&mut state.queue) {
             match queued {
                 Queued::Push(_, reply) => Waiter::Push(reply).fail(Error::ShuttingDown),
                 Queued::Direct(_, reply) => Waiter::Direct(reply).fail(Error::ShuttingDown),
+            }
+        }
+        for (_, reply) in std::mem::take(&mut state.changes) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::ShuttingDown));
             }
         }
         for (_, proposed) in std::mem::take(&mut state.proposals) {
@@ -331,9 +484,11 @@ impl Replica {
     /// The refusal for work that needs the leader, with its address.
     fn not_leader(&self, state: &State) -> Error {
         match state.group.not_leader() {
-            Error::NotLeader { group, leader, term } => {
-                Error::NotLeader { group, leader: leader.and_then(|(id, _)| Some((id, self.members.addr(id)?))), term }
-            }
+            Error::NotLeader { group, leader, term } => Error::NotLeader {
+                group,
+                leader: leader.and_then(|(id, _)| Some((id, self.members.borrow().addr(id)?))),
+                term,
+            },
             other => other,
         }
     }
@@ -494,7 +649,7 @@ impl Replica {
 
     /// Only the other members may speak Raft to this replica.
     fn check_member(&self, what: &str, from: u32) -> Result<(), Error> {
-        if from == self.node_id || self.members.addr(from).is_none() {
+        if from == self.node_id || self.members.borrow().addr(from).is_none() {
             let error = Error::NotMember(format!("node {from} is not a member of the tier"));
             return Err(self.refused(what, from, error));
         }
@@ -618,20 +773,25 @@ impl Replica {
     /// This replica's report.
     pub fn report(&self) -> ReplicaReport {
         let state = self.state.borrow();
+        let conf = state.group.conf_state();
         ReplicaReport {
             group: self.group_id,
             status: state.group.status(),
             counters: state.counters.clone(),
             watermarks: state.machine.watermarks().clone(),
             last_push_ns: state.last_push_ns.clone(),
+            voters: conf.voters,
+            learners: conf.learners,
+            removed: self.removed.get(),
         }
     }
 
     /// The leader this replica knows, with its address, and the term.
     pub fn leader(&self) -> (Option<(u32, SocketAddr)>, u64) {
         let status = self.state.borrow().group.status();
-        let leader =
-            (status.leader != 0).then_some(status.leader as u32).and_then(|id| Some((id, self.members.addr(id)?)));
+        let leader = (status.leader != 0)
+            .then_some(status.leader as u32)
+            .and_then(|id| Some((id, self.members.borrow().addr(id)?)));
         (leader, status.term)
     }
 
@@ -657,6 +817,11 @@ impl Replica {
             }
             if Instant::now() >= next_tick {
                 self.state.borrow_mut().group.tick();
+                let ticks = self.ticks.get() + 1;
+                self.ticks.set(ticks);
+                if ticks % PROMOTE_CHECK_TICKS == 0 {
+                    self.promote_caught_up();
+                }
                 next_tick += TICK;
                 if next_tick < Instant::now() {
                     // A stalled executor: do not tick in a burst.
@@ -665,6 +830,7 @@ impl Replica {
             }
             self.step_inbound();
             self.propose_queued();
+            self.propose_changes();
             if let Err(error) = self.handle_ready().await {
                 // The log cannot be written: this replica must not promise
                 // anything more. It stops here; the others carry on.
@@ -672,6 +838,11 @@ impl Replica {
                 let mut state = self.state.borrow_mut();
                 state.failed = Some(error.to_string());
                 drop(state);
+                self.close();
+                return;
+            }
+            if self.removed.get() && self.conf_noted.borrow().is_none() {
+                // The change that removed it is durable: it stops here.
                 self.close();
                 return;
             }
@@ -700,7 +871,7 @@ impl Replica {
                 false
             }
         });
-        for link in self.links.values() {
+        for link in self.links.borrow().values() {
             if link.take_unreachable() {
                 state.group.report_unreachable(u64::from(link.peer()));
             }
@@ -708,6 +879,31 @@ impl Replica {
         while let Some(message) = state.inbound.pop_front() {
             if let Err(error) = state.group.step(message) {
                 tracing::debug!(group = self.group_id, %error, "raft step");
+            }
+        }
+    }
+
+    /// Proposes the queued membership changes and starts a queued
+    /// leadership transfer (between two rounds).
+    fn propose_changes(&self) {
+        let mut state = self.state.borrow_mut();
+        if let Some(to) = state.transfer.take() {
+            if state.group.is_leader() {
+                state.group.transfer_leader(to);
+            }
+        }
+        while let Some((change, reply)) = state.changes.pop_front() {
+            let term = state.group.status().term;
+            match state.group.propose_conf_change(change) {
+                Ok(index) => {
+                    let waiters = reply.map(Waiter::Conf).into_iter().collect();
+                    state.proposals.insert(index, Proposed { term, waiters, parsed: None });
+                }
+                Err(error) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                }
             }
         }
     }
@@ -811,6 +1007,9 @@ impl Replica {
             if let Some((applied, changes)) = self.machine_noted.borrow_mut().take() {
                 log.note_machine(applied, changes);
             }
+            if let Some(conf) = self.conf_noted.borrow_mut().take() {
+                log.note_conf(conf, self.members.borrow().addrs.clone());
+            }
             let checkpoint = || self.state.borrow().group.checkpoint();
             let persisted = log.persist(&work, checkpoint).await;
             let compacted = match persisted {
@@ -880,7 +1079,7 @@ impl Replica {
             by_peer.entry(message.to as u32).or_default().push(message);
         }
         for (peer, messages) in by_peer {
-            if let Some(link) = self.links.get(&peer) {
+            if let Some(link) = self.links.borrow().get(&peer) {
                 link.send(messages);
             }
         }
@@ -888,7 +1087,7 @@ impl Replica {
 
     fn start_snapshot(&self, message: Message) {
         let peer = message.to;
-        let Some(link) = self.links.get(&(peer as u32)) else { return };
+        let Some(link) = self.links.borrow().get(&(peer as u32)).cloned() else { return };
         let mut state = self.state.borrow_mut();
         if !state.snapshotting.insert(peer) {
             return;
@@ -960,6 +1159,10 @@ impl Replica {
         // Taken now: answered below whatever happens to the leadership
         // meanwhile (the entry is committed, its outcome is final).
         let mut proposed = self.state.borrow_mut().proposals.remove(&index);
+        if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            self.apply_conf_change(&entry, proposed);
+            return Ok(());
+        }
         let fresh = self.state.borrow_mut().machine.begin(index);
         if !fresh {
             // The state holds this entry's effects already (a restart, or a
@@ -1016,11 +1219,284 @@ impl Replica {
                             let _ =
                                 reply.send(outcome.map(|(_, admission, watermark)| (admission.first_seq, watermark)));
                         }
+                        (waiter @ Waiter::Conf(_), _) => waiter.fail(Error::Dropped { group: self.group_id }),
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Applies a committed membership change to raft-rs (always: a change
+    /// the machine's state already covers, after a snapshot or a restart,
+    /// still tells raft-rs who the members are; applying it again changes
+    /// nothing), to the address book and the links; answers its proposer.
+    fn apply_conf_change(&self, entry: &Entry, proposed: Option<Proposed>) {
+        let index = entry.index;
+        let change = match ConfChangeV2::parse_from_bytes(&entry.data) {
+            Ok(change) => change,
+            Err(error) => {
+                tracing::error!(group = self.group_id, index, %error, "a committed membership change does not decode");
+                return;
+            }
+        };
+        let mut state = self.state.borrow_mut();
+        let applied = state.group.apply_conf_change(&change);
+        let _ = state.machine.begin(index);
+        state.decided = state.decided.max(index);
+        self.note_machine(&mut state.machine);
+        let outcome = match applied {
+            Ok(conf) => {
+                let mut members = self.members.borrow_mut();
+                for single in change.get_changes() {
+                    let node = single.node_id as u32;
+                    match single.get_change_type() {
+                        ConfChangeType::AddLearnerNode | ConfChangeType::AddNode => {
+                            let addr =
+                                std::str::from_utf8(change.get_context()).ok().and_then(|addr| addr.parse().ok());
+                            if let Some(addr) = addr {
+                                members.addrs.insert(node, addr);
+                            }
+                        }
+                        ConfChangeType::RemoveNode => {
+                            members.addrs.remove(&node);
+                        }
+                    }
+                }
+                drop(members);
+                tracing::info!(
+                    group = self.group_id,
+                    index,
+                    voters = ?conf.voters,
+                    learners = ?conf.learners,
+                    "membership changed"
+                );
+                let me = u64::from(self.node_id);
+                if !conf.voters.contains(&me) && !conf.learners.contains(&me) {
+                    tracing::warn!(group = self.group_id, "this node was removed from the group: it stops serving it");
+                    self.removed.set(true);
+                }
+                *self.conf_noted.borrow_mut() = Some(conf);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(group = self.group_id, index, %error, "a committed membership change was refused");
+                Err(error)
+            }
+        };
+        drop(state);
+        self.sync_links();
+        if let Some(proposed) = proposed {
+            let mut outcome = Some(outcome);
+            for waiter in proposed.waiters {
+                match (waiter, proposed.term == entry.term) {
+                    (Waiter::Conf(reply), true) => {
+                        let _ = reply.send(outcome.take().unwrap_or(Ok(())));
+                    }
+                    (waiter, _) => waiter.fail(Error::Dropped { group: self.group_id }),
+                }
+            }
+        }
+    }
+
+    /// One link per other member in the address book: new members get one,
+    /// removed members' links stop.
+    fn sync_links(&self) {
+        if self.closing.get() {
+            return;
+        }
+        let members = self.members.borrow().addrs.clone();
+        let mut links = self.links.borrow_mut();
+        links.retain(|id, link| {
+            let keep = members.get(id) == Some(&link.addr());
+            if !keep {
+                link.close();
+            }
+            keep
+        });
+        for (&id, &addr) in &members {
+            if id != self.node_id && !links.contains_key(&id) {
+                let link = Link::new(self.group_id, self.node_id, id, addr);
+                self.link_tasks.borrow_mut().push(glommio::spawn_local(link.clone().run()).detach());
+                links.insert(id, link);
+            }
+        }
+    }
+
+    /// A membership change of this group, from any member: done here when
+    /// this replica leads, else sent to the leader's node once (which does
+    /// it there and sends it no further). `NotLeader` or `Busy` when no
+    /// leader is known or another change is under way: try again.
+    pub async fn change(&self, change: Change) -> Result<(), Error> {
+        if self.is_leader() {
+            return self.change_here(change).await;
+        }
+        let (leader, term) = self.leader();
+        let Some((leader_id, addr)) = leader.filter(|(id, _)| *id != self.node_id) else {
+            return Err(self.not_leader(&self.state.borrow()));
+        };
+        let channel = Channel::connect(addr, transport::CONNECT_TIMEOUT).await.map_err(|_| Error::NotLeader {
+            group: self.group_id,
+            leader: None,
+            term,
+        })?;
+        let answer: Result<crate::proto::GroupChangeResponse, _> =
+            channel.unary(transport::CHANGE_PATH, &change.to_proto(self.group_id), Some(CHANGE_TIMEOUT)).await;
+        answer.map(|_| ()).map_err(|status| {
+            use crate::grpc::status::Code;
+            match status.code {
+                Code::FailedPrecondition => Error::Refused(status.message),
+                Code::InvalidArgument => Error::Malformed(status.message),
+                Code::Unavailable => Error::Busy(format!("node {leader_id}: {}", status.message)),
+                _ => Error::Busy(format!("membership change sent to node {leader_id}: {}", status.message)),
+            }
+        })
+    }
+
+    /// A membership change on the leader: checked, proposed, and answered
+    /// once applied here (a transfer: once the leadership moved).
+    pub async fn change_here(&self, change: Change) -> Result<(), Error> {
+        let planned = self.plan_change(change);
+        self.wake();
+        match planned? {
+            Planned::Done => Ok(()),
+            Planned::Proposed(answer) => answer.await.map_err(|_| Error::ShuttingDown)?,
+            Planned::Transfer(node) => self.wait_leader(node).await,
+        }
+    }
+
+    /// Checks a membership change on the leader and queues what it takes.
+    fn plan_change(&self, change: Change) -> Result<Planned, Error> {
+        {
+            let mut state = self.state.borrow_mut();
+            if !state.group.is_leader() {
+                return Err(self.not_leader(&state));
+            }
+            let conf = state.group.conf_state();
+            let member = |node: u32| conf.voters.contains(&u64::from(node)) || conf.learners.contains(&u64::from(node));
+            let single = |kind: ConfChangeType, node: u32| {
+                let mut single = ConfChangeSingle::default();
+                single.set_change_type(kind);
+                single.node_id = u64::from(node);
+                let mut change = ConfChangeV2::default();
+                change.set_changes(vec![single].into());
+                change
+            };
+            let proposal = match change {
+                Change::AddLearner { node, addr } => {
+                    if member(node) {
+                        let known = self.members.borrow().addr(node);
+                        if known == Some(addr) {
+                            return Ok(Planned::Done);
+                        }
+                        return Err(Error::Refused(format!(
+                            "node id {node} is already a member (at {})",
+                            known.map_or("an unknown address".to_string(), |addr| addr.to_string())
+                        )));
+                    }
+                    if conf.voters.len() + conf.learners.len() >= TIER_MEMBERS_MAX {
+                        return Err(Error::Refused(format!(
+                            "the tier has {} members already (TIER_MEMBERS_MAX)",
+                            TIER_MEMBERS_MAX
+                        )));
+                    }
+                    let mut proposal = single(ConfChangeType::AddLearnerNode, node);
+                    proposal.set_context(addr.to_string().into_bytes().into());
+                    proposal
+                }
+                Change::Promote { node } => {
+                    if conf.voters.contains(&u64::from(node)) {
+                        return Ok(Planned::Done);
+                    }
+                    if !conf.learners.contains(&u64::from(node)) {
+                        return Err(Error::Refused(format!("node {node} is not a learner of group {}", self.group_id)));
+                    }
+                    single(ConfChangeType::AddNode, node)
+                }
+                Change::Remove { node } => {
+                    if !member(node) {
+                        return Err(Error::Refused(format!("node {node} is not a member of group {}", self.group_id)));
+                    }
+                    if conf.voters == [u64::from(node)] {
+                        return Err(Error::Refused(format!(
+                            "node {node} is the last voter of group {}: the group would be lost",
+                            self.group_id
+                        )));
+                    }
+                    if node == self.node_id {
+                        // The leader leaves last: it hands over first.
+                        let next = conf
+                            .voters
+                            .iter()
+                            .copied()
+                            .filter(|&voter| voter != u64::from(node))
+                            .min_by_key(|&voter| state.group.lag_of(voter).unwrap_or(u64::MAX));
+                        state.transfer = next;
+                        return Err(Error::Busy(format!(
+                            "group {}: node {node} leads it and hands its leadership over first; try again",
+                            self.group_id
+                        )));
+                    }
+                    single(ConfChangeType::RemoveNode, node)
+                }
+                Change::Transfer { node } => {
+                    if !conf.voters.contains(&u64::from(node)) {
+                        return Err(Error::Refused(format!("node {node} is not a voter of group {}", self.group_id)));
+                    }
+                    if node == self.node_id {
+                        return Ok(Planned::Done);
+                    }
+                    state.transfer = Some(u64::from(node));
+                    return Ok(Planned::Transfer(node));
+                }
+            };
+            let (reply, answer) = oneshot::channel();
+            state.changes.push_back((proposal, Some(reply)));
+            Ok(Planned::Proposed(answer))
+        }
+    }
+
+    /// Waits (up to two election timeouts) until `node` leads the group.
+    async fn wait_leader(&self, node: u32) -> Result<(), Error> {
+        let deadline = Instant::now() + 2 * TICK * super::ELECTION_TICKS_MAX as u32;
+        loop {
+            let status = self.state.borrow().group.status();
+            if status.leader == u64::from(node) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || self.closing.get() {
+                return Err(Error::Busy(format!(
+                    "group {}: node {node} did not take the leadership in time (it may be behind or unreachable)",
+                    self.group_id
+                )));
+            }
+            glommio::timer::sleep(TICK).await;
+        }
+    }
+
+    /// On the leader: proposes the promotion of a learner whose log is
+    /// within [`PROMOTE_LAG_ENTRIES`] of the leader's (one at a time).
+    fn promote_caught_up(&self) {
+        let mut state = self.state.borrow_mut();
+        if !state.group.is_leader() || state.group.has_pending_conf() {
+            return;
+        }
+        let conf = state.group.conf_state();
+        for learner in conf.learners {
+            let Some(lag) = state.group.lag_of(learner) else { continue };
+            if lag <= PROMOTE_LAG_ENTRIES {
+                let mut single = ConfChangeSingle::default();
+                single.set_change_type(ConfChangeType::AddNode);
+                single.node_id = learner;
+                let mut change = ConfChangeV2::default();
+                change.set_changes(vec![single].into());
+                if state.changes.is_empty() {
+                    tracing::info!(group = self.group_id, learner, lag, "promoting a learner");
+                    state.changes.push_back((change, None));
+                }
+                return;
+            }
+        }
     }
 
     /// Decodes a committed entry's proposal and applies its batches.

@@ -49,6 +49,8 @@ pub const SEND_PATH: &str = "/wormdb.v1.WormRaft/Send";
 pub const WATERMARKS_PATH: &str = "/wormdb.v1.WormRaft/Watermarks";
 /// See [`SEND_PATH`].
 pub const SNAPSHOT_PATH: &str = "/wormdb.v1.WormRaft/Snapshot";
+/// One group's membership change, sent to the node that leads it.
+pub const CHANGE_PATH: &str = "/wormdb.v1.WormRaft/Change";
 /// See [`SEND_PATH`].
 pub const WRITE_PATH: &str = "/wormdb.v1.WormRaft/Write";
 
@@ -109,6 +111,14 @@ impl Link {
         }
         drop(outbox);
         let _ = self.wake.borrow_mut().try_send(());
+    }
+
+    /// Stops the link: [`Link::run`] returns once its outbox is sent (the
+    /// peer left the group).
+    pub fn close(&self) {
+        self.outbox.borrow_mut().clear();
+        // Dropping the only sender ends `run`'s wait for work.
+        *self.wake.borrow_mut() = mpsc::channel(1).0;
     }
 
     /// Whether the peer became unreachable since the last call.

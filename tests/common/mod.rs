@@ -5,6 +5,7 @@ pub mod loghub;
 pub mod loopfs;
 pub mod node;
 pub mod not_leader;
+pub mod tier;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

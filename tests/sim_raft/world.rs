@@ -43,7 +43,7 @@
 //!   (likelier around an election's) and in the middle of writing a
 //!   snapshot's data. The restarted replica rebuilds [`Restored`] from its
 //!   disk and its machine from the state its log holds
-//!   ([`Machine::restored`], [`Machine::default`] when none); raft-rs hands
+//!   ([`Machine::restored`]; empty at the group's bootstrap snapshot when none); raft-rs hands
 //!   over again what followed its persisted applied index (or its log
 //!   start, if later), and `begin` skips what is at or below M.
 //! - **The log start.** raft-rs never hands over again what precedes the
@@ -109,7 +109,7 @@ use raft::prelude::{ConfState, Entry, HardState, Message, MessageType, Snapshot}
 use raft::StateRole;
 use wormdb::proto::{LogEntry, Proposal, PushBatch};
 use wormdb::replication::batch::PushedBatch;
-use wormdb::tier::group::{Group, Restored, Work};
+use wormdb::tier::group::{Group, Restored, Work, BOOTSTRAP};
 use wormdb::tier::machine::{Machine, Pair};
 use wormdb::tier::{Error, ELECTION_TICKS, ELECTION_TICKS_MAX};
 
@@ -790,11 +790,20 @@ impl World {
     fn start(&mut self, index: usize, restored: Option<Restored>) -> Result<(), String> {
         let retained = self.params.retained_entries;
         let replica = &mut self.replicas[index];
+        let fresh = restored.is_none();
         let group = {
             let mut group = Group::new(replica.id, 0, &self.voters, restored, &self.logger);
             group.set_retained_entries(retained);
             group
         };
+        if fresh {
+            // As the real log does when it is created: its first checkpoint
+            // (a new group starts from its bootstrap snapshot).
+            let (hard_state, conf_state, start) = group.checkpoint();
+            replica.disk.hard_state = hard_state;
+            replica.disk.conf_state = conf_state;
+            replica.disk.snapshot = start;
+        }
         replica.last_applied = group.status().applied;
         replica.synced_through = replica.last_applied;
         replica.reapply_through = replica.reapply_through.max(replica.last_applied);
@@ -802,7 +811,9 @@ impl World {
         // holds (which may be ahead of it).
         replica.machine = match &replica.disk.machine {
             Some(persisted) => Machine::restored(persisted.watermarks().clone(), persisted.applied()),
-            None => Machine::default(),
+            // A new group's state is empty, and stands for the snapshot it
+            // starts from.
+            None => Machine::restored(BTreeMap::new(), BOOTSTRAP.0),
         };
         replica.synced = replica.machine.clone();
         let resumes_after = replica.last_applied;

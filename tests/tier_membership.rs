@@ -1,0 +1,191 @@
+//! Membership changes of the archive tier (DESIGN.md section 9, issue 16)
+//! with real processes on loopback: a node joins with `--join` under
+//! follower load, is promoted once caught up (a leader killed in the
+//! middle), an original member is removed with `wormdb cluster remove`; a
+//! member whose data is lost is replaced by a new id that catches up by
+//! snapshot. After each, every member's archive equals the follower's log
+//! exactly. Every refused request (an id in use, an unknown node, the last
+//! voter, a `--join` to a node outside any tier) says why and changes
+//! nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::node::{free_port, get, post, wait_acked, writers, Acked, TestNode};
+use common::tier::{assert_archives_equal_the_log, start_follower, Tier, CONVERGE, SHARDS};
+
+/// Runs `wormdb ARGS...` to completion.
+fn wormdb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wormdb")).args(args).output().unwrap()
+}
+
+/// Waits until member `index` holds every group as a voter (not a
+/// learner): it was promoted everywhere.
+fn wait_voter_everywhere(tier: &Tier, index: usize) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let cluster = get(&tier.nodes[index].url("/v1/cluster")).json();
+        let groups = cluster["groups"].as_array().unwrap();
+        let voter = groups.len() == 2
+            && groups.iter().all(|group| matches!(group["role"].as_str(), Some("leader" | "follower")));
+        if voter {
+            return;
+        }
+        assert!(Instant::now() < deadline, "member {} was not promoted: {cluster}", index + 1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs HTTP writers against the follower for the whole of `work`.
+fn while_loaded(follower: &TestNode, acked: &Acked, work: impl FnOnce()) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = writers(follower.url("/v1/entries"), 2, 0, acked.clone(), stop.clone());
+    wait_acked(acked, 300, CONVERGE);
+    work();
+    let count = acked.lock().unwrap().len();
+    wait_acked(acked, count + 300, CONVERGE);
+    stop.store(true, Ordering::Release);
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
+#[test]
+fn the_tier_grows_promotes_and_sheds_a_member_under_load() {
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start(dir.path());
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+    while_loaded(&follower, &acked, || {
+        // Node 4 joins through member 1: a learner of every group...
+        let joined = tier.join(dir.path(), 0, &[]);
+        let role = tier.roles(0).get(&4).cloned();
+        assert!(matches!(role.as_deref(), Some("learner" | "voter")), "node 4 is a member: {role:?}");
+        // ...while the member leading the most groups is killed.
+        let victim = tier.busiest_leader();
+        tier.nodes[victim].kill();
+        tier.nodes[victim].restart();
+        wait_voter_everywhere(&tier, joined);
+        let roles = tier.roles(joined);
+        assert_eq!(roles.values().filter(|role| *role == "voter").count(), 4, "{roles:?}");
+    });
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after node 4 joined");
+
+    // Node 1 leaves, through another member, under load.
+    while_loaded(&follower, &acked, || {
+        let output = wormdb(&["cluster", "remove", "--to", &tier.grpc[1], "--node-id", "1"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        tier.removed.insert(0);
+    });
+    tier.nodes[0].wait_for_log("removed from the group", 0, CONVERGE);
+    let cluster = get(&tier.nodes[0].url("/v1/cluster")).json();
+    assert!(
+        cluster["groups"].as_array().unwrap().iter().all(|group| group["role"] == "removed"),
+        "the removed node says so: {cluster}"
+    );
+    let roles = tier.roles(1);
+    assert_eq!(roles.keys().copied().collect::<Vec<_>>(), vec![2, 3, 4], "{roles:?}");
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after node 1 left");
+    for member in &tier.nodes {
+        assert!(!member.log_text().contains("panicked"), "{}", member.log_text());
+    }
+}
+
+#[test]
+fn a_member_whose_data_is_lost_is_replaced_by_a_new_id() {
+    // A log of 8 entries: the replacement can only come up by snapshot.
+    let dir = common::durable_temp_dir();
+    let mut tier = Tier::start_with(dir.path(), &["--raft-log-entries", "8"]);
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+    while_loaded(&follower, &acked, || {
+        // Member 3's disk is gone: it is stopped, removed, and its data wiped.
+        tier.nodes[2].kill();
+        tier.removed.insert(2);
+        let output = wormdb(&["cluster", "remove", "--to", &tier.grpc[0], "--node-id", "3"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        std::fs::remove_dir_all(&tier.nodes[2].data_dir).unwrap();
+        // A new machine takes its place under a new id.
+        let joined = tier.join(dir.path(), 1, &["--raft-log-entries", "8"]);
+        wait_voter_everywhere(&tier, joined);
+    });
+    assert_archives_equal_the_log(&tier, &follower, &acked, "after the replacement");
+    let snapshots: u64 = get(&tier.nodes[3].url("/metrics"))
+        .body
+        .lines()
+        .filter(|line| line.starts_with("wormdb_raft_snapshots_installed_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(snapshots > 0, "the new member came up by snapshot:\n{}", tier.nodes[3].log_text());
+}
+
+#[test]
+fn refused_membership_requests_say_why_and_change_nothing() {
+    let dir = common::durable_temp_dir();
+    let tier = Tier::start(dir.path());
+    tier.wait_converged("start");
+    let before = tier.roles(0);
+
+    // An id in use, from another address: the joining node does not start.
+    let port = free_port().to_string();
+    let data = dir.path().join("intruder");
+    let (http, grpc) = ("127.0.0.1:0".to_string(), format!("127.0.0.1:{port}"));
+    let serve = |id: &str, via: &str, data: &std::path::Path| {
+        wormdb(&[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--http-addr",
+            &http,
+            "--grpc-addr",
+            &grpc,
+            "--node-id",
+            id,
+            "--shards",
+            SHARDS,
+            "--join",
+            via,
+        ])
+    };
+    let output = serve("2", &tier.grpc[0], &data);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("node id 2 is already a member"), "{stderr}");
+
+    // Removing or handing a group to a node that is not a member.
+    let output = wormdb(&["cluster", "remove", "--to", &tier.grpc[0], "--node-id", "7"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("node 7 is not a member of the tier"), "{stderr}");
+    let output = wormdb(&["cluster", "transfer", "--to", &tier.grpc[1], "--group", "0", "--node-id", "7"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("node 7 is not a voter of group 0"), "{stderr}");
+
+    // `--join` through a node that is not a tier member.
+    let plain = TestNode::start(&dir.path().join("plain"), &["--shards", SHARDS]);
+    let output = serve("5", &plain.grpc_addr, &dir.path().join("joiner"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("not a member of an archive tier"), "{stderr}");
+
+    // Nothing changed, and the tier still takes writes.
+    assert_eq!(tier.roles(0), before);
+    let reply = post(&tier.nodes[0].url("/v1/entries"), "application/x-ndjson", b"{\"body\":\"still here\"}\n");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // The last voter of a one-member tier cannot leave.
+    let port = free_port();
+    let peers = format!("1=127.0.0.1:{port}");
+    let single = TestNode::start_on(
+        &dir.path().join("single"),
+        port,
+        &["--node-id", "1", "--shards", SHARDS, "--peers", &peers],
+    );
+    let output = wormdb(&["cluster", "remove", "--to", &single.grpc_addr, "--node-id", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("last voter"), "{stderr}");
+}
