@@ -78,6 +78,17 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Unsafe recovery, when a quorum of the tier is lost for good: makes this
+    /// stopped survivor the only voter of its groups and the only member, then
+    /// prints what it did and what may be missing. Refuses on a running node.
+    Recover {
+        /// The survivor's data directory (its node must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The survivor's node id [default: the one in DATA/raft/node-id]
+        #[arg(long)]
+        node_id: Option<u32>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -186,6 +197,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
         Command::Restore { from, follower_id, data_dir, shards } => restore(&from, follower_id, data_dir, shards),
         Command::Cluster(ClusterCommand::Status { to, json }) => cluster_status(&to, json),
+        Command::Cluster(ClusterCommand::Recover { data_dir, node_id }) => cluster_recover(&data_dir, node_id),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -290,4 +302,20 @@ fn cluster_status(to: &str, json: bool) -> Result<(), String> {
         serde_json::from_str(&document).map_err(|error| format!("{addr} answered a bad document: {error}"))?;
     print!("{}", wormdb::node::cluster::render(&document));
     Ok(())
+}
+
+/// `wormdb cluster recover`: unsafe recovery of a stopped survivor
+/// (`wormdb::tier::recover`).
+fn cluster_recover(data_dir: &std::path::Path, node_id: Option<u32>) -> Result<(), String> {
+    match wormdb::tier::recover::recover(data_dir, node_id) {
+        Ok(report) => {
+            print!("{report}");
+            Ok(())
+        }
+        Err(error) if error.is_refusal() => Err(format!("cluster recover refused: {error}; nothing was changed")),
+        Err(error) => Err(format!(
+            "cluster recover failed: {error}; run it again once the cause is fixed (a group already recovered is \
+             left as it is)"
+        )),
+    }
 }

@@ -83,6 +83,10 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
+    // Before anything in the directory is opened, and held until every
+    // core has shut down: a second node (or `cluster recover`) on the same
+    // directory is refused.
+    let _lock = crate::runtime::lock::DataDirLock::acquire(&config.data_dir).map_err(|error| error.to_string())?;
 
     // Bind every shard's sockets up front: the first one resolves port 0,
     // the others reuse the port it got.
