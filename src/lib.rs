@@ -37,8 +37,9 @@
 //! on-disk formats.
 //!
 //! ## Current limitations
-//! - The archive tier's membership is fixed at bootstrap (`--peers`):
-//!   join, remove and unsafe recovery are next.
+//! - The archive tier's membership is fixed at bootstrap (`--peers`),
+//!   short of unsafe recovery to a single survivor (`wormdb cluster
+//!   recover`): join and remove are next.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -100,6 +100,17 @@ enum ClusterCommand {
         #[arg(long)]
         node_id: u32,
     },
+    /// Unsafe recovery, when a quorum of the tier is lost for good: makes this
+    /// stopped survivor the only voter of its groups and the only member, then
+    /// prints what it did and what may be missing. Refuses on a running node.
+    Recover {
+        /// The survivor's data directory (its node must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The survivor's node id [default: the one in DATA/raft/node-id]
+        #[arg(long)]
+        node_id: Option<u32>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -216,6 +227,7 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(ClusterCommand::Status { to, json }) => cluster_status(&to, json),
         Command::Cluster(ClusterCommand::Remove { to, node_id }) => cluster_remove(&to, node_id),
         Command::Cluster(ClusterCommand::Transfer { to, group, node_id }) => cluster_transfer(&to, group, node_id),
+        Command::Cluster(ClusterCommand::Recover { data_dir, node_id }) => cluster_recover(&data_dir, node_id),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -305,26 +317,26 @@ where
     // Membership changes wait for every group's quorum (and for leaders to
     // hand over): generous.
     let timeout = std::time::Duration::from_secs(60);
-    wormdb::node::cluster::call(addr, path, request, timeout).map_err(|status| format!("{addr}: {}", status.message))
+    wormdb::tier::client::call(addr, path, request, timeout).map_err(|status| format!("{addr}: {}", status.message))
 }
 
 fn cluster_remove(to: &str, node_id: u32) -> Result<(), String> {
     let request = wormdb::proto::RemoveRequest { node_id };
-    let _: wormdb::proto::RemoveResponse = cluster_call(to, wormdb::node::cluster::REMOVE_PATH, request)?;
+    let _: wormdb::proto::RemoveResponse = cluster_call(to, wormdb::tier::client::REMOVE_PATH, request)?;
     println!("node {node_id} removed from every group: it no longer serves the tier");
     Ok(())
 }
 
 fn cluster_transfer(to: &str, group: u32, node_id: u32) -> Result<(), String> {
     let request = wormdb::proto::TransferLeaderRequest { group, node_id };
-    let _: wormdb::proto::TransferLeaderResponse = cluster_call(to, wormdb::node::cluster::TRANSFER_PATH, request)?;
+    let _: wormdb::proto::TransferLeaderResponse = cluster_call(to, wormdb::tier::client::TRANSFER_PATH, request)?;
     println!("node {node_id} leads group {group}");
     Ok(())
 }
 
 fn cluster_status(to: &str, json: bool) -> Result<(), String> {
     let response: wormdb::proto::ClusterStatusResponse =
-        cluster_call(to, wormdb::node::cluster::STATUS_PATH, wormdb::proto::ClusterStatusRequest {})?;
+        cluster_call(to, wormdb::tier::client::STATUS_PATH, wormdb::proto::ClusterStatusRequest {})?;
     let document = response.json;
     if json {
         println!("{document}");
@@ -334,4 +346,20 @@ fn cluster_status(to: &str, json: bool) -> Result<(), String> {
         serde_json::from_str(&document).map_err(|error| format!("{to} answered a bad document: {error}"))?;
     print!("{}", wormdb::node::cluster::render(&document));
     Ok(())
+}
+
+/// `wormdb cluster recover`: unsafe recovery of a stopped survivor
+/// (`wormdb::tier::recover`).
+fn cluster_recover(data_dir: &std::path::Path, node_id: Option<u32>) -> Result<(), String> {
+    match wormdb::tier::recover::recover(data_dir, node_id) {
+        Ok(report) => {
+            print!("{report}");
+            Ok(())
+        }
+        Err(error) if error.is_refusal() => Err(format!("cluster recover refused: {error}; nothing was changed")),
+        Err(error) => Err(format!(
+            "cluster recover failed: {error}; run it again once the cause is fixed (a group already recovered is \
+             left as it is)"
+        )),
+    }
 }

@@ -1,4 +1,8 @@
-//! Process-level setup that glommio needs: the locked-memory limit.
+//! Process-level setup: the locked-memory limit glommio needs, the CPUs
+//! the executors may use, and the lock that gives one process a data
+//! directory ([`lock`]).
+
+pub mod lock;
 
 /// Locked memory we ask for per executor, so that io_uring can register
 /// glommio's DMA buffer pool (10 MiB) on its three rings with room to spare.

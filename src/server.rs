@@ -83,6 +83,10 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
+    // Before anything in the directory is opened, and held until every
+    // core has shut down: a second node (or `cluster recover`) on the same
+    // directory is refused.
+    let _lock = crate::runtime::lock::DataDirLock::acquire(&config.data_dir).map_err(|error| error.to_string())?;
 
     // Bind every shard's sockets up front: the first one resolves port 0,
     // the others reuse the port it got.
@@ -92,7 +96,7 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
     let mut members = crate::tier::Members::load_or_bootstrap(&config.data_dir, &config.peers, config.node_id)?;
     if members.is_none() {
         if let Some(seed) = config.join {
-            members = Some(crate::node::cluster::join(seed, config.node_id, grpc_addr, &config.data_dir)?);
+            members = Some(crate::tier::client::join(seed, config.node_id, grpc_addr, &config.data_dir)?);
         }
     }
     // The voters a new group starts with: the bootstrap list; none on a

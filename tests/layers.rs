@@ -26,8 +26,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),
     ("config", &["shard", "limits"]),
-    // The archive tier: Raft groups over the replication rules.
-    ("tier", &["replication", "grpc", "shard", "index", "codec", "limits", "proto", "net"]),
+    // The archive tier: Raft groups over the replication rules (and the
+    // data directory's lock, which its offline recovery takes).
+    ("tier", &["replication", "grpc", "shard", "index", "codec", "limits", "proto", "net", "runtime"]),
     // One core's state; it names no front door.
     ("node", &["tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"]),
     // The front doors.

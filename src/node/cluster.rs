@@ -1,19 +1,12 @@
 //! The tier as one node sees it: the `GET /v1/cluster` document (DESIGN.md
 //! section 9; its keys are a contract), and the table `wormdb cluster
-//! status` prints from it (pure: built from the cores' reports); and the
-//! calls the CLI and `serve --join` make to a member.
+//! status` prints from it. Pure: built from the cores' reports.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::peers::ShardReport;
-use crate::grpc::status::Status;
-use crate::grpc::transport::Channel;
-use crate::proto::{JoinRequest, JoinResponse};
-use crate::tier::transport::CONNECT_TIMEOUT;
 use crate::tier::Members;
 
 /// How long a follower counts as alive after its last push (the lease TTL
@@ -163,68 +156,3 @@ pub fn render(document: &Value) -> String {
 fn text(value: &Value) -> String {
     value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
 }
-
-/// Runs one unary call to the member at `to` on an executor of its own
-/// (the CLI and `serve --join` call the tier before any executor runs).
-pub fn call<Request, Response>(
-    to: SocketAddr,
-    path: &'static str,
-    request: Request,
-    timeout: Duration,
-) -> Result<Response, Status>
-where
-    Request: prost::Message + Send + 'static,
-    Response: prost::Message + Default + Send + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            let channel = Channel::connect(to, timeout.min(CONNECT_TIMEOUT)).await?;
-            channel.unary(path, &request, Some(timeout)).await
-        })
-        .map_err(|error| Status::internal(format!("cannot start an executor: {error}")))?
-        .join()
-        .map_err(|error| Status::internal(format!("the call failed: {error}")))?
-}
-
-/// How long joining may take: every group adds this node as a learner, one
-/// after the other, each committed by the tier's quorum.
-pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Asks the member at `seed` to add node `node_id` (whose gRPC address is
-/// `addr`) to the tier, and persists what it answered: the members, and
-/// that this node joined (so its groups start empty, whatever happens).
-pub fn join(seed: SocketAddr, node_id: u32, addr: SocketAddr, data_dir: &std::path::Path) -> Result<Members, String> {
-    if addr.ip().is_unspecified() {
-        return Err(format!(
-            "--join: the members reach this node at its --grpc-addr, and {addr} is no address they can dial: give \
-             its own IP"
-        ));
-    }
-    tracing::info!(node = node_id, %seed, %addr, "asking the tier to add this node");
-    let request = JoinRequest { node_id, addr: addr.to_string() };
-    let response: JoinResponse = call(seed, JOIN_PATH, request, JOIN_TIMEOUT)
-        .map_err(|status| format!("--join {seed}: the tier refused or could not add this node: {}", status.message))?;
-    let mut addrs = std::collections::BTreeMap::new();
-    for member in response.members {
-        let member_addr = member
-            .addr
-            .parse()
-            .map_err(|_| format!("--join {seed}: a member address {:?} is malformed", member.addr))?;
-        addrs.insert(member.node_id, member_addr);
-    }
-    addrs.insert(node_id, addr);
-    let members = Members { addrs };
-    crate::tier::write_durably(&data_dir.join(crate::tier::JOINED_FILE), "joined\n")?;
-    members.store(data_dir)?;
-    tracing::info!(node = node_id, members = ?members.addrs, "joined the tier as a learner of every group");
-    Ok(members)
-}
-
-/// `WormCluster.Join`.
-pub const JOIN_PATH: &str = "/wormdb.v1.WormCluster/Join";
-/// `WormCluster.Remove`.
-pub const REMOVE_PATH: &str = "/wormdb.v1.WormCluster/Remove";
-/// `WormCluster.TransferLeader`.
-pub const TRANSFER_PATH: &str = "/wormdb.v1.WormCluster/TransferLeader";
-/// `WormCluster.Status`.
-pub const STATUS_PATH: &str = "/wormdb.v1.WormCluster/Status";

@@ -188,6 +188,62 @@ fn decode_addrs(payload: &[u8]) -> Result<BTreeMap<u32, SocketAddr>, String> {
         .collect()
 }
 
+/// A `MEMBERS` record, whole (header included): the group's address book
+/// from this point of the log on (the last one read back wins).
+pub fn addrs_record(addrs: &BTreeMap<u32, SocketAddr>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_addrs(&mut out, addrs);
+    out
+}
+
+/// A `CONF_STATE` record, whole (header included): the group's voters and
+/// learners from this point of the log on (the last one read back wins).
+/// The one place that says what the record carries; [`decode_conf_state`]
+/// reads it back.
+pub fn conf_state_record(conf_state: &ConfState) -> Result<Vec<u8>, Error> {
+    let payload = conf_state.write_to_bytes().map_err(|error| Error::Log(format!("encode conf state: {error}")))?;
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
+    record(&mut out, CONF_STATE, &payload);
+    Ok(out)
+}
+
+/// The payload of a `CONF_STATE` record (see [`conf_state_record`]).
+fn decode_conf_state(payload: &[u8]) -> Result<ConfState, String> {
+    ConfState::parse_from_bytes(payload).map_err(|error| format!("bad conf state: {error}"))
+}
+
+/// Appends encoded `records` (e.g. [`conf_state_record`]) to the log in
+/// `dir` while no replica has it open: for offline tools, run on a stopped
+/// node whose data directory lock they hold (`wormdb cluster recover`).
+///
+/// `segments` is what [`RaftLog::recover`] just found in `dir`; the records
+/// go right after the valid records of the last one, as a round would
+/// write them: the last partial page is written again with the records
+/// after it, padded with zeros to the page, anything after it (a torn
+/// round) is cut, and the file is fsynced. The log read back is the one
+/// before with the records at its end.
+pub fn append_offline(dir: &Path, segments: &[FoundSegment], records: &[u8]) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt as _;
+    let Some(&(id, _, valid)) = segments.last() else {
+        return Err(log_error("append to", dir, "no log segment"));
+    };
+    let path = segment_path(dir, id);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|error| log_error("open", &path, error))?;
+    let tail_start = valid - valid % PAGE_BYTES as u64;
+    let mut pages = vec![0; (valid - tail_start) as usize];
+    file.read_exact_at(&mut pages, tail_start).map_err(|error| log_error("read", &path, error))?;
+    pages.extend_from_slice(records);
+    pages.resize(pages.len().div_ceil(PAGE_BYTES) * PAGE_BYTES, 0);
+    file.write_all_at(&pages, tail_start)
+        .and_then(|()| file.set_len(tail_start + pages.len() as u64))
+        .and_then(|()| file.sync_all())
+        .map_err(|error| log_error("write", &path, error))
+}
+
 fn encode_hard_state(out: &mut Vec<u8>, hard_state: &HardState) {
     record(out, HARD_STATE, &u64s(&[hard_state.term, hard_state.vote, hard_state.commit]));
 }
@@ -518,8 +574,7 @@ impl RaftLog {
             encode_addrs(&mut out, &self.addrs);
         }
         if let Some(conf) = self.conf_changed.take() {
-            let bytes = conf.write_to_bytes().map_err(|error| Error::Log(format!("encode conf state: {error}")))?;
-            record(&mut out, CONF_STATE, &bytes);
+            out.extend_from_slice(&conf_state_record(&conf)?);
         }
         if let Some(applied) = self.applied.take() {
             record(&mut out, APPLIED, &u64s(&[applied]));
@@ -637,10 +692,7 @@ fn replay(restored: &mut Restored, kind: u8, payload: &[u8], last_index: &mut u6
             restored.conf_state = conf_state;
             restored.applied = restored.applied.max(if kind == SNAPSHOT { index } else { 0 });
         }
-        CONF_STATE => {
-            restored.conf_state =
-                ConfState::parse_from_bytes(payload).map_err(|error| format!("bad conf state: {error}"))?;
-        }
+        CONF_STATE => restored.conf_state = decode_conf_state(payload)?,
         APPLIED => {
             let [applied] = read_u64s::<1>(payload).ok_or("short applied index")?;
             restored.applied = restored.applied.max(applied);

@@ -33,12 +33,17 @@
 //!   [`crate::grpc`] transport, one HTTP/2 connection per (member, group);
 //! - [`replica`]: the loop that ticks, steps, proposes, persists, sends and
 //!   applies, on the group's core.
+//!
+//! Offline, on a stopped node: [`recover`], unsafe recovery after a quorum
+//! is lost for good (`wormdb cluster recover`).
 
+pub mod client;
 pub mod group;
 pub mod log;
 pub mod logger;
 pub mod machine;
 pub mod proposal;
+pub mod recover;
 pub mod replica;
 pub mod transport;
 
@@ -181,53 +186,104 @@ impl From<Error> for Status {
 /// a node has joined it (`id=HOST:PORT` lines).
 pub const MEMBERS_FILE: &str = "raft/members";
 
+/// The file, in the data directory, that says which member the directory
+/// belongs to (its node id, one line): the membership alone cannot tell,
+/// and offline tools (`wormdb cluster recover`) need to know.
+pub const NODE_ID_FILE: &str = "raft/node-id";
+
 impl Members {
     /// The membership this node persisted, or, on a first start with
     /// `--peers`, that list (persisted now). `None`: not a tier member.
     /// A persisted membership wins over `--peers` (a restarted member keeps
     /// what it agreed to; changing it is the next issue's `cluster` work).
+    /// Either way the node's id is persisted beside it ([`NODE_ID_FILE`]).
     pub fn load_or_bootstrap(
         data_dir: &std::path::Path,
         peers: &BTreeMap<u32, SocketAddr>,
         node_id: u32,
     ) -> Result<Option<Members>, String> {
-        let path = data_dir.join(MEMBERS_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let mut addrs = BTreeMap::new();
-                for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
-                    let parsed = line
-                        .split_once('=')
-                        .and_then(|(id, addr)| Some((id.parse::<u32>().ok()?, addr.parse::<SocketAddr>().ok()?)));
-                    let (id, addr) = parsed.ok_or_else(|| format!("{}: bad line {line:?}", path.display()))?;
-                    addrs.insert(id, addr);
-                }
-                if !addrs.contains_key(&node_id) {
+        let members = match Members::read(data_dir)? {
+            Some(members) => {
+                if !members.addrs.contains_key(&node_id) {
                     return Err(format!(
                         "{} does not list this node (--node-id {node_id}): this data directory belongs to another \
                          member",
-                        path.display()
+                        data_dir.join(MEMBERS_FILE).display()
                     ));
                 }
-                if !peers.is_empty() && *peers != addrs {
+                if !peers.is_empty() && *peers != members.addrs {
                     tracing::warn!(
-                        file = %path.display(),
+                        file = %data_dir.join(MEMBERS_FILE).display(),
                         "--peers differs from the persisted membership: the persisted one is used"
                     );
                 }
-                Ok(Some(Members { addrs }))
+                members
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                if peers.is_empty() {
-                    return Ok(None);
-                }
+            None if peers.is_empty() => return Ok(None),
+            None => {
                 let members = Members { addrs: peers.clone() };
-                members.store(data_dir)?;
-                Ok(Some(members))
+                members.write(data_dir)?;
+                members
             }
-            Err(error) => Err(format!("{}: {error}", path.display())),
+        };
+        if read_node_id(data_dir)? != Some(node_id) {
+            write_atomically(&data_dir.join(NODE_ID_FILE), &format!("{node_id}\n"))?;
         }
+        Ok(Some(members))
     }
+
+    /// The membership persisted in `data_dir` (`None`: there is none, the
+    /// node is not a tier member).
+    pub fn read(data_dir: &std::path::Path) -> Result<Option<Members>, String> {
+        let path = data_dir.join(MEMBERS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(format!("{}: {error}", path.display())),
+        };
+        let mut addrs = BTreeMap::new();
+        for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+            let parsed = line
+                .split_once('=')
+                .and_then(|(id, addr)| Some((id.parse::<u32>().ok()?, addr.parse::<SocketAddr>().ok()?)));
+            let (id, addr) = parsed.ok_or_else(|| format!("{}: bad line {line:?}", path.display()))?;
+            addrs.insert(id, addr);
+        }
+        Ok(Some(Members { addrs }))
+    }
+
+    /// Persists the membership in `data_dir`, atomically (a crash leaves
+    /// the old file or the new one).
+    pub fn write(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let text: String = self.addrs.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
+        write_atomically(&data_dir.join(MEMBERS_FILE), &text)
+    }
+}
+
+/// The node id persisted in `data_dir` ([`NODE_ID_FILE`]; `None`: none).
+pub fn read_node_id(data_dir: &std::path::Path) -> Result<Option<u32>, String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            text.trim().parse().map(Some).map_err(|_| format!("{}: not a node id: {:?}", path.display(), text.trim()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(format!("{}: {error}", path.display())),
+    }
+}
+
+/// Writes `text` to `path` so that a crash leaves the old file or the new
+/// one: a temporary file, fsync, rename, fsync of the directory (created
+/// if needed).
+pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let dir = path.parent().ok_or_else(|| format!("{}: no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let temporary = path.with_extension("tmp");
+    let written = std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
+    written.map_err(|error| format!("{}: {error}", path.display()))
 }
 
 /// The file, in the data directory, that says this node joined a running
@@ -238,27 +294,6 @@ pub const JOINED_FILE: &str = "raft/joined";
 /// Whether the node whose data directory is `data_dir` joined its tier.
 pub fn joined(data_dir: &std::path::Path) -> bool {
     data_dir.join(JOINED_FILE).exists()
-}
-
-/// Writes `text` to `path` durably: a temporary file, fsync, rename, fsync
-/// of the directory.
-pub fn write_durably(path: &std::path::Path, text: &str) -> Result<(), String> {
-    let dir = path.parent().ok_or_else(|| format!("{}: no directory", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    let temporary = path.with_extension("tmp");
-    let written = std::fs::write(&temporary, text)
-        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .and_then(|()| std::fs::File::open(dir)?.sync_all());
-    written.map_err(|error| format!("{}: {error}", path.display()))
-}
-
-impl Members {
-    /// Persists the membership in `data_dir` (see [`MEMBERS_FILE`]).
-    pub fn store(&self, data_dir: &std::path::Path) -> Result<(), String> {
-        let text: String = self.addrs.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
-        write_durably(&data_dir.join(MEMBERS_FILE), &text)
-    }
 }
 
 /// The directory of group `group`'s Raft log.
