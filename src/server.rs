@@ -34,6 +34,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
 /// How often shutdown looks at the requests still in flight.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a leader waits at shutdown for the voter it hands its group to
+/// (one election timeout: after that, an election would have been as fast).
+const HAND_OVER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Set once to stop the node.
 pub type StopFlag = Arc<AtomicBool>;
@@ -120,6 +123,9 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         receivers.push(receiver);
     }
 
+    // Cores that are done handing their groups over at shutdown: no core
+    // closes (and stops taking Raft messages for the others) before all are.
+    let handed_over = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut executors = Vec::new();
     for (shard_id, ((http_socket, grpc_socket), inbox)) in
         http_sockets.into_iter().zip(grpc_sockets).zip(receivers).enumerate()
@@ -127,11 +133,14 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let config = config.clone();
         let peers = senders.clone();
         let stop = stop.clone();
+        let handed_over = handed_over.clone();
         let members = members.clone().map(|members| (members, voters.clone()));
         let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
-            .spawn(move || async move { run_core(shard_id as u32, config, members, peers, inbox, fd, stop).await })
+            .spawn(move || async move {
+                run_core(shard_id as u32, config, members, peers, inbox, fd, (stop, handed_over)).await
+            })
             .map_err(|error| format!("cannot start the executor of shard {shard_id}: {error}"))?;
         executors.push(executor);
     }
@@ -160,7 +169,7 @@ async fn run_core(
     peers: Vec<mpsc::Sender<Request>>,
     inbox: mpsc::Receiver<Request>,
     listeners: Listeners,
-    stop: StopFlag,
+    (stop, handed_over): (StopFlag, Arc<std::sync::atomic::AtomicUsize>),
 ) -> Result<(), String> {
     // SAFETY: the fds are listening TCP sockets that this core now owns.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
@@ -215,6 +224,9 @@ async fn run_core(
     let grpc_task = glommio::spawn_local(crate::services::accept_loop(core.clone(), grpc_listener)).detach();
     tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
     let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
+    // One member-wide look at the leadership balance, from the first core.
+    let balancer = (shard_id == 0 && core.tier.is_some())
+        .then(|| glommio::spawn_local(crate::node::balance::run(core.clone())).detach());
 
     // The shard applies retention at every segment roll itself; this
     // catches segments that age out, and acks that arrive, between rolls.
@@ -234,6 +246,19 @@ async fn run_core(
         }
     }
 
+    // A leader hands its group to a caught-up voter first: the tier goes on
+    // without waiting an election timeout for this node to be missed.
+    if let Some(balancer) = balancer {
+        balancer.cancel();
+    }
+    if let Some(replica) = &core.tier {
+        replica.hand_over(HAND_OVER_TIMEOUT).await;
+        handed_over.fetch_add(1, Ordering::AcqRel);
+        let deadline = std::time::Instant::now() + HAND_OVER_TIMEOUT;
+        while handed_over.load(Ordering::Acquire) < config.shards && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(DRAIN_CHECK_INTERVAL).await;
+        }
+    }
     tracing::info!(shard = shard_id, "shutting down: draining in-flight requests");
     let deadline = std::time::Instant::now() + config.shutdown_timeout;
     accept_task.cancel();

@@ -7,6 +7,7 @@
 //! gRPC services (`crate::services`) hold an `Rc<Core>` and call down into
 //! it; `crate::server` starts the executors and wires everything together.
 
+pub mod balance;
 pub mod cluster;
 mod core;
 pub mod peers;

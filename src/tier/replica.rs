@@ -1456,6 +1456,44 @@ impl Replica {
         }
     }
 
+    /// At shutdown: when this replica leads, hands the group to the voter
+    /// that is furthest along and waits (up to `timeout`) until it leads,
+    /// so the group does not wait an election timeout to miss this node.
+    pub async fn hand_over(&self, timeout: Duration) {
+        let to = {
+            let mut state = self.state.borrow_mut();
+            if !state.group.is_leader() {
+                return;
+            }
+            let me = u64::from(self.node_id);
+            let conf = state.group.conf_state();
+            let next = conf
+                .voters
+                .iter()
+                .copied()
+                .filter(|&voter| voter != me)
+                .filter_map(|voter| Some((state.group.lag_of(voter)?, voter)))
+                .min();
+            let Some((_, next)) = next else {
+                tracing::info!(group = self.group_id, "shutdown: no caught-up voter to hand the leadership to");
+                return;
+            };
+            state.transfer = Some(next);
+            next
+        };
+        self.wake();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let leader = self.state.borrow().group.status().leader;
+            if leader != u64::from(self.node_id) && leader != 0 {
+                tracing::info!(group = self.group_id, to = leader, "shutdown: handed the leadership over");
+                return;
+            }
+            glommio::timer::sleep(TICK).await;
+        }
+        tracing::warn!(group = self.group_id, to, "shutdown: the leadership was not handed over in time");
+    }
+
     /// Waits (up to two election timeouts) until `node` leads the group.
     async fn wait_leader(&self, node: u32) -> Result<(), Error> {
         let deadline = Instant::now() + 2 * TICK * super::ELECTION_TICKS_MAX as u32;
