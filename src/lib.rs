@@ -37,9 +37,8 @@
 //! on-disk formats.
 //!
 //! ## Current limitations
-//! - The archive tier's membership is fixed at bootstrap (`--peers`),
-//!   short of unsafe recovery to a single survivor (`wormdb cluster
-//!   recover`): join and remove are next.
+//! - Follower leases on the tier are derived from each member's last push
+//!   received, not yet replicated state with keepalives.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
