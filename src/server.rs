@@ -37,6 +37,9 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a leader waits at shutdown for the voter it hands its group to
 /// (one election timeout: after that, an election would have been as fast).
 const HAND_OVER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The least a tier task is given to finish its current step at shutdown
+/// (a Raft log round: one write and one fdatasync).
+const TIER_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Set once to stop the node.
 pub type StopFlag = Arc<AtomicBool>;
@@ -282,8 +285,26 @@ async fn run_core(
     if let Some(replica) = &core.tier {
         replica.close();
     }
-    for task in tier_tasks {
-        task.cancel();
+    // The raft loop and the applier stop on their own between two steps
+    // (a Raft log write is never cut short); whatever is still waiting
+    // after the deadline is cancelled.
+    for mut task in tier_tasks {
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).max(TIER_STOP_WAIT);
+        let stopped = futures_lite::future::or(
+            async {
+                (&mut task).await;
+                true
+            },
+            async {
+                glommio::timer::sleep(left).await;
+                false
+            },
+        )
+        .await;
+        if !stopped {
+            tracing::warn!(shard = shard_id, "shutdown: a tier task did not stop in time: cancelled");
+            task.cancel();
+        }
     }
     let closed = core.shard.close().await;
     // Let the handlers whose appends the close just made durable write

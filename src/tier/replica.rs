@@ -460,6 +460,8 @@ impl Replica {
     /// Stops taking new work: queued and waiting writers are refused.
     pub fn close(&self) {
         self.closing.set(true);
+        self.wake();
+        let _ = self.apply_wake.borrow_mut().try_send(());
         for task in self.link_tasks.borrow_mut().drain(..) {
             task.cancel();
         }
@@ -804,6 +806,12 @@ impl Replica {
         let Some(mut wakeups) = self.wakeups.borrow_mut().take() else { return };
         let mut next_tick = Instant::now() + TICK;
         loop {
+            // Closed: stop between two rounds, never in the middle of one's
+            // write (a write cut short by cancelling it could damage the
+            // log's last page, which it writes again).
+            if self.closing.get() {
+                return;
+            }
             let now = Instant::now();
             if now < next_tick {
                 let wait = next_tick - now;
@@ -1115,6 +1123,9 @@ impl Replica {
     async fn apply_loop(self: Rc<Self>) {
         let Some(mut wakeups) = self.apply_wakeups.borrow_mut().take() else { return };
         loop {
+            if self.closing.get() {
+                return;
+            }
             let entry = self.state.borrow_mut().committed.pop_front();
             let Some(entry) = entry else {
                 self.answer_reads();
