@@ -30,11 +30,14 @@
 # watermark (`wormdb inspect`) equals that shard's last seq.
 # Bounded: wrk has a duration (and is stopped at the end); each round waits
 # at most ROUND_TIMEOUT s for the acks and WAIT_TIMEOUT s to settle.
-# Usage: benches/tier/failover.sh   (KILLS=20 RATE=100000 CONNS=8 POLL_MS=10
+# Usage: benches/tier/failover.sh   (KILLS=20 SIGNAL=KILL|TERM RATE=100000 CONNS=8 POLL_MS=10
 #        WARMUP=3 GAP=1 ROUND_TIMEOUT=30 WAIT_TIMEOUT=300; TIER_CPUS and
 #        FOLLOWER_CPUS pin with taskset, unpinned by default; KEEP=1 keeps
 #        the scratch dir and the nodes' logs)
 KILLS=${KILLS:-20}
+# KILL: a crash (the group waits for an election); TERM: a graceful stop,
+# as in a rolling restart (the member hands its leaderships over first).
+SIGNAL=${SIGNAL:-KILL}
 RATE=${RATE:-100000}
 CONNS=${CONNS:-8}
 POLL_MS=${POLL_MS:-10}
@@ -46,7 +49,7 @@ FOLLOWER_CPUS=${FOLLOWER_CPUS:-}
 # shellcheck source=benches/tier/common.sh
 source "$(dirname "$0")/common.sh"
 
-echo "== failover: $KILLS SIGKILLs of the member leading the most groups, under load"
+echo "== failover: $KILLS SIG$SIGNAL of the member leading the most groups, under load"
 conditions
 tier "$TIER_CPUS"
 start follower "$FOLLOWER_CPUS" "$FOLLOWER_SHARDS" --node-id "$FOLLOWER_ID" --leader "$tier_grpc"
@@ -70,7 +73,7 @@ for round in $(seq 1 "$KILLS"); do
   python3 "$tier_py" leaders --members "$members" > "$work/before.json"
   printf 'round %d: ' "$round"
   t_kill=$(now)
-  stop "t$victim" KILL
+  stop "t$victim" "$SIGNAL"
   python3 "$tier_py" failover --members "$members" --dead "$victim" --since "$t_kill" --before "$work/before.json" \
     --follower "$follower" --follower-id "$FOLLOWER_ID" --follower-shards "$FOLLOWER_SHARDS" \
     --timeout "$ROUND_TIMEOUT" --poll-ms "$POLL_MS" --results "$results" || failures=$((failures + 1))
