@@ -5,7 +5,8 @@
 //! survivor the only member; restarted alone (with the same `--peers`,
 //! ignored: its persisted membership wins), it leads every group, the
 //! follower drains to it, and its archive equals the follower's log exactly:
-//! what the survivor lacked is pushed again, nothing twice. Before that,
+//! what the survivor lacked is pushed again, nothing twice; two fresh nodes
+//! then join it under load and end with the same archive. Before that,
 //! while the tier runs, a second `serve` on a member's data directory and
 //! `cluster recover` on it are both refused, and change nothing.
 #![allow(clippy::unwrap_used)]
@@ -273,4 +274,34 @@ fn a_quorum_lost_for_good_is_recovered_on_the_survivor_and_followers_drain_to_it
     });
     assert_archive_equals_the_log(survivor_node, &follower, &acked, "alone, after a restart");
     assert!(!survivor_node.log_text().contains("panicked"), "{}", survivor_node.log_text());
+
+    // Two fresh machines join the survivor under load (new ids, empty
+    // data): each catches up by snapshot and becomes a voter of every group.
+    let survivor_grpc = survivor_node.grpc_addr.clone();
+    let mut joined = Vec::new();
+    under_load(&follower, &acked, 2, || {
+        for id in [4u64, 5] {
+            let port = free_port();
+            let id_text = id.to_string();
+            let args = ["--node-id", id_text.as_str(), "--shards", SHARDS, "--join", survivor_grpc.as_str()];
+            joined.push(TestNode::start_on(&dir.path().join(format!("fresh-{id}")), port, &args));
+            let node = joined.last().unwrap();
+            let deadline = Instant::now() + CONVERGE;
+            loop {
+                let cluster = get(&node.url("/v1/cluster")).json();
+                let groups = cluster["groups"].as_array().unwrap();
+                if groups.len() == 2
+                    && groups.iter().all(|group| matches!(group["role"].as_str(), Some("leader" | "follower")))
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id} was not promoted: {cluster}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    assert_archive_equals_the_log(survivor_node, &follower, &acked, "after two nodes joined");
+    for node in &joined {
+        assert_archive_equals_the_log(node, &follower, &acked, "on a node that joined");
+    }
 }
