@@ -50,6 +50,8 @@ pub struct Settings {
     pub peers: Option<String>,
     /// `--join` (`HOST:PORT`: a member of the tier to join)
     pub join: Option<String>,
+    /// `--lease-ttl` (a duration: followers' leases on the tier)
+    pub lease_ttl: Option<String>,
     /// `--raft-log-entries` (entries a tier member keeps behind the applied
     /// index for lagging peers)
     pub raft_log_entries: Option<u64>,
@@ -95,6 +97,7 @@ impl Settings {
             leader: self.leader.or(base.leader),
             peers: self.peers.or(base.peers),
             join: self.join.or(base.join),
+            lease_ttl: self.lease_ttl.or(base.lease_ttl),
             raft_log_entries: self.raft_log_entries.or(base.raft_log_entries),
             durability: self.durability.or(base.durability),
             segment_bytes: self.segment_bytes.or(base.segment_bytes),
@@ -129,6 +132,9 @@ pub struct NodeConfig {
     /// A member of the tier to ask to add this node (`--join`), on its
     /// first start; a node that has joined uses its persisted membership.
     pub join: Option<SocketAddr>,
+    /// How long a follower's lease on the tier lasts without a push or a
+    /// keepalive (`--lease-ttl`).
+    pub lease_ttl: Duration,
     /// Raft log entries a tier member keeps behind its applied index for
     /// lagging peers; a peer further behind gets a snapshot.
     pub raft_log_entries: u64,
@@ -403,6 +409,16 @@ impl NodeConfig {
             Some(text) => parse_peers(text, node_id)?,
         };
         let join = settings.join.as_deref().map(|addr| parse_addr("--join", addr)).transpose()?;
+        let lease_ttl = match settings.lease_ttl.as_deref() {
+            Some(text) => parse_duration(text).map_err(|error| format!("--lease-ttl: {error}"))?,
+            None => limits::LEASE_TTL_DEFAULT,
+        };
+        if lease_ttl < limits::LEASE_TTL_MIN {
+            return Err(format!(
+                "--lease-ttl {lease_ttl:?}: at least {:?} (LEASE_TTL_MIN: a few keepalives must fit in it)",
+                limits::LEASE_TTL_MIN
+            ));
+        }
         if join.is_some() && !peers.is_empty() {
             return Err("--join and --peers: a node either forms the tier (--peers) or joins it (--join)".into());
         }
@@ -414,6 +430,7 @@ impl NodeConfig {
             leaders,
             peers,
             join,
+            lease_ttl,
             raft_log_entries,
             shutdown_timeout,
             shards,

@@ -37,8 +37,8 @@
 //! on-disk formats.
 //!
 //! ## Current limitations
-//! - Follower leases on the tier are derived from each member's last push
-//!   received, not yet replicated state with keepalives.
+//! - The tier does not know a follower's lag (`lag_entries` is 0 in
+//!   `/v1/cluster`): the follower's own `/v1/stats` has it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

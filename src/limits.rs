@@ -381,6 +381,16 @@ pub const RAFT_LOG_SCRATCH_BYTES_MAX: usize = 8 << 20;
 /// and its framing. A longer length read back is corruption.
 pub const RAFT_RECORD_BYTES_MAX: usize = PROPOSAL_BYTES_MAX + (1 << 20);
 
+/// A follower's lease on the tier (`--lease-ttl` default, DESIGN.md
+/// section 9): its pushes, or a keepalive when it has nothing to push,
+/// renew it.
+pub const LEASE_TTL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The shortest accepted `--lease-ttl`: a few keepalives must fit in it.
+pub const LEASE_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a follower's pusher stays idle before it sends a keepalive
+/// (an empty batch) to renew its lease: a third of the shortest TTL.
+pub const LEASE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A learner is promoted to voter once its log is within this many entries
 /// of its leader's (a few group commits: it then keeps up as a voter
 /// without holding back the quorum).

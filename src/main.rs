@@ -147,6 +147,10 @@ struct ServeArgs {
     /// joined uses the membership it persisted
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// How long a follower's lease on the tier lasts without a push or a keepalive
+    /// (a tier member's setting) [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    lease_ttl: Option<String>,
     /// Raft log entries a tier member keeps behind its applied index for lagging
     /// members; one further behind gets a snapshot [default: 4096]
     #[arg(long)]
@@ -191,6 +195,7 @@ impl ServeArgs {
             leader: self.leader,
             peers: self.peers,
             join: self.join,
+            lease_ttl: self.lease_ttl,
             raft_log_entries: self.raft_log_entries,
             durability: self.durability,
             segment_bytes: self.segment_bytes,

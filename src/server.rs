@@ -210,7 +210,10 @@ async fn run_core(
             let dir = crate::tier::group_dir(&config.data_dir, shard_id);
             let (id, entries) = (config.node_id, config.raft_log_entries);
             match Replica::open(id, shard_id, members, &voters, &dir, shard.clone(), entries).await {
-                Ok(replica) => Some(replica),
+                Ok(replica) => {
+                    replica.set_lease_ttl(config.lease_ttl);
+                    Some(replica)
+                }
                 Err(error) => {
                     stop.store(true, Ordering::Release);
                     let _ = shard.close().await;

@@ -448,7 +448,7 @@ impl Services {
         let _: ClusterStatusRequest = single_message(call).await?;
         let reports = self.core.reports().await.map_err(|_| Status::unavailable("shutting down"))?;
         let members = self.core.tier.as_ref().map(|replica| replica.members());
-        let document = crate::node::cluster::document(self.core.config.node_id, members.as_ref(), &reports, now_ns());
+        let document = crate::node::cluster::document(self.core.config.node_id, members.as_ref(), &reports);
         call.send(&ClusterStatusResponse { json: document.to_string() }).await
     }
 
@@ -524,11 +524,4 @@ fn query_status(error: query::Error) -> Status {
         query::Error::ShuttingDown => Status::unavailable("shutting down"),
         error @ query::Error::Shard { .. } => Status::internal(error.to_string()),
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as i64)
-        .unwrap_or(0)
 }

@@ -266,3 +266,59 @@ fn a_rolling_restart_hands_leaderships_over_and_loses_nothing() {
         assert!(!member.log_text().contains("cut a torn last record"), "{}", member.log_text());
     }
 }
+
+/// Follower `id`'s lease as member `index` reports it: (state, ms left).
+fn lease(tier: &Tier, index: usize, id: u64) -> Option<(String, u64)> {
+    let cluster = get(&tier.nodes[index].url("/v1/cluster")).json();
+    cluster["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|follower| follower["follower_id"] == id)
+        .map(|follower| (follower["lease"].as_str().unwrap().to_string(), follower["expires_in_ms"].as_u64().unwrap()))
+}
+
+#[test]
+fn follower_leases_live_on_keepalives_and_expire_when_the_follower_stops() {
+    let dir = common::durable_temp_dir();
+    let tier = Tier::start_with(dir.path(), &["--lease-ttl", "3s"]);
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    let acked: Acked = Default::default();
+    tier.wait_converged("start");
+    while_loaded(&follower, &acked, || {});
+    common::node::wait_drained(&follower, CONVERGE);
+    let id = common::tier::FOLLOWER_ID;
+    // Idle for twice the TTL: its keepalives keep the lease alive on every
+    // member (each applies the renewals the leader committed).
+    let idle_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < idle_until {
+        for index in 0..3 {
+            let lease = lease(&tier, index, id);
+            assert!(matches!(&lease, Some((state, _)) if state == "alive"), "member {}: {lease:?}", index + 1);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Stopped, it renews nothing: the lease expires, counted and logged once
+    // per group.
+    follower.signal(libc::SIGSTOP);
+    let deadline = Instant::now() + CONVERGE;
+    while lease(&tier, 0, id).map(|(state, _)| state) != Some("expired".to_string()) {
+        assert!(Instant::now() < deadline, "the lease never expired: {:?}", lease(&tier, 0, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expired: u64 = get(&tier.nodes[0].url("/metrics"))
+        .body
+        .lines()
+        .filter(|line| line.starts_with("wormdb_follower_lease_expired_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(expired, 2, "one expiry per group");
+    assert_eq!(tier.nodes[0].log_count("follower lease expired"), 2, "{}", tier.nodes[0].log_text());
+    // Back, it renews at once.
+    follower.signal(libc::SIGCONT);
+    while lease(&tier, 0, id).map(|(state, _)| state) != Some("alive".to_string()) {
+        assert!(Instant::now() < deadline, "the lease never came back: {:?}", lease(&tier, 0, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tier.nodes[0].log_count("follower lease expired"), 2, "an expiry logs once");
+}

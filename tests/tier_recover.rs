@@ -202,6 +202,24 @@ fn a_quorum_lost_for_good_is_recovered_on_the_survivor_and_followers_drain_to_it
         members[survivor].signal(libc::SIGSTOP);
         let stopped_at = acked.lock().unwrap().len();
         wait_acked(&acked, stopped_at + 500, CONVERGE);
+        // ...and until the two others have acknowledged pushes the
+        // survivor never saw (the follower's local acks alone say nothing
+        // of the tier's).
+        let archived = || -> u64 {
+            let stats = get(&follower.url("/v1/stats")).json();
+            stats["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|shard| shard["replication"]["acked_seq"].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let before = archived();
+        let deadline = Instant::now() + CONVERGE;
+        while archived() < before + 100 {
+            assert!(Instant::now() < deadline, "the two others acknowledged nothing without the survivor");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for member in &mut members {
             member.kill();
         }

@@ -49,7 +49,7 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
     let groups: Vec<_> = reports.iter().filter_map(|r| r.tier.as_ref()).collect();
     if !groups.is_empty() {
         type GroupValue = fn(&crate::tier::replica::ReplicaReport) -> u64;
-        let families: [(&str, &str, &str, GroupValue); 9] = [
+        let families: [(&str, &str, &str, GroupValue); 10] = [
             ("wormdb_raft_term", "gauge", "The group's current Raft term.", |g| g.status.term),
             ("wormdb_raft_commit_index", "gauge", "The group's commit index as this replica knows it.", |g| {
                 g.status.commit
@@ -71,6 +71,9 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
             }),
             ("wormdb_raft_snapshots_sent_total", "counter", "Snapshots sent to lagging replicas.", |g| {
                 g.counters.snapshots_sent
+            }),
+            ("wormdb_follower_lease_expired_total", "counter", "Follower leases that expired on this replica.", |g| {
+                g.counters.leases_expired
             }),
             ("wormdb_raft_snapshots_installed_total", "counter", "Snapshots installed on this replica.", |g| {
                 g.counters.snapshots_installed

@@ -352,12 +352,8 @@ async fn cluster(core: Rc<Core>) -> Response<Body> {
         Ok(reports) => reports,
         Err(response) => return response,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as i64)
-        .unwrap_or(0);
     let members = core.tier.as_ref().map(|replica| replica.members());
-    json(StatusCode::OK, &crate::node::cluster::document(core.config.node_id, members.as_ref(), &reports, now))
+    json(StatusCode::OK, &crate::node::cluster::document(core.config.node_id, members.as_ref(), &reports))
 }
 
 /// A streamed NDJSON response fed by a channel of chunks.

@@ -83,7 +83,7 @@ mod tests {
             status: GroupStatus { leader, term: 2, commit: 5, applied: 5, role: raft::StateRole::Follower },
             counters: Default::default(),
             watermarks: Default::default(),
-            last_push_ns: Default::default(),
+            leases: Default::default(),
             voters: vec![1, 2, 3],
             learners: vec![],
             removed: false,

@@ -9,10 +9,6 @@ use serde_json::{json, Value};
 use super::peers::ShardReport;
 use crate::tier::Members;
 
-/// How long a follower counts as alive after its last push (the lease TTL
-/// default of DESIGN.md section 9; leases proper are the next issue's).
-pub const LEASE_TTL_MS: u64 = 10_000;
-
 /// The role name of a raft-rs state.
 fn role(role: raft::StateRole) -> &'static str {
     match role {
@@ -22,9 +18,8 @@ fn role(role: raft::StateRole) -> &'static str {
     }
 }
 
-/// The `/v1/cluster` document of node `node_id`; `now_ns` is the wall
-/// clock, for the followers' lease times.
-pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport], now_ns: i64) -> Value {
+/// The `/v1/cluster` document of node `node_id`.
+pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport]) -> Value {
     // Roles from the first group's membership (every group goes through
     // the same changes, one after the other).
     let conf = reports.iter().find_map(|report| report.tier.as_ref());
@@ -63,33 +58,22 @@ pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport]
             })
         })
         .collect();
-    // Followers: every origin node in the groups this node replicates,
-    // with the last time one of its pushes reached this node (leases, kept
-    // as replicated state, are the next issue's: until then a follower is
-    // alive here while its pushes reach this node, and lag is what the
-    // follower's own `/v1/stats` reports).
-    let mut last_seen = std::collections::BTreeMap::<u32, i64>::new();
-    for report in reports {
-        if let Some(tier) = &report.tier {
-            for (&follower, &seen) in &tier.last_push_ns {
-                let entry = last_seen.entry(follower).or_insert(0);
-                *entry = (*entry).max(seen);
-            }
-            for &(node, _) in tier.watermarks.keys() {
-                if node != 0 {
-                    last_seen.entry(node).or_insert(0);
-                }
-            }
+    // Followers: their leases in the groups this node replicates (a
+    // follower's shards go to several groups): alive while one of them is,
+    // with the most time left and the latest renewal.
+    let mut leases = std::collections::BTreeMap::<u32, (bool, u64, i64)>::new();
+    for tier in reports.iter().filter_map(|report| report.tier.as_ref()) {
+        for (&follower, lease) in &tier.leases {
+            let entry = leases.entry(follower).or_insert((false, 0, 0));
+            *entry = (entry.0 || lease.alive, entry.1.max(lease.expires_in_ms), entry.2.max(lease.last_seen_ns));
         }
     }
-    let followers: Vec<Value> = last_seen
+    let followers: Vec<Value> = leases
         .into_iter()
-        .map(|(follower, seen)| {
-            let since_ms = if seen > 0 { (now_ns.saturating_sub(seen) / 1_000_000).max(0) as u64 } else { u64::MAX };
-            let left = LEASE_TTL_MS.saturating_sub(since_ms);
+        .map(|(follower, (alive, left, seen))| {
             json!({
                 "follower_id": follower,
-                "lease": if left > 0 { "alive" } else { "expired" },
+                "lease": if alive { "alive" } else { "expired" },
                 "expires_in_ms": left,
                 "lag_entries": 0,
                 "last_seen_ns": seen,

@@ -38,8 +38,8 @@ use crate::codec::block;
 use crate::grpc::frame;
 use crate::grpc::status::{Code, Status};
 use crate::grpc::transport::{CallSender, Channel, SEND_ERROR_STATUS_WAIT};
-use crate::limits::{PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET};
-use crate::proto::{PushAck, WatermarkRequest, WatermarkResponse};
+use crate::limits::{LEASE_KEEPALIVE, PUSH_BATCHES_UNACKED_MAX, PUSH_BATCH_BYTES_TARGET};
+use crate::proto::{PushAck, PushBatch, WatermarkRequest, WatermarkResponse};
 use crate::shard::SharedSeq;
 
 /// How long a connection attempt may take.
@@ -111,6 +111,10 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
     let state = host.follower();
     let mut session = Session::new(Config::default(), seed, host.shard().durable_seq(), &state.leaders);
     let mut stream: Option<Stream> = None;
+    // When the stream last carried something: an idle stream sends a
+    // keepalive (an empty batch) every LEASE_KEEPALIVE to renew the
+    // follower's lease on a tier.
+    let mut last_sent = clock.elapsed();
     loop {
         if state.stopping.get() {
             session.shutdown();
@@ -145,7 +149,10 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
                     Err(status) => Err(status),
                 };
                 match sent {
-                    Ok(to_seq) => session.sent(window.from_seq, to_seq),
+                    Ok(to_seq) => {
+                        last_sent = clock.elapsed();
+                        session.sent(window.from_seq, to_seq)
+                    }
                     Err(status) => {
                         let status = open.ended_status(status).await;
                         stream = None;
@@ -184,6 +191,20 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
                 .await;
                 let now = clock.elapsed();
                 let addr = session.leader_addr();
+                if matches!(event, Some(StreamEvent::Tick))
+                    && now.saturating_sub(last_sent) >= LEASE_KEEPALIVE
+                    && session.may_keepalive()
+                {
+                    last_sent = now;
+                    let keepalive = PushBatch { follower_id: node, shard, ..PushBatch::default() };
+                    if let Err(status) = open.sender.send(&keepalive).await {
+                        let status = open.ended_status(status).await;
+                        stream = None;
+                        failed(shard, addr, &mut session, state, clock.elapsed(), &status);
+                        continue;
+                    }
+                    session.keepalive_sent();
+                }
                 let outcome = match event {
                     Some(StreamEvent::Tick) => Ok(()),
                     Some(StreamEvent::Ack(acked_seq)) => session.ack(now, acked_seq),

@@ -376,6 +376,21 @@ impl Session {
         self.sent_entries += to_seq - from_seq;
     }
 
+    /// Whether an empty batch may go out now to renew the follower's lease
+    /// on the tier (DESIGN.md section 9): the stream is up and idle, with
+    /// nothing in flight and no send or close under way.
+    pub fn may_keepalive(&self) -> bool {
+        matches!(self.state, State::Streaming { sending: None, close_sent: false, .. }) && self.in_flight.is_empty()
+    }
+
+    /// An empty batch went out (see [`Session::may_keepalive`]): its ack is
+    /// awaited like a batch's, and moves nothing.
+    pub fn keepalive_sent(&mut self) {
+        assert!(self.may_keepalive(), "a keepalive on a busy or closed stream");
+        let State::Streaming { next_seq, .. } = self.state else { unreachable!("checked above") };
+        self.in_flight.push_back((next_seq, next_seq));
+    }
+
     /// The leader acknowledged the oldest batch in flight, reporting
     /// `acked_seq` archived.
     pub fn ack(&mut self, now: Duration, acked_seq: u64) -> Result<(), Error> {

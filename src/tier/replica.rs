@@ -204,6 +204,33 @@ pub struct ReplicaCounters {
     pub snapshots_sent: u64,
     /// See [`ReplicaCounters::snapshots_sent`].
     pub snapshots_installed: u64,
+    /// Follower leases that expired here.
+    pub leases_expired: u64,
+}
+
+/// A follower's lease on the group, as this replica keeps it. Renewed by
+/// every applied entry that carries one of the follower's batches (its
+/// pushes, or an empty keepalive batch when it has nothing to push): the
+/// renewals are replicated, their clock is each replica's own.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    expires: Instant,
+    /// When the last renewal was applied here (ns since the epoch; 0 when
+    /// none since this replica started).
+    last_seen_ns: i64,
+    expired: bool,
+}
+
+/// A follower's lease, for `/v1/cluster`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseReport {
+    /// Renewed within its TTL.
+    pub alive: bool,
+    /// Time left before it expires (0 once expired).
+    pub expires_in_ms: u64,
+    /// When the last renewal was applied here (ns since the epoch; 0 when
+    /// none since this replica started).
+    pub last_seen_ns: i64,
 }
 
 /// A replica's report.
@@ -217,9 +244,8 @@ pub struct ReplicaReport {
     pub counters: ReplicaCounters,
     /// Each origin pair's watermark here.
     pub watermarks: BTreeMap<Pair, u64>,
-    /// When each follower's last push reached this replica (ns since the
-    /// epoch).
-    pub last_push_ns: BTreeMap<u32, i64>,
+    /// Each follower's lease here.
+    pub leases: BTreeMap<u32, LeaseReport>,
     /// The group's voters and learners, as this replica knows them.
     pub voters: Vec<u64>,
     /// See `voters`.
@@ -265,9 +291,9 @@ struct State {
     transfer: Option<u64>,
     counters: ReplicaCounters,
     failed: Option<String>,
-    /// When each follower's last push arrived (bounded by the followers
-    /// the machine knows, ARCHIVE_PAIRS_MAX).
-    last_push_ns: BTreeMap<u32, i64>,
+    /// The followers' leases (at most ARCHIVE_PAIRS_MAX: one per origin
+    /// pair at most).
+    leases: BTreeMap<u32, Lease>,
 }
 
 /// One replica of one group.
@@ -286,6 +312,8 @@ pub struct Replica {
     /// This node is no longer a member of the group: it stops.
     removed: Cell<bool>,
     ticks: Cell<u64>,
+    /// `--lease-ttl`.
+    lease_ttl: Cell<Duration>,
     /// Only the raft loop writes the log.
     log: RefCell<Option<RaftLog>>,
     /// The applied index to note in the log's next round.
@@ -393,13 +421,14 @@ impl Replica {
                 transfer: None,
                 counters: ReplicaCounters::default(),
                 failed: None,
-                last_push_ns: BTreeMap::new(),
+                leases: BTreeMap::new(),
             }),
             links: RefCell::new(links),
             link_tasks: RefCell::new(Vec::new()),
             conf_noted: RefCell::new(None),
             removed: Cell::new(removed),
             ticks: Cell::new(0),
+            lease_ttl: Cell::new(crate::limits::LEASE_TTL_DEFAULT),
             log: RefCell::new(Some(log)),
             applied: Cell::new(status.applied),
             machine_noted: RefCell::new(None),
@@ -519,11 +548,6 @@ impl Replica {
     /// ack once committed and applied here, or the refusal.
     pub fn propose_push(&self, batch: PushedBatch, reply: AckSender) {
         let mut state = self.state.borrow_mut();
-        if state.last_push_ns.len() < crate::limits::ARCHIVE_PAIRS_MAX
-            || state.last_push_ns.contains_key(&batch.follower_id)
-        {
-            state.last_push_ns.insert(batch.follower_id, now_ns());
-        }
         if let Err(error) = self.admit_work(&state, batch.message_bytes()) {
             let _ = reply.send(Err(error.into()));
             return;
@@ -781,7 +805,22 @@ impl Replica {
             status: state.group.status(),
             counters: state.counters.clone(),
             watermarks: state.machine.watermarks().clone(),
-            last_push_ns: state.last_push_ns.clone(),
+            leases: state
+                .leases
+                .iter()
+                .map(|(&follower, lease)| {
+                    // Expiry is decided at the tick (which counts and logs
+                    // it): the report says what the tick decided.
+                    let left = lease.expires.saturating_duration_since(Instant::now());
+                    let alive = !lease.expired;
+                    let report = LeaseReport {
+                        alive,
+                        expires_in_ms: if alive { left.as_millis() as u64 } else { 0 },
+                        last_seen_ns: lease.last_seen_ns,
+                    };
+                    (follower, report)
+                })
+                .collect(),
             voters: conf.voters,
             learners: conf.learners,
             removed: self.removed.get(),
@@ -830,6 +869,7 @@ impl Replica {
                 if ticks % PROMOTE_CHECK_TICKS == 0 {
                     self.promote_caught_up();
                 }
+                self.expire_leases();
                 next_tick += TICK;
                 if next_tick < Instant::now() {
                     // A stalled executor: do not tick in a burst.
@@ -1073,6 +1113,9 @@ impl Replica {
             for (_, (_, reply)) in std::mem::take(&mut state.reads_asked) {
                 let _ = reply.send(Err(error.clone()));
             }
+        } else {
+            drop(state);
+            self.extend_leases();
         }
     }
 
@@ -1523,6 +1566,65 @@ impl Replica {
         }
     }
 
+    /// Renews `follower`'s lease: an entry carrying one of its batches was
+    /// applied here.
+    fn renew_lease(&self, state: &mut State, follower: u32) {
+        if follower == 0 || (state.leases.len() >= ARCHIVE_PAIRS_MAX && !state.leases.contains_key(&follower)) {
+            return;
+        }
+        let lease = Lease { expires: Instant::now() + self.lease_ttl.get(), last_seen_ns: now_ns(), expired: false };
+        if let Some(old) = state.leases.insert(follower, lease) {
+            if old.expired {
+                tracing::info!(group = self.group_id, follower, "follower lease renewed after it expired");
+            }
+        }
+    }
+
+    /// Marks the leases whose time ran out (each logs and counts once).
+    fn expire_leases(&self) {
+        let mut state = self.state.borrow_mut();
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (&follower, lease) in state.leases.iter_mut() {
+            if !lease.expired && now >= lease.expires {
+                lease.expired = true;
+                expired.push(follower);
+            }
+        }
+        for follower in expired {
+            state.counters.leases_expired += 1;
+            tracing::warn!(
+                group = self.group_id,
+                follower,
+                ttl_ms = self.lease_ttl.get().as_millis() as u64,
+                "follower lease expired: no push or keepalive for its TTL"
+            );
+        }
+    }
+
+    /// A new leader gives every lease one more election timeout, as etcd
+    /// does: a failover expires none (the followers were waiting for it).
+    fn extend_leases(&self) {
+        let until = Instant::now() + TICK * super::ELECTION_TICKS_MAX as u32;
+        for lease in self.state.borrow_mut().leases.values_mut().filter(|lease| !lease.expired) {
+            lease.expires = lease.expires.max(until);
+        }
+    }
+
+    /// Sets the followers' lease TTL (`--lease-ttl`) and grants a lease to
+    /// every follower the state machine knows: a restarted replica knows
+    /// no renewal time, and treats them as renewed now.
+    pub fn set_lease_ttl(&self, ttl: Duration) {
+        self.lease_ttl.set(ttl);
+        let mut state = self.state.borrow_mut();
+        let followers: Vec<u32> =
+            state.machine.watermarks().keys().map(|&(node, _)| node).filter(|&node| node != 0).collect();
+        let expires = Instant::now() + ttl;
+        for follower in followers.into_iter().take(ARCHIVE_PAIRS_MAX) {
+            state.leases.entry(follower).or_insert(Lease { expires, last_seen_ns: 0, expired: false });
+        }
+    }
+
     /// On the leader: proposes the promotion of a learner whose log is
     /// within [`PROMOTE_LAG_ENTRIES`] of the leader's (one at a time).
     fn promote_caught_up(&self) {
@@ -1630,6 +1732,9 @@ impl Replica {
             let mut state = self.state.borrow_mut();
             state.machine.advance(pair, &admission);
             let watermark = state.machine.watermark(pair);
+            if !direct {
+                self.renew_lease(&mut state, pair.0);
+            }
             outcomes.push(Ok((pair, admission, watermark)));
         }
         appends.durable().await?;
