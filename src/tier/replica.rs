@@ -544,19 +544,44 @@ impl Replica {
         let refuse = |reason: String| Err(self.refused("snapshot", from, Error::Malformed(reason)));
         self.check_member("snapshot", from)?;
         let _installing = self.apply_lock.lock().await;
-        if !chunk.batch.is_empty() {
-            if crc32fast::hash(&chunk.batch) != chunk.crc32 {
-                return refuse("a snapshot chunk fails its crc".to_string());
-            }
-            let mut batch = match PushedBatch::parse(chunk.batch) {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&chunk.batch);
+        chunk.batches.iter().chain(&chunk.block_tags).for_each(|bytes| crc.update(bytes));
+        let carries_batches = !chunk.batch.is_empty() || !chunk.batches.is_empty();
+        if carries_batches && crc.finalize() != chunk.crc32 {
+            return refuse("a snapshot chunk fails its crc".to_string());
+        }
+        if chunk.block_tags.len() > chunk.batches.len() {
+            return refuse("a snapshot chunk has more tag sets than batches".to_string());
+        }
+        // The batches of a chunk are appended together and made durable
+        // with one fdatasync; `appends` knows what each pair holds meanwhile.
+        let mut appends = Appends::default();
+        let mut block_tags = chunk.block_tags.into_iter();
+        let single = (!chunk.batch.is_empty()).then_some(chunk.batch);
+        let batches = single.map(|batch| (batch, Bytes::new()));
+        let batches = batches
+            .into_iter()
+            .chain(chunk.batches.into_iter().map(|batch| (batch, block_tags.next().unwrap_or_default())));
+        for (bytes, tags) in batches {
+            // The sender's stored blocks; with their tags (from its index),
+            // only their crcs are checked.
+            let parsed = match tags.is_empty() {
+                true => PushedBatch::parse_archived(bytes),
+                false => match super::proposal::decode_block_tags(&tags) {
+                    Ok(tags) => PushedBatch::parse_archived_checked(bytes, tags),
+                    Err(error) => return refuse(format!("a snapshot batch's block tags: {error}")),
+                },
+            };
+            let mut batch = match parsed {
                 Ok(batch) => batch,
                 Err(error) => return refuse(format!("a snapshot chunk is malformed: {error}")),
             };
             let pair = (batch.follower_id, batch.shard);
             let (Some(first_seq), Some(last_seq)) = (batch.seqs().next(), batch.seqs().last()) else {
-                return refuse("an empty snapshot chunk".to_string());
+                return refuse("an empty snapshot batch".to_string());
             };
-            let held = self.shard.origin_watermark(pair.0, pair.1);
+            let held = appends.held(&self.shard, pair);
             if first_seq > held + 1 {
                 return refuse(format!(
                     "a snapshot chunk of {pair:?} starts at {first_seq}, the data holds 1..={held}"
@@ -564,13 +589,12 @@ impl Replica {
             }
             if last_seq > held {
                 let origin = Origin { node: pair.0, shard: pair.1, first_seq };
-                let mut appends = Appends::default();
                 if let Some(refusal) = self.append_fresh(&mut batch, origin, 0, &mut appends).await? {
                     return refuse(format!("a snapshot chunk does not apply: {refusal}"));
                 }
-                appends.durable().await?;
             }
         }
+        appends.durable().await?;
         if !chunk.raft_message.is_empty() {
             let message = match Message::parse_from_bytes(&chunk.raft_message) {
                 Ok(message) if message.get_msg_type() == MessageType::MsgSnapshot => message,
