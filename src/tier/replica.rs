@@ -534,9 +534,10 @@ impl Replica {
     }
 
     /// Installs one chunk of a snapshot stream from member `from`. A
-    /// chunk's batch is appended where the data lacks it (the machine does
-    /// not move: the data is ahead of it until the end, which a crash
-    /// meanwhile leaves so). The last chunk raises the machine to the
+    /// chunk's batches (the sender's stored blocks of one origin pair each,
+    /// see `snapshot.rs`) are appended where the data lacks them, and made
+    /// durable together (the machine does not move: the data is ahead of
+    /// it until the end, which a crash meanwhile leaves so). The last chunk raises the machine to the
     /// sender's state, once every batch is durable, and its `MsgSnapshot`
     /// is stepped.
     pub async fn install_chunk(&self, chunk: SnapshotChunk) -> Result<(), Error> {
@@ -566,12 +567,13 @@ impl Replica {
         for (bytes, tags) in batches {
             // The sender's stored blocks; with their tags (from its index),
             // only their crcs are checked.
-            let parsed = match tags.is_empty() {
-                true => PushedBatch::parse_archived(bytes),
-                false => match super::proposal::decode_block_tags(&tags) {
+            let parsed = if tags.is_empty() {
+                PushedBatch::parse_archived(bytes)
+            } else {
+                match super::proposal::decode_block_tags(&tags) {
                     Ok(tags) => PushedBatch::parse_archived_checked(bytes, tags),
                     Err(error) => return refuse(format!("a snapshot batch's block tags: {error}")),
-                },
+                }
             };
             let mut batch = match parsed {
                 Ok(batch) => batch,

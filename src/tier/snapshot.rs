@@ -35,6 +35,7 @@
 //! receiver, and so does data that ends short of the state.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use prost::encoding::encode_varint;
 use prost::Message as _;
@@ -108,29 +109,39 @@ impl Wanted {
 pub struct Batch {
     /// The origin pair.
     pub pair: Pair,
-    /// The encoded `PushBatch`.
-    pub batch: Vec<u8>,
+    /// Where the encoded `PushBatch` is in the chunk's buffer.
+    pub range: Range<usize>,
     /// Its blocks' tags for `SnapshotChunk.block_tags` (empty: none).
     pub block_tags: Vec<u8>,
     /// Entries in the batch.
     pub entries: u64,
 }
 
-/// One chunk to send: batches, in the order they were made.
+/// One chunk to send: batches, in the order they were made, one after the
+/// other in one buffer (allocated once per chunk, at its bound: no block
+/// is copied twice on its way into it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Chunk {
+    /// The batches' bytes.
+    pub buffer: Vec<u8>,
     /// The batches.
     pub batches: Vec<Batch>,
-    /// Bytes of the batches.
-    pub bytes: usize,
     /// Bytes of their tags.
     pub tag_bytes: usize,
 }
 
-/// The batch being filled.
+impl Chunk {
+    /// The encoded `PushBatch` of batch `index`.
+    pub fn batch(&self, index: usize) -> &[u8] {
+        &self.buffer[self.batches[index].range.clone()]
+    }
+}
+
+/// The batch being filled, at the end of the chunk's buffer.
 struct Open {
     pair: Pair,
-    batch: Vec<u8>,
+    /// Where it starts in the chunk's buffer.
+    start: usize,
     /// The origin seq after its last block's.
     next_seq: u64,
     entries: u64,
@@ -213,8 +224,7 @@ impl Chunker {
             Some(tags) if tag_bytes <= self.tag_bytes_max => (Some(tags), tag_bytes),
             _ => (None, 0),
         };
-        let open_bytes = self.open.as_ref().map_or(0, |open| open.batch.len());
-        let room = self.chunk.bytes + open_bytes + block.len() + 16 <= self.bytes_max
+        let room = self.chunk.buffer.len() + block.len() + 16 <= self.bytes_max
             && self.chunk.tag_bytes + tag_bytes <= self.tag_bytes_max
             && self.chunk.batches.len() < SNAPSHOT_CHUNK_BATCHES_MAX;
         if !room {
@@ -227,16 +237,18 @@ impl Chunker {
         if !joins {
             self.close_batch();
         }
-        let open = self.open.get_or_insert_with(|| Open {
-            pair,
-            batch: batch_header(pair),
-            next_seq: first,
-            entries: 0,
-            tags: tags.is_some().then(Vec::new),
+        let buffer = &mut self.chunk.buffer;
+        if buffer.capacity() == 0 {
+            buffer.reserve_exact(self.bytes_max + 64);
+        }
+        let open = self.open.get_or_insert_with(|| {
+            let start = buffer.len();
+            batch_header(pair, buffer);
+            Open { pair, start, next_seq: first, entries: 0, tags: tags.is_some().then(Vec::new) }
         });
-        encode_varint((4 << 3) | 2, &mut open.batch);
-        encode_varint(block.len() as u64, &mut open.batch);
-        open.batch.extend_from_slice(block);
+        encode_varint((4 << 3) | 2, buffer);
+        encode_varint(block.len() as u64, buffer);
+        buffer.extend_from_slice(block);
         open.next_seq = last + 1;
         open.entries += u64::from(header.entry_count);
         if let (Some(all), Some(tags)) = (open.tags.as_mut(), tags) {
@@ -262,10 +274,9 @@ impl Chunker {
         let kept: Vec<_> = entries.into_iter().filter(|entry| entry.seq > covered && entry.seq <= ours).collect();
         for part in kept.chunks(SNAPSHOT_CHUNK_ENTRIES) {
             let batch = PushBatch { follower_id: pair.0, shard: pair.1, entries: part.to_vec(), blocks: Vec::new() };
-            let batch = batch.encode_to_vec();
-            let bytes = batch.len();
-            let batch = Batch { pair, batch, block_tags: Vec::new(), entries: part.len() as u64 };
-            self.ready.push_back(Chunk { batches: vec![batch], bytes, tag_bytes: 0 });
+            let buffer = batch.encode_to_vec();
+            let batch = Batch { pair, range: 0..buffer.len(), block_tags: Vec::new(), entries: part.len() as u64 };
+            self.ready.push_back(Chunk { buffer, batches: vec![batch], tag_bytes: 0 });
         }
         self.covered.insert(pair, ours);
         Ok(())
@@ -275,8 +286,8 @@ impl Chunker {
     fn close_batch(&mut self) {
         if let Some(open) = self.open.take() {
             let block_tags = open.tags.map_or_else(Vec::new, |tags| encode_tag_sets(&tags.iter().collect::<Vec<_>>()));
-            self.chunk.bytes += open.batch.len();
-            self.chunk.batches.push(Batch { pair: open.pair, batch: open.batch, block_tags, entries: open.entries });
+            let range = open.start..self.chunk.buffer.len();
+            self.chunk.batches.push(Batch { pair: open.pair, range, block_tags, entries: open.entries });
         }
     }
 
@@ -307,14 +318,12 @@ impl Chunker {
     }
 }
 
-/// A `PushBatch`'s pair fields.
-fn batch_header(pair: Pair) -> Vec<u8> {
-    let mut batch = Vec::with_capacity(64);
-    encode_varint(1 << 3, &mut batch);
-    encode_varint(u64::from(pair.0), &mut batch);
-    encode_varint(2 << 3, &mut batch);
-    encode_varint(u64::from(pair.1), &mut batch);
-    batch
+/// Writes a `PushBatch`'s pair fields.
+fn batch_header(pair: Pair, out: &mut Vec<u8>) {
+    encode_varint(1 << 3, out);
+    encode_varint(u64::from(pair.0), out);
+    encode_varint(2 << 3, out);
+    encode_varint(u64::from(pair.1), out);
 }
 
 #[cfg(test)]
@@ -324,6 +333,7 @@ mod tests {
     use crate::codec::block::{encode_block, encode_entry, encoded_bytes_max, insert_tag, BlockSpec, Origin};
     use crate::replication::batch::PushedBatch;
     use crate::shard::EntryRef;
+    use bytes::Bytes;
 
     const A: Pair = (7, 1);
     const D: Pair = (0, 3);
@@ -373,17 +383,22 @@ mod tests {
         chunker.finish()?;
         let mut chunks = Vec::new();
         while let Some(chunk) = chunker.take_ready() {
-            assert_eq!(chunk.bytes, chunk.batches.iter().map(|batch| batch.batch.len()).sum::<usize>());
+            let ends: Vec<usize> = chunk.batches.iter().map(|batch| batch.range.end).collect();
+            let starts: Vec<usize> = chunk.batches.iter().map(|batch| batch.range.start).collect();
+            assert_eq!((starts[0], ends[ends.len() - 1]), (0, chunk.buffer.len()), "batches fill the buffer");
+            assert_eq!(starts[1..], ends[..ends.len() - 1], "one after the other");
             let batches = chunk
                 .batches
                 .iter()
-                .map(|batch| {
-                    let parsed = PushedBatch::parse_archived(batch.batch.clone().into()).unwrap();
+                .enumerate()
+                .map(|(index, batch)| {
+                    let bytes = Bytes::copy_from_slice(chunk.batch(index));
+                    let parsed = PushedBatch::parse_archived(bytes.clone()).unwrap();
                     assert_eq!((parsed.follower_id, parsed.shard), batch.pair);
                     assert_eq!(parsed.len() as u64, batch.entries);
                     if !batch.block_tags.is_empty() {
                         let sets = super::super::proposal::decode_block_tags(&batch.block_tags).unwrap();
-                        PushedBatch::parse_archived_checked(batch.batch.clone().into(), sets).unwrap();
+                        PushedBatch::parse_archived_checked(bytes, sets).unwrap();
                     }
                     (batch.pair, parsed.seqs().collect(), !batch.block_tags.is_empty())
                 })

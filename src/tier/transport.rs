@@ -295,7 +295,7 @@ pub async fn snapshot_chunks(
     loop {
         while let Some(chunk) = chunker.take_ready() {
             entries += chunk.batches.iter().map(|batch| batch.entries).sum::<u64>();
-            bytes += chunk.bytes as u64;
+            bytes += chunk.buffer.len() as u64;
             send(snapshot_chunk(group, from, chunk)).await?;
         }
         if finished {
@@ -335,9 +335,11 @@ pub async fn snapshot_chunks(
 fn snapshot_chunk(group: u32, from: u32, chunk: Chunk) -> SnapshotChunk {
     let mut crc = crc32fast::Hasher::new();
     let (mut batches, mut block_tags) = (Vec::new(), Vec::new());
+    let buffer = bytes::Bytes::from(chunk.buffer);
     for batch in chunk.batches {
-        crc.update(&batch.batch);
-        batches.push(batch.batch.into());
+        let bytes = buffer.slice(batch.range);
+        crc.update(&bytes);
+        batches.push(bytes);
         block_tags.push(batch.block_tags);
     }
     // Trailing empty tag sets need not travel.
