@@ -505,7 +505,7 @@ impl Service for Services {
                 "/wormdb.v1.WormReplication/ReplayFrom" => self.replay_from(call).await,
                 transport::SEND_PATH => self.raft_send(call).await,
                 transport::WATERMARKS_PATH => self.raft_watermarks(call).await,
-                transport::SNAPSHOT_PATH => self.raft_snapshot(call).await,
+                transport::SNAPSHOT_PATH | transport::SNAPSHOT_BLOCKS_PATH => self.raft_snapshot(call).await,
                 transport::WRITE_PATH => self.raft_write(call).await,
                 transport::CHANGE_PATH => self.raft_change(call).await,
                 "/wormdb.v1.WormCluster/Status" => self.cluster_status(call).await,

@@ -345,11 +345,14 @@ def cmd_catchup(args):
     """Times a restarted member's catch-up: polls its /v1/cluster until every
     group's applied index reaches the leader's (`--targets`, group=index),
     and its /v1/stats disk_bytes; prints the segment bytes gained over the
-    time since `--since` (a `time.time()` stamp taken before the restart)."""
+    time since `--since` (a `time.time()` stamp taken before the restart).
+    With --from-empty (a member started without data), also when its
+    disk_bytes first grew (`first_growth_s`: the first data arrived)."""
     members = parse_members(args.members)
     member = members[args.node]
     targets = {int(g): int(i) for g, i in (item.split("=") for item in args.targets.split(","))}
     first_answer = None
+    first_growth = None
     while True:
         now = time.time()
         if now - args.since > args.timeout:
@@ -358,6 +361,10 @@ def cmd_catchup(args):
         view = get_json(member["http"], "/v1/cluster", timeout=1.0)
         if view is not None and first_answer is None:
             first_answer = time.time()
+        if args.from_empty and view is not None and first_growth is None:
+            stats = get_json(member["http"], "/v1/stats", timeout=1.0)
+            if stats is not None and sum(s["disk_bytes"] for s in stats["shards"]) > 0:
+                first_growth = time.time()
         applied = {g: x["applied"] for g, x in groups_of(view).items()}
         if view is not None and all(applied.get(g, 0) >= i for g, i in targets.items()):
             done = time.time()
@@ -370,6 +377,7 @@ def cmd_catchup(args):
             {
                 "seconds": round(done - args.since, 3),
                 "first_answer_s": round(first_answer - args.since, 3),
+                "first_growth_s": round(first_growth - args.since, 3) if first_growth is not None else None,
                 "applied": applied,
                 "snapshots_installed": metric_sum(member["http"], "wormdb_raft_snapshots_installed_total"),
                 **totals,
@@ -521,6 +529,7 @@ def main():
     p.add_argument("--targets", required=True)
     p.add_argument("--since", type=float, required=True)
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--from-empty", action="store_true", help="also time the first growth of its disk_bytes")
     p.set_defaults(run=cmd_catchup)
     p = sub.add_parser("state")
     p.add_argument("--members", required=True)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::codec::block::Origin;
+use crate::codec::block::{Origin, TagSet};
 use crate::limits::{BLOCK_ENTRIES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX};
 
 /// An origin of replicated entries: `(node, shard)` of the shard that first
@@ -346,6 +346,31 @@ impl SegmentIndex {
         self.postings.get(key)?.get(value).map(Vec::as_slice)
     }
 
+    /// The distinct `key=value` pairs of the blocks at `positions`
+    /// (increasing), read back from the postings: what their entries
+    /// carry, exactly, for a block before the saturation point; `None` for
+    /// a block at or after it (some of its pairs may not be indexed).
+    /// O(indexed pairs * log blocks + postings found).
+    pub fn block_tags(&self, positions: &[u32]) -> Vec<Option<TagSet>> {
+        let known = |position: u32| self.saturated_from.is_none_or(|from| position < from);
+        let mut out: Vec<Option<TagSet>> =
+            positions.iter().map(|&position| known(position).then(TagSet::default)).collect();
+        let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else { return out };
+        for (key, values) in &self.postings {
+            for (value, list) in values {
+                let start = list.partition_point(|&position| position < first);
+                for &position in list[start..].iter().take_while(|&&position| position <= last) {
+                    if let Ok(slot) = positions.binary_search(&position) {
+                        if let Some(tags) = &mut out[slot] {
+                            tags.insert((key.clone(), value.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Number of distinct `key=value` pairs indexed; at most
     /// [`tag_values_max`](Self::tag_values_max).
     pub fn tag_values(&self) -> usize {
@@ -423,6 +448,28 @@ pub(crate) mod tests {
     fn push(index: &mut SegmentIndex, min_ts: i64, max_ts: i64, tags: &[(&str, &str)]) {
         let meta = next_meta(index, 2, min_ts, max_ts);
         index.push_block(meta, tags.iter().copied());
+    }
+
+    fn tag_list(tags: &Option<TagSet>) -> Option<Vec<(String, String)>> {
+        let mut list: Vec<_> = tags.as_ref()?.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        list.sort();
+        Some(list)
+    }
+
+    #[test]
+    fn block_tags_are_read_back_from_the_postings_up_to_the_saturation_point() {
+        let mut index = SegmentIndex::with_tag_values_max(1, 3);
+        push(&mut index, 0, 9, &[("app", "web"), ("app", "web"), ("host", "a")]);
+        push(&mut index, 10, 19, &[("host", "a")]);
+        push(&mut index, 20, 29, &[("app", "web"), ("env", "prod")]);
+        // Saturated here: `host=b` is not indexed.
+        push(&mut index, 30, 39, &[("app", "web"), ("host", "b")]);
+        let pairs = |list: &[(&str, &str)]| Some(list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let got: Vec<_> = index.block_tags(&[0, 2, 3]).iter().map(tag_list).collect();
+        assert_eq!(got, vec![pairs(&[("app", "web"), ("host", "a")]), pairs(&[("app", "web"), ("env", "prod")]), None]);
+        let got: Vec<_> = index.block_tags(&[1]).iter().map(tag_list).collect();
+        assert_eq!(got, vec![pairs(&[("host", "a")])]);
+        assert!(index.block_tags(&[]).is_empty());
     }
 
     /// Four blocks: 0 and 2 carry `app=web`, 1 and 2 carry `env=prod`,

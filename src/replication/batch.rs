@@ -8,6 +8,11 @@
 //! ([`check_foreign_block`]) when the batch is parsed, and its compressed
 //! payload is archived as is ([`ReplicatedPart::Block`]), so the leader
 //! decompresses (cheap) but never compresses pushed data again.
+//!
+//! A tier snapshot streams an archive's own blocks the same way
+//! ([`PushedBatch::parse_archived`]): there a block's seqs are its origin
+//! seqs (the header's origin fields, which must name the batch's pair),
+//! not the storing shard's.
 
 use std::ops::Range;
 
@@ -38,7 +43,20 @@ pub struct PushedBatch {
 struct PushedBlock {
     block: Range<usize>,
     header: BlockHeader,
+    /// The batch seq of its first entry: the header's `first_seq` for a
+    /// follower's block, its origin first seq for an archived one.
+    first_seq: u64,
     tags: TagSet,
+}
+
+/// Whose seqs a batch's blocks hold (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockSeqs {
+    /// A follower's own blocks: the header's `first_seq ..`.
+    Stored,
+    /// An archive's blocks: the origin seqs of the header, whose origin
+    /// is the batch's pair; the blocks follow one another without a gap.
+    Origin,
 }
 
 /// One entry of a pushed batch: what parsing found, as ranges of the message.
@@ -60,7 +78,22 @@ impl PushedBatch {
     /// checked (UTF-8) when the entries are appended
     /// ([`with_pushed_refs`]), the one pass that reads them.
     pub fn parse(message: Bytes) -> Result<PushedBatch, Error> {
-        PushedBatch::parse_inner(message, None)
+        PushedBatch::parse_inner(message, None, BlockSeqs::Stored)
+    }
+
+    /// Like [`PushedBatch::parse`], for a batch of an archive's own blocks
+    /// (a tier snapshot): each block must carry an origin, the batch's
+    /// pair, and the blocks' origin seqs must follow one another; those
+    /// are the batch's seqs. Entries parse as in any batch.
+    pub fn parse_archived(message: Bytes) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_inner(message, None, BlockSeqs::Origin)
+    }
+
+    /// [`PushedBatch::parse_archived`] with the blocks' tags given, as
+    /// [`PushedBatch::parse_checked`] takes them: crcs are verified,
+    /// payloads are not decompressed.
+    pub fn parse_archived_checked(message: Bytes, block_tags: Vec<TagSet>) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Origin)
     }
 
     /// Like [`PushedBatch::parse`], for a batch another node already
@@ -70,9 +103,13 @@ impl PushedBatch {
     /// ones given, one set per block in order. The crc still guards every
     /// byte stored.
     pub fn parse_checked(message: Bytes, block_tags: Vec<TagSet>) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Stored)
+    }
+
+    fn parse_with_tags(message: Bytes, block_tags: Vec<TagSet>, seqs: BlockSeqs) -> Result<PushedBatch, Error> {
         let count = block_tags.len();
         let mut tags = block_tags.into_iter();
-        let batch = PushedBatch::parse_inner(message, Some(&mut tags))?;
+        let batch = PushedBatch::parse_inner(message, Some(&mut tags), seqs)?;
         if batch.blocks.len() != count {
             return Err(malformed(format!("{} blocks, {count} tag sets", batch.blocks.len())));
         }
@@ -88,6 +125,7 @@ impl PushedBatch {
     fn parse_inner(
         message: Bytes,
         mut checked_tags: Option<&mut dyn Iterator<Item = TagSet>>,
+        seqs: BlockSeqs,
     ) -> Result<PushedBatch, Error> {
         let mut batch =
             PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new(), blocks: Vec::new() };
@@ -134,7 +172,18 @@ impl PushedBatch {
                         let (header, tags) =
                             checked.map_err(|error| malformed(format!("block {}: {error}", index + 1)))?;
                         let start = field_bytes.as_ptr() as usize - message.as_ptr() as usize;
-                        batch.blocks.push(PushedBlock { block: start..start + field_bytes.len(), header, tags });
+                        let first_seq = match (seqs, header.origin) {
+                            (BlockSeqs::Stored, _) => header.first_seq,
+                            (BlockSeqs::Origin, Some(origin)) => origin.first_seq,
+                            (BlockSeqs::Origin, None) => {
+                                return Err(malformed(format!(
+                                    "block {}: an archived block without an origin",
+                                    index + 1
+                                )))
+                            }
+                        };
+                        let block = start..start + field_bytes.len();
+                        batch.blocks.push(PushedBlock { block, header, first_seq, tags });
                     }
                     rest = after;
                 }
@@ -149,7 +198,32 @@ impl PushedBatch {
         if !batch.entries.is_empty() && !batch.blocks.is_empty() {
             return Err(malformed("a batch carries entries or blocks, not both"));
         }
+        if seqs == BlockSeqs::Origin {
+            batch.check_archived_blocks()?;
+        }
         Ok(batch)
+    }
+
+    /// The blocks of an archived batch are the batch's pair's, and each
+    /// starts where the one before ends.
+    fn check_archived_blocks(&self) -> Result<(), Error> {
+        let pair = (self.follower_id, self.shard);
+        let mut next = None;
+        for (index, block) in self.blocks.iter().enumerate() {
+            let origin = block.header.origin.map(|origin| (origin.node, origin.shard));
+            if origin != Some(pair) {
+                return Err(malformed(format!("block {}: origin {origin:?} in a batch of {pair:?}", index + 1)));
+            }
+            if next.is_some_and(|next| next != block.first_seq) {
+                return Err(malformed(format!(
+                    "block {}: origin seq {} does not follow {next:?}",
+                    index + 1,
+                    block.first_seq
+                )));
+            }
+            next = Some(block.first_seq + u64::from(block.header.entry_count));
+        }
+        Ok(())
     }
 
     /// Entries in the batch (those of its blocks included).
@@ -163,10 +237,13 @@ impl PushedBatch {
     }
 
     /// The entries' seqs, in batch order: a block's entries have the
-    /// follower seqs `first_seq ..` of its header.
+    /// follower seqs `first_seq ..` of its header (its origin seqs in an
+    /// archived batch).
     pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
         let entries = self.entries.iter().map(|located| located.seq);
-        entries.chain(self.blocks.iter().flat_map(|block| block.header.first_seq..block.header.next_seq()))
+        entries.chain(
+            self.blocks.iter().flat_map(|block| block.first_seq..block.first_seq + u64::from(block.header.entry_count)),
+        )
     }
 
     /// The message as it arrived (what a Raft proposal carries).
@@ -433,6 +510,45 @@ mod tests {
         let damaged = PushBatch { follower_id: 4, shard: 1, entries: Vec::new(), blocks: vec![block.into()] };
         let error = PushedBatch::parse_checked(damaged.encode_to_vec().into(), tags[..1].to_vec()).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
+    }
+
+    /// An archive's stored block of origin `pair`'s seqs `seqs`, at shard seq 500.
+    fn archived_block(pair: (u32, u32), seqs: std::ops::RangeInclusive<u64>) -> Bytes {
+        use crate::codec::block::{encode_block, Origin};
+        let follower = stored_block(seqs.clone());
+        let header = crate::codec::block::verify_block(&follower).unwrap();
+        let mut raw = Vec::new();
+        decompress_payload(&header, &follower, &mut raw).unwrap();
+        let spec = crate::codec::block::BlockSpec {
+            first_seq: 500,
+            entry_count: header.entry_count,
+            min_ts: header.min_ts,
+            max_ts: header.max_ts,
+            origin: Some(Origin { node: pair.0, shard: pair.1, first_seq: *seqs.start() }),
+        };
+        let mut out = vec![0; crate::codec::block::encoded_bytes_max(raw.len())];
+        let used = encode_block(&spec, &raw, &mut out);
+        out.truncate(used);
+        out.into()
+    }
+
+    #[test]
+    fn archived_blocks_hold_their_origin_seqs_and_must_be_the_batchs_pair_without_a_gap() {
+        let batch =
+            |blocks: Vec<Bytes>| PushBatch { follower_id: 4, shard: 1, entries: Vec::new(), blocks }.encode_to_vec();
+        let good = batch(vec![archived_block((4, 1), 10..=12), archived_block((4, 1), 13..=14)]);
+        let parsed = PushedBatch::parse_archived(good.clone().into()).unwrap();
+        assert_eq!(parsed.seqs().collect::<Vec<_>>(), (10..=14).collect::<Vec<_>>());
+        let tags: Vec<TagSet> = parsed.block_tags().cloned().collect();
+        let checked = PushedBatch::parse_archived_checked(good.clone().into(), tags).unwrap();
+        assert_eq!(checked.seqs().collect::<Vec<_>>(), (10..=14).collect::<Vec<_>>());
+        // As a follower's push, the same blocks hold the shard's seqs.
+        assert_eq!(PushedBatch::parse(good.into()).unwrap().seqs().next(), Some(500));
+        let error = |blocks| PushedBatch::parse_archived(batch(blocks).into()).unwrap_err().to_string();
+        assert!(error(vec![archived_block((4, 2), 1..=2)]).contains("origin Some((4, 2)) in a batch of (4, 1)"));
+        assert!(error(vec![stored_block(1..=2)]).contains("without an origin"));
+        let gap = error(vec![archived_block((4, 1), 1..=2), archived_block((4, 1), 4..=5)]);
+        assert!(gap.contains("does not follow"), "{gap}");
     }
 
     #[test]

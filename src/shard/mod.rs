@@ -50,7 +50,7 @@ pub use crate::codec::{EntryRef, Origin, TagSet};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
 pub use plan::{RecoveryReport, TornTail};
-pub use reader::{OrderedQuery, Query, QueryResult};
+pub use reader::{OrderedQuery, Query, QueryResult, SnapshotVisit};
 pub use retention::{plan_retention, RetentionPolicy, SegmentSpan, SharedSeq};
 
 pub use crate::limits::{PAGE_BYTES, UNSYNCED_WRITES_MAX};

@@ -8,11 +8,16 @@ use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile};
 
+use super::TagSet;
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
 use crate::index::{BlockMeta, OriginKey, SegmentIndex};
 use crate::limits::{self, READ_COALESCE_BYTES};
 use crate::proto::LogEntry;
+
+/// What [`Shard::read_replicated_blocks`] calls with each block: its
+/// header, its bytes, its tags when the index knows them.
+pub type SnapshotVisit<'a> = dyn FnMut(&block::BlockHeader, &[u8], Option<TagSet>) + 'a;
 
 /// A query over one shard.
 #[derive(Clone, Copy, Debug)]
@@ -348,6 +353,105 @@ impl Shard {
             }
         }
         Ok(visited)
+    }
+
+    /// Visits the durable replicated blocks a snapshot sends, whole and
+    /// crc-checked but not decoded, in seq order: from the block holding
+    /// `from_seq` through the one holding `through_seq`, those whose origin
+    /// seqs `wanted(origin, first, last)` accepts, with their tags when the
+    /// segment's index knows them all ([`SegmentIndex::block_tags`]), until
+    /// about `bytes_max` block bytes were visited. A sealed segment none
+    /// of whose origin ranges `wanted` accepts is passed over unread, its
+    /// index not even loaded: what a receiver already holds costs nothing.
+    /// Blocks without an origin are passed over. Returns the seq to go on
+    /// from: past `through_seq` once done.
+    pub async fn read_replicated_blocks(
+        &self,
+        from_seq: u64,
+        through_seq: u64,
+        wanted: &dyn Fn(OriginKey, u64, u64) -> bool,
+        bytes_max: usize,
+        visit: &mut SnapshotVisit<'_>,
+    ) -> Result<u64> {
+        /// A segment to read, or one passed over up to its end.
+        enum Step {
+            Read(Target),
+            PassOver(u64),
+        }
+        let steps: Vec<Step> = {
+            let state = self.inner.state.borrow();
+            let mut steps: Vec<Step> = state
+                .sealed
+                .iter()
+                .filter(|sealed| sealed.next_seq > from_seq && sealed.first_seq <= through_seq)
+                .map(|sealed| {
+                    if sealed.origin_seqs.iter().any(|(&key, &(first, last))| wanted(key, first, last)) {
+                        Step::Read(Target::Sealed(sealed.first_seq))
+                    } else {
+                        Step::PassOver(sealed.next_seq)
+                    }
+                })
+                .collect();
+            steps.push(Step::Read(Target::Active));
+            steps
+        };
+        let mut next = from_seq;
+        let mut bytes = 0usize;
+        for step in steps {
+            let target = match step {
+                Step::PassOver(end) => {
+                    next = next.max(end);
+                    continue;
+                }
+                Step::Read(target) => target,
+            };
+            let considered = std::cell::Cell::new(next);
+            let tags = std::cell::RefCell::new(Vec::new());
+            let room = bytes_max.saturating_sub(bytes);
+            let plan = self
+                .plan(target, |index, visible| {
+                    let blocks = &index.blocks()[..visible];
+                    let start = blocks.partition_point(|meta| meta.next_seq() <= next);
+                    let (mut picked, mut positions) = (Vec::new(), Vec::new());
+                    let mut planned = 0usize;
+                    for (position, meta) in blocks.iter().enumerate().skip(start) {
+                        if meta.first_seq > through_seq || planned >= room {
+                            break;
+                        }
+                        considered.set(meta.next_seq());
+                        let (Some(key), Some(origin), Some(last)) =
+                            (meta.origin_key(), meta.origin, meta.origin_last_seq())
+                        else {
+                            continue;
+                        };
+                        if wanted(key, origin.first_seq, last) {
+                            planned += meta.len as usize;
+                            picked.push(*meta);
+                            positions.push(position as u32);
+                        }
+                    }
+                    *tags.borrow_mut() = index.block_tags(&positions);
+                    picked
+                })
+                .await?;
+            // A sealed segment retention deleted meanwhile: its seqs are gone
+            // (the caller finds the hole).
+            let Some(plan) = plan else { continue };
+            let mut tags = tags.take().into_iter();
+            self.read_blocks(&plan, false, &mut |meta, block_bytes| {
+                let block_error = |source| Error::Block { path: plan.path.clone(), offset: meta.offset, source };
+                let header = block::verify_block(block_bytes).map_err(block_error)?;
+                bytes += header.block_bytes();
+                visit(&header, &block_bytes[..header.block_bytes()], tags.next().flatten());
+                Ok(true)
+            })
+            .await?;
+            next = considered.get();
+            if bytes >= bytes_max {
+                break;
+            }
+        }
+        Ok(next)
     }
 
     /// Up to `limit` durable entries with seq >= `from_seq`, in seq order.

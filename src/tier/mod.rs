@@ -24,7 +24,9 @@
 //!   turning each `Ready` into explicit work (persist, send, apply);
 //! - [`proposal`]: the blocks' tags a leader sends with a proposal, so the
 //!   replicas store pushed blocks without checking them entry by entry
-//!   again.
+//!   again;
+//! - [`snapshot`]: which stored blocks a snapshot sends, and how they are
+//!   cut and grouped into chunks.
 //!
 //! I/O, on glommio:
 //! - [`log`]: the Raft log and hard state on disk, fdatasynced before any
@@ -45,6 +47,7 @@ pub mod machine;
 pub mod proposal;
 pub mod recover;
 pub mod replica;
+pub mod snapshot;
 pub mod transport;
 
 use std::collections::BTreeMap;

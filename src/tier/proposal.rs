@@ -9,6 +9,7 @@
 //! bytes left could ever hold is refused before anything is allocated).
 
 use crate::codec::block::{insert_tag, read_varint, TagSet};
+use crate::limits::{TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX};
 use crate::replication::batch::PushedBatch;
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -21,10 +22,16 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// The tags of each block of `batch`, laid out as the module doc says.
 pub fn encode_block_tags(batch: &PushedBatch) -> Vec<u8> {
-    let mut out = Vec::new();
     let blocks: Vec<&TagSet> = batch.block_tags().collect();
+    encode_tag_sets(&blocks)
+}
+
+/// Tag sets, one per block, laid out as the module doc says (what a
+/// snapshot chunk of blocks carries too).
+pub fn encode_tag_sets(blocks: &[&TagSet]) -> Vec<u8> {
+    let mut out = Vec::new();
     put_varint(&mut out, blocks.len() as u64);
-    for tags in blocks {
+    for &tags in blocks {
         put_varint(&mut out, tags.len() as u64);
         for (key, value) in tags {
             for text in [key, value] {
@@ -58,6 +65,10 @@ pub fn decode_block_tags(mut bytes: &[u8]) -> Result<Vec<TagSet>, String> {
                 let (head, rest) = bytes.split_at(len);
                 *text = std::str::from_utf8(head).map_err(|error| format!("a tag is not UTF-8: {error}"))?;
                 bytes = rest;
+            }
+            // The index takes no longer tag (it would refuse the block).
+            if pair[0].len() > TAG_KEY_BYTES_MAX || pair[1].len() > TAG_VALUE_BYTES_MAX {
+                return Err(format!("a tag of {} + {} bytes is over the limits", pair[0].len(), pair[1].len()));
             }
             insert_tag(&mut set, pair[0], pair[1]);
         }

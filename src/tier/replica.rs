@@ -715,9 +715,10 @@ impl Replica {
     }
 
     /// Installs one chunk of a snapshot stream from member `from`. A
-    /// chunk's batch is appended where the data lacks it (the machine does
-    /// not move: the data is ahead of it until the end, which a crash
-    /// meanwhile leaves so). The last chunk raises the machine to the
+    /// chunk's batches (the sender's stored blocks of one origin pair each,
+    /// see `snapshot.rs`) are appended where the data lacks them, and made
+    /// durable together (the machine does not move: the data is ahead of
+    /// it until the end, which a crash meanwhile leaves so). The last chunk raises the machine to the
     /// sender's state, once every batch is durable, and its `MsgSnapshot`
     /// is stepped.
     pub async fn install_chunk(&self, chunk: SnapshotChunk) -> Result<(), Error> {
@@ -725,19 +726,45 @@ impl Replica {
         let refuse = |reason: String| Err(self.refused("snapshot", from, Error::Malformed(reason)));
         self.check_member("snapshot", from)?;
         let _installing = self.apply_lock.lock().await;
-        if !chunk.batch.is_empty() {
-            if crc32fast::hash(&chunk.batch) != chunk.crc32 {
-                return refuse("a snapshot chunk fails its crc".to_string());
-            }
-            let mut batch = match PushedBatch::parse(chunk.batch) {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&chunk.batch);
+        chunk.batches.iter().chain(&chunk.block_tags).for_each(|bytes| crc.update(bytes));
+        let carries_batches = !chunk.batch.is_empty() || !chunk.batches.is_empty();
+        if carries_batches && crc.finalize() != chunk.crc32 {
+            return refuse("a snapshot chunk fails its crc".to_string());
+        }
+        if chunk.block_tags.len() > chunk.batches.len() {
+            return refuse("a snapshot chunk has more tag sets than batches".to_string());
+        }
+        // The batches of a chunk are appended together and made durable
+        // with one fdatasync; `appends` knows what each pair holds meanwhile.
+        let mut appends = Appends::default();
+        let mut block_tags = chunk.block_tags.into_iter();
+        let single = (!chunk.batch.is_empty()).then_some(chunk.batch);
+        let batches = single.map(|batch| (batch, Bytes::new()));
+        let batches = batches
+            .into_iter()
+            .chain(chunk.batches.into_iter().map(|batch| (batch, block_tags.next().unwrap_or_default())));
+        for (bytes, tags) in batches {
+            // The sender's stored blocks; with their tags (from its index),
+            // only their crcs are checked.
+            let parsed = if tags.is_empty() {
+                PushedBatch::parse_archived(bytes)
+            } else {
+                match super::proposal::decode_block_tags(&tags) {
+                    Ok(tags) => PushedBatch::parse_archived_checked(bytes, tags),
+                    Err(error) => return refuse(format!("a snapshot batch's block tags: {error}")),
+                }
+            };
+            let mut batch = match parsed {
                 Ok(batch) => batch,
                 Err(error) => return refuse(format!("a snapshot chunk is malformed: {error}")),
             };
             let pair = (batch.follower_id, batch.shard);
             let (Some(first_seq), Some(last_seq)) = (batch.seqs().next(), batch.seqs().last()) else {
-                return refuse("an empty snapshot chunk".to_string());
+                return refuse("an empty snapshot batch".to_string());
             };
-            let held = self.shard.origin_watermark(pair.0, pair.1);
+            let held = appends.held(&self.shard, pair);
             if first_seq > held + 1 {
                 return refuse(format!(
                     "a snapshot chunk of {pair:?} starts at {first_seq}, the data holds 1..={held}"
@@ -745,13 +772,12 @@ impl Replica {
             }
             if last_seq > held {
                 let origin = Origin { node: pair.0, shard: pair.1, first_seq };
-                let mut appends = Appends::default();
                 if let Some(refusal) = self.append_fresh(&mut batch, origin, 0, &mut appends).await? {
                     return refuse(format!("a snapshot chunk does not apply: {refusal}"));
                 }
-                appends.durable().await?;
             }
         }
+        appends.durable().await?;
         if !chunk.raft_message.is_empty() {
             let message = match Message::parse_from_bytes(&chunk.raft_message) {
                 Ok(message) if message.get_msg_type() == MessageType::MsgSnapshot => message,
@@ -1141,6 +1167,14 @@ impl Replica {
         let Some(link) = self.links.borrow().get(&(peer as u32)).cloned() else { return };
         let mut state = self.state.borrow_mut();
         if !state.snapshotting.insert(peer) {
+            return;
+        }
+        if state.decided < state.machine.applied() {
+            // The applier is in the middle of an entry (an append waiting
+            // out backpressure): the watermarks are not yet the state after
+            // any entry. raft-rs hears of a failure and sends it again.
+            drop(state);
+            self.snapshot_outcomes.borrow_mut().push((peer, Rc::new(Cell::new(Some(false)))));
             return;
         }
         // The state the data sent stands for: the receiver skips the entries

@@ -11,10 +11,11 @@
 //! probes instead of streaming, and reconnects with backoff.
 //!
 //! A snapshot ([`send_snapshot`]) is its own call: the receiver says which
-//! seqs it holds per origin pair, the sender streams every (pair, seq) it
-//! holds above them, as `PushBatch`es with a crc, then the `MsgSnapshot`
-//! itself. Memory on both sides is one chunk
-//! ([`SNAPSHOT_CHUNK_ENTRIES`]).
+//! seqs it holds per origin pair, the sender streams its shard's stored
+//! blocks holding the (pair, seq)s above them (see [`super::snapshot`]), as
+//! `PushBatch`es with a crc, then the `MsgSnapshot` itself. Memory on both
+//! sides is about one chunk ([`SNAPSHOT_CHUNK_BYTES_MAX`]) beyond the
+//! HTTP/2 windows.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -24,14 +25,14 @@ use std::time::Duration;
 
 use futures_channel::mpsc;
 use futures_util::StreamExt;
-use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::Message;
 
+use super::snapshot::{Chunk, Chunker};
 use crate::grpc::status::Status;
 use crate::grpc::transport::Channel;
-use crate::limits::{RAFT_OUTBOX_MESSAGES_MAX, SNAPSHOT_CHUNK_ENTRIES};
-use crate::proto::{OriginWatermark, PushBatch, SnapshotChunk, WatermarksRequest, WatermarksResponse};
+use crate::limits::{RAFT_OUTBOX_MESSAGES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use crate::proto::{OriginWatermark, SnapshotChunk, WatermarksRequest, WatermarksResponse};
 use crate::shard::Shard;
 
 /// How long a connection attempt to a peer may take.
@@ -47,10 +48,14 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const SEND_PATH: &str = "/wormdb.v1.WormRaft/Send";
 /// See [`SEND_PATH`].
 pub const WATERMARKS_PATH: &str = "/wormdb.v1.WormRaft/Watermarks";
-/// See [`SEND_PATH`].
+/// See [`SEND_PATH`]: a snapshot of entries (what earlier versions sent).
 pub const SNAPSHOT_PATH: &str = "/wormdb.v1.WormRaft/Snapshot";
 /// One group's membership change, sent to the node that leads it.
 pub const CHANGE_PATH: &str = "/wormdb.v1.WormRaft/Change";
+/// See [`SEND_PATH`]: a snapshot of stored blocks. A path of its own, so
+/// that a member of an earlier version, which would read the blocks' seqs
+/// as its own, refuses the call (`UNIMPLEMENTED`) instead.
+pub const SNAPSHOT_BLOCKS_PATH: &str = "/wormdb.v1.WormRaft/SnapshotBlocks";
 /// See [`SEND_PATH`].
 pub const WRITE_PATH: &str = "/wormdb.v1.WormRaft/Write";
 
@@ -236,11 +241,11 @@ impl Link {
     }
 }
 
-/// Sends a snapshot to the replica at `addr`: the (pair, seq)s this
-/// replica's shard holds above the receiver's watermarks up to
-/// `watermarks` (this replica's state after entry `applied`), then
-/// `message` (the `MsgSnapshot`) with that state. `Ok` once the receiver
-/// installed it.
+/// Sends a snapshot to the replica at `addr`: the stored blocks of this
+/// replica's shard holding what the receiver lacks up to `watermarks`
+/// (this replica's state after entry `applied`; see [`snapshot_chunks`]),
+/// then `message` (the `MsgSnapshot`) with that state. `Ok` once the
+/// receiver installed it.
 pub async fn send_snapshot(
     shard: Shard,
     group: u32,
@@ -250,50 +255,165 @@ pub async fn send_snapshot(
     watermarks: BTreeMap<(u32, u32), u64>,
     applied: u64,
 ) -> Result<(), Status> {
+    let started = std::time::Instant::now();
     let channel = Channel::connect(addr, CONNECT_TIMEOUT).await?;
     let theirs: WatermarksResponse =
         channel.unary(WATERMARKS_PATH, &WatermarksRequest { group }, Some(Duration::from_secs(10))).await?;
     let theirs: BTreeMap<(u32, u32), u64> =
         theirs.watermarks.iter().map(|watermark| ((watermark.node, watermark.shard), watermark.seq)).collect();
-    let mut call = channel.start(SNAPSHOT_PATH, Some(SNAPSHOT_TIMEOUT)).await?;
-    let mut sent_entries = 0u64;
-    for (&(node, origin_shard), &ours) in &watermarks {
-        let mut from_seq = theirs.get(&(node, origin_shard)).copied().unwrap_or(0) + 1;
-        while from_seq <= ours {
-            let limit = SNAPSHOT_CHUNK_ENTRIES.min((ours - from_seq + 1) as usize);
-            let entries = shard
-                .read_origin(node, origin_shard, from_seq, limit)
-                .await
-                .map_err(|error| Status::internal(format!("snapshot read: {error}")))?;
-            let Some(last) = entries.last() else {
-                return Err(Status::internal(format!(
-                    "snapshot: origin ({node}, {origin_shard}) seq {from_seq} is not in the shard (retention?)"
-                )));
-            };
-            from_seq = last.seq + 1;
-            sent_entries += entries.len() as u64;
-            let batch =
-                PushBatch { follower_id: node, shard: origin_shard, entries, blocks: Vec::new() }.encode_to_vec();
-            let crc32 = crc32fast::hash(&batch);
-            call.send(&SnapshotChunk { group, from, batch: batch.into(), crc32, ..Default::default() }).await?;
+    data_reaching(&shard, &watermarks).await?;
+    let mut call = channel.start(SNAPSHOT_BLOCKS_PATH, Some(SNAPSHOT_TIMEOUT)).await?;
+    let (entries, bytes) =
+        snapshot_chunks(&shard, group, from, theirs, &watermarks, async |chunk| call.send(&chunk).await).await?;
+    call.send(&last_chunk(group, from, &message, &watermarks, applied)?).await?;
+    call.close_send().await?;
+    call.next::<crate::proto::RaftAck>().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        group,
+        to = %addr,
+        entries,
+        bytes,
+        seconds,
+        mb_per_s = bytes as f64 / 1e6 / seconds.max(1e-9),
+        "snapshot sent"
+    );
+    Ok(())
+}
+
+/// Makes the chunks of a snapshot of `shard` (replica `from` of `group`)
+/// for a receiver whose data holds `theirs`, standing for the state
+/// `ours`, which the shard's durable data must hold: its stored blocks
+/// picked, cut and grouped by a [`Chunker`], read in seq order up to the
+/// shard's durable seq now (no later block holds a seq at or below the
+/// state: each pair's seqs grow with the shard's), and hands each to
+/// `send`, one at a time. Returns the entries and bytes of the batches.
+pub async fn snapshot_chunks(
+    shard: &Shard,
+    group: u32,
+    from: u32,
+    theirs: BTreeMap<(u32, u32), u64>,
+    ours: &BTreeMap<(u32, u32), u64>,
+    mut send: impl AsyncFnMut(SnapshotChunk) -> Result<(), Status>,
+) -> Result<(u64, u64), Status> {
+    let through_seq = shard.durable_seq();
+    let mut chunker = Chunker::new(theirs, ours.clone());
+    let wanted = chunker.wanted().clone();
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    let mut next = shard.first_seq();
+    let mut finished = false;
+    loop {
+        while let Some(chunk) = chunker.take_ready() {
+            entries += chunk.batches.iter().map(|batch| batch.entries).sum::<u64>();
+            bytes += chunk.buffer.len() as u64;
+            send(snapshot_chunk(group, from, chunk)).await?;
+        }
+        if finished {
+            return Ok((entries, bytes));
+        }
+        if next > through_seq {
+            chunker.finish().map_err(|error| Status::internal(error.to_string()))?;
+            finished = true;
+            continue;
+        }
+        let mut failed = None;
+        let before = next;
+        next = shard
+            .read_replicated_blocks(
+                next,
+                through_seq,
+                &|pair, first, last| wanted.wants(pair, first, last),
+                SNAPSHOT_CHUNK_BYTES_MAX,
+                &mut |header, block, tags| {
+                    if failed.is_none() {
+                        failed = chunker.push_block(header, block, tags).err();
+                    }
+                },
+            )
+            .await
+            .map_err(|error| Status::internal(format!("snapshot read: {error}")))?;
+        if let Some(error) = failed {
+            return Err(Status::internal(error.to_string()));
+        }
+        if next == before {
+            return Err(Status::internal(format!("snapshot: the shard's blocks stop at seq {next}")));
         }
     }
+}
+
+/// The message of one chunk of batches, with its crc.
+fn snapshot_chunk(group: u32, from: u32, chunk: Chunk) -> SnapshotChunk {
+    let mut crc = crc32fast::Hasher::new();
+    let (mut batches, mut block_tags) = (Vec::new(), Vec::new());
+    let buffer = bytes::Bytes::from(chunk.buffer);
+    for batch in chunk.batches {
+        let bytes = buffer.slice(batch.range);
+        crc.update(&bytes);
+        batches.push(bytes);
+        block_tags.push(batch.block_tags);
+    }
+    // Trailing empty tag sets need not travel.
+    while block_tags.last().is_some_and(Vec::is_empty) {
+        block_tags.pop();
+    }
+    for tags in &block_tags {
+        crc.update(tags);
+    }
+    let block_tags = block_tags.into_iter().map(Into::into).collect();
+    SnapshotChunk { group, from, crc32: crc.finalize(), batches, block_tags, ..Default::default() }
+}
+
+/// The chunk that ends a snapshot: the `MsgSnapshot` and the state
+/// (`watermarks` after entry `applied`) the receiver's machine becomes.
+pub fn last_chunk(
+    group: u32,
+    from: u32,
+    message: &Message,
+    watermarks: &BTreeMap<(u32, u32), u64>,
+    applied: u64,
+) -> Result<SnapshotChunk, Status> {
     let raft_message =
         message.write_to_bytes().map_err(|error| Status::internal(format!("encode raft message: {error}")))?;
     let state = watermarks.iter().map(|(&(node, shard), &seq)| OriginWatermark { node, shard, seq }).collect();
-    let last = SnapshotChunk {
+    Ok(SnapshotChunk {
         group,
         from,
         raft_message: raft_message.into(),
         applied,
         watermarks: state,
         ..Default::default()
-    };
-    call.send(&last).await?;
-    call.close_send().await?;
-    call.next::<crate::proto::RaftAck>().await?;
-    tracing::info!(group, to = %addr, entries = sent_entries, "snapshot sent");
-    Ok(())
+    })
+}
+
+/// How long a snapshot waits for the appends its state covers to become
+/// durable (they are in flight when the state is taken mid-commit).
+const DATA_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until the shard's durable data holds every pair up to
+/// `watermarks` (the state a snapshot stands for, taken while appends of
+/// the entry it includes may still be in flight).
+async fn data_reaching(shard: &Shard, watermarks: &BTreeMap<(u32, u32), u64>) -> Result<(), Status> {
+    let deadline = std::time::Instant::now() + DATA_WAIT;
+    loop {
+        let durable = shard.durable_seq();
+        let short =
+            watermarks.iter().find(|(&(node, origin_shard), &seq)| shard.origin_watermark(node, origin_shard) < seq);
+        let Some((pair, seq)) = short else { return Ok(()) };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Status::internal(format!(
+                "snapshot: the shard holds {pair:?} up to {}, short of the state's {seq}",
+                shard.origin_watermark(pair.0, pair.1)
+            )));
+        }
+        futures_lite::future::or(
+            async {
+                shard.wait_durable_after(durable).await;
+            },
+            glommio::timer::sleep(left.min(Duration::from_millis(100))),
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]
