@@ -143,7 +143,9 @@ async fn snapshot_into(
 ) -> Sent {
     let members =
         Members { addrs: BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, "127.0.0.1:2".parse().unwrap())]) };
-    let replica: Rc<Replica> = Replica::open(2, GROUP, members, &dir.join("raft"), receiver.clone(), 8).await.unwrap();
+    let voters = members.voters();
+    let replica: Rc<Replica> =
+        Replica::open(2, GROUP, members, &voters, &dir.join("raft"), receiver.clone(), 8).await.unwrap();
     let theirs = receiver.origin_watermarks();
     let mut sent = Sent::default();
     let (_, bytes) = snapshot_chunks(sender, GROUP, 1, theirs, ours, async |mut chunk| {
