@@ -16,11 +16,10 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::node::{contents, free_port, get, wait_acked, wait_drained, writers, Acked, TestNode};
+use common::node::{contents, free_port, get, wait_acked, wait_drained, Acked, TestNode};
+use common::tier::under_load;
 
 const FOLLOWER_ID: u64 = 9;
 const SHARDS: &str = "2";
@@ -98,22 +97,6 @@ fn assert_archive_equals_the_log(member: &TestNode, follower: &TestNode, acked: 
         let (shard_id, last_seq) = (shard["shard"].as_u64().unwrap(), shard["last_seq"].as_u64().unwrap());
         let held = log.keys().filter(|(_, s, _)| *s == shard_id).count() as u64;
         assert_eq!(held, last_seq, "{context}: the follower's shard {shard_id} is dense 1..={last_seq}");
-    }
-}
-
-/// Runs HTTP writers against the follower while `fault` runs: entries are
-/// acknowledged before and after it.
-fn under_load(follower: &TestNode, acked: &Acked, round: usize, fault: impl FnOnce()) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles = writers(follower.url("/v1/entries"), 2, round, acked.clone(), stop.clone());
-    let before = acked.lock().unwrap().len();
-    wait_acked(acked, before + 500, CONVERGE);
-    fault();
-    let after = acked.lock().unwrap().len();
-    wait_acked(acked, after + 500, CONVERGE);
-    stop.store(true, Ordering::Release);
-    for handle in handles {
-        handle.join().unwrap();
     }
 }
 
