@@ -181,7 +181,15 @@ async fn snapshot_into(
     snapshot.mut_metadata().index = 5;
     snapshot.mut_metadata().term = 1;
     message.set_snapshot(snapshot);
-    replica.install_chunk(last_chunk(GROUP, 1, &message, ours, 5).unwrap()).await.unwrap();
+    // The sender's address book comes with it: member 3 joined while this
+    // replica was behind (it never applied that entry).
+    let mut last = last_chunk(GROUP, 1, &message, ours, 5).unwrap();
+    last.members = [(1, "127.0.0.1:1"), (2, "127.0.0.1:2"), (3, "127.0.0.1:3")]
+        .into_iter()
+        .map(|(node_id, addr)| wormdb::proto::Member { node_id, addr: addr.to_string() })
+        .collect();
+    replica.install_chunk(last).await.unwrap();
+    assert_eq!(replica.members().addrs.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(&replica.report().watermarks, ours, "the receiver's state is the snapshot's");
     assert_eq!(&receiver.origin_watermarks(), ours, "the receiver's data ends at the state, not past it");
     for (&pair, &through) in ours {

@@ -534,6 +534,15 @@ impl RaftLog {
         }
     }
 
+    /// Notes the group's address book for the next write (it came with a
+    /// snapshot, whose own record carries the voters).
+    pub fn note_addrs(&mut self, addrs: BTreeMap<u32, SocketAddr>) {
+        if addrs != self.addrs {
+            self.addrs = addrs;
+            self.addrs_changed = true;
+        }
+    }
+
     /// Makes a round durable: one write, one fdatasync. When the segment
     /// is full, the next round starts a new one with `checkpoint()`.
     pub async fn persist(

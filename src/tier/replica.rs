@@ -309,6 +309,8 @@ pub struct Replica {
     link_tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// A membership change applied, for the log's next round.
     conf_noted: RefCell<Option<ConfState>>,
+    /// The address book changed (a snapshot's), for the log's next round.
+    addrs_noted: Cell<bool>,
     /// This node is no longer a member of the group: it stops.
     removed: Cell<bool>,
     ticks: Cell<u64>,
@@ -426,6 +428,7 @@ impl Replica {
             links: RefCell::new(links),
             link_tasks: RefCell::new(Vec::new()),
             conf_noted: RefCell::new(None),
+            addrs_noted: Cell::new(false),
             removed: Cell::new(removed),
             ticks: Cell::new(0),
             lease_ttl: Cell::new(crate::limits::LEASE_TTL_DEFAULT),
@@ -800,6 +803,22 @@ impl Replica {
                 }
                 watermarks.insert(pair, watermark.seq);
             }
+            // The sender's address book: this replica may have missed the
+            // entries that added members (they are in the snapshot now).
+            let mut book = BTreeMap::new();
+            for member in &chunk.members {
+                match member.addr.parse::<SocketAddr>() {
+                    Ok(addr) if book.len() < crate::limits::TIER_MEMBERS_MAX => {
+                        book.insert(member.node_id, addr);
+                    }
+                    _ => return refuse(format!("a bad address book entry in a snapshot: {member:?}")),
+                }
+            }
+            if !book.is_empty() && book != self.members.borrow().addrs {
+                self.members.borrow_mut().addrs = book;
+                self.addrs_noted.set(true);
+                self.sync_links();
+            }
             let mut state = self.state.borrow_mut();
             state.machine.raise_to(&watermarks, chunk.applied);
             state.decided = state.decided.max(state.machine.applied());
@@ -1084,6 +1103,9 @@ impl Replica {
             if let Some(conf) = self.conf_noted.borrow_mut().take() {
                 log.note_conf(conf, self.members.borrow().addrs.clone());
             }
+            if self.addrs_noted.replace(false) {
+                log.note_addrs(self.members.borrow().addrs.clone());
+            }
             let checkpoint = || self.state.borrow().group.checkpoint();
             let persisted = log.persist(&work, checkpoint).await;
             let compacted = match persisted {
@@ -1179,14 +1201,19 @@ impl Replica {
         }
         // The state the data sent stands for: the receiver skips the entries
         // up to `applied` (their effects come with the data).
-        let (watermarks, applied) = (state.machine.watermarks().clone(), state.machine.applied());
+        let members = self.members.borrow().addrs.clone();
+        let snapshot = transport::SnapshotState {
+            watermarks: state.machine.watermarks().clone(),
+            applied: state.machine.applied(),
+            members,
+        };
         drop(state);
         let (shard, group, from, addr) = (self.shard.clone(), self.group_id, self.node_id, link.addr());
         let outcome = Rc::new(Cell::new(None));
         let done = outcome.clone();
         let mut wake = self.wake.borrow().clone();
         glommio::spawn_local(async move {
-            let sent = transport::send_snapshot(shard, group, from, addr, message, watermarks, applied).await;
+            let sent = transport::send_snapshot(shard, group, from, addr, message, snapshot).await;
             if let Err(status) = &sent {
                 tracing::warn!(group, to = %addr, %status, "snapshot failed");
             }

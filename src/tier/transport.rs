@@ -32,7 +32,7 @@ use super::snapshot::{Chunk, Chunker};
 use crate::grpc::status::Status;
 use crate::grpc::transport::Channel;
 use crate::limits::{RAFT_OUTBOX_MESSAGES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
-use crate::proto::{OriginWatermark, SnapshotChunk, WatermarksRequest, WatermarksResponse};
+use crate::proto::{Member, OriginWatermark, SnapshotChunk, WatermarksRequest, WatermarksResponse};
 use crate::shard::Shard;
 
 /// How long a connection attempt to a peer may take.
@@ -241,20 +241,31 @@ impl Link {
     }
 }
 
+/// What a snapshot's data stands for: the sender's watermarks after entry
+/// `applied`, and the group's address book.
+pub struct SnapshotState {
+    /// Every origin pair's watermark.
+    pub watermarks: BTreeMap<(u32, u32), u64>,
+    /// The entry they stand for.
+    pub applied: u64,
+    /// The group's members and their addresses.
+    pub members: BTreeMap<u32, SocketAddr>,
+}
+
 /// Sends a snapshot to the replica at `addr`: the stored blocks of this
-/// replica's shard holding what the receiver lacks up to `watermarks`
-/// (this replica's state after entry `applied`; see [`snapshot_chunks`]),
-/// then `message` (the `MsgSnapshot`) with that state. `Ok` once the
-/// receiver installed it.
+/// replica's shard holding what the receiver lacks up to the state's
+/// watermarks (this replica's state after entry `applied`; see
+/// [`snapshot_chunks`]), then `message` (the `MsgSnapshot`) with that state
+/// and the address book. `Ok` once the receiver installed it.
 pub async fn send_snapshot(
     shard: Shard,
     group: u32,
     from: u32,
     addr: SocketAddr,
     message: Message,
-    watermarks: BTreeMap<(u32, u32), u64>,
-    applied: u64,
+    state: SnapshotState,
 ) -> Result<(), Status> {
+    let SnapshotState { watermarks, applied, members } = state;
     let started = std::time::Instant::now();
     let channel = Channel::connect(addr, CONNECT_TIMEOUT).await?;
     let theirs: WatermarksResponse =
@@ -265,7 +276,9 @@ pub async fn send_snapshot(
     let mut call = channel.start(SNAPSHOT_BLOCKS_PATH, Some(SNAPSHOT_TIMEOUT)).await?;
     let (entries, bytes) =
         snapshot_chunks(&shard, group, from, theirs, &watermarks, async |chunk| call.send(&chunk).await).await?;
-    call.send(&last_chunk(group, from, &message, &watermarks, applied)?).await?;
+    let mut last = last_chunk(group, from, &message, &watermarks, applied)?;
+    last.members = members.iter().map(|(&node_id, addr)| Member { node_id, addr: addr.to_string() }).collect();
+    call.send(&last).await?;
     call.close_send().await?;
     call.next::<crate::proto::RaftAck>().await?;
     let seconds = started.elapsed().as_secs_f64();
