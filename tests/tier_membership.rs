@@ -75,6 +75,19 @@ fn the_tier_grows_promotes_and_sheds_a_member_under_load() {
         wait_voter_everywhere(&tier, joined);
         let roles = tier.roles(joined);
         assert_eq!(roles.values().filter(|role| *role == "voter").count(), 4, "{roles:?}");
+        // The leaders report how far behind node 4 is.
+        let deadline = Instant::now() + CONVERGE;
+        'lag: loop {
+            for node in tier.running() {
+                let cluster = get(&node.url("/v1/cluster")).json();
+                let groups = cluster["groups"].as_array().unwrap();
+                if groups.iter().any(|group| group["role"] == "leader" && group["replica_lag"].get("4").is_some()) {
+                    break 'lag;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader reports node 4's lag");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
     assert_archives_equal_the_log(&tier, &follower, &acked, "after node 4 joined");
 

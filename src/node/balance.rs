@@ -87,6 +87,7 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![],
             removed: false,
+            replica_lag: Default::default(),
         }
     }
 

@@ -46,6 +46,9 @@ pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport]
                 "term": tier.status.term,
                 "commit": tier.status.commit,
                 "applied": tier.status.applied,
+                // The leader's view of the other replicas (entries behind
+                // its log); empty on the others.
+                "replica_lag": tier.replica_lag.iter().map(|(id, lag)| (id.to_string(), json!(lag))).collect::<serde_json::Map<_, _>>(),
                 "role": if tier.removed {
                     "removed"
                 } else if !tier.voters.contains(&u64::from(node_id)) {
@@ -104,22 +107,30 @@ pub fn render(document: &Value) -> String {
         let _ = writeln!(
             out,
             "
-  GROUP  LEADER  TERM          COMMIT      APPLIED  ROLE HERE"
+  GROUP  LEADER  TERM          COMMIT      APPLIED  ROLE HERE   REPLICA LAG (on the leader)"
         );
         for group in document["groups"].as_array().into_iter().flatten() {
             let leader = match group["leader"].as_u64() {
                 Some(0) | None => "-".to_string(),
                 Some(id) => id.to_string(),
             };
+            let lag: Vec<String> = group["replica_lag"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(id, lag)| format!("node {id}: {lag}"))
+                .collect();
+            let lag = if lag.is_empty() { "-".to_string() } else { lag.join(", ") };
             let _ = writeln!(
                 out,
-                "  {:<6} {:<7} {:<7} {:>12} {:>12}  {}",
+                "  {:<6} {:<7} {:<7} {:>12} {:>12}  {:<9}   {}",
                 text(&group["group"]),
                 leader,
                 text(&group["term"]),
                 text(&group["commit"]),
                 text(&group["applied"]),
-                text(&group["role"])
+                text(&group["role"]),
+                lag
             );
         }
     }

@@ -252,6 +252,10 @@ pub struct ReplicaReport {
     pub learners: Vec<u64>,
     /// This node was removed from the group.
     pub removed: bool,
+    /// On the leader: how many entries each other replica lags behind its
+    /// log (empty elsewhere, or for a replica that does not hold the log's
+    /// start yet).
+    pub replica_lag: BTreeMap<u64, u64>,
 }
 
 struct Proposed {
@@ -865,6 +869,13 @@ impl Replica {
                     };
                     (follower, report)
                 })
+                .collect(),
+            replica_lag: conf
+                .voters
+                .iter()
+                .chain(&conf.learners)
+                .filter(|&&id| id != u64::from(self.node_id))
+                .filter_map(|&id| Some((id, state.group.lag_of(id)?)))
                 .collect(),
             voters: conf.voters,
             learners: conf.learners,
