@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::node::{contents, free_port, get, wait_acked, wait_drained, Acked, TestNode};
-use common::tier::under_load;
+use common::tier::{group_leaders, under_load};
 
 const FOLLOWER_ID: u64 = 9;
 const SHARDS: &str = "2";
@@ -33,17 +33,6 @@ fn wormdb(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Each group's leader as `node` sees it (0: none known).
-fn group_leaders(node: &TestNode) -> BTreeMap<u64, u64> {
-    let cluster = get(&node.url("/v1/cluster")).json();
-    cluster["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|group| (group["group"].as_u64().unwrap(), group["leader"].as_u64().unwrap()))
-        .collect()
 }
 
 /// Waits until every group has a leader that every node in `nodes` agrees on.

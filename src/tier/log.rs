@@ -466,15 +466,23 @@ impl RaftLog {
         })
     }
 
-    async fn write_checkpoint(
-        &mut self,
+    /// A checkpoint's records: the whole machine state and address book
+    /// first (a torn write keeps a prefix: the log must never start past
+    /// the machine), then the log start and the hard state.
+    fn checkpoint_records(
+        &self,
         (hard_state, conf_state, start): (HardState, ConfState, (u64, u64)),
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
         encode_addrs(&mut out, &self.addrs);
         encode_start(&mut out, LOG_START, start, &conf_state)?;
         encode_hard_state(&mut out, &hard_state);
+        Ok(out)
+    }
+
+    async fn write_checkpoint(&mut self, checkpoint: (HardState, ConfState, (u64, u64))) -> Result<(), Error> {
+        let out = self.checkpoint_records(checkpoint)?;
         self.write(&out).await?;
         // The new file's name must survive a crash too.
         sync_dir(&self.dir)
@@ -623,13 +631,9 @@ impl RaftLog {
         // First say durably where the log starts now: the segments after
         // the deleted ones may begin with an older checkpoint, and the
         // entries between it and their first entry are in the deleted ones.
-        let (hard_state, conf_state, start) = checkpoint;
-        let mut out = Vec::new();
-        // The deltas in the segments about to go are folded into this one.
-        encode_machine(&mut out, self.machine.applied, true, &self.machine.watermarks);
-        encode_addrs(&mut out, &self.addrs);
-        encode_start(&mut out, LOG_START, start, &conf_state)?;
-        encode_hard_state(&mut out, &hard_state);
+        // The machine's deltas in the segments about to go are folded into
+        // its whole state here.
+        let out = self.checkpoint_records(checkpoint)?;
         self.write(&out).await?;
         for _ in 0..deletable {
             let (id, _) = self.closed[0];

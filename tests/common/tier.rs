@@ -27,6 +27,17 @@ pub struct Tier {
     pub removed: std::collections::BTreeSet<usize>,
 }
 
+/// Each group's leader as `node` sees it (0: none known).
+pub fn group_leaders(node: &TestNode) -> BTreeMap<u64, u64> {
+    let cluster = get(&node.url("/v1/cluster")).json();
+    cluster["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| (group["group"].as_u64().unwrap(), group["leader"].as_u64().unwrap()))
+        .collect()
+}
+
 /// A failing test shows what every member logged last.
 impl Drop for Tier {
     fn drop(&mut self) {
@@ -103,14 +114,7 @@ impl Tier {
 
     /// Each group's leader as a running member sees it (0: none known).
     pub fn group_leaders(&self) -> BTreeMap<u64, u64> {
-        let node = self.running().next().unwrap();
-        let cluster = get(&node.url("/v1/cluster")).json();
-        cluster["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|group| (group["group"].as_u64().unwrap(), group["leader"].as_u64().unwrap()))
-            .collect()
+        group_leaders(self.running().next().unwrap())
     }
 
     /// The index (0-based) of the member that leads most groups.
