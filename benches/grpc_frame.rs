@@ -70,7 +70,7 @@ fn push_batch_stream(corpus: &[EntryRef<'_>]) -> Bytes {
     let mut stream = BytesMut::new();
     let mut seq = 1;
     for _ in 0..BATCH_COUNT {
-        let mut batch = PushBatch { follower_id: 2, shard: 0, entries: Vec::new(), blocks: Vec::new() };
+        let mut batch = PushBatch { durable_seq: 0, follower_id: 2, shard: 0, entries: Vec::new(), blocks: Vec::new() };
         let mut encoded = 0;
         while encoded < BATCH_BYTES_TARGET {
             let entry = log_entry(seq, &corpus[(seq as usize - 1) % corpus.len()]);

@@ -35,10 +35,6 @@
 //! See `docs/ARCHITECTURE.md` for a walk through the tree (and the write
 //! and push paths file by file) and `docs/format.md` for the byte-exact
 //! on-disk formats.
-//!
-//! ## Current limitations
-//! - The tier does not know a follower's lag (`lag_entries` is 0 in
-//!   `/v1/cluster`): the follower's own `/v1/stats` has it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -198,7 +198,7 @@ fn batch(follower_id: u32, shard: u32, seqs: std::ops::RangeInclusive<u64>) -> P
             ..LogEntry::default()
         })
         .collect();
-    PushBatch { follower_id, shard, entries, blocks: Vec::new() }
+    PushBatch { durable_seq: 0, follower_id, shard, entries, blocks: Vec::new() }
 }
 
 /// Runs `test` in a glommio executor, within [`TEST_TIMEOUT`].

@@ -135,7 +135,7 @@ async fn watermark(client: &mut Client, follower_id: u32, shard: u32) -> u64 {
 /// (tagged `follower=<id>`, so a query finds exactly a pair's archive).
 fn batch(follower_id: u32, shard: u32, seqs: impl IntoIterator<Item = u64>) -> PushBatch {
     let entries = seqs.into_iter().map(|seq| follower_entry(follower_id, shard, seq)).collect();
-    PushBatch { follower_id, shard, entries, blocks: Vec::new() }
+    PushBatch { durable_seq: 0, follower_id, shard, entries, blocks: Vec::new() }
 }
 
 fn follower_entry(follower_id: u32, shard: u32, seq: u64) -> LogEntry {
@@ -581,7 +581,8 @@ fn a_follower_resumes_inside_a_block_a_standard_client_pushed_part_of() {
     let leader = TestNode::start(&leader_dir, &["--node-id", &NODE_ID.to_string(), "--shards", "2"]);
     block_on(async {
         let mut client = connect(&leader).await;
-        let first_twenty = PushBatch { follower_id: 2, shard: 0, entries: stored[..20].to_vec(), blocks: Vec::new() };
+        let first_twenty =
+            PushBatch { durable_seq: 0, follower_id: 2, shard: 0, entries: stored[..20].to_vec(), blocks: Vec::new() };
         let ack = push_entries(&mut client, vec![first_twenty]).await.unwrap();
         assert_eq!((ack.acked_seq, ack.written), (20, 20));
     });

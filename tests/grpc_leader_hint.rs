@@ -51,7 +51,7 @@ fn statuses_from(server: &NotLeader) -> Vec<Status> {
         // send fails (the peer closed the stream), yet the status the
         // server sent is what the client reports.
         let mut call = channel.start(REPLICATE, None).await.unwrap();
-        let batch = PushBatch { follower_id: 2, shard: 1, entries: Vec::new(), blocks: Vec::new() };
+        let batch = PushBatch { durable_seq: 0, follower_id: 2, shard: 1, entries: Vec::new(), blocks: Vec::new() };
         let mut status = None;
         for _ in 0..500 {
             if let Err(error) = call.send(&batch).await {

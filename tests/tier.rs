@@ -252,6 +252,7 @@ fn bad_peer_input_is_refused_counted_and_changes_nothing() {
         statuses.push(send_raft(addr, RaftBatch { group: 7, from: 2, to: 1, messages: vec![] }).await);
         // A snapshot chunk whose crc is wrong.
         let batch = PushBatch {
+            durable_seq: 0,
             follower_id: 5,
             shard: 0,
             entries: vec![wormdb::proto::LogEntry { seq: 1, body: "forged".into(), ..Default::default() }],

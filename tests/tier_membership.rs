@@ -334,4 +334,52 @@ fn follower_leases_live_on_keepalives_and_expire_when_the_follower_stops() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(tier.nodes[0].log_count("follower lease expired"), 2, "an expiry logs once");
+
+    // Its lag is what its pushes say: none once drained; a push of seqs
+    // 1..=3 by a follower that says it holds 10 durable leaves 7.
+    common::node::wait_drained(&follower, CONVERGE);
+    let deadline = Instant::now() + CONVERGE;
+    let lag = |index: usize, id: u64| -> Option<u64> {
+        let cluster = get(&tier.nodes[index].url("/v1/cluster")).json();
+        let followers = cluster["followers"].as_array().unwrap().clone();
+        followers.iter().find(|follower| follower["follower_id"] == id).map(|f| f["lag_entries"].as_u64().unwrap())
+    };
+    while lag(0, id) != Some(0) {
+        assert!(Instant::now() < deadline, "a drained follower's lag: {:?}", lag(0, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addrs: Vec<std::net::SocketAddr> = tier.grpc.iter().map(|addr| addr.parse().unwrap()).collect();
+    let acked = common::run(move || async move { push_to_the_leader(&addrs, 77, 10).await });
+    assert_eq!(acked, 3);
+    for index in 0..3 {
+        while lag(index, 77) != Some(7) {
+            assert!(Instant::now() < deadline, "member {}: follower 77's lag {:?}", index + 1, lag(index, 77));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Pushes seqs 1..=3 of follower `id`'s shard 0, saying `durable_seq`, to
+/// whichever of `addrs` leads its group; returns the acked seq.
+async fn push_to_the_leader(addrs: &[std::net::SocketAddr], id: u32, durable_seq: u64) -> u64 {
+    use wormdb::proto::{LogEntry, PushAck, PushBatch};
+    let entries = (1..=3).map(|seq| LogEntry { seq, body: format!("pushed {seq}").into(), ..LogEntry::default() });
+    let batch = PushBatch { durable_seq, follower_id: id, shard: 0, entries: entries.collect(), blocks: Vec::new() };
+    let timeout = Some(Duration::from_secs(5));
+    for _ in 0..50 {
+        for &addr in addrs {
+            let Ok(channel) = wormdb::grpc::transport::Channel::connect(addr, Duration::from_secs(5)).await else {
+                continue;
+            };
+            let Ok(mut call) = channel.start("/wormdb.v1.WormReplication/Replicate", timeout).await else { continue };
+            if call.send(&batch).await.is_err() || call.close_send().await.is_err() {
+                continue;
+            }
+            if let Ok(Some(ack)) = call.next::<PushAck>().await {
+                return ack.acked_seq;
+            }
+        }
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no member took the push");
 }

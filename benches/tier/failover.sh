@@ -73,10 +73,14 @@ for round in $(seq 1 "$KILLS"); do
   python3 "$tier_py" leaders --members "$members" > "$work/before.json"
   printf 'round %d: ' "$round"
   t_kill=$(now)
-  stop "t$victim" "$SIGNAL"
+  # Signalled, not waited for: a SIGTERMed member takes a while to exit
+  # (it hands its leaderships over, then drains), and the poll must see
+  # that time, not start after it.
+  kill -s "$SIGNAL" "${node_pid[t$victim]}"
   python3 "$tier_py" failover --members "$members" --dead "$victim" --since "$t_kill" --before "$work/before.json" \
     --follower "$follower" --follower-id "$FOLLOWER_ID" --follower-shards "$FOLLOWER_SHARDS" \
     --timeout "$ROUND_TIMEOUT" --poll-ms "$POLL_MS" --results "$results" || failures=$((failures + 1))
+  reap "t$victim"
   t_restart=$(now)
   restart "t$victim"
   if settled=$(python3 "$tier_py" wait-settled --members "$members" --follower "$follower" \

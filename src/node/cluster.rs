@@ -64,21 +64,27 @@ pub fn document(node_id: u32, members: Option<&Members>, reports: &[ShardReport]
     // Followers: their leases in the groups this node replicates (a
     // follower's shards go to several groups): alive while one of them is,
     // with the most time left and the latest renewal.
-    let mut leases = std::collections::BTreeMap::<u32, (bool, u64, i64)>::new();
+    // Its lag: the sum over its shards (each archived by one group).
+    let mut leases = std::collections::BTreeMap::<u32, (bool, u64, i64, u64)>::new();
     for tier in reports.iter().filter_map(|report| report.tier.as_ref()) {
         for (&follower, lease) in &tier.leases {
-            let entry = leases.entry(follower).or_insert((false, 0, 0));
-            *entry = (entry.0 || lease.alive, entry.1.max(lease.expires_in_ms), entry.2.max(lease.last_seen_ns));
+            let entry = leases.entry(follower).or_insert((false, 0, 0, 0));
+            *entry = (
+                entry.0 || lease.alive,
+                entry.1.max(lease.expires_in_ms),
+                entry.2.max(lease.last_seen_ns),
+                entry.3 + lease.lag_entries,
+            );
         }
     }
     let followers: Vec<Value> = leases
         .into_iter()
-        .map(|(follower, (alive, left, seen))| {
+        .map(|(follower, (alive, left, seen, lag))| {
             json!({
                 "follower_id": follower,
                 "lease": if alive { "alive" } else { "expired" },
                 "expires_in_ms": left,
-                "lag_entries": 0,
+                "lag_entries": lag,
                 "last_seen_ns": seen,
             })
         })

@@ -32,6 +32,9 @@ pub struct PushedBatch {
     pub follower_id: u32,
     /// The follower's shard.
     pub shard: u32,
+    /// The follower shard's last durable seq when it sent the batch (0:
+    /// not said).
+    pub durable_seq: u64,
     message: Bytes,
     entries: Vec<Located>,
     blocks: Vec<PushedBlock>,
@@ -127,8 +130,14 @@ impl PushedBatch {
         mut checked_tags: Option<&mut dyn Iterator<Item = TagSet>>,
         seqs: BlockSeqs,
     ) -> Result<PushedBatch, Error> {
-        let mut batch =
-            PushedBatch { follower_id: 0, shard: 0, message: message.clone(), entries: Vec::new(), blocks: Vec::new() };
+        let mut batch = PushedBatch {
+            follower_id: 0,
+            shard: 0,
+            durable_seq: 0,
+            message: message.clone(),
+            entries: Vec::new(),
+            blocks: Vec::new(),
+        };
         let mut raw = Vec::new();
         let mut rest: &[u8] = &message;
         while !rest.is_empty() {
@@ -187,9 +196,12 @@ impl PushedBatch {
                     }
                     rest = after;
                 }
-                (_, 0) => {
-                    let (_, used) = read_varint(rest).ok_or_else(|| malformed("bad varint"))?;
+                (field, 0) => {
+                    let (value, used) = read_varint(rest).ok_or_else(|| malformed("bad varint"))?;
                     rest = &rest[used..];
+                    if field == 5 {
+                        batch.durable_seq = value;
+                    }
                 }
                 (_, wire_type @ (1 | 5)) => rest = skip_fixed(rest, wire_type).map_err(malformed)?,
                 (_, wire_type) => return Err(malformed(format!("unexpected wire type {wire_type}"))),
@@ -397,6 +409,7 @@ mod tests {
     #[test]
     fn a_prost_encoded_batch_parses_to_the_same_entries() {
         let pushed = PushBatch {
+            durable_seq: 0,
             follower_id: 7,
             shard: 2,
             entries: (1..=5).map(|seq| entry(seq, "body")).collect(),
@@ -471,6 +484,7 @@ mod tests {
     #[test]
     fn pushed_blocks_are_archived_whole_unless_the_watermark_cuts_one() {
         let pushed = PushBatch {
+            durable_seq: 0,
             follower_id: 4,
             shard: 1,
             entries: Vec::new(),
@@ -491,6 +505,7 @@ mod tests {
     #[test]
     fn a_checked_parse_takes_the_given_tags_and_still_verifies_every_crc() {
         let pushed = PushBatch {
+            durable_seq: 0,
             follower_id: 4,
             shard: 1,
             entries: Vec::new(),
@@ -507,7 +522,8 @@ mod tests {
         // A damaged payload is caught by its crc, without decompressing.
         let mut block = stored_block(1..=3).to_vec();
         block[70] ^= 0x40;
-        let damaged = PushBatch { follower_id: 4, shard: 1, entries: Vec::new(), blocks: vec![block.into()] };
+        let damaged =
+            PushBatch { durable_seq: 0, follower_id: 4, shard: 1, entries: Vec::new(), blocks: vec![block.into()] };
         let error = PushedBatch::parse_checked(damaged.encode_to_vec().into(), tags[..1].to_vec()).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
     }
@@ -534,8 +550,9 @@ mod tests {
 
     #[test]
     fn archived_blocks_hold_their_origin_seqs_and_must_be_the_batchs_pair_without_a_gap() {
-        let batch =
-            |blocks: Vec<Bytes>| PushBatch { follower_id: 4, shard: 1, entries: Vec::new(), blocks }.encode_to_vec();
+        let batch = |blocks: Vec<Bytes>| {
+            PushBatch { durable_seq: 0, follower_id: 4, shard: 1, entries: Vec::new(), blocks }.encode_to_vec()
+        };
         let good = batch(vec![archived_block((4, 1), 10..=12), archived_block((4, 1), 13..=14)]);
         let parsed = PushedBatch::parse_archived(good.clone().into()).unwrap();
         assert_eq!(parsed.seqs().collect::<Vec<_>>(), (10..=14).collect::<Vec<_>>());
@@ -556,12 +573,18 @@ mod tests {
         use crate::grpc::status::Code;
         let mut block = stored_block(1..=3).to_vec();
         block[70] ^= 0x40;
-        let damaged = PushBatch { follower_id: 1, shard: 0, entries: Vec::new(), blocks: vec![block.into()] };
+        let damaged =
+            PushBatch { durable_seq: 0, follower_id: 1, shard: 0, entries: Vec::new(), blocks: vec![block.into()] };
         let status = crate::grpc::Status::from(PushedBatch::parse(damaged.encode_to_vec().into()).unwrap_err());
         assert_eq!(status.code, Code::InvalidArgument);
         assert!(status.message.contains("block 1: block checksum mismatch"), "{status:?}");
-        let mixed =
-            PushBatch { follower_id: 1, shard: 0, entries: vec![entry(4, "x")], blocks: vec![stored_block(1..=3)] };
+        let mixed = PushBatch {
+            durable_seq: 0,
+            follower_id: 1,
+            shard: 0,
+            entries: vec![entry(4, "x")],
+            blocks: vec![stored_block(1..=3)],
+        };
         let status = crate::grpc::Status::from(PushedBatch::parse(mixed.encode_to_vec().into()).unwrap_err());
         assert!(status.message.contains("not both"), "{status:?}");
     }
@@ -569,6 +592,7 @@ mod tests {
     #[test]
     fn entries_without_a_body_or_tags_parse() {
         let pushed = PushBatch {
+            durable_seq: 0,
             follower_id: 3,
             shard: 1,
             entries: vec![LogEntry { seq: 1, ..LogEntry::default() }],
@@ -584,14 +608,16 @@ mod tests {
     fn malformed_batches_are_invalid_argument() {
         use crate::grpc::status::Code;
         let good =
-            PushBatch { follower_id: 1, shard: 0, entries: vec![entry(1, "x")], blocks: Vec::new() }.encode_to_vec();
+            PushBatch { durable_seq: 0, follower_id: 1, shard: 0, entries: vec![entry(1, "x")], blocks: Vec::new() }
+                .encode_to_vec();
         for cut in 1..good.len() {
             if let Err(error) = PushedBatch::parse(Bytes::copy_from_slice(&good[..cut])) {
                 let status = crate::grpc::Status::from(error);
                 assert_eq!(status.code, Code::InvalidArgument);
             }
         }
-        let mut bad_tag = PushBatch { follower_id: 1, shard: 0, entries: vec![], blocks: Vec::new() }.encode_to_vec();
+        let mut bad_tag =
+            PushBatch { durable_seq: 0, follower_id: 1, shard: 0, entries: vec![], blocks: Vec::new() }.encode_to_vec();
         // entry { tags: { key: 0xFF (not UTF-8), value: "v" } }
         bad_tag.extend_from_slice(&[0x1A, 8, 0x1A, 6, 0x0A, 1, 0xFF, 0x12, 1, b'v']);
         // Tags are read (and checked) once, when the entries are appended.
@@ -714,7 +740,7 @@ mod tests {
                     shard: 0,
                 })
                 .collect();
-            let mut message = PushBatch { follower_id, shard, entries: protos, blocks: Vec::new() }.encode_to_vec();
+            let mut message = PushBatch { durable_seq: 0, follower_id, shard, entries: protos, blocks: Vec::new() }.encode_to_vec();
             prop_assert_eq!(check_parse(&message), Some(entries), "prost's encoding parses to its entries");
             for (position, value) in overwrites {
                 if !message.is_empty() {

@@ -144,7 +144,7 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
             }
             Action::Send(window) => {
                 let Some(open) = stream.as_mut() else { unreachable!("a Send comes with a stream") };
-                let sent = match encode_batch(&*host, node, shard, window).await {
+                let sent = match encode_batch(&*host, (node, shard), window, session.durable_seq()).await {
                     Ok((framed, to_seq)) => open.sender.send_framed(framed).await.map(|()| to_seq),
                     Err(status) => Err(status),
                 };
@@ -196,7 +196,12 @@ pub async fn run_pusher<H: Host>(host: Rc<H>) {
                     && session.may_keepalive()
                 {
                     last_sent = now;
-                    let keepalive = PushBatch { follower_id: node, shard, ..PushBatch::default() };
+                    let keepalive = PushBatch {
+                        follower_id: node,
+                        shard,
+                        durable_seq: session.durable_seq(),
+                        ..PushBatch::default()
+                    };
                     if let Err(status) = open.sender.send(&keepalive).await {
                         let status = open.ended_status(status).await;
                         stream = None;
@@ -352,10 +357,16 @@ fn ended(shard: u32, leader: SocketAddr, session: &Session, state: &FollowerStat
 /// leader got otherwise): then the batch holds that block's entries from
 /// `next` on, straight from their stored bytes ([`PushBatchWriter::push`]).
 /// Returns the message and the seq after its last entry.
-async fn encode_batch<H: Host>(host: &H, node: u32, shard: u32, window: Window) -> Result<(Bytes, u64), Status> {
+async fn encode_batch<H: Host>(
+    host: &H,
+    (node, shard): (u32, u32),
+    window: Window,
+    durable_seq: u64,
+) -> Result<(Bytes, u64), Status> {
     let next = window.from_seq;
     let entries_max = usize::try_from(window.to_seq_max - next).unwrap_or(usize::MAX);
     let mut writer = PushBatchWriter::new(node, shard, PUSH_BATCH_BYTES_TARGET + PUSH_BATCH_BYTES_TARGET / 8);
+    writer.durable_seq(durable_seq);
     let mut expected = next;
     let mut out_of_order = None;
     let mut cut_block = None;
@@ -424,6 +435,7 @@ impl PushBatchWriter {
     const SHARD_TAG: u8 = 2 << 3; // field 2, varint
     const ENTRIES_TAG: u8 = (3 << 3) | 2; // field 3, length-delimited
     const BLOCKS_TAG: u8 = (4 << 3) | 2; // field 4, length-delimited
+    const DURABLE_SEQ_TAG: u8 = 5 << 3; // field 5, varint
     const SEQ_TAG: u8 = 1 << 3; // LogEntry field 1, varint
 
     /// A batch of follower `node`'s shard `shard`, with room for `capacity` bytes.
@@ -435,6 +447,13 @@ impl PushBatchWriter {
         out.put_u8(Self::SHARD_TAG);
         encode_varint(u64::from(shard), &mut out);
         PushBatchWriter { out }
+    }
+
+    /// Says the follower shard's last durable seq (the tier reports the
+    /// follower's lag from it).
+    pub fn durable_seq(&mut self, seq: u64) {
+        self.out.put_u8(Self::DURABLE_SEQ_TAG);
+        encode_varint(seq, &mut self.out);
     }
 
     /// Appends one stored entry (its bytes without the length prefix) with its seq.
@@ -473,6 +492,7 @@ mod tests {
         use prost::Message;
         let tags = [("app", "web"), ("level", "info")];
         let mut writer = PushBatchWriter::new(7, 3, 1024);
+        writer.durable_seq(1234);
         for seq in [41u64, 42, 300] {
             let body = format!("entry {seq}");
             let mut stored = Vec::new();
@@ -485,7 +505,11 @@ mod tests {
         let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
         assert_eq!(len, framed.len() - frame::PREFIX_BYTES);
         let batch = PushBatch::decode(&framed[frame::PREFIX_BYTES..]).unwrap_or_else(|error| panic!("{error}"));
-        assert_eq!((batch.follower_id, batch.shard), (7, 3));
+        assert_eq!((batch.follower_id, batch.shard, batch.durable_seq), (7, 3, 1234));
+        // And as the tier reads it.
+        let pushed = crate::replication::batch::PushedBatch::parse(framed.slice(frame::PREFIX_BYTES..))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!((pushed.follower_id, pushed.shard, pushed.durable_seq), (7, 3, 1234));
         let expected: Vec<LogEntry> = [41u64, 42, 300]
             .iter()
             .map(|&seq| LogEntry {

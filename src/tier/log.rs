@@ -70,6 +70,9 @@ const APPLIED: u8 = 6;
 const MACHINE: u8 = 7;
 /// The group's address book: `id=HOST:PORT` lines (UTF-8).
 const MEMBERS: u8 = 8;
+/// Written by `wormdb cluster recover` ([`fence_record`]): membership
+/// changes at or below this index (u64) are never applied.
+const CONF_FENCE: u8 = 9;
 
 /// Bytes before a record's payload: length (u32, kind + payload), crc32
 /// (of kind and payload), kind.
@@ -207,6 +210,29 @@ pub fn conf_state_record(conf_state: &ConfState) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// A `CONF_FENCE` record, whole: membership-change entries at or below
+/// `index` are never applied from this point of the log on.
+///
+/// `wormdb cluster recover` writes it with the log's last index, after the
+/// `CONF_STATE` that leaves the survivor alone: a membership change in
+/// the log after the applied index (committed but not applied yet, or in
+/// the uncommitted suffix the survivor will commit alone) would otherwise
+/// be applied on top of it and bring a lost member back as a voter, and
+/// the group could never reach a quorum again.
+///
+/// The fence needs no copy in later checkpoints: compaction deletes a
+/// segment only once every entry in it is applied, and the segment holding
+/// the fence holds the entry at its index. Nor does it travel to other
+/// replicas: the survivor accepts no membership change (a join) until it
+/// has applied its whole log, fence included (raft-rs refuses one while an
+/// earlier one may be pending), and a joiner starts from a snapshot taken
+/// at the applied index, after every fenced entry.
+pub fn fence_record(index: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + 8);
+    record(&mut out, CONF_FENCE, &u64s(&[index]));
+    out
+}
+
 /// The payload of a `CONF_STATE` record (see [`conf_state_record`]).
 fn decode_conf_state(payload: &[u8]) -> Result<ConfState, String> {
     ConfState::parse_from_bytes(payload).map_err(|error| format!("bad conf state: {error}"))
@@ -282,6 +308,7 @@ pub struct RaftLog {
 }
 
 /// What reading a group's log back found.
+#[derive(Default)]
 pub struct Recovered {
     /// The state to rebuild the group from (`None`: a new replica).
     pub restored: Option<Restored>,
@@ -291,6 +318,9 @@ pub struct Recovered {
     /// The group's address book, when the log holds one (`None`: the
     /// node's members file has it).
     pub addrs: Option<BTreeMap<u32, SocketAddr>>,
+    /// Membership changes at or below this index are skipped when applied
+    /// (0: none): recovery's [`fence_record`].
+    pub conf_fence: u64,
     /// Bytes cut from a torn last record.
     pub torn_bytes: u64,
 }
@@ -314,7 +344,7 @@ impl RaftLog {
         };
         ids.sort_unstable();
         if ids.is_empty() {
-            return Ok((Recovered { restored: None, machine: None, addrs: None, torn_bytes: 0 }, Vec::new()));
+            return Ok((Recovered::default(), Vec::new()));
         }
         let mut files = Vec::with_capacity(ids.len());
         for &id in &ids {
@@ -341,6 +371,7 @@ impl RaftLog {
         let mut torn_bytes = 0;
         let mut machine = None;
         let mut addrs = None;
+        let mut conf_fence = 0;
         // (id, last entry index, valid length) of every segment.
         let mut segments = Vec::new();
         for (position, (&id, bytes)) in ids.iter().zip(&files).enumerate() {
@@ -353,6 +384,9 @@ impl RaftLog {
                         let replayed = match kind {
                             MACHINE => replay_machine(&mut machine, payload),
                             MEMBERS => decode_addrs(payload).map(|book| addrs = Some(book)),
+                            CONF_FENCE => read_u64s::<1>(payload)
+                                .map(|[index]| conf_fence = conf_fence.max(index))
+                                .ok_or_else(|| "short membership fence".to_string()),
                             _ => replay(&mut restored, kind, payload, &mut last_index),
                         };
                         replayed.map_err(|error| log_error("replay", &path, format!("offset {offset}: {error}")))?;
@@ -369,7 +403,7 @@ impl RaftLog {
             }
             segments.push((id, last_index, offset as u64));
         }
-        Ok((Recovered { restored: Some(restored), machine, addrs, torn_bytes }, segments))
+        Ok((Recovered { restored: Some(restored), machine, addrs, conf_fence, torn_bytes }, segments))
     }
 
     /// Opens the log for writing after [`RaftLog::recover`]: the last

@@ -18,11 +18,17 @@
 //! commit). Entries after the commit index (a suffix the old leader sent
 //! but never saw committed) stay; alone, the survivor commits them at its
 //! first election. That is safe for the archive: applying is deterministic
-//! and exactly once per (origin, seq), whoever commits.
+//! and exactly once per (origin, seq), whoever commits. Membership changes
+//! among them are not: applied on top of the survivor's new conf state,
+//! one would bring a lost member back as a voter, and the group could
+//! never reach a quorum again. So recovery fences them: every membership
+//! change up to the log's last index is skipped when applied
+//! ([`log::fence_record`]).
 //!
 //! How: for every group a `CONF_STATE` record (voters = this node, no
 //! learners) at the end of its Raft log, where the last one read back wins
-//! and the group starts from it, with or without a snapshot; then the
+//! and the group starts from it, with or without a snapshot, and the
+//! fence at the log's last index; then the
 //! membership file lists only this node. Groups first, membership last, a
 //! group already alone left as it is: after a crash halfway, running the
 //! command again finishes the job.
@@ -143,9 +149,12 @@ pub struct LogReport {
     pub voters: Vec<u64>,
     /// The voters and learners removed.
     pub removed: Vec<u64>,
-    /// Membership-change entries after the applied index: raft-rs applies
-    /// them once committed, after recovery.
+    /// Membership-change entries after the applied index, none applied
+    /// yet: fenced, never applied.
     pub conf_changes_after_applied: usize,
+    /// The fence: membership changes at or below it are never applied (0:
+    /// none).
+    pub fence: u64,
     /// Bytes of a torn last record, cut.
     pub torn_bytes: u64,
     /// Whether a record was appended (`false`: already this node alone).
@@ -206,6 +215,13 @@ pub fn plan_group(group: u32, node_id: u32, recovered: &Recovered) -> Result<Gro
         .filter(|entry| entry.index > restored.applied)
         .filter(|entry| matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2))
         .count();
+    // Alone already (an earlier recover, or a group of one) with nothing
+    // unfenced to apply: nothing to write.
+    let unfenced = restored
+        .entries
+        .iter()
+        .filter(|entry| entry.index > restored.applied.max(recovered.conf_fence))
+        .any(|entry| matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2));
     Ok(GroupReport {
         group,
         log: Some(LogReport {
@@ -217,9 +233,10 @@ pub fn plan_group(group: u32, node_id: u32, recovered: &Recovered) -> Result<Gro
             applied: restored.applied,
             machine: recovered.machine.as_ref().map(|machine| (machine.applied, machine.watermarks.len())),
             voters: conf.voters.clone(),
-            changed: *conf != alone(node_id),
+            changed: *conf != alone(node_id) || unfenced,
             removed,
             conf_changes_after_applied,
+            fence: last_index,
             torn_bytes: recovered.torn_bytes,
         }),
     })
@@ -281,18 +298,21 @@ pub fn recover(data_dir: &Path, node_id: Option<u32>) -> Result<Report, Error> {
     let mut record = log::addrs_record(&BTreeMap::from([(node_id, addr)]));
     record.extend(log::conf_state_record(&alone(node_id)).map_err(|error| Error::Io(error.to_string()))?);
     for (report, dir, segments) in &plans {
-        if !report.log.as_ref().is_some_and(|log| log.changed) {
+        let Some(plan) = report.log.as_ref().filter(|log| log.changed) else {
             continue;
-        }
+        };
         let failed = |error: super::Error| Error::Io(format!("group {}: {error}", report.group));
-        log::append_offline(dir, segments, &record).map_err(failed)?;
+        let mut records = record.clone();
+        records.extend(log::fence_record(plan.fence));
+        log::append_offline(dir, segments, &records).map_err(failed)?;
         // Read back: the group must now start with this node alone.
         let (recovered, _) = RaftLog::recover(dir).map_err(failed)?;
+        let fence = recovered.conf_fence;
         let conf = recovered.restored.map(|restored| restored.conf_state);
         let book = recovered.addrs.map(|addrs| addrs.into_keys().collect::<Vec<_>>());
-        if conf != Some(alone(node_id)) || book != Some(vec![node_id]) {
+        if conf != Some(alone(node_id)) || book != Some(vec![node_id]) || fence != plan.fence {
             return Err(Error::Io(format!(
-                "group {}: the log reads back with conf state {conf:?} and members {book:?}",
+                "group {}: the log reads back with conf state {conf:?}, members {book:?} and fence {fence}",
                 report.group
             )));
         }
@@ -380,8 +400,8 @@ impl fmt::Display for Report {
             if log.conf_changes_after_applied > 0 {
                 writeln!(
                     out,
-                    "  warning: {} membership change(s) in the log after the applied index will be applied once \
-                     committed",
+                    "  fenced: {} membership change(s) in the log after the applied index will be skipped, never \
+                     applied (they could bring a lost member back as a voter)",
                     log.conf_changes_after_applied
                 )?;
             }
@@ -634,19 +654,44 @@ mod tests {
     }
 
     #[test]
+    fn membership_changes_not_applied_yet_are_fenced() {
+        let dir = member_dir(1, 1, 4, 3);
+        // A change in the uncommitted suffix (index 5) re-adding a lost node.
+        let path = super::super::group_dir(dir.path(), 0);
+        run(async move {
+            let (recovered, segments) = RaftLog::recover(&path).unwrap();
+            let restored = recovered.restored.unwrap();
+            let checkpoint = (restored.hard_state.clone(), restored.conf_state.clone(), restored.snapshot);
+            let machine = recovered.machine.unwrap();
+            let mut log = RaftLog::open(&path, segments, checkpoint, machine, BTreeMap::new()).await.unwrap();
+            let change = Entry { index: 5, term: 2, entry_type: EntryType::EntryConfChangeV2, ..Entry::default() };
+            log.persist(&Work { entries: vec![change], ..Work::default() }, || unreachable!()).await.unwrap();
+        });
+        let report = recover(dir.path(), None).unwrap();
+        let log = report.groups[0].log.as_ref().unwrap();
+        assert_eq!((log.conf_changes_after_applied, log.fence, log.last_index), (1, 5, 5));
+        let fence = RaftLog::recover(&super::super::group_dir(dir.path(), 0)).unwrap().0.conf_fence;
+        assert_eq!(fence, 5);
+        assert!(report.to_string().contains("fenced: 1 membership change(s)"), "{report}");
+        // Again: already alone and fenced, nothing to write.
+        let again = recover(dir.path(), None).unwrap();
+        assert!(!again.groups[0].log.as_ref().unwrap().changed);
+    }
+
+    #[test]
     fn a_learner_is_refused() {
         let restored = Restored {
             conf_state: ConfState::from((vec![1, 2], vec![3])),
             entries: vec![entry(1, 1)],
             ..Restored::default()
         };
-        let recovered = Recovered { restored: Some(restored), machine: None, addrs: None, torn_bytes: 0 };
+        let recovered = Recovered { restored: Some(restored), ..Recovered::default() };
         let error = plan_group(4, 3, &recovered).unwrap_err();
         assert!(matches!(error, Error::NotVoter { group: 4, node_id: 3, .. }), "{error}");
         let plan = plan_group(4, 2, &recovered).unwrap();
         let log = plan.log.unwrap();
         assert_eq!((log.removed, log.first_index, log.last_index, log.changed), (vec![1, 3], 1, 1, true));
-        let none = Recovered { restored: None, machine: None, addrs: None, torn_bytes: 0 };
+        let none = Recovered::default();
         assert_eq!(plan_group(0, 2, &none).unwrap(), GroupReport { group: 0, log: None });
     }
 

@@ -231,6 +231,10 @@ pub struct LeaseReport {
     /// When the last renewal was applied here (ns since the epoch; 0 when
     /// none since this replica started).
     pub last_seen_ns: i64,
+    /// Entries the follower's shards in this group held durable and the
+    /// group had not archived, as of each shard's last push applied here
+    /// (0 when its pushes do not say: an earlier follower).
+    pub lag_entries: u64,
 }
 
 /// A replica's report.
@@ -298,6 +302,9 @@ struct State {
     /// The followers' leases (at most ARCHIVE_PAIRS_MAX: one per origin
     /// pair at most).
     leases: BTreeMap<u32, Lease>,
+    /// Each follower shard's lag as of its last push applied here: the
+    /// durable seq the push said, less the watermark after it.
+    lags: BTreeMap<Pair, u64>,
 }
 
 /// One replica of one group.
@@ -317,6 +324,9 @@ pub struct Replica {
     addrs_noted: Cell<bool>,
     /// This node is no longer a member of the group: it stops.
     removed: Cell<bool>,
+    /// Membership changes at or below this index are skipped, never
+    /// applied (`wormdb cluster recover`'s fence; 0: none).
+    conf_fence: u64,
     ticks: Cell<u64>,
     /// `--lease-ttl`.
     lease_ttl: Cell<Duration>,
@@ -428,12 +438,14 @@ impl Replica {
                 counters: ReplicaCounters::default(),
                 failed: None,
                 leases: BTreeMap::new(),
+                lags: BTreeMap::new(),
             }),
             links: RefCell::new(links),
             link_tasks: RefCell::new(Vec::new()),
             conf_noted: RefCell::new(None),
             addrs_noted: Cell::new(false),
             removed: Cell::new(removed),
+            conf_fence: recovered.conf_fence,
             ticks: Cell::new(0),
             lease_ttl: Cell::new(crate::limits::LEASE_TTL_DEFAULT),
             log: RefCell::new(Some(log)),
@@ -516,6 +528,14 @@ impl Replica {
         }
         for (_, proposed) in std::mem::take(&mut state.proposals) {
             proposed.waiters.into_iter().for_each(|waiter| waiter.fail(Error::ShuttingDown));
+        }
+        // Watermark reads too: the raft loop that would answer them stops,
+        // and a reader left waiting holds its caller until a timeout.
+        let reads = std::mem::take(&mut state.reads_asked).into_values();
+        for (_, reply) in
+            reads.chain(std::mem::take(&mut state.reads_ready).into_iter().map(|(_, pair, reply)| (pair, reply)))
+        {
+            let _ = reply.send(Err(Error::ShuttingDown));
         }
     }
 
@@ -862,10 +882,12 @@ impl Replica {
                     // it): the report says what the tick decided.
                     let left = lease.expires.saturating_duration_since(Instant::now());
                     let alive = !lease.expired;
+                    let lags = state.lags.range((follower, 0)..=(follower, u32::MAX));
                     let report = LeaseReport {
                         alive,
                         expires_in_ms: if alive { left.as_millis() as u64 } else { 0 },
                         last_seen_ns: lease.last_seen_ns,
+                        lag_entries: lags.map(|(_, lag)| lag).sum(),
                     };
                     (follower, report)
                 })
@@ -1071,7 +1093,13 @@ impl Replica {
                             }
                         }
                         state.direct_proposed.1 = first + entries.len() as u64 - 1;
-                        let batch = PushBatch { follower_id: 0, shard: self.group_id, entries, blocks: Vec::new() };
+                        let batch = PushBatch {
+                            durable_seq: 0,
+                            follower_id: 0,
+                            shard: self.group_id,
+                            entries,
+                            blocks: Vec::new(),
+                        };
                         proposal.batches.push(batch.encode_to_vec().into());
                         waiters.push(Waiter::Direct(reply));
                     }
@@ -1367,6 +1395,18 @@ impl Replica {
             }
         };
         let mut state = self.state.borrow_mut();
+        if index <= self.conf_fence {
+            // From before `cluster recover`: the conf state it wrote stands.
+            tracing::warn!(group = self.group_id, index, "skipped a membership change fenced by `cluster recover`");
+            let _ = state.machine.begin(index);
+            state.decided = state.decided.max(index);
+            self.note_machine(&mut state.machine);
+            drop(state);
+            for waiter in proposed.into_iter().flat_map(|proposed| proposed.waiters) {
+                waiter.fail(Error::Dropped { group: self.group_id });
+            }
+            return;
+        }
         let applied = state.group.apply_conf_change(&change);
         let _ = state.machine.begin(index);
         state.decided = state.decided.max(index);
@@ -1806,6 +1846,9 @@ impl Replica {
             let watermark = state.machine.watermark(pair);
             if !direct {
                 self.renew_lease(&mut state, pair.0);
+                if batch.durable_seq > 0 && (state.lags.len() < ARCHIVE_PAIRS_MAX || state.lags.contains_key(&pair)) {
+                    state.lags.insert(pair, batch.durable_seq.saturating_sub(watermark));
+                }
             }
             outcomes.push(Ok((pair, admission, watermark)));
         }

@@ -273,7 +273,13 @@ impl Chunker {
             .map_err(|error| SnapshotError::Block { seq: header.first_seq, error })?;
         let kept: Vec<_> = entries.into_iter().filter(|entry| entry.seq > covered && entry.seq <= ours).collect();
         for part in kept.chunks(SNAPSHOT_CHUNK_ENTRIES) {
-            let batch = PushBatch { follower_id: pair.0, shard: pair.1, entries: part.to_vec(), blocks: Vec::new() };
+            let batch = PushBatch {
+                durable_seq: 0,
+                follower_id: pair.0,
+                shard: pair.1,
+                entries: part.to_vec(),
+                blocks: Vec::new(),
+            };
             let buffer = batch.encode_to_vec();
             let batch = Batch { pair, range: 0..buffer.len(), block_tags: Vec::new(), entries: part.len() as u64 };
             self.ready.push_back(Chunk { buffer, batches: vec![batch], tag_bytes: 0 });

@@ -1445,7 +1445,13 @@ impl World {
                             LogEntry { seq: next_direct - 1, body: Bytes::copy_from_slice(body), ..LogEntry::default() }
                         })
                         .collect();
-                    let batch = PushBatch { follower_id: DIRECT.0, shard: DIRECT.1, entries, blocks: Vec::new() };
+                    let batch = PushBatch {
+                        durable_seq: 0,
+                        follower_id: DIRECT.0,
+                        shard: DIRECT.1,
+                        entries,
+                        blocks: Vec::new(),
+                    };
                     directs.0.push(waiter);
                     directs.1.push(Bytes::from(batch.encode_to_vec()));
                 }
@@ -1721,7 +1727,7 @@ impl World {
                     ..LogEntry::default()
                 })
                 .collect();
-            let batch = PushBatch { follower_id: pair.0, shard: pair.1, entries, blocks: Vec::new() };
+            let batch = PushBatch { durable_seq: 0, follower_id: pair.0, shard: pair.1, entries, blocks: Vec::new() };
             let state = &mut self.pushers[pusher];
             if state.in_flight.is_empty() {
                 state.last_progress = self.now;
