@@ -401,20 +401,22 @@ pub const PROMOTE_LAG_ENTRIES: u64 = 64;
 pub const READ_INDEX_WAITING_MAX: usize = 4096;
 
 /// Entries per batch of entries in a snapshot stream (the entries of a
-/// block cut at the snapshot's state: at most one block's per pair):
+/// block cut at the snapshot's state: at most one block's per pair; every
+/// batch of a snapshot of entries, sent to a member of an earlier version):
 /// bounds the memory of both ends.
 pub const SNAPSHOT_CHUNK_ENTRIES: usize = 4096;
 
-/// Bytes of one batch of stored blocks in a snapshot stream, at most. Each
-/// chunk costs the receiver one append and one fdatasync, so chunks are
-/// large; the receiver appends a chunk at once, so one must fit the
-/// pending batch of any shard, the smallest segments' included; and any
-/// block fits one on its own. With the HTTP/2 stream window
-/// ([`GRPC_STREAM_WINDOW_BYTES`]) about one chunk is in flight beyond the
-/// one being stored.
+/// Bytes of one batch of stored blocks (or of entries) in a snapshot
+/// stream, at most. Each chunk costs the receiver one append and one
+/// fdatasync, so chunks are large; the receiver appends a chunk at once,
+/// so one must fit the pending batch of any shard, the smallest segments'
+/// included; and any block, or entry, fits one on its own. With the
+/// HTTP/2 stream window ([`GRPC_STREAM_WINDOW_BYTES`]) about one chunk is
+/// in flight beyond the one being stored.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 3 << 20;
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX <= pending_raw_bytes_max(SEGMENT_BYTES_MIN));
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX >= BLOCK_HEADER_BYTES + BLOCK_STORED_BYTES_MAX + 16);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX >= ENTRY_ENCODED_BYTES_MAX + 32);
 /// Batches in one snapshot chunk, at most: each is one append on the
 /// receiver, and a shard's group commit takes at most
 /// [`PENDING_APPENDS_MAX`].

@@ -9,20 +9,36 @@
 //! state that ends inside the sender's last block of a pair (the sender
 //! cuts it). Also with the blocks' tags left out of the chunks (the
 //! receiver then checks every block entry by entry).
+//!
+//! And over the network, to a member of an earlier version (a rolling
+//! upgrade): it refuses the call of blocks (`UNIMPLEMENTED`), so the
+//! sender's `send_snapshot` sends the snapshot again as entries, on the
+//! path and in the form those versions read, and keeps doing so for that
+//! peer until its link reconnects.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use raft::prelude::{Message, MessageType, Snapshot};
 use wormdb::grpc::status::Status;
-use wormdb::proto::{LogEntry, PushBatch};
+use wormdb::grpc::transport::{serve_connection, Call, LocalFuture, ServerOptions, Service};
+use wormdb::proto::{
+    LogEntry, OriginWatermark, PushBatch, RaftAck, RaftBatch, SnapshotChunk, WatermarksRequest, WatermarksResponse,
+};
+use wormdb::replication::batch::PushedBatch;
 use wormdb::shard::{EntryRef, Origin, Query, Shard, ShardConfig};
 use wormdb::tier::replica::Replica;
-use wormdb::tier::transport::{last_chunk, snapshot_chunks};
+use wormdb::tier::transport::{
+    last_chunk, send_snapshot, snapshot_chunks, Link, SnapshotState, SEND_PATH, SNAPSHOT_BLOCKS_PATH, SNAPSHOT_PATH,
+    WATERMARKS_PATH,
+};
 use wormdb::tier::Members;
 
 const GROUP: u32 = 0;
@@ -131,6 +147,38 @@ struct Sent {
     bytes: u64,
 }
 
+/// The Raft index the snapshots stand for.
+const SNAPSHOT_INDEX: u64 = 5;
+
+/// The `MsgSnapshot` from member 1 to member 2 that ends every snapshot.
+fn snapshot_message() -> Message {
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgSnapshot);
+    (message.from, message.to) = (1, 2);
+    let mut snapshot = Snapshot::default();
+    snapshot.mut_metadata().index = SNAPSHOT_INDEX;
+    snapshot.mut_metadata().term = 1;
+    message.set_snapshot(snapshot);
+    message
+}
+
+/// The sender's address book, which comes with a snapshot: member 3 joined
+/// while the receiver was behind (it never applied that entry).
+fn book() -> BTreeMap<u32, SocketAddr> {
+    [(1, "127.0.0.1:1"), (2, "127.0.0.1:2"), (3, "127.0.0.1:3")]
+        .into_iter()
+        .map(|(node_id, addr)| (node_id, addr.parse().unwrap()))
+        .collect()
+}
+
+/// A replica of member 2 on `receiver`, its Raft log in `dir`.
+async fn receiving_replica(receiver: &Shard, dir: &Path) -> Rc<Replica> {
+    let members =
+        Members { addrs: BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, "127.0.0.1:2".parse().unwrap())]) };
+    let voters = members.voters();
+    Replica::open(2, GROUP, members, &voters, &dir.join("raft"), receiver.clone(), 8).await.unwrap()
+}
+
 /// Streams a snapshot of `sender` at state `ours` into a replica opened on
 /// `receiver`, and checks the receiver's archive against the sender's.
 /// `strip_tags`: the chunks go without their blocks' tags.
@@ -141,11 +189,7 @@ async fn snapshot_into(
     ours: &BTreeMap<Pair, u64>,
     strip_tags: bool,
 ) -> Sent {
-    let members =
-        Members { addrs: BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, "127.0.0.1:2".parse().unwrap())]) };
-    let voters = members.voters();
-    let replica: Rc<Replica> =
-        Replica::open(2, GROUP, members, &voters, &dir.join("raft"), receiver.clone(), 8).await.unwrap();
+    let replica = receiving_replica(&receiver, dir).await;
     let theirs = receiver.origin_watermarks();
     let mut sent = Sent::default();
     let (_, bytes) = snapshot_chunks(sender, GROUP, 1, theirs, ours, async |mut chunk| {
@@ -174,37 +218,41 @@ async fn snapshot_into(
     .await
     .unwrap();
     sent.bytes = bytes;
-    let mut message = Message::default();
-    message.set_msg_type(MessageType::MsgSnapshot);
-    (message.from, message.to) = (1, 2);
-    let mut snapshot = Snapshot::default();
-    snapshot.mut_metadata().index = 5;
-    snapshot.mut_metadata().term = 1;
-    message.set_snapshot(snapshot);
-    // The sender's address book comes with it: member 3 joined while this
-    // replica was behind (it never applied that entry).
-    let mut last = last_chunk(GROUP, 1, &message, ours, 5).unwrap();
-    last.members = [(1, "127.0.0.1:1"), (2, "127.0.0.1:2"), (3, "127.0.0.1:3")]
-        .into_iter()
-        .map(|(node_id, addr)| wormdb::proto::Member { node_id, addr: addr.to_string() })
-        .collect();
+    let mut last = last_chunk(GROUP, 1, &snapshot_message(), ours, SNAPSHOT_INDEX).unwrap();
+    last.members =
+        book().into_iter().map(|(node_id, addr)| wormdb::proto::Member { node_id, addr: addr.to_string() }).collect();
     replica.install_chunk(last).await.unwrap();
+    check_received(sender, &receiver, &replica, ours).await;
+    receiver.close().await.unwrap();
+    sent
+}
+
+/// Checks that `replica` on `receiver` took a snapshot of `sender` at state
+/// `ours` with an address book of members 1 to 3: exactly the sender's
+/// archive up to the state, found the same by tag.
+async fn check_received(sender: &Shard, receiver: &Shard, replica: &Replica, ours: &BTreeMap<Pair, u64>) {
     assert_eq!(replica.members().addrs.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(&replica.report().watermarks, ours, "the receiver's state is the snapshot's");
     assert_eq!(&receiver.origin_watermarks(), ours, "the receiver's data ends at the state, not past it");
     for (&pair, &through) in ours {
         let want = contents(sender, pair, through).await;
-        let got = contents(&receiver, pair, u64::MAX).await;
+        let got = contents(receiver, pair, u64::MAX).await;
         assert_eq!(want.len() as u64, through, "{pair:?}");
         assert_eq!(ids(&got), ids(&want), "{pair:?}: the receiver holds exactly the sender's entries");
         let tags = |entries: &[LogEntry]| entries.iter().map(|entry| entry.tags.clone()).collect::<Vec<_>>();
         assert_eq!(tags(&got), tags(&want), "{pair:?}: tags");
     }
     for query in [&[("app", "web")][..], &[("kind", "direct"), ("n", "7")], &[("app", "db"), ("kind", "pushed")]] {
-        assert_eq!(found(&receiver, query, ours).await, found(sender, query, ours).await, "query {query:?}");
+        assert_eq!(found(receiver, query, ours).await, found(sender, query, ours).await, "query {query:?}");
     }
-    receiver.close().await.unwrap();
-    sent
+}
+
+/// A state that ends 3 entries into the follower's last append (a block
+/// the sender cuts), and at the direct writes' end.
+fn cut_state(sender: &Shard, appends: &BTreeMap<Pair, Vec<(u64, u64)>>) -> BTreeMap<Pair, u64> {
+    let (first, last) = *appends[&FOLLOWER].last().unwrap();
+    assert!(last - first >= 5);
+    BTreeMap::from([(FOLLOWER, first + 2), (DIRECT, sender.origin_watermark(DIRECT.0, DIRECT.1))])
 }
 
 #[test]
@@ -215,11 +263,7 @@ fn a_snapshot_of_stored_blocks_reproduces_the_senders_archive() {
         let sender = Shard::open(config(&dir.join("sender"), 1)).await.unwrap();
         let appends = fill_sender(&sender).await;
         assert!(sender.stats().segments >= 3, "several segments: {:?}", sender.stats());
-        // The state ends 3 entries into the follower's last append (a block
-        // the sender cuts), and at the direct writes' end.
-        let (first, last) = *appends[&FOLLOWER].last().unwrap();
-        assert!(last - first >= 5);
-        let ours = BTreeMap::from([(FOLLOWER, first + 2), (DIRECT, sender.origin_watermark(DIRECT.0, DIRECT.1))]);
+        let ours = cut_state(&sender, &appends);
 
         // An empty receiver: every block, sent as stored, with its tags.
         let empty = Shard::open(config(&dir.join("empty"), 2)).await.unwrap();
@@ -245,6 +289,166 @@ fn a_snapshot_of_stored_blocks_reproduces_the_senders_archive() {
             assert!(part.bytes < full.bytes * 3 / 4, "what the receiver holds is not sent again: {part:?} vs {full:?}");
             assert_eq!(part.tagged > 0, !strip_tags, "{part:?}");
         }
+        sender.close().await.unwrap();
+    });
+}
+
+/// A member of a version before the snapshots of blocks, as a snapshot
+/// sees it: it answers `Watermarks`, takes a snapshot of entries on
+/// `WormRaft/Snapshot` (each chunk holding only what those versions read:
+/// one batch of entries and its crc, or the last chunk) into a replica of
+/// today, takes Raft batches (its link connecting), and knows no other
+/// method: `SnapshotBlocks` gets `UNIMPLEMENTED`, unread, as from the
+/// fallthrough of that version's router.
+struct EarlierVersion {
+    replica: Rc<Replica>,
+    shard: Shard,
+    blocks_refused: Cell<u32>,
+    entry_snapshots: Cell<u32>,
+    entry_chunks: Cell<u32>,
+}
+
+impl EarlierVersion {
+    /// Calls of blocks refused and snapshots of entries taken so far.
+    fn calls(&self) -> (u32, u32) {
+        (self.blocks_refused.get(), self.entry_snapshots.get())
+    }
+
+    async fn snapshot(&self, call: &mut Call) -> Result<(), Status> {
+        while let Some(chunk) = call.messages.next::<SnapshotChunk>().await? {
+            if !chunk.batches.is_empty() || !chunk.block_tags.is_empty() {
+                return Err(Status::invalid_argument("a chunk with fields an earlier version does not read"));
+            }
+            if !chunk.batch.is_empty() {
+                if crc32fast::hash(&chunk.batch) != chunk.crc32 {
+                    return Err(Status::invalid_argument("a chunk fails its crc"));
+                }
+                // What that version parsed it with: a pushed batch whose
+                // entries carry their origin seqs.
+                let batch =
+                    PushedBatch::parse(chunk.batch.clone()).map_err(|error| Status::internal(error.to_string()))?;
+                let seqs: Vec<u64> = batch.seqs().collect();
+                let decoded = <PushBatch as prost::Message>::decode(chunk.batch.clone()).unwrap();
+                let from_entries: Vec<u64> = decoded.entries.iter().map(|entry| entry.seq).collect();
+                if !decoded.blocks.is_empty() || seqs.is_empty() || seqs != from_entries {
+                    return Err(Status::invalid_argument("a chunk that is not a batch of entries"));
+                }
+                if seqs.windows(2).any(|pair| pair[1] != pair[0] + 1) {
+                    return Err(Status::invalid_argument("a batch's seqs do not follow one another"));
+                }
+                self.entry_chunks.set(self.entry_chunks.get() + 1);
+            }
+            self.replica.install_chunk(chunk).await.map_err(|error| Status::internal(error.to_string()))?;
+        }
+        self.entry_snapshots.set(self.entry_snapshots.get() + 1);
+        call.send(&RaftAck {}).await
+    }
+}
+
+impl Service for EarlierVersion {
+    fn call<'a>(self: Rc<Self>, path: &'a str, call: &'a mut Call) -> LocalFuture<'a, Result<(), Status>> {
+        Box::pin(async move {
+            match path {
+                WATERMARKS_PATH => {
+                    let request = call.messages.next::<WatermarksRequest>().await?.unwrap();
+                    assert_eq!(request.group, GROUP);
+                    let watermarks = self.shard.origin_watermarks().into_iter();
+                    let watermarks = watermarks.map(|((node, shard), seq)| OriginWatermark { node, shard, seq });
+                    call.send(&WatermarksResponse { watermarks: watermarks.collect() }).await
+                }
+                SNAPSHOT_PATH => self.snapshot(call).await,
+                SEND_PATH => {
+                    while call.messages.next::<RaftBatch>().await?.is_some() {}
+                    call.send(&RaftAck {}).await
+                }
+                _ => {
+                    if path == SNAPSHOT_BLOCKS_PATH {
+                        self.blocks_refused.set(self.blocks_refused.get() + 1);
+                    }
+                    Err(Status::unimplemented(format!("unknown method {path}")))
+                }
+            }
+        })
+    }
+}
+
+/// Serves `service` on an ephemeral port of this executor; its address.
+fn serve(service: Rc<EarlierVersion>) -> SocketAddr {
+    let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options =
+        Rc::new(ServerOptions { max_message_bytes: wormdb::limits::MESSAGE_BYTES_MAX, closing: Rc::new(|| false) });
+    glommio::spawn_local(async move {
+        loop {
+            let Ok(stream) = listener.accept().await else { continue };
+            glommio::spawn_local(serve_connection(stream, service.clone(), options.clone())).detach();
+        }
+    })
+    .detach();
+    addr
+}
+
+#[test]
+fn a_member_of_an_earlier_version_gets_its_snapshot_as_entries() {
+    let dir = common::durable_temp_dir();
+    let dir = dir.path().to_path_buf();
+    common::run(move || async move {
+        let sender = Shard::open(config(&dir.join("sender"), 1)).await.unwrap();
+        let appends = fill_sender(&sender).await;
+        let ours = cut_state(&sender, &appends);
+        let receiver = Shard::open(config(&dir.join("receiver"), 2)).await.unwrap();
+        let replica = receiving_replica(&receiver, &dir.join("receiver-replica")).await;
+        let earlier = Rc::new(EarlierVersion {
+            replica: replica.clone(),
+            shard: receiver.clone(),
+            blocks_refused: Cell::new(0),
+            entry_snapshots: Cell::new(0),
+            entry_chunks: Cell::new(0),
+        });
+        let link = Link::new(GROUP, 1, 2, serve(earlier.clone()));
+        let state = |watermarks: &BTreeMap<Pair, u64>| SnapshotState {
+            watermarks: watermarks.clone(),
+            applied: SNAPSHOT_INDEX,
+            members: book(),
+        };
+
+        // Blocks refused, then the whole snapshot as entries, in several
+        // chunks (SNAPSHOT_CHUNK_ENTRIES each at most).
+        send_snapshot(sender.clone(), &link, snapshot_message(), state(&ours)).await.unwrap();
+        assert_eq!(earlier.calls(), (1, 1));
+        let total: u64 = ours.values().sum();
+        assert!(u64::from(earlier.entry_chunks.get()) >= total / wormdb::limits::SNAPSHOT_CHUNK_ENTRIES as u64 + 2);
+        assert!(link.entry_snapshots(), "the link remembers the refusal");
+        check_received(&sender, &receiver, &replica, &ours).await;
+
+        // More data, a later state: straight to entries, no call of blocks.
+        for pair in [FOLLOWER, DIRECT] {
+            let next = sender.origin_watermark(pair.0, pair.1) + 1;
+            append(&sender, pair, next..=next + 99).durable().await.unwrap();
+        }
+        let later: BTreeMap<Pair, u64> = sender.origin_watermarks();
+        send_snapshot(sender.clone(), &link, snapshot_message(), state(&later)).await.unwrap();
+        assert_eq!(earlier.calls(), (1, 2));
+        check_received(&sender, &receiver, &replica, &later).await;
+
+        // The link reconnects (the member may have restarted on the new
+        // version): blocks are tried again.
+        glommio::spawn_local(link.clone().run()).detach();
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        (heartbeat.from, heartbeat.to) = (1, 2);
+        link.send([heartbeat]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while link.sent.get() == 0 {
+            assert!(Instant::now() < deadline, "the link never connected");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!link.entry_snapshots(), "a reconnected link forgets the refusal");
+        send_snapshot(sender.clone(), &link, snapshot_message(), state(&later)).await.unwrap();
+        assert_eq!(earlier.calls(), (2, 3));
+        assert!(link.entry_snapshots());
+        link.close();
+        receiver.close().await.unwrap();
         sender.close().await.unwrap();
     });
 }

@@ -1247,12 +1247,12 @@ impl Replica {
             members,
         };
         drop(state);
-        let (shard, group, from, addr) = (self.shard.clone(), self.group_id, self.node_id, link.addr());
+        let (shard, group, addr) = (self.shard.clone(), self.group_id, link.addr());
         let outcome = Rc::new(Cell::new(None));
         let done = outcome.clone();
         let mut wake = self.wake.borrow().clone();
         glommio::spawn_local(async move {
-            let sent = transport::send_snapshot(shard, group, from, addr, message, snapshot).await;
+            let sent = transport::send_snapshot(shard, &link, message, snapshot).await;
             if let Err(status) = &sent {
                 tracing::warn!(group, to = %addr, %status, "snapshot failed");
             }

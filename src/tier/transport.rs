@@ -16,6 +16,22 @@
 //! `PushBatch`es with a crc, then the `MsgSnapshot` itself. Memory on both
 //! sides is about one chunk ([`SNAPSHOT_CHUNK_BYTES_MAX`]) beyond the
 //! HTTP/2 windows.
+//!
+//! A snapshot of blocks goes on a path of its own
+//! ([`SNAPSHOT_BLOCKS_PATH`]), which a member of an earlier version
+//! refuses with `UNIMPLEMENTED` (it knows only [`SNAPSHOT_PATH`]). During
+//! a rolling upgrade a new leader may have to bring such a member up, so
+//! the sender then sends the same snapshot again in the form those
+//! versions take, decoded entries ([`entry_chunks`]): one `PushBatch` of
+//! one pair per chunk in `batch`, with the crc of those bytes, then the
+//! same last chunk (its address book is a field those versions skip).
+//! Refused blocks cost nothing on the receiver (it read none of the call)
+//! and about an HTTP/2 window of reads on the sender. The peer's [`Link`]
+//! remembers the refusal, so later snapshots go straight to entries, until
+//! the link reconnects: a member restarts to upgrade, which breaks the
+//! link, and then gets blocks again. The entries form is about ten times
+//! slower (it decodes and re-encodes every entry), a price paid during an
+//! upgrade only.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -28,11 +44,14 @@ use futures_util::StreamExt;
 use protobuf::Message as _;
 use raft::prelude::Message;
 
+use super::machine::Pair;
 use super::snapshot::{Chunk, Chunker};
-use crate::grpc::status::Status;
-use crate::grpc::transport::Channel;
-use crate::limits::{RAFT_OUTBOX_MESSAGES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
-use crate::proto::{Member, OriginWatermark, SnapshotChunk, WatermarksRequest, WatermarksResponse};
+use crate::grpc::status::{Code, Status};
+use crate::grpc::transport::{Channel, ClientCall};
+use crate::limits::{RAFT_OUTBOX_MESSAGES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_ENTRIES};
+use crate::proto::{
+    LogEntry, Member, OriginWatermark, PushBatch, SnapshotChunk, WatermarksRequest, WatermarksResponse,
+};
 use crate::shard::Shard;
 
 /// How long a connection attempt to a peer may take.
@@ -48,13 +67,15 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const SEND_PATH: &str = "/wormdb.v1.WormRaft/Send";
 /// See [`SEND_PATH`].
 pub const WATERMARKS_PATH: &str = "/wormdb.v1.WormRaft/Watermarks";
-/// See [`SEND_PATH`]: a snapshot of entries (what earlier versions sent).
+/// See [`SEND_PATH`]: a snapshot of entries (what earlier versions send
+/// and read; still sent to them, see the module doc).
 pub const SNAPSHOT_PATH: &str = "/wormdb.v1.WormRaft/Snapshot";
 /// One group's membership change, sent to the node that leads it.
 pub const CHANGE_PATH: &str = "/wormdb.v1.WormRaft/Change";
 /// See [`SEND_PATH`]: a snapshot of stored blocks. A path of its own, so
 /// that a member of an earlier version, which would read the blocks' seqs
-/// as its own, refuses the call (`UNIMPLEMENTED`) instead.
+/// as its own, refuses the call (`UNIMPLEMENTED`) instead, and gets
+/// entries on [`SNAPSHOT_PATH`].
 pub const SNAPSHOT_BLOCKS_PATH: &str = "/wormdb.v1.WormRaft/SnapshotBlocks";
 /// See [`SEND_PATH`].
 pub const WRITE_PATH: &str = "/wormdb.v1.WormRaft/Write";
@@ -69,6 +90,9 @@ pub struct Link {
     wake: RefCell<mpsc::Sender<()>>,
     wakeups: RefCell<Option<mpsc::Receiver<()>>>,
     unreachable: Cell<bool>,
+    /// The peer refused a snapshot of blocks (an earlier version) since
+    /// the link last connected: snapshots go to it as entries.
+    entry_snapshots: Cell<bool>,
     /// Messages dropped (outbox full, or the peer unreachable).
     pub dropped: Cell<u64>,
     /// Messages sent.
@@ -89,6 +113,7 @@ impl Link {
             wake: RefCell::new(wake),
             wakeups: RefCell::new(Some(wakeups)),
             unreachable: Cell::new(false),
+            entry_snapshots: Cell::new(false),
             dropped: Cell::new(0),
             sent: Cell::new(0),
         })
@@ -124,6 +149,26 @@ impl Link {
         self.outbox.borrow_mut().clear();
         // Dropping the only sender ends `run`'s wait for work.
         *self.wake.borrow_mut() = mpsc::channel(1).0;
+    }
+
+    /// Whether snapshots go to the peer as entries (it refused blocks
+    /// since the link last connected; see the module doc).
+    pub fn entry_snapshots(&self) -> bool {
+        self.entry_snapshots.get()
+    }
+
+    /// Notes that the peer refused a snapshot of blocks with `status`:
+    /// logged once, until the link reconnects.
+    fn refused_blocks(&self, status: &Status) {
+        if !self.entry_snapshots.replace(true) {
+            tracing::info!(
+                group = self.group,
+                peer = self.peer,
+                addr = %self.addr,
+                %status,
+                "the peer refuses snapshots of stored blocks (an earlier version?): it gets snapshots of entries until its link reconnects"
+            );
+        }
     }
 
     /// Whether the peer became unreachable since the last call.
@@ -166,6 +211,9 @@ impl Link {
     /// wake-ups is gone: `Ok`).
     async fn session(&self, wakeups: &mut mpsc::Receiver<()>) -> Result<(), Status> {
         let channel = Channel::connect(self.addr, CONNECT_TIMEOUT).await?;
+        // Maybe another process now (a member restarted to upgrade): try
+        // snapshots of blocks with it again.
+        self.entry_snapshots.set(false);
         let call = channel.start(SEND_PATH, None).await?;
         let (mut sender, mut receiver) = call.split();
         // The server answers only when the stream ends or fails: watch for
@@ -252,39 +300,46 @@ pub struct SnapshotState {
     pub members: BTreeMap<u32, SocketAddr>,
 }
 
-/// Sends a snapshot to the replica at `addr`: the stored blocks of this
-/// replica's shard holding what the receiver lacks up to the state's
-/// watermarks (this replica's state after entry `applied`; see
-/// [`snapshot_chunks`]), then `message` (the `MsgSnapshot`) with that state
-/// and the address book. `Ok` once the receiver installed it.
-pub async fn send_snapshot(
-    shard: Shard,
-    group: u32,
-    from: u32,
-    addr: SocketAddr,
-    message: Message,
-    state: SnapshotState,
-) -> Result<(), Status> {
+/// Sends a snapshot to `link`'s peer: the stored blocks of this replica's
+/// shard holding what the receiver lacks up to the state's watermarks
+/// (this replica's state after entry `applied`; see [`snapshot_chunks`]),
+/// then `message` (the `MsgSnapshot`) with that state and the address
+/// book. A peer that refuses blocks (`UNIMPLEMENTED`: an earlier version)
+/// gets the same snapshot as entries ([`entry_chunks`]), and so do later
+/// ones until the link reconnects (see the module doc). `Ok` once the
+/// receiver installed it.
+pub async fn send_snapshot(shard: Shard, link: &Link, message: Message, state: SnapshotState) -> Result<(), Status> {
     let SnapshotState { watermarks, applied, members } = state;
+    let (group, from, addr) = (link.group, link.from, link.addr);
     let started = std::time::Instant::now();
     let channel = Channel::connect(addr, CONNECT_TIMEOUT).await?;
     let theirs: WatermarksResponse =
         channel.unary(WATERMARKS_PATH, &WatermarksRequest { group }, Some(Duration::from_secs(10))).await?;
-    let theirs: BTreeMap<(u32, u32), u64> =
+    let theirs: BTreeMap<Pair, u64> =
         theirs.watermarks.iter().map(|watermark| ((watermark.node, watermark.shard), watermark.seq)).collect();
     data_reaching(&shard, &watermarks).await?;
-    let mut call = channel.start(SNAPSHOT_BLOCKS_PATH, Some(SNAPSHOT_TIMEOUT)).await?;
-    let (entries, bytes) =
-        snapshot_chunks(&shard, group, from, theirs, &watermarks, async |chunk| call.send(&chunk).await).await?;
     let mut last = last_chunk(group, from, &message, &watermarks, applied)?;
     last.members = members.iter().map(|(&node_id, addr)| Member { node_id, addr: addr.to_string() }).collect();
-    call.send(&last).await?;
-    call.close_send().await?;
-    call.next::<crate::proto::RaftAck>().await?;
+    let form = if link.entry_snapshots() {
+        None
+    } else {
+        match send_blocks(&channel, &shard, group, from, theirs.clone(), &watermarks, &last).await {
+            Err(status) if status.code == Code::Unimplemented => {
+                link.refused_blocks(&status);
+                None
+            }
+            sent => Some(sent?),
+        }
+    };
+    let (form, (entries, bytes)) = match form {
+        Some(sent) => ("blocks", sent),
+        None => ("entries", send_entries(&channel, &shard, group, from, &theirs, &watermarks, &last).await?),
+    };
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         group,
         to = %addr,
+        form,
         entries,
         bytes,
         seconds,
@@ -292,6 +347,72 @@ pub async fn send_snapshot(
         "snapshot sent"
     );
     Ok(())
+}
+
+/// A snapshot of blocks on its call ([`SNAPSHOT_BLOCKS_PATH`]), ended by
+/// `last`: the entries and bytes sent.
+async fn send_blocks(
+    channel: &Channel,
+    shard: &Shard,
+    group: u32,
+    from: u32,
+    theirs: BTreeMap<Pair, u64>,
+    ours: &BTreeMap<Pair, u64>,
+    last: &SnapshotChunk,
+) -> Result<(u64, u64), Status> {
+    let mut call = SnapshotCall::start(channel, SNAPSHOT_BLOCKS_PATH).await?;
+    let sent = snapshot_chunks(shard, group, from, theirs, ours, async |chunk| call.send(&chunk).await).await?;
+    call.finish(last).await?;
+    Ok(sent)
+}
+
+/// A snapshot of entries on its call ([`SNAPSHOT_PATH`]), ended by `last`:
+/// the entries and bytes sent.
+async fn send_entries(
+    channel: &Channel,
+    shard: &Shard,
+    group: u32,
+    from: u32,
+    theirs: &BTreeMap<Pair, u64>,
+    ours: &BTreeMap<Pair, u64>,
+    last: &SnapshotChunk,
+) -> Result<(u64, u64), Status> {
+    let mut call = SnapshotCall::start(channel, SNAPSHOT_PATH).await?;
+    let sent = entry_chunks(shard, group, from, theirs, ours, async |chunk| call.send(&chunk).await).await?;
+    call.finish(last).await?;
+    Ok(sent)
+}
+
+/// One snapshot call: chunks, then the last chunk and the receiver's ack.
+/// A send that fails reports the status the receiver ended the call with
+/// when it did (it may refuse the call before reading it, then reset the
+/// request half: see [`crate::grpc::transport`]), so a refusal reads as
+/// what it is, `UNIMPLEMENTED` from an earlier version included.
+struct SnapshotCall {
+    call: ClientCall,
+}
+
+impl SnapshotCall {
+    async fn start(channel: &Channel, path: &str) -> Result<SnapshotCall, Status> {
+        Ok(SnapshotCall { call: channel.start(path, Some(SNAPSHOT_TIMEOUT)).await? })
+    }
+
+    async fn send(&mut self, chunk: &SnapshotChunk) -> Result<(), Status> {
+        match self.call.send(chunk).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.call.status_after_send_error(error).await),
+        }
+    }
+
+    /// Sends `last`, ends the stream and waits for the receiver's ack.
+    async fn finish(mut self, last: &SnapshotChunk) -> Result<(), Status> {
+        self.send(last).await?;
+        if let Err(error) = self.call.close_send().await {
+            return Err(self.call.status_after_send_error(error).await);
+        }
+        self.call.next::<crate::proto::RaftAck>().await?;
+        Ok(())
+    }
 }
 
 /// Makes the chunks of a snapshot of `shard` (replica `from` of `group`)
@@ -376,6 +497,77 @@ fn snapshot_chunk(group: u32, from: u32, chunk: Chunk) -> SnapshotChunk {
     SnapshotChunk { group, from, crc32: crc.finalize(), batches, block_tags, ..Default::default() }
 }
 
+/// Makes the chunks of a snapshot of entries (the form of earlier
+/// versions, on [`SNAPSHOT_PATH`]) of `shard` (replica `from` of `group`)
+/// for a receiver whose data holds `theirs`, standing for the state
+/// `ours`, which the shard's durable data must hold: for each pair, its
+/// entries above `theirs` up to `ours`, read by origin, in batches of at
+/// most [`SNAPSHOT_CHUNK_ENTRIES`] entries and [`SNAPSHOT_CHUNK_BYTES_MAX`]
+/// bytes, one per chunk ([`entries_chunk`]), each handed to `send`.
+/// Returns the entries and bytes of the batches.
+pub async fn entry_chunks(
+    shard: &Shard,
+    group: u32,
+    from: u32,
+    theirs: &BTreeMap<Pair, u64>,
+    ours: &BTreeMap<Pair, u64>,
+    mut send: impl AsyncFnMut(SnapshotChunk) -> Result<(), Status>,
+) -> Result<(u64, u64), Status> {
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for (&pair, &state) in ours {
+        let mut from_seq = theirs.get(&pair).copied().unwrap_or(0) + 1;
+        while from_seq <= state {
+            let limit = SNAPSHOT_CHUNK_ENTRIES.min((state - from_seq + 1) as usize);
+            let mut read = shard
+                .read_origin(pair.0, pair.1, from_seq, limit)
+                .await
+                .map_err(|error| Status::internal(format!("snapshot read: {error}")))?;
+            if read.first().is_none_or(|entry| entry.seq != from_seq) {
+                return Err(Status::internal(format!(
+                    "snapshot: origin {pair:?} seq {from_seq} is not in the shard (retention?)"
+                )));
+            }
+            from_seq = read.last().map_or(from_seq, |entry| entry.seq + 1);
+            while !read.is_empty() {
+                let rest = read.split_off(entries_fitting(&read, SNAPSHOT_CHUNK_BYTES_MAX));
+                let batch = std::mem::replace(&mut read, rest);
+                entries += batch.len() as u64;
+                let chunk = entries_chunk(group, from, pair, batch);
+                bytes += chunk.batch.len() as u64;
+                send(chunk).await?;
+            }
+        }
+    }
+    Ok((entries, bytes))
+}
+
+/// How many of `entries`, from the first, make a `PushBatch` of at most
+/// `bytes_max` bytes; at least one (an entry fits a chunk alone: see
+/// `limits.rs`).
+fn entries_fitting(entries: &[LogEntry], bytes_max: usize) -> usize {
+    let mut bytes = 16; // the pair's fields
+    let count = entries
+        .iter()
+        .take_while(|entry| {
+            let size = prost::Message::encoded_len(*entry);
+            bytes += size + prost::encoding::encoded_len_varint(size as u64) + 1;
+            bytes <= bytes_max
+        })
+        .count();
+    count.max(1)
+}
+
+/// One chunk of a snapshot of entries, exactly as versions before the
+/// snapshots of blocks sent and read it: `batch` is an encoded `PushBatch`
+/// of `pair` whose `entries` are `entries` (their seqs the origin's, one
+/// after the other), `crc32` the crc of those bytes; nothing else is set.
+pub fn entries_chunk(group: u32, from: u32, pair: Pair, entries: Vec<LogEntry>) -> SnapshotChunk {
+    let batch = PushBatch { follower_id: pair.0, shard: pair.1, entries, blocks: Vec::new() };
+    let batch = prost::Message::encode_to_vec(&batch);
+    let crc32 = crc32fast::hash(&batch);
+    SnapshotChunk { group, from, batch: batch.into(), crc32, ..Default::default() }
+}
+
 /// The chunk that ends a snapshot: the `MsgSnapshot` and the state
 /// (`watermarks` after entry `applied`) the receiver's machine becomes.
 pub fn last_chunk(
@@ -457,5 +649,47 @@ mod tests {
         let decoded: Vec<Message> =
             batch.messages.iter().map(|bytes| Message::parse_from_carllerche_bytes(bytes).unwrap()).collect();
         assert_eq!(decoded, messages);
+    }
+
+    fn entry(seq: u64, body_bytes: usize) -> LogEntry {
+        LogEntry {
+            node_id: 7,
+            shard: 1,
+            seq,
+            timestamp_ns: seq as i64,
+            tags: [("app".to_string(), "web".to_string())].into_iter().collect(),
+            body: vec![b'x'; body_bytes].into(),
+        }
+    }
+
+    #[test]
+    fn an_entries_chunk_is_what_earlier_versions_read() {
+        let entries: Vec<LogEntry> = (5..=9).map(|seq| entry(seq, 100)).collect();
+        let chunk = entries_chunk(3, 1, (7, 1), entries.clone());
+        // What a receiver before the snapshots of blocks read: `batch` and
+        // its crc, parsed as a pushed batch of entries; nothing else.
+        assert_eq!((chunk.group, chunk.from), (3, 1));
+        assert_eq!(crc32fast::hash(&chunk.batch), chunk.crc32);
+        assert!(chunk.batches.is_empty() && chunk.block_tags.is_empty() && chunk.raft_message.is_empty());
+        assert!(chunk.watermarks.is_empty() && chunk.members.is_empty() && chunk.applied == 0);
+        let parsed = crate::replication::batch::PushedBatch::parse(chunk.batch.clone()).unwrap();
+        assert_eq!((parsed.follower_id, parsed.shard), (7, 1));
+        assert_eq!(parsed.seqs().collect::<Vec<_>>(), (5..=9).collect::<Vec<_>>());
+        let decoded = <PushBatch as prost::Message>::decode(chunk.batch).unwrap();
+        assert!(decoded.blocks.is_empty());
+        assert_eq!(decoded.entries, entries);
+    }
+
+    #[test]
+    fn entries_are_cut_into_batches_under_the_byte_bound_and_a_large_one_goes_alone() {
+        let entries: Vec<LogEntry> = (1..=10).map(|seq| entry(seq, 1000)).collect();
+        let one = prost::Message::encoded_len(&entries[0]) + 3;
+        let fitting = entries_fitting(&entries, 16 + one * 4);
+        assert_eq!(fitting, 4);
+        let chunk = entries_chunk(0, 1, (7, 1), entries[..fitting].to_vec());
+        assert!(chunk.batch.len() <= 16 + one * 4, "{} bytes", chunk.batch.len());
+        assert_eq!(entries_fitting(&entries, 16 + one * 4 - 1), 3);
+        assert_eq!(entries_fitting(&entries, 10), 1, "an entry too large for the bound still goes");
+        assert_eq!(entries_fitting(&entries, usize::MAX / 2), 10);
     }
 }
