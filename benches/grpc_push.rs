@@ -139,7 +139,8 @@ fn main() {
                     closing: Rc::new(|| false),
                 });
                 let started = thread_cpu_us();
-                transport::serve_connection(stream, Rc::new(Sink { entries: received }), options).await;
+                let peer = wormdb::net::Peer::default();
+                transport::serve_connection(stream, peer, Rc::new(Sink { entries: received }), options).await;
                 server_cpu.store(thread_cpu_us() - started, Ordering::Relaxed);
             })
             .unwrap()

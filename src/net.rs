@@ -1,5 +1,6 @@
-//! glommio's sockets as tokio `AsyncRead` + `AsyncWrite`, which hyper (via
-//! `hyper_util::rt::TokioIo`) and h2 expect.
+//! Connections as the front doors see them: glommio's sockets as tokio
+//! `AsyncRead` + `AsyncWrite`, which hyper (via `hyper_util::rt::TokioIo`)
+//! and h2 expect, and who is at the other end ([`Peer`]).
 //!
 //! `tokio_util::compat::Compat` does the same, but zeroes all of a read
 //! buffer's unfilled space on every read, because it cannot trust the inner
@@ -12,12 +13,67 @@
 //! one zeroing of the bytes it may fill.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
 pub use crate::limits::NET_READ_WINDOW_BYTES as READ_WINDOW_BYTES;
+
+/// Who is at the other end of an accepted connection, as its transport
+/// proved it. Handlers decide from it (and from a token in the request)
+/// what the call may do (DESIGN.md section 10).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address, when known.
+    pub addr: Option<SocketAddr>,
+    /// What its client certificate names, once the TLS layer verified it
+    /// against `--tls-client-ca` (`None`: plaintext, or no certificate).
+    pub identity: Option<Identity>,
+}
+
+impl Peer {
+    /// A peer at `addr` that proved nothing.
+    pub fn at(addr: Option<SocketAddr>) -> Peer {
+        Peer { addr, identity: None }
+    }
+}
+
+/// What a verified client certificate names (its DNS SAN, or its CN).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// `follower-<id>`: the follower node `id`.
+    Follower(u32),
+    /// `node-<id>`: the tier member `id`.
+    Node(u32),
+    /// Any other name: a client of the node, trusted by the CA, with no
+    /// role of its own.
+    Other(String),
+}
+
+impl Identity {
+    /// The identity a certificate name stands for.
+    pub fn from_name(name: &str) -> Identity {
+        let id =
+            |prefix: &str| name.strip_prefix(prefix).filter(|id| !id.starts_with('+')).and_then(|id| id.parse().ok());
+        match (id("follower-"), id("node-")) {
+            (Some(id), _) => Identity::Follower(id),
+            (_, Some(id)) => Identity::Node(id),
+            _ => Identity::Other(name.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Follower(id) => write!(out, "follower-{id}"),
+            Identity::Node(id) => write!(out, "node-{id}"),
+            Identity::Other(name) => out.write_str(name),
+        }
+    }
+}
 
 /// A futures-io stream (a glommio `TcpStream`) as a tokio stream.
 #[derive(Debug)]
@@ -67,6 +123,16 @@ impl<S: AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_names_map_to_identities() {
+        assert_eq!(Identity::from_name("follower-7"), Identity::Follower(7));
+        assert_eq!(Identity::from_name("node-3"), Identity::Node(3));
+        for other in ["follower-", "follower-x", "node--1", "node-+1", "node-4294967296", "client", "Node-1"] {
+            assert_eq!(Identity::from_name(other), Identity::Other(other.to_string()), "{other}");
+        }
+        assert_eq!(Identity::Follower(12).to_string(), "follower-12");
+    }
     use tokio::io::AsyncRead as _;
 
     /// A reader that hands out `data` in reads of at most `step` bytes and

@@ -65,7 +65,8 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
         open.set(open.get() + 1);
         let (services, options, open) = (services.clone(), options.clone(), open.clone());
         glommio::spawn_local(async move {
-            grpc_transport::serve_connection(stream, services, options).await;
+            let peer = crate::net::Peer::at(stream.peer_addr().ok());
+            grpc_transport::serve_connection(stream, peer, services, options).await;
             open.set(open.get() - 1);
         })
         .detach();

@@ -381,7 +381,13 @@ fn serve(service: Rc<EarlierVersion>) -> SocketAddr {
     glommio::spawn_local(async move {
         loop {
             let Ok(stream) = listener.accept().await else { continue };
-            glommio::spawn_local(serve_connection(stream, service.clone(), options.clone())).detach();
+            glommio::spawn_local(serve_connection(
+                stream,
+                wormdb::net::Peer::default(),
+                service.clone(),
+                options.clone(),
+            ))
+            .detach();
         }
     })
     .detach();

@@ -38,6 +38,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use super::frame::{self, Decoder, FrameError};
 use super::status::{self, Code, Status};
 use crate::limits;
+use crate::net::Peer;
 
 /// How often an idle connection is pinged, and how long a pong may take.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -156,6 +157,8 @@ async fn send_flow_controlled(stream: &mut SendStream<Bytes>, mut data: Bytes, e
 pub struct Call {
     /// The request headers.
     pub headers: HeaderMap,
+    /// Who sent it (the connection's peer).
+    pub peer: Rc<Peer>,
     /// The request messages.
     pub messages: MessageStream,
     respond: Option<h2::server::SendResponse<Bytes>>,
@@ -256,8 +259,14 @@ fn h2_server_builder() -> h2::server::Builder {
 
 /// Serves one accepted connection until the peer closes it, keepalive
 /// finds it dead, or the node shuts down.
-pub async fn serve_connection<S: Service>(stream: glommio::net::TcpStream, service: Rc<S>, options: Rc<ServerOptions>) {
+pub async fn serve_connection<S: Service>(
+    stream: glommio::net::TcpStream,
+    peer: Peer,
+    service: Rc<S>,
+    options: Rc<ServerOptions>,
+) {
     let _ = stream.set_nodelay(true);
+    let peer = Rc::new(peer);
     let mut connection = match h2_server_builder().handshake::<Io, Bytes>(Io::new(stream)).await {
         Ok(connection) => connection,
         Err(error) => {
@@ -292,7 +301,8 @@ pub async fn serve_connection<S: Service>(stream: glommio::net::TcpStream, servi
                 Some(Some(Ok((request, respond)))) => {
                     let service = service.clone();
                     let max_message_bytes = options.max_message_bytes;
-                    glommio::spawn_local(run_call(request, respond, service, max_message_bytes)).detach();
+                    let peer = peer.clone();
+                    glommio::spawn_local(run_call(request, respond, peer, service, max_message_bytes)).detach();
                 }
             }
         }
@@ -328,6 +338,7 @@ async fn keepalive(mut ping_pong: h2::PingPong) {
 async fn run_call<S: Service>(
     request: Request<RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
+    peer: Rc<Peer>,
     service: Rc<S>,
     max_message_bytes: usize,
 ) {
@@ -344,6 +355,7 @@ async fn run_call<S: Service>(
     let mut call = Call {
         messages: MessageStream::new(body, max_message_bytes),
         headers: parts.headers,
+        peer,
         respond: Some(respond),
         stream: None,
         pending: BytesMut::new(),

@@ -24,6 +24,7 @@ use crate::limits::{
     ACCEPT_RETRY_DELAY, HTTP_CONNECTIONS_PER_CORE_MAX, HTTP_ENTRIES_PER_REQUEST_MAX, HTTP_STREAM_CHUNKS_BUFFERED,
     HTTP_STREAM_CHUNK_BYTES,
 };
+use crate::net::Peer;
 use crate::node::peers::ShardReport;
 use crate::node::{Core, InFlight};
 use crate::proto::WriteRequest;
@@ -54,6 +55,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let peer = Arc::new(Peer::at(stream.peer_addr().ok()));
         connections.set(connections.get() + 1);
         let core = core.clone();
         let connections = connections.clone();
@@ -61,9 +63,11 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
         let header_read_timeout = core.config.header_read_timeout;
         glommio::spawn_local(async move {
             let io = TokioIo::new(crate::net::TokioStream::new(stream));
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let core = core.clone();
                 let body_budget = body_budget.clone();
+                // Handlers find who sent the request among its extensions.
+                request.extensions_mut().insert(peer.clone());
                 async move { Ok::<_, Infallible>(handle(core, &body_budget, request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()

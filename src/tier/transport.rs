@@ -562,7 +562,7 @@ fn entries_fitting(entries: &[LogEntry], bytes_max: usize) -> usize {
 /// of `pair` whose `entries` are `entries` (their seqs the origin's, one
 /// after the other), `crc32` the crc of those bytes; nothing else is set.
 pub fn entries_chunk(group: u32, from: u32, pair: Pair, entries: Vec<LogEntry>) -> SnapshotChunk {
-    let batch = PushBatch { follower_id: pair.0, shard: pair.1, entries, blocks: Vec::new() };
+    let batch = PushBatch { durable_seq: 0, follower_id: pair.0, shard: pair.1, entries, blocks: Vec::new() };
     let batch = prost::Message::encode_to_vec(&batch);
     let crc32 = crc32fast::hash(&batch);
     SnapshotChunk { group, from, batch: batch.into(), crc32, ..Default::default() }

@@ -64,7 +64,8 @@ pub fn start(hint: Option<LeaderHint>) -> NotLeader {
             let options = Rc::new(ServerOptions { max_message_bytes: 1 << 20, closing: Rc::new(|| false) });
             loop {
                 let Ok(stream) = listener.accept().await else { continue };
-                glommio::spawn_local(serve_connection(stream, service.clone(), options.clone())).detach();
+                let peer = wormdb::net::Peer::default();
+                glommio::spawn_local(serve_connection(stream, peer, service.clone(), options.clone())).detach();
             }
         })
         .unwrap();
