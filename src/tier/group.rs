@@ -170,6 +170,10 @@ pub struct Group {
     pending: Option<Ready>,
     last_leader: (u64, u64),
     group: u32,
+    /// Read requests taken while leading before an entry of this term
+    /// committed: raft-rs would drop them without a word (see
+    /// [`Group::read_index`]); asked once it can answer.
+    deferred_reads: Vec<Vec<u8>>,
 }
 
 impl Group {
@@ -245,7 +249,15 @@ impl Group {
             ..Config::default()
         };
         let node = RawNode::new(&config, storage.clone(), logger).expect("the configuration is valid");
-        Group { node, storage, retained: RAFT_LOG_RETAINED_ENTRIES, pending: None, last_leader: (0, 0), group }
+        Group {
+            node,
+            storage,
+            retained: RAFT_LOG_RETAINED_ENTRIES,
+            pending: None,
+            last_leader: (0, 0),
+            group,
+            deferred_reads: Vec::new(),
+        }
     }
 
     /// Keeps `entries` (at least 1) behind the applied index instead of
@@ -286,13 +298,39 @@ impl Group {
     }
 
     /// Asks for a linearizable read point; the answer comes back in a later
-    /// [`Work::read_states`] with `context`.
+    /// [`Work::read_states`] with `context`, unless the leadership moves
+    /// first (the caller then fails the read itself: no answer comes).
+    ///
+    /// raft-rs drops a read a new leader takes before an entry of its term
+    /// committed (it cannot know the commit index yet), and says nothing:
+    /// the reader would wait for its timeout (a follower's watermark read
+    /// right after a leadership transfer waited 10 s that way). Such a
+    /// read is held here and asked once the term's first entry commits.
     pub fn read_index(&mut self, context: Vec<u8>) -> Result<(), Error> {
         if self.node.raft.state != StateRole::Leader {
             return Err(self.not_leader());
         }
-        self.node.read_index(context);
+        if self.node.raft.commit_to_current_term() {
+            self.node.read_index(context);
+        } else {
+            self.deferred_reads.push(context);
+        }
         Ok(())
+    }
+
+    /// Asks the held reads once raft-rs can answer them; forgets them when
+    /// this replica no longer leads (their readers were failed then).
+    fn ask_deferred_reads(&mut self) {
+        if self.deferred_reads.is_empty() {
+            return;
+        }
+        if self.node.raft.state != StateRole::Leader {
+            self.deferred_reads.clear();
+        } else if self.node.raft.commit_to_current_term() {
+            for context in std::mem::take(&mut self.deferred_reads) {
+                self.node.read_index(context);
+            }
+        }
     }
 
     /// The refusal for a request that needs the leader, with the leader's
@@ -328,6 +366,7 @@ impl Group {
     /// asking again.
     pub fn ready(&mut self) -> Option<Work> {
         assert!(self.pending.is_none(), "a round is already out: call persisted first");
+        self.ask_deferred_reads();
         if !self.node.has_ready() {
             return None;
         }
@@ -599,6 +638,39 @@ mod tests {
             .map(|(replica, _)| *replica)
             .collect();
         assert_eq!(hellos.len(), 3, "{hellos:?}");
+    }
+
+    #[test]
+    fn a_read_taken_before_the_new_leader_commits_in_its_term_is_answered() {
+        let voters = [1, 2, 3];
+        let mut groups: Vec<Group> = voters.iter().map(|&id| Group::new(id, 0, &voters, None, &logger())).collect();
+        for _ in 0..2 * ELECTION_TICKS {
+            groups[0].tick();
+        }
+        let mut asked = false;
+        let mut answered = Vec::new();
+        for _ in 0..100 {
+            if groups[0].is_leader() && !asked {
+                assert!(!groups[0].node.raft.commit_to_current_term(), "the term's first entry is not committed yet");
+                groups[0].read_index(b"early".to_vec()).unwrap();
+                asked = true;
+            }
+            let mut outbox = Vec::new();
+            for group in groups.iter_mut() {
+                while let Some(work) = group.ready() {
+                    answered.extend(work.read_states.iter().map(|read| read.request_ctx.clone()));
+                    outbox.extend(work.messages);
+                    outbox.extend(work.persisted_messages);
+                    outbox.extend(group.persisted().messages);
+                }
+            }
+            for message in outbox {
+                let to = message.to as usize - 1;
+                groups[to].step(message).unwrap();
+            }
+        }
+        assert!(asked, "replica 1 was elected");
+        assert_eq!(answered, vec![b"early".to_vec()], "the early read is answered, once");
     }
 
     /// Three replicas with replica 0 leading and `entries` proposals
