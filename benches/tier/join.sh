@@ -7,7 +7,9 @@
 # PROMOTE_LAG_ENTRIES of each leader's), the MB/s of segment data it gained
 # over that time, and the follower's ingest during the join against before.
 # At the end the load stops, the follower drains, and node 4's entries per
-# group must equal the others'.
+# group must equal the others'. Beside it, the longest time the follower's
+# acked seq stood still with entries unacknowledged, per shard, during the
+# join (tier.py stalls).
 # Bounded: wrk has a duration; every wait at most WAIT_TIMEOUT s.
 # Usage: benches/tier/join.sh   (LOAD=40 MEASURE=10 CONNS=16 RATE=max
 #        WAIT_TIMEOUT=300; TIER_CPUS and FOLLOWER_CPUS pin with taskset;
@@ -34,6 +36,10 @@ sleep "$MEASURE"
 e1=$(stat_sum "$follower" ingest_entries)
 t1=$(now)
 
+# The follower's longest ack stall from here until node 4 is a voter.
+python3 "$tier_py" stalls --follower "$follower" --until "$work/promoted" --timeout "$WAIT_TIMEOUT" > "$work/stalls.json" &
+stalls_pid=$!
+bg_pids+=("$stalls_pid")
 since=$(now)
 # shellcheck disable=SC2086 # ARCHIVE_ARGS holds words
 start t4 "$TIER_CPUS" "$SHARDS" --node-id 4 --join "${node_grpc[t1]}" $ARCHIVE_ARGS
@@ -55,6 +61,8 @@ while time.time() - start < timeout:
 sys.exit(1)
 PY
 ) || { echo "node 4 was not promoted within $WAIT_TIMEOUT s"; exit 1; }
+touch "$work/promoted"
+wait "$stalls_pid"
 e2=$(stat_sum "$follower" ingest_entries)
 read -r disk4 entries4 <<< "$(stat_sum "${node_http[t4]}" disk_bytes entries)"
 python3 - "$since" "$joined" "$promoted" "$disk4" "$entries4" "$e0" "$t0" "$e1" "$t1" "$e2" <<'PY'
@@ -66,6 +74,13 @@ print(f"node 4: learner of every group {joined - since:.2f} s after its start co
 before = (e1 - e0) / (t1 - t0)
 during = (e2 - e1) / (promoted - t1)
 print(f"follower ingest: {before:,.0f} entries/s before the join, {during:,.0f} entries/s during it ({during / before:.1%})")
+PY
+python3 - "$work/stalls.json" <<'PY'
+import json, sys
+stalls = json.load(open(sys.argv[1]))
+polls = stalls.pop("polls")
+print(f"longest ack stall per follower shard during the join (from its /v1/stats, {polls} polls): "
+      + ", ".join(f"shard {shard}: {seconds:.3f} s" for shard, seconds in stalls.items()))
 PY
 kill "$wrk_pid" 2>/dev/null || true
 wait "$wrk_pid" 2>/dev/null || true

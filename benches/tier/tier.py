@@ -320,6 +320,33 @@ def cmd_wait_drained(args):
     return 1
 
 
+def cmd_stalls(args):
+    """Watches the follower's acks until the file --until exists (or
+    --timeout): per shard, the longest time its acked seq stood still while
+    it had entries the leader had not acknowledged, ended by an ack (a stall
+    as the follower sees it). Resolution: one poll every --poll-ms plus the poll's
+    own time. Prints {"shard": seconds, ..., "polls": n}."""
+    start = time.monotonic()
+    progress = {}  # shard -> (acked seq, when it last moved or the lag was 0)
+    longest = {}
+    polls = 0
+    while not os.path.exists(args.until) and time.monotonic() - start < args.timeout:
+        stats = get_json(args.follower, "/v1/stats", timeout=5)
+        now = time.monotonic()
+        polls += 1
+        for shard, s in follower_shards(stats).items():
+            replication = s.get("replication") or {}
+            acked, lag = replication.get("acked_seq") or 0, replication.get("lag_entries") or 0
+            before = progress.get(shard)
+            if before is None or acked != before[0] or lag == 0:
+                if before is not None and acked != before[0]:
+                    longest[shard] = max(longest.get(shard, 0), now - before[1])
+                progress[shard] = (acked, now)
+        time.sleep(args.poll_ms / 1000)
+    print(json.dumps({**{str(k): round(v, 3) for k, v in sorted(longest.items())}, "polls": polls}))
+    return 0
+
+
 def metric_sum(addr, name):
     body = get(addr, "/metrics")
     if body is None:
@@ -519,6 +546,12 @@ def main():
     p.add_argument("--follower", required=True)
     p.add_argument("--timeout", type=float, default=120)
     p.set_defaults(run=cmd_wait_drained)
+    p = sub.add_parser("stalls")
+    p.add_argument("--follower", required=True)
+    p.add_argument("--until", required=True, help="stop once this file exists")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--poll-ms", type=float, default=20)
+    p.set_defaults(run=cmd_stalls)
     p = sub.add_parser("metric")
     p.add_argument("addr")
     p.add_argument("names", nargs="+")
