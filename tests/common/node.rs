@@ -350,11 +350,23 @@ pub fn writers(
 }
 
 /// A free TCP port on 127.0.0.1, for a server that must be named before it
-/// starts (a tier member). Freed again at once: a test races only with
-/// other processes binding ephemeral ports, which the kernel hands out in
-/// rotation.
+/// starts (a tier member). Freed again at once, so a test races with other
+/// processes binding ephemeral ports.
+///
+/// Never the same port twice in one test process: the kernel may hand a
+/// port it just gave out to the next `bind(0)` once the probe socket is
+/// closed (seen: members 1 and 2 of one tier on one port), and nodes
+/// listen with SO_REUSEPORT, so both would listen on it and take each
+/// other's calls.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Every entry a node serves, by id: (node, shard, seq) → bodies (more
