@@ -304,10 +304,28 @@ fn every_refusal_has_its_status_is_counted_and_stores_nothing() {
         assert_eq!(replay(addr, Some("f7"), 7).await.unwrap(), 5);
     });
     assert_eq!(stored(&node).len(), 3 + 2 + 5);
+
+    // `wormdb restore` presents the follower's token from --token-file.
+    let f7 = write_file(dir.path(), "f7.secret", &format!("{}\n", secret("f7")));
+    let restore = |token_file: Option<&Path>, data_dir: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wormdb"));
+        command.args(["restore", "--from", &node.grpc_addr, "--follower-id", "7", "--shards", "1", "--data-dir"]);
+        command.arg(dir.path().join(data_dir));
+        if let Some(path) = token_file {
+            command.arg("--token-file").arg(path);
+        }
+        command.output().unwrap()
+    };
+    let refused = restore(None, "restore-a");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"), "{refused:?}");
+    let restored = restore(Some(&f7), "restore-b");
+    assert!(restored.status.success(), "{restored:?}");
+    assert!(String::from_utf8_lossy(&restored.stdout).contains("shard 0: restored 5 entries"), "{restored:?}");
     let stats = curl("GET", &node.url("/v1/stats"), Some(&bearer("prom")), None);
     assert_eq!(stats.status, 200, "/v1/stats is a metrics call");
     assert_eq!(curl("GET", &node.url("/v1/cluster"), Some(&bearer("ops")), None).status, 200, "admin covers it too");
-    assert_eq!(failures(&node, "missing"), 4, "nothing refused since");
+    assert_eq!(failures(&node, "missing"), 5, "the restore without a token, and nothing else since");
 }
 
 #[test]
@@ -606,6 +624,16 @@ fn a_tier_and_its_follower_run_on_tokens_alone() {
             .sum();
         assert_eq!(refused, 0, "every call of the tier and the follower was let through:\n{metrics}");
     }
+    let status = Command::new(env!("CARGO_BIN_EXE_wormdb"))
+        .args(["cluster", "status", "--json", "--to", &tier.grpc[0], "--token-file", ops.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let document: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(document["members"].as_array().unwrap().len(), 3, "{document}");
+    let refused =
+        Command::new(env!("CARGO_BIN_EXE_wormdb")).args(["cluster", "status", "--to", &tier.grpc[0]]).output().unwrap();
+    assert!(!refused.status.success(), "without --token-file: {refused:?}");
     node::set_bearer(None);
     let members_refuse = curl("GET", &tier.nodes[0].url("/v1/entries"), None, None);
     assert_eq!(members_refuse.status, 401, "the members still refuse a caller without a token");
