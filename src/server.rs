@@ -101,15 +101,7 @@ fn bind_all(
 
 /// Runs a node until `stop` is set and every core has shut down.
 pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
-    let cpus = crate::runtime::allowed_cpus();
-    crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
-    // Before anything in the directory is opened, and held until every
-    // core has shut down: a second node (or `cluster recover`) on the same
-    // directory is refused.
-    let _lock = crate::runtime::lock::DataDirLock::acquire(&config.data_dir).map_err(|error| error.to_string())?;
-
+    // Before anything is created or bound: a refused start leaves no trace.
     let listeners = [("--http-addr", config.http_addr), ("--grpc-addr", config.grpc_addr)];
     let (tokens, mtls) = (config.auth_tokens.is_some(), config.tls_client_ca.is_some());
     crate::auth::refuse_unsafe_default(&listeners, tokens, mtls, config.insecure)?;
@@ -124,6 +116,15 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let secret = crate::auth::read_secret_file("--peer-token-file", path)?;
         crate::grpc::transport::set_default_bearer(&secret).map_err(|error| format!("--peer-token-file: {error}"))?;
     }
+
+    let cpus = crate::runtime::allowed_cpus();
+    crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| format!("--data-dir {}: {error}", config.data_dir.display()))?;
+    // Before anything in the directory is opened, and held until every
+    // core has shut down: a second node (or `cluster recover`) on the same
+    // directory is refused.
+    let _lock = crate::runtime::lock::DataDirLock::acquire(&config.data_dir).map_err(|error| error.to_string())?;
 
     // Bind every shard's sockets up front: the first one resolves port 0,
     // the others reuse the port it got.

@@ -6,7 +6,8 @@
 //! enough; SIGHUP rotates tokens under a running push stream;
 //! `--max-connections` closes the connections over it at accept; a
 //! non-loopback bind needs tokens (or `--insecure`); and a tier of three
-//! members and a follower runs on tokens alone.
+//! members and a follower runs on tokens alone. A standard client (tonic)
+//! sends its token as plain metadata and reads the statuses.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -552,6 +553,7 @@ fn a_non_loopback_bind_needs_tokens_or_insecure() {
     let exposed = ["--http-addr", "0.0.0.0:0", "--grpc-addr", "127.0.0.1:0"];
     let (started, log) = serve(&dir.path().join("a"), &exposed);
     assert!(started.is_none(), "refused:\n{log}");
+    assert!(!dir.path().join("a").exists(), "a refused start creates nothing");
     for needle in ["--http-addr 0.0.0.0:0", "--auth-tokens", "--tls-client-ca", "--insecure"] {
         assert!(log.contains(needle), "{needle} in\n{log}");
     }
@@ -637,4 +639,43 @@ fn a_tier_and_its_follower_run_on_tokens_alone() {
     node::set_bearer(None);
     let members_refuse = curl("GET", &tier.nodes[0].url("/v1/entries"), None, None);
     assert_eq!(members_refuse.status, 401, "the members still refuse a caller without a token");
+}
+
+#[test]
+fn a_standard_client_sends_its_token_as_metadata() {
+    use http::uri::PathAndQuery;
+    use tonic::transport::Endpoint;
+    use tonic_prost::ProstCodec;
+
+    let dir = common::durable_temp_dir();
+    let tokens = tokens_file(dir.path());
+    let node = TestNode::start(&dir.path().join("data"), &["--shards", "2", "--auth-tokens", tokens.to_str().unwrap()]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let channel = Endpoint::from_shared(format!("http://{}", node.grpc_addr)).unwrap().connect().await.unwrap();
+        let client = tonic::client::Grpc::new(channel);
+        let call = |token: Option<&str>, count: usize| {
+            let mut request = tonic::Request::new(write_request(count));
+            if let Some(name) = token {
+                request.metadata_mut().insert("authorization", bearer(name).parse().unwrap());
+            }
+            let codec = ProstCodec::<WriteRequest, WriteResponse>::default();
+            let mut client = client.clone();
+            async move {
+                client.ready().await.unwrap();
+                client.unary(request, PathAndQuery::from_static(WRITE), codec).await
+            }
+        };
+        assert_eq!(call(None, 2).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(call(Some("nobody"), 2).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(call(Some("reader"), 2).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+        let written = call(Some("shipper"), 2).await.unwrap().into_inner();
+        assert_eq!(written.last_seq - written.first_seq, 1);
+        call(Some("slow"), 100).await.unwrap();
+        let over = call(Some("slow"), 100).await.unwrap_err();
+        assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
+        let pushback: u64 = over.metadata().get("grpc-retry-pushback-ms").unwrap().to_str().unwrap().parse().unwrap();
+        assert!((1..=1000).contains(&pushback), "{pushback}");
+    });
+    assert_eq!(stored(&node).len(), 2 + 100);
 }
