@@ -77,6 +77,17 @@ pub struct Settings {
     pub header_read_timeout: Option<String>,
     /// `--shutdown-timeout` (`10s`)
     pub shutdown_timeout: Option<String>,
+    /// `--auth-tokens` (the token file, DESIGN.md section 10)
+    pub auth_tokens: Option<PathBuf>,
+    /// `--peer-token-file` (the secret this node presents on its own calls)
+    pub peer_token_file: Option<PathBuf>,
+    /// `--max-connections` (per listener)
+    pub max_connections: Option<usize>,
+    /// `--insecure` (serve beyond loopback with neither tokens nor mTLS)
+    pub insecure: Option<bool>,
+    /// `--tls-client-ca` (mutual TLS). Read here only so that the refusal
+    /// of the unsafe default knows of it; the TLS layer owns the flag.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -108,6 +119,11 @@ impl Settings {
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
             header_read_timeout: self.header_read_timeout.or(base.header_read_timeout),
             shutdown_timeout: self.shutdown_timeout.or(base.shutdown_timeout),
+            auth_tokens: self.auth_tokens.or(base.auth_tokens),
+            peer_token_file: self.peer_token_file.or(base.peer_token_file),
+            max_connections: self.max_connections.or(base.max_connections),
+            insecure: self.insecure.or(base.insecure),
+            tls_client_ca: self.tls_client_ca.or(base.tls_client_ca),
         }
     }
 }
@@ -161,6 +177,17 @@ pub struct NodeConfig {
     /// A connection that does not finish sending a request's headers within
     /// this time is closed.
     pub header_read_timeout: Duration,
+    /// The token file (`--auth-tokens`); `None`: no tokens.
+    pub auth_tokens: Option<PathBuf>,
+    /// The file holding the secret this node presents on its own calls
+    /// (`--peer-token-file`).
+    pub peer_token_file: Option<PathBuf>,
+    /// Connections each listener serves at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Serve beyond loopback with neither tokens nor mTLS (`--insecure`).
+    pub insecure: bool,
+    /// The CA of client certificates (`--tls-client-ca`): mTLS.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Parses `30s`, `15m`, `12h`, `7d` (or a bare number of seconds).
@@ -419,6 +446,18 @@ impl NodeConfig {
                 limits::LEASE_TTL_MIN
             ));
         }
+        let max_connections = settings.max_connections.unwrap_or(limits::CONNECTIONS_PER_LISTENER_DEFAULT);
+        if max_connections == 0 || max_connections > limits::CONNECTIONS_PER_LISTENER_MAX {
+            return Err(format!(
+                "--max-connections {max_connections}: must be between 1 and {} (CONNECTIONS_PER_LISTENER_MAX)",
+                limits::CONNECTIONS_PER_LISTENER_MAX
+            ));
+        }
+        if let Some(ca) = &settings.tls_client_ca {
+            // Until the TLS layer is built in, a node given a client CA
+            // would believe itself protected while serving plaintext.
+            return Err(format!("--tls-client-ca {}: this build has no TLS yet", ca.display()));
+        }
         if join.is_some() && !peers.is_empty() {
             return Err("--join and --peers: a node either forms the tier (--peers) or joins it (--join)".into());
         }
@@ -442,6 +481,11 @@ impl NodeConfig {
             max_body_bytes_in_flight,
             max_pending_appends,
             header_read_timeout,
+            auth_tokens: settings.auth_tokens,
+            peer_token_file: settings.peer_token_file,
+            max_connections,
+            insecure: settings.insecure.unwrap_or(false),
+            tls_client_ca: settings.tls_client_ca,
         })
     }
 }
@@ -495,6 +539,22 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_come_from_flags_or_the_file() {
+        let file: Settings = toml::from_str(
+            "auth-tokens = \"/etc/wormdb/tokens.toml\"\npeer-token-file = \"/etc/wormdb/peer.secret\"\n\
+             max-connections = 500\ninsecure = true\n",
+        )
+        .unwrap();
+        let config = NodeConfig::from_settings(Settings::default().over(file), 1).unwrap();
+        assert_eq!(config.auth_tokens, Some(PathBuf::from("/etc/wormdb/tokens.toml")));
+        assert_eq!(config.peer_token_file, Some(PathBuf::from("/etc/wormdb/peer.secret")));
+        assert_eq!((config.max_connections, config.insecure), (500, true));
+        let defaults = NodeConfig::from_settings(Settings::default(), 1).unwrap();
+        assert_eq!((defaults.max_connections, defaults.insecure), (limits::CONNECTIONS_PER_LISTENER_DEFAULT, false));
+        assert!(defaults.auth_tokens.is_none() && defaults.peer_token_file.is_none());
+    }
+
+    #[test]
     fn peers_parse_and_refuse_with_the_reason() {
         let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=127.0.0.1:7003", 2).unwrap();
         assert_eq!(peers.len(), 3);
@@ -527,6 +587,9 @@ mod tests {
             (Settings { peers: Some("1=127.0.0.1:1".into()), node_id: Some(2), ..Settings::default() }, "--peers"),
             (Settings { leader: Some("no-such-host".into()), ..Settings::default() }, "--leader"),
             (Settings { shutdown_timeout: Some("soon".into()), ..Settings::default() }, "duration"),
+            (Settings { max_connections: Some(0), ..Settings::default() }, "--max-connections 0"),
+            (Settings { max_connections: Some(100_001), ..Settings::default() }, "CONNECTIONS_PER_LISTENER_MAX"),
+            (Settings { tls_client_ca: Some("ca.pem".into()), ..Settings::default() }, "--tls-client-ca"),
         ] {
             let error = NodeConfig::from_settings(settings, 2).unwrap_err();
             assert!(error.contains(flag), "{error}");

@@ -14,6 +14,8 @@
 //!   shutdown.
 //! - [`http`] and [`services`]: the front doors (HTTP API; gRPC
 //!   `WormIngest` and `WormReplication`).
+//! - [`auth`]: who may call the node and how much: bearer tokens with
+//!   scopes, follower and member identities, rate and connection limits.
 //! - [`node`]: one core's state ([`node::Core`]) and what cores ask of
 //!   each other.
 //! - [`tier`]: the archive tier: one raft-rs group per shard replicates
@@ -38,6 +40,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod grpc;

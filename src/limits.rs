@@ -151,7 +151,7 @@ const _: () = assert!(ARCHIVE_GROUP_BYTES_MAX <= PENDING_RAW_BYTES_MAX / 2);
 /// Largest number of HTTP request body bytes one core holds at once (read
 /// or being read, parsed, waiting for their commit), over all its
 /// connections, and the default of `--max-body-bytes-in-flight`. Without
-/// it, [`HTTP_CONNECTIONS_PER_CORE_MAX`] connections each sending a body of the
+/// it, thousands of connections each sending a body of the
 /// 16 MiB default cap could ask one core for 256 GiB. 256 MiB is sixteen
 /// bodies of that cap, far more than a shard's pending batch
 /// ([`PENDING_RAW_BYTES_MAX`]) needs to stay full, and the same budget a
@@ -199,9 +199,20 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// How long an accept loop waits after a failed accept (EMFILE and
 /// friends) before trying again, instead of spinning.
 pub const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
-/// HTTP connections one core serves at once; more are closed on accept.
-/// Each idle connection costs a task and a few KiB of buffers.
-pub const HTTP_CONNECTIONS_PER_CORE_MAX: usize = 16_384;
+/// Default `--max-connections`: connections one listener (HTTP or gRPC)
+/// serves at once over all the node's cores (DESIGN.md section 10); more
+/// are closed at accept and counted.
+pub const CONNECTIONS_PER_LISTENER_DEFAULT: usize = 10_000;
+/// Largest `--max-connections`. Each connection costs a file descriptor, a
+/// task and a few KiB of buffers while idle (an HTTP/2 one may hold up to
+/// its windows while busy, bounded by the push budget); at this bound idle
+/// connections alone take about a GiB, and more would rather call for
+/// more nodes. It replaces the per-core caps of earlier versions (16,384
+/// HTTP and 4096 gRPC connections a core), which a node-wide count makes
+/// moot: the kernel spreads connections over the cores' `SO_REUSEPORT`
+/// sockets.
+pub const CONNECTIONS_PER_LISTENER_MAX: usize = 100_000;
+const _: () = assert!(CONNECTIONS_PER_LISTENER_DEFAULT <= CONNECTIONS_PER_LISTENER_MAX);
 /// Entries in one ingest request (HTTP): a 16 MiB body of the smallest
 /// lines holds about this many.
 pub const HTTP_ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;
@@ -219,8 +230,6 @@ pub const QUERY_LIMIT_MAX: usize = 10_000_000;
 /// Most `tag=` predicates in one query: an entry has at most this many tags,
 /// so more could never match.
 pub const QUERY_TAGS_MAX: usize = ENTRY_TAGS_MAX;
-/// gRPC connections one core serves at once; more are closed on accept.
-pub const GRPC_CONNECTIONS_PER_CORE_MAX: usize = 4096;
 /// Entries one `WormIngest.Write` call may carry (as an HTTP ingest).
 pub const WRITE_ENTRIES_MAX: usize = HTTP_ENTRIES_PER_REQUEST_MAX;
 
@@ -427,3 +436,27 @@ const _: () = assert!(SNAPSHOT_CHUNK_BATCHES_MAX <= PENDING_APPENDS_MAX);
 /// reads them from the block).
 pub const SNAPSHOT_CHUNK_TAG_BYTES_MAX: usize = 4 << 20;
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX + SNAPSHOT_CHUNK_TAG_BYTES_MAX + (1 << 16) <= MESSAGE_BYTES_MAX);
+
+// ---------------------------------------------------------------------------
+// Authentication and abuse limits (DESIGN.md section 10, `crate::auth`).
+// ---------------------------------------------------------------------------
+
+/// Largest `--auth-tokens` file: about ten thousand tables of a few
+/// hundred bytes. Checked before the file is read whole.
+pub const AUTH_TOKEN_FILE_BYTES_MAX: u64 = 4 << 20;
+/// Most `[[token]]` tables in the file. Every call compares the digest of
+/// its secret with each token's in constant time (no early exit): 4096
+/// comparisons of 32 bytes take a few microseconds, once per request or
+/// stream.
+pub const AUTH_TOKENS_MAX: usize = 4096;
+/// Longest token `name`: it shows in logs, error messages and a metric
+/// label.
+pub const AUTH_TOKEN_NAME_BYTES_MAX: usize = 128;
+/// Most `follower_ids` one token may list.
+pub const AUTH_FOLLOWER_IDS_PER_TOKEN_MAX: usize = 4096;
+/// Largest `rate_entries_per_s` of a token: what one node could not ingest
+/// anyway (the load generator's own ceiling).
+pub const AUTH_RATE_ENTRIES_PER_S_MAX: u64 = 1_000_000_000;
+/// Largest secret file (`--peer-token-file`, `--token-file`): a secret is
+/// a line of visible ASCII, `openssl rand -hex 32` makes 64 bytes.
+pub const AUTH_SECRET_FILE_BYTES_MAX: u64 = 4096;

@@ -61,10 +61,27 @@ enum Command {
         /// Shards to restore (0 .. N-1) [default: available cores, as `serve`]
         #[arg(long)]
         shards: Option<usize>,
+        /// A file holding the bearer token to present (a token with the ingest scope, listing the
+        /// follower's id when it lists any)
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Look at and run the archive tier (DESIGN.md section 9).
-    #[command(subcommand)]
-    Cluster(ClusterCommand),
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        token: TokenFile,
+    },
+}
+
+/// `--token-file` of the commands that dial a node.
+#[derive(clap::Args)]
+struct TokenFile {
+    /// A file holding the bearer token to present (`authorization: Bearer`); `status` needs the
+    /// metrics or admin scope, the others admin
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +199,21 @@ struct ServeArgs {
     /// How long shutdown may take to finish requests and drain replication to the leader [default: 10s]
     #[arg(long)]
     shutdown_timeout: Option<String>,
+    /// Bearer tokens (TOML, `[[token]]` tables of name, sha256, scopes): every call but /healthz
+    /// then needs one. Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    auth_tokens: Option<PathBuf>,
+    /// A file holding the secret this node presents (`authorization: Bearer`) on its own calls:
+    /// pushes to its leader, Raft traffic, forwarded writes, join
+    #[arg(long, value_name = "FILE")]
+    peer_token_file: Option<PathBuf>,
+    /// Connections each listener (HTTP, gRPC) serves at once; more are closed at accept [default: 10000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Serve on a non-loopback address with neither --auth-tokens nor --tls-client-ca (anyone who
+    /// reaches the port may write and read everything)
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -206,6 +238,11 @@ impl ServeArgs {
             max_pending_appends: self.max_pending_appends,
             header_read_timeout: self.header_read_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            auth_tokens: self.auth_tokens,
+            peer_token_file: self.peer_token_file,
+            max_connections: self.max_connections,
+            insecure: self.insecure.then_some(true),
+            tls_client_ca: None,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,
@@ -228,11 +265,17 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
-        Command::Restore { from, follower_id, data_dir, shards } => restore(&from, follower_id, data_dir, shards),
-        Command::Cluster(ClusterCommand::Status { to, json }) => cluster_status(&to, json),
-        Command::Cluster(ClusterCommand::Remove { to, node_id }) => cluster_remove(&to, node_id),
-        Command::Cluster(ClusterCommand::Transfer { to, group, node_id }) => cluster_transfer(&to, group, node_id),
-        Command::Cluster(ClusterCommand::Recover { data_dir, node_id }) => cluster_recover(&data_dir, node_id),
+        Command::Restore { from, follower_id, data_dir, shards, token_file } => {
+            use_token_file(token_file.as_deref()).and_then(|()| restore(&from, follower_id, data_dir, shards))
+        }
+        Command::Cluster { command, token } => {
+            use_token_file(token.token_file.as_deref()).and_then(|()| match command {
+                ClusterCommand::Status { to, json } => cluster_status(&to, json),
+                ClusterCommand::Remove { to, node_id } => cluster_remove(&to, node_id),
+                ClusterCommand::Transfer { to, group, node_id } => cluster_transfer(&to, group, node_id),
+                ClusterCommand::Recover { data_dir, node_id } => cluster_recover(&data_dir, node_id),
+            })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -244,8 +287,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and the threads it spawns, so
-/// that only the signal thread receives them.
+/// Makes every call this process dials present the secret in `path`
+/// (`--token-file`).
+fn use_token_file(path: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let secret = wormdb::auth::read_secret_file("--token-file", path)?;
+    wormdb::grpc::transport::set_default_bearer(&secret).map_err(|error| format!("--token-file: {error}"))
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and the threads it
+/// spawns, so that only the signal thread receives them.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a set we own.
     unsafe {
@@ -253,6 +304,7 @@ fn block_shutdown_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -267,12 +319,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || {
+            .spawn(move || loop {
                 let mut signal = 0;
                 // SAFETY: sigwait reads the set we own and writes the number.
                 unsafe { libc::sigwait(&signals, &mut signal) };
+                if signal == libc::SIGHUP {
+                    tracing::info!("SIGHUP: reloading the token file");
+                    wormdb::server::request_reload();
+                    continue;
+                }
                 tracing::info!(signal, "shutting down");
                 stop.store(true, Ordering::Release);
+                break;
             })
             .map_err(|error| format!("cannot start the signal thread: {error}"))?;
     }

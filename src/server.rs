@@ -8,12 +8,16 @@
 //! requests, drains its pusher, closes its shard (which makes everything
 //! accepted durable and acknowledged), and exits.
 //!
+//! SIGHUP ([`request_reload`]): the first core's housekeeping reads the
+//! token file again (`auth::Guard::reload_tokens`); new calls on every
+//! core see the new tokens.
+//!
 //! This is the top of the tree: it may import every layer, and none
 //! imports it.
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +48,16 @@ const TIER_STOP_WAIT: Duration = Duration::from_secs(2);
 /// Set once to stop the node.
 pub type StopFlag = Arc<AtomicBool>;
 
+/// Reloads asked for (SIGHUP) since the process started.
+static RELOAD_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Asks the running node to reload what it can without a restart (its
+/// token file); safe to call from a signal-handling thread. Done within a
+/// housekeeping interval.
+pub fn request_reload() {
+    RELOAD_REQUESTS.fetch_add(1, Ordering::AcqRel);
+}
+
 /// Builds one shard's listening socket: `SO_REUSEPORT` so that every shard
 /// binds the same address and the kernel spreads connections among them.
 fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
@@ -57,10 +71,12 @@ fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::So
     Ok(socket)
 }
 
-/// The listening sockets handed to one core.
+/// The listening sockets handed to one core, and the node's guard of who
+/// may call through them.
 struct Listeners {
     http: i32,
     grpc: i32,
+    guard: Arc<crate::auth::Guard>,
 }
 
 /// Binds `count` `SO_REUSEPORT` sockets on one address; returns the
@@ -85,6 +101,22 @@ fn bind_all(
 
 /// Runs a node until `stop` is set and every core has shut down.
 pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
+    // Before anything is created or bound: a refused start leaves no trace.
+    let listeners = [("--http-addr", config.http_addr), ("--grpc-addr", config.grpc_addr)];
+    let (tokens, mtls) = (config.auth_tokens.is_some(), config.tls_client_ca.is_some());
+    crate::auth::refuse_unsafe_default(&listeners, tokens, mtls, config.insecure)?;
+    let guard = Arc::new(crate::auth::Guard::new(&crate::auth::Settings {
+        auth_tokens: config.auth_tokens.clone(),
+        mtls,
+        max_connections: config.max_connections,
+    })?);
+    // Before the first call out (a join): every call this node makes
+    // presents its peer token.
+    if let Some(path) = &config.peer_token_file {
+        let secret = crate::auth::read_secret_file("--peer-token-file", path)?;
+        crate::grpc::transport::set_default_bearer(&secret).map_err(|error| format!("--peer-token-file: {error}"))?;
+    }
+
     let cpus = crate::runtime::allowed_cpus();
     crate::runtime::ensure_memlock(crate::runtime::MEMLOCK_BYTES_PER_EXECUTOR * config.shards as u64)?;
     std::fs::create_dir_all(&config.data_dir)
@@ -137,8 +169,9 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let peers = senders.clone();
         let stop = stop.clone();
         let handed_over = handed_over.clone();
+        let guard = guard.clone();
         let members = members.clone().map(|members| (members, voters.clone()));
-        let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd() };
+        let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd(), guard };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
             .spawn(move || async move {
@@ -177,6 +210,7 @@ async fn run_core(
     // SAFETY: the fds are listening TCP sockets that this core now owns.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.http) };
     let grpc_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listeners.grpc) };
+    let guard = listeners.guard;
     let follower = FollowerState::new(config.leaders.clone());
     let shard_config = ShardConfig {
         node_id: config.node_id,
@@ -225,9 +259,11 @@ async fn run_core(
     let tier_tasks = tier.as_ref().map(|replica| replica.start()).unwrap_or_default();
     let core = Rc::new(Core::new(shard, config.clone(), peers, follower, tier));
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
-    let accept_task = glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener)).detach();
+    let auth = Rc::new(crate::auth::Local::new(guard.clone()));
+    let accept_task =
+        glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener, auth.clone())).detach();
     tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
-    let grpc_task = glommio::spawn_local(crate::services::accept_loop(core.clone(), grpc_listener)).detach();
+    let grpc_task = glommio::spawn_local(crate::services::accept_loop(core.clone(), grpc_listener, auth)).detach();
     tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
     let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
     // One member-wide look at the leadership balance, from the first core.
@@ -237,8 +273,17 @@ async fn run_core(
     // The shard applies retention at every segment roll itself; this
     // catches segments that age out, and acks that arrive, between rolls.
     let mut since_retention = Duration::ZERO;
+    let mut reloads_seen = RELOAD_REQUESTS.load(Ordering::Acquire);
     while !stop.load(Ordering::Acquire) {
         glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
+        let reloads = RELOAD_REQUESTS.load(Ordering::Acquire);
+        if shard_id == 0 && reloads != reloads_seen {
+            reloads_seen = reloads;
+            // A small file read on this core (at most
+            // AUTH_TOKEN_FILE_BYTES_MAX); errors are logged, and the
+            // tokens in force stay.
+            let _ = guard.reload_tokens();
+        }
         since_retention += HOUSEKEEPING_INTERVAL;
         if since_retention >= RETENTION_INTERVAL {
             since_retention = Duration::ZERO;

@@ -4,8 +4,16 @@
 //! the hand-rolled transport of [`crate::grpc`]. Each call is turned into a
 //! call on the core ([`Core`]); the archive's rules live in
 //! [`crate::replication::leader`], and errors become gRPC statuses here.
+//!
+//! Every call is authorized ([`crate::auth`]) from its metadata and its
+//! connection's certificate before its first message is read; a follower
+//! call is checked again against the follower id its first message names,
+//! before anything is stored. A token's ingest rate refuses a `Write` over
+//! it with `RESOURCE_EXHAUSTED` and a retry pushback, and paces a push
+//! stream (each batch waits until the bucket holds it: flow control, not a
+//! refusal, so a throttled follower's stream is never torn down and
+//! re-pushed).
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,13 +21,14 @@ use std::sync::Arc;
 use futures_channel::oneshot;
 use futures_lite::future;
 
+use crate::auth::{self, Grant, Refusal};
 use crate::codec::block::{validate_entry, with_log_entry_refs};
-use crate::grpc::status::Status;
+use crate::grpc::status::{Code, Status};
 use crate::grpc::transport as grpc_transport;
 use crate::grpc::transport::{Call, LocalFuture, MessageStream, Service};
 use crate::limits::{
-    GRPC_CONNECTIONS_PER_CORE_MAX, PUSH_BATCHES_IN_FLIGHT_MAX, PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX, QUERY_LIMIT_DEFAULT,
-    QUERY_LIMIT_MAX, REPLAY_CHUNK_ENTRIES, WRITE_ENTRIES_MAX,
+    PUSH_BATCHES_IN_FLIGHT_MAX, PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX,
+    REPLAY_CHUNK_ENTRIES, WRITE_ENTRIES_MAX,
 };
 use crate::node::Core;
 use crate::proto::{
@@ -40,15 +49,15 @@ const CHANGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The pause between two tries.
 const CHANGE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Accepts gRPC connections until cancelled, serving each on its own task.
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
-    let services = Rc::new(Services::new(core.clone()));
+/// Accepts gRPC connections until cancelled, serving each on its own task;
+/// `auth` is this core's view of the node's authentication.
+pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, auth: Rc<auth::Local>) {
+    let services = Rc::new(Services::new(core.clone(), auth.clone()));
     let closing = core.clone();
     let options = Rc::new(grpc_transport::ServerOptions {
         max_message_bytes: crate::limits::MESSAGE_BYTES_MAX,
         closing: Rc::new(move || closing.closing.get()),
     });
-    let open = Rc::new(Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -58,19 +67,32 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
                 continue;
             }
         };
-        if open.get() >= GRPC_CONNECTIONS_PER_CORE_MAX {
-            tracing::warn!("grpc: {GRPC_CONNECTIONS_PER_CORE_MAX} connections open on this core; closing a new one");
+        let limit = &auth.guard().grpc_connections;
+        let Some(slot) = limit.admit() else {
+            if limit.refused().is_power_of_two() {
+                tracing::warn!(
+                    limit = limit.max(),
+                    refused = limit.refused(),
+                    "grpc: too many connections (--max-connections); closing new ones"
+                );
+            }
             continue;
-        }
-        open.set(open.get() + 1);
-        let (services, options, open) = (services.clone(), options.clone(), open.clone());
+        };
+        let (services, options) = (services.clone(), options.clone());
         glommio::spawn_local(async move {
             let peer = crate::net::Peer::at(stream.peer_addr().ok());
             grpc_transport::serve_connection(stream, peer, services, options).await;
-            open.set(open.get() - 1);
+            drop(slot);
         })
         .detach();
     }
+}
+
+/// The status of a refused call: `UNAUTHENTICATED` for a caller not
+/// known, `PERMISSION_DENIED` for one whose credential does not cover it.
+fn refusal_status(refusal: Refusal) -> Status {
+    let code = if refusal.reason.is_unauthenticated() { Code::Unauthenticated } else { Code::PermissionDenied };
+    Status::new(code, refusal.message)
 }
 
 /// What a push stream's handler waits for.
@@ -83,21 +105,44 @@ enum Event {
 pub struct Services {
     core: Rc<Core>,
     push_budget: Rc<glommio::sync::Semaphore>,
+    auth: Rc<auth::Local>,
 }
 
 impl Services {
-    /// The services of `core`.
-    pub fn new(core: Rc<Core>) -> Services {
-        Services { core, push_budget: Rc::new(glommio::sync::Semaphore::new(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX)) }
+    /// The services of `core`, authorized by `auth`.
+    pub fn new(core: Rc<Core>, auth: Rc<auth::Local>) -> Services {
+        Services { core, push_budget: Rc::new(glommio::sync::Semaphore::new(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX)), auth }
     }
 
-    async fn write(&self, call: &mut Call) -> Result<(), Status> {
+    /// Whether `grant` may act as follower `id` in `call`; a refusal is
+    /// counted.
+    fn check_follower(&self, grant: &Grant, id: u32, call: &Call) -> Result<(), Status> {
+        grant.check_follower(id).map_err(|refusal| {
+            self.auth.refused(&refusal, &"a follower call", call.peer.addr);
+            refusal_status(refusal)
+        })
+    }
+
+    async fn write(&self, call: &mut Call, grant: &Grant) -> Result<(), Status> {
         let request: WriteRequest = single_message(call).await?;
         if request.entries.is_empty() {
             return Err(Status::invalid_argument("no entries in the WriteRequest"));
         }
         if request.entries.len() > WRITE_ENTRIES_MAX {
             return Err(Status::resource_exhausted(format!("over {WRITE_ENTRIES_MAX} entries in one WriteRequest")));
+        }
+        if let Some(rate) = grant.rate() {
+            if let Err(wait) = rate.take(request.entries.len() as u64) {
+                return Err(Status::resource_exhausted_for(
+                    format!(
+                        "{} is over its rate of {} entries/s; retry in {} ms",
+                        grant.holder(),
+                        rate.entries_per_s(),
+                        wait.as_millis() + 1
+                    ),
+                    wait,
+                ));
+            }
         }
         if let Some(replica) = &self.core.tier {
             // On the tier a write is replicated: validated here, proposed to
@@ -158,7 +203,7 @@ impl Services {
     /// as it is durable). Up to [`PUSH_BATCHES_IN_FLIGHT_MAX`] batches of a
     /// stream are being archived at once (they group-commit on the owner);
     /// acks go out in batch order.
-    async fn push(&self, call: &mut Call, ack_each: bool) -> Result<(), Status> {
+    async fn push(&self, call: &mut Call, grant: &Grant, ack_each: bool) -> Result<(), Status> {
         let mut key = None;
         let mut total = PushAck::default();
         let mut in_flight: VecDeque<(
@@ -195,7 +240,14 @@ impl Services {
                 Event::Batch(Ok(Some(batch))) => {
                     let batch_key = (batch.follower_id, batch.shard);
                     match key {
-                        None => key = Some(batch_key),
+                        None => {
+                            if let Err(status) = self.check_follower(grant, batch.follower_id, call) {
+                                refused = Some(status);
+                                input_done = true;
+                                continue;
+                            }
+                            key = Some(batch_key);
+                        }
                         Some(key) if key != batch_key => {
                             refused = Some(Status::invalid_argument(format!(
                                 "a stream carries one (follower, shard) pair: got ({}, {}) after ({}, {})",
@@ -205,6 +257,12 @@ impl Services {
                             continue;
                         }
                         Some(_) => {}
+                    }
+                    if let Some(rate) = grant.rate() {
+                        // Paced, not refused (see the module doc).
+                        while let Err(wait) = rate.take(batch.len() as u64) {
+                            glommio::timer::sleep(wait).await;
+                        }
                     }
                     let bytes = (batch.message_bytes() as u64).min(PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX);
                     let permit = self
@@ -453,14 +511,16 @@ impl Services {
         call.send(&ClusterStatusResponse { json: document.to_string() }).await
     }
 
-    async fn get_watermark(&self, call: &mut Call) -> Result<(), Status> {
+    async fn get_watermark(&self, call: &mut Call, grant: &Grant) -> Result<(), Status> {
         let request: WatermarkRequest = single_message(call).await?;
+        self.check_follower(grant, request.follower_id, call)?;
         let acked_seq = self.core.archive_watermark(request.follower_id, request.shard).await?;
         call.send(&WatermarkResponse { acked_seq }).await
     }
 
-    async fn replay_from(&self, call: &mut Call) -> Result<(), Status> {
+    async fn replay_from(&self, call: &mut Call, grant: &Grant) -> Result<(), Status> {
         let request: ReplayRequest = single_message(call).await?;
+        self.check_follower(grant, request.follower_id, call)?;
         let (node, shard) = (request.follower_id, request.shard);
         let mut from_seq = request.from_seq.max(1);
         loop {
@@ -497,13 +557,18 @@ impl Service for Services {
             if self.core.closing.get() {
                 return Err(Status::unavailable("shutting down"));
             }
+            let authorization = call.headers.get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
+            let grant = self
+                .auth
+                .authorize(call.peer.identity.as_ref(), authorization, auth::grpc_need(path), &path, call.peer.addr)
+                .map_err(refusal_status)?;
             match path {
-                "/wormdb.v1.WormIngest/Write" => self.write(call).await,
+                "/wormdb.v1.WormIngest/Write" => self.write(call, &grant).await,
                 "/wormdb.v1.WormIngest/Query" => self.query(call).await,
-                "/wormdb.v1.WormReplication/PushEntries" => self.push(call, false).await,
-                "/wormdb.v1.WormReplication/Replicate" => self.push(call, true).await,
-                "/wormdb.v1.WormReplication/GetWatermark" => self.get_watermark(call).await,
-                "/wormdb.v1.WormReplication/ReplayFrom" => self.replay_from(call).await,
+                "/wormdb.v1.WormReplication/PushEntries" => self.push(call, &grant, false).await,
+                "/wormdb.v1.WormReplication/Replicate" => self.push(call, &grant, true).await,
+                "/wormdb.v1.WormReplication/GetWatermark" => self.get_watermark(call, &grant).await,
+                "/wormdb.v1.WormReplication/ReplayFrom" => self.replay_from(call, &grant).await,
                 transport::SEND_PATH => self.raft_send(call).await,
                 transport::WATERMARKS_PATH => self.raft_watermarks(call).await,
                 transport::SNAPSHOT_PATH | transport::SNAPSHOT_BLOCKS_PATH => self.raft_snapshot(call).await,
@@ -524,5 +589,43 @@ fn query_status(error: query::Error) -> Status {
     match error {
         query::Error::ShuttingDown => Status::unavailable("shutting down"),
         error @ query::Error::Shard { .. } => Status::internal(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Need;
+
+    /// Every method [`Services::call`] routes has its own need: none falls
+    /// to the "any credential" of unknown methods, and every peer-to-peer
+    /// method of the tier is members-only.
+    #[test]
+    fn every_routed_method_is_classified() {
+        let source = include_str!("services.rs");
+        let body = &source[source.find("impl Service for Services").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let routed: Vec<&str> = body
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix('"').and_then(|rest| rest.split('"').next()))
+            .collect();
+        assert_eq!(routed.len(), 10, "{routed:?}");
+        for path in routed {
+            assert_ne!(auth::grpc_need(path), Need::Authenticated, "{path}");
+        }
+        for path in [
+            transport::SEND_PATH,
+            transport::WATERMARKS_PATH,
+            transport::SNAPSHOT_PATH,
+            transport::SNAPSHOT_BLOCKS_PATH,
+            transport::WRITE_PATH,
+            transport::CHANGE_PATH,
+        ] {
+            assert_eq!(auth::grpc_need(path), Need::Member, "{path}");
+        }
+        assert_eq!(
+            auth::grpc_need(crate::tier::client::JOIN_PATH),
+            Need::Scope(auth::tokens::Scopes::of(auth::Scope::Admin))
+        );
     }
 }

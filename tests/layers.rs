@@ -26,16 +26,35 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),
     ("config", &["shard", "limits"]),
+    // Who may call, and how much: pure decisions over identities.
+    ("auth", &["net", "limits"]),
     // The archive tier: Raft groups over the replication rules (and the
     // data directory's lock, which its offline recovery takes).
     ("tier", &["replication", "grpc", "shard", "index", "codec", "limits", "proto", "net", "runtime"]),
     // One core's state; it names no front door.
     ("node", &["tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"]),
     // The front doors.
-    ("http", &["node", "tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "net"]),
+    (
+        "http",
+        &[
+            "auth",
+            "node",
+            "tier",
+            "query",
+            "replication",
+            "config",
+            "shard",
+            "index",
+            "codec",
+            "limits",
+            "proto",
+            "net",
+        ],
+    ),
     (
         "services",
         &[
+            "auth",
             "node",
             "tier",
             "query",
@@ -56,6 +75,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "auth",
             "services",
             "http",
             "node",

@@ -265,6 +265,39 @@ fn grpc_write_and_follower_push_agree_with_the_node() {
 }
 
 #[test]
+fn a_node_that_takes_tokens_is_driven_with_token() {
+    let dir = common::durable_temp_dir();
+    let secret = "loadgen-secret";
+    let digest = wormdb::auth::tokens::to_hex(&wormdb::auth::tokens::digest(secret.as_bytes()));
+    let tokens = dir.path().join("tokens.toml");
+    let table =
+        format!("[[token]]\nname = \"bench\"\nsha256 = \"{digest}\"\nscopes = [\"ingest\", \"query\", \"metrics\"]\n");
+    std::fs::write(&tokens, table).unwrap();
+    let node = TestNode::start(&dir.path().join("data"), &["--shards", "2", "--auth-tokens", tokens.to_str().unwrap()]);
+    let run = |protocol: &str, target: &str, extra: &[&str], token: Option<&str>| {
+        let mut args = vec!["--protocol", protocol, "--target", target, "--rate", "2000", "--duration", "1s"];
+        args.extend_from_slice(&["--batch", "100", "--connections", "2", "--verify"]);
+        args.extend_from_slice(extra);
+        if let Some(token) = token {
+            args.extend_from_slice(&["--token", token]);
+        }
+        loadgen(&args)
+    };
+    for (protocol, target, extra) in [
+        ("http", node.base.as_str(), &[][..]),
+        ("grpc", node.grpc_addr.as_str(), &[][..]),
+        ("grpc", node.grpc_addr.as_str(), &["--follower-id", "7"][..]),
+    ] {
+        let output = run(protocol, target, extra, Some(secret));
+        assert!(output.status.success(), "{protocol} {extra:?}: {}", stderr(&output));
+        assert!(stdout(&output).contains("verify:"), "{}", stdout(&output));
+    }
+    let refused = run("http", &node.base, &[], None);
+    assert!(!refused.status.success(), "without --token nothing is acknowledged");
+    assert!(stdout(&refused).contains("http 401") || stderr(&refused).contains("http 401"), "{}", stdout(&refused));
+}
+
+#[test]
 fn bad_flags_and_unreachable_targets_are_clear_errors() {
     let bad_rate = loadgen(&["--target", "http://127.0.0.1:1", "--rate", "fast"]);
     assert_eq!(bad_rate.status.code(), Some(2));

@@ -95,6 +95,10 @@ pub struct Args {
     /// fit in 64 MiB, at most 1024).
     #[arg(long)]
     pub pool_requests: Option<usize>,
+    /// A bearer token to present (`authorization: Bearer SECRET`) on every
+    /// HTTP request and gRPC call, for a node started with `--auth-tokens`.
+    #[arg(long, value_name = "SECRET")]
+    pub token: Option<String>,
 }
 
 /// Wire protocol.

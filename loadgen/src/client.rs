@@ -3,11 +3,12 @@
 //! (the wormdb library's own `Channel`).
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future;
-use http::{header, Method, Request, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -31,6 +32,19 @@ pub const REPLAY_FROM: &str = "/wormdb.v1.WormReplication/ReplayFrom";
 /// Largest HTTP response body read (verification queries are bounded by
 /// their `limit`; ingest answers are tiny).
 pub const RESPONSE_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+/// The `authorization` value of every HTTP request, when `--token` is given.
+static AUTHORIZATION: OnceLock<HeaderValue> = OnceLock::new();
+
+/// Presents `secret` as a bearer token on every request and call from now
+/// on (`--token`): HTTP requests here, gRPC calls through the library's
+/// process-wide default.
+pub fn set_bearer(secret: &str) -> Result<(), String> {
+    wormdb::grpc::transport::set_default_bearer(secret).map_err(|error| format!("--token: {error}"))?;
+    let mut value = HeaderValue::try_from(format!("Bearer {secret}")).map_err(|error| format!("--token: {error}"))?;
+    value.set_sensitive(true);
+    AUTHORIZATION.set(value).map_err(|_| "--token: already set".to_string())
+}
 
 /// What the node answered to a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +143,9 @@ impl HttpClient {
         let mut builder = Request::builder().method(method).uri(uri.clone()).header(header::HOST, &self.authority);
         if let Some(content_type) = content_type {
             builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        if let Some(authorization) = AUTHORIZATION.get() {
+            builder = builder.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = builder.body(Full::new(body)).map_err(|error| Failure {
             kind: "request".into(),

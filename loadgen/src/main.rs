@@ -61,6 +61,9 @@ fn main() -> ExitCode {
 
 fn real_main(args: Args) -> Result<ExitCode, String> {
     cli::validate(&args)?;
+    if let Some(token) = &args.token {
+        client::set_bearer(token)?;
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|cores| cores.get()).unwrap_or(1))

@@ -17,6 +17,10 @@
 //! missing or malformed is dropped (a client with no hint tries the next
 //! address it knows, which is always safe). They are plain custom metadata,
 //! so any gRPC client sees them (tonic's `Status::metadata`).
+//!
+//! A refusal that says when to come back (a token over its ingest rate)
+//! carries [`GRPC_RETRY_PUSHBACK_MS`], the server pushback of gRPC's retry
+//! design (A6): the milliseconds a client should wait before it retries.
 
 use std::time::Duration;
 
@@ -36,6 +40,10 @@ pub const WORMDB_LEADER_ID: &str = "wormdb-leader-id";
 pub const WORMDB_LEADER_ADDR: &str = "wormdb-leader-addr";
 /// Trailer of a [`LeaderHint`]: the term in which that node leads, in decimal.
 pub const WORMDB_TERM: &str = "wormdb-term";
+
+/// Trailer of a refusal that names its retry delay, in decimal
+/// milliseconds (gRPC's server pushback, see the module doc).
+pub const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 
 /// Appended to a `grpc-message` cut at [`STATUS_MESSAGE_BYTES_MAX`].
 const TRUNCATION_MARKER: &str = "...";
@@ -167,6 +175,9 @@ pub struct Status {
     /// The leader the refusing replica knows of (see [`Status::not_leader`]);
     /// `None` on every other status.
     pub leader: Option<LeaderHint>,
+    /// How long the client should wait before it retries
+    /// ([`GRPC_RETRY_PUSHBACK_MS`]); `None` on most statuses.
+    pub retry_pushback: Option<Duration>,
 }
 
 /// ` (leader 2 at 10.0.0.2:50051, term 7)` after a status message, so that
@@ -178,7 +189,7 @@ fn leader_suffix(leader: Option<&LeaderHint>) -> String {
 impl Status {
     /// A status with `code` and `message`, and no leader hint.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into(), leader: None }
+        Status { code, message: message.into(), leader: None, retry_pushback: None }
     }
 
     /// A replica refuses a call because it does not lead what the call
@@ -208,6 +219,12 @@ impl Status {
     /// [`Code::ResourceExhausted`] with `message`.
     pub fn resource_exhausted(message: impl Into<String>) -> Status {
         Status::new(Code::ResourceExhausted, message)
+    }
+
+    /// [`Code::ResourceExhausted`] with `message` and the delay after which
+    /// a retry may succeed ([`GRPC_RETRY_PUSHBACK_MS`]).
+    pub fn resource_exhausted_for(message: impl Into<String>, retry_after: Duration) -> Status {
+        Status { retry_pushback: Some(retry_after), ..Status::resource_exhausted(message) }
     }
 
     /// [`Code::Unimplemented`] with `message`.
@@ -265,6 +282,11 @@ impl Status {
                 headers.insert(WORMDB_TERM, HeaderValue::from(hint.term));
             }
         }
+        if let Some(wait) = self.retry_pushback {
+            // Rounded up: a client that waits this long is not early.
+            let millis = wait.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64;
+            headers.insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(millis));
+        }
         headers
     }
 
@@ -287,7 +309,11 @@ impl Status {
             }
             None => String::new(),
         };
-        Some(Status { code, message, leader: leader_hint_from_header_map(headers) })
+        let retry_pushback = headers
+            .get(GRPC_RETRY_PUSHBACK_MS)
+            .and_then(|value| parse_decimal_u64(value.as_bytes()))
+            .map(Duration::from_millis);
+        Some(Status { code, message, leader: leader_hint_from_header_map(headers), retry_pushback })
     }
 }
 
@@ -677,6 +703,16 @@ mod tests {
             "Unavailable: not the leader of group 3 (leader 2 at 10.0.0.2:50051, term 7)",
             "logs show where a refusal pointed"
         );
+    }
+
+    #[test]
+    fn a_retry_pushback_round_trips_in_whole_milliseconds_rounded_up() {
+        let status = Status::resource_exhausted_for("over the rate", Duration::from_micros(1500));
+        let headers = status.to_header_map();
+        assert_eq!(headers.get(GRPC_RETRY_PUSHBACK_MS).unwrap(), "2");
+        let back = Status::from_header_map(&headers).unwrap();
+        assert_eq!((back.code, back.retry_pushback), (Code::ResourceExhausted, Some(Duration::from_millis(2))));
+        assert!(Status::resource_exhausted("full").to_header_map().get(GRPC_RETRY_PUSHBACK_MS).is_none());
     }
 
     #[test]

@@ -15,7 +15,12 @@
 //! trailers, or as a trailers-only response when nothing was sent yet
 //! (either way with its leader hint, see [`super::status::LeaderHint`]).
 //! Client side: [`Channel`] (one HTTP/2 connection) starts [`ClientCall`]s;
-//! the status a call ends with carries the server's leader hint.
+//! the status a call ends with carries the server's leader hint. A node's
+//! own calls (its follower pusher, restore, the Raft transport, forwarded
+//! writes, join) and the command-line tools present one bearer token in
+//! the `authorization` metadata of every call: set once for the process
+//! ([`set_default_bearer`], from `--peer-token-file` or `--token-file`),
+//! or per channel ([`Channel::with_bearer`]).
 //!
 //! A server may answer before it has read the request (a replica refusing
 //! a call it does not lead) and then resets the request half, as HTTP/2
@@ -28,6 +33,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -53,6 +59,27 @@ const CONTENT_TYPE: &str = "application/grpc";
 
 /// The glommio stream h2 runs on, as a tokio stream.
 type Io = crate::net::TokioStream<glommio::net::TcpStream>;
+
+/// The `authorization` value every new [`Channel`] sends, when set.
+static DEFAULT_AUTHORIZATION: OnceLock<HeaderValue> = OnceLock::new();
+
+/// `Bearer SECRET` as a header value that HPACK never indexes (a secret
+/// must not sit in a compression table a later header could probe).
+fn bearer_value(secret: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::try_from(format!("Bearer {secret}"))
+        .ok()
+        .filter(|_| !secret.is_empty() && secret.bytes().all(|byte| byte.is_ascii_graphic()))
+        .ok_or_else(|| "a bearer token must be visible ASCII, without spaces".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Makes every [`Channel`] connected from now on, in this process, send
+/// `authorization: Bearer SECRET` with each call. Set once, at startup;
+/// a second call is refused.
+pub fn set_default_bearer(secret: &str) -> Result<(), String> {
+    DEFAULT_AUTHORIZATION.set(bearer_value(secret)?).map_err(|_| "the default bearer token is already set".into())
+}
 
 /// A boxed, thread-local future.
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -394,6 +421,7 @@ pub struct Channel {
     authority: String,
     max_message_bytes: usize,
     driver: Option<glommio::task::JoinHandle<()>>,
+    authorization: Option<HeaderValue>,
 }
 
 impl Drop for Channel {
@@ -447,7 +475,15 @@ impl Channel {
             authority: addr.to_string(),
             max_message_bytes: limits::MESSAGE_BYTES_MAX,
             driver: Some(driver),
+            authorization: DEFAULT_AUTHORIZATION.get().cloned(),
         })
+    }
+
+    /// The channel, sending `authorization: Bearer SECRET` with every call
+    /// (`None`: no `authorization` at all), whatever the process default.
+    pub fn with_bearer(mut self, secret: Option<&str>) -> Result<Channel, Status> {
+        self.authorization = secret.map(bearer_value).transpose().map_err(Status::invalid_argument)?;
+        Ok(self)
     }
 
     /// Starts a call of `path`; `timeout` is sent as `grpc-timeout`.
@@ -462,6 +498,9 @@ impl Channel {
             if let Ok(value) = HeaderValue::from_str(&status::format_timeout(timeout)) {
                 request.headers_mut().insert("grpc-timeout", value);
             }
+        }
+        if let Some(value) = &self.authorization {
+            request.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
         }
         let mut sender = self.sender.clone().ready().await.map_err(|error| h2_status(&error))?;
         let (response, send) = sender.send_request(request, false).map_err(|error| h2_status(&error))?;

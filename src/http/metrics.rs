@@ -193,3 +193,70 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
     }
     out
 }
+
+/// Appends the node-wide counters of authentication and abuse limits
+/// (DESIGN.md section 10): refusals by reason, requests over a token's
+/// rate, and per listener the connections open and those closed at accept.
+pub fn render_auth(out: &mut String, node_id: u32, counters: &crate::auth::Counters) {
+    family(
+        out,
+        "wormdb_auth_failures_total",
+        "counter",
+        "Calls refused by authentication or authorization, by reason.",
+    );
+    for (reason, count) in &counters.failures {
+        let _ = writeln!(out, "wormdb_auth_failures_total{{node=\"{node_id}\",reason=\"{reason}\"}} {count}");
+    }
+    if !counters.rate_limited.is_empty() {
+        family(
+            out,
+            "wormdb_rate_limited_total",
+            "counter",
+            "Ingest requests refused, or pushed batches held back, over their token's rate_entries_per_s.",
+        );
+        for (token, count) in &counters.rate_limited {
+            let _ = writeln!(out, "wormdb_rate_limited_total{{node=\"{node_id}\",token=\"{token}\"}} {count}");
+        }
+    }
+    family(out, "wormdb_connections_open", "gauge", "Connections open, per listener.");
+    for (listener, (open, _)) in &counters.connections {
+        let _ = writeln!(out, "wormdb_connections_open{{node=\"{node_id}\",listener=\"{listener}\"}} {open}");
+    }
+    family(
+        out,
+        "wormdb_connections_refused_total",
+        "counter",
+        "Connections closed at accept because the listener had --max-connections open.",
+    );
+    for (listener, (_, refused)) in &counters.connections {
+        let _ =
+            writeln!(out, "wormdb_connections_refused_total{{node=\"{node_id}\",listener=\"{listener}\"}} {refused}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_counters_render_as_prometheus_families() {
+        let counters = crate::auth::Counters {
+            failures: vec![("missing", 3), ("scope", 1)],
+            rate_limited: vec![("shipper".into(), 2)],
+            connections: [("http", (5, 1)), ("grpc", (0, 0))],
+        };
+        let mut out = String::new();
+        render_auth(&mut out, 4, &counters);
+        for line in [
+            "# TYPE wormdb_auth_failures_total counter",
+            "wormdb_auth_failures_total{node=\"4\",reason=\"missing\"} 3",
+            "wormdb_auth_failures_total{node=\"4\",reason=\"scope\"} 1",
+            "wormdb_rate_limited_total{node=\"4\",token=\"shipper\"} 2",
+            "wormdb_connections_open{node=\"4\",listener=\"http\"} 5",
+            "wormdb_connections_refused_total{node=\"4\",listener=\"http\"} 1",
+            "wormdb_connections_refused_total{node=\"4\",listener=\"grpc\"} 0",
+        ] {
+            assert!(out.lines().any(|candidate| candidate == line), "{line} in\n{out}");
+        }
+    }
+}

@@ -1,8 +1,11 @@
 //! The HTTP/1.1 API on hyper, driven by glommio: each core accepts on its
 //! own `SO_REUSEPORT` socket and serves its connections; ingest goes to the
 //! core's own shard, queries, tails and stats fan out to every core.
+//!
+//! Every request is authorized ([`crate::auth`]) from its headers before
+//! its route runs, so a refused one is answered before its body is read;
+//! connections over `--max-connections` are closed at accept.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -19,10 +22,10 @@ use hyper_util::rt::TokioIo;
 
 use super::budget::BodyBudget;
 use super::{metrics, ndjson, params};
+use crate::auth::{self, Grant, Refusal};
 use crate::codec::block;
 use crate::limits::{
-    ACCEPT_RETRY_DELAY, HTTP_CONNECTIONS_PER_CORE_MAX, HTTP_ENTRIES_PER_REQUEST_MAX, HTTP_STREAM_CHUNKS_BUFFERED,
-    HTTP_STREAM_CHUNK_BYTES,
+    ACCEPT_RETRY_DELAY, HTTP_ENTRIES_PER_REQUEST_MAX, HTTP_STREAM_CHUNKS_BUFFERED, HTTP_STREAM_CHUNK_BYTES,
 };
 use crate::net::Peer;
 use crate::node::peers::ShardReport;
@@ -36,9 +39,9 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 const NDJSON: &str = "application/x-ndjson";
 
-/// Accepts connections until cancelled, serving each on its own task.
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
-    let connections = Rc::new(Cell::new(0usize));
+/// Accepts connections until cancelled, serving each on its own task;
+/// `auth` is this core's view of the node's authentication.
+pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, auth: Rc<auth::Local>) {
     let body_budget = BodyBudget::new(core.config.max_body_bytes_in_flight);
     loop {
         let stream = match listener.accept().await {
@@ -50,25 +53,32 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
                 continue;
             }
         };
-        if connections.get() >= HTTP_CONNECTIONS_PER_CORE_MAX {
-            tracing::warn!(limit = HTTP_CONNECTIONS_PER_CORE_MAX, "too many connections; closing a new one");
+        let limit = &auth.guard().http_connections;
+        let Some(slot) = limit.admit() else {
+            if limit.refused().is_power_of_two() {
+                tracing::warn!(
+                    limit = limit.max(),
+                    refused = limit.refused(),
+                    "http: too many connections (--max-connections); closing new ones"
+                );
+            }
             continue;
-        }
+        };
         let _ = stream.set_nodelay(true);
         let peer = Arc::new(Peer::at(stream.peer_addr().ok()));
-        connections.set(connections.get() + 1);
         let core = core.clone();
-        let connections = connections.clone();
+        let auth = auth.clone();
         let body_budget = body_budget.clone();
         let header_read_timeout = core.config.header_read_timeout;
         glommio::spawn_local(async move {
             let io = TokioIo::new(crate::net::TokioStream::new(stream));
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let core = core.clone();
+                let auth = auth.clone();
                 let body_budget = body_budget.clone();
                 // Handlers find who sent the request among its extensions.
                 request.extensions_mut().insert(peer.clone());
-                async move { Ok::<_, Infallible>(handle(core, &body_budget, request).await) }
+                async move { Ok::<_, Infallible>(handle(core, &body_budget, &auth, request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(super::timer::GlommioTimer)
@@ -77,7 +87,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
-            connections.set(connections.get() - 1);
+            drop(slot);
         })
         .detach();
     }
@@ -100,17 +110,57 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> 
     json(status, &serde_json::json!({ "error": message.to_string() }))
 }
 
+/// The answer to a refused request: 401 with `WWW-Authenticate: Bearer`
+/// for a caller not known, 403 for one whose credential does not cover it.
+fn refused(refusal: &Refusal) -> Response<Body> {
+    if refusal.reason.is_unauthenticated() {
+        let mut response = error(StatusCode::UNAUTHORIZED, &refusal.message);
+        let challenge = match refusal.reason {
+            auth::Reason::Unknown => "Bearer error=\"invalid_token\"",
+            _ => "Bearer",
+        };
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        response
+    } else {
+        error(StatusCode::FORBIDDEN, &refusal.message)
+    }
+}
+
+/// Authorizes `request` from its headers (and its connection's peer).
+fn authorize(auth: &auth::Local, request: &Request<Incoming>) -> Result<Grant, Refusal> {
+    let need = auth::http_need(request.method().as_str(), request.uri().path());
+    let peer = request.extensions().get::<Arc<Peer>>();
+    let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let call = format_args!("{} {}", request.method(), request.uri().path());
+    auth.authorize(
+        peer.and_then(|peer| peer.identity.as_ref()),
+        authorization,
+        need,
+        &call,
+        peer.and_then(|peer| peer.addr),
+    )
+}
+
 /// Routes one request; `body_budget` is the core's budget of request body
-/// bytes in flight.
-pub async fn handle(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<Incoming>) -> Response<Body> {
+/// bytes in flight, `auth` its view of the node's authentication.
+pub async fn handle(
+    core: Rc<Core>,
+    body_budget: &Rc<BodyBudget>,
+    auth: &auth::Local,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let grant = match authorize(auth, &request) {
+        Ok(grant) => grant,
+        Err(refusal) => return refused(&refusal),
+    };
     let path = request.uri().path().to_owned();
     match (request.method().clone(), path.as_str()) {
-        (Method::POST, "/v1/entries") => ingest(core, body_budget, request).await,
+        (Method::POST, "/v1/entries") => ingest(core, body_budget, &grant, request).await,
         (Method::GET, "/v1/entries") => query(core, request).await,
         (Method::GET, "/v1/tail") => tail(core, request).await,
         (Method::GET, "/v1/stats") => stats(core).await,
         (Method::GET, "/v1/cluster") => cluster(core).await,
-        (Method::GET, "/metrics") => prometheus(core).await,
+        (Method::GET, "/metrics") => prometheus(core, auth).await,
         (Method::GET, "/healthz") => {
             let mut response = Response::new(full("ok\n"));
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -186,7 +236,30 @@ fn over_body_budget(core: &Core, budget: &BodyBudget) -> Response<Body> {
     )
 }
 
-async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<Incoming>) -> Response<Body> {
+/// The 429 of an ingest over its token's rate (`rate_entries_per_s`), with
+/// the whole seconds after which the same request is let through.
+fn over_rate(core: &Core, grant: &Grant, count: usize) -> Option<Response<Body>> {
+    let wait = grant.rate()?.take(count as u64).err()?;
+    let seconds = auth::rate::retry_after_seconds(wait);
+    let mut response = reject(
+        core,
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "{} is over its rate of {} entries/s; retry in {seconds} s",
+            grant.holder(),
+            grant.rate()?.entries_per_s()
+        ),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    Some(response)
+}
+
+async fn ingest(
+    core: Rc<Core>,
+    body_budget: &Rc<BodyBudget>,
+    grant: &Grant,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let _in_flight = InFlight::new(&core);
     if core.closing.get() {
         return reject(&core, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
@@ -255,6 +328,9 @@ async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<I
             if entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the body");
             }
+            if let Some(response) = over_rate(&core, grant, entries.len()) {
+                return response;
+            }
             if core.tier.is_some() {
                 return tier_ingest(&core, &entries, body_bytes).await;
             }
@@ -270,6 +346,9 @@ async fn ingest(core: Rc<Core>, body_budget: &Rc<BodyBudget>, request: Request<I
             }
             if write.entries.is_empty() {
                 return reject(&core, StatusCode::BAD_REQUEST, "no entries in the WriteRequest");
+            }
+            if let Some(response) = over_rate(&core, grant, write.entries.len()) {
+                return response;
             }
             if core.tier.is_some() {
                 return tier_ingest_entries(&core, write.entries, body_bytes).await;
@@ -530,10 +609,12 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
     )
 }
 
-async fn prometheus(core: Rc<Core>) -> Response<Body> {
+async fn prometheus(core: Rc<Core>, auth: &auth::Local) -> Response<Body> {
     match reports(&core).await {
         Ok(reports) => {
-            let mut response = Response::new(full(metrics::render(core.config.node_id, &reports)));
+            let mut text = metrics::render(core.config.node_id, &reports);
+            metrics::render_auth(&mut text, core.config.node_id, &auth.guard().counters());
+            let mut response = Response::new(full(text));
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -232,6 +232,25 @@ fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
 }
 
+/// The bearer token [`get`], [`post`] and [`try_post`] send, when set.
+static BEARER: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Makes [`get`], [`post`] and [`try_post`] send `authorization: Bearer
+/// SECRET` from now on, in this test binary (a tier protected by tokens);
+/// `None` stops it.
+pub fn set_bearer(secret: Option<&str>) {
+    *BEARER.write().unwrap() = secret.map(str::to_owned);
+}
+
+/// A request with the bearer token of [`set_bearer`], if any.
+fn request(method: &str, url: &str) -> ureq::Request {
+    let request = agent().request(method, url);
+    match BEARER.read().unwrap().as_deref() {
+        Some(secret) => request.set("authorization", &format!("Bearer {secret}")),
+        None => request,
+    }
+}
+
 fn reply(result: Result<ureq::Response, ureq::Error>) -> Reply {
     let response = match result {
         Ok(response) => response,
@@ -248,17 +267,17 @@ fn reply(result: Result<ureq::Response, ureq::Error>) -> Reply {
 
 /// GET.
 pub fn get(url: &str) -> Reply {
-    reply(agent().get(url).call())
+    reply(request("GET", url).call())
 }
 
 /// POST with a content type.
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> Reply {
-    reply(agent().post(url).set("content-type", content_type).send_bytes(body))
+    reply(request("POST", url).set("content-type", content_type).send_bytes(body))
 }
 
 /// POST that may fail at the connection level (server going away).
 pub fn try_post(url: &str, content_type: &str, body: &[u8]) -> Option<Reply> {
-    match agent().post(url).set("content-type", content_type).send_bytes(body) {
+    match request("POST", url).set("content-type", content_type).send_bytes(body) {
         Ok(response) => Some(reply(Ok(response))),
         Err(ureq::Error::Status(code, response)) => Some(reply(Err(ureq::Error::Status(code, response)))),
         Err(_) => None,
