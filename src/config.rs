@@ -7,7 +7,9 @@
 //! `1.5GiB` ([`parse_byte_size`]), on the command line and in the file
 //! alike (where a plain TOML integer also works). `--leader` takes a
 //! comma-separated list of gRPC addresses, `HOST:PORT,HOST:PORT`
-//! ([`parse_leader_addrs`]; a TOML string in the file).
+//! ([`parse_leader_addrs`]; a TOML string in the file). The TLS files
+//! (`tls-cert`, `tls-key`, `tls-client-ca`, `peer-ca`) are paths, relative
+//! to the directory the node starts in.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::limits;
 use crate::shard::{Durability, RetentionPolicy};
+use crate::tls::TlsFiles;
 
 /// Default HTTP listen address.
 pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
@@ -77,6 +80,14 @@ pub struct Settings {
     pub header_read_timeout: Option<String>,
     /// `--shutdown-timeout` (`10s`)
     pub shutdown_timeout: Option<String>,
+    /// `--tls-cert` (PEM certificate chain)
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` (PEM private key)
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca` (PEM CA of client certificates)
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--peer-ca` (PEM CA that outgoing gRPC connections verify servers with)
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -108,6 +119,10 @@ impl Settings {
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
             header_read_timeout: self.header_read_timeout.or(base.header_read_timeout),
             shutdown_timeout: self.shutdown_timeout.or(base.shutdown_timeout),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
+            tls_client_ca: self.tls_client_ca.or(base.tls_client_ca),
+            peer_ca: self.peer_ca.or(base.peer_ca),
         }
     }
 }
@@ -161,6 +176,10 @@ pub struct NodeConfig {
     /// A connection that does not finish sending a request's headers within
     /// this time is closed.
     pub header_read_timeout: Duration,
+    /// The TLS files (`--tls-cert`, `--tls-key`, `--tls-client-ca`,
+    /// `--peer-ca`), absolute; which go together is checked, the files are
+    /// read at start ([`crate::tls::NodeTls::load`]).
+    pub tls: TlsFiles,
 }
 
 /// Parses `30s`, `15m`, `12h`, `7d` (or a bare number of seconds).
@@ -422,6 +441,17 @@ impl NodeConfig {
         if join.is_some() && !peers.is_empty() {
             return Err("--join and --peers: a node either forms the tier (--peers) or joins it (--join)".into());
         }
+        let absolute = |flag: &str, path: Option<PathBuf>| {
+            path.map(|path| std::path::absolute(&path).map_err(|error| format!("{flag} {}: {error}", path.display())))
+                .transpose()
+        };
+        let tls = TlsFiles {
+            cert: absolute("--tls-cert", settings.tls_cert)?,
+            key: absolute("--tls-key", settings.tls_key)?,
+            client_ca: absolute("--tls-client-ca", settings.tls_client_ca)?,
+            peer_ca: absolute("--peer-ca", settings.peer_ca)?,
+        };
+        tls.check()?;
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
@@ -442,6 +472,7 @@ impl NodeConfig {
             max_body_bytes_in_flight,
             max_pending_appends,
             header_read_timeout,
+            tls,
         })
     }
 }
@@ -532,6 +563,28 @@ mod tests {
             assert!(error.contains(flag), "{error}");
         }
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn tls_flags_that_do_not_go_together_are_refused() {
+        let file: Settings = toml::from_str(
+            "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\ntls-client-ca = \"ca.pem\"\npeer-ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::from_settings(file, 1).unwrap();
+        assert!(config.tls.cert.as_ref().unwrap().is_absolute(), "paths are made absolute for reloads");
+        assert!(config.tls.client_ca.is_some() && config.tls.peer_ca.is_some());
+        let path = |name: &str| Some(PathBuf::from(name));
+        for (settings, expected) in [
+            (Settings { tls_cert: path("c.pem"), ..Settings::default() }, "--tls-cert needs --tls-key"),
+            (Settings { tls_key: path("k.pem"), ..Settings::default() }, "--tls-key needs --tls-cert"),
+            (Settings { tls_client_ca: path("ca.pem"), ..Settings::default() }, "--tls-client-ca needs --tls-cert"),
+        ] {
+            let error = NodeConfig::from_settings(settings, 1).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let only_peer_ca = Settings { peer_ca: path("ca.pem"), ..Settings::default() };
+        assert!(NodeConfig::from_settings(only_peer_ca, 1).is_ok(), "dialling TLS needs no certificate of its own");
     }
 
     fn leaders_of(text: &str) -> Result<Vec<SocketAddr>, String> {

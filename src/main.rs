@@ -1,5 +1,6 @@
 //! The `wormdb` command line: `serve` runs a node, `inspect` dumps what is
-//! on disk.
+//! on disk. `serve` stops on SIGINT/SIGTERM and reloads its TLS files on
+//! SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,8 @@ enum Command {
         /// Shards to restore (0 .. N-1) [default: available cores, as `serve`]
         #[arg(long)]
         shards: Option<usize>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Look at and run the archive tier (DESIGN.md section 9).
     #[command(subcommand)]
@@ -77,6 +80,8 @@ enum ClusterCommand {
         /// Print the `/v1/cluster` JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Take a member out of the tier: its leaderships move to the others first, then it
     /// leaves every group and stops serving the tier.
@@ -87,6 +92,8 @@ enum ClusterCommand {
         /// The member to remove.
         #[arg(long)]
         node_id: u32,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Hand a group's leadership to a voter.
     Transfer {
@@ -99,6 +106,8 @@ enum ClusterCommand {
         /// The voter to lead it.
         #[arg(long)]
         node_id: u32,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Unsafe recovery, when a quorum of the tier is lost for good: makes this
     /// stopped survivor the only voter of its groups and the only member, then
@@ -111,6 +120,33 @@ enum ClusterCommand {
         #[arg(long)]
         node_id: Option<u32>,
     },
+}
+
+/// TLS for a command that dials a node's gRPC port (DESIGN.md section 10).
+#[derive(clap::Args)]
+struct ClientTlsArgs {
+    /// Dial TLS, verifying the node's certificate against this CA (PEM); the certificate must
+    /// name the IP address dialled (an IP SAN)
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, with --tls-key) to a node that asks for one
+    /// (--tls-client-ca)
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// Makes every gRPC connection this process dials use TLS as asked.
+    fn apply(&self) -> Result<(), String> {
+        let Some(ca) = &self.tls_ca else { return Ok(()) };
+        let pair = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let config = wormdb::tls::tool_client_config(ca, pair).map_err(|error| error.to_string())?;
+        wormdb::tls::set_client_config(Some(config));
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -182,6 +218,22 @@ struct ServeArgs {
     /// How long shutdown may take to finish requests and drain replication to the leader [default: 10s]
     #[arg(long)]
     shutdown_timeout: Option<String>,
+    /// Serve TLS (1.2 and 1.3) on both listeners with this certificate chain (PEM, leaf first);
+    /// outgoing gRPC connections present it as their client certificate. Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: gRPC clients must present a certificate from this CA (PEM); HTTP clients may
+    /// (verified when presented). Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Dial every outgoing gRPC connection (follower pusher, tier peers, --join) with TLS,
+    /// verifying servers against this CA (PEM); their certificates must name the IP dialled.
+    /// Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    peer_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -206,6 +258,10 @@ impl ServeArgs {
             max_pending_appends: self.max_pending_appends,
             header_read_timeout: self.header_read_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_client_ca: self.tls_client_ca,
+            peer_ca: self.peer_ca,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,
@@ -228,10 +284,18 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
-        Command::Restore { from, follower_id, data_dir, shards } => restore(&from, follower_id, data_dir, shards),
-        Command::Cluster(ClusterCommand::Status { to, json }) => cluster_status(&to, json),
-        Command::Cluster(ClusterCommand::Remove { to, node_id }) => cluster_remove(&to, node_id),
-        Command::Cluster(ClusterCommand::Transfer { to, group, node_id }) => cluster_transfer(&to, group, node_id),
+        Command::Restore { from, follower_id, data_dir, shards, tls } => {
+            tls.apply().and_then(|()| restore(&from, follower_id, data_dir, shards))
+        }
+        Command::Cluster(ClusterCommand::Status { to, json, tls }) => {
+            tls.apply().and_then(|()| cluster_status(&to, json))
+        }
+        Command::Cluster(ClusterCommand::Remove { to, node_id, tls }) => {
+            tls.apply().and_then(|()| cluster_remove(&to, node_id))
+        }
+        Command::Cluster(ClusterCommand::Transfer { to, group, node_id, tls }) => {
+            tls.apply().and_then(|()| cluster_transfer(&to, group, node_id))
+        }
         Command::Cluster(ClusterCommand::Recover { data_dir, node_id }) => cluster_recover(&data_dir, node_id),
     };
     match result {
@@ -244,15 +308,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and the threads it spawns, so
-/// that only the signal thread receives them.
-fn block_shutdown_signals() -> libc::sigset_t {
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and the threads it
+/// spawns, so that only the signal thread receives them.
+fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a set we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -261,18 +326,25 @@ fn block_shutdown_signals() -> libc::sigset_t {
 fn serve(args: ServeArgs) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
     let config = NodeConfig::from_settings(args.settings()?, cores)?;
-    let signals = block_shutdown_signals();
+    let signals = block_signals();
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = wormdb::server::ReloadHooks::default();
     {
-        let stop = stop.clone();
+        let (stop, reload) = (stop.clone(), reload.clone());
         std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || {
+            .spawn(move || loop {
                 let mut signal = 0;
                 // SAFETY: sigwait reads the set we own and writes the number.
                 unsafe { libc::sigwait(&signals, &mut signal) };
+                if signal == libc::SIGHUP {
+                    tracing::info!("SIGHUP: reloading");
+                    reload.run();
+                    continue;
+                }
                 tracing::info!(signal, "shutting down");
                 stop.store(true, Ordering::Release);
+                break;
             })
             .map_err(|error| format!("cannot start the signal thread: {error}"))?;
     }
@@ -282,7 +354,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         durability = ?config.durability,
         "starting wormdb node {}", config.node_id
     );
-    wormdb::server::run(config, stop)
+    wormdb::server::run(config, stop, reload)
 }
 
 fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize>) -> Result<(), String> {

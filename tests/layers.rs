@@ -15,24 +15,29 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("limits", &[]),
     ("proto", &[]),
     ("net", &["limits"]),
+    // TLS under every connection: configurations, handshakes, the stream.
+    ("tls", &["limits", "net"]),
     ("runtime", &[]),
     // Pure byte formats.
     ("codec", &["limits", "proto"]),
     ("index", &["codec", "limits", "proto"]),
     ("shard", &["index", "codec", "limits", "proto"]),
     // The transport knows no wormdb service, and no storage.
-    ("grpc", &["limits", "net", "proto"]),
+    ("grpc", &["limits", "net", "tls", "proto"]),
     // Features over storage and transport.
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),
-    ("config", &["shard", "limits"]),
+    ("config", &["shard", "limits", "tls"]),
     // The archive tier: Raft groups over the replication rules (and the
     // data directory's lock, which its offline recovery takes).
     ("tier", &["replication", "grpc", "shard", "index", "codec", "limits", "proto", "net", "runtime"]),
     // One core's state; it names no front door.
     ("node", &["tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"]),
     // The front doors.
-    ("http", &["node", "tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "net"]),
+    (
+        "http",
+        &["node", "tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "net", "tls"],
+    ),
     (
         "services",
         &[
@@ -48,6 +53,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "proto",
             "net",
+            "tls",
         ],
     ),
     // Tools over storage.
@@ -70,6 +76,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "proto",
             "net",
+            "tls",
             "runtime",
         ],
     ),

@@ -36,8 +36,9 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 const NDJSON: &str = "application/x-ndjson";
 
-/// Accepts connections until cancelled, serving each on its own task.
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
+/// Accepts connections until cancelled, serving each on its own task (its
+/// TLS handshake too, when `tls` is given).
+pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, tls: Option<Arc<crate::tls::NodeTls>>) {
     let connections = Rc::new(Cell::new(0usize));
     let body_budget = BodyBudget::new(core.config.max_body_bytes_in_flight);
     loop {
@@ -55,13 +56,20 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let peer = Arc::new(Peer::at(stream.peer_addr().ok()));
+        let addr = stream.peer_addr().ok();
         connections.set(connections.get() + 1);
         let core = core.clone();
         let connections = connections.clone();
         let body_budget = body_budget.clone();
         let header_read_timeout = core.config.header_read_timeout;
+        let tls = tls.clone();
         glommio::spawn_local(async move {
+            let config = tls.and_then(|tls| tls.config(crate::tls::Listener::Http));
+            let Some((stream, identity)) = crate::tls::accept(stream, config, crate::tls::Listener::Http).await else {
+                connections.set(connections.get() - 1);
+                return;
+            };
+            let peer = Arc::new(Peer { addr, identity });
             let io = TokioIo::new(crate::net::TokioStream::new(stream));
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let core = core.clone();
@@ -533,7 +541,11 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
 async fn prometheus(core: Rc<Core>) -> Response<Body> {
     match reports(&core).await {
         Ok(reports) => {
-            let mut response = Response::new(full(metrics::render(core.config.node_id, &reports)));
+            let mut text = metrics::render(core.config.node_id, &reports);
+            let failures =
+                crate::tls::Listener::ALL.map(|listener| (listener.label(), crate::tls::handshake_failures(listener)));
+            metrics::render_tls(&mut text, core.config.node_id, &failures);
+            let mut response = Response::new(full(text));
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
