@@ -143,7 +143,8 @@ impl ClientTlsArgs {
     fn apply(&self) -> Result<(), String> {
         let Some(ca) = &self.tls_ca else { return Ok(()) };
         let pair = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-        let config = wormdb::tls::tool_client_config(ca, pair).map_err(|error| error.to_string())?;
+        let config = wormdb::tls::tool_client_config(ca, pair, wormdb::tls::Listener::Grpc)
+            .map_err(|error| error.to_string())?;
         wormdb::tls::set_client_config(Some(config));
         Ok(())
     }

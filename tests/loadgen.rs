@@ -285,3 +285,33 @@ fn bad_flags_and_unreachable_targets_are_clear_errors() {
         assert!(stderr(&unreachable).contains("cannot reach 127.0.0.1:1"), "{}", stderr(&unreachable));
     }
 }
+
+#[test]
+fn https_and_grpc_over_mutual_tls_with_verification() {
+    let dir = common::durable_temp_dir();
+    let pki = common::certs::Pki::new(dir.path());
+    let (server, follower) = (pki.server("server"), pki.follower(7));
+    let ca = pki.ca.to_str().unwrap();
+    let mut args = vec!["--shards".to_string(), "1".into(), "--tls-client-ca".into(), ca.into()];
+    args.extend(server.args());
+    let node = TestNode::start(&dir.path().join("data"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let https = format!("https://127.0.0.1:{}", node.port());
+    let run = |extra: &[&str]| {
+        let common = ["--rate", "5000", "--duration", "1s", "--batch", "50", "--connections", "2", "--verify"];
+        loadgen(&[extra, &common[..]].concat())
+    };
+    let output = run(&["--target", &https, "--tls-ca", ca]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (cert, key) = (follower.cert.to_str().unwrap(), follower.key.to_str().unwrap());
+    let grpc =
+        ["--protocol", "grpc", "--target", &node.grpc_addr, "--tls-ca", ca, "--tls-cert", cert, "--tls-key", key];
+    let output = run(&grpc);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run(&[&grpc[..], &["--follower-id", "7"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let no_ca = loadgen(&["--target", &https]);
+    assert!(!no_ca.status.success() && stderr(&no_ca).contains("https needs --tls-ca"), "{}", stderr(&no_ca));
+    let plain = loadgen(&["--target", &node.base, "--tls-ca", ca]);
+    assert!(!plain.status.success() && stderr(&plain).contains("give an https:// URL"), "{}", stderr(&plain));
+}

@@ -46,6 +46,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 pub use files::{Error, TlsFiles};
+/// The client configuration type, for tools that hold one.
+pub use rustls::ClientConfig;
 pub use stream::{accept, connect, Stream};
 
 use crate::limits;
@@ -172,17 +174,21 @@ pub fn client_config() -> Option<Arc<rustls::ClientConfig>> {
 
 /// A client configuration for tools (`wormdb cluster`, `wormdb restore`,
 /// the load generator): trust `ca` (`--tls-ca`), present `cert` and `key`
-/// (`--tls-cert`, `--tls-key`) when given.
+/// (`--tls-cert`, `--tls-key`) when given, and speak what `listener`
+/// speaks (ALPN `h2` or `http/1.1`).
 pub fn tool_client_config(
     ca: &std::path::Path,
     cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<Arc<rustls::ClientConfig>, Error> {
+    listener: Listener,
+) -> Result<Arc<ClientConfig>, Error> {
     let roots = files::read_roots("--tls-ca", ca)?;
     let identity = match cert_and_key {
         None => None,
         Some((cert, key)) => Some(files::CertifiedKey::read(cert, key)?),
     };
-    Ok(Arc::new(files::client_config(roots, identity.as_ref())?))
+    let mut config = files::client_config(roots, identity.as_ref())?;
+    config.alpn_protocols = vec![files::alpn(listener).to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The bound on a handshake, re-exported where the streams use it.
@@ -251,7 +257,7 @@ mod tests {
         }
         let error = NodeTls::load(TlsFiles { cert: Some(missing.clone()), ..server_files(false) }).err().unwrap();
         assert!(error.to_string().contains(&missing.display().to_string()), "{error}");
-        let error = tool_client_config(&garbage, None).unwrap_err().to_string();
+        let error = tool_client_config(&garbage, None, Listener::Grpc).unwrap_err().to_string();
         assert!(error.starts_with("--tls-ca"), "{error}");
     }
 
