@@ -15,9 +15,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("limits", &[]),
     ("proto", &[]),
     ("net", &["limits"]),
-    // TLS under every connection: configurations, handshakes, the stream.
-    ("tls", &["limits", "net"]),
     ("runtime", &[]),
+    // TLS under every connection: configurations, handshakes, the stream.
+    ("tls", &["limits", "net", "runtime"]),
     // Pure byte formats.
     ("codec", &["limits", "proto"]),
     ("index", &["codec", "limits", "proto"]),
