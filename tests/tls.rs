@@ -5,11 +5,12 @@
 //!
 //! - HTTPS ingest and query with curl; TLS 1.0/1.1 and plaintext refused
 //!   and counted, the node healthy after.
-//! - gRPC over mutual TLS: no certificate, or one from another CA, is
-//!   refused and counted; a good one is let in, and the handler sees who it
-//!   names.
+//! - gRPC over mutual TLS, with our channel and with Python's grpcio: no
+//!   certificate, or one from another CA, is refused and counted; a good
+//!   one is let in, and the handler sees who it names.
 //! - A tier of three members and a follower, every connection mutual TLS:
-//!   Raft, forwarded writes, the follower's pushes, `wormdb cluster status`.
+//!   Raft, forwarded writes, the follower's pushes, `wormdb restore`,
+//!   `wormdb cluster status`.
 //! - SIGHUP rotation: new connections see the new certificate, one opened
 //!   before keeps working; a bad file keeps the old one.
 //! - Garbage and truncated ClientHellos and HTTP/2 prefaces on both ports
@@ -219,6 +220,55 @@ fn grpc_over_mutual_tls_lets_in_only_certificates_from_the_client_ca() {
     assert_eq!(entries.lines().count(), 1, "only the good client's write is stored: {entries}");
 }
 
+/// One call with the real Python gRPC client (tests/clients/grpc_call.py,
+/// grpcio with `ssl_channel_credentials`): its JSON answer.
+fn grpcio(addr: &str, call: &str, args: &[&str]) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/test-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)", python.display());
+    let output = Command::new(python)
+        .arg(root.join("tests/clients/grpc_call.py"))
+        .args([addr, call])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|error| panic!("grpc_call.py: {error}: {stdout}{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+#[test]
+fn grpcio_speaks_mutual_tls_with_a_node() {
+    let dir = common::durable_temp_dir();
+    let pki = Pki::new(dir.path());
+    let server = pki.server("server");
+    let (follower, stranger) = (pki.follower(3), pki.stranger("follower-3"));
+    let ca = path(&pki.ca);
+    let server_args = server.args();
+    let mut args = vec!["--shards", "1", "--tls-client-ca", ca.as_str()];
+    args.extend(strings(&server_args));
+    let node = TestNode::start(&dir.path().join("data"), &args);
+    let addr = node.grpc_addr.clone();
+    let (cert, key) = (path(&follower.cert), path(&follower.key));
+
+    let written = grpcio(&addr, "write", &["--ca", &ca, "--cert", &cert, "--key", &key, "--body", "from grpcio"]);
+    assert_eq!(written["code"], "OK", "{written}");
+    let read = grpcio(&addr, "query", &["--ca", &ca, "--cert", &cert, "--key", &key]);
+    assert_eq!(read["result"], serde_json::json!(["from grpcio"]), "{read}");
+
+    let before = handshake_failures(&node, &pki.ca, "grpc");
+    let anonymous = grpcio(&addr, "write", &["--ca", &ca]);
+    assert_eq!(anonymous["code"], "UNAVAILABLE", "no client certificate: {anonymous}");
+    let (cert, key) = (path(&stranger.cert), path(&stranger.key));
+    let strange = grpcio(&addr, "write", &["--ca", &ca, "--cert", &cert, "--key", &key]);
+    assert_eq!(strange["code"], "UNAVAILABLE", "a certificate from another CA: {strange}");
+    let plain = grpcio(&addr, "write", &[]);
+    assert_eq!(plain["code"], "UNAVAILABLE", "plaintext: {plain}");
+    assert!(handshake_failures(&node, &pki.ca, "grpc") >= before + 3, "each refusal counted");
+    let entries = get(&node, &pki.ca, "/v1/entries");
+    assert_eq!(entries.lines().count(), 1, "only the verified client's write is stored: {entries}");
+}
+
 /// Answers every call with the identity its connection proved.
 struct WhoAmI;
 
@@ -363,6 +413,20 @@ fn a_tier_and_its_follower_speak_mutual_tls_on_every_connection() {
     let identities: String = members.iter().map(TestNode::log_text).collect();
     assert!(identities.contains("identity=follower-9"), "the follower is known by its certificate");
     assert!(identities.contains("identity=node-"), "members are known by theirs");
+
+    // `wormdb restore` over mutual TLS, as the follower, into a new directory.
+    let restored = Command::new(env!("CARGO_BIN_EXE_wormdb"))
+        .args(["restore", "--from", &leader_list, "--follower-id", "9", "--shards", "1", "--data-dir"])
+        .arg(dir.path().join("restored"))
+        .args(["--tls-ca", &ca, "--tls-cert", &path(&follower_pair.cert), "--tls-key", &path(&follower_pair.key)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&restored.stdout);
+    assert!(
+        restored.status.success() && text.contains("shard 0: restored 50 entries"),
+        "{text}{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
 
     // The CLI: with a member's certificate it is let in, without one refused.
     let cluster = |extra: &[&str]| {

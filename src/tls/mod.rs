@@ -50,8 +50,6 @@ pub use files::{Error, TlsFiles};
 pub use rustls::ClientConfig;
 pub use stream::{accept, connect, Stream};
 
-use crate::limits;
-
 /// The two listeners of a node, as metrics label them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {
@@ -191,14 +189,12 @@ pub fn tool_client_config(
     Ok(Arc::new(config))
 }
 
-/// The bound on a handshake, re-exported where the streams use it.
-pub use limits::TLS_HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT;
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::limits;
     use crate::net::Identity;
 
     fn fixture(name: &str) -> PathBuf {
