@@ -7,7 +7,9 @@
 //! `1.5GiB` ([`parse_byte_size`]), on the command line and in the file
 //! alike (where a plain TOML integer also works). `--leader` takes a
 //! comma-separated list of gRPC addresses, `HOST:PORT,HOST:PORT`
-//! ([`parse_leader_addrs`]; a TOML string in the file).
+//! ([`parse_leader_addrs`]; a TOML string in the file). The TLS files
+//! (`tls-cert`, `tls-key`, `tls-client-ca`, `peer-ca`) are paths, relative
+//! to the directory the node starts in.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::limits;
 use crate::shard::{Durability, RetentionPolicy};
+use crate::tls::TlsFiles;
 
 /// Default HTTP listen address.
 pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:8080";
@@ -85,9 +88,14 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// `--insecure` (serve beyond loopback with neither tokens nor mTLS)
     pub insecure: Option<bool>,
-    /// `--tls-client-ca` (mutual TLS). Read here only so that the refusal
-    /// of the unsafe default knows of it; the TLS layer owns the flag.
+    /// `--tls-cert` (PEM certificate chain)
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` (PEM private key)
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca` (PEM CA of client certificates)
     pub tls_client_ca: Option<PathBuf>,
+    /// `--peer-ca` (PEM CA that outgoing gRPC connections verify servers with)
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -123,7 +131,10 @@ impl Settings {
             peer_token_file: self.peer_token_file.or(base.peer_token_file),
             max_connections: self.max_connections.or(base.max_connections),
             insecure: self.insecure.or(base.insecure),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
             tls_client_ca: self.tls_client_ca.or(base.tls_client_ca),
+            peer_ca: self.peer_ca.or(base.peer_ca),
         }
     }
 }
@@ -186,8 +197,10 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Serve beyond loopback with neither tokens nor mTLS (`--insecure`).
     pub insecure: bool,
-    /// The CA of client certificates (`--tls-client-ca`): mTLS.
-    pub tls_client_ca: Option<PathBuf>,
+    /// The TLS files (`--tls-cert`, `--tls-key`, `--tls-client-ca`,
+    /// `--peer-ca`), absolute; which go together is checked, the files are
+    /// read at start ([`crate::tls::NodeTls::load`]).
+    pub tls: TlsFiles,
 }
 
 /// Parses `30s`, `15m`, `12h`, `7d` (or a bare number of seconds).
@@ -453,14 +466,20 @@ impl NodeConfig {
                 limits::CONNECTIONS_PER_LISTENER_MAX
             ));
         }
-        if let Some(ca) = &settings.tls_client_ca {
-            // Until the TLS layer is built in, a node given a client CA
-            // would believe itself protected while serving plaintext.
-            return Err(format!("--tls-client-ca {}: this build has no TLS yet", ca.display()));
-        }
         if join.is_some() && !peers.is_empty() {
             return Err("--join and --peers: a node either forms the tier (--peers) or joins it (--join)".into());
         }
+        let absolute = |flag: &str, path: Option<PathBuf>| {
+            path.map(|path| std::path::absolute(&path).map_err(|error| format!("{flag} {}: {error}", path.display())))
+                .transpose()
+        };
+        let tls = TlsFiles {
+            cert: absolute("--tls-cert", settings.tls_cert)?,
+            key: absolute("--tls-key", settings.tls_key)?,
+            client_ca: absolute("--tls-client-ca", settings.tls_client_ca)?,
+            peer_ca: absolute("--peer-ca", settings.peer_ca)?,
+        };
+        tls.check()?;
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
@@ -485,7 +504,7 @@ impl NodeConfig {
             peer_token_file: settings.peer_token_file,
             max_connections,
             insecure: settings.insecure.unwrap_or(false),
-            tls_client_ca: settings.tls_client_ca,
+            tls,
         })
     }
 }
@@ -589,12 +608,33 @@ mod tests {
             (Settings { shutdown_timeout: Some("soon".into()), ..Settings::default() }, "duration"),
             (Settings { max_connections: Some(0), ..Settings::default() }, "--max-connections 0"),
             (Settings { max_connections: Some(100_001), ..Settings::default() }, "CONNECTIONS_PER_LISTENER_MAX"),
-            (Settings { tls_client_ca: Some("ca.pem".into()), ..Settings::default() }, "--tls-client-ca"),
         ] {
             let error = NodeConfig::from_settings(settings, 2).unwrap_err();
             assert!(error.contains(flag), "{error}");
         }
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn tls_flags_that_do_not_go_together_are_refused() {
+        let file: Settings = toml::from_str(
+            "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\ntls-client-ca = \"ca.pem\"\npeer-ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::from_settings(file, 1).unwrap();
+        assert!(config.tls.cert.as_ref().unwrap().is_absolute(), "paths are made absolute for reloads");
+        assert!(config.tls.client_ca.is_some() && config.tls.peer_ca.is_some());
+        let path = |name: &str| Some(PathBuf::from(name));
+        for (settings, expected) in [
+            (Settings { tls_cert: path("c.pem"), ..Settings::default() }, "--tls-cert needs --tls-key"),
+            (Settings { tls_key: path("k.pem"), ..Settings::default() }, "--tls-key needs --tls-cert"),
+            (Settings { tls_client_ca: path("ca.pem"), ..Settings::default() }, "--tls-client-ca needs --tls-cert"),
+        ] {
+            let error = NodeConfig::from_settings(settings, 1).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let only_peer_ca = Settings { peer_ca: path("ca.pem"), ..Settings::default() };
+        assert!(NodeConfig::from_settings(only_peer_ca, 1).is_ok(), "dialling TLS needs no certificate of its own");
     }
 
     fn leaders_of(text: &str) -> Result<Vec<SocketAddr>, String> {

@@ -32,6 +32,9 @@
 //! - [`index`]: the per-segment tag inverted index and time index, with
 //!   block-granular postings and bounded memory.
 //! - [`codec`]: the byte formats of blocks and entries, pure.
+//! - [`tls`]: TLS and mutual TLS (rustls) under both listeners and every
+//!   outgoing gRPC connection; [`net`]: connections as the front doors
+//!   see them.
 //! - [`limits`]: every size, count and queue bound.
 //!
 //! See `docs/ARCHITECTURE.md` for a walk through the tree (and the write
@@ -57,6 +60,7 @@ pub mod server;
 pub mod services;
 pub mod shard;
 pub mod tier;
+pub mod tls;
 
 // The LogHub samples that unit tests read: the same helper as the
 // integration tests and benches use, so all find them one way.

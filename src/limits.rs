@@ -234,6 +234,29 @@ pub const QUERY_TAGS_MAX: usize = ENTRY_TAGS_MAX;
 pub const WRITE_ENTRIES_MAX: usize = HTTP_ENTRIES_PER_REQUEST_MAX;
 
 // ---------------------------------------------------------------------------
+// TLS (DESIGN.md section 10).
+// ---------------------------------------------------------------------------
+
+/// How long an accepted connection has to finish its TLS handshake before
+/// it is closed (and counted as a failed handshake). The handshake runs in
+/// the connection's own task, so a client that connects and stays silent
+/// holds only its own connection slot; this frees the slot. Ten seconds
+/// cover a few round trips on a slow link with retransmits, as the default
+/// `--header-read-timeout` does for request headers.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The read buffer under each TLS connection, allocated once with it.
+/// rustls reads its socket 4 KiB at a time; without a buffer each of those
+/// is a `recv` system call, four or five per 16 KiB record. One buffer of
+/// a record's size fills with one call. It costs 16 KiB per connection
+/// (16,384 TLS connections on a core: 256 MiB), which is why it is not
+/// larger.
+pub const TLS_READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Largest PEM file (certificate chain, key, CA bundle) read at start or
+/// on SIGHUP: a chain or a CA bundle is a few KiB, a large system bundle
+/// about 200 KiB; a larger file is not what the flag asks for.
+pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------
 // The gRPC transport (DESIGN.md section 6; windows and frames as measured).
 // ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 //! The `wormdb` command line: `serve` runs a node, `inspect` dumps what is
-//! on disk.
+//! on disk. `serve` stops on SIGINT/SIGTERM and reloads its TLS files on
+//! SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,8 @@ enum Command {
         /// follower's id when it lists any)
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Look at and run the archive tier (DESIGN.md section 9).
     Cluster {
@@ -94,6 +97,8 @@ enum ClusterCommand {
         /// Print the `/v1/cluster` JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Take a member out of the tier: its leaderships move to the others first, then it
     /// leaves every group and stops serving the tier.
@@ -104,6 +109,8 @@ enum ClusterCommand {
         /// The member to remove.
         #[arg(long)]
         node_id: u32,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Hand a group's leadership to a voter.
     Transfer {
@@ -116,6 +123,8 @@ enum ClusterCommand {
         /// The voter to lead it.
         #[arg(long)]
         node_id: u32,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Unsafe recovery, when a quorum of the tier is lost for good: makes this
     /// stopped survivor the only voter of its groups and the only member, then
@@ -128,6 +137,34 @@ enum ClusterCommand {
         #[arg(long)]
         node_id: Option<u32>,
     },
+}
+
+/// TLS for a command that dials a node's gRPC port (DESIGN.md section 10).
+#[derive(clap::Args)]
+struct ClientTlsArgs {
+    /// Dial TLS, verifying the node's certificate against this CA (PEM); the certificate must
+    /// name the IP address dialled (an IP SAN)
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, with --tls-key) to a node that asks for one
+    /// (--tls-client-ca)
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// Makes every gRPC connection this process dials use TLS as asked.
+    fn apply(&self) -> Result<(), String> {
+        let Some(ca) = &self.tls_ca else { return Ok(()) };
+        let pair = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let config = wormdb::tls::tool_client_config(ca, pair, wormdb::tls::Listener::Grpc)
+            .map_err(|error| error.to_string())?;
+        wormdb::tls::set_client_config(Some(config));
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -214,6 +251,22 @@ struct ServeArgs {
     /// reaches the port may write and read everything)
     #[arg(long)]
     insecure: bool,
+    /// Serve TLS (1.2 and 1.3) on both listeners with this certificate chain (PEM, leaf first);
+    /// outgoing gRPC connections present it as their client certificate. Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: gRPC clients must present a certificate from this CA (PEM); HTTP clients may
+    /// (verified when presented). Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Dial every outgoing gRPC connection (follower pusher, tier peers, --join) with TLS,
+    /// verifying servers against this CA (PEM); their certificates must name the IP dialled.
+    /// Reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    peer_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -242,7 +295,10 @@ impl ServeArgs {
             peer_token_file: self.peer_token_file,
             max_connections: self.max_connections,
             insecure: self.insecure.then_some(true),
-            tls_client_ca: None,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_client_ca: self.tls_client_ca,
+            peer_ca: self.peer_ca,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,
@@ -265,14 +321,18 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Inspect { dir, blocks } => wormdb::inspect::inspect(&dir, &mut std::io::stdout().lock(), blocks),
-        Command::Restore { from, follower_id, data_dir, shards, token_file } => {
-            use_token_file(token_file.as_deref()).and_then(|()| restore(&from, follower_id, data_dir, shards))
+        Command::Restore { from, follower_id, data_dir, shards, token_file, tls } => {
+            use_token_file(token_file.as_deref())
+                .and_then(|()| tls.apply())
+                .and_then(|()| restore(&from, follower_id, data_dir, shards))
         }
         Command::Cluster { command, token } => {
             use_token_file(token.token_file.as_deref()).and_then(|()| match command {
-                ClusterCommand::Status { to, json } => cluster_status(&to, json),
-                ClusterCommand::Remove { to, node_id } => cluster_remove(&to, node_id),
-                ClusterCommand::Transfer { to, group, node_id } => cluster_transfer(&to, group, node_id),
+                ClusterCommand::Status { to, json, tls } => tls.apply().and_then(|()| cluster_status(&to, json)),
+                ClusterCommand::Remove { to, node_id, tls } => tls.apply().and_then(|()| cluster_remove(&to, node_id)),
+                ClusterCommand::Transfer { to, group, node_id, tls } => {
+                    tls.apply().and_then(|()| cluster_transfer(&to, group, node_id))
+                }
                 ClusterCommand::Recover { data_dir, node_id } => cluster_recover(&data_dir, node_id),
             })
         }
@@ -297,7 +357,7 @@ fn use_token_file(path: Option<&std::path::Path>) -> Result<(), String> {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and the threads it
 /// spawns, so that only the signal thread receives them.
-fn block_shutdown_signals() -> libc::sigset_t {
+fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a set we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -313,10 +373,11 @@ fn block_shutdown_signals() -> libc::sigset_t {
 fn serve(args: ServeArgs) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
     let config = NodeConfig::from_settings(args.settings()?, cores)?;
-    let signals = block_shutdown_signals();
+    let signals = block_signals();
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = wormdb::server::ReloadHooks::default();
     {
-        let stop = stop.clone();
+        let (stop, reload) = (stop.clone(), reload.clone());
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
@@ -324,7 +385,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 // SAFETY: sigwait reads the set we own and writes the number.
                 unsafe { libc::sigwait(&signals, &mut signal) };
                 if signal == libc::SIGHUP {
-                    tracing::info!("SIGHUP: reloading the token file");
+                    tracing::info!("SIGHUP: reloading the TLS files and the token file");
+                    reload.run();
                     wormdb::server::request_reload();
                     continue;
                 }
@@ -340,7 +402,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         durability = ?config.durability,
         "starting wormdb node {}", config.node_id
     );
-    wormdb::server::run(config, stop)
+    wormdb::server::run(config, stop, reload)
 }
 
 fn restore(from: &str, follower_id: u32, data_dir: PathBuf, shards: Option<usize>) -> Result<(), String> {

@@ -3,6 +3,10 @@
 //! ([`Core`]) and starts its front doors (HTTP, gRPC), its inbox from the
 //! other cores and its follower pusher; then runs housekeeping until stop.
 //!
+//! Reload (SIGHUP → [`ReloadHooks`]): each hook reads its files again (the
+//! TLS certificate, key and CAs) and swaps what new connections use;
+//! established connections keep what they started with.
+//!
 //! Shutdown (SIGINT/SIGTERM → [`StopFlag`]): each core stops accepting
 //! connections, answers new ingest with 503, waits (bounded) for in-flight
 //! requests, drains its pusher, closes its shard (which makes everything
@@ -18,7 +22,7 @@
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_channel::mpsc;
@@ -31,6 +35,7 @@ use crate::node::Core;
 use crate::replication::follower::FollowerState;
 use crate::shard::{Shard, ShardConfig};
 use crate::tier::replica::Replica;
+use crate::tls::NodeTls;
 
 /// How often a core checks the stop flag.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
@@ -58,6 +63,51 @@ pub fn request_reload() {
     RELOAD_REQUESTS.fetch_add(1, Ordering::AcqRel);
 }
 
+/// What SIGHUP runs: hooks that each read their files again and swap what
+/// new connections use; a hook that fails logs its error and keeps the old
+/// material. Run by the signal thread, never on a core (reading files and
+/// parsing keys would stall its connections).
+#[derive(Clone, Default)]
+pub struct ReloadHooks(Arc<Mutex<Vec<ReloadHook>>>);
+
+/// One thing SIGHUP reloads.
+type ReloadHook = Box<dyn Fn() + Send>;
+
+impl ReloadHooks {
+    /// Adds `hook` to what a reload runs.
+    pub fn add(&self, hook: impl Fn() + Send + 'static) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(hook));
+    }
+
+    /// Runs every hook, in the order they were added.
+    pub fn run(&self) {
+        for hook in self.0.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            hook();
+        }
+    }
+}
+
+/// Reads the TLS files (`--tls-*`, `--peer-ca`) and adds their reload to
+/// `reload`; `None` when no TLS flag is given.
+fn load_tls(config: &NodeConfig, reload: &ReloadHooks) -> Result<Option<Arc<NodeTls>>, String> {
+    if !config.tls.any() {
+        return Ok(None);
+    }
+    let tls = Arc::new(NodeTls::load(config.tls.clone()).map_err(|error| error.to_string())?);
+    tracing::info!(
+        listeners = tls.enabled(),
+        client_certificates = config.tls.client_ca.is_some(),
+        outgoing = config.tls.peer_ca.is_some(),
+        "tls: certificate and CAs loaded"
+    );
+    let reloaded = tls.clone();
+    reload.add(move || match reloaded.reload() {
+        Ok(()) => tracing::info!("tls: certificate, key and CAs reloaded; new connections use them"),
+        Err(error) => tracing::error!(%error, "tls: reload failed; the certificate and key in use stay"),
+    });
+    Ok(Some(tls))
+}
+
 /// Builds one shard's listening socket: `SO_REUSEPORT` so that every shard
 /// binds the same address and the kernel spreads connections among them.
 fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
@@ -71,11 +121,12 @@ fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::So
     Ok(socket)
 }
 
-/// The listening sockets handed to one core, and the node's guard of who
-/// may call through them.
+/// The listening sockets handed to one core, the TLS they speak, and the
+/// node's guard of who may call through them.
 struct Listeners {
     http: i32,
     grpc: i32,
+    tls: Option<Arc<NodeTls>>,
     guard: Arc<crate::auth::Guard>,
 }
 
@@ -99,12 +150,15 @@ fn bind_all(
     Ok((bound, sockets))
 }
 
-/// Runs a node until `stop` is set and every core has shut down.
-pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
+/// Runs a node until `stop` is set and every core has shut down; what it
+/// can reload, it adds to `reload`.
+pub fn run(config: NodeConfig, stop: StopFlag, reload: ReloadHooks) -> Result<(), String> {
     // Before anything is created or bound: a refused start leaves no trace.
     let listeners = [("--http-addr", config.http_addr), ("--grpc-addr", config.grpc_addr)];
-    let (tokens, mtls) = (config.auth_tokens.is_some(), config.tls_client_ca.is_some());
+    let (tokens, mtls) = (config.auth_tokens.is_some(), config.tls.client_ca.is_some());
     crate::auth::refuse_unsafe_default(&listeners, tokens, mtls, config.insecure)?;
+    // A bad certificate is refused before anything is opened too.
+    let tls = load_tls(&config, &reload)?;
     let guard = Arc::new(crate::auth::Guard::new(&crate::auth::Settings {
         auth_tokens: config.auth_tokens.clone(),
         mtls,
@@ -171,7 +225,8 @@ pub fn run(config: NodeConfig, stop: StopFlag) -> Result<(), String> {
         let handed_over = handed_over.clone();
         let guard = guard.clone();
         let members = members.clone().map(|members| (members, voters.clone()));
-        let fd = Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd(), guard };
+        let fd =
+            Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd(), tls: tls.clone(), guard };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
             .spawn(move || async move {
@@ -260,10 +315,11 @@ async fn run_core(
     let core = Rc::new(Core::new(shard, config.clone(), peers, follower, tier));
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
     let auth = Rc::new(crate::auth::Local::new(guard.clone()));
-    let accept_task =
-        glommio::spawn_local(crate::http::server::accept_loop(core.clone(), listener, auth.clone())).detach();
+    let http_accept = crate::http::server::accept_loop(core.clone(), listener, listeners.tls.clone(), auth.clone());
+    let accept_task = glommio::spawn_local(http_accept).detach();
     tracing::info!(shard = shard_id, addr = %config.http_addr, "http listening on {}", config.http_addr);
-    let grpc_task = glommio::spawn_local(crate::services::accept_loop(core.clone(), grpc_listener, auth)).detach();
+    let grpc_accept = crate::services::accept_loop(core.clone(), grpc_listener, listeners.tls.clone(), auth);
+    let grpc_task = glommio::spawn_local(grpc_accept).detach();
     tracing::info!(shard = shard_id, addr = %config.grpc_addr, "grpc listening on {}", config.grpc_addr);
     let pusher = glommio::spawn_local(crate::replication::follower::run_pusher(core.clone())).detach();
     // One member-wide look at the leadership balance, from the first core.

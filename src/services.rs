@@ -49,9 +49,15 @@ const CHANGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The pause between two tries.
 const CHANGE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Accepts gRPC connections until cancelled, serving each on its own task;
-/// `auth` is this core's view of the node's authentication.
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, auth: Rc<auth::Local>) {
+/// Accepts gRPC connections until cancelled, serving each on its own task
+/// (its TLS handshake too, when `tls` is given); `auth` is this core's view
+/// of the node's authentication.
+pub async fn accept_loop(
+    core: Rc<Core>,
+    listener: glommio::net::TcpListener,
+    tls: Option<Arc<crate::tls::NodeTls>>,
+    auth: Rc<auth::Local>,
+) {
     let services = Rc::new(Services::new(core.clone(), auth.clone()));
     let closing = core.clone();
     let options = Rc::new(grpc_transport::ServerOptions {
@@ -78,10 +84,19 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, au
             }
             continue;
         };
-        let (services, options) = (services.clone(), options.clone());
+        let (services, options, tls) = (services.clone(), options.clone(), tls.clone());
         glommio::spawn_local(async move {
-            let peer = crate::net::Peer::at(stream.peer_addr().ok());
-            grpc_transport::serve_connection(stream, peer, services, options).await;
+            let addr = stream.peer_addr().ok();
+            let config = tls.and_then(|tls| tls.config(crate::tls::Listener::Grpc));
+            if let Some((stream, identity)) = crate::tls::accept(stream, config, crate::tls::Listener::Grpc).await {
+                if let Some(identity) = &identity {
+                    // gRPC connections are few and long-lived (followers,
+                    // members, tools): worth a line each.
+                    tracing::info!(peer = ?addr, %identity, "grpc: client certificate verified");
+                }
+                let peer = crate::net::Peer { addr, identity };
+                grpc_transport::serve_connection(stream, peer, services, options).await;
+            }
             drop(slot);
         })
         .detach();

@@ -16,16 +16,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("net", &["limits"]),
     ("runtime", &[]),
+    // TLS under every connection: configurations, handshakes, the stream.
+    ("tls", &["limits", "net", "runtime"]),
     // Pure byte formats.
     ("codec", &["limits", "proto"]),
     ("index", &["codec", "limits", "proto"]),
     ("shard", &["index", "codec", "limits", "proto"]),
     // The transport knows no wormdb service, and no storage.
-    ("grpc", &["limits", "net", "proto"]),
+    ("grpc", &["limits", "net", "tls", "proto"]),
     // Features over storage and transport.
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),
-    ("config", &["shard", "limits"]),
+    ("config", &["shard", "limits", "tls"]),
     // Who may call, and how much: pure decisions over identities.
     ("auth", &["net", "limits"]),
     // The archive tier: Raft groups over the replication rules (and the
@@ -49,6 +51,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "proto",
             "net",
+            "tls",
         ],
     ),
     (
@@ -67,6 +70,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "proto",
             "net",
+            "tls",
         ],
     ),
     // Tools over storage.
@@ -90,6 +94,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "proto",
             "net",
+            "tls",
             "runtime",
         ],
     ),

@@ -318,3 +318,40 @@ fn bad_flags_and_unreachable_targets_are_clear_errors() {
         assert!(stderr(&unreachable).contains("cannot reach 127.0.0.1:1"), "{}", stderr(&unreachable));
     }
 }
+
+#[test]
+fn https_and_grpc_over_mutual_tls_with_verification() {
+    let dir = common::durable_temp_dir();
+    let pki = common::certs::Pki::new(dir.path());
+    let (server, follower) = (pki.server("server"), pki.follower(7));
+    let ca = pki.ca.to_str().unwrap();
+    let mut args = vec!["--shards".to_string(), "1".into(), "--tls-client-ca".into(), ca.into()];
+    args.extend(server.args());
+    let node = TestNode::start(&dir.path().join("data"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let https = format!("https://127.0.0.1:{}", node.port());
+    let run = |extra: &[&str]| {
+        let common = ["--rate", "5000", "--duration", "1s", "--batch", "50", "--connections", "2", "--verify"];
+        loadgen(&[extra, &common[..]].concat())
+    };
+    // With mutual TLS and no tokens, a client's certificate is its
+    // credential on both ports: a plain client name may write and read; a
+    // follower's only pushes as itself.
+    let (client_cert, client_key) = (server.cert.to_str().unwrap(), server.key.to_str().unwrap());
+    let client = ["--tls-ca", ca, "--tls-cert", client_cert, "--tls-key", client_key];
+    let output = run(&[&["--target", &https][..], &client[..]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run(&[&["--protocol", "grpc", "--target", &node.grpc_addr][..], &client[..]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (cert, key) = (follower.cert.to_str().unwrap(), follower.key.to_str().unwrap());
+    let grpc =
+        ["--protocol", "grpc", "--target", &node.grpc_addr, "--tls-ca", ca, "--tls-cert", cert, "--tls-key", key];
+    let output = run(&[&grpc[..], &["--follower-id", "7"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let anonymous = run(&["--target", &https, "--tls-ca", ca]);
+    assert!(!anonymous.status.success() && stderr(&anonymous).contains("401"), "{}", stderr(&anonymous));
+
+    let no_ca = loadgen(&["--target", &https]);
+    assert!(!no_ca.status.success() && stderr(&no_ca).contains("https needs --tls-ca"), "{}", stderr(&no_ca));
+    let plain = loadgen(&["--target", &node.base, "--tls-ca", ca]);
+    assert!(!plain.status.success() && stderr(&plain).contains("give an https:// URL"), "{}", stderr(&plain));
+}

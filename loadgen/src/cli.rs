@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -99,6 +100,18 @@ pub struct Args {
     /// HTTP request and gRPC call, for a node started with `--auth-tokens`.
     #[arg(long, value_name = "SECRET")]
     pub token: Option<String>,
+    /// Dial TLS, verifying the node's certificate against this CA (PEM); the
+    /// certificate must name the IP dialled. HTTP targets are then `https://`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, with `--tls-key`), e.g. a
+    /// `follower-<id>` certificate for `--follower-id` against a node with
+    /// `--tls-client-ca`.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Wire protocol.
@@ -195,17 +208,20 @@ pub struct Target {
     pub authority: String,
     /// Path prefix of the HTTP base URL, without a trailing slash.
     pub base_path: String,
+    /// The target was given as `https://`.
+    pub https: bool,
+    /// TLS to dial with (`--tls-ca`, see [`with_tls`]); `None`: plaintext.
+    pub tls: Option<Arc<wormdb::tls::ClientConfig>>,
 }
 
-/// Resolves `--target` for `protocol`: HTTP wants `http://host:port[/prefix]`,
-/// gRPC `host:port` (an `http://` prefix is accepted).
+/// Resolves `--target` for `protocol`: HTTP wants `http://host:port[/prefix]`
+/// (or `https://`, with `--tls-ca`), gRPC `host:port` (an `http://` or
+/// `https://` prefix is accepted).
 pub fn resolve_target(text: &str, protocol: Protocol) -> Result<Target, String> {
-    let rest = match (protocol, text.strip_prefix("http://")) {
+    let https = text.starts_with("https://");
+    let rest = match (protocol, text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))) {
         (_, Some(rest)) => rest,
         (Protocol::Grpc, None) => text,
-        (Protocol::Http, None) if text.starts_with("https://") => {
-            return Err(format!("--target {text}: https is not supported (wormdb serves plain HTTP)"))
-        }
         (Protocol::Http, None) => {
             return Err(format!("--target {text}: give an HTTP base URL such as http://127.0.0.1:8080"))
         }
@@ -230,7 +246,29 @@ pub fn resolve_target(text: &str, protocol: Protocol) -> Result<Target, String> 
         .map_err(|error| format!("--target {text}: cannot resolve {with_port}: {error}"))?
         .next()
         .ok_or_else(|| format!("--target {text}: {with_port} resolves to no address"))?;
-    Ok(Target { addr, authority: authority.to_string(), base_path: path.to_string() })
+    Ok(Target { addr, authority: authority.to_string(), base_path: path.to_string(), https, tls: None })
+}
+
+/// `target` with the TLS `args` ask for: `--tls-ca` (and `--tls-cert`,
+/// `--tls-key`). An HTTP target must say `https://` exactly when `--tls-ca`
+/// is given; a gRPC target dials TLS whenever it is.
+pub fn with_tls(target: Target, protocol: Protocol, args: &Args) -> Result<Target, String> {
+    let Some(ca) = &args.tls_ca else {
+        if target.https {
+            return Err(format!("--target {}: https needs --tls-ca (the CA of the node's certificate)", args.target));
+        }
+        return Ok(target);
+    };
+    let listener = match protocol {
+        Protocol::Http if !target.https => {
+            return Err(format!("--target {}: with --tls-ca, give an https:// URL", args.target))
+        }
+        Protocol::Http => wormdb::tls::Listener::Http,
+        Protocol::Grpc => wormdb::tls::Listener::Grpc,
+    };
+    let pair = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let config = wormdb::tls::tool_client_config(ca, pair, listener).map_err(|error| error.to_string())?;
+    Ok(Target { tls: Some(config), ..target })
 }
 
 /// Cross-flag checks that clap cannot express.
@@ -332,7 +370,8 @@ mod tests {
         let grpc = resolve_target("127.0.0.1:50051", Protocol::Grpc).unwrap();
         assert_eq!(grpc.authority, "127.0.0.1:50051");
         assert!(resolve_target("127.0.0.1:8080", Protocol::Http).is_err());
-        assert!(resolve_target("https://127.0.0.1:8080", Protocol::Http).is_err());
+        assert!(resolve_target("https://127.0.0.1:8080", Protocol::Http).unwrap().https);
+        assert!(!http.https && !grpc.https);
         assert!(resolve_target("http://127.0.0.1", Protocol::Http).is_err());
         assert!(resolve_target("127.0.0.1:1/x", Protocol::Grpc).is_err());
     }

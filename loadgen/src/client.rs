@@ -1,6 +1,7 @@
 //! Thin clients on glommio: HTTP/1.1 keep-alive (hyper 1 over a glommio
 //! `TcpStream`, as the server side in `src/http/server.rs` does) and gRPC
-//! (the wormdb library's own `Channel`).
+//! (the wormdb library's own `Channel`), each under TLS when the target
+//! carries a client configuration (`--tls-ca`).
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -114,6 +115,12 @@ impl HttpClient {
                 .await
                 .map_err(|error| Failure::connection(format!("connect {addr}: {error}")))?;
             let _ = stream.set_nodelay(true);
+            let stream = match &target.tls {
+                None => wormdb::tls::Stream::Plain(stream),
+                Some(config) => wormdb::tls::connect(stream, config.clone(), addr.ip())
+                    .await
+                    .map_err(|error| Failure::connection(format!("TLS handshake with {addr}: {error}")))?,
+            };
             let io = TokioIo::new(wormdb::net::TokioStream::new(stream));
             let (sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
@@ -194,7 +201,9 @@ pub fn parse_write_answer(answer: &[u8]) -> Option<WriteAck> {
 
 /// Connects a gRPC channel within `timeout`.
 pub async fn grpc_connect(target: &Target, timeout: Duration) -> Result<Channel, Failure> {
-    Channel::connect(target.addr, timeout).await.map_err(|status| Failure::connection(status.message))
+    Channel::connect_with(target.addr, timeout, target.tls.clone())
+        .await
+        .map_err(|status| Failure::connection(status.message))
 }
 
 /// One `WormIngest.Write` of a pre-framed `WriteRequest`.

@@ -80,7 +80,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         (Protocol::Grpc, None) => Mode::GrpcWrite,
         (Protocol::Grpc, Some(follower_id)) => Mode::Follower(follower_id),
     };
-    let target = cli::resolve_target(&args.target, args.protocol)?;
+    let target = cli::with_tls(cli::resolve_target(&args.target, args.protocol)?, args.protocol, &args)?;
     let mut source = match &args.payload_file {
         Some(path) => pool::BodySource::from_file(path, args.body_bytes)?,
         None => pool::BodySource::Synthetic { body_bytes: args.body_bytes.unwrap_or(DEFAULT_BODY_BYTES) },
@@ -191,7 +191,7 @@ fn verify_from(args: &Args, path: &Path) -> Result<ExitCode, String> {
         format!("--verify-from {}: no acknowledgements of a wormdb-loadgen --json run ({error})", path.display())
     })?;
     let protocol = if acknowledged.mode == "http" { Protocol::Http } else { Protocol::Grpc };
-    let target = cli::resolve_target(&args.target, protocol)?;
+    let target = cli::with_tls(cli::resolve_target(&args.target, protocol)?, protocol, args)?;
     let total: u64 = acknowledged.shards.iter().map(|shard| shard.entries).sum();
     println!(
         "verify: {total} acknowledged {} entries of {} against {}",

@@ -57,8 +57,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const CONTENT_TYPE: &str = "application/grpc";
 
-/// The glommio stream h2 runs on, as a tokio stream.
-type Io = crate::net::TokioStream<glommio::net::TcpStream>;
+/// The glommio stream h2 runs on (plaintext or TLS), as a tokio stream.
+type Io = crate::net::TokioStream<crate::tls::Stream>;
 
 /// The `authorization` value every new [`Channel`] sends, when set.
 static DEFAULT_AUTHORIZATION: OnceLock<HeaderValue> = OnceLock::new();
@@ -284,14 +284,16 @@ fn h2_server_builder() -> h2::server::Builder {
     builder
 }
 
-/// Serves one accepted connection until the peer closes it, keepalive
-/// finds it dead, or the node shuts down.
+/// Serves one accepted connection (its TLS handshake, if any, done:
+/// [`crate::tls::accept`]) until the peer closes it, keepalive finds it
+/// dead, or the node shuts down.
 pub async fn serve_connection<S: Service>(
-    stream: glommio::net::TcpStream,
+    stream: impl Into<crate::tls::Stream>,
     peer: Peer,
     service: Rc<S>,
     options: Rc<ServerOptions>,
 ) {
+    let stream = stream.into();
     let _ = stream.set_nodelay(true);
     let peer = Rc::new(peer);
     let mut connection = match h2_server_builder().handshake::<Io, Bytes>(Io::new(stream)).await {
@@ -418,6 +420,7 @@ async fn run_call<S: Service>(
 /// pings the server so that a dead peer fails every call.
 pub struct Channel {
     sender: h2::client::SendRequest<Bytes>,
+    scheme: &'static str,
     authority: String,
     max_message_bytes: usize,
     driver: Option<glommio::task::JoinHandle<()>>,
@@ -433,13 +436,32 @@ impl Drop for Channel {
 }
 
 impl Channel {
-    /// Connects (TCP and the HTTP/2 handshake) within `timeout`.
+    /// Connects (TCP, TLS when the process has a client configuration
+    /// ([`crate::tls::client_config`]: `--peer-ca`, a tool's `--tls-ca`),
+    /// and the HTTP/2 handshake) within `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Channel, Status> {
+        Channel::connect_with(addr, timeout, crate::tls::client_config()).await
+    }
+
+    /// [`Channel::connect`] with TLS as `tls` says: `None` is plaintext;
+    /// otherwise the server's certificate must be valid for `addr`'s IP.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Channel, Status> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let connecting = async {
-            let stream = glommio::net::TcpStream::connect(addr)
+            let socket = glommio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|error| Status::unavailable(format!("connect {addr}: {error}")))?;
-            let _ = stream.set_nodelay(true);
+            let _ = socket.set_nodelay(true);
+            let stream = match tls {
+                None => crate::tls::Stream::Plain(socket),
+                Some(config) => crate::tls::connect(socket, config, addr.ip())
+                    .await
+                    .map_err(|error| Status::unavailable(format!("tls handshake with {addr}: {error}")))?,
+            };
             let mut builder = h2::client::Builder::new();
             builder
                 .initial_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
@@ -472,6 +494,7 @@ impl Channel {
         .detach();
         Ok(Channel {
             sender,
+            scheme,
             authority: addr.to_string(),
             max_message_bytes: limits::MESSAGE_BYTES_MAX,
             driver: Some(driver),
@@ -488,7 +511,7 @@ impl Channel {
 
     /// Starts a call of `path`; `timeout` is sent as `grpc-timeout`.
     pub async fn start(&self, path: &str, timeout: Option<Duration>) -> Result<ClientCall, Status> {
-        let uri = format!("http://{}{}", self.authority, path);
+        let uri = format!("{}://{}{}", self.scheme, self.authority, path);
         let mut request = Request::post(uri)
             .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
             .header(http::header::TE, "trailers")

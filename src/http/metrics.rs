@@ -234,6 +234,16 @@ pub fn render_auth(out: &mut String, node_id: u32, counters: &crate::auth::Count
     }
 }
 
+/// Appends the TLS counters: failed server handshakes by listener label
+/// (`wormdb_tls_handshake_failures_total{listener}`, DESIGN.md section 10).
+pub fn render_tls(out: &mut String, node_id: u32, handshake_failures: &[(&str, u64)]) {
+    let name = "wormdb_tls_handshake_failures_total";
+    family(out, name, "counter", "Server TLS handshakes that failed or timed out, by listener.");
+    for (listener, count) in handshake_failures {
+        let _ = writeln!(out, "{name}{{node=\"{node_id}\",listener=\"{listener}\"}} {count}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,9 +39,15 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 const NDJSON: &str = "application/x-ndjson";
 
-/// Accepts connections until cancelled, serving each on its own task;
-/// `auth` is this core's view of the node's authentication.
-pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, auth: Rc<auth::Local>) {
+/// Accepts connections until cancelled, serving each on its own task (its
+/// TLS handshake too, when `tls` is given); `auth` is this core's view of
+/// the node's authentication.
+pub async fn accept_loop(
+    core: Rc<Core>,
+    listener: glommio::net::TcpListener,
+    tls: Option<Arc<crate::tls::NodeTls>>,
+    auth: Rc<auth::Local>,
+) {
     let body_budget = BodyBudget::new(core.config.max_body_bytes_in_flight);
     loop {
         let stream = match listener.accept().await {
@@ -65,12 +71,19 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, au
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let peer = Arc::new(Peer::at(stream.peer_addr().ok()));
+        let addr = stream.peer_addr().ok();
         let core = core.clone();
         let auth = auth.clone();
         let body_budget = body_budget.clone();
         let header_read_timeout = core.config.header_read_timeout;
+        let tls = tls.clone();
         glommio::spawn_local(async move {
+            let config = tls.and_then(|tls| tls.config(crate::tls::Listener::Http));
+            // A failed handshake ends the task, and frees its slot.
+            let Some((stream, identity)) = crate::tls::accept(stream, config, crate::tls::Listener::Http).await else {
+                return;
+            };
+            let peer = Arc::new(Peer { addr, identity });
             let io = TokioIo::new(crate::net::TokioStream::new(stream));
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let core = core.clone();
@@ -614,6 +627,9 @@ async fn prometheus(core: Rc<Core>, auth: &auth::Local) -> Response<Body> {
         Ok(reports) => {
             let mut text = metrics::render(core.config.node_id, &reports);
             metrics::render_auth(&mut text, core.config.node_id, &auth.guard().counters());
+            let failures =
+                crate::tls::Listener::ALL.map(|listener| (listener.label(), crate::tls::handshake_failures(listener)));
+            metrics::render_tls(&mut text, core.config.node_id, &failures);
             let mut response = Response::new(full(text));
             response
                 .headers_mut()

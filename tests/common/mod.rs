@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod certs;
 pub mod loghub;
 pub mod loopfs;
 pub mod node;
