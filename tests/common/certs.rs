@@ -1,5 +1,5 @@
 //! Certificates for the TLS tests, made with the real `openssl` CLI and the
-//! same commands `docs/security-tls.md` shows: a CA, a server certificate
+//! same commands `docs/security.md` shows: a CA, a server certificate
 //! for 127.0.0.1, `follower-<id>` and `node-<id>` certificates signed by
 //! it, and a second, unrelated CA that signs strangers.
 #![allow(dead_code, clippy::unwrap_used)]
