@@ -612,11 +612,30 @@ fn garbage_and_truncated_handshakes_never_take_a_node_down() {
     eprintln!("garbage seed {seed} (WORMDB_TLS_GARBAGE_SEED replays it)");
     let cases = garbage(seed, &client_hello(&pki.ca));
     let before = (handshake_failures(&node, &pki.ca, "http"), handshake_failures(&node, &pki.ca, "grpc"));
-    for addr in [http.as_str(), node.grpc_addr.as_str(), &format!("127.0.0.1:{}", plain.port()), &plain.grpc_addr] {
+    let addrs = [http.clone(), node.grpc_addr.clone(), format!("127.0.0.1:{}", plain.port()), plain.grpc_addr.clone()];
+    for addr in &addrs {
         for case in &cases {
             send_garbage(addr, case);
         }
     }
+    // Memory: more passes after the first (which warmed the allocator)
+    // leave the resident size about where it was; a connection's state
+    // that outlived it would grow it with every pass.
+    let rss = (node.rss_bytes(), plain.rss_bytes());
+    const PASSES: usize = 5;
+    for _ in 0..PASSES {
+        for addr in &addrs {
+            for case in &cases {
+                send_garbage(addr, case);
+            }
+        }
+    }
+    let grown = (node.rss_bytes().saturating_sub(rss.0), plain.rss_bytes().saturating_sub(rss.1));
+    let connections = PASSES * cases.len() * 2;
+    assert!(
+        grown.0 < 16 << 20 && grown.1 < 16 << 20,
+        "{connections} garbage connections per node grew the resident size by {grown:?} bytes"
+    );
     assert!(node.is_running() && plain.is_running());
     assert_eq!(get(&node, &pki.ca, "/healthz"), "ok\n", "the TLS node is healthy");
     assert_eq!(common::node::get(&plain.url("/healthz")).status, 200, "the plaintext node is healthy");
@@ -639,4 +658,23 @@ fn garbage_and_truncated_handshakes_never_take_a_node_down() {
         waited >= bound - Duration::from_millis(500) && waited < bound + Duration::from_secs(5),
         "closed after {waited:?}"
     );
+    // Every connection's slot is given back: only the one reading the
+    // metrics is open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = get(&node, &pki.ca, "/metrics");
+        let open = |listener: &str| -> u64 {
+            let needle = format!("listener=\"{listener}\"}} ");
+            metrics
+                .lines()
+                .find(|line| line.starts_with("wormdb_connections_open{") && line.contains(&needle))
+                .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+                .unwrap()
+        };
+        if (open("http"), open("grpc")) == (1, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections still open: http {}, grpc {}", open("http"), open("grpc"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
