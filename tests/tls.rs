@@ -203,7 +203,9 @@ fn grpc_over_mutual_tls_lets_in_only_certificates_from_the_client_ca() {
     let other_ca = pki.other_ca.clone();
     // A plain client may write (a follower's certificate only pushes as it).
     let plain_client = pki.client();
+    let expired = pki.expired("client");
     let outcomes = common::run(move || async move {
+        let expired = connect_and_write(addr, client(&ca, Some(&expired))).await;
         let good = connect_and_write(addr, client(&ca, Some(&plain_client))).await;
         let anonymous = connect_and_write(addr, client(&ca, None)).await;
         let strange = connect_and_write(addr, client(&ca, Some(&stranger))).await;
@@ -214,18 +216,19 @@ fn grpc_over_mutual_tls_lets_in_only_certificates_from_the_client_ca() {
             Ok(channel) => write_one(&channel, "plain").await,
             Err(status) => Err(status),
         };
-        [good, anonymous, strange, untrusting, plain]
+        [good, anonymous, strange, untrusting, plain, expired]
     });
-    let [good, anonymous, strange, untrusting, plain] = outcomes;
+    let [good, anonymous, strange, untrusting, plain, expired] = outcomes;
     let good = good.unwrap();
     assert!(good.first_seq >= 1);
-    for (what, outcome) in [("no certificate", anonymous), ("another CA", strange), ("plaintext", plain)] {
+    let refused = [("no certificate", anonymous), ("another CA", strange), ("plaintext", plain), ("expired", expired)];
+    for (what, outcome) in refused {
         let status = outcome.expect_err(what);
         assert_eq!(status.code, Code::Unavailable, "{what}: {status:?}");
     }
     let status = untrusting.expect_err("an untrusted server");
     assert!(status.message.contains("tls handshake"), "{status:?}");
-    assert_eq!(handshake_failures(&node, &pki.ca, "grpc"), before + 4, "every refusal counted");
+    assert_eq!(handshake_failures(&node, &pki.ca, "grpc"), before + 5, "every refusal counted");
     assert!(
         node.log_text().contains("grpc: client certificate verified") && node.log_text().contains("identity=client"),
         "{}",

@@ -89,6 +89,65 @@ impl Pki {
         issue(&self.dir, "other-ca", &format!("stranger-{name}"), name, &format!("DNS:{name}, IP:127.0.0.1"))
     }
 
+    /// `name`'s certificate from the trusted CA that expired in 2020
+    /// (`openssl ca` with explicit dates: `x509 -req` cannot backdate).
+    pub fn expired(&self, name: &str) -> Pair {
+        let dir = &self.dir;
+        let config = "[ca]\ndefault_ca = ca\n[ca]\ndatabase = expired-index.txt\nnew_certs_dir = .\n\
+                      serial = expired-serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n";
+        std::fs::write(dir.join("expired-ca.cnf"), config).unwrap();
+        std::fs::write(dir.join("expired-index.txt"), "").unwrap();
+        std::fs::write(dir.join("expired-serial"), "1000\n").unwrap();
+        let file = format!("expired-{name}");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{file}.key"),
+                "-out",
+                &format!("{file}.csr"),
+            ],
+        );
+        let extensions = format!(
+            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = \
+             serverAuth, clientAuth\nsubjectAltName = DNS:{name}, IP:127.0.0.1\n"
+        );
+        std::fs::write(dir.join(format!("{file}.ext")), extensions).unwrap();
+        openssl(
+            dir,
+            &[
+                "ca",
+                "-batch",
+                "-notext",
+                "-config",
+                "expired-ca.cnf",
+                "-cert",
+                "ca.pem",
+                "-keyfile",
+                "ca.key",
+                "-in",
+                &format!("{file}.csr"),
+                "-out",
+                &format!("{file}.pem"),
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20200102000000Z",
+                "-extfile",
+                &format!("{file}.ext"),
+            ],
+        );
+        Pair { cert: dir.join(format!("{file}.pem")), key: dir.join(format!("{file}.key")) }
+    }
+
     /// A new certificate for 127.0.0.1 (a new key, a new serial) written over
     /// `pair`'s files: a rotation.
     pub fn rotate(&self, pair: &Pair) {
