@@ -33,7 +33,7 @@ BATCH=${BATCH:-500}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-10}
 BIN=${BIN:-$repo/target/release/wormdb}
 LOADGEN=${LOADGEN:-$repo/target/release/wormdb-loadgen}
-[ -x "$BIN" ] && [ -x "$LOADGEN" ] || (cd "$repo" && cargo build --release --bin wormdb -p wormdb-loadgen)
+[ -x "$BIN" ] && [ -x "$LOADGEN" ] || (cd "$repo" && cargo build --release --bin wormdb && cargo build --release -p wormdb-loadgen)
 command -v openssl > /dev/null || { echo "openssl is missing (scripts/test-deps.sh installs it)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/wormdb-security-bench.XXXXXX)
@@ -85,11 +85,13 @@ start() {
 
 stop() { kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""; }
 
-# stats MODE: the node's acknowledged entries so far.
+# ingested MODE: the entries the node acknowledged so far.
 ingested() {
   local -a curl_args=(-s "http://127.0.0.1:$http_port/v1/stats")
   [ "$1" = secure ] && curl_args=(-s --cacert "$work/ca.pem" -H "authorization: Bearer $secret" "https://127.0.0.1:$http_port/v1/stats")
-  curl "${curl_args[@]}" | python3 -c 'import json,sys; print(sum(s.get("ingest_entries") or 0 for s in json.load(sys.stdin)["shards"]))'
+  # Direct ingest, and what follower pushes archived.
+  curl "${curl_args[@]}" | python3 -c 'import json,sys; d = json.load(sys.stdin)
+print(sum(s.get("ingest_entries") or 0 for s in d["shards"]) + sum(w.get("written") or 0 for w in d.get("watermarks") or []))'
 }
 
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat"; }

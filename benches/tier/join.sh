@@ -12,9 +12,21 @@
 # join (tier.py stalls).
 # Bounded: wrk has a duration; every wait at most WAIT_TIMEOUT s.
 # Usage: benches/tier/join.sh   (LOAD=40 MEASURE=10 CONNS=16 RATE=max
-#        WAIT_TIMEOUT=300; TIER_CPUS and FOLLOWER_CPUS pin with taskset;
-#        KEEP=1 keeps the logs)
+#        WAIT_TIMEOUT=300 FOLLOWER_ARGS=; TIER_CPUS and FOLLOWER_CPUS pin
+#        with taskset; KEEP=1 keeps the logs). Disk: every member holds the
+#        whole archive (about 47 MB/s of segments per member under full
+#        load here), the follower its own log: LOAD=230 needs about 60 GB
+#        with FOLLOWER_ARGS="--retention-bytes 2GB".
 LOAD=${LOAD:-40}
+# Extra flags for the follower, e.g. FOLLOWER_ARGS="--retention-bytes 2GB"
+# so that a long load does not fill the disk with a fifth copy (retention
+# keeps whatever the tier has not acknowledged).
+FOLLOWER_ARGS=${FOLLOWER_ARGS:-}
+# Entries/s wrk aims at from the end of LOAD on (the measure before the
+# join, and the join itself); empty: full load throughout. A paced load
+# after a full one builds a large archive quickly, then joins at a load
+# the tier can carry (and keeps the disk from filling meanwhile).
+JOIN_RATE=${JOIN_RATE:-}
 MEASURE=${MEASURE:-10}
 TIER_CPUS=${TIER_CPUS:-}
 FOLLOWER_CPUS=${FOLLOWER_CPUS:-}
@@ -24,12 +36,21 @@ source "$(dirname "$0")/common.sh"
 echo "== a node joins a tier under load, after ${LOAD} s of load"
 conditions
 tier "$TIER_CPUS"
-start follower "$FOLLOWER_CPUS" "$FOLLOWER_SHARDS" --node-id "$FOLLOWER_ID" --leader "$tier_grpc"
+# shellcheck disable=SC2086 # FOLLOWER_ARGS holds words
+start follower "$FOLLOWER_CPUS" "$FOLLOWER_SHARDS" --node-id "$FOLLOWER_ID" --leader "$tier_grpc" $FOLLOWER_ARGS
 follower=${node_http[follower]}
 load_start_spread "$follower" $((LOAD + MEASURE + WAIT_TIMEOUT))
 sleep "$LOAD"
 read -r disk entries <<< "$(stat_sum "${node_http[t1]}" disk_bytes entries)"
 echo "loaded: member 1 holds $((disk / 1000000)) MB of segment data, $entries entries"
+if [ -n "$JOIN_RATE" ]; then
+  kill "$wrk_pid" 2> /dev/null || true
+  wait "$wrk_pid" 2> /dev/null || true
+  RATE=$JOIN_RATE
+  load_start_spread "$follower" $((MEASURE + WAIT_TIMEOUT + 10))
+  sleep 3
+  echo "the load is now paced at $JOIN_RATE entries/s"
+fi
 e0=$(stat_sum "$follower" ingest_entries)
 t0=$(now)
 sleep "$MEASURE"
