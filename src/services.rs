@@ -73,17 +73,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let limit = &auth.guard().grpc_connections;
-        let Some(slot) = limit.admit() else {
-            if limit.refused().is_power_of_two() {
-                tracing::warn!(
-                    limit = limit.max(),
-                    refused = limit.refused(),
-                    "grpc: too many connections (--max-connections); closing new ones"
-                );
-            }
-            continue;
-        };
+        let Some(slot) = auth.guard().grpc_connections.admit_logged("grpc") else { continue };
         let (services, options, tls) = (services.clone(), options.clone(), tls.clone());
         glommio::spawn_local(async move {
             let addr = stream.peer_addr().ok();

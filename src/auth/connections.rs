@@ -35,6 +35,21 @@ impl ConnectionLimit {
         Some(ConnectionSlot { limit: self.clone() })
     }
 
+    /// [`ConnectionLimit::admit`] for a connection `listener` accepted;
+    /// a refusal is logged at the 1st, 2nd, 4th, 8th... (a flood must not
+    /// flood the log).
+    pub fn admit_logged(self: &Arc<Self>, listener: &str) -> Option<ConnectionSlot> {
+        let slot = self.admit();
+        if slot.is_none() && self.refused().is_power_of_two() {
+            tracing::warn!(
+                limit = self.max,
+                refused = self.refused(),
+                "{listener}: too many connections (--max-connections); closing new ones"
+            );
+        }
+        slot
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)

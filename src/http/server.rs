@@ -59,17 +59,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let limit = &auth.guard().http_connections;
-        let Some(slot) = limit.admit() else {
-            if limit.refused().is_power_of_two() {
-                tracing::warn!(
-                    limit = limit.max(),
-                    refused = limit.refused(),
-                    "http: too many connections (--max-connections); closing new ones"
-                );
-            }
-            continue;
-        };
+        let Some(slot) = auth.guard().http_connections.admit_logged("http") else { continue };
         let _ = stream.set_nodelay(true);
         let addr = stream.peer_addr().ok();
         let core = core.clone();

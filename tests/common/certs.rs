@@ -99,28 +99,7 @@ impl Pki {
         std::fs::write(dir.join("expired-index.txt"), "").unwrap();
         std::fs::write(dir.join("expired-serial"), "1000\n").unwrap();
         let file = format!("expired-{name}");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                &format!("{file}.key"),
-                "-out",
-                &format!("{file}.csr"),
-            ],
-        );
-        let extensions = format!(
-            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = \
-             serverAuth, clientAuth\nsubjectAltName = DNS:{name}, IP:127.0.0.1\n"
-        );
-        std::fs::write(dir.join(format!("{file}.ext")), extensions).unwrap();
+        request(dir, &file, name, &format!("DNS:{name}, IP:127.0.0.1"));
         openssl(
             dir,
             &[
@@ -190,6 +169,33 @@ fn make_ca(dir: &Path, name: &str) {
 /// A key and a CSR, then the certificate `FILE.pem` signed by `ca` with
 /// subject CN `common_name` and subjectAltName `san`.
 fn issue(dir: &Path, ca: &str, file: &str, common_name: &str, san: &str) -> Pair {
+    request(dir, file, common_name, san);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{file}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-days",
+            "30",
+            "-extfile",
+            &format!("{file}.ext"),
+            "-out",
+            &format!("{file}.pem"),
+        ],
+    );
+    Pair { cert: dir.join(format!("{file}.pem")), key: dir.join(format!("{file}.key")) }
+}
+
+/// A key `FILE.key`, a CSR `FILE.csr` for subject CN `common_name`, and the
+/// extensions `FILE.ext` of a certificate for both roles (server and
+/// client), with subjectAltName `san`.
+fn request(dir: &Path, file: &str, common_name: &str, san: &str) {
     openssl(
         dir,
         &[
@@ -212,26 +218,6 @@ fn issue(dir: &Path, ca: &str, file: &str, common_name: &str, san: &str) -> Pair
          serverAuth, clientAuth\nsubjectAltName = {san}\n"
     );
     std::fs::write(dir.join(format!("{file}.ext")), extensions).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{file}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-days",
-            "30",
-            "-extfile",
-            &format!("{file}.ext"),
-            "-out",
-            &format!("{file}.pem"),
-        ],
-    );
-    Pair { cert: dir.join(format!("{file}.pem")), key: dir.join(format!("{file}.key")) }
 }
 
 /// The serial number of a PEM certificate, as `openssl x509 -serial` prints it.
