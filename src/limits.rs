@@ -399,6 +399,13 @@ pub const RAFT_OUTBOX_MESSAGES_MAX: usize = 4096;
 /// proposal is a group commit of whatever arrived during one fdatasync).
 pub const RAFT_LOG_RETAINED_ENTRIES: u64 = 4096;
 
+/// Most bytes of entries a replica keeps in its Raft log behind the applied
+/// index, whatever their count: an entry carries whole pushed batches, so
+/// under full load 4096 entries held about 2 GB per group, in memory (the
+/// log raft-rs reads) and on disk. A peer further behind gets a snapshot,
+/// which streams at several hundred MB/s.
+pub const RAFT_LOG_RETAINED_BYTES: u64 = 64 << 20;
+
 /// Most bytes of one Raft log segment file before a new one starts; whole
 /// segments are deleted once compaction passes them.
 pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 << 20;

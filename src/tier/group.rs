@@ -25,6 +25,7 @@
 //! [`super::machine::Machine`] knows which state it got.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use raft::prelude::*;
@@ -32,7 +33,7 @@ use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, StateRole};
 
 use super::{Error, ELECTION_TICKS, ELECTION_TICKS_MAX, HEARTBEAT_TICKS};
-use crate::limits::{PROPOSAL_BYTES_MAX, RAFT_LOG_RETAINED_ENTRIES};
+use crate::limits::{PROPOSAL_BYTES_MAX, RAFT_LOG_RETAINED_BYTES, RAFT_LOG_RETAINED_ENTRIES};
 
 /// The (index, term) of the snapshot a new group starts from (see
 /// [`Group::new`]).
@@ -167,6 +168,10 @@ pub struct Group {
     storage: GroupStorage,
     /// Entries kept behind the applied index for lagging peers.
     retained: u64,
+    /// And at most this many bytes of them.
+    retained_bytes: u64,
+    /// The size of every entry in the in-memory log.
+    sizes: EntrySizes,
     pending: Option<Ready>,
     last_leader: (u64, u64),
     group: u32,
@@ -226,6 +231,11 @@ impl Group {
             .as_ref()
             .map(|restored| restored.applied.min(restored.hard_state.commit).max(restored.snapshot.0))
             .unwrap_or(if voters.is_empty() { 0 } else { BOOTSTRAP.0 });
+        let mut sizes = EntrySizes::default();
+        if let Some(restored) = &restored {
+            sizes.append(&restored.entries);
+        }
+        sizes.applied_to(applied);
         let log_start = match &restored {
             Some(restored) => restored.snapshot,
             None if voters.is_empty() => (0, 0),
@@ -253,6 +263,8 @@ impl Group {
             node,
             storage,
             retained: RAFT_LOG_RETAINED_ENTRIES,
+            retained_bytes: RAFT_LOG_RETAINED_BYTES,
+            sizes,
             pending: None,
             last_leader: (0, 0),
             group,
@@ -265,6 +277,12 @@ impl Group {
     /// snapshot sooner (tests and the simulator use that).
     pub fn set_retained_entries(&mut self, entries: u64) {
         self.retained = entries.max(1);
+    }
+
+    /// Keeps at most `bytes` of entries behind the applied index instead of
+    /// [`RAFT_LOG_RETAINED_BYTES`] (tests).
+    pub fn set_retained_bytes(&mut self, bytes: u64) {
+        self.retained_bytes = bytes;
     }
 
     /// Replaces the election timeout raft-rs drew at its last reset (which
@@ -382,12 +400,15 @@ impl Group {
             drop(core);
             self.storage.log_start.set((index, snapshot.get_metadata().term));
             self.storage.applied.set(self.storage.applied.get().max(index));
+            self.sizes = EntrySizes::default();
+            self.sizes.applied_to(self.storage.applied.get());
             work.snapshot = Some(snapshot);
         }
         work.committed = ready.take_committed_entries();
         if !ready.entries().is_empty() {
             work.entries = ready.take_entries();
             self.storage.mem.wl().append(&work.entries).expect("raft-rs appends after its log start");
+            self.sizes.append(&work.entries);
         }
         if let Some(hard_state) = ready.hs() {
             work.hard_state = Some(hard_state.clone());
@@ -426,21 +447,24 @@ impl Group {
     /// Entries up to `index` are applied and their effects durable: raft-rs
     /// may snapshot at that index, and the in-memory log is compacted to
     /// keep [`RAFT_LOG_RETAINED_ENTRIES`] (or what
-    /// [`Group::set_retained_entries`] set) behind it. Returns the new first
-    /// index of the log when it was compacted.
+    /// [`Group::set_retained_entries`] set) behind it, and no more than
+    /// [`RAFT_LOG_RETAINED_BYTES`] of them. Returns the new first index of
+    /// the log when it was compacted.
     pub fn applied(&mut self, index: u64) -> Option<u64> {
         if index <= self.storage.applied.get() {
             return None;
         }
         self.storage.applied.set(index);
         self.node.advance_apply_to(index);
+        self.sizes.applied_to(index);
         let first = self.storage.mem.first_index().unwrap_or(1);
-        let compact_to = index.saturating_sub(self.retained);
+        let compact_to = index.saturating_sub(self.retained).max(self.sizes.keep_from(self.retained_bytes));
         if compact_to > first {
             // The new log start's term, while its entry is still there.
             let term = self.storage.mem.term(compact_to - 1).expect("compaction stays below the applied index");
             self.storage.mem.wl().compact(compact_to).expect("compaction stays below the applied index");
             self.storage.log_start.set((compact_to - 1, term));
+            self.sizes.compact(compact_to);
             return Some(compact_to);
         }
         None
@@ -538,6 +562,76 @@ impl Group {
     /// A membership change is proposed and not yet applied.
     pub fn has_pending_conf(&self) -> bool {
         self.node.raft.has_pending_conf()
+    }
+}
+
+/// The size of every entry of the in-memory log, in index order (entries
+/// are contiguous), and the total of those at or below the applied index:
+/// what the byte bound of compaction reads, without touching the entries.
+#[derive(Debug, Default)]
+struct EntrySizes {
+    sizes: VecDeque<(u64, u64)>,
+    applied: u64,
+    applied_bytes: u64,
+}
+
+impl EntrySizes {
+    /// Bytes an entry is counted for: its data and context, and a little
+    /// for its header.
+    fn size(entry: &Entry) -> u64 {
+        (entry.data.len() + entry.context.len() + 32) as u64
+    }
+
+    /// Entries appended; one at an index already held replaces it and
+    /// everything after it (only entries after the applied index are ever
+    /// replaced).
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        while self.sizes.back().is_some_and(|&(index, _)| index >= first.index) {
+            if let Some((index, size)) = self.sizes.pop_back() {
+                if index <= self.applied {
+                    self.applied_bytes -= size;
+                }
+            }
+        }
+        self.sizes.extend(entries.iter().map(|entry| (entry.index, EntrySizes::size(entry))));
+    }
+
+    /// Entries up to `index` are applied.
+    fn applied_to(&mut self, index: u64) {
+        if index <= self.applied {
+            return;
+        }
+        let front = self.sizes.front().map_or(index + 1, |&(first, _)| first);
+        let skip = (self.applied + 1).saturating_sub(front) as usize;
+        let newly =
+            self.sizes.iter().skip(skip).take_while(|&&(at, _)| at <= index).map(|&(_, size)| size).sum::<u64>();
+        self.applied_bytes += newly;
+        self.applied = index;
+    }
+
+    /// The first index to keep so that the entries kept up to the applied
+    /// index hold at most `bound` bytes (never past the applied index).
+    fn keep_from(&self, bound: u64) -> u64 {
+        let mut bytes = self.applied_bytes;
+        for &(index, size) in &self.sizes {
+            if bytes <= bound || index >= self.applied {
+                return index;
+            }
+            bytes -= size;
+        }
+        0
+    }
+
+    /// The log now starts at `first`.
+    fn compact(&mut self, first: u64) {
+        while self.sizes.front().is_some_and(|&(index, _)| index < first) {
+            if let Some((index, size)) = self.sizes.pop_front() {
+                if index <= self.applied {
+                    self.applied_bytes -= size;
+                }
+            }
+        }
     }
 }
 
@@ -671,6 +765,40 @@ mod tests {
         }
         assert!(asked, "replica 1 was elected");
         assert_eq!(answered, vec![b"early".to_vec()], "the early read is answered, once");
+    }
+
+    #[test]
+    fn the_log_behind_the_applied_index_is_bounded_in_bytes_too() {
+        let mut group = Group::new(1, 0, &[1], None, &logger());
+        group.set_retained_bytes(3 * (1000 + 32));
+        for _ in 0..2 * ELECTION_TICKS {
+            group.tick();
+        }
+        let drive = |group: &mut Group| {
+            let mut applied = 0;
+            while let Some(work) = group.ready() {
+                applied = work.committed.iter().map(|entry| entry.index).max().unwrap_or(applied);
+                let after = group.persisted();
+                applied = after.committed.iter().map(|entry| entry.index).max().unwrap_or(applied);
+                if applied > 0 {
+                    group.applied(applied);
+                }
+            }
+        };
+        drive(&mut group);
+        assert!(group.is_leader());
+        let mut last = 0;
+        for _ in 0..10 {
+            last = group.propose(vec![7; 1000]).unwrap().0;
+            drive(&mut group);
+        }
+        assert_eq!(group.status().applied, last);
+        // 4096 entries would be kept by count; 3 of 1000 bytes by size.
+        assert_eq!(group.first_index(), last - 2, "the entries kept behind the applied index: {}", last);
+        // A small entry fits beside them: the bound counts bytes.
+        let small = group.propose(vec![1; 10]).unwrap().0;
+        drive(&mut group);
+        assert_eq!(group.first_index(), small - 2);
     }
 
     /// Three replicas with replica 0 leading and `entries` proposals
