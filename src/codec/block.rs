@@ -571,7 +571,7 @@ pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHead
                 body: view.body,
                 fields: &[],
             })
-                .map_err(|error| bad(error.to_string()))?;
+            .map_err(|error| bad(error.to_string()))?;
             for (key, value) in &entry_tags {
                 insert_tag(&mut tags, key, value);
             }
@@ -923,7 +923,6 @@ impl<'a> EntryView<'a> {
         for_each_map_field(self.tags, 3, visit)
     }
 
-
     /// Whether the entry carries every `key=value` pair of `tags` (an empty
     /// list matches everything). Each pair is looked up by its own pass
     /// over the tags: queries carry few pairs, and this needs no memory.
@@ -1262,7 +1261,7 @@ mod tests {
 
     #[test]
     fn encode_entry_writes_the_resolved_timestamp_not_the_entry_one() {
-        let entry = EntryRef { fields: &[],  timestamp_ns: 0, tags: &[], body: b"b" };
+        let entry = EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: b"b" };
         let mut out = Vec::new();
         encode_entry(&entry, 123, &mut out);
         assert_eq!(LogEntry::decode_length_delimited(&out[..]).unwrap().timestamp_ns, 123);
@@ -1300,7 +1299,8 @@ mod tests {
             entries.push(entry);
         }
         // The concatenation is a payload whose entries come back in order.
-        let header = BlockHeader { version: 1, 
+        let header = BlockHeader {
+            version: 1,
             codec: Codec::None,
             first_seq: 100,
             entry_count: entries.len() as u32,
@@ -1352,7 +1352,7 @@ mod tests {
         let keys: Vec<String> = (0..64).map(|index| format!("k{index:02}")).collect();
         let tags: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "v")).collect();
         let mut out = Vec::new();
-        encode_entry(&EntryRef { fields: &[],  timestamp_ns: 1, tags: &tags, body: b"" }, 1, &mut out);
+        encode_entry(&EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"" }, 1, &mut out);
         let view = EntryView::parse(message_of(&out)).unwrap();
         assert!(view.has_tags(&tags));
         let mut query = tags.clone();
@@ -1422,7 +1422,7 @@ mod tests {
                     (0..=limits::ENTRY_TAGS_MAX).map(|i| (format!("k{i}"), "v".into())).collect();
                 let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
                 let mut encoded = Vec::new();
-                encode_entry(&EntryRef { fields: &[],  timestamp_ns: 1, tags: &tags, body: b"x" }, 1, &mut encoded);
+                encode_entry(&EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"x" }, 1, &mut encoded);
                 message_of(&encoded).to_vec()
             }),
         ];
@@ -1430,7 +1430,7 @@ mod tests {
             let mut payload = Vec::new();
             put_varint(&mut payload, entry.len() as u64);
             payload.extend_from_slice(&entry);
-            let spec = BlockSpec { fields: false,  first_seq: 1, entry_count: 1, min_ts: 1, max_ts: 1, origin: None };
+            let spec = BlockSpec { fields: false, first_seq: 1, entry_count: 1, min_ts: 1, max_ts: 1, origin: None };
             let block = encode(&spec, &payload);
             match check(&block, &mut raw) {
                 Err(error) => assert!(error.to_string().contains(what), "{what}: {error}"),
@@ -1446,11 +1446,11 @@ mod tests {
         // encoder may interleave) must still be read whole.
         let tags = [("host", "web-01"), ("level", "info")];
         let mut entry = Vec::new();
-        encode_entry(&EntryRef { fields: &[],  timestamp_ns: 5, tags: &tags, body: b"ok" }, 5, &mut entry);
+        encode_entry(&EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: b"ok" }, 5, &mut entry);
         let good = message_of(&entry).to_vec();
         let mut big = Vec::new();
         let body_over = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX + 1];
-        encode_entry(&EntryRef { fields: &[],  timestamp_ns: 5, tags: &tags, body: &body_over }, 5, &mut big);
+        encode_entry(&EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: &body_over }, 5, &mut big);
         let big = message_of(&big).to_vec();
         // host=web-01, then the timestamp, then level=info, then the body.
         let split: Vec<u8> = {
@@ -1473,8 +1473,14 @@ mod tests {
                 put_varint(&mut payload, entry.len() as u64);
                 payload.extend_from_slice(entry);
             }
-            let spec =
-                BlockSpec { fields: false,  first_seq: 1, entry_count: entries.len() as u32, min_ts: 5, max_ts: 5, origin: None };
+            let spec = BlockSpec {
+                fields: false,
+                first_seq: 1,
+                entry_count: entries.len() as u32,
+                min_ts: 5,
+                max_ts: 5,
+                origin: None,
+            };
             encode(&spec, &payload)
         };
         let mut raw = Vec::new();
@@ -1653,7 +1659,9 @@ mod tests {
         let mut raw = Vec::new();
         mixed[2].encode(&mut raw);
         let view = EntryView::parse(message_of(&raw)).unwrap();
-        assert!(view.has_tags(&[("app", "web")]) && !view.has_tags(&[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")]));
+        assert!(
+            view.has_tags(&[("app", "web")]) && !view.has_tags(&[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")])
+        );
         assert!(view.has_fields(&[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"), ("user", "")]));
         assert!(!view.has_fields(&[("app", "web")]));
     }
@@ -1860,32 +1868,38 @@ mod tests {
             }
         }
         let body_max = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX];
-        assert_eq!(validate_entry(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &[], body: &body_max }), Ok(()));
+        assert_eq!(validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: &body_max }), Ok(()));
         let body_over = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX + 1];
-        assert_eq!(limit_of(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &[], body: &body_over }), "ENTRY_BODY_BYTES_MAX");
+        assert_eq!(
+            limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: &body_over }),
+            "ENTRY_BODY_BYTES_MAX"
+        );
 
         let keys: Vec<String> = (0..=limits::ENTRY_TAGS_MAX).map(|index| format!("key{index}")).collect();
         let tags: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "v")).collect();
-        let at_max = EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags[..limits::ENTRY_TAGS_MAX], body: b"" };
+        let at_max = EntryRef { fields: &[], timestamp_ns: 0, tags: &tags[..limits::ENTRY_TAGS_MAX], body: b"" };
         assert_eq!(validate_entry(&at_max), Ok(()));
-        assert_eq!(limit_of(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body: b"" }), "ENTRY_TAGS_MAX");
+        assert_eq!(limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), "ENTRY_TAGS_MAX");
 
         let key_max = "k".repeat(limits::TAG_KEY_BYTES_MAX);
         let key_over = "k".repeat(limits::TAG_KEY_BYTES_MAX + 1);
         let value_max = "v".repeat(limits::TAG_VALUE_BYTES_MAX);
         let value_over = "v".repeat(limits::TAG_VALUE_BYTES_MAX + 1);
         let tags = [(key_max.as_str(), value_max.as_str())];
-        assert_eq!(validate_entry(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body: b"" }), Ok(()));
+        assert_eq!(validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), Ok(()));
         let tags = [("a", "1"), (key_over.as_str(), "v")];
-        assert_eq!(limit_of(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_KEY_BYTES_MAX");
+        assert_eq!(limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_KEY_BYTES_MAX");
         let tags = [("a", "1"), ("b", value_over.as_str())];
-        assert_eq!(limit_of(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_VALUE_BYTES_MAX");
+        assert_eq!(limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_VALUE_BYTES_MAX");
 
         let tags = [("a", "1"), ("", "v")];
-        assert_eq!(validate_entry(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body: b"" }), Err(EntryError::EmptyTagKey));
+        assert_eq!(
+            validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }),
+            Err(EntryError::EmptyTagKey)
+        );
         let tags = [("a", "1"), ("b", "2"), ("a", "3")];
         assert_eq!(
-            validate_entry(&EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body: b"" }),
+            validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }),
             Err(EntryError::DuplicateTagKey("a".to_owned()))
         );
     }

@@ -1413,7 +1413,8 @@ mod tests {
     // ---- output encoding ----
 
     fn log_entry(tags: &[(&str, &str)], body: &[u8]) -> LogEntry {
-        LogEntry { fields: Default::default(), 
+        LogEntry {
+            fields: Default::default(),
             seq: 7,
             timestamp_ns: 123,
             tags: tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
@@ -1544,7 +1545,8 @@ mod tests {
         let refs = batch.entry_refs(&mut scratch);
         assert_eq!(refs.len(), 3);
         for (index, entry_ref) in refs.iter().enumerate() {
-            let entry = LogEntry { fields: Default::default(), 
+            let entry = LogEntry {
+                fields: Default::default(),
                 seq: 100 + index as u64,
                 timestamp_ns: entry_ref.timestamp_ns,
                 tags: entry_ref.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),

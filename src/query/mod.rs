@@ -74,7 +74,11 @@ pub async fn stream_shard(shard: &Shard, spec: &QuerySpec, mut sink: mpsc::Sende
     let query = Query {
         tags: &tags,
         fields: &fields,
-        from_ts: spec.from_ts, to_ts: spec.to_ts, limit: spec.limit, backward: spec.backward };
+        from_ts: spec.from_ts,
+        to_ts: spec.to_ts,
+        limit: spec.limit,
+        backward: spec.backward,
+    };
     let mut ordered = match shard.query_ordered(&query).await {
         Ok(ordered) => ordered,
         Err(error) => {

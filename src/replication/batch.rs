@@ -414,7 +414,8 @@ mod tests {
     use prost::Message;
 
     fn entry(seq: u64, body: &str) -> LogEntry {
-        LogEntry { fields: Default::default(), 
+        LogEntry {
+            fields: Default::default(),
             seq,
             timestamp_ns: 1_700_000_000_000_000_000 + seq as i64,
             tags: [("app".to_string(), "web".to_string()), ("k".to_string(), format!("v{seq}"))].into(),
@@ -462,13 +463,14 @@ mod tests {
             let body = format!("line {seq} of a follower's log");
             let tags = [("app", "web"), ("n", if seq % 2 == 0 { "even" } else { "odd" })];
             encode_entry(
-                &EntryRef { fields: &[],  timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
+                &EntryRef { fields: &[], timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
                 seq as i64,
                 &mut raw,
             );
         }
         let count = (seqs.end() - seqs.start() + 1) as u32;
-        let spec = BlockSpec { fields: false, 
+        let spec = BlockSpec {
+            fields: false,
             first_seq: *seqs.start(),
             entry_count: count,
             min_ts: *seqs.start() as i64,
@@ -553,7 +555,8 @@ mod tests {
         let header = crate::codec::block::verify_block(&follower).unwrap();
         let mut raw = Vec::new();
         decompress_payload(&header, &follower, &mut raw).unwrap();
-        let spec = crate::codec::block::BlockSpec { fields: false, 
+        let spec = crate::codec::block::BlockSpec {
+            fields: false,
             first_seq: 500,
             entry_count: header.entry_count,
             min_ts: header.min_ts,
@@ -687,7 +690,7 @@ mod tests {
             let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
             let mut stored = Vec::new();
             crate::codec::block::encode_entry(
-                &EntryRef { fields: &[],  timestamp_ns: 0, tags: &tags, body },
+                &EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body },
                 *timestamp_ns,
                 &mut stored,
             );
@@ -749,7 +752,7 @@ mod tests {
         ) {
             let protos: Vec<LogEntry> = entries
                 .iter()
-                .map(|(seq, timestamp_ns, tags, body)| LogEntry { fields: Default::default(), 
+                .map(|(seq, timestamp_ns, tags, body)| LogEntry { fields: Default::default(),
                     seq: *seq,
                     timestamp_ns: *timestamp_ns,
                     tags: tags.iter().cloned().collect(),

@@ -496,7 +496,11 @@ mod tests {
         for seq in [41u64, 42, 300] {
             let body = format!("entry {seq}");
             let mut stored = Vec::new();
-            encode_entry(&EntryRef { fields: &[],  timestamp_ns: 5, tags: &tags, body: body.as_bytes() }, 5, &mut stored);
+            encode_entry(
+                &EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: body.as_bytes() },
+                5,
+                &mut stored,
+            );
             let (_, prefix) = read_varint(&stored).unwrap_or_else(|| unreachable!());
             writer.push(seq, &stored[prefix..]);
         }
@@ -512,7 +516,8 @@ mod tests {
         assert_eq!((pushed.follower_id, pushed.shard, pushed.durable_seq), (7, 3, 1234));
         let expected: Vec<LogEntry> = [41u64, 42, 300]
             .iter()
-            .map(|&seq| LogEntry { fields: Default::default(), 
+            .map(|&seq| LogEntry {
+                fields: Default::default(),
                 seq,
                 timestamp_ns: 5,
                 tags: tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),

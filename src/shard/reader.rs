@@ -790,7 +790,10 @@ impl OrderedQuery {
         let fields: Vec<(&str, &str)> = self.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
         let (from_ts, to_ts, backward) = (self.from_ts, self.to_ts, self.backward);
         let keep = |_: u64, view: &EntryView<'_>| {
-            view.timestamp_ns >= from_ts && view.timestamp_ns < to_ts && view.has_tags(&tags) && view.has_fields(&fields)
+            view.timestamp_ns >= from_ts
+                && view.timestamp_ns < to_ts
+                && view.has_tags(&tags)
+                && view.has_fields(&fields)
         };
         let mut raw = Vec::new();
         let found = matching_entries(&bytes, &mut raw, node, shard, &keep).map_err(|source| Error::Block {
