@@ -33,7 +33,14 @@ const DECODE_TARGET_BYTES_PER_SECOND: f64 = 1.5e9;
 fn spec_of(block: &BlockInput<'_>) -> BlockSpec {
     let min_ts = block.entries.iter().map(|entry| entry.timestamp_ns).min().unwrap();
     let max_ts = block.entries.iter().map(|entry| entry.timestamp_ns).max().unwrap();
-    BlockSpec { first_seq: block.first_seq, entry_count: block.entries.len() as u32, min_ts, max_ts, origin: None }
+    BlockSpec {
+        fields: false,
+        first_seq: block.first_seq,
+        entry_count: block.entries.len() as u32,
+        min_ts,
+        max_ts,
+        origin: None,
+    }
 }
 
 /// Encodes every block as the shard's writer does; returns bytes produced.

@@ -55,6 +55,7 @@ struct Workload {
 
 fn log_entry(seq: u64, entry: &EntryRef<'_>) -> LogEntry {
     LogEntry {
+        fields: Default::default(),
         seq,
         timestamp_ns: entry.timestamp_ns,
         tags: entry.tags.iter().map(|&(key, value)| (key.to_string(), value.to_string())).collect(),

@@ -93,7 +93,7 @@ fn batches() -> Vec<(Bytes, u64)> {
             let tags = [("service", "bench"), ("level", levels[line % 3]), ("host", host.as_str())];
             let mut stored = Vec::new();
             encode_entry(
-                &EntryRef { timestamp_ns: 1, tags: &tags, body: body.as_bytes() },
+                &EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: body.as_bytes() },
                 1_700_000_000_000_000_000,
                 &mut stored,
             );

@@ -79,7 +79,7 @@ fn agent_entries() -> Vec<EntryRef<'static>> {
             let tags = tag_sets[agent][levels.iter().position(|&known| known == level).unwrap()];
             let index = entries.len() as i64;
             let timestamp_ns = support::BASE_TIMESTAMP_NS + index * support::ENTRY_INTERVAL_NS;
-            entries.push(EntryRef { timestamp_ns, tags, body: line.as_bytes() });
+            entries.push(EntryRef { fields: &[], timestamp_ns, tags, body: line.as_bytes() });
             // Close to the encoded size; cut_blocks measures exactly.
             raw_bytes += line.len() + 48;
         }

@@ -87,7 +87,7 @@ fn loghub_entries() -> (&'static [EntryRef<'static>], usize) {
                 ("level", level_of(line)),
                 ("host", hosts[entries.len() % HOST_COUNT]),
             ]);
-            entries.push(EntryRef { timestamp_ns: 0, tags, body: line.as_bytes() });
+            entries.push(EntryRef { fields: &[], timestamp_ns: 0, tags, body: line.as_bytes() });
         }
     }
     let positions = entries.len();

@@ -634,7 +634,7 @@ fn small_entries() -> Vec<EntryRef<'static>> {
                 ("level", level_of(body)),
                 ("host", hosts[entries.len() % HOST_COUNT]),
             ]);
-            entries.push(EntryRef { timestamp_ns: 0, tags, body });
+            entries.push(EntryRef { fields: &[], timestamp_ns: 0, tags, body });
         }
     }
     entries
@@ -646,7 +646,7 @@ fn random_entries() -> Vec<EntryRef<'static>> {
     SmallRng::seed_from_u64(SEED).fill_bytes(&mut bytes);
     let bytes: &'static [u8] = Vec::leak(bytes);
     let tags: &'static [(&'static str, &'static str)] = &[("source", "random"), ("level", "info"), ("host", "node-00")];
-    bytes.chunks_exact(RANDOM_BODY_BYTES).map(|body| EntryRef { timestamp_ns: 0, tags, body }).collect()
+    bytes.chunks_exact(RANDOM_BODY_BYTES).map(|body| EntryRef { fields: &[], timestamp_ns: 0, tags, body }).collect()
 }
 
 fn nproc() -> usize {

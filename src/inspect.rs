@@ -1039,8 +1039,15 @@ fn block_text(offset: u64, header: &BlockHeader) -> String {
             seq_range(origin.first_seq, origin.first_seq + u64::from(header.entry_count))
         ),
     };
+    // Blocks of the version that carries entry fields say so; the others
+    // (version 1, no fields) print as they always did.
+    let fields = if header.version == block::FORMAT_VERSION_NO_FIELDS {
+        String::new()
+    } else {
+        format!(", version {} (entries with fields)", header.version)
+    };
     format!(
-        "block at {offset}, {} bytes: {}, {}, time {}, {codec}, raw {} stored {}{origin}",
+        "block at {offset}, {} bytes: {}, {}, time {}, {codec}, raw {} stored {}{origin}{fields}",
         header.block_bytes(),
         seq_range(header.first_seq, header.next_seq()),
         entries_text(u64::from(header.entry_count)),
@@ -1139,12 +1146,18 @@ mod tests {
             for entry_index in 0..count {
                 let body = format!("block {block_index} entry {entry_index}: GET /index.html 200 ").repeat(4);
                 let tags = [("host", "web-01")];
-                let entry = EntryRef { timestamp_ns: 1_000 + block_index as i64, tags: &tags, body: body.as_bytes() };
+                let entry = EntryRef {
+                    fields: &[],
+                    timestamp_ns: 1_000 + block_index as i64,
+                    tags: &tags,
+                    body: body.as_bytes(),
+                };
                 encode_entry(&entry, entry.timestamp_ns, &mut raw);
             }
             let ts = 1_000 + block_index as i64;
             let origin = origin.map(|origin| Origin { first_seq: origin.first_seq + seq - first_seq, ..origin });
-            let spec = BlockSpec { first_seq: seq, entry_count: count as u32, min_ts: ts, max_ts: ts, origin };
+            let spec =
+                BlockSpec { fields: false, first_seq: seq, entry_count: count as u32, min_ts: ts, max_ts: ts, origin };
             let mut out = vec![0; encoded_bytes_max(raw.len())];
             let used = encode_block(&spec, &raw, &mut out);
             let offset = image.len() as u64;

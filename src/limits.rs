@@ -34,9 +34,29 @@ pub const ENTRY_TAGS_MAX: usize = 64;
 pub const TAG_KEY_BYTES_MAX: usize = 256;
 /// Largest tag value, in bytes.
 pub const TAG_VALUE_BYTES_MAX: usize = 4096;
-/// Largest protobuf encoding of one entry (body, tags and framing).
-pub const ENTRY_ENCODED_BYTES_MAX: usize =
-    ENTRY_BODY_BYTES_MAX + ENTRY_TAGS_MAX * (TAG_KEY_BYTES_MAX + TAG_VALUE_BYTES_MAX + 16) + 64;
+/// Largest number of fields on one entry. Fields are not indexed, so they
+/// cost no index memory, but every one is parsed when a `field=` predicate
+/// scans a block; OTLP resources and Elasticsearch documents commonly carry a
+/// few dozen attributes, and 128 leaves room without letting one entry be
+/// mostly map framing.
+pub const ENTRY_FIELDS_MAX: usize = 128;
+/// Largest field key, in bytes, like a tag key. Keys must also be non-empty.
+pub const FIELD_KEY_BYTES_MAX: usize = 256;
+/// Largest field value, in bytes: larger than a tag value (a field holds an
+/// attribute such as a URL or a user agent, not a low-cardinality label),
+/// while anything longer belongs in the body.
+pub const FIELD_VALUE_BYTES_MAX: usize = 16 * 1024;
+/// Largest sum of the key and value bytes of one entry's fields. It keeps
+/// the fields of one entry well below its body limit, so
+/// [`ENTRY_ENCODED_BYTES_MAX`] (and with it every buffer sized from it)
+/// grows by a small fraction only.
+pub const ENTRY_FIELDS_BYTES_MAX: usize = 64 * 1024;
+/// Largest protobuf encoding of one entry (body, tags, fields and framing).
+pub const ENTRY_ENCODED_BYTES_MAX: usize = ENTRY_BODY_BYTES_MAX
+    + ENTRY_TAGS_MAX * (TAG_KEY_BYTES_MAX + TAG_VALUE_BYTES_MAX + 16)
+    + ENTRY_FIELDS_BYTES_MAX
+    + ENTRY_FIELDS_MAX * 16
+    + 64;
 
 /// A block is closed once its uncompressed payload reaches this size; it is
 /// the unit of compression, checksumming and index postings.
@@ -230,6 +250,9 @@ pub const QUERY_LIMIT_MAX: usize = 10_000_000;
 /// Most `tag=` predicates in one query: an entry has at most this many tags,
 /// so more could never match.
 pub const QUERY_TAGS_MAX: usize = ENTRY_TAGS_MAX;
+/// Most `field=` predicates in one query: an entry has at most this many
+/// fields, so more could never match.
+pub const QUERY_FIELDS_MAX: usize = ENTRY_FIELDS_MAX;
 /// Entries one `WormIngest.Write` call may carry (as an HTTP ingest).
 pub const WRITE_ENTRIES_MAX: usize = HTTP_ENTRIES_PER_REQUEST_MAX;
 

@@ -189,8 +189,15 @@ impl Services {
             0 => QUERY_LIMIT_DEFAULT,
             limit => limit.min(QUERY_LIMIT_MAX),
         };
+        if request.fields.len() > crate::limits::QUERY_FIELDS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "more than {} field predicates (QUERY_FIELDS_MAX)",
+                crate::limits::QUERY_FIELDS_MAX
+            )));
+        }
         let spec = Arc::new(QuerySpec {
             tags: request.tags.into_iter().collect(),
+            fields: request.fields.into_iter().collect(),
             from_ts: request.from_ns,
             to_ts,
             limit,

@@ -147,6 +147,7 @@ async fn channel(addr: SocketAddr, token: Option<&str>) -> Channel {
 
 fn entry(follower_id: u32, shard: u32, seq: u64) -> LogEntry {
     LogEntry {
+        fields: Default::default(),
         seq,
         timestamp_ns: 1_700_000_000_000_000_000 + seq as i64,
         tags: BTreeMap::from([("follower".to_string(), follower_id.to_string())]),

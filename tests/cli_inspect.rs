@@ -92,6 +92,7 @@ fn fill_shard(shard_dir: &Path) -> u64 {
                 .zip(&tags)
                 .enumerate()
                 .map(|(index, ((_, line), tags))| EntryRef {
+                    fields: &[],
                     timestamp_ns: TS_BASE + (batch_index * 500 + index) as i64 * 1_000,
                     tags,
                     body: line.as_bytes(),

@@ -80,8 +80,10 @@ async fn fill(shard: &Shard, seed: u64, appends: usize) -> Model {
             .map(|index| (rng.gen_range(1..1_000_000), lines[(start + index) % lines.len()].clone()))
             .collect();
         let tags = [("app", "hadoop")];
-        let entries: Vec<EntryRef<'_>> =
-            batch.iter().map(|(ts, body)| EntryRef { timestamp_ns: *ts, tags: &tags, body: body.as_bytes() }).collect();
+        let entries: Vec<EntryRef<'_>> = batch
+            .iter()
+            .map(|(ts, body)| EntryRef { fields: &[], timestamp_ns: *ts, tags: &tags, body: body.as_bytes() })
+            .collect();
         let range = shard.append(&entries).unwrap().durable().await.unwrap();
         for (offset, (ts, body)) in batch.into_iter().enumerate() {
             model.push((range.first + offset as u64, ts, body));
@@ -104,8 +106,12 @@ async fn check_prefix(dir: &Path, model: &Model, expected: u64, context: &str) {
         assert_eq!(std::str::from_utf8(&entry.body).unwrap(), body, "{context}");
     }
     let tags = [("after", "crash")];
-    let range =
-        shard.append(&[EntryRef { timestamp_ns: 7, tags: &tags, body: b"next" }]).unwrap().durable().await.unwrap();
+    let range = shard
+        .append(&[EntryRef { fields: &[], timestamp_ns: 7, tags: &tags, body: b"next" }])
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
     assert_eq!(range.first, expected + 1, "{context}: next seq after recovery");
     shard.close().await.unwrap();
     let shard = Shard::open(config).await.unwrap();
@@ -275,7 +281,7 @@ fn a_missing_or_corrupt_sealed_index_is_rebuilt_from_its_segment() {
             let entries: Vec<EntryRef<'_>> = lines
                 .iter()
                 .take(2000)
-                .map(|(_, line)| EntryRef { timestamp_ns: 3, tags: &tags, body: line.as_bytes() })
+                .map(|(_, line)| EntryRef { fields: &[], timestamp_ns: 3, tags: &tags, body: line.as_bytes() })
                 .collect();
             shard.append(&entries).unwrap().durable().await.unwrap();
         }
@@ -296,8 +302,14 @@ fn a_missing_or_corrupt_sealed_index_is_rebuilt_from_its_segment() {
         let shard = Shard::open(config(&dir)).await.unwrap();
         assert_eq!(shard.recovery_report().indexes_rebuilt, 2);
         assert_eq!(shard.durable_seq(), total);
-        let query =
-            wormdb::shard::Query { tags: &[("k", "v")], from_ts: 0, to_ts: 10, limit: usize::MAX, backward: false };
+        let query = wormdb::shard::Query {
+            fields: &[],
+            tags: &[("k", "v")],
+            from_ts: 0,
+            to_ts: 10,
+            limit: usize::MAX,
+            backward: false,
+        };
         assert_eq!(shard.query(&query).await.unwrap().entries.len() as u64, total);
         shard.close().await.unwrap();
         assert!(indexes.iter().all(|path| path.exists()), "rebuilt index files are written back");

@@ -53,7 +53,12 @@ fn sigkill_child_writer() {
                     let tags = [("run", "sigkill")];
                     let entries: Vec<EntryRef<'_>> = bodies
                         .iter()
-                        .map(|text| EntryRef { timestamp_ns: 1 + round as i64, tags: &tags, body: text.as_bytes() })
+                        .map(|text| EntryRef {
+                            fields: &[],
+                            timestamp_ns: 1 + round as i64,
+                            tags: &tags,
+                            body: text.as_bytes(),
+                        })
                         .collect();
                     match shard.append(&entries) {
                         Ok(wait) => {

@@ -32,8 +32,10 @@ fn disk_full_refuses_appends_and_recovers_when_space_is_freed() {
             // Vary bodies so they do not compress away.
             let bodies: Vec<String> =
                 lines.iter().take(1000).map(|line| format!("{salt} {line} {}", salt * 7919)).collect();
-            let entries: Vec<EntryRef<'_>> =
-                bodies.iter().map(|body| EntryRef { timestamp_ns: 1, tags: &[], body: body.as_bytes() }).collect();
+            let entries: Vec<EntryRef<'_>> = bodies
+                .iter()
+                .map(|body| EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: body.as_bytes() })
+                .collect();
             match shard.append(&entries).unwrap().durable().await {
                 Ok(range) => acked = range.last,
                 Err(error) => break error,
@@ -45,7 +47,7 @@ fn disk_full_refuses_appends_and_recovers_when_space_is_freed() {
         assert_eq!(shard.stats().segments, 2);
         // Still full: refused again, and still healthy.
         let again = shard
-            .append(&[EntryRef { timestamp_ns: 1, tags: &[], body: &vec![b'z'; 900_000] }])
+            .append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: &vec![b'z'; 900_000] }])
             .unwrap()
             .durable()
             .await;
@@ -55,8 +57,10 @@ fn disk_full_refuses_appends_and_recovers_when_space_is_freed() {
         let mut resumed = 0;
         for round in 0..40 {
             let bodies: Vec<String> = lines.iter().take(1000).map(|line| format!("after {round} {line}")).collect();
-            let entries: Vec<EntryRef<'_>> =
-                bodies.iter().map(|body| EntryRef { timestamp_ns: 1, tags: &[], body: body.as_bytes() }).collect();
+            let entries: Vec<EntryRef<'_>> = bodies
+                .iter()
+                .map(|body| EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: body.as_bytes() })
+                .collect();
             let range = shard.append(&entries).unwrap().durable().await.unwrap();
             assert_eq!(range.first, acked + 1 + resumed);
             resumed += 1000;

@@ -1,6 +1,7 @@
 //! Format-stability fixtures: files written by version 1 of the block, the
 //! segment header and the index file formats, kept in `tests/fixtures/v1/`,
-//! and by version 2 of the index file format, in `tests/fixtures/v2/`.
+//! and by version 2 of the index file and block formats (a block whose
+//! entries carry fields), in `tests/fixtures/v2/`.
 //!
 //! Each current file must still decode to exactly the content hard-coded
 //! here, and the same bytes with the version field set to the next version
@@ -77,6 +78,7 @@ const BLOCK_ENTRIES: [Expected; 3] = [
 const BLOCK_FIRST_SEQ: u64 = 1;
 /// What the fixed header of `block.bin` says.
 const BLOCK_HEADER: BlockHeader = BlockHeader {
+    version: 1,
     codec: Codec::Lz4,
     first_seq: BLOCK_FIRST_SEQ,
     entry_count: 3,
@@ -105,6 +107,7 @@ const REPLICATED_FIRST_SEQ: u64 = 4;
 const REPLICATED_ORIGIN: Origin = Origin { node: 2, shard: 5, first_seq: 1000 };
 /// What the fixed header of `block-replicated.bin` says.
 const REPLICATED_HEADER: BlockHeader = BlockHeader {
+    version: 1,
     codec: Codec::None,
     first_seq: REPLICATED_FIRST_SEQ,
     entry_count: 2,
@@ -208,6 +211,7 @@ fn read_fixture_at(path: PathBuf) -> Vec<u8> {
 
 fn expected_proto(entry: &Expected, seq: u64, node_id: u32, shard: u32) -> LogEntry {
     LogEntry {
+        fields: Default::default(),
         seq,
         timestamp_ns: entry.timestamp_ns,
         tags: entry.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
@@ -221,7 +225,8 @@ fn expected_proto(entry: &Expected, seq: u64, node_id: u32, shard: u32) -> LogEn
 fn raw_payload(entries: &[Expected]) -> Vec<u8> {
     let mut raw = Vec::new();
     for entry in entries {
-        let entry_ref = EntryRef { timestamp_ns: entry.timestamp_ns, tags: entry.tags, body: entry.body.as_bytes() };
+        let entry_ref =
+            EntryRef { fields: &[], timestamp_ns: entry.timestamp_ns, tags: entry.tags, body: entry.body.as_bytes() };
         block::validate_entry(&entry_ref).unwrap();
         block::encode_entry(&entry_ref, entry.timestamp_ns, &mut raw);
     }
@@ -314,20 +319,88 @@ fn v1_replicated_block_decodes_with_its_origin_ids() {
 }
 
 #[test]
-fn v2_blocks_ask_for_an_upgrade() {
+fn v3_blocks_ask_for_an_upgrade() {
     for name in ["block.bin", "block-replicated.bin"] {
         let mut bytes = read_fixture(name);
-        set_version(&mut bytes, 2);
+        set_version(&mut bytes, 3);
         // The version is read before the crc, so a stale crc does not hide it...
         let stale = block::verify_block(&bytes).unwrap_err();
         // ...and with the crc fixed up, only the version is wrong.
         resign_block(&mut bytes);
         let resigned = block::decode_block(&bytes, NODE, SHARD).unwrap_err();
         for error in [stale, resigned] {
-            assert_eq!(error, BlockError::UnsupportedVersion(2), "{name}");
+            assert_eq!(error, BlockError::UnsupportedVersion(3), "{name}");
             assert!(error.to_string().contains("upgrade required"), "{name}: {error}");
         }
     }
+}
+
+/// `v2/block-fields.bin`: the entries of `block.bin` at seqs 1 to 3, the
+/// first and the last with fields (the middle one has none, as entries of a
+/// version 2 block may), no origin.
+const FIELDS_BLOCK_FIELDS: [&[(&str, &str)]; 3] =
+    [&[("request_id", "r-1"), ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")], &[], &[("size", "67108864")]];
+
+#[test]
+fn v2_block_with_fields_decodes_to_its_entries() {
+    let bytes = read_v2_fixture("block-fields.bin");
+    assert_eq!(&bytes[..6], b"WRMB\x02\x00", "format version 2, little-endian");
+    let header = block::verify_block(&bytes).unwrap();
+    assert_eq!(header.version, 2);
+    assert_eq!((header.first_seq, header.entry_count, header.origin), (1, 3, None));
+    assert_eq!((header.min_ts, header.max_ts), (BLOCK_ENTRIES[0].timestamp_ns, BLOCK_ENTRIES[2].timestamp_ns));
+    assert_eq!(header.block_bytes(), bytes.len());
+    let (_, decoded) = block::decode_block(&bytes, NODE, SHARD).unwrap();
+    assert_eq!(decoded.len(), 3);
+    for (index, (got, (want, fields))) in decoded.iter().zip(BLOCK_ENTRIES.iter().zip(FIELDS_BLOCK_FIELDS)).enumerate()
+    {
+        let mut expected = expected_proto(want, 1 + index as u64, NODE, SHARD);
+        expected.fields = fields.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+        assert_eq!(*got, expected, "entry {index}");
+    }
+    // This build still writes the entries byte for byte.
+    let mut payload = Vec::new();
+    block::decompress_payload(&header, &bytes, &mut payload).unwrap();
+    assert!(payload == fields_block_payload(), "encode_entry no longer writes the stored bytes");
+    assert_eq!(fields_block(), bytes, "this build writes the same block");
+}
+
+fn fields_block_payload() -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (entry, fields) in BLOCK_ENTRIES.iter().zip(FIELDS_BLOCK_FIELDS) {
+        let entry_ref =
+            EntryRef { fields, timestamp_ns: entry.timestamp_ns, tags: entry.tags, body: entry.body.as_bytes() };
+        block::validate_entry(&entry_ref).unwrap();
+        block::encode_entry(&entry_ref, entry.timestamp_ns, &mut raw);
+    }
+    raw
+}
+
+fn fields_block() -> Vec<u8> {
+    let raw = fields_block_payload();
+    let spec = BlockSpec {
+        fields: true,
+        first_seq: 1,
+        entry_count: 3,
+        min_ts: BLOCK_ENTRIES[0].timestamp_ns,
+        max_ts: BLOCK_ENTRIES[2].timestamp_ns,
+        origin: None,
+    };
+    let mut out = vec![0; block::encoded_bytes_max(raw.len())];
+    let used = block::encode_block(&spec, &raw, &mut out);
+    out.truncate(used);
+    out
+}
+
+/// Writes `v2/block-fields.bin`, the first block of version 2.
+#[test]
+#[ignore = "writes tests/fixtures/v2/block-fields.bin: run once, when the block version 2 was introduced"]
+fn generate_v2_block_fixture() {
+    std::fs::create_dir_all(V2_FIXTURE_DIR).unwrap();
+    let block = fields_block();
+    assert!(block.len() < FIXTURE_BYTES_MAX);
+    std::fs::write(PathBuf::from(V2_FIXTURE_DIR).join("block-fields.bin"), &block).unwrap();
+    eprintln!("wrote v2/block-fields.bin: {} bytes", block.len());
 }
 
 // ---- segment header ----
@@ -463,6 +536,7 @@ fn vendored_loghub_subset_is_the_head_of_each_sample() {
 fn encode_block_of(entries: &[Expected], first_seq: u64, origin: Option<Origin>) -> Vec<u8> {
     let raw = raw_payload(entries);
     let spec = BlockSpec {
+        fields: false,
         first_seq,
         entry_count: entries.len() as u32,
         min_ts: entries.iter().map(|entry| entry.timestamp_ns).min().unwrap(),

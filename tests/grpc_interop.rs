@@ -115,6 +115,7 @@ async fn write(client: &mut Client, entries: Vec<LogEntry>) -> Result<WriteRespo
 
 async fn query_tag(client: &mut Client, key: &str, value: &str) -> Vec<LogEntry> {
     let request = QueryRequest {
+        fields: Default::default(),
         from_ns: 0,
         to_ns: 0,
         tags: BTreeMap::from([(key.to_string(), value.to_string())]),
@@ -140,6 +141,7 @@ fn batch(follower_id: u32, shard: u32, seqs: impl IntoIterator<Item = u64>) -> P
 
 fn follower_entry(follower_id: u32, shard: u32, seq: u64) -> LogEntry {
     LogEntry {
+        fields: Default::default(),
         seq,
         timestamp_ns: 1_700_000_000_000_000_000 + seq as i64 * 1000,
         tags: BTreeMap::from([
@@ -292,6 +294,7 @@ fn write_then_query_returns_the_entries_with_their_ids() {
 
         // The time range (half-open, `from_ns..to_ns`) is honoured too.
         let request = QueryRequest {
+            fields: Default::default(),
             from_ns: base_ts + 1,
             to_ns: base_ts + 2,
             tags: BTreeMap::from([("test".to_string(), "write-query".to_string())]),

@@ -506,3 +506,87 @@ fn request_bodies_in_flight_have_a_per_core_budget() {
         .sum();
     assert_eq!(backpressure, 2, "both refusals count as 429s");
 }
+
+#[test]
+fn entry_fields_are_stored_queried_back_and_matched_exactly() {
+    use prost::Message;
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2"]);
+    let body = concat!(
+        r#"{"ts": 10, "tags": {"app": "web"}, "fields": {"trace_id": "abc", "user": "u=1"}, "body": "first"}"#,
+        "\n",
+        r#"{"ts": 11, "tags": {"app": "web"}, "body": "no fields"}"#,
+        "\n",
+        r#"{"ts": 12, "fields": {"trace_id": "def", "note": "a \"quoted\"\nline"}, "body": "second"}"#,
+        "\n",
+    );
+    let reply = post(&node.url("/v1/entries"), NDJSON, body.as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Protobuf ingest carries them too.
+    let request = wormdb::proto::WriteRequest {
+        entries: vec![wormdb::proto::LogEntry {
+            timestamp_ns: 13,
+            fields: [("trace_id".to_string(), "ghi".to_string())].into(),
+            body: bytes::Bytes::from_static(b"protobuf"),
+            ..Default::default()
+        }],
+    };
+    let reply = post(&node.url("/v1/entries"), "application/x-protobuf", &request.encode_to_vec());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let all = get(&node.url("/v1/entries")).lines();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0]["fields"], serde_json::json!({"trace_id": "abc", "user": "u=1"}));
+    assert!(all[1].get("fields").is_none(), "no fields key for an entry without fields: {}", all[1]);
+    assert_eq!(all[2]["fields"], serde_json::json!({"note": "a \"quoted\"\nline", "trace_id": "def"}));
+    assert_eq!(all[3]["fields"], serde_json::json!({"trace_id": "ghi"}));
+    assert_eq!(all[0]["tags"], serde_json::json!({"app": "web"}), "fields are not tags");
+
+    let bodies = |query: &str| -> Vec<String> {
+        let reply = get(&node.url(&format!("/v1/entries?{query}")));
+        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+        reply.lines().iter().map(|line| line["body"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(bodies("field=trace_id=abc"), ["first"]);
+    assert_eq!(bodies("field=user=u%3D1"), ["first"]);
+    assert_eq!(bodies("field=trace_id=def&field=note=a+%22quoted%22%0Aline"), ["second"]);
+    assert_eq!(bodies("field=trace_id=abc&tag=app=web"), ["first"]);
+    assert!(bodies("field=trace_id=ab").is_empty(), "exact match only");
+    assert!(bodies("field=trace_id=abc&field=user=other").is_empty(), "AND");
+    assert!(bodies("field=app=web").is_empty(), "a tag is not a field");
+    assert!(bodies("tag=trace_id=abc").is_empty(), "a field is not a tag");
+    assert_eq!(get(&node.url("/v1/entries?field=nokey")).status, 400);
+    assert_eq!(get(&node.url("/v1/entries?field==v")).status, 400);
+
+    // Bad fields: a 400 naming the problem, nothing stored.
+    let long_value = "v".repeat(wormdb::limits::FIELD_VALUE_BYTES_MAX + 1);
+    let too_many: Vec<String> =
+        (0..=wormdb::limits::ENTRY_FIELDS_MAX).map(|index| format!("\"k{index}\":\"v\"")).collect();
+    let cases: Vec<(String, &str)> = vec![
+        (r#"{"body":"a","fields":{"k":5}}"#.into(), "fields must be an object of strings, field \"k\" is"),
+        (r#"{"body":"a","fields":["k"]}"#.into(), "fields must be an object of strings"),
+        (r#"{"body":"a","fields":{"":"v"}}"#.into(), "empty field key"),
+        (r#"{"body":"a","fields":{"k":"1","k":"2"}}"#.into(), "duplicate field key"),
+        (r#"{"body":"a","fields":{},"fields":{}}"#.into(), "duplicate field `fields`"),
+        (format!(r#"{{"body":"a","fields":{{"k":"{long_value}"}}}}"#), "FIELD_VALUE_BYTES_MAX"),
+        (format!(r#"{{"body":"a","fields":{{{}}}}}"#, too_many.join(",")), "ENTRY_FIELDS_MAX"),
+    ];
+    for (line, needle) in cases {
+        let body = format!("{{\"body\":\"fine\"}}\n{line}\n");
+        let reply = post(&node.url("/v1/entries"), NDJSON, body.as_bytes());
+        assert_eq!(reply.status, 400, "{needle}: {}", reply.body);
+        let message = reply.json()["error"].as_str().unwrap().to_string();
+        assert!(message.contains("line 2") && message.contains(needle), "{message:?} should mention {needle:?}");
+        assert_eq!(total_entries(&node), 4, "a refused request stored something ({needle})");
+    }
+    let request = wormdb::proto::WriteRequest {
+        entries: vec![wormdb::proto::LogEntry {
+            fields: [(String::new(), "v".to_string())].into(),
+            ..Default::default()
+        }],
+    };
+    let reply = post(&node.url("/v1/entries"), "application/x-protobuf", &request.encode_to_vec());
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("empty field key"), "{}", reply.body);
+    assert_eq!(total_entries(&node), 4);
+}

@@ -113,6 +113,34 @@ fn a_follower_pushes_everything_once_and_the_leader_keeps_its_ids() {
     assert!(metrics.contains("wormdb_archive_watermark{"), "{metrics}");
     let metrics = get(&follower.url("/metrics")).body;
     assert!(metrics.contains("wormdb_replication_lag_entries{"), "{metrics}");
+
+    // Entry fields survive the push unchanged: the archived lines are the
+    // follower's, fields and all, and `field=` finds them on the leader.
+    let lines: String = (0..20)
+        .map(|index| {
+            let fields = if index % 2 == 0 {
+                format!(r#","fields":{{"trace_id":"t-{index}","span":"s"}}"#)
+            } else {
+                String::new()
+            };
+            format!(
+                "{{\"ts\":{},\"tags\":{{\"t\":\"fields\"}}{fields},\"body\":\"with fields {index}\"}}\n",
+                100 + index
+            )
+        })
+        .collect();
+    let reply = post(&follower.url("/v1/entries"), "application/x-ndjson", lines.as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_drained(&follower, Duration::from_secs(60));
+    let query = "/v1/entries?tag=t=fields&limit=100";
+    let local = get(&follower.url(query)).lines();
+    let archived = get(&leader.url(query)).lines();
+    assert_eq!(local.len(), 20);
+    assert_eq!(archived, local, "the archive holds the follower's entries, fields included");
+    assert_eq!(archived[0]["fields"], serde_json::json!({"span": "s", "trace_id": "t-0"}));
+    let found = get(&leader.url("/v1/entries?field=trace_id=t-4&field=span=s")).lines();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0]["node"].as_u64(), found[0]["body"].as_str()), (Some(FOLLOWER_ID), Some("with fields 4")));
 }
 
 #[test]

@@ -73,7 +73,7 @@ fn noise(salt: u64, len: usize) -> Vec<u8> {
 
 async fn append(shard: &Shard, body: &[u8]) -> Result<SeqRange, Error> {
     let tags = [("test", "faults")];
-    shard.append(&[EntryRef { timestamp_ns: 5, tags: &tags, body }])?.durable().await
+    shard.append(&[EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body }])?.durable().await
 }
 
 /// Asserts `error` is the shard's failure by `op` with an EIO.
@@ -125,7 +125,8 @@ fn eio_on_a_write_fails_that_commit_and_every_later_append() {
         let failed = append(&shard, &noise(3, 9000)).await.unwrap_err();
         assert_failed_with_eio(&failed, SHARD, "write segment", &first_segment(&dir));
         // Refused at once from now on, with the same cause.
-        let refused = shard.append(&[EntryRef { timestamp_ns: 5, tags: &[], body: b"later" }]).err().unwrap();
+        let refused =
+            shard.append(&[EntryRef { fields: &[], timestamp_ns: 5, tags: &[], body: b"later" }]).err().unwrap();
         assert_failed_with_eio(&refused, SHARD, "write segment", &first_segment(&dir));
         assert_eq!(shard.durable_seq(), 2);
         let closed = shard.close().await.unwrap_err();
@@ -335,10 +336,11 @@ fn a_write_failing_while_the_previous_commit_syncs_acknowledges_neither() {
         let tags = [("test", "faults")];
         let first = noise(1, 9000);
         let second = noise(2, 9000);
-        let first_wait = shard.append(&[EntryRef { timestamp_ns: 5, tags: &tags, body: &first }]).unwrap();
+        let first_wait = shard.append(&[EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: &first }]).unwrap();
         // Let the writer take the first append as a commit of its own.
         futures_lite::future::yield_now().await;
-        let second_wait = shard.append(&[EntryRef { timestamp_ns: 5, tags: &tags, body: &second }]).unwrap();
+        let second_wait =
+            shard.append(&[EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: &second }]).unwrap();
         // The second commit's write fails while the first one's fdatasync
         // is in flight: that fdatasync succeeds, but the shard has failed
         // by then and acknowledges nothing.

@@ -49,7 +49,7 @@ async fn fill(shard: &Shard, rng: &mut SmallRng, rounds: usize, model: &mut Mode
             let entries: Vec<EntryRef<'_>> = bodies
                 .iter()
                 .zip(&timestamps)
-                .map(|(body, &timestamp_ns)| EntryRef { timestamp_ns, tags: &tags, body })
+                .map(|(body, &timestamp_ns)| EntryRef { fields: &[], timestamp_ns, tags: &tags, body })
                 .collect();
             let wait = match origin {
                 None => shard.append(&entries).unwrap(),
@@ -101,6 +101,7 @@ fn origin_block(first_seq: u64, entries: &[EntryRef<'_>]) -> Vec<u8> {
         block::encode_entry(entry, entry.timestamp_ns, &mut raw);
     }
     let spec = BlockSpec {
+        fields: false,
         first_seq,
         entry_count: entries.len() as u32,
         min_ts: entries.iter().map(|entry| entry.timestamp_ns).min().unwrap(),
@@ -234,7 +235,7 @@ fn a_block_counts_only_once_durable() {
     common::run(move || async move {
         let shard = Shard::open(config(&path)).await.unwrap();
         let tags = [("k", "v")];
-        let entries = [EntryRef { timestamp_ns: 1, tags: &tags, body: b"one" }; 3];
+        let entries = [EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"one" }; 3];
         let origin = Origin { node: ORIGIN_A.0, shard: ORIGIN_A.1, first_seq: 1 };
         let wait = shard.append_replicated(origin, &entries).unwrap();
         // Queued, not written, not synced: not counted, not readable.
@@ -255,7 +256,8 @@ fn a_block_counts_only_once_durable() {
                 let mut last_wait = None;
                 for round in 0..200_u64 {
                     let count = 1 + round % 5;
-                    let entries = vec![EntryRef { timestamp_ns: 1, tags: &tags, body: b"more" }; count as usize];
+                    let entries =
+                        vec![EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"more" }; count as usize];
                     let origin = Origin { node: ORIGIN_A.0, shard: ORIGIN_A.1, first_seq: next };
                     let wait = shard.append_replicated(origin, &entries).unwrap();
                     next += count;
@@ -307,7 +309,7 @@ fn retention_never_lowers_a_watermark_and_a_restart_keeps_it() {
         while shard.stats().segments < 4 {
             let bodies: Vec<Vec<u8>> = (0..40).map(|_| body(&mut rng)).collect();
             let entries: Vec<EntryRef<'_>> =
-                bodies.iter().map(|body| EntryRef { timestamp_ns: 1, tags: &tags, body }).collect();
+                bodies.iter().map(|body| EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body }).collect();
             shard.append(&entries).unwrap().durable().await.unwrap();
             local_rounds += 1;
             assert!(local_rounds < 1000);

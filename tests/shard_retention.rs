@@ -30,7 +30,12 @@ async fn fill_segments(shard: &Shard, segments: u64) {
         let entries: Vec<EntryRef<'_>> = batch
             .iter()
             .enumerate()
-            .map(|(index, line)| EntryRef { timestamp_ns: first_ts + index as i64, tags: &tags, body: line.as_bytes() })
+            .map(|(index, line)| EntryRef {
+                fields: &[],
+                timestamp_ns: first_ts + index as i64,
+                tags: &tags,
+                body: line.as_bytes(),
+            })
             .collect();
         shard.append(&entries).unwrap().durable().await.unwrap();
     }
@@ -103,8 +108,12 @@ fn retention_by_bytes_and_age_with_a_veto() {
         let shard = Shard::open(config(&path)).await.unwrap();
         assert_eq!(shard.first_seq(), next_span_end + 1);
         assert_eq!(shard.durable_seq(), last);
-        let range =
-            shard.append(&[EntryRef { timestamp_ns: 1, tags: &[], body: b"after" }]).unwrap().durable().await.unwrap();
+        let range = shard
+            .append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: b"after" }])
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
         assert_eq!(range.first, last + 1);
         shard.close().await.unwrap();
     });
@@ -147,7 +156,7 @@ async fn append_incompressible(shard: &Shard, seed: &mut u64) -> u64 {
         })
         .collect();
     let entries: Vec<EntryRef<'_>> =
-        bodies.iter().map(|body| EntryRef { timestamp_ns: 1, tags: &[], body: body.as_bytes() }).collect();
+        bodies.iter().map(|body| EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: body.as_bytes() }).collect();
     shard.append(&entries).unwrap().durable().await.unwrap().last
 }
 
@@ -231,13 +240,13 @@ fn an_invalid_append_stores_nothing() {
         let good_tags = [("a", "1")];
         let bad_tags = [("a", "1"), ("a", "2")];
         let entries = [
-            EntryRef { timestamp_ns: 1, tags: &good_tags, body: b"fine" },
-            EntryRef { timestamp_ns: 1, tags: &bad_tags, body: b"duplicate key" },
+            EntryRef { fields: &[], timestamp_ns: 1, tags: &good_tags, body: b"fine" },
+            EntryRef { fields: &[], timestamp_ns: 1, tags: &bad_tags, body: b"duplicate key" },
         ];
         let error = shard.append(&entries).err().unwrap();
         assert!(matches!(error, Error::InvalidEntry { index: 1, .. }), "{error}");
         let big = vec![b'x'; wormdb::limits::ENTRY_BODY_BYTES_MAX + 1];
-        let error = shard.append(&[EntryRef { timestamp_ns: 1, tags: &[], body: &big }]).err().unwrap();
+        let error = shard.append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: &big }]).err().unwrap();
         assert!(error.to_string().contains("ENTRY_BODY_BYTES_MAX"), "{error}");
         assert!(matches!(shard.append(&[]), Err(Error::InvalidAppend(_))));
         let range = shard.append(&entries[..1]).unwrap().durable().await.unwrap();
@@ -255,7 +264,7 @@ fn backpressure_refuses_then_recovers() {
         let body = vec![b'y'; 1000];
         let mut waits = Vec::new();
         let refused = loop {
-            match shard.append(&[EntryRef { timestamp_ns: 1, tags: &[], body: &body }]) {
+            match shard.append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: &body }]) {
                 Ok(wait) => waits.push(wait),
                 Err(error) => break error,
             }
@@ -268,7 +277,12 @@ fn backpressure_refuses_then_recovers() {
         }
         assert_eq!(shard.durable_seq(), accepted);
         assert!(shard.stats().backpressure_rejections >= 1);
-        shard.append(&[EntryRef { timestamp_ns: 1, tags: &[], body: &body }]).unwrap().durable().await.unwrap();
+        shard
+            .append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &[], body: &body }])
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
         shard.close().await.unwrap();
     });
 }

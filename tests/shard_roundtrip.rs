@@ -20,6 +20,7 @@ async fn append_lines(shard: &Shard, lines: &[(&'static str, String)], batch: us
             .zip(&tags)
             .enumerate()
             .map(|(index, ((_, line), tags))| EntryRef {
+                fields: &[],
                 timestamp_ns: ts_base + (chunk_index * batch + index) as i64,
                 tags,
                 body: line.as_bytes(),
@@ -101,7 +102,7 @@ fn concurrent_appenders_share_group_commits() {
                 for round in 0..per_appender {
                     let body = format!("appender {appender} round {round}");
                     let tags = [("appender", "x")];
-                    let entry = EntryRef { timestamp_ns: 5, tags: &tags, body: body.as_bytes() };
+                    let entry = EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: body.as_bytes() };
                     let range = shard.append(&[entry]).unwrap().durable().await.unwrap();
                     results.borrow_mut().push((range.first, body));
                 }
@@ -142,7 +143,7 @@ fn small_commits_pack_into_the_tail_page() {
             body_bytes += body.len();
             let tags = [("app", "spark")];
             shard
-                .append(&[EntryRef { timestamp_ns: 1, tags: &tags, body: body.as_bytes() }])
+                .append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: body.as_bytes() }])
                 .unwrap()
                 .durable()
                 .await
@@ -204,14 +205,20 @@ fn queries_use_the_index_and_filter_exactly() {
         // Each source in its own appends, so sources land in separate blocks.
         append_lines(&shard, &lines, 250, 0).await;
         let total_blocks = {
-            let everything =
-                Query { tags: &[], from_ts: i64::MIN, to_ts: i64::MAX, limit: usize::MAX, backward: false };
+            let everything = Query {
+                fields: &[],
+                tags: &[],
+                from_ts: i64::MIN,
+                to_ts: i64::MAX,
+                limit: usize::MAX,
+                backward: false,
+            };
             let result = shard.query(&everything).await.unwrap();
             assert_eq!(result.entries.len(), lines.len());
             result.blocks_read
         };
         let tags = [("source", "OpenSSH"), ("level", "info")];
-        let query = Query { tags: &tags, from_ts: 0, to_ts: i64::MAX, limit: 100_000, backward: false };
+        let query = Query { fields: &[], tags: &tags, from_ts: 0, to_ts: i64::MAX, limit: 100_000, backward: false };
         let result = shard.query(&query).await.unwrap();
         let expected: Vec<u64> = lines
             .iter()
@@ -224,7 +231,7 @@ fn queries_use_the_index_and_filter_exactly() {
         assert!(result.blocks_read * 4 < total_blocks, "read {} of {total_blocks} blocks", result.blocks_read);
 
         // Time range [from, to) and limit, both directions.
-        let window = Query { tags: &[], from_ts: 100, to_ts: 110, limit: 100, backward: false };
+        let window = Query { fields: &[], tags: &[], from_ts: 100, to_ts: 110, limit: 100, backward: false };
         let forward = shard.query(&window).await.unwrap();
         assert_eq!(
             forward.entries.iter().map(|entry| entry.timestamp_ns).collect::<Vec<_>>(),
@@ -264,8 +271,10 @@ fn a_tail_reader_follows_new_commits() {
         };
         for round in 0..30 {
             let bodies: Vec<String> = (0..10).map(|index| format!("round {round} entry {index}")).collect();
-            let entries: Vec<EntryRef<'_>> =
-                bodies.iter().map(|body| EntryRef { timestamp_ns: 0, tags: &[], body: body.as_bytes() }).collect();
+            let entries: Vec<EntryRef<'_>> = bodies
+                .iter()
+                .map(|body| EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: body.as_bytes() })
+                .collect();
             shard.append(&entries).unwrap().durable().await.unwrap();
             glommio::yield_if_needed().await;
         }
@@ -305,7 +314,7 @@ fn ordered_queries_sort_by_timestamp_across_blocks_and_segments() {
             let entries: Vec<EntryRef<'_>> = batch
                 .iter()
                 .zip(&tags)
-                .map(|((ts, _, body), tags)| EntryRef { timestamp_ns: *ts, tags, body: body.as_bytes() })
+                .map(|((ts, _, body), tags)| EntryRef { fields: &[], timestamp_ns: *ts, tags, body: body.as_bytes() })
                 .collect();
             let range = shard.append(&entries).unwrap().durable().await.unwrap();
             for (offset, (ts, group, _)) in batch.iter().enumerate() {
@@ -319,7 +328,7 @@ fn ordered_queries_sort_by_timestamp_across_blocks_and_segments() {
                 (vec![("group", "a")], 20_000, 90_000, 700),
                 (vec![("group", "b")], 0, 1, 10),
             ] {
-                let query = Query { tags: &tags, from_ts, to_ts, limit, backward };
+                let query = Query { fields: &[], tags: &tags, from_ts, to_ts, limit, backward };
                 let mut ordered = shard.query_ordered(&query).await.unwrap();
                 let mut got = Vec::new();
                 loop {
@@ -368,8 +377,10 @@ fn reads_of_recent_commits_match_the_files() {
                 .map(|offset| format!("{index}/{offset} {}", lines[(index + offset) % lines.len()]))
                 .collect();
             let tags = [("app", "zk")];
-            let entries: Vec<EntryRef<'_>> =
-                batch.iter().map(|body| EntryRef { timestamp_ns: 1, tags: &tags, body: body.as_bytes() }).collect();
+            let entries: Vec<EntryRef<'_>> = batch
+                .iter()
+                .map(|body| EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: body.as_bytes() })
+                .collect();
             shard.append(&entries).unwrap().durable().await.unwrap();
             expected.extend(batch);
             // Read back from a seq a little behind the end: the range spans
@@ -432,7 +443,7 @@ fn large_commits_written_in_chunks_read_back() {
                     let mut ranges = Vec::new();
                     for bodies in appends.iter().skip(appender).step_by(3) {
                         let entries: Vec<EntryRef<'_>> =
-                            bodies.iter().map(|body| EntryRef { timestamp_ns: 1, tags, body }).collect();
+                            bodies.iter().map(|body| EntryRef { fields: &[], timestamp_ns: 1, tags, body }).collect();
                         let range = shard.append(&entries).unwrap().durable().await.unwrap();
                         ranges.push((range.first, bodies));
                     }
@@ -446,7 +457,7 @@ fn large_commits_written_in_chunks_read_back() {
                 expected.extend(bodies.iter().enumerate().map(|(index, body)| (first + index as u64, body)));
             }
         }
-        let small = shard.append(&[EntryRef { timestamp_ns: 1, tags, body: b"after" }]).unwrap();
+        let small = shard.append(&[EntryRef { fields: &[], timestamp_ns: 1, tags, body: b"after" }]).unwrap();
         let small_seq = small.durable().await.unwrap().first;
         expected.sort_by_key(|(seq, _)| *seq);
         assert_eq!(expected.len(), 12 * 40);

@@ -244,7 +244,12 @@ async fn run_workload(
                 let refs: Vec<EntryRef<'_>> = entries
                     .iter()
                     .zip(&tags)
-                    .map(|(entry, tags)| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body })
+                    .map(|(entry, tags)| EntryRef {
+                        fields: &[],
+                        timestamp_ns: entry.timestamp_ns,
+                        tags,
+                        body: &entry.body,
+                    })
                     .collect();
                 let wait = shard.append(&refs);
                 submitted.push((entries, wait));
@@ -347,7 +352,7 @@ async fn run_seed(seed: u64, root: &Path) -> Totals {
     totals.unacknowledged_entries_kept += (log.len() - expected.log.len() - expected.acknowledged) as u64;
     let tags = [("after", "sim")];
     let range = shard
-        .append(&[EntryRef { timestamp_ns: 1, tags: &tags, body: b"after the faults" }])
+        .append(&[EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"after the faults" }])
         .unwrap()
         .durable()
         .await

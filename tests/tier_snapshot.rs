@@ -85,7 +85,12 @@ fn append(shard: &Shard, pair: Pair, seqs: std::ops::RangeInclusive<u64>) -> wor
     let entries: Vec<EntryRef<'_>> = bodies
         .iter()
         .zip(&tag_refs)
-        .map(|((seq, body, _), tags)| EntryRef { timestamp_ns: 1_000 + *seq as i64, tags, body: body.as_bytes() })
+        .map(|((seq, body, _), tags)| EntryRef {
+            fields: &[],
+            timestamp_ns: 1_000 + *seq as i64,
+            tags,
+            body: body.as_bytes(),
+        })
         .collect();
     shard.append_replicated(Origin { node: pair.0, shard: pair.1, first_seq: *seqs.start() }, &entries).unwrap()
 }
@@ -129,7 +134,14 @@ async fn contents(shard: &Shard, pair: Pair, through: u64) -> Vec<LogEntry> {
 
 /// What the index finds by tag, up to the state.
 async fn found(shard: &Shard, tags: &[(&str, &str)], ours: &BTreeMap<Pair, u64>) -> Vec<(u32, u32, u64, i64, Vec<u8>)> {
-    let query = Query { tags, from_ts: 0, to_ts: i64::MAX, limit: wormdb::limits::READ_ENTRIES_MAX, backward: false };
+    let query = Query {
+        fields: &[],
+        tags,
+        from_ts: 0,
+        to_ts: i64::MAX,
+        limit: wormdb::limits::READ_ENTRIES_MAX,
+        backward: false,
+    };
     let result = shard.query(&query).await.unwrap();
     let kept: Vec<LogEntry> =
         result.entries.into_iter().filter(|entry| entry.seq <= ours[&(entry.node_id, entry.shard)]).collect();

@@ -66,7 +66,12 @@ pub fn loghub_entries() -> Vec<EntryRef<'static>> {
         .map(|(index, (source, line))| {
             let tags: &'static [(&str, &str)] =
                 Vec::leak(vec![("source", source), ("level", level_of(line)), ("host", hosts[index % HOST_COUNT])]);
-            EntryRef { timestamp_ns: BASE_TIMESTAMP_NS + index as i64 * ENTRY_INTERVAL_NS, tags, body: line.as_bytes() }
+            EntryRef {
+                fields: &[],
+                timestamp_ns: BASE_TIMESTAMP_NS + index as i64 * ENTRY_INTERVAL_NS,
+                tags,
+                body: line.as_bytes(),
+            }
         })
         .collect()
 }

@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 
 use prost::bytes::Bytes;
-use wormdb::proto::{LogEntry, PushBatch};
-use wormdb::replication::batch::{with_fresh_parts, with_pushed_refs, PushedBatch};
+use wormdb::codec::block::{self, BlockHeader, EntryView};
 use wormdb::grpc::frame::{self, Decoder, FrameError};
 use wormdb::grpc::status::{Code, Status};
-use wormdb::codec::block::{self, BlockHeader, EntryView};
+use wormdb::proto::{LogEntry, PushBatch};
+use wormdb::replication::batch::{with_fresh_parts, with_pushed_refs, PushedBatch};
 use wormdb::shard::scan::{self, Step, Stop};
 use wormdb::shard::segment::SegmentHeader;
 use wormdb::shard::{EntryRef, ReplicatedPart};
@@ -564,7 +564,11 @@ fn check_push_batch(data: &[u8]) {
             for (seq, timestamp_ns, tags, body) in entries {
                 let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
                 let mut stored = Vec::new();
-                block::encode_entry(&EntryRef { timestamp_ns: 0, tags: &tags, body }, *timestamp_ns, &mut stored);
+                block::encode_entry(
+                    &EntryRef { timestamp_ns: 0, tags: &tags, body, fields: &[] },
+                    *timestamp_ns,
+                    &mut stored,
+                );
                 let (_, prefix) = read_varint(&stored).expect("encode_entry writes a length first");
                 let mut entry = Vec::new();
                 put_varint_field(&mut entry, 1 << 3, *seq);
@@ -740,6 +744,7 @@ mod tests {
             body: body.as_bytes().to_vec().into(),
             node_id: 0,
             shard: 0,
+            fields: Default::default(),
         };
         let entries = PushBatch {
             follower_id: 7,

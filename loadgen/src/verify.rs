@@ -302,6 +302,7 @@ async fn verify_grpc(target: &Target, acknowledged: &Acknowledged) -> Result<Ver
     for sample in samples_to_check(acknowledged) {
         let (from_ns, to_ns) = window(sample);
         let request = QueryRequest {
+            fields: Default::default(),
             from_ns,
             to_ns,
             tags: sample.tag.iter().cloned().collect(),
@@ -341,6 +342,7 @@ async fn verify_grpc(target: &Target, acknowledged: &Acknowledged) -> Result<Ver
             let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
             let slack = CLOCK_SLACK.as_nanos() as i64;
             let request = QueryRequest {
+                fields: Default::default(),
                 from_ns: acknowledged.start_unix_ns.saturating_sub(slack).max(0),
                 to_ns: acknowledged.end_unix_ns.saturating_add(slack),
                 tags: Default::default(),

@@ -6,7 +6,7 @@
 //! ```text
 //! offset size field              meaning
 //!      0    4 magic              b"WRMB"
-//!      4    2 format_version     1
+//!      4    2 format_version     1, or 2 when entries may carry fields
 //!      6    1 codec              0 = none, 1 = LZ4 block (lz4_flex)
 //!      7    1 flags              bit 0: origin fields are set (replicated data)
 //!      8    8 first_seq          seq of the first entry in this shard
@@ -27,6 +27,13 @@
 //! message) in seq order. Entries are stored without `seq`, `node_id` and
 //! `shard`: the header gives them (`first_seq + i`, or `origin_first_seq + i`
 //! and the origin node/shard for replicated blocks), so they cost no bytes.
+//!
+//! Version 2 differs from version 1 only in its payload: an entry may carry
+//! `fields` (field 7, map entries like `tags`). A block is written at
+//! version 2 only when one of its entries has a field, so blocks without
+//! fields stay byte-identical to version 1 and an older build keeps reading
+//! them; it refuses a block with fields ("upgrade required") instead of
+//! silently dropping them.
 
 use crate::limits::{self, LimitExceeded};
 use crate::proto::LogEntry;
@@ -34,7 +41,9 @@ use crate::proto::LogEntry;
 /// The four bytes that open every block.
 pub const MAGIC: [u8; 4] = *b"WRMB";
 /// The block format this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// The version of blocks whose entries carry no fields (the first version).
+pub const FORMAT_VERSION_NO_FIELDS: u16 = 1;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + 4;
@@ -84,6 +93,9 @@ pub struct Origin {
 /// The decoded fixed header of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockHeader {
+    /// Format version: [`FORMAT_VERSION_NO_FIELDS`], or [`FORMAT_VERSION`]
+    /// when entries may carry fields.
+    pub version: u16,
     /// Payload codec.
     pub codec: Codec,
     /// Seq of the first entry in the storing shard.
@@ -134,7 +146,7 @@ pub enum BlockError {
     #[error("bad block magic {0:02x?}")]
     BadMagic([u8; 4]),
     /// Written by another format version.
-    #[error("block format version {0} is not supported (this build reads {FORMAT_VERSION}); upgrade required")]
+    #[error("block format version {0} is not supported (this build reads {FORMAT_VERSION_NO_FIELDS} to {FORMAT_VERSION}); upgrade required")]
     UnsupportedVersion(u16),
     /// A header field is out of range.
     #[error("corrupt block header: {0}")]
@@ -187,7 +199,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
         return Err(BlockError::BadMagic(magic));
     }
     let version = read_u16(header, VERSION_OFFSET);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_NO_FIELDS {
         return Err(BlockError::UnsupportedVersion(version));
     }
     let codec = match header[CODEC_OFFSET] {
@@ -248,7 +260,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
         }
         None
     };
-    Ok(BlockHeader { codec, first_seq, entry_count, min_ts, max_ts, raw_len, stored_len, origin, crc })
+    Ok(BlockHeader { version, codec, first_seq, entry_count, min_ts, max_ts, raw_len, stored_len, origin, crc })
 }
 
 fn block_crc(header: &[u8], payload: &[u8]) -> u32 {
@@ -391,6 +403,9 @@ pub struct BlockSpec {
     pub max_ts: i64,
     /// Set for replicated data.
     pub origin: Option<Origin>,
+    /// Whether an entry of the payload carries fields: the block is then
+    /// written at [`FORMAT_VERSION`], else at [`FORMAT_VERSION_NO_FIELDS`].
+    pub fields: bool,
 }
 
 /// Largest number of bytes [`encode_block`] writes for `raw_len` payload bytes.
@@ -452,7 +467,8 @@ pub fn encode_stored_block(spec: &BlockSpec, codec: Codec, raw_len: usize, store
 fn finish_block(spec: &BlockSpec, codec: Codec, raw_len: usize, stored_len: usize, out: &mut [u8]) -> usize {
     let (header, payload) = out.split_at_mut(HEADER_BYTES);
     header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
-    header[VERSION_OFFSET..CODEC_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = if spec.fields { FORMAT_VERSION } else { FORMAT_VERSION_NO_FIELDS };
+    header[VERSION_OFFSET..CODEC_OFFSET].copy_from_slice(&version.to_le_bytes());
     header[CODEC_OFFSET] = codec as u8;
     header[FLAGS_OFFSET] = if spec.origin.is_some() { FLAG_ORIGIN } else { 0 };
     header[FIRST_SEQ_OFFSET..MIN_TS_OFFSET].copy_from_slice(&spec.first_seq.to_le_bytes());
@@ -538,17 +554,30 @@ pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHead
         if view.seq != 0 {
             return Err(bad("a stored entry carries no seq field".into()));
         }
+        if !view.fields.is_empty() {
+            if header.version == FORMAT_VERSION_NO_FIELDS {
+                return Err(bad(format!("a block of version {FORMAT_VERSION_NO_FIELDS} carries no fields")));
+            }
+            let mut fields: Vec<(&str, &str)> = Vec::new();
+            view.for_each_field(|key, value| fields.push((key, value)))?;
+            validate_fields(&fields).map_err(|error| bad(error.to_string()))?;
+        }
         if checked_tags.insert(view.tags) {
             entry_tags.clear();
             view.for_each_tag(|key, value| entry_tags.push((key, value)))?;
-            validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &entry_tags, body: view.body })
-                .map_err(|error| bad(error.to_string()))?;
+            validate_entry(&EntryRef {
+                timestamp_ns: view.timestamp_ns,
+                tags: &entry_tags,
+                body: view.body,
+                fields: &[],
+            })
+            .map_err(|error| bad(error.to_string()))?;
             for (key, value) in &entry_tags {
                 insert_tag(&mut tags, key, value);
             }
         } else {
             // Tags as an entry's before: only the body is left to check.
-            validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &[], body: view.body })
+            validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &[], body: view.body, fields: &[] })
                 .map_err(|error| bad(error.to_string()))?;
         }
         min_ts = min_ts.min(view.timestamp_ns);
@@ -592,6 +621,9 @@ pub struct EntryRef<'a> {
     pub tags: &'a [(&'a str, &'a str)],
     /// The body.
     pub body: &'a [u8],
+    /// `key=value` fields, stored but not indexed; keys are unique within
+    /// an entry. Empty for most entries, which then cost nothing extra.
+    pub fields: &'a [(&'a str, &'a str)],
 }
 
 /// Calls `append` with borrowed [`EntryRef`]s of protobuf entries (a
@@ -605,10 +637,15 @@ pub fn with_log_entry_refs<'e, T>(
         .iter()
         .map(|entry| entry.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
         .collect();
+    // An empty Vec does not allocate: entries without fields cost nothing.
+    let fields: Vec<Vec<(&str, &str)>> = entries
+        .iter()
+        .map(|entry| entry.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
+        .collect();
     let refs: Vec<EntryRef<'_>> = entries
         .iter()
-        .zip(&tags)
-        .map(|(entry, tags)| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body })
+        .zip(tags.iter().zip(&fields))
+        .map(|(entry, (tags, fields))| EntryRef { timestamp_ns: entry.timestamp_ns, tags, body: &entry.body, fields })
         .collect();
     append(&refs)
 }
@@ -625,6 +662,12 @@ pub enum EntryError {
     /// Two tags share a key.
     #[error("duplicate tag key {0:?}")]
     DuplicateTagKey(String),
+    /// A field key is empty.
+    #[error("empty field key")]
+    EmptyFieldKey,
+    /// Two fields share a key.
+    #[error("duplicate field key {0:?}")]
+    DuplicateFieldKey(String),
 }
 
 /// Checks an entry against the limits, before anything is allocated for it.
@@ -639,6 +682,29 @@ pub fn validate_entry(entry: &EntryRef<'_>) -> Result<(), EntryError> {
         limits::check("TAG_VALUE_BYTES_MAX", "tag value bytes", value.len(), limits::TAG_VALUE_BYTES_MAX)?;
         if entry.tags[..index].iter().any(|(other, _)| other == key) {
             return Err(EntryError::DuplicateTagKey((*key).to_owned()));
+        }
+    }
+    if !entry.fields.is_empty() {
+        validate_fields(entry.fields)?;
+    }
+    Ok(())
+}
+
+/// Checks an entry's fields against their limits ([`validate_entry`] does
+/// this too): count, key and value bytes, total bytes, non-empty unique keys.
+pub fn validate_fields(fields: &[(&str, &str)]) -> Result<(), EntryError> {
+    limits::check("ENTRY_FIELDS_MAX", "entry field count", fields.len(), limits::ENTRY_FIELDS_MAX)?;
+    let mut total = 0;
+    for (index, (key, value)) in fields.iter().enumerate() {
+        if key.is_empty() {
+            return Err(EntryError::EmptyFieldKey);
+        }
+        limits::check("FIELD_KEY_BYTES_MAX", "field key bytes", key.len(), limits::FIELD_KEY_BYTES_MAX)?;
+        limits::check("FIELD_VALUE_BYTES_MAX", "field value bytes", value.len(), limits::FIELD_VALUE_BYTES_MAX)?;
+        total += key.len() + value.len();
+        limits::check("ENTRY_FIELDS_BYTES_MAX", "entry field bytes", total, limits::ENTRY_FIELDS_BYTES_MAX)?;
+        if fields[..index].iter().any(|(other, _)| other == key) {
+            return Err(EntryError::DuplicateFieldKey((*key).to_owned()));
         }
     }
     Ok(())
@@ -669,7 +735,7 @@ fn map_entry_len(key: &str, value: &str) -> usize {
 }
 
 /// Appends `entry` to `out` as a length-delimited protobuf `LogEntry`
-/// (timestamp, tags, body; no seq/node/shard), byte-identical to what prost
+/// (timestamp, tags, body, fields; no seq/node/shard), byte-identical to what prost
 /// would encode for the same message with tags in key order. Returns the
 /// bytes appended. Written by hand so that the ingest path encodes straight
 /// from borrowed input with no intermediate `String`s.
@@ -677,8 +743,7 @@ pub fn encode_entry(entry: &EntryRef<'_>, timestamp_ns: i64, out: &mut Vec<u8>) 
     const TIMESTAMP_TAG: u8 = 2 << 3; // field 2, varint
     const TAGS_TAG: u8 = (3 << 3) | 2; // field 3, length-delimited
     const BODY_TAG: u8 = (4 << 3) | 2; // field 4, length-delimited
-    const KEY_TAG: u8 = (1 << 3) | 2;
-    const VALUE_TAG: u8 = (2 << 3) | 2;
+    const FIELDS_TAG: u8 = (7 << 3) | 2; // field 7, length-delimited
 
     let mut message_len = 0;
     if timestamp_ns != 0 {
@@ -691,6 +756,10 @@ pub fn encode_entry(entry: &EntryRef<'_>, timestamp_ns: i64, out: &mut Vec<u8>) 
     if !entry.body.is_empty() {
         message_len += 1 + varint_len(entry.body.len() as u64) + entry.body.len();
     }
+    for (key, value) in entry.fields {
+        let inner = map_entry_len(key, value);
+        message_len += 1 + varint_len(inner as u64) + inner;
+    }
     let start = out.len();
     out.reserve(message_len + 10);
     put_varint(out, message_len as u64);
@@ -702,26 +771,38 @@ pub fn encode_entry(entry: &EntryRef<'_>, timestamp_ns: i64, out: &mut Vec<u8>) 
     // need an allocation, so tags are emitted in the order given. Decoding
     // is order-independent; only byte-identity with prost needs sorted keys.
     for (key, value) in entry.tags {
-        out.push(TAGS_TAG);
-        put_varint(out, map_entry_len(key, value) as u64);
-        if !key.is_empty() {
-            out.push(KEY_TAG);
-            put_varint(out, key.len() as u64);
-            out.extend_from_slice(key.as_bytes());
-        }
-        if !value.is_empty() {
-            out.push(VALUE_TAG);
-            put_varint(out, value.len() as u64);
-            out.extend_from_slice(value.as_bytes());
-        }
+        put_map_entry(out, TAGS_TAG, key, value);
     }
     if !entry.body.is_empty() {
         out.push(BODY_TAG);
         put_varint(out, entry.body.len() as u64);
         out.extend_from_slice(entry.body);
     }
+    // Field 7 comes after the body, as prost orders fields by number.
+    for (key, value) in entry.fields {
+        put_map_entry(out, FIELDS_TAG, key, value);
+    }
     debug_assert_eq!(out.len() - start, varint_len(message_len as u64) + message_len);
     out.len() - start
+}
+
+/// Appends one map entry (`key`, `value`) of the map field whose tag byte
+/// is `field_tag`, as prost encodes it.
+fn put_map_entry(out: &mut Vec<u8>, field_tag: u8, key: &str, value: &str) {
+    const KEY_TAG: u8 = (1 << 3) | 2;
+    const VALUE_TAG: u8 = (2 << 3) | 2;
+    out.push(field_tag);
+    put_varint(out, map_entry_len(key, value) as u64);
+    if !key.is_empty() {
+        out.push(KEY_TAG);
+        put_varint(out, key.len() as u64);
+        out.extend_from_slice(key.as_bytes());
+    }
+    if !value.is_empty() {
+        out.push(VALUE_TAG);
+        put_varint(out, value.len() as u64);
+        out.extend_from_slice(value.as_bytes());
+    }
 }
 
 /// A borrowed view of one stored entry, parsed without allocating.
@@ -738,13 +819,16 @@ pub struct EntryView<'a> {
     /// to the last one's end. An encoder writes tags back to back, so this
     /// is usually exactly the tags; any other field inside is skipped.
     tags: &'a [u8],
+    /// The same for the entry's fields (field 7); empty when it has none.
+    fields: &'a [u8],
 }
 
 impl<'a> EntryView<'a> {
     /// Parses one entry's protobuf bytes (as [`for_each_entry`] yields them).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BlockError> {
-        let mut view = EntryView { seq: 0, timestamp_ns: 0, body: &[], tags: &[] };
+        let mut view = EntryView { seq: 0, timestamp_ns: 0, body: &[], tags: &[], fields: &[] };
         let mut tags_span: Option<(usize, usize)> = None;
+        let mut fields_span: Option<(usize, usize)> = None;
         let mut rest = bytes;
         while !rest.is_empty() {
             let field_start = bytes.len() - rest.len();
@@ -766,10 +850,11 @@ impl<'a> EntryView<'a> {
                         view.body = field_bytes;
                     }
                     rest = after;
-                    if field == 3 {
+                    if field == 3 || field == 7 {
+                        let span = if field == 3 { &mut tags_span } else { &mut fields_span };
                         let field_end = bytes.len() - rest.len();
-                        let start = tags_span.map_or(field_start, |(start, _)| start);
-                        tags_span = Some((start, field_end));
+                        let start = span.map_or(field_start, |(start, _)| start);
+                        *span = Some((start, field_end));
                     }
                 }
                 (_, 0) => {
@@ -783,13 +868,41 @@ impl<'a> EntryView<'a> {
         if let Some((start, end)) = tags_span {
             view.tags = &bytes[start..end];
         }
+        if let Some((start, end)) = fields_span {
+            view.fields = &bytes[start..end];
+        }
         Ok(view)
     }
 
     /// A view of `entry` (one entry's protobuf bytes) from what an earlier
     /// [`EntryView::parse`] of the same bytes found, without parsing again.
     pub(crate) fn from_parts(seq: u64, timestamp_ns: i64, body: &'a [u8], entry: &'a [u8]) -> Self {
-        EntryView { seq, timestamp_ns, body, tags: entry }
+        EntryView { seq, timestamp_ns, body, tags: entry, fields: entry }
+    }
+
+    /// Whether the entry carries any field.
+    pub fn has_any_field(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    /// Calls `visit(key, value)` for each field. Fields that are not valid
+    /// UTF-8 are reported as an error.
+    pub fn for_each_field(&self, mut visit: impl FnMut(&'a str, &'a str)) -> Result<(), BlockError> {
+        for_each_map_field(self.fields, 7, |field| {
+            let (key, value) = parse_tag_field(field)?;
+            visit(key, value);
+            Ok(())
+        })
+    }
+
+    /// Whether the entry carries every `key=value` pair of `fields` (an
+    /// empty list matches everything), compared exactly.
+    pub fn has_fields(&self, fields: &[(&str, &str)]) -> bool {
+        fields.iter().all(|(want_key, want_value)| {
+            let mut found = false;
+            let parsed = self.for_each_field(|key, value| found |= key == *want_key && value == *want_value);
+            parsed.is_ok() && found
+        })
     }
 
     /// Calls `visit(key, value)` for each tag. Tags that are not valid
@@ -806,31 +919,8 @@ impl<'a> EntryView<'a> {
     /// ([`parse_tag_field`] parses one), and stops at the first error
     /// either returns: for callers that see the same pair many times and
     /// parse and check each distinct encoding once.
-    pub fn for_each_tag_field(
-        &self,
-        mut visit: impl FnMut(&'a [u8]) -> Result<(), BlockError>,
-    ) -> Result<(), BlockError> {
-        let mut rest = self.tags;
-        while !rest.is_empty() {
-            let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
-            rest = &rest[used..];
-            match key & 7 {
-                0 => {
-                    let (_, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad varint".into()))?;
-                    rest = &rest[used..];
-                }
-                wire_type @ (1 | 5) => rest = skip_fixed(rest, wire_type)?,
-                2 => {
-                    let (field_bytes, after) = split_delimited(rest)?;
-                    rest = after;
-                    if key >> 3 == 3 {
-                        visit(field_bytes)?;
-                    }
-                }
-                _ => return Err(BlockError::Payload("unexpected wire type".into())),
-            }
-        }
-        Ok(())
+    pub fn for_each_tag_field(&self, visit: impl FnMut(&'a [u8]) -> Result<(), BlockError>) -> Result<(), BlockError> {
+        for_each_map_field(self.tags, 3, visit)
     }
 
     /// Whether the entry carries every `key=value` pair of `tags` (an empty
@@ -843,6 +933,36 @@ impl<'a> EntryView<'a> {
             parsed.is_ok() && found
         })
     }
+}
+
+/// Calls `visit(field)` with each length-delimited field numbered `number`
+/// in `span` (whole encoded fields), skipping every other field.
+fn for_each_map_field<'a>(
+    span: &'a [u8],
+    number: u64,
+    mut visit: impl FnMut(&'a [u8]) -> Result<(), BlockError>,
+) -> Result<(), BlockError> {
+    let mut rest = span;
+    while !rest.is_empty() {
+        let (key, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad field key".into()))?;
+        rest = &rest[used..];
+        match key & 7 {
+            0 => {
+                let (_, used) = read_varint(rest).ok_or_else(|| BlockError::Payload("bad varint".into()))?;
+                rest = &rest[used..];
+            }
+            wire_type @ (1 | 5) => rest = skip_fixed(rest, wire_type)?,
+            2 => {
+                let (field_bytes, after) = split_delimited(rest)?;
+                rest = after;
+                if key >> 3 == number {
+                    visit(field_bytes)?;
+                }
+            }
+            _ => return Err(BlockError::Payload("unexpected wire type".into())),
+        }
+    }
+    Ok(())
 }
 
 /// Skips a fixed-width field (wire type 1: 8 bytes, 5: 4 bytes), as prost
@@ -909,12 +1029,18 @@ mod tests {
         timestamp_ns: i64,
         tags: BTreeMap<String, String>,
         body: Vec<u8>,
+        fields: BTreeMap<String, String>,
     }
 
     impl TestEntry {
         fn new(timestamp_ns: i64, tags: &[(&str, &str)], body: &[u8]) -> Self {
             let tags = tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
-            TestEntry { timestamp_ns, tags, body: body.to_vec() }
+            TestEntry { timestamp_ns, tags, body: body.to_vec(), fields: BTreeMap::new() }
+        }
+
+        fn with_fields(mut self, fields: &[(&str, &str)]) -> Self {
+            self.fields = fields.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+            self
         }
 
         fn tag_refs(&self) -> Vec<(&str, &str)> {
@@ -925,12 +1051,15 @@ mod tests {
         fn encode(&self, out: &mut Vec<u8>) -> usize {
             let tags = self.tag_refs();
             // The entry's own timestamp is ignored: the shard passes the resolved one.
-            let entry = EntryRef { timestamp_ns: 0, tags: &tags, body: &self.body };
+            let fields: Vec<(&str, &str)> =
+                self.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+            let entry = EntryRef { fields: &fields, timestamp_ns: 0, tags: &tags, body: &self.body };
             encode_entry(&entry, self.timestamp_ns, out)
         }
 
         fn to_proto(&self, seq: u64, node_id: u32, shard: u32) -> LogEntry {
             LogEntry {
+                fields: self.fields.clone(),
                 seq,
                 timestamp_ns: self.timestamp_ns,
                 tags: self.tags.clone(),
@@ -980,6 +1109,7 @@ mod tests {
 
     fn spec_for(entries: &[TestEntry], first_seq: u64, origin: Option<Origin>) -> BlockSpec {
         BlockSpec {
+            fields: entries.iter().any(|entry| !entry.fields.is_empty()),
             first_seq,
             entry_count: entries.len() as u32,
             min_ts: entries.iter().map(|entry| entry.timestamp_ns).min().unwrap(),
@@ -1072,6 +1202,24 @@ mod tests {
             assert!(!view.has_tags(&with_missing), "its tags plus a missing one");
         }
         assert!(!view.has_tags(&[("no such key \u{1}", "")]));
+
+        let mut visited = Vec::new();
+        view.for_each_field(|key, value| visited.push((key, value))).unwrap();
+        let expected_fields: Vec<(&str, &str)> =
+            expected.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+        assert_eq!(visited, expected_fields, "fields, in the order they are stored");
+        assert_eq!(view.has_any_field(), !expected_fields.is_empty());
+        assert!(view.has_fields(&[]));
+        assert!(view.has_fields(&expected_fields), "all of its own fields");
+        for &(key, value) in &expected_fields {
+            let other_value = format!("{value}~");
+            assert!(!view.has_fields(&[(key, &other_value)]), "another value of field {key:?}");
+            // A field is not a tag, and a tag is not a field.
+            assert!(!view.has_tags(&[(key, value)]) || expected.tags.get(key).map(String::as_str) == Some(value));
+        }
+        for &(key, value) in &expected_tags {
+            assert!(!view.has_fields(&[(key, value)]) || expected.fields.get(key).map(String::as_str) == Some(value));
+        }
     }
 
     // ---- encode_entry is prost ----
@@ -1113,7 +1261,7 @@ mod tests {
 
     #[test]
     fn encode_entry_writes_the_resolved_timestamp_not_the_entry_one() {
-        let entry = EntryRef { timestamp_ns: 0, tags: &[], body: b"b" };
+        let entry = EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: b"b" };
         let mut out = Vec::new();
         encode_entry(&entry, 123, &mut out);
         assert_eq!(LogEntry::decode_length_delimited(&out[..]).unwrap().timestamp_ns, 123);
@@ -1143,7 +1291,7 @@ mod tests {
             }
             let body_max = [0, 100, 20_000][rng.gen_range(0..3)];
             let body = (0..rng.gen_range(0..=body_max)).map(|_| rng.gen()).collect();
-            let entry = TestEntry { timestamp_ns, tags, body };
+            let entry = TestEntry { timestamp_ns, tags, body, fields: BTreeMap::new() };
             let start = raw.len();
             entry.encode(&mut raw);
             assert!(raw[start..] == entry.prost_bytes()[..], "encode_entry differs from prost for {entry:?}");
@@ -1152,6 +1300,7 @@ mod tests {
         }
         // The concatenation is a payload whose entries come back in order.
         let header = BlockHeader {
+            version: 1,
             codec: Codec::None,
             first_seq: 100,
             entry_count: entries.len() as u32,
@@ -1203,7 +1352,7 @@ mod tests {
         let keys: Vec<String> = (0..64).map(|index| format!("k{index:02}")).collect();
         let tags: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "v")).collect();
         let mut out = Vec::new();
-        encode_entry(&EntryRef { timestamp_ns: 1, tags: &tags, body: b"" }, 1, &mut out);
+        encode_entry(&EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"" }, 1, &mut out);
         let view = EntryView::parse(message_of(&out)).unwrap();
         assert!(view.has_tags(&tags));
         let mut query = tags.clone();
@@ -1273,7 +1422,7 @@ mod tests {
                     (0..=limits::ENTRY_TAGS_MAX).map(|i| (format!("k{i}"), "v".into())).collect();
                 let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
                 let mut encoded = Vec::new();
-                encode_entry(&EntryRef { timestamp_ns: 1, tags: &tags, body: b"x" }, 1, &mut encoded);
+                encode_entry(&EntryRef { fields: &[], timestamp_ns: 1, tags: &tags, body: b"x" }, 1, &mut encoded);
                 message_of(&encoded).to_vec()
             }),
         ];
@@ -1281,7 +1430,7 @@ mod tests {
             let mut payload = Vec::new();
             put_varint(&mut payload, entry.len() as u64);
             payload.extend_from_slice(&entry);
-            let spec = BlockSpec { first_seq: 1, entry_count: 1, min_ts: 1, max_ts: 1, origin: None };
+            let spec = BlockSpec { fields: false, first_seq: 1, entry_count: 1, min_ts: 1, max_ts: 1, origin: None };
             let block = encode(&spec, &payload);
             match check(&block, &mut raw) {
                 Err(error) => assert!(error.to_string().contains(what), "{what}: {error}"),
@@ -1297,11 +1446,11 @@ mod tests {
         // encoder may interleave) must still be read whole.
         let tags = [("host", "web-01"), ("level", "info")];
         let mut entry = Vec::new();
-        encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: b"ok" }, 5, &mut entry);
+        encode_entry(&EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: b"ok" }, 5, &mut entry);
         let good = message_of(&entry).to_vec();
         let mut big = Vec::new();
         let body_over = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX + 1];
-        encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: &body_over }, 5, &mut big);
+        encode_entry(&EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: &body_over }, 5, &mut big);
         let big = message_of(&big).to_vec();
         // host=web-01, then the timestamp, then level=info, then the body.
         let split: Vec<u8> = {
@@ -1324,8 +1473,14 @@ mod tests {
                 put_varint(&mut payload, entry.len() as u64);
                 payload.extend_from_slice(entry);
             }
-            let spec =
-                BlockSpec { first_seq: 1, entry_count: entries.len() as u32, min_ts: 5, max_ts: 5, origin: None };
+            let spec = BlockSpec {
+                fields: false,
+                first_seq: 1,
+                entry_count: entries.len() as u32,
+                min_ts: 5,
+                max_ts: 5,
+                origin: None,
+            };
             encode(&spec, &payload)
         };
         let mut raw = Vec::new();
@@ -1485,8 +1640,81 @@ mod tests {
     }
 
     #[test]
+    fn blocks_with_fields_round_trip_at_version_2_and_others_stay_at_version_1() {
+        let plain = vec![TestEntry::new(5, &[("app", "web")], b"no fields"), TestEntry::new(6, &[], b"none either")];
+        let header = assert_block_round_trip(&plain, 1, None);
+        assert_eq!(header.version, FORMAT_VERSION_NO_FIELDS, "a block without fields is written as before");
+
+        let mut mixed = plain.clone();
+        mixed.push(
+            TestEntry::new(7, &[("app", "web")], b"with fields")
+                .with_fields(&[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"), ("user", "")]),
+        );
+        mixed.push(TestEntry::new(8, &[], b"").with_fields(&[("k=v", "a \"quoted\" value\n")]));
+        for origin in [None, Some(Origin { node: 3, shard: 1, first_seq: 40 })] {
+            let header = assert_block_round_trip(&mixed, 10, origin);
+            assert_eq!(header.version, FORMAT_VERSION);
+        }
+        // Fields do not leak into tags: the entry's tags are only its tags.
+        let mut raw = Vec::new();
+        mixed[2].encode(&mut raw);
+        let view = EntryView::parse(message_of(&raw)).unwrap();
+        assert!(
+            view.has_tags(&[("app", "web")]) && !view.has_tags(&[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")])
+        );
+        assert!(view.has_fields(&[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"), ("user", "")]));
+        assert!(!view.has_fields(&[("app", "web")]));
+    }
+
+    #[test]
+    fn a_version_1_foreign_block_with_fields_is_refused() {
+        let entries = vec![TestEntry::new(5, &[], b"body").with_fields(&[("trace", "1")])];
+        let raw = raw_payload(&entries);
+        let spec = BlockSpec { fields: false, ..spec_for(&entries, 1, None) };
+        let block = encode(&spec, &raw);
+        let mut scratch = Vec::new();
+        let error = check_foreign_block(&block, &mut scratch).unwrap_err();
+        assert!(error.to_string().contains("carries no fields"), "{error}");
+        let block = encode(&spec_for(&entries, 1, None), &raw);
+        assert!(check_foreign_block(&block, &mut scratch).is_ok());
+    }
+
+    #[test]
+    fn validate_entry_names_each_field_limit() {
+        fn limit_of(fields: &[(&str, &str)]) -> String {
+            let entry = EntryRef { timestamp_ns: 1, tags: &[], body: b"", fields };
+            match validate_entry(&entry) {
+                Err(EntryError::Limit(limit)) => limit.to_string(),
+                Err(other) => other.to_string(),
+                Ok(()) => "ok".into(),
+            }
+        }
+        let long_key = "k".repeat(limits::FIELD_KEY_BYTES_MAX + 1);
+        let long_value = "v".repeat(limits::FIELD_VALUE_BYTES_MAX + 1);
+        let max_value = "v".repeat(limits::FIELD_VALUE_BYTES_MAX);
+        let keys: Vec<String> = (0..=limits::ENTRY_FIELDS_MAX).map(|index| format!("k{index}")).collect();
+        let many: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "v")).collect();
+        let big: Vec<(&str, &str)> = keys[..8].iter().map(|key| (key.as_str(), max_value.as_str())).collect();
+        assert_eq!(limit_of(&[("a", "b")]), "ok");
+        assert_eq!(limit_of(&many[..limits::ENTRY_FIELDS_MAX]), "ok");
+        assert!(limit_of(&many).contains("ENTRY_FIELDS_MAX"));
+        assert!(limit_of(&[(long_key.as_str(), "v")]).contains("FIELD_KEY_BYTES_MAX"));
+        assert!(limit_of(&[("k", long_value.as_str())]).contains("FIELD_VALUE_BYTES_MAX"));
+        assert!(limit_of(&big).contains("ENTRY_FIELDS_BYTES_MAX"));
+        assert_eq!(limit_of(&[("", "v")]), "empty field key");
+        assert!(limit_of(&[("a", "1"), ("a", "2")]).contains("duplicate field key"));
+        // The largest entry still fits its encoded bound.
+        let huge: Vec<(&str, &str)> = keys[..3].iter().map(|key| (key.as_str(), max_value.as_str())).collect();
+        let body = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX];
+        let entry = EntryRef { timestamp_ns: 1, tags: &[], body: &body, fields: &huge };
+        validate_entry(&entry).unwrap();
+        let mut out = Vec::new();
+        assert!(encode_entry(&entry, 1, &mut out) <= limits::ENTRY_ENCODED_BYTES_MAX);
+    }
+
+    #[test]
     fn another_version_asks_for_an_upgrade() {
-        for version in [0, 2, u16::MAX] {
+        for version in [0, 3, u16::MAX] {
             let mut block = small_lz4_block(None);
             put_u16(&mut block, VERSION_OFFSET, version);
             // With the crc recomputed, only the version differs from a valid block.
@@ -1640,32 +1868,38 @@ mod tests {
             }
         }
         let body_max = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX];
-        assert_eq!(validate_entry(&EntryRef { timestamp_ns: 0, tags: &[], body: &body_max }), Ok(()));
+        assert_eq!(validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: &body_max }), Ok(()));
         let body_over = vec![b'x'; limits::ENTRY_BODY_BYTES_MAX + 1];
-        assert_eq!(limit_of(&EntryRef { timestamp_ns: 0, tags: &[], body: &body_over }), "ENTRY_BODY_BYTES_MAX");
+        assert_eq!(
+            limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &[], body: &body_over }),
+            "ENTRY_BODY_BYTES_MAX"
+        );
 
         let keys: Vec<String> = (0..=limits::ENTRY_TAGS_MAX).map(|index| format!("key{index}")).collect();
         let tags: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "v")).collect();
-        let at_max = EntryRef { timestamp_ns: 0, tags: &tags[..limits::ENTRY_TAGS_MAX], body: b"" };
+        let at_max = EntryRef { fields: &[], timestamp_ns: 0, tags: &tags[..limits::ENTRY_TAGS_MAX], body: b"" };
         assert_eq!(validate_entry(&at_max), Ok(()));
-        assert_eq!(limit_of(&EntryRef { timestamp_ns: 0, tags: &tags, body: b"" }), "ENTRY_TAGS_MAX");
+        assert_eq!(limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), "ENTRY_TAGS_MAX");
 
         let key_max = "k".repeat(limits::TAG_KEY_BYTES_MAX);
         let key_over = "k".repeat(limits::TAG_KEY_BYTES_MAX + 1);
         let value_max = "v".repeat(limits::TAG_VALUE_BYTES_MAX);
         let value_over = "v".repeat(limits::TAG_VALUE_BYTES_MAX + 1);
         let tags = [(key_max.as_str(), value_max.as_str())];
-        assert_eq!(validate_entry(&EntryRef { timestamp_ns: 0, tags: &tags, body: b"" }), Ok(()));
+        assert_eq!(validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), Ok(()));
         let tags = [("a", "1"), (key_over.as_str(), "v")];
-        assert_eq!(limit_of(&EntryRef { timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_KEY_BYTES_MAX");
+        assert_eq!(limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_KEY_BYTES_MAX");
         let tags = [("a", "1"), ("b", value_over.as_str())];
-        assert_eq!(limit_of(&EntryRef { timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_VALUE_BYTES_MAX");
+        assert_eq!(limit_of(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }), "TAG_VALUE_BYTES_MAX");
 
         let tags = [("a", "1"), ("", "v")];
-        assert_eq!(validate_entry(&EntryRef { timestamp_ns: 0, tags: &tags, body: b"" }), Err(EntryError::EmptyTagKey));
+        assert_eq!(
+            validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }),
+            Err(EntryError::EmptyTagKey)
+        );
         let tags = [("a", "1"), ("b", "2"), ("a", "3")];
         assert_eq!(
-            validate_entry(&EntryRef { timestamp_ns: 0, tags: &tags, body: b"" }),
+            validate_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"" }),
             Err(EntryError::DuplicateTagKey("a".to_owned()))
         );
     }
@@ -1877,7 +2111,7 @@ mod tests {
             // Runs of one byte make LZ4 compress, so both codecs carry garbage.
             let raw = if compressible { raw.iter().flat_map(|&byte| [byte; 8]).collect() } else { raw };
             let entry_count = entry_count.min(raw.len() as u32);
-            let spec = BlockSpec { first_seq: 1, entry_count, min_ts: 0, max_ts: 0, origin: None };
+            let spec = BlockSpec { fields: false,  first_seq: 1, entry_count, min_ts: 0, max_ts: 0, origin: None };
             let block = encode(&spec, &raw);
             prop_assert!(verify_block(&block).is_ok());
             exercise(&block);
@@ -1893,7 +2127,7 @@ mod tests {
                 put_varint(&mut raw, message.len() as u64);
                 raw.extend_from_slice(&message);
             }
-            let spec = BlockSpec { first_seq: 1, entry_count: entries.len() as u32, min_ts: 0, max_ts: 0, origin: None };
+            let spec = BlockSpec { fields: false,  first_seq: 1, entry_count: entries.len() as u32, min_ts: 0, max_ts: 0, origin: None };
             exercise(&encode(&spec, &raw));
         }
 
@@ -1904,6 +2138,7 @@ mod tests {
                     any::<i64>(),
                     prop::collection::btree_map(".{0,12}", ".{0,40}", 0..6),
                     prop::collection::vec(any::<u8>(), 0..600),
+                    prop::option::weighted(0.3, prop::collection::btree_map(".{1,12}", ".{0,40}", 0..5)),
                 ),
                 1..20,
             ),
@@ -1912,7 +2147,12 @@ mod tests {
         ) {
             let entries: Vec<TestEntry> = entries
                 .into_iter()
-                .map(|(timestamp_ns, tags, body)| TestEntry { timestamp_ns, tags, body })
+                .map(|(timestamp_ns, tags, body, fields)| TestEntry {
+                    timestamp_ns,
+                    tags,
+                    body,
+                    fields: fields.unwrap_or_default(),
+                })
                 .collect();
             for entry in &entries {
                 let mut out = Vec::new();

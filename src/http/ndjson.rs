@@ -28,8 +28,12 @@
 //!   Duplicate keys, an empty key and the sizes of [`crate::limits`] are
 //!   errors. At most [`limits::ENTRY_TAGS_MAX`] tags are read before the
 //!   line is refused, so a hostile line cannot grow the tag buffer.
+//! - `fields` (optional): like `tags` ("fields must be an object of
+//!   strings"), stored with the entry but not indexed; bounded by
+//!   [`limits::ENTRY_FIELDS_MAX`], [`limits::FIELD_KEY_BYTES_MAX`],
+//!   [`limits::FIELD_VALUE_BYTES_MAX`] and [`limits::ENTRY_FIELDS_BYTES_MAX`].
 //! - `body` (required): a JSON string, possibly empty.
-//! - A field other than these three, or one of them twice, is an error
+//! - A field other than these four, or one of them twice, is an error
 //!   that names it: the contract is strict so that a typo (`"tag"`) is not
 //!   silently dropped.
 //! - Invalid UTF-8 anywhere, and lone surrogate escapes, are errors.
@@ -64,7 +68,8 @@
 //!
 //! [`write_entry_line`] appends one line
 //! `{"node":1,"shard":0,"seq":7,"ts":123,"tags":{"k":"v"},"body":"text"}`,
-//! keys in that order, tags in key order, `"body_base64"` (standard alphabet,
+//! keys in that order, then last `"fields":{"k":"v"}` when the entry has
+//! any, tags and fields in key order, `"body_base64"` (standard alphabet,
 //! padded) instead of `"body"` when the body is not valid UTF-8.
 
 use std::borrow::Cow;
@@ -102,6 +107,9 @@ pub struct Batch<'a> {
     entries: Vec<ParsedEntry<'a>>,
     /// The tags of every entry, back to back in entry order.
     tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// The fields of every entry, likewise; empty (never allocated) when
+    /// no entry has fields.
+    fields: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 #[derive(Debug)]
@@ -111,6 +119,8 @@ struct ParsedEntry<'a> {
     timestamp_ns: i64,
     /// This entry's slice of [`Batch::tags`].
     tags: Range<usize>,
+    /// This entry's slice of [`Batch::fields`].
+    fields: Range<usize>,
     body: Cow<'a, str>,
 }
 
@@ -130,16 +140,20 @@ impl<'a> Batch<'a> {
     /// `tag_scratch` is cleared and filled with every tag of the batch; the
     /// returned entries slice into it. Two allocations per batch at most
     /// (the result, and `tag_scratch` growth), none per entry.
+    /// Fields go into `tag_scratch` too, after the tags (so entries without
+    /// fields add nothing).
     pub fn entry_refs<'b>(&'b self, tag_scratch: &'b mut Vec<(&'b str, &'b str)>) -> Vec<EntryRef<'b>> {
         tag_scratch.clear();
         tag_scratch.extend(self.tags.iter().map(|(key, value)| (key.as_ref(), value.as_ref())));
-        let tags: &'b [(&'b str, &'b str)] = tag_scratch;
+        tag_scratch.extend(self.fields.iter().map(|(key, value)| (key.as_ref(), value.as_ref())));
+        let (tags, fields): (&'b [(&'b str, &'b str)], _) = tag_scratch.split_at(self.tags.len());
         self.entries
             .iter()
             .map(|entry| EntryRef {
                 timestamp_ns: entry.timestamp_ns,
                 tags: &tags[entry.tags.clone()],
                 body: entry.body.as_bytes(),
+                fields: &fields[entry.fields.clone()],
             })
             .collect()
     }
@@ -151,7 +165,11 @@ impl<'a> Batch<'a> {
         for entry in &self.entries {
             tags.clear();
             tags.extend(self.tags[entry.tags.clone()].iter().map(|(key, value)| (key.as_ref(), value.as_ref())));
-            let entry_ref = EntryRef { timestamp_ns: entry.timestamp_ns, tags: &tags, body: entry.body.as_bytes() };
+            let fields_start = tags.len();
+            tags.extend(self.fields[entry.fields.clone()].iter().map(|(key, value)| (key.as_ref(), value.as_ref())));
+            let (entry_tags, fields) = tags.split_at(fields_start);
+            let entry_ref =
+                EntryRef { timestamp_ns: entry.timestamp_ns, tags: entry_tags, body: entry.body.as_bytes(), fields };
             validate_entry(&entry_ref).map_err(|error| LineError { line: entry.line, message: error.to_string() })?;
         }
         Ok(())
@@ -181,17 +199,20 @@ pub fn parse_ndjson(body: &[u8], entries_max: usize) -> Result<Batch<'_>, LineEr
             return Err(LineError { line: line_number, message });
         }
         let tags_start = batch.tags.len();
+        let fields_start = batch.fields.len();
+        // The plain scanner leaves lines with fields to serde_json.
         let parsed = match parse_plain_line(line, &mut batch.tags) {
             Some(parsed) => Ok(parsed),
             None => {
                 batch.tags.truncate(tags_start);
-                parse_line(line, &mut batch.tags)
+                parse_line(line, &mut batch.tags, &mut batch.fields)
             }
         };
         match parsed {
             Ok((timestamp_ns, body)) => {
                 let tags = tags_start..batch.tags.len();
-                batch.entries.push(ParsedEntry { line: line_number, timestamp_ns, tags, body });
+                let fields = fields_start..batch.fields.len();
+                batch.entries.push(ParsedEntry { line: line_number, timestamp_ns, tags, fields, body });
             }
             Err(error) => {
                 batch.validate()?;
@@ -454,14 +475,16 @@ fn plain_string_length(bytes: &[u8]) -> Option<usize> {
     (bytes[index] == b'"').then_some(index)
 }
 
-/// Parses one non-blank line, pushing its tags onto `tags`. On error, some
-/// tags of the line may have been pushed.
+/// Parses one non-blank line, pushing its tags onto `tags` and its fields
+/// onto `fields`. On error, some tags or fields of the line may have been
+/// pushed.
 fn parse_line<'a>(
     line: &'a [u8],
     tags: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    fields: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
 ) -> Result<(i64, Cow<'a, str>), serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(line);
-    let parsed = LineSeed { tags }.deserialize(&mut deserializer)?;
+    let parsed = LineSeed { tags, fields }.deserialize(&mut deserializer)?;
     // Refuses anything after the object, such as a second object.
     deserializer.end()?;
     Ok(parsed)
@@ -481,6 +504,7 @@ fn describe_json_error(error: &serde_json::Error) -> String {
 /// Deserializes one line: fills the tag buffer, returns `(ts, body)`.
 struct LineSeed<'t, 'a> {
     tags: &'t mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    fields: &'t mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 impl<'de> DeserializeSeed<'de> for LineSeed<'_, 'de> {
@@ -495,12 +519,13 @@ impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
     type Value = (i64, Cow<'de, str>);
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(r#"a JSON object {"ts": .., "tags": {..}, "body": ".."}"#)
+        formatter.write_str(r#"a JSON object {"ts": .., "tags": {..}, "fields": {..}, "body": ".."}"#)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut timestamp_ns = None;
         let mut tags_seen = false;
+        let mut fields_seen = false;
         let mut body = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
@@ -515,7 +540,14 @@ impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
                         return Err(de::Error::duplicate_field("tags"));
                     }
                     tags_seen = true;
-                    map.next_value_seed(TagsSeed { tags: &mut *self.tags })?;
+                    map.next_value_seed(TagsSeed { tags: &mut *self.tags, kind: &TAGS })?;
+                }
+                Field::Fields => {
+                    if fields_seen {
+                        return Err(de::Error::duplicate_field("fields"));
+                    }
+                    fields_seen = true;
+                    map.next_value_seed(TagsSeed { tags: &mut *self.fields, kind: &FIELDS_MAP })?;
                 }
                 Field::Body => {
                     if body.is_some() {
@@ -535,10 +567,11 @@ impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
 enum Field {
     Ts,
     Tags,
+    Fields,
     Body,
 }
 
-const FIELDS: &[&str] = &["ts", "tags", "body"];
+const FIELDS: &[&str] = &["ts", "tags", "fields", "body"];
 
 impl<'de> Deserialize<'de> for Field {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -554,6 +587,7 @@ impl<'de> Deserialize<'de> for Field {
                 match name {
                     "ts" => Ok(Field::Ts),
                     "tags" => Ok(Field::Tags),
+                    "fields" => Ok(Field::Fields),
                     "body" => Ok(Field::Body),
                     other => Err(E::unknown_field(other, FIELDS)),
                 }
@@ -656,13 +690,42 @@ impl<'de> Deserialize<'de> for TagKey<'de> {
     }
 }
 
-/// `tags`: pushes every pair onto the batch's flat tag buffer.
-struct TagsSeed<'t, 'a> {
-    tags: &'t mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
+/// Which string map a [`TagsSeed`] reads: its names in errors and its
+/// count limit.
+struct MapKind {
+    /// The member name: `tags` or `fields`.
+    name: &'static str,
+    /// One item: `tag` or `field`.
+    item: &'static str,
+    limit_name: &'static str,
+    limit_what: &'static str,
+    count_max: usize,
 }
 
-fn tags_not_an_object<E: de::Error>(found: Unexpected<'_>) -> E {
-    E::custom(format_args!("tags must be an object of strings, found {found}"))
+const TAGS: MapKind = MapKind {
+    name: "tags",
+    item: "tag",
+    limit_name: "ENTRY_TAGS_MAX",
+    limit_what: "entry tag count",
+    count_max: limits::ENTRY_TAGS_MAX,
+};
+
+const FIELDS_MAP: MapKind = MapKind {
+    name: "fields",
+    item: "field",
+    limit_name: "ENTRY_FIELDS_MAX",
+    limit_what: "entry field count",
+    count_max: limits::ENTRY_FIELDS_MAX,
+};
+
+/// `tags` or `fields`: pushes every pair onto the batch's flat buffer.
+struct TagsSeed<'t, 'a> {
+    tags: &'t mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    kind: &'static MapKind,
+}
+
+fn tags_not_an_object<E: de::Error>(kind: &MapKind, found: Unexpected<'_>) -> E {
+    E::custom(format_args!("{} must be an object of strings, found {found}", kind.name))
 }
 
 impl<'de> DeserializeSeed<'de> for TagsSeed<'_, 'de> {
@@ -677,7 +740,7 @@ impl<'de> Visitor<'de> for TagsSeed<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("tags as an object of strings")
+        write!(formatter, "{} as an object of strings", self.kind.name)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -686,9 +749,9 @@ impl<'de> Visitor<'de> for TagsSeed<'_, 'de> {
             // Checked before the pair is stored: a line cannot grow the
             // buffer past the limit. Same message as `validate_entry`.
             count += 1;
-            limits::check("ENTRY_TAGS_MAX", "entry tag count", count, limits::ENTRY_TAGS_MAX)
+            limits::check(self.kind.limit_name, self.kind.limit_what, count, self.kind.count_max)
                 .map_err(de::Error::custom)?;
-            let value = map.next_value_seed(TagValueSeed { key: &key })?;
+            let value = map.next_value_seed(TagValueSeed { key: &key, kind: self.kind })?;
             self.tags.push((key, value));
         }
         Ok(())
@@ -699,38 +762,40 @@ impl<'de> Visitor<'de> for TagsSeed<'_, 'de> {
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<(), E> {
-        Err(tags_not_an_object(Unexpected::Bool(value)))
+        Err(tags_not_an_object(self.kind, Unexpected::Bool(value)))
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<(), E> {
-        Err(tags_not_an_object(Unexpected::Signed(value)))
+        Err(tags_not_an_object(self.kind, Unexpected::Signed(value)))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<(), E> {
-        Err(tags_not_an_object(Unexpected::Unsigned(value)))
+        Err(tags_not_an_object(self.kind, Unexpected::Unsigned(value)))
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<(), E> {
-        Err(tags_not_an_object(Unexpected::Float(value)))
+        Err(tags_not_an_object(self.kind, Unexpected::Float(value)))
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<(), E> {
-        Err(tags_not_an_object(Unexpected::Str(value)))
+        Err(tags_not_an_object(self.kind, Unexpected::Str(value)))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<(), A::Error> {
-        Err(tags_not_an_object(Unexpected::Seq))
+        Err(tags_not_an_object(self.kind, Unexpected::Seq))
     }
 }
 
 /// One tag value; knows its key to name it in errors.
 struct TagValueSeed<'k> {
     key: &'k str,
+    kind: &'static MapKind,
 }
 
 impl TagValueSeed<'_> {
     fn not_a_string<E: de::Error>(&self, found: Unexpected<'_>) -> E {
-        E::custom(format_args!("tags must be an object of strings, tag {:?} is {found}", self.key))
+        let kind = self.kind;
+        E::custom(format_args!("{} must be an object of strings, {} {:?} is {found}", kind.name, kind.item, self.key))
     }
 }
 
@@ -787,7 +852,9 @@ impl<'de> Visitor<'de> for TagValueSeed<'_> {
 }
 
 /// Appends one NDJSON line for `entry`:
-/// `{"node":1,"shard":0,"seq":7,"ts":123,"tags":{"k":"v"},"body":"text"}\n`.
+/// `{"node":1,"shard":0,"seq":7,"ts":123,"tags":{"k":"v"},"body":"text"}\n`,
+/// with `,"fields":{"k":"v"}` before the closing brace when the entry has
+/// fields.
 ///
 /// Keys in exactly that order, tags in key order, `"body_base64"` (standard
 /// base64 with padding) instead of `"body"` when the body is not valid UTF-8.
@@ -803,16 +870,8 @@ pub fn write_entry_line(out: &mut Vec<u8>, entry: &LogEntry) {
     push_u64(out, entry.seq);
     out.extend_from_slice(b",\"ts\":");
     push_i64(out, entry.timestamp_ns);
-    out.extend_from_slice(b",\"tags\":{");
-    for (index, (key, value)) in entry.tags.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        push_json_string(out, key);
-        out.push(b':');
-        push_json_string(out, value);
-    }
-    out.push(b'}');
+    out.extend_from_slice(b",\"tags\":");
+    push_string_map(out, &entry.tags);
     match std::str::from_utf8(&entry.body) {
         Ok(text) => {
             out.extend_from_slice(b",\"body\":");
@@ -830,7 +889,25 @@ pub fn write_entry_line(out: &mut Vec<u8>, entry: &LogEntry) {
             out.push(b'"');
         }
     }
+    if !entry.fields.is_empty() {
+        out.extend_from_slice(b",\"fields\":");
+        push_string_map(out, &entry.fields);
+    }
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends `map` as a JSON object of strings, in key order.
+fn push_string_map(out: &mut Vec<u8>, map: &std::collections::BTreeMap<String, String>) {
+    out.push(b'{');
+    for (index, (key, value)) in map.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        push_json_string(out, key);
+        out.push(b':');
+        push_json_string(out, value);
+    }
+    out.push(b'}');
 }
 
 /// For each byte: 0 to copy it as is, else the letter after the backslash
@@ -1337,6 +1414,7 @@ mod tests {
 
     fn log_entry(tags: &[(&str, &str)], body: &[u8]) -> LogEntry {
         LogEntry {
+            fields: Default::default(),
             seq: 7,
             timestamp_ns: 123,
             tags: tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
@@ -1468,6 +1546,7 @@ mod tests {
         assert_eq!(refs.len(), 3);
         for (index, entry_ref) in refs.iter().enumerate() {
             let entry = LogEntry {
+                fields: Default::default(),
                 seq: 100 + index as u64,
                 timestamp_ns: entry_ref.timestamp_ns,
                 tags: entry_ref.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
@@ -1613,8 +1692,8 @@ mod tests {
             let tags = tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
             (timestamp_ns, tags, body.to_owned())
         };
-        let mut tags = Vec::new();
-        let serde = parse_line(line, &mut tags)
+        let (mut tags, mut fields) = (Vec::new(), Vec::new());
+        let serde = parse_line(line, &mut tags, &mut fields)
             .map(|(timestamp_ns, body)| collect(&tags, timestamp_ns, &body))
             .map_err(|error| error.to_string());
         let mut tags = Vec::new();
@@ -1840,7 +1919,7 @@ mod tests {
             tags in prop::collection::btree_map(text_strategy(), text_strategy(), 0..4),
             body in prop_oneof![text_strategy().prop_map(String::into_bytes), prop::collection::vec(any::<u8>(), 0..32)],
         ) {
-            let entry = LogEntry { seq, timestamp_ns, tags, body: bytes::Bytes::from(body), node_id, shard };
+            let entry = LogEntry { fields: Default::default(),  seq, timestamp_ns, tags, body: bytes::Bytes::from(body), node_id, shard };
             let mut out = Vec::new();
             write_entry_line(&mut out, &entry);
             assert_line_matches(&out, &entry);

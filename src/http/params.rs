@@ -1,6 +1,6 @@
 //! Query-string parsing for `GET /v1/entries` and `GET /v1/tail`. Pure.
 
-use crate::limits::{QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TAGS_MAX};
+use crate::limits::{QUERY_FIELDS_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TAGS_MAX};
 
 /// A parsed query string.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,6 +11,8 @@ pub struct QueryParams {
     pub to_ts: i64,
     /// Every `tag=k=v`, in order.
     pub tags: Vec<(String, String)>,
+    /// Every `field=k=v`, in order: exact predicates on entry fields.
+    pub fields: Vec<(String, String)>,
     /// `limit`.
     pub limit: usize,
     /// `direction=backward`.
@@ -37,13 +39,15 @@ fn percent_decode(text: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
 }
 
-/// Parses `from`, `to`, `tag` (repeated, `k=v`), `limit`, `direction`.
+/// Parses `from`, `to`, `tag` and `field` (repeated, `k=v`), `limit`,
+/// `direction`.
 /// `allowed` names the parameters this endpoint takes; others are refused.
 pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, String> {
     let mut params = QueryParams {
         from_ts: i64::MIN,
         to_ts: i64::MAX,
         tags: Vec::new(),
+        fields: Vec::new(),
         limit: QUERY_LIMIT_DEFAULT,
         backward: false,
     };
@@ -84,6 +88,17 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Strin
                     return Err(format!("more than {QUERY_TAGS_MAX} tag predicates"));
                 }
                 params.tags.push((key.to_owned(), tag_value.to_owned()));
+            }
+            "field" => {
+                let (key, field_value) =
+                    value.split_once('=').ok_or_else(|| format!("field={value:?}: expected field=key=value"))?;
+                if key.is_empty() {
+                    return Err(format!("field={value:?}: empty key"));
+                }
+                if params.fields.len() == QUERY_FIELDS_MAX {
+                    return Err(format!("more than {QUERY_FIELDS_MAX} field predicates"));
+                }
+                params.fields.push((key.to_owned(), field_value.to_owned()));
             }
             _ => unreachable!("checked against allowed"),
         }

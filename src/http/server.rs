@@ -451,13 +451,14 @@ fn streamed(receiver: mpsc::Receiver<Bytes>) -> Response<Body> {
 }
 
 async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
-    let params = match params::parse(request.uri().query(), &["from", "to", "tag", "limit", "direction"]) {
+    let params = match params::parse(request.uri().query(), &["from", "to", "tag", "field", "limit", "direction"]) {
         Ok(params) => params,
         Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
     };
     core.counters.borrow_mut().queries += 1;
     let spec = Arc::new(QuerySpec {
         tags: params.tags,
+        fields: params.fields,
         from_ts: params.from_ts,
         to_ts: params.to_ts,
         limit: params.limit,

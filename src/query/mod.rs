@@ -23,6 +23,8 @@ use crate::shard::{self, Query, Shard};
 pub struct QuerySpec {
     /// `key=value` predicates (AND).
     pub tags: Vec<(String, String)>,
+    /// `key=value` field predicates (AND, exact, not indexed).
+    pub fields: Vec<(String, String)>,
     /// Inclusive lower timestamp bound.
     pub from_ts: i64,
     /// Exclusive upper timestamp bound.
@@ -68,8 +70,15 @@ pub enum Error {
 /// [`QueryChunk::Failed`]. Stops early when the receiver is dropped.
 pub async fn stream_shard(shard: &Shard, spec: &QuerySpec, mut sink: mpsc::Sender<QueryChunk>) {
     let tags: Vec<(&str, &str)> = spec.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
-    let query =
-        Query { tags: &tags, from_ts: spec.from_ts, to_ts: spec.to_ts, limit: spec.limit, backward: spec.backward };
+    let fields: Vec<(&str, &str)> = spec.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+    let query = Query {
+        tags: &tags,
+        fields: &fields,
+        from_ts: spec.from_ts,
+        to_ts: spec.to_ts,
+        limit: spec.limit,
+        backward: spec.backward,
+    };
     let mut ordered = match shard.query_ordered(&query).await {
         Ok(ordered) => ordered,
         Err(error) => {

@@ -294,10 +294,28 @@ pub fn with_pushed_refs<T>(entries: &[EntryView<'_>], append: impl FnOnce(&[Entr
             .map_err(|error| malformed(format!("entry {} (seq {}): {error}", index + 1, view.seq)))?;
         spans.push(start..tags.len());
     }
+    // Fields in one allocation too, made only when an entry has any.
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    let mut field_spans = Vec::new();
+    if entries.iter().any(EntryView::has_any_field) {
+        field_spans.reserve(entries.len());
+        for (index, view) in entries.iter().enumerate() {
+            let start = fields.len();
+            view.for_each_field(|key, value| fields.push((key, value)))
+                .map_err(|error| malformed(format!("entry {} (seq {}): {error}", index + 1, view.seq)))?;
+            field_spans.push(start..fields.len());
+        }
+    }
     let refs: Vec<EntryRef<'_>> = entries
         .iter()
         .zip(spans)
-        .map(|(view, span)| EntryRef { timestamp_ns: view.timestamp_ns, tags: &tags[span], body: view.body })
+        .enumerate()
+        .map(|(index, (view, span))| EntryRef {
+            timestamp_ns: view.timestamp_ns,
+            tags: &tags[span],
+            body: view.body,
+            fields: field_spans.get(index).map_or(&[], |span| &fields[span.clone()]),
+        })
         .collect();
     Ok(append(&refs))
 }
@@ -397,6 +415,7 @@ mod tests {
 
     fn entry(seq: u64, body: &str) -> LogEntry {
         LogEntry {
+            fields: Default::default(),
             seq,
             timestamp_ns: 1_700_000_000_000_000_000 + seq as i64,
             tags: [("app".to_string(), "web".to_string()), ("k".to_string(), format!("v{seq}"))].into(),
@@ -444,13 +463,14 @@ mod tests {
             let body = format!("line {seq} of a follower's log");
             let tags = [("app", "web"), ("n", if seq % 2 == 0 { "even" } else { "odd" })];
             encode_entry(
-                &EntryRef { timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
+                &EntryRef { fields: &[], timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
                 seq as i64,
                 &mut raw,
             );
         }
         let count = (seqs.end() - seqs.start() + 1) as u32;
         let spec = BlockSpec {
+            fields: false,
             first_seq: *seqs.start(),
             entry_count: count,
             min_ts: *seqs.start() as i64,
@@ -536,6 +556,7 @@ mod tests {
         let mut raw = Vec::new();
         decompress_payload(&header, &follower, &mut raw).unwrap();
         let spec = crate::codec::block::BlockSpec {
+            fields: false,
             first_seq: 500,
             entry_count: header.entry_count,
             min_ts: header.min_ts,
@@ -669,7 +690,7 @@ mod tests {
             let tags: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
             let mut stored = Vec::new();
             crate::codec::block::encode_entry(
-                &EntryRef { timestamp_ns: 0, tags: &tags, body },
+                &EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body },
                 *timestamp_ns,
                 &mut stored,
             );
@@ -731,7 +752,7 @@ mod tests {
         ) {
             let protos: Vec<LogEntry> = entries
                 .iter()
-                .map(|(seq, timestamp_ns, tags, body)| LogEntry {
+                .map(|(seq, timestamp_ns, tags, body)| LogEntry { fields: Default::default(),
                     seq: *seq,
                     timestamp_ns: *timestamp_ns,
                     tags: tags.iter().cloned().collect(),

@@ -496,7 +496,11 @@ mod tests {
         for seq in [41u64, 42, 300] {
             let body = format!("entry {seq}");
             let mut stored = Vec::new();
-            encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: body.as_bytes() }, 5, &mut stored);
+            encode_entry(
+                &EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: body.as_bytes() },
+                5,
+                &mut stored,
+            );
             let (_, prefix) = read_varint(&stored).unwrap_or_else(|| unreachable!());
             writer.push(seq, &stored[prefix..]);
         }
@@ -513,6 +517,7 @@ mod tests {
         let expected: Vec<LogEntry> = [41u64, 42, 300]
             .iter()
             .map(|&seq| LogEntry {
+                fields: Default::default(),
                 seq,
                 timestamp_ns: 5,
                 tags: tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),

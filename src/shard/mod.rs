@@ -437,6 +437,9 @@ struct PendingBlock {
     /// Set for a block another node encoded: `raw_start..raw_end` holds its
     /// stored payload, which the commit writes as is (no compression).
     stored: Option<StoredPayload>,
+    /// Whether an entry of the block carries fields: the block is then
+    /// written at the block format version that has them.
+    fields: bool,
 }
 
 /// How a pending block's payload, encoded by another node, is stored.
@@ -828,6 +831,7 @@ impl Shard {
                         origin: origin_at(origin_seq),
                         tags,
                         stored: Some(StoredPayload { codec: header.codec, raw_len: header.raw_len as usize }),
+                        fields: header.version != block::FORMAT_VERSION_NO_FIELDS,
                     });
                     if let Some(seq) = origin_seq.as_mut() {
                         *seq += u64::from(header.entry_count);
@@ -864,6 +868,7 @@ impl Shard {
                         origin: origin_at(origin_seq),
                         tags: TagSet::default(),
                         stored: None,
+                        fields: false,
                     });
                     force_new_block = false;
                 }
@@ -874,6 +879,7 @@ impl Shard {
                 block.entry_count += 1;
                 block.min_ts = block.min_ts.min(timestamp_ns);
                 block.max_ts = block.max_ts.max(timestamp_ns);
+                block.fields |= !entry.fields.is_empty();
                 for (key, value) in entry.tags {
                     block::insert_tag(&mut block.tags, key, value);
                 }

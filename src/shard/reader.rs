@@ -24,6 +24,9 @@ pub type SnapshotVisit<'a> = dyn FnMut(&block::BlockHeader, &[u8], Option<TagSet
 pub struct Query<'a> {
     /// Entries must carry all of these `key=value` tags.
     pub tags: &'a [(&'a str, &'a str)],
+    /// Entries must carry all of these `key=value` fields (exact; fields
+    /// are not indexed, so they are checked on the blocks the tags leave).
+    pub fields: &'a [(&'a str, &'a str)],
     /// Smallest timestamp, inclusive.
     pub from_ts: i64,
     /// Largest timestamp, exclusive.
@@ -574,7 +577,10 @@ impl Shard {
                 continue;
             };
             let keep = |_: u64, view: &EntryView<'_>| {
-                view.timestamp_ns >= query.from_ts && view.timestamp_ns < query.to_ts && view.has_tags(query.tags)
+                view.timestamp_ns >= query.from_ts
+                    && view.timestamp_ns < query.to_ts
+                    && view.has_tags(query.tags)
+                    && view.has_fields(query.fields)
             };
             let entries = &mut result.entries;
             let complete = self
@@ -723,6 +729,7 @@ struct Candidate {
 pub struct OrderedQuery {
     shard: Shard,
     tags: Vec<(String, String)>,
+    fields: Vec<(String, String)>,
     from_ts: i64,
     to_ts: i64,
     backward: bool,
@@ -780,9 +787,13 @@ impl OrderedQuery {
         self.shard.inner.state.borrow_mut().stats.blocks_read += 1;
         let (node, shard) = (self.shard.inner.config.node_id, self.shard.inner.config.shard_id);
         let tags: Vec<(&str, &str)> = self.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+        let fields: Vec<(&str, &str)> = self.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
         let (from_ts, to_ts, backward) = (self.from_ts, self.to_ts, self.backward);
         let keep = |_: u64, view: &EntryView<'_>| {
-            view.timestamp_ns >= from_ts && view.timestamp_ns < to_ts && view.has_tags(&tags)
+            view.timestamp_ns >= from_ts
+                && view.timestamp_ns < to_ts
+                && view.has_tags(&tags)
+                && view.has_fields(&fields)
         };
         let mut raw = Vec::new();
         let found = matching_entries(&bytes, &mut raw, node, shard, &keep).map_err(|source| Error::Block {
@@ -830,6 +841,7 @@ impl Shard {
         Ok(OrderedQuery {
             shard: self.clone(),
             tags: query.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+            fields: query.fields.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
             from_ts: query.from_ts,
             to_ts: query.to_ts,
             backward: query.backward,

@@ -588,11 +588,12 @@ mod tests {
         let mut raw = Vec::new();
         for index in 0..count {
             let tags = tags_of(index);
-            let entry = EntryRef { timestamp_ns: 0, tags: &tags, body: b"body" };
+            let entry = EntryRef { fields: &[], timestamp_ns: 0, tags: &tags, body: b"body" };
             block::encode_entry(&entry, 1_000 + index as i64, &mut raw);
         }
         edit_raw(&mut raw);
         let spec = BlockSpec {
+            fields: false,
             first_seq: 1,
             entry_count: count as u32,
             min_ts: 1_000,

@@ -103,9 +103,20 @@ mod tests {
             for entry_index in 0..count {
                 let body = format!("block {block_index} entry {entry_index} some log text here");
                 let tags = [("host", "web-01")];
-                encode_entry(&EntryRef { timestamp_ns: 5, tags: &tags, body: body.as_bytes() }, 5, &mut raw);
+                encode_entry(
+                    &EntryRef { fields: &[], timestamp_ns: 5, tags: &tags, body: body.as_bytes() },
+                    5,
+                    &mut raw,
+                );
             }
-            let spec = BlockSpec { first_seq: seq, entry_count: count as u32, min_ts: 5, max_ts: 5, origin: None };
+            let spec = BlockSpec {
+                fields: false,
+                first_seq: seq,
+                entry_count: count as u32,
+                min_ts: 5,
+                max_ts: 5,
+                origin: None,
+            };
             let mut out = vec![0; encoded_bytes_max(raw.len())];
             let used = encode_block(&spec, &raw, &mut out);
             log.extend_from_slice(&out[..used]);

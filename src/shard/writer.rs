@@ -199,6 +199,7 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
                     min_ts: pending_block.min_ts,
                     max_ts: pending_block.max_ts,
                     origin: pending_block.origin,
+                    fields: pending_block.fields,
                 };
                 let out = &mut buffer.as_bytes_mut()[used..];
                 let (block_len, raw_len) = match pending_block.stored {

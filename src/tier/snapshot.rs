@@ -350,12 +350,13 @@ mod tests {
         for seq in seqs.clone() {
             let body = format!("entry {seq} of {pair:?}");
             encode_entry(
-                &EntryRef { timestamp_ns: seq as i64, tags: &[("app", "web")], body: body.as_bytes() },
+                &EntryRef { fields: &[], timestamp_ns: seq as i64, tags: &[("app", "web")], body: body.as_bytes() },
                 seq as i64,
                 &mut raw,
             );
         }
         let spec = BlockSpec {
+            fields: false,
             first_seq: local,
             entry_count: (seqs.end() - seqs.start() + 1) as u32,
             min_ts: *seqs.start() as i64,

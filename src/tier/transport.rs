@@ -653,6 +653,7 @@ mod tests {
 
     fn entry(seq: u64, body_bytes: usize) -> LogEntry {
         LogEntry {
+            fields: Default::default(),
             node_id: 7,
             shard: 1,
             seq,
