@@ -246,6 +246,52 @@ fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serd
 }
 
 #[test]
+fn tail_filters_by_field_too() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "1"]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
+    write!(stream, "GET /v1/tail?field=req=42 HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || stream_lines(stream, sender));
+    let line = |body: &str, fields: &str| format!("{{\"body\":\"{body}\"{fields}}}\n");
+    // Readiness: a marker that matches comes back once the tail is live.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    'ready: for marker in 0.. {
+        assert!(std::time::Instant::now() < deadline, "the tail never delivered a marker");
+        let body = line(&format!("marker {marker}"), ",\"fields\":{\"req\":\"42\"}");
+        assert_eq!(post(&node.url("/v1/entries"), NDJSON, body.as_bytes()).status, 200);
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+            if line["body"].as_str().unwrap().starts_with("marker ") {
+                break 'ready;
+            }
+        }
+    }
+    let batch = [
+        line("wanted", ",\"fields\":{\"req\":\"42\",\"user\":\"ann\"}"),
+        line("other value", ",\"fields\":{\"req\":\"7\"}"),
+        line("no fields", ""),
+        line("wanted too", ",\"fields\":{\"req\":\"42\"}"),
+    ]
+    .concat();
+    assert_eq!(post(&node.url("/v1/entries"), NDJSON, batch.as_bytes()).status, 200);
+    let mut bodies = Vec::new();
+    while bodies.len() < 2 {
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("the matching entries are tailed");
+        let body = line["body"].as_str().unwrap().to_string();
+        if !body.starts_with("marker ") {
+            assert_eq!(line["fields"]["req"], "42", "{line}");
+            bodies.push(body);
+        }
+    }
+    assert_eq!(bodies, ["wanted", "wanted too"]);
+    // Nothing else comes: a last marker arrives with nothing before it.
+    let marker = line("last marker", ",\"fields\":{\"req\":\"42\"}");
+    assert_eq!(post(&node.url("/v1/entries"), NDJSON, marker.as_bytes()).status, 200);
+    let next = lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(next["body"], "last marker", "only entries whose field matches: {next}");
+}
+
+#[test]
 fn tail_streams_newly_committed_matching_entries() {
     let dir = common::durable_temp_dir();
     let node = TestNode::start(dir.path(), &["--shards", "2"]);

@@ -501,10 +501,13 @@ async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
 }
 
 async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
-    let params = match params::parse(request.uri().query(), &["tag"]) {
+    let params = match params::parse(request.uri().query(), &["tag", "field"]) {
         Ok(params) => params,
         Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
     };
+    // Tags are filtered on each shard; fields (not indexed, and rarely
+    // asked of a tail) here, where the shards' streams merge.
+    let fields = params.fields;
     let (streams, lag_flags) = match core.tail(Arc::new(params.tags)).await {
         Ok(subscription) => subscription,
         Err(shutting_down) => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, shutting_down),
@@ -514,10 +517,13 @@ async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
         let mut merged = futures_util::stream::select_all(streams);
         while let Some(entries) = merged.next().await {
             let mut out = Vec::new();
-            for entry in &entries {
+            let matching = entries.iter().filter(|entry| {
+                fields.iter().all(|(key, value)| entry.fields.get(key).is_some_and(|held| held == value))
+            });
+            for entry in matching {
                 ndjson::write_entry_line(&mut out, entry);
             }
-            if body.send(Bytes::from(out)).await.is_err() {
+            if !out.is_empty() && body.send(Bytes::from(out)).await.is_err() {
                 return; // the client went away
             }
             if lag_flags.iter().any(|flag| flag.load(Ordering::Acquire)) {
