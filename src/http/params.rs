@@ -78,28 +78,8 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Strin
                     _ => return Err(format!("direction={value:?}: expected forward or backward")),
                 }
             }
-            "tag" => {
-                let (key, tag_value) =
-                    value.split_once('=').ok_or_else(|| format!("tag={value:?}: expected tag=key=value"))?;
-                if key.is_empty() {
-                    return Err(format!("tag={value:?}: empty key"));
-                }
-                if params.tags.len() == QUERY_TAGS_MAX {
-                    return Err(format!("more than {QUERY_TAGS_MAX} tag predicates"));
-                }
-                params.tags.push((key.to_owned(), tag_value.to_owned()));
-            }
-            "field" => {
-                let (key, field_value) =
-                    value.split_once('=').ok_or_else(|| format!("field={value:?}: expected field=key=value"))?;
-                if key.is_empty() {
-                    return Err(format!("field={value:?}: empty key"));
-                }
-                if params.fields.len() == QUERY_FIELDS_MAX {
-                    return Err(format!("more than {QUERY_FIELDS_MAX} field predicates"));
-                }
-                params.fields.push((key.to_owned(), field_value.to_owned()));
-            }
+            "tag" => push_predicate(&mut params.tags, "tag", &value, QUERY_TAGS_MAX)?,
+            "field" => push_predicate(&mut params.fields, "field", &value, QUERY_FIELDS_MAX)?,
             _ => unreachable!("checked against allowed"),
         }
     }
@@ -107,6 +87,20 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Strin
         return Err(format!("from={} is after to={}", params.from_ts, params.to_ts));
     }
     Ok(params)
+}
+
+/// Adds `NAME=key=value`'s predicate to `predicates`, at most `max` of them.
+fn push_predicate(predicates: &mut Vec<(String, String)>, name: &str, value: &str, max: usize) -> Result<(), String> {
+    let (key, predicate_value) =
+        value.split_once('=').ok_or_else(|| format!("{name}={value:?}: expected {name}=key=value"))?;
+    if key.is_empty() {
+        return Err(format!("{name}={value:?}: empty key"));
+    }
+    if predicates.len() == max {
+        return Err(format!("more than {max} {name} predicates"));
+    }
+    predicates.push((key.to_owned(), predicate_value.to_owned()));
+    Ok(())
 }
 
 #[cfg(test)]
