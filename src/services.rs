@@ -14,6 +14,8 @@
 //! refusal, so a throttled follower's stream is never torn down and
 //! re-pushed).
 
+mod otlp;
+
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -577,6 +579,7 @@ impl Service for Services {
             match path {
                 "/wormdb.v1.WormIngest/Write" => self.write(call, &grant).await,
                 "/wormdb.v1.WormIngest/Query" => self.query(call).await,
+                auth::OTLP_LOGS_EXPORT => otlp::export(&self.core, call, &grant).await,
                 "/wormdb.v1.WormReplication/PushEntries" => self.push(call, &grant, false).await,
                 "/wormdb.v1.WormReplication/Replicate" => self.push(call, &grant, true).await,
                 "/wormdb.v1.WormReplication/GetWatermark" => self.get_watermark(call, &grant).await,

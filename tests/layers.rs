@@ -22,6 +22,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("codec", &["limits", "proto"]),
     ("index", &["codec", "limits", "proto"]),
     ("shard", &["index", "codec", "limits", "proto"]),
+    // The shippers' protocols, decoded: pure.
+    ("ingest", &["codec", "limits", "proto"]),
     // The transport knows no wormdb service, and no storage.
     ("grpc", &["limits", "net", "tls", "proto"]),
     // Features over storage and transport.
@@ -34,12 +36,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     // data directory's lock, which its offline recovery takes).
     ("tier", &["replication", "grpc", "shard", "index", "codec", "limits", "proto", "net", "runtime"]),
     // One core's state; it names no front door.
-    ("node", &["tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"]),
+    (
+        "node",
+        &["ingest", "tier", "query", "replication", "config", "shard", "index", "codec", "limits", "proto", "runtime"],
+    ),
     // The front doors.
     (
         "http",
         &[
             "auth",
+            "ingest",
             "node",
             "tier",
             "query",
@@ -58,6 +64,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "services",
         &[
             "auth",
+            "ingest",
             "node",
             "tier",
             "query",
@@ -82,6 +89,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "auth",
             "services",
             "http",
+            "ingest",
             "node",
             "tier",
             "query",

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 pub use connections::{ConnectionLimit, ConnectionSlot};
-pub use policy::{authorize, grpc_need, http_need, Grant, Need, Policy, Reason, Refusal};
+pub use policy::{authorize, grpc_need, http_need, Grant, Need, Policy, Reason, Refusal, OTLP_LOGS_EXPORT};
 pub use tokens::{Scope, TokenSet};
 
 use crate::limits::{AUTH_SECRET_FILE_BYTES_MAX, AUTH_TOKEN_FILE_BYTES_MAX};

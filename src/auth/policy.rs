@@ -59,8 +59,13 @@ const METRICS_OR_ADMIN: Scopes = Scopes::of(Scope::Metrics).with(Scope::Admin);
 /// What HTTP `method` on `path` needs.
 pub fn http_need(method: &str, path: &str) -> Need {
     match (method, path) {
-        ("GET", "/healthz") => Need::Open,
-        ("POST", "/v1/entries") => Need::Scope(Scopes::of(Scope::Ingest)),
+        ("GET", "/healthz" | "/ready") => Need::Open,
+        ("POST", "/v1/entries" | "/v1/logs" | "/loki/api/v1/push" | "/v1/jsonline") => {
+            Need::Scope(Scopes::of(Scope::Ingest))
+        }
+        // The Elasticsearch API, probes included: shippers present their
+        // ingest credentials on every call.
+        (_, path) if path == "/es" || path.starts_with("/es/") => Need::Scope(Scopes::of(Scope::Ingest)),
         ("GET", "/v1/entries" | "/v1/tail") => Need::Scope(Scopes::of(Scope::Query)),
         ("GET", "/metrics" | "/v1/stats" | "/v1/cluster") => Need::Scope(METRICS_OR_ADMIN),
         _ => Need::Authenticated,
@@ -70,10 +75,13 @@ pub fn http_need(method: &str, path: &str) -> Need {
 /// The prefix of every method of the members' own service.
 pub const RAFT_SERVICE_PREFIX: &str = "/wormdb.v1.WormRaft/";
 
+/// OTLP's logs export, served on the gRPC port (DESIGN.md section 11).
+pub const OTLP_LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
 /// What the gRPC method `path` (`/package.Service/Method`) needs.
 pub fn grpc_need(path: &str) -> Need {
     match path {
-        "/wormdb.v1.WormIngest/Write" => Need::Scope(Scopes::of(Scope::Ingest)),
+        "/wormdb.v1.WormIngest/Write" | OTLP_LOGS_EXPORT => Need::Scope(Scopes::of(Scope::Ingest)),
         "/wormdb.v1.WormIngest/Query" => Need::Scope(Scopes::of(Scope::Query)),
         "/wormdb.v1.WormReplication/PushEntries"
         | "/wormdb.v1.WormReplication/Replicate"

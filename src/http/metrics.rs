@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::ingest::Protocol;
 use crate::node::peers::ShardReport;
 use crate::shard::SYNC_LATENCY_BUCKETS_US;
 
@@ -165,6 +166,8 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
         }
     }
 
+    render_protocols(&mut out, node_id, reports);
+
     family(&mut out, "wormdb_fsync_duration_seconds", "histogram", "fdatasync latency of group commits.");
     for report in reports {
         let shard = report.stats.shard;
@@ -192,6 +195,56 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
         );
     }
     out
+}
+
+/// The shippers' protocols (DESIGN.md section 11), per shard and
+/// `protocol`: requests and entries stored, bytes received, refusals by
+/// reason, messages dropped (syslog over UDP).
+fn render_protocols(out: &mut String, node_id: u32, reports: &[ShardReport]) {
+    type Value = fn(&crate::node::ProtocolCounters) -> u64;
+    let families: [(&str, &str, Value); 4] = [
+        ("wormdb_protocol_requests_total", "Shippers' requests (syslog: batches) stored.", |c| c.requests),
+        ("wormdb_protocol_entries_total", "Entries stored through the shippers' protocols.", |c| c.entries),
+        ("wormdb_protocol_bytes_total", "Bytes received in stored shippers' requests.", |c| c.bytes),
+        ("wormdb_protocol_dropped_total", "Messages dropped unread (syslog over UDP).", |c| c.dropped),
+    ];
+    for (name, help, value) in families {
+        family(out, name, "counter", help);
+        for report in reports {
+            for protocol in Protocol::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node_id}\",shard=\"{}\",protocol=\"{}\"}} {}",
+                    report.stats.shard,
+                    protocol.label(),
+                    value(&report.http.protocols[protocol.index()])
+                );
+            }
+        }
+    }
+    let name = "wormdb_protocol_refused_total";
+    family(out, name, "counter", "Shippers' requests refused, by protocol and reason.");
+    for report in reports {
+        for protocol in Protocol::ALL {
+            let refused = &report.http.protocols[protocol.index()].refused;
+            for (reason, count) in [
+                ("malformed", refused.malformed),
+                ("too_large", refused.too_large),
+                ("unsupported_media_type", refused.unsupported_media_type),
+                ("backpressure", refused.backpressure),
+                ("unavailable", refused.shutting_down),
+                ("disk_full", refused.disk_full),
+                ("internal", refused.internal),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node_id}\",shard=\"{}\",protocol=\"{}\",reason=\"{reason}\"}} {count}",
+                    report.stats.shard,
+                    protocol.label(),
+                );
+            }
+        }
+    }
 }
 
 /// Appends the node-wide counters of authentication and abuse limits

@@ -20,16 +20,17 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 
-use super::budget::BodyBudget;
-use super::{metrics, ndjson, params};
+use super::budget::{BodyBudget, BodyReservation};
+use super::{es, loki, metrics, ndjson, otlp, params};
 use crate::auth::{self, Grant, Refusal};
 use crate::codec::block;
+use crate::ingest;
 use crate::limits::{
     ACCEPT_RETRY_DELAY, HTTP_ENTRIES_PER_REQUEST_MAX, HTTP_STREAM_CHUNKS_BUFFERED, HTTP_STREAM_CHUNK_BYTES,
 };
 use crate::net::Peer;
 use crate::node::peers::ShardReport;
-use crate::node::{Core, InFlight};
+use crate::node::{Core, InFlight, Refused, RefusedKind};
 use crate::proto::WriteRequest;
 use crate::query::{self, QuerySpec};
 use crate::shard::Error;
@@ -96,11 +97,11 @@ pub async fn accept_loop(
     }
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
     let mut response = Response::new(full(body));
@@ -159,6 +160,12 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     match (request.method().clone(), path.as_str()) {
         (Method::POST, "/v1/entries") => ingest(core, body_budget, &grant, request).await,
+        // The shippers' protocols (DESIGN.md section 11).
+        (Method::POST, "/v1/logs") => otlp::export(core, body_budget, &grant, request).await,
+        (Method::POST, "/loki/api/v1/push") => loki::push(core, body_budget, &grant, request).await,
+        (Method::GET, "/ready") => loki::ready(&core),
+        (Method::POST, "/v1/jsonline") => es::jsonline(core, body_budget, &grant, request).await,
+        (_, path) if path == "/es" || path.starts_with("/es/") => es::handle(core, body_budget, &grant, request).await,
         (Method::GET, "/v1/entries") => query(core, request).await,
         (Method::GET, "/v1/tail") => tail(core, request).await,
         (Method::GET, "/v1/stats") => stats(core).await,
@@ -169,8 +176,16 @@ pub async fn handle(
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             response
         }
-        (_, "/v1/entries" | "/v1/tail" | "/v1/stats" | "/v1/cluster" | "/metrics" | "/healthz") => {
-            let allow = if path == "/v1/entries" { "GET, POST" } else { "GET" };
+        (
+            _,
+            "/v1/entries" | "/v1/tail" | "/v1/stats" | "/v1/cluster" | "/metrics" | "/healthz" | "/v1/logs"
+            | "/loki/api/v1/push" | "/ready" | "/v1/jsonline",
+        ) => {
+            let allow = match path.as_str() {
+                "/v1/entries" => "GET, POST",
+                "/v1/logs" | "/loki/api/v1/push" | "/v1/jsonline" => "POST",
+                _ => "GET",
+            };
             let mut response =
                 error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", request.method()));
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -226,33 +241,29 @@ fn shard_error(core: &Core, error: Error) -> Response<Body> {
     }
 }
 
-/// The 429 of an ingest whose body would pass the core's budget.
-fn over_body_budget(core: &Core, budget: &BodyBudget) -> Response<Body> {
-    reject(
-        core,
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(
-            "request bodies in flight on this core would pass {} bytes (--max-body-bytes-in-flight, at most \
-             HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX); retry later",
-            budget.max_bytes()
-        ),
-    )
-}
-
-/// The 429 of an ingest over its token's rate (`rate_entries_per_s`), with
-/// the whole seconds after which the same request is let through.
-fn over_rate(core: &Core, grant: &Grant, count: usize) -> Option<Response<Body>> {
-    let wait = grant.rate()?.take(count as u64).err()?;
+/// The refusal of `count` entries over their token's rate
+/// (`rate_entries_per_s`), with the wait after which the same request is
+/// let through; `None` when within it (or the token has no rate).
+pub(super) fn rate_refusal(grant: &Grant, count: usize) -> Option<Refused> {
+    let rate = grant.rate()?;
+    let wait = rate.take(count as u64).err()?;
     let seconds = auth::rate::retry_after_seconds(wait);
-    let mut response = reject(
-        core,
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(
+    Some(Refused {
+        kind: RefusedKind::Backpressure,
+        message: format!(
             "{} is over its rate of {} entries/s; retry in {seconds} s",
             grant.holder(),
-            grant.rate()?.entries_per_s()
+            rate.entries_per_s()
         ),
-    );
+        retry_after: Some(std::time::Duration::from_secs(seconds)),
+    })
+}
+
+/// The 429 of an ingest over its token's rate, with `Retry-After`.
+fn over_rate(core: &Core, grant: &Grant, count: usize) -> Option<Response<Body>> {
+    let refused = rate_refusal(grant, count)?;
+    let mut response = reject(core, StatusCode::TOO_MANY_REQUESTS, &refused.message);
+    let seconds = refused.retry_after.map_or(1, |wait| wait.as_secs());
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     Some(response)
 }
@@ -284,42 +295,13 @@ async fn ingest(
             )
         }
     };
-    let max_body = core.config.max_body_bytes;
-    let declared =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_body as u64) {
-        return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"));
-    }
-    // The declared length is reserved before a byte of the body is read; a
-    // chunked body reserves as it arrives. Held until this request is done.
-    let Some(mut reservation) = body_budget.reserve(declared.unwrap_or(0) as usize) else {
-        return over_body_budget(&core, body_budget);
-    };
-    let mut incoming = request.into_body();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut received = 0usize;
-    while let Some(frame) = incoming.frame().await {
-        let data = match frame.map(Frame::into_data) {
-            Ok(Ok(data)) => data,
-            Ok(Err(_trailers)) => continue,
-            Err(failure) => {
-                return reject(&core, StatusCode::BAD_REQUEST, format!("reading the body failed: {failure}"))
-            }
-        };
-        received += data.len();
-        if received > max_body {
-            return reject(&core, StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the {max_body}-byte limit"));
+    let (body, body_bytes, _reservation) = match read_body(&core, body_budget, request).await {
+        Ok(read) => read,
+        Err(refused) => {
+            let status = StatusCode::from_u16(refused.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return reject(&core, status, refused);
         }
-        if !reservation.grow_to(received) {
-            return over_body_budget(&core, body_budget);
-        }
-        chunks.push(data);
-    }
-    let body = match chunks.len() {
-        1 => chunks.swap_remove(0),
-        _ => Bytes::from(chunks.concat()),
     };
-    let body_bytes = body.len() as u64;
     let appended = match format {
         Format::Ndjson => {
             let batch = match ndjson::parse_ndjson(&body, HTTP_ENTRIES_PER_REQUEST_MAX) {
@@ -368,6 +350,95 @@ async fn ingest(
         Ok(range) => ingested(&core, core.shard.config().shard_id, (range.first, range.last), count, body_bytes),
         Err(failure) => shard_error(&core, failure),
     }
+}
+
+/// A request body read whole and decoded from its `Content-Encoding`
+/// (gzip or identity), within `--max-body-bytes` before and after
+/// inflating it, and within the core's budget of body bytes in flight: the
+/// declared length is reserved before a byte is read, a chunked body
+/// reserves as it arrives, and the inflated bytes are reserved too. The
+/// reservation must be held until the request is answered. Also returns the
+/// bytes as received, for the counters.
+pub(super) async fn read_body(
+    core: &Core,
+    body_budget: &Rc<BodyBudget>,
+    request: Request<Incoming>,
+) -> Result<(Bytes, u64, BodyReservation), Refused> {
+    let content_encoding = request.headers().get(header::CONTENT_ENCODING).map(|value| value.to_str().unwrap_or("?"));
+    let encoding = ingest::body::encoding(content_encoding).map_err(body_refused)?;
+    let max_body = core.config.max_body_bytes;
+    let too_large = || Refused::too_large(format!("body is over the {max_body}-byte limit"));
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body as u64) {
+        return Err(too_large());
+    }
+    let over_budget = || {
+        Refused::new(
+            RefusedKind::Backpressure,
+            format!(
+                "request bodies in flight on this core would pass {} bytes (--max-body-bytes-in-flight, at most \
+                 HTTP_BODY_BYTES_IN_FLIGHT_PER_CORE_MAX); retry later",
+                body_budget.max_bytes()
+            ),
+        )
+    };
+    let Some(mut reservation) = body_budget.reserve(declared.unwrap_or(0) as usize) else {
+        return Err(over_budget());
+    };
+    let mut incoming = request.into_body();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    while let Some(frame) = incoming.frame().await {
+        let data = match frame.map(Frame::into_data) {
+            Ok(Ok(data)) => data,
+            Ok(Err(_trailers)) => continue,
+            Err(failure) => return Err(Refused::malformed(format!("reading the body failed: {failure}"))),
+        };
+        received += data.len();
+        if received > max_body {
+            return Err(too_large());
+        }
+        if !reservation.grow_to(received) {
+            return Err(over_budget());
+        }
+        chunks.push(data);
+    }
+    let body = match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    };
+    if encoding == ingest::body::Encoding::Identity {
+        return Ok((body, received as u64, reservation));
+    }
+    let decoded = ingest::body::decode(encoding, body, max_body).map_err(body_refused)?;
+    if !reservation.grow_to(received + decoded.len()) {
+        return Err(over_budget());
+    }
+    Ok((decoded, received as u64, reservation))
+}
+
+/// The refusal of a body that cannot be decoded.
+fn body_refused(error: ingest::body::BodyError) -> Refused {
+    use ingest::body::BodyError;
+    let kind = match &error {
+        BodyError::UnsupportedEncoding(_) => RefusedKind::UnsupportedMediaType,
+        BodyError::Corrupt { .. } => RefusedKind::Malformed,
+        BodyError::TooLarge { .. } => RefusedKind::TooLarge,
+    };
+    Refused::new(kind, error.to_string())
+}
+
+/// The answer to a refused request of a shipper's protocol whose errors
+/// are plain JSON (`{"error": ...}`), with `Retry-After` on retryable ones.
+/// (Counting is [`Core::store`]'s, or the caller's for refusals before it.)
+pub(super) fn refused_json(refused: &Refused) -> Response<Body> {
+    let status = StatusCode::from_u16(refused.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = error(status, &refused.message);
+    if let Some(wait) = refused.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    }
+    response
 }
 
 /// Counts a successful ingest and answers it: its shard (or group) and

@@ -56,6 +56,24 @@ pub struct HttpCounters {
     pub queries: u64,
     /// Tail subscribers disconnected for falling behind.
     pub tails_lagged: u64,
+    /// The shippers' protocols, at [`Protocol::index`](crate::ingest::Protocol::index).
+    pub protocols: [ProtocolCounters; crate::ingest::Protocol::ALL.len()],
+}
+
+/// Counters of one shipper's protocol on one core (the `protocol` label of
+/// `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct ProtocolCounters {
+    /// Requests (syslog: batches of frames) stored.
+    pub requests: u64,
+    /// Entries stored.
+    pub entries: u64,
+    /// Bytes received of stored requests, as on the wire.
+    pub bytes: u64,
+    /// Requests refused, by reason.
+    pub refused: Rejections,
+    /// Messages dropped unread (syslog over UDP).
+    pub dropped: u64,
 }
 
 /// One core's state: its shard, its way to the other cores, its counters.

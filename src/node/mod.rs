@@ -11,5 +11,7 @@ pub mod balance;
 pub mod cluster;
 mod core;
 pub mod peers;
+mod store;
 
-pub use self::core::{Core, HttpCounters, InFlight, Rejections, ShuttingDown};
+pub use self::core::{Core, HttpCounters, InFlight, ProtocolCounters, Rejections, ShuttingDown};
+pub use self::store::{Refused, RefusedKind, Stored, RETRY_AFTER_DEFAULT};
