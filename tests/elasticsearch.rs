@@ -539,3 +539,106 @@ fn backpressure_answers_429_and_the_python_client_retries_until_everything_is_st
     expected.sort();
     assert_eq!(bodies, expected, "everything once, nothing of a refused request");
 }
+
+/// A port free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An rsyslogd of this test's own, in the foreground with its own
+/// configuration, work directory and pid file; killed when dropped.
+struct Rsyslog(std::process::Child);
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn rsyslog_omelasticsearch_forwards_loghub_lines_exactly() {
+    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"].into_iter().map(PathBuf::from).find(|path| path.exists());
+    let rsyslogd = rsyslogd.expect("rsyslogd is missing: run scripts/test-deps.sh (it installs rsyslog-elasticsearch)");
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(&dir.path().join("data"), &["--shards", "2"]);
+    let work = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&work).unwrap();
+    let port = free_port();
+    // RFC 5424 in over TCP; out to /es in bulk, one JSON document a
+    // message, ECS-style names so that the default field choice applies.
+    let config = format!(
+        r#"global(workDirectory="{work}")
+module(load="imptcp")
+module(load="omelasticsearch")
+template(name="ecs" type="list" option.jsonf="on") {{
+  property(outname="@timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
+  property(outname="host.name" name="hostname" format="jsonf")
+  property(outname="service.name" name="app-name" format="jsonf")
+  property(outname="level" name="syslogseverity-text" format="jsonf")
+  property(outname="process.pid" name="procid" format="jsonf")
+  property(outname="message" name="msg" format="jsonf")
+}}
+ruleset(name="to_wormdb") {{
+  action(type="omelasticsearch" server="{url}" searchIndex="rsyslog" template="ecs"
+         bulkmode="on" esVersion.major="8" action.resumeRetryCount="-1" action.resumeInterval="1")
+}}
+input(type="imptcp" address="127.0.0.1" port="{port}" ruleset="to_wormdb")
+"#,
+        work = work.display(),
+        url = node.url("/es"),
+    );
+    let config_path = work.join("rsyslog.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let child = Command::new(rsyslogd)
+        .arg("-n")
+        .arg("-f")
+        .arg(&config_path)
+        .arg("-i")
+        .arg(work.join("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _rsyslog = Rsyslog(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("rsyslogd does not listen on {port}: {error}"),
+        }
+    };
+
+    let lines = common::loghub_lines("Zookeeper");
+    let count = 100.min(lines.len());
+    let mut expected = Vec::new();
+    for (index, line) in lines[..count].iter().enumerate() {
+        // rsyslog keeps microseconds.
+        let micros = (BASE_S + index as i64) * 1_000_000 + index as i64 * 7;
+        let stamp = rfc3339(micros * 1000);
+        let host = format!("zk-{}", index % 2);
+        writeln!(stream, "<134>1 {stamp} {host} zookeeper {} - - {line}", 4000 + index).unwrap();
+        let tags = strings(&[
+            ("index", "rsyslog".into()),
+            ("host.name", host),
+            ("service.name", "zookeeper".into()),
+            ("level", "info".into()),
+        ]);
+        let fields = strings(&[("process.pid", (4000 + index).to_string())]);
+        expected.push((micros * 1000, line.clone(), tags, fields));
+    }
+    stream.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let stored: Vec<Shown> = entries(&node, "tag=index=rsyslog", None).iter().map(shown).collect();
+        if stored.len() >= count || Instant::now() >= deadline {
+            break stored;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sorted(stored), sorted(expected), "every Zookeeper line back exactly through rsyslog");
+}

@@ -121,6 +121,14 @@ async fn route(
             }),
         ),
         ["_cluster", "health", ..] if read => json(StatusCode::OK, &health_document(&core)),
+        // rsyslog's omelasticsearch checks a server with `GET _cat/health`.
+        ["_cat", "health"] if read => {
+            let status = if core.closing.get() { "red" } else { "green" };
+            let mut response =
+                Response::new(super::server::full(format!("0 00:00:00 wormdb {status} 1 1 0 0 0 0 0 0 - 100.0%\n")));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+            response
+        }
         ["_index_template" | "_template" | "_component_template" | "_ilm" | "_ingest", ..] => {
             setup_probe(&method, segments[0])
         }
