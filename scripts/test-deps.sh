@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, on a fresh machine: command-line
-# tools from the distribution (curl, openssl, rsyslog with omelasticsearch) and the pinned Python clients of
-# tests/clients/requirements.txt in a virtualenv at target/test-venv (the
-# tests run target/test-venv/bin/python). Idempotent: a second run only
+# tools from the distribution (curl, openssl, rsyslog with omelasticsearch)
+# and the pinned Python clients of tests/clients/requirements.txt in a
+# virtualenv at target/test-venv (the tests run target/test-venv/bin/python). Idempotent: a second run only
 # checks. Run by .ci/run and by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."

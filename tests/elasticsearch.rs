@@ -216,8 +216,9 @@ fn the_python_client_delivers_loghub_lines_exactly() {
     let stored: Vec<Shown> = entries(&node, "tag=index=hdfs", None).iter().map(shown).collect();
     assert_eq!(sorted(stored), sorted(expected), "every HDFS line back exactly");
 
-    // Apache lines to the URL's index, with the field choice in
-    // VictoriaLogs' headers; an action's own `_index` wins over the URL's.
+    // Apache lines to the URL's index, gzip-compressed, with the field
+    // choice in VictoriaLogs' headers; an action's own `_index` wins over
+    // the URL's.
     let lines = common::loghub_lines("Apache");
     let count = 60.min(lines.len());
     let mut actions = Vec::new();
@@ -248,6 +249,7 @@ fn the_python_client_delivers_loghub_lines_exactly() {
         "url": url,
         "actions": file,
         "index": "apache",
+        "gzip": true,
         "headers": { "VL-Msg-Field": "content", "VL-Stream-Fields": "app,env" },
     }));
     assert_eq!((answer["success"].as_u64(), &answer["errors"]), (Some(count as u64), &json!([])), "{answer}");
@@ -492,17 +494,22 @@ fn backpressure_answers_429_and_the_python_client_retries_until_everything_is_st
     let refused = call("GET", &node.url("/es/"), &[], None);
     assert_eq!((refused.status, refused.header("x-elastic-product")), (401, Some("Elasticsearch")));
 
-    // A burst of the token's rate passes; one more document is refused
+    // A request of three times the token's rate passes (the bucket was
+    // full) and leaves a debt of two seconds; the next one is refused
     // whole, with Retry-After, in Elasticsearch's form.
-    let burst: String = (0..20)
-        .map(|index| format!("{{\"create\":{{\"_index\":\"paced\"}}}}\n{{\"message\":\"burst {index}\"}}\n"))
-        .collect();
-    let passed = call("POST", &node.url("/es/_bulk"), &[("Authorization", shipper)], Some(burst.as_bytes()));
+    let burst = |what: &str, count: usize| -> String {
+        (0..count)
+            .map(|index| format!("{{\"create\":{{\"_index\":\"paced\"}}}}\n{{\"message\":\"{what} {index}\"}}\n"))
+            .collect()
+    };
+    let first = burst("burst", 60);
+    let passed = call("POST", &node.url("/es/_bulk"), &[("Authorization", shipper)], Some(first.as_bytes()));
     assert_eq!((passed.status, &passed.json()["errors"]), (200, &json!(false)), "{}", passed.body);
-    let one = b"{\"create\":{\"_index\":\"paced\"}}\n{\"message\":\"one too many\"}\n";
-    let over = call("POST", &node.url("/es/_bulk"), &[("Authorization", shipper)], Some(one));
+    let again = burst("refused", 20);
+    let over = call("POST", &node.url("/es/_bulk"), &[("Authorization", shipper)], Some(again.as_bytes()));
     assert_eq!(over.status, 429, "{}", over.body);
-    assert_eq!(over.header("retry-after"), Some("1"));
+    let retry_after: u64 = over.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&retry_after), "{retry_after}");
     assert_eq!(over.header("x-elastic-product"), Some("Elasticsearch"));
     assert_eq!(over.json()["error"]["type"], "es_rejected_execution_exception");
 
@@ -534,7 +541,7 @@ fn backpressure_answers_429_and_the_python_client_retries_until_everything_is_st
     let mut bodies: Vec<String> =
         entries(&node, "tag=index=paced", Some(reader)).iter().map(|entry| shown(entry).1).collect();
     bodies.sort();
-    let mut expected: Vec<String> = (0..20).map(|index| format!("burst {index}")).collect();
+    let mut expected: Vec<String> = (0..60).map(|index| format!("burst {index}")).collect();
     expected.extend((0..60).map(|index| format!("retried {index}")));
     expected.sort();
     assert_eq!(bodies, expected, "everything once, nothing of a refused request");

@@ -9,6 +9,7 @@ Usage: es_bulk.py '<options as JSON>'
   token        optional bearer token
   index        optional default index (`/es/{index}/_bulk`)
   headers      optional headers (e.g. {"VL-Msg-Field": "content"})
+  gzip         optional: compress request bodies (Content-Encoding: gzip)
   chunk_size, max_retries, initial_backoff, transport_retries: as the
                client and helpers.bulk take them
 
@@ -30,6 +31,7 @@ def main() -> None:
         bearer_auth=options.get("token"),
         max_retries=options.get("transport_retries", 3),
         request_timeout=30,
+        http_compress=options.get("gzip", False),
     )
     if options.get("headers"):
         client = client.options(headers=options["headers"])
