@@ -28,7 +28,7 @@
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::budget::BodyBudget;
@@ -253,11 +253,11 @@ fn es_refused(refused: &Refused) -> Response<Body> {
 /// The field choice of a request: the query arguments `_msg_field`,
 /// `_time_field`, `_stream_fields`, else the headers `VL-Msg-Field`,
 /// `VL-Time-Field`, `VL-Stream-Fields`, else the defaults.
-fn field_choice(request: &Request<Incoming>) -> Result<FieldChoice, String> {
+fn field_choice(query: Option<&str>, request_headers: &HeaderMap) -> Result<FieldChoice, String> {
     let params = [fields::MSG_FIELD_PARAM, fields::TIME_FIELD_PARAM, fields::STREAM_FIELDS_PARAM];
     let headers = [fields::MSG_FIELD_HEADER, fields::TIME_FIELD_HEADER, fields::STREAM_FIELDS_HEADER];
     let mut given: [Option<String>; 3] = Default::default();
-    for pair in request.uri().query().unwrap_or("").split('&') {
+    for pair in query.unwrap_or("").split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if let Some(slot) = params.iter().position(|param| *param == name) {
             if given[slot].is_none() {
@@ -267,7 +267,7 @@ fn field_choice(request: &Request<Incoming>) -> Result<FieldChoice, String> {
     }
     for (slot, name) in headers.iter().enumerate() {
         if given[slot].is_none() {
-            if let Some(value) = request.headers().get(*name) {
+            if let Some(value) = request_headers.get(*name) {
                 let value = value.to_str().map_err(|_| format!("the {name} header is not visible ASCII"))?;
                 given[slot] = Some(value.to_owned());
             }
@@ -298,7 +298,7 @@ async fn bulk(
         core.count_refused(Protocol::EsBulk, refused.kind);
         es_refused(&refused)
     };
-    let choice = match field_choice(&request) {
+    let choice = match field_choice(request.uri().query(), request.headers()) {
         Ok(choice) => choice,
         Err(message) => return refuse(Refused::malformed(message)),
     };
@@ -400,7 +400,7 @@ pub async fn jsonline(
         core.count_refused(Protocol::JsonLine, refused.kind);
         refused_json(&refused)
     };
-    let choice = match field_choice(&request) {
+    let choice = match field_choice(request.uri().query(), request.headers()) {
         Ok(choice) => choice,
         Err(message) => return refuse(Refused::malformed(message)),
     };
@@ -435,5 +435,70 @@ pub async fn jsonline(
         ),
         // Counted by `store`.
         Err(refused) => refused_json(&refused),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::es::{Action, ItemError};
+    use crate::proto::LogEntry;
+
+    #[test]
+    fn query_arguments_win_over_headers_and_are_percent_decoded() {
+        let mut headers = HeaderMap::new();
+        headers.insert("vl-msg-field", HeaderValue::from_static("from_header"));
+        headers.insert("VL-Time-Field", HeaderValue::from_static("when"));
+        let choice =
+            field_choice(Some("_msg_field=line%2Clog&x=%zz&_stream_fields=app,%40env&_msg_field=ignored"), &headers)
+                .unwrap();
+        assert_eq!(choice.msg_fields, ["line", "log"], "the first query argument, decoded");
+        assert_eq!(choice.time_fields, ["when"], "the header, absent the argument");
+        assert_eq!(choice.stream_fields, ["app", "@env"]);
+        assert_eq!(field_choice(None, &HeaderMap::new()).unwrap(), FieldChoice::default());
+        assert!(field_choice(Some("_time_field=%zz"), &HeaderMap::new()).unwrap_err().starts_with("_time_field"));
+        let many = vec!["f"; crate::limits::FIELD_CHOICE_NAMES_MAX + 1].join(",");
+        assert!(field_choice(Some(&format!("_stream_fields={many}")), &HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn items_are_answered_as_elasticsearch_8_answers_them() {
+        let stored =
+            Item { action: Action::Create, index: Some("logs".into()), id: None, outcome: Ok(LogEntry::default()) };
+        assert_eq!(
+            item_answer(&stored, 1, Some(17)),
+            serde_json::json!({ "create": {
+                "_index": "logs", "_id": "1-17", "_version": 1, "result": "created",
+                "_shards": { "total": 1, "successful": 1, "failed": 0 },
+                "_seq_no": 17, "_primary_term": 1, "status": 201,
+            }})
+        );
+        let named = Item { id: Some("mine".into()), action: Action::Index, ..stored };
+        assert_eq!(item_answer(&named, 1, Some(18))["index"]["_id"], "mine");
+        let failed = Item {
+            action: Action::Delete,
+            index: None,
+            id: Some("7".into()),
+            outcome: Err(ItemError { kind: "illegal_argument_exception", reason: "no".into() }),
+        };
+        assert_eq!(
+            item_answer(&failed, 1, None),
+            serde_json::json!({ "delete": {
+                "_index": null, "_id": "7", "status": 400,
+                "error": { "type": "illegal_argument_exception", "reason": "no", "index": null },
+            }})
+        );
+    }
+
+    #[test]
+    fn whole_request_refusals_take_elasticsearch_types_and_retry_after() {
+        let refused = Refused::new(RefusedKind::Backpressure, "busy");
+        let response = es_refused(&refused);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        assert_eq!(refused_type(RefusedKind::Backpressure), "es_rejected_execution_exception");
+        let response = es_refused(&Refused::malformed("bad"));
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }
