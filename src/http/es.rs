@@ -306,20 +306,22 @@ async fn bulk(
         Ok(read) => read,
         Err(refused) => return refuse(refused),
     };
-    let items = match bulk_body::decode(&body, url_index.as_deref(), &choice, now_ns(), HTTP_ENTRIES_PER_REQUEST_MAX) {
-        Ok(items) => items,
-        Err(error) => {
-            let kind = match error {
-                BulkError::TooManyItems { .. } => RefusedKind::TooLarge,
-                _ => RefusedKind::Malformed,
-            };
-            core.count_refused(Protocol::EsBulk, kind);
-            let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return es_error(status, error.es_type(), &error.to_string());
-        }
-    };
+    let mut items =
+        match bulk_body::decode(&body, url_index.as_deref(), &choice, now_ns(), HTTP_ENTRIES_PER_REQUEST_MAX) {
+            Ok(items) => items,
+            Err(error) => {
+                let kind = match error {
+                    BulkError::TooManyItems { .. } => RefusedKind::TooLarge,
+                    _ => RefusedKind::Malformed,
+                };
+                core.count_refused(Protocol::EsBulk, kind);
+                let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+                return es_error(status, error.es_type(), &error.to_string());
+            }
+        };
     drop(body);
-    let mut items = items;
+    // The documents to store leave their items; the items keep their order
+    // and their outcome for the answer.
     let entries: Vec<_> = items.iter_mut().filter_map(|item| item.outcome.as_mut().ok().map(std::mem::take)).collect();
     let failed = items.len() - entries.len();
     let stored = if entries.is_empty() {
