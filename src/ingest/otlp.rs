@@ -100,7 +100,7 @@ pub fn entries(
         let mut resource_tags = BTreeMap::new();
         let mut resource_fields = BTreeMap::new();
         for attribute in resource_logs.resource.map(|resource| resource.attributes).unwrap_or_default() {
-            if tag_attributes.iter().any(|tag| *tag == attribute.key) {
+            if tag_attributes.contains(&attribute.key) {
                 resource_tags.insert(attribute.key, text(attribute.value.as_ref()));
             } else {
                 put_attribute(&mut resource_fields, attribute);
