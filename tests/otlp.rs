@@ -540,7 +540,7 @@ fn over_its_rate_an_export_is_refused_and_the_sdk_retries_until_delivered() {
         let base_ns = 1_710_000_000_000_000_000 + run as i64 * 1_000_000_000;
         let (ok, output) = sdk(dir.path(), transport, endpoint, &lines, &service, base_ns, "gzip", &slow);
         assert!(ok, "{service}: {output}");
-        assert!(output.contains("\"SUCCESS\", \"SUCCESS\""), "two exports: {output}");
+        assert!(output.matches("\"SUCCESS\"").count() >= 2, "at least two exports: {output}");
         assert_delivered(&node, &service, base_ns, &lines, Some("secret-reader"));
         let protocol = format!("protocol=\"otlp-{transport}\"");
         let refusals = metric(
