@@ -416,6 +416,15 @@ fn the_specification_example_and_empty_requests() {
     assert_eq!(entries(&node, "limit=100", None).len(), 1, "nothing more stored");
     assert_eq!(metric(&node, "wormdb_protocol_requests_total", &["protocol=\"otlp-http\""], None), 3);
     assert_eq!(metric(&node, "wormdb_protocol_requests_total", &["protocol=\"otlp-grpc\""], None), 1);
+
+    // --otlp-tag-attributes "": no resource attribute is a tag.
+    let untagged = TestNode::start(&dir.path().join("untagged"), &["--shards", "1", "--otlp-tag-attributes", ""]);
+    let body = std::fs::read(&example).unwrap();
+    let reply = http("POST", &untagged.url("/v1/logs"), &[("content-type", "application/json")], Some(&body));
+    assert_eq!(reply.status, 200);
+    let stored = entries(&untagged, "field=service.name=my.service", None);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["tags"], json!({"level": "Information"}));
 }
 
 #[test]
