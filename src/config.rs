@@ -31,6 +31,11 @@ pub const DATA_DIR_DEFAULT: &str = "./wormdb-data";
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default `--shutdown-timeout`.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default `--otlp-tag-attributes`: the OTLP resource attributes (semantic
+/// conventions) that say who sent an entry and from where, few-valued
+/// enough to index (DESIGN.md section 11).
+pub const OTLP_TAG_ATTRIBUTES_DEFAULT: &str = "service.name,service.namespace,service.instance.id,\
+     deployment.environment,host.name,k8s.namespace.name,k8s.pod.name,k8s.container.name,container.name,cloud.region";
 
 /// Every `serve` setting; each is optional here, so that flags and the file
 /// can be merged (flags win).
@@ -96,6 +101,9 @@ pub struct Settings {
     pub tls_client_ca: Option<PathBuf>,
     /// `--peer-ca` (PEM CA that outgoing gRPC connections verify servers with)
     pub peer_ca: Option<PathBuf>,
+    /// `--otlp-tag-attributes` (`a,b,c`: the OTLP resource attributes that
+    /// become tags)
+    pub otlp_tag_attributes: Option<String>,
 }
 
 impl Settings {
@@ -135,6 +143,7 @@ impl Settings {
             tls_key: self.tls_key.or(base.tls_key),
             tls_client_ca: self.tls_client_ca.or(base.tls_client_ca),
             peer_ca: self.peer_ca.or(base.peer_ca),
+            otlp_tag_attributes: self.otlp_tag_attributes.or(base.otlp_tag_attributes),
         }
     }
 }
@@ -201,6 +210,41 @@ pub struct NodeConfig {
     /// `--peer-ca`), absolute; which go together is checked, the files are
     /// read at start ([`crate::tls::NodeTls::load`]).
     pub tls: TlsFiles,
+    /// The OTLP resource attributes that become tags
+    /// (`--otlp-tag-attributes`, [`parse_otlp_tag_attributes`]).
+    pub otlp_tag_attributes: Vec<String>,
+}
+
+/// Parses `--otlp-tag-attributes a,b,c`: attribute keys as written (dots
+/// and all), spaces around them ignored, empty items skipped (so `""` is
+/// no tag attribute at all); each a valid tag key (at most
+/// [`limits::TAG_KEY_BYTES_MAX`] bytes), not `level` (the severity's tag),
+/// none twice, at most [`limits::OTLP_TAG_ATTRIBUTES_MAX`].
+pub fn parse_otlp_tag_attributes(text: &str) -> Result<Vec<String>, String> {
+    let mut keys: Vec<String> = Vec::new();
+    for key in text.split(',').map(str::trim).filter(|key| !key.is_empty()) {
+        if key == "level" {
+            return Err("--otlp-tag-attributes: `level` is the severity's tag, not a resource attribute's".into());
+        }
+        if key.len() > limits::TAG_KEY_BYTES_MAX {
+            return Err(format!(
+                "--otlp-tag-attributes: {key:?} is over {} bytes (TAG_KEY_BYTES_MAX)",
+                limits::TAG_KEY_BYTES_MAX
+            ));
+        }
+        if keys.iter().any(|seen| seen == key) {
+            return Err(format!("--otlp-tag-attributes: {key:?} is named twice"));
+        }
+        keys.push(key.to_string());
+    }
+    if keys.len() > limits::OTLP_TAG_ATTRIBUTES_MAX {
+        return Err(format!(
+            "--otlp-tag-attributes: {} attributes, at most {} (OTLP_TAG_ATTRIBUTES_MAX)",
+            keys.len(),
+            limits::OTLP_TAG_ATTRIBUTES_MAX
+        ));
+    }
+    Ok(keys)
 }
 
 /// Parses `30s`, `15m`, `12h`, `7d` (or a bare number of seconds).
@@ -480,6 +524,8 @@ impl NodeConfig {
             peer_ca: absolute("--peer-ca", settings.peer_ca)?,
         };
         tls.check()?;
+        let otlp_tag_attributes =
+            parse_otlp_tag_attributes(settings.otlp_tag_attributes.as_deref().unwrap_or(OTLP_TAG_ATTRIBUTES_DEFAULT))?;
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
@@ -505,6 +551,7 @@ impl NodeConfig {
             max_connections,
             insecure: settings.insecure.unwrap_or(false),
             tls,
+            otlp_tag_attributes,
         })
     }
 }
@@ -571,6 +618,28 @@ mod tests {
         let defaults = NodeConfig::from_settings(Settings::default(), 1).unwrap();
         assert_eq!((defaults.max_connections, defaults.insecure), (limits::CONNECTIONS_PER_LISTENER_DEFAULT, false));
         assert!(defaults.auth_tokens.is_none() && defaults.peer_token_file.is_none());
+    }
+
+    #[test]
+    fn otlp_tag_attributes_default_parse_and_refuse_with_the_reason() {
+        let defaults = NodeConfig::from_settings(Settings::default(), 1).unwrap();
+        assert_eq!(defaults.otlp_tag_attributes.len(), 10);
+        assert_eq!(defaults.otlp_tag_attributes[0], "service.name");
+        assert_eq!(defaults.otlp_tag_attributes[9], "cloud.region");
+        assert!(defaults.otlp_tag_attributes.iter().all(|key| !key.contains(' ')));
+        let file: Settings = toml::from_str("otlp-tag-attributes = \" service.name , team,,\"\n").unwrap();
+        let config = NodeConfig::from_settings(Settings::default().over(file), 1).unwrap();
+        assert_eq!(config.otlp_tag_attributes, ["service.name", "team"]);
+        assert_eq!(parse_otlp_tag_attributes(""), Ok(vec![]));
+        for (text, needle) in [
+            ("service.name,level", "severity"),
+            ("a,b,a", "twice"),
+            (&"k".repeat(257), "TAG_KEY_BYTES_MAX"),
+            (&(0..64).map(|index| format!("k{index}")).collect::<Vec<_>>().join(","), "OTLP_TAG_ATTRIBUTES_MAX"),
+        ] {
+            let error = parse_otlp_tag_attributes(text).unwrap_err();
+            assert!(error.contains(needle) && error.contains("--otlp-tag-attributes"), "{error}");
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub const ENTRY_TAGS_MAX: usize = 64;
 pub const TAG_KEY_BYTES_MAX: usize = 256;
 /// Largest tag value, in bytes.
 pub const TAG_VALUE_BYTES_MAX: usize = 4096;
+/// Most OTLP resource attributes `--otlp-tag-attributes` may name: every
+/// one of them and `level` must fit an entry's [`ENTRY_TAGS_MAX`] tags.
+pub const OTLP_TAG_ATTRIBUTES_MAX: usize = ENTRY_TAGS_MAX - 1;
 /// Largest number of fields on one entry. Fields are not indexed, so they
 /// cost no index memory, but every one is parsed when a `field=` predicate
 /// scans a block; OTLP resources and Elasticsearch documents commonly carry a

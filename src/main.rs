@@ -267,6 +267,12 @@ struct ServeArgs {
     /// Reloaded on SIGHUP
     #[arg(long, value_name = "FILE")]
     peer_ca: Option<PathBuf>,
+    /// OTLP resource attributes that become tags, comma-separated, keys as written; every other
+    /// attribute becomes a field ("" for none) [default: service.name,service.namespace,
+    /// service.instance.id,deployment.environment,host.name,k8s.namespace.name,k8s.pod.name,
+    /// k8s.container.name,container.name,cloud.region]
+    #[arg(long, value_name = "KEYS")]
+    otlp_tag_attributes: Option<String>,
 }
 
 impl ServeArgs {
@@ -299,6 +305,7 @@ impl ServeArgs {
             tls_key: self.tls_key,
             tls_client_ca: self.tls_client_ca,
             peer_ca: self.peer_ca,
+            otlp_tag_attributes: self.otlp_tag_attributes,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,

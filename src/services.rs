@@ -597,6 +597,12 @@ impl Service for Services {
             }
         })
     }
+
+    /// OTLP exporters compress by default (`grpc-encoding: gzip`); wormdb's
+    /// own peers never do.
+    fn accepts_gzip(&self, path: &str) -> bool {
+        path == auth::OTLP_LOGS_EXPORT
+    }
 }
 
 /// The status of a query that failed to start or to finish.

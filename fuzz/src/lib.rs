@@ -630,6 +630,39 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// The resource attributes the `otlp_decode` target makes tags.
+const OTLP_TAG_ATTRIBUTES: [&str; 2] = ["service.name", "host.name"];
+
+/// Target `otlp_decode`: the input as a protobuf and as an OTLP/JSON
+/// `ExportLogsServiceRequest`, each accepted one mapped to entries. A
+/// decoded request maps to one entry per record (or is refused for a time
+/// out of range), whose tags are only the tag attributes and `level`; a
+/// JSON request encodes to protobuf that decodes and encodes to the same
+/// bytes.
+pub fn otlp_decode(data: &[u8]) {
+    use prost::Message;
+    use wormdb::ingest::otlp;
+    let tags: Vec<String> = OTLP_TAG_ATTRIBUTES.iter().map(|key| key.to_string()).collect();
+    let check = |request: wormdb::proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest| {
+        let count = otlp::record_count(&request);
+        if let Ok(entries) = otlp::entries(request, &tags, 7) {
+            assert_eq!(entries.len(), count);
+            for entry in &entries {
+                assert!(entry.tags.keys().all(|key| key == otlp::LEVEL_TAG || tags.contains(key)), "{entry:?}");
+            }
+        }
+    };
+    if let Ok(request) = otlp::decode_protobuf(data) {
+        check(request);
+    }
+    if let Ok(request) = otlp::json::decode(data) {
+        let bytes = request.encode_to_vec();
+        let again = otlp::decode_protobuf(&bytes).expect("prost reads what it wrote");
+        assert_eq!(again.encode_to_vec(), bytes);
+        check(request);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Runs the targets over the format fixtures and mutations of them, so
@@ -660,6 +693,21 @@ mod tests {
         }
         inputs.extend((0..data.len()).map(|length| data[..length].to_vec()));
         inputs
+    }
+
+    #[test]
+    fn otlp_decode_runs_on_the_specification_example_and_its_mutations() {
+        use prost::Message;
+        let json = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/otlp/logs.json")).unwrap();
+        let protobuf = wormdb::ingest::otlp::json::decode(&json).unwrap().encode_to_vec();
+        for input in mutations(&protobuf) {
+            otlp_decode(&input);
+        }
+        // A JSON document's prefixes and byte flips; every 7th position, to
+        // keep the run short.
+        for input in mutations(&json).into_iter().step_by(7) {
+            otlp_decode(&input);
+        }
     }
 
     #[test]
@@ -751,6 +799,7 @@ mod tests {
             shard: 2,
             entries: vec![entry(1, "first"), LogEntry { seq: 2, ..LogEntry::default() }, entry(3, "")],
             blocks: Vec::new(),
+            durable_seq: 0,
         };
         // The block fixture (seqs 1..=3) is what a follower's shard stores.
         let blocks = PushBatch {
@@ -758,6 +807,7 @@ mod tests {
             shard: 2,
             entries: Vec::new(),
             blocks: vec![fixture("block.bin").into(), fixture("block.bin").into()],
+            durable_seq: 0,
         };
         for batch in [&entries, &blocks] {
             let message = batch.encode_to_vec();

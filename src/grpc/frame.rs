@@ -12,11 +12,16 @@
 //!         +-----------+--------------------------+---------------------+
 //! ```
 //!
-//! `flag` is 0 for an uncompressed message and 1 for a compressed one. We
-//! negotiate no compression (we send no `grpc-accept-encoding`), so a peer
-//! that sets 1 breaks the protocol: [`FrameError::Compressed`], which the
-//! caller answers with `INTERNAL` as the gRPC spec asks. Any other flag is
-//! [`FrameError::BadFlag`]. Unlike the rest of wormdb's formats, this one is
+//! `flag` is 0 for an uncompressed message and 1 for a compressed one.
+//! Compression is negotiated per method: only a stream whose service takes
+//! compressed messages (OTLP's `LogsService/Export`, see
+//! [`super::transport::Service::accepts_gzip`]) makes its decoder
+//! [`Decoder::accept_compressed`] and reads [`Decoder::next_frame`]; on
+//! every other stream a peer that sets 1 breaks the protocol:
+//! [`FrameError::Compressed`], which the caller answers with `INTERNAL` as
+//! the gRPC spec asks. Any other flag is [`FrameError::BadFlag`]. The
+//! length is the bytes as sent (compressed or not), checked against the
+//! maximum like any other. Unlike the rest of wormdb's formats, this one is
 //! big-endian: it is gRPC's, not ours.
 //!
 //! A message may span any number of DATA frames and one DATA frame may hold
@@ -69,6 +74,16 @@ pub fn prefix(len: usize) -> [u8; PREFIX_BYTES] {
     bytes
 }
 
+/// One message as it came: its bytes as sent, and whether its prefix
+/// flagged them compressed (with the stream's `grpc-encoding`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The prefix's flag was 1.
+    pub compressed: bool,
+    /// The message bytes, still compressed when `compressed`.
+    pub bytes: Bytes,
+}
+
 /// Why a stream of gRPC messages cannot be decoded. Each one ends the stream:
 /// a [`Decoder`] that returned one returns it again from then on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,8 +98,8 @@ pub enum FrameError {
         /// The decoder's maximum message size.
         max: usize,
     },
-    /// A message has the compressed flag set, but no compression was
-    /// negotiated (gRPC answers this with `INTERNAL`).
+    /// A message has the compressed flag set, but the stream takes no
+    /// compressed messages (gRPC answers this with `INTERNAL`).
     #[error("compressed gRPC message, but no compression was negotiated")]
     Compressed,
     /// A prefix's flag byte is neither 0 (uncompressed) nor 1 (compressed).
@@ -125,9 +140,11 @@ pub struct Decoder {
     /// Sum of the lengths of `chunks`.
     buffered_bytes: usize,
     /// The length announced by the prefix at the front of `chunks`, once it
-    /// arrived and was checked; the prefix stays in `chunks` until its
-    /// message is complete.
-    message_bytes: Option<usize>,
+    /// arrived and was checked, and whether it flags a compressed message;
+    /// the prefix stays in `chunks` until its message is complete.
+    message_bytes: Option<(bool, usize)>,
+    /// Whether a prefix may flag its message compressed.
+    accept_compressed: bool,
     /// The error that ended the stream.
     failed: Option<FrameError>,
 }
@@ -141,8 +158,16 @@ impl Decoder {
             chunks: VecDeque::with_capacity(8),
             buffered_bytes: 0,
             message_bytes: None,
+            accept_compressed: false,
             failed: None,
         }
+    }
+
+    /// Lets prefixes flag their message compressed: take them out with
+    /// [`Decoder::next_frame`], which says which are (and decompress them
+    /// within the maximum message size).
+    pub fn accept_compressed(&mut self) {
+        self.accept_compressed = true;
     }
 
     /// The maximum message size this decoder was made with.
@@ -168,26 +193,43 @@ impl Decoder {
         self.chunks.push_back(chunk);
     }
 
-    /// The next complete message; `Ok(None)` if more data is needed first.
+    /// The next complete message, which must not be compressed; `Ok(None)`
+    /// if more data is needed first.
     ///
     /// # Errors
     /// [`FrameError::TooLarge`], [`FrameError::Compressed`] or
-    /// [`FrameError::BadFlag`] as soon as such a prefix is complete, and the
+    /// [`FrameError::BadFlag`] as soon as such a prefix is complete (a
+    /// compressed one once its message is, when the decoder
+    /// [accepts compressed messages](Decoder::accept_compressed)), and the
     /// same error on every later call.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
+        match self.next_frame()? {
+            None => Ok(None),
+            Some(Message { compressed: false, bytes }) => Ok(Some(bytes)),
+            Some(Message { compressed: true, .. }) => Err(self.fail(FrameError::Compressed)),
+        }
+    }
+
+    /// The next complete message and its flag; `Ok(None)` if more data is
+    /// needed first.
+    ///
+    /// # Errors
+    /// As [`Decoder::next_message`], but a compressed message is returned
+    /// when the decoder [accepts them](Decoder::accept_compressed).
+    pub fn next_frame(&mut self) -> Result<Option<Message>, FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        let message_bytes = match self.message_bytes {
-            Some(message_bytes) => message_bytes,
+        let (compressed, message_bytes) = match self.message_bytes {
+            Some(checked) => checked,
             None => {
                 if self.buffered_bytes < PREFIX_BYTES {
                     return Ok(None);
                 }
                 match self.check_prefix() {
-                    Ok(message_bytes) => {
-                        self.message_bytes = Some(message_bytes);
-                        message_bytes
+                    Ok(checked) => {
+                        self.message_bytes = Some(checked);
+                        checked
                     }
                     Err(error) => return Err(self.fail(error)),
                 }
@@ -199,7 +241,7 @@ impl Decoder {
         }
         self.message_bytes = None;
         self.consume(PREFIX_BYTES);
-        Ok(Some(self.take(message_bytes)))
+        Ok(Some(Message { compressed, bytes: self.take(message_bytes) }))
     }
 
     /// Bytes received and not yet returned, including the prefix of the
@@ -223,8 +265,9 @@ impl Decoder {
         Ok(())
     }
 
-    /// Reads and checks the prefix at the front; `buffered_bytes >= PREFIX_BYTES`.
-    fn check_prefix(&self) -> Result<usize, FrameError> {
+    /// Reads and checks the prefix at the front, `(compressed, length)`;
+    /// `buffered_bytes >= PREFIX_BYTES`.
+    fn check_prefix(&self) -> Result<(bool, usize), FrameError> {
         let mut prefix = [0_u8; PREFIX_BYTES];
         let mut filled = 0;
         // Usually the whole prefix is in the front chunk: one copy.
@@ -238,16 +281,17 @@ impl Decoder {
         }
         assert_eq!(filled, PREFIX_BYTES, "called with a whole prefix buffered");
 
-        match prefix[FLAG_OFFSET] {
-            FLAG_UNCOMPRESSED => {}
+        let compressed = match prefix[FLAG_OFFSET] {
+            FLAG_UNCOMPRESSED => false,
+            FLAG_COMPRESSED if self.accept_compressed => true,
             FLAG_COMPRESSED => return Err(FrameError::Compressed),
             flag => return Err(FrameError::BadFlag(flag)),
-        }
+        };
         let mut length = [0_u8; 4];
         length.copy_from_slice(&prefix[LENGTH_OFFSET..PREFIX_BYTES]);
         let length = u32::from_be_bytes(length);
         match usize::try_from(length) {
-            Ok(length) if length <= self.max_message_bytes => Ok(length),
+            Ok(length) if length <= self.max_message_bytes => Ok((compressed, length)),
             _ => Err(FrameError::TooLarge { len: u64::from(length), max: self.max_message_bytes }),
         }
     }
@@ -526,6 +570,33 @@ mod tests {
         let mut decoder = Decoder::new(16);
         decoder.push(Bytes::from_static(&[1, 0, 0, 0, 2, b'h', b'i']));
         assert_eq!(decoder.next_message(), Err(FrameError::Compressed));
+    }
+
+    #[test]
+    fn compressed_messages_come_flagged_once_accepted() {
+        let bytes = [&[1, 0, 0, 0, 2, b'h', b'i'][..], &framed(&[b"plain"]), &[1, 0, 0, 0, 0]].concat();
+        let mut decoder = Decoder::new(16);
+        decoder.accept_compressed();
+        decoder.push(Bytes::from(bytes));
+        let message = |compressed, bytes: &'static [u8]| Message { compressed, bytes: Bytes::from_static(bytes) };
+        assert_eq!(decoder.next_frame(), Ok(Some(message(true, b"hi"))));
+        assert_eq!(decoder.next_frame(), Ok(Some(message(false, b"plain"))));
+        assert_eq!(decoder.next_frame(), Ok(Some(message(true, b""))));
+        assert_eq!(decoder.next_frame(), Ok(None));
+        assert_eq!(decoder.finish(), Ok(()));
+
+        // The size bound holds for compressed messages too, at the prefix.
+        let mut decoder = Decoder::new(16);
+        decoder.accept_compressed();
+        decoder.push(Bytes::from_static(&[1, 0, 0, 0, 17]));
+        assert_eq!(decoder.next_frame(), Err(FrameError::TooLarge { len: 17, max: 16 }));
+
+        // next_message never hands out compressed bytes as if they were plain.
+        let mut decoder = Decoder::new(16);
+        decoder.accept_compressed();
+        decoder.push(Bytes::from_static(&[1, 0, 0, 0, 2, b'h', b'i']));
+        assert_eq!(decoder.next_message(), Err(FrameError::Compressed));
+        assert_eq!(decoder.next_frame(), Err(FrameError::Compressed), "sticky");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!
 //! Layered like h2 itself:
 //! - [`frame`]: the 5-byte length-prefixed message framing, pure;
+//! - [`compression`]: `grpc-encoding: gzip` messages inflated within the
+//!   message size bound, pure (only methods that ask for it take them);
 //! - [`status`]: status codes, `grpc-status`/`grpc-message` trailers (and
 //!   the leader hint of a not-leader refusal) and
 //!   `grpc-timeout`, pure;
@@ -12,6 +14,7 @@
 //!   client side ([`transport::Channel`]), with flow control released per
 //!   DATA chunk and every buffer bounded by [`crate::limits`].
 
+pub mod compression;
 pub mod frame;
 pub mod status;
 pub mod transport;

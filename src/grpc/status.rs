@@ -21,12 +21,21 @@
 //! A refusal that says when to come back (a token over its ingest rate)
 //! carries [`GRPC_RETRY_PUSHBACK_MS`], the server pushback of gRPC's retry
 //! design (A6): the milliseconds a client should wait before it retries.
+//!
+//! A status may also carry a `google.rpc.RetryInfo` ([`Status::retry_info`]),
+//! the rich error model's retry delay, which OTLP exporters read: it is sent
+//! twice, as the `RetryInfo` itself in [`GOOGLE_RPC_RETRY_INFO_BIN`] (where
+//! the OpenTelemetry SDKs look) and inside a whole `google.rpc.Status` in
+//! [`GRPC_STATUS_DETAILS_BIN`] (where gRPC's status libraries look, with
+//! the same code and message as `grpc-status` and `grpc-message`). Both are
+//! binary metadata: base64, sent unpadded, read padded or not.
 
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
 use crate::limits::{LEADER_HINT_ADDR_BYTES_MAX, STATUS_MESSAGE_BYTES_MAX};
+use crate::proto::google::rpc::{RetryInfo, Status as RpcStatus};
 
 /// Header (or trailer) carrying the status code, in decimal.
 pub const GRPC_STATUS: &str = "grpc-status";
@@ -44,6 +53,15 @@ pub const WORMDB_TERM: &str = "wormdb-term";
 /// Trailer of a refusal that names its retry delay, in decimal
 /// milliseconds (gRPC's server pushback, see the module doc).
 pub const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+
+/// Trailer of a status with details: a `google.rpc.Status` (code, message,
+/// details as `Any`s), base64 (binary metadata).
+pub const GRPC_STATUS_DETAILS_BIN: &str = "grpc-status-details-bin";
+/// Trailer of a status with a retry delay: a `google.rpc.RetryInfo`,
+/// base64 (binary metadata), as the OpenTelemetry exporters read it.
+pub const GOOGLE_RPC_RETRY_INFO_BIN: &str = "google.rpc.retryinfo-bin";
+/// The `Any` type URL of a `google.rpc.RetryInfo`.
+pub const RETRY_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
 /// Appended to a `grpc-message` cut at [`STATUS_MESSAGE_BYTES_MAX`].
 const TRUNCATION_MARKER: &str = "...";
@@ -178,6 +196,10 @@ pub struct Status {
     /// How long the client should wait before it retries
     /// ([`GRPC_RETRY_PUSHBACK_MS`]); `None` on most statuses.
     pub retry_pushback: Option<Duration>,
+    /// The delay of a `google.rpc.RetryInfo` detail
+    /// ([`GOOGLE_RPC_RETRY_INFO_BIN`], [`GRPC_STATUS_DETAILS_BIN`]); `None`
+    /// on most statuses.
+    pub retry_info: Option<Duration>,
 }
 
 /// ` (leader 2 at 10.0.0.2:50051, term 7)` after a status message, so that
@@ -189,7 +211,7 @@ fn leader_suffix(leader: Option<&LeaderHint>) -> String {
 impl Status {
     /// A status with `code` and `message`, and no leader hint.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into(), leader: None, retry_pushback: None }
+        Status { code, message: message.into(), leader: None, retry_pushback: None, retry_info: None }
     }
 
     /// A replica refuses a call because it does not lead what the call
@@ -225,6 +247,12 @@ impl Status {
     /// a retry may succeed ([`GRPC_RETRY_PUSHBACK_MS`]).
     pub fn resource_exhausted_for(message: impl Into<String>, retry_after: Duration) -> Status {
         Status { retry_pushback: Some(retry_after), ..Status::resource_exhausted(message) }
+    }
+
+    /// The status with a `google.rpc.RetryInfo` of `delay` (see the module
+    /// doc): the client should retry no sooner.
+    pub fn with_retry_info(self, delay: Duration) -> Status {
+        Status { retry_info: Some(delay), ..self }
     }
 
     /// [`Code::Unimplemented`] with `message`.
@@ -264,16 +292,26 @@ impl Status {
     /// leader hint, also [`WORMDB_LEADER_ID`], [`WORMDB_LEADER_ADDR`] and
     /// [`WORMDB_TERM`]; a hint whose address is not visible ASCII of at most
     /// [`LEADER_HINT_ADDR_BYTES_MAX`] bytes is left out (no hint is always
-    /// safe, a cut address never is). For the trailers of a response, or
-    /// the headers of a trailers-only one.
+    /// safe, a cut address never is). With a retry info, also
+    /// [`GOOGLE_RPC_RETRY_INFO_BIN`] and [`GRPC_STATUS_DETAILS_BIN`] (whose
+    /// message is the `grpc-message` as a client decodes it, cut or not).
+    /// For the trailers of a response, or the headers of a trailers-only one.
     pub fn to_header_map(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(5);
+        let mut headers = HeaderMap::with_capacity(7);
         headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(self.code as u8)));
+        let encoded = percent_encode_bounded(&self.message, STATUS_MESSAGE_BYTES_MAX);
         if !self.message.is_empty() {
-            let encoded = percent_encode_bounded(&self.message, STATUS_MESSAGE_BYTES_MAX);
             // Percent-encoding leaves only bytes 0x20..=0x7E, all valid in a header value.
-            let value = HeaderValue::try_from(encoded).expect("a percent-encoded message is visible ASCII");
+            let value = HeaderValue::try_from(encoded.as_str()).expect("a percent-encoded message is visible ASCII");
             headers.insert(GRPC_MESSAGE, value);
+        }
+        if let Some(delay) = self.retry_info {
+            // The message a client reads back from grpc-message, so that
+            // libraries that compare the two find them equal.
+            let message = percent_decode_message(encoded.as_bytes());
+            let (retry_info, details) = retry_info_values(self.code, message, delay);
+            headers.insert(GOOGLE_RPC_RETRY_INFO_BIN, retry_info);
+            headers.insert(GRPC_STATUS_DETAILS_BIN, details);
         }
         if let Some(hint) = &self.leader {
             if let Some(addr) = leader_addr_value(hint.addr.as_bytes()) {
@@ -313,8 +351,64 @@ impl Status {
             .get(GRPC_RETRY_PUSHBACK_MS)
             .and_then(|value| parse_decimal_u64(value.as_bytes()))
             .map(Duration::from_millis);
-        Some(Status { code, message, leader: leader_hint_from_header_map(headers), retry_pushback })
+        let retry_info = retry_info_from_header_map(headers);
+        Some(Status { code, message, leader: leader_hint_from_header_map(headers), retry_pushback, retry_info })
     }
+}
+
+/// `delay` as a `google.protobuf.Duration`, saturating (a delay past
+/// `i64::MAX` seconds is never meant).
+fn duration_proto(delay: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+        nanos: delay.subsec_nanos() as i32,
+    }
+}
+
+/// The values of [`GOOGLE_RPC_RETRY_INFO_BIN`] and
+/// [`GRPC_STATUS_DETAILS_BIN`] for a status of `code` and `message` that
+/// asks for a retry after `delay`.
+fn retry_info_values(code: Code, message: String, delay: Duration) -> (HeaderValue, HeaderValue) {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let retry_info = RetryInfo { retry_delay: Some(duration_proto(delay)) }.encode_to_vec();
+    let details = RpcStatus {
+        code: i32::from(code as u8),
+        message,
+        details: vec![prost_types::Any { type_url: RETRY_INFO_TYPE_URL.to_string(), value: retry_info.clone() }],
+    }
+    .encode_to_vec();
+    let binary = |bytes: &[u8]| {
+        // Base64 is visible ASCII, valid in any header value.
+        HeaderValue::try_from(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+            .expect("base64 is visible ASCII")
+    };
+    (binary(&retry_info), binary(&details))
+}
+
+/// A binary metadata value decoded: base64, padded or not.
+fn binary_value(value: &HeaderValue) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let text = value.as_bytes();
+    let unpadded = &text[..text.iter().rposition(|&byte| byte != b'=').map_or(0, |last| last + 1)];
+    base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded).ok()
+}
+
+/// The retry delay a status's trailers carry: [`GOOGLE_RPC_RETRY_INFO_BIN`],
+/// else the first `RetryInfo` among the details of
+/// [`GRPC_STATUS_DETAILS_BIN`]; `None` if neither is there and well formed.
+fn retry_info_from_header_map(headers: &HeaderMap) -> Option<Duration> {
+    use prost::Message as _;
+    let delay = |info: RetryInfo| {
+        let delay = info.retry_delay?;
+        Some(Duration::new(u64::try_from(delay.seconds).ok()?, u32::try_from(delay.nanos).ok()?))
+    };
+    if let Some(bytes) = headers.get(GOOGLE_RPC_RETRY_INFO_BIN).and_then(binary_value) {
+        return RetryInfo::decode(bytes.as_slice()).ok().and_then(delay);
+    }
+    let details = RpcStatus::decode(headers.get(GRPC_STATUS_DETAILS_BIN).and_then(binary_value)?.as_slice()).ok()?;
+    let any = details.details.into_iter().find(|any| any.type_url == RETRY_INFO_TYPE_URL)?;
+    RetryInfo::decode(any.value.as_slice()).ok().and_then(delay)
 }
 
 /// `addr` as the value of [`WORMDB_LEADER_ADDR`]: `None` unless it is 1 to
@@ -586,6 +680,82 @@ mod tests {
 
     fn round_trip(status: &Status) -> Status {
         Status::from_header_map(&status.to_header_map()).unwrap()
+    }
+
+    fn unbase64(value: &HeaderValue) -> Vec<u8> {
+        use base64::Engine as _;
+        let text = value.to_str().unwrap();
+        assert!(!text.ends_with('='), "binary metadata is sent unpadded: {text}");
+        base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).unwrap()
+    }
+
+    #[test]
+    fn retry_info_goes_in_both_trailers_and_round_trips() {
+        use prost::Message as _;
+        let delay = Duration::new(2, 500_000_000);
+        let status = Status::unavailable("over its rate: 100% é").with_retry_info(delay);
+        let headers = status.to_header_map();
+        assert_eq!(headers.get(GRPC_STATUS).unwrap(), "14");
+        let retry_info =
+            RetryInfo::decode(unbase64(headers.get(GOOGLE_RPC_RETRY_INFO_BIN).unwrap()).as_slice()).unwrap();
+        assert_eq!(retry_info.retry_delay, Some(prost_types::Duration { seconds: 2, nanos: 500_000_000 }));
+        let details = RpcStatus::decode(unbase64(headers.get(GRPC_STATUS_DETAILS_BIN).unwrap()).as_slice()).unwrap();
+        assert_eq!(details.code, 14);
+        assert_eq!(details.message, "over its rate: 100% é", "the message as grpc-message decodes");
+        assert_eq!(details.details.len(), 1);
+        assert_eq!(details.details[0].type_url, "type.googleapis.com/google.rpc.RetryInfo");
+        assert_eq!(RetryInfo::decode(details.details[0].value.as_slice()).unwrap(), retry_info);
+        assert_eq!(round_trip(&status), status);
+        assert!(Status::unavailable("x").to_header_map().get(GRPC_STATUS_DETAILS_BIN).is_none(), "only when set");
+        assert_eq!(round_trip(&Status::unavailable("x")).retry_info, None);
+    }
+
+    #[test]
+    fn retry_info_details_carry_the_message_as_cut() {
+        use prost::Message as _;
+        let status = Status::unavailable("é".repeat(5000)).with_retry_info(Duration::from_secs(1));
+        let headers = status.to_header_map();
+        let details = RpcStatus::decode(unbase64(headers.get(GRPC_STATUS_DETAILS_BIN).unwrap()).as_slice()).unwrap();
+        let sent = percent_decode_message(headers.get(GRPC_MESSAGE).unwrap().as_bytes());
+        assert_eq!(details.message, sent);
+        assert!(details.message.ends_with(TRUNCATION_MARKER));
+    }
+
+    #[test]
+    fn retry_info_is_read_padded_from_either_trailer_and_garbage_is_ignored() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let info = RetryInfo { retry_delay: Some(prost_types::Duration { seconds: 0, nanos: 250_000_000 }) };
+        let padded = base64::engine::general_purpose::STANDARD.encode(info.encode_to_vec());
+        let mut headers = Status::unavailable("x").to_header_map();
+        headers.insert(GOOGLE_RPC_RETRY_INFO_BIN, HeaderValue::try_from(padded).unwrap());
+        assert_eq!(Status::from_header_map(&headers).unwrap().retry_info, Some(Duration::from_millis(250)));
+
+        let details = RpcStatus {
+            code: 14,
+            message: "x".into(),
+            details: vec![
+                prost_types::Any { type_url: "type.googleapis.com/google.rpc.DebugInfo".into(), value: vec![1, 2] },
+                prost_types::Any { type_url: RETRY_INFO_TYPE_URL.into(), value: info.encode_to_vec() },
+            ],
+        };
+        let mut headers = Status::unavailable("x").to_header_map();
+        let value = base64::engine::general_purpose::STANDARD.encode(details.encode_to_vec());
+        headers.insert(GRPC_STATUS_DETAILS_BIN, HeaderValue::try_from(value).unwrap());
+        assert_eq!(Status::from_header_map(&headers).unwrap().retry_info, Some(Duration::from_millis(250)));
+
+        for garbage in ["!!!", "AAAA", ""] {
+            let mut headers = Status::unavailable("x").to_header_map();
+            headers.insert(GOOGLE_RPC_RETRY_INFO_BIN, HeaderValue::from_static(garbage));
+            headers.insert(GRPC_STATUS_DETAILS_BIN, HeaderValue::from_static(garbage));
+            let read = Status::from_header_map(&headers).unwrap();
+            assert_eq!(read.retry_info, None, "{garbage:?}");
+        }
+        let negative = RetryInfo { retry_delay: Some(prost_types::Duration { seconds: -1, nanos: 0 }) };
+        let mut headers = Status::unavailable("x").to_header_map();
+        let value = base64::engine::general_purpose::STANDARD_NO_PAD.encode(negative.encode_to_vec());
+        headers.insert(GOOGLE_RPC_RETRY_INFO_BIN, HeaderValue::try_from(value).unwrap());
+        assert_eq!(Status::from_header_map(&headers).unwrap().retry_info, None, "a negative delay is no delay");
     }
 
     #[test]

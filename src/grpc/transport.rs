@@ -22,6 +22,13 @@
 //! ([`set_default_bearer`], from `--peer-token-file` or `--token-file`),
 //! or per channel ([`Channel::with_bearer`]).
 //!
+//! A method whose service [accepts gzip](Service::accepts_gzip) (OTLP's
+//! `LogsService/Export`) takes calls with `grpc-encoding: gzip` and
+//! messages flagged compressed, inflated here within the maximum message
+//! size ([`super::compression`]), and advertises `grpc-accept-encoding:
+//! gzip` in its responses; every other method refuses a `grpc-encoding`
+//! with `UNIMPLEMENTED` and a compressed message with `INTERNAL`.
+//!
 //! A server may answer before it has read the request (a replica refusing
 //! a call it does not lead) and then resets the request half, as HTTP/2
 //! asks (`RST_STREAM(NO_ERROR)`). The client's send then fails with a bare
@@ -41,6 +48,7 @@ use futures_lite::future;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
 
+use super::compression::{self, DecompressError, Encoding};
 use super::frame::{self, Decoder, FrameError};
 use super::status::{self, Code, Status};
 use crate::limits;
@@ -106,18 +114,51 @@ pub struct MessageStream {
     body: RecvStream,
     decoder: Decoder,
     ended: bool,
+    /// The call's `grpc-encoding`, for messages flagged compressed.
+    encoding: Encoding,
+    /// Message bytes received, as sent (compressed or not).
+    received_bytes: u64,
+}
+
+fn decompress_status(error: DecompressError) -> Status {
+    match error {
+        DecompressError::NoEncoding => Status::internal(error.to_string()),
+        // The client's bytes are bad: the request is malformed.
+        DecompressError::Corrupt(_) => Status::invalid_argument(error.to_string()),
+        DecompressError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+    }
 }
 
 impl MessageStream {
     fn new(body: RecvStream, max_message_bytes: usize) -> MessageStream {
-        MessageStream { body, decoder: Decoder::new(max_message_bytes), ended: false }
+        MessageStream {
+            body,
+            decoder: Decoder::new(max_message_bytes),
+            ended: false,
+            encoding: Encoding::Identity,
+            received_bytes: 0,
+        }
     }
 
-    /// The next message's bytes, `None` at the end of the stream.
+    /// The message bytes received so far, as sent: compressed ones at
+    /// their compressed size, prefixes not counted.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// The next message's bytes (inflated, if it came compressed), `None`
+    /// at the end of the stream.
     pub async fn next_bytes(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
-            if let Some(message) = self.decoder.next_message().map_err(frame_status)? {
-                return Ok(Some(message));
+            if let Some(message) = self.decoder.next_frame().map_err(frame_status)? {
+                self.received_bytes += message.bytes.len() as u64;
+                if !message.compressed {
+                    return Ok(Some(message.bytes));
+                }
+                let max = self.decoder.max_message_bytes();
+                return compression::decompress(self.encoding, &message.bytes, max)
+                    .map(Some)
+                    .map_err(decompress_status);
             }
             if self.ended {
                 self.decoder.finish().map_err(frame_status)?;
@@ -191,6 +232,8 @@ pub struct Call {
     respond: Option<h2::server::SendResponse<Bytes>>,
     stream: Option<SendStream<Bytes>>,
     pending: BytesMut,
+    /// Whether the response advertises `grpc-accept-encoding`.
+    accepts_gzip: bool,
 }
 
 impl Call {
@@ -219,7 +262,7 @@ impl Call {
     fn response_stream(&mut self) -> Result<&mut SendStream<Bytes>, Status> {
         if self.stream.is_none() {
             let respond = self.respond.as_mut().ok_or_else(|| Status::internal("response already finished"))?;
-            let response = grpc_response();
+            let response = grpc_response(self.accepts_gzip);
             let stream = respond.send_response(response, false).map_err(|error| h2_status(&error))?;
             self.stream = Some(stream);
         }
@@ -241,7 +284,7 @@ impl Call {
             }
             None => {
                 if let Some(respond) = self.respond.as_mut() {
-                    let mut response = grpc_response();
+                    let mut response = grpc_response(self.accepts_gzip);
                     response.headers_mut().extend(status.to_header_map());
                     let _ = respond.send_response(response, true);
                 }
@@ -250,9 +293,15 @@ impl Call {
     }
 }
 
-fn grpc_response() -> Response<()> {
+/// A response's headers; with `accepts_gzip`, advertising it.
+fn grpc_response(accepts_gzip: bool) -> Response<()> {
     let mut response = Response::new(());
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    if accepts_gzip {
+        response
+            .headers_mut()
+            .insert(compression::GRPC_ACCEPT_ENCODING, HeaderValue::from_static(compression::ACCEPTED_ENCODINGS));
+    }
     response
 }
 
@@ -261,6 +310,12 @@ pub trait Service: 'static {
     /// Handles the call to `path` (`/package.Service/Method`). Unknown
     /// methods return `UNIMPLEMENTED`.
     fn call<'a>(self: Rc<Self>, path: &'a str, call: &'a mut Call) -> LocalFuture<'a, Result<(), Status>>;
+
+    /// Whether the method at `path` takes gzip-compressed messages
+    /// (`grpc-encoding: gzip`; see the module doc). None does by default.
+    fn accepts_gzip(&self, _path: &str) -> bool {
+        false
+    }
 }
 
 /// What a server connection needs from its node.
@@ -381,6 +436,7 @@ async fn run_call<S: Service>(
         let _ = respond.send_response(response, true);
         return;
     }
+    let accepts_gzip = service.accepts_gzip(parts.uri.path());
     let mut call = Call {
         messages: MessageStream::new(body, max_message_bytes),
         headers: parts.headers,
@@ -388,31 +444,48 @@ async fn run_call<S: Service>(
         respond: Some(respond),
         stream: None,
         pending: BytesMut::new(),
+        accepts_gzip,
     };
-    let encoding = call.headers.get("grpc-encoding").map(|value| value.as_bytes());
-    let result = if encoding.is_some_and(|value| value != b"identity") {
-        Err(Status::unimplemented("message compression is not supported (grpc-encoding)"))
-    } else {
-        let timeout = match call.headers.get("grpc-timeout") {
-            None => Ok(None),
-            Some(value) => status::parse_timeout(value.as_bytes())
-                .map(|timeout| Some(timeout.min(limits::GRPC_CALL_TIMEOUT_MAX)))
-                .ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header")),
-        };
-        match timeout {
-            Err(status) => Err(status),
-            Ok(None) => service.call(parts.uri.path(), &mut call).await,
-            Ok(Some(timeout)) => {
-                future::or(service.call(parts.uri.path(), &mut call), async {
-                    glommio::timer::sleep(timeout).await;
-                    Err(Status::deadline_exceeded(format!("the call took longer than its grpc-timeout {timeout:?}")))
-                })
-                .await
+    let encoding = Encoding::from_header(call.headers.get(compression::GRPC_ENCODING).map(HeaderValue::as_bytes));
+    let result = match encoding {
+        Err(name) => {
+            Err(Status::unimplemented(format!("message compression {name:?} is not supported (grpc-encoding)")))
+        }
+        Ok(Encoding::Gzip) if !accepts_gzip => {
+            Err(Status::unimplemented("message compression is not supported by this method (grpc-encoding)"))
+        }
+        Ok(encoding) => {
+            if accepts_gzip {
+                call.messages.decoder.accept_compressed();
+                call.messages.encoding = encoding;
             }
+            run_service(&service, parts.uri.path(), &mut call).await
         }
     };
     let status = result.err().unwrap_or_else(Status::ok);
     call.finish(status).await;
+}
+
+/// Runs the service's handler for `path`, within the call's `grpc-timeout`.
+async fn run_service<S: Service>(service: &Rc<S>, path: &str, call: &mut Call) -> Result<(), Status> {
+    let timeout = match call.headers.get("grpc-timeout") {
+        None => None,
+        Some(value) => Some(
+            status::parse_timeout(value.as_bytes())
+                .map(|timeout| timeout.min(limits::GRPC_CALL_TIMEOUT_MAX))
+                .ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?,
+        ),
+    };
+    match timeout {
+        None => service.clone().call(path, call).await,
+        Some(timeout) => {
+            future::or(service.clone().call(path, call), async {
+                glommio::timer::sleep(timeout).await;
+                Err(Status::deadline_exceeded(format!("the call took longer than its grpc-timeout {timeout:?}")))
+            })
+            .await
+        }
+    }
 }
 
 /// A client's HTTP/2 connection to a gRPC server. Calls may run
