@@ -102,7 +102,7 @@ pub enum LabelError {
         /// The 0-based byte offset.
         at: usize,
     },
-    /// A value's escape is not `\"`, `\\`, `\n`, `\t` or `\r`.
+    /// A value's escape is not one of Go's (`\"`, `\\`, `\n`, `\t`, `\x41`, `\u00e9`, ...).
     #[error("unknown escape \\{escape} at byte {at}")]
     Escape {
         /// The character after the backslash.
@@ -141,7 +141,7 @@ const LABELS_QUOTED_BYTES_MAX: usize = 200;
 
 /// Parses stream labels in Prometheus text form: `{}` or
 /// `{name="value", name2="value 2"}`, names `[a-zA-Z_][a-zA-Z0-9_]*`,
-/// values double-quoted with the escapes `\"`, `\\`, `\n`, `\t`, `\r`;
+/// values double-quoted with Go's escapes (`\"`, `\\`, `\n`, `\t`, `\uXXXX`, ...);
 /// spaces around the tokens and one trailing comma are allowed. Anything
 /// else is refused, never guessed at.
 pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, LabelError> {
@@ -217,16 +217,44 @@ fn parse_quoted(text: &str, start: usize) -> Result<(String, usize), LabelError>
             return Ok((value, at + 1));
         }
         let escape = text[at + 1..].chars().next().ok_or(LabelError::Unterminated { at: start })?;
-        value.push(match escape {
-            '"' => '"',
-            '\\' => '\\',
-            'n' => '\n',
-            't' => '\t',
-            'r' => '\r',
-            other => return Err(LabelError::Escape { escape: other, at }),
-        });
-        at += 1 + escape.len_utf8();
+        let (character, used) = unescape(escape, &text[at + 1 + escape.len_utf8()..])
+            .ok_or(LabelError::Escape { escape, at })?;
+        value.push(character);
+        at += 1 + escape.len_utf8() + used;
     }
+}
+
+/// The character an escape stands for, as Go's `strconv.Quote` writes them
+/// (Promtail and Alloy format labels with it), and how many bytes of
+/// `rest` (after the escape letter) it used. Byte escapes (`\x`, octal)
+/// must be ASCII: a label value is UTF-8.
+fn unescape(escape: char, rest: &str) -> Option<(char, usize)> {
+    let hex = |digits: usize| -> Option<(char, usize)> {
+        let text = rest.get(..digits).filter(|text| text.bytes().all(|byte| byte.is_ascii_hexdigit()))?;
+        let code = u32::from_str_radix(text, 16).ok()?;
+        Some((char::from_u32(code)?, digits))
+    };
+    let simple = match escape {
+        '"' => '"',
+        '\\' => '\\',
+        'n' => '\n',
+        't' => '\t',
+        'r' => '\r',
+        'a' => '\u{7}',
+        'b' => '\u{8}',
+        'f' => '\u{c}',
+        'v' => '\u{b}',
+        'x' => return hex(2).filter(|(character, _)| character.is_ascii()),
+        'u' => return hex(4),
+        'U' => return hex(8),
+        '0'..='7' => {
+            let digits = rest.get(..2).filter(|text| text.bytes().all(|byte| (b'0'..=b'7').contains(&byte)))?;
+            let code = u32::from_str_radix(&format!("{escape}{digits}"), 8).ok()?;
+            return char::from_u32(code).filter(char::is_ascii).map(|character| (character, 2));
+        }
+        _ => return None,
+    };
+    Some((simple, 0))
 }
 
 /// The length a raw snappy block declares it inflates to (its leading
@@ -487,6 +515,11 @@ mod tests {
             map(&[("msg", "say \"hi\", \\ back\nnext\tand, = {}"), ("_x9", "é ü")])
         );
         assert_eq!(parse_labels(r#"{a=""}"#).unwrap(), map(&[("a", "")]));
+        // Go's strconv.Quote escapes, as Promtail writes labels.
+        assert_eq!(
+            parse_labels(r#"{a="\x41\101\u00e9\U0001F600\a\v"}"#).unwrap(),
+            map(&[("a", "AAé😀\u{7}\u{b}")])
+        );
     }
 
     #[test]
@@ -503,6 +536,11 @@ mod tests {
             ("{a=\"1\" b=\"2\"}", LabelError::Expected { expected: "',' or '}'", at: 7 }),
             ("{a=\"1\",,}", LabelError::Expected { expected: "a label name or '}'", at: 7 }),
             ("{a=\"x\\qy\"}", LabelError::Escape { escape: 'q', at: 5 }),
+            ("{a=\"\\xff\"}", LabelError::Escape { escape: 'x', at: 4 }),
+            ("{a=\"\\u12\"}", LabelError::Escape { escape: 'u', at: 4 }),
+            ("{a=\"\\x+1\"}", LabelError::Escape { escape: 'x', at: 4 }),
+            ("{a=\"\\ud800\"}", LabelError::Escape { escape: 'u', at: 4 }),
+            ("{a=\"\\400\"}", LabelError::Escape { escape: '4', at: 4 }),
             ("{a=\"open}", LabelError::Unterminated { at: 3 }),
             ("{a=\"ends in backslash\\", LabelError::Unterminated { at: 3 }),
             ("{a=\"1\",a=\"2\"}", LabelError::Duplicate("a".into())),
