@@ -217,8 +217,8 @@ fn parse_quoted(text: &str, start: usize) -> Result<(String, usize), LabelError>
             return Ok((value, at + 1));
         }
         let escape = text[at + 1..].chars().next().ok_or(LabelError::Unterminated { at: start })?;
-        let (character, used) = unescape(escape, &text[at + 1 + escape.len_utf8()..])
-            .ok_or(LabelError::Escape { escape, at })?;
+        let (character, used) =
+            unescape(escape, &text[at + 1 + escape.len_utf8()..]).ok_or(LabelError::Escape { escape, at })?;
         value.push(character);
         at += 1 + escape.len_utf8() + used;
     }
@@ -516,10 +516,7 @@ mod tests {
         );
         assert_eq!(parse_labels(r#"{a=""}"#).unwrap(), map(&[("a", "")]));
         // Go's strconv.Quote escapes, as Promtail writes labels.
-        assert_eq!(
-            parse_labels(r#"{a="\x41\101\u00e9\U0001F600\a\v"}"#).unwrap(),
-            map(&[("a", "AAé😀\u{7}\u{b}")])
-        );
+        assert_eq!(parse_labels(r#"{a="\x41\101\u00e9\U0001F600\a\v"}"#).unwrap(), map(&[("a", "AAé😀\u{7}\u{b}")]));
     }
 
     #[test]
@@ -590,7 +587,10 @@ mod tests {
         }]);
         let declared = snappy_len(&body).unwrap();
         assert!(declared > 1000);
-        assert_eq!(decode_protobuf(&body, declared - 1, NOW), Err(LokiError::SnappyTooLarge { declared, limit: declared - 1 }));
+        assert_eq!(
+            decode_protobuf(&body, declared - 1, NOW),
+            Err(LokiError::SnappyTooLarge { declared, limit: declared - 1 })
+        );
         assert!(LokiError::SnappyTooLarge { declared, limit: 0 }.is_too_large());
         // A header that claims a huge length is refused on the header alone.
         let mut claims_a_gigabyte = Vec::new();
@@ -649,7 +649,8 @@ mod tests {
             hash: 0,
         }]);
         assert!(matches!(decode_protobuf(&bad_nanos, 1 << 20, NOW), Err(LokiError::Entry { stream: 1, entry: 2, .. })));
-        let before_1970 = push(vec![StreamAdapter { labels: "{}".into(), entries: vec![entry(-5, 0, "x", &[])], hash: 0 }]);
+        let before_1970 =
+            push(vec![StreamAdapter { labels: "{}".into(), entries: vec![entry(-5, 0, "x", &[])], hash: 0 }]);
         assert!(matches!(decode_protobuf(&before_1970, 1 << 20, NOW), Err(LokiError::Entry { .. })));
         let twice = push(vec![StreamAdapter {
             labels: "{}".into(),
@@ -698,11 +699,7 @@ mod tests {
             br#"{"streams":[{"stream":{},"values":[[1.5,"l"]]}]}"#,
             br#"{"streams":[{"stream":{},"values":[["1","l"]]}]} trailing"#,
         ] {
-            assert!(
-                matches!(decode_json(body, NOW), Err(LokiError::Json(_))),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(matches!(decode_json(body, NOW), Err(LokiError::Json(_))), "{:?}", String::from_utf8_lossy(body));
         }
         for (body, entry) in [
             (&br#"{"streams":[{"values":[["1","ok"],["12ab","l"]]}]}"#[..], 2),
