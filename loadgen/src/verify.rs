@@ -136,7 +136,7 @@ fn on_executor<T: Send + 'static, F: std::future::Future<Output = Result<T, Stri
 ) -> Result<T, String> {
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("loadgen-verify")
-        .spawn(move || make())
+        .spawn(make)
         .map_err(|error| format!("starting the verify executor: {error}"))?;
     handle.join().map_err(|error| format!("the verify executor failed: {error}"))?
 }
