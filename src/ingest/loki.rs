@@ -724,4 +724,41 @@ mod tests {
         assert!(!is_json(None));
         assert!(!is_json(Some("text/plain")));
     }
+
+    /// `tags` in the label text Go's `strconv.Quote` writes (what
+    /// Promtail sends): `\"`, `\\`, `\n`, `\t` and `\u` escapes.
+    fn go_labels(tags: &BTreeMap<String, String>) -> String {
+        let pairs: Vec<String> = tags
+            .iter()
+            .map(|(name, value)| {
+                let mut quoted = String::new();
+                for character in value.chars() {
+                    match character {
+                        '"' => quoted.push_str("\\\""),
+                        '\\' => quoted.push_str("\\\\"),
+                        '\n' => quoted.push_str("\\n"),
+                        '\t' => quoted.push_str("\\t"),
+                        control if control.is_control() => quoted.push_str(&format!("\\u{:04x}", control as u32)),
+                        other => quoted.push(other),
+                    }
+                }
+                format!("{name}=\"{quoted}\"")
+            })
+            .collect();
+        format!("{{{}}}", pairs.join(", "))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_decoded_or_refused_never_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_protobuf(&bytes, 1 << 16, NOW);
+            let _ = decode_json(&bytes, NOW);
+            let _ = parse_labels(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn quoted_labels_parse_back(tags in proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,8}", "\\PC{0,12}|[\"\\\\\n\t, ={}\u{1}]{0,6}", 0..6)) {
+            proptest::prop_assert_eq!(parse_labels(&go_labels(&tags)).unwrap(), tags);
+        }
+    }
 }
