@@ -236,6 +236,16 @@ const _: () = assert!(CONNECTIONS_PER_LISTENER_DEFAULT <= CONNECTIONS_PER_LISTEN
 /// Entries in one ingest request (HTTP): a 16 MiB body of the smallest
 /// lines holds about this many.
 pub const HTTP_ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;
+/// Names in one field-choice list of the Elasticsearch bulk and JSON-lines
+/// APIs (`_msg_field`, `_time_field`, `_stream_fields`): each document is
+/// looked up for every name, so the list bounds that work per document;
+/// real lists name a handful.
+pub const FIELD_CHOICE_NAMES_MAX: usize = 64;
+/// Deepest nesting of objects in one Elasticsearch or JSON-lines document.
+/// Nested objects are flattened to `a.b` keys, each level scanned once
+/// more, so the depth bounds that work; log documents nest a few levels
+/// (ECS, Kubernetes metadata), and a deeper one is refused by name.
+pub const DOCUMENT_DEPTH_MAX: usize = 32;
 /// Streamed HTTP responses (queries, tails) are written in chunks of about
 /// this size: large enough to amortize a write, small enough to start fast.
 pub const HTTP_STREAM_CHUNK_BYTES: usize = 64 * 1024;

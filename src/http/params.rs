@@ -19,7 +19,7 @@ pub struct QueryParams {
     pub backward: bool,
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
+pub(super) fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;

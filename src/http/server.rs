@@ -153,11 +153,17 @@ pub async fn handle(
     auth: &auth::Local,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let path = request.uri().path().to_owned();
     let grant = match authorize(auth, &request) {
         Ok(grant) => grant,
-        Err(refusal) => return refused(&refusal),
+        Err(refusal) => {
+            let mut response = refused(&refusal);
+            if is_es(&path) {
+                es::mark(&mut response);
+            }
+            return response;
+        }
     };
-    let path = request.uri().path().to_owned();
     match (request.method().clone(), path.as_str()) {
         (Method::POST, "/v1/entries") => ingest(core, body_budget, &grant, request).await,
         // The shippers' protocols (DESIGN.md section 11).
@@ -165,7 +171,7 @@ pub async fn handle(
         (Method::POST, "/loki/api/v1/push") => loki::push(core, body_budget, &grant, request).await,
         (Method::GET, "/ready") => loki::ready(&core).await,
         (Method::POST, "/v1/jsonline") => es::jsonline(core, body_budget, &grant, request).await,
-        (_, path) if path == "/es" || path.starts_with("/es/") => es::handle(core, body_budget, &grant, request).await,
+        (_, path) if is_es(path) => es::handle(core, body_budget, &grant, request).await,
         (Method::GET, "/v1/entries") => query(core, request).await,
         (Method::GET, "/v1/tail") => tail(core, request).await,
         (Method::GET, "/v1/stats") => stats(core).await,
@@ -193,6 +199,11 @@ pub async fn handle(
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
+}
+
+/// Whether `path` is under the Elasticsearch prefix `/es`.
+fn is_es(path: &str) -> bool {
+    path == "/es" || path.starts_with("/es/")
 }
 
 enum Format {

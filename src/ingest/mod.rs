@@ -12,6 +12,9 @@
 //! one storing path for every protocol.
 
 pub mod body;
+pub mod es;
+pub mod fields;
+pub mod jsonline;
 pub mod loki;
 
 /// A protocol a shipper speaks to wormdb: the `protocol` label of the
