@@ -355,3 +355,56 @@ fn https_and_grpc_over_mutual_tls_with_verification() {
     let plain = loadgen(&["--target", &node.base, "--tls-ca", ca]);
     assert!(!plain.status.success() && stderr(&plain).contains("give an https:// URL"), "{}", stderr(&plain));
 }
+
+#[test]
+fn loki_protocol_sends_snappy_protobuf_that_the_node_counts_and_stores() {
+    let dir = common::durable_temp_dir();
+    let node = TestNode::start(dir.path(), &["--shards", "2"]);
+    let json = dir.path().join("loki.json");
+    let payload = common::loghub::path("HDFS");
+    let output = loadgen(&[
+        "--protocol",
+        "loki",
+        "--target",
+        &node.base,
+        "--rate",
+        "5000",
+        "--duration",
+        "2s",
+        "--batch",
+        "100",
+        "--connections",
+        "2",
+        "--tags",
+        "2:5",
+        "--payload-file",
+        payload.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = read_json(&json);
+    assert_eq!(report["protocol"], "loki");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["entries_acked"].as_u64().unwrap(), 10_000);
+    assert_eq!(stored_entries(&node), 10_000, "the loadgen's count agrees with the node's");
+    assert_percentiles_ordered(&report);
+    let text = stdout(&output);
+    assert!(text.contains("loki: the node counted all 10000 entries of the run"), "{text}");
+    assert!(text.contains("verify: every acknowledged entry checked is stored"), "{text}");
+    // The entries are the LogHub lines, with the tags as stream labels and
+    // the pool's times.
+    let lines: std::collections::HashSet<String> = common::loghub::lines("HDFS").into_iter().collect();
+    let stored = get(&node.url("/v1/entries?tag=t0=v1&limit=100")).lines();
+    assert!(!stored.is_empty());
+    for entry in &stored {
+        assert!(lines.contains(entry["body"].as_str().unwrap()), "{entry}");
+        assert_eq!(entry["tags"].as_object().unwrap().len(), 2, "{entry}");
+        assert!(entry["ts"].as_i64().unwrap() > 1_700_000_000_000_000_000, "{entry}");
+    }
+    // A run without seqs cannot be checked again later.
+    let again = loadgen(&["--target", &node.base, "--verify-from", json.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("has no seqs"), "{}", stderr(&again));
+}

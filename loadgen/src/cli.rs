@@ -25,12 +25,20 @@ pub const RATE_MAX: u64 = 1_000_000_000;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "wormdb-loadgen", version, about, long_about = None)]
 pub struct Args {
-    /// HTTP base URL (`http://127.0.0.1:8080`) or gRPC `host:port`.
+    /// HTTP base URL (`http://127.0.0.1:8080`) for `http`, `otlp-http`,
+    /// `loki` and `es-bulk`; `host:port` for `grpc` and `otlp-grpc` (the
+    /// gRPC port) and `syslog-tcp` (the node's `--syslog-tcp-addr`).
     #[arg(long)]
     pub target: String,
-    /// Wire protocol.
+    /// Wire protocol: wormdb's own (`http`, `grpc`) or a shipper's, each in
+    /// its real wire form (see the README).
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
     pub protocol: Protocol,
+    /// The node's HTTP base URL, where `--verify` reads the per-protocol
+    /// counters of `/metrics`, for protocols whose target is not the HTTP
+    /// port (`otlp-grpc`, `syslog-tcp`); the others use `--target`.
+    #[arg(long, value_name = "URL")]
+    pub metrics_url: Option<String>,
     /// gRPC only: push as follower N over `WormReplication.Replicate` (one
     /// stream per connection, the connection's index as the shard) instead
     /// of `WormIngest.Write`.
@@ -121,6 +129,38 @@ pub enum Protocol {
     Http,
     /// gRPC (`WormIngest.Write`, or `WormReplication.Replicate` with `--follower-id`).
     Grpc,
+    /// OTLP logs over gRPC: `LogsService/Export` on the gRPC port.
+    OtlpGrpc,
+    /// OTLP logs over HTTP: `POST /v1/logs`, protobuf.
+    OtlpHttp,
+    /// Loki push: `POST /loki/api/v1/push`, snappy protobuf.
+    Loki,
+    /// Elasticsearch bulk: `POST /es/_bulk`, NDJSON.
+    EsBulk,
+    /// Syslog over TCP: RFC 5424 lines, octet-counting framing.
+    SyslogTcp,
+}
+
+/// How a protocol reaches the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 to a base URL.
+    Http,
+    /// HTTP/2 gRPC to `host:port`.
+    Grpc,
+    /// A plain TCP connection to `host:port`.
+    Tcp,
+}
+
+impl Protocol {
+    /// How it reaches the node.
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Http | Protocol::OtlpHttp | Protocol::Loki | Protocol::EsBulk => Transport::Http,
+            Protocol::Grpc | Protocol::OtlpGrpc => Transport::Grpc,
+            Protocol::SyslogTcp => Transport::Tcp,
+        }
+    }
 }
 
 /// Target rate.
@@ -219,10 +259,14 @@ pub struct Target {
 /// `https://` prefix is accepted).
 pub fn resolve_target(text: &str, protocol: Protocol) -> Result<Target, String> {
     let https = text.starts_with("https://");
-    let rest = match (protocol, text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))) {
+    let transport = protocol.transport();
+    let rest = match (transport, text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))) {
+        (Transport::Tcp, Some(_)) => {
+            return Err(format!("--target {text}: a syslog target is host:port, without a scheme"))
+        }
         (_, Some(rest)) => rest,
-        (Protocol::Grpc, None) => text,
-        (Protocol::Http, None) => {
+        (Transport::Grpc | Transport::Tcp, None) => text,
+        (Transport::Http, None) => {
             return Err(format!("--target {text}: give an HTTP base URL such as http://127.0.0.1:8080"))
         }
     };
@@ -230,8 +274,8 @@ pub fn resolve_target(text: &str, protocol: Protocol) -> Result<Target, String> 
         Some(index) => (&rest[..index], rest[index..].trim_end_matches('/')),
         None => (rest, ""),
     };
-    if protocol == Protocol::Grpc && !path.is_empty() {
-        return Err(format!("--target {text}: a gRPC target is host:port, without a path"));
+    if transport != Transport::Http && !path.is_empty() {
+        return Err(format!("--target {text}: a gRPC or syslog target is host:port, without a path"));
     }
     if authority.is_empty() {
         return Err(format!("--target {text}: no host"));
@@ -259,12 +303,13 @@ pub fn with_tls(target: Target, protocol: Protocol, args: &Args) -> Result<Targe
         }
         return Ok(target);
     };
-    let listener = match protocol {
-        Protocol::Http if !target.https => {
+    let listener = match protocol.transport() {
+        Transport::Http if !target.https => {
             return Err(format!("--target {}: with --tls-ca, give an https:// URL", args.target))
         }
-        Protocol::Http => wormdb::tls::Listener::Http,
-        Protocol::Grpc => wormdb::tls::Listener::Grpc,
+        Transport::Http => wormdb::tls::Listener::Http,
+        Transport::Grpc => wormdb::tls::Listener::Grpc,
+        Transport::Tcp => return Err("--tls-ca: syslog-tcp is plain TCP".into()),
     };
     let pair = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let config = wormdb::tls::tool_client_config(ca, pair, listener).map_err(|error| error.to_string())?;
@@ -275,6 +320,17 @@ pub fn with_tls(target: Target, protocol: Protocol, args: &Args) -> Result<Targe
 pub fn validate(args: &Args) -> Result<(), String> {
     if args.follower_id.is_some() && args.protocol != Protocol::Grpc {
         return Err("--follower-id needs --protocol grpc".into());
+    }
+    if args.verify
+        && args.metrics_url.is_none()
+        && args.protocol.transport() != Transport::Http
+        && !matches!(args.protocol, Protocol::Grpc)
+    {
+        return Err(format!(
+            "--verify with --protocol {}: give --metrics-url (the node's HTTP base URL, where the protocol's \
+             counters are read)",
+            args.protocol.to_possible_value().map(|value| value.get_name().to_string()).unwrap_or_default()
+        ));
     }
     if !(1..=BATCH_MAX).contains(&args.batch) {
         return Err(format!("--batch {}: must be between 1 and {BATCH_MAX}", args.batch));
@@ -374,5 +430,22 @@ mod tests {
         assert!(!http.https && !grpc.https);
         assert!(resolve_target("http://127.0.0.1", Protocol::Http).is_err());
         assert!(resolve_target("127.0.0.1:1/x", Protocol::Grpc).is_err());
+        assert_eq!(resolve_target("127.0.0.1:5140", Protocol::SyslogTcp).unwrap().authority, "127.0.0.1:5140");
+        assert!(resolve_target("http://127.0.0.1:5140", Protocol::SyslogTcp).is_err());
+        assert_eq!(resolve_target("http://127.0.0.1:8080/x", Protocol::Loki).unwrap().base_path, "/x");
+        assert!(resolve_target("127.0.0.1:8080", Protocol::EsBulk).is_err());
+        assert!(resolve_target("127.0.0.1:50051", Protocol::OtlpGrpc).is_ok());
+    }
+
+    #[test]
+    fn protocol_names_are_the_node_labels() {
+        for protocol in [Protocol::OtlpGrpc, Protocol::OtlpHttp, Protocol::Loki, Protocol::EsBulk, Protocol::SyslogTcp]
+        {
+            let name = protocol.to_possible_value().unwrap().get_name().to_string();
+            assert!(wormdb::ingest::Protocol::ALL.iter().any(|known| known.label() == name), "{name}");
+        }
+        let args =
+            Args::parse_from(["wormdb-loadgen", "--target", "127.0.0.1:1", "--protocol", "syslog-tcp", "--verify"]);
+        assert!(validate(&args).unwrap_err().contains("--metrics-url"));
     }
 }

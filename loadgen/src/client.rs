@@ -187,6 +187,80 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// `POST` of a pre-encoded request of a shipper's protocol, which
+    /// answers `expected` with no seqs: `Ok` on that status (and, for a
+    /// bulk answer, `"errors": false`).
+    pub async fn ship(
+        &mut self,
+        uri: &Uri,
+        content_type: &'static str,
+        body: Bytes,
+        expected: StatusCode,
+    ) -> Result<(), Failure> {
+        let (status, answer) = self.request(Method::POST, uri, Some(content_type), body).await?;
+        let text = || String::from_utf8_lossy(&answer[..answer.len().min(300)]).trim().to_string();
+        if status != expected {
+            return Err(Failure { kind: format!("http {}", status.as_u16()), message: text(), reconnect: false });
+        }
+        if bulk_has_errors(uri, &answer) {
+            return Err(Failure { kind: "bulk item errors".into(), message: text(), reconnect: false });
+        }
+        Ok(())
+    }
+}
+
+/// Whether `answer` is an Elasticsearch bulk answer that reports failed
+/// items (`"errors": true`, or not a bulk answer at all).
+fn bulk_has_errors(uri: &Uri, answer: &[u8]) -> bool {
+    if !uri.path().ends_with("/_bulk") {
+        return false;
+    }
+    let value: Option<serde_json::Value> = serde_json::from_slice(answer).ok();
+    value.and_then(|value| value.get("errors").and_then(serde_json::Value::as_bool)) != Some(false)
+}
+
+/// OTLP's `LogsService/Export`.
+pub const OTLP_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// One OTLP `Export` of a pre-framed `ExportLogsServiceRequest`; a partial
+/// success (rejected records) is a failure.
+pub async fn otlp_export(channel: &Channel, framed: Bytes, timeout: Duration) -> Result<(), Failure> {
+    use wormdb::proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceResponse;
+    let answer = async {
+        let (mut sender, mut receiver) = channel.start(OTLP_EXPORT, Some(timeout)).await?.split();
+        sender.send_framed(framed).await?;
+        sender.close_send().await?;
+        let response: ExportLogsServiceResponse =
+            receiver.next().await?.ok_or_else(|| Status::internal("no ExportLogsServiceResponse"))?;
+        Ok(response)
+    };
+    let response = answer.await.map_err(|status| Failure::grpc(&status))?;
+    match response.partial_success {
+        Some(partial) if partial.rejected_log_records > 0 => Err(Failure {
+            kind: "otlp partial success".into(),
+            message: format!("{} records rejected: {}", partial.rejected_log_records, partial.error_message),
+            reconnect: false,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A plain TCP connection for syslog: nothing comes back.
+pub async fn tcp_connect(target: &Target, timeout: Duration) -> Result<glommio::net::TcpStream, Failure> {
+    let addr = target.addr;
+    let connecting = async {
+        let stream = glommio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|error| Failure::connection(format!("connect {addr}: {error}")))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    };
+    until(Instant::now() + timeout, connecting)
+        .await
+        .unwrap_or_else(|| Err(Failure::connection(format!("connect {addr}: timed out after {timeout:?}"))))
+}
+
 /// Parses `{"count":N,"first_seq":A,"last_seq":B,"shard":S}`.
 pub fn parse_write_answer(answer: &[u8]) -> Option<WriteAck> {
     let value: serde_json::Value = serde_json::from_slice(answer).ok()?;
@@ -242,5 +316,14 @@ mod tests {
         assert_eq!(parse_write_answer(br#"{"count":2,"first_seq":3,"last_seq":2,"shard":0}"#), None);
         assert_eq!(parse_write_answer(b"not json"), None);
         assert_eq!(parse_write_answer(br#"{"error":"x"}"#), None);
+    }
+
+    #[test]
+    fn bulk_answers_with_failed_items_are_errors() {
+        let bulk = Uri::from_static("/es/_bulk?_stream_fields=t0");
+        assert!(!bulk_has_errors(&bulk, br#"{"took":1,"errors":false,"items":[]}"#));
+        assert!(bulk_has_errors(&bulk, br#"{"took":1,"errors":true,"items":[]}"#));
+        assert!(bulk_has_errors(&bulk, b"not json"));
+        assert!(!bulk_has_errors(&Uri::from_static("/loki/api/v1/push"), b""));
     }
 }

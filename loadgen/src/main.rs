@@ -5,7 +5,12 @@
 //! from each request's *intended* send time (so a stalled node cannot hide
 //! the requests it delayed: coordinated omission is corrected), or `--rate
 //! max` for saturation. HTTP (`POST /v1/entries`, NDJSON) and gRPC
-//! (`WormIngest.Write`, or follower pushes over `WormReplication.Replicate`).
+//! (`WormIngest.Write`, or follower pushes over `WormReplication.Replicate`);
+//! and the shippers' protocols the node speaks, each in its real wire form
+//! (`otlp-grpc`, `otlp-http`, `loki`, `es-bulk`, `syslog-tcp`), so that
+//! each path can be measured like the native ones. Those answer without
+//! seqs (syslog answers nothing), so their runs are verified by the node's
+//! per-protocol count rather than entry by entry.
 //!
 //! Layout, pure core first: [`cli`] (flags), [`pool`] (pre-encoded
 //! requests), [`schedule`] (the timeline), [`record`] (histograms, errors,
@@ -79,6 +84,11 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         (Protocol::Http, _) => Mode::Http,
         (Protocol::Grpc, None) => Mode::GrpcWrite,
         (Protocol::Grpc, Some(follower_id)) => Mode::Follower(follower_id),
+        (Protocol::OtlpGrpc, _) => Mode::OtlpGrpc,
+        (Protocol::OtlpHttp, _) => Mode::OtlpHttp,
+        (Protocol::Loki, _) => Mode::Loki,
+        (Protocol::EsBulk, _) => Mode::EsBulk,
+        (Protocol::SyslogTcp, _) => Mode::SyslogTcp,
     };
     let target = cli::with_tls(cli::resolve_target(&args.target, args.protocol)?, args.protocol, &args)?;
     let mut source = match &args.payload_file {
@@ -92,8 +102,18 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         tag_cardinality: args.tags.cardinality,
         requests: args.pool_requests,
         seed: args.seed,
+        base_unix_ns: run::unix_ns(),
     };
     let pool = pool::build(&spec, &mut source)?;
+    // A protocol without seqs is verified by the node's count of its
+    // entries: read it before the run.
+    let counted_before = match (args.verify, mode.sequenced()) {
+        (true, false) => {
+            let metrics = metrics_target(&args)?;
+            Some((metrics.clone(), verify::protocol_entries(metrics, mode.name())?))
+        }
+        _ => None,
+    };
     let plan = Arc::new(Plan {
         target: target.clone(),
         mode,
@@ -105,6 +125,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         threads,
         seed: args.seed,
         pool,
+        tag_count: args.tags.count,
     });
     let outcome = run::run(plan.clone(), std::io::stderr().is_terminal())?;
 
@@ -146,6 +167,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         histogram: outcome.histogram,
         cpu_s: outcome.cpu_s,
         acknowledged,
+        acknowledgement: mode.acknowledgement(),
     };
     print!("{}", summary.human());
 
@@ -175,7 +197,14 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     }
     if args.verify {
         println!();
-        let verdict = verify::verify(target, summary.acknowledged.clone())?;
+        let verdict = match counted_before {
+            Some((metrics, baseline)) => {
+                let expected = summary.entries_acked + summary.warmup_entries_acked;
+                let wait = args.timeout.max(std::time::Duration::from_secs(10));
+                verify::verify_counts(metrics, mode.name(), baseline, expected, wait)?
+            }
+            None => verify::verify(target, summary.acknowledged.clone())?,
+        };
         print!("{}", verdict.render());
         failed |= !verdict.problems.is_empty();
     }
@@ -190,7 +219,16 @@ fn verify_from(args: &Args, path: &Path) -> Result<ExitCode, String> {
     let acknowledged: Acknowledged = serde_json::from_value(document["acknowledged"].clone()).map_err(|error| {
         format!("--verify-from {}: no acknowledgements of a wormdb-loadgen --json run ({error})", path.display())
     })?;
-    let protocol = if acknowledged.mode == "http" { Protocol::Http } else { Protocol::Grpc };
+    let protocol = match acknowledged.mode.as_str() {
+        "http" => Protocol::Http,
+        "grpc" | "follower" => Protocol::Grpc,
+        other => {
+            return Err(format!(
+                "--verify-from {}: a {other} run has no seqs to check again (its --verify compares the node's count)",
+                path.display()
+            ))
+        }
+    };
     let target = cli::with_tls(cli::resolve_target(&args.target, protocol)?, protocol, args)?;
     let total: u64 = acknowledged.shards.iter().map(|shard| shard.entries).sum();
     println!(
@@ -202,6 +240,14 @@ fn verify_from(args: &Args, path: &Path) -> Result<ExitCode, String> {
     let verdict = verify::verify(target, acknowledged)?;
     print!("{}", verdict.render());
     Ok(if verdict.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+}
+
+/// Where `--verify` reads the node's counters: `--metrics-url`, else the
+/// target (an HTTP base URL for the HTTP protocols).
+fn metrics_target(args: &Args) -> Result<cli::Target, String> {
+    let url = args.metrics_url.as_deref().unwrap_or(&args.target);
+    cli::with_tls(cli::resolve_target(url, Protocol::Http)?, Protocol::Http, args)
+        .map_err(|error| format!("--metrics-url: {error}"))
 }
 
 fn write_file(path: &Path, flag: &str, bytes: &[u8]) -> bool {

@@ -11,6 +11,11 @@ use std::collections::BTreeMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use wormdb::grpc::frame;
+use wormdb::proto::logproto::{EntryAdapter, PushRequest, StreamAdapter};
+use wormdb::proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
+use wormdb::proto::opentelemetry::proto::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use wormdb::proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use wormdb::proto::opentelemetry::proto::resource::v1::Resource;
 use wormdb::proto::{LogEntry, WriteRequest};
 
 /// Largest encoded request (the node's default `--max-body-bytes` and the
@@ -33,7 +38,28 @@ pub enum Encoding {
     /// Each entry's tags and body encoded as `LogEntry` fields 3 and 4; the
     /// seq and timestamp are put in front at send time ([`encode_push`]).
     PushEntries,
+    /// A gRPC-framed OTLP `ExportLogsServiceRequest` ([`otlp_request`]).
+    OtlpGrpc,
+    /// The same `ExportLogsServiceRequest`, unframed, for `POST /v1/logs`.
+    OtlpProtobuf,
+    /// A Loki `PushRequest`, one stream per distinct tag set, compressed
+    /// with raw snappy, as Promtail and Alloy send it.
+    LokiSnappy,
+    /// Elasticsearch bulk NDJSON: `{"create":{"_index":"loadgen"}}` and a document with
+    /// `message`, `@timestamp` and the tags as top-level keys, per entry.
+    EsBulk,
+    /// RFC 5424 syslog messages with octet-counting framing (RFC 6587),
+    /// the tags as structured data.
+    Syslog,
 }
+
+/// The resource attribute `service.name` of OTLP requests (a tag on the node).
+pub const OTLP_SERVICE_NAME: &str = "wormdb-loadgen";
+/// The SD-ID of the structured data that carries the tags in syslog
+/// messages (32473 is the private enterprise number reserved for examples).
+pub const SYSLOG_SD_ID: &str = "tags@32473";
+/// The index bulk documents are created in (the node's `index` tag).
+pub const ES_INDEX: &str = "loadgen";
 
 /// One pre-encoded request.
 #[derive(Clone, Debug)]
@@ -212,7 +238,16 @@ pub struct PoolSpec {
     pub requests: Option<usize>,
     /// Seed of the generator.
     pub seed: u64,
+    /// Time of the first entry, Unix ns, for the protocols whose entries
+    /// carry one (OTLP, Loki, bulk, syslog); each next entry of the pool is
+    /// 1 µs later, so every entry's time is distinct and known to lie in
+    /// `base_unix_ns..` the pool's end.
+    pub base_unix_ns: i64,
 }
+
+/// Time between consecutive entries of the pool (syslog's timestamps
+/// carry microseconds at most).
+pub const ENTRY_TIME_STEP_NS: i64 = 1000;
 
 /// Builds the pool. Fails with a clear message when a request would exceed
 /// what the node accepts.
@@ -259,7 +294,8 @@ pub fn build(spec: &PoolSpec, source: &mut BodySource) -> Result<Pool, String> {
             body_bytes_total += body.len() as u64;
             entries.push((tags, body.clone()));
         }
-        let request = encode_request(spec.encoding, &entries)?;
+        let first_ns = spec.base_unix_ns + (index * spec.batch) as i64 * ENTRY_TIME_STEP_NS;
+        let request = encode_request(spec.encoding, &entries, first_ns)?;
         wire_bytes_total += request.wire.len() as u64;
         if index == 0 && spec.requests.is_none() {
             wanted = (POOL_BYTES_TARGET / request.wire.len().max(1)).clamp(1, POOL_REQUESTS_MAX);
@@ -276,9 +312,50 @@ pub fn build(spec: &PoolSpec, source: &mut BodySource) -> Result<Pool, String> {
     })
 }
 
-fn encode_request(encoding: Encoding, entries: &[(BTreeMap<String, String>, String)]) -> Result<PooledRequest, String> {
+/// An entry of the pool: its tags and body.
+type PoolEntry = (BTreeMap<String, String>, String);
+
+fn encode_request(encoding: Encoding, entries: &[PoolEntry], first_ns: i64) -> Result<PooledRequest, String> {
     let mut entry_ends = Vec::new();
+    let time_of = |index: usize| first_ns + index as i64 * ENTRY_TIME_STEP_NS;
     let wire = match encoding {
+        Encoding::OtlpGrpc => {
+            let mut out = BytesMut::new();
+            frame::encode_message(&otlp_request(entries, first_ns), &mut out);
+            out.freeze()
+        }
+        Encoding::OtlpProtobuf => Bytes::from(otlp_request(entries, first_ns).encode_to_vec()),
+        Encoding::LokiSnappy => {
+            let request = loki_request(entries, first_ns);
+            let compressed = snap::raw::Encoder::new()
+                .compress_vec(&request.encode_to_vec())
+                .map_err(|error| format!("snappy: {error}"))?;
+            Bytes::from(compressed)
+        }
+        Encoding::EsBulk => {
+            let mut out = Vec::new();
+            for (index, (tags, body)) in entries.iter().enumerate() {
+                out.extend_from_slice(format!("{{\"create\":{{\"_index\":\"{ES_INDEX}\"}}}}\n").as_bytes());
+                let mut document = serde_json::Map::new();
+                document.insert("@timestamp".into(), rfc3339_micros(time_of(index)).into());
+                document.insert("message".into(), body.as_str().into());
+                for (key, value) in tags {
+                    document.insert(key.clone(), value.as_str().into());
+                }
+                serde_json::to_writer(&mut out, &document).map_err(|error| format!("encoding a document: {error}"))?;
+                out.push(b'\n');
+            }
+            Bytes::from(out)
+        }
+        Encoding::Syslog => {
+            let mut out = Vec::new();
+            for (index, (tags, body)) in entries.iter().enumerate() {
+                let message = syslog_message(tags, body, time_of(index));
+                out.extend_from_slice(format!("{} ", message.len()).as_bytes());
+                out.extend_from_slice(message.as_bytes());
+            }
+            Bytes::from(out)
+        }
         Encoding::Ndjson => {
             let mut out = Vec::new();
             for (tags, body) in entries {
@@ -336,6 +413,140 @@ fn encode_request(encoding: Encoding, entries: &[(BTreeMap<String, String>, Stri
     })
 }
 
+/// The OTLP request of `entries`: one resource (`service.name` =
+/// [`OTLP_SERVICE_NAME`]) and scope, a record per entry with its body as a
+/// string, its tags as attributes and its time.
+pub fn otlp_request(entries: &[PoolEntry], first_ns: i64) -> ExportLogsServiceRequest {
+    let string = |text: &str| AnyValue { value: Some(any_value::Value::StringValue(text.to_string())) };
+    let records = entries
+        .iter()
+        .enumerate()
+        .map(|(index, (tags, body))| LogRecord {
+            time_unix_nano: (first_ns + index as i64 * ENTRY_TIME_STEP_NS) as u64,
+            body: Some(string(body)),
+            attributes: tags
+                .iter()
+                .map(|(key, value)| KeyValue { key: key.clone(), value: Some(string(value)), ..KeyValue::default() })
+                .collect(),
+            ..LogRecord::default()
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(string(OTLP_SERVICE_NAME)),
+                    ..KeyValue::default()
+                }],
+                ..Resource::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope { name: OTLP_SERVICE_NAME.into(), ..InstrumentationScope::default() }),
+                log_records: records,
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    }
+}
+
+/// The Loki request of `entries`: a stream per distinct tag set (labels in
+/// Prometheus text form), its entries in the order given.
+pub fn loki_request(entries: &[PoolEntry], first_ns: i64) -> PushRequest {
+    let mut streams: BTreeMap<&BTreeMap<String, String>, Vec<EntryAdapter>> = BTreeMap::new();
+    for (index, (tags, body)) in entries.iter().enumerate() {
+        let ns = first_ns + index as i64 * ENTRY_TIME_STEP_NS;
+        streams.entry(tags).or_default().push(EntryAdapter {
+            timestamp: Some(prost_types_timestamp(ns)),
+            line: body.clone(),
+            structured_metadata: Vec::new(),
+        });
+    }
+    PushRequest {
+        streams: streams
+            .into_iter()
+            .map(|(tags, entries)| StreamAdapter { labels: prometheus_labels(tags), entries, hash: 0 })
+            .collect(),
+    }
+}
+
+fn prost_types_timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ns.div_euclid(1_000_000_000), nanos: ns.rem_euclid(1_000_000_000) as i32 }
+}
+
+/// `{k="v", k2="v2"}`, values quoted as Go's `strconv.Quote` does for text.
+pub fn prometheus_labels(tags: &BTreeMap<String, String>) -> String {
+    let mut out = String::from("{");
+    for (index, (key, value)) in tags.iter().enumerate() {
+        if index > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(key);
+        out.push_str("=\"");
+        for character in value.chars() {
+            match character {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                other => out.push(other),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// One RFC 5424 message (without its octet count): facility local0,
+/// severity info, host `loadgen`, app `wormdb-loadgen`, the tags as
+/// structured data [`SYSLOG_SD_ID`], the body as the message.
+pub fn syslog_message(tags: &BTreeMap<String, String>, body: &str, ns: i64) -> String {
+    let mut structured = String::new();
+    if tags.is_empty() {
+        structured.push('-');
+    } else {
+        structured.push('[');
+        structured.push_str(SYSLOG_SD_ID);
+        for (key, value) in tags {
+            structured.push_str(&format!(" {key}=\""));
+            for character in value.chars() {
+                if matches!(character, '"' | '\\' | ']') {
+                    structured.push('\\');
+                }
+                structured.push(character);
+            }
+            structured.push('"');
+        }
+        structured.push(']');
+    }
+    format!("<134>1 {} loadgen wormdb-loadgen - - {structured} {body}", rfc3339_micros(ns))
+}
+
+/// `ns` since the epoch as RFC 3339 in UTC with microseconds,
+/// `2023-11-14T22:13:20.000001Z`.
+pub fn rfc3339_micros(ns: i64) -> String {
+    let seconds = ns.div_euclid(1_000_000_000);
+    let micros = ns.rem_euclid(1_000_000_000) / 1000;
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
 /// Appends a gRPC-framed `PushBatch` of `request`'s entries with seqs
 /// `first_seq..` and timestamp `timestamp_ns` to `out`; returns the last seq.
 pub fn encode_push(
@@ -379,8 +590,18 @@ mod tests {
     use super::*;
     use wormdb::proto::PushBatch;
 
+    const BASE_NS: i64 = 1_700_000_000_000_000_000;
+
     fn spec(encoding: Encoding) -> PoolSpec {
-        PoolSpec { encoding, batch: 5, tag_count: 2, tag_cardinality: 10, requests: Some(4), seed: 7 }
+        PoolSpec {
+            encoding,
+            batch: 5,
+            tag_count: 2,
+            tag_cardinality: 10,
+            requests: Some(4),
+            seed: 7,
+            base_unix_ns: BASE_NS,
+        }
     }
 
     #[test]
@@ -473,5 +694,124 @@ mod tests {
         spec.batch = 20;
         let error = build(&spec, &mut BodySource::Synthetic { body_bytes: 1024 * 1024 }).unwrap_err();
         assert!(error.contains("lower --batch"), "{error}");
+    }
+
+    fn hdfs_source() -> BodySource {
+        let lines = [
+            "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_38865049064139660 terminating",
+            "081109 203807 222 INFO dfs.DataNode$PacketResponder: Received block blk_-6952295868487656571 of size 67108864",
+            "081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap \"updated\" [10.251.73.220]",
+        ];
+        BodySource::Lines { lines: lines.iter().map(|line| line.to_string()).collect(), cursor: 0, body_bytes: None }
+    }
+
+    #[test]
+    fn otlp_pools_decode_as_the_node_reads_them() {
+        let pool = build(&spec(Encoding::OtlpGrpc), &mut hdfs_source()).unwrap();
+        let plain = build(&spec(Encoding::OtlpProtobuf), &mut hdfs_source()).unwrap();
+        for (index, request) in pool.requests.iter().enumerate() {
+            assert_eq!(
+                &request.wire[frame::PREFIX_BYTES..],
+                &plain.requests[index].wire[..],
+                "the same request, framed"
+            );
+            let decoded = ExportLogsServiceRequest::decode(&request.wire[frame::PREFIX_BYTES..]).unwrap();
+            let resource = &decoded.resource_logs[0];
+            let service = &resource.resource.as_ref().unwrap().attributes[0];
+            assert_eq!(service.key, "service.name");
+            let records = &resource.scope_logs[0].log_records;
+            assert_eq!(records.len(), 5);
+            for (position, record) in records.iter().enumerate() {
+                let expected = (BASE_NS + ((index * 5 + position) as i64) * ENTRY_TIME_STEP_NS) as u64;
+                assert_eq!(record.time_unix_nano, expected);
+                assert_eq!(record.attributes.len(), 2);
+            }
+            let last = records[4].body.as_ref().unwrap().value.as_ref().unwrap();
+            assert_eq!(last, &any_value::Value::StringValue(request.last_body.clone()));
+            let (key, value) = request.last_tag.clone().unwrap();
+            assert_eq!(records[4].attributes[0].key, key);
+            assert_eq!(
+                records[4].attributes[0].value.as_ref().unwrap().value,
+                Some(any_value::Value::StringValue(value))
+            );
+        }
+    }
+
+    #[test]
+    fn loki_pools_decode_with_the_nodes_own_decoder() {
+        let pool = build(&spec(Encoding::LokiSnappy), &mut hdfs_source()).unwrap();
+        for (index, request) in pool.requests.iter().enumerate() {
+            let entries = wormdb::ingest::loki::decode_protobuf(&request.wire, 1 << 20, 0).unwrap();
+            assert_eq!(entries.len(), 5);
+            let mut times: Vec<i64> = entries.iter().map(|entry| entry.timestamp_ns).collect();
+            times.sort_unstable();
+            let first = BASE_NS + (index * 5) as i64 * ENTRY_TIME_STEP_NS;
+            assert_eq!(times, (0..5).map(|step| first + step * ENTRY_TIME_STEP_NS).collect::<Vec<_>>());
+            let last = entries.iter().find(|entry| entry.timestamp_ns == first + 4 * ENTRY_TIME_STEP_NS).unwrap();
+            assert_eq!(last.body, request.last_body.as_bytes());
+            let (key, value) = request.last_tag.clone().unwrap();
+            assert_eq!(last.tags.get(&key), Some(&value));
+            assert_eq!(last.tags.len(), 2);
+        }
+        let tags: BTreeMap<String, String> =
+            [("a".to_string(), "x \"q\" \\ y\nz".to_string()), ("b".to_string(), String::new())].into();
+        assert_eq!(wormdb::ingest::loki::parse_labels(&prometheus_labels(&tags)).unwrap(), tags);
+    }
+
+    #[test]
+    fn bulk_pools_pair_an_action_with_each_document() {
+        let pool = build(&spec(Encoding::EsBulk), &mut hdfs_source()).unwrap();
+        let request = &pool.requests[1];
+        let lines: Vec<serde_json::Value> = std::str::from_utf8(&request.wire)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 10);
+        for pair in lines.chunks(2) {
+            assert_eq!(pair[0], serde_json::json!({ "create": { "_index": "loadgen" } }));
+            assert!(pair[1]["message"].is_string() && pair[1]["@timestamp"].is_string());
+            assert!(pair[1]["t0"].is_string() && pair[1]["t1"].is_string());
+        }
+        assert_eq!(lines[9]["message"], request.last_body.as_str());
+        assert_eq!(lines[1]["@timestamp"], rfc3339_micros(BASE_NS + 5 * ENTRY_TIME_STEP_NS));
+    }
+
+    #[test]
+    fn syslog_pools_are_octet_counted_rfc5424() {
+        let pool = build(&spec(Encoding::Syslog), &mut hdfs_source()).unwrap();
+        let wire = &pool.requests[0].wire;
+        let mut messages = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let space = at + wire[at..].iter().position(|byte| *byte == b' ').unwrap();
+            let length: usize = std::str::from_utf8(&wire[at..space]).unwrap().parse().unwrap();
+            messages.push(std::str::from_utf8(&wire[space + 1..space + 1 + length]).unwrap().to_string());
+            at = space + 1 + length;
+        }
+        assert_eq!(messages.len(), 5);
+        let last = &messages[4];
+        assert!(
+            last.starts_with("<134>1 2023-11-14T22:13:20.000004Z loadgen wormdb-loadgen - - [tags@32473 t0=\""),
+            "{last}"
+        );
+        assert!(last.ends_with(&format!("] {}", pool.requests[0].last_body)), "{last}");
+        let tags: BTreeMap<String, String> = [("k".to_string(), "a\"b]c\\".to_string())].into();
+        assert_eq!(
+            syslog_message(&tags, "body", BASE_NS),
+            "<134>1 2023-11-14T22:13:20.000000Z loadgen wormdb-loadgen - - [tags@32473 k=\"a\\\"b\\]c\\\\\"] body"
+        );
+        assert_eq!(
+            syslog_message(&BTreeMap::new(), "x", BASE_NS),
+            "<134>1 2023-11-14T22:13:20.000000Z loadgen wormdb-loadgen - - - x"
+        );
+    }
+
+    #[test]
+    fn rfc3339_in_utc() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(rfc3339_micros(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(4_102_444_799_999_999_000), "2099-12-31T23:59:59.999999Z");
     }
 }

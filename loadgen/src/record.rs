@@ -235,6 +235,21 @@ impl Recorder {
         }
     }
 
+    /// Records a request acknowledged without seqs (a shipper's
+    /// protocol), or written without an acknowledgement (syslog): counted
+    /// and timed, but with nothing to look up later.
+    pub fn ack_unsequenced(&mut self, entries: u64, latency_us: Option<u64>, ack_ns: u128) {
+        match latency_us {
+            Some(latency) => {
+                self.histogram.saturating_record(latency.max(1));
+                self.requests_acked += 1;
+                self.entries_acked += entries;
+            }
+            None => self.warmup_entries_acked += entries,
+        }
+        self.last_ack_ns = self.last_ack_ns.max(ack_ns);
+    }
+
     /// Adds `other`'s counters, errors and acknowledgements (not its histogram).
     pub fn merge(&mut self, other: &Recorder) {
         self.requests_sent += other.requests_sent;

@@ -50,6 +50,8 @@ pub struct Summary {
     pub cpu_s: f64,
     /// What was acknowledged, for verification.
     pub acknowledged: Acknowledged,
+    /// What counts as an acknowledgement in this protocol.
+    pub acknowledgement: &'static str,
 }
 
 impl Summary {
@@ -107,6 +109,7 @@ impl Summary {
             "  acknowledged {:>12} entries in {} requests (+{} entries in warmup)",
             self.entries_acked, self.requests_acked, self.warmup_entries_acked
         );
+        let _ = writeln!(out, "  acknowledged by {}", self.acknowledgement);
         let _ = writeln!(out, "  errors       {:>12}", self.error_count());
         for (kind, count, message) in &self.errors {
             let _ = writeln!(out, "    {count:>10}  {kind}  (first: {message})");
@@ -183,6 +186,7 @@ impl Summary {
             "cpu_s": self.cpu_s,
             "cpu_s_per_million_entries": self.cpu_s_per_million(),
             "acknowledged": self.acknowledged,
+            "acknowledgement": self.acknowledgement,
         })
     }
 }

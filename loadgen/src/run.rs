@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use http::Uri;
+use http::{StatusCode, Uri};
 use wormdb::grpc::transport::Channel;
 use wormdb::proto::{PushAck, WatermarkRequest, WatermarkResponse};
 
@@ -47,15 +47,31 @@ pub enum Mode {
     GrpcWrite,
     /// `WormReplication.Replicate` as this follower.
     Follower(u32),
+    /// OTLP `LogsService/Export` over gRPC.
+    OtlpGrpc,
+    /// OTLP `POST /v1/logs`, protobuf.
+    OtlpHttp,
+    /// Loki `POST /loki/api/v1/push`, snappy protobuf.
+    Loki,
+    /// Elasticsearch `POST /es/_bulk`.
+    EsBulk,
+    /// RFC 5424 syslog over TCP, octet-counted.
+    SyslogTcp,
 }
 
 impl Mode {
-    /// `http`, `grpc` or `follower`.
+    /// `http`, `grpc`, `follower`, or the shipper protocol's name (the
+    /// node's `protocol` label).
     pub fn name(self) -> &'static str {
         match self {
             Mode::Http => "http",
             Mode::GrpcWrite => "grpc",
             Mode::Follower(_) => "follower",
+            Mode::OtlpGrpc => "otlp-grpc",
+            Mode::OtlpHttp => "otlp-http",
+            Mode::Loki => "loki",
+            Mode::EsBulk => "es-bulk",
+            Mode::SyslogTcp => "syslog-tcp",
         }
     }
 
@@ -65,8 +81,59 @@ impl Mode {
             Mode::Http => pool::Encoding::Ndjson,
             Mode::GrpcWrite => pool::Encoding::WriteRequest,
             Mode::Follower(_) => pool::Encoding::PushEntries,
+            Mode::OtlpGrpc => pool::Encoding::OtlpGrpc,
+            Mode::OtlpHttp => pool::Encoding::OtlpProtobuf,
+            Mode::Loki => pool::Encoding::LokiSnappy,
+            Mode::EsBulk => pool::Encoding::EsBulk,
+            Mode::SyslogTcp => pool::Encoding::Syslog,
         }
     }
+
+    /// Whether the node's answer names the seqs it stored (wormdb's own
+    /// protocols); the shippers' protocols answer without them, and syslog
+    /// does not answer at all.
+    pub fn sequenced(self) -> bool {
+        matches!(self, Mode::Http | Mode::GrpcWrite | Mode::Follower(_))
+    }
+
+    /// What counts as an acknowledgement, for the report.
+    pub fn acknowledgement(self) -> &'static str {
+        match self {
+            Mode::Http | Mode::GrpcWrite => "the node's answer, with the stored seqs",
+            Mode::Follower(_) => "the node's PushAck watermark",
+            Mode::OtlpGrpc | Mode::OtlpHttp => "the node's ExportLogsServiceResponse (no seqs)",
+            Mode::Loki => "the node's 204 (no seqs)",
+            Mode::EsBulk => "the node's bulk answer with \"errors\": false (no seqs)",
+            Mode::SyslogTcp => {
+                "none: syslog has no acknowledgements, so an entry counts once written to the socket \
+                 (the node pushes back by not reading); --verify compares with the node's count"
+            }
+        }
+    }
+
+    /// The request path (with the base URL's prefix) of an HTTP mode; the
+    /// bulk API is told which keys are tags (`_stream_fields`).
+    pub fn path(self, base_path: &str, tag_count: usize) -> String {
+        match self {
+            Mode::OtlpHttp => format!("{base_path}/v1/logs"),
+            Mode::Loki => format!("{base_path}/loki/api/v1/push"),
+            Mode::EsBulk if tag_count > 0 => {
+                let fields: Vec<String> = (0..tag_count).map(|index| format!("t{index}")).collect();
+                format!("{base_path}/es/_bulk?_stream_fields={}", fields.join(","))
+            }
+            Mode::EsBulk => format!("{base_path}/es/_bulk"),
+            _ => format!("{base_path}/v1/entries"),
+        }
+    }
+}
+
+/// What a request got back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Stored, at these seqs.
+    Sequenced(WriteAck),
+    /// Stored (or, for syslog, written), this many entries, seqs unknown.
+    Entries(u64),
 }
 
 /// Everything a run needs, fixed before it starts.
@@ -92,6 +159,8 @@ pub struct Plan {
     pub seed: u64,
     /// Pre-encoded requests.
     pub pool: Pool,
+    /// Tags per entry (the bulk API's `_stream_fields`).
+    pub tag_count: usize,
 }
 
 impl Plan {
@@ -115,7 +184,7 @@ impl Plan {
     }
 
     fn entries_uri(&self) -> Uri {
-        let path = format!("{}/v1/entries", self.target.base_path);
+        let path = self.mode.path(&self.target.base_path, self.tag_count);
         path.parse().unwrap_or_else(|_| Uri::from_static("/v1/entries"))
     }
 }
@@ -342,6 +411,19 @@ impl Context {
         self.recorder.borrow_mut().error(&failure.kind, || failure.message);
     }
 
+    /// Records a request that was due at `intended` and acknowledged
+    /// without seqs: counted, timed, not sampled for verification.
+    fn acked_entries(&self, entries: u64, intended: Instant) {
+        let now = Instant::now();
+        let latency = (intended >= self.warmup_end).then(|| now.saturating_duration_since(intended).as_micros() as u64);
+        self.recorder.borrow_mut().ack_unsequenced(
+            entries,
+            latency,
+            now.saturating_duration_since(self.start).as_nanos(),
+        );
+        self.shared.entries_acked.fetch_add(entries, Ordering::Relaxed);
+    }
+
     /// Records an acknowledged request that was due at `intended`.
     fn acked(&self, ack: WriteAck, pool_index: usize, intended: Instant, sent: Instant) {
         let now = Instant::now();
@@ -449,7 +531,7 @@ async fn worker(
             glommio::spawn_local(async move {
                 match context.plan.mode {
                     Mode::Follower(follower_id) => push_loop(&context, connection, client, follower_id).await,
-                    Mode::Http | Mode::GrpcWrite => request_loop(&context, connection, client).await,
+                    _ => request_loop(&context, connection, client).await,
                 }
             })
         })
@@ -481,22 +563,49 @@ fn flush(context: &Context) {
 enum Client {
     Http(HttpClient),
     Grpc(Channel),
+    Tcp(glommio::net::TcpStream),
 }
 
 impl Client {
     async fn open(plan: &Plan) -> Result<Client, Failure> {
         match plan.mode {
-            Mode::Http => HttpClient::connect(&plan.target, plan.connect_timeout()).await.map(Client::Http),
-            Mode::GrpcWrite | Mode::Follower(_) => {
+            Mode::Http | Mode::OtlpHttp | Mode::Loki | Mode::EsBulk => {
+                HttpClient::connect(&plan.target, plan.connect_timeout()).await.map(Client::Http)
+            }
+            Mode::GrpcWrite | Mode::Follower(_) | Mode::OtlpGrpc => {
                 client::grpc_connect(&plan.target, plan.connect_timeout()).await.map(Client::Grpc)
             }
+            Mode::SyslogTcp => client::tcp_connect(&plan.target, plan.connect_timeout()).await.map(Client::Tcp),
         }
     }
 
-    async fn write(&mut self, context: &Context, request: &PooledRequest) -> Result<WriteAck, Failure> {
-        match self {
-            Client::Http(http) => http.write(&context.entries_uri, request.wire.clone()).await,
-            Client::Grpc(channel) => client::grpc_write(channel, request.wire.clone(), context.plan.timeout).await,
+    async fn write(&mut self, context: &Context, request: &PooledRequest) -> Result<Ack, Failure> {
+        let entries = context.plan.pool.entries_per_request as u64;
+        let uri = &context.entries_uri;
+        let wire = request.wire.clone();
+        match (self, context.plan.mode) {
+            (Client::Http(http), Mode::OtlpHttp) => {
+                http.ship(uri, "application/x-protobuf", wire, StatusCode::OK).await.map(|()| Ack::Entries(entries))
+            }
+            (Client::Http(http), Mode::Loki) => http
+                .ship(uri, "application/x-protobuf", wire, StatusCode::NO_CONTENT)
+                .await
+                .map(|()| Ack::Entries(entries)),
+            (Client::Http(http), Mode::EsBulk) => {
+                http.ship(uri, "application/x-ndjson", wire, StatusCode::OK).await.map(|()| Ack::Entries(entries))
+            }
+            (Client::Http(http), _) => http.write(uri, wire).await.map(Ack::Sequenced),
+            (Client::Grpc(channel), Mode::OtlpGrpc) => {
+                client::otlp_export(channel, wire, context.plan.timeout).await.map(|()| Ack::Entries(entries))
+            }
+            (Client::Grpc(channel), _) => {
+                client::grpc_write(channel, wire, context.plan.timeout).await.map(Ack::Sequenced)
+            }
+            (Client::Tcp(stream), _) => {
+                use futures_lite::AsyncWriteExt;
+                stream.write_all(&wire).await.map_err(|error| Failure::connection(format!("syslog write: {error}")))?;
+                Ok(Ack::Entries(entries))
+            }
         }
     }
 }
@@ -528,8 +637,12 @@ async fn request_loop(context: &Context, connection: u64, client: Client) {
         context.recorder.borrow_mut().requests_sent += 1;
         let request = &context.plan.pool.requests[pool_index];
         match until(sent + context.plan.timeout, current.write(context, request)).await {
-            Some(Ok(ack)) => {
+            Some(Ok(Ack::Sequenced(ack))) => {
                 context.acked(ack, pool_index, intended, sent);
+                client = Some(current);
+            }
+            Some(Ok(Ack::Entries(entries))) => {
+                context.acked_entries(entries, intended);
                 client = Some(current);
             }
             Some(Err(failure)) => {

@@ -99,6 +99,102 @@ pub fn verify(target: Target, acknowledged: Acknowledged) -> Result<Verdict, Str
     handle.join().map_err(|error| format!("the verify executor failed: {error}"))?
 }
 
+/// The entries the node counted for `protocol` (its
+/// `wormdb_protocol_entries_total`, summed over the shards) in `/metrics`.
+pub fn parse_protocol_entries(metrics: &str, protocol: &str) -> Option<u64> {
+    let label = format!("protocol=\"{protocol}\"");
+    let mut total = None;
+    for line in metrics.lines() {
+        if !line.starts_with("wormdb_protocol_entries_total{") || !line.contains(&label) {
+            continue;
+        }
+        let value: u64 = line.rsplit(' ').next()?.parse().ok()?;
+        total = Some(total.unwrap_or(0) + value);
+    }
+    total
+}
+
+/// Reads the node's count of `protocol` entries from `/metrics` at
+/// `target` (an HTTP base URL), on an executor of its own.
+pub fn protocol_entries(target: Target, protocol: &'static str) -> Result<u64, String> {
+    on_executor(move || async move {
+        let mut client = HttpClient::connect(&target, Duration::from_secs(5))
+            .await
+            .map_err(|failure| format!("cannot reach {}: {}", target.authority, failure.message))?;
+        read_protocol_entries(&mut client, &target, protocol).await
+    })
+}
+
+async fn read_protocol_entries(client: &mut HttpClient, target: &Target, protocol: &str) -> Result<u64, String> {
+    let text = http_get(client, target, "/metrics").await?;
+    parse_protocol_entries(&String::from_utf8_lossy(&text), protocol)
+        .ok_or_else(|| format!("/metrics of {} has no wormdb_protocol_entries_total for {protocol}", target.authority))
+}
+
+fn on_executor<T: Send + 'static, F: std::future::Future<Output = Result<T, String>> + 'static>(
+    make: impl FnOnce() -> F + Send + 'static,
+) -> Result<T, String> {
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("loadgen-verify")
+        .spawn(make)
+        .map_err(|error| format!("starting the verify executor: {error}"))?;
+    handle.join().map_err(|error| format!("the verify executor failed: {error}"))?
+}
+
+/// `--verify` of a protocol without seqs: the node's count of `protocol`
+/// entries must have grown by at least `expected` since `baseline` (the
+/// count before the run). The node may still be storing what was written
+/// (syslog has no acknowledgement to wait for), so the count is polled for
+/// up to `wait`. Bodies are not sampled: nothing names where an entry went.
+pub fn verify_counts(
+    target: Target,
+    protocol: &'static str,
+    baseline: u64,
+    expected: u64,
+    wait: Duration,
+) -> Result<Verdict, String> {
+    on_executor(move || async move {
+        let mut client = HttpClient::connect(&target, Duration::from_secs(5))
+            .await
+            .map_err(|failure| format!("cannot reach {}: {}", target.authority, failure.message))?;
+        let deadline = Instant::now() + wait;
+        let mut counted;
+        loop {
+            counted = read_protocol_entries(&mut client, &target, protocol).await?.saturating_sub(baseline);
+            if counted >= expected || Instant::now() >= deadline {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(judge_counts(protocol, expected, counted))
+    })
+}
+
+/// The verdict on `counted` entries the node stored for `protocol` during
+/// a run that had `expected` acknowledged (or, for syslog, written).
+pub fn judge_counts(protocol: &str, expected: u64, counted: u64) -> Verdict {
+    let mut verdict = Verdict::default();
+    match counted.cmp(&expected) {
+        std::cmp::Ordering::Less => verdict.problems.push(format!(
+            "{protocol}: {expected} entries acknowledged or written, the node counted {counted} ({} missing)",
+            expected - counted
+        )),
+        std::cmp::Ordering::Equal => {
+            verdict.passed.push(format!("{protocol}: the node counted all {expected} entries of the run"))
+        }
+        std::cmp::Ordering::Greater => {
+            verdict.passed.push(format!("{protocol}: the node counted all {expected} entries of the run"));
+            verdict
+                .notes
+                .push(format!("{protocol}: {} more were counted: another client sent some too", counted - expected));
+        }
+    }
+    verdict.notes.push(format!(
+        "{protocol} answers without seqs: entries are counted (wormdb_protocol_entries_total), not looked up one by one"
+    ));
+    verdict
+}
+
 fn samples_to_check(acknowledged: &Acknowledged) -> Vec<&Sample> {
     let newest = acknowledged.shards.len();
     let mut samples: Vec<&Sample> = acknowledged.samples.iter().take(newest).collect();
@@ -466,6 +562,21 @@ mod tests {
         let (from, to) = window(&Sample { sent_unix_ns: 5_000_000_000, acked_unix_ns: 6_000_000_000, ..sample(0, 1) });
         assert_eq!((from, to), (4_000_000_000, 7_000_000_000));
         assert_eq!(window(&sample(0, 1)).0, 0);
+    }
+
+    #[test]
+    fn protocol_counts_are_summed_over_shards_and_judged() {
+        let metrics = "# TYPE wormdb_protocol_entries_total counter\n\
+            wormdb_protocol_entries_total{node=\"1\",shard=\"0\",protocol=\"loki\"} 30\n\
+            wormdb_protocol_entries_total{node=\"1\",shard=\"1\",protocol=\"loki\"} 12\n\
+            wormdb_protocol_entries_total{node=\"1\",shard=\"0\",protocol=\"es-bulk\"} 5\n\
+            wormdb_protocol_requests_total{node=\"1\",shard=\"0\",protocol=\"loki\"} 3\n";
+        assert_eq!(parse_protocol_entries(metrics, "loki"), Some(42));
+        assert_eq!(parse_protocol_entries(metrics, "es-bulk"), Some(5));
+        assert_eq!(parse_protocol_entries(metrics, "syslog-tcp"), None);
+        assert!(judge_counts("loki", 42, 42).problems.is_empty());
+        assert!(judge_counts("loki", 42, 50).problems.is_empty());
+        assert!(judge_counts("loki", 42, 40).problems[0].contains("(2 missing)"));
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub async fn handle(
         // The shippers' protocols (DESIGN.md section 11).
         (Method::POST, "/v1/logs") => otlp::export(core, body_budget, &grant, request).await,
         (Method::POST, "/loki/api/v1/push") => loki::push(core, body_budget, &grant, request).await,
-        (Method::GET, "/ready") => loki::ready(&core),
+        (Method::GET, "/ready") => loki::ready(&core).await,
         (Method::POST, "/v1/jsonline") => es::jsonline(core, body_budget, &grant, request).await,
         (_, path) if is_es(path) => es::handle(core, body_budget, &grant, request).await,
         (Method::GET, "/v1/entries") => query(core, request).await,

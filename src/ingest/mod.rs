@@ -15,6 +15,7 @@ pub mod body;
 pub mod es;
 pub mod fields;
 pub mod jsonline;
+pub mod loki;
 pub mod otlp;
 
 /// A protocol a shipper speaks to wormdb: the `protocol` label of the
