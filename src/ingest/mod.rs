@@ -12,6 +12,7 @@
 //! one storing path for every protocol.
 
 pub mod body;
+pub mod syslog;
 
 /// A protocol a shipper speaks to wormdb: the `protocol` label of the
 /// `wormdb_protocol_*` metrics, and the name `wormdb-loadgen --protocol`
