@@ -266,6 +266,10 @@ pub const SYSLOG_CONNECTIONS_MAX: usize = 4096;
 /// Datagrams one syslog UDP batch takes (one append): those already queued
 /// on the socket when the first arrives, up to this many.
 pub const SYSLOG_UDP_BATCH_DATAGRAMS_MAX: usize = 256;
+/// Receive buffer asked for each syslog UDP socket (`SO_RCVBUF`; the
+/// kernel caps it at `net.core.rmem_max`): a burst of datagrams waits there
+/// while the core parses the previous batch.
+pub const SYSLOG_UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Largest UDP datagram (the IPv4 payload limit); a longer one cannot arrive.
 pub const SYSLOG_UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
 /// Entries in one ingest request (HTTP): a 16 MiB body of the smallest
