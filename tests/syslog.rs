@@ -180,9 +180,10 @@ fn expected_from_sent_in(sent: &str, offset_s: i64) -> Value {
         // <PRI>Mmm dd hh:mm:ss HOST TAG[PID]: MSG, in UTC, this year
         let (stamp, rest) = rest.split_at(15);
         let year = time::OffsetDateTime::now_utc().year();
-        let format =
-            time::format_description::parse("[year] [month repr:short] [day padding:space] [hour]:[minute]:[second]")
-                .unwrap();
+        let format = time::format_description::parse_borrowed::<2>(
+            "[year] [month repr:short] [day padding:space] [hour]:[minute]:[second]",
+        )
+        .unwrap();
         ts = time::PrimitiveDateTime::parse(&format!("{year} {stamp}"), &format)
             .unwrap()
             .assume_utc()

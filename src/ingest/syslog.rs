@@ -145,58 +145,56 @@ impl TcpFramer {
     /// The next frame, `None` when more bytes are needed, or an error after
     /// which the stream cannot be framed (close the connection).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        loop {
-            if self.discarding {
-                let found = memchr::memchr2(b'\n', 0, &self.buffer[self.start..self.end]);
-                match found {
-                    Some(at) => {
-                        self.start += at + 1;
-                        self.discarding = false;
-                    }
-                    None => {
-                        self.start = self.end;
-                        self.scanned = self.end;
-                        return Ok(None);
-                    }
-                }
-            }
-            // Stray delimiters between frames make empty frames: skip them.
-            while self.start < self.end && matches!(self.buffer[self.start], b'\n' | b'\r' | 0) {
-                self.start += 1;
-            }
-            self.scanned = self.scanned.max(self.start);
-            if self.start == self.end {
-                return Ok(None);
-            }
-            if self.buffer[self.start].is_ascii_digit() {
-                return self.octet_counted();
-            }
-            let window = &self.buffer[self.scanned..self.end];
-            match memchr::memchr2(b'\n', 0, window) {
+        if self.discarding {
+            let found = memchr::memchr2(b'\n', 0, &self.buffer[self.start..self.end]);
+            match found {
                 Some(at) => {
-                    let line_end = self.scanned + at;
-                    let mut message_end = line_end;
-                    if message_end > self.start && self.buffer[message_end - 1] == b'\r' {
-                        message_end -= 1;
-                    }
-                    let range = self.start..message_end;
-                    self.start = line_end + 1;
-                    self.scanned = self.start;
-                    if range.len() > self.message_bytes_max {
-                        return Ok(Some(Frame::TooLarge));
-                    }
-                    return Ok(Some(Frame::Message(range)));
-                }
-                None if self.end - self.start > self.message_bytes_max => {
-                    self.start = self.end;
-                    self.scanned = self.end;
-                    self.discarding = true;
-                    return Ok(Some(Frame::TooLarge));
+                    self.start += at + 1;
+                    self.discarding = false;
                 }
                 None => {
+                    self.start = self.end;
                     self.scanned = self.end;
                     return Ok(None);
                 }
+            }
+        }
+        // Stray delimiters between frames make empty frames: skip them.
+        while self.start < self.end && matches!(self.buffer[self.start], b'\n' | b'\r' | 0) {
+            self.start += 1;
+        }
+        self.scanned = self.scanned.max(self.start);
+        if self.start == self.end {
+            return Ok(None);
+        }
+        if self.buffer[self.start].is_ascii_digit() {
+            return self.octet_counted();
+        }
+        let window = &self.buffer[self.scanned..self.end];
+        match memchr::memchr2(b'\n', 0, window) {
+            Some(at) => {
+                let line_end = self.scanned + at;
+                let mut message_end = line_end;
+                if message_end > self.start && self.buffer[message_end - 1] == b'\r' {
+                    message_end -= 1;
+                }
+                let range = self.start..message_end;
+                self.start = line_end + 1;
+                self.scanned = self.start;
+                if range.len() > self.message_bytes_max {
+                    return Ok(Some(Frame::TooLarge));
+                }
+                Ok(Some(Frame::Message(range)))
+            }
+            None if self.end - self.start > self.message_bytes_max => {
+                self.start = self.end;
+                self.scanned = self.end;
+                self.discarding = true;
+                Ok(Some(Frame::TooLarge))
+            }
+            None => {
+                self.scanned = self.end;
+                Ok(None)
             }
         }
     }
