@@ -726,20 +726,17 @@ fn parse_structured_data(bytes: &[u8]) -> Option<(Vec<(String, Cow<'_, str>)>, &
                     if key_length > FIELD_KEY_BYTES_MAX || value.len() > FIELD_VALUE_BYTES_MAX {
                         return None;
                     }
-                    let key_matches = |(key, _): &(String, Cow<'_, str>)| {
-                        key.len() == key_length && key.starts_with(id) && key.ends_with(name)
-                    };
-                    if params.iter().any(key_matches) {
+                    let mut key = String::with_capacity(key_length);
+                    key.push_str(id);
+                    key.push('.');
+                    key.push_str(name);
+                    if params.iter().any(|(held, _)| *held == key) {
                         continue; // a repeated parameter: the first wins
                     }
                     field_bytes += key_length + value.len();
                     if params.len() + 3 >= ENTRY_FIELDS_MAX || field_bytes > ENTRY_FIELDS_BYTES_MAX / 2 {
                         return None;
                     }
-                    let mut key = String::with_capacity(key_length);
-                    key.push_str(id);
-                    key.push('.');
-                    key.push_str(name);
                     params.push((key, value));
                 }
                 _ => return None,
@@ -1115,8 +1112,9 @@ mod tests {
 
     #[test]
     fn repeated_sd_params_keep_the_first_and_limits_make_the_line_unparsed() {
-        let message = parse(br#"<13>1 - h a - - [x a="1" a="2"][x a="3"] m"#, NOW, &utc());
-        assert_eq!(message.structured_data, [("x.a".to_string(), Cow::Borrowed("1"))]);
+        let message = parse(br#"<13>1 - h a - - [x a="1" a="2"][x a="3"][x.a b="4"][x a.b="5"] m"#, NOW, &utc());
+        let expected = [("x.a", "1"), ("x.a.b", "4")].map(|(key, value)| (key.to_string(), Cow::Borrowed(value)));
+        assert_eq!(message.structured_data, expected, "the same key from two elements: the first wins");
         let huge = format!("<13>1 - h a - - [x a=\"{}\"] m", "v".repeat(FIELD_VALUE_BYTES_MAX + 1));
         assert_eq!(parse(huge.as_bytes(), NOW, &utc()).format, Format::Unparsed);
     }
