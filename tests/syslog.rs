@@ -31,10 +31,18 @@ struct SyslogNode {
 }
 
 fn start(extra: &[&str]) -> SyslogNode {
+    start_on(None, extra)
+}
+
+/// [`start`], on a gRPC port chosen beforehand when given (a tier member).
+fn start_on(grpc_port: Option<u16>, extra: &[&str]) -> SyslogNode {
     let dir = common::durable_temp_dir();
     let mut args = vec!["--shards", "2", "--syslog-tcp-addr", "127.0.0.1:0", "--syslog-udp-addr", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let node = TestNode::start(dir.path(), &args);
+    let node = match grpc_port {
+        Some(port) => TestNode::start_on(dir.path(), port, &args),
+        None => TestNode::start(dir.path(), &args),
+    };
     let port = |marker: &str| -> u16 {
         let log = node.log_text();
         let line = log.lines().find(|line| line.contains(marker)).unwrap_or_else(|| panic!("no {marker:?}:\n{log}"));
@@ -313,6 +321,25 @@ fn rfc3164_times_are_read_in_the_syslog_timezone() {
     // RFC 5424 carries its own offset: the flag does not apply.
     let args = ["--server", "127.0.0.1", "--port", &tcp, "--tcp", "-t", "apache-5424-east"];
     check_logger_in(&node, "Apache", "apache-5424-east", &args, ("UTC-2", 0));
+}
+
+#[test]
+fn a_tier_member_stores_syslog_through_its_groups() {
+    let port = common::node::free_port();
+    let peers = format!("1=127.0.0.1:{port}");
+    let node = start_on(Some(port), &["--node-id", "1", "--peers", &peers]);
+    let (tcp, udp) = (node.tcp.to_string(), node.udp.to_string());
+    // Until the groups elect their leader, batches wait and are retried.
+    let args =
+        ["--server", "127.0.0.1", "--port", &tcp, "--tcp", "--octet-count", "-t", "tier-tcp", "-p", "local0.info"];
+    check_logger(&node, "OpenSSH", "tier-tcp", &args);
+    let args = ["--server", "127.0.0.1", "--port", &udp, "--udp", "-t", "tier-udp"];
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lines(dir.path(), "one.txt", &["one line over UDP".to_string()]);
+    let sent = logger(&args, &file, "UTC");
+    let entries = wait_entries(&node.node, "app_name", "tier-udp", 1);
+    assert_eq!(seen(&entries), vec![expected_from_sent(&sent[0])]);
+    assert_eq!(entries[0]["node"], 0, "stored by the tier: ids (0, group, seq)");
 }
 
 /// A sender run as a foreground child, stopped when dropped.
