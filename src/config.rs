@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::ingest::syslog::Zone;
 use crate::limits;
 use crate::shard::{Durability, RetentionPolicy};
 use crate::tls::TlsFiles;
@@ -104,6 +105,12 @@ pub struct Settings {
     /// `--otlp-tag-attributes` (`a,b,c`: the OTLP resource attributes that
     /// become tags)
     pub otlp_tag_attributes: Option<String>,
+    /// `--syslog-tcp-addr` (off when unset)
+    pub syslog_tcp_addr: Option<String>,
+    /// `--syslog-udp-addr` (off when unset)
+    pub syslog_udp_addr: Option<String>,
+    /// `--syslog-timezone` (the zone of RFC 3164 timestamps: `UTC`, `+02:00`)
+    pub syslog_timezone: Option<String>,
 }
 
 impl Settings {
@@ -144,6 +151,9 @@ impl Settings {
             tls_client_ca: self.tls_client_ca.or(base.tls_client_ca),
             peer_ca: self.peer_ca.or(base.peer_ca),
             otlp_tag_attributes: self.otlp_tag_attributes.or(base.otlp_tag_attributes),
+            syslog_tcp_addr: self.syslog_tcp_addr.or(base.syslog_tcp_addr),
+            syslog_udp_addr: self.syslog_udp_addr.or(base.syslog_udp_addr),
+            syslog_timezone: self.syslog_timezone.or(base.syslog_timezone),
         }
     }
 }
@@ -210,6 +220,12 @@ pub struct NodeConfig {
     /// `--peer-ca`), absolute; which go together is checked, the files are
     /// read at start ([`crate::tls::NodeTls::load`]).
     pub tls: TlsFiles,
+    /// The syslog TCP listener's address (`--syslog-tcp-addr`); `None`: off.
+    pub syslog_tcp_addr: Option<SocketAddr>,
+    /// The syslog UDP listener's address (`--syslog-udp-addr`); `None`: off.
+    pub syslog_udp_addr: Option<SocketAddr>,
+    /// The zone of RFC 3164 timestamps (`--syslog-timezone`, default UTC).
+    pub syslog_timezone: Zone,
     /// The OTLP resource attributes that become tags
     /// (`--otlp-tag-attributes`, [`parse_otlp_tag_attributes`]).
     pub otlp_tag_attributes: Vec<String>,
@@ -526,6 +542,11 @@ impl NodeConfig {
         tls.check()?;
         let otlp_tag_attributes =
             parse_otlp_tag_attributes(settings.otlp_tag_attributes.as_deref().unwrap_or(OTLP_TAG_ATTRIBUTES_DEFAULT))?;
+        let syslog_tcp_addr =
+            settings.syslog_tcp_addr.as_deref().map(|addr| parse_addr("--syslog-tcp-addr", addr)).transpose()?;
+        let syslog_udp_addr =
+            settings.syslog_udp_addr.as_deref().map(|addr| parse_addr("--syslog-udp-addr", addr)).transpose()?;
+        let syslog_timezone = settings.syslog_timezone.as_deref().map(Zone::parse).transpose()?.unwrap_or(Zone::UTC);
         Ok(NodeConfig {
             data_dir: std::path::absolute(settings.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
                 .map_err(|error| format!("--data-dir: {error}"))?,
@@ -552,6 +573,9 @@ impl NodeConfig {
             insecure: settings.insecure.unwrap_or(false),
             tls,
             otlp_tag_attributes,
+            syslog_tcp_addr,
+            syslog_udp_addr,
+            syslog_timezone,
         })
     }
 }
@@ -640,6 +664,20 @@ mod tests {
             let error = parse_otlp_tag_attributes(text).unwrap_err();
             assert!(error.contains(needle) && error.contains("--otlp-tag-attributes"), "{error}");
         }
+    fn syslog_listeners_are_off_unless_asked_for() {
+        let defaults = NodeConfig::from_settings(Settings::default(), 1).unwrap();
+        assert_eq!((defaults.syslog_tcp_addr, defaults.syslog_udp_addr), (None, None));
+        assert_eq!(defaults.syslog_timezone, Zone::UTC);
+        let file: Settings = toml::from_str(
+            "syslog-tcp-addr = \"127.0.0.1:514\"\nsyslog-udp-addr = \"127.0.0.1:5514\"\nsyslog-timezone = \"+02:00\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::from_settings(file, 1).unwrap();
+        assert_eq!(config.syslog_tcp_addr.unwrap().port(), 514);
+        assert_eq!(config.syslog_udp_addr.unwrap().port(), 5514);
+        assert_eq!(config.syslog_timezone.offset_s, 7200);
+        let bad = Settings { syslog_timezone: Some("Mars/Olympus".into()), ..Settings::default() };
+        assert!(NodeConfig::from_settings(bad, 1).unwrap_err().contains("--syslog-timezone"));
     }
 
     #[test]

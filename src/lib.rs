@@ -62,6 +62,7 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod shard;
+pub mod syslog;
 pub mod tier;
 pub mod tls;
 

@@ -236,6 +236,45 @@ pub const CONNECTIONS_PER_LISTENER_DEFAULT: usize = 10_000;
 /// sockets.
 pub const CONNECTIONS_PER_LISTENER_MAX: usize = 100_000;
 const _: () = assert!(CONNECTIONS_PER_LISTENER_DEFAULT <= CONNECTIONS_PER_LISTENER_MAX);
+/// Largest syslog message (DESIGN.md section 11), framing excluded. An
+/// octet count above it is a lie or a mistake and closes the connection
+/// (the stream cannot be resynchronized); a line without its LF by then is
+/// refused and skipped up to its LF. rsyslog's default is 8 KiB and
+/// syslog-ng's 64 KiB; 256 KiB leaves room for stack traces while a
+/// connection's read buffer (which holds at least one message) stays
+/// small. Well under [`ENTRY_BODY_BYTES_MAX`], so any message is a body.
+pub const SYSLOG_MESSAGE_BYTES_MAX: usize = 256 * 1024;
+const _: () = assert!(SYSLOG_MESSAGE_BYTES_MAX <= ENTRY_BODY_BYTES_MAX);
+/// Digits of an RFC 6587 octet count: enough for [`SYSLOG_MESSAGE_BYTES_MAX`];
+/// a longer count is refused before it is parsed.
+pub const SYSLOG_OCTET_COUNT_DIGITS_MAX: usize = 7;
+const _: () = assert!(SYSLOG_MESSAGE_BYTES_MAX < 10_usize.pow(SYSLOG_OCTET_COUNT_DIGITS_MAX as u32));
+/// Bytes one syslog TCP read asks for: a read's messages become one append,
+/// so this bounds an append (a few hundred lines) and one connection's idle
+/// buffer.
+pub const SYSLOG_READ_BYTES: usize = 64 * 1024;
+/// Appends of one syslog TCP connection that may wait for their group
+/// commit at once. Syslog has no acknowledgement to wait for, so reading
+/// goes on while commits run; at this bound (or when the shard answers
+/// with backpressure) the connection stops reading until its oldest
+/// append is durable, and TCP pushes back on the sender. 16 appends of a
+/// [`SYSLOG_READ_BYTES`] read cover several commits' worth of lines.
+pub const SYSLOG_APPENDS_IN_FLIGHT_MAX: usize = 16;
+/// Syslog TCP connections the node serves at once (over all cores); more
+/// are closed at accept and counted. Each holds a read buffer of
+/// [`SYSLOG_READ_BYTES`] (up to [`SYSLOG_MESSAGE_BYTES_MAX`] while a long
+/// message arrives); syslog senders are relays and hosts, a few per
+/// machine, not one per request.
+pub const SYSLOG_CONNECTIONS_MAX: usize = 4096;
+/// Datagrams one syslog UDP batch takes (one append): those already queued
+/// on the socket when the first arrives, up to this many.
+pub const SYSLOG_UDP_BATCH_DATAGRAMS_MAX: usize = 256;
+/// Receive buffer asked for each syslog UDP socket (`SO_RCVBUF`; the
+/// kernel caps it at `net.core.rmem_max`): a burst of datagrams waits there
+/// while the core parses the previous batch.
+pub const SYSLOG_UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Largest UDP datagram (the IPv4 payload limit); a longer one cannot arrive.
+pub const SYSLOG_UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
 /// Entries in one ingest request (HTTP): a 16 MiB body of the smallest
 /// lines holds about this many.
 pub const HTTP_ENTRIES_PER_REQUEST_MAX: usize = 1_000_000;

@@ -273,6 +273,17 @@ struct ServeArgs {
     /// k8s.container.name,container.name,cloud.region]
     #[arg(long, value_name = "KEYS")]
     otlp_tag_attributes: Option<String>,
+    /// Receive syslog over TCP on this address (RFC 5424 and RFC 3164, octet-counted or
+    /// newline-framed, detected per message); port 0 picks a free one [default: off]
+    #[arg(long, value_name = "ADDR")]
+    syslog_tcp_addr: Option<String>,
+    /// Receive syslog over UDP on this address, one message a datagram [default: off]
+    #[arg(long, value_name = "ADDR")]
+    syslog_udp_addr: Option<String>,
+    /// The zone of RFC 3164 timestamps, which carry none: UTC or a fixed offset such as
+    /// +02:00 [default: UTC]
+    #[arg(long, value_name = "ZONE")]
+    syslog_timezone: Option<String>,
 }
 
 impl ServeArgs {
@@ -306,6 +317,9 @@ impl ServeArgs {
             tls_client_ca: self.tls_client_ca,
             peer_ca: self.peer_ca,
             otlp_tag_attributes: self.otlp_tag_attributes,
+            syslog_tcp_addr: self.syslog_tcp_addr,
+            syslog_udp_addr: self.syslog_udp_addr,
+            syslog_timezone: self.syslog_timezone,
         };
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,

@@ -121,11 +121,50 @@ fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<socket2::So
     Ok(socket)
 }
 
+/// Builds one shard's syslog UDP socket, `SO_REUSEPORT` like the others:
+/// the kernel spreads datagrams among the shards by their source.
+fn reuseport_udp(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // Room for bursts while the core is busy: what overflows is dropped by
+    // the kernel, uncounted (the default is about 200 KiB).
+    let _ = socket.set_recv_buffer_size(crate::limits::SYSLOG_UDP_SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Binds `count` `SO_REUSEPORT` UDP sockets on one address; returns the
+/// address bound (port 0 resolved) and the sockets.
+fn bind_all_udp(
+    addr: std::net::SocketAddr,
+    count: usize,
+    flag: &str,
+) -> Result<(std::net::SocketAddr, Vec<socket2::Socket>), String> {
+    let first = reuseport_udp(addr).map_err(|error| format!("{flag} {addr}: {error}"))?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .ok_or_else(|| format!("cannot read the address bound for {flag}"))?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(reuseport_udp(bound).map_err(|error| format!("{flag} {bound}: {error}"))?);
+    }
+    Ok((bound, sockets))
+}
+
 /// The listening sockets handed to one core, the TLS they speak, and the
 /// node's guard of who may call through them.
 struct Listeners {
     http: i32,
     grpc: i32,
+    /// The syslog TCP and UDP sockets, when asked for, and the node-wide
+    /// limit of syslog TCP connections.
+    syslog_tcp: Option<(i32, Arc<crate::auth::connections::ConnectionLimit>)>,
+    syslog_udp: Option<i32>,
     tls: Option<Arc<NodeTls>>,
     guard: Arc<crate::auth::Guard>,
 }
@@ -184,6 +223,21 @@ pub fn run(config: NodeConfig, stop: StopFlag, reload: ReloadHooks) -> Result<()
     // the others reuse the port it got.
     let (http_addr, http_sockets) = bind_all(config.http_addr, config.shards, "--http-addr")?;
     let (grpc_addr, grpc_sockets) = bind_all(config.grpc_addr, config.shards, "--grpc-addr")?;
+    let syslog_tcp = match config.syslog_tcp_addr {
+        Some(addr) => Some(bind_all(addr, config.shards, "--syslog-tcp-addr")?),
+        None => None,
+    };
+    let syslog_udp = match config.syslog_udp_addr {
+        Some(addr) => Some(bind_all_udp(addr, config.shards, "--syslog-udp-addr")?),
+        None => None,
+    };
+    let syslog_tcp_addr = syslog_tcp.as_ref().map(|(addr, _)| *addr);
+    let syslog_udp_addr = syslog_udp.as_ref().map(|(addr, _)| *addr);
+    let mut syslog_tcp_sockets = syslog_tcp.map(|(_, sockets)| sockets).unwrap_or_default().into_iter();
+    let mut syslog_udp_sockets = syslog_udp.map(|(_, sockets)| sockets).unwrap_or_default().into_iter();
+    let syslog_connections = crate::auth::connections::ConnectionLimit::new(
+        config.max_connections.min(crate::limits::SYSLOG_CONNECTIONS_MAX),
+    );
 
     let mut members = crate::tier::Members::load_or_bootstrap(&config.data_dir, &config.peers, config.node_id)?;
     if members.is_none() {
@@ -203,7 +257,7 @@ pub fn run(config: NodeConfig, stop: StopFlag, reload: ReloadHooks) -> Result<()
     if let Some(members) = &members {
         tracing::info!(node = config.node_id, members = ?members.addrs, "archive tier member: one raft group per shard");
     }
-    let config = Arc::new(NodeConfig { http_addr, grpc_addr, ..config });
+    let config = Arc::new(NodeConfig { http_addr, grpc_addr, syslog_tcp_addr, syslog_udp_addr, ..config });
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..config.shards {
@@ -225,8 +279,14 @@ pub fn run(config: NodeConfig, stop: StopFlag, reload: ReloadHooks) -> Result<()
         let handed_over = handed_over.clone();
         let guard = guard.clone();
         let members = members.clone().map(|members| (members, voters.clone()));
-        let fd =
-            Listeners { http: http_socket.into_raw_fd(), grpc: grpc_socket.into_raw_fd(), tls: tls.clone(), guard };
+        let fd = Listeners {
+            http: http_socket.into_raw_fd(),
+            grpc: grpc_socket.into_raw_fd(),
+            syslog_tcp: syslog_tcp_sockets.next().map(|socket| (socket.into_raw_fd(), syslog_connections.clone())),
+            syslog_udp: syslog_udp_sockets.next().map(IntoRawFd::into_raw_fd),
+            tls: tls.clone(),
+            guard,
+        };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id:03}"))
             .spawn(move || async move {
@@ -314,6 +374,22 @@ async fn run_core(
     let tier_tasks = tier.as_ref().map(|replica| replica.start()).unwrap_or_default();
     let core = Rc::new(Core::new(shard, config.clone(), peers, follower, tier));
     let inbox_task = glommio::spawn_local(peers::serve_inbox(core.clone(), inbox)).detach();
+    // The syslog listeners first: once the HTTP line is logged, a client
+    // can rely on them too.
+    let mut syslog_tasks = Vec::new();
+    if let (Some((fd, connections)), Some(addr)) = (listeners.syslog_tcp, config.syslog_tcp_addr) {
+        // SAFETY: a listening TCP socket that this core now owns.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        syslog_tasks
+            .push(glommio::spawn_local(crate::syslog::tcp_accept_loop(core.clone(), listener, connections)).detach());
+        tracing::info!(shard = shard_id, addr = %addr, "syslog tcp listening on {addr}");
+    }
+    if let (Some(fd), Some(addr)) = (listeners.syslog_udp, config.syslog_udp_addr) {
+        // SAFETY: a bound UDP socket that this core now owns.
+        let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
+        syslog_tasks.push(glommio::spawn_local(crate::syslog::udp_loop(core.clone(), socket)).detach());
+        tracing::info!(shard = shard_id, addr = %addr, "syslog udp listening on {addr}");
+    }
     let auth = Rc::new(crate::auth::Local::new(guard.clone()));
     let http_accept = crate::http::server::accept_loop(core.clone(), listener, listeners.tls.clone(), auth.clone());
     let accept_task = glommio::spawn_local(http_accept).detach();
@@ -369,6 +445,9 @@ async fn run_core(
     tracing::info!(shard = shard_id, "shutting down: draining in-flight requests");
     let deadline = std::time::Instant::now() + config.shutdown_timeout;
     accept_task.cancel();
+    for task in &syslog_tasks {
+        task.cancel();
+    }
     core.closing.set(true);
     while core.in_flight.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(DRAIN_CHECK_INTERVAL).await;

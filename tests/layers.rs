@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Features over storage and transport.
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),
-    ("config", &["shard", "limits", "tls"]),
+    ("config", &["ingest", "shard", "limits", "tls"]),
     // Who may call, and how much: pure decisions over identities.
     ("auth", &["net", "limits"]),
     // The archive tier: Raft groups over the replication rules (and the
@@ -80,6 +80,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "tls",
         ],
     ),
+    // Syslog over TCP and UDP: sockets, framing and storing, no HTTP.
+    ("syslog", &["auth", "ingest", "node", "shard", "limits"]),
     // Tools over storage.
     ("inspect", &["shard", "index", "codec", "limits"]),
     // The wiring at the top imports anything; nothing imports it.
@@ -89,6 +91,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "auth",
             "services",
             "http",
+            "syslog",
             "ingest",
             "node",
             "tier",

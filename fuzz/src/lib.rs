@@ -663,6 +663,73 @@ pub fn otlp_decode(data: &[u8]) {
     }
 }
 
+/// Target `syslog`: a syslog TCP stream through `ingest::syslog::TcpFramer`.
+/// Byte 0 is the largest message (0..=255, small so that both sides of it
+/// are reached), byte 1 the read size (1..=256); the rest is the stream,
+/// fed read by read as the listener does. The frames (and the error that
+/// ends the stream, if any) must be those of the stream fed whole, the
+/// buffer must stay within a message, its count and one read, and every
+/// frame must parse into an entry the shard accepts.
+pub fn syslog(data: &[u8]) {
+    use wormdb::ingest::syslog::{self as syslog_ingest, Frame, FrameError, Options, TcpFramer};
+    let [max, read, stream @ ..] = data else {
+        return;
+    };
+    let (max, read) = (usize::from(*max), usize::from(*read) + 1);
+    let frames = |framer: &mut TcpFramer, out: &mut Vec<Result<Vec<u8>, String>>| loop {
+        match framer.next_frame() {
+            Ok(Some(Frame::Message(range))) => out.push(Ok(framer.bytes()[range].to_vec())),
+            Ok(Some(Frame::TooLarge)) => out.push(Err("too large".into())),
+            Ok(None) => return true,
+            // What it shows of the count depends on what was read.
+            Err(error) => {
+                let kind = match error {
+                    FrameError::BadOctetCount(_) => "bad octet count",
+                    FrameError::TooLarge { .. } => "octet count too large",
+                };
+                out.push(Err(kind.into()));
+                return false;
+            }
+        }
+    };
+    let mut whole = TcpFramer::new(max);
+    whole.feed(stream);
+    let mut expected = Vec::new();
+    frames(&mut whole, &mut expected);
+    let mut pieces = TcpFramer::new(max);
+    let mut got = Vec::new();
+    for chunk in stream.chunks(read) {
+        let spare = pieces.spare();
+        let count = spare.len().min(chunk.len());
+        spare[..count].copy_from_slice(&chunk[..count]);
+        pieces.filled(count);
+        let mut rest = &chunk[count..];
+        let mut going = frames(&mut pieces, &mut got);
+        while going && !rest.is_empty() {
+            let spare = pieces.spare();
+            let count = spare.len().min(rest.len());
+            spare[..count].copy_from_slice(&rest[..count]);
+            pieces.filled(count);
+            rest = &rest[count..];
+            going = frames(&mut pieces, &mut got);
+        }
+        assert!(
+            pieces.bytes().len() <= max + 9 + read.max(wormdb::limits::SYSLOG_READ_BYTES),
+            "buffered past the bound"
+        );
+        if !going {
+            break;
+        }
+    }
+    assert_eq!(got, expected, "read sizes change nothing");
+    for frame in got.iter().flatten() {
+        let message = syslog_ingest::parse(syslog_ingest::trim_line_end(frame), 1, &Options::default());
+        syslog_ingest::with_entry_refs(std::slice::from_ref(&message), |refs| {
+            block::validate_entry(&refs[0]).expect("every syslog line makes a valid entry");
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Runs the targets over the format fixtures and mutations of them, so
@@ -815,6 +882,20 @@ mod tests {
             assert_eq!(parsed.len(), batch.entries.len() + 3 * batch.blocks.len());
             for input in mutations(&message) {
                 push_batch(&input);
+            }
+        }
+    }
+
+    #[test]
+    fn syslog_runs_on_streams_and_their_mutations() {
+        let stream = b"26 <13>1 - h lie - - - before<14>Dec  6 11:00:00 host tag[1]: x\r\n\n5 abcde<15>1 - h a - - [x a=\"1\"] m\n";
+        for max in [0u8, 8, 40, 255] {
+            for read in [0u8, 3, 255] {
+                for input in mutations(stream) {
+                    let mut data = vec![max, read];
+                    data.extend_from_slice(&input);
+                    syslog(&data);
+                }
             }
         }
     }
