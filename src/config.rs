@@ -664,6 +664,9 @@ mod tests {
             let error = parse_otlp_tag_attributes(text).unwrap_err();
             assert!(error.contains(needle) && error.contains("--otlp-tag-attributes"), "{error}");
         }
+    }
+
+    #[test]
     fn syslog_listeners_are_off_unless_asked_for() {
         let defaults = NodeConfig::from_settings(Settings::default(), 1).unwrap();
         assert_eq!((defaults.syslog_tcp_addr, defaults.syslog_udp_addr), (None, None));
