@@ -196,6 +196,17 @@ pub fn run(config: NodeConfig, stop: StopFlag, reload: ReloadHooks) -> Result<()
     let listeners = [("--http-addr", config.http_addr), ("--grpc-addr", config.grpc_addr)];
     let (tokens, mtls) = (config.auth_tokens.is_some(), config.tls.client_ca.is_some());
     crate::auth::refuse_unsafe_default(&listeners, tokens, mtls, config.insecure)?;
+    // Syslog has no credentials to check (as with every syslog server), so
+    // it is not refused, but an exposed listener is said out loud.
+    let syslog = [("--syslog-tcp-addr", config.syslog_tcp_addr), ("--syslog-udp-addr", config.syslog_udp_addr)];
+    for (flag, addr) in syslog.iter().filter_map(|(flag, addr)| Some((flag, (*addr)?))) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "{flag} {addr}: syslog has no authentication; anyone who reaches this address can write entries \
+                 (firewall it to the senders, or relay through a local rsyslog)"
+            );
+        }
+    }
     // A bad certificate is refused before anything is opened too.
     let tls = load_tls(&config, &reload)?;
     let guard = Arc::new(crate::auth::Guard::new(&crate::auth::Settings {
