@@ -741,7 +741,7 @@ mod tests {
     fn loki_pools_decode_with_the_nodes_own_decoder() {
         let pool = build(&spec(Encoding::LokiSnappy), &mut hdfs_source()).unwrap();
         for (index, request) in pool.requests.iter().enumerate() {
-            let entries = wormdb::ingest::loki::decode_protobuf(&request.wire, 1 << 20, 0).unwrap();
+            let entries = wormdb::ingest::loki::decode_protobuf(&request.wire, 1 << 20, 0).unwrap().into_log_entries();
             assert_eq!(entries.len(), 5);
             let mut times: Vec<i64> = entries.iter().map(|entry| entry.timestamp_ns).collect();
             times.sort_unstable();

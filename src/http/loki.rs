@@ -25,6 +25,7 @@ use super::budget::BodyBudget;
 use super::server::{full, rate_refusal, read_body, Body};
 use crate::auth::Grant;
 use crate::ingest::loki::{self as decode, LokiError};
+use crate::ingest::streams::Streams;
 use crate::ingest::Protocol;
 use crate::node::{Core, InFlight, Refused, RefusedKind};
 use crate::proto::LogEntry;
@@ -74,8 +75,12 @@ async fn receive(
     let (body, wire_bytes, mut reservation) = read_body(core, body_budget, request).await.map_err(counted)?;
     let now_ns = unix_now_ns();
     let max_body = core.config.max_body_bytes;
-    let decoded = if json {
-        decode::decode_json(&body, now_ns)
+    let streams = if json {
+        // The JSON form is rare and small next to the protobuf one: its
+        // entries come owned, in one stream.
+        let entries = decode::decode_json(&body, now_ns).map_err(|error| counted(refusal(error)))?;
+        drop(body);
+        return store(core, grant, Batch::Owned(entries), wire_bytes).await;
     } else {
         // Reserve the inflated bytes before inflating them.
         let declared = decode::snappy_len(&body).map_err(|error| counted(refusal(error)))?;
@@ -88,19 +93,38 @@ async fn receive(
                 ),
             )));
         }
-        decode::decode_protobuf(&body, max_body, now_ns)
+        decode::decode_protobuf(&body, max_body, now_ns).map_err(|error| counted(refusal(error)))?
     };
     drop(body);
-    let entries: Vec<LogEntry> = decoded.map_err(|error| counted(refusal(error)))?;
-    if entries.is_empty() {
+    store(core, grant, Batch::Streams(streams), wire_bytes).await
+}
+
+/// A decoded push: owned entries (JSON) or streams sharing their labels
+/// (protobuf).
+enum Batch {
+    Owned(Vec<LogEntry>),
+    Streams(Streams),
+}
+
+/// Stores a decoded push after its token's rate allows it.
+async fn store(core: &Rc<Core>, grant: &Grant, batch: Batch, wire_bytes: u64) -> Result<(), Refused> {
+    let count = match &batch {
+        Batch::Owned(entries) => entries.len(),
+        Batch::Streams(streams) => streams.len(),
+    };
+    if count == 0 {
         // Loki answers an empty push with 204 too.
         core.count_stored(Protocol::Loki, 0, wire_bytes);
         return Ok(());
     }
-    if let Some(refused) = rate_refusal(grant, entries.len()) {
-        return Err(counted(refused));
+    if let Some(refused) = rate_refusal(grant, count) {
+        core.count_refused(Protocol::Loki, refused.kind);
+        return Err(refused);
     }
-    core.store(Protocol::Loki, entries, wire_bytes).await.map(|_stored| ())
+    match batch {
+        Batch::Owned(entries) => core.store(Protocol::Loki, entries, wire_bytes).await.map(|_stored| ()),
+        Batch::Streams(streams) => core.store_streams(Protocol::Loki, streams, wire_bytes).await.map(|_stored| ()),
+    }
 }
 
 fn refusal(error: LokiError) -> Refused {

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::streams::{Stream, StreamEntry, Streams};
 use crate::limits::HTTP_ENTRIES_PER_REQUEST_MAX;
 use crate::proto::logproto::PushRequest;
 use crate::proto::LogEntry;
@@ -265,8 +266,9 @@ pub fn snappy_len(body: &[u8]) -> Result<usize, LokiError> {
 
 /// Decodes a snappy-compressed protobuf push request: the declared length
 /// is checked against `limit` first, then the block inflated (and checked
-/// to hold exactly that many bytes), then the `PushRequest` decoded.
-pub fn decode_protobuf(body: &[u8], limit: usize, now_ns: i64) -> Result<Vec<LogEntry>, LokiError> {
+/// to hold exactly that many bytes), then the `PushRequest` decoded. Each
+/// stream's labels are parsed once and shared by its entries ([`Streams`]).
+pub fn decode_protobuf(body: &[u8], limit: usize, now_ns: i64) -> Result<Streams, LokiError> {
     let declared = snappy_len(body)?;
     if declared > limit {
         return Err(LokiError::SnappyTooLarge { declared, limit });
@@ -279,36 +281,36 @@ pub fn decode_protobuf(body: &[u8], limit: usize, now_ns: i64) -> Result<Vec<Log
     if total > HTTP_ENTRIES_PER_REQUEST_MAX {
         return Err(LokiError::TooManyEntries { limit: HTTP_ENTRIES_PER_REQUEST_MAX });
     }
-    let mut entries = Vec::with_capacity(total);
+    let mut streams = Vec::with_capacity(request.streams.len());
     for (stream_index, stream) in request.streams.into_iter().enumerate() {
         let tags = parse_labels(&stream.labels).map_err(|reason| LokiError::Labels {
             stream: stream_index + 1,
             text: quoted(&stream.labels),
             reason,
         })?;
+        let mut entries = Vec::with_capacity(stream.entries.len());
         for (entry_index, entry) in stream.entries.into_iter().enumerate() {
             let fail = |reason: String| LokiError::Entry { stream: stream_index + 1, entry: entry_index + 1, reason };
             let timestamp_ns = match entry.timestamp {
                 None => now_ns,
                 Some(timestamp) => timestamp_ns(timestamp.seconds, timestamp.nanos).map_err(fail)?,
             };
-            let mut fields = BTreeMap::new();
+            let mut fields: Vec<(String, String)> = Vec::with_capacity(entry.structured_metadata.len());
             for pair in entry.structured_metadata {
-                if fields.contains_key(&pair.name) {
+                if fields.iter().any(|(name, _)| *name == pair.name) {
                     return Err(fail(format!("structured metadata {:?} appears twice", pair.name)));
                 }
-                fields.insert(pair.name, pair.value);
+                fields.push((pair.name, pair.value));
             }
-            entries.push(LogEntry {
+            entries.push(StreamEntry {
                 timestamp_ns: if timestamp_ns == 0 { now_ns } else { timestamp_ns },
-                tags: tags.clone(),
                 body: Bytes::from(entry.line.into_bytes()),
                 fields,
-                ..LogEntry::default()
             });
         }
+        streams.push(Stream { tags: tags.into_iter().collect(), entries });
     }
-    Ok(entries)
+    Ok(Streams { streams })
 }
 
 /// Nanoseconds since the epoch of a protobuf `Timestamp`.
@@ -564,7 +566,7 @@ mod tests {
                 hash: 0,
             },
         ]);
-        let entries = decode_protobuf(&body, 1 << 20, NOW).unwrap();
+        let entries = decode_protobuf(&body, 1 << 20, NOW).unwrap().into_log_entries();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].timestamp_ns, 1_700_000_001_000_000_005);
         assert_eq!(entries[0].tags, map(&[("job", "hdfs"), ("host", "node-1")]));
@@ -575,7 +577,7 @@ mod tests {
         assert_eq!(entries[2].timestamp_ns, NOW, "no timestamp: now");
         assert!(entries[2].tags.is_empty());
         assert!(entries.iter().all(|entry| entry.seq == 0 && entry.node_id == 0 && entry.shard == 0));
-        assert_eq!(decode_protobuf(&push(vec![]), 1 << 20, NOW).unwrap(), vec![]);
+        assert!(decode_protobuf(&push(vec![]), 1 << 20, NOW).unwrap().is_empty());
     }
 
     #[test]

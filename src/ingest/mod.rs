@@ -17,6 +17,7 @@ pub mod fields;
 pub mod jsonline;
 pub mod loki;
 pub mod otlp;
+pub mod streams;
 pub mod syslog;
 
 /// A protocol a shipper speaks to wormdb: the `protocol` label of the

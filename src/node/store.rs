@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::core::{Core, ProtocolCounters};
 use crate::codec::block::{self, with_log_entry_refs};
+use crate::ingest::streams::Streams;
 use crate::ingest::Protocol;
 use crate::proto::LogEntry;
 use crate::shard;
@@ -175,6 +176,39 @@ impl Core {
         }
         let wait = with_log_entry_refs(&entries, |refs| self.shard.append(refs))?;
         drop(entries);
+        let range = wait.durable().await?;
+        Ok(Stored { shard: self.shard_id(), first_seq: range.first, last_seq: range.last, count })
+    }
+
+    /// [`Core::store`] for a request decoded into [`Streams`]: on a plain
+    /// node the shard appends the entries borrowed, with no tag map copied
+    /// per entry; on a tier member they are proposed as owned entries.
+    pub async fn store_streams(
+        &self,
+        protocol: Protocol,
+        streams: Streams,
+        wire_bytes: u64,
+    ) -> Result<Stored, Refused> {
+        if self.tier.is_some() {
+            return self.store(protocol, streams.into_log_entries(), wire_bytes).await;
+        }
+        let outcome = self.append_streams(&streams).await;
+        match &outcome {
+            Ok(stored) => self.count_stored(protocol, stored.count as u64, wire_bytes),
+            Err(refused) => self.count_refused(protocol, refused.kind),
+        }
+        outcome
+    }
+
+    async fn append_streams(&self, streams: &Streams) -> Result<Stored, Refused> {
+        if self.closing.get() {
+            return Err(Refused::new(RefusedKind::Unavailable, "shutting down"));
+        }
+        let count = streams.len();
+        if count == 0 {
+            return Err(Refused::malformed("no entries in the request"));
+        }
+        let wait = streams.with_entry_refs(|refs| self.shard.append(refs))?;
         let range = wait.durable().await?;
         Ok(Stored { shard: self.shard_id(), first_seq: range.first, last_seq: range.last, count })
     }
