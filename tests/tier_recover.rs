@@ -278,7 +278,7 @@ fn a_quorum_lost_for_good_is_recovered_on_the_survivor_and_followers_drain_to_it
             let node = joined.last().unwrap();
             let deadline = Instant::now() + CONVERGE;
             loop {
-                let cluster = get(&node.url("/v1/cluster")).json();
+                let cluster = node.get_or_log("/v1/cluster").json();
                 let groups = cluster["groups"].as_array().unwrap();
                 if groups.len() == 2
                     && groups.iter().all(|group| matches!(group["role"].as_str(), Some("leader" | "follower")))

@@ -281,6 +281,21 @@ pub fn get(url: &str) -> Reply {
     reply(request("GET", url).call())
 }
 
+impl TestNode {
+    /// GET `path` on this node; a request that fails (the node died, or
+    /// reset the connection) panics with the node's log, so that a rare
+    /// failure under CI's load says why.
+    pub fn get_or_log(&self, path: &str) -> Reply {
+        match request("GET", &self.url(path)).call() {
+            Err(ureq::Error::Transport(error)) => {
+                let running = self.is_running();
+                panic!("GET {path} failed: {error}; node running: {running}; its log:\n{}", self.log_text())
+            }
+            result => reply(result),
+        }
+    }
+}
+
 /// POST with a content type.
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> Reply {
     reply(request("POST", url).set("content-type", content_type).send_bytes(body))
