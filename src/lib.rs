@@ -37,7 +37,8 @@
 //! - [`tls`]: TLS and mutual TLS (rustls) under both listeners and every
 //!   outgoing gRPC connection; [`net`]: connections as the front doors
 //!   see them.
-//! - [`limits`]: every size, count and queue bound.
+//! - [`limits`]: every size, count and queue bound; [`gzip`]: gzip
+//!   inflated within a bound (HTTP bodies and gRPC messages).
 //!
 //! See `docs/ARCHITECTURE.md` for a walk through the tree (and the write
 //! and push paths file by file) and `docs/format.md` for the byte-exact
@@ -49,6 +50,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod grpc;
+pub mod gzip;
 pub mod http;
 pub mod index;
 pub mod ingest;

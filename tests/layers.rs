@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("net", &["limits"]),
     ("runtime", &[]),
+    ("gzip", &[]),
     // TLS under every connection: configurations, handshakes, the stream.
     ("tls", &["limits", "net", "runtime"]),
     // Pure byte formats.
@@ -23,9 +24,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("index", &["codec", "limits", "proto"]),
     ("shard", &["index", "codec", "limits", "proto"]),
     // The shippers' protocols, decoded: pure.
-    ("ingest", &["codec", "limits", "proto"]),
+    ("ingest", &["gzip", "codec", "limits", "proto"]),
     // The transport knows no wormdb service, and no storage.
-    ("grpc", &["limits", "net", "tls", "proto"]),
+    ("grpc", &["gzip", "limits", "net", "tls", "proto"]),
     // Features over storage and transport.
     ("query", &["shard", "index", "codec", "limits", "proto"]),
     ("replication", &["grpc", "shard", "index", "codec", "limits", "proto", "net"]),

@@ -10,8 +10,6 @@
 //! so a small message that inflates to gigabytes (a "zip bomb") costs at
 //! most the limit.
 
-use std::io::Read;
-
 use bytes::Bytes;
 
 /// Request header naming the encoding of the call's compressed messages.
@@ -64,16 +62,10 @@ pub enum DecompressError {
 pub fn decompress(encoding: Encoding, message: &[u8], max: usize) -> Result<Bytes, DecompressError> {
     match encoding {
         Encoding::Identity => Err(DecompressError::NoEncoding),
-        Encoding::Gzip => {
-            // Read one byte past the limit: reaching it means the message is over.
-            let mut decoder = flate2::read::GzDecoder::new(message).take(max as u64 + 1);
-            let mut out = Vec::with_capacity(message.len().saturating_mul(4).min(max));
-            decoder.read_to_end(&mut out).map_err(|error| DecompressError::Corrupt(error.to_string()))?;
-            if out.len() > max {
-                return Err(DecompressError::TooLarge { max });
-            }
-            Ok(Bytes::from(out))
-        }
+        Encoding::Gzip => crate::gzip::inflate(message, max).map(Bytes::from).map_err(|error| match error {
+            crate::gzip::InflateError::Corrupt(reason) => DecompressError::Corrupt(reason),
+            crate::gzip::InflateError::TooLarge { .. } => DecompressError::TooLarge { max },
+        }),
     }
 }
 

@@ -5,8 +5,6 @@
 //! "zip bomb"): it is inflated in steps and refused as soon as it passes
 //! the limit, never inflated whole first.
 
-use std::io::Read;
-
 /// How a body is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
@@ -50,16 +48,10 @@ pub fn encoding(value: Option<&str>) -> Result<Encoding, BodyError> {
 
 /// Inflates `body` from gzip, refusing it once it passes `limit` bytes.
 pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
-    // Read one byte past the limit: reaching it means the body is over.
-    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|error| BodyError::Corrupt { encoding: "gzip", reason: error.to_string() })?;
-    if out.len() > limit {
-        return Err(BodyError::TooLarge { limit });
-    }
-    Ok(out)
+    crate::gzip::inflate(body, limit).map_err(|error| match error {
+        crate::gzip::InflateError::Corrupt(reason) => BodyError::Corrupt { encoding: "gzip", reason },
+        crate::gzip::InflateError::TooLarge { limit } => BodyError::TooLarge { limit },
+    })
 }
 
 /// `body` decoded from `encoding`, at most `limit` bytes.
