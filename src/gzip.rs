@@ -34,3 +34,30 @@ pub fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError>
     }
     Ok(out)
 }
+
+/// `bytes` compressed as one gzip member, at the default level: what
+/// clients send (the tests' clients, and `wormdb-loadgen`).
+pub fn compress(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 2), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_compressed_inflates_back_within_its_limit_only() {
+        let text = b"081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block terminating\n"
+            .repeat(50);
+        let compressed = compress(&text);
+        assert!(compressed.len() < text.len() / 4);
+        assert_eq!(inflate(&compressed, text.len()).unwrap(), text);
+        assert_eq!(inflate(&compressed, text.len() - 1), Err(InflateError::TooLarge { limit: text.len() - 1 }));
+        assert!(matches!(inflate(&compressed[..compressed.len() / 2], text.len()), Err(InflateError::Corrupt(_))));
+    }
+}
