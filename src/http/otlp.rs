@@ -90,7 +90,7 @@ pub async fn export(
         Format::Protobuf => otlp::decode_protobuf(&body),
         Format::Json => otlp::json::decode(&body),
     };
-    let entries = match decoded.and_then(|request| otlp::entries(request, &core.config.otlp_tag_attributes, now_ns())) {
+    let entries = match decoded.and_then(|request| otlp::streams(request, &core.config.otlp_tag_attributes, now_ns())) {
         Ok(entries) => entries,
         Err(error) => return refuse(&core, format, Refused::malformed(error.to_string())),
     };
@@ -102,7 +102,7 @@ pub async fn export(
     if let Some(refused) = rate_refusal(grant, entries.len()) {
         return refuse(&core, format, refused);
     }
-    match core.store(PROTOCOL, entries, wire_bytes).await {
+    match core.store_streams(PROTOCOL, entries, wire_bytes).await {
         Ok(_) => success(format),
         // Counted by Core::store.
         Err(refused) => answer(format, &refused),

@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use bytes::Bytes;
 
+use super::streams::{Stream, StreamEntry, Streams};
 use crate::proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
 use crate::proto::opentelemetry::proto::common::v1::any_value::Value;
 use crate::proto::opentelemetry::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue};
@@ -95,7 +96,20 @@ pub fn entries(
     tag_attributes: &[String],
     now_ns: i64,
 ) -> Result<Vec<LogEntry>, OtlpError> {
-    let mut entries = Vec::with_capacity(record_count(&request));
+    streams(request, tag_attributes, now_ns).map(Streams::into_log_entries)
+}
+
+/// The entries of `request` as [`Streams`], in the order of its records:
+/// a stream is a run of records of one resource with the same `level`, so
+/// its tags (the resource's tag attributes and the level) are built once
+/// and lent to the shard, not cloned into every entry.
+pub fn streams(
+    request: ExportLogsServiceRequest,
+    tag_attributes: &[String],
+    now_ns: i64,
+) -> Result<Streams, OtlpError> {
+    let mut streams = Vec::new();
+    let mut index = 0;
     for resource_logs in request.resource_logs {
         let mut resource_tags = BTreeMap::new();
         let mut resource_fields = BTreeMap::new();
@@ -106,18 +120,35 @@ pub fn entries(
                 put_attribute(&mut resource_fields, attribute);
             }
         }
+        // The run being built: its level, and the stream.
+        let mut open: Option<(Option<String>, Stream)> = None;
         for scope_logs in resource_logs.scope_logs {
             let mut scope_fields = resource_fields.clone();
             if let Some(scope) = scope_logs.scope {
                 put_scope(&mut scope_fields, scope);
             }
             for record in scope_logs.log_records {
-                let index = entries.len() + 1;
-                entries.push(entry(record, &resource_tags, scope_fields.clone(), now_ns, index)?);
+                index += 1;
+                let level = level(&record);
+                let entry = entry(record, scope_fields.clone(), now_ns, index)?;
+                match &mut open {
+                    Some((open_level, stream)) if *open_level == level => stream.entries.push(entry),
+                    _ => {
+                        let mut tags = resource_tags.clone();
+                        if let Some(level) = &level {
+                            tags.insert(LEVEL_TAG.to_string(), level.clone());
+                        }
+                        let stream = Stream { tags: tags.into_iter().collect(), entries: vec![entry] };
+                        if let Some((_, done)) = open.replace((level, stream)) {
+                            streams.push(done);
+                        }
+                    }
+                }
             }
         }
+        streams.extend(open.map(|(_, stream)| stream));
     }
-    Ok(entries)
+    Ok(Streams { streams })
 }
 
 /// The scope's attributes, then its name and version, into `fields`.
@@ -133,19 +164,15 @@ fn put_scope(fields: &mut BTreeMap<String, String>, scope: InstrumentationScope)
     }
 }
 
-/// One record's entry; `index` (1-based) names it in errors.
+/// One record's entry of its stream (the stream holds its tags); `index`
+/// (1-based) names it in errors.
 fn entry(
     record: LogRecord,
-    resource_tags: &BTreeMap<String, String>,
     mut fields: BTreeMap<String, String>,
     now_ns: i64,
     index: usize,
-) -> Result<LogEntry, OtlpError> {
+) -> Result<StreamEntry, OtlpError> {
     let timestamp_ns = timestamp_ns(&record, now_ns, index)?;
-    let mut tags = resource_tags.clone();
-    if let Some(level) = level(&record) {
-        tags.insert(LEVEL_TAG.to_string(), level);
-    }
     for attribute in record.attributes {
         put_attribute(&mut fields, attribute);
     }
@@ -161,7 +188,7 @@ fn entry(
     if !record.event_name.is_empty() {
         fields.insert("event_name".to_string(), record.event_name);
     }
-    Ok(LogEntry { timestamp_ns, tags, body: body(record.body), fields, ..LogEntry::default() })
+    Ok(StreamEntry { timestamp_ns, body: body(record.body), fields: fields.into_iter().collect() })
 }
 
 /// `time_unix_nano`, else `observed_time_unix_nano`, else `now_ns`.

@@ -49,7 +49,7 @@ pub(super) async fn export(core: &Core, call: &mut Call, grant: &Grant) -> Resul
     let wire_bytes = call.messages.received_bytes();
     let request = otlp::decode_protobuf(&message).map_err(|error| refuse(Refused::malformed(error.to_string())))?;
     drop(message);
-    let entries = otlp::entries(request, &core.config.otlp_tag_attributes, now_ns())
+    let entries = otlp::streams(request, &core.config.otlp_tag_attributes, now_ns())
         .map_err(|error| refuse(Refused::malformed(error.to_string())))?;
     if entries.is_empty() {
         core.count_stored(PROTOCOL, 0, wire_bytes);
@@ -57,7 +57,7 @@ pub(super) async fn export(core: &Core, call: &mut Call, grant: &Grant) -> Resul
         if let Some(refused) = rate_refusal(grant, entries.len()) {
             return Err(refuse(refused));
         }
-        core.store(PROTOCOL, entries, wire_bytes).await.map_err(|refused| status(&refused))?;
+        core.store_streams(PROTOCOL, entries, wire_bytes).await.map_err(|refused| status(&refused))?;
     }
     call.send(&ExportLogsServiceResponse::default()).await
 }
