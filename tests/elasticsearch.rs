@@ -120,10 +120,11 @@ fn metric(node: &TestNode, authorization: Option<&str>, name: &str, labels: &[&s
 /// `options`; its JSON answer.
 fn python_bulk(options: Value) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("target/test-venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)", python.display());
-    let output =
-        Command::new(python).arg(root.join("tests/clients/es_bulk.py")).arg(options.to_string()).output().unwrap();
+    let output = Command::new(common::test_python())
+        .arg(root.join("tests/clients/es_bulk.py"))
+        .arg(options.to_string())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "es_bulk.py failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_str(stdout.trim()).unwrap_or_else(|error| panic!("es_bulk.py: {error}: {stdout}"))
@@ -547,11 +548,6 @@ fn backpressure_answers_429_and_the_python_client_retries_until_everything_is_st
     assert_eq!(bodies, expected, "everything once, nothing of a refused request");
 }
 
-/// A port free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// An rsyslogd of this test's own, in the foreground with its own
 /// configuration, work directory and pid file; killed when dropped.
 struct Rsyslog(std::process::Child);
@@ -571,7 +567,7 @@ fn rsyslog_omelasticsearch_forwards_loghub_lines_exactly() {
     let node = TestNode::start(&dir.path().join("data"), &["--shards", "2"]);
     let work = dir.path().join("rsyslog");
     std::fs::create_dir_all(&work).unwrap();
-    let port = free_port();
+    let port = common::node::free_port();
     // RFC 5424 in over TCP; out to /es in bulk, one JSON document a
     // message, ECS-style names so that the default field choice applies.
     let config = format!(

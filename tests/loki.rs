@@ -117,9 +117,7 @@ fn snappy(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
+    wormdb::gzip::compress(bytes)
 }
 
 fn hdfs_lines(count: usize) -> Vec<String> {
@@ -253,12 +251,6 @@ fn upstream(node: &TestNode) -> SocketAddr {
     node.base.trim_start_matches("http://").parse().unwrap()
 }
 
-fn python() -> std::path::PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)", python.display());
-    python
-}
-
 #[test]
 fn python_logging_loki_pushes_loghub_lines_that_come_back_exactly() {
     let dir = common::durable_temp_dir();
@@ -275,7 +267,7 @@ fn python_logging_loki_pushes_loghub_lines_that_come_back_exactly() {
     let spec = dir.path().join("spec.json");
     let tags = serde_json::json!({ "service": "hdfs", "host": "node-7" });
     std::fs::write(&spec, serde_json::json!({ "tags": tags, "records": records }).to_string()).unwrap();
-    let output = Command::new(python())
+    let output = Command::new(common::test_python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/loki_push.py"))
         .arg(format!("{}{PUSH}", recorder.base))
         .arg(&spec)

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -40,12 +39,6 @@ const LINES_PER_RUN: usize = 30;
 
 // ---------------------------------------------------------------- helpers
 
-fn python() -> std::path::PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)", python.display());
-    python
-}
-
 /// One run of the SDK client: `(every export succeeded, its output)`.
 #[allow(clippy::too_many_arguments)]
 fn sdk(
@@ -60,7 +53,7 @@ fn sdk(
 ) -> (bool, String) {
     let file = dir.join(format!("{service}.json"));
     std::fs::write(&file, serde_json::to_vec(lines).unwrap()).unwrap();
-    let output = Command::new(python())
+    let output = Command::new(common::test_python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/otlp_logs.py"))
         .args([transport, endpoint])
         .arg(&file)
@@ -149,9 +142,7 @@ fn healthy(node: &TestNode) {
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
+    wormdb::gzip::compress(bytes)
 }
 
 /// LogHub lines with at least two words (the script's `loghub.words`).

@@ -26,7 +26,7 @@
 //! (`400` naming the line) and nothing of it is stored.
 
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -278,13 +278,6 @@ fn field_choice(query: Option<&str>, request_headers: &HeaderMap) -> Result<Fiel
         .map_err(|error| error.to_string())
 }
 
-/// Now, in nanoseconds since the Unix epoch: the time of a document that
-/// names none.
-fn now_ns() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
-}
-
 /// `POST|PUT /es/_bulk` and `/es/{index}/_bulk`.
 async fn bulk(
     core: Rc<Core>,
@@ -307,19 +300,24 @@ async fn bulk(
         Ok(read) => read,
         Err(refused) => return refuse(refused),
     };
-    let mut items =
-        match bulk_body::decode(&body, url_index.as_deref(), &choice, now_ns(), HTTP_ENTRIES_PER_REQUEST_MAX) {
-            Ok(items) => items,
-            Err(error) => {
-                let kind = match error {
-                    BulkError::TooManyItems { .. } => RefusedKind::TooLarge,
-                    _ => RefusedKind::Malformed,
-                };
-                core.count_refused(Protocol::EsBulk, kind);
-                let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-                return es_error(status, error.es_type(), &error.to_string());
-            }
-        };
+    let mut items = match bulk_body::decode(
+        &body,
+        url_index.as_deref(),
+        &choice,
+        crate::ingest::unix_now_ns(),
+        HTTP_ENTRIES_PER_REQUEST_MAX,
+    ) {
+        Ok(items) => items,
+        Err(error) => {
+            let kind = match error {
+                BulkError::TooManyItems { .. } => RefusedKind::TooLarge,
+                _ => RefusedKind::Malformed,
+            };
+            core.count_refused(Protocol::EsBulk, kind);
+            let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return es_error(status, error.es_type(), &error.to_string());
+        }
+    };
     drop(body);
     // The documents to store leave their items; the items keep their order
     // and their outcome for the answer.
@@ -469,13 +467,14 @@ pub async fn jsonline(
         Ok(read) => read,
         Err(refused) => return refuse(refused),
     };
-    let entries = match jsonline_body::decode(&body, &choice, now_ns(), HTTP_ENTRIES_PER_REQUEST_MAX) {
-        Ok(entries) => entries,
-        Err(error @ jsonline_body::JsonLineError::TooMany { .. }) => {
-            return refuse(Refused::too_large(error.to_string()))
-        }
-        Err(error) => return refuse(Refused::malformed(error.to_string())),
-    };
+    let entries =
+        match jsonline_body::decode(&body, &choice, crate::ingest::unix_now_ns(), HTTP_ENTRIES_PER_REQUEST_MAX) {
+            Ok(entries) => entries,
+            Err(error @ jsonline_body::JsonLineError::TooMany { .. }) => {
+                return refuse(Refused::too_large(error.to_string()))
+            }
+            Err(error) => return refuse(Refused::malformed(error.to_string())),
+        };
     drop(body);
     if entries.is_empty() {
         // Nothing to store is no error: shippers may flush an empty batch.

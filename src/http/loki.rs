@@ -16,7 +16,6 @@
 //! undo first, so it is set aside before the body is read.
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -73,7 +72,7 @@ async fn receive(
         request.headers_mut().remove(header::CONTENT_ENCODING);
     }
     let (body, wire_bytes, mut reservation) = read_body(core, body_budget, request).await.map_err(counted)?;
-    let now_ns = unix_now_ns();
+    let now_ns = crate::ingest::unix_now_ns();
     let max_body = core.config.max_body_bytes;
     let streams = if json {
         // The JSON form is rare and small next to the protobuf one: its
@@ -133,10 +132,6 @@ fn refusal(error: LokiError) -> Refused {
     } else {
         Refused::malformed(error.to_string())
     }
-}
-
-fn unix_now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A refusal as Loki answers it: the status, the message as plain text,

@@ -17,7 +17,6 @@
 //! An empty request (no log records) is a success that stores nothing.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -90,7 +89,9 @@ pub async fn export(
         Format::Protobuf => otlp::decode_protobuf(&body),
         Format::Json => otlp::json::decode(&body),
     };
-    let entries = match decoded.and_then(|request| otlp::streams(request, &core.config.otlp_tag_attributes, now_ns())) {
+    let entries = match decoded
+        .and_then(|request| otlp::streams(request, &core.config.otlp_tag_attributes, crate::ingest::unix_now_ns()))
+    {
         Ok(entries) => entries,
         Err(error) => return refuse(&core, format, Refused::malformed(error.to_string())),
     };
@@ -210,15 +211,11 @@ fn answer(format: Format, refused: &Refused) -> Response<Body> {
     response
 }
 
-/// Now, in Unix nanoseconds: the time of a record that carries none.
-fn now_ns() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -20,6 +20,14 @@ pub mod otlp;
 pub mod streams;
 pub mod syslog;
 
+/// Now, in Unix nanoseconds: the time the front doors give the decoders
+/// for an entry that carries none (the decoders take it as an argument, so
+/// their tests pass a fixed one).
+pub fn unix_now_ns() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
+}
+
 /// A protocol a shipper speaks to wormdb: the `protocol` label of the
 /// `wormdb_protocol_*` metrics, and the name `wormdb-loadgen --protocol`
 /// takes.

@@ -20,8 +20,6 @@
 //!
 //! An empty request is a success that stores nothing.
 
-use std::time::Duration;
-
 use crate::auth::Grant;
 use crate::grpc::status::{Code, Status};
 use crate::grpc::transport::Call;
@@ -49,7 +47,7 @@ pub(super) async fn export(core: &Core, call: &mut Call, grant: &Grant) -> Resul
     let wire_bytes = call.messages.received_bytes();
     let request = otlp::decode_protobuf(&message).map_err(|error| refuse(Refused::malformed(error.to_string())))?;
     drop(message);
-    let entries = otlp::streams(request, &core.config.otlp_tag_attributes, now_ns())
+    let entries = otlp::streams(request, &core.config.otlp_tag_attributes, crate::ingest::unix_now_ns())
         .map_err(|error| refuse(Refused::malformed(error.to_string())))?;
     if entries.is_empty() {
         core.count_stored(PROTOCOL, 0, wire_bytes);
@@ -119,14 +117,10 @@ fn rate_refusal(grant: &Grant, count: usize) -> Option<Refused> {
     })
 }
 
-/// Now, in Unix nanoseconds: the time of a record that carries none.
-fn now_ns() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

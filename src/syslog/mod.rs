@@ -55,13 +55,6 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// looks again (a commit that is not its own may already have passed).
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(10);
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as i64)
-        .unwrap_or(1)
-}
-
 fn options(core: &Core) -> Options {
     Options { zone: core.config.syslog_timezone }
 }
@@ -165,7 +158,7 @@ async fn serve_tcp(core: &Rc<Core>, mut stream: glommio::net::TcpStream, peer: O
             }
         }
         if !ranges.is_empty() {
-            let now = now_ns();
+            let now = crate::ingest::unix_now_ns();
             let bytes = framer.bytes();
             let messages: Vec<Message<'_>> = ranges
                 .iter()
@@ -300,7 +293,7 @@ pub async fn udp_loop(core: Rc<Core>, socket: glommio::net::UdpSocket) {
             core.count_dropped(Protocol::SyslogUdp, datagrams.len() as u64);
             continue;
         }
-        let now = now_ns();
+        let now = crate::ingest::unix_now_ns();
         let messages: Vec<Message<'_>> = datagrams
             .iter()
             .filter(|range| !range.is_empty())

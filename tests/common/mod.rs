@@ -11,6 +11,14 @@ pub mod tier;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
+/// The Python of the tests' virtualenv (`target/test-venv`), where
+/// `scripts/test-deps.sh` installs the pinned real clients.
+pub fn test_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)", python.display());
+    python
+}
+
 /// Runs `make()` on a fresh glommio executor and returns its output.
 pub fn run<F, T>(make: impl FnOnce() -> F + Send + 'static) -> T
 where
