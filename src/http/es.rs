@@ -32,7 +32,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::budget::BodyBudget;
+use super::budget::{BodyBudget, BodyReservation};
 use super::params::percent_decode;
 use super::server::{full, json, rate_refusal, read_body, refused_json, Body};
 use crate::auth::Grant;
@@ -245,8 +245,8 @@ fn refused_type(kind: RefusedKind) -> &'static str {
 fn es_refused(refused: &Refused) -> Response<Body> {
     let status = StatusCode::from_u16(refused.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = es_error(status, refused_type(refused.kind), &refused.message);
-    if let Some(wait) = refused.retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    if let Some(seconds) = refused.retry_after_seconds() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
@@ -292,11 +292,7 @@ async fn bulk(
         core.count_refused(Protocol::EsBulk, refused.kind);
         es_refused(&refused)
     };
-    let choice = match field_choice(request.uri().query(), request.headers()) {
-        Ok(choice) => choice,
-        Err(message) => return refuse(Refused::malformed(message)),
-    };
-    let (body, wire_bytes, _reservation) = match read_body(&core, body_budget, request).await {
+    let (choice, body, wire_bytes, _reservation) = match read_with_choice(&core, body_budget, request).await {
         Ok(read) => read,
         Err(refused) => return refuse(refused),
     };
@@ -447,6 +443,18 @@ fn write_item_answer(out: &mut Vec<u8>, item: &Item, shard: u32, seq: Option<u64
     out.push(b'}');
 }
 
+/// The field choice of a request (its query arguments or headers) and its
+/// body, as the bulk API and JSON lines both read them.
+async fn read_with_choice(
+    core: &Core,
+    body_budget: &Rc<BodyBudget>,
+    request: Request<Incoming>,
+) -> Result<(FieldChoice, bytes::Bytes, u64, BodyReservation), Refused> {
+    let choice = field_choice(request.uri().query(), request.headers()).map_err(Refused::malformed)?;
+    let (body, wire_bytes, reservation) = read_body(core, body_budget, request).await?;
+    Ok((choice, body, wire_bytes, reservation))
+}
+
 /// `POST /v1/jsonline`: one JSON object a line, all stored or none.
 pub async fn jsonline(
     core: Rc<Core>,
@@ -459,11 +467,7 @@ pub async fn jsonline(
         core.count_refused(Protocol::JsonLine, refused.kind);
         refused_json(&refused)
     };
-    let choice = match field_choice(request.uri().query(), request.headers()) {
-        Ok(choice) => choice,
-        Err(message) => return refuse(Refused::malformed(message)),
-    };
-    let (body, wire_bytes, _reservation) = match read_body(&core, body_budget, request).await {
+    let (choice, body, wire_bytes, _reservation) = match read_with_choice(&core, body_budget, request).await {
         Ok(read) => read,
         Err(refused) => return refuse(refused),
     };

@@ -142,8 +142,7 @@ fn refused_text(refused: &Refused) -> Response<Body> {
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if refused.kind.retryable() {
-        let seconds = refused.retry_after.map_or(1, |wait| wait.as_secs().max(1));
+    if let Some(seconds) = refused.retry_after_seconds() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response

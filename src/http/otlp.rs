@@ -140,16 +140,6 @@ fn http_status(kind: RefusedKind) -> StatusCode {
     }
 }
 
-/// The wait a retryable refusal asks for, `Retry-After` being whole
-/// seconds: rounded up, at least one.
-fn retry_after_seconds(refused: &Refused) -> Option<u64> {
-    if !refused.kind.retryable() {
-        return None;
-    }
-    let wait = refused.retry_after.unwrap_or(crate::node::RETRY_AFTER_DEFAULT);
-    Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
-}
-
 /// The `google.rpc.Status` of a refusal, with a `RetryInfo` detail when it
 /// is retryable.
 fn rpc_status(refused: &Refused) -> Status {
@@ -158,7 +148,8 @@ fn rpc_status(refused: &Refused) -> Status {
         RefusedKind::Backpressure | RefusedKind::Unavailable | RefusedKind::DiskFull => CODE_UNAVAILABLE,
         RefusedKind::Internal => CODE_INTERNAL,
     };
-    let details = retry_after_seconds(refused)
+    let details = refused
+        .retry_after_seconds()
         .map(|seconds| {
             let retry_info =
                 RetryInfo { retry_delay: Some(prost_types::Duration { seconds: seconds as i64, nanos: 0 }) };
@@ -205,7 +196,7 @@ fn answer(format: Format, refused: &Refused) -> Response<Body> {
         }
     };
     let mut response = response(http_status(refused.kind), format, body);
-    if let Some(seconds) = retry_after_seconds(refused) {
+    if let Some(seconds) = refused.retry_after_seconds() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response

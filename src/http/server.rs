@@ -258,23 +258,14 @@ fn shard_error(core: &Core, error: Error) -> Response<Body> {
 pub(super) fn rate_refusal(grant: &Grant, count: usize) -> Option<Refused> {
     let rate = grant.rate()?;
     let wait = rate.take(count as u64).err()?;
-    let seconds = auth::rate::retry_after_seconds(wait);
-    Some(Refused {
-        kind: RefusedKind::Backpressure,
-        message: format!(
-            "{} is over its rate of {} entries/s; retry in {seconds} s",
-            grant.holder(),
-            rate.entries_per_s()
-        ),
-        retry_after: Some(std::time::Duration::from_secs(seconds)),
-    })
+    Some(Refused::over_rate(grant.holder(), rate.entries_per_s(), wait))
 }
 
 /// The 429 of an ingest over its token's rate, with `Retry-After`.
 fn over_rate(core: &Core, grant: &Grant, count: usize) -> Option<Response<Body>> {
     let refused = rate_refusal(grant, count)?;
     let mut response = reject(core, StatusCode::TOO_MANY_REQUESTS, &refused.message);
-    let seconds = refused.retry_after.map_or(1, |wait| wait.as_secs());
+    let seconds = refused.retry_after_seconds().unwrap_or(1);
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     Some(response)
 }
@@ -446,8 +437,8 @@ fn body_refused(error: ingest::body::BodyError) -> Refused {
 pub(super) fn refused_json(refused: &Refused) -> Response<Body> {
     let status = StatusCode::from_u16(refused.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = error(status, &refused.message);
-    if let Some(wait) = refused.retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    if let Some(seconds) = refused.retry_after_seconds() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

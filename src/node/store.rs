@@ -91,6 +91,29 @@ impl Refused {
     pub fn too_large(message: impl Into<String>) -> Refused {
         Refused::new(RefusedKind::TooLarge, message)
     }
+
+    /// Over the ingest rate of `holder` (a token), `entries_per_s`; the
+    /// same request is let through after `wait`.
+    pub fn over_rate(holder: impl std::fmt::Display, entries_per_s: u64, wait: Duration) -> Refused {
+        Refused {
+            kind: RefusedKind::Backpressure,
+            message: format!(
+                "{holder} is over its rate of {entries_per_s} entries/s; retry in {} ms",
+                wait.as_millis() + 1
+            ),
+            retry_after: Some(wait),
+        }
+    }
+
+    /// The `Retry-After` of a retryable refusal, in whole seconds: its wait
+    /// rounded up (a client told 0 would retry at once), at least one.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        if !self.kind.retryable() {
+            return None;
+        }
+        let wait = self.retry_after.unwrap_or(RETRY_AFTER_DEFAULT);
+        Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+    }
 }
 
 impl From<shard::Error> for Refused {
@@ -269,6 +292,10 @@ mod tests {
             assert_eq!(Refused::new(kind, "x").retry_after, None);
         }
         assert_eq!(RefusedKind::Backpressure.http_status(), 429);
+        let over = Refused::over_rate("token \"a\"", 10, Duration::from_millis(1500));
+        assert_eq!((over.kind, over.retry_after_seconds()), (RefusedKind::Backpressure, Some(2)));
+        assert_eq!(Refused::over_rate("t", 10, Duration::from_millis(10)).retry_after_seconds(), Some(1));
+        assert_eq!(Refused::malformed("x").retry_after_seconds(), None);
         assert_eq!(RefusedKind::Malformed.http_status(), 400);
     }
 }

@@ -105,16 +105,7 @@ fn status(refused: &Refused) -> Status {
 fn rate_refusal(grant: &Grant, count: usize) -> Option<Refused> {
     let rate = grant.rate()?;
     let wait = rate.take(count as u64).err()?;
-    Some(Refused {
-        kind: RefusedKind::Backpressure,
-        message: format!(
-            "{} is over its rate of {} entries/s; retry in {} ms",
-            grant.holder(),
-            rate.entries_per_s(),
-            wait.as_millis() + 1
-        ),
-        retry_after: Some(wait),
-    })
+    Some(Refused::over_rate(grant.holder(), rate.entries_per_s(), wait))
 }
 
 #[cfg(test)]
