@@ -305,6 +305,18 @@ pub const QUERY_TAGS_MAX: usize = ENTRY_TAGS_MAX;
 /// Most `field=` predicates in one query: an entry has at most this many
 /// fields, so more could never match.
 pub const QUERY_FIELDS_MAX: usize = ENTRY_FIELDS_MAX;
+/// Most distinct words over a query's `q=` values: each word is one probe
+/// of every candidate block's filter and one comparison per word of every
+/// body read, and [`crate::index::words::WordQuery`] keeps one bit per word.
+pub const QUERY_WORDS_MAX: usize = 16;
+/// Longest word of `q=`: a body word is compared whole, and a word of a
+/// request id or a hash is far shorter.
+pub const QUERY_WORD_BYTES_MAX: usize = 256;
+/// Longest `contains=` text: it is searched for in every body the other
+/// predicates leave, and bodies are at most a few KiB in practice.
+pub const QUERY_CONTAINS_BYTES_MAX: usize = 1024;
+/// Most `contains=` predicates in one query (all must occur).
+pub const QUERY_CONTAINS_MAX: usize = 8;
 /// Entries one `WormIngest.Write` call may carry (as an HTTP ingest).
 pub const WRITE_ENTRIES_MAX: usize = HTTP_ENTRIES_PER_REQUEST_MAX;
 

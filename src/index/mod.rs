@@ -80,6 +80,7 @@
 
 pub mod file;
 pub mod segment_index;
+pub mod words;
 
 pub use file::{decode_origin_table, decode_summary, IndexSummary, FORMAT_VERSION, HEADER_BYTES, MAGIC};
 pub use segment_index::{BlockMeta, OriginKey, OriginSummary, SegmentIndex};

@@ -1,0 +1,339 @@
+//! Words of a body: what `q=WORD` matches (DESIGN.md section 12).
+//!
+//! A **word** is a maximal run of word bytes: ASCII letters, digits, `_`,
+//! and every byte of a non-ASCII UTF-8 character (so `naïve`, `日志` and
+//! `blk_38865049064139660` are one word each, and `10.251.42.84:50010` is
+//! five). Words compare **case-insensitively in ASCII**: `ERROR`, `Error`
+//! and `error` are one word; non-ASCII letters compare byte for byte (full
+//! Unicode case folding would cost a table lookup per character on the
+//! write path for the few logs that need it).
+//!
+//! Both sides use this module, so they cannot disagree:
+//!
+//! * the write path hashes every word of every body into the block's word
+//!   filter ([`for_each_word_hash`]);
+//! * a query hashes its words the same way ([`word_hash`]) to ask the filters
+//!   which blocks may hold them, then checks each entry exactly
+//!   ([`WordQuery::matches`]), so a filter's false positive costs a block
+//!   read and never a wrong answer.
+//!
+//! The hash is persisted (filters are written into index files), so it is
+//! part of the file format: [`word_hash`] must never change. It is defined
+//! here, not taken from a crate whose output may change between versions,
+//! and `words_hash_is_stable` pins its values.
+
+use crate::limits::{QUERY_WORDS_MAX, QUERY_WORD_BYTES_MAX};
+
+/// Per byte: its ASCII-folded value if it is a word byte, 0 if it separates
+/// words. (0 itself is a separator, so 0 never stands for a word byte.)
+const FOLD: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0usize;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = match b {
+            b'A'..=b'Z' => b + 32,
+            b'a'..=b'z' | b'0'..=b'9' | b'_' => b,
+            0x80..=0xff => b,
+            _ => 0,
+        };
+        byte += 1;
+    }
+    table
+};
+
+/// Whether `byte` belongs to a word.
+#[inline]
+pub fn is_word_byte(byte: u8) -> bool {
+    FOLD[byte as usize] != 0
+}
+
+/// The words of `body`, in order, as they appear (not folded).
+pub fn words(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|&byte| !is_word_byte(byte)).filter(|word| !word.is_empty())
+}
+
+const K0: u64 = 0x9e37_79b9_7f4a_7c15;
+const K1: u64 = 0xbf58_476d_1ce4_e5b9;
+
+/// Sets bit 5 of every byte of `chunk` that is an ASCII capital, which
+/// makes it lower case and leaves every other byte alone.
+#[inline]
+fn fold_ascii_capitals(chunk: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // For each byte b < 0x80: bit 7 of (b + (0x80 - 'A')) is set iff b >= 'A',
+    // and bit 7 of (b + (0x80 - 'Z' - 1)) is set iff b > 'Z'. Bytes >= 0x80
+    // are masked out first, so no carry crosses a byte.
+    let ascii = chunk & !HIGH & (!chunk & HIGH).wrapping_shr(7).wrapping_mul(0x7f);
+    let at_least_a = ascii.wrapping_add(ONES * (0x80 - u64::from(b'A')));
+    let above_z = ascii.wrapping_add(ONES * (0x80 - u64::from(b'Z') - 1));
+    let is_capital = at_least_a & !above_z & !chunk & HIGH;
+    chunk | (is_capital >> 2)
+}
+
+/// Finishes a hash (the 64-bit finalizer of MurmurHash3): every input bit
+/// affects every output bit, which the filters' probes rely on.
+#[inline]
+fn finish(mut hash: u64) -> u64 {
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+/// The hash of a word, case-folded: `word_hash(b"Error") ==
+/// word_hash(b"ERROR")`. `word` should be one word (see the module docs);
+/// any bytes are accepted. Persisted in index files: never change it.
+#[inline]
+pub fn word_hash(word: &[u8]) -> u64 {
+    let mut hash = K0 ^ (word.len() as u64).wrapping_mul(K1);
+    let mut chunks = word.chunks_exact(8);
+    for chunk in &mut chunks {
+        let value = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+        hash = (hash ^ fold_ascii_capitals(value)).wrapping_mul(K1).rotate_left(29);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut tail = [0u8; 8];
+        tail[..rest.len()].copy_from_slice(rest);
+        hash = (hash ^ fold_ascii_capitals(u64::from_le_bytes(tail))).wrapping_mul(K1).rotate_left(29);
+    }
+    finish(hash)
+}
+
+/// Calls `each` with the [`word_hash`] of every word of `body`, in order,
+/// repeats included.
+#[inline]
+pub fn for_each_word_hash(body: &[u8], mut each: impl FnMut(u64)) {
+    let mut start = None;
+    for (position, &byte) in body.iter().enumerate() {
+        match (is_word_byte(byte), start) {
+            (true, None) => start = Some(position),
+            (false, Some(first)) => {
+                each(word_hash(&body[first..position]));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = start {
+        each(word_hash(&body[first..]));
+    }
+}
+
+/// Whether `word` equals `folded` (already lower case) ignoring ASCII case.
+#[inline]
+fn eq_folded(word: &[u8], folded: &[u8]) -> bool {
+    word.len() == folded.len() && word.iter().zip(folded).all(|(&byte, &want)| FOLD[byte as usize] == want)
+}
+
+/// Why a `q=` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WordsError {
+    /// The value has no word byte at all (only punctuation or spaces).
+    #[error("q={0:?} has no word in it: a word is a run of letters, digits and '_'")]
+    NoWord(String),
+    /// A word is longer than [`QUERY_WORD_BYTES_MAX`].
+    #[error("a word of q is {0} bytes long; at most {QUERY_WORD_BYTES_MAX} are allowed")]
+    WordTooLong(usize),
+    /// More words than [`QUERY_WORDS_MAX`] over all `q=` values.
+    #[error("q names more than {QUERY_WORDS_MAX} words")]
+    TooManyWords,
+}
+
+/// The words a query asks for (`q=`, all of them must occur), folded and
+/// hashed once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WordQuery {
+    /// Distinct words, folded to lower case, in the order first given.
+    words: Vec<Box<[u8]>>,
+    /// `word_hash` of each word, same order.
+    hashes: Vec<u64>,
+}
+
+impl WordQuery {
+    /// The words of the `q=` values. A value that holds several words (say
+    /// `q=connection refused` or `q=10.0.0.1`) asks for each of them. Every
+    /// value must hold at least one word.
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, WordsError> {
+        let mut query = WordQuery::default();
+        for value in values {
+            let mut any = false;
+            for word in words(value.as_bytes()) {
+                any = true;
+                if word.len() > QUERY_WORD_BYTES_MAX {
+                    return Err(WordsError::WordTooLong(word.len()));
+                }
+                let folded: Box<[u8]> = word.iter().map(|&byte| FOLD[byte as usize]).collect();
+                if query.words.contains(&folded) {
+                    continue;
+                }
+                if query.words.len() == QUERY_WORDS_MAX {
+                    return Err(WordsError::TooManyWords);
+                }
+                query.hashes.push(word_hash(&folded));
+                query.words.push(folded);
+            }
+            if !any {
+                return Err(WordsError::NoWord(value.to_owned()));
+            }
+        }
+        Ok(query)
+    }
+
+    /// Whether the query asks for no word (every body matches).
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// The words' hashes, for the filters.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
+    /// The words, folded to lower case.
+    pub fn words(&self) -> impl Iterator<Item = &[u8]> {
+        self.words.iter().map(|word| &**word)
+    }
+
+    /// Whether `body` holds every word of the query as a whole word.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        match self.words.len() {
+            0 => true,
+            1 => words(body).any(|word| eq_folded(word, &self.words[0])),
+            count => {
+                // Bit i: word i seen. Count <= QUERY_WORDS_MAX <= 64.
+                let all = if count == 64 { u64::MAX } else { (1u64 << count) - 1 };
+                let mut seen = 0u64;
+                for word in words(body) {
+                    for (index, wanted) in self.words.iter().enumerate() {
+                        if eq_folded(word, wanted) {
+                            seen |= 1 << index;
+                        }
+                    }
+                    if seen == all {
+                        return true;
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+const _: () = assert!(QUERY_WORDS_MAX <= 64, "WordQuery::matches keeps one bit per word in a u64");
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn words_are_runs_of_letters_digits_underscores_and_non_ascii() {
+        let body = "INFO dfs.DataNode$PacketResponder: blk_-1608999687919862906 from /10.251.42.84:50010 naïve 日志!";
+        let found: Vec<&[u8]> = words(body.as_bytes()).collect();
+        let expected: Vec<&[u8]> = vec![
+            b"INFO",
+            b"dfs",
+            b"DataNode",
+            b"PacketResponder",
+            b"blk_",
+            b"1608999687919862906",
+            b"from",
+            b"10",
+            b"251",
+            b"42",
+            b"84",
+            b"50010",
+            "naïve".as_bytes(),
+            "日志".as_bytes(),
+        ];
+        assert_eq!(found, expected);
+        assert_eq!(words(b"").count(), 0);
+        assert_eq!(words(b" -- ").count(), 0);
+    }
+
+    #[test]
+    fn words_hash_is_stable() {
+        // Persisted in index files: these values must never change.
+        let pinned: [(&[u8], u64); 4] = [
+            (b"", 0x9ca0_66f1_a4ab_2eea),
+            (b"error", 0x67f3_c8ae_aa22_b5e2),
+            (b"ERROR", 0x67f3_c8ae_aa22_b5e2),
+            (b"blk_38865049064139660", 0xf289_4702_4c52_9de6),
+        ];
+        for (word, expected) in pinned {
+            assert_eq!(word_hash(word), expected, "{:?}", String::from_utf8_lossy(word));
+        }
+    }
+
+    #[test]
+    fn folding_changes_only_ascii_capitals() {
+        for byte in 0..=255u8 {
+            let chunk = u64::from_le_bytes([byte, b'A', b'Z', b'@', b'[', 0x80 | byte, b'a', b'z']);
+            let folded = fold_ascii_capitals(chunk).to_le_bytes();
+            assert_eq!(folded[0], byte.to_ascii_lowercase(), "byte {byte:#04x}");
+            assert_eq!(&folded[1..], &[b'a', b'z', b'@', b'[', 0x80 | byte, b'a', b'z']);
+        }
+    }
+
+    #[test]
+    fn a_query_matches_whole_words_ignoring_ascii_case() {
+        let query = WordQuery::parse(["Refused"]).unwrap();
+        assert!(query.matches(b"connection REFUSED by peer"));
+        assert!(query.matches(b"refused"));
+        assert!(!query.matches(b"connection refusedly"));
+        assert!(!query.matches(b"unrefused"));
+        let both = WordQuery::parse(["blk_42", "ERROR"]).unwrap();
+        assert!(both.matches(b"error on blk_42: gone"));
+        assert!(!both.matches(b"error on blk_43"));
+        let phrase = WordQuery::parse(["10.0.0.1"]).unwrap();
+        assert_eq!(phrase.words().count(), 3, "10, 0 and 1 (0 once)");
+        assert!(phrase.matches(b"from 1.10.0.99"));
+    }
+
+    #[test]
+    fn bad_query_words_are_refused() {
+        assert_eq!(WordQuery::parse(["--"]), Err(WordsError::NoWord("--".into())));
+        let long = "x".repeat(QUERY_WORD_BYTES_MAX + 1);
+        assert_eq!(WordQuery::parse([long.as_str()]), Err(WordsError::WordTooLong(QUERY_WORD_BYTES_MAX + 1)));
+        let many: Vec<String> = (0..=QUERY_WORDS_MAX).map(|index| format!("w{index}")).collect();
+        assert_eq!(WordQuery::parse(many.iter().map(String::as_str)), Err(WordsError::TooManyWords));
+        assert!(WordQuery::parse(many[..QUERY_WORDS_MAX].iter().map(String::as_str)).is_ok());
+    }
+
+    proptest! {
+        /// The fused hasher sees exactly the words `words` yields, and the
+        /// hash ignores ASCII case.
+        #[test]
+        fn hashing_agrees_with_the_word_split(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut hashed = Vec::new();
+            for_each_word_hash(&body, |hash| hashed.push(hash));
+            let expected: Vec<u64> = words(&body).map(word_hash).collect();
+            prop_assert_eq!(&hashed, &expected);
+            let upper: Vec<u8> = body.to_ascii_uppercase();
+            let mut hashed_upper = Vec::new();
+            for_each_word_hash(&upper, |hash| hashed_upper.push(hash));
+            prop_assert_eq!(hashed, hashed_upper);
+        }
+
+        /// `matches` agrees with a naive definition.
+        #[test]
+        fn matching_agrees_with_a_naive_check(
+            body in "[a-cA-C _.]{0,40}",
+            wanted in proptest::collection::vec("[a-cA-C]{1,3}", 1..4),
+        ) {
+            let query = WordQuery::parse(wanted.iter().map(String::as_str)).unwrap();
+            let body_words: Vec<String> = body
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| !word.is_empty())
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let naive = wanted.iter().all(|word| body_words.contains(&word.to_ascii_lowercase()));
+            prop_assert_eq!(query.matches(body.as_bytes()), naive);
+        }
+    }
+}
