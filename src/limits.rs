@@ -433,6 +433,15 @@ const _: () = assert!(SCAN_WINDOW_BYTES >= BLOCK_HEADER_BYTES + BLOCK_STORED_BYT
 /// Adjacent blocks a query or replay reads are coalesced into one I/O up to
 /// this many bytes: fewer syscalls, and a bounded buffer per reader.
 pub const READ_COALESCE_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes of block reads one ordered query (one shard's half of a query)
+/// keeps in flight ahead of the block it decodes, so the disk works while
+/// the core decompresses and filters. Four coalesced reads: enough to keep
+/// a disk's queue busy at several GB/s of raw text per core, small enough
+/// that a thousand concurrent queries hold a bounded amount of memory. A
+/// query starts with one read in flight and doubles up to this bound as it
+/// consumes reads, so a query answered by its first block reads little more.
+pub const QUERY_READ_BYTES_IN_FLIGHT_MAX: u64 = 4 * READ_COALESCE_BYTES;
+const _: () = assert!(QUERY_READ_BYTES_IN_FLIGHT_MAX >= READ_COALESCE_BYTES);
 /// Chunk size for zero-filling a spare segment and scrubbing a torn tail.
 pub const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// Zero-filling syncs the spare file every this many bytes. A commit's

@@ -28,6 +28,7 @@ use crate::codec::block::{validate_entry, with_log_entry_refs};
 use crate::grpc::status::{Code, Status};
 use crate::grpc::transport as grpc_transport;
 use crate::grpc::transport::{Call, LocalFuture, MessageStream, Service};
+use crate::index::words::WordQuery;
 use crate::limits::{
     PUSH_BATCHES_IN_FLIGHT_MAX, PUSH_BYTES_IN_FLIGHT_PER_CORE_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX,
     REPLAY_CHUNK_ENTRIES, WRITE_ENTRIES_MAX,
@@ -42,6 +43,7 @@ use crate::proto::{
 use crate::query::{self, QuerySpec};
 use crate::replication::batch::PushedBatch;
 use crate::replication::{self, shard_status};
+use crate::shard::Substrings;
 use crate::tier::replica::Change;
 use crate::tier::{self, transport};
 
@@ -197,6 +199,10 @@ impl Services {
                 crate::limits::QUERY_FIELDS_MAX
             )));
         }
+        let words = WordQuery::parse(request.q.iter().map(String::as_str))
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let contains = Substrings::parse(request.contains.iter().map(String::as_str))
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let spec = Arc::new(QuerySpec {
             tags: request.tags.into_iter().collect(),
             fields: request.fields.into_iter().collect(),
@@ -204,6 +210,8 @@ impl Services {
             to_ts,
             limit,
             backward: false,
+            words,
+            contains,
         });
         self.core.counters.borrow_mut().queries += 1;
         let mut merged = self.core.query(spec).await.map_err(query_status)?;

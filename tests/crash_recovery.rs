@@ -309,6 +309,8 @@ fn a_missing_or_corrupt_sealed_index_is_rebuilt_from_its_segment() {
             to_ts: 10,
             limit: usize::MAX,
             backward: false,
+            words: &Default::default(),
+            contains: &Default::default(),
         };
         assert_eq!(shard.query(&query).await.unwrap().entries.len() as u64, total);
         shard.close().await.unwrap();

@@ -115,6 +115,8 @@ async fn write(client: &mut Client, entries: Vec<LogEntry>) -> Result<WriteRespo
 
 async fn query_tag(client: &mut Client, key: &str, value: &str) -> Vec<LogEntry> {
     let request = QueryRequest {
+        q: Vec::new(),
+        contains: Vec::new(),
         fields: Default::default(),
         from_ns: 0,
         to_ns: 0,
@@ -294,6 +296,8 @@ fn write_then_query_returns_the_entries_with_their_ids() {
 
         // The time range (half-open, `from_ns..to_ns`) is honoured too.
         let request = QueryRequest {
+            q: Vec::new(),
+            contains: Vec::new(),
             fields: Default::default(),
             from_ns: base_ts + 1,
             to_ns: base_ts + 2,

@@ -212,13 +212,24 @@ fn queries_use_the_index_and_filter_exactly() {
                 to_ts: i64::MAX,
                 limit: usize::MAX,
                 backward: false,
+                words: &Default::default(),
+                contains: &Default::default(),
             };
             let result = shard.query(&everything).await.unwrap();
             assert_eq!(result.entries.len(), lines.len());
             result.blocks_read
         };
         let tags = [("source", "OpenSSH"), ("level", "info")];
-        let query = Query { fields: &[], tags: &tags, from_ts: 0, to_ts: i64::MAX, limit: 100_000, backward: false };
+        let query = Query {
+            fields: &[],
+            tags: &tags,
+            from_ts: 0,
+            to_ts: i64::MAX,
+            limit: 100_000,
+            backward: false,
+            words: &Default::default(),
+            contains: &Default::default(),
+        };
         let result = shard.query(&query).await.unwrap();
         let expected: Vec<u64> = lines
             .iter()
@@ -231,7 +242,16 @@ fn queries_use_the_index_and_filter_exactly() {
         assert!(result.blocks_read * 4 < total_blocks, "read {} of {total_blocks} blocks", result.blocks_read);
 
         // Time range [from, to) and limit, both directions.
-        let window = Query { fields: &[], tags: &[], from_ts: 100, to_ts: 110, limit: 100, backward: false };
+        let window = Query {
+            fields: &[],
+            tags: &[],
+            from_ts: 100,
+            to_ts: 110,
+            limit: 100,
+            backward: false,
+            words: &Default::default(),
+            contains: &Default::default(),
+        };
         let forward = shard.query(&window).await.unwrap();
         assert_eq!(
             forward.entries.iter().map(|entry| entry.timestamp_ns).collect::<Vec<_>>(),
@@ -328,7 +348,16 @@ fn ordered_queries_sort_by_timestamp_across_blocks_and_segments() {
                 (vec![("group", "a")], 20_000, 90_000, 700),
                 (vec![("group", "b")], 0, 1, 10),
             ] {
-                let query = Query { fields: &[], tags: &tags, from_ts, to_ts, limit, backward };
+                let query = Query {
+                    fields: &[],
+                    tags: &tags,
+                    from_ts,
+                    to_ts,
+                    limit,
+                    backward,
+                    words: &Default::default(),
+                    contains: &Default::default(),
+                };
                 let mut ordered = shard.query_ordered(&query).await.unwrap();
                 let mut got = Vec::new();
                 loop {

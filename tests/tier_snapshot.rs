@@ -141,6 +141,8 @@ async fn found(shard: &Shard, tags: &[(&str, &str)], ours: &BTreeMap<Pair, u64>)
         to_ts: i64::MAX,
         limit: wormdb::limits::READ_ENTRIES_MAX,
         backward: false,
+        words: &Default::default(),
+        contains: &Default::default(),
     };
     let result = shard.query(&query).await.unwrap();
     let kept: Vec<LogEntry> =

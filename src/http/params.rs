@@ -1,6 +1,8 @@
 //! Query-string parsing for `GET /v1/entries` and `GET /v1/tail`. Pure.
 
+use crate::index::words::WordQuery;
 use crate::limits::{QUERY_FIELDS_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TAGS_MAX};
+use crate::shard::Substrings;
 
 /// A parsed query string.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +19,10 @@ pub struct QueryParams {
     pub limit: usize,
     /// `direction=backward`.
     pub backward: bool,
+    /// Every `q=` (whole words of the body, all required).
+    pub words: WordQuery,
+    /// Every `contains=` (exact substrings of the body, all required).
+    pub contains: Substrings,
 }
 
 pub(super) fn percent_decode(text: &str) -> Result<String, String> {
@@ -40,7 +46,7 @@ pub(super) fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 /// Parses `from`, `to`, `tag` and `field` (repeated, `k=v`), `limit`,
-/// `direction`.
+/// `direction`, `q` and `contains` (repeated).
 /// `allowed` names the parameters this endpoint takes; others are refused.
 pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, String> {
     let mut params = QueryParams {
@@ -50,7 +56,11 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Strin
         fields: Vec::new(),
         limit: QUERY_LIMIT_DEFAULT,
         backward: false,
+        words: WordQuery::default(),
+        contains: Substrings::default(),
     };
+    let mut words: Vec<String> = Vec::new();
+    let mut contains: Vec<String> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name)?;
@@ -80,9 +90,25 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Strin
             }
             "tag" => push_predicate(&mut params.tags, "tag", &value, QUERY_TAGS_MAX)?,
             "field" => push_predicate(&mut params.fields, "field", &value, QUERY_FIELDS_MAX)?,
+            // Bounded by the parsers below; the count first, so a query
+            // string of a million `q=` holds no more than the limits.
+            "q" => {
+                if words.len() == crate::limits::QUERY_WORDS_MAX {
+                    return Err(format!("more than {} q= values", crate::limits::QUERY_WORDS_MAX));
+                }
+                words.push(value)
+            }
+            "contains" => {
+                if contains.len() == crate::limits::QUERY_CONTAINS_MAX {
+                    return Err(format!("more than {} contains= values", crate::limits::QUERY_CONTAINS_MAX));
+                }
+                contains.push(value)
+            }
             _ => unreachable!("checked against allowed"),
         }
     }
+    params.words = WordQuery::parse(words.iter().map(String::as_str)).map_err(|error| error.to_string())?;
+    params.contains = Substrings::parse(contains.iter().map(String::as_str)).map_err(|error| error.to_string())?;
     if params.from_ts > params.to_ts {
         return Err(format!("from={} is after to={}", params.from_ts, params.to_ts));
     }
@@ -107,7 +133,7 @@ fn push_predicate(predicates: &mut Vec<(String, String)>, name: &str, value: &st
 mod tests {
     use super::*;
 
-    const ALL: &[&str] = &["from", "to", "tag", "limit", "direction"];
+    const ALL: &[&str] = &["from", "to", "tag", "limit", "direction", "q", "contains"];
 
     #[test]
     fn parses_every_parameter() {
@@ -137,10 +163,34 @@ mod tests {
             ("color=red", "unknown parameter"),
             ("from=5&to=4", "after"),
             ("tag=a%zz", "percent"),
+            ("q=--", "no word"),
+            ("q=&tag=a=b", "no word"),
+            ("contains=", "empty"),
+            ("contains=a&contains=", "empty"),
         ] {
             let error = parse(Some(query), ALL).unwrap_err();
             assert!(error.contains(needle), "{query}: {error}");
         }
         assert!(parse(Some("limit=5"), &["tag"]).is_err());
+        let long_word = format!("q={}", "w".repeat(crate::limits::QUERY_WORD_BYTES_MAX + 1));
+        assert!(parse(Some(&long_word), ALL).unwrap_err().contains("bytes long"));
+        let long_text = format!("contains={}", "c".repeat(crate::limits::QUERY_CONTAINS_BYTES_MAX + 1));
+        assert!(parse(Some(&long_text), ALL).unwrap_err().contains("bytes long"));
+        let many_words: Vec<String> = (0..=crate::limits::QUERY_WORDS_MAX).map(|index| format!("q=w{index}")).collect();
+        assert!(parse(Some(&many_words.join("&")), ALL).unwrap_err().contains("q="));
+        let many_texts: Vec<String> =
+            (0..=crate::limits::QUERY_CONTAINS_MAX).map(|index| format!("contains=c{index}")).collect();
+        assert!(parse(Some(&many_texts.join("&")), ALL).unwrap_err().contains("contains="));
+    }
+
+    #[test]
+    fn parses_words_and_substrings() {
+        let params = parse(Some("q=Error&q=blk_42+refused&contains=10.0.0.1%3A80&contains=a%26b"), ALL).unwrap();
+        let words: Vec<&[u8]> = params.words.words().collect();
+        assert_eq!(words, vec![&b"error"[..], b"blk_42", b"refused"]);
+        let needles: Vec<&[u8]> = params.contains.needles().collect();
+        assert_eq!(needles, vec![&b"10.0.0.1:80"[..], b"a&b"]);
+        let none = parse(None, ALL).unwrap();
+        assert!(none.words.is_empty() && none.contains.is_empty());
     }
 }

@@ -33,7 +33,7 @@ use crate::node::peers::ShardReport;
 use crate::node::{Core, InFlight, Refused, RefusedKind};
 use crate::proto::WriteRequest;
 use crate::query::{self, QuerySpec};
-use crate::shard::Error;
+use crate::shard::{EntryFilter, Error};
 
 /// The response body type: whole or streamed.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -524,7 +524,8 @@ fn streamed(receiver: mpsc::Receiver<Bytes>) -> Response<Body> {
 }
 
 async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
-    let params = match params::parse(request.uri().query(), &["from", "to", "tag", "field", "limit", "direction"]) {
+    let allowed = ["from", "to", "tag", "field", "limit", "direction", "q", "contains"];
+    let params = match params::parse(request.uri().query(), &allowed) {
         Ok(params) => params,
         Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
     };
@@ -536,6 +537,8 @@ async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
         to_ts: params.to_ts,
         limit: params.limit,
         backward: params.backward,
+        words: params.words,
+        contains: params.contains,
     });
     let mut merged = match core.query(spec).await {
         Ok(merged) => merged,
@@ -574,14 +577,19 @@ async fn query(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
 }
 
 async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
-    let params = match params::parse(request.uri().query(), &["tag", "field"]) {
+    let params = match params::parse(request.uri().query(), &["tag", "field", "q", "contains"]) {
         Ok(params) => params,
         Err(message) => return reject(&core, StatusCode::BAD_REQUEST, message),
     };
-    // Tags are filtered on each shard; fields (not indexed, and rarely
-    // asked of a tail) here, where the shards' streams merge.
-    let fields = params.fields;
-    let (streams, lag_flags) = match core.tail(Arc::new(params.tags)).await {
+    // Every predicate is checked on each shard's core, as for a query.
+    let filter = EntryFilter {
+        tags: params.tags,
+        fields: params.fields,
+        words: params.words,
+        contains: params.contains,
+        ..EntryFilter::default()
+    };
+    let (streams, lag_flags) = match core.tail(Arc::new(filter)).await {
         Ok(subscription) => subscription,
         Err(shutting_down) => return reject(&core, StatusCode::SERVICE_UNAVAILABLE, shutting_down),
     };
@@ -590,10 +598,7 @@ async fn tail(core: Rc<Core>, request: Request<Incoming>) -> Response<Body> {
         let mut merged = futures_util::stream::select_all(streams);
         while let Some(entries) = merged.next().await {
             let mut out = Vec::new();
-            let matching = entries.iter().filter(|entry| {
-                fields.iter().all(|(key, value)| entry.fields.get(key).is_some_and(|held| held == value))
-            });
-            for entry in matching {
+            for entry in &entries {
                 ndjson::write_entry_line(&mut out, entry);
             }
             if !out.is_empty() && body.send(Bytes::from(out)).await.is_err() {

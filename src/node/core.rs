@@ -19,7 +19,7 @@ use crate::replication::batch::PushedBatch;
 use crate::replication::follower::FollowerState;
 use crate::replication::leader::{self, owner_of, Archive};
 use crate::replication::{self, Host};
-use crate::shard::Shard;
+use crate::shard::{EntryFilter, Shard};
 use crate::tier::replica::Replica;
 
 /// Requests refused, by reason, on one core (for `/metrics`).
@@ -161,18 +161,18 @@ impl Core {
         MergedQuery::start(streams, &spec).await
     }
 
-    /// Subscribes to every shard's new entries matching `tags`: one stream
-    /// and one "dropped for falling behind" flag per shard.
+    /// Subscribes to every shard's new entries that `filter` keeps: one
+    /// stream and one "dropped for falling behind" flag per shard.
     pub async fn tail(
         &self,
-        tags: Arc<Vec<(String, String)>>,
+        filter: Arc<EntryFilter>,
     ) -> Result<(Vec<mpsc::Receiver<Vec<LogEntry>>>, Vec<Arc<AtomicBool>>), ShuttingDown> {
         let mut streams = Vec::with_capacity(self.peers.len());
         let mut lag_flags = Vec::with_capacity(self.peers.len());
         for index in 0..self.peers.len() {
             let (sink, receiver) = mpsc::channel(TAIL_CHUNKS_BUFFERED_MAX);
             let lagged = Arc::new(AtomicBool::new(false));
-            self.send(index, Request::Tail { tags: tags.clone(), sink, lagged: lagged.clone() }).await?;
+            self.send(index, Request::Tail { filter: filter.clone(), sink, lagged: lagged.clone() }).await?;
             streams.push(receiver);
             lag_flags.push(lagged);
         }

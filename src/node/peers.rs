@@ -17,7 +17,7 @@ use super::{Core, HttpCounters};
 use crate::proto::LogEntry;
 use crate::query::{self, QueryChunk, QuerySpec, TailEnd};
 use crate::replication::{self, leader};
-use crate::shard::{ShardStats, TornTail};
+use crate::shard::{EntryFilter, ShardStats, TornTail};
 
 /// A shard's numbers for `/v1/stats` and `/metrics`.
 #[derive(Clone, Debug)]
@@ -74,10 +74,11 @@ pub enum Request {
         /// Where chunks go.
         sink: mpsc::Sender<QueryChunk>,
     },
-    /// Stream newly committed entries matching `tags` until the sink closes.
+    /// Stream newly committed entries that `filter` keeps until the sink
+    /// closes.
     Tail {
-        /// `key=value` predicates (AND).
-        tags: Arc<Vec<(String, String)>>,
+        /// The predicates (tags, fields, words, substrings).
+        filter: Arc<EntryFilter>,
         /// Where chunks go; when full, the subscriber is too slow.
         sink: mpsc::Sender<Vec<LogEntry>>,
         /// Set when this shard dropped the subscriber for being too slow.
@@ -138,10 +139,10 @@ pub async fn serve_inbox(core: Rc<Core>, mut inbox: mpsc::Receiver<Request>) {
                 let core = core.clone();
                 glommio::spawn_local(async move { query::stream_shard(&core.shard, &spec, sink).await }).detach();
             }
-            Request::Tail { tags, sink, lagged } => {
+            Request::Tail { filter, sink, lagged } => {
                 let core = core.clone();
                 glommio::spawn_local(async move {
-                    if query::tail_shard(&core.shard, &tags, sink, &lagged).await == TailEnd::Lagged {
+                    if query::tail_shard(&core.shard, &filter, sink, &lagged).await == TailEnd::Lagged {
                         core.counters.borrow_mut().tails_lagged += 1;
                     }
                 })

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_channel::mpsc;
 use futures_util::{SinkExt, StreamExt};
 
+use crate::index::words::WordQuery;
 use crate::limits::{QUERY_CHUNK_ENTRIES, TAIL_READ_ENTRIES};
 use crate::proto::LogEntry;
-use crate::shard::{self, Query, Shard};
+use crate::shard::{self, EntryFilter, Query, Shard, Substrings};
 
 /// An owned query, shared by the per-shard tasks of one request.
 #[derive(Clone, Debug)]
@@ -33,6 +34,10 @@ pub struct QuerySpec {
     pub limit: usize,
     /// Newest first.
     pub backward: bool,
+    /// Whole words of the body, all required (`q=`).
+    pub words: WordQuery,
+    /// Exact substrings of the body, all required (`contains=`).
+    pub contains: Substrings,
 }
 
 /// One message of a shard's query stream.
@@ -78,6 +83,8 @@ pub async fn stream_shard(shard: &Shard, spec: &QuerySpec, mut sink: mpsc::Sende
         to_ts: spec.to_ts,
         limit: spec.limit,
         backward: spec.backward,
+        words: &spec.words,
+        contains: &spec.contains,
     };
     let mut ordered = match shard.query_ordered(&query).await {
         Ok(ordered) => ordered,
@@ -106,11 +113,6 @@ pub async fn stream_shard(shard: &Shard, spec: &QuerySpec, mut sink: mpsc::Sende
     }
 }
 
-/// Whether `entry` carries every `key=value` of `tags`.
-pub fn matches(entry: &LogEntry, tags: &[(String, String)]) -> bool {
-    tags.iter().all(|(key, value)| entry.tags.get(key) == Some(value))
-}
-
 /// How a tail subscription of one shard ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TailEnd {
@@ -123,12 +125,14 @@ pub enum TailEnd {
     Failed,
 }
 
-/// Streams `shard`'s newly committed entries matching `tags` into `sink`
-/// until the subscriber leaves, the shard closes, or the subscriber falls
-/// behind (then `lagged` is set, so the merging side can say why).
+/// Streams `shard`'s newly committed entries that `filter` keeps into
+/// `sink` until the subscriber leaves, the shard closes, or the subscriber
+/// falls behind (then `lagged` is set, so the merging side can say why).
+/// Filtering here, on the shard's core, keeps what is not wanted off the
+/// channel between cores.
 pub async fn tail_shard(
     shard: &Shard,
-    tags: &[(String, String)],
+    filter: &EntryFilter,
     mut sink: mpsc::Sender<Vec<LogEntry>>,
     lagged: &AtomicBool,
 ) -> TailEnd {
@@ -148,7 +152,7 @@ pub async fn tail_shard(
                 }
             };
             after = entries.last().map(|entry| entry.seq).unwrap_or(durable);
-            let matching: Vec<LogEntry> = entries.into_iter().filter(|entry| matches(entry, tags)).collect();
+            let matching: Vec<LogEntry> = entries.into_iter().filter(|entry| filter.keeps_entry(entry)).collect();
             if matching.is_empty() {
                 continue;
             }

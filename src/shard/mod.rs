@@ -23,11 +23,13 @@
 //! after that completed.
 //!
 //! Modules: [`segment`] (segment header and names), [`scan`] (the
-//! recovery scanner) and [`plan`] (recovery's decisions) are pure;
+//! recovery scanner), [`plan`] (recovery's decisions) and [`filter`] (a
+//! query's exact check of each entry) are pure;
 //! [`faults`] is the seam that tests inject storage faults through; this
 //! module, `writer`, `reader` and `recovery` do the I/O.
 
 pub mod faults;
+pub mod filter;
 pub(crate) mod oneshot;
 pub mod plan;
 mod reader;
@@ -49,6 +51,7 @@ use crate::codec::block;
 pub use crate::codec::{EntryRef, Origin, TagSet};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
+pub use filter::{EntryFilter, Substrings, SubstringsError};
 pub use plan::{RecoveryReport, TornTail};
 pub use reader::{OrderedQuery, Query, QueryResult, SnapshotVisit};
 pub use retention::{plan_retention, RetentionPolicy, SegmentSpan, SharedSeq};

@@ -1,18 +1,32 @@
 //! Readers: by seq (replay, tail) and by query (tags and time, through the
-//! index). Reads see durable blocks only, go through O_DIRECT reads and
-//! verify each block's crc before decoding it.
+//! index; then every predicate exactly, see [`super::filter`]). Reads see
+//! durable blocks only, go through O_DIRECT reads and verify each block's
+//! crc before decoding it.
+//!
+//! An ordered query ([`OrderedQuery`], what `GET /v1/entries` runs on each
+//! shard) is a pipeline: it keeps up to
+//! [`limits::QUERY_READ_BYTES_IN_FLIGHT_MAX`] of coalesced block reads in
+//! flight while the core decompresses (into one reused buffer) and filters
+//! the block before, and it decodes only the entries that match. A block
+//! whose payload lacks a `contains=` text is skipped after one `memmem`
+//! pass, without parsing its entries.
 
+use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 
-use glommio::io::{DmaBuffer, DmaFile};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 
+use super::filter::{EntryFilter, Substrings};
 use super::TagSet;
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
+use crate::index::words::WordQuery;
 use crate::index::{BlockMeta, OriginKey, SegmentIndex};
-use crate::limits::{self, READ_COALESCE_BYTES};
+use crate::limits::{self, QUERY_READ_BYTES_IN_FLIGHT_MAX, READ_COALESCE_BYTES};
 use crate::proto::LogEntry;
 
 /// What [`Shard::read_replicated_blocks`] calls with each block: its
@@ -35,6 +49,30 @@ pub struct Query<'a> {
     pub limit: usize,
     /// Newest seq first instead of oldest first.
     pub backward: bool,
+    /// Whole words the body must hold, all of them (`q=`, ASCII
+    /// case-insensitive). Checked on every entry read; the index's word
+    /// filters narrow the blocks once they exist (see `candidate_blocks`).
+    pub words: &'a WordQuery,
+    /// Exact substrings the body must hold, all of them (`contains=`):
+    /// brute force over the blocks the other predicates leave.
+    pub contains: &'a Substrings,
+}
+
+impl Query<'_> {
+    /// The exact per-entry check of this query, owned.
+    pub fn filter(&self) -> EntryFilter {
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+        };
+        EntryFilter {
+            from_ts: self.from_ts,
+            to_ts: self.to_ts,
+            tags: owned(self.tags),
+            fields: owned(self.fields),
+            words: self.words.clone(),
+            contains: self.contains.clone(),
+        }
+    }
 }
 
 /// What a query found.
@@ -162,18 +200,19 @@ impl Shard {
 
     /// Reads and decodes `plan`'s blocks in order (or reverse order), calling
     /// `visit` with each block's entries (already filtered by `keep`) until
-    /// it returns false.
+    /// it returns false. A block whose payload `rules_out` is not parsed.
     async fn read_plan(
         &self,
         plan: &Plan,
         backward: bool,
         keep: &dyn Fn(u64, &EntryView<'_>) -> bool,
+        rules_out: &dyn Fn(&[u8]) -> bool,
         visit: &mut dyn FnMut(Vec<LogEntry>) -> bool,
     ) -> Result<bool> {
         let (node, shard) = (self.inner.config.node_id, self.inner.config.shard_id);
         let mut raw = Vec::new();
         self.read_blocks(plan, backward, &mut |meta, block_bytes| {
-            let mut entries: Vec<LogEntry> = matching_entries(block_bytes, &mut raw, node, shard, keep)
+            let mut entries: Vec<LogEntry> = matching_entries(block_bytes, &mut raw, node, shard, rules_out, keep)
                 .map_err(|source| Error::Block { path: plan.path.clone(), offset: meta.offset, source })?
                 .into_iter()
                 .map(|(_, entry)| entry)
@@ -469,7 +508,7 @@ impl Shard {
         for plan in self.plans_from(from_seq, limit).await? {
             let keep = |seq: u64, _: &EntryView<'_>| seq >= from_seq;
             let complete = self
-                .read_plan(&plan, false, &keep, &mut |entries| {
+                .read_plan(&plan, false, &keep, &|_| false, &mut |entries| {
                     let room = limit - out.len();
                     out.extend(entries.into_iter().take(room));
                     out.len() < limit
@@ -535,7 +574,7 @@ impl Shard {
             // may start below it).
             let keep = |seq: u64, _: &EntryView<'_>| origin_seq_of(&plan.blocks, seq).is_some_and(|seq| seq >= wanted);
             let complete = self
-                .read_plan(&plan, false, &keep, &mut |entries| {
+                .read_plan(&plan, false, &keep, &|_| false, &mut |entries| {
                     for entry in entries {
                         if (entry.node_id, entry.shard) != key || entry.seq < next_wanted {
                             continue;
@@ -572,19 +611,16 @@ impl Shard {
             targets.reverse();
         }
         let blocks_read_before = self.inner.state.borrow().stats.blocks_read;
+        let filter = query.filter();
+        let keep = |_: u64, view: &EntryView<'_>| filter.keeps(view);
+        let rules_out = |payload: &[u8]| filter.rules_out_payload(payload);
         for target in targets {
             let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await? else {
                 continue;
             };
-            let keep = |_: u64, view: &EntryView<'_>| {
-                view.timestamp_ns >= query.from_ts
-                    && view.timestamp_ns < query.to_ts
-                    && view.has_tags(query.tags)
-                    && view.has_fields(query.fields)
-            };
             let entries = &mut result.entries;
             let complete = self
-                .read_plan(&plan, query.backward, &keep, &mut |found| {
+                .read_plan(&plan, query.backward, &keep, &rules_out, &mut |found| {
                     let room = limit - entries.len();
                     entries.extend(found.into_iter().take(room));
                     entries.len() < limit
@@ -601,17 +637,22 @@ impl Shard {
 
 /// Verifies one block, decompresses it into `raw`, and decodes the entries
 /// that `keep` accepts (judged on a zero-copy view first), with their seq in
-/// this shard. Both read paths go through here.
+/// this shard; none at all, without parsing, when `rules_out` the payload.
+/// Every query path goes through here.
 fn matching_entries(
     block_bytes: &[u8],
     raw: &mut Vec<u8>,
     node: u32,
     shard: u32,
+    rules_out: &dyn Fn(&[u8]) -> bool,
     keep: &dyn Fn(u64, &EntryView<'_>) -> bool,
 ) -> Result<Vec<(u64, LogEntry)>, block::BlockError> {
     let header = block::verify_block(block_bytes)?;
     block::decompress_payload(&header, block_bytes, raw)?;
     let mut entries = Vec::new();
+    if rules_out(raw) {
+        return Ok(entries);
+    }
     block::for_each_entry(&header, raw, |seq, entry_bytes| {
         let view = EntryView::parse(entry_bytes)?;
         if keep(seq, &view) {
@@ -624,6 +665,11 @@ fn matching_entries(
 
 /// The blocks of a segment that may hold matches of `query`, among the
 /// first `visible` (the durable ones).
+///
+/// The index prunes by tags and time. `query.words.hashes()` is where the
+/// per-block word filters come in once the index has them; until then
+/// every block left by tags and time is a candidate, and the words are
+/// checked on each of its entries (correct, only slower).
 fn candidate_blocks(index: &SegmentIndex, visible: usize, query: &Query<'_>) -> Vec<BlockMeta> {
     index
         .candidates(query.tags, query.from_ts, query.to_ts)
@@ -718,24 +764,91 @@ impl Ord for Pending {
 struct Candidate {
     file: Rc<DmaFile>,
     path: Rc<PathBuf>,
+    /// Which segment (which of the query's plans) it lives in.
+    segment: usize,
     meta: BlockMeta,
+}
+
+/// One coalesced read of consecutive candidates (in visiting order) that
+/// lie back to back in one file.
+struct GroupRead {
+    /// The first candidate it covers (an index into the candidate list).
+    first: usize,
+    /// One past the last candidate it covers.
+    end: usize,
+    /// The file offset of `bytes[0]`.
+    start: u64,
+    /// The bytes asked for (`bytes` may be shorter if the file is).
+    span: u64,
+    bytes: ReadResult,
+}
+
+/// A read in flight: resolves to the group, or the error that read gave.
+type PendingRead = Pin<Box<dyn Future<Output = Result<GroupRead>>>>;
+
+/// Which blocks, from `first` on in visiting order, one read covers: those
+/// that follow one another in the same segment without a gap (upwards for
+/// a forward query, downwards for a backward one), within
+/// [`READ_COALESCE_BYTES`]. `blocks` are (segment, offset, length). Returns
+/// one past the last one and the file range `start..end` to read. Pure.
+fn read_group(blocks: &[(usize, u64, u64)], first: usize) -> (usize, u64, u64) {
+    let (segment, offset, len) = blocks[first];
+    let (mut start, mut end) = (offset, offset + len);
+    let mut next = first + 1;
+    while let Some(&(next_segment, offset, len)) = blocks.get(next) {
+        if next_segment != segment {
+            break;
+        }
+        let (_, previous_offset, previous_len) = blocks[next - 1];
+        // Growing one way only: upwards while the previous block ends the
+        // range, downwards while it starts it.
+        let after = offset == previous_offset + previous_len && end == offset;
+        let before = offset + len == previous_offset && start == previous_offset;
+        let (new_start, new_end) = match (after, before) {
+            (true, _) => (start, offset + len),
+            (_, true) => (offset, end),
+            _ => break,
+        };
+        if new_end - new_start > READ_COALESCE_BYTES {
+            break;
+        }
+        (start, end) = (new_start, new_end);
+        next += 1;
+    }
+    (next, start, end)
 }
 
 /// A query whose results come out in timestamp order (ties by seq), chunk
 /// by chunk, without holding the whole result: candidate blocks are visited
 /// in order of their time range, and an entry is released only once no
 /// unvisited block can hold an earlier one. Memory is the candidate block
-/// list plus the entries of blocks whose time ranges overlap.
+/// list, the entries of blocks whose time ranges overlap, and the reads in
+/// flight (at most [`QUERY_READ_BYTES_IN_FLIGHT_MAX`] ahead of the group of
+/// blocks being decoded).
 pub struct OrderedQuery {
     shard: Shard,
-    tags: Vec<(String, String)>,
-    fields: Vec<(String, String)>,
-    from_ts: i64,
-    to_ts: i64,
+    filter: EntryFilter,
     backward: bool,
     remaining: usize,
     candidates: Vec<Candidate>,
+    /// Each candidate's (segment, offset, length), for [`read_group`].
+    spans: Vec<(usize, u64, u64)>,
+    /// The next candidate to decode.
     next_candidate: usize,
+    /// Reads issued, in visiting order, covering the candidates from the
+    /// current group's end to `next_unread`.
+    reads: FuturesOrdered<PendingRead>,
+    /// The first candidate no read was issued for yet.
+    next_unread: usize,
+    /// Bytes of the reads in `reads`.
+    bytes_in_flight: u64,
+    /// How many bytes may be in flight now: one read at first, doubling
+    /// with each read consumed up to [`QUERY_READ_BYTES_IN_FLIGHT_MAX`].
+    bytes_in_flight_max: u64,
+    /// The read holding `next_candidate`, once it arrived.
+    current: Option<GroupRead>,
+    /// The decompression buffer, reused from block to block.
+    raw: Vec<u8>,
     heap: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
     blocks_read: u64,
 }
@@ -763,6 +876,9 @@ impl OrderedQuery {
                     break;
                 }
                 self.visit_next().await?;
+                // A scan that matches little decodes block after block
+                // without waiting for the disk: let the core's other work in.
+                glommio::yield_if_needed().await;
             }
             match self.heap.pop() {
                 Some(std::cmp::Reverse(pending)) => {
@@ -775,32 +891,79 @@ impl OrderedQuery {
         Ok(out)
     }
 
+    /// Issues reads for the candidates after those already asked for,
+    /// while the bytes in flight stay within the current bound (one read
+    /// is always allowed when none is in flight).
+    fn issue_reads(&mut self) {
+        while self.next_unread < self.candidates.len() {
+            let first = self.next_unread;
+            let (end, start, stop) = read_group(&self.spans, first);
+            let span = stop - start;
+            if self.bytes_in_flight > 0 && self.bytes_in_flight + span > self.bytes_in_flight_max {
+                break;
+            }
+            let file = self.candidates[first].file.clone();
+            let path = self.candidates[first].path.clone();
+            self.reads.push_back(Box::pin(async move {
+                let bytes = file
+                    .read_at(start, span as usize)
+                    .await
+                    .map_err(|error| Error::glommio("read segment", &path, error))?;
+                Ok(GroupRead { first, end, start, span, bytes })
+            }));
+            self.bytes_in_flight += span;
+            self.next_unread = end;
+        }
+    }
+
+    /// Makes `current` the read holding candidate `index`: it already is, or
+    /// it is the next one to arrive (more are issued before and after
+    /// waiting for it, so the disk works while this core decodes).
+    async fn load_group_holding(&mut self, index: usize) -> Result<()> {
+        if !self.current.as_ref().is_some_and(|group| group.first <= index && index < group.end) {
+            self.current = None;
+            self.issue_reads();
+            let group = match self.reads.next().await {
+                Some(group) => group?,
+                None => unreachable!("a read was issued for every candidate before the next one to decode"),
+            };
+            debug_assert_eq!(group.first, index, "reads arrive in visiting order");
+            self.bytes_in_flight -= group.span;
+            self.bytes_in_flight_max = (self.bytes_in_flight_max * 2).min(QUERY_READ_BYTES_IN_FLIGHT_MAX);
+            self.current = Some(group);
+            self.issue_reads();
+        }
+        Ok(())
+    }
+
     async fn visit_next(&mut self) -> Result<()> {
-        let candidate = &self.candidates[self.next_candidate];
+        let index = self.next_candidate;
         self.next_candidate += 1;
-        let bytes = candidate
-            .file
-            .read_at(candidate.meta.offset, candidate.meta.len as usize)
-            .await
-            .map_err(|error| Error::glommio("read segment", &candidate.path, error))?;
+        let (meta, path) = (self.candidates[index].meta, self.candidates[index].path.clone());
+        self.load_group_holding(index).await?;
+        let Some(group) = &self.current else { unreachable!("loaded above") };
+        let block_error = |source| Error::Block { path: path.as_ref().clone(), offset: meta.offset, source };
+        let local = (meta.offset - group.start) as usize;
+        let block_bytes = group.bytes.get(local..local + meta.len as usize).ok_or_else(|| {
+            block_error(block::BlockError::Truncated {
+                needed: meta.len as usize,
+                available: group.bytes.len().saturating_sub(local),
+            })
+        })?;
+        let (node, shard) = (self.shard.inner.config.node_id, self.shard.inner.config.shard_id);
+        let filter = &self.filter;
+        let found = matching_entries(
+            block_bytes,
+            &mut self.raw,
+            node,
+            shard,
+            &|payload| filter.rules_out_payload(payload),
+            &|_, view| filter.keeps(view),
+        )
+        .map_err(block_error)?;
         self.blocks_read += 1;
         self.shard.inner.state.borrow_mut().stats.blocks_read += 1;
-        let (node, shard) = (self.shard.inner.config.node_id, self.shard.inner.config.shard_id);
-        let tags: Vec<(&str, &str)> = self.tags.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
-        let fields: Vec<(&str, &str)> = self.fields.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
-        let (from_ts, to_ts, backward) = (self.from_ts, self.to_ts, self.backward);
-        let keep = |_: u64, view: &EntryView<'_>| {
-            view.timestamp_ns >= from_ts
-                && view.timestamp_ns < to_ts
-                && view.has_tags(&tags)
-                && view.has_fields(&fields)
-        };
-        let mut raw = Vec::new();
-        let found = matching_entries(&bytes, &mut raw, node, shard, &keep).map_err(|source| Error::Block {
-            path: candidate.path.as_ref().clone(),
-            offset: candidate.meta.offset,
-            source,
-        })?;
+        let backward = self.backward;
         for (seq, entry) in found {
             let timestamp_ns = entry.timestamp_ns;
             let key = if backward { (-timestamp_ns.max(i64::MIN + 1), u64::MAX - seq) } else { (timestamp_ns, seq) };
@@ -818,7 +981,7 @@ impl Shard {
         let mut candidates = Vec::new();
         if query.limit > 0 && query.from_ts < query.to_ts {
             let targets = self.targets(|_, _, min_ts, max_ts| min_ts < query.to_ts && max_ts >= query.from_ts);
-            for target in targets {
+            for (segment, target) in targets.into_iter().enumerate() {
                 let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await?
                 else {
                     continue;
@@ -827,6 +990,7 @@ impl Shard {
                 candidates.extend(plan.blocks.into_iter().map(|meta| Candidate {
                     file: plan.file.clone(),
                     path: path.clone(),
+                    segment,
                     meta,
                 }));
             }
@@ -838,16 +1002,24 @@ impl Shard {
         } else {
             candidates.sort_by_key(|candidate| (candidate.meta.min_ts, candidate.meta.first_seq));
         }
+        let spans = candidates
+            .iter()
+            .map(|candidate| (candidate.segment, candidate.meta.offset, u64::from(candidate.meta.len)))
+            .collect();
         Ok(OrderedQuery {
             shard: self.clone(),
-            tags: query.tags.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
-            fields: query.fields.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
-            from_ts: query.from_ts,
-            to_ts: query.to_ts,
+            filter: query.filter(),
             backward: query.backward,
             remaining: query.limit,
             candidates,
+            spans,
             next_candidate: 0,
+            reads: FuturesOrdered::new(),
+            next_unread: 0,
+            bytes_in_flight: 0,
+            bytes_in_flight_max: READ_COALESCE_BYTES,
+            current: None,
+            raw: Vec::new(),
             heap: std::collections::BinaryHeap::new(),
             blocks_read: 0,
         })
@@ -871,7 +1043,24 @@ impl GroupBytes {
 
 #[cfg(test)]
 mod tests {
-    use super::indexes_to_evict;
+    use super::{indexes_to_evict, read_group, READ_COALESCE_BYTES};
+
+    #[test]
+    fn reads_coalesce_back_to_back_blocks_of_one_segment_either_way() {
+        let forward = [(0, 0, 10), (0, 10, 5), (0, 15, 5), (0, 40, 5), (1, 45, 5), (1, 50, 5)];
+        assert_eq!(read_group(&forward, 0), (3, 0, 20), "a gap ends a read");
+        assert_eq!(read_group(&forward, 3), (4, 40, 45), "so does another segment");
+        assert_eq!(read_group(&forward, 4), (6, 45, 55));
+        let backward = [(0, 15, 5), (0, 10, 5), (0, 0, 10), (0, 20, 5)];
+        assert_eq!(read_group(&backward, 0), (3, 0, 20), "downwards");
+        assert_eq!(read_group(&backward, 3), (4, 20, 25));
+        let zigzag = [(0, 10, 5), (0, 15, 5), (0, 5, 5)];
+        assert_eq!(read_group(&zigzag, 0), (2, 10, 20), "one direction per read");
+        let half = READ_COALESCE_BYTES / 2;
+        let large = [(0, 0, half), (0, half, half), (0, 2 * half, 1)];
+        assert_eq!(read_group(&large, 0), (2, 0, READ_COALESCE_BYTES), "bounded");
+        assert_eq!(read_group(&large, 2), (3, 2 * half, 2 * half + 1));
+    }
 
     #[test]
     fn loaded_indexes_are_capped_by_count_and_bytes_keeping_the_newest() {
