@@ -94,14 +94,22 @@ echo "loading $N entries (--tags $TAGS, LogHub bodies) with $PLANTED planted ent
 load_started=$(date +%s)
 deadline=$((load_started + LOAD_SECONDS_MAX))
 legs=$((PLANTED + 1))
+# Entries/s of the last loadgen run, to size the next one (a run is 0.2 to
+# 10 s): a leg ends close to its goal instead of overshooting it.
+rate=200000
 for leg in $(seq "$legs"); do
   goal=$((N * leg / legs))
   while :; do
     stored=$(stats_sum entries)
     [ "$stored" -ge "$goal" ] && break
     [ "$(date +%s)" -ge "$deadline" ] && { echo "load stopped after ${LOAD_SECONDS_MAX}s at $stored entries" >&2; break; }
+    ms=$(( (goal - stored) * 1000 / rate ))
+    ms=$(( ms < 200 ? 200 : (ms > 10000 ? 10000 : ms) ))
+    started=$(date +%s%N)
     "$LOADGEN" --target "$base" --protocol http --rate max --connections "$CONNS" --batch "$BATCH" --tags "$TAGS" \
-      --payload-file "$payload" --seed "$leg$stored" --duration 2s >> "$OUT_DIR/loadgen.log" 2>&1
+      --payload-file "$payload" --seed "$leg$stored" --duration "${ms}ms" >> "$OUT_DIR/loadgen.log" 2>&1
+    # The loadgen's start-up (building its requests) counts against the rate.
+    rate=$(( ($(stats_sum entries) - stored) * 1000000000 / ($(date +%s%N) - started) + 1 ))
   done
   if [ "$leg" -le "$PLANTED" ]; then
     line=$(printf '{"tags":{"t0":"planted"},"body":"request %s failed: planted entry %d of %d"}' "$word" "$leg" "$PLANTED")

@@ -10,12 +10,16 @@
 //! entry: [`EntryFilter::keeps`] reads a zero-copy [`EntryView`].
 //!
 //! A substring that occurs nowhere in a block's decompressed payload occurs
-//! in none of its bodies, so [`EntryFilter::rules_out_payload`] lets a
-//! reader skip a whole block with one `memmem` pass (tens of GB/s) instead
-//! of parsing its entries: this is what makes a brute-force `contains=`
-//! over data the index cannot prune fast. Words get no such shortcut here
-//! (they compare case-insensitively, and per-block word filters in the
-//! index are what prunes them).
+//! in none of its bodies, so a [`PayloadPrefilter`] lets a reader skip a
+//! whole block with one `memmem` pass (several GB/s) instead of parsing
+//! its entries: this is what makes a brute-force `contains=` over data the
+//! index cannot prune fast. Words compare ignoring ASCII case, so a word
+//! cannot be searched for as is; but the part of a word that has no ASCII
+//! letter (digits, `_`, non-ASCII bytes) is the same in every case, and
+//! request ids, error codes and addresses, the words people search for,
+//! are mostly such parts: the prefilter searches for each word's longest
+//! run without letters (`_1796572913_10230` of `needle_1796572913_10230`).
+//! Per-block word filters in the index are what prunes words first.
 //!
 //! Pure: no I/O, no executor.
 
@@ -165,18 +169,44 @@ impl EntryFilter {
             && self.words.matches(&entry.body)
             && self.contains.matches(&entry.body)
     }
+}
 
-    /// Whether no entry stored in a block whose decompressed payload is
-    /// `payload` can be kept, judged without parsing it (see the module
-    /// docs). `false` means "maybe": the entries must still be checked.
-    #[inline]
-    pub fn rules_out_payload(&self, payload: &[u8]) -> bool {
-        !self.contains.is_empty() && self.contains.absent_from(payload)
+/// Runs of a word without ASCII letters shorter than this are not searched
+/// for: a byte or two occurs in nearly every block, so the search would
+/// cost a pass and rule nothing out.
+const WORD_ANCHOR_BYTES_MIN: usize = 3;
+
+/// Texts that every body an [`EntryFilter`] keeps must contain exactly, so
+/// that a block whose decompressed payload lacks one of them holds no
+/// match: the `contains=` substrings, and the longest run without ASCII
+/// letters of each `q=` word. Built once per query.
+#[derive(Clone, Debug, Default)]
+pub struct PayloadPrefilter {
+    finders: Vec<memmem::Finder<'static>>,
+}
+
+impl PayloadPrefilter {
+    /// The prefilter of `filter`.
+    pub fn of(filter: &EntryFilter) -> Self {
+        let mut finders: Vec<memmem::Finder<'static>> = filter.contains.finders.clone();
+        for word in filter.words.words() {
+            let anchor = word
+                .split(|byte| byte.is_ascii_alphabetic())
+                .max_by_key(|run| run.len())
+                .filter(|run| run.len() >= WORD_ANCHOR_BYTES_MIN);
+            if let Some(anchor) = anchor {
+                finders.push(memmem::Finder::new(anchor).into_owned());
+            }
+        }
+        PayloadPrefilter { finders }
     }
 
-    /// Whether the filter asks anything of the body.
-    pub fn reads_bodies(&self) -> bool {
-        !self.words.is_empty() || !self.contains.is_empty()
+    /// Whether no entry stored in a block whose decompressed payload is
+    /// `payload` can match, judged without parsing it. `false` means
+    /// "maybe": the entries must still be checked.
+    #[inline]
+    pub fn rules_out(&self, payload: &[u8]) -> bool {
+        self.finders.iter().any(|finder| finder.find(payload).is_none())
     }
 }
 
@@ -265,10 +295,43 @@ mod tests {
     }
 
     #[test]
-    fn only_an_absent_substring_rules_a_payload_out() {
-        assert!(!EntryFilter::default().rules_out_payload(b""));
-        assert!(!filter(&["nowhere"], &[]).rules_out_payload(b"words are never ruled out this way"));
-        assert!(filter(&[], &["nowhere"]).rules_out_payload(b"some payload"));
-        assert!(!filter(&[], &["pay"]).rules_out_payload(b"some payload"));
+    fn an_absent_substring_or_word_anchor_rules_a_payload_out() {
+        let rules_out = |words: &[&str], contains: &[&str], payload: &[u8]| {
+            PayloadPrefilter::of(&filter(words, contains)).rules_out(payload)
+        };
+        assert!(!PayloadPrefilter::of(&EntryFilter::default()).rules_out(b""));
+        assert!(rules_out(&[], &["nowhere"], b"some payload"));
+        assert!(!rules_out(&[], &["pay"], b"some payload"));
+        assert!(rules_out(&[], &["pay", "nowhere"], b"some payload"), "all are required");
+        // Letters compare ignoring case: only the runs without them count.
+        assert!(!rules_out(&["nowhere"], &[], b"words of letters only are never ruled out this way"));
+        assert!(!rules_out(&["REQ_12345_x"], &[], b"... req_12345_X ..."));
+        assert!(rules_out(&["REQ_12345_x"], &[], b"... req_1234_x ..."));
+        assert!(!rules_out(&["a12b"], &[], b"too short an anchor to search for"));
+        assert!(!rules_out(&["naïve"], &[], "NAïVE".as_bytes()));
+        assert!(rules_out(&["naïve日志"], &[], "NAïVE 日 志".as_bytes()), "non-ASCII bytes compare exactly");
+        assert!(!rules_out(&["naïve日志"], &[], "NAïVE日志".as_bytes()));
+    }
+
+    proptest::proptest! {
+        /// The prefilter never rules out a payload holding a body the
+        /// filter keeps (the bodies stored back to back with other text).
+        #[test]
+        fn the_prefilter_never_rules_out_a_match(
+            body in "[a-cA-C0-9_ .:-]{0,30}",
+            before in "[a-c0-9_ ]{0,10}",
+            words in proptest::collection::vec("[a-cA-C0-9_]{1,5}", 0..3),
+            contains in proptest::collection::vec("[a-cA-C0-9_ .:-]{1,4}", 0..2),
+        ) {
+            let filter = EntryFilter {
+                words: WordQuery::parse(words.iter().map(String::as_str)).unwrap(),
+                contains: Substrings::parse(contains.iter().map(String::as_str)).unwrap(),
+                ..EntryFilter::default()
+            };
+            if filter.words.matches(body.as_bytes()) && filter.contains.matches(body.as_bytes()) {
+                let payload = format!("{before}\n{body}\n");
+                proptest::prop_assert!(!PayloadPrefilter::of(&filter).rules_out(payload.as_bytes()));
+            }
+        }
     }
 }

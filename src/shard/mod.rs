@@ -51,7 +51,7 @@ use crate::codec::block;
 pub use crate::codec::{EntryRef, Origin, TagSet};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
-pub use filter::{EntryFilter, Substrings, SubstringsError};
+pub use filter::{EntryFilter, PayloadPrefilter, Substrings, SubstringsError};
 pub use plan::{RecoveryReport, TornTail};
 pub use reader::{OrderedQuery, Query, QueryResult, SnapshotVisit};
 pub use retention::{plan_retention, RetentionPolicy, SegmentSpan, SharedSeq};

@@ -8,8 +8,9 @@
 //! [`limits::QUERY_READ_BYTES_IN_FLIGHT_MAX`] of coalesced block reads in
 //! flight while the core decompresses (into one reused buffer) and filters
 //! the block before, and it decodes only the entries that match. A block
-//! whose payload lacks a `contains=` text is skipped after one `memmem`
-//! pass, without parsing its entries.
+//! whose payload lacks a `contains=` text (or a `q=` word's part without
+//! letters) is skipped after one `memmem` pass, without parsing its
+//! entries ([`super::filter::PayloadPrefilter`]).
 
 use std::future::Future;
 use std::ops::Range;
@@ -20,7 +21,7 @@ use std::rc::Rc;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 
-use super::filter::{EntryFilter, Substrings};
+use super::filter::{EntryFilter, PayloadPrefilter, Substrings};
 use super::TagSet;
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
@@ -613,7 +614,8 @@ impl Shard {
         let blocks_read_before = self.inner.state.borrow().stats.blocks_read;
         let filter = query.filter();
         let keep = |_: u64, view: &EntryView<'_>| filter.keeps(view);
-        let rules_out = |payload: &[u8]| filter.rules_out_payload(payload);
+        let prefilter = PayloadPrefilter::of(&filter);
+        let rules_out = |payload: &[u8]| prefilter.rules_out(payload);
         for target in targets {
             let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await? else {
                 continue;
@@ -828,6 +830,8 @@ fn read_group(blocks: &[(usize, u64, u64)], first: usize) -> (usize, u64, u64) {
 pub struct OrderedQuery {
     shard: Shard,
     filter: EntryFilter,
+    /// What rules a whole block out before its entries are parsed.
+    prefilter: PayloadPrefilter,
     backward: bool,
     remaining: usize,
     candidates: Vec<Candidate>,
@@ -951,13 +955,13 @@ impl OrderedQuery {
             })
         })?;
         let (node, shard) = (self.shard.inner.config.node_id, self.shard.inner.config.shard_id);
-        let filter = &self.filter;
+        let (filter, prefilter) = (&self.filter, &self.prefilter);
         let found = matching_entries(
             block_bytes,
             &mut self.raw,
             node,
             shard,
-            &|payload| filter.rules_out_payload(payload),
+            &|payload| prefilter.rules_out(payload),
             &|_, view| filter.keeps(view),
         )
         .map_err(block_error)?;
@@ -1006,9 +1010,11 @@ impl Shard {
             .iter()
             .map(|candidate| (candidate.segment, candidate.meta.offset, u64::from(candidate.meta.len)))
             .collect();
+        let filter = query.filter();
         Ok(OrderedQuery {
             shard: self.clone(),
-            filter: query.filter(),
+            prefilter: PayloadPrefilter::of(&filter),
+            filter,
             backward: query.backward,
             remaining: query.limit,
             candidates,
