@@ -92,6 +92,20 @@ pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * PAGE_BYTES
 /// candidates for any predicate on such a pair and are filtered exactly on
 /// read, so results stay correct while memory stays bounded.
 pub const INDEX_TAG_VALUES_PER_SEGMENT_MAX: usize = 65_536;
+/// Distinct tag sets (the sets of pairs that entries carry: streams)
+/// recorded per segment. `wormdb-loadgen --tags 3:100` gives about 200 000
+/// per 256 MiB segment (each of 3 tags drawn from 100 values, from a pool of
+/// 200 000 entries); this leaves room for five times that. A segment that
+/// reaches it records no set from that block on: those blocks fall back to
+/// pair postings (see [`crate::index`]), so results stay exact.
+pub const INDEX_TAG_SETS_PER_SEGMENT_MAX: usize = 1 << 20;
+/// Cells of a segment's tag sets: the pairs of all its sets plus its
+/// (block, set) postings, each a u32 in memory while the segment is written
+/// (so at most 32 MiB), about 1 to 2 bytes in the file. The shape above
+/// needs about 4.3 M (200 000 sets of 3 pairs, each set in about 17 of
+/// 4 300 blocks); the cap is twice that. Reaching it saturates the sets as
+/// [`INDEX_TAG_SETS_PER_SEGMENT_MAX`] does.
+pub const INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX: usize = 1 << 23;
 /// Largest persisted segment index file.
 pub const INDEX_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Distinct origins `(node, shard)` of replicated entries one shard archives

@@ -78,12 +78,16 @@
 //!
 //! [`INDEX_TAG_VALUES_PER_SEGMENT_MAX`]: crate::limits::INDEX_TAG_VALUES_PER_SEGMENT_MAX
 
+pub mod block_terms;
 pub mod file;
 pub mod segment_index;
+mod tag_sets;
+pub mod word_filter;
 pub mod words;
 
+pub use block_terms::BlockTerms;
 pub use file::{decode_origin_table, decode_summary, IndexSummary, FORMAT_VERSION, HEADER_BYTES, MAGIC};
-pub use segment_index::{BlockMeta, OriginKey, OriginSummary, SegmentIndex};
+pub use segment_index::{BlockMeta, OriginKey, OriginSummary, Predicates, SegmentIndex};
 
 /// Errors of the index layer. They all come from reading an index file: the
 /// in-memory index has no operating errors (misuse is a programmer error and

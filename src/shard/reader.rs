@@ -11,7 +11,7 @@ use glommio::io::{DmaBuffer, DmaFile};
 use super::TagSet;
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
-use crate::index::{BlockMeta, OriginKey, SegmentIndex};
+use crate::index::{BlockMeta, OriginKey, Predicates, SegmentIndex};
 use crate::limits::{self, READ_COALESCE_BYTES};
 use crate::proto::LogEntry;
 
@@ -85,7 +85,13 @@ enum Target {
 }
 
 impl Shard {
-    async fn sealed_parts(&self, first_seq: u64) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>)>> {
+    /// The file, path and index of a sealed segment, loading (and caching)
+    /// what is not loaded; with `with_filters`, the index's word filters too.
+    async fn sealed_parts(
+        &self,
+        first_seq: u64,
+        with_filters: bool,
+    ) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>)>> {
         let (path, index_path, file, index) = {
             let state = self.inner.state.borrow();
             let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) else {
@@ -106,6 +112,9 @@ impl Shard {
             Some(index) => index,
             None => Rc::new(recovery::load_index(&index_path).await?),
         };
+        if with_filters {
+            recovery::load_filters(&index_path, &index).await?;
+        }
         let mut state = self.inner.state.borrow_mut();
         if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
             *sealed.file.borrow_mut() = Some(file.clone());
@@ -122,14 +131,19 @@ impl Shard {
 
     /// Plans the blocks of one segment that `select` picks from its index;
     /// for the active segment, only durable blocks.
+    /// With `with_filters`, a sealed index's word filters are loaded before
+    /// `select` runs (a query with words needs them to prune blocks).
     async fn plan(
         &self,
         target: Target,
+        with_filters: bool,
         select: impl Fn(&SegmentIndex, usize) -> Vec<BlockMeta>,
     ) -> Result<Option<Plan>> {
         match target {
             Target::Sealed(first_seq) => {
-                let Some((file, path, index)) = self.sealed_parts(first_seq).await? else { return Ok(None) };
+                let Some((file, path, index)) = self.sealed_parts(first_seq, with_filters).await? else {
+                    return Ok(None);
+                };
                 let visible = index.blocks().len();
                 Ok(Some(Plan { file, path, blocks: select(&index, visible) }))
             }
@@ -259,7 +273,7 @@ impl Shard {
             }
             let room = limit - planned;
             let plan = self
-                .plan(target, |index, visible| {
+                .plan(target, false, |index, visible| {
                     let blocks = &index.blocks()[..visible];
                     let start = blocks.partition_point(|meta| meta.first_seq + u64::from(meta.entry_count) <= from_seq);
                     let mut picked = Vec::new();
@@ -412,7 +426,7 @@ impl Shard {
             let tags = std::cell::RefCell::new(Vec::new());
             let room = bytes_max.saturating_sub(bytes);
             let plan = self
-                .plan(target, |index, visible| {
+                .plan(target, false, |index, visible| {
                     let blocks = &index.blocks()[..visible];
                     let start = blocks.partition_point(|meta| meta.next_seq() <= next);
                     let (mut picked, mut positions) = (Vec::new(), Vec::new());
@@ -526,7 +540,7 @@ impl Shard {
                 picked.set(truncated);
                 blocks
             };
-            let plan = self.plan(current, select).await?;
+            let plan = self.plan(current, false, select).await?;
             // A plan cut short by the limit is continued in the same segment
             // (entries skipped as repeats may leave room); else the next one.
             target = if picked.get() { Some(current) } else { targets.next() };
@@ -573,7 +587,8 @@ impl Shard {
         }
         let blocks_read_before = self.inner.state.borrow().stats.blocks_read;
         for target in targets {
-            let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await? else {
+            let Some(plan) = self.plan(target, false, |index, visible| candidate_blocks(index, visible, query)).await?
+            else {
                 continue;
             };
             let keep = |_: u64, view: &EntryView<'_>| {
@@ -625,8 +640,11 @@ fn matching_entries(
 /// The blocks of a segment that may hold matches of `query`, among the
 /// first `visible` (the durable ones).
 fn candidate_blocks(index: &SegmentIndex, visible: usize, query: &Query<'_>) -> Vec<BlockMeta> {
+    // Words come with the query side (`q=`): it passes their hashes here
+    // and `with_filters` to `plan` when it has any.
+    let predicates = Predicates { tags: query.tags, words: &[], from_ts: query.from_ts, to_ts: query.to_ts };
     index
-        .candidates(query.tags, query.from_ts, query.to_ts)
+        .candidates_for(&predicates)
         .into_iter()
         .filter(|&position| (position as usize) < visible)
         .map(|position| index.blocks()[position as usize])
@@ -819,7 +837,8 @@ impl Shard {
         if query.limit > 0 && query.from_ts < query.to_ts {
             let targets = self.targets(|_, _, min_ts, max_ts| min_ts < query.to_ts && max_ts >= query.from_ts);
             for target in targets {
-                let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await?
+                let Some(plan) =
+                    self.plan(target, false, |index, visible| candidate_blocks(index, visible, query)).await?
                 else {
                     continue;
                 };
