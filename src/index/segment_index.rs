@@ -568,6 +568,18 @@ impl SegmentIndex {
         self.tag_values_max
     }
 
+    /// Number of distinct tag sets recorded.
+    pub fn tag_sets(&self) -> usize {
+        self.tag_sets.len()
+    }
+
+    /// Position of the first block whose tag sets are not recorded (a cap
+    /// was reached, or a pair of the block is not indexed), or `None`. From
+    /// that block on, conjunctions fall back to the pair postings.
+    pub fn tag_sets_saturated_from(&self) -> Option<u32> {
+        self.tag_sets.saturated_from
+    }
+
     /// Position of the first block that brought a pair the full index could
     /// not take, or `None` if the cap was never hit. From that block on,
     /// predicates on pairs that are not indexed match every block.
@@ -968,6 +980,135 @@ pub(crate) mod tests {
         let from_ts = rng.gen_range(-60..210);
         let to_ts = if rng.gen_bool(0.2) { i64::MAX } else { rng.gen_range(-60..210) };
         (tags, from_ts, to_ts)
+    }
+
+    /// One entry of the streams model: timestamp, tags, body.
+    struct StreamEntry {
+        timestamp: i64,
+        tags: Vec<(String, String)>,
+        body: String,
+    }
+
+    /// A random segment whose blocks are given entry by entry (tag sets and
+    /// words), some only by the union of their tags (no sets, no filter).
+    struct StreamSegment {
+        index: SegmentIndex,
+        entries: Vec<Vec<StreamEntry>>,
+        union_only: Vec<bool>,
+    }
+
+    fn random_stream_segment(rng: &mut SmallRng, caps: (usize, usize, usize)) -> StreamSegment {
+        let mut index = SegmentIndex::with_caps(1, caps.0, caps.1, caps.2);
+        let (mut entries, mut union_only) = (Vec::new(), Vec::new());
+        for _ in 0..rng.gen_range(0..30) {
+            let count = rng.gen_range(1..8_u32);
+            let block: Vec<StreamEntry> = (0..count)
+                .map(|_| StreamEntry {
+                    timestamp: rng.gen_range(-50..200),
+                    tags: (0..rng.gen_range(0..4))
+                        .map(|_| (format!("k{}", rng.gen_range(0..3)), format!("v{}", rng.gen_range(0..4))))
+                        .collect(),
+                    body: (0..rng.gen_range(0..5)).map(|_| format!("w{} ", rng.gen_range(0..40))).collect(),
+                })
+                .collect();
+            let min_ts = block.iter().map(|entry| entry.timestamp).min().unwrap();
+            let max_ts = block.iter().map(|entry| entry.timestamp).max().unwrap();
+            let meta = next_meta(&index, count, min_ts, max_ts);
+            let only_union = rng.gen_bool(0.15);
+            let terms = if only_union {
+                BlockTerms::from_union(block.iter().flat_map(|entry| entry.tags.iter().map(|(k, v)| (&**k, &**v))))
+            } else {
+                let mut terms = BlockTerms::with_words();
+                for entry in &block {
+                    terms.add_entry(entry.tags.iter().map(|(k, v)| (&**k, &**v)));
+                    terms.add_body(entry.body.as_bytes());
+                }
+                terms
+            };
+            index.push_block_terms(meta, &terms);
+            entries.push(block);
+            union_only.push(only_union);
+        }
+        StreamSegment { index, entries, union_only }
+    }
+
+    fn holds(entry_tags: &[(String, String)], tags: &[(&str, &str)]) -> bool {
+        tags.iter().all(|&(key, value)| entry_tags.iter().any(|(k, v)| k == key && v == value))
+    }
+
+    #[test]
+    fn candidates_for_never_miss_and_tag_sets_are_exact_until_saturated() {
+        const SEED: u64 = 0x57_4ea5;
+        let mut rng = SmallRng::seed_from_u64(SEED);
+        let (mut saturated, mut pruned_by_sets) = (0, 0);
+        for round in 0..300 {
+            let caps = [(100, 1000, 100_000), (6, 1000, 100_000), (100, 5, 100_000), (100, 1000, 40), (3, 2, 10)]
+                [round % 5];
+            let segment = random_stream_segment(&mut rng, caps);
+            let decoded = SegmentIndex::decode(&segment.index.encode(0)).unwrap();
+            let summary = crate::index::decode_summary(&segment.index.encode(0)).unwrap();
+            let bytes = segment.index.encode(0);
+            let without = SegmentIndex::decode_without_filters(&bytes[..summary.filters_offset() as usize]).unwrap();
+            let sets_saturated = segment.index.tag_sets.saturated_from.is_some();
+            saturated += usize::from(sets_saturated);
+            for _ in 0..30 {
+                let tags: Vec<(String, String)> = (0..rng.gen_range(0..4))
+                    .map(|_| (format!("k{}", rng.gen_range(0..4)), format!("v{}", rng.gen_range(0..5))))
+                    .collect();
+                let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let words: Vec<String> = (0..rng.gen_range(0..3)).map(|_| format!("W{}", rng.gen_range(0..45))).collect();
+                let hashes: Vec<u64> = words.iter().map(|word| crate::index::words::word_hash(word.as_bytes())).collect();
+                let from_ts = rng.gen_range(-60..210);
+                let to_ts = if rng.gen_bool(0.3) { i64::MAX } else { rng.gen_range(-60..210) };
+                let predicates = Predicates { tags: &tags, words: &hashes, from_ts, to_ts };
+                let context = format!("seed {SEED:#x} round {round}: {tags:?} {words:?} [{from_ts}, {to_ts})");
+                let candidates = segment.index.candidates_for(&predicates);
+                assert!(candidates.windows(2).all(|pair| pair[0] < pair[1]), "unsorted: {context}");
+                assert_eq!(decoded.candidates_for(&predicates), candidates, "decoded differs: {context}");
+                let exact: Vec<u32> = (0..segment.entries.len() as u32)
+                    .filter(|&block| {
+                        segment.entries[block as usize].iter().any(|entry| {
+                            (from_ts..to_ts).contains(&entry.timestamp)
+                                && holds(&entry.tags, &tags)
+                                && words.iter().all(|word| {
+                                    entry.body.split(' ').any(|body_word| body_word.eq_ignore_ascii_case(word))
+                                })
+                        })
+                    })
+                    .collect();
+                assert!(exact.iter().all(|block| candidates.contains(block)), "false negative: {context}");
+                // Filters not loaded: nothing is pruned by words, nothing missed.
+                let unloaded = without.candidates_for(&predicates);
+                assert!(candidates.iter().all(|block| unloaded.contains(block)), "{context}");
+
+                let mut distinct = tags.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if !sets_saturated && distinct.len() >= 2 && words.is_empty() {
+                    // Exactly the blocks with a set (or a union) holding every tag.
+                    let by_sets: Vec<u32> = (0..segment.entries.len() as u32)
+                        .filter(|&block| {
+                            let entries = &segment.entries[block as usize];
+                            let union: Vec<(String, String)> =
+                                entries.iter().flat_map(|entry| entry.tags.iter().cloned()).collect();
+                            segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts)
+                                && if segment.union_only[block as usize] {
+                                    holds(&union, &distinct)
+                                } else {
+                                    entries.iter().any(|entry| holds(&entry.tags, &distinct))
+                                }
+                        })
+                        .collect();
+                    assert_eq!(candidates, by_sets, "not exact through the sets: {context}");
+                    let by_pairs = segment.index.pair_candidates(&distinct, 0, i64::MIN, i64::MAX);
+                    if by_sets.len() < by_pairs.iter().filter(|&&block| segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts)).count() {
+                        pruned_by_sets += 1;
+                    }
+                }
+            }
+        }
+        assert!(saturated > 40 && saturated < 250, "{saturated} segments saturated their sets");
+        assert!(pruned_by_sets > 20, "sets pruned beyond the pair postings only {pruned_by_sets} times");
     }
 
     #[test]

@@ -101,8 +101,14 @@ impl WordFilterBuilder {
     /// [`BITS_PER_WORD`] bits per estimated distinct word. An empty builder
     /// gives an all-zero filter of [`FILTER_BITS_MIN`] bits.
     pub fn finish(&self) -> WordFilter {
+        self.finish_with(BITS_PER_WORD)
+    }
+
+    /// [`finish`](Self::finish) keeping at least `bits_per_word` bits per
+    /// estimated word instead of [`BITS_PER_WORD`] (for measurements).
+    pub fn finish_with(&self, bits_per_word: usize) -> WordFilter {
         let set: u32 = self.bits.iter().map(|word| word.count_ones()).sum();
-        let target = (estimate_words(set as usize, BUILD_BITS) * BITS_PER_WORD as f64).ceil() as usize;
+        let target = (estimate_words(set as usize, BUILD_BITS) * bits_per_word as f64).ceil() as usize;
         let mut bits_len = BUILD_BITS;
         while bits_len / 2 >= FILTER_BITS_MIN && bits_len / 2 >= target {
             bits_len /= 2;
@@ -118,8 +124,8 @@ impl WordFilterBuilder {
 }
 
 /// Distinct words estimated from `set` bits set out of `bits_len` after
-/// [`PROBES`] probes per word.
-fn estimate_words(set: usize, bits_len: usize) -> f64 {
+/// [`PROBES`] probes per word (Swamidass and Baldi's estimate).
+pub fn estimate_words(set: usize, bits_len: usize) -> f64 {
     if set == 0 {
         return 0.0;
     }

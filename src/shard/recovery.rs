@@ -703,6 +703,47 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuilt_block_has_the_written_tag_sets_and_word_filter() {
+        // Entries as the writer gets them: tags in their order, LogHub-like bodies.
+        let bodies: Vec<String> = (0..300)
+            .map(|index| format!("{} Received block blk_{} of size {} from /10.251.{}.{}", index % 7, index * 31, index * 977, index % 13, index % 5))
+            .collect();
+        let tags: Vec<[(&str, &str); 3]> = (0..300).map(tags_of).collect();
+        let mut raw = Vec::new();
+        let mut terms = BlockTerms::with_words();
+        for (index, body) in bodies.iter().enumerate() {
+            let entry = EntryRef { fields: &[], timestamp_ns: 0, tags: &tags[index], body: body.as_bytes() };
+            block::encode_entry(&entry, 1_000 + index as i64, &mut raw);
+            // What Shard::append_replicated_parts gives each pending block.
+            terms.add_entry(entry.tags.iter().copied());
+            terms.add_body(entry.body);
+        }
+        let spec =
+            BlockSpec { fields: false, first_seq: 1, entry_count: 300, min_ts: 1_000, max_ts: 1_299, origin: None };
+        let mut bytes = vec![0; block::encoded_bytes_max(raw.len())];
+        let used = block::encode_block(&spec, &raw, &mut bytes);
+        bytes.truncate(used);
+        let header = block::parse_header(&bytes).unwrap();
+
+        for caps in [(65_536, 1 << 20, 1 << 23), (65_536, 10, 1 << 23), (5, 1 << 20, 1 << 23)] {
+            let mut written = SegmentIndex::with_caps(1, caps.0, caps.1, caps.2);
+            written.push_block_terms(meta_of(&header), &terms);
+            let mut rebuilt = SegmentIndex::with_caps(1, caps.0, caps.1, caps.2);
+            index_block(&mut rebuilt, DATA_OFFSET, &header, &bytes, &mut Vec::new()).unwrap();
+            let raw_len = u64::from(header.raw_len);
+            assert!(rebuilt.encode(raw_len) == written.encode(raw_len), "caps {caps:?}: the rebuilt index differs");
+        }
+        let mut rebuilt = SegmentIndex::new(1);
+        index_block(&mut rebuilt, DATA_OFFSET, &header, &bytes, &mut Vec::new()).unwrap();
+        let filters = rebuilt.word_filters().unwrap();
+        for word in ["received", "BLK_31", "10", "251"] {
+            assert!(filters.may_contain_all(0, &[crate::index::words::word_hash(word.as_bytes())]), "{word}");
+        }
+        // Distinct sets: 7 hosts x 3 levels, in a cycle of 42 entries.
+        assert_eq!(rebuilt.candidates(&[("host", "web-1"), ("level", "warn")], 0, i64::MAX), [0]);
+    }
+
+    #[test]
     fn a_tag_that_is_not_utf8_fails_the_block_however_often_it_repeats() {
         // "cache-1" becomes "cache\xff1" in every entry that carries it.
         let (header, bytes) = block_of(100, |raw| {
