@@ -580,12 +580,11 @@ impl SegmentIndex {
             bytes.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
             put_increasing(&mut bytes, blocks);
         }
-        for (number, blocks) in self.tag_sets.by_set().iter().enumerate() {
-            let members = self.tag_sets.members_of(number as u32);
+        for (members, blocks) in self.tag_sets.members_by_set().iter().zip(self.tag_sets.by_set()) {
             put_varint(&mut bytes, members.len() as u32);
             put_increasing(&mut bytes, members);
             put_varint(&mut bytes, blocks.len() as u32);
-            put_increasing(&mut bytes, blocks);
+            put_increasing(&mut bytes, &blocks);
         }
         let body_bytes = bytes.len() - HEADER_BYTES;
         let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
@@ -1007,13 +1006,13 @@ fn decode_sets(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<TagSet
     let sets_end = summary.sets_saturated_from.unwrap_or(summary.block_count);
     let set_count = summary.tag_sets as usize;
     // check_summary made sure the minimal records fit the body.
-    let mut members = Vec::new();
-    let mut ends = Vec::with_capacity(set_count);
+    let mut pair_sets: Vec<Vec<u32>> = vec![Vec::new(); tag_values as usize];
+    let mut members = 0_usize;
     let mut offsets = Vec::with_capacity(set_count + 1);
     let mut deltas = Vec::new();
     let mut postings = 0_usize;
     offsets.push(0);
-    for _ in 0..set_count {
+    for number in 0..set_count as u32 {
         let member_count = reader.take_varint()?;
         if member_count == 0 || member_count > tag_values {
             return Err(corrupt("tag set member count out of range"));
@@ -1021,20 +1020,19 @@ fn decode_sets(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<TagSet
         if member_count as usize > reader.bytes.len() {
             return Err(corrupt("tag set runs past the body"));
         }
-        let mut member = reader.take_varint()?;
-        members.push(member);
-        for _ in 1..member_count {
+        let mut member = 0_u32;
+        for index in 0..member_count {
             let delta = reader.take_varint()?;
-            if delta == 0 {
+            if index > 0 && delta == 0 {
                 return Err(corrupt("tag set members are not strictly increasing"));
             }
             member = member.checked_add(delta).ok_or_else(|| corrupt("tag set member overflows"))?;
-            members.push(member);
+            let Some(sets) = pair_sets.get_mut(member as usize) else {
+                return Err(corrupt("tag set member is not an indexed pair"));
+            };
+            sets.push(number);
         }
-        if member >= tag_values {
-            return Err(corrupt("tag set member is not an indexed pair"));
-        }
-        ends.push(members.len() as u32);
+        members += member_count as usize;
 
         let posting_count = reader.take_varint()?;
         if posting_count == 0 || posting_count > sets_end {
@@ -1058,7 +1056,7 @@ fn decode_sets(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<TagSet
         deltas.extend_from_slice(&start[..start.len() - reader.bytes.len()]);
         offsets.push(deltas.len() as u32);
         postings += posting_count as usize;
-        if members.len() + postings > summary.tag_set_cells_max as usize {
+        if members + postings > summary.tag_set_cells_max as usize {
             return Err(corrupt("tag sets hold more cells than their cap"));
         }
     }
@@ -1066,12 +1064,12 @@ fn decode_sets(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<TagSet
         summary.tag_sets_max as usize,
         summary.tag_set_cells_max as usize,
         summary.sets_saturated_from,
+        set_count,
+        pair_sets,
         members,
-        ends,
         offsets,
         deltas,
         postings,
-        tag_values as usize,
     ))
 }
 
@@ -1119,7 +1117,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A minimal LEB128 u32.
+    #[inline]
     fn take_varint(&mut self) -> Result<u32, Error> {
+        // One and two bytes, nearly every posting, without the loop.
+        match *self.bytes {
+            [first, ..] if first < 0x80 => {
+                self.bytes = &self.bytes[1..];
+                return Ok(u32::from(first));
+            }
+            [first, second, ..] if second < 0x80 && second != 0 => {
+                self.bytes = &self.bytes[2..];
+                return Ok(u32::from(first & 0x7f) | (u32::from(second) << 7));
+            }
+            _ => {}
+        }
         let mut value = 0_u32;
         for index in 0..VARINT_BYTES_MAX {
             let byte = self.take(1, "posting runs past the body")?[0];

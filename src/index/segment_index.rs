@@ -264,19 +264,20 @@ impl SegmentIndex {
             numbers.push(self.add_posting(key, value, position));
         }
         // Sets are recorded only while every pair of the block is indexed:
-        // a set with a pair that is not would be recorded short of it.
-        let sets: Option<Vec<Vec<u32>>> = numbers.iter().all(Option::is_some).then(|| {
-            terms
-                .sets()
-                .map(|set| {
-                    let mut members: Vec<u32> =
-                        set.iter().map(|&local| numbers[local as usize].unwrap_or(u32::MAX)).collect();
-                    members.sort_unstable();
-                    members
-                })
-                .collect()
+        // a set with a pair that is not would be recorded short of it. The
+        // sets' members, as the segment's pair numbers, set after set.
+        let sets = numbers.iter().all(Option::is_some).then(|| {
+            let mut members = Vec::with_capacity(terms.set_members());
+            let mut ends = Vec::with_capacity(terms.set_count());
+            for set in terms.sets() {
+                let start = members.len();
+                members.extend(set.iter().map(|&local| numbers[local as usize].unwrap_or(u32::MAX)));
+                members[start..].sort_unstable();
+                ends.push(members.len() as u32);
+            }
+            (members, ends)
         });
-        self.tag_sets.push_block(position, sets.as_deref());
+        self.tag_sets.push_block(position, sets.as_ref().map(|(members, ends)| (&members[..], &ends[..])));
         let filter = terms.words().map(|words| words.finish());
         self.filters.get_mut().expect("a decoded index is sealed: no block can be added to it").push(filter.as_ref());
         if let (Some(key), Some(origin), Some(last)) = (meta.origin_key(), meta.origin, meta.origin_last_seq()) {
@@ -1042,8 +1043,8 @@ pub(crate) mod tests {
         let mut rng = SmallRng::seed_from_u64(SEED);
         let (mut saturated, mut pruned_by_sets) = (0, 0);
         for round in 0..300 {
-            let caps = [(100, 1000, 100_000), (6, 1000, 100_000), (100, 5, 100_000), (100, 1000, 40), (3, 2, 10)]
-                [round % 5];
+            let caps =
+                [(100, 1000, 100_000), (6, 1000, 100_000), (100, 5, 100_000), (100, 1000, 40), (3, 2, 10)][round % 5];
             let segment = random_stream_segment(&mut rng, caps);
             let decoded = SegmentIndex::decode(&segment.index.encode(0)).unwrap();
             let summary = crate::index::decode_summary(&segment.index.encode(0)).unwrap();
@@ -1056,8 +1057,10 @@ pub(crate) mod tests {
                     .map(|_| (format!("k{}", rng.gen_range(0..4)), format!("v{}", rng.gen_range(0..5))))
                     .collect();
                 let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let words: Vec<String> = (0..rng.gen_range(0..3)).map(|_| format!("W{}", rng.gen_range(0..45))).collect();
-                let hashes: Vec<u64> = words.iter().map(|word| crate::index::words::word_hash(word.as_bytes())).collect();
+                let words: Vec<String> =
+                    (0..rng.gen_range(0..3)).map(|_| format!("W{}", rng.gen_range(0..45))).collect();
+                let hashes: Vec<u64> =
+                    words.iter().map(|word| crate::index::words::word_hash(word.as_bytes())).collect();
                 let from_ts = rng.gen_range(-60..210);
                 let to_ts = if rng.gen_bool(0.3) { i64::MAX } else { rng.gen_range(-60..210) };
                 let predicates = Predicates { tags: &tags, words: &hashes, from_ts, to_ts };
@@ -1101,7 +1104,12 @@ pub(crate) mod tests {
                         .collect();
                     assert_eq!(candidates, by_sets, "not exact through the sets: {context}");
                     let by_pairs = segment.index.pair_candidates(&distinct, 0, i64::MIN, i64::MAX);
-                    if by_sets.len() < by_pairs.iter().filter(|&&block| segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts)).count() {
+                    if by_sets.len()
+                        < by_pairs
+                            .iter()
+                            .filter(|&&block| segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts))
+                            .count()
+                    {
                         pruned_by_sets += 1;
                     }
                 }

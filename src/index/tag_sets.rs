@@ -38,9 +38,13 @@ pub(crate) struct TagSets {
     pub(crate) cells: usize,
     /// Blocks at this position and later record no set.
     pub(crate) saturated_from: Option<u32>,
-    /// Members of every set, each set's increasing, set after set.
+    /// Number of distinct sets.
+    pub(crate) count: usize,
+    /// While blocks are pushed: members of every set, each set's
+    /// increasing, set after set (empty once decoded: `pair_sets` holds
+    /// the same, and is what queries need).
     pub(crate) members: Vec<u32>,
-    /// End of each set's members.
+    /// End of each set's members (empty once decoded).
     pub(crate) ends: Vec<u32>,
     /// Per pair number, the increasing numbers of the sets that hold it
     /// (derived from `members`; not stored in the file).
@@ -53,12 +57,16 @@ pub(crate) struct TagSets {
 
 impl PartialEq for TagSets {
     fn eq(&self, other: &Self) -> bool {
+        // Pairs after the last one in a set have no list while building.
+        let used = |pair_sets: &[Vec<u32>]| {
+            pair_sets.len() - pair_sets.iter().rev().take_while(|sets| sets.is_empty()).count()
+        };
         self.sets_max == other.sets_max
             && self.cells_max == other.cells_max
             && self.cells == other.cells
+            && self.count == other.count
             && self.saturated_from == other.saturated_from
-            && self.members == other.members
-            && self.ends == other.ends
+            && self.pair_sets[..used(&self.pair_sets)] == other.pair_sets[..used(&other.pair_sets)]
             && self.by_set() == other.by_set()
     }
 }
@@ -71,6 +79,7 @@ impl TagSets {
             sets_max,
             cells_max,
             cells: 0,
+            count: 0,
             saturated_from: None,
             members: Vec::new(),
             ends: Vec::new(),
@@ -81,32 +90,24 @@ impl TagSets {
         }
     }
 
-    /// Sets decoded from a file.
+    /// Sets decoded from a file: `pair_sets` per pair number, the sets
+    /// that hold it; `members` the total of the sets' members.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn decoded(
         sets_max: usize,
         cells_max: usize,
         saturated_from: Option<u32>,
-        members: Vec<u32>,
-        ends: Vec<u32>,
+        count: usize,
+        pair_sets: Vec<Vec<u32>>,
+        members: usize,
         offsets: Vec<u32>,
         deltas: Vec<u8>,
         postings: usize,
-        pairs: usize,
     ) -> Self {
-        let mut pair_sets = vec![Vec::new(); pairs];
-        let mut start = 0;
-        for (number, &end) in ends.iter().enumerate() {
-            for &member in &members[start..end as usize] {
-                pair_sets[member as usize].push(number as u32);
-            }
-            start = end as usize;
-        }
         Self {
-            cells: members.len() + postings,
+            cells: members + postings,
+            count,
             saturated_from,
-            members,
-            ends,
             pair_sets,
             blocks: SetBlocks::BySet { offsets, deltas },
             ..Self::new(sets_max, cells_max)
@@ -120,14 +121,18 @@ impl TagSets {
 
     /// Number of distinct sets.
     pub(crate) fn len(&self) -> usize {
-        self.ends.len()
+        self.count
     }
 
-    /// The increasing members of set `number`.
-    pub(crate) fn members_of(&self, number: u32) -> &[u32] {
-        let number = number as usize;
-        let start = if number == 0 { 0 } else { self.ends[number - 1] as usize };
-        &self.members[start..self.ends[number] as usize]
+    /// The increasing members of every set, by set number.
+    pub(crate) fn members_by_set(&self) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); self.count];
+        for (pair, sets) in self.pair_sets.iter().enumerate() {
+            for &set in sets {
+                out[set as usize].push(pair as u32);
+            }
+        }
+        out
     }
 
     /// Records that the block at `position` (the next one) holds `sets`, each
@@ -135,7 +140,8 @@ impl TagSets {
     /// `sets` is `None` (a pair of the block is not indexed) or the block
     /// would go over a cap. Checks the caps against the block's cells
     /// before adding any, so a block is recorded whole or not at all.
-    pub(crate) fn push_block(&mut self, position: u32, sets: Option<&[Vec<u32>]>) {
+    /// `sets` is the members of all sets, set after set, and the end of each.
+    pub(crate) fn push_block(&mut self, position: u32, sets: Option<(&[u32], &[u32])>) {
         let SetBlocks::ByBlock { sets: block_sets, ends } = &mut self.blocks else {
             panic!("a decoded index is sealed: no block can be added to it");
         };
@@ -143,15 +149,18 @@ impl TagSets {
         if self.saturated_from.is_none() {
             match sets {
                 None => self.saturated_from = Some(position),
-                Some(sets) => {
+                Some((all_members, set_ends)) => {
                     // New sets add their members and one posting each; known
                     // sets one posting: bound by the worst case.
-                    let cells: usize = sets.iter().map(|set| set.len() + 1).sum();
-                    if self.ends.len() + sets.len() > self.sets_max || self.cells + cells > self.cells_max {
+                    let cells = all_members.len() + set_ends.len();
+                    if self.count + set_ends.len() > self.sets_max || self.cells + cells > self.cells_max {
                         self.saturated_from = Some(position);
                     } else {
-                        for set in sets {
-                            let known = self.ends.len();
+                        let mut start = 0;
+                        for &end in set_ends {
+                            let set = &all_members[start..end as usize];
+                            start = end as usize;
+                            let known = self.count;
                             let number = intern(
                                 &mut self.table,
                                 &self.hasher,
@@ -161,6 +170,7 @@ impl TagSets {
                                 set,
                             );
                             if number as usize == known {
+                                self.count += 1;
                                 for &member in set {
                                     let member = member as usize;
                                     if self.pair_sets.len() <= member {

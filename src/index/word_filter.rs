@@ -64,7 +64,8 @@ fn probe_position(hash: u64, probe: u32, bits_mask: u64) -> u64 {
 /// A word filter being built: OR-ed into while words stream by.
 #[derive(Clone, Debug)]
 pub struct WordFilterBuilder {
-    bits: Box<[u64]>,
+    // A fixed-size array, so the masked index needs no bounds check.
+    bits: Box<[u64; BUILD_BITS / 64]>,
 }
 
 impl Default for WordFilterBuilder {
@@ -76,7 +77,7 @@ impl Default for WordFilterBuilder {
 impl WordFilterBuilder {
     /// An empty filter of [`BUILD_BITS`] bits.
     pub fn new() -> Self {
-        Self { bits: vec![0_u64; BUILD_BITS / 64].into_boxed_slice() }
+        Self { bits: Box::new([0_u64; BUILD_BITS / 64]) }
     }
 
     /// Adds a word by its [`word_hash`](crate::index::words::word_hash).
@@ -85,8 +86,8 @@ impl WordFilterBuilder {
         let mask = (BUILD_BITS - 1) as u64;
         for probe in 0..PROBES {
             let position = probe_position(hash, probe, mask);
-            // The mask keeps the position below BUILD_BITS.
-            self.bits[(position >> 6) as usize] |= 1 << (position & 63);
+            // The mask keeps the index below BUILD_BITS / 64.
+            self.bits[(position >> 6) as usize % (BUILD_BITS / 64)] |= 1 << (position & 63);
         }
     }
 

@@ -706,7 +706,16 @@ mod tests {
     fn a_rebuilt_block_has_the_written_tag_sets_and_word_filter() {
         // Entries as the writer gets them: tags in their order, LogHub-like bodies.
         let bodies: Vec<String> = (0..300)
-            .map(|index| format!("{} Received block blk_{} of size {} from /10.251.{}.{}", index % 7, index * 31, index * 977, index % 13, index % 5))
+            .map(|index| {
+                format!(
+                    "{} Received block blk_{} of size {} from /10.251.{}.{}",
+                    index % 7,
+                    index * 31,
+                    index * 977,
+                    index % 13,
+                    index % 5
+                )
+            })
             .collect();
         let tags: Vec<[(&str, &str); 3]> = (0..300).map(tags_of).collect();
         let mut raw = Vec::new();
