@@ -122,11 +122,18 @@ const _: () = assert!(ORIGINS_PER_SHARD_MAX + (UNSYNCED_WRITES_MAX + 1) * PENDIN
 /// Sealed segment indexes kept loaded per shard (least recently used evicted).
 pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
 /// Estimated heap bytes of the sealed segment indexes kept loaded per shard
-/// (least recently used evicted; the most recent one always stays). With
-/// three tags of 100 values each in random combinations a 256 MiB segment's
-/// index is about 10 MB on disk and more in memory: sixteen of them per
-/// shard grew a saturated node by hundreds of MiB.
-pub const INDEX_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// (least recently used evicted; the most recent one always stays). Word
+/// filters are loaded only for word queries and count here once loaded.
+///
+/// Sized for the shape of issue 19 (`wormdb-loadgen --tags 3:100`, 85 M
+/// entries on 2 shards, about 12 sealed 256 MiB segments per shard): each
+/// segment's index holds about 180 000 tag sets in about 3.7 M (block, set)
+/// postings and takes about 16 MiB in memory without its filters
+/// (`cargo bench --bench index_streams`), and a 3-tag query answers in well
+/// under a millisecond per loaded segment but takes tens of milliseconds to
+/// load one; 192 MiB keeps those 12 loaded. A node pays up to this per
+/// shard; data with few tag sets takes far less per segment.
+pub const INDEX_CACHE_BYTES_MAX: usize = 192 * 1024 * 1024;
 
 /// Smallest and largest segment size accepted by configuration. The
 /// smallest still holds a batch with the largest entry (see
