@@ -92,6 +92,20 @@ pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * PAGE_BYTES
 /// candidates for any predicate on such a pair and are filtered exactly on
 /// read, so results stay correct while memory stays bounded.
 pub const INDEX_TAG_VALUES_PER_SEGMENT_MAX: usize = 65_536;
+/// Distinct tag sets (the sets of pairs that entries carry: streams)
+/// recorded per segment. `wormdb-loadgen --tags 3:100` gives about 200 000
+/// per 256 MiB segment (each of 3 tags drawn from 100 values, from a pool of
+/// 200 000 entries); this leaves room for five times that. A segment that
+/// reaches it records no set from that block on: those blocks fall back to
+/// pair postings (see [`crate::index`]), so results stay exact.
+pub const INDEX_TAG_SETS_PER_SEGMENT_MAX: usize = 1 << 20;
+/// Cells of a segment's tag sets: the pairs of all its sets plus its
+/// (block, set) postings, each a u32 in memory while the segment is written
+/// (so at most 32 MiB), about 1 to 2 bytes in the file. The shape above
+/// needs about 4.3 M (200 000 sets of 3 pairs, each set in about 17 of
+/// 4 300 blocks); the cap is twice that. Reaching it saturates the sets as
+/// [`INDEX_TAG_SETS_PER_SEGMENT_MAX`] does.
+pub const INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX: usize = 1 << 23;
 /// Largest persisted segment index file.
 pub const INDEX_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Distinct origins `(node, shard)` of replicated entries one shard archives
@@ -108,11 +122,18 @@ const _: () = assert!(ORIGINS_PER_SHARD_MAX + (UNSYNCED_WRITES_MAX + 1) * PENDIN
 /// Sealed segment indexes kept loaded per shard (least recently used evicted).
 pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
 /// Estimated heap bytes of the sealed segment indexes kept loaded per shard
-/// (least recently used evicted; the most recent one always stays). With
-/// three tags of 100 values each in random combinations a 256 MiB segment's
-/// index is about 10 MB on disk and more in memory: sixteen of them per
-/// shard grew a saturated node by hundreds of MiB.
-pub const INDEX_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// (least recently used evicted; the most recent one always stays). Word
+/// filters are loaded only for word queries and count here once loaded.
+///
+/// Sized for the shape of issue 19 (`wormdb-loadgen --tags 3:100`, 85 M
+/// entries on 2 shards, about 12 sealed 256 MiB segments per shard): each
+/// segment's index holds about 180 000 tag sets in about 3.7 M (block, set)
+/// postings and takes about 16 MiB in memory without its filters
+/// (`cargo bench --bench index_streams`), and a 3-tag query answers in well
+/// under a millisecond per loaded segment but takes tens of milliseconds to
+/// load one; 192 MiB keeps those 12 loaded. A node pays up to this per
+/// shard; data with few tag sets takes far less per segment.
+pub const INDEX_CACHE_BYTES_MAX: usize = 192 * 1024 * 1024;
 
 /// Smallest and largest segment size accepted by configuration. The
 /// smallest still holds a batch with the largest entry (see

@@ -30,7 +30,11 @@ const SEGMENT_CRC_OFFSET: usize = 40;
 const INDEX_BODY_CRC_OFFSET: usize = 80;
 const INDEX_ORIGIN_COUNT_OFFSET: usize = 84;
 const INDEX_ORIGINS_CRC_OFFSET: usize = 88;
-const INDEX_HEADER_CRC_OFFSET: usize = 92;
+/// Where version 2 keeps its header crc (its header is 96 bytes).
+const INDEX_HEADER_CRC_OFFSET_V2: usize = 92;
+const INDEX_FILTERS_CRC_OFFSET: usize = 108;
+const INDEX_FILTERS_BYTES_OFFSET: usize = 112;
+const INDEX_HEADER_CRC_OFFSET: usize = 124;
 const INDEX_ORIGIN_RECORD_BYTES: usize = wormdb::index::file::ORIGIN_RECORD_BYTES;
 
 fn put_u32(bytes: &mut [u8], offset: usize, value: u32) {
@@ -197,22 +201,43 @@ fn check_segment_header(data: &[u8]) {
 /// also checks that an accepted file re-encodes to the same bytes.
 pub fn index_file_decode(data: &[u8]) {
     wormdb::index::file::fuzz_decode(data);
-    if data.len() >= wormdb::index::HEADER_BYTES {
+    // Re-signed as the version it claims (2: 96-byte header; otherwise 3,
+    // whose filter section after the body has its own crc), so the checks
+    // behind the crcs are reached.
+    let version_2 = data.get(4..6) == Some(&[2, 0][..]);
+    let (header_bytes, header_crc_offset) = if version_2 {
+        (wormdb::index::file::HEADER_BYTES_V2, INDEX_HEADER_CRC_OFFSET_V2)
+    } else {
+        (wormdb::index::HEADER_BYTES, INDEX_HEADER_CRC_OFFSET)
+    };
+    if data.len() >= header_bytes {
         let mut resigned = data.to_vec();
         let origin_count = u32::from_le_bytes(
             resigned[INDEX_ORIGIN_COUNT_OFFSET..INDEX_ORIGIN_COUNT_OFFSET + 4].try_into().expect("4 bytes"),
         ) as usize;
-        let table_end = origin_count
-            .checked_mul(INDEX_ORIGIN_RECORD_BYTES)
-            .and_then(|bytes| bytes.checked_add(wormdb::index::HEADER_BYTES));
-        if let Some(table) = table_end.and_then(|end| resigned.get(wormdb::index::HEADER_BYTES..end)) {
+        let table_end =
+            origin_count.checked_mul(INDEX_ORIGIN_RECORD_BYTES).and_then(|bytes| bytes.checked_add(header_bytes));
+        if let Some(table) = table_end.and_then(|end| resigned.get(header_bytes..end)) {
             let origins_crc = crc32fast::hash(table);
             put_u32(&mut resigned, INDEX_ORIGINS_CRC_OFFSET, origins_crc);
         }
-        let body_crc = crc32fast::hash(&resigned[wormdb::index::HEADER_BYTES..]);
+        let mut body_end = resigned.len();
+        if !version_2 {
+            let filters_bytes = u64::from_le_bytes(
+                resigned[INDEX_FILTERS_BYTES_OFFSET..INDEX_FILTERS_BYTES_OFFSET + 8].try_into().expect("8 bytes"),
+            );
+            body_end = usize::try_from(filters_bytes)
+                .ok()
+                .and_then(|filters| resigned.len().checked_sub(filters))
+                .filter(|&end| end >= header_bytes)
+                .unwrap_or(resigned.len());
+            let filters_crc = crc32fast::hash(&resigned[body_end..]);
+            put_u32(&mut resigned, INDEX_FILTERS_CRC_OFFSET, filters_crc);
+        }
+        let body_crc = crc32fast::hash(&resigned[header_bytes..body_end]);
         put_u32(&mut resigned, INDEX_BODY_CRC_OFFSET, body_crc);
-        let header_crc = crc32fast::hash(&resigned[..INDEX_HEADER_CRC_OFFSET]);
-        put_u32(&mut resigned, INDEX_HEADER_CRC_OFFSET, header_crc);
+        let header_crc = crc32fast::hash(&resigned[..header_crc_offset]);
+        put_u32(&mut resigned, header_crc_offset, header_crc);
         wormdb::index::file::fuzz_decode(&resigned);
     }
 }
@@ -739,6 +764,7 @@ mod tests {
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v1/");
     const V2_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v2/");
+    const V3_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v3/");
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIXTURES}{name}")).expect("the format fixtures are checked in")
@@ -746,6 +772,10 @@ mod tests {
 
     fn v2_fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{V2_FIXTURES}{name}")).expect("the format fixtures are checked in")
+    }
+
+    fn v3_fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{V3_FIXTURES}{name}")).expect("the format fixtures are checked in")
     }
 
     /// Every input with one byte changed to a few values, and every prefix.
@@ -806,14 +836,16 @@ mod tests {
         for input in mutations(&page[..64]) {
             segment_header(&input);
         }
-        // The version 1 index is refused (outdated); version 2 is current.
+        // The version 1 index is refused (outdated); version 2 is read,
+        // version 3 (tag sets, word filters) is current.
         for input in mutations(&fixture("index.idx")) {
             index_file_decode(&input);
         }
-        let index = v2_fixture("index.idx");
-        assert!(wormdb::index::SegmentIndex::decode(&index).is_ok());
-        for input in mutations(&index) {
-            index_file_decode(&input);
+        for index in [v2_fixture("index.idx"), v3_fixture("index.idx")] {
+            assert!(wormdb::index::SegmentIndex::decode(&index).is_ok());
+            for input in mutations(&index) {
+                index_file_decode(&input);
+            }
         }
     }
 

@@ -3,13 +3,13 @@
 //! Same layout as `docs/format.md`. Little-endian everywhere.
 //!
 //! ```text
-//! Header, HEADER_BYTES = 96 bytes, covered by its own crc32:
+//! Header, HEADER_BYTES = 128 bytes, covered by its own crc32:
 //!
 //!  offset size field              meaning
 //!  ------ ---- ------------------ ---------------------------------------------
 //!       0    4 magic              b"WRMI"
-//!       4    2 version            u16, FORMAT_VERSION = 2
-//!       6    2 flags              u16, 0 (no flag is defined in version 2)
+//!       4    2 version            u16, FORMAT_VERSION = 3
+//!       6    2 flags              u16, 0 (no flag is defined in version 3)
 //!       8    8 segment_first_seq  u64, seq of the segment's first entry
 //!      16    8 next_seq           u64, last seq + 1 (= segment_first_seq if no block)
 //!      24    4 block_count        u32, records in the block table
@@ -24,10 +24,17 @@
 //!      80    4 body_crc           u32, crc32 of the body
 //!      84    4 origin_count       u32, records in the origin table, <= INDEX_ORIGINS_MAX
 //!      88    4 origins_crc        u32, crc32 of the origin table alone
-//!      92    4 header_crc         u32, crc32 of header bytes [0, 92)
-//!      96      (body)
+//!      92    4 tag_sets           u32, records in the tag set table
+//!      96    4 tag_sets_max       u32, the cap the index was built with
+//!     100    4 tag_set_cells_max  u32, the cap on members + postings of sets
+//!     104    4 sets_saturated_from u32, first block without sets; 0xFFFF_FFFF = never
+//!     108    4 filters_crc        u32, crc32 of the filter section
+//!     112    8 filters_bytes      u64, length of the filter section (0: none)
+//!     120    4 filter_probes      u32, probes per word (0 iff no filter section)
+//!     124    4 header_crc         u32, crc32 of header bytes [0, 124)
+//!     128      (body)
 //!
-//! Body, body_bytes bytes, right after the header, ending the file:
+//! Body, body_bytes bytes, right after the header:
 //!
 //!   origin table: origin_count records of ORIGIN_RECORD_BYTES = 32 bytes,
 //!                 strictly increasing by (node, shard); first in the body so
@@ -49,7 +56,8 @@
 //!     +40  8 origin_first_seq  u64, origin seq of the first entry; 0 = not replicated
 //!     +48  4 origin_node       u32 (0 unless replicated)
 //!     +52  4 origin_shard      u32 (0 unless replicated)
-//!   terms: tag_values records, strictly increasing by (key bytes, value bytes)
+//!   terms: tag_values records, in the order the pairs were first indexed
+//!          (a pair's number is its position here), distinct
 //!          2 key_len         u16, <= TAG_KEY_BYTES_MAX
 //!    key_len key             UTF-8
 //!          2 value_len       u16, <= TAG_VALUE_BYTES_MAX
@@ -58,7 +66,28 @@
 //!        1-5 postings        posting_count LEB128 u32 varints (minimal): the
 //!                            first block position, then each delta (>= 1) to
 //!                            the previous one; every position < block_count
+//!   tag sets: tag_sets records, in the order the sets were first recorded
+//!        1-5 member_count    varint, 1 ..= tag_values
+//!        1-5 members         member_count varints: the first pair number,
+//!                            then each delta (>= 1); every number < tag_values
+//!        1-5 posting_count   varint, 1 ..= sets_end (sets_saturated_from, or
+//!                            block_count when never saturated)
+//!        1-5 postings        posting_count varints: the first block position,
+//!                            then each delta (>= 1); every position < sets_end
+//!
+//! Filter section, filters_bytes bytes, right after the body, ending the
+//! file (absent when filters_bytes is 0: no block has a filter):
+//!   block_count records, in block order:
+//!          1 filter_log2     u8, the filter has 1 << filter_log2 u64 words
+//!                            (<= FILTER_LOG2_MAX); 0xFF = the block has none
+//!    8 << filter_log2        the filter's u64 words, little-endian
 //! ```
+//!
+//! Varints are LEB128 u32, minimal. The filter section has its own crc and
+//! comes last, so a reader that answers tag queries reads the header and
+//! body only ([`SegmentIndex::decode_without_filters`]) and loads the
+//! filters when a word query first needs them
+//! ([`SegmentIndex::load_filters`]).
 //!
 //! The encoding is canonical: [`SegmentIndex::decode`] accepts exactly the
 //! byte strings that [`SegmentIndex::encode`] produces, so re-encoding a
@@ -67,15 +96,26 @@
 //! Version 1 (no origin table, 40-byte block records, 88-byte header) is
 //! refused with [`Error::OutdatedVersion`]: it cannot tell replicated blocks
 //! apart, so the shard rebuilds such an index by scanning its segment.
+//!
+//! Version 2 (a 96-byte header: the first 92 bytes as above, then its crc;
+//! terms strictly increasing by (key bytes, value bytes); no tag sets, no
+//! filters) is read as it is: its pairs are numbered in that order, its
+//! tag sets are saturated from block 0 (every conjunction falls back to
+//! the pair postings, as before) and no block has a word filter (every
+//! block is a candidate for any word). It is not rebuilt: it answers as
+//! it did, and segments sealed from now on get version 3.
 
 use std::collections::BTreeMap;
 
 use crate::codec::block::Origin;
-use crate::index::segment_index::{BlockMeta, OriginKey, OriginSummary, Postings, SegmentIndex};
+use crate::index::segment_index::{BlockMeta, OriginKey, OriginSummary, PairTerm, Postings, SegmentIndex};
+use crate::index::tag_sets::TagSets;
+use crate::index::word_filter::WordFilters;
 use crate::index::Error;
 use crate::limits::{
     self, BLOCK_ENTRIES_MAX, BLOCK_RAW_BYTES_MAX, INDEX_FILE_BYTES_MAX, INDEX_ORIGINS_MAX,
-    INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
+    INDEX_TAG_SETS_PER_SEGMENT_MAX, INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX,
+    TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
 };
 
 /// First four bytes of every index file.
@@ -83,7 +123,9 @@ pub const MAGIC: [u8; 4] = *b"WRMI";
 /// The only format version this build reads and writes. An older version is
 /// refused with [`Error::OutdatedVersion`] (the segment is rescanned), a
 /// newer or unknown one with [`Error::UnsupportedVersion`].
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
+/// The previous format version, still read (see the module documentation).
+pub const FORMAT_VERSION_2: u16 = 2;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
@@ -102,13 +144,35 @@ const BODY_BYTES_OFFSET: usize = RAW_BYTES_OFFSET + 8;
 const BODY_CRC_OFFSET: usize = BODY_BYTES_OFFSET + 8;
 const ORIGIN_COUNT_OFFSET: usize = BODY_CRC_OFFSET + 4;
 const ORIGINS_CRC_OFFSET: usize = ORIGIN_COUNT_OFFSET + 4;
-const HEADER_CRC_OFFSET: usize = ORIGINS_CRC_OFFSET + 4;
-/// Size of the fixed header, which [`decode_summary`] reads on its own.
+/// Where version 2 puts its header crc, ending its 96-byte header.
+const HEADER_CRC_OFFSET_V2: usize = ORIGINS_CRC_OFFSET + 4;
+/// Size of a version 2 header.
+pub const HEADER_BYTES_V2: usize = HEADER_CRC_OFFSET_V2 + 4;
+const TAG_SETS_OFFSET: usize = ORIGINS_CRC_OFFSET + 4;
+const TAG_SETS_MAX_OFFSET: usize = TAG_SETS_OFFSET + 4;
+const TAG_SET_CELLS_MAX_OFFSET: usize = TAG_SETS_MAX_OFFSET + 4;
+const SETS_SATURATED_FROM_OFFSET: usize = TAG_SET_CELLS_MAX_OFFSET + 4;
+const FILTERS_CRC_OFFSET: usize = SETS_SATURATED_FROM_OFFSET + 4;
+const FILTERS_BYTES_OFFSET: usize = FILTERS_CRC_OFFSET + 4;
+const FILTER_PROBES_OFFSET: usize = FILTERS_BYTES_OFFSET + 8;
+const HEADER_CRC_OFFSET: usize = FILTER_PROBES_OFFSET + 4;
+/// Size of the fixed header, which [`decode_summary`] reads on its own (a
+/// version 2 file has a shorter one, [`HEADER_BYTES_V2`]; reading this
+/// many bytes from the start of any index file is enough for either).
 pub const HEADER_BYTES: usize = HEADER_CRC_OFFSET + 4;
 
-const _: () = assert!(HEADER_BYTES == 96, "the header layout in docs/format.md says 96 bytes");
+const _: () = assert!(HEADER_BYTES == 128, "the header layout in docs/format.md says 128 bytes");
+const _: () = assert!(HEADER_BYTES_V2 == 96, "version 2 headers are 96 bytes");
+const _: () = assert!(FILTERS_BYTES_OFFSET % 8 == 0);
+/// Largest `filter_log2`: a filter is at most the builder's size.
+pub const FILTER_LOG2_MAX: u8 = (crate::index::word_filter::BUILD_BITS / 64).trailing_zeros() as u8;
+/// `filter_log2` of a block without a filter.
+const NO_FILTER: u8 = 0xFF;
+/// Most probes per word a file may declare.
+const FILTER_PROBES_MAX: u32 = 16;
 // The header crc covers everything before it and is the header's last field.
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == HEADER_BYTES);
+const _: () = assert!(HEADER_CRC_OFFSET_V2 + 4 == HEADER_BYTES_V2);
 // Every u64 and i64 field is naturally aligned, so the header can be viewed as a struct.
 const _: () = assert!(SEGMENT_FIRST_SEQ_OFFSET % 8 == 0);
 const _: () = assert!(NEXT_SEQ_OFFSET % 8 == 0);
@@ -158,6 +222,10 @@ const VARINT_BYTES_MAX: usize = 5;
 const _: () = assert!(TAG_KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(TAG_VALUE_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(INDEX_TAG_VALUES_PER_SEGMENT_MAX < u32::MAX as usize);
+const _: () = assert!(INDEX_TAG_SETS_PER_SEGMENT_MAX < u32::MAX as usize);
+const _: () = assert!(INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX < u32::MAX as usize);
+/// Smallest tag set record: one member, one posting, each count one byte.
+const TAG_SET_BYTES_MIN: usize = 4;
 const _: () = assert!(BLOCK_ENTRIES_MAX <= u32::MAX as usize);
 const _: () = assert!(HEADER_BYTES <= INDEX_FILE_BYTES_MAX);
 
@@ -201,6 +269,24 @@ pub struct IndexSummary {
     pub origin_count: u32,
     /// crc32 of the origin table.
     pub origins_crc: u32,
+    /// The file's format version: [`FORMAT_VERSION`] or [`FORMAT_VERSION_2`].
+    pub version: u16,
+    /// Number of tag sets (0 in version 2).
+    pub tag_sets: u32,
+    /// The cap on `tag_sets` the index was built with.
+    pub tag_sets_max: u32,
+    /// The cap on members plus postings of the tag sets.
+    pub tag_set_cells_max: u32,
+    /// Position of the first block whose sets are not recorded, if any
+    /// (block 0 for a version 2 file with blocks).
+    pub sets_saturated_from: Option<u32>,
+    /// Length of the filter section after the body (0: no block has a
+    /// filter).
+    pub filters_bytes: u64,
+    /// crc32 of the filter section.
+    pub filters_crc: u32,
+    /// Probes per word of the filters (0 when there are none).
+    pub filter_probes: u32,
 }
 
 impl IndexSummary {
@@ -209,9 +295,24 @@ impl IndexSummary {
         (self.block_count > 0).then_some((self.min_ts, self.max_ts))
     }
 
-    /// Length of the whole file: header plus body.
+    /// Length of the header of this file's version.
+    pub fn header_bytes(&self) -> usize {
+        if self.version == FORMAT_VERSION_2 {
+            HEADER_BYTES_V2
+        } else {
+            HEADER_BYTES
+        }
+    }
+
+    /// Length of the whole file: header, body and filter section.
     pub fn file_bytes(&self) -> u64 {
-        HEADER_BYTES as u64 + self.body_bytes
+        self.filters_offset() + self.filters_bytes
+    }
+
+    /// Offset of the filter section: the bytes before it (header and body)
+    /// are all that [`SegmentIndex::decode_without_filters`] needs.
+    pub fn filters_offset(&self) -> u64 {
+        self.header_bytes() as u64 + self.body_bytes
     }
 
     /// Offset one past the origin table: the bytes [`decode_origin_table`]
@@ -219,7 +320,7 @@ impl IndexSummary {
     /// `HEADER_BYTES + INDEX_ORIGINS_MAX * ORIGIN_RECORD_BYTES` for a summary
     /// that decoded.
     pub fn origin_table_end(&self) -> usize {
-        HEADER_BYTES + self.origin_count as usize * ORIGIN_RECORD_BYTES
+        self.header_bytes() + self.origin_count as usize * ORIGIN_RECORD_BYTES
     }
 }
 
@@ -231,23 +332,29 @@ impl IndexSummary {
 /// header fields among themselves and with [`crate::limits`]; the body is
 /// neither read nor verified.
 pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
-    let Some(header) = header.get(..HEADER_BYTES) else {
+    let Some(start) = header.get(..VERSION_OFFSET + 2) else {
         return Err(Error::Truncated { what: "header" });
     };
-    if header[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC {
+    if start[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC {
         return Err(Error::BadMagic);
     }
     // The version comes before the crc: another version places its crc
-    // elsewhere (version 1 at offset 84, with an 88-byte header).
-    let version = u16::from_le_bytes(array(header, VERSION_OFFSET));
-    if (1..FORMAT_VERSION).contains(&version) {
+    // elsewhere (version 1 at offset 84, with an 88-byte header; version 2
+    // at 92, with a 96-byte header).
+    let version = u16::from_le_bytes(array(start, VERSION_OFFSET));
+    if (1..FORMAT_VERSION_2).contains(&version) {
         return Err(Error::OutdatedVersion(version));
     }
-    if version != FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion(version));
-    }
-    let expected = u32::from_le_bytes(array(header, HEADER_CRC_OFFSET));
-    let actual = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
+    let crc_offset = match version {
+        FORMAT_VERSION_2 => HEADER_CRC_OFFSET_V2,
+        FORMAT_VERSION => HEADER_CRC_OFFSET,
+        _ => return Err(Error::UnsupportedVersion(version)),
+    };
+    let Some(header) = header.get(..crc_offset + 4) else {
+        return Err(Error::Truncated { what: "header" });
+    };
+    let expected = u32::from_le_bytes(array(header, crc_offset));
+    let actual = crc32fast::hash(&header[..crc_offset]);
     if expected != actual {
         return Err(Error::Checksum { what: "header", expected, actual });
     }
@@ -270,6 +377,30 @@ pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
         body_crc: u32::from_le_bytes(array(header, BODY_CRC_OFFSET)),
         origin_count: u32::from_le_bytes(array(header, ORIGIN_COUNT_OFFSET)),
         origins_crc: u32::from_le_bytes(array(header, ORIGINS_CRC_OFFSET)),
+        version,
+        tag_sets: 0,
+        tag_sets_max: INDEX_TAG_SETS_PER_SEGMENT_MAX as u32,
+        tag_set_cells_max: INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX as u32,
+        sets_saturated_from: None,
+        filters_bytes: 0,
+        filters_crc: 0,
+        filter_probes: 0,
+    };
+    let summary = if version == FORMAT_VERSION_2 {
+        // Version 2 records no set: every block falls back to the pairs.
+        IndexSummary { sets_saturated_from: (summary.block_count > 0).then_some(0), ..summary }
+    } else {
+        let sets_saturated_from = u32::from_le_bytes(array(header, SETS_SATURATED_FROM_OFFSET));
+        IndexSummary {
+            tag_sets: u32::from_le_bytes(array(header, TAG_SETS_OFFSET)),
+            tag_sets_max: u32::from_le_bytes(array(header, TAG_SETS_MAX_OFFSET)),
+            tag_set_cells_max: u32::from_le_bytes(array(header, TAG_SET_CELLS_MAX_OFFSET)),
+            sets_saturated_from: (sets_saturated_from != NOT_SATURATED).then_some(sets_saturated_from),
+            filters_bytes: u64::from_le_bytes(array(header, FILTERS_BYTES_OFFSET)),
+            filters_crc: u32::from_le_bytes(array(header, FILTERS_CRC_OFFSET)),
+            filter_probes: u32::from_le_bytes(array(header, FILTER_PROBES_OFFSET)),
+            ..summary
+        }
     };
     check_summary(&summary)?;
     Ok(summary)
@@ -280,12 +411,47 @@ pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
 /// its allocations from header counts.
 fn check_summary(summary: &IndexSummary) -> Result<(), Error> {
     let body_bytes = usize::try_from(summary.body_bytes).unwrap_or(usize::MAX);
+    let filters_bytes = usize::try_from(summary.filters_bytes).unwrap_or(usize::MAX);
     limits::check(
         "INDEX_FILE_BYTES_MAX",
         "index file bytes",
-        HEADER_BYTES.saturating_add(body_bytes),
+        summary.header_bytes().saturating_add(body_bytes).saturating_add(filters_bytes),
         INDEX_FILE_BYTES_MAX,
     )?;
+    limits::check(
+        "INDEX_TAG_SETS_PER_SEGMENT_MAX",
+        "tag sets cap of an index file",
+        summary.tag_sets_max as usize,
+        INDEX_TAG_SETS_PER_SEGMENT_MAX,
+    )?;
+    limits::check(
+        "INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX",
+        "tag set cells cap of an index file",
+        summary.tag_set_cells_max as usize,
+        INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX,
+    )?;
+    if summary.tag_sets > summary.tag_sets_max {
+        return Err(corrupt("more tag sets than the cap"));
+    }
+    if (summary.filters_bytes == 0) != (summary.filter_probes == 0) {
+        return Err(corrupt("filter probes disagree with the filter section"));
+    }
+    if summary.filter_probes > FILTER_PROBES_MAX {
+        return Err(corrupt("too many filter probes"));
+    }
+    if summary.filters_bytes != 0 && summary.filters_bytes < u64::from(summary.block_count) {
+        return Err(corrupt("filter section is shorter than one byte per block"));
+    }
+    if let Some(sets_from) = summary.sets_saturated_from {
+        if sets_from >= summary.block_count {
+            return Err(corrupt("sets_saturated_from is past the last block"));
+        }
+        if summary.saturated_from.is_some_and(|pairs_from| pairs_from < sets_from) {
+            return Err(corrupt("tag sets saturate after the pairs"));
+        }
+    } else if summary.saturated_from.is_some() {
+        return Err(corrupt("pairs saturated but not the tag sets"));
+    }
     let tag_values_max = summary.tag_values_max as usize;
     limits::check(
         "INDEX_TAG_VALUES_PER_SEGMENT_MAX",
@@ -304,8 +470,11 @@ fn check_summary(summary: &IndexSummary) -> Result<(), Error> {
     let origins_bytes = origin_count.saturating_mul(ORIGIN_RECORD_BYTES);
     let table_bytes = block_count.saturating_mul(BLOCK_META_BYTES);
     let terms_bytes_min = tag_values.saturating_mul(TERM_BYTES_MIN);
-    if origins_bytes.saturating_add(table_bytes).saturating_add(terms_bytes_min) > body_bytes {
-        return Err(corrupt("origin, block and term counts do not fit the body length"));
+    let sets_bytes_min = (summary.tag_sets as usize).saturating_mul(TAG_SET_BYTES_MIN);
+    if origins_bytes.saturating_add(table_bytes).saturating_add(terms_bytes_min).saturating_add(sets_bytes_min)
+        > body_bytes
+    {
+        return Err(corrupt("origin, block, term and set counts do not fit the body length"));
     }
     if let Some(saturated_from) = summary.saturated_from {
         if saturated_from >= summary.block_count {
@@ -321,7 +490,9 @@ fn check_summary(summary: &IndexSummary) -> Result<(), Error> {
             && summary.min_ts == 0
             && summary.max_ts == 0
             && summary.data_end == 0
-            && summary.raw_bytes == 0;
+            && summary.raw_bytes == 0
+            && summary.tag_sets == 0
+            && summary.filters_bytes == 0;
         if !empty {
             return Err(corrupt("an index with no block has non-zero fields"));
         }
@@ -363,23 +534,21 @@ impl SegmentIndex {
     pub fn encode(&self, raw_bytes: u64) -> Vec<u8> {
         let block_count = self.blocks.len() as u32;
         assert!(raw_bytes <= raw_bytes_max(block_count), "raw_bytes is over BLOCK_RAW_BYTES_MAX per block");
-        let mut terms: Vec<(&str, &str, &[u32])> = self
-            .postings
-            .iter()
-            .flat_map(|(key, values)| values.iter().map(move |(value, blocks)| (&**key, &**value, blocks.as_slice())))
-            .collect();
-        terms.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        assert_eq!(terms.len(), self.tag_values, "tag_values disagrees with the postings");
-
+        // Terms in the order of their numbers.
+        let mut terms: Vec<(&str, &str, &[u32])> = vec![("", "", &[]); self.tag_values];
+        let mut seen = 0;
+        for (key, values) in &self.postings {
+            for (value, term) in values {
+                terms[term.id as usize] = (&**key, &**value, term.blocks.as_slice());
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, self.tag_values, "tag_values disagrees with the postings");
         assert!(self.origins.len() <= INDEX_ORIGINS_MAX, "more origins than INDEX_ORIGINS_MAX");
+        let filters = self.filters.get().expect("encoding an index whose filters are not loaded");
 
-        let terms_bytes: usize =
-            terms.iter().map(|(key, value, blocks)| 2 + key.len() + 2 + value.len() + 4 + postings_bytes(blocks)).sum();
-        let origins_bytes = self.origins.len() * ORIGIN_RECORD_BYTES;
-        let body_bytes = origins_bytes + self.blocks.len() * BLOCK_META_BYTES + terms_bytes;
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + body_bytes);
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.blocks.len() * BLOCK_META_BYTES);
         bytes.resize(HEADER_BYTES, 0);
-
         // BTreeMap order is the (node, shard) order the format asks for.
         for (&(node, shard), summary) in &self.origins {
             let (first_seq, last_seq) = summary.seqs.unwrap_or((0, 0));
@@ -409,13 +578,35 @@ impl SegmentIndex {
             bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
             bytes.extend_from_slice(value.as_bytes());
             bytes.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
-            let mut previous = None;
-            for &position in blocks {
-                put_varint(&mut bytes, previous.map_or(position, |previous| position - previous));
-                previous = Some(position);
+            put_increasing(&mut bytes, blocks);
+        }
+        for (members, blocks) in self.tag_sets.members_by_set().iter().zip(self.tag_sets.by_set()) {
+            put_varint(&mut bytes, members.len() as u32);
+            put_increasing(&mut bytes, members);
+            put_varint(&mut bytes, blocks.len() as u32);
+            put_increasing(&mut bytes, &blocks);
+        }
+        let body_bytes = bytes.len() - HEADER_BYTES;
+        let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+
+        let filters_start = bytes.len();
+        if filters.any() {
+            assert_eq!(filters.len(), self.blocks.len(), "one filter record per block");
+            for position in 0..block_count {
+                match filters.filter(position) {
+                    None => bytes.push(NO_FILTER),
+                    Some(words) => {
+                        bytes.push(words.len().trailing_zeros() as u8);
+                        for word in words {
+                            bytes.extend_from_slice(&word.to_le_bytes());
+                        }
+                    }
+                }
             }
         }
-        assert_eq!(bytes.len(), HEADER_BYTES + body_bytes, "encoded body length differs from its computed length");
+        let filters_bytes = bytes.len() - filters_start;
+        let filters_crc = crc32fast::hash(&bytes[filters_start..]);
+        let filter_probes = if filters_bytes == 0 { 0 } else { filters.probes };
 
         let (min_ts, max_ts) = self.time_range().unwrap_or((0, 0));
         let header = &mut bytes[..HEADER_BYTES];
@@ -433,30 +624,64 @@ impl SegmentIndex {
         put(header, DATA_END_OFFSET, &self.data_end().to_le_bytes());
         put(header, RAW_BYTES_OFFSET, &raw_bytes.to_le_bytes());
         put(header, BODY_BYTES_OFFSET, &(body_bytes as u64).to_le_bytes());
+        put(header, BODY_CRC_OFFSET, &body_crc.to_le_bytes());
         put(header, ORIGIN_COUNT_OFFSET, &(self.origins.len() as u32).to_le_bytes());
         put(header, ORIGINS_CRC_OFFSET, &origins_crc.to_le_bytes());
-        let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
-        let header = &mut bytes[..HEADER_BYTES];
-        put(header, BODY_CRC_OFFSET, &body_crc.to_le_bytes());
+        put(header, TAG_SETS_OFFSET, &(self.tag_sets.len() as u32).to_le_bytes());
+        put(header, TAG_SETS_MAX_OFFSET, &(self.tag_sets.sets_max as u32).to_le_bytes());
+        put(header, TAG_SET_CELLS_MAX_OFFSET, &(self.tag_sets.cells_max as u32).to_le_bytes());
+        let sets_saturated_from = self.tag_sets.saturated_from.unwrap_or(NOT_SATURATED);
+        put(header, SETS_SATURATED_FROM_OFFSET, &sets_saturated_from.to_le_bytes());
+        put(header, FILTERS_CRC_OFFSET, &filters_crc.to_le_bytes());
+        put(header, FILTERS_BYTES_OFFSET, &(filters_bytes as u64).to_le_bytes());
+        put(header, FILTER_PROBES_OFFSET, &filter_probes.to_le_bytes());
         let header_crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
         put(header, HEADER_CRC_OFFSET, &header_crc.to_le_bytes());
         bytes
     }
 
-    /// Decodes a whole index file, verifying both crcs, every length and
-    /// count (against the bytes that remain and against [`crate::limits`])
-    /// before allocating for it, and every invariant that
-    /// [`push_block`](Self::push_block) guarantees. Never panics: bad input
-    /// gives an [`Error`].
+    /// Decodes a whole index file (header, body and filter section),
+    /// verifying every crc, every length and count (against the bytes that
+    /// remain and against [`crate::limits`]) before allocating for it, and
+    /// every invariant that [`push_block`](Self::push_block) guarantees.
+    /// Never panics: bad input gives an [`Error`].
     ///
     /// `bytes` must be exactly the file: trailing bytes are
     /// [`Error::Corrupt`], missing ones [`Error::Truncated`].
     pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, Error> {
         limits::check("INDEX_FILE_BYTES_MAX", "index file bytes", bytes.len(), INDEX_FILE_BYTES_MAX)?;
         let summary = decode_summary(bytes)?;
+        // check_summary bounded the lengths by INDEX_FILE_BYTES_MAX, so they fit.
+        let filters_offset = summary.filters_offset() as usize;
+        if bytes.len() < filters_offset {
+            return Err(Error::Truncated { what: "body" });
+        }
+        let index = Self::decode_parts(&bytes[..filters_offset], &summary)?;
+        index.load_filters(&summary, &bytes[filters_offset..])?;
+        Ok(index)
+    }
+
+    /// Decodes an index file without its filter section: `bytes` is the
+    /// file up to [`IndexSummary::filters_offset`] exactly (the header and
+    /// the body). Word filters are then not loaded
+    /// ([`filters_loaded`](Self::filters_loaded)) until
+    /// [`load_filters`](Self::load_filters) is given the rest of the file.
+    pub fn decode_without_filters(bytes: &[u8]) -> Result<SegmentIndex, Error> {
+        limits::check("INDEX_FILE_BYTES_MAX", "index file bytes", bytes.len(), INDEX_FILE_BYTES_MAX)?;
+        let summary = decode_summary(bytes)?;
+        if bytes.len() < summary.filters_offset() as usize {
+            return Err(Error::Truncated { what: "body" });
+        }
+        if bytes.len() > summary.filters_offset() as usize {
+            return Err(corrupt("bytes after the body"));
+        }
+        Self::decode_parts(bytes, &summary)
+    }
+
+    fn decode_parts(bytes: &[u8], summary: &IndexSummary) -> Result<SegmentIndex, Error> {
         // check_summary bounded body_bytes by INDEX_FILE_BYTES_MAX, so this fits.
         let body_bytes = summary.body_bytes as usize;
-        let body = &bytes[HEADER_BYTES..];
+        let body = &bytes[summary.header_bytes()..];
         if body.len() < body_bytes {
             return Err(Error::Truncated { what: "body" });
         }
@@ -468,13 +693,23 @@ impl SegmentIndex {
             return Err(Error::Checksum { what: "body", expected: summary.body_crc, actual });
         }
 
-        let origins = decode_origin_table(bytes, &summary)?;
-        let mut reader = Reader { bytes: &body[summary.origin_table_end() - HEADER_BYTES..] };
-        let blocks = decode_blocks(&mut reader, &summary)?;
+        let origins = decode_origin_table(bytes, summary)?;
+        let mut reader = Reader { bytes: &body[summary.origin_table_end() - summary.header_bytes()..] };
+        let blocks = decode_blocks(&mut reader, summary)?;
         check_origins_against_blocks(&origins, &blocks)?;
-        let postings = decode_terms(&mut reader, &summary)?;
+        let postings = decode_terms(&mut reader, summary)?;
+        let tag_sets = decode_sets(&mut reader, summary)?;
         if !reader.bytes.is_empty() {
-            return Err(corrupt("bytes after the last term"));
+            return Err(corrupt("bytes after the last term or set"));
+        }
+        // Without a filter section no block has a filter: loaded, empty.
+        let filters = std::cell::OnceCell::new();
+        if summary.filters_bytes == 0 {
+            let mut none = WordFilters::new();
+            for _ in 0..blocks.len() {
+                none.push(None);
+            }
+            let _ = filters.set(none);
         }
         Ok(SegmentIndex {
             segment_first_seq: summary.segment_first_seq,
@@ -484,9 +719,79 @@ impl SegmentIndex {
             saturated_from: summary.saturated_from,
             blocks,
             postings,
+            tag_sets,
+            filters,
             origins,
         })
     }
+
+    /// Loads the word filters of an index decoded without them, from the
+    /// filter section of its file (`section`: the bytes from
+    /// [`IndexSummary::filters_offset`] to the end of the file) whose header
+    /// decoded to `summary`. Checks the section's crc and every record.
+    /// Does nothing if the filters are loaded already.
+    pub fn load_filters(&self, summary: &IndexSummary, section: &[u8]) -> Result<(), Error> {
+        if self.filters.get().is_some() {
+            return if section.is_empty() { Ok(()) } else { Err(corrupt("bytes after the body")) };
+        }
+        let filters = decode_filters(section, summary, self.blocks.len())?;
+        let _ = self.filters.set(filters);
+        Ok(())
+    }
+}
+
+/// Writes increasing `values` as varints: the first, then each delta.
+fn put_increasing(bytes: &mut Vec<u8>, values: &[u32]) {
+    let mut previous = None;
+    for &value in values {
+        put_varint(bytes, previous.map_or(value, |previous| value - previous));
+        previous = Some(value);
+    }
+}
+
+/// Reads the filter section.
+fn decode_filters(section: &[u8], summary: &IndexSummary, block_count: usize) -> Result<WordFilters, Error> {
+    if (section.len() as u64) < summary.filters_bytes {
+        return Err(Error::Truncated { what: "filter section" });
+    }
+    if (section.len() as u64) > summary.filters_bytes {
+        return Err(corrupt("bytes after the filter section"));
+    }
+    let actual = crc32fast::hash(section);
+    if actual != summary.filters_crc {
+        return Err(Error::Checksum { what: "filter section", expected: summary.filters_crc, actual });
+    }
+    let mut filters = WordFilters { probes: summary.filter_probes, ..WordFilters::new() };
+    if section.is_empty() {
+        for _ in 0..block_count {
+            filters.push(None);
+        }
+        return Ok(filters);
+    }
+    let mut reader = Reader { bytes: section };
+    // Every filter is at least 8 bytes: bound the allocation by the section.
+    filters.words.reserve(section.len() / 8);
+    filters.ends.reserve(block_count);
+    for _ in 0..block_count {
+        let log2 = reader.take(1, "filter section runs short")?[0];
+        if log2 == NO_FILTER {
+            filters.ends.push(filters.words.len() as u32);
+            continue;
+        }
+        if log2 > FILTER_LOG2_MAX {
+            return Err(corrupt("word filter is larger than FILTER_LOG2_MAX"));
+        }
+        let words = reader.take(8 << log2, "filter runs past the filter section")?;
+        filters.words.extend(words.chunks_exact(8).map(|word| u64::from_le_bytes(array(word, 0))));
+        filters.ends.push(filters.words.len() as u32);
+    }
+    if !reader.bytes.is_empty() {
+        return Err(corrupt("bytes after the last filter"));
+    }
+    if !filters.any() {
+        return Err(corrupt("a filter section in which no block has a filter"));
+    }
+    Ok(filters)
 }
 
 /// Decodes the origin table of an index file whose header decoded to
@@ -497,7 +802,7 @@ impl SegmentIndex {
 /// only [`SegmentIndex::decode`] also checks them against the block table.
 pub fn decode_origin_table(bytes: &[u8], summary: &IndexSummary) -> Result<BTreeMap<OriginKey, OriginSummary>, Error> {
     // decode_summary bounded origin_count by INDEX_ORIGINS_MAX, so this is small.
-    let Some(table) = bytes.get(HEADER_BYTES..summary.origin_table_end()) else {
+    let Some(table) = bytes.get(summary.header_bytes()..summary.origin_table_end()) else {
         return Err(Error::Truncated { what: "origin table" });
     };
     let actual = crc32fast::hash(table);
@@ -644,11 +949,13 @@ fn decode_terms(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Posti
     let block_count = summary.block_count;
     let mut postings = Postings::default();
     let mut previous: Option<(&[u8], &[u8])> = None;
-    for _ in 0..summary.tag_values {
+    for id in 0..summary.tag_values {
         let key = reader.take_string(TAG_KEY_BYTES_MAX, "TAG_KEY_BYTES_MAX", "tag key bytes")?;
         let value = reader.take_string(TAG_VALUE_BYTES_MAX, "TAG_VALUE_BYTES_MAX", "tag value bytes")?;
         let term = (key.as_bytes(), value.as_bytes());
-        if previous.is_some_and(|previous| previous >= term) {
+        // Version 2 sorts its terms; version 3 keeps them in the order they
+        // were first indexed, distinct (checked on insertion below).
+        if summary.version == FORMAT_VERSION_2 && previous.is_some_and(|previous| previous >= term) {
             return Err(corrupt("terms are not strictly increasing"));
         }
         previous = Some(term);
@@ -680,13 +987,90 @@ fn decode_terms(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Posti
         }
 
         // Look the key up before inserting it, to allocate it only once.
-        if let Some(values) = postings.get_mut(key) {
-            values.insert(value.into(), blocks);
+        let term = PairTerm { id, blocks };
+        let replaced = if let Some(values) = postings.get_mut(key) {
+            values.insert(value.into(), term)
         } else {
-            postings.entry(key.into()).or_default().insert(value.into(), blocks);
+            postings.entry(key.into()).or_default().insert(value.into(), term)
+        };
+        if replaced.is_some() {
+            return Err(corrupt("a pair is indexed twice"));
         }
     }
     Ok(postings)
+}
+
+/// Reads the tag sets (none in version 2: saturated from block 0).
+fn decode_sets(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<TagSets, Error> {
+    let tag_values = summary.tag_values;
+    let sets_end = summary.sets_saturated_from.unwrap_or(summary.block_count);
+    let set_count = summary.tag_sets as usize;
+    // check_summary made sure the minimal records fit the body.
+    let mut pair_sets: Vec<Vec<u32>> = vec![Vec::new(); tag_values as usize];
+    let mut members = 0_usize;
+    let mut offsets = Vec::with_capacity(set_count + 1);
+    let mut deltas = Vec::new();
+    let mut postings = 0_usize;
+    offsets.push(0);
+    for number in 0..set_count as u32 {
+        let member_count = reader.take_varint()?;
+        if member_count == 0 || member_count > tag_values {
+            return Err(corrupt("tag set member count out of range"));
+        }
+        if member_count as usize > reader.bytes.len() {
+            return Err(corrupt("tag set runs past the body"));
+        }
+        let mut member = 0_u32;
+        for index in 0..member_count {
+            let delta = reader.take_varint()?;
+            if index > 0 && delta == 0 {
+                return Err(corrupt("tag set members are not strictly increasing"));
+            }
+            member = member.checked_add(delta).ok_or_else(|| corrupt("tag set member overflows"))?;
+            let Some(sets) = pair_sets.get_mut(member as usize) else {
+                return Err(corrupt("tag set member is not an indexed pair"));
+            };
+            sets.push(number);
+        }
+        members += member_count as usize;
+
+        let posting_count = reader.take_varint()?;
+        if posting_count == 0 || posting_count > sets_end {
+            return Err(corrupt("tag set posting count out of range"));
+        }
+        if posting_count as usize > reader.bytes.len() {
+            return Err(corrupt("tag set postings run past the body"));
+        }
+        let start = reader.bytes;
+        let mut position = reader.take_varint()?;
+        for _ in 1..posting_count {
+            let delta = reader.take_varint()?;
+            if delta == 0 {
+                return Err(corrupt("tag set postings are not strictly increasing"));
+            }
+            position = position.checked_add(delta).ok_or_else(|| corrupt("tag set posting overflows"))?;
+        }
+        if position >= sets_end {
+            return Err(corrupt("tag set posting is past the blocks with sets"));
+        }
+        deltas.extend_from_slice(&start[..start.len() - reader.bytes.len()]);
+        offsets.push(deltas.len() as u32);
+        postings += posting_count as usize;
+        if members + postings > summary.tag_set_cells_max as usize {
+            return Err(corrupt("tag sets hold more cells than their cap"));
+        }
+    }
+    Ok(TagSets::decoded(
+        summary.tag_sets_max as usize,
+        summary.tag_set_cells_max as usize,
+        summary.sets_saturated_from,
+        set_count,
+        pair_sets,
+        members,
+        offsets,
+        deltas,
+        postings,
+    ))
 }
 
 /// Largest `raw_bytes` that `block_count` blocks can hold.
@@ -694,17 +1078,7 @@ fn raw_bytes_max(block_count: u32) -> u64 {
     u64::from(block_count) * BLOCK_RAW_BYTES_MAX as u64
 }
 
-/// Number of bytes the postings take in the file.
-fn postings_bytes(blocks: &[u32]) -> usize {
-    let mut previous = None;
-    let mut bytes = 0;
-    for &position in blocks {
-        bytes += varint_bytes(previous.map_or(position, |previous| position - previous));
-        previous = Some(position);
-    }
-    bytes
-}
-
+#[cfg(test)]
 fn varint_bytes(value: u32) -> usize {
     let significant_bits = 32 - value.leading_zeros() as usize;
     significant_bits.div_ceil(7).max(1)
@@ -743,7 +1117,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A minimal LEB128 u32.
+    #[inline]
     fn take_varint(&mut self) -> Result<u32, Error> {
+        // One and two bytes, nearly every posting, without the loop.
+        match *self.bytes {
+            [first, ..] if first < 0x80 => {
+                self.bytes = &self.bytes[1..];
+                return Ok(u32::from(first));
+            }
+            [first, second, ..] if second < 0x80 && second != 0 => {
+                self.bytes = &self.bytes[2..];
+                return Ok(u32::from(first & 0x7f) | (u32::from(second) << 7));
+            }
+            _ => {}
+        }
         let mut value = 0_u32;
         for index in 0..VARINT_BYTES_MAX {
             let byte = self.take(1, "posting runs past the body")?[0];
@@ -814,8 +1201,26 @@ pub fn fuzz_decode(data: &[u8]) {
         }
     }
 
+    assert_eq!(summary.tag_sets as usize, index.tag_sets.len());
+    assert_eq!(summary.sets_saturated_from, index.tag_sets.saturated_from);
+    // Without its filters, the same index until they are loaded.
+    let filters_offset = summary.filters_offset() as usize;
+    match SegmentIndex::decode_without_filters(&data[..filters_offset]) {
+        Ok(without) => {
+            assert_eq!(without.filters_loaded(), summary.filters_bytes == 0);
+            if let Err(error) = without.load_filters(&summary, &data[filters_offset..]) {
+                panic!("decode accepted filters that load_filters refuses: {error}");
+            }
+            assert!(without == index, "decoding in two steps differs");
+        }
+        Err(error) => panic!("decode accepted a file whose body alone does not decode: {error}"),
+    }
+
     let encoded = index.encode(summary.raw_bytes);
-    assert!(encoded == data, "re-encoding a decoded file changed its bytes");
+    // A version 2 file re-encodes as version 3: compare what it decodes to.
+    if summary.version == FORMAT_VERSION {
+        assert!(encoded == data, "re-encoding a decoded file changed its bytes");
+    }
     match SegmentIndex::decode(&encoded) {
         Ok(again) => assert!(again == index, "decoding a re-encoded index changed it"),
         Err(error) => panic!("a re-encoded index does not decode: {error}"),
@@ -969,13 +1374,17 @@ mod tests {
             // term a=b: postings [0, 1] as 0, delta 1
             1, 0, b'a', 1, 0, b'b', 2, 0, 0, 0, 0, 1, //
             // term c="": postings [1]
-            1, 0, b'c', 0, 0, 1, 0, 0, 0, 1,
+            1, 0, b'c', 0, 0, 1, 0, 0, 0, 1, //
+            // set 0 {a=b}: 1 member, pair 0; 1 posting, block 0
+            1, 0, 1, 0, //
+            // set 1 {a=b, c=""}: 2 members, pairs 0 then delta 1; 1 posting, block 1
+            2, 0, 1, 1, 1,
         ];
         let body: Vec<u8> = [origins, body].concat();
         let body_crc = crc32fast::hash(&body).to_le_bytes();
         let mut header = vec![];
         header.extend_from_slice(b"WRMI");
-        header.extend_from_slice(&[2, 0, 0, 0]); // version 2, flags 0
+        header.extend_from_slice(&[3, 0, 0, 0]); // version 3, flags 0
         header.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // segment_first_seq
         header.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]); // next_seq
         header.extend_from_slice(&[2, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0]); // block_count, tag_values, tag_values_max
@@ -988,6 +1397,13 @@ mod tests {
         header.extend_from_slice(&body_crc);
         header.extend_from_slice(&[2, 0, 0, 0]); // origin_count
         header.extend_from_slice(&crc32fast::hash(origins).to_le_bytes()); // origins_crc
+        header.extend_from_slice(&[2, 0, 0, 0]); // tag_sets
+        header.extend_from_slice(&[0, 0, 0x10, 0]); // tag_sets_max 1 << 20
+        header.extend_from_slice(&[0, 0, 0x80, 0]); // tag_set_cells_max 1 << 23
+        header.extend_from_slice(&[0xff; 4]); // sets_saturated_from: never
+        header.extend_from_slice(&[0; 4]); // filters_crc: crc32 of nothing
+        header.extend_from_slice(&[0; 8]); // filters_bytes: no filter section
+        header.extend_from_slice(&[0; 4]); // filter_probes
         let header_crc = crc32fast::hash(&header).to_le_bytes();
         header.extend_from_slice(&header_crc);
         assert_eq!(header.len(), HEADER_BYTES);
@@ -1094,13 +1510,13 @@ mod tests {
     #[test]
     fn other_version_says_upgrade_required() {
         let mut bytes = encode(&sample(100));
-        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&3_u16.to_le_bytes());
+        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&4_u16.to_le_bytes());
         let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
         bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
         let error = SegmentIndex::decode(&bytes).unwrap_err();
-        assert_eq!(error, Error::UnsupportedVersion(3));
+        assert_eq!(error, Error::UnsupportedVersion(4));
         assert!(error.to_string().contains("upgrade required"), "{error}");
-        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(3)));
+        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(4)));
     }
 
     #[test]
@@ -1119,10 +1535,20 @@ mod tests {
         let table_end = HEADER_BYTES.saturating_add(origin_count.saturating_mul(ORIGIN_RECORD_BYTES));
         if let Some(table) = bytes.get(HEADER_BYTES..table_end) {
             let origins_crc = crc32fast::hash(table);
-            bytes[ORIGINS_CRC_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&origins_crc.to_le_bytes());
+            bytes[ORIGINS_CRC_OFFSET..ORIGINS_CRC_OFFSET + 4].copy_from_slice(&origins_crc.to_le_bytes());
         }
-        let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        // The body ends where the filter section starts, if the header's
+        // filter length fits; else the body is the rest.
+        let filters_bytes = u64::from_le_bytes(array(bytes, FILTERS_BYTES_OFFSET));
+        let body_end = usize::try_from(filters_bytes)
+            .ok()
+            .and_then(|filters| bytes.len().checked_sub(filters))
+            .filter(|&end| end >= HEADER_BYTES)
+            .unwrap_or(bytes.len());
+        let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..body_end]);
         bytes[BODY_CRC_OFFSET..ORIGIN_COUNT_OFFSET].copy_from_slice(&body_crc.to_le_bytes());
+        let filters_crc = crc32fast::hash(&bytes[body_end..]);
+        bytes[FILTERS_CRC_OFFSET..FILTERS_CRC_OFFSET + 4].copy_from_slice(&filters_crc.to_le_bytes());
         let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
         bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
     }
@@ -1158,7 +1584,9 @@ mod tests {
 
     #[test]
     fn unsorted_terms_and_non_minimal_varints_are_corrupt() {
-        // Two terms "a"="b" then "c"="" (see format_is_stable); swap keys to unsort them.
+        // Two terms "a"="b" then "c"="" (see format_is_stable). Version 3
+        // keeps terms in the order they were indexed, so "d"="b" before
+        // "c"="" is fine, but a pair twice is not.
         let mut index = SegmentIndex::new(5);
         index.push_block(next_meta(&index, 1, 0, 0), [("a", "b")]);
         index.push_block(next_meta(&index, 1, 0, 0), [("a", "b"), ("c", "")]);
@@ -1167,7 +1595,9 @@ mod tests {
         let mut unsorted = bytes.clone();
         unsorted[terms + 2] = b'd';
         resign(&mut unsorted);
-        assert_eq!(SegmentIndex::decode(&unsorted), Err(Error::Corrupt { what: "terms are not strictly increasing" }));
+        let decoded = SegmentIndex::decode(&unsorted).unwrap();
+        assert_eq!(decoded.postings("d", "b"), Some(&[0, 1][..]));
+        assert_eq!(encode(&decoded), unsorted);
         let mut duplicate = bytes.clone();
         duplicate[terms + 12 + 2] = b'a';
         duplicate[terms + 12 + 3] = 1;
@@ -1175,7 +1605,7 @@ mod tests {
         let body_bytes = (duplicate.len() - HEADER_BYTES) as u64;
         duplicate[BODY_BYTES_OFFSET..BODY_CRC_OFFSET].copy_from_slice(&body_bytes.to_le_bytes());
         resign(&mut duplicate);
-        assert_eq!(SegmentIndex::decode(&duplicate), Err(Error::Corrupt { what: "terms are not strictly increasing" }));
+        assert_eq!(SegmentIndex::decode(&duplicate), Err(Error::Corrupt { what: "a pair is indexed twice" }));
 
         // Postings of "a"="b" are [0, 1], stored as 0 then delta 1.
         let posting = terms + 2 + 1 + 2 + 1 + 4;

@@ -1,4 +1,4 @@
-//! The per-segment tag and time index (DESIGN.md section 4).
+//! The per-segment tag, word and time index (DESIGN.md sections 4 and 12).
 //!
 //! A segment is a file of blocks; each block holds a batch of entries with
 //! dense sequence numbers. The index answers two questions without touching
@@ -7,11 +7,13 @@
 //! * *which block holds sequence number `seq`?* ([`SegmentIndex::block_for_seq`],
 //!   a binary search over the block table), and
 //! * *which blocks may hold entries carrying all of these `key=value` tags,
-//!   with a timestamp in `[from_ts, to_ts)`?* ([`SegmentIndex::candidates`]).
+//!   with all of these words in their body and a timestamp in
+//!   `[from_ts, to_ts)`?* ([`SegmentIndex::candidates_for`]).
 //!
 //! Everything here is pure and synchronous: no I/O, no executor. The shard
-//! feeds blocks in with [`SegmentIndex::push_block`] as it writes them (and
-//! again while it scans the active segment on recovery), writes
+//! gathers what each block gives the index in a [`BlockTerms`] while the
+//! block fills (and again while it scans the active segment on recovery),
+//! feeds blocks in with [`SegmentIndex::push_block_terms`], writes
 //! [`SegmentIndex::encode`] beside a segment when it seals it, and later reads
 //! it back with [`SegmentIndex::decode`], or only its fixed header with
 //! [`decode_summary`] when it merely needs the segment's sequence and time
@@ -30,6 +32,20 @@
 //!   segments ([`OriginSummary`]). It is stored first in the file, so a
 //!   shard reads the watermarks of every sealed segment at open without
 //!   loading postings.
+//! * **Tag sets** (streams): the distinct sets of pairs that entries carry,
+//!   each with the blocks that hold it, and per pair the sets that hold it.
+//!   A conjunction of two or more pairs intersects the pairs' sets, then
+//!   reads only the blocks of those sets: none when no set has them all,
+//!   although every block may carry each pair on its own (three tags of 100
+//!   values drawn independently: every block holds every value, and pair
+//!   postings prune nothing). Capped, with a saturation point like the
+//!   pairs' below ([`crate::limits::INDEX_TAG_SETS_PER_SEGMENT_MAX`],
+//!   [`crate::limits::INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX`]): blocks from it
+//!   on fall back to the pair postings; the sets saturate no later than the
+//!   pairs, so before that point every set is recorded whole.
+//! * **Word filters**: per block, a Bloom filter of the words of its bodies
+//!   ([`word_filter`]), kept in a section of the file of its own, loaded
+//!   only for word queries.
 //! * **Postings**: for each distinct `key=value` pair, the increasing list of
 //!   the positions (in the block table) of the blocks in which at least one
 //!   entry carries that pair. Postings are block-granular: a query decodes the
@@ -78,12 +94,16 @@
 //!
 //! [`INDEX_TAG_VALUES_PER_SEGMENT_MAX`]: crate::limits::INDEX_TAG_VALUES_PER_SEGMENT_MAX
 
+pub mod block_terms;
 pub mod file;
 pub mod segment_index;
+mod tag_sets;
+pub mod word_filter;
 pub mod words;
 
+pub use block_terms::BlockTerms;
 pub use file::{decode_origin_table, decode_summary, IndexSummary, FORMAT_VERSION, HEADER_BYTES, MAGIC};
-pub use segment_index::{BlockMeta, OriginKey, OriginSummary, SegmentIndex};
+pub use segment_index::{BlockMeta, OriginKey, OriginSummary, Predicates, SegmentIndex};
 
 /// Errors of the index layer. They all come from reading an index file: the
 /// in-memory index has no operating errors (misuse is a programmer error and

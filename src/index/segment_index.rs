@@ -5,7 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::codec::block::{Origin, TagSet};
-use crate::limits::{BLOCK_ENTRIES_MAX, INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX};
+use crate::index::block_terms::BlockTerms;
+use crate::index::tag_sets::{intersect, TagSets};
+use crate::index::word_filter::WordFilters;
+use crate::limits::{
+    BLOCK_ENTRIES_MAX, INDEX_TAG_SETS_PER_SEGMENT_MAX, INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX,
+    INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
+};
 
 /// An origin of replicated entries: `(node, shard)` of the shard that first
 /// stored them.
@@ -75,14 +81,39 @@ pub struct OriginSummary {
     pub seqs: Option<(u64, u64)>,
 }
 
-/// Postings of all indexed pairs: key, then value, then the increasing block
-/// positions. Nested maps of boxed strings let a query look a pair up by two
+/// Postings of all indexed pairs: key, then value, then the pair's number
+/// and its increasing block positions. Nested maps of boxed strings let a query look a pair up by two
 /// `&str` without allocating or joining them.
 /// ahash: fast, and keyed per process, so hostile tag values cannot force
 /// collisions (HashDoS) the way they could with a fixed-key fast hash.
 pub(crate) type Postings = HashMap<Box<str>, ValuePostings, ahash::RandomState>;
 /// Postings of one key's values.
-pub(crate) type ValuePostings = HashMap<Box<str>, Vec<u32>, ahash::RandomState>;
+pub(crate) type ValuePostings = HashMap<Box<str>, PairTerm, ahash::RandomState>;
+
+/// What the index knows of one indexed pair.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PairTerm {
+    /// Number of the pair: pairs are numbered from 0 in the order they were
+    /// first indexed (the order of the terms in the file).
+    pub(crate) id: u32,
+    /// Increasing positions of the blocks whose entries carry the pair.
+    pub(crate) blocks: Vec<u32>,
+}
+
+/// What a query asks of a segment's index (see
+/// [`SegmentIndex::candidates_for`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Predicates<'a> {
+    /// Entries must carry every one of these `key=value` pairs.
+    pub tags: &'a [(&'a str, &'a str)],
+    /// Entries' bodies must hold every one of these words, each given by its
+    /// [`word_hash`](crate::index::words::word_hash).
+    pub words: &'a [u64],
+    /// Smallest timestamp, inclusive.
+    pub from_ts: i64,
+    /// Largest timestamp, exclusive.
+    pub to_ts: i64,
+}
 
 /// The index of one segment: its block table and the `key=value` postings of
 /// its blocks, with at most `tag_values_max` distinct pairs indexed.
@@ -100,6 +131,11 @@ pub struct SegmentIndex {
     pub(crate) saturated_from: Option<u32>,
     pub(crate) blocks: Vec<BlockMeta>,
     pub(crate) postings: Postings,
+    /// The tag sets of the blocks, and which blocks hold each.
+    pub(crate) tag_sets: TagSets,
+    /// The blocks' word filters; empty while a sealed index's filters are
+    /// not loaded (see [`SegmentIndex::load_filters`]).
+    pub(crate) filters: std::cell::OnceCell<WordFilters>,
     /// One record per origin of the segment's replicated blocks, plus the
     /// origins carried over: bounded by [`crate::limits::INDEX_ORIGINS_MAX`]
     /// (the shard caps the origins it accepts).
@@ -129,9 +165,35 @@ impl SegmentIndex {
     /// If `tag_values_max` exceeds [`INDEX_TAG_VALUES_PER_SEGMENT_MAX`]: the
     /// index file could not be read back.
     pub fn with_tag_values_max(segment_first_seq: u64, tag_values_max: usize) -> Self {
+        Self::with_caps(
+            segment_first_seq,
+            tag_values_max,
+            INDEX_TAG_SETS_PER_SEGMENT_MAX,
+            INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX,
+        )
+    }
+
+    /// An empty index with smaller caps on distinct pairs, distinct tag sets
+    /// and tag-set cells (members plus postings), so tests can reach
+    /// saturation quickly.
+    ///
+    /// # Panics
+    /// If a cap exceeds its production value in [`crate::limits`]: the index
+    /// file could not be read back.
+    pub fn with_caps(
+        segment_first_seq: u64,
+        tag_values_max: usize,
+        tag_sets_max: usize,
+        tag_set_cells_max: usize,
+    ) -> Self {
         assert!(
             tag_values_max <= INDEX_TAG_VALUES_PER_SEGMENT_MAX,
             "tag_values_max {tag_values_max} is over INDEX_TAG_VALUES_PER_SEGMENT_MAX"
+        );
+        assert!(tag_sets_max <= INDEX_TAG_SETS_PER_SEGMENT_MAX, "tag_sets_max is over INDEX_TAG_SETS_PER_SEGMENT_MAX");
+        assert!(
+            tag_set_cells_max <= INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX,
+            "tag_set_cells_max is over INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX"
         );
         Self {
             segment_first_seq,
@@ -141,6 +203,8 @@ impl SegmentIndex {
             saturated_from: None,
             blocks: Vec::new(),
             postings: HashMap::default(),
+            tag_sets: TagSets::new(tag_sets_max, tag_set_cells_max),
+            filters: std::cell::OnceCell::from(WordFilters::new()),
             origins: BTreeMap::new(),
         }
     }
@@ -161,6 +225,17 @@ impl SegmentIndex {
     /// or a tag key or value is longer than [`TAG_KEY_BYTES_MAX`] or
     /// [`TAG_VALUE_BYTES_MAX`].
     pub fn push_block<'a>(&mut self, meta: BlockMeta, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.push_block_terms(meta, &BlockTerms::from_union(tags));
+    }
+
+    /// Adds the next block of the segment with what its entries gave
+    /// ([`BlockTerms`]): its distinct pairs, in the order they are indexed,
+    /// and its distinct tag sets.
+    ///
+    /// # Panics
+    /// As [`push_block`](Self::push_block); also on an index that was
+    /// decoded from a file (it is sealed).
+    pub fn push_block_terms(&mut self, meta: BlockMeta, terms: &BlockTerms) {
         assert_eq!(meta.first_seq, self.next_seq, "block does not follow the previous one in sequence");
         assert!(meta.offset >= self.data_end(), "block overlaps the previous one");
         assert!(meta.len >= 1, "block has no bytes");
@@ -182,11 +257,29 @@ impl SegmentIndex {
             );
         }
 
-        for (key, value) in tags {
+        let mut numbers = Vec::with_capacity(terms.pair_count());
+        for (key, value) in terms.pairs() {
             assert!(key.len() <= TAG_KEY_BYTES_MAX, "tag key is over TAG_KEY_BYTES_MAX");
             assert!(value.len() <= TAG_VALUE_BYTES_MAX, "tag value is over TAG_VALUE_BYTES_MAX");
-            self.add_posting(key, value, position);
+            numbers.push(self.add_posting(key, value, position));
         }
+        // Sets are recorded only while every pair of the block is indexed:
+        // a set with a pair that is not would be recorded short of it. The
+        // sets' members, as the segment's pair numbers, set after set.
+        let sets = numbers.iter().all(Option::is_some).then(|| {
+            let mut members = Vec::with_capacity(terms.set_members());
+            let mut ends = Vec::with_capacity(terms.set_count());
+            for set in terms.sets() {
+                let start = members.len();
+                members.extend(set.iter().map(|&local| numbers[local as usize].unwrap_or(u32::MAX)));
+                members[start..].sort_unstable();
+                ends.push(members.len() as u32);
+            }
+            (members, ends)
+        });
+        self.tag_sets.push_block(position, sets.as_ref().map(|(members, ends)| (&members[..], &ends[..])));
+        let filter = terms.words().map(|words| words.finish());
+        self.filters.get_mut().expect("a decoded index is sealed: no block can be added to it").push(filter.as_ref());
         if let (Some(key), Some(origin), Some(last)) = (meta.origin_key(), meta.origin, meta.origin_last_seq()) {
             let summary = self.origins.entry(key).or_insert(OriginSummary { watermark: last, seqs: None });
             summary.watermark = summary.watermark.max(last);
@@ -219,24 +312,29 @@ impl SegmentIndex {
         &self.origins
     }
 
-    fn add_posting(&mut self, key: &str, value: &str, position: u32) {
-        if let Some(blocks) = self.postings.get_mut(key).and_then(|values| values.get_mut(value)) {
+    /// Records that the block at `position` carries `key=value`; returns
+    /// the pair's number, or `None` if it is not indexed.
+    fn add_posting(&mut self, key: &str, value: &str, position: u32) -> Option<u32> {
+        if let Some(term) = self.postings.get_mut(key).and_then(|values| values.get_mut(value)) {
             // Postings only ever grow at the end, so a repeat within this
             // block is always the last element.
-            if blocks.last() != Some(&position) {
-                blocks.push(position);
+            if term.blocks.last() != Some(&position) {
+                term.blocks.push(position);
             }
-            return;
+            return Some(term.id);
         }
         if self.saturated_from.is_some() {
-            return;
+            return None;
         }
         if self.tag_values >= self.tag_values_max {
             self.saturated_from = Some(position);
-            return;
+            return None;
         }
-        self.postings.entry(key.into()).or_default().insert(value.into(), vec![position]);
+        let id = self.tag_values as u32;
+        let term = PairTerm { id, blocks: vec![position] };
+        self.postings.entry(key.into()).or_default().insert(value.into(), term);
         self.tag_values += 1;
+        Some(id)
     }
 
     /// The block table, in sequence order. A block's position in this slice
@@ -287,18 +385,75 @@ impl SegmentIndex {
 
     /// Positions, increasing, of the blocks that may hold an entry carrying
     /// every `(key, value)` pair of `tags` and a timestamp in the half-open
-    /// range `[from_ts, to_ts)`.
+    /// range `[from_ts, to_ts)`: [`candidates_for`](Self::candidates_for)
+    /// without words.
+    pub fn candidates(&self, tags: &[(&str, &str)], from_ts: i64, to_ts: i64) -> Vec<u32> {
+        self.candidates_for(&Predicates { tags, words: &[], from_ts, to_ts })
+    }
+
+    /// Positions, increasing, of the blocks that may hold an entry matching
+    /// `predicates`: carrying every pair of `tags`, with every word of
+    /// `words` in its body and a timestamp in `[from_ts, to_ts)`.
     ///
     /// Never misses a block that holds such an entry; may return blocks that
-    /// hold none (block-granular postings, the saturation fallback, and time
-    /// ranges that merely overlap), so the caller filters entries exactly.
-    /// No predicate matches every block; `from_ts >= to_ts` matches none.
-    pub fn candidates(&self, tags: &[(&str, &str)], from_ts: i64, to_ts: i64) -> Vec<u32> {
+    /// hold none (block-granular postings, the saturation fallbacks, word
+    /// filters' false positives, time ranges that merely overlap), so the
+    /// caller filters entries exactly. No predicate matches every block;
+    /// `from_ts >= to_ts` matches none.
+    ///
+    /// Two or more distinct tags resolve through the tag sets first: the
+    /// sets that hold every pair, then the blocks that hold one of those
+    /// (none if no set does); blocks from the tag sets' saturation point on
+    /// fall back to intersecting the pairs' postings. One tag reads its
+    /// pair's postings directly (they are exact and cheaper than the union
+    /// of its sets' blocks).
+    pub fn candidates_for(&self, predicates: &Predicates<'_>) -> Vec<u32> {
+        let Predicates { tags, words, from_ts, to_ts } = *predicates;
         if from_ts >= to_ts {
             return Vec::new();
         }
+        let mut distinct: Vec<(&str, &str)> = tags.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut blocks = if distinct.len() >= 2 {
+            self.tag_set_candidates(&distinct)
+        } else {
+            self.pair_candidates(&distinct, 0, from_ts, to_ts)
+        };
+        blocks.retain(|&position| self.blocks[position as usize].overlaps_time(from_ts, to_ts));
+        self.retain_word_candidates(&mut blocks, words);
+        blocks
+    }
+
+    /// Blocks that hold a tag set with every pair of `tags` (two or more,
+    /// distinct), then from the sets' saturation point on the pair-postings
+    /// fallback.
+    fn tag_set_candidates(&self, tags: &[(&str, &str)]) -> Vec<u32> {
+        let block_count = self.blocks.len() as u32;
+        let sets_end = self.tag_sets.saturated_from.unwrap_or(block_count);
+        let mut out = Vec::new();
+        if sets_end > 0 {
+            // Before sets_end every pair of every block is indexed (the sets
+            // saturate no later than the pairs), so a pair that is not
+            // indexed occurs in none of those blocks.
+            let lists: Option<Vec<&[u32]>> =
+                tags.iter().map(|&(key, value)| Some(self.tag_sets.sets_of_pair(self.term(key, value)?.id))).collect();
+            if let Some(lists) = lists {
+                out = self.tag_sets.blocks_of(&intersect(&lists));
+            }
+        }
+        if sets_end < block_count {
+            out.extend(self.pair_candidates(tags, sets_end, i64::MIN, i64::MAX));
+        }
+        out
+    }
+
+    /// Blocks at `from_position` or later allowed by the pair postings of
+    /// every tag (today's rule: see the module documentation), among those
+    /// that overlap `[from_ts, to_ts)` when there is no tag.
+    fn pair_candidates(&self, tags: &[(&str, &str)], from_position: u32, from_ts: i64, to_ts: i64) -> Vec<u32> {
         let mut shortest: Option<&[u32]> = None;
-        let mut from_position = 0_u32;
+        let mut from_position = from_position;
         let mut lists = Vec::with_capacity(tags.len());
         for &(key, value) in tags {
             match self.predicate_blocks(key, value) {
@@ -321,14 +476,45 @@ impl SegmentIndex {
             }
             // Walk the shortest list, probing the others by binary search:
             // O(shortest * predicates * log blocks).
-            Some(shortest) => shortest
-                .iter()
-                .copied()
-                .filter(|&position| position >= from_position)
-                .filter(|position| lists.iter().all(|list| list.binary_search(position).is_ok()))
-                .filter(in_time)
-                .collect(),
+            Some(shortest) => {
+                let start = shortest.partition_point(|&position| position < from_position);
+                shortest[start..]
+                    .iter()
+                    .copied()
+                    .filter(|position| lists.iter().all(|list| list.binary_search(position).is_ok()))
+                    .collect()
+            }
         }
+    }
+
+    /// Keeps the blocks whose word filter may hold every word (a block
+    /// without a filter may hold any).
+    fn retain_word_candidates(&self, blocks: &mut Vec<u32>, words: &[u64]) {
+        if words.is_empty() {
+            return;
+        }
+        // Filters not loaded: no block can be ruled out (the caller loads
+        // them first, see `filters_loaded`).
+        if let Some(filters) = self.filters.get() {
+            blocks.retain(|&position| filters.may_contain_all(position, words));
+        }
+    }
+
+    /// Whether the word filters are in memory (always for an index built by
+    /// pushing blocks or decoded whole; for one decoded without them, once
+    /// [`load_filters`](Self::load_filters) succeeded). A word query over an
+    /// index whose filters are not loaded prunes nothing by words.
+    pub fn filters_loaded(&self) -> bool {
+        self.filters.get().is_some()
+    }
+
+    /// The word filters, if loaded.
+    pub fn word_filters(&self) -> Option<&WordFilters> {
+        self.filters.get()
+    }
+
+    fn term(&self, key: &str, value: &str) -> Option<&PairTerm> {
+        self.postings.get(key)?.get(value)
     }
 
     /// The blocks one predicate allows, or `None` if it matches no block.
@@ -343,7 +529,7 @@ impl SegmentIndex {
     /// that carry it. `None` if the pair is not indexed (see
     /// [`saturated_from`](Self::saturated_from) for what that implies).
     pub fn postings(&self, key: &str, value: &str) -> Option<&[u32]> {
-        self.postings.get(key)?.get(value).map(Vec::as_slice)
+        self.term(key, value).map(|term| term.blocks.as_slice())
     }
 
     /// The distinct `key=value` pairs of the blocks at `positions`
@@ -357,7 +543,8 @@ impl SegmentIndex {
             positions.iter().map(|&position| known(position).then(TagSet::default)).collect();
         let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else { return out };
         for (key, values) in &self.postings {
-            for (value, list) in values {
+            for (value, term) in values {
+                let list = &term.blocks;
                 let start = list.partition_point(|&position| position < first);
                 for &position in list[start..].iter().take_while(|&&position| position <= last) {
                     if let Ok(slot) = positions.binary_search(&position) {
@@ -382,6 +569,18 @@ impl SegmentIndex {
         self.tag_values_max
     }
 
+    /// Number of distinct tag sets recorded.
+    pub fn tag_sets(&self) -> usize {
+        self.tag_sets.len()
+    }
+
+    /// Position of the first block whose tag sets are not recorded (a cap
+    /// was reached, or a pair of the block is not indexed), or `None`. From
+    /// that block on, conjunctions fall back to the pair postings.
+    pub fn tag_sets_saturated_from(&self) -> Option<u32> {
+        self.tag_sets.saturated_from
+    }
+
     /// Position of the first block that brought a pair the full index could
     /// not take, or `None` if the cap was never hit. From that block on,
     /// predicates on pairs that are not indexed match every block.
@@ -395,10 +594,11 @@ impl SegmentIndex {
     pub fn shrink_to_fit(&mut self) {
         self.blocks.shrink_to_fit();
         for values in self.postings.values_mut() {
-            for blocks in values.values_mut() {
-                blocks.shrink_to_fit();
+            for term in values.values_mut() {
+                term.blocks.shrink_to_fit();
             }
         }
+        self.tag_sets.shrink_to_fit();
     }
 
     /// A rough estimate of the heap bytes held, for stats: string bytes,
@@ -417,12 +617,12 @@ impl SegmentIndex {
         bytes += table_bytes::<ValuePostings>(self.postings.len());
         for (key, values) in &self.postings {
             bytes += key.len();
-            bytes += table_bytes::<Vec<u32>>(values.len());
-            for (value, blocks) in values {
-                bytes += value.len() + blocks.capacity() * std::mem::size_of::<u32>();
+            bytes += table_bytes::<PairTerm>(values.len());
+            for (value, term) in values {
+                bytes += value.len() + term.blocks.capacity() * std::mem::size_of::<u32>();
             }
         }
-        bytes
+        bytes + self.tag_sets.memory_bytes() + self.filters.get().map_or(0, WordFilters::memory_bytes)
     }
 }
 
@@ -781,6 +981,142 @@ pub(crate) mod tests {
         let from_ts = rng.gen_range(-60..210);
         let to_ts = if rng.gen_bool(0.2) { i64::MAX } else { rng.gen_range(-60..210) };
         (tags, from_ts, to_ts)
+    }
+
+    /// One entry of the streams model: timestamp, tags, body.
+    struct StreamEntry {
+        timestamp: i64,
+        tags: Vec<(String, String)>,
+        body: String,
+    }
+
+    /// A random segment whose blocks are given entry by entry (tag sets and
+    /// words), some only by the union of their tags (no sets, no filter).
+    struct StreamSegment {
+        index: SegmentIndex,
+        entries: Vec<Vec<StreamEntry>>,
+        union_only: Vec<bool>,
+    }
+
+    fn random_stream_segment(rng: &mut SmallRng, caps: (usize, usize, usize)) -> StreamSegment {
+        let mut index = SegmentIndex::with_caps(1, caps.0, caps.1, caps.2);
+        let (mut entries, mut union_only) = (Vec::new(), Vec::new());
+        for _ in 0..rng.gen_range(0..30) {
+            let count = rng.gen_range(1..8_u32);
+            let block: Vec<StreamEntry> = (0..count)
+                .map(|_| StreamEntry {
+                    timestamp: rng.gen_range(-50..200),
+                    tags: (0..rng.gen_range(0..4))
+                        .map(|_| (format!("k{}", rng.gen_range(0..3)), format!("v{}", rng.gen_range(0..4))))
+                        .collect(),
+                    body: (0..rng.gen_range(0..5)).map(|_| format!("w{} ", rng.gen_range(0..40))).collect(),
+                })
+                .collect();
+            let min_ts = block.iter().map(|entry| entry.timestamp).min().unwrap();
+            let max_ts = block.iter().map(|entry| entry.timestamp).max().unwrap();
+            let meta = next_meta(&index, count, min_ts, max_ts);
+            let only_union = rng.gen_bool(0.15);
+            let terms = if only_union {
+                BlockTerms::from_union(block.iter().flat_map(|entry| entry.tags.iter().map(|(k, v)| (&**k, &**v))))
+            } else {
+                let mut terms = BlockTerms::with_words();
+                for entry in &block {
+                    terms.add_entry(entry.tags.iter().map(|(k, v)| (&**k, &**v)));
+                    terms.add_body(entry.body.as_bytes());
+                }
+                terms
+            };
+            index.push_block_terms(meta, &terms);
+            entries.push(block);
+            union_only.push(only_union);
+        }
+        StreamSegment { index, entries, union_only }
+    }
+
+    fn holds(entry_tags: &[(String, String)], tags: &[(&str, &str)]) -> bool {
+        tags.iter().all(|&(key, value)| entry_tags.iter().any(|(k, v)| k == key && v == value))
+    }
+
+    #[test]
+    fn candidates_for_never_miss_and_tag_sets_are_exact_until_saturated() {
+        const SEED: u64 = 0x57_4ea5;
+        let mut rng = SmallRng::seed_from_u64(SEED);
+        let (mut saturated, mut pruned_by_sets) = (0, 0);
+        for round in 0..300 {
+            let caps =
+                [(100, 1000, 100_000), (6, 1000, 100_000), (100, 5, 100_000), (100, 1000, 40), (3, 2, 10)][round % 5];
+            let segment = random_stream_segment(&mut rng, caps);
+            let decoded = SegmentIndex::decode(&segment.index.encode(0)).unwrap();
+            let summary = crate::index::decode_summary(&segment.index.encode(0)).unwrap();
+            let bytes = segment.index.encode(0);
+            let without = SegmentIndex::decode_without_filters(&bytes[..summary.filters_offset() as usize]).unwrap();
+            let sets_saturated = segment.index.tag_sets.saturated_from.is_some();
+            saturated += usize::from(sets_saturated);
+            for _ in 0..30 {
+                let tags: Vec<(String, String)> = (0..rng.gen_range(0..4))
+                    .map(|_| (format!("k{}", rng.gen_range(0..4)), format!("v{}", rng.gen_range(0..5))))
+                    .collect();
+                let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let words: Vec<String> =
+                    (0..rng.gen_range(0..3)).map(|_| format!("W{}", rng.gen_range(0..45))).collect();
+                let hashes: Vec<u64> =
+                    words.iter().map(|word| crate::index::words::word_hash(word.as_bytes())).collect();
+                let from_ts = rng.gen_range(-60..210);
+                let to_ts = if rng.gen_bool(0.3) { i64::MAX } else { rng.gen_range(-60..210) };
+                let predicates = Predicates { tags: &tags, words: &hashes, from_ts, to_ts };
+                let context = format!("seed {SEED:#x} round {round}: {tags:?} {words:?} [{from_ts}, {to_ts})");
+                let candidates = segment.index.candidates_for(&predicates);
+                assert!(candidates.windows(2).all(|pair| pair[0] < pair[1]), "unsorted: {context}");
+                assert_eq!(decoded.candidates_for(&predicates), candidates, "decoded differs: {context}");
+                let exact: Vec<u32> = (0..segment.entries.len() as u32)
+                    .filter(|&block| {
+                        segment.entries[block as usize].iter().any(|entry| {
+                            (from_ts..to_ts).contains(&entry.timestamp)
+                                && holds(&entry.tags, &tags)
+                                && words.iter().all(|word| {
+                                    entry.body.split(' ').any(|body_word| body_word.eq_ignore_ascii_case(word))
+                                })
+                        })
+                    })
+                    .collect();
+                assert!(exact.iter().all(|block| candidates.contains(block)), "false negative: {context}");
+                // Filters not loaded: nothing is pruned by words, nothing missed.
+                let unloaded = without.candidates_for(&predicates);
+                assert!(candidates.iter().all(|block| unloaded.contains(block)), "{context}");
+
+                let mut distinct = tags.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if !sets_saturated && distinct.len() >= 2 && words.is_empty() {
+                    // Exactly the blocks with a set (or a union) holding every tag.
+                    let by_sets: Vec<u32> = (0..segment.entries.len() as u32)
+                        .filter(|&block| {
+                            let entries = &segment.entries[block as usize];
+                            let union: Vec<(String, String)> =
+                                entries.iter().flat_map(|entry| entry.tags.iter().cloned()).collect();
+                            segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts)
+                                && if segment.union_only[block as usize] {
+                                    holds(&union, &distinct)
+                                } else {
+                                    entries.iter().any(|entry| holds(&entry.tags, &distinct))
+                                }
+                        })
+                        .collect();
+                    assert_eq!(candidates, by_sets, "not exact through the sets: {context}");
+                    let by_pairs = segment.index.pair_candidates(&distinct, 0, i64::MIN, i64::MAX);
+                    if by_sets.len()
+                        < by_pairs
+                            .iter()
+                            .filter(|&&block| segment.index.blocks()[block as usize].overlaps_time(from_ts, to_ts))
+                            .count()
+                    {
+                        pruned_by_sets += 1;
+                    }
+                }
+            }
+        }
+        assert!(saturated > 40 && saturated < 250, "{saturated} segments saturated their sets");
+        assert!(pruned_by_sets > 20, "sets pruned beyond the pair postings only {pruned_by_sets} times");
     }
 
     #[test]

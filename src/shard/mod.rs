@@ -433,10 +433,10 @@ struct PendingBlock {
     min_ts: i64,
     max_ts: i64,
     origin: Option<Origin>,
-    /// The distinct `key=value` pairs of the block's entries, gathered as
-    /// they are appended, so the commit indexes the block without parsing
-    /// its entries again.
-    tags: TagSet,
+    /// The distinct `key=value` pairs and tag sets of the block's entries,
+    /// and the word filter of their bodies, gathered as they are appended,
+    /// so the commit indexes the block without parsing its entries again.
+    terms: index::BlockTerms,
     /// Set for a block another node encoded: `raw_start..raw_end` holds its
     /// stored payload, which the commit writes as is (no compression).
     stored: Option<StoredPayload>,
@@ -832,7 +832,9 @@ impl Shard {
                         min_ts: header.min_ts,
                         max_ts: header.max_ts,
                         origin: origin_at(origin_seq),
-                        tags,
+                        // The sender's block: its pairs are known, its
+                        // entries' sets and words are not (see BlockTerms).
+                        terms: index::BlockTerms::from_tag_set(&tags),
                         stored: Some(StoredPayload { codec: header.codec, raw_len: header.raw_len as usize }),
                         fields: header.version != block::FORMAT_VERSION_NO_FIELDS,
                     });
@@ -869,7 +871,7 @@ impl Shard {
                         min_ts: timestamp_ns,
                         max_ts: timestamp_ns,
                         origin: origin_at(origin_seq),
-                        tags: TagSet::default(),
+                        terms: index::BlockTerms::with_words(),
                         stored: None,
                         fields: false,
                     });
@@ -883,9 +885,8 @@ impl Shard {
                 block.min_ts = block.min_ts.min(timestamp_ns);
                 block.max_ts = block.max_ts.max(timestamp_ns);
                 block.fields |= !entry.fields.is_empty();
-                for (key, value) in entry.tags {
-                    block::insert_tag(&mut block.tags, key, value);
-                }
+                block.terms.add_entry(entry.tags.iter().copied());
+                block.terms.add_body(entry.body);
                 // Keep replicated blocks within one contiguous origin range, and
                 // every block under the raw size the codec accepts.
                 if let Some(seq) = origin_seq.as_mut() {

@@ -26,7 +26,7 @@ use super::TagSet;
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
 use crate::index::words::WordQuery;
-use crate::index::{BlockMeta, OriginKey, SegmentIndex};
+use crate::index::{BlockMeta, OriginKey, Predicates, SegmentIndex};
 use crate::limits::{self, QUERY_READ_BYTES_IN_FLIGHT_MAX, READ_COALESCE_BYTES};
 use crate::proto::LogEntry;
 
@@ -124,7 +124,13 @@ enum Target {
 }
 
 impl Shard {
-    async fn sealed_parts(&self, first_seq: u64) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>)>> {
+    /// The file, path and index of a sealed segment, loading (and caching)
+    /// what is not loaded; with `with_filters`, the index's word filters too.
+    async fn sealed_parts(
+        &self,
+        first_seq: u64,
+        with_filters: bool,
+    ) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>)>> {
         let (path, index_path, file, index) = {
             let state = self.inner.state.borrow();
             let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) else {
@@ -145,6 +151,9 @@ impl Shard {
             Some(index) => index,
             None => Rc::new(recovery::load_index(&index_path).await?),
         };
+        if with_filters {
+            recovery::load_filters(&index_path, &index).await?;
+        }
         let mut state = self.inner.state.borrow_mut();
         if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
             *sealed.file.borrow_mut() = Some(file.clone());
@@ -161,14 +170,19 @@ impl Shard {
 
     /// Plans the blocks of one segment that `select` picks from its index;
     /// for the active segment, only durable blocks.
+    /// With `with_filters`, a sealed index's word filters are loaded before
+    /// `select` runs (a query with words needs them to prune blocks).
     async fn plan(
         &self,
         target: Target,
+        with_filters: bool,
         select: impl Fn(&SegmentIndex, usize) -> Vec<BlockMeta>,
     ) -> Result<Option<Plan>> {
         match target {
             Target::Sealed(first_seq) => {
-                let Some((file, path, index)) = self.sealed_parts(first_seq).await? else { return Ok(None) };
+                let Some((file, path, index)) = self.sealed_parts(first_seq, with_filters).await? else {
+                    return Ok(None);
+                };
                 let visible = index.blocks().len();
                 Ok(Some(Plan { file, path, blocks: select(&index, visible) }))
             }
@@ -299,7 +313,7 @@ impl Shard {
             }
             let room = limit - planned;
             let plan = self
-                .plan(target, |index, visible| {
+                .plan(target, false, |index, visible| {
                     let blocks = &index.blocks()[..visible];
                     let start = blocks.partition_point(|meta| meta.first_seq + u64::from(meta.entry_count) <= from_seq);
                     let mut picked = Vec::new();
@@ -452,7 +466,7 @@ impl Shard {
             let tags = std::cell::RefCell::new(Vec::new());
             let room = bytes_max.saturating_sub(bytes);
             let plan = self
-                .plan(target, |index, visible| {
+                .plan(target, false, |index, visible| {
                     let blocks = &index.blocks()[..visible];
                     let start = blocks.partition_point(|meta| meta.next_seq() <= next);
                     let (mut picked, mut positions) = (Vec::new(), Vec::new());
@@ -566,7 +580,7 @@ impl Shard {
                 picked.set(truncated);
                 blocks
             };
-            let plan = self.plan(current, select).await?;
+            let plan = self.plan(current, false, select).await?;
             // A plan cut short by the limit is continued in the same segment
             // (entries skipped as repeats may leave room); else the next one.
             target = if picked.get() { Some(current) } else { targets.next() };
@@ -617,7 +631,10 @@ impl Shard {
         let prefilter = PayloadPrefilter::of(&filter);
         let rules_out = |payload: &[u8]| prefilter.rules_out(payload);
         for target in targets {
-            let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await? else {
+            let Some(plan) = self
+                .plan(target, !query.words.is_empty(), |index, visible| candidate_blocks(index, visible, query))
+                .await?
+            else {
                 continue;
             };
             let entries = &mut result.entries;
@@ -666,15 +683,14 @@ fn matching_entries(
 }
 
 /// The blocks of a segment that may hold matches of `query`, among the
-/// first `visible` (the durable ones).
-///
-/// The index prunes by tags and time. `query.words.hashes()` is where the
-/// per-block word filters come in once the index has them; until then
-/// every block left by tags and time is a candidate, and the words are
-/// checked on each of its entries (correct, only slower).
+/// first `visible` (the durable ones): the index prunes by tag sets, time
+/// and the per-block word filters (a segment planned with its filters, see
+/// `plan`); substrings are not indexed and are checked on the blocks left.
 fn candidate_blocks(index: &SegmentIndex, visible: usize, query: &Query<'_>) -> Vec<BlockMeta> {
+    let predicates =
+        Predicates { tags: query.tags, words: query.words.hashes(), from_ts: query.from_ts, to_ts: query.to_ts };
     index
-        .candidates(query.tags, query.from_ts, query.to_ts)
+        .candidates_for(&predicates)
         .into_iter()
         .filter(|&position| (position as usize) < visible)
         .map(|position| index.blocks()[position as usize])
@@ -986,7 +1002,9 @@ impl Shard {
         if query.limit > 0 && query.from_ts < query.to_ts {
             let targets = self.targets(|_, _, min_ts, max_ts| min_ts < query.to_ts && max_ts >= query.from_ts);
             for (segment, target) in targets.into_iter().enumerate() {
-                let Some(plan) = self.plan(target, |index, visible| candidate_blocks(index, visible, query)).await?
+                let Some(plan) = self
+                    .plan(target, !query.words.is_empty(), |index, visible| candidate_blocks(index, visible, query))
+                    .await?
                 else {
                     continue;
                 };

@@ -18,7 +18,7 @@ use super::scan::{self, Step, Stop};
 use super::segment::{self, SegmentHeader, DATA_OFFSET};
 use super::{page_ceil, page_floor, Active, Error, Preallocation, Result, Sealed, ShardConfig, PAGE_BYTES};
 use crate::codec::block::{self, BlockError, BlockHeader, EntryView};
-use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
+use crate::index::{self, BlockMeta, BlockTerms, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits::{self, SCAN_WINDOW_BYTES, ZERO_CHUNK_BYTES, ZERO_SYNC_BYTES};
 
 pub(super) struct Recovered {
@@ -191,10 +191,56 @@ pub(super) async fn write_index_file(dir: &Path, first_seq: u64, bytes: &[u8]) -
     Ok(final_path)
 }
 
-/// Reads a whole index file, verifying it.
+/// Reads an index file but its word filters (header and body), verifying
+/// them: what a tag or time query needs. The filters are read when a word
+/// query needs them ([`load_filters`]).
 pub(super) async fn load_index(path: &Path) -> Result<SegmentIndex> {
-    let bytes = read_small_file(path, limits::INDEX_FILE_BYTES_MAX).await?;
-    SegmentIndex::decode(&bytes).map_err(|source| Error::Index { path: path.to_path_buf(), source: source.into() })
+    let index_error = |source: index::Error| Error::Index { path: path.to_path_buf(), source: source.into() };
+    let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open index", path, error))?;
+    let result = async {
+        let size = file.file_size().await.map_err(|error| Error::glommio("stat", path, error))?;
+        limits::check("INDEX_FILE_BYTES_MAX", "index file bytes", size as usize, limits::INDEX_FILE_BYTES_MAX)
+            .map_err(|limit| Error::Corrupt { path: path.to_path_buf(), reason: limit.to_string() })?;
+        let header = file
+            .read_at(0, index::HEADER_BYTES.min(size as usize))
+            .await
+            .map_err(|error| Error::glommio("read index", path, error))?;
+        let summary = index::decode_summary(&header).map_err(index_error)?;
+        if summary.file_bytes() != size {
+            return Err(index_error(index::Error::Truncated { what: "index file" }));
+        }
+        let core = file
+            .read_at(0, summary.filters_offset() as usize)
+            .await
+            .map_err(|error| Error::glommio("read index", path, error))?;
+        SegmentIndex::decode_without_filters(&core).map_err(index_error)
+    }
+    .await;
+    let _ = file.close().await;
+    result
+}
+
+/// Loads the word filters of `index`, read without them by [`load_index`]
+/// from the index file at `path`, unless they are loaded already.
+pub(super) async fn load_filters(path: &Path, index: &SegmentIndex) -> Result<()> {
+    if index.filters_loaded() {
+        return Ok(());
+    }
+    let index_error = |source: index::Error| Error::Index { path: path.to_path_buf(), source: source.into() };
+    let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open index", path, error))?;
+    let result = async {
+        let header =
+            file.read_at(0, index::HEADER_BYTES).await.map_err(|error| Error::glommio("read index", path, error))?;
+        let summary = index::decode_summary(&header).map_err(index_error)?;
+        let section = file
+            .read_at(summary.filters_offset(), summary.filters_bytes as usize)
+            .await
+            .map_err(|error| Error::glommio("read index", path, error))?;
+        index.load_filters(&summary, &section).map_err(index_error)
+    }
+    .await;
+    let _ = file.close().await;
+    result
 }
 
 /// Reads the header of an index file and the origin table right after it
@@ -223,16 +269,6 @@ async fn read_summary(path: &Path) -> Result<(index::IndexSummary, BTreeMap<Orig
     result
 }
 
-async fn read_small_file(path: &Path, bytes_max: usize) -> Result<Vec<u8>> {
-    let file = DmaFile::open(path).await.map_err(|error| Error::glommio("open", path, error))?;
-    let size = file.file_size().await.map_err(|error| Error::glommio("stat", path, error))?;
-    limits::check("INDEX_FILE_BYTES_MAX", "index file bytes", size as usize, bytes_max)
-        .map_err(|limit| Error::Corrupt { path: path.to_path_buf(), reason: limit.to_string() })?;
-    let data = file.read_at(0, size as usize).await.map_err(|error| Error::glommio("read", path, error))?;
-    let _ = file.close().await;
-    Ok(data.to_vec())
-}
-
 /// Feeds a valid block's entries to the index: decompresses it (into
 /// `scratch`) and collects its tags. Returns the block's raw length.
 pub(super) fn index_block(
@@ -255,20 +291,32 @@ pub(super) fn push_block_from_raw(
     raw: &[u8],
 ) -> Result<(), BlockError> {
     // A block's entries repeat a few distinct pairs many times (4,000 tags,
-    // 300 distinct, in the LogHub benches): parse, check and index each
-    // distinct encoded pair once, in order of first appearance, as the
-    // writer indexes its tag set. That order keeps which values an index
-    // over its cap takes the same as tag by tag. Two encodings of one pair
-    // (another field order) both reach the index, which ignores repeats.
-    let mut seen: hashbrown::HashSet<&[u8], ahash::RandomState> = hashbrown::HashSet::default();
+    // 300 distinct, in the LogHub benches): parse and check each distinct
+    // encoded pair once. Entries are given to the block's terms in order,
+    // with their tags in their stored order and their bodies, as the writer
+    // gave them while they were appended, so the rebuilt index records the
+    // same pairs, sets and word filter in the same order.
+    let mut parsed: hashbrown::HashMap<&[u8], (&str, &str), ahash::RandomState> = hashbrown::HashMap::default();
+    let mut terms = BlockTerms::with_words();
     let mut tags: Vec<(&str, &str)> = Vec::new();
     block::for_each_entry(header, raw, |_, bytes| {
-        EntryView::parse(bytes)?.for_each_tag_field(|field| {
-            if seen.insert(field) {
-                tags.push(block::parse_tag_field(field)?);
-            }
+        let entry = EntryView::parse(bytes)?;
+        tags.clear();
+        entry.for_each_tag_field(|field| {
+            let pair = match parsed.get(field) {
+                Some(&pair) => pair,
+                None => {
+                    let pair = block::parse_tag_field(field)?;
+                    parsed.insert(field, pair);
+                    pair
+                }
+            };
+            tags.push(pair);
             Ok(())
-        })
+        })?;
+        terms.add_entry(tags.iter().copied());
+        terms.add_body(entry.body);
+        Ok(())
     })?;
     let meta = BlockMeta {
         offset,
@@ -279,7 +327,7 @@ pub(super) fn push_block_from_raw(
         max_ts: header.max_ts,
         origin: header.origin,
     };
-    index.push_block(meta, tags);
+    index.push_block_terms(meta, &terms);
     Ok(())
 }
 
@@ -652,6 +700,56 @@ mod tests {
         index_block(&mut rebuilt, DATA_OFFSET, &header, &bytes, &mut Vec::new()).unwrap();
         assert_eq!(rebuilt.postings("host", "web-3"), Some(&[0][..]));
         assert_eq!(rebuilt.saturated_from(), None);
+    }
+
+    #[test]
+    fn a_rebuilt_block_has_the_written_tag_sets_and_word_filter() {
+        // Entries as the writer gets them: tags in their order, LogHub-like bodies.
+        let bodies: Vec<String> = (0..300)
+            .map(|index| {
+                format!(
+                    "{} Received block blk_{} of size {} from /10.251.{}.{}",
+                    index % 7,
+                    index * 31,
+                    index * 977,
+                    index % 13,
+                    index % 5
+                )
+            })
+            .collect();
+        let tags: Vec<[(&str, &str); 3]> = (0..300).map(tags_of).collect();
+        let mut raw = Vec::new();
+        let mut terms = BlockTerms::with_words();
+        for (index, body) in bodies.iter().enumerate() {
+            let entry = EntryRef { fields: &[], timestamp_ns: 0, tags: &tags[index], body: body.as_bytes() };
+            block::encode_entry(&entry, 1_000 + index as i64, &mut raw);
+            // What Shard::append_replicated_parts gives each pending block.
+            terms.add_entry(entry.tags.iter().copied());
+            terms.add_body(entry.body);
+        }
+        let spec =
+            BlockSpec { fields: false, first_seq: 1, entry_count: 300, min_ts: 1_000, max_ts: 1_299, origin: None };
+        let mut bytes = vec![0; block::encoded_bytes_max(raw.len())];
+        let used = block::encode_block(&spec, &raw, &mut bytes);
+        bytes.truncate(used);
+        let header = block::parse_header(&bytes).unwrap();
+
+        for caps in [(65_536, 1 << 20, 1 << 23), (65_536, 10, 1 << 23), (5, 1 << 20, 1 << 23)] {
+            let mut written = SegmentIndex::with_caps(1, caps.0, caps.1, caps.2);
+            written.push_block_terms(meta_of(&header), &terms);
+            let mut rebuilt = SegmentIndex::with_caps(1, caps.0, caps.1, caps.2);
+            index_block(&mut rebuilt, DATA_OFFSET, &header, &bytes, &mut Vec::new()).unwrap();
+            let raw_len = u64::from(header.raw_len);
+            assert!(rebuilt.encode(raw_len) == written.encode(raw_len), "caps {caps:?}: the rebuilt index differs");
+        }
+        let mut rebuilt = SegmentIndex::new(1);
+        index_block(&mut rebuilt, DATA_OFFSET, &header, &bytes, &mut Vec::new()).unwrap();
+        let filters = rebuilt.word_filters().unwrap();
+        for word in ["received", "BLK_31", "10", "251"] {
+            assert!(filters.may_contain_all(0, &[crate::index::words::word_hash(word.as_bytes())]), "{word}");
+        }
+        // Distinct sets: 7 hosts x 3 levels, in a cycle of 42 entries.
+        assert_eq!(rebuilt.candidates(&[("host", "web-1"), ("level", "warn")], 0, i64::MAX), [0]);
     }
 
     #[test]

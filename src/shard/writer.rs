@@ -218,7 +218,7 @@ async fn commit(inner: &Rc<Inner>, batch: &mut Pending) -> Result<()> {
                     max_ts: header.max_ts,
                     origin: header.origin,
                 };
-                state.active.index.push_block(meta, pending_block.tags.iter().map(|(key, value)| (&**key, &**value)));
+                state.active.index.push_block_terms(meta, &pending_block.terms);
                 used += block_len;
                 seq += u64::from(pending_block.entry_count);
                 raw_bytes += raw_len as u64;
@@ -395,11 +395,9 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         raw_bytes_written: 0,
         raw_bytes_durable: 0,
     };
-    let mut old = std::mem::replace(&mut state.active, new_active);
-    old.index.shrink_to_fit();
+    let old = std::mem::replace(&mut state.active, new_active);
     let file_bytes = old.capacity;
     let origin_seqs = super::own_origin_seqs(old.index.origins());
-    let index_bytes = old.index.memory_bytes();
     state.sealed.push_back(super::Sealed {
         first_seq: old.first_seq,
         next_seq: old.index.next_seq(),
@@ -409,10 +407,12 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         origin_seqs,
         file_bytes,
         file: std::cell::RefCell::new(Some(old.file)),
-        index: std::cell::RefCell::new(Some(Rc::new(old.index))),
+        // The written index is dropped rather than cached: it holds its word
+        // filters and its tag sets by block (built for appending), several
+        // times the memory of the file's form, which the first query that
+        // needs it loads without the filters (see `recovery::load_index`).
+        index: std::cell::RefCell::new(None),
     });
-    state.loaded_indexes.push_back((old.first_seq, index_bytes));
-    super::reader::evict_indexes(&mut state);
     drop(state);
     tracing::info!(shard = inner.config.shard_id, first_seq = next_first_seq, "rolled to a new segment");
     super::retention::start_after_roll(inner);

@@ -1,0 +1,246 @@
+//! What one block gives the index: its distinct `key=value` pairs, its
+//! distinct tag sets, and (see [`crate::index::word_filter`]) the words of its
+//! bodies, gathered entry by entry while the block fills.
+//!
+//! The shard's writer feeds one [`BlockTerms`] per pending block as entries
+//! are appended, and recovery feeds one per block it scans, in the same
+//! entry order, so both hand the index the same pairs and sets in the same
+//! order (the order decides which pairs and sets an index over its caps
+//! takes, so it must not depend on who built the block).
+//!
+//! # Cost on the write path
+//!
+//! Per entry: one hash probe per tag (a new pair allocates its two strings
+//! once per block), a sort of the entry's few pair numbers, and one hash
+//! probe for its tag set (a new set appends its pair numbers to one flat
+//! vector). Nothing is allocated per entry once a block's sets repeat.
+
+use hashbrown::HashTable;
+
+use crate::codec::block::TagSet;
+use crate::index::word_filter::WordFilterBuilder;
+
+/// The distinct pairs and tag sets of one block's entries, in order of
+/// first appearance, plus its word filter while it is built.
+///
+/// A *tag set* is the set of all pairs of one entry, stored as the sorted,
+/// distinct numbers of its pairs (positions in [`pairs`](Self::pairs)). An
+/// entry without tags has the empty set, which is not recorded (no tag
+/// predicate can select it through a set).
+#[derive(Debug, Default)]
+pub struct BlockTerms {
+    hasher: ahash::RandomState,
+    /// Positions in `pairs`, looked up by the pair's hash.
+    pair_table: HashTable<u32>,
+    pairs: Vec<(Box<str>, Box<str>)>,
+    /// Set numbers, looked up by the hash of their member list.
+    set_table: HashTable<u32>,
+    /// Members of every set, set after set.
+    set_members: Vec<u32>,
+    /// End of each set's members in `set_members`.
+    set_ends: Vec<u32>,
+    /// The pair numbers of the entry being added.
+    scratch: Vec<u32>,
+    /// Sets are unknown: the block was described by the union of its pairs
+    /// only ([`from_union`](Self::from_union)), recorded as one set.
+    union_only: bool,
+    words: Option<WordFilterBuilder>,
+}
+
+impl BlockTerms {
+    /// No entry yet; words are not gathered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// No entry yet; the words of the bodies given to
+    /// [`add_body`](Self::add_body) are gathered into a word filter.
+    pub fn with_words() -> Self {
+        Self { words: Some(WordFilterBuilder::new()), ..Self::default() }
+    }
+
+    /// A block known only by the union of its entries' pairs (a block
+    /// replicated with its tags but not its entries' sets): that union is
+    /// recorded as the block's one tag set. A superset of every entry's set,
+    /// so a conjunction that some entry satisfies is satisfied by the union
+    /// too: the block is never missed, only pruned less.
+    pub fn from_union<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut terms = Self::new();
+        terms.add_entry(pairs);
+        terms.union_only = true;
+        terms
+    }
+
+    /// [`from_union`](Self::from_union) over a [`TagSet`].
+    pub fn from_tag_set(tags: &TagSet) -> Self {
+        Self::from_union(tags.iter().map(|(key, value)| (&**key, &**value)))
+    }
+
+    /// Adds one entry's tags (repeats allowed).
+    pub fn add_entry<'a>(&mut self, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut members = std::mem::take(&mut self.scratch);
+        members.clear();
+        for (key, value) in tags {
+            members.push(self.pair_number(key, value));
+        }
+        members.sort_unstable();
+        members.dedup();
+        if !members.is_empty() {
+            self.intern_set(&members);
+        }
+        self.scratch = members;
+    }
+
+    /// Adds the words of one entry's body to the word filter, if this block
+    /// gathers words.
+    #[inline]
+    pub fn add_body(&mut self, body: &[u8]) {
+        if let Some(words) = &mut self.words {
+            words.add_body(body);
+        }
+    }
+
+    fn pair_number(&mut self, key: &str, value: &str) -> u32 {
+        let hash = self.hasher.hash_one((key, value));
+        let pairs = &self.pairs;
+        let found = self.pair_table.find(hash, |&number| {
+            let (k, v) = &pairs[number as usize];
+            **k == *key && **v == *value
+        });
+        if let Some(&number) = found {
+            return number;
+        }
+        let number = self.pairs.len() as u32;
+        self.pairs.push((key.into(), value.into()));
+        let (hasher, pairs) = (&self.hasher, &self.pairs);
+        self.pair_table.insert_unique(hash, number, |&number| {
+            let (k, v) = &pairs[number as usize];
+            hasher.hash_one((&**k, &**v))
+        });
+        number
+    }
+
+    fn intern_set(&mut self, members: &[u32]) {
+        let hash = self.hasher.hash_one(members);
+        let (members_of, ends) = (&self.set_members, &self.set_ends);
+        let slice = |number: u32| {
+            let start = if number == 0 { 0 } else { ends[number as usize - 1] as usize };
+            &members_of[start..ends[number as usize] as usize]
+        };
+        if self.set_table.find(hash, |&number| slice(number) == members).is_some() {
+            return;
+        }
+        let number = self.set_ends.len() as u32;
+        self.set_members.extend_from_slice(members);
+        self.set_ends.push(self.set_members.len() as u32);
+        let (hasher, members_of, ends) = (&self.hasher, &self.set_members, &self.set_ends);
+        self.set_table.insert_unique(hash, number, |&number| {
+            let start = if number == 0 { 0 } else { ends[number as usize - 1] as usize };
+            hasher.hash_one(&members_of[start..ends[number as usize] as usize])
+        });
+    }
+
+    /// The distinct pairs, in order of first appearance.
+    pub fn pairs(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.pairs.iter().map(|(key, value)| (&**key, &**value))
+    }
+
+    /// Number of distinct pairs.
+    pub fn pair_count(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The distinct non-empty tag sets, in order of first appearance, each
+    /// as the increasing numbers of its pairs in [`pairs`](Self::pairs).
+    pub fn sets(&self) -> impl ExactSizeIterator<Item = &[u32]> + '_ {
+        (0..self.set_ends.len()).map(move |number| {
+            let start = if number == 0 { 0 } else { self.set_ends[number - 1] as usize };
+            &self.set_members[start..self.set_ends[number] as usize]
+        })
+    }
+
+    /// Number of distinct non-empty tag sets.
+    pub fn set_count(&self) -> usize {
+        self.set_ends.len()
+    }
+
+    /// Total members over all sets.
+    pub fn set_members(&self) -> usize {
+        self.set_members.len()
+    }
+
+    /// Whether the sets are only the union of the pairs
+    /// ([`from_union`](Self::from_union)).
+    pub fn union_only(&self) -> bool {
+        self.union_only
+    }
+
+    /// The distinct pairs as a [`TagSet`] (for replication, which carries
+    /// a block's pairs).
+    pub fn tag_set(&self) -> TagSet {
+        self.pairs.iter().cloned().collect()
+    }
+
+    /// The word filter builder, if words are gathered.
+    pub fn words(&self) -> Option<&WordFilterBuilder> {
+        self.words.as_ref()
+    }
+
+    /// Takes the word filter builder out (the block is closed).
+    pub fn take_words(&mut self) -> Option<WordFilterBuilder> {
+        self.words.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sets(terms: &BlockTerms) -> Vec<Vec<(&str, &str)>> {
+        let pairs: Vec<_> = terms.pairs().collect();
+        terms.sets().map(|set| set.iter().map(|&number| pairs[number as usize]).collect()).collect()
+    }
+
+    #[test]
+    fn entries_give_distinct_pairs_and_sets_in_order_of_first_appearance() {
+        let mut terms = BlockTerms::new();
+        terms.add_entry([("app", "web"), ("host", "a")]);
+        terms.add_entry([("host", "a"), ("app", "web"), ("host", "a")]);
+        terms.add_entry([]);
+        terms.add_entry([("app", "db")]);
+        terms.add_entry([("app", "web"), ("host", "b")]);
+        terms.add_entry([("app", "db")]);
+        assert_eq!(terms.pairs().collect::<Vec<_>>(), [("app", "web"), ("host", "a"), ("app", "db"), ("host", "b")]);
+        assert_eq!(
+            sets(&terms),
+            [vec![("app", "web"), ("host", "a")], vec![("app", "db")], vec![("app", "web"), ("host", "b")]]
+        );
+        assert_eq!((terms.set_count(), terms.set_members(), terms.pair_count()), (3, 5, 4));
+        assert!(!terms.union_only());
+    }
+
+    #[test]
+    fn a_union_is_one_set() {
+        let terms = BlockTerms::from_union([("a", "1"), ("b", "2"), ("a", "1")]);
+        assert_eq!(sets(&terms), [vec![("a", "1"), ("b", "2")]]);
+        assert!(terms.union_only());
+        assert_eq!(BlockTerms::from_union([]).set_count(), 0);
+    }
+
+    #[test]
+    fn many_sets_intern_without_collision_mixups() {
+        let mut terms = BlockTerms::new();
+        let values: Vec<String> = (0..50).map(|value| value.to_string()).collect();
+        for round in 0..3 {
+            for a in 0..50 {
+                let b = (a * 7 + round) % 50;
+                terms.add_entry([("a", values[a].as_str()), ("b", values[b].as_str())]);
+            }
+        }
+        assert_eq!(terms.pair_count(), 100);
+        assert_eq!(terms.set_count(), 150);
+        let all = sets(&terms);
+        let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), 150);
+    }
+}

@@ -1,0 +1,341 @@
+//! Tag sets (streams) of one segment: which distinct sets of pairs its
+//! entries carry, and which blocks hold each set (DESIGN.md section 12).
+//!
+//! See the [module documentation](crate::index) for the caps and the
+//! fallback. Two representations of "which blocks hold which set":
+//!
+//! * while a segment is written, **by block**: each block appends the
+//!   numbers of its sets to one flat vector (4 bytes per block and set, no
+//!   allocation per set); a query scans it, which costs a few milliseconds
+//!   for the one active segment of a shard;
+//! * once decoded from a file, **by set**: each set's increasing block
+//!   positions as delta varints (about 2 bytes per block and set), with an
+//!   offset per set, so a query decodes only the postings of the sets that
+//!   match.
+
+use hashbrown::HashTable;
+
+/// Which blocks hold which set.
+#[derive(Clone, Debug)]
+pub(crate) enum SetBlocks {
+    /// Per block position, its set numbers (`ends[position]` is the end of
+    /// that block's numbers in `sets`); one end per block pushed.
+    ByBlock { sets: Vec<u32>, ends: Vec<u32> },
+    /// Per set, the delta varints of its increasing block positions
+    /// (`deltas[offsets[set]..offsets[set + 1]]`): the first position, then
+    /// each difference (>= 1) from the previous one.
+    BySet { offsets: Vec<u32>, deltas: Vec<u8> },
+}
+
+/// The tag sets of a segment. Members are pair numbers
+/// ([`crate::index::segment_index::PairTerm::id`]).
+#[derive(Clone, Debug)]
+pub(crate) struct TagSets {
+    /// Cap on distinct sets.
+    pub(crate) sets_max: usize,
+    /// Cap on cells: members of all sets plus (block, set) postings.
+    pub(crate) cells_max: usize,
+    pub(crate) cells: usize,
+    /// Blocks at this position and later record no set.
+    pub(crate) saturated_from: Option<u32>,
+    /// Number of distinct sets.
+    pub(crate) count: usize,
+    /// While blocks are pushed: members of every set, each set's
+    /// increasing, set after set (empty once decoded: `pair_sets` holds
+    /// the same, and is what queries need).
+    pub(crate) members: Vec<u32>,
+    /// End of each set's members (empty once decoded).
+    pub(crate) ends: Vec<u32>,
+    /// Per pair number, the increasing numbers of the sets that hold it
+    /// (derived from `members`; not stored in the file).
+    pub(crate) pair_sets: Vec<Vec<u32>>,
+    pub(crate) blocks: SetBlocks,
+    /// Set numbers by the hash of their members, while blocks are pushed.
+    table: HashTable<u32>,
+    hasher: ahash::RandomState,
+}
+
+impl PartialEq for TagSets {
+    fn eq(&self, other: &Self) -> bool {
+        // Pairs after the last one in a set have no list while building.
+        let used = |pair_sets: &[Vec<u32>]| {
+            pair_sets.len() - pair_sets.iter().rev().take_while(|sets| sets.is_empty()).count()
+        };
+        self.sets_max == other.sets_max
+            && self.cells_max == other.cells_max
+            && self.cells == other.cells
+            && self.count == other.count
+            && self.saturated_from == other.saturated_from
+            && self.pair_sets[..used(&self.pair_sets)] == other.pair_sets[..used(&other.pair_sets)]
+            && self.by_set() == other.by_set()
+    }
+}
+
+impl Eq for TagSets {}
+
+impl TagSets {
+    pub(crate) fn new(sets_max: usize, cells_max: usize) -> Self {
+        Self {
+            sets_max,
+            cells_max,
+            cells: 0,
+            count: 0,
+            saturated_from: None,
+            members: Vec::new(),
+            ends: Vec::new(),
+            pair_sets: Vec::new(),
+            blocks: SetBlocks::ByBlock { sets: Vec::new(), ends: Vec::new() },
+            table: HashTable::new(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// Sets decoded from a file: `pair_sets` per pair number, the sets
+    /// that hold it; `members` the total of the sets' members.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decoded(
+        sets_max: usize,
+        cells_max: usize,
+        saturated_from: Option<u32>,
+        count: usize,
+        pair_sets: Vec<Vec<u32>>,
+        members: usize,
+        offsets: Vec<u32>,
+        deltas: Vec<u8>,
+        postings: usize,
+    ) -> Self {
+        Self {
+            cells: members + postings,
+            count,
+            saturated_from,
+            pair_sets,
+            blocks: SetBlocks::BySet { offsets, deltas },
+            ..Self::new(sets_max, cells_max)
+        }
+    }
+
+    /// The increasing numbers of the sets that hold pair `pair`.
+    pub(crate) fn sets_of_pair(&self, pair: u32) -> &[u32] {
+        self.pair_sets.get(pair as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of distinct sets.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The increasing members of every set, by set number.
+    pub(crate) fn members_by_set(&self) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); self.count];
+        for (pair, sets) in self.pair_sets.iter().enumerate() {
+            for &set in sets {
+                out[set as usize].push(pair as u32);
+            }
+        }
+        out
+    }
+
+    /// Records that the block at `position` (the next one) holds `sets`, each
+    /// the increasing pair numbers of one set, or saturates from it if
+    /// `sets` is `None` (a pair of the block is not indexed) or the block
+    /// would go over a cap. Checks the caps against the block's cells
+    /// before adding any, so a block is recorded whole or not at all.
+    /// `sets` is the members of all sets, set after set, and the end of each.
+    pub(crate) fn push_block(&mut self, position: u32, sets: Option<(&[u32], &[u32])>) {
+        let SetBlocks::ByBlock { sets: block_sets, ends } = &mut self.blocks else {
+            panic!("a decoded index is sealed: no block can be added to it");
+        };
+        debug_assert_eq!(ends.len(), position as usize);
+        if self.saturated_from.is_none() {
+            match sets {
+                None => self.saturated_from = Some(position),
+                Some((all_members, set_ends)) => {
+                    // New sets add their members and one posting each; known
+                    // sets one posting: bound by the worst case.
+                    let cells = all_members.len() + set_ends.len();
+                    if self.count + set_ends.len() > self.sets_max || self.cells + cells > self.cells_max {
+                        self.saturated_from = Some(position);
+                    } else {
+                        let mut start = 0;
+                        for &end in set_ends {
+                            let set = &all_members[start..end as usize];
+                            start = end as usize;
+                            let known = self.count;
+                            let number = intern(
+                                &mut self.table,
+                                &self.hasher,
+                                &mut self.members,
+                                &mut self.ends,
+                                &mut self.cells,
+                                set,
+                            );
+                            if number as usize == known {
+                                self.count += 1;
+                                for &member in set {
+                                    let member = member as usize;
+                                    if self.pair_sets.len() <= member {
+                                        self.pair_sets.resize_with(member + 1, Vec::new);
+                                    }
+                                    self.pair_sets[member].push(number);
+                                }
+                            }
+                            block_sets.push(number);
+                            self.cells += 1;
+                        }
+                    }
+                }
+            }
+        }
+        ends.push(block_sets.len() as u32);
+    }
+
+    /// Positions, increasing, of the blocks that hold at least one of
+    /// `sets` (increasing set numbers). Every such block is before
+    /// [`saturated_from`](Self::saturated_from).
+    pub(crate) fn blocks_of(&self, sets: &[u32]) -> Vec<u32> {
+        if sets.is_empty() {
+            return Vec::new();
+        }
+        match &self.blocks {
+            SetBlocks::ByBlock { sets: block_sets, ends } => {
+                let mut wanted = vec![0_u64; self.len().div_ceil(64)];
+                for &set in sets {
+                    wanted[set as usize / 64] |= 1 << (set % 64);
+                }
+                let mut out = Vec::new();
+                let mut start = 0;
+                for (position, &end) in ends.iter().enumerate() {
+                    let held = &block_sets[start..end as usize];
+                    if held.iter().any(|&set| wanted[set as usize / 64] & (1 << (set % 64)) != 0) {
+                        out.push(position as u32);
+                    }
+                    start = end as usize;
+                }
+                out
+            }
+            SetBlocks::BySet { offsets, deltas } => {
+                let mut out = Vec::new();
+                for &set in sets {
+                    let bytes = &deltas[offsets[set as usize] as usize..offsets[set as usize + 1] as usize];
+                    let mut position = 0_u32;
+                    for_each_varint(bytes, |delta| {
+                        position = position.wrapping_add(delta);
+                        out.push(position);
+                    });
+                }
+                if sets.len() > 1 {
+                    out.sort_unstable();
+                    out.dedup();
+                }
+                out
+            }
+        }
+    }
+
+    /// Per set, its increasing block positions: the by-set form of the
+    /// postings, as the file stores them.
+    pub(crate) fn by_set(&self) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); self.len()];
+        match &self.blocks {
+            SetBlocks::ByBlock { sets, ends } => {
+                let mut start = 0;
+                for (position, &end) in ends.iter().enumerate() {
+                    for &set in &sets[start..end as usize] {
+                        out[set as usize].push(position as u32);
+                    }
+                    start = end as usize;
+                }
+            }
+            SetBlocks::BySet { offsets, deltas } => {
+                for (set, list) in out.iter_mut().enumerate() {
+                    let mut position = 0_u32;
+                    for_each_varint(&deltas[offsets[set] as usize..offsets[set + 1] as usize], |delta| {
+                        position = position.wrapping_add(delta);
+                        list.push(position);
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.members.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        for sets in &mut self.pair_sets {
+            sets.shrink_to_fit();
+        }
+        match &mut self.blocks {
+            SetBlocks::ByBlock { sets, ends } => {
+                sets.shrink_to_fit();
+                ends.shrink_to_fit();
+            }
+            SetBlocks::BySet { offsets, deltas } => {
+                offsets.shrink_to_fit();
+                deltas.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Estimated heap bytes.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let vectors = match &self.blocks {
+            SetBlocks::ByBlock { sets, ends } => (sets.capacity() + ends.capacity()) * 4,
+            SetBlocks::BySet { offsets, deltas } => offsets.capacity() * 4 + deltas.capacity(),
+        };
+        let pair_sets: usize = self.pair_sets.iter().map(|sets| 24 + sets.capacity() * 4).sum();
+        vectors + pair_sets + (self.members.capacity() + self.ends.capacity()) * 4 + self.table.capacity() * 5
+    }
+}
+
+/// The number of the set `members`, added if new.
+fn intern(
+    table: &mut HashTable<u32>,
+    hasher: &ahash::RandomState,
+    members: &mut Vec<u32>,
+    ends: &mut Vec<u32>,
+    cells: &mut usize,
+    set: &[u32],
+) -> u32 {
+    fn slice<'a>(members: &'a [u32], ends: &[u32], number: u32) -> &'a [u32] {
+        let number = number as usize;
+        let start = if number == 0 { 0 } else { ends[number - 1] as usize };
+        &members[start..ends[number] as usize]
+    }
+    let hash = hasher.hash_one(set);
+    if let Some(&number) = table.find(hash, |&number| slice(members, ends, number) == set) {
+        return number;
+    }
+    let number = ends.len() as u32;
+    members.extend_from_slice(set);
+    ends.push(members.len() as u32);
+    *cells += set.len();
+    let (members, ends) = (&*members, &*ends);
+    table.insert_unique(hash, number, |&number| hasher.hash_one(slice(members, ends, number)));
+    number
+}
+
+/// Calls `each` with every LEB128 varint of `bytes` (well formed: checked
+/// when the file was decoded).
+#[inline]
+pub(crate) fn for_each_varint(bytes: &[u8], mut each: impl FnMut(u32)) {
+    let mut value = 0_u32;
+    let mut shift = 0;
+    for &byte in bytes {
+        value |= u32::from(byte & 0x7f).wrapping_shl(shift);
+        if byte & 0x80 == 0 {
+            each(value);
+            value = 0;
+            shift = 0;
+        } else {
+            shift += 7;
+        }
+    }
+}
+
+/// The intersection of increasing lists, increasing: walks the shortest,
+/// probing the others by binary search.
+pub(crate) fn intersect(lists: &[&[u32]]) -> Vec<u32> {
+    let Some(shortest) = lists.iter().min_by_key(|list| list.len()) else { return Vec::new() };
+    shortest.iter().copied().filter(|value| lists.iter().all(|list| list.binary_search(value).is_ok())).collect()
+}
