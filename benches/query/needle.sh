@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Finding things in a large store, on this machine (issue 19): a release
 # `wormdb serve` with SHARDS shards is loaded with N entries by
-# wormdb-loadgen (`--tags TAGS`, LogHub bodies: https://github.com/logpai/loghub),
+# wormdb-loadgen (`--tags TAGS`, LogHub bodies: https://github.com/logpai/loghub,
+# consecutive lines cut to BODY_BYTES, 256 by default: about 300 B raw per
+# entry, so the default N makes about 25 GB raw, 5-6 GB on disk with LZ4),
 # with PLANTED entries carrying one unique word posted over plain HTTP at
 # spread-out times during the load. Then each query below is timed ROUNDS
 # times (the table reports the median, min..max):
 #
 #   (a) tags-none   tag=t0=v7&tag=t1=v3&tag=t2=v9: a 3-tag conjunction that
 #                   (almost surely) matches nothing; the count is printed
-#   (b) tags-some   the 3 tags of an entry of the data (about N / 1e6
-#                   matches with --tags 3:100: about 85 at the default N)
+#   (b) tags-some   the 3 tags of an entry of the data (the loadgen's pool of
+#                   about 256k entries repeats, so about N / 256k matches:
+#                   about 330 at the default N)
 #   (c) word        q=<the planted word>: expect PLANTED matches
 #   (d) scan        contains=<text that occurs nowhere>: a brute-force scan
 #                   of every block, the reference the others are compared to
@@ -45,6 +48,7 @@ TAGS=${TAGS:-3:100}
 PLANTED=${PLANTED:-5}
 LIMIT=${LIMIT:-1000}
 CONNS=${CONNS:-16}
+BODY_BYTES=${BODY_BYTES:-256}
 BATCH=${BATCH:-1000}
 LOAD_SECONDS_MAX=${LOAD_SECONDS_MAX:-1800}
 QUERY_TIMEOUT=${QUERY_TIMEOUT:-600}
@@ -88,36 +92,35 @@ server_pid=$!
 for _ in $(seq 200); do curl -sf "$base/healthz" > /dev/null && break; sleep 0.05; done
 curl -sf "$base/healthz" > /dev/null || { echo "the server did not start: $OUT_DIR/server.log" >&2; exit 1; }
 
-# Load: PLANTED + 1 legs of loadgen (each until its share of N is stored),
-# one planted entry posted between two legs.
+# Load: one loadgen run (one pool, as a user would run it: its ~256k
+# distinct entries repeat, so a 3-tag conjunction absent from the pool
+# matches nothing), stopped once N entries are stored; the planted entries
+# are posted whenever the store passes k * N / (PLANTED + 1).
 echo "loading $N entries (--tags $TAGS, LogHub bodies) with $PLANTED planted entries..." >&2
 load_started=$(date +%s)
 deadline=$((load_started + LOAD_SECONDS_MAX))
-legs=$((PLANTED + 1))
-# Entries/s of the last loadgen run, to size the next one (a run is 0.2 to
-# 10 s): a leg ends close to its goal instead of overshooting it.
-rate=200000
-for leg in $(seq "$legs"); do
-  goal=$((N * leg / legs))
-  while :; do
-    stored=$(stats_sum entries)
-    [ "$stored" -ge "$goal" ] && break
-    [ "$(date +%s)" -ge "$deadline" ] && { echo "load stopped after ${LOAD_SECONDS_MAX}s at $stored entries" >&2; break; }
-    ms=$(( (goal - stored) * 1000 / rate ))
-    ms=$(( ms < 200 ? 200 : (ms > 10000 ? 10000 : ms) ))
-    started=$(date +%s%N)
-    "$LOADGEN" --target "$base" --protocol http --rate max --connections "$CONNS" --batch "$BATCH" --tags "$TAGS" \
-      --payload-file "$payload" --seed "$leg$stored" --duration "${ms}ms" >> "$OUT_DIR/loadgen.log" 2>&1
-    # The loadgen's start-up (building its requests) counts against the rate.
-    rate=$(( ($(stats_sum entries) - stored) * 1000000000 / ($(date +%s%N) - started) + 1 ))
+"$LOADGEN" --target "$base" --protocol http --rate max --connections "$CONNS" --batch "$BATCH" --tags "$TAGS" \
+  --payload-file "$payload" --body-bytes "$BODY_BYTES" --duration "${LOAD_SECONDS_MAX}s" > "$OUT_DIR/loadgen.log" 2>&1 &
+loader=$!
+plant() {
+  local line
+  line=$(printf '{"tags":{"t0":"planted"},"body":"request %s failed: planted entry %d of %d"}' "$word" "$1" "$PLANTED")
+  curl -sf -H 'content-type: application/x-ndjson' --data-binary "$line" "$base/v1/entries" > /dev/null \
+    || { echo "planting entry $1 failed" >&2; exit 1; }
+}
+planted=0
+while :; do
+  stored=$(stats_sum entries)
+  while [ "$planted" -lt "$PLANTED" ] && [ "$stored" -ge $((N * (planted + 1) / (PLANTED + 1))) ]; do
+    planted=$((planted + 1)); plant "$planted"
   done
-  if [ "$leg" -le "$PLANTED" ]; then
-    line=$(printf '{"tags":{"t0":"planted"},"body":"request %s failed: planted entry %d of %d"}' "$word" "$leg" "$PLANTED")
-    curl -sf -H 'content-type: application/x-ndjson' --data-binary "$line" "$base/v1/entries" > /dev/null \
-      || { echo "planting entry $leg failed" >&2; exit 1; }
-  fi
-  [ "$(date +%s)" -ge "$deadline" ] && break
+  [ "$stored" -ge "$N" ] && break
+  kill -0 "$loader" 2>/dev/null || { echo "the loadgen stopped at $stored entries (see $OUT_DIR/loadgen.log)" >&2; break; }
+  [ "$(date +%s)" -ge "$deadline" ] && { echo "load stopped after ${LOAD_SECONDS_MAX}s at $stored entries" >&2; break; }
+  sleep 0.2
 done
+kill "$loader" 2>/dev/null; wait "$loader" 2>/dev/null
+while [ "$planted" -lt "$PLANTED" ]; do planted=$((planted + 1)); plant "$planted"; done
 entries=$(stats_sum entries)
 raw_bytes=$(stats_sum raw_bytes)
 disk_bytes=$(stats_sum disk_bytes)
