@@ -126,6 +126,7 @@ const SEGMENT_HEADER: SegmentHeader = SegmentHeader {
     node: 7,
     capacity_bytes: limits::SEGMENT_BYTES_DEFAULT,
     created_unix_ns: 1_226_262_974_000_000_000,
+    cold: false,
 };
 /// The node and shard that `block.bin` was stored by.
 const NODE: u32 = 7;

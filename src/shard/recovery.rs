@@ -138,6 +138,7 @@ pub(super) async fn finish_segment(
             node: config.node_id,
             capacity_bytes: config.segment_bytes,
             created_unix_ns: super::now_unix_ns() as u64,
+            cold: false,
         };
         let mut page = file.alloc_dma_buffer(PAGE_BYTES);
         page.as_bytes_mut().copy_from_slice(&header.encode());
