@@ -1138,7 +1138,8 @@ mod tests {
     /// A segment image: header page, `blocks` blocks of 1 to 3 entries, zeros
     /// up to `CAPACITY`. Returns the image and each block's (offset, end).
     fn segment_image(first_seq: u64, blocks: usize, origin: Option<Origin>) -> (Vec<u8>, Vec<(u64, u64)>) {
-        let header = SegmentHeader { first_seq, shard: 0, node: 1, capacity_bytes: CAPACITY, created_unix_ns: 1, cold: false };
+        let header =
+            SegmentHeader { first_seq, shard: 0, node: 1, capacity_bytes: CAPACITY, created_unix_ns: 1, cold: false };
         let mut image = header.encode().to_vec();
         let mut spans = Vec::new();
         let mut seq = first_seq;

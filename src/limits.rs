@@ -104,6 +104,11 @@ pub const COLD_STEP_BYTES: usize = 64 * 1024;
 /// to the new segment file: one DMA write, and the bytes in flight per
 /// shard (plus one block, which may be larger).
 pub const COLD_WRITE_BYTES: usize = 1024 * 1024;
+/// Shares of the cold rewrite's task queue on a shard's executor, against
+/// glommio's default of 1000 for every other task (commits, queries,
+/// pushes): when they all want the CPU, the rewrite gets about 1/20 of it,
+/// and all of it when they are idle.
+pub const COLD_TASK_SHARES: usize = 50;
 /// Default of `--cold-after`: a sealed segment whose newest entry is older
 /// than this is rewritten with zstd. Like Loki's chunk max age (2 h) and
 /// the 2 h blocks of Prometheus and Thanos compaction: recent data, which

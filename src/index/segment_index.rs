@@ -526,7 +526,10 @@ pub(crate) mod tests {
         for query in [&[("app", "web")][..], &[("host", "b")], &[("zone", "x")], &[]] {
             assert_eq!(relocated.candidates(query, 0, 30), index.candidates(query, 0, 30), "{query:?}");
         }
-        assert_eq!(relocated.relocated(&index.blocks().iter().map(|meta| (meta.offset, meta.len)).collect::<Vec<_>>()), index);
+        assert_eq!(
+            relocated.relocated(&index.blocks().iter().map(|meta| (meta.offset, meta.len)).collect::<Vec<_>>()),
+            index
+        );
     }
 
     #[test]

@@ -216,8 +216,14 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_every_bit_flip() {
-        let header =
-            SegmentHeader { first_seq: 42, shard: 3, node: 7, capacity_bytes: 1 << 28, created_unix_ns: 123, cold: false };
+        let header = SegmentHeader {
+            first_seq: 42,
+            shard: 3,
+            node: 7,
+            capacity_bytes: 1 << 28,
+            created_unix_ns: 123,
+            cold: false,
+        };
         let page = header.encode();
         assert_eq!(SegmentHeader::decode(&page), Ok(header));
         let cold = SegmentHeader { cold: true, capacity_bytes: 1 << 20, ..header };

@@ -410,12 +410,16 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         file_bytes,
         file: std::cell::RefCell::new(Some(old.file)),
         index: std::cell::RefCell::new(Some(Rc::new(old.index))),
+        generation: 0,
+        pinned: false,
+        cold: super::ColdState::Warm,
     });
     state.loaded_indexes.push_back((old.first_seq, index_bytes));
     super::reader::evict_indexes(&mut state);
     drop(state);
     tracing::info!(shard = inner.config.shard_id, first_seq = next_first_seq, "rolled to a new segment");
     super::retention::start_after_roll(inner);
+    inner.cold_wake.notify();
     prepare_spare_segment(inner);
     Ok(())
 }
