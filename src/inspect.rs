@@ -648,9 +648,16 @@ impl Inspector<'_> {
         let consequence = if refused { ": the shard will not open" } else { "" };
         match &segment.header {
             Ok(header) => {
+                // Which codecs the blocks use, as far as the header tells:
+                // a scan (--blocks, or the active segment) counts them.
+                let codecs = if header.cold {
+                    "cold: rewritten with zstd (blocks zstd would not shrink kept as written)"
+                } else {
+                    "lz4 as written"
+                };
                 say!(
                     self.out,
-                    "    header: first seq {}, shard {}, node {}, capacity {}, created {}",
+                    "    header: first seq {}, shard {}, node {}, capacity {}, created {}, {codecs}",
                     header.first_seq,
                     header.shard,
                     header.node,

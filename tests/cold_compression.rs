@@ -198,6 +198,16 @@ fn the_rewrite_keeps_every_entry_and_answer_and_shrinks_the_segments() {
         assert!(shard.compress_cold(zstd_now(), i64::MAX).await.unwrap().is_empty());
         shard.close().await.unwrap();
 
+        // wormdb inspect sees the cold segments, their codecs and ratio.
+        let mut out = Vec::new();
+        wormdb::inspect::inspect(&path, &mut out, true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("cold: rewritten with zstd").count(), 3, "{text}");
+        assert_eq!(text.matches("lz4 as written").count(), 1, "the active segment: {text}");
+        assert_eq!(text.matches(" 0 lz4, ").count(), 3, "{text}");
+        assert_eq!(text.matches("index agrees with the scan").count(), 3, "{text}");
+        assert!(text.contains("problems: none"), "{text}");
+
         // After a restart the index files are trusted, and a pass reads
         // the headers to find nothing to do.
         let shard = Shard::open(config(&path)).await.unwrap();

@@ -739,6 +739,7 @@ mod tests {
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v1/");
     const V2_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v2/");
+    const V3_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/v3/");
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIXTURES}{name}")).expect("the format fixtures are checked in")
@@ -746,6 +747,10 @@ mod tests {
 
     fn v2_fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{V2_FIXTURES}{name}")).expect("the format fixtures are checked in")
+    }
+
+    fn v3_fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{V3_FIXTURES}{name}")).expect("the format fixtures are checked in")
     }
 
     /// Every input with one byte changed to a few values, and every prefix.
@@ -783,6 +788,12 @@ mod tests {
             for input in mutations(&fixture(name)) {
                 block_decode(&input);
             }
+        }
+        // Codec 2: a zstd frame behind the header, damaged everywhere.
+        let zstd = v3_fixture("block-zstd.bin");
+        assert!(wormdb::codec::block::decode_block(&zstd, 1, 0).is_ok());
+        for input in mutations(&zstd) {
+            block_decode(&input);
         }
     }
 
