@@ -652,6 +652,18 @@ mod tests {
         assert_eq!(config.retention.age_max, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(config.http_addr.to_string(), HTTP_ADDR_DEFAULT);
         assert_eq!(config.segment_bytes, limits::SEGMENT_BYTES_DEFAULT);
+        assert_eq!(config.cold, ColdPolicy::zstd(limits::COLD_AFTER_DEFAULT), "zstd after an hour unless told");
+    }
+
+    #[test]
+    fn cold_compression_comes_from_flags_or_the_file() {
+        let file: Settings = toml::from_str("cold-codec = \"lz4\"\ncold-after = \"6h\"\n").unwrap();
+        let config = NodeConfig::from_settings(file.clone(), 1).unwrap();
+        assert_eq!(config.cold, ColdPolicy { codec: ColdCodec::Lz4, after: Duration::from_secs(6 * 3600) });
+        assert!(!config.cold.is_active());
+        let flags = Settings { cold_codec: Some("zstd".into()), cold_after: Some("0s".into()), ..Settings::default() };
+        let config = NodeConfig::from_settings(flags.over(file), 1).unwrap();
+        assert_eq!(config.cold, ColdPolicy::zstd(Duration::ZERO));
     }
 
     #[test]
@@ -737,6 +749,8 @@ mod tests {
             (Settings { segment_bytes: Some(1000), ..Settings::default() }, "--segment-bytes"),
             (Settings { http_addr: Some("nowhere".into()), ..Settings::default() }, "--http-addr"),
             (Settings { retention_age: Some("3 weeks".into()), ..Settings::default() }, "duration"),
+            (Settings { cold_codec: Some("gzip".into()), ..Settings::default() }, "--cold-codec gzip"),
+            (Settings { cold_after: Some("later".into()), ..Settings::default() }, "--cold-after"),
             (Settings { raft_log_entries: Some(0), ..Settings::default() }, "--raft-log-entries"),
             (Settings { raft_log_entries: Some(1 << 40), ..Settings::default() }, "--raft-log-entries"),
             (Settings { peers: Some("1=127.0.0.1:1".into()), node_id: Some(2), ..Settings::default() }, "--peers"),

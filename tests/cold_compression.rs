@@ -100,7 +100,9 @@ async fn fingerprint(shard: &Shard) -> (u64, u32) {
 /// Answers of a few queries: tags, time, both directions, with the number
 /// of blocks each read (the index's pruning must not change).
 async fn query_answers(shard: &Shard, last: u64) -> Vec<(Vec<u64>, u64)> {
-    let queries: Vec<(Vec<(&str, &str)>, i64, i64, bool)> = vec![
+    /// Tags, from, to, backward.
+    type QueryArgs<'a> = (Vec<(&'a str, &'a str)>, i64, i64, bool);
+    let queries: Vec<QueryArgs<'_>> = vec![
         (vec![("source", "HDFS")], 0, i64::MAX, false),
         (vec![("source", "Spark"), ("host", "db-1")], 0, i64::MAX, true),
         (vec![], last as i64 / 3, last as i64 / 2, false),
