@@ -115,6 +115,11 @@ pub const COLD_TASK_SHARES: usize = 50;
 /// queries read most, stays LZ4 (it decompresses about twice as fast), and
 /// a segment is rewritten once, well after it was sealed.
 pub const COLD_AFTER_DEFAULT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long the cold rewrite leaves a segment whose rewrite failed (an I/O
+/// error, a disk without room for the new file: it needs about 60 % of the
+/// old one) before it tries again: long enough not to repeat a failure in a
+/// loop, short enough that a disk given room again gets its savings.
+pub const COLD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How often a shard looks for segments that became old enough for the
 /// cold rewrite, besides after each segment roll.
 pub const COLD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

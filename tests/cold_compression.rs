@@ -384,7 +384,7 @@ fn an_io_error_at_any_step_leaves_the_shard_as_it_was() {
             assert!(shard.compress_cold(zstd_now(), i64::MAX).await.is_err(), "step {nth}");
             assert_eq!(shard.stats().cold_failures, 1);
             // The shard reads on as if nothing happened, the new files are gone,
-            // and the segment is not tried again until the next open.
+            // and the segment is not tried again for COLD_RETRY_AFTER.
             assert_eq!(fingerprint(&shard).await, entries, "EIO at step {nth}");
             assert_eq!(leftovers(&check_path), Vec::<String>::new(), "step {nth}");
             assert!(shard.compress_cold(zstd_now(), i64::MAX).await.unwrap().is_empty());

@@ -117,9 +117,10 @@ pub enum ColdState {
     Warm,
     /// Rewritten by the cold rewrite.
     Cold,
-    /// The rewrite failed (logged); not tried again until the shard is
-    /// opened again.
-    Failed,
+    /// The rewrite failed (logged) at this moment; tried again
+    /// [`limits::COLD_RETRY_AFTER`] later (say, once a full disk has room
+    /// again), or when the shard is opened again.
+    Failed(Instant),
 }
 
 /// A sealed segment as the cold rewrite sees it.
@@ -222,7 +223,7 @@ impl Shard {
                         Err(error) => {
                             tracing::error!(shard = self.inner.config.shard_id, first_seq, %error, "cannot read a sealed segment's header");
                             first_error.get_or_insert(error);
-                            ColdState::Failed
+                            ColdState::Failed(Instant::now())
                         }
                     };
                     self.set_cold_state(first_seq, state);
@@ -242,7 +243,7 @@ impl Shard {
                     Err(Error::Closed) => break,
                     Err(error) => {
                         tracing::error!(shard = self.inner.config.shard_id, first_seq, %error, "cold rewrite failed; the segment stays as it was");
-                        self.set_cold_state(first_seq, ColdState::Failed);
+                        self.set_cold_state(first_seq, ColdState::Failed(Instant::now()));
                         self.inner.state.borrow_mut().stats.cold_failures += 1;
                         first_error.get_or_insert(error);
                     }
@@ -267,7 +268,13 @@ impl Shard {
         let spans: Vec<ColdSpan> = state
             .sealed
             .iter()
-            .map(|sealed| ColdSpan { span: retention::span_of(sealed), state: sealed.cold })
+            .map(|sealed| {
+                let cold = match sealed.cold {
+                    ColdState::Failed(at) if at.elapsed() >= limits::COLD_RETRY_AFTER => ColdState::Unknown,
+                    cold => cold,
+                };
+                ColdSpan { span: retention::span_of(sealed), state: cold }
+            })
             .collect();
         let through = self.inner.config.retention_deletable_through.as_ref();
         plan_cold(policy, &spans, now_ns, |span| retention::deletable(through, span))
@@ -281,7 +288,7 @@ impl Shard {
     }
 
     async fn read_cold_state(&self, first_seq: u64) -> Result<ColdState> {
-        let Some(path) = self.sealed_path(first_seq) else { return Ok(ColdState::Failed) };
+        let Some(path) = self.sealed_path(first_seq) else { return Ok(ColdState::Failed(Instant::now())) };
         let header = read_segment_header(&path).await?;
         Ok(if header.cold { ColdState::Cold } else { ColdState::Warm })
     }
@@ -671,7 +678,7 @@ mod tests {
     fn the_oldest_warm_segment_past_the_age_goes_first_and_headers_are_read_before() {
         use ColdState::*;
         let policy = ColdPolicy::zstd(Duration::from_nanos(100));
-        let sealed = spans(&[10, 500, 20, 30, 40], &[Cold, Warm, Failed, Unknown, Warm]);
+        let sealed = spans(&[10, 500, 20, 30, 40], &[Cold, Warm, Failed(Instant::now()), Unknown, Warm]);
         // At 150, older than 50: the 500 one is too young, the cold and
         // failed ones are done; the unknown one needs its header first.
         assert_eq!(plan_cold(&policy, &sealed, 150, |_| true), Some(ColdStep::ReadHeader(31)));
