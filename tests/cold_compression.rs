@@ -206,7 +206,7 @@ fn the_rewrite_keeps_every_entry_and_answer_and_shrinks_the_segments() {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("cold: rewritten with zstd").count(), 3, "{text}");
         assert_eq!(text.matches("lz4 as written").count(), 1, "the active segment: {text}");
-        assert_eq!(text.matches(" 0 lz4, ").count(), 3, "{text}");
+        assert_eq!(text.matches("(0 lz4, ").count(), 3, "{text}");
         assert_eq!(text.matches("index agrees with the scan").count(), 3, "{text}");
         assert!(text.contains("problems: none"), "{text}");
 
