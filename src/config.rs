@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::ingest::syslog::Zone;
 use crate::limits;
-use crate::shard::{Durability, RetentionPolicy};
+use crate::shard::{ColdCodec, ColdPolicy, Durability, RetentionPolicy};
 use crate::tls::TlsFiles;
 
 /// Default HTTP listen address.
@@ -74,6 +74,11 @@ pub struct Settings {
     pub retention_bytes: Option<u64>,
     /// `--retention-age` (`30s`, `15m`, `12h`, `7d`)
     pub retention_age: Option<String>,
+    /// `--cold-codec` (`zstd` or `lz4`)
+    pub cold_codec: Option<String>,
+    /// `--cold-after` (a duration: age of a sealed segment's newest entry
+    /// before it is rewritten with zstd)
+    pub cold_after: Option<String>,
     /// `--max-body-bytes`
     #[serde(default, deserialize_with = "deserialize_byte_size")]
     pub max_body_bytes: Option<u64>,
@@ -137,6 +142,8 @@ impl Settings {
             segment_bytes: self.segment_bytes.or(base.segment_bytes),
             retention_bytes: self.retention_bytes.or(base.retention_bytes),
             retention_age: self.retention_age.or(base.retention_age),
+            cold_codec: self.cold_codec.or(base.cold_codec),
+            cold_after: self.cold_after.or(base.cold_after),
             max_body_bytes: self.max_body_bytes.or(base.max_body_bytes),
             max_body_bytes_in_flight: self.max_body_bytes_in_flight.or(base.max_body_bytes_in_flight),
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
@@ -196,6 +203,8 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Retention, applied per shard.
     pub retention: RetentionPolicy,
+    /// Cold compression of sealed segments, per shard.
+    pub cold: ColdPolicy,
     /// Cap on one HTTP request body.
     pub max_body_bytes: usize,
     /// Cap on the HTTP request body bytes one core holds at once, over all
@@ -277,6 +286,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("bad duration unit in {text:?}: use s, m, h or d")),
     };
     number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// `--cold-codec` and `--cold-after`: zstd after
+/// [`limits::COLD_AFTER_DEFAULT`] unless told otherwise.
+fn parse_cold(codec: Option<&str>, after: Option<&str>) -> Result<ColdPolicy, String> {
+    let codec = match codec.unwrap_or("zstd") {
+        "zstd" => ColdCodec::Zstd,
+        "lz4" => ColdCodec::Lz4,
+        other => return Err(format!("--cold-codec {other}: must be `zstd` or `lz4`")),
+    };
+    let after = match after {
+        Some(text) => parse_duration(text).map_err(|error| format!("--cold-after: {error}"))?,
+        None => limits::COLD_AFTER_DEFAULT,
+    };
+    Ok(ColdPolicy { codec, after })
 }
 
 /// The units [`parse_byte_size`] accepts (matched ignoring case), with
@@ -496,6 +520,7 @@ impl NodeConfig {
             None => Vec::new(),
         };
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
+        let cold = parse_cold(settings.cold_codec.as_deref(), settings.cold_after.as_deref())?;
         let node_id = settings.node_id.unwrap_or(1);
         let raft_log_entries = settings.raft_log_entries.unwrap_or(limits::RAFT_LOG_RETAINED_ENTRIES);
         if raft_log_entries == 0 || raft_log_entries > limits::RAFT_LOG_RETAINED_ENTRIES {
@@ -563,6 +588,7 @@ impl NodeConfig {
             durability,
             segment_bytes,
             retention: RetentionPolicy { bytes_max: settings.retention_bytes, age_max },
+            cold,
             max_body_bytes,
             max_body_bytes_in_flight,
             max_pending_appends,
@@ -626,6 +652,18 @@ mod tests {
         assert_eq!(config.retention.age_max, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(config.http_addr.to_string(), HTTP_ADDR_DEFAULT);
         assert_eq!(config.segment_bytes, limits::SEGMENT_BYTES_DEFAULT);
+        assert_eq!(config.cold, ColdPolicy::zstd(limits::COLD_AFTER_DEFAULT), "zstd after an hour unless told");
+    }
+
+    #[test]
+    fn cold_compression_comes_from_flags_or_the_file() {
+        let file: Settings = toml::from_str("cold-codec = \"lz4\"\ncold-after = \"6h\"\n").unwrap();
+        let config = NodeConfig::from_settings(file.clone(), 1).unwrap();
+        assert_eq!(config.cold, ColdPolicy { codec: ColdCodec::Lz4, after: Duration::from_secs(6 * 3600) });
+        assert!(!config.cold.is_active());
+        let flags = Settings { cold_codec: Some("zstd".into()), cold_after: Some("0s".into()), ..Settings::default() };
+        let config = NodeConfig::from_settings(flags.over(file), 1).unwrap();
+        assert_eq!(config.cold, ColdPolicy::zstd(Duration::ZERO));
     }
 
     #[test]
@@ -711,6 +749,8 @@ mod tests {
             (Settings { segment_bytes: Some(1000), ..Settings::default() }, "--segment-bytes"),
             (Settings { http_addr: Some("nowhere".into()), ..Settings::default() }, "--http-addr"),
             (Settings { retention_age: Some("3 weeks".into()), ..Settings::default() }, "duration"),
+            (Settings { cold_codec: Some("gzip".into()), ..Settings::default() }, "--cold-codec gzip"),
+            (Settings { cold_after: Some("later".into()), ..Settings::default() }, "--cold-after"),
             (Settings { raft_log_entries: Some(0), ..Settings::default() }, "--raft-log-entries"),
             (Settings { raft_log_entries: Some(1 << 40), ..Settings::default() }, "--raft-log-entries"),
             (Settings { peers: Some("1=127.0.0.1:1".into()), node_id: Some(2), ..Settings::default() }, "--peers"),

@@ -211,6 +211,7 @@ struct Scan {
     /// Payload bytes as stored, without block headers.
     stored_bytes: u64,
     lz4_blocks: u64,
+    zstd_blocks: u64,
     /// Replicated blocks by origin (node, shard): first origin seq, next origin seq, blocks.
     origins: BTreeMap<(u32, u32), (u64, u64, u64)>,
     /// Offset just past the last valid block: the logical end.
@@ -231,6 +232,7 @@ impl Scan {
             raw_bytes: 0,
             stored_bytes: 0,
             lz4_blocks: 0,
+            zstd_blocks: 0,
             origins: BTreeMap::new(),
             end: DATA_OFFSET,
             stop: Stop::Clean,
@@ -248,8 +250,10 @@ impl Scan {
         });
         self.raw_bytes += u64::from(header.raw_len);
         self.stored_bytes += u64::from(header.stored_len);
-        if header.codec == Codec::Lz4 {
-            self.lz4_blocks += 1;
+        match header.codec {
+            Codec::Lz4 => self.lz4_blocks += 1,
+            Codec::Zstd => self.zstd_blocks += 1,
+            Codec::None => {}
         }
         if let Some(origin) = header.origin {
             let next = origin.first_seq + u64::from(header.entry_count);
@@ -644,9 +648,16 @@ impl Inspector<'_> {
         let consequence = if refused { ": the shard will not open" } else { "" };
         match &segment.header {
             Ok(header) => {
+                // Which codecs the blocks use, as far as the header tells:
+                // a scan (--blocks, or the active segment) counts them.
+                let codecs = if header.cold {
+                    "cold: rewritten with zstd (blocks zstd would not shrink kept as written)"
+                } else {
+                    "lz4 as written"
+                };
                 say!(
                     self.out,
-                    "    header: first seq {}, shard {}, node {}, capacity {}, created {}",
+                    "    header: first seq {}, shard {}, node {}, capacity {}, created {}, {codecs}",
                     header.first_seq,
                     header.shard,
                     header.node,
@@ -942,10 +953,11 @@ impl Inspector<'_> {
             format!("    scan: no blocks, next seq {}", scan.next_seq)
         } else {
             format!(
-                "    scan: {} ({} lz4, {} stored as is), {}, {}",
+                "    scan: {} ({} lz4, {} zstd, {} stored as is), {}, {}",
                 count_text(scan.blocks, "block"),
                 scan.lz4_blocks,
-                scan.blocks - scan.lz4_blocks,
+                scan.zstd_blocks,
+                scan.blocks - scan.lz4_blocks - scan.zstd_blocks,
                 entries_text(scan.entries),
                 seq_range(scan.first_seq, scan.next_seq)
             )
@@ -1026,10 +1038,7 @@ enum ScanError {
 }
 
 fn block_text(offset: u64, header: &BlockHeader) -> String {
-    let codec = match header.codec {
-        Codec::None => "none",
-        Codec::Lz4 => "lz4",
-    };
+    let codec = header.codec.name();
     let origin = match header.origin {
         None => String::new(),
         Some(origin) => format!(
@@ -1039,12 +1048,12 @@ fn block_text(offset: u64, header: &BlockHeader) -> String {
             seq_range(origin.first_seq, origin.first_seq + u64::from(header.entry_count))
         ),
     };
-    // Blocks of the version that carries entry fields say so; the others
+    // Blocks of the versions that carry entry fields say so; the others
     // (version 1, no fields) print as they always did.
-    let fields = if header.version == block::FORMAT_VERSION_NO_FIELDS {
-        String::new()
-    } else {
-        format!(", version {} (entries with fields)", header.version)
+    let fields = match header.version {
+        block::FORMAT_VERSION_NO_FIELDS => String::new(),
+        block::FORMAT_VERSION_FIELDS => format!(", version {} (entries with fields)", header.version),
+        version => format!(", version {version} (zstd, entries may have fields)"),
     };
     format!(
         "block at {offset}, {} bytes: {}, {}, time {}, {codec}, raw {} stored {}{origin}{fields}",
@@ -1136,7 +1145,8 @@ mod tests {
     /// A segment image: header page, `blocks` blocks of 1 to 3 entries, zeros
     /// up to `CAPACITY`. Returns the image and each block's (offset, end).
     fn segment_image(first_seq: u64, blocks: usize, origin: Option<Origin>) -> (Vec<u8>, Vec<(u64, u64)>) {
-        let header = SegmentHeader { first_seq, shard: 0, node: 1, capacity_bytes: CAPACITY, created_unix_ns: 1 };
+        let header =
+            SegmentHeader { first_seq, shard: 0, node: 1, capacity_bytes: CAPACITY, created_unix_ns: 1, cold: false };
         let mut image = header.encode().to_vec();
         let mut spans = Vec::new();
         let mut seq = first_seq;

@@ -87,6 +87,43 @@ pub const COMMIT_WRITE_BYTES_MAX: usize = 2 * PAGE_BYTES
     + PENDING_RAW_BYTES_MAX * 110 / 100
     + (PENDING_APPENDS_MAX + PENDING_RAW_BYTES_MAX / BLOCK_RAW_BYTES_TARGET + 2) * block_encoded_bytes_max(0);
 
+/// zstd level of the cold rewrite of sealed segments. Measured on the
+/// LogHub samples (blocks of 256 KiB as the shard cuts them, one core of
+/// the reference machine, `benches/cold_compression.rs`): raw payload
+/// bytes per stored byte 7.7x at level 1, 8.1x at 3, 8.6x at 5, 8.9x at 6,
+/// 9.1x at 9, against 4.5x for LZ4; compression took about 2.5 CPU-s per GB
+/// of raw payload at levels 1 to 4, 6 at 5, 9 at 6 and 16 at 9. Level 3 is
+/// past the 7x goal at the cost of levels 1 to 4, and decompresses at
+/// 1.3 GB/s or more like every level (readers of cold segments pay that).
+pub const COLD_ZSTD_LEVEL: i32 = 3;
+/// Raw bytes the cold rewrite compresses between two yields to the shard's
+/// executor: about 0.3 ms of zstd at [`COLD_ZSTD_LEVEL`], so the commits of
+/// the shard never wait longer than that for the rewrite.
+pub const COLD_STEP_BYTES: usize = 64 * 1024;
+/// Bytes of rewritten blocks the cold rewrite gathers before it writes them
+/// to the new segment file: one DMA write, and the bytes in flight per
+/// shard (plus one block, which may be larger).
+pub const COLD_WRITE_BYTES: usize = 1024 * 1024;
+/// Shares of the cold rewrite's task queue on a shard's executor, against
+/// glommio's default of 1000 for every other task (commits, queries,
+/// pushes): when they all want the CPU, the rewrite gets about 1/20 of it,
+/// and all of it when they are idle.
+pub const COLD_TASK_SHARES: usize = 50;
+/// Default of `--cold-after`: a sealed segment whose newest entry is older
+/// than this is rewritten with zstd. Like Loki's chunk max age (2 h) and
+/// the 2 h blocks of Prometheus and Thanos compaction: recent data, which
+/// queries read most, stays LZ4 (it decompresses about twice as fast), and
+/// a segment is rewritten once, well after it was sealed.
+pub const COLD_AFTER_DEFAULT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long the cold rewrite leaves a segment whose rewrite failed (an I/O
+/// error, a disk without room for the new file: it needs about 60 % of the
+/// old one) before it tries again: long enough not to repeat a failure in a
+/// loop, short enough that a disk given room again gets its savings.
+pub const COLD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often a shard looks for segments that became old enough for the
+/// cold rewrite, besides after each segment roll.
+pub const COLD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Distinct `key=value` pairs indexed per segment. Pairs first seen after the
 /// cap is reached are not indexed: blocks from the saturation point on are
 /// candidates for any predicate on such a pair and are filtered exactly on

@@ -342,6 +342,7 @@ async fn run_core(
         node_id: config.node_id,
         retention: config.retention,
         retention_deletable_through: follower.retention_deletable_through(),
+        cold: config.cold,
         segment_bytes: config.segment_bytes,
         durability: config.durability,
         pending_appends_max: config.max_pending_appends,

@@ -6,8 +6,8 @@
 //! ```text
 //! offset size field              meaning
 //!      0    4 magic              b"WRMB"
-//!      4    2 format_version     1, or 2 when entries may carry fields
-//!      6    1 codec              0 = none, 1 = LZ4 block (lz4_flex)
+//!      4    2 format_version     1; 2 when entries may carry fields; 3 when zstd
+//!      6    1 codec              0 = none, 1 = LZ4 block (lz4_flex), 2 = zstd frame
 //!      7    1 flags              bit 0: origin fields are set (replicated data)
 //!      8    8 first_seq          seq of the first entry in this shard
 //!     16    8 min_ts             smallest timestamp_ns in the block
@@ -34,16 +34,29 @@
 //! fields stay byte-identical to version 1 and an older build keeps reading
 //! them; it refuses a block with fields ("upgrade required") instead of
 //! silently dropping them.
+//!
+//! Version 3 is the version of zstd blocks (codec 2), which only the cold
+//! rewrite of sealed segments writes (`shard::cold`): a block is at version
+//! 3 exactly when its codec is zstd, and its entries may carry fields. The
+//! codec alone would not do: a build of version 2 refuses an unknown codec
+//! as a corrupt header, while it refuses an unknown version with "upgrade
+//! required", which is what a zstd block needs it to say. The zstd payload
+//! is one frame that declares its content size, equal to `raw_len`, and
+//! spans the whole payload ([`crate::codec::zstd`]).
 
 use crate::limits::{self, LimitExceeded};
 use crate::proto::LogEntry;
 
 /// The four bytes that open every block.
 pub const MAGIC: [u8; 4] = *b"WRMB";
-/// The block format this code writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+/// The newest block format this code writes and reads.
+pub const FORMAT_VERSION: u16 = FORMAT_VERSION_ZSTD;
 /// The version of blocks whose entries carry no fields (the first version).
 pub const FORMAT_VERSION_NO_FIELDS: u16 = 1;
+/// The version of LZ4 or uncompressed blocks whose entries may carry fields.
+pub const FORMAT_VERSION_FIELDS: u16 = 2;
+/// The version of zstd blocks (entries may carry fields).
+pub const FORMAT_VERSION_ZSTD: u16 = 3;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + 4;
@@ -76,6 +89,21 @@ pub enum Codec {
     None = 0,
     /// LZ4 block format (lz4_flex), no size prefix: `raw_len` gives the size.
     Lz4 = 1,
+    /// One zstd frame with its content size (`raw_len`), no checksum (the
+    /// block's crc covers it): written by the cold rewrite of sealed
+    /// segments, only in blocks of version [`FORMAT_VERSION_ZSTD`].
+    Zstd = 2,
+}
+
+impl Codec {
+    /// The codec's name, as `wormdb inspect` and the docs write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
 }
 
 /// Where replicated entries were first stored. Local blocks have none.
@@ -93,8 +121,9 @@ pub struct Origin {
 /// The decoded fixed header of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockHeader {
-    /// Format version: [`FORMAT_VERSION_NO_FIELDS`], or [`FORMAT_VERSION`]
-    /// when entries may carry fields.
+    /// Format version: [`FORMAT_VERSION_NO_FIELDS`],
+    /// [`FORMAT_VERSION_FIELDS`] when entries may carry fields, or
+    /// [`FORMAT_VERSION_ZSTD`] for a zstd block.
     pub version: u16,
     /// Payload codec.
     pub codec: Codec,
@@ -148,6 +177,9 @@ pub enum BlockError {
     /// Written by another format version.
     #[error("block format version {0} is not supported (this build reads {FORMAT_VERSION_NO_FIELDS} to {FORMAT_VERSION}); upgrade required")]
     UnsupportedVersion(u16),
+    /// A codec this build does not know (a later version's).
+    #[error("block codec {0} is not supported (this build reads codecs 0 to 2); upgrade required")]
+    UnsupportedCodec(u8),
     /// A header field is out of range.
     #[error("corrupt block header: {0}")]
     Corrupt(&'static str),
@@ -199,14 +231,19 @@ pub fn parse_header(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
         return Err(BlockError::BadMagic(magic));
     }
     let version = read_u16(header, VERSION_OFFSET);
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_NO_FIELDS {
+    if !(FORMAT_VERSION_NO_FIELDS..=FORMAT_VERSION).contains(&version) {
         return Err(BlockError::UnsupportedVersion(version));
     }
     let codec = match header[CODEC_OFFSET] {
         0 => Codec::None,
         1 => Codec::Lz4,
-        _ => return Err(BlockError::Corrupt("unknown codec")),
+        2 => Codec::Zstd,
+        other => return Err(BlockError::UnsupportedCodec(other)),
     };
+    // One encoding per block: version 3 is the version of zstd blocks.
+    if (codec == Codec::Zstd) != (version == FORMAT_VERSION_ZSTD) {
+        return Err(BlockError::Corrupt("codec 2 (zstd) comes with format version 3, and only it"));
+    }
     let flags = header[FLAGS_OFFSET];
     if flags & !FLAG_ORIGIN != 0 {
         return Err(BlockError::Corrupt("unknown flags"));
@@ -306,6 +343,12 @@ pub fn decompress_payload(header: &BlockHeader, block: &[u8], raw: &mut Vec<u8>)
                 return Err(BlockError::Payload(format!("lz4 gave {written} bytes, header says {}", header.raw_len)));
             }
         }
+        Codec::Zstd => {
+            // As for LZ4: the output is exactly `raw_len` bytes, never more.
+            raw.truncate(header.raw_len as usize);
+            raw.resize(header.raw_len as usize, 0);
+            super::zstd::decompress_into(stored, raw)?;
+        }
     }
     Ok(())
 }
@@ -403,9 +446,26 @@ pub struct BlockSpec {
     pub max_ts: i64,
     /// Set for replicated data.
     pub origin: Option<Origin>,
-    /// Whether an entry of the payload carries fields: the block is then
-    /// written at [`FORMAT_VERSION`], else at [`FORMAT_VERSION_NO_FIELDS`].
+    /// Whether an entry of the payload carries fields: an LZ4 or
+    /// uncompressed block is then written at [`FORMAT_VERSION_FIELDS`],
+    /// else at [`FORMAT_VERSION_NO_FIELDS`]. A zstd block is always at
+    /// [`FORMAT_VERSION_ZSTD`].
     pub fields: bool,
+}
+
+impl BlockSpec {
+    /// The spec of an existing block: the same seqs, timestamps, origin
+    /// and entry count, to encode its entries again (another codec).
+    pub fn of(header: &BlockHeader) -> BlockSpec {
+        BlockSpec {
+            first_seq: header.first_seq,
+            entry_count: header.entry_count,
+            min_ts: header.min_ts,
+            max_ts: header.max_ts,
+            origin: header.origin,
+            fields: header.version != FORMAT_VERSION_NO_FIELDS,
+        }
+    }
 }
 
 /// Largest number of bytes [`encode_block`] writes for `raw_len` payload bytes.
@@ -457,7 +517,7 @@ pub fn encode_stored_block(spec: &BlockSpec, codec: Codec, raw_len: usize, store
     assert!(spec.first_seq >= 1, "seqs start at 1");
     assert!(spec.min_ts <= spec.max_ts);
     assert!(raw_len <= limits::BLOCK_RAW_BYTES_MAX && stored.len() <= limits::BLOCK_STORED_BYTES_MAX);
-    assert!(codec == Codec::Lz4 || stored.len() == raw_len, "an uncompressed payload is its raw bytes");
+    assert!(codec != Codec::None || stored.len() == raw_len, "an uncompressed payload is its raw bytes");
     out[HEADER_BYTES..HEADER_BYTES + stored.len()].copy_from_slice(stored);
     finish_block(spec, codec, raw_len, stored.len(), out)
 }
@@ -467,7 +527,11 @@ pub fn encode_stored_block(spec: &BlockSpec, codec: Codec, raw_len: usize, store
 fn finish_block(spec: &BlockSpec, codec: Codec, raw_len: usize, stored_len: usize, out: &mut [u8]) -> usize {
     let (header, payload) = out.split_at_mut(HEADER_BYTES);
     header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
-    let version = if spec.fields { FORMAT_VERSION } else { FORMAT_VERSION_NO_FIELDS };
+    let version = match (codec, spec.fields) {
+        (Codec::Zstd, _) => FORMAT_VERSION_ZSTD,
+        (_, true) => FORMAT_VERSION_FIELDS,
+        (_, false) => FORMAT_VERSION_NO_FIELDS,
+    };
     header[VERSION_OFFSET..CODEC_OFFSET].copy_from_slice(&version.to_le_bytes());
     header[CODEC_OFFSET] = codec as u8;
     header[FLAGS_OFFSET] = if spec.origin.is_some() { FLAG_ORIGIN } else { 0 };
@@ -1137,6 +1201,22 @@ mod tests {
         block
     }
 
+    /// A small zstd block: [`small_lz4_block`] recompressed.
+    fn small_zstd_block(origin: Option<Origin>) -> Vec<u8> {
+        zstd_of(&small_lz4_block(origin))
+    }
+
+    /// `block` recompressed with zstd at the cold level; it must shrink.
+    fn zstd_of(block: &[u8]) -> Vec<u8> {
+        let header = verify_block(block).unwrap();
+        let mut recompressor = super::super::zstd::Recompressor::new(limits::COLD_ZSTD_LEVEL);
+        let mut out = Vec::new();
+        let done = super::super::zstd::recompress_block(&mut recompressor, &header, block, &mut out).unwrap();
+        assert_eq!(done, super::super::zstd::Recompressed::Zstd(out.len()), "the block shrinks with zstd");
+        assert_eq!(parse_header(&out).unwrap().codec, Codec::Zstd);
+        out
+    }
+
     /// A small block that LZ4 cannot shrink, so it is stored as is.
     fn small_stored_block() -> Vec<u8> {
         let mut rng = SmallRng::seed_from_u64(7);
@@ -1367,12 +1447,19 @@ mod tests {
     #[test]
     fn a_foreign_block_is_stored_as_is_under_a_new_header() {
         let entries: Vec<TestEntry> = loghub_entries("HDFS").into_iter().take(300).collect();
-        let sent = encode_entries(&entries, 41, None);
+        let lz4 = encode_entries(&entries, 41, None);
+        // A block read from a segment of the cold rewrite travels as zstd.
+        for (sent, codec) in [(lz4.clone(), Codec::Lz4), (zstd_of(&lz4), Codec::Zstd)] {
+            assert_foreign_block_is_stored_as_is(&entries, &sent, codec);
+        }
+    }
+
+    fn assert_foreign_block_is_stored_as_is(entries: &[TestEntry], sent: &[u8], codec: Codec) {
         let mut raw = Vec::new();
-        let (header, tags) = check_foreign_block(&sent, &mut raw).unwrap();
-        assert_eq!((header.first_seq, header.entry_count, header.codec), (41, 300, Codec::Lz4));
+        let (header, tags) = check_foreign_block(sent, &mut raw).unwrap();
+        assert_eq!((header.first_seq, header.entry_count, header.codec), (41, 300, codec));
         let mut want_tags = TagSet::default();
-        for entry in &entries {
+        for entry in entries {
             for (key, value) in &entry.tags {
                 insert_tag(&mut want_tags, key, value);
             }
@@ -1380,15 +1467,15 @@ mod tests {
         assert_eq!(tags, want_tags);
 
         let origin = Origin { node: 7, shard: 2, first_seq: 41 };
-        let spec = BlockSpec { first_seq: 9000, origin: Some(origin), ..spec_for(&entries, 1, None) };
+        let spec = BlockSpec { first_seq: 9000, origin: Some(origin), ..spec_for(entries, 1, None) };
         let payload = &sent[HEADER_BYTES..];
         let mut out = vec![0; HEADER_BYTES + payload.len()];
         let used = encode_stored_block(&spec, header.codec, header.raw_len as usize, payload, &mut out);
         assert_eq!(used, sent.len(), "same payload, same size");
         assert_eq!(&out[HEADER_BYTES..], payload, "the payload is not compressed again");
         let (stored, decoded) = decode_block(&out, 1, 0).unwrap();
-        assert_eq!((stored.first_seq, stored.origin), (9000, Some(origin)));
-        for (index, (entry, want)) in decoded.iter().zip(&entries).enumerate() {
+        assert_eq!((stored.first_seq, stored.origin, stored.codec), (9000, Some(origin), codec));
+        for (index, (entry, want)) in decoded.iter().zip(entries).enumerate() {
             assert_eq!(entry, &want.to_proto(41 + index as u64, 7, 2));
         }
     }
@@ -1516,6 +1603,7 @@ mod tests {
         match header.codec {
             Codec::None => assert_eq!(header.stored_len, header.raw_len),
             Codec::Lz4 => assert!(header.stored_len < header.raw_len),
+            Codec::Zstd => panic!("encode_block writes LZ4 or stores as is"),
         }
         assert_eq!(parse_header(&block), Ok(header));
         // Bytes after the block are not part of it.
@@ -1604,7 +1692,8 @@ mod tests {
     #[test]
     fn every_bit_flip_is_rejected() {
         let origin = Some(Origin { node: 5, shard: 6, first_seq: 1000 });
-        for block in [small_lz4_block(None), small_lz4_block(origin), small_stored_block()] {
+        let blocks = [small_lz4_block(None), small_lz4_block(origin), small_stored_block(), small_zstd_block(origin)];
+        for block in blocks {
             for byte in 0..block.len() {
                 for bit in 0..8 {
                     let mut damaged = block.clone();
@@ -1612,7 +1701,11 @@ mod tests {
                     let error = verify_block(&damaged).expect_err("a flipped bit passed verify_block");
                     match byte {
                         0..4 => assert!(matches!(error, BlockError::BadMagic(_)), "{byte}:{bit}: {error:?}"),
-                        4..6 => assert!(matches!(error, BlockError::UnsupportedVersion(_)), "{byte}:{bit}: {error:?}"),
+                        // Another known version does not go with the block's codec.
+                        4..6 => assert!(
+                            matches!(error, BlockError::UnsupportedVersion(_) | BlockError::Corrupt(_)),
+                            "{byte}:{bit}: {error:?}"
+                        ),
                         60..64 => assert!(matches!(error, BlockError::Checksum { .. }), "{byte}:{bit}: {error:?}"),
                         64.. => assert!(matches!(error, BlockError::Checksum { .. }), "{byte}:{bit}: {error:?}"),
                         _ => {}
@@ -1625,7 +1718,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for block in [small_lz4_block(None), small_stored_block()] {
+        for block in [small_lz4_block(None), small_stored_block(), small_zstd_block(None)] {
             for length in 0..block.len() {
                 let needed = if length < HEADER_BYTES { HEADER_BYTES } else { block.len() };
                 assert_eq!(
@@ -1653,7 +1746,7 @@ mod tests {
         mixed.push(TestEntry::new(8, &[], b"").with_fields(&[("k=v", "a \"quoted\" value\n")]));
         for origin in [None, Some(Origin { node: 3, shard: 1, first_seq: 40 })] {
             let header = assert_block_round_trip(&mixed, 10, origin);
-            assert_eq!(header.version, FORMAT_VERSION);
+            assert_eq!(header.version, FORMAT_VERSION_FIELDS);
         }
         // Fields do not leak into tags: the entry's tags are only its tags.
         let mut raw = Vec::new();
@@ -1714,7 +1807,7 @@ mod tests {
 
     #[test]
     fn another_version_asks_for_an_upgrade() {
-        for version in [0, 3, u16::MAX] {
+        for version in [0, 4, u16::MAX] {
             let mut block = small_lz4_block(None);
             put_u16(&mut block, VERSION_OFFSET, version);
             // With the crc recomputed, only the version differs from a valid block.
@@ -1723,6 +1816,15 @@ mod tests {
             assert_eq!(error, BlockError::UnsupportedVersion(version));
             assert!(error.to_string().contains("upgrade required"), "{error}");
             assert_eq!(decode_block(&block, 0, 0).unwrap_err(), error);
+        }
+    }
+
+    #[test]
+    fn another_codec_asks_for_an_upgrade() {
+        for codec in [3, 4, u8::MAX] {
+            let error = verify_edited(|block| block[CODEC_OFFSET] = codec).unwrap_err();
+            assert_eq!(error, BlockError::UnsupportedCodec(codec));
+            assert!(error.to_string().contains("upgrade required"), "{error}");
         }
     }
 
@@ -1797,7 +1899,9 @@ mod tests {
             Err(BlockError::Corrupt(what)) => what,
             other => panic!("expected Corrupt, got {other:?}"),
         };
-        assert_eq!(corrupt(|block| block[CODEC_OFFSET] = 2), "unknown codec");
+        let zstd_rule = "codec 2 (zstd) comes with format version 3, and only it";
+        assert_eq!(corrupt(|block| block[CODEC_OFFSET] = Codec::Zstd as u8), zstd_rule);
+        assert_eq!(corrupt(|block| put_u16(block, VERSION_OFFSET, FORMAT_VERSION_ZSTD)), zstd_rule);
         assert_eq!(corrupt(|block| block[FLAGS_OFFSET] = 2), "unknown flags");
         assert_eq!(corrupt(|block| put_u64(block, FIRST_SEQ_OFFSET, 0)), "first_seq is 0");
         assert_eq!(corrupt(|block| put_u32(block, ENTRY_COUNT_OFFSET, 0)), "entry_count is 0");
@@ -1983,8 +2087,10 @@ mod tests {
     fn make_header_plausible(bytes: &mut [u8]) {
         let payload_len = (bytes.len() - HEADER_BYTES) as u32;
         bytes[..4].copy_from_slice(&MAGIC);
-        put_u16(bytes, VERSION_OFFSET, FORMAT_VERSION);
-        bytes[CODEC_OFFSET] &= 1;
+        bytes[CODEC_OFFSET] %= 3;
+        let version =
+            if bytes[CODEC_OFFSET] == Codec::Zstd as u8 { FORMAT_VERSION_ZSTD } else { FORMAT_VERSION_FIELDS };
+        put_u16(bytes, VERSION_OFFSET, version);
         bytes[FLAGS_OFFSET] &= FLAG_ORIGIN;
         let first_seq = (read_u64(bytes, FIRST_SEQ_OFFSET) % (u64::MAX / 2)).max(1);
         put_u64(bytes, FIRST_SEQ_OFFSET, first_seq);
@@ -2045,6 +2151,7 @@ mod tests {
             small_lz4_block(None),
             small_lz4_block(Some(Origin { node: 1, shard: 2, first_seq: 3 })),
             small_stored_block(),
+            small_zstd_block(None),
         ]
     }
 
@@ -2079,7 +2186,7 @@ mod tests {
 
         #[test]
         fn mutated_blocks_never_panic(
-            which in 0_usize..3,
+            which in 0_usize..4,
             overwrites in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
             length_edits in prop::collection::vec(length_edit(), 0..3),
             truncate in prop::option::of(any::<prop::sample::Index>()),

@@ -6,5 +6,6 @@
 //! but [`crate::limits`] and the wire types.
 
 pub mod block;
+pub mod zstd;
 
 pub use block::{EntryRef, Origin, TagSet};

@@ -36,6 +36,31 @@ pub fn render(node_id: u32, reports: &[ShardReport]) -> String {
     scalar(&mut out, "wormdb_raw_bytes", "gauge", "Entry bytes on disk before compression.", &|r| r.stats.raw_bytes);
     scalar(&mut out, "wormdb_disk_bytes", "gauge", "Bytes the blocks occupy on disk.", &|r| r.stats.disk_bytes);
     scalar(&mut out, "wormdb_segments", "gauge", "Segment files.", &|r| r.stats.segments);
+    scalar(&mut out, "wormdb_cold_segments_total", "counter", "Sealed segments recompressed with zstd.", &|r| {
+        r.stats.cold_segments
+    });
+    scalar(
+        &mut out,
+        "wormdb_cold_block_bytes_before_total",
+        "counter",
+        "Block bytes of recompressed segments before the rewrite.",
+        &|r| r.stats.cold_block_bytes_before,
+    );
+    scalar(
+        &mut out,
+        "wormdb_cold_block_bytes_after_total",
+        "counter",
+        "Block bytes of recompressed segments after the rewrite.",
+        &|r| r.stats.cold_block_bytes_after,
+    );
+    scalar(
+        &mut out,
+        "wormdb_cold_busy_microseconds_total",
+        "counter",
+        "Time spent decompressing and recompressing cold segments, in microseconds.",
+        &|r| r.stats.cold_busy_us,
+    );
+    scalar(&mut out, "wormdb_cold_failures_total", "counter", "Cold rewrites that failed.", &|r| r.stats.cold_failures);
     scalar(&mut out, "wormdb_append_queue_depth", "gauge", "Appends waiting for the next group commit.", &|r| {
         r.stats.pending_appends
     });

@@ -642,6 +642,14 @@ async fn stats(core: Rc<Core>) -> Response<Body> {
                 "syncs": stats.syncs,
                 "blocks_read": stats.blocks_read,
                 "pending_appends": stats.pending_appends,
+                "cold": {
+                    "segments": stats.cold_segments,
+                    "block_bytes_before": stats.cold_block_bytes_before,
+                    "block_bytes_after": stats.cold_block_bytes_after,
+                    "raw_bytes": stats.cold_raw_bytes,
+                    "busy_us": stats.cold_busy_us,
+                    "failures": stats.cold_failures,
+                },
                 "ingest_entries": report.http.ingest_entries,
                 "replication": report.replication.follower.as_ref().map(|follower| serde_json::json!({
                     "acked_seq": follower.acked_seq,

@@ -292,6 +292,30 @@ impl SegmentIndex {
         self.next_seq = next_seq;
     }
 
+    /// This index for the same blocks stored elsewhere: block `i` at
+    /// `locations[i]`, an `(offset, len)` pair, in a rewritten segment file
+    /// (the cold rewrite recompresses blocks in place of a sealed segment).
+    /// Everything else is kept (seqs, timestamps, origins, postings and
+    /// saturation, and whatever else the index records per position), so
+    /// every position still names the same block.
+    ///
+    /// # Panics
+    /// On a programmer error: not one location per block, a block of no
+    /// bytes, or blocks out of order or overlapping.
+    pub fn relocated(&self, locations: &[(u64, u32)]) -> SegmentIndex {
+        assert_eq!(locations.len(), self.blocks.len(), "one location per block");
+        let mut index = self.clone();
+        let mut end = 0u64;
+        for (meta, &(offset, len)) in index.blocks.iter_mut().zip(locations) {
+            assert!(len >= 1, "block has no bytes");
+            assert!(offset >= end, "block overlaps the previous one");
+            meta.offset = offset;
+            meta.len = len;
+            end = offset.checked_add(u64::from(len)).expect("block end offset overflows");
+        }
+        index
+    }
+
     /// Carries the shard's origin watermarks into this index (keeping, per
     /// origin, the larger of the two), so that the index file written when
     /// the segment is sealed remembers them even after retention deletes
@@ -681,6 +705,40 @@ pub(crate) mod tests {
         push(&mut index, 20, 29, &[("app", "web"), ("env", "prod"), ("app", "web")]);
         push(&mut index, 30, 39, &[("app", "db"), ("host", "b")]);
         index
+    }
+
+    #[test]
+    fn a_relocated_index_changes_only_where_its_blocks_are() {
+        let mut index = SegmentIndex::with_tag_values_max(1, 3);
+        push(&mut index, 0, 9, &[("app", "web"), ("host", "a")]);
+        push(&mut index, 10, 19, &[("app", "db"), ("host", "b")]);
+        push(&mut index, 20, 29, &[("app", "web"), ("zone", "x")]);
+        index.carry_watermarks(&[((4, 5), 77)].into_iter().collect());
+        let locations = [(4096, 40), (4136, 9), (5000, 1)];
+        let relocated = index.relocated(&locations);
+        for (position, (meta, moved)) in index.blocks().iter().zip(relocated.blocks()).enumerate() {
+            assert_eq!((moved.offset, moved.len), locations[position]);
+            assert_eq!(BlockMeta { offset: meta.offset, len: meta.len, ..*moved }, *meta);
+        }
+        assert_eq!(relocated.data_end(), 5001);
+        assert_eq!(relocated.saturated_from(), Some(1), "host=b is the fourth pair");
+        assert_eq!(relocated.origins(), index.origins());
+        for query in [&[("app", "web")][..], &[("host", "b")], &[("zone", "x")], &[]] {
+            assert_eq!(relocated.candidates(query, 0, 30), index.candidates(query, 0, 30), "{query:?}");
+        }
+        assert_eq!(
+            relocated.relocated(&index.blocks().iter().map(|meta| (meta.offset, meta.len)).collect::<Vec<_>>()),
+            index
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn a_relocation_that_overlaps_is_a_programmer_error() {
+        let index = sample();
+        let mut locations: Vec<(u64, u32)> = index.blocks().iter().map(|meta| (meta.offset, meta.len)).collect();
+        locations[1].0 = locations[0].0;
+        index.relocated(&locations);
     }
 
     #[test]

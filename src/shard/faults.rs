@@ -3,7 +3,8 @@
 //! Every I/O by which a shard makes appends durable goes through the three
 //! functions at the bottom of this file: the DMA writes of a commit
 //! ([`spawn_write`]), the syncer's fdatasync ([`fdatasync`]) and the
-//! creation of the next segment at a roll ([`create_segment`]). With no
+//! creation of the next segment at a roll ([`create_segment`]); and every
+//! step of the cold rewrite's swap asks [`cold_step`] first. With no
 //! [`Faults`] in [`ShardConfig::faults`](super::ShardConfig::faults) (the
 //! production case) each of them is one `match` on an `Option` and then the
 //! plain glommio call.
@@ -62,16 +63,20 @@ pub enum Op {
     Sync,
     /// Creating the next segment at a roll.
     CreateSegment,
+    /// One step of the cold rewrite of a sealed segment, before it is
+    /// taken (see `cold.rs` for the steps, in order).
+    ColdStep,
 }
 
 impl Op {
-    const ALL: [Op; 3] = [Op::Write, Op::Sync, Op::CreateSegment];
+    const ALL: [Op; 4] = [Op::Write, Op::Sync, Op::CreateSegment, Op::ColdStep];
 
     fn index(self) -> usize {
         match self {
             Op::Write => 0,
             Op::Sync => 1,
             Op::CreateSegment => 2,
+            Op::ColdStep => 3,
         }
     }
 }
@@ -98,6 +103,9 @@ pub enum Fault {
     SyncEio,
     /// [`Op::CreateSegment`] fails with ENOSPC; nothing is created.
     NoSpace,
+    /// [`Op::ColdStep`] fails with EIO before it does anything: the
+    /// rewrite gives up and cleans up after itself, as after any I/O error.
+    ColdEio,
     /// Any operation: the power goes out as it is issued. It and every later
     /// operation fail with EIO without touching the disk, and operations in
     /// flight report EIO when they complete (whatever the disk did with
@@ -112,6 +120,7 @@ impl Fault {
             Fault::WriteEio | Fault::ShortWrite { .. } | Fault::TornWrite { .. } => op == Op::Write,
             Fault::SyncEio => op == Op::Sync,
             Fault::NoSpace => op == Op::CreateSegment,
+            Fault::ColdEio => op == Op::ColdStep,
             Fault::PowerLoss => true,
         }
     }
@@ -434,6 +443,18 @@ impl Faults {
         }
     }
 
+    /// A step of the cold rewrite on `path`, through the plan: with
+    /// [`Fault::PowerLoss`] the process is as good as dead there (the
+    /// rewrite stops without cleaning up).
+    fn cold_step(&self, path: &Path) -> std::io::Result<()> {
+        let mut tracker = self.lock();
+        match self.next(&mut tracker, Op::ColdStep, path) {
+            None => Ok(()),
+            Some(Fault::ColdEio | Fault::PowerLoss) => Err(eio()),
+            Some(other) => unreachable!("{other:?} does not fit a cold step"),
+        }
+    }
+
     /// Rewrites every tracked page to what a restart after `how` finds, and
     /// starts tracking afresh (the power is back). Call it only once the
     /// shard is closed (or its executor gone): with I/O in flight the
@@ -602,6 +623,15 @@ pub(super) async fn fdatasync(faults: Option<&Arc<Faults>>, file: &DmaFile, path
     match faults {
         None => file.fdatasync().await.map_err(Into::into),
         Some(faults) => faults.fdatasync(file, path).await,
+    }
+}
+
+/// Asks `faults`, if any, whether the next step of the cold rewrite of
+/// `path` may be taken; an error is what the step fails with.
+pub(super) fn cold_step(faults: Option<&Arc<Faults>>, path: &Path) -> std::io::Result<()> {
+    match faults {
+        None => Ok(()),
+        Some(faults) => faults.cold_step(path),
     }
 }
 

@@ -28,6 +28,7 @@
 //! [`faults`] is the seam that tests inject storage faults through; this
 //! module, `writer`, `reader` and `recovery` do the I/O.
 
+pub mod cold;
 pub mod faults;
 pub mod filter;
 pub(crate) mod oneshot;
@@ -51,6 +52,7 @@ use crate::codec::block;
 pub use crate::codec::{EntryRef, Origin, TagSet};
 use crate::index::{self, BlockMeta, OriginKey, OriginSummary, SegmentIndex};
 use crate::limits;
+pub use cold::{plan_cold, ColdCodec, ColdPolicy, ColdRewrite, ColdSpan, ColdState, ColdStep};
 pub use filter::{EntryFilter, PayloadPrefilter, Substrings, SubstringsError};
 pub use plan::{RecoveryReport, TornTail};
 pub use reader::{OrderedQuery, Query, QueryResult, SnapshotVisit};
@@ -131,6 +133,11 @@ pub struct ShardConfig {
     /// its leader acknowledged, so nothing the leader has not archived is
     /// deleted. Unset (the default): no veto.
     pub retention_deletable_through: Option<SharedSeq>,
+    /// Which sealed segments are rewritten with zstd, and when (see
+    /// [`cold`]); the default rewrites nothing. The veto above holds here
+    /// too: a follower's segment its leader has not acknowledged is not
+    /// rewritten.
+    pub cold: ColdPolicy,
 }
 
 impl ShardConfig {
@@ -148,6 +155,7 @@ impl ShardConfig {
             faults: None,
             retention: RetentionPolicy::default(),
             retention_deletable_through: None,
+            cold: ColdPolicy::default(),
         }
     }
 }
@@ -377,6 +385,18 @@ pub struct ShardStats {
     pub blocks_read: u64,
     /// Appends waiting for the next group commit right now.
     pub pending_appends: u64,
+    /// Sealed segments the cold rewrite recompressed since open.
+    pub cold_segments: u64,
+    /// Bytes of their blocks (headers included) before the rewrite...
+    pub cold_block_bytes_before: u64,
+    /// ...and after it: `disk_bytes` went down by the difference.
+    pub cold_block_bytes_after: u64,
+    /// Uncompressed payload bytes of the blocks of those segments.
+    pub cold_raw_bytes: u64,
+    /// Microseconds the cold rewrite spent decompressing and compressing.
+    pub cold_busy_us: u64,
+    /// Cold rewrites that failed since open (logged; the segment stays).
+    pub cold_failures: u64,
     /// fdatasync latencies since open: `sync_latency_buckets[i]` counts
     /// syncs that took at most `SYNC_LATENCY_BUCKETS_US[i]` µs (cumulative,
     /// as Prometheus histograms are); syncs above the last bound only count
@@ -402,6 +422,14 @@ struct Sealed {
     file_bytes: u64,
     file: RefCell<Option<Rc<DmaFile>>>,
     index: RefCell<Option<Rc<SegmentIndex>>>,
+    /// Bumped when the cold rewrite swaps in a new file and index: a
+    /// reader that loaded either of them across the swap loads both again.
+    generation: u64,
+    /// While the cold rewrite renames the files: the index stays loaded
+    /// (its file is missing for a moment).
+    pinned: bool,
+    /// What the cold rewrite knows of the segment.
+    cold: ColdState,
 }
 
 /// The segment being written.
@@ -551,8 +579,15 @@ struct Inner {
     spare_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
     /// The retention pass the last roll started, if it may still run.
     retention_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
-    /// One permit: retention passes run one at a time.
+    /// One permit: retention passes run one at a time, and no cold
+    /// rewrite renames files during one.
     retention_lock: glommio::sync::Semaphore,
+    /// One permit: cold rewrite passes run one at a time.
+    cold_lock: glommio::sync::Semaphore,
+    /// Wakes the cold rewrite's task: a roll, shutdown.
+    cold_wake: oneshot::Signal,
+    /// The cold rewrite's task, if the policy has one.
+    cold_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
 }
 
 /// One shard of the log, owned by the executor that opened it. Cloning is
@@ -687,12 +722,16 @@ impl Shard {
                 spare_task: RefCell::new(None),
                 retention_task: RefCell::new(None),
                 retention_lock: glommio::sync::Semaphore::new(1),
+                cold_lock: glommio::sync::Semaphore::new(1),
+                cold_wake: oneshot::Signal::default(),
+                cold_task: RefCell::new(None),
             }),
         };
         let writer = glommio::spawn_local(writer::run_writer(shard.inner.clone())).detach();
         let syncer = glommio::spawn_local(writer::run_syncer(shard.inner.clone())).detach();
         shard.inner.tasks.borrow_mut().extend([writer, syncer]);
         writer::prepare_spare_segment(&shard.inner);
+        cold::start(&shard.inner);
         Ok(shard)
     }
 
@@ -969,6 +1008,11 @@ impl Shard {
         self.inner.writer_wake.notify();
         self.inner.syncer_wake.notify();
         self.inner.durable_wake.notify();
+        self.inner.cold_wake.notify();
+        let cold_task = self.inner.cold_task.borrow_mut().take();
+        if let Some(task) = cold_task {
+            task.await;
+        }
         let spare_task = self.inner.spare_task.borrow_mut().take();
         if let Some(task) = spare_task {
             task.await;

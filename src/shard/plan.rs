@@ -754,7 +754,14 @@ mod tests {
     }
 
     fn written(first_seq: u64) -> Result<SegmentHeader, HeaderError> {
-        Ok(SegmentHeader { first_seq, shard: 0, node: 1, capacity_bytes: CAPACITY_BYTES, created_unix_ns: 1 })
+        Ok(SegmentHeader {
+            first_seq,
+            shard: 0,
+            node: 1,
+            capacity_bytes: CAPACITY_BYTES,
+            created_unix_ns: 1,
+            cold: false,
+        })
     }
 
     /// What recovery would read of one shard directory.

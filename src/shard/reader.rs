@@ -96,8 +96,13 @@ pub(super) fn evict_indexes(state: &mut State) {
     let sizes: Vec<usize> = state.loaded_indexes.iter().map(|&(_, bytes)| bytes).collect();
     let evict = indexes_to_evict(&sizes, limits::INDEX_CACHE_SEGMENTS_MAX, limits::INDEX_CACHE_BYTES_MAX);
     for _ in 0..evict {
-        let Some((first_seq, _)) = state.loaded_indexes.pop_front() else { break };
+        let Some((first_seq, bytes)) = state.loaded_indexes.pop_front() else { break };
         if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
+            if sealed.pinned {
+                // Its index file is being renamed: it stays, as if just used.
+                state.loaded_indexes.push_back((first_seq, bytes));
+                continue;
+            }
             sealed.index.borrow_mut().take();
         }
     }
@@ -131,31 +136,62 @@ impl Shard {
         first_seq: u64,
         with_filters: bool,
     ) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>)>> {
-        let (path, index_path, file, index) = {
-            let state = self.inner.state.borrow();
-            let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) else {
-                return Ok(None); // deleted by retention meanwhile
+        let parts = self.sealed_parts_with_generation(first_seq, with_filters).await?;
+        Ok(parts.map(|(file, path, index, _)| (file, path, index)))
+    }
+
+    /// A sealed segment's file and index (loaded if need be, and cached),
+    /// which always belong together, and the generation they are of; `None`
+    /// if retention deleted the segment. With `with_filters`, the index's
+    /// word filters are loaded too. A cold rewrite that swaps the
+    /// segment while one of them loads makes the load start again, so a
+    /// reader never pairs an old file with a new index (or the reverse).
+    pub(super) async fn sealed_parts_with_generation(
+        &self,
+        first_seq: u64,
+        with_filters: bool,
+    ) -> Result<Option<(Rc<DmaFile>, PathBuf, Rc<SegmentIndex>, u64)>> {
+        // A segment is swapped once (a cold segment is not rewritten
+        // again): a second attempt finds the new pair, loaded or not.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (path, index_path, file, index, generation) = {
+                let state = self.inner.state.borrow();
+                let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) else {
+                    return Ok(None); // deleted by retention meanwhile
+                };
+                let file = sealed.file.borrow().clone();
+                let index = sealed.index.borrow().clone();
+                (sealed.path.clone(), sealed.index_path.clone(), file, index, sealed.generation)
             };
-            let file = sealed.file.borrow().clone();
-            let index = sealed.index.borrow().clone();
-            (sealed.path.clone(), sealed.index_path.clone(), file, index)
-        };
-        let file = match file {
-            Some(file) => file,
-            None => {
-                let file = DmaFile::open(&path).await.map_err(|error| Error::glommio("open segment", &path, error))?;
-                Rc::new(file)
+            let loaded = async {
+                let file = match file {
+                    Some(file) => file,
+                    None => {
+                        let file =
+                            DmaFile::open(&path).await.map_err(|error| Error::glommio("open segment", &path, error))?;
+                        Rc::new(file)
+                    }
+                };
+                let index = match index {
+                    Some(index) => index,
+                    None => Rc::new(recovery::load_index(&index_path).await?),
+                };
+                if with_filters {
+                    recovery::load_filters(&index_path, &index).await?;
+                }
+                Ok::<_, Error>((file, index))
             }
-        };
-        let index = match index {
-            Some(index) => index,
-            None => Rc::new(recovery::load_index(&index_path).await?),
-        };
-        if with_filters {
-            recovery::load_filters(&index_path, &index).await?;
-        }
-        let mut state = self.inner.state.borrow_mut();
-        if let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) {
+            .await;
+            let mut state = self.inner.state.borrow_mut();
+            let Some(sealed) = state.sealed.iter().find(|sealed| sealed.first_seq == first_seq) else {
+                return Ok(None);
+            };
+            if sealed.generation != generation && attempts < 3 {
+                continue;
+            }
+            let (file, index) = loaded?;
             *sealed.file.borrow_mut() = Some(file.clone());
             let was_loaded = sealed.index.borrow().is_some();
             *sealed.index.borrow_mut() = Some(index.clone());
@@ -164,8 +200,8 @@ impl Shard {
             if !was_loaded {
                 evict_indexes(&mut state);
             }
+            return Ok(Some((file, path, index, generation)));
         }
-        Ok(Some((file, path, index)))
     }
 
     /// Plans the blocks of one segment that `select` picks from its index;

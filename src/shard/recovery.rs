@@ -138,6 +138,7 @@ pub(super) async fn finish_segment(
             node: config.node_id,
             capacity_bytes: config.segment_bytes,
             created_unix_ns: super::now_unix_ns() as u64,
+            cold: false,
         };
         let mut page = file.alloc_dma_buffer(PAGE_BYTES);
         page.as_bytes_mut().copy_from_slice(&header.encode());
@@ -167,28 +168,35 @@ pub(super) async fn finish_segment(
 pub(super) async fn write_index_file(dir: &Path, first_seq: u64, bytes: &[u8]) -> Result<PathBuf> {
     let final_path = dir.join(segment::index_file_name(first_seq));
     let temporary = dir.join(format!("{}.tmp", segment::index_file_name(first_seq)));
+    write_synced_file(&temporary, bytes).await?;
+    std::fs::rename(&temporary, &final_path).map_err(|error| Error::io("rename index", &final_path, error))?;
+    sync_dir(dir).await?;
+    Ok(final_path)
+}
+
+/// Writes `bytes` as the whole file `path` (created or truncated),
+/// fdatasynced and closed: an index file before it is renamed into place.
+pub(super) async fn write_synced_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .dma_open(&temporary)
+        .dma_open(path)
         .await
-        .map_err(|error| Error::glommio("create index", &temporary, error))?;
+        .map_err(|error| Error::glommio("create index", path, error))?;
     let mut buffer = file.alloc_dma_buffer(page_ceil(bytes.len() as u64) as usize);
     buffer.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
     buffer.as_bytes_mut()[bytes.len()..].fill(0);
     let length = buffer.len();
-    let written = file.write_at(buffer, 0).await.map_err(|error| Error::glommio("write index", &temporary, error))?;
+    let written = file.write_at(buffer, 0).await.map_err(|error| Error::glommio("write index", path, error))?;
     if written != length {
-        return Err(Error::io("write index", &temporary, std::io::Error::other("short write")));
+        return Err(Error::io("write index", path, std::io::Error::other("short write")));
     }
-    file.truncate(bytes.len() as u64).await.map_err(|error| Error::glommio("truncate index", &temporary, error))?;
-    file.fdatasync().await.map_err(|error| Error::glommio("fdatasync index", &temporary, error))?;
-    file.close().await.map_err(|error| Error::glommio("close index", &temporary, error))?;
-    std::fs::rename(&temporary, &final_path).map_err(|error| Error::io("rename index", &final_path, error))?;
-    sync_dir(dir).await?;
-    Ok(final_path)
+    file.truncate(bytes.len() as u64).await.map_err(|error| Error::glommio("truncate index", path, error))?;
+    file.fdatasync().await.map_err(|error| Error::glommio("fdatasync index", path, error))?;
+    file.close().await.map_err(|error| Error::glommio("close index", path, error))?;
+    Ok(())
 }
 
 /// Reads an index file but its word filters (header and body), verifying
@@ -554,6 +562,9 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
             file_bytes,
             file: std::cell::RefCell::new(None),
             index: std::cell::RefCell::new(None),
+            generation: 0,
+            pinned: false,
+            cold: super::ColdState::Unknown,
         });
     }
 

@@ -109,7 +109,7 @@ pub fn plan_retention(
     count
 }
 
-fn span_of(sealed: &Sealed) -> SegmentSpan {
+pub(super) fn span_of(sealed: &Sealed) -> SegmentSpan {
     SegmentSpan {
         first_seq: sealed.first_seq,
         last_seq: sealed.next_seq - 1,
@@ -166,9 +166,13 @@ impl Shard {
                 self.inner.state.borrow_mut().sealed.push_front(sealed);
                 return Err(error);
             }
-            glommio::io::remove(&sealed.index_path)
-                .await
-                .map_err(|error| Error::glommio("delete index", &sealed.index_path, error))?;
+            // A failed cold rewrite can leave the segment without its index
+            // file (recovery rebuilds it at the next open): nothing to delete.
+            if let Err(error) = std::fs::remove_file(&sealed.index_path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::io("delete index", &sealed.index_path, error));
+                }
+            }
             recovery::sync_dir(&self.inner.config.dir).await?;
             tracing::info!(
                 shard = self.inner.config.shard_id,

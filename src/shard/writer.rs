@@ -412,10 +412,14 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         // times the memory of the file's form, which the first query that
         // needs it loads without the filters (see `recovery::load_index`).
         index: std::cell::RefCell::new(None),
+        generation: 0,
+        pinned: false,
+        cold: super::ColdState::Warm,
     });
     drop(state);
     tracing::info!(shard = inner.config.shard_id, first_seq = next_first_seq, "rolled to a new segment");
     super::retention::start_after_roll(inner);
+    inner.cold_wake.notify();
     prepare_spare_segment(inner);
     Ok(())
 }

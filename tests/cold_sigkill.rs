@@ -1,0 +1,255 @@
+//! SIGKILL while sealed segments are rewritten with zstd (`shard::cold`): a
+//! child process (this test binary, re-executed) appends from many
+//! concurrent tasks into small segments, with cold compression on and no
+//! age (every sealed segment is rewritten as soon as it is sealed, by the
+//! shard's background task, while appends go on), and prints every
+//! acknowledgement; the parent kills it at a random moment, reopens the
+//! shard and checks that every acknowledged entry is there once, whole,
+//! with its seq, that the seqs are dense and that no leftover of a rewrite
+//! is left. Several rounds on the same directory; a last pass rewrites what
+//! is left and the check is made again. `tests/cold_compression.rs` stops
+//! the rewrite at each of its steps deterministically.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use wormdb::shard::{ColdPolicy, EntryRef, Shard, ShardConfig};
+
+const CHILD_DIR_VAR: &str = "WORMDB_COLD_SIGKILL_CHILD_DIR";
+const CHILD_RUN_VAR: &str = "WORMDB_COLD_SIGKILL_CHILD_RUN";
+
+fn config(dir: &Path) -> ShardConfig {
+    // Small segments, each rewritten as soon as it is sealed.
+    ShardConfig {
+        segment_bytes: wormdb::limits::SEGMENT_BYTES_MIN,
+        cold: ColdPolicy::zstd(Duration::ZERO),
+        ..ShardConfig::new(dir, 0)
+    }
+}
+
+fn body(lines: &[String], run: u64, appender: u64, round: u64, index: u64) -> String {
+    let line = &lines[((appender * 7919 + round * 31 + index) % lines.len() as u64) as usize];
+    // A request id that does not compress: segments fill (and get sealed
+    // and rewritten) sooner.
+    let mut id = (run << 48) ^ (appender << 40) ^ (round << 16) ^ index;
+    let mut hex = String::with_capacity(64);
+    for _ in 0..4 {
+        id = id.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(0x6a09_e667_f3bc_c909);
+        hex.push_str(&format!("{id:016x}"));
+    }
+    format!("c{run} a{appender} r{round} i{index} id={hex} {line}")
+}
+
+/// The child: appends until killed (bounded at 30 s), printing
+/// `ACK first last appender round` after each durable append.
+#[test]
+fn cold_sigkill_child_writer() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else { return };
+    let run: u64 = std::env::var(CHILD_RUN_VAR).unwrap().parse().unwrap();
+    let lines = common::loghub_lines("OpenSSH");
+    common::run(move || async move {
+        let lines = Rc::new(lines);
+        let shard = Shard::open(config(Path::new(&dir))).await.unwrap();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        // Says when a segment was sealed: its rewrite starts right after.
+        let watched = shard.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let mut segments = watched.stats().segments;
+            while started.elapsed() < Duration::from_secs(30) {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                let now = watched.stats().segments;
+                if now > segments {
+                    segments = now;
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "SEALED {now}").unwrap();
+                    stdout.flush().unwrap();
+                }
+            }
+        }));
+        for appender in 0..8u64 {
+            let shard = shard.clone();
+            let lines = lines.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut round = 0u64;
+                while started.elapsed() < Duration::from_secs(30) {
+                    let count = 1 + (appender * 13 + round * 7) % 40;
+                    let bodies: Vec<String> =
+                        (0..count).map(|index| body(&lines, run, appender, round, index)).collect();
+                    let tags = [("run", "sigkill")];
+                    let entries: Vec<EntryRef<'_>> = bodies
+                        .iter()
+                        .map(|text| EntryRef {
+                            fields: &[],
+                            timestamp_ns: 1 + round as i64,
+                            tags: &tags,
+                            body: text.as_bytes(),
+                        })
+                        .collect();
+                    match shard.append(&entries) {
+                        Ok(wait) => {
+                            let range = wait.durable().await.unwrap();
+                            let mut stdout = std::io::stdout().lock();
+                            writeln!(stdout, "ACK {} {} {appender} {round}", range.first, range.last).unwrap();
+                            stdout.flush().unwrap();
+                            round += 1;
+                        }
+                        Err(wormdb::shard::Error::Backpressure { .. }) => {
+                            glommio::timer::sleep(Duration::from_millis(1)).await
+                        }
+                        Err(error) => panic!("append failed: {error}"),
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+    });
+}
+
+/// Segment files whose header says they were rewritten.
+fn cold_segments(dir: &Path) -> u64 {
+    let mut cold = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|extension| extension == "seg") {
+            let page = std::fs::read(&path).unwrap();
+            let header = wormdb::shard::segment::SegmentHeader::decode(&page[..4096]).unwrap();
+            cold += u64::from(header.cold);
+        }
+    }
+    cold
+}
+
+struct Ack {
+    run: u64,
+    first: u64,
+    last: u64,
+    appender: u64,
+    round: u64,
+}
+
+#[test]
+fn sigkill_during_cold_rewrites_never_loses_an_acknowledged_entry() {
+    let dir = common::durable_temp_dir();
+    let shard_dir = dir.path().join("shard-000");
+    let lines = common::loghub_lines("OpenSSH");
+    let seed = 0xc01d_5191;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut acks: Vec<Ack> = Vec::new();
+    for run in 0..6u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "cold_sigkill_child_writer", "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR_VAR, &shard_dir)
+            .env(CHILD_RUN_VAR, run.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sealing, sealed) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.first() == Some(&"ACK") && fields.len() == 5 {
+                    let number = |index: usize| fields[index].parse::<u64>().unwrap();
+                    acks.push(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) });
+                } else if fields.first() == Some(&"SEALED") {
+                    let _ = sealing.send(());
+                }
+            }
+            acks
+        });
+        // Kill soon after a segment was sealed, while its rewrite runs (or
+        // about to, or done): at a random moment of the next 0.8 s.
+        let _ = sealed.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..800)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let run_acks = reader.join().unwrap();
+        assert!(!run_acks.is_empty(), "run {run}: the child acknowledged nothing before the kill");
+        acks.extend(run_acks);
+
+        let interrupted: Vec<String> = std::fs::read_dir(&shard_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".cold."))
+            .collect();
+        eprintln!("run {run}: killed; rewrite files left: {interrupted:?}");
+        let shard_dir = shard_dir.clone();
+        let expected: Vec<(u64, u64, String)> = acks
+            .iter()
+            .flat_map(|ack| {
+                (ack.first..=ack.last)
+                    .map(|seq| (seq, ack.run, body(&lines, ack.run, ack.appender, ack.round, seq - ack.first)))
+            })
+            .collect();
+        let acked_max = expected.iter().map(|(seq, _, _)| *seq).max().unwrap();
+        let checked = common::run(move || async move {
+            // Without the background rewrite: what is on disk is what the kill left.
+            let shard = Shard::open(ShardConfig { cold: ColdPolicy::default(), ..config(&shard_dir) }).await.unwrap();
+            let durable = shard.durable_seq();
+            assert!(durable >= acked_max, "run {run}: recovered up to {durable}, but {acked_max} was acknowledged");
+            // Read back in pages (a read returns at most READ_ENTRIES_MAX).
+            let expected: std::collections::HashMap<u64, &String> =
+                expected.iter().map(|(seq, _, text)| (*seq, text)).collect();
+            let mut next = 1;
+            while next <= durable {
+                let entries = shard.read_from(next, 200_000).await.unwrap();
+                assert!(!entries.is_empty(), "run {run}: nothing at seq {next} of {durable}");
+                for entry in &entries {
+                    assert_eq!(entry.seq, next, "run {run}: seqs are dense");
+                    if let Some(text) = expected.get(&entry.seq) {
+                        assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text.as_str(), "run {run}: seq {next}");
+                    }
+                    next += 1;
+                }
+            }
+            assert_eq!(next, durable + 1);
+            let leftovers: Vec<String> = std::fs::read_dir(&shard_dir)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(".cold."))
+                .collect();
+            assert!(leftovers.is_empty(), "run {run}: {leftovers:?}");
+            let cold = cold_segments(&shard_dir);
+            eprintln!(
+                "run {run}: {} segments, {cold} of them cold, {} index(es) rebuilt at the open",
+                shard.stats().segments,
+                shard.recovery_report().indexes_rebuilt
+            );
+            if run == 5 {
+                // Whatever the kills interrupted is rewritten now, and reads the same.
+                shard.compress_cold(ColdPolicy::zstd(Duration::ZERO), i64::MAX).await.unwrap();
+                let mut again = 1;
+                while again <= durable {
+                    for entry in shard.read_from(again, 200_000).await.unwrap() {
+                        assert_eq!(entry.seq, again);
+                        if let Some(text) = expected.get(&entry.seq) {
+                            assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text.as_str(), "seq {again}");
+                        }
+                        again += 1;
+                    }
+                }
+                let again = shard.compress_cold(ColdPolicy::zstd(Duration::ZERO), i64::MAX).await.unwrap();
+                assert!(again.is_empty(), "all rewritten");
+                let sealed = shard.stats().segments - 1;
+                assert!(sealed > 0, "the runs sealed segments");
+                assert_eq!(cold_segments(&shard_dir), sealed, "every sealed segment is cold");
+            }
+            shard.close().await.unwrap();
+            expected.len()
+        });
+        eprintln!("run {run}: {checked} acknowledged entries verified");
+    }
+}
