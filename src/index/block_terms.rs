@@ -8,6 +8,23 @@
 //! order (the order decides which pairs and sets an index over its caps
 //! takes, so it must not depend on who built the block).
 //!
+//! # Blocks replicated as they were encoded
+//!
+//! A block that another node encoded (a follower's pushed block on its
+//! leader, a leader's block on a tier replica) reaches the shard with the
+//! union of its entries' pairs only ([`BlockTerms::from_tag_set`]): the
+//! union is recorded as its one tag set, and it gets no word filter. That is
+//! always correct (the union holds every entry's set, and a block without a
+//! filter is a candidate for any word); such blocks are only pruned less.
+//! Decided so because a tier replica does not decompress blocks (the leader
+//! sends their tags in `Proposal.block_tags`), and the leader's check of a
+//! pushed block (`codec::block::check_foreign_block`) gathers the union as
+//! it validates. To prune them as well: give that check a per-entry visitor
+//! that feeds a `BlockTerms` (the leader decompresses anyway, so this costs
+//! what the write path costs), and carry its sets and folded filter (about
+//! 2 KB per block of LogHub text) to the replicas in a new `Proposal` field,
+//! which old replicas ignore.
+//!
 //! # Cost on the write path
 //!
 //! Per entry: one hash probe per tag (a new pair allocates its two strings
