@@ -152,7 +152,9 @@ fn main() {
         for (_, bodies, ranges) in &blocks {
             let mut sum = 0_u64;
             for &(start, end) in ranges {
-                sum = bodies[start..end].iter().fold(sum, |sum, &byte| sum.wrapping_mul(31).wrapping_add(u64::from(byte)));
+                sum = bodies[start..end]
+                    .iter()
+                    .fold(sum, |sum, &byte| sum.wrapping_mul(31).wrapping_add(u64::from(byte)));
             }
             black_box(sum);
         }
