@@ -394,8 +394,65 @@ pub(crate) fn for_each_varint(bytes: &[u8], mut each: impl FnMut(u32)) {
 }
 
 /// The intersection of increasing lists, increasing: walks the shortest,
-/// probing the others by binary search.
+/// moving a cursor forward in each other list by galloping (steps of 1, 2,
+/// 4, ... then a binary search), so lists of similar length cost a merge
+/// and a short list against a long one a search per value.
 pub(crate) fn intersect(lists: &[&[u32]]) -> Vec<u32> {
     let Some(shortest) = lists.iter().min_by_key(|list| list.len()) else { return Vec::new() };
-    shortest.iter().copied().filter(|value| lists.iter().all(|list| list.binary_search(value).is_ok())).collect()
+    let mut cursors = vec![0_usize; lists.len()];
+    let mut out = Vec::new();
+    'values: for &value in *shortest {
+        for (list, cursor) in lists.iter().zip(&mut cursors) {
+            *cursor = gallop(list, *cursor, value);
+            match list.get(*cursor) {
+                None => break 'values,
+                Some(&found) if found != value => continue 'values,
+                Some(_) => {}
+            }
+        }
+        out.push(value);
+    }
+    out
+}
+
+/// The first position at or after `from` in increasing `list` whose value
+/// is at least `value` (`list.len()` if none).
+fn gallop(list: &[u32], from: usize, value: u32) -> usize {
+    let mut step = 1;
+    let mut low = from;
+    let mut high = from;
+    while high < list.len() && list[high] < value {
+        low = high + 1;
+        high += step;
+        step *= 2;
+    }
+    let high = high.min(list.len());
+    low + list[low..high].partition_point(|&item| item < value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn intersect_agrees_with_a_set_intersection() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x1a7e);
+        for round in 0..500 {
+            let lists: Vec<Vec<u32>> = (0..rng.gen_range(1..4))
+                .map(|_| {
+                    let mut list: Vec<u32> =
+                        (0..rng.gen_range(0..[5, 50, 500][round % 3])).map(|_| rng.gen_range(0..300)).collect();
+                    list.sort_unstable();
+                    list.dedup();
+                    list
+                })
+                .collect();
+            let slices: Vec<&[u32]> = lists.iter().map(Vec::as_slice).collect();
+            let expected: Vec<u32> =
+                lists[0].iter().copied().filter(|value| lists.iter().all(|list| list.contains(value))).collect();
+            assert_eq!(intersect(&slices), expected, "round {round}");
+        }
+        assert_eq!(intersect(&[]), Vec::<u32>::new());
+    }
 }
