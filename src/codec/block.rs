@@ -1380,14 +1380,15 @@ mod tests {
         let mut block = vec![0; encoded_bytes_max(raw.len())];
         let used = encode_block(&spec, &raw, &mut block);
         block.truncate(used);
-        let mut seen: Vec<(Vec<(String, String)>, Vec<u8>)> = Vec::new();
+        type Visited = (Vec<(String, String)>, Vec<u8>);
+        let mut seen: Vec<Visited> = Vec::new();
         let (header, union) = check_foreign_block_with(&block, &mut Vec::new(), |tags, body| {
             seen.push((tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body.to_vec()));
         })
         .unwrap();
         assert_eq!(header.entry_count, 4);
         assert_eq!(union.len(), 3);
-        let expected: Vec<(Vec<(String, String)>, Vec<u8>)> = tags
+        let expected: Vec<Visited> = tags
             .iter()
             .zip(bodies)
             .map(|(tags, body)| (tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body.to_vec()))
