@@ -65,7 +65,7 @@ async fn fill(shard: &Shard, rng: &mut SmallRng, rounds: usize, model: &mut Mode
                         let (header, tags) = block::check_foreign_block(&block, &mut Vec::new()).unwrap();
                         let payload = &block[block::HEADER_BYTES..];
                         let parts = vec![
-                            ReplicatedPart::Block { header, payload, tags },
+                            ReplicatedPart::Block { header, payload, tags, terms: None },
                             ReplicatedPart::Entries(&entries[split..]),
                         ];
                         shard.append_replicated_parts(origin, parts).unwrap()

@@ -601,16 +601,29 @@ pub fn verify_whole_block(block: &[u8]) -> Result<BlockHeader, BlockError> {
 /// origin fields are the sender's business; the caller gives it a header
 /// of this shard ([`encode_stored_block`]).
 pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHeader, TagSet), BlockError> {
+    check_foreign_block_with(block, raw, |_, _| {})
+}
+
+/// [`check_foreign_block`], calling `visit(tags, body)` with each entry's
+/// tags (in their stored order) and body, in order, once the entry passed
+/// its checks: what the index gathers from a block (its tag sets and
+/// words) while the check has it decompressed.
+pub fn check_foreign_block_with(
+    block: &[u8],
+    raw: &mut Vec<u8>,
+    mut visit: impl FnMut(&[(&str, &str)], &[u8]),
+) -> Result<(BlockHeader, TagSet), BlockError> {
     let header = verify_whole_block(block)?;
     decompress_payload(&header, block, raw)?;
     let raw: &[u8] = raw;
     let mut tags = TagSet::default();
-    let mut entry_tags: Vec<(&str, &str)> = Vec::with_capacity(8);
-    // The tag bytes of entries already checked: entries of one source
-    // mostly repeat a few tag sets, and the same bytes parse to the same
-    // tags, which pass the same checks and add nothing new to `tags`. At
-    // most one item per entry of the block.
-    let mut checked_tags: hashbrown::HashSet<&[u8], ahash::RandomState> = hashbrown::HashSet::default();
+    // The tag bytes of entries already checked, with where their parsed
+    // tags are in `parsed`: entries of one source mostly repeat a few tag
+    // sets, and the same bytes parse to the same tags, which pass the same
+    // checks and add nothing new to `tags`. At most one item per entry of
+    // the block.
+    let mut checked_tags: hashbrown::HashMap<&[u8], (usize, usize), ahash::RandomState> = hashbrown::HashMap::default();
+    let mut parsed: Vec<(&str, &str)> = Vec::with_capacity(8);
     let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
     for_each_entry(&header, raw, |seq, bytes| {
         let view = EntryView::parse(bytes)?;
@@ -626,24 +639,32 @@ pub fn check_foreign_block(block: &[u8], raw: &mut Vec<u8>) -> Result<(BlockHead
             view.for_each_field(|key, value| fields.push((key, value)))?;
             validate_fields(&fields).map_err(|error| bad(error.to_string()))?;
         }
-        if checked_tags.insert(view.tags) {
-            entry_tags.clear();
-            view.for_each_tag(|key, value| entry_tags.push((key, value)))?;
-            validate_entry(&EntryRef {
-                timestamp_ns: view.timestamp_ns,
-                tags: &entry_tags,
-                body: view.body,
-                fields: &[],
-            })
-            .map_err(|error| bad(error.to_string()))?;
-            for (key, value) in &entry_tags {
-                insert_tag(&mut tags, key, value);
-            }
-        } else {
-            // Tags as an entry's before: only the body is left to check.
-            validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &[], body: view.body, fields: &[] })
+        let range = match checked_tags.get(view.tags) {
+            None => {
+                let start = parsed.len();
+                view.for_each_tag(|key, value| parsed.push((key, value)))?;
+                let entry_tags = &parsed[start..];
+                validate_entry(&EntryRef {
+                    timestamp_ns: view.timestamp_ns,
+                    tags: entry_tags,
+                    body: view.body,
+                    fields: &[],
+                })
                 .map_err(|error| bad(error.to_string()))?;
-        }
+                for (key, value) in entry_tags {
+                    insert_tag(&mut tags, key, value);
+                }
+                checked_tags.insert(view.tags, (start, parsed.len()));
+                (start, parsed.len())
+            }
+            Some(&range) => {
+                // Tags as an entry's before: only the body is left to check.
+                validate_entry(&EntryRef { timestamp_ns: view.timestamp_ns, tags: &[], body: view.body, fields: &[] })
+                    .map_err(|error| bad(error.to_string()))?;
+                range
+            }
+        };
+        visit(&parsed[range.0..range.1], view.body);
         min_ts = min_ts.min(view.timestamp_ns);
         max_ts = max_ts.max(view.timestamp_ns);
         Ok(())
@@ -1425,6 +1446,34 @@ mod tests {
         EntryView::parse(&entry).unwrap().for_each_tag(|key, value| tags.push((key, value))).unwrap();
         assert_eq!(tags, []);
         assert!(has_tags_field_of_wire_type_varint(&entry));
+    }
+
+    #[test]
+    fn check_foreign_block_with_visits_each_entry_in_order() {
+        let tags: [&[(&str, &str)]; 4] = [&[("a", "1"), ("b", "2")], &[("a", "1"), ("b", "2")], &[], &[("c", "3")]];
+        let bodies: [&[u8]; 4] = [b"first body", b"second", b"", b"ERROR last"];
+        let mut raw = Vec::new();
+        for (index, (tags, body)) in tags.iter().zip(bodies).enumerate() {
+            encode_entry(&EntryRef { fields: &[], timestamp_ns: 0, tags, body }, 10 + index as i64, &mut raw);
+        }
+        let spec = BlockSpec { fields: false, first_seq: 1, entry_count: 4, min_ts: 10, max_ts: 13, origin: None };
+        let mut block = vec![0; encoded_bytes_max(raw.len())];
+        let used = encode_block(&spec, &raw, &mut block);
+        block.truncate(used);
+        type Visited = (Vec<(String, String)>, Vec<u8>);
+        let mut seen: Vec<Visited> = Vec::new();
+        let (header, union) = check_foreign_block_with(&block, &mut Vec::new(), |tags, body| {
+            seen.push((tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body.to_vec()));
+        })
+        .unwrap();
+        assert_eq!(header.entry_count, 4);
+        assert_eq!(union.len(), 3);
+        let expected: Vec<Visited> = tags
+            .iter()
+            .zip(bodies)
+            .map(|(tags, body)| (tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body.to_vec()))
+            .collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]

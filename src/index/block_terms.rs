@@ -8,6 +8,23 @@
 //! order (the order decides which pairs and sets an index over its caps
 //! takes, so it must not depend on who built the block).
 //!
+//! # Blocks replicated as they were encoded
+//!
+//! A block that another node encoded is stored as it is. On a leader, which
+//! checks each pushed block entry by entry
+//! (`codec::block::check_foreign_block_with`), the check feeds a
+//! `BlockTerms` while it has the block decompressed, so a pushed block is
+//! indexed like a written one (the cost is the write path's). A tier
+//! replica does not decompress blocks: it gets only the union of each
+//! block's pairs (`Proposal.block_tags`), and so does a leader for blocks
+//! whose tags came with them ([`BlockTerms::from_tag_set`]): the union is
+//! recorded as the block's one tag set, and the block gets no word filter.
+//! That is always correct (the union holds every entry's set, and a block
+//! without a filter is a candidate for any word); such blocks are only
+//! pruned less. To prune them too, the leader would carry each block's sets
+//! and folded filter (about 2 KB per block of LogHub text) in a new
+//! `Proposal` field, which older replicas ignore.
+//!
 //! # Cost on the write path
 //!
 //! Per entry: one hash probe per tag (a new pair allocates its two strings
@@ -27,7 +44,7 @@ use crate::index::word_filter::WordFilterBuilder;
 /// distinct numbers of its pairs (positions in [`pairs`](Self::pairs)). An
 /// entry without tags has the empty set, which is not recorded (no tag
 /// predicate can select it through a set).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct BlockTerms {
     hasher: ahash::RandomState,
     /// Positions in `pairs`, looked up by the pair's hash.

@@ -580,12 +580,12 @@ impl SegmentIndex {
             bytes.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
             put_increasing(&mut bytes, blocks);
         }
-        for (members, blocks) in self.tag_sets.members_by_set().iter().zip(self.tag_sets.by_set()) {
+        self.tag_sets.for_each_set(|members, blocks| {
             put_varint(&mut bytes, members.len() as u32);
             put_increasing(&mut bytes, members);
             put_varint(&mut bytes, blocks.len() as u32);
-            put_increasing(&mut bytes, &blocks);
-        }
+            put_increasing(&mut bytes, blocks);
+        });
         let body_bytes = bytes.len() - HEADER_BYTES;
         let body_crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
 

@@ -124,17 +124,6 @@ impl TagSets {
         self.count
     }
 
-    /// The increasing members of every set, by set number.
-    pub(crate) fn members_by_set(&self) -> Vec<Vec<u32>> {
-        let mut out = vec![Vec::new(); self.count];
-        for (pair, sets) in self.pair_sets.iter().enumerate() {
-            for &set in sets {
-                out[set as usize].push(pair as u32);
-            }
-        }
-        out
-    }
-
     /// Records that the block at `position` (the next one) holds `sets`, each
     /// the increasing pair numbers of one set, or saturates from it if
     /// `sets` is `None` (a pair of the block is not indexed) or the block
@@ -232,6 +221,52 @@ impl TagSets {
         }
     }
 
+    /// Calls `each(members, blocks)` for every set in number order: its
+    /// increasing pair numbers and its increasing block positions, as the
+    /// file stores them. Flat buffers, no allocation per set (the writer
+    /// encodes a full segment's sets when it seals it, on the shard's core).
+    pub(crate) fn for_each_set(&self, mut each: impl FnMut(&[u32], &[u32])) {
+        let (members, member_ends) = if self.ends.len() == self.count {
+            (std::borrow::Cow::Borrowed(&self.members[..]), std::borrow::Cow::Borrowed(&self.ends[..]))
+        } else {
+            let lists: Vec<&[u32]> = self.pair_sets.iter().map(Vec::as_slice).collect();
+            let (flat, ends) = invert(&lists, self.count);
+            (std::borrow::Cow::Owned(flat), std::borrow::Cow::Owned(ends))
+        };
+        let mut member_start = 0;
+        match &self.blocks {
+            SetBlocks::ByBlock { sets, ends } => {
+                // Counting sort of (set, block) by set, blocks increasing.
+                let mut lists: Vec<&[u32]> = Vec::with_capacity(ends.len());
+                let mut start = 0;
+                for &end in ends {
+                    lists.push(&sets[start..end as usize]);
+                    start = end as usize;
+                }
+                let (flat, block_ends) = invert(&lists, self.count);
+                let mut block_start = 0;
+                for (&member_end, &block_end) in member_ends.iter().zip(&block_ends) {
+                    each(&members[member_start..member_end as usize], &flat[block_start..block_end as usize]);
+                    member_start = member_end as usize;
+                    block_start = block_end as usize;
+                }
+            }
+            SetBlocks::BySet { offsets, deltas } => {
+                let mut blocks = Vec::new();
+                for (set, &member_end) in member_ends.iter().enumerate() {
+                    blocks.clear();
+                    let mut position = 0_u32;
+                    for_each_varint(&deltas[offsets[set] as usize..offsets[set + 1] as usize], |delta| {
+                        position = position.wrapping_add(delta);
+                        blocks.push(position);
+                    });
+                    each(&members[member_start..member_end as usize], &blocks);
+                    member_start = member_end as usize;
+                }
+            }
+        }
+    }
+
     /// Per set, its increasing block positions: the by-set form of the
     /// postings, as the file stores them.
     pub(crate) fn by_set(&self) -> Vec<Vec<u32>> {
@@ -315,6 +350,31 @@ fn intern(
     number
 }
 
+/// Inverts `lists` (list `i` holds values `< count`): for each value, the
+/// increasing `i` of the lists that hold it, flat, with each value's end.
+fn invert(lists: &[&[u32]], count: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut ends = vec![0_u32; count];
+    for list in lists {
+        for &value in *list {
+            ends[value as usize] += 1;
+        }
+    }
+    let mut total = 0;
+    for end in &mut ends {
+        total += *end;
+        *end = total;
+    }
+    let mut next: Vec<u32> = std::iter::once(0).chain(ends.iter().copied()).take(count).collect();
+    let mut flat = vec![0_u32; total as usize];
+    for (index, list) in lists.iter().enumerate() {
+        for &value in *list {
+            flat[next[value as usize] as usize] = index as u32;
+            next[value as usize] += 1;
+        }
+    }
+    (flat, ends)
+}
+
 /// Calls `each` with every LEB128 varint of `bytes` (well formed: checked
 /// when the file was decoded).
 #[inline]
@@ -334,8 +394,65 @@ pub(crate) fn for_each_varint(bytes: &[u8], mut each: impl FnMut(u32)) {
 }
 
 /// The intersection of increasing lists, increasing: walks the shortest,
-/// probing the others by binary search.
+/// moving a cursor forward in each other list by galloping (steps of 1, 2,
+/// 4, ... then a binary search), so lists of similar length cost a merge
+/// and a short list against a long one a search per value.
 pub(crate) fn intersect(lists: &[&[u32]]) -> Vec<u32> {
     let Some(shortest) = lists.iter().min_by_key(|list| list.len()) else { return Vec::new() };
-    shortest.iter().copied().filter(|value| lists.iter().all(|list| list.binary_search(value).is_ok())).collect()
+    let mut cursors = vec![0_usize; lists.len()];
+    let mut out = Vec::new();
+    'values: for &value in *shortest {
+        for (list, cursor) in lists.iter().zip(&mut cursors) {
+            *cursor = gallop(list, *cursor, value);
+            match list.get(*cursor) {
+                None => break 'values,
+                Some(&found) if found != value => continue 'values,
+                Some(_) => {}
+            }
+        }
+        out.push(value);
+    }
+    out
+}
+
+/// The first position at or after `from` in increasing `list` whose value
+/// is at least `value` (`list.len()` if none).
+fn gallop(list: &[u32], from: usize, value: u32) -> usize {
+    let mut step = 1;
+    let mut low = from;
+    let mut high = from;
+    while high < list.len() && list[high] < value {
+        low = high + 1;
+        high += step;
+        step *= 2;
+    }
+    let high = high.min(list.len());
+    low + list[low..high].partition_point(|&item| item < value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn intersect_agrees_with_a_set_intersection() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x1a7e);
+        for round in 0..500 {
+            let lists: Vec<Vec<u32>> = (0..rng.gen_range(1..4))
+                .map(|_| {
+                    let mut list: Vec<u32> =
+                        (0..rng.gen_range(0..[5, 50, 500][round % 3])).map(|_| rng.gen_range(0..300)).collect();
+                    list.sort_unstable();
+                    list.dedup();
+                    list
+                })
+                .collect();
+            let slices: Vec<&[u32]> = lists.iter().map(Vec::as_slice).collect();
+            let expected: Vec<u32> =
+                lists[0].iter().copied().filter(|value| lists.iter().all(|list| list.contains(value))).collect();
+            assert_eq!(intersect(&slices), expected, "round {round}");
+        }
+        assert_eq!(intersect(&[]), Vec::<u32>::new());
+    }
 }

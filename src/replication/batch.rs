@@ -20,9 +20,10 @@ use bytes::Bytes;
 
 use super::Error;
 use crate::codec::block::{
-    check_foreign_block, decompress_payload, for_each_entry, read_varint, skip_fixed, split_delimited,
+    check_foreign_block_with, decompress_payload, for_each_entry, read_varint, skip_fixed, split_delimited,
     verify_whole_block, BlockHeader, EntryView, HEADER_BYTES,
 };
+use crate::index::BlockTerms;
 use crate::shard::{EntryRef, ReplicatedPart, TagSet};
 
 /// A `PushBatch` message, validated, with its entries located.
@@ -50,6 +51,9 @@ struct PushedBlock {
     /// follower's block, its origin first seq for an archived one.
     first_seq: u64,
     tags: TagSet,
+    /// Its entries' tag sets and words, when this node checked the block
+    /// entry by entry (not when another node did and sent its tags).
+    terms: Option<Box<BlockTerms>>,
 }
 
 /// Whose seqs a batch's blocks hold (see the module doc).
@@ -173,12 +177,18 @@ impl PushedBatch {
                     } else if field == 4 {
                         let index = batch.blocks.len();
                         let checked = match checked_tags.as_mut() {
-                            None => check_foreign_block(field_bytes, &mut raw),
-                            Some(tags) => {
-                                verify_whole_block(field_bytes).map(|header| (header, tags.next().unwrap_or_default()))
+                            None => {
+                                let mut terms = BlockTerms::with_words();
+                                check_foreign_block_with(field_bytes, &mut raw, |tags, body| {
+                                    terms.add_entry(tags.iter().copied());
+                                    terms.add_body(body);
+                                })
+                                .map(|(header, tags)| (header, tags, Some(Box::new(terms))))
                             }
+                            Some(tags) => verify_whole_block(field_bytes)
+                                .map(|header| (header, tags.next().unwrap_or_default(), None)),
                         };
-                        let (header, tags) =
+                        let (header, tags, terms) =
                             checked.map_err(|error| malformed(format!("block {}: {error}", index + 1)))?;
                         let start = field_bytes.as_ptr() as usize - message.as_ptr() as usize;
                         let first_seq = match (seqs, header.origin) {
@@ -192,7 +202,7 @@ impl PushedBatch {
                             }
                         };
                         let block = start..start + field_bytes.len();
-                        batch.blocks.push(PushedBlock { block, header, first_seq, tags });
+                        batch.blocks.push(PushedBlock { block, header, first_seq, tags, terms });
                     }
                     rest = after;
                 }
@@ -347,7 +357,7 @@ pub fn with_fresh_parts<T>(
         for block in &mut batch.blocks {
             let count = block.header.entry_count as usize;
             if first >= *skip {
-                block_tags.push(std::mem::take(&mut block.tags));
+                block_tags.push((std::mem::take(&mut block.tags), block.terms.take()));
             } else if first + count > *skip {
                 let mut raw = Vec::new();
                 decompress_payload(&block.header, &batch.message[block.block.clone()], &mut raw).map_err(malformed)?;
@@ -396,8 +406,8 @@ pub fn with_fresh_parts<T>(
             .map(|item| match item {
                 Item::Views(range) => ReplicatedPart::Entries(&refs[range]),
                 Item::Block(header, payload) => {
-                    let tags = block_tags.next().expect("one tag set per whole block");
-                    ReplicatedPart::Block { header, payload, tags }
+                    let (tags, terms) = block_tags.next().expect("one tag set per whole block");
+                    ReplicatedPart::Block { header, payload, tags, terms }
                 }
             })
             .collect();

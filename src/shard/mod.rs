@@ -611,6 +611,11 @@ pub enum ReplicatedPart<'a> {
         payload: &'a [u8],
         /// The distinct tags of its entries, as the check gathered them.
         tags: TagSet,
+        /// Its entries' tag sets and words, if the check gathered them
+        /// ([`block::check_foreign_block_with`]); else the index records the
+        /// union of `tags` as its one set and no word filter.
+        /// Boxed: a `BlockTerms` is a few hundred bytes of tables and vectors.
+        terms: Option<Box<index::BlockTerms>>,
     },
 }
 
@@ -861,7 +866,7 @@ impl Shard {
         for part in parts {
             let entries = match part {
                 ReplicatedPart::Entries(entries) => entries,
-                ReplicatedPart::Block { header, payload, tags } => {
+                ReplicatedPart::Block { header, payload, tags, terms } => {
                     let start = pending.raw.len();
                     pending.raw.extend_from_slice(payload);
                     pending.blocks.push(PendingBlock {
@@ -871,9 +876,10 @@ impl Shard {
                         min_ts: header.min_ts,
                         max_ts: header.max_ts,
                         origin: origin_at(origin_seq),
-                        // The sender's block: its pairs are known, its
-                        // entries' sets and words are not (see BlockTerms).
-                        terms: index::BlockTerms::from_tag_set(&tags),
+                        // The sender's block: its entries' sets and words
+                        // are known if this node checked it entry by entry,
+                        // else only its pairs (see BlockTerms).
+                        terms: terms.map_or_else(|| index::BlockTerms::from_tag_set(&tags), |terms| *terms),
                         stored: Some(StoredPayload { codec: header.codec, raw_len: header.raw_len as usize }),
                         fields: header.version != block::FORMAT_VERSION_NO_FIELDS,
                     });
