@@ -163,14 +163,18 @@ pub const INDEX_CACHE_SEGMENTS_MAX: usize = 16;
 /// filters are loaded only for word queries and count here once loaded.
 ///
 /// Sized for the shape of issue 19 (`wormdb-loadgen --tags 3:100`, 85 M
-/// entries on 2 shards, about 12 sealed 256 MiB segments per shard): each
-/// segment's index holds about 180 000 tag sets in about 3.7 M (block, set)
-/// postings and takes about 16 MiB in memory without its filters
-/// (`cargo bench --bench index_streams`), and a 3-tag query answers in well
-/// under a millisecond per loaded segment but takes tens of milliseconds to
-/// load one; 192 MiB keeps those 12 loaded. A node pays up to this per
-/// shard; data with few tag sets takes far less per segment.
-pub const INDEX_CACHE_BYTES_MAX: usize = 192 * 1024 * 1024;
+/// entries on 2 shards, about 10-12 sealed 256 MiB segments per shard):
+/// each segment's index holds about 180 000 tag sets in about 3.7 M (block,
+/// set) postings and takes about 22 MiB in memory without its filters and
+/// 30 MiB with them (`cargo bench --bench index_streams`); a 3-tag query
+/// answers in well under a millisecond per loaded segment but takes tens of
+/// milliseconds to load one. Queries visit segments in order, so a cache
+/// even slightly smaller than the segments a query needs misses on every
+/// one (least recently used is always the next one wanted): 512 MiB keeps
+/// 12 such segments with their filters loaded, with room to spare. It is a
+/// bound, not a reservation: data with few tag sets takes far less per
+/// segment, and a node pays up to this per shard.
+pub const INDEX_CACHE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// Smallest and largest segment size accepted by configuration. The
 /// smallest still holds a batch with the largest entry (see
