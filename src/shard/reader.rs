@@ -788,6 +788,23 @@ struct GroupRead {
 /// A read in flight: resolves to the group, or the error that read gave.
 type PendingRead = Pin<Box<dyn Future<Output = Result<GroupRead>>>>;
 
+/// How long an ordered query pauses after issuing reads: any timer makes
+/// the executor turn, and glommio submits queued I/O only then (once no
+/// task is runnable); a short one keeps that turn from idling. As the
+/// writer does with its chunks (`shard::writer`).
+const READ_SUBMIT_PAUSE: std::time::Duration = std::time::Duration::from_micros(1);
+
+/// Polls `read` once, so that its I/O is queued now: an async read does
+/// nothing before its first poll, and a [`FuturesOrdered`] polls what it
+/// holds only when it is awaited, after the block being decoded.
+fn started(mut read: PendingRead) -> PendingRead {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match read.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Box::pin(std::future::ready(output)),
+        std::task::Poll::Pending => read,
+    }
+}
+
 /// Which blocks, from `first` on in visiting order, one read covers: those
 /// that follow one another in the same segment without a gap (upwards for
 /// a forward query, downwards for a backward one), within
@@ -897,8 +914,9 @@ impl OrderedQuery {
 
     /// Issues reads for the candidates after those already asked for,
     /// while the bytes in flight stay within the current bound (one read
-    /// is always allowed when none is in flight).
-    fn issue_reads(&mut self) {
+    /// is always allowed when none is in flight). Returns how many.
+    fn issue_reads(&mut self) -> usize {
+        let mut issued = 0;
         while self.next_unread < self.candidates.len() {
             let first = self.next_unread;
             let (end, start, stop) = read_group(&self.spans, first);
@@ -908,16 +926,18 @@ impl OrderedQuery {
             }
             let file = self.candidates[first].file.clone();
             let path = self.candidates[first].path.clone();
-            self.reads.push_back(Box::pin(async move {
+            self.reads.push_back(started(Box::pin(async move {
                 let bytes = file
                     .read_at(start, span as usize)
                     .await
                     .map_err(|error| Error::glommio("read segment", &path, error))?;
                 Ok(GroupRead { first, end, start, span, bytes })
-            }));
+            })));
             self.bytes_in_flight += span;
             self.next_unread = end;
+            issued += 1;
         }
+        issued
     }
 
     /// Makes `current` the read holding candidate `index`: it already is, or
@@ -935,7 +955,10 @@ impl OrderedQuery {
             self.bytes_in_flight -= group.span;
             self.bytes_in_flight_max = (self.bytes_in_flight_max * 2).min(QUERY_READ_BYTES_IN_FLIGHT_MAX);
             self.current = Some(group);
-            self.issue_reads();
+            if self.issue_reads() > 0 {
+                // Submit them before decoding this group, not after.
+                glommio::timer::sleep(READ_SUBMIT_PAUSE).await;
+            }
         }
         Ok(())
     }
