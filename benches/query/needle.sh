@@ -19,7 +19,11 @@
 # than a scan), and the blocks read (the /v1/stats `blocks_read` delta over
 # the query, summed over shards). For (d) it prints GB/s of raw text: the
 # store's raw bytes (/v1/stats `raw_bytes`, entry bytes before compression)
-# over the scan time, in all and per core (SHARDS cores scan in parallel).
+# over the scan time, in all and per core (SHARDS cores scan in parallel),
+# and over the server's CPU time during the scan (user + system, from
+# /proc/PID/stat): GB per CPU-second, the per-core rate that holds however
+# busy the machine is (on a shared machine the wall-clock rate per core
+# drops when other work takes the cores).
 #
 # Bounded: the load stops at N entries or after LOAD_SECONDS_MAX s, whichever
 # comes first (the table says how many were stored); every query has a
@@ -78,6 +82,8 @@ if grep -q -- "$ABSENT" "$payload" || grep -q -- "$word" "$payload"; then
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+hz=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
 stats_sum() { curl -sf "$base/v1/stats" | python3 -c "import json,sys; print(sum(s['$1'] for s in json.load(sys.stdin)['shards']))"; }
 
 http=$(free_port); grpc=$(free_port)
@@ -132,18 +138,22 @@ print("&".join(f"tag={k}={v}" for k, v in sorted(tags.items())))')
 
 results=$OUT_DIR/results.tsv
 : > "$results"
-# time_query NAME QUERY: ROUNDS timed runs; one row each (name, round, s, count, blocks).
+# time_query NAME QUERY: ROUNDS timed runs; one row each (name, round, s,
+# count, blocks, server CPU s).
 time_query() {
   local name=$1 query=$2
   for round in $(seq "$ROUNDS"); do
-    local before after out seconds count
+    local before after out seconds count cpu_before cpu_after
     before=$(stats_sum blocks_read)
+    cpu_before=$(cpu_ticks)
     out=$(curl -s --max-time "$QUERY_TIMEOUT" -o "$work/answer" -w '%{http_code} %{time_total}' "$base/v1/entries?$query&limit=$LIMIT")
+    cpu_after=$(cpu_ticks)
     after=$(stats_sum blocks_read)
     [ "${out%% *}" = 200 ] || { echo "$name: HTTP ${out%% *}: $(head -c 300 "$work/answer")" >&2; return; }
     seconds=${out#* }
     count=$(grep -c . "$work/answer")
-    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$seconds" "$count" "$((after - before))" >> "$results"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$seconds" "$count" "$((after - before))" \
+      "$(python3 -c "print(($cpu_after - $cpu_before) / $hz)")" >> "$results"
   done
   tail -1 "$results" >&2
 }
@@ -158,19 +168,22 @@ path, raw, shards, entries, disk, tags_some, word, scan, planted = sys.argv[1:]
 raw, shards, entries, disk = int(raw), int(shards), int(entries), int(disk)
 rows = {}
 for line in open(path):
-    name, _round, seconds, count, blocks = line.rstrip("\n").split("\t")
-    rows.setdefault(name, []).append((float(seconds), int(count), int(blocks)))
-def median(name): return statistics.median(s for s, _, _ in rows[name]) if name in rows else None
+    name, _round, seconds, count, blocks, cpu = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(seconds), int(count), int(blocks), float(cpu)))
+def median(name): return statistics.median(row[0] for row in rows[name]) if name in rows else None
 scan_s = median("scan")
 print(f"{entries:,} entries, raw {raw / 1e9:.2f} GB, disk {disk / 1e9:.2f} GB ({raw / max(disk, 1):.1f}x), {shards} shards")
 print(f"(b) = {tags_some}; (c) = q={word} (expect {planted}); (d) = {scan}")
 print(f"{'query':<11} {'time s (median, min..max)':>27} {'x faster than (d)':>18} {'matches':>8} {'blocks read':>12}")
 for name, label in [("tags-none", "(a)"), ("tags-some", "(b)"), ("word", "(c)"), ("scan", "(d)")]:
     if name not in rows: continue
-    times = [s for s, _, _ in rows[name]]
+    times = [row[0] for row in rows[name]]
     ratio = f"{scan_s / median(name):.1f}" if scan_s and median(name) else ""
-    count = rows[name][-1][1]; blocks = statistics.median(b for _, _, b in rows[name])
+    count = rows[name][-1][1]; blocks = statistics.median(row[2] for row in rows[name])
     print(f"{label} {name:<7} {median(name):>9.3f} ({min(times):.3f}..{max(times):.3f}) {ratio:>18} {count:>8} {blocks:>12.0f}")
 if scan_s:
-    print(f"(d) scan: {raw / scan_s / 1e9:.2f} GB/s of raw text, {raw / scan_s / 1e9 / shards:.2f} GB/s per core")
+    cpu = statistics.median(row[3] for row in rows["scan"])
+    per_cpu = f"{raw / cpu / 1e9:.2f}" if cpu > 0 else "?"
+    print(f"(d) scan: {raw / scan_s / 1e9:.2f} GB/s of raw text, {raw / scan_s / 1e9 / shards:.2f} GB/s per core "
+          f"(wall clock); {per_cpu} GB per server CPU-second ({cpu:.2f} CPU-s a scan)")
 PY
