@@ -102,7 +102,7 @@ deadline=$((load_started + LOAD_SECONDS_MAX))
 legs=$((PLANTED + 1))
 # Entries/s of the last loadgen run, to size the next one (a run is 0.2 to
 # 10 s): a leg ends close to its goal instead of overshooting it.
-rate=200000
+rate=1000000
 for leg in $(seq "$legs"); do
   goal=$((N * leg / legs))
   while :; do
