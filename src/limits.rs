@@ -495,15 +495,28 @@ const _: () = assert!(SCAN_WINDOW_BYTES >= BLOCK_HEADER_BYTES + BLOCK_STORED_BYT
 /// Adjacent blocks a query or replay reads are coalesced into one I/O up to
 /// this many bytes: fewer syscalls, and a bounded buffer per reader.
 pub const READ_COALESCE_BYTES: u64 = 4 * 1024 * 1024;
-/// Bytes of block reads one ordered query (one shard's half of a query)
-/// keeps in flight ahead of the block it decodes, so the disk works while
-/// the core decompresses and filters. Four coalesced reads: enough to keep
-/// a disk's queue busy at several GB/s of raw text per core, small enough
-/// that a thousand concurrent queries hold a bounded amount of memory. A
-/// query starts with one read in flight and doubles up to this bound as it
-/// consumes reads, so a query answered by its first block reads little more.
-pub const QUERY_READ_BYTES_IN_FLIGHT_MAX: u64 = 4 * READ_COALESCE_BYTES;
+/// The first read of an ordered query (one shard's part of a query) covers
+/// at most this many bytes (a few LZ4 blocks), or its first block if that
+/// is larger; each read after it may be twice as large as the one before,
+/// up to [`READ_COALESCE_BYTES`]. A query answered by its first blocks
+/// reads little more than them, and a query that finds no room in
+/// [`QUERY_READ_BYTES_PER_CORE_MAX`] still progresses with reads this size.
+pub const QUERY_FIRST_READ_BYTES: u64 = 256 * 1024;
+/// Bytes of block reads one ordered query keeps in flight while it decodes
+/// the block before, so the disk works while the core decompresses and
+/// filters: two coalesced reads. Decoding is the slower side (a 4 MiB read
+/// holds about 20 MiB of raw text, tens of milliseconds of decompression,
+/// against a few milliseconds to read it), so more would only hold memory.
+pub const QUERY_READ_BYTES_IN_FLIGHT_MAX: u64 = 2 * READ_COALESCE_BYTES;
+/// Bytes of block reads that the ordered queries of one shard hold together
+/// (in flight or being decoded), beyond one read of at most
+/// [`QUERY_FIRST_READ_BYTES`] (or one block) per query that always
+/// proceeds: however many queries scan at once, a core holds at most this
+/// plus that for their reads. Room for a few scans at full speed.
+pub const QUERY_READ_BYTES_PER_CORE_MAX: u64 = 64 * 1024 * 1024;
+const _: () = assert!(QUERY_FIRST_READ_BYTES <= READ_COALESCE_BYTES);
 const _: () = assert!(QUERY_READ_BYTES_IN_FLIGHT_MAX >= READ_COALESCE_BYTES);
+const _: () = assert!(QUERY_READ_BYTES_PER_CORE_MAX >= QUERY_READ_BYTES_IN_FLIGHT_MAX + READ_COALESCE_BYTES);
 /// Chunk size for zero-filling a spare segment and scrubbing a torn tail.
 pub const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// Zero-filling syncs the spare file every this many bytes. A commit's

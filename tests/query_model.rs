@@ -358,7 +358,7 @@ fn scenario(drafts: Vec<Draft>, queries: Vec<ModelQuery>) -> Result<(), TestCase
 proptest! {
     // A case takes a few seconds in the unoptimized test build (it writes
     // a segment's worth of filler and asks every query at every stage).
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
     #[test]
     fn every_query_equals_a_brute_force_filter(

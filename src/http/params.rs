@@ -1,7 +1,9 @@
 //! Query-string parsing for `GET /v1/entries` and `GET /v1/tail`. Pure.
 
 use crate::index::words::WordQuery;
-use crate::limits::{QUERY_FIELDS_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TAGS_MAX};
+use crate::limits::{
+    QUERY_CONTAINS_MAX, QUERY_FIELDS_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TAGS_MAX, QUERY_WORDS_MAX,
+};
 use crate::shard::Substrings;
 
 /// A parsed query string.
@@ -93,14 +95,14 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Strin
             // Bounded by the parsers below; the count first, so a query
             // string of a million `q=` holds no more than the limits.
             "q" => {
-                if words.len() == crate::limits::QUERY_WORDS_MAX {
-                    return Err(format!("more than {} q= values", crate::limits::QUERY_WORDS_MAX));
+                if words.len() == QUERY_WORDS_MAX {
+                    return Err(format!("more than {QUERY_WORDS_MAX} q= values"));
                 }
                 words.push(value)
             }
             "contains" => {
-                if contains.len() == crate::limits::QUERY_CONTAINS_MAX {
-                    return Err(format!("more than {} contains= values", crate::limits::QUERY_CONTAINS_MAX));
+                if contains.len() == QUERY_CONTAINS_MAX {
+                    return Err(format!("more than {QUERY_CONTAINS_MAX} contains= values"));
                 }
                 contains.push(value)
             }

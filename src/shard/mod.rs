@@ -552,6 +552,9 @@ struct State {
     /// of reading them back from disk. Bounded by
     /// [`limits::RECENT_WRITES_BYTES_MAX`].
     recent_writes: VecDeque<RecentWrite>,
+    /// Bytes of block reads the shard's ordered queries hold against
+    /// [`limits::QUERY_READ_BYTES_PER_CORE_MAX`] (see `reader::OrderedQuery`).
+    query_read_bytes: u64,
 }
 
 /// One commit's write buffer, as written at `start` of the segment `path`.
@@ -714,6 +717,7 @@ impl Shard {
             spare_segment: None,
             preparing_spare: false,
             recent_writes: VecDeque::new(),
+            query_read_bytes: 0,
         };
         let shard = Shard {
             inner: Rc::new(Inner {

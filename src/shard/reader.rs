@@ -7,7 +7,9 @@
 //! shard) is a pipeline: it keeps up to
 //! [`limits::QUERY_READ_BYTES_IN_FLIGHT_MAX`] of coalesced block reads in
 //! flight while the core decompresses (into one reused buffer) and filters
-//! the block before, and it decodes only the entries that match. A block
+//! the block before, and it decodes only the entries that match. Its reads
+//! start small and grow, and what all of a shard's queries read ahead is
+//! bounded by [`limits::QUERY_READ_BYTES_PER_CORE_MAX`]. A block
 //! whose payload lacks a `contains=` text (or a `q=` word's part without
 //! letters) is skipped after one `memmem` pass, without parsing its
 //! entries ([`super::filter::PayloadPrefilter`]).
@@ -27,7 +29,9 @@ use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
 use crate::index::words::WordQuery;
 use crate::index::{BlockMeta, OriginKey, Predicates, SegmentIndex};
-use crate::limits::{self, QUERY_READ_BYTES_IN_FLIGHT_MAX, READ_COALESCE_BYTES};
+use crate::limits::{
+    self, QUERY_FIRST_READ_BYTES, QUERY_READ_BYTES_IN_FLIGHT_MAX, QUERY_READ_BYTES_PER_CORE_MAX, READ_COALESCE_BYTES,
+};
 use crate::proto::LogEntry;
 
 /// What [`Shard::read_replicated_blocks`] calls with each block: its
@@ -834,18 +838,38 @@ struct GroupRead {
     start: u64,
     /// The bytes asked for (`bytes` may be shorter if the file is).
     span: u64,
+    /// Whether `span` is counted in the shard's `query_read_bytes`.
+    charged: bool,
     bytes: ReadResult,
 }
 
 /// A read in flight: resolves to the group, or the error that read gave.
 type PendingRead = Pin<Box<dyn Future<Output = Result<GroupRead>>>>;
 
+/// How long an ordered query pauses after issuing reads: any timer makes
+/// the executor turn, and glommio submits queued I/O only then (once no
+/// task is runnable); a short one keeps that turn from idling. As the
+/// writer does with its chunks (`shard::writer`).
+const READ_SUBMIT_PAUSE: std::time::Duration = std::time::Duration::from_micros(1);
+
+/// Polls `read` once, so that its I/O is queued now: an async read does
+/// nothing before its first poll, and a [`FuturesOrdered`] polls what it
+/// holds only when it is awaited, after the block being decoded.
+fn started(mut read: PendingRead) -> PendingRead {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match read.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Box::pin(std::future::ready(output)),
+        std::task::Poll::Pending => read,
+    }
+}
+
 /// Which blocks, from `first` on in visiting order, one read covers: those
 /// that follow one another in the same segment without a gap (upwards for
 /// a forward query, downwards for a backward one), within
-/// [`READ_COALESCE_BYTES`]. `blocks` are (segment, offset, length). Returns
-/// one past the last one and the file range `start..end` to read. Pure.
-fn read_group(blocks: &[(usize, u64, u64)], first: usize) -> (usize, u64, u64) {
+/// `bytes_max` (the first block alone may be larger). `blocks` are
+/// (segment, offset, length). Returns one past the last one and the file
+/// range `start..end` to read. Pure.
+fn read_group(blocks: &[(usize, u64, u64)], first: usize, bytes_max: u64) -> (usize, u64, u64) {
     let (segment, offset, len) = blocks[first];
     let (mut start, mut end) = (offset, offset + len);
     let mut next = first + 1;
@@ -863,7 +887,7 @@ fn read_group(blocks: &[(usize, u64, u64)], first: usize) -> (usize, u64, u64) {
             (_, true) => (offset, end),
             _ => break,
         };
-        if new_end - new_start > READ_COALESCE_BYTES {
+        if new_end - new_start > bytes_max {
             break;
         }
         (start, end) = (new_start, new_end);
@@ -872,13 +896,41 @@ fn read_group(blocks: &[(usize, u64, u64)], first: usize) -> (usize, u64, u64) {
     (next, start, end)
 }
 
+/// What an ordered query does about its next read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextRead {
+    /// Issue it, counted against the shard's budget.
+    Charged,
+    /// Issue a small one instead, uncounted: the query has nothing in
+    /// flight and must progress.
+    Small,
+    /// Issue nothing now: the query has reads in flight, and its bound or
+    /// the shard's budget is reached.
+    Later,
+}
+
+/// The decision for a read of `span` bytes by a query with `in_flight`
+/// bytes of reads in flight, when the shard's queries hold `shard_charged`
+/// bytes of its budget. Pure.
+fn next_read(in_flight: u64, shard_charged: u64, span: u64) -> NextRead {
+    let room =
+        in_flight + span <= QUERY_READ_BYTES_IN_FLIGHT_MAX && shard_charged + span <= QUERY_READ_BYTES_PER_CORE_MAX;
+    match (room, in_flight) {
+        (true, _) => NextRead::Charged,
+        (false, 0) => NextRead::Small,
+        (false, _) => NextRead::Later,
+    }
+}
+
 /// A query whose results come out in timestamp order (ties by seq), chunk
 /// by chunk, without holding the whole result: candidate blocks are visited
 /// in order of their time range, and an entry is released only once no
 /// unvisited block can hold an earlier one. Memory is the candidate block
-/// list, the entries of blocks whose time ranges overlap, and the reads in
-/// flight (at most [`QUERY_READ_BYTES_IN_FLIGHT_MAX`] ahead of the group of
-/// blocks being decoded).
+/// list, the entries of blocks whose time ranges overlap, and the reads:
+/// at most [`QUERY_READ_BYTES_IN_FLIGHT_MAX`] in flight beside the one being
+/// decoded, all counted against the shard's
+/// [`QUERY_READ_BYTES_PER_CORE_MAX`] except one read of at most
+/// [`QUERY_FIRST_READ_BYTES`] (or one block) that a query may always make.
 pub struct OrderedQuery {
     shard: Shard,
     filter: EntryFilter,
@@ -898,9 +950,12 @@ pub struct OrderedQuery {
     next_unread: usize,
     /// Bytes of the reads in `reads`.
     bytes_in_flight: u64,
-    /// How many bytes may be in flight now: one read at first, doubling
-    /// with each read consumed up to [`QUERY_READ_BYTES_IN_FLIGHT_MAX`].
-    bytes_in_flight_max: u64,
+    /// The largest read to issue next: [`QUERY_FIRST_READ_BYTES`] at first,
+    /// doubling with each read consumed up to [`READ_COALESCE_BYTES`].
+    read_bytes_max: u64,
+    /// Bytes of `reads` and `current` counted in the shard's
+    /// `query_read_bytes`, given back as they are consumed and on drop.
+    charged_bytes: u64,
     /// The read holding `next_candidate`, once it arrived.
     current: Option<GroupRead>,
     /// The decompression buffer, reused from block to block.
@@ -947,29 +1002,47 @@ impl OrderedQuery {
         Ok(out)
     }
 
-    /// Issues reads for the candidates after those already asked for,
-    /// while the bytes in flight stay within the current bound (one read
-    /// is always allowed when none is in flight).
-    fn issue_reads(&mut self) {
+    /// Issues reads for the candidates after those already asked for, while
+    /// this query's bytes in flight and the shard's budget allow; one small
+    /// read is always issued when none is in flight. Returns how many.
+    fn issue_reads(&mut self) -> usize {
+        let mut issued = 0;
         while self.next_unread < self.candidates.len() {
             let first = self.next_unread;
-            let (end, start, stop) = read_group(&self.spans, first);
-            let span = stop - start;
-            if self.bytes_in_flight > 0 && self.bytes_in_flight + span > self.bytes_in_flight_max {
-                break;
+            let (mut end, mut start, mut stop) = read_group(&self.spans, first, self.read_bytes_max);
+            let mut span = stop - start;
+            let charged = {
+                let mut state = self.shard.inner.state.borrow_mut();
+                match next_read(self.bytes_in_flight, state.query_read_bytes, span) {
+                    NextRead::Charged => {
+                        state.query_read_bytes += span;
+                        true
+                    }
+                    NextRead::Small => {
+                        (end, start, stop) = read_group(&self.spans, first, QUERY_FIRST_READ_BYTES);
+                        span = stop - start;
+                        false
+                    }
+                    NextRead::Later => break,
+                }
+            };
+            if charged {
+                self.charged_bytes += span;
             }
             let file = self.candidates[first].file.clone();
             let path = self.candidates[first].path.clone();
-            self.reads.push_back(Box::pin(async move {
+            self.reads.push_back(started(Box::pin(async move {
                 let bytes = file
                     .read_at(start, span as usize)
                     .await
                     .map_err(|error| Error::glommio("read segment", &path, error))?;
-                Ok(GroupRead { first, end, start, span, bytes })
-            }));
+                Ok(GroupRead { first, end, start, span, charged, bytes })
+            })));
             self.bytes_in_flight += span;
             self.next_unread = end;
+            issued += 1;
         }
+        issued
     }
 
     /// Makes `current` the read holding candidate `index`: it already is, or
@@ -977,7 +1050,9 @@ impl OrderedQuery {
     /// waiting for it, so the disk works while this core decodes).
     async fn load_group_holding(&mut self, index: usize) -> Result<()> {
         if !self.current.as_ref().is_some_and(|group| group.first <= index && index < group.end) {
-            self.current = None;
+            if let Some(done) = self.current.take() {
+                self.give_back(&done);
+            }
             self.issue_reads();
             let group = match self.reads.next().await {
                 Some(group) => group?,
@@ -985,11 +1060,22 @@ impl OrderedQuery {
             };
             debug_assert_eq!(group.first, index, "reads arrive in visiting order");
             self.bytes_in_flight -= group.span;
-            self.bytes_in_flight_max = (self.bytes_in_flight_max * 2).min(QUERY_READ_BYTES_IN_FLIGHT_MAX);
+            self.read_bytes_max = (self.read_bytes_max * 2).min(READ_COALESCE_BYTES);
             self.current = Some(group);
-            self.issue_reads();
+            if self.issue_reads() > 0 {
+                // Submit them before decoding this group, not after.
+                glommio::timer::sleep(READ_SUBMIT_PAUSE).await;
+            }
         }
         Ok(())
+    }
+
+    /// Gives a consumed read's bytes back to the shard's budget.
+    fn give_back(&mut self, group: &GroupRead) {
+        if group.charged {
+            self.charged_bytes -= group.span;
+            self.shard.inner.state.borrow_mut().query_read_bytes -= group.span;
+        }
     }
 
     async fn visit_next(&mut self) -> Result<()> {
@@ -1026,6 +1112,14 @@ impl OrderedQuery {
             self.heap.push(std::cmp::Reverse(Pending { key, entry }));
         }
         Ok(())
+    }
+}
+
+impl Drop for OrderedQuery {
+    /// Gives back what the query still holds of the shard's read budget
+    /// (its reads in flight are dropped with it).
+    fn drop(&mut self) {
+        self.shard.inner.state.borrow_mut().query_read_bytes -= self.charged_bytes;
     }
 }
 
@@ -1077,7 +1171,8 @@ impl Shard {
             reads: FuturesOrdered::new(),
             next_unread: 0,
             bytes_in_flight: 0,
-            bytes_in_flight_max: READ_COALESCE_BYTES,
+            read_bytes_max: QUERY_FIRST_READ_BYTES,
+            charged_bytes: 0,
             current: None,
             raw: Vec::new(),
             heap: std::collections::BinaryHeap::new(),
@@ -1103,23 +1198,39 @@ impl GroupBytes {
 
 #[cfg(test)]
 mod tests {
-    use super::{indexes_to_evict, read_group, READ_COALESCE_BYTES};
+    use super::*;
+
+    #[test]
+    fn reads_ahead_within_the_query_bound_and_the_shard_budget_and_always_progress() {
+        let block = 1 << 20;
+        assert_eq!(next_read(0, 0, READ_COALESCE_BYTES), NextRead::Charged);
+        assert_eq!(next_read(READ_COALESCE_BYTES, 0, READ_COALESCE_BYTES), NextRead::Charged);
+        assert_eq!(next_read(QUERY_READ_BYTES_IN_FLIGHT_MAX, 0, block), NextRead::Later, "the query's bound");
+        let full = QUERY_READ_BYTES_PER_CORE_MAX;
+        assert_eq!(next_read(block, full - block, block), NextRead::Charged, "the budget's last bytes");
+        assert_eq!(next_read(block, full - block + 1, block), NextRead::Later, "the shard's budget");
+        assert_eq!(next_read(0, full, block), NextRead::Small, "nothing in flight: progress anyway");
+        assert_eq!(next_read(0, 0, QUERY_READ_BYTES_IN_FLIGHT_MAX + 1), NextRead::Small);
+    }
 
     #[test]
     fn reads_coalesce_back_to_back_blocks_of_one_segment_either_way() {
         let forward = [(0, 0, 10), (0, 10, 5), (0, 15, 5), (0, 40, 5), (1, 45, 5), (1, 50, 5)];
-        assert_eq!(read_group(&forward, 0), (3, 0, 20), "a gap ends a read");
-        assert_eq!(read_group(&forward, 3), (4, 40, 45), "so does another segment");
-        assert_eq!(read_group(&forward, 4), (6, 45, 55));
+        let max = READ_COALESCE_BYTES;
+        assert_eq!(read_group(&forward, 0, max), (3, 0, 20), "a gap ends a read");
+        assert_eq!(read_group(&forward, 3, max), (4, 40, 45), "so does another segment");
+        assert_eq!(read_group(&forward, 4, max), (6, 45, 55));
         let backward = [(0, 15, 5), (0, 10, 5), (0, 0, 10), (0, 20, 5)];
-        assert_eq!(read_group(&backward, 0), (3, 0, 20), "downwards");
-        assert_eq!(read_group(&backward, 3), (4, 20, 25));
+        assert_eq!(read_group(&backward, 0, max), (3, 0, 20), "downwards");
+        assert_eq!(read_group(&backward, 3, max), (4, 20, 25));
         let zigzag = [(0, 10, 5), (0, 15, 5), (0, 5, 5)];
-        assert_eq!(read_group(&zigzag, 0), (2, 10, 20), "one direction per read");
+        assert_eq!(read_group(&zigzag, 0, max), (2, 10, 20), "one direction per read");
         let half = READ_COALESCE_BYTES / 2;
         let large = [(0, 0, half), (0, half, half), (0, 2 * half, 1)];
-        assert_eq!(read_group(&large, 0), (2, 0, READ_COALESCE_BYTES), "bounded");
-        assert_eq!(read_group(&large, 2), (3, 2 * half, 2 * half + 1));
+        assert_eq!(read_group(&large, 0, max), (2, 0, READ_COALESCE_BYTES), "bounded");
+        assert_eq!(read_group(&large, 2, max), (3, 2 * half, 2 * half + 1));
+        assert_eq!(read_group(&forward, 0, 15), (2, 0, 15), "by the bound given");
+        assert_eq!(read_group(&forward, 0, 4), (1, 0, 10), "the first block even when larger");
     }
 
     #[test]
