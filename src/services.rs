@@ -35,10 +35,10 @@ use crate::limits::{
 };
 use crate::node::Core;
 use crate::proto::{
-    ClusterStatusRequest, ClusterStatusResponse, ForwardWrite, GroupChange, GroupChangeResponse, JoinRequest,
-    JoinResponse, Member, OriginWatermark, PushAck, QueryRequest, RaftAck, RaftBatch, RemoveRequest, RemoveResponse,
-    ReplayRequest, SnapshotChunk, TransferLeaderRequest, TransferLeaderResponse, WatermarkRequest, WatermarkResponse,
-    WatermarksRequest, WatermarksResponse, WriteRequest, WriteResponse,
+    ClusterStatusRequest, ClusterStatusResponse, Direction, ForwardWrite, GroupChange, GroupChangeResponse,
+    JoinRequest, JoinResponse, Member, OriginWatermark, PushAck, QueryRequest, RaftAck, RaftBatch, RemoveRequest,
+    RemoveResponse, ReplayRequest, SnapshotChunk, TransferLeaderRequest, TransferLeaderResponse, WatermarkRequest,
+    WatermarkResponse, WatermarksRequest, WatermarksResponse, WriteRequest, WriteResponse,
 };
 use crate::query::{self, QuerySpec};
 use crate::replication::batch::PushedBatch;
@@ -199,17 +199,23 @@ impl Services {
                 crate::limits::QUERY_FIELDS_MAX
             )));
         }
-        let words = WordQuery::parse(request.q.iter().map(String::as_str))
+        let words = WordQuery::parse(request.words.iter().map(String::as_str))
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let contains = Substrings::parse(request.contains.iter().map(String::as_str))
+        // proto3 cannot tell an empty string from an absent one: empty is none.
+        let contains = Substrings::parse((!request.contains.is_empty()).then_some(request.contains.as_str()))
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let backward = match Direction::try_from(request.direction) {
+            Ok(Direction::Forward) => false,
+            Ok(Direction::Backward) => true,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown direction {}", request.direction))),
+        };
         let spec = Arc::new(QuerySpec {
             tags: request.tags.into_iter().collect(),
             fields: request.fields.into_iter().collect(),
             from_ts: request.from_ns,
             to_ts,
             limit,
-            backward: false,
+            backward,
             words,
             contains,
         });

@@ -115,8 +115,9 @@ async fn write(client: &mut Client, entries: Vec<LogEntry>) -> Result<WriteRespo
 
 async fn query_tag(client: &mut Client, key: &str, value: &str) -> Vec<LogEntry> {
     let request = QueryRequest {
-        q: Vec::new(),
-        contains: Vec::new(),
+        words: Vec::new(),
+        contains: String::new(),
+        direction: 0,
         fields: Default::default(),
         from_ns: 0,
         to_ns: 0,
@@ -296,8 +297,9 @@ fn write_then_query_returns_the_entries_with_their_ids() {
 
         // The time range (half-open, `from_ns..to_ns`) is honoured too.
         let request = QueryRequest {
-            q: Vec::new(),
-            contains: Vec::new(),
+            words: Vec::new(),
+            contains: String::new(),
+            direction: 0,
             fields: Default::default(),
             from_ns: base_ts + 1,
             to_ns: base_ts + 2,

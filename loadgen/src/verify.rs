@@ -398,8 +398,9 @@ async fn verify_grpc(target: &Target, acknowledged: &Acknowledged) -> Result<Ver
     for sample in samples_to_check(acknowledged) {
         let (from_ns, to_ns) = window(sample);
         let request = QueryRequest {
-            q: Vec::new(),
-            contains: Vec::new(),
+            words: Vec::new(),
+            contains: String::new(),
+            direction: 0,
             fields: Default::default(),
             from_ns,
             to_ns,
@@ -440,8 +441,9 @@ async fn verify_grpc(target: &Target, acknowledged: &Acknowledged) -> Result<Ver
             let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
             let slack = CLOCK_SLACK.as_nanos() as i64;
             let request = QueryRequest {
-                q: Vec::new(),
-                contains: Vec::new(),
+                words: Vec::new(),
+                contains: String::new(),
+                direction: 0,
                 fields: Default::default(),
                 from_ns: acknowledged.start_unix_ns.saturating_sub(slack).max(0),
                 to_ns: acknowledged.end_unix_ns.saturating_add(slack),

@@ -103,7 +103,7 @@ pub mod words;
 
 pub use block_terms::BlockTerms;
 pub use file::{decode_origin_table, decode_summary, IndexSummary, FORMAT_VERSION, HEADER_BYTES, MAGIC};
-pub use segment_index::{BlockMeta, OriginKey, OriginSummary, Predicates, SegmentIndex};
+pub use segment_index::{BlockMeta, IndexCaps, OriginKey, OriginSummary, Predicates, SegmentIndex};
 
 /// Errors of the index layer. They all come from reading an index file: the
 /// in-memory index has no operating errors (misuse is a programmer error and

@@ -150,7 +150,35 @@ enum PredicateBlocks<'a> {
     From(u32),
 }
 
+/// The caps of one segment's index ([`crate::index`] explains each and its
+/// fallback). The default is the production values of [`crate::limits`];
+/// tests choose smaller ones to reach the fallbacks with little data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexCaps {
+    /// Distinct `key=value` pairs ([`INDEX_TAG_VALUES_PER_SEGMENT_MAX`] at most).
+    pub tag_values_max: usize,
+    /// Distinct tag sets ([`INDEX_TAG_SETS_PER_SEGMENT_MAX`] at most).
+    pub tag_sets_max: usize,
+    /// Tag-set members plus postings ([`INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX`] at most).
+    pub tag_set_cells_max: usize,
+}
+
+impl Default for IndexCaps {
+    fn default() -> Self {
+        IndexCaps {
+            tag_values_max: INDEX_TAG_VALUES_PER_SEGMENT_MAX,
+            tag_sets_max: INDEX_TAG_SETS_PER_SEGMENT_MAX,
+            tag_set_cells_max: INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX,
+        }
+    }
+}
+
 impl SegmentIndex {
+    /// An empty index with `caps` (see [`with_caps`](Self::with_caps)).
+    pub fn with_index_caps(segment_first_seq: u64, caps: IndexCaps) -> Self {
+        Self::with_caps(segment_first_seq, caps.tag_values_max, caps.tag_sets_max, caps.tag_set_cells_max)
+    }
+
     /// An empty index for the segment whose first entry has sequence number
     /// `segment_first_seq`, capped at [`INDEX_TAG_VALUES_PER_SEGMENT_MAX`]
     /// distinct pairs.

@@ -138,6 +138,9 @@ pub struct ShardConfig {
     /// too: a follower's segment its leader has not acknowledged is not
     /// rewritten.
     pub cold: ColdPolicy,
+    /// The caps of each segment's index: the production values unless a
+    /// test wants the fallbacks reached with little data.
+    pub index_caps: index::IndexCaps,
 }
 
 impl ShardConfig {
@@ -156,6 +159,7 @@ impl ShardConfig {
             retention: RetentionPolicy::default(),
             retention_deletable_through: None,
             cold: ColdPolicy::default(),
+            index_caps: index::IndexCaps::default(),
         }
     }
 }

@@ -347,8 +347,14 @@ struct Scanned {
     stop: Stop,
 }
 
-async fn scan_segment(file: &DmaFile, path: &Path, first_seq: u64, file_bytes: u64) -> Result<Scanned> {
-    let mut index = SegmentIndex::new(first_seq);
+async fn scan_segment(
+    file: &DmaFile,
+    path: &Path,
+    first_seq: u64,
+    file_bytes: u64,
+    caps: crate::index::IndexCaps,
+) -> Result<Scanned> {
+    let mut index = SegmentIndex::with_index_caps(first_seq, caps);
     let mut next_seq = first_seq;
     let mut offset = DATA_OFFSET;
     let mut raw_bytes = 0u64;
@@ -536,7 +542,7 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
                 let file = open_dma(&path, "open segment").await?;
                 let file_bytes =
                     file.file_size().await.map_err(|error| Error::glommio("stat segment", &path, error))?;
-                let mut scanned = scan_segment(&file, &path, first_seq, file_bytes).await?;
+                let mut scanned = scan_segment(&file, &path, first_seq, file_bytes, config.index_caps).await?;
                 let _ = file.close().await;
                 if let Stop::Torn(reason) = &scanned.stop {
                     tracing::warn!(path = %path.display(), offset = scanned.end, %reason, "sealed segment ends early");
@@ -581,7 +587,7 @@ pub(super) async fn recover(config: &ShardConfig) -> Result<Recovered> {
     if capacity != file_bytes {
         file.truncate(capacity).await.map_err(|error| Error::glommio("extend segment", &active_path, error))?;
     }
-    let scanned = scan_segment(&file, &active_path, active_first_seq, capacity).await?;
+    let scanned = scan_segment(&file, &active_path, active_first_seq, capacity, config.index_caps).await?;
     // Every block the scan accepted is durable (recovery scrubs the rest).
     let watermarks = scanned.index.origins().iter().map(|(&key, origin)| (key, origin.watermark));
     let scan_end = ScanEnd {

@@ -387,7 +387,7 @@ async fn roll(inner: &Rc<Inner>) -> Result<()> {
         path,
         file,
         capacity,
-        index: SegmentIndex::new(next_first_seq),
+        index: SegmentIndex::with_index_caps(next_first_seq, inner.config.index_caps),
         durable_blocks: 0,
         durable_end: super::segment::DATA_OFFSET,
         write_end: super::segment::DATA_OFFSET,
