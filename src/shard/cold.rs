@@ -357,7 +357,8 @@ fn power_is_cut(inner: &Inner) -> bool {
 /// Rewrites the sealed segment `first_seq` (see the module doc).
 async fn rewrite(inner: &Rc<Inner>, first_seq: u64) -> Result<Outcome> {
     let shard = Shard { inner: inner.clone() };
-    let Some((old_file, path, old_index, generation)) = shard.sealed_parts_with_generation(first_seq, true).await? else {
+    let Some((old_file, path, old_index, generation)) = shard.sealed_parts_with_generation(first_seq, true).await?
+    else {
         return Ok(Outcome::Gone);
     };
     let (index_path, raw_bytes, file_bytes_before) = {
