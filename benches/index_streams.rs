@@ -361,10 +361,7 @@ fn main() {
                 let bits_len = (distinct.len() * bits_per_word).next_power_of_two().max(64);
                 let mut bits = vec![0_u64; bits_len / 64];
                 for &hash in &distinct {
-                    for probe in 0..k {
-                        let position = probe_position(hash, probe, bits_len as u64 - 1);
-                        bits[(position >> 6) as usize] |= 1 << (position & 63);
-                    }
+                    word_filter::add_probes(&mut bits, hash, k);
                 }
                 bytes += bits_len / 8;
                 for &hash in &probes {
@@ -382,10 +379,6 @@ fn main() {
         println!("{line}");
     }
     support::print_load_at_end();
-}
-
-fn probe_position(hash: u64, probe: u32, mask: u64) -> u64 {
-    (hash & 0xffff_ffff).wrapping_add(u64::from(probe).wrapping_mul(hash >> 32)) & mask
 }
 
 /// Distinct words estimated from the builder's fill, as `finish` does.

