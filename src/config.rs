@@ -79,6 +79,8 @@ pub struct Settings {
     /// `--cold-after` (a duration: age of a sealed segment's newest entry
     /// before it is rewritten with zstd)
     pub cold_after: Option<String>,
+    /// `--word-filters` (`on` or `off`)
+    pub word_filters: Option<String>,
     /// `--max-body-bytes`
     #[serde(default, deserialize_with = "deserialize_byte_size")]
     pub max_body_bytes: Option<u64>,
@@ -144,6 +146,7 @@ impl Settings {
             retention_age: self.retention_age.or(base.retention_age),
             cold_codec: self.cold_codec.or(base.cold_codec),
             cold_after: self.cold_after.or(base.cold_after),
+            word_filters: self.word_filters.or(base.word_filters),
             max_body_bytes: self.max_body_bytes.or(base.max_body_bytes),
             max_body_bytes_in_flight: self.max_body_bytes_in_flight.or(base.max_body_bytes_in_flight),
             max_pending_appends: self.max_pending_appends.or(base.max_pending_appends),
@@ -205,6 +208,8 @@ pub struct NodeConfig {
     pub retention: RetentionPolicy,
     /// Cold compression of sealed segments, per shard.
     pub cold: ColdPolicy,
+    /// Whether the writer builds each block's word filter (`--word-filters`).
+    pub word_filters: bool,
     /// Cap on one HTTP request body.
     pub max_body_bytes: usize,
     /// Cap on the HTTP request body bytes one core holds at once, over all
@@ -521,6 +526,11 @@ impl NodeConfig {
         };
         let age_max = settings.retention_age.as_deref().map(parse_duration).transpose()?;
         let cold = parse_cold(settings.cold_codec.as_deref(), settings.cold_after.as_deref())?;
+        let word_filters = match settings.word_filters.as_deref().unwrap_or("on") {
+            "on" => true,
+            "off" => false,
+            other => return Err(format!("--word-filters {other}: must be `on` or `off`")),
+        };
         let node_id = settings.node_id.unwrap_or(1);
         let raft_log_entries = settings.raft_log_entries.unwrap_or(limits::RAFT_LOG_RETAINED_ENTRIES);
         if raft_log_entries == 0 || raft_log_entries > limits::RAFT_LOG_RETAINED_ENTRIES {
@@ -589,6 +599,7 @@ impl NodeConfig {
             segment_bytes,
             retention: RetentionPolicy { bytes_max: settings.retention_bytes, age_max },
             cold,
+            word_filters,
             max_body_bytes,
             max_body_bytes_in_flight,
             max_pending_appends,
@@ -653,6 +664,9 @@ mod tests {
         assert_eq!(config.http_addr.to_string(), HTTP_ADDR_DEFAULT);
         assert_eq!(config.segment_bytes, limits::SEGMENT_BYTES_DEFAULT);
         assert_eq!(config.cold, ColdPolicy::zstd(limits::COLD_AFTER_DEFAULT), "zstd after an hour unless told");
+        assert!(config.word_filters, "word filters unless told");
+        let file: Settings = toml::from_str("word-filters = \"off\"\n").unwrap();
+        assert!(!NodeConfig::from_settings(file, 1).unwrap().word_filters);
     }
 
     #[test]
@@ -750,6 +764,7 @@ mod tests {
             (Settings { http_addr: Some("nowhere".into()), ..Settings::default() }, "--http-addr"),
             (Settings { retention_age: Some("3 weeks".into()), ..Settings::default() }, "duration"),
             (Settings { cold_codec: Some("gzip".into()), ..Settings::default() }, "--cold-codec gzip"),
+            (Settings { word_filters: Some("maybe".into()), ..Settings::default() }, "--word-filters maybe"),
             (Settings { cold_after: Some("later".into()), ..Settings::default() }, "--cold-after"),
             (Settings { raft_log_entries: Some(0), ..Settings::default() }, "--raft-log-entries"),
             (Settings { raft_log_entries: Some(1 << 40), ..Settings::default() }, "--raft-log-entries"),

@@ -229,6 +229,11 @@ struct ServeArgs {
     /// (30s, 15m, 12h, 7d) [default: 1h]
     #[arg(long, value_name = "DURATION")]
     cold_after: Option<String>,
+    /// `on`: the writer builds a filter of each block's body words, so `q=` reads only the blocks
+    /// that may hold its words; `off`: saves the ingest CPU it costs, and `q=` scans
+    /// (docs/query.md) [default: on]
+    #[arg(long, value_name = "on|off")]
+    word_filters: Option<String>,
     /// Largest HTTP request body [default: 16MiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
     max_body_bytes: Option<u64>,
@@ -313,6 +318,7 @@ impl ServeArgs {
             retention_age: self.retention_age,
             cold_codec: self.cold_codec,
             cold_after: self.cold_after,
+            word_filters: self.word_filters,
             max_body_bytes: self.max_body_bytes,
             max_body_bytes_in_flight: self.max_body_bytes_in_flight,
             max_pending_appends: self.max_pending_appends,

@@ -343,6 +343,7 @@ async fn run_core(
         retention: config.retention,
         retention_deletable_through: follower.retention_deletable_through(),
         cold: config.cold,
+        word_filters: config.word_filters,
         segment_bytes: config.segment_bytes,
         durability: config.durability,
         pending_appends_max: config.max_pending_appends,

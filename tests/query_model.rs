@@ -10,7 +10,8 @@
 //! sealed and more is written, after a restart, and after the sealed
 //! segment is recompressed with zstd. Each case runs either with the
 //! production index caps or with caps so small that the index falls back
-//! (pairs and tag sets saturated after a few blocks). The model is written
+//! (pairs and tag sets saturated after a few blocks), and with or without
+//! the writer's word filters (`--word-filters`). The model is written
 //! here from the contract (DESIGN.md section 12), not from the library.
 //!
 //! A new way the stored data can change under the queries is one more
@@ -238,8 +239,14 @@ const STAGES: [Stage; 4] = [Stage::Active, Stage::Sealed, Stage::Reopened, Stage
 /// Index caps small enough that a few blocks of random tags exceed them.
 const SMALL_CAPS: IndexCaps = IndexCaps { tag_values_max: 6, tag_sets_max: 3, tag_set_cells_max: 24 };
 
-fn config(dir: &Path, caps: IndexCaps) -> ShardConfig {
-    ShardConfig { segment_bytes: SEGMENT_BYTES_MIN, node_id: 3, index_caps: caps, ..ShardConfig::new(dir, 1) }
+fn config(dir: &Path, caps: IndexCaps, word_filters: bool) -> ShardConfig {
+    ShardConfig {
+        segment_bytes: SEGMENT_BYTES_MIN,
+        node_id: 3,
+        index_caps: caps,
+        word_filters,
+        ..ShardConfig::new(dir, 1)
+    }
 }
 
 async fn append(shard: &Shard, drafts: &[Draft], written: &mut Vec<Written>) {
@@ -356,12 +363,17 @@ async fn check(shard: &Shard, stage: Stage, query: &ModelQuery, written: &[Writt
     Ok(())
 }
 
-fn scenario(drafts: Vec<Draft>, queries: Vec<ModelQuery>, small_caps: bool) -> Result<(), TestCaseError> {
+fn scenario(
+    drafts: Vec<Draft>,
+    queries: Vec<ModelQuery>,
+    small_caps: bool,
+    word_filters: bool,
+) -> Result<(), TestCaseError> {
     let dir = common::durable_temp_dir();
     let path = dir.path().join("shard");
     let caps = if small_caps { SMALL_CAPS } else { IndexCaps::default() };
     common::run(move || async move {
-        let config = config(&path, caps);
+        let config = config(&path, caps, word_filters);
         let mut shard = None;
         let mut written = Vec::new();
         for stage in STAGES {
@@ -386,7 +398,8 @@ proptest! {
         drafts in proptest::collection::vec(draft(), 20..300),
         queries in proptest::collection::vec(model_query(), 1..30),
         small_caps in any::<bool>(),
+        word_filters in any::<bool>(),
     ) {
-        scenario(drafts, queries, small_caps)?;
+        scenario(drafts, queries, small_caps, word_filters)?;
     }
 }

@@ -141,6 +141,10 @@ pub struct ShardConfig {
     /// The caps of each segment's index: the production values unless a
     /// test wants the fallbacks reached with little data.
     pub index_caps: index::IndexCaps,
+    /// Whether each block written gets a filter of its body words (what
+    /// `q=` prunes with). Without one a block is a candidate for every
+    /// word query: answers stay exact, word queries read more.
+    pub word_filters: bool,
 }
 
 impl ShardConfig {
@@ -160,6 +164,7 @@ impl ShardConfig {
             retention_deletable_through: None,
             cold: ColdPolicy::default(),
             index_caps: index::IndexCaps::default(),
+            word_filters: true,
         }
     }
 }
@@ -831,6 +836,7 @@ impl Shard {
                 }
             }
         }
+        let word_filters = self.inner.config.word_filters;
         let pending_max = limits::pending_raw_bytes_max(self.inner.config.segment_bytes);
         if bound > pending_max {
             return Err(Error::InvalidAppend(InvalidAppend::OverPendingBatch { bytes: bound, limit: pending_max }));
@@ -924,7 +930,7 @@ impl Shard {
                         min_ts: timestamp_ns,
                         max_ts: timestamp_ns,
                         origin: origin_at(origin_seq),
-                        terms: index::BlockTerms::with_words(),
+                        terms: if word_filters { index::BlockTerms::with_words() } else { index::BlockTerms::new() },
                         stored: None,
                         fields: false,
                     });
