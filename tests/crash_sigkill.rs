@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use wormdb::shard::{EntryRef, Shard, ShardConfig};
+use wormdb::shard::{Shard, ShardConfig};
 
 const CHILD_DIR_VAR: &str = "WORMDB_SIGKILL_CHILD_DIR";
 const CHILD_RUN_VAR: &str = "WORMDB_SIGKILL_CHILD_RUN";
@@ -41,41 +41,7 @@ fn sigkill_child_writer() {
         let shard = Shard::open(config(Path::new(&dir))).await.unwrap();
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for appender in 0..8u64 {
-            let shard = shard.clone();
-            let lines = lines.clone();
-            tasks.push(glommio::spawn_local(async move {
-                let mut round = 0u64;
-                while started.elapsed() < Duration::from_secs(30) {
-                    let count = 1 + (appender * 13 + round * 7) % 40;
-                    let bodies: Vec<String> =
-                        (0..count).map(|index| body(&lines, run, appender, round, index)).collect();
-                    let tags = [("run", "sigkill")];
-                    let entries: Vec<EntryRef<'_>> = bodies
-                        .iter()
-                        .map(|text| EntryRef {
-                            fields: &[],
-                            timestamp_ns: 1 + round as i64,
-                            tags: &tags,
-                            body: text.as_bytes(),
-                        })
-                        .collect();
-                    match shard.append(&entries) {
-                        Ok(wait) => {
-                            let range = wait.durable().await.unwrap();
-                            let mut stdout = std::io::stdout().lock();
-                            writeln!(stdout, "ACK {} {} {appender} {round}", range.first, range.last).unwrap();
-                            stdout.flush().unwrap();
-                            round += 1;
-                        }
-                        Err(wormdb::shard::Error::Backpressure { .. }) => {
-                            glommio::timer::sleep(Duration::from_millis(1)).await
-                        }
-                        Err(error) => panic!("append failed: {error}"),
-                    }
-                }
-            }));
-        }
+        tasks.extend(common::sigkill::spawn_acking_appenders(&shard, &lines, body, run, started));
         for task in tasks {
             task.await;
         }

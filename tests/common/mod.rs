@@ -6,6 +6,7 @@ pub mod loghub;
 pub mod loopfs;
 pub mod node;
 pub mod not_leader;
+pub mod sigkill;
 pub mod tier;
 
 use std::future::Future;
