@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
-use common::node::{get, ndjson, post, TestEntry, TestNode};
+use common::node::{get, ndjson, post, stream_lines, TestEntry, TestNode};
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -226,23 +226,6 @@ fn backpressure_answers_429_with_retry_after_and_never_drops_silently() {
     assert!(refused > 0, "16 concurrent writers never hit a queue of 1");
     assert!(outcomes.iter().filter(|(status, _)| *status == 429).all(|(_, retry)| retry.as_deref() == Some("1")));
     assert_eq!(total_entries(&node), accepted, "every 200 stored, every 429 stored nothing");
-}
-
-/// Sends each NDJSON line of a streaming (chunked) response to `lines`
-/// until the stream ends, the receiver is gone, or 20 s pass without a line.
-fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serde_json::Value>) {
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        if line.starts_with('{') && lines.send(serde_json::from_str(line.trim()).unwrap()).is_err() {
-            return;
-        }
-    }
 }
 
 #[test]

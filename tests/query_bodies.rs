@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -18,7 +18,7 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 use tonic_prost::ProstCodec;
 
-use common::node::{get, ndjson, post, TestEntry, TestNode};
+use common::node::{get, ndjson, post, stream_lines, TestEntry, TestNode};
 use wormdb::proto::{Direction, LogEntry, QueryRequest};
 
 const NDJSON: &str = "application/x-ndjson";
@@ -309,21 +309,6 @@ fn words_and_substrings_over_http_and_grpc() {
         }
     });
     assert_eq!(entries_stored(&node), stored);
-}
-
-fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serde_json::Value>) {
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        if line.starts_with('{') && lines.send(serde_json::from_str(line.trim()).unwrap()).is_err() {
-            return;
-        }
-    }
 }
 
 #[test]

@@ -447,3 +447,21 @@ pub fn wait_drained(follower: &TestNode, timeout: Duration) -> serde_json::Value
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Reads a streamed NDJSON response (a live tail) line by line from
+/// `stream` and sends each JSON line to `lines` until the stream ends, goes
+/// quiet for 20 s, or the receiver is dropped.
+pub fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serde_json::Value>) {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line.starts_with('{') && lines.send(serde_json::from_str(line.trim()).unwrap()).is_err() {
+            return;
+        }
+    }
+}
