@@ -27,10 +27,12 @@
 //!
 //! # Cost on the write path
 //!
-//! Per entry: one hash probe per tag (a new pair allocates its two strings
-//! once per block), a sort of the entry's few pair numbers, and one hash
-//! probe for its tag set (a new set appends its pair numbers to one flat
-//! vector). Nothing is allocated per entry once a block's sets repeat.
+//! Per entry: one hash probe per tag (a new pair appends its key and value
+//! to one buffer of the block's pair text), a sort of the entry's few pair
+//! numbers, and one hash probe for its tag set (a new set appends its pair
+//! numbers to one flat vector). Nothing is allocated per pair or per set:
+//! only the block's few vectors grow, and growing a table rehashes nothing
+//! (each pair's and set's hash is kept).
 
 use hashbrown::HashTable;
 
@@ -49,19 +51,41 @@ pub struct BlockTerms {
     hasher: ahash::RandomState,
     /// Positions in `pairs`, looked up by the pair's hash.
     pair_table: HashTable<u32>,
-    pairs: Vec<(Box<str>, Box<str>)>,
+    /// Per pair, where its key and value are in `pair_text`: the key's
+    /// start, the value's start, the value's end.
+    pairs: Vec<[u32; 3]>,
+    /// Keys and values of all pairs, one after the other (one buffer for
+    /// the block rather than two strings per pair).
+    pair_text: String,
+    /// The hash of each pair, so that growing `pair_table` hashes nothing.
+    pair_hashes: Vec<u64>,
     /// Set numbers, looked up by the hash of their member list.
     set_table: HashTable<u32>,
     /// Members of every set, set after set.
     set_members: Vec<u32>,
     /// End of each set's members in `set_members`.
     set_ends: Vec<u32>,
+    /// The hash of each set, so that growing `set_table` hashes nothing.
+    set_hashes: Vec<u64>,
     /// The pair numbers of the entry being added.
     scratch: Vec<u32>,
     /// Sets are unknown: the block was described by the union of its pairs
     /// only ([`from_union`](Self::from_union)), recorded as one set.
     union_only: bool,
     words: Option<WordFilterBuilder>,
+}
+
+/// The hash of a set's members (increasing pair numbers): a multiply per
+/// member and a final 128-bit multiply (as `words::word_hash` mixes).
+#[inline]
+fn set_hash(members: &[u32]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut hash = members.len() as u64;
+    for &member in members {
+        hash = (hash ^ u64::from(member)).wrapping_mul(K).rotate_left(26);
+    }
+    let product = u128::from(hash ^ 0xbf58_476d_1ce4_e5b9) * u128::from(K);
+    (product as u64) ^ ((product >> 64) as u64)
 }
 
 impl BlockTerms {
@@ -119,26 +143,32 @@ impl BlockTerms {
 
     fn pair_number(&mut self, key: &str, value: &str) -> u32 {
         let hash = self.hasher.hash_one((key, value));
-        let pairs = &self.pairs;
+        let (pairs, text) = (&self.pairs, &self.pair_text);
         let found = self.pair_table.find(hash, |&number| {
-            let (k, v) = &pairs[number as usize];
-            **k == *key && **v == *value
+            let [key_start, value_start, value_end] = pairs[number as usize];
+            text.as_bytes()[key_start as usize..value_start as usize] == *key.as_bytes()
+                && text.as_bytes()[value_start as usize..value_end as usize] == *value.as_bytes()
         });
         if let Some(&number) = found {
             return number;
         }
         let number = self.pairs.len() as u32;
-        self.pairs.push((key.into(), value.into()));
-        let (hasher, pairs) = (&self.hasher, &self.pairs);
-        self.pair_table.insert_unique(hash, number, |&number| {
-            let (k, v) = &pairs[number as usize];
-            hasher.hash_one((&**k, &**v))
-        });
+        // Keys and values are bounded (limits::TAG_KEY_BYTES_MAX and
+        // TAG_VALUE_BYTES_MAX) and so are a block's entries, so a block's
+        // pair text stays far below 4 GiB.
+        let key_start = self.pair_text.len() as u32;
+        self.pair_text.push_str(key);
+        let value_start = self.pair_text.len() as u32;
+        self.pair_text.push_str(value);
+        self.pairs.push([key_start, value_start, self.pair_text.len() as u32]);
+        self.pair_hashes.push(hash);
+        let hashes = &self.pair_hashes;
+        self.pair_table.insert_unique(hash, number, |&number| hashes[number as usize]);
         number
     }
 
     fn intern_set(&mut self, members: &[u32]) {
-        let hash = self.hasher.hash_one(members);
+        let hash = set_hash(members);
         let (members_of, ends) = (&self.set_members, &self.set_ends);
         let slice = |number: u32| {
             let start = if number == 0 { 0 } else { ends[number as usize - 1] as usize };
@@ -150,16 +180,23 @@ impl BlockTerms {
         let number = self.set_ends.len() as u32;
         self.set_members.extend_from_slice(members);
         self.set_ends.push(self.set_members.len() as u32);
-        let (hasher, members_of, ends) = (&self.hasher, &self.set_members, &self.set_ends);
-        self.set_table.insert_unique(hash, number, |&number| {
-            let start = if number == 0 { 0 } else { ends[number as usize - 1] as usize };
-            hasher.hash_one(&members_of[start..ends[number as usize] as usize])
-        });
+        self.set_hashes.push(hash);
+        let hashes = &self.set_hashes;
+        self.set_table.insert_unique(hash, number, |&number| hashes[number as usize]);
+    }
+
+    /// The pair numbered `number`.
+    fn pair(&self, number: usize) -> (&str, &str) {
+        let [key_start, value_start, value_end] = self.pairs[number];
+        (
+            &self.pair_text[key_start as usize..value_start as usize],
+            &self.pair_text[value_start as usize..value_end as usize],
+        )
     }
 
     /// The distinct pairs, in order of first appearance.
     pub fn pairs(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.pairs.iter().map(|(key, value)| (&**key, &**value))
+        (0..self.pairs.len()).map(|number| self.pair(number))
     }
 
     /// Number of distinct pairs.
@@ -195,7 +232,7 @@ impl BlockTerms {
     /// The distinct pairs as a [`TagSet`] (for replication, which carries
     /// a block's pairs).
     pub fn tag_set(&self) -> TagSet {
-        self.pairs.iter().cloned().collect()
+        self.pairs().map(|(key, value)| (Box::from(key), Box::from(value))).collect()
     }
 
     /// The word filter builder, if words are gathered.
