@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::sigkill::Ack;
 use rand::{Rng, SeedableRng};
 use wormdb::shard::{ColdPolicy, Shard, ShardConfig};
 
@@ -95,14 +96,6 @@ fn cold_segments(dir: &Path) -> u64 {
     cold
 }
 
-struct Ack {
-    run: u64,
-    first: u64,
-    last: u64,
-    appender: u64,
-    round: u64,
-}
-
 #[test]
 fn sigkill_during_cold_rewrites_never_loses_an_acknowledged_entry() {
     let dir = common::durable_temp_dir();
@@ -126,11 +119,9 @@ fn sigkill_during_cold_rewrites_never_loses_an_acknowledged_entry() {
             let mut acks = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                if fields.first() == Some(&"ACK") && fields.len() == 5 {
-                    let number = |index: usize| fields[index].parse::<u64>().unwrap();
-                    acks.push(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) });
-                } else if fields.first() == Some(&"SEALED") {
+                if let Some(ack) = Ack::parse(&line, run) {
+                    acks.push(ack);
+                } else if line.starts_with("SEALED") {
                     let _ = sealing.send(());
                 }
             }

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::sigkill::Ack;
 use rand::{Rng, SeedableRng};
 use wormdb::shard::{Shard, ShardConfig};
 
@@ -48,14 +49,6 @@ fn sigkill_child_writer() {
     });
 }
 
-struct Ack {
-    run: u64,
-    first: u64,
-    last: u64,
-    appender: u64,
-    round: u64,
-}
-
 #[test]
 fn sigkill_never_loses_an_acknowledged_entry() {
     let dir = common::durable_temp_dir();
@@ -79,10 +72,8 @@ fn sigkill_never_loses_an_acknowledged_entry() {
             let mut acks = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                if fields.first() == Some(&"ACK") && fields.len() == 5 {
-                    let number = |index: usize| fields[index].parse::<u64>().unwrap();
-                    acks.push(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) });
+                if let Some(ack) = Ack::parse(&line, run) {
+                    acks.push(ack);
                     let _ = writing.send(());
                 }
             }

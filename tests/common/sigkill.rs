@@ -59,3 +59,24 @@ pub fn spawn_acking_appenders(
         })
         .collect()
 }
+
+/// One `ACK first last appender round` line of a child run `run`.
+pub struct Ack {
+    pub run: u64,
+    pub first: u64,
+    pub last: u64,
+    pub appender: u64,
+    pub round: u64,
+}
+
+impl Ack {
+    /// Parses an `ACK` line the appenders print; `None` for any other line.
+    pub fn parse(line: &str, run: u64) -> Option<Ack> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first() != Some(&"ACK") || fields.len() != 5 {
+            return None;
+        }
+        let number = |index: usize| fields[index].parse::<u64>().unwrap();
+        Some(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) })
+    }
+}
