@@ -1,9 +1,11 @@
 //! Format-stability fixtures: files written by version 1 of the block, the
 //! segment header and the index file formats, kept in `tests/fixtures/v1/`,
 //! by version 2 of the index file and block formats (a block whose
-//! entries carry fields), in `tests/fixtures/v2/`, and by version 3 of the
-//! block format (a zstd block, as the cold rewrite writes it), in
-//! `tests/fixtures/v3/`.
+//! entries carry fields), in `tests/fixtures/v2/`, by version 3 of the
+//! block format (a zstd block, as the cold rewrite writes it) and of the
+//! index file (tag sets, word filters), in `tests/fixtures/v3/`, and by
+//! version 4 of the index file (filters without short words), in
+//! `tests/fixtures/v4/`.
 //!
 //! Each current file must still decode to exactly the content hard-coded
 //! here, and the same bytes with the version field set to the next version
@@ -30,7 +32,7 @@ use std::path::PathBuf;
 
 use prost::Message;
 use wormdb::codec::block::{self, BlockError, BlockHeader, BlockSpec, Codec, EntryRef, EntryView, Origin};
-use wormdb::index::words::word_hash;
+use wormdb::index::words::WordQuery;
 use wormdb::index::{
     self, decode_origin_table, decode_summary, BlockMeta, BlockTerms, OriginSummary, Predicates, SegmentIndex,
 };
@@ -41,6 +43,7 @@ use wormdb::shard::segment::{HeaderError, SegmentHeader};
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/");
 const V2_FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2/");
 const V3_FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v3/");
+const V4_FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v4/");
 
 /// Every fixture stays below this, so the repository stays small.
 const FIXTURE_BYTES_MAX: usize = 8 * 1024;
@@ -576,26 +579,28 @@ fn v2_index_decodes_to_its_blocks_origins_and_postings() {
     let origins = decode_origin_table(&bytes[..summary.origin_table_end()], &summary).unwrap();
     assert_eq!(&origins, index.origins());
 
-    // This build writes version 3; the version 2 file re-encodes to a
-    // version 3 file that decodes to the same index: no tag set (every
+    // This build writes version 4; the version 2 file re-encodes to a
+    // version 4 file that decodes to the same index: no tag set (every
     // conjunction falls back to the pair postings) and no word filter.
     let again = SegmentIndex::decode(&index.encode(INDEX_RAW_BYTES)).unwrap();
-    assert!(again == index, "a version 2 index re-encoded as version 3 changed");
+    assert!(again == index, "a version 2 index re-encoded as version 4 changed");
     assert_eq!(index.candidates(&[("level", "INFO"), ("source", "hdfs")], i64::MIN, i64::MAX), [0]);
     assert_eq!(index.candidates(&[("level", "WARN"), ("source", "hdfs")], i64::MIN, i64::MAX), [2]);
-    let words = [word_hash(b"PacketResponder")];
-    let predicates = Predicates { tags: &[], words: &words, from_ts: i64::MIN, to_ts: i64::MAX };
+    let words = WordQuery::parse(["PacketResponder"]).unwrap();
+    let predicates = Predicates { tags: &[], words: words.filter_hashes(), from_ts: i64::MIN, to_ts: i64::MAX };
     assert_eq!(index.candidates_for(&predicates), [0, 1, 2], "no filter: every block may hold any word");
 }
 
 /// `(body_crc, origins_crc)` of `v2/index.idx`.
 const V2_INDEX_CRCS: (u32, u32) = (0xc0ba_abe3, 0x7947_b678);
 
-/// `v3/index.idx`: the same three blocks, now with what version 3 adds:
-/// blocks 0 and 1 were given their entries (tag sets and word filters of
-/// `block.bin` and `replicated.bin`), block 2 only the union of its tags
-/// (one set, no word filter), as a block pushed by another node is.
-fn current_v3_index_file() -> Vec<u8> {
+/// `v3/index.idx` and `v4/index.idx`: the same three blocks, now with what
+/// version 3 added: blocks 0 and 1 were given their entries (tag sets and
+/// word filters of `block.bin` and `replicated.bin`), block 2 only the union
+/// of its tags (one set, no word filter), as a block pushed by another node
+/// is. Version 4 is the same file, but its filters leave out the words of
+/// one and two bytes, which version 3's hold.
+fn current_index_file_with_terms() -> Vec<u8> {
     let mut index = SegmentIndex::new(SEGMENT_HEADER.first_seq);
     for (position, (meta, tags)) in INDEX_BLOCKS.into_iter().zip(INDEX_BLOCK_TAGS).enumerate() {
         let entries: &[Expected] = match position {
@@ -620,22 +625,22 @@ fn current_v3_index_file() -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "writes tests/fixtures/v3: run once, when a format version is introduced"]
-fn generate_v3_fixtures() {
-    std::fs::create_dir_all(V3_FIXTURE_DIR).unwrap();
-    let index_file = current_v3_index_file();
+#[ignore = "writes tests/fixtures/v4/index.idx: run once, when a format version is introduced"]
+fn generate_v4_fixtures() {
+    std::fs::create_dir_all(V4_FIXTURE_DIR).unwrap();
+    let index_file = current_index_file_with_terms();
     assert!(index_file.len() < FIXTURE_BYTES_MAX, "index.idx is {} bytes", index_file.len());
-    std::fs::write(PathBuf::from(V3_FIXTURE_DIR).join("index.idx"), &index_file).unwrap();
-    eprintln!("wrote v3/index.idx: {} bytes", index_file.len());
-    eprintln!("v3/index.idx summary: {:?}", decode_summary(&index_file).unwrap());
+    std::fs::write(PathBuf::from(V4_FIXTURE_DIR).join("index.idx"), &index_file).unwrap();
+    eprintln!("wrote v4/index.idx: {} bytes", index_file.len());
+    eprintln!("v4/index.idx summary: {:?}", decode_summary(&index_file).unwrap());
 }
 
-#[test]
-fn v3_index_decodes_to_its_blocks_sets_and_filters() {
-    let bytes = read_fixture_at(PathBuf::from(V3_FIXTURE_DIR).join("index.idx"));
+/// Checks that `bytes`, `v3/index.idx` or `v4/index.idx`, decodes to its
+/// blocks, sets and filters, and returns the index.
+fn check_index_with_sets_and_filters(bytes: &[u8], version: u16) -> SegmentIndex {
     assert_eq!(&bytes[..4], b"WRMI");
-    assert_eq!(&bytes[4..6], &[3, 0], "format version 3, little-endian");
-    let index = SegmentIndex::decode(&bytes).unwrap();
+    assert_eq!(&bytes[4..6], &version.to_le_bytes(), "format version {version}, little-endian");
+    let index = SegmentIndex::decode(bytes).unwrap();
     assert_eq!(index.blocks(), &INDEX_BLOCKS[..]);
     assert_eq!(index.next_seq(), 16);
     assert_eq!(index.tag_values(), INDEX_POSTINGS.len());
@@ -649,10 +654,9 @@ fn v3_index_decodes_to_its_blocks_sets_and_filters() {
     assert_eq!(index.candidates(&[("level", "INFO"), ("host", "LabSZ")], all.0, all.1), Vec::<u32>::new());
     assert_eq!(index.candidates(&[("host", "LabSZ"), ("source", "openssh")], all.0, all.1), [1]);
     assert_eq!(index.candidates(&[("level", "WARN"), ("source", "hdfs")], all.0, all.1), [2]);
-    let words = |list: &[&str]| list.iter().map(|word| word_hash(word.as_bytes())).collect::<Vec<u64>>();
     let with_words = |list: &[&str]| {
-        let hashes = words(list);
-        index.candidates_for(&Predicates { tags: &[], words: &hashes, from_ts: all.0, to_ts: all.1 })
+        let query = WordQuery::parse(list.iter().copied()).unwrap();
+        index.candidates_for(&Predicates { tags: &[], words: query.filter_hashes(), from_ts: all.0, to_ts: all.1 })
     };
     // Block 2 has no filter: a candidate for any word.
     assert_eq!(with_words(&["packetresponder"]), [0, 2]);
@@ -660,9 +664,11 @@ fn v3_index_decodes_to_its_blocks_sets_and_filters() {
     assert_eq!(with_words(&["blk_7128370237687728475", "terminating"]), [0, 2]);
     assert_eq!(with_words(&["absent"]), [2]);
     assert_eq!(with_words(&["terminating", "sshd"]), [2], "no block holds both");
+    // A word shorter than filters keep is never ruled out by one.
+    assert_eq!(with_words(&["zz"]), [0, 1, 2]);
 
-    let summary = decode_summary(&bytes).unwrap();
-    assert_eq!((summary.version, summary.tag_sets, summary.sets_saturated_from), (3, 3, None));
+    let summary = decode_summary(bytes).unwrap();
+    assert_eq!((summary.version, summary.tag_sets, summary.sets_saturated_from), (version, 3, None));
     assert!(summary.filters_bytes > 0);
     assert_eq!(summary.file_bytes(), bytes.len() as u64);
     // The body alone decodes; the filters load after.
@@ -670,20 +676,39 @@ fn v3_index_decodes_to_its_blocks_sets_and_filters() {
     assert!(!without.filters_loaded());
     without.load_filters(&summary, &bytes[summary.filters_offset() as usize..]).unwrap();
     assert!(without == index);
-
-    assert!(current_v3_index_file() == bytes, "this build writes the same file");
+    index
 }
 
 #[test]
-fn v4_index_asks_for_an_upgrade() {
+fn v3_index_decodes_to_its_blocks_sets_and_filters() {
+    let bytes = read_v3_fixture("index.idx");
+    let index = check_index_with_sets_and_filters(&bytes, 3);
+    // Re-encoded as version 4, with the same filters (a superset of what
+    // version 4 builds, which a reader may use alike).
+    let again = index.encode(INDEX_RAW_BYTES);
+    assert_eq!(decode_summary(&again).unwrap().version, 4);
+    assert!(SegmentIndex::decode(&again).unwrap() == index);
+}
+
+#[test]
+fn v4_index_decodes_to_its_blocks_sets_and_filters() {
+    let bytes = read_fixture_at(PathBuf::from(V4_FIXTURE_DIR).join("index.idx"));
+    check_index_with_sets_and_filters(&bytes, 4);
+    assert!(current_index_file_with_terms() == bytes, "this build writes the same file");
+    // Version 3 built the same blocks with the short words in the filters.
+    assert!(bytes.len() < read_v3_fixture("index.idx").len());
+}
+
+#[test]
+fn v5_index_asks_for_an_upgrade() {
     let mut bytes = read_v2_fixture("index.idx");
-    set_version(&mut bytes, 4);
+    set_version(&mut bytes, 5);
     let stale = SegmentIndex::decode(&bytes).unwrap_err();
     let stale_summary = decode_summary(&bytes).unwrap_err();
     resign_index(&mut bytes);
     let resigned = SegmentIndex::decode(&bytes).unwrap_err();
     for error in [stale, stale_summary, resigned] {
-        assert_eq!(error, index::Error::UnsupportedVersion(4));
+        assert_eq!(error, index::Error::UnsupportedVersion(5));
         assert!(error.to_string().contains("upgrade required"), "{error}");
     }
 }

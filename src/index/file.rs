@@ -8,8 +8,8 @@
 //!  offset size field              meaning
 //!  ------ ---- ------------------ ---------------------------------------------
 //!       0    4 magic              b"WRMI"
-//!       4    2 version            u16, FORMAT_VERSION = 3
-//!       6    2 flags              u16, 0 (no flag is defined in version 3)
+//!       4    2 version            u16, FORMAT_VERSION = 4
+//!       6    2 flags              u16, 0 (no flag is defined)
 //!       8    8 segment_first_seq  u64, seq of the segment's first entry
 //!      16    8 next_seq           u64, last seq + 1 (= segment_first_seq if no block)
 //!      24    4 block_count        u32, records in the block table
@@ -103,7 +103,17 @@
 //! tag sets are saturated from block 0 (every conjunction falls back to
 //! the pair postings, as before) and no block has a word filter (every
 //! block is a candidate for any word). It is not rebuilt: it answers as
-//! it did, and segments sealed from now on get version 3.
+//! it did, and segments sealed from now on get version 4.
+//!
+//! Version 3 is laid out exactly as version 4; its filters also hold the
+//! words of one and two bytes, which version 4's leave out
+//! ([`FILTERED_WORD_BYTES_MIN`]). It is read as it is: a reader never asks
+//! a filter about so short a word, so either answers alike. The version
+//! changed so that a build from before the change, which would ask version
+//! 4 filters about short words and miss them, refuses the file instead
+//! ([`Error::UnsupportedVersion`]) and rebuilds it from the segment.
+//!
+//! [`FILTERED_WORD_BYTES_MIN`]: crate::index::words::FILTERED_WORD_BYTES_MIN
 
 use std::collections::BTreeMap;
 
@@ -123,8 +133,13 @@ pub const MAGIC: [u8; 4] = *b"WRMI";
 /// The only format version this build reads and writes. An older version is
 /// refused with [`Error::OutdatedVersion`] (the segment is rescanned), a
 /// newer or unknown one with [`Error::UnsupportedVersion`].
-pub const FORMAT_VERSION: u16 = 3;
-/// The previous format version, still read (see the module documentation).
+pub const FORMAT_VERSION: u16 = 4;
+/// The previous format version, still read: laid out as [`FORMAT_VERSION`],
+/// its filters also hold words shorter than
+/// [`FILTERED_WORD_BYTES_MIN`](crate::index::words::FILTERED_WORD_BYTES_MIN)
+/// bytes (see the module documentation).
+pub const FORMAT_VERSION_3: u16 = 3;
+/// An older format version, still read (see the module documentation).
 pub const FORMAT_VERSION_2: u16 = 2;
 
 const MAGIC_OFFSET: usize = 0;
@@ -269,7 +284,8 @@ pub struct IndexSummary {
     pub origin_count: u32,
     /// crc32 of the origin table.
     pub origins_crc: u32,
-    /// The file's format version: [`FORMAT_VERSION`] or [`FORMAT_VERSION_2`].
+    /// The file's format version: [`FORMAT_VERSION`], [`FORMAT_VERSION_3`]
+    /// or [`FORMAT_VERSION_2`].
     pub version: u16,
     /// Number of tag sets (0 in version 2).
     pub tag_sets: u32,
@@ -347,7 +363,7 @@ pub fn decode_summary(header: &[u8]) -> Result<IndexSummary, Error> {
     }
     let crc_offset = match version {
         FORMAT_VERSION_2 => HEADER_CRC_OFFSET_V2,
-        FORMAT_VERSION => HEADER_CRC_OFFSET,
+        FORMAT_VERSION_3 | FORMAT_VERSION => HEADER_CRC_OFFSET,
         _ => return Err(Error::UnsupportedVersion(version)),
     };
     let Some(header) = header.get(..crc_offset + 4) else {
@@ -953,7 +969,7 @@ fn decode_terms(reader: &mut Reader<'_>, summary: &IndexSummary) -> Result<Posti
         let key = reader.take_string(TAG_KEY_BYTES_MAX, "TAG_KEY_BYTES_MAX", "tag key bytes")?;
         let value = reader.take_string(TAG_VALUE_BYTES_MAX, "TAG_VALUE_BYTES_MAX", "tag value bytes")?;
         let term = (key.as_bytes(), value.as_bytes());
-        // Version 2 sorts its terms; version 3 keeps them in the order they
+        // Version 2 sorts its terms; versions 3 and 4 keep them in the order they
         // were first indexed, distinct (checked on insertion below).
         if summary.version == FORMAT_VERSION_2 && previous.is_some_and(|previous| previous >= term) {
             return Err(corrupt("terms are not strictly increasing"));
@@ -1217,7 +1233,8 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 
     let encoded = index.encode(summary.raw_bytes);
-    // A version 2 file re-encodes as version 3: compare what it decodes to.
+    // An older version re-encodes as the current one: compare what it
+    // decodes to.
     if summary.version == FORMAT_VERSION {
         assert!(encoded == data, "re-encoding a decoded file changed its bytes");
     }
@@ -1384,7 +1401,7 @@ mod tests {
         let body_crc = crc32fast::hash(&body).to_le_bytes();
         let mut header = vec![];
         header.extend_from_slice(b"WRMI");
-        header.extend_from_slice(&[3, 0, 0, 0]); // version 3, flags 0
+        header.extend_from_slice(&[4, 0, 0, 0]); // version 4, flags 0
         header.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // segment_first_seq
         header.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]); // next_seq
         header.extend_from_slice(&[2, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0]); // block_count, tag_values, tag_values_max
@@ -1510,13 +1527,31 @@ mod tests {
     #[test]
     fn other_version_says_upgrade_required() {
         let mut bytes = encode(&sample(100));
-        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&4_u16.to_le_bytes());
+        let newer = FORMAT_VERSION + 1;
+        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&newer.to_le_bytes());
         let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
         bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
         let error = SegmentIndex::decode(&bytes).unwrap_err();
-        assert_eq!(error, Error::UnsupportedVersion(4));
+        assert_eq!(error, Error::UnsupportedVersion(newer));
         assert!(error.to_string().contains("upgrade required"), "{error}");
-        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(4)));
+        assert_eq!(decode_summary(&bytes), Err(Error::UnsupportedVersion(newer)));
+    }
+
+    #[test]
+    fn version_3_reads_as_version_4() {
+        let index = sample(100);
+        let mut bytes = encode(&index);
+        bytes[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&FORMAT_VERSION_3.to_le_bytes());
+        let header_crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
+        assert_eq!(decode_summary(&bytes).unwrap().version, FORMAT_VERSION_3);
+        let decoded = SegmentIndex::decode(&bytes).unwrap();
+        assert!(decoded == index);
+        assert_eq!(
+            decode_summary(&encode(&decoded)).unwrap().version,
+            FORMAT_VERSION,
+            "written as the current version"
+        );
     }
 
     #[test]
@@ -1584,8 +1619,8 @@ mod tests {
 
     #[test]
     fn unsorted_terms_and_non_minimal_varints_are_corrupt() {
-        // Two terms "a"="b" then "c"="" (see format_is_stable). Version 3
-        // keeps terms in the order they were indexed, so "d"="b" before
+        // Two terms "a"="b" then "c"="" (see format_is_stable). Versions 3 and 4
+        // keep terms in the order they were indexed, so "d"="b" before
         // "c"="" is fine, but a pair twice is not.
         let mut index = SegmentIndex::new(5);
         index.push_block(next_meta(&index, 1, 0, 0), [("a", "b")]);

@@ -107,7 +107,10 @@ pub struct Predicates<'a> {
     /// Entries must carry every one of these `key=value` pairs.
     pub tags: &'a [(&'a str, &'a str)],
     /// Entries' bodies must hold every one of these words, each given by its
-    /// [`word_hash`](crate::index::words::word_hash).
+    /// [`word_hash`](crate::index::words::word_hash). Only words of at least
+    /// [`FILTERED_WORD_BYTES_MIN`](crate::index::words::FILTERED_WORD_BYTES_MIN)
+    /// bytes belong here: filters leave shorter ones out
+    /// ([`WordQuery::filter_hashes`](crate::index::words::WordQuery::filter_hashes)).
     pub words: &'a [u64],
     /// Smallest timestamp, inclusive.
     pub from_ts: i64,
@@ -1145,11 +1148,12 @@ pub(crate) mod tests {
                 let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let words: Vec<String> =
                     (0..rng.gen_range(0..3)).map(|_| format!("W{}", rng.gen_range(0..45))).collect();
-                let hashes: Vec<u64> =
-                    words.iter().map(|word| crate::index::words::word_hash(word.as_bytes())).collect();
+                // W0 to W9 are shorter than filters keep: never pruned by word.
+                let query = crate::index::words::WordQuery::parse(words.iter().map(String::as_str)).unwrap();
+                let hashes = query.filter_hashes();
                 let from_ts = rng.gen_range(-60..210);
                 let to_ts = if rng.gen_bool(0.3) { i64::MAX } else { rng.gen_range(-60..210) };
-                let predicates = Predicates { tags: &tags, words: &hashes, from_ts, to_ts };
+                let predicates = Predicates { tags: &tags, words: hashes, from_ts, to_ts };
                 let context = format!("seed {SEED:#x} round {round}: {tags:?} {words:?} [{from_ts}, {to_ts})");
                 let candidates = segment.index.candidates_for(&predicates);
                 assert!(candidates.windows(2).all(|pair| pair[0] < pair[1]), "unsorted: {context}");

@@ -163,6 +163,85 @@ pub fn for_each_word_hash(body: &[u8], mut each: impl FnMut(u64)) {
     }
 }
 
+/// Words shorter than this many bytes are left out of the word filters
+/// ([`for_each_filtered_word_hash`]), and a query never asks a filter about
+/// one. They are a quarter to a third of the words of log text (IP octets,
+/// `to`, `of`, `id`), so leaving them out spares that share of the write
+/// path's hashing, and a word that short is in nearly every block anyway:
+/// a filter would prune nothing for it. A query for one still answers
+/// exactly; only its blocks are not pruned by word.
+pub const FILTERED_WORD_BYTES_MIN: usize = 3;
+
+/// Calls `each` with the [`word_hash`] of every word of `body` of at least
+/// [`FILTERED_WORD_BYTES_MIN`] bytes, in order, repeats included: what a
+/// block's word filter holds.
+///
+/// The write path's hot loop (every word of every body), so it costs one
+/// short iteration per word it hashes and none per byte or per short word.
+/// It classifies 64 bytes at a time into a bit mask ([`word_mask`]) and
+/// keeps the masks of the 64 bytes before and after beside it; a word of at
+/// least three bytes *starts* at a word byte after a separator followed by
+/// two more word bytes, and *ends* at a word byte before a separator
+/// preceded by two more word bytes. These starts and ends, found with a
+/// few mask operations per 64 bytes, pair up in order: the k-th start with
+/// the k-th end. A word whose end lies in a later 64 bytes waits for it.
+#[inline(always)]
+pub fn for_each_filtered_word_hash(body: &[u8], mut each: impl FnMut(u64)) {
+    for_each_filtered_word(
+        body,
+        #[inline(always)]
+        |start, end| each(word_hash_in(body, start, end)),
+    );
+}
+
+/// The words [`for_each_filtered_word_hash`] hashes, as `each(start, end)`:
+/// `body[start..end]` is the word.
+#[inline(always)]
+pub fn for_each_filtered_word(body: &[u8], mut each: impl FnMut(usize, usize)) {
+    const _: () = assert!(FILTERED_WORD_BYTES_MIN == 3, "the masks below test two more bytes");
+    let chunk_mask =
+        |base: usize| if base < body.len() { word_mask(&body[base..body.len().min(base + 64)]) } else { 0 };
+    let (mut previous, mut current) = (0_u64, chunk_mask(0));
+    // The start of a word whose end is in a later chunk.
+    let mut open: Option<usize> = None;
+    let mut base = 0;
+    while base < body.len() {
+        let next = chunk_mask(base + 64);
+        // Bit i of `after1`: byte i + 1 is a word byte; of `before1`: byte i - 1.
+        let (after1, after2) = ((current >> 1) | (next << 63), (current >> 2) | (next << 62));
+        let (before1, before2) = ((current << 1) | (previous >> 63), (current << 2) | (previous >> 62));
+        let mut starts = current & !before1 & after1 & after2;
+        let mut ends = current & !after1 & before1 & before2;
+        if let Some(start) = open {
+            if ends == 0 {
+                // Still inside the word (a word longer than 64 bytes).
+                previous = current;
+                current = next;
+                base += 64;
+                continue;
+            }
+            each(start, base + ends.trailing_zeros() as usize + 1);
+            ends &= ends - 1;
+            open = None;
+        }
+        while starts != 0 {
+            let start = base + starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if ends == 0 {
+                // The last start of the chunk; its word ends further on.
+                open = Some(start);
+                break;
+            }
+            each(start, base + ends.trailing_zeros() as usize + 1);
+            ends &= ends - 1;
+        }
+        previous = current;
+        current = next;
+        base += 64;
+    }
+    debug_assert!(open.is_none(), "the mask past the body's end is 0, which ends every word");
+}
+
 /// `LOW_BYTES[len]`: the low `len` bytes of a u128 set.
 const LOW_BYTES: [u128; 17] = {
     let mut masks = [0_u128; 17];
@@ -313,8 +392,9 @@ pub enum WordsError {
 pub struct WordQuery {
     /// Distinct words, folded to lower case, in the order first given.
     words: Vec<Box<[u8]>>,
-    /// `word_hash` of each word, same order.
-    hashes: Vec<u64>,
+    /// `word_hash` of each word a word filter can rule out (of at least
+    /// [`FILTERED_WORD_BYTES_MIN`] bytes), same order.
+    filter_hashes: Vec<u64>,
 }
 
 impl WordQuery {
@@ -337,7 +417,9 @@ impl WordQuery {
                 if query.words.len() == QUERY_WORDS_MAX {
                     return Err(WordsError::TooManyWords);
                 }
-                query.hashes.push(word_hash(&folded));
+                if folded.len() >= FILTERED_WORD_BYTES_MIN {
+                    query.filter_hashes.push(word_hash(&folded));
+                }
                 query.words.push(folded);
             }
             if !any {
@@ -352,9 +434,11 @@ impl WordQuery {
         self.words.is_empty()
     }
 
-    /// The words' hashes, for the filters.
-    pub fn hashes(&self) -> &[u64] {
-        &self.hashes
+    /// The hashes of the words a block's word filter can rule out: those
+    /// of at least [`FILTERED_WORD_BYTES_MIN`] bytes (filters leave shorter
+    /// words out, so they never rule a block out for one).
+    pub fn filter_hashes(&self) -> &[u64] {
+        &self.filter_hashes
     }
 
     /// The words, folded to lower case.
@@ -529,6 +613,35 @@ mod tests {
             for_each_word_hash(&body, |hash| fast.push(hash));
             for_each_word_hash_simple(&body, |hash| simple.push(hash));
             assert_eq!(fast, simple, "round {round}: {body:?}");
+        }
+    }
+
+    #[test]
+    fn the_filtered_walk_hashes_the_words_of_three_bytes_or_more() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x3032);
+        let word_bytes = b"aZ_9\xc3\xa9";
+        let separators = b" .:-/\t\0";
+        for round in 0..3_000 {
+            // Words of every length around the 64- and 128-byte edges of the
+            // walk's masks, at every offset.
+            let mut body = Vec::new();
+            let len = [0, 1, 2, 3, 63, 64, 65, 127, 128, 129, 200, 300][round % 12];
+            while body.len() < len {
+                let word = match rng.gen_range(0..10) {
+                    0 => rng.gen_range(60..200),
+                    1..=3 => rng.gen_range(1..3),
+                    _ => rng.gen_range(3..20),
+                };
+                body.extend((0..word).map(|_| word_bytes[rng.gen_range(0..word_bytes.len())]));
+                body.extend((0..rng.gen_range(1..3)).map(|_| separators[rng.gen_range(0..separators.len())]));
+            }
+            body.truncate(len);
+            let mut fast = Vec::new();
+            for_each_filtered_word_hash(&body, |hash| fast.push(hash));
+            let expected: Vec<u64> =
+                words(&body).filter(|word| word.len() >= FILTERED_WORD_BYTES_MIN).map(word_hash).collect();
+            assert_eq!(fast, expected, "round {round}: {body:?}");
         }
     }
 }

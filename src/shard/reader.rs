@@ -728,7 +728,7 @@ fn matching_entries(
 /// `plan`); substrings are not indexed and are checked on the blocks left.
 fn candidate_blocks(index: &SegmentIndex, visible: usize, query: &Query<'_>) -> Vec<BlockMeta> {
     let predicates =
-        Predicates { tags: query.tags, words: query.words.hashes(), from_ts: query.from_ts, to_ts: query.to_ts };
+        Predicates { tags: query.tags, words: query.words.filter_hashes(), from_ts: query.from_ts, to_ts: query.to_ts };
     index
         .candidates_for(&predicates)
         .into_iter()

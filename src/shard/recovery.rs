@@ -762,7 +762,8 @@ mod tests {
         let mut rebuilt = SegmentIndex::new(1);
         index_block(&mut rebuilt, DATA_OFFSET, &header, &bytes, &mut Vec::new()).unwrap();
         let filters = rebuilt.word_filters().unwrap();
-        for word in ["received", "BLK_31", "10", "251"] {
+        // Words of three bytes or more: shorter ones ("10") are left out.
+        for word in ["received", "BLK_31", "251"] {
             assert!(filters.may_contain_all(0, &[crate::index::words::word_hash(word.as_bytes())]), "{word}");
         }
         // Distinct sets: 7 hosts x 3 levels, in a cycle of 42 entries.
