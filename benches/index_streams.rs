@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use wormdb::index::word_filter::{self, WordFilterBuilder};
-use wormdb::index::words::{for_each_word_hash, word_hash, words};
+use wormdb::index::words::{for_each_filtered_word_hash, word_hash, words, FILTERED_WORD_BYTES_MIN};
 use wormdb::index::{decode_summary, BlockMeta, BlockTerms, Predicates, SegmentIndex};
 
 /// Distinct entries of the load generator's pool.
@@ -143,7 +143,7 @@ fn main() {
         for (_, bodies, ranges) in &blocks {
             let mut sum = 0_u64;
             for &(start, end) in ranges {
-                for_each_word_hash(&bodies[start..end], |hash| sum ^= hash);
+                for_each_filtered_word_hash(&bodies[start..end], |hash| sum ^= hash);
             }
             black_box(sum);
         }
@@ -182,7 +182,11 @@ fn main() {
         block_terms_time += start.elapsed();
         if block % 43 == 0 {
             let distinct: HashSet<Vec<u8>> = (0..BLOCK_ENTRIES)
-                .flat_map(|row| words(entry_at(block, row).body.as_bytes()).map(|word| word.to_ascii_lowercase()))
+                .flat_map(|row| {
+                    words(entry_at(block, row).body.as_bytes())
+                        .filter(|word| word.len() >= FILTERED_WORD_BYTES_MIN)
+                        .map(|word| word.to_ascii_lowercase())
+                })
                 .collect();
             exact_words.push(distinct.len());
             estimated_words.push(estimate_of(terms.words().unwrap()));
@@ -352,7 +356,7 @@ fn main() {
                 let distinct: HashSet<u64> = (0..BLOCK_ENTRIES)
                     .flat_map(|row| {
                         let mut hashes = Vec::new();
-                        for_each_word_hash(entry_at(block * 43 % block_count, row).body.as_bytes(), |hash| {
+                        for_each_filtered_word_hash(entry_at(block * 43 % block_count, row).body.as_bytes(), |hash| {
                             hashes.push(hash)
                         });
                         hashes

@@ -37,6 +37,7 @@
 use hashbrown::HashTable;
 
 use crate::codec::block::TagSet;
+use crate::index::set_table::set_hash;
 use crate::index::word_filter::WordFilterBuilder;
 
 /// The distinct pairs and tag sets of one block's entries, in order of
@@ -73,19 +74,6 @@ pub struct BlockTerms {
     /// only ([`from_union`](Self::from_union)), recorded as one set.
     union_only: bool,
     words: Option<WordFilterBuilder>,
-}
-
-/// The hash of a set's members (increasing pair numbers): a multiply per
-/// member and a final 128-bit multiply (as `words::word_hash` mixes).
-#[inline]
-fn set_hash(members: &[u32]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut hash = members.len() as u64;
-    for &member in members {
-        hash = (hash ^ u64::from(member)).wrapping_mul(K).rotate_left(26);
-    }
-    let product = u128::from(hash ^ 0xbf58_476d_1ce4_e5b9) * u128::from(K);
-    (product as u64) ^ ((product >> 64) as u64)
 }
 
 impl BlockTerms {

@@ -97,6 +97,7 @@
 pub mod block_terms;
 pub mod file;
 pub mod segment_index;
+mod set_table;
 mod tag_sets;
 pub mod word_filter;
 pub mod words;

@@ -13,7 +13,7 @@
 //!   offset per set, so a query decodes only the postings of the sets that
 //!   match.
 
-use hashbrown::HashTable;
+use crate::index::set_table::{SetTable, Sets};
 
 /// Which blocks hold which set.
 #[derive(Clone, Debug)]
@@ -50,9 +50,10 @@ pub(crate) struct TagSets {
     /// (derived from `members`; not stored in the file).
     pub(crate) pair_sets: Vec<Vec<u32>>,
     pub(crate) blocks: SetBlocks,
-    /// Set numbers by the hash of their members, while blocks are pushed.
-    table: HashTable<u32>,
-    hasher: ahash::RandomState,
+    /// Set numbers by their members, while blocks are pushed.
+    table: SetTable,
+    /// Per set of the block being pushed, its number if known (reused).
+    found: Vec<Option<u32>>,
 }
 
 impl PartialEq for TagSets {
@@ -85,8 +86,8 @@ impl TagSets {
             ends: Vec::new(),
             pair_sets: Vec::new(),
             blocks: SetBlocks::ByBlock { sets: Vec::new(), ends: Vec::new() },
-            table: HashTable::new(),
-            hasher: ahash::RandomState::new(),
+            table: SetTable::default(),
+            found: Vec::new(),
         }
     }
 
@@ -131,10 +132,12 @@ impl TagSets {
     /// before adding any, so a block is recorded whole or not at all.
     /// `sets` is the members of all sets, set after set, and the end of each.
     pub(crate) fn push_block(&mut self, position: u32, sets: Option<(&[u32], &[u32])>) {
-        let SetBlocks::ByBlock { sets: block_sets, ends } = &mut self.blocks else {
+        let SetBlocks::ByBlock { ends, .. } = &self.blocks else {
             panic!("a decoded index is sealed: no block can be added to it");
         };
         debug_assert_eq!(ends.len(), position as usize);
+        let mut found = std::mem::take(&mut self.found);
+        found.clear();
         if self.saturated_from.is_none() {
             match sets {
                 None => self.saturated_from = Some(position),
@@ -145,37 +148,47 @@ impl TagSets {
                     if self.count + set_ends.len() > self.sets_max || self.cells + cells > self.cells_max {
                         self.saturated_from = Some(position);
                     } else {
-                        let mut start = 0;
-                        for &end in set_ends {
-                            let set = &all_members[start..end as usize];
-                            start = end as usize;
-                            let known = self.count;
-                            let number = intern(
-                                &mut self.table,
-                                &self.hasher,
-                                &mut self.members,
-                                &mut self.ends,
-                                &mut self.cells,
-                                set,
-                            );
-                            if number as usize == known {
-                                self.count += 1;
-                                for &member in set {
-                                    let member = member as usize;
-                                    if self.pair_sets.len() <= member {
-                                        self.pair_sets.resize_with(member + 1, Vec::new);
-                                    }
-                                    self.pair_sets[member].push(number);
-                                }
+                        let block = Sets { members: all_members, ends: set_ends };
+                        found.resize(set_ends.len(), None);
+                        self.table.find_all(
+                            Sets { members: &self.members, ends: &self.ends },
+                            block,
+                            |index, number| found[index] = number,
+                        );
+                        for (index, known) in found.iter_mut().enumerate() {
+                            if known.is_none() {
+                                *known = Some(self.add(block.set(index as u32)));
                             }
-                            block_sets.push(number);
-                            self.cells += 1;
                         }
                     }
                 }
             }
         }
+        let SetBlocks::ByBlock { sets: block_sets, ends } = &mut self.blocks else {
+            unreachable!("checked above");
+        };
+        block_sets.extend(found.iter().flatten());
         ends.push(block_sets.len() as u32);
+        self.cells += found.len();
+        self.found = found;
+    }
+
+    /// Adds a set the segment does not hold yet: its number.
+    fn add(&mut self, set: &[u32]) -> u32 {
+        let number = self.count as u32;
+        self.members.extend_from_slice(set);
+        self.ends.push(self.members.len() as u32);
+        self.table.insert(Sets { members: &self.members, ends: &self.ends }, number, set);
+        self.cells += set.len();
+        self.count += 1;
+        for &member in set {
+            let member = member as usize;
+            if self.pair_sets.len() <= member {
+                self.pair_sets.resize_with(member + 1, Vec::new);
+            }
+            self.pair_sets[member].push(number);
+        }
+        number
     }
 
     /// Positions, increasing, of the blocks that hold at least one of
@@ -319,35 +332,8 @@ impl TagSets {
             SetBlocks::BySet { offsets, deltas } => offsets.capacity() * 4 + deltas.capacity(),
         };
         let pair_sets: usize = self.pair_sets.iter().map(|sets| 24 + sets.capacity() * 4).sum();
-        vectors + pair_sets + (self.members.capacity() + self.ends.capacity()) * 4 + self.table.capacity() * 5
+        vectors + pair_sets + (self.members.capacity() + self.ends.capacity()) * 4 + self.table.memory_bytes()
     }
-}
-
-/// The number of the set `members`, added if new.
-fn intern(
-    table: &mut HashTable<u32>,
-    hasher: &ahash::RandomState,
-    members: &mut Vec<u32>,
-    ends: &mut Vec<u32>,
-    cells: &mut usize,
-    set: &[u32],
-) -> u32 {
-    fn slice<'a>(members: &'a [u32], ends: &[u32], number: u32) -> &'a [u32] {
-        let number = number as usize;
-        let start = if number == 0 { 0 } else { ends[number - 1] as usize };
-        &members[start..ends[number] as usize]
-    }
-    let hash = hasher.hash_one(set);
-    if let Some(&number) = table.find(hash, |&number| slice(members, ends, number) == set) {
-        return number;
-    }
-    let number = ends.len() as u32;
-    members.extend_from_slice(set);
-    ends.push(members.len() as u32);
-    *cells += set.len();
-    let (members, ends) = (&*members, &*ends);
-    table.insert_unique(hash, number, |&number| hasher.hash_one(slice(members, ends, number)));
-    number
 }
 
 /// Inverts `lists` (list `i` holds values `< count`): for each value, the

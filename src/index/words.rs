@@ -11,7 +11,8 @@
 //! Both sides use this module, so they cannot disagree:
 //!
 //! * the write path hashes every word of every body into the block's word
-//!   filter ([`for_each_word_hash`]);
+//!   filter ([`for_each_filtered_word_hash`]: the words of at least
+//!   [`FILTERED_WORD_BYTES_MIN`] bytes);
 //! * a query hashes its words the same way ([`word_hash`]) to ask the filters
 //!   which blocks may hold them, then checks each entry exactly
 //!   ([`WordQuery::matches`]), so a filter's false positive costs a block
@@ -124,45 +125,6 @@ pub fn word_hash(word: &[u8]) -> u64 {
     })
 }
 
-/// Calls `each` with the [`word_hash`] of every word of `body`, in order,
-/// repeats included.
-///
-/// On the write path for every body, so it avoids a branch per byte: it
-/// classifies 64 bytes at a time into a bit mask ([`word_mask`], 16 bytes
-/// per instruction with SSE2), finds the words' starts and ends as the
-/// mask's changes (`mask ^ (mask << 1)`), and jumps from one to the next
-/// with `trailing_zeros`. A word of up to 16 bytes is hashed from one
-/// unaligned 16-byte load of the body, masked to the word, with no copy
-/// and no branch on its length.
-#[inline]
-pub fn for_each_word_hash(body: &[u8], mut each: impl FnMut(u64)) {
-    // Inside a word at the end of the previous chunk: its start.
-    let mut start = 0_usize;
-    let mut inside = false;
-    let mut base = 0;
-    for chunk in body.chunks(64) {
-        let word_bytes = word_mask(chunk);
-        // A change of the mask at bit i: a word starts or ends at i.
-        // Past a short last chunk the mask is 0, so a word running to the
-        // end of the body changes it at the body's end, where the word ends.
-        let mut changes = word_bytes ^ ((word_bytes << 1) | u64::from(inside));
-        while changes != 0 {
-            let at = base + changes.trailing_zeros() as usize;
-            changes &= changes - 1;
-            if inside {
-                each(word_hash_in(body, start, at));
-            } else {
-                start = at;
-            }
-            inside = !inside;
-        }
-        base += chunk.len();
-    }
-    if inside {
-        each(word_hash_in(body, start, body.len()));
-    }
-}
-
 /// Words shorter than this many bytes are left out of the word filters
 /// ([`for_each_filtered_word_hash`]), and a query never asks a filter about
 /// one. They are a quarter to a third of the words of log text (IP octets,
@@ -185,6 +147,8 @@ pub const FILTERED_WORD_BYTES_MIN: usize = 3;
 /// preceded by two more word bytes. These starts and ends, found with a
 /// few mask operations per 64 bytes, pair up in order: the k-th start with
 /// the k-th end. A word whose end lies in a later 64 bytes waits for it.
+/// A word of up to 16 bytes is hashed from one unaligned 16-byte load of
+/// the body, masked to the word, with no copy and no branch on its length.
 #[inline(always)]
 pub fn for_each_filtered_word_hash(body: &[u8], mut each: impl FnMut(u64)) {
     for_each_filtered_word(
@@ -344,26 +308,6 @@ fn word_mask_sse2(chunk: &[u8]) -> u64 {
     }
     // Padding bytes are 0, not word bytes.
     mask
-}
-
-/// [`for_each_word_hash`] byte by byte: the definition the fast one is
-/// tested against.
-#[cfg(test)]
-fn for_each_word_hash_simple(body: &[u8], mut each: impl FnMut(u64)) {
-    let mut start = None;
-    for (position, &byte) in body.iter().enumerate() {
-        match (is_word_byte(byte), start) {
-            (true, None) => start = Some(position),
-            (false, Some(first)) => {
-                each(word_hash(&body[first..position]));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(first) = start {
-        each(word_hash(&body[first..]));
-    }
 }
 
 /// Whether `word` equals `folded` (already lower case) ignoring ASCII case.
@@ -555,17 +499,19 @@ mod tests {
     }
 
     proptest! {
-        /// The fused hasher sees exactly the words `words` yields, and the
-        /// hash ignores ASCII case.
+        /// The fused walk hashes exactly the words of at least
+        /// FILTERED_WORD_BYTES_MIN bytes that `words` yields, and the hash
+        /// ignores ASCII case.
         #[test]
         fn hashing_agrees_with_the_word_split(body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut hashed = Vec::new();
-            for_each_word_hash(&body, |hash| hashed.push(hash));
-            let expected: Vec<u64> = words(&body).map(word_hash).collect();
+            for_each_filtered_word_hash(&body, |hash| hashed.push(hash));
+            let expected: Vec<u64> =
+                words(&body).filter(|word| word.len() >= FILTERED_WORD_BYTES_MIN).map(word_hash).collect();
             prop_assert_eq!(&hashed, &expected);
             let upper: Vec<u8> = body.to_ascii_uppercase();
             let mut hashed_upper = Vec::new();
-            for_each_word_hash(&upper, |hash| hashed_upper.push(hash));
+            for_each_filtered_word_hash(&upper, |hash| hashed_upper.push(hash));
             prop_assert_eq!(hashed, hashed_upper);
         }
 
@@ -596,23 +542,6 @@ mod tests {
                 .fold(0_u64, |mask, (index, &byte)| mask | (u64::from(is_word_byte(byte)) << index));
             assert_eq!(word_mask(chunk), expected, "{chunk:?}");
             assert_eq!(word_mask_table(chunk), expected, "{chunk:?}");
-        }
-    }
-
-    #[test]
-    fn the_fast_word_walk_agrees_with_the_byte_walk() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x3031);
-        let alphabet = b"aZ_9 .:-/\xc3\xa9\t";
-        for round in 0..2_000 {
-            let len = [0, 1, 63, 64, 65, 127, 128, 129, 200, 500][round % 10] + rng.gen_range(0..3);
-            let body: Vec<u8> = (0..len)
-                .map(|_| if rng.gen_bool(0.5) { alphabet[rng.gen_range(0..alphabet.len())] } else { rng.gen() })
-                .collect();
-            let (mut fast, mut simple) = (Vec::new(), Vec::new());
-            for_each_word_hash(&body, |hash| fast.push(hash));
-            for_each_word_hash_simple(&body, |hash| simple.push(hash));
-            assert_eq!(fast, simple, "round {round}: {body:?}");
         }
     }
 
