@@ -22,9 +22,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use wormdb::index::word_filter::WordFilterBuilder;
-use wormdb::index::words::{
-    for_each_filtered_word, for_each_filtered_word_hash, words, FILTERED_WORD_BYTES_MIN,
-};
+use wormdb::index::words::{for_each_filtered_word, for_each_filtered_word_hash, words, FILTERED_WORD_BYTES_MIN};
 
 /// Body size of `benches/compare.sh`.
 const BODY_BYTES: usize = 256;
