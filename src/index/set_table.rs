@@ -114,6 +114,14 @@ impl SetTable {
     /// the caller adds the new ones with [`insert`](Self::insert), in order.
     pub(crate) fn find_all(&mut self, known: Sets<'_>, block: Sets<'_>, mut each: impl FnMut(usize, Option<u32>)) {
         let count = block.ends.len();
+        debug_assert!(
+            {
+                let mut sets: Vec<&[u32]> = (0..count as u32).map(|index| block.set(index)).collect();
+                sets.sort_unstable();
+                sets.windows(2).all(|pair| pair[0] != pair[1])
+            },
+            "a block's sets are distinct: a set twice would be numbered twice"
+        );
         self.reserve(known, count);
         let mask = self.slots.len() - 1;
         // Stage 1: hash every set, fetch its first slot.
