@@ -13,13 +13,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::ffi::OsStr;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::sigkill::Ack;
+use common::sigkill::{check_acknowledged, expected_bodies, Ack, ChildRun};
 use rand::{Rng, SeedableRng};
 use wormdb::shard::{ColdPolicy, Shard, ShardConfig};
 
@@ -105,37 +105,15 @@ fn sigkill_during_cold_rewrites_never_loses_an_acknowledged_entry() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut acks: Vec<Ack> = Vec::new();
     for run in 0..6u64 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "cold_sigkill_child_writer", "--nocapture", "--test-threads=1"])
-            .env(CHILD_DIR_VAR, &shard_dir)
-            .env(CHILD_RUN_VAR, run.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
         let (sealing, sealed) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut acks = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(ack) = Ack::parse(&line, run) {
-                    acks.push(ack);
-                } else if line.starts_with("SEALED") {
-                    let _ = sealing.send(());
-                }
-            }
-            acks
-        });
+        let run_text = run.to_string();
+        let env = [(CHILD_DIR_VAR, shard_dir.as_os_str()), (CHILD_RUN_VAR, OsStr::new(&run_text))];
+        let child = ChildRun::spawn("cold_sigkill_child_writer", env, run, sealing, |line| line.starts_with("SEALED"));
         // Kill soon after a segment was sealed, while its rewrite runs (or
         // about to, or done): at a random moment of the next 0.8 s.
         let _ = sealed.recv_timeout(Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..800)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let run_acks = reader.join().unwrap();
-        assert!(!run_acks.is_empty(), "run {run}: the child acknowledged nothing before the kill");
-        acks.extend(run_acks);
+        acks.extend(child.kill());
 
         let interrupted: Vec<String> = std::fs::read_dir(&shard_dir)
             .unwrap()
@@ -144,35 +122,11 @@ fn sigkill_during_cold_rewrites_never_loses_an_acknowledged_entry() {
             .collect();
         eprintln!("run {run}: killed; rewrite files left: {interrupted:?}");
         let shard_dir = shard_dir.clone();
-        let expected: Vec<(u64, u64, String)> = acks
-            .iter()
-            .flat_map(|ack| {
-                (ack.first..=ack.last)
-                    .map(|seq| (seq, ack.run, body(&lines, ack.run, ack.appender, ack.round, seq - ack.first)))
-            })
-            .collect();
-        let acked_max = expected.iter().map(|(seq, _, _)| *seq).max().unwrap();
+        let expected = expected_bodies(&acks, &lines, body);
         let checked = common::run(move || async move {
             // Without the background rewrite: what is on disk is what the kill left.
             let shard = Shard::open(ShardConfig { cold: ColdPolicy::default(), ..config(&shard_dir) }).await.unwrap();
-            let durable = shard.durable_seq();
-            assert!(durable >= acked_max, "run {run}: recovered up to {durable}, but {acked_max} was acknowledged");
-            // Read back in pages (a read returns at most READ_ENTRIES_MAX).
-            let expected: std::collections::HashMap<u64, &String> =
-                expected.iter().map(|(seq, _, text)| (*seq, text)).collect();
-            let mut next = 1;
-            while next <= durable {
-                let entries = shard.read_from(next, 200_000).await.unwrap();
-                assert!(!entries.is_empty(), "run {run}: nothing at seq {next} of {durable}");
-                for entry in &entries {
-                    assert_eq!(entry.seq, next, "run {run}: seqs are dense");
-                    if let Some(text) = expected.get(&entry.seq) {
-                        assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text.as_str(), "run {run}: seq {next}");
-                    }
-                    next += 1;
-                }
-            }
-            assert_eq!(next, durable + 1);
+            let durable = check_acknowledged(&shard, &expected, run).await;
             let leftovers: Vec<String> = std::fs::read_dir(&shard_dir)
                 .unwrap()
                 .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
@@ -188,16 +142,7 @@ fn sigkill_during_cold_rewrites_never_loses_an_acknowledged_entry() {
             if run == 5 {
                 // Whatever the kills interrupted is rewritten now, and reads the same.
                 shard.compress_cold(ColdPolicy::zstd(Duration::ZERO), i64::MAX).await.unwrap();
-                let mut again = 1;
-                while again <= durable {
-                    for entry in shard.read_from(again, 200_000).await.unwrap() {
-                        assert_eq!(entry.seq, again);
-                        if let Some(text) = expected.get(&entry.seq) {
-                            assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text.as_str(), "seq {again}");
-                        }
-                        again += 1;
-                    }
-                }
+                assert_eq!(check_acknowledged(&shard, &expected, run).await, durable);
                 let again = shard.compress_cold(ColdPolicy::zstd(Duration::ZERO), i64::MAX).await.unwrap();
                 assert!(again.is_empty(), "all rewritten");
                 let sealed = shard.stats().segments - 1;

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::sigkill::Ack;
+use common::sigkill::{check_acknowledged, expected_bodies, Ack, ChildRun};
 use rand::{Rng, SeedableRng};
 use wormdb::shard::{Shard, ShardConfig};
 
@@ -58,67 +57,22 @@ fn sigkill_never_loses_an_acknowledged_entry() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut acks: Vec<Ack> = Vec::new();
     for run in 0..5u64 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "sigkill_child_writer", "--nocapture", "--test-threads=1"])
-            .env(CHILD_DIR_VAR, &shard_dir)
-            .env(CHILD_RUN_VAR, run.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
         let (writing, first_ack) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut acks = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(ack) = Ack::parse(&line, run) {
-                    acks.push(ack);
-                    let _ = writing.send(());
-                }
-            }
-            acks
-        });
+        let run_text = run.to_string();
+        let env = [(CHILD_DIR_VAR, shard_dir.as_os_str()), (CHILD_RUN_VAR, OsStr::new(&run_text))];
+        let child = ChildRun::spawn("sigkill_child_writer", env, run, writing, |line| line.starts_with("ACK"));
         // Kill once the child is writing (its first ack: recovery of the
         // previous runs' data takes a while on a loaded machine), at a
         // random moment after that.
         let _ = first_ack.recv_timeout(Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..2000)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let run_acks = reader.join().unwrap();
-        assert!(!run_acks.is_empty(), "run {run}: the child acknowledged nothing before the kill");
-        acks.extend(run_acks);
+        acks.extend(child.kill());
 
         let shard_dir = shard_dir.clone();
-        let expected: Vec<(u64, u64, String)> = acks
-            .iter()
-            .flat_map(|ack| {
-                (ack.first..=ack.last)
-                    .map(|seq| (seq, ack.run, body(&lines, ack.run, ack.appender, ack.round, seq - ack.first)))
-            })
-            .collect();
-        let acked_max = expected.iter().map(|(seq, _, _)| *seq).max().unwrap();
+        let expected = expected_bodies(&acks, &lines, body);
         let checked = common::run(move || async move {
             let shard = Shard::open(config(&shard_dir)).await.unwrap();
-            let durable = shard.durable_seq();
-            assert!(durable >= acked_max, "run {run}: recovered up to {durable}, but {acked_max} was acknowledged");
-            // Read back in pages (a read returns at most READ_ENTRIES_MAX).
-            let expected: std::collections::HashMap<u64, &String> =
-                expected.iter().map(|(seq, _, text)| (*seq, text)).collect();
-            let mut next = 1;
-            while next <= durable {
-                let entries = shard.read_from(next, 200_000).await.unwrap();
-                assert!(!entries.is_empty(), "run {run}: nothing at seq {next} of {durable}");
-                for entry in &entries {
-                    assert_eq!(entry.seq, next, "run {run}: seqs are dense");
-                    if let Some(text) = expected.get(&entry.seq) {
-                        assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text.as_str(), "run {run}: seq {next}");
-                    }
-                    next += 1;
-                }
-            }
-            assert_eq!(next, durable + 1);
+            check_acknowledged(&shard, &expected, run).await;
             shard.close().await.unwrap();
             expected.len()
         });

@@ -1,8 +1,15 @@
-//! The writer half of the SIGKILL tests: appenders that print each
+//! Both halves of the SIGKILL tests. The child: appenders that print each
 //! acknowledged append, so the parent knows what must survive the kill.
+//! The parent: runs the child, kills it, and checks every acknowledged
+//! entry after the reopen.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wormdb::shard::{EntryRef, Shard};
@@ -79,4 +86,89 @@ impl Ack {
         let number = |index: usize| fields[index].parse::<u64>().unwrap();
         Some(Ack { run, first: number(1), last: number(2), appender: number(3), round: number(4) })
     }
+}
+
+/// One run of a child writer: this test binary run again with only its
+/// child test, whose acknowledgements a thread collects.
+pub struct ChildRun {
+    run: u64,
+    child: Child,
+    reader: JoinHandle<Vec<Ack>>,
+}
+
+impl ChildRun {
+    /// Starts the test `test` of this binary (an exact name) with `env` set,
+    /// as run `run`; sends `()` on `ready` for each line of its stdout that
+    /// `ready_on` accepts.
+    pub fn spawn<'a>(
+        test: &str,
+        env: impl IntoIterator<Item = (&'a str, &'a OsStr)>,
+        run: u64,
+        ready: Sender<()>,
+        ready_on: fn(&str) -> bool,
+    ) -> ChildRun {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if ready_on(&line) {
+                    let _ = ready.send(());
+                }
+                acks.extend(Ack::parse(&line, run));
+            }
+            acks
+        });
+        ChildRun { run, child, reader }
+    }
+
+    /// SIGKILLs the child and returns what it acknowledged before, which
+    /// must be something.
+    pub fn kill(mut self) -> Vec<Ack> {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        let acks = self.reader.join().unwrap();
+        assert!(!acks.is_empty(), "run {}: the child acknowledged nothing before the kill", self.run);
+        acks
+    }
+}
+
+/// The body each acknowledged seq was given.
+pub fn expected_bodies(acks: &[Ack], lines: &[String], body: Body) -> HashMap<u64, String> {
+    acks.iter()
+        .flat_map(|ack| {
+            (ack.first..=ack.last).map(move |seq| (seq, body(lines, ack.run, ack.appender, ack.round, seq - ack.first)))
+        })
+        .collect()
+}
+
+/// Reads `shard` from seq 1 up to its durable seq, which must reach every
+/// acknowledged one: seqs dense, each acknowledged entry whole, with the
+/// body it was given. Returns the durable seq.
+pub async fn check_acknowledged(shard: &Shard, expected: &HashMap<u64, String>, run: u64) -> u64 {
+    let durable = shard.durable_seq();
+    let acked_max = expected.keys().copied().max().unwrap_or(0);
+    assert!(durable >= acked_max, "run {run}: recovered up to {durable}, but {acked_max} was acknowledged");
+    // Read back in pages (a read returns at most READ_ENTRIES_MAX).
+    let mut next = 1;
+    while next <= durable {
+        let entries = shard.read_from(next, 200_000).await.unwrap();
+        assert!(!entries.is_empty(), "run {run}: nothing at seq {next} of {durable}");
+        for entry in &entries {
+            assert_eq!(entry.seq, next, "run {run}: seqs are dense");
+            if let Some(text) = expected.get(&entry.seq) {
+                assert_eq!(std::str::from_utf8(&entry.body).unwrap(), text.as_str(), "run {run}: seq {next}");
+            }
+            next += 1;
+        }
+    }
+    assert_eq!(next, durable + 1);
+    durable
 }
