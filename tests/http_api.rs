@@ -23,15 +23,6 @@ fn level_of(line: &str) -> &'static str {
     }
 }
 
-fn total_entries(node: &TestNode) -> u64 {
-    get(&node.url("/v1/stats")).json()["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|shard| shard["entries"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn loghub_ingested_over_http_is_queried_back_by_time_tag_and_direction() {
     let dir = common::durable_temp_dir();
@@ -163,7 +154,7 @@ fn every_error_status_stores_nothing_and_leaves_the_node_healthy() {
         assert_eq!(reply.status, status, "{needle}: {}", reply.body);
         let message = reply.json()["error"].as_str().unwrap().to_string();
         assert!(message.contains(needle), "{message:?} should mention {needle:?}");
-        assert_eq!(total_entries(&node), 1, "a refused request stored something ({needle})");
+        assert_eq!(node.entries_stored(), 1, "a refused request stored something ({needle})");
         assert_eq!(get(&node.url("/healthz")).status, 200);
     }
     // 413 is decided from Content-Length before the body is read, and the
@@ -182,7 +173,7 @@ fn every_error_status_stores_nothing_and_leaves_the_node_healthy() {
         let _ = stream.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("limit"), "{answer}");
-        assert_eq!(total_entries(&node), 1);
+        assert_eq!(node.entries_stored(), 1);
     }
     assert_eq!(get(&node.url("/nowhere")).status, 404);
     assert_eq!(post(&node.url("/v1/stats"), NDJSON, b"").status, 405);
@@ -197,7 +188,7 @@ fn every_error_status_stores_nothing_and_leaves_the_node_healthy() {
         .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(malformed, 9, "six bad ingests and three bad queries");
-    assert_eq!(total_entries(&node), 1);
+    assert_eq!(node.entries_stored(), 1);
 }
 
 #[test]
@@ -225,7 +216,7 @@ fn backpressure_answers_429_with_retry_after_and_never_drops_silently() {
     assert_eq!(accepted as usize + refused, outcomes.len(), "only 200 and 429");
     assert!(refused > 0, "16 concurrent writers never hit a queue of 1");
     assert!(outcomes.iter().filter(|(status, _)| *status == 429).all(|(_, retry)| retry.as_deref() == Some("1")));
-    assert_eq!(total_entries(&node), accepted, "every 200 stored, every 429 stored nothing");
+    assert_eq!(node.entries_stored(), accepted, "every 200 stored, every 429 stored nothing");
 }
 
 #[test]
@@ -501,13 +492,13 @@ fn request_bodies_in_flight_have_a_per_core_budget() {
         let reply = post(&url, NDJSON, &ndjson(&[(1, vec![("t", "small")], format!("small {round}"))]));
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    assert_eq!(total_entries(&node), 3, "the refused requests stored nothing");
+    assert_eq!(node.entries_stored(), 3, "the refused requests stored nothing");
 
     // A sends its body and is stored.
     held.get_mut().write_all(&held_body).unwrap();
     let (status, _, body) = read_response(&mut held);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(total_entries(&node), 3 + held_entries as u64);
+    assert_eq!(node.entries_stored(), 3 + held_entries as u64);
 
     // Failed requests give their reservation back too: a body cut short
     // (the client half-closes mid-body) and a malformed one.
@@ -525,7 +516,7 @@ fn request_bodies_in_flight_have_a_per_core_budget() {
     let (whole_body, whole_entries) = ndjson_of_length(BUDGET, "whole");
     let reply = post(&url, NDJSON, &whole_body);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(total_entries(&node), 3 + (held_entries + whole_entries) as u64);
+    assert_eq!(node.entries_stored(), 3 + (held_entries + whole_entries) as u64);
 
     let metrics = get(&node.url("/metrics")).body;
     let backpressure: u64 = metrics
@@ -606,7 +597,7 @@ fn entry_fields_are_stored_queried_back_and_matched_exactly() {
         assert_eq!(reply.status, 400, "{needle}: {}", reply.body);
         let message = reply.json()["error"].as_str().unwrap().to_string();
         assert!(message.contains("line 2") && message.contains(needle), "{message:?} should mention {needle:?}");
-        assert_eq!(total_entries(&node), 4, "a refused request stored something ({needle})");
+        assert_eq!(node.entries_stored(), 4, "a refused request stored something ({needle})");
     }
     let request = wormdb::proto::WriteRequest {
         entries: vec![wormdb::proto::LogEntry {
@@ -617,5 +608,5 @@ fn entry_fields_are_stored_queried_back_and_matched_exactly() {
     let reply = post(&node.url("/v1/entries"), "application/x-protobuf", &request.encode_to_vec());
     assert_eq!(reply.status, 400, "{}", reply.body);
     assert!(reply.body.contains("empty field key"), "{}", reply.body);
-    assert_eq!(total_entries(&node), 4);
+    assert_eq!(node.entries_stored(), 4);
 }

@@ -72,15 +72,6 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn stored_entries(node: &TestNode) -> u64 {
-    get(&node.url("/v1/stats")).json()["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|shard| shard["entries"].as_u64().unwrap())
-        .sum()
-}
-
 fn assert_percentiles_ordered(report: &serde_json::Value) {
     let latency = &report["latency_us"];
     let values: Vec<u64> =
@@ -117,7 +108,7 @@ fn http_fixed_rate_is_held_and_every_acknowledged_entry_is_stored() {
     let acked = report["entries_acked"].as_u64().unwrap();
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(acked, 60_000, "20,000/s for 3 s, all acknowledged");
-    assert_eq!(acked, stored_entries(&node), "the loadgen's count agrees with the node's");
+    assert_eq!(acked, node.entries_stored(), "the loadgen's count agrees with the node's");
     // The rate it reports is what it acknowledged over the time it measured.
     // How close that comes to 20,000/s depends on the machine's load, so it
     // is not asserted here: a debug-build test asserts no wall-clock rate.
@@ -158,7 +149,7 @@ fn verify_fails_when_acknowledged_entries_are_missing() {
     let report = read_json(&json);
     assert_eq!(report["rate"], "max");
     assert!(report["entries_acked"].as_u64().unwrap() > 0);
-    assert_eq!(report["entries_acked"].as_u64().unwrap(), stored_entries(&node));
+    assert_eq!(report["entries_acked"].as_u64().unwrap(), node.entries_stored());
     assert_percentiles_ordered(&report);
 
     // The acknowledgements survive a restart.
@@ -209,7 +200,7 @@ fn grpc_write_and_follower_push_agree_with_the_node() {
     assert_eq!(report["protocol"], "grpc");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["entries_acked"].as_u64().unwrap(), 20_000);
-    assert_eq!(stored_entries(&node), 20_000);
+    assert_eq!(node.entries_stored(), 20_000);
     assert_percentiles_ordered(&report);
     assert!(stdout(&output).contains("all"), "the gRPC check counts entries: {}", stdout(&output));
 
@@ -243,7 +234,7 @@ fn grpc_write_and_follower_push_agree_with_the_node() {
     let archived: u64 =
         watermarks.iter().filter(|pair| pair["follower_id"] == 7).map(|pair| pair["acked_seq"].as_u64().unwrap()).sum();
     assert_eq!(archived, 20_000, "dense seqs per shard stream, all archived: {watermarks:?}");
-    assert_eq!(stored_entries(&node), 40_000);
+    assert_eq!(node.entries_stored(), 40_000);
     // Another run continues from the watermarks.
     let again = loadgen(&[
         "--protocol",
@@ -261,7 +252,7 @@ fn grpc_write_and_follower_push_agree_with_the_node() {
         "--verify",
     ]);
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(stored_entries(&node), 45_000);
+    assert_eq!(node.entries_stored(), 45_000);
 }
 
 #[test]
@@ -388,7 +379,7 @@ fn loki_protocol_sends_snappy_protobuf_that_the_node_counts_and_stores() {
     assert_eq!(report["protocol"], "loki");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["entries_acked"].as_u64().unwrap(), 10_000);
-    assert_eq!(stored_entries(&node), 10_000, "the loadgen's count agrees with the node's");
+    assert_eq!(node.entries_stored(), 10_000, "the loadgen's count agrees with the node's");
     assert_percentiles_ordered(&report);
     let text = stdout(&output);
     assert!(text.contains("loki: the node counted all 10000 entries of the run"), "{text}");

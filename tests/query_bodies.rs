@@ -205,15 +205,6 @@ fn http_answer(node: &TestNode, want: &Want) -> Vec<(i64, String)> {
         .collect()
 }
 
-fn entries_stored(node: &TestNode) -> u64 {
-    get(&node.url("/v1/stats")).json()["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|shard| shard["entries"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn words_and_substrings_over_http_and_grpc() {
     let dir = common::durable_temp_dir();
@@ -233,7 +224,7 @@ fn words_and_substrings_over_http_and_grpc() {
     }
 
     // Bad values: 400 naming the problem, nothing stored or changed.
-    let stored = entries_stored(&node);
+    let stored = node.entries_stored();
     let long_word = format!("q={}", "w".repeat(wormdb::limits::QUERY_WORD_BYTES_MAX + 1));
     let long_text = format!("contains={}", "c".repeat(wormdb::limits::QUERY_CONTAINS_BYTES_MAX + 1));
     let many_texts: Vec<String> =
@@ -256,7 +247,7 @@ fn words_and_substrings_over_http_and_grpc() {
             assert!(error.contains(needle), "{path}?{query}: {error}");
         }
     }
-    assert_eq!(entries_stored(&node), stored);
+    assert_eq!(node.entries_stored(), stored);
     assert_eq!(get(&node.url("/healthz")).status, 200);
 
     // gRPC: the same answers (forward only: QueryRequest has no direction).
@@ -308,7 +299,7 @@ fn words_and_substrings_over_http_and_grpc() {
             assert_eq!(status.code(), Code::InvalidArgument, "{request:?}: {status:?}");
         }
     });
-    assert_eq!(entries_stored(&node), stored);
+    assert_eq!(node.entries_stored(), stored);
 }
 
 #[test]

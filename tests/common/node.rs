@@ -294,6 +294,17 @@ impl TestNode {
             result => reply(result),
         }
     }
+
+    /// Entries stored on this node: the sum of `/v1/stats` `entries` over
+    /// its shards.
+    pub fn entries_stored(&self) -> u64 {
+        self.get_or_log("/v1/stats").json()["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|shard| shard["entries"].as_u64().unwrap())
+            .sum()
+    }
 }
 
 /// POST with a content type.
