@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
-use common::node::{get, ndjson, post, stream_lines, TestEntry, TestNode};
+use common::node::{get, ndjson, post, TestEntry, TestNode};
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -223,10 +223,7 @@ fn backpressure_answers_429_with_retry_after_and_never_drops_silently() {
 fn tail_filters_by_field_too() {
     let dir = common::durable_temp_dir();
     let node = TestNode::start(dir.path(), &["--shards", "1"]);
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
-    write!(stream, "GET /v1/tail?field=req=42 HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || stream_lines(stream, sender));
+    let lines = node.tail("field=req=42");
     let line = |body: &str, fields: &str| format!("{{\"body\":\"{body}\"{fields}}}\n");
     // Readiness: a marker that matches comes back once the tail is live.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -270,10 +267,7 @@ fn tail_streams_newly_committed_matching_entries() {
     let dir = common::durable_temp_dir();
     let node = TestNode::start(dir.path(), &["--shards", "2"]);
     post(&node.url("/v1/entries"), NDJSON, &ndjson(&[(1, vec![("app", "x")], "before the tail".into())]));
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
-    write!(stream, "GET /v1/tail?tag=app=x HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || stream_lines(stream, sender));
+    let lines = node.tail("tag=app=x");
     let mut seen = Vec::new();
     // Readiness: each shard's part of the tail starts at that shard's
     // durable seq when the shard gets the request, some time after the

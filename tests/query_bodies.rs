@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -18,7 +17,7 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 use tonic_prost::ProstCodec;
 
-use common::node::{get, ndjson, post, stream_lines, TestEntry, TestNode};
+use common::node::{get, ndjson, post, TestEntry, TestNode};
 use wormdb::proto::{Direction, LogEntry, QueryRequest};
 
 const NDJSON: &str = "application/x-ndjson";
@@ -306,10 +305,7 @@ fn words_and_substrings_over_http_and_grpc() {
 fn a_tail_filters_by_words_and_substrings() {
     let dir = common::durable_temp_dir();
     let node = TestNode::start(dir.path(), &["--shards", "2"]);
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port())).unwrap();
-    write!(stream, "GET /v1/tail?q=NEEDLE&contains=id%3D7 HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || stream_lines(stream, sender));
+    let lines = node.tail("q=NEEDLE&contains=id%3D7");
     let entry = |body: &str| serde_json::json!({ "body": body }).to_string() + "\n";
     // Readiness: a matching marker comes back once both shards tail.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

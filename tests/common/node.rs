@@ -459,10 +459,23 @@ pub fn wait_drained(follower: &TestNode, timeout: Duration) -> serde_json::Value
     }
 }
 
+impl TestNode {
+    /// Opens a live tail, `GET /v1/tail?{query}`: its JSON lines arrive on
+    /// the receiver, read by a thread (see [`stream_lines`]).
+    pub fn tail(&self, query: &str) -> std::sync::mpsc::Receiver<serde_json::Value> {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port())).unwrap();
+        write!(stream, "GET /v1/tail?{query} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || stream_lines(stream, sender));
+        lines
+    }
+}
+
 /// Reads a streamed NDJSON response (a live tail) line by line from
 /// `stream` and sends each JSON line to `lines` until the stream ends, goes
 /// quiet for 20 s, or the receiver is dropped.
-pub fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serde_json::Value>) {
+fn stream_lines(stream: std::net::TcpStream, lines: std::sync::mpsc::Sender<serde_json::Value>) {
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
