@@ -21,7 +21,7 @@ use futures_channel::mpsc;
 use http::uri::PathAndQuery;
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
@@ -63,13 +63,7 @@ fn block_on<F: Future>(test: F) -> F::Output {
 
 /// One HTTP/2 connection to the node, tonic's client on top.
 async fn connect(node: &TestNode) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{}", node.grpc_addr))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap();
-    tonic::client::Grpc::new(channel)
+    tonic::client::Grpc::new(node.grpc_channel().await)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }

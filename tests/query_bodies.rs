@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 use tonic_prost::ProstCodec;
 
@@ -252,13 +251,7 @@ fn words_and_substrings_over_http_and_grpc() {
     // gRPC: the same answers (forward only: QueryRequest has no direction).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let channel = Endpoint::from_shared(format!("http://{}", node.grpc_addr))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap();
-        let client = tonic::client::Grpc::new(channel);
+        let client = tonic::client::Grpc::new(node.grpc_channel().await);
         let query = |request: QueryRequest| {
             let mut client = client.clone();
             async move {

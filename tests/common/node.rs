@@ -460,6 +460,17 @@ pub fn wait_drained(follower: &TestNode, timeout: Duration) -> serde_json::Value
 }
 
 impl TestNode {
+    /// An HTTP/2 channel to this node's gRPC port (tonic's), connected
+    /// within 5 s.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// Opens a live tail, `GET /v1/tail?{query}`: its JSON lines arrive on
     /// the receiver, read by a thread (see [`stream_lines`]).
     pub fn tail(&self, query: &str) -> std::sync::mpsc::Receiver<serde_json::Value> {
