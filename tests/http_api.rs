@@ -9,19 +9,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
+use common::loghub::level_of;
 use common::node::{get, ndjson, post, TestEntry, TestNode};
 
 const NDJSON: &str = "application/x-ndjson";
-
-fn level_of(line: &str) -> &'static str {
-    if line.contains("ERROR") || line.contains("error") {
-        "error"
-    } else if line.contains("WARN") || line.contains("warn") {
-        "warn"
-    } else {
-        "info"
-    }
-}
 
 #[test]
 fn loghub_ingested_over_http_is_queried_back_by_time_tag_and_direction() {

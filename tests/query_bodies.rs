@@ -16,6 +16,7 @@ use http::uri::PathAndQuery;
 use tonic::{Code, Request};
 use tonic_prost::ProstCodec;
 
+use common::loghub::level_of;
 use common::node::{get, ndjson, post, TestEntry, TestNode};
 use wormdb::proto::{Direction, LogEntry, QueryRequest};
 
@@ -29,16 +30,6 @@ struct Written {
     source: &'static str,
     level: &'static str,
     body: String,
-}
-
-fn level_of(line: &str) -> &'static str {
-    if line.contains("ERROR") || line.contains("error") {
-        "error"
-    } else if line.contains("WARN") || line.contains("warn") {
-        "warn"
-    } else {
-        "info"
-    }
 }
 
 /// The words of `body` as the contract defines them (runs of ASCII letters,

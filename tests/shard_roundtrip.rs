@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::loghub::level_of;
+
 use std::rc::Rc;
 
 use wormdb::shard::{EntryRef, Query, Shard, ShardConfig};
@@ -30,16 +32,6 @@ async fn append_lines(shard: &Shard, lines: &[(&'static str, String)], batch: us
         ranges.push((range.first, range.last));
     }
     ranges
-}
-
-fn level_of(line: &str) -> &'static str {
-    if line.contains("ERROR") || line.contains("error") {
-        "error"
-    } else if line.contains("WARN") || line.contains("warn") {
-        "warn"
-    } else {
-        "info"
-    }
 }
 
 #[test]

@@ -66,3 +66,14 @@ pub fn lines(name: &str) -> Vec<String> {
     let text = std::str::from_utf8(&bytes).unwrap_or_else(|error| panic!("LogHub sample {name} is not UTF-8: {error}"));
     text.lines().map(str::to_owned).collect()
 }
+
+/// The `level` tag the tests give a LogHub line, guessed from its text.
+pub fn level_of(line: &str) -> &'static str {
+    if line.contains("ERROR") || line.contains("error") {
+        "error"
+    } else if line.contains("WARN") || line.contains("warn") {
+        "warn"
+    } else {
+        "info"
+    }
+}
