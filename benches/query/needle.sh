@@ -10,9 +10,15 @@
 #
 #   (a) tags-none   tag=t0=v7&tag=t1=v3&tag=t2=v9: a 3-tag conjunction that
 #                   (almost surely) matches nothing; the count is printed
-#   (b) tags-some   the 3 tags of an entry of the data (the loadgen's pool of
-#                   about 256k entries repeats, so about N / 256k matches:
-#                   about 330 at the default N)
+#   (b) tags-some   a 3-tag conjunction of values of the data that SET_PLANTED
+#                   entries carry (100 by default), posted at spread-out
+#                   times during the load like the word's entries; the
+#                   script picks a conjunction the loadgen's pool lacks
+#                   (checked once the pool has gone round at least twice),
+#                   so it matches exactly SET_PLANTED entries
+#   (b') tags-data  the 3 tags of an entry of the data (the loadgen's pool
+#                   of about 256k entries repeats, so about N / 256k
+#                   matches: about 330 at the default N)
 #   (c) word        q=<the planted word>: expect PLANTED matches
 #   (d) scan        contains=<text that occurs nowhere>: a brute-force scan
 #                   of every block, the reference the others are compared to
@@ -46,6 +52,7 @@ ROUNDS=${ROUNDS:-5}
 SHARDS=${SHARDS:-2}
 TAGS=${TAGS:-3:100}
 PLANTED=${PLANTED:-5}
+SET_PLANTED=${SET_PLANTED:-100}
 LIMIT=${LIMIT:-1000}
 CONNS=${CONNS:-16}
 BODY_BYTES=${BODY_BYTES:-256}
@@ -95,7 +102,8 @@ curl -sf "$base/healthz" > /dev/null || { echo "the server did not start: $OUT_D
 # Load: one loadgen run (one pool, as a user would run it: its ~256k
 # distinct entries repeat, so a 3-tag conjunction absent from the pool
 # matches nothing), stopped once N entries are stored; the planted entries
-# are posted whenever the store passes k * N / (PLANTED + 1).
+# are posted whenever the store passes k * N / (PLANTED + 1), the entries of
+# (b)'s tag set from set_start (past two rounds of the pool) to N, evenly.
 echo "loading $N entries (--tags $TAGS, LogHub bodies) with $PLANTED planted entries..." >&2
 load_started=$(date +%s)
 deadline=$((load_started + LOAD_SECONDS_MAX))
@@ -108,11 +116,36 @@ plant() {
   curl -sf -H 'content-type: application/x-ndjson' --data-binary "$line" "$base/v1/entries" > /dev/null \
     || { echo "planting entry $1 failed" >&2; exit 1; }
 }
+# (b)'s conjunction: the first of a fixed list of value triples that no
+# stored entry has, once the pool has gone round (POOL_ENTRIES_MAX).
+POOL_ENTRIES_MAX=300000
+set_start=$((N / (SET_PLANTED + 1)))
+[ "$set_start" -lt $((2 * POOL_ENTRIES_MAX)) ] && set_start=$((2 * POOL_ENTRIES_MAX))
+tags_set=""
+pick_set() {
+  local a
+  for a in $(seq 11 40); do
+    local candidate="tag=t0=v$a&tag=t1=v$(((a * 7) % 100))&tag=t2=v$(((a * 13) % 100))"
+    if [ -z "$(curl -sf "$base/v1/entries?$candidate&limit=1")" ]; then tags_set=$candidate; return; fi
+  done
+  echo "every candidate conjunction occurs in the data: is TAGS 3:100?" >&2; exit 1
+}
+plant_set() {
+  local line
+  [ -n "$tags_set" ] || pick_set
+  line=$(python3 -c 'import json, sys; tags = dict(kv.split("=", 2)[1:] for kv in sys.argv[1].split("&")); print(json.dumps({"tags": tags, "body": f"block served to client: planted set entry {sys.argv[2]}"}))' "$tags_set" "$1")
+  curl -sf -H 'content-type: application/x-ndjson' --data-binary "$line" "$base/v1/entries" > /dev/null \
+    || { echo "planting set entry $1 failed" >&2; exit 1; }
+}
 planted=0
+set_planted=0
 while :; do
   stored=$(stats_sum entries)
   while [ "$planted" -lt "$PLANTED" ] && [ "$stored" -ge $((N * (planted + 1) / (PLANTED + 1))) ]; do
     planted=$((planted + 1)); plant "$planted"
+  done
+  while [ "$set_planted" -lt "$SET_PLANTED" ] && [ "$stored" -ge $((set_start + (N - set_start) * set_planted / SET_PLANTED)) ]; do
+    set_planted=$((set_planted + 1)); plant_set "$set_planted"
   done
   [ "$stored" -ge "$N" ] && break
   kill -0 "$loader" 2>/dev/null || { echo "the loadgen stopped at $stored entries (see $OUT_DIR/loadgen.log)" >&2; break; }
@@ -121,17 +154,18 @@ while :; do
 done
 kill "$loader" 2>/dev/null; wait "$loader" 2>/dev/null
 while [ "$planted" -lt "$PLANTED" ]; do planted=$((planted + 1)); plant "$planted"; done
+while [ "$set_planted" -lt "$SET_PLANTED" ]; do set_planted=$((set_planted + 1)); plant_set "$set_planted"; done
 entries=$(stats_sum entries)
 raw_bytes=$(stats_sum raw_bytes)
 disk_bytes=$(stats_sum disk_bytes)
 echo "stored $entries entries in $(( $(date +%s) - load_started )) s: raw $raw_bytes B, disk $disk_bytes B" >&2
 
-# (b): the tags of one entry of the data (not a planted one).
-tags_some=$(curl -sf "$base/v1/entries?limit=1&tag=t0=v42" | python3 -c '
+# (b'): the tags of one entry of the data (not a planted one).
+tags_data=$(curl -sf "$base/v1/entries?limit=1&tag=t0=v42" | python3 -c '
 import json, sys
 tags = json.loads(sys.stdin.readline())["tags"]
 print("&".join(f"tag={k}={v}" for k, v in sorted(tags.items())))')
-[ -n "$tags_some" ] || { echo "no entry has t0=v42: is TAGS 3:100?" >&2; exit 1; }
+[ -n "$tags_data" ] || { echo "no entry has t0=v42: is TAGS 3:100?" >&2; exit 1; }
 
 results=$OUT_DIR/results.tsv
 : > "$results"
@@ -151,13 +185,14 @@ time_query() {
   tail -1 "$results" >&2
 }
 time_query tags-none 'tag=t0=v7&tag=t1=v3&tag=t2=v9'
-time_query tags-some "$tags_some"
+time_query tags-some "$tags_set"
+time_query tags-data "$tags_data"
 time_query word "q=$word"
 time_query scan "$SCAN"
 
-python3 - "$results" "$raw_bytes" "$SHARDS" "$entries" "$disk_bytes" "$tags_some" "$word" "$SCAN" "$PLANTED" <<'PY' | tee "$OUT_DIR/table.txt"
+python3 - "$results" "$raw_bytes" "$SHARDS" "$entries" "$disk_bytes" "$tags_set" "$SET_PLANTED" "$tags_data" "$word" "$SCAN" "$PLANTED" <<'PY' | tee "$OUT_DIR/table.txt"
 import statistics, sys
-path, raw, shards, entries, disk, tags_some, word, scan, planted = sys.argv[1:]
+path, raw, shards, entries, disk, tags_set, set_planted, tags_data, word, scan, planted = sys.argv[1:]
 raw, shards, entries, disk = int(raw), int(shards), int(entries), int(disk)
 rows = {}
 for line in open(path):
@@ -166,14 +201,14 @@ for line in open(path):
 def median(name): return statistics.median(s for s, _, _ in rows[name]) if name in rows else None
 scan_s = median("scan")
 print(f"{entries:,} entries, raw {raw / 1e9:.2f} GB, disk {disk / 1e9:.2f} GB ({raw / max(disk, 1):.1f}x), {shards} shards")
-print(f"(b) = {tags_some}; (c) = q={word} (expect {planted}); (d) = {scan}")
+print(f"(b) = {tags_set} (expect {set_planted}); (b') = {tags_data}; (c) = q={word} (expect {planted}); (d) = {scan}")
 print(f"{'query':<11} {'time s (median, min..max)':>27} {'x faster than (d)':>18} {'matches':>8} {'blocks read':>12}")
-for name, label in [("tags-none", "(a)"), ("tags-some", "(b)"), ("word", "(c)"), ("scan", "(d)")]:
+for name, label in [("tags-none", "(a)"), ("tags-some", "(b)"), ("tags-data", "(b')"), ("word", "(c)"), ("scan", "(d)")]:
     if name not in rows: continue
     times = [s for s, _, _ in rows[name]]
     ratio = f"{scan_s / median(name):.1f}" if scan_s and median(name) else ""
     count = rows[name][-1][1]; blocks = statistics.median(b for _, _, b in rows[name])
-    print(f"{label} {name:<7} {median(name):>9.3f} ({min(times):.3f}..{max(times):.3f}) {ratio:>18} {count:>8} {blocks:>12.0f}")
+    print(f"{label:<4} {name:<9} {median(name):>9.3f} ({min(times):.3f}..{max(times):.3f}) {ratio:>18} {count:>8} {blocks:>12.0f}")
 if scan_s:
     print(f"(d) scan: {raw / scan_s / 1e9:.2f} GB/s of raw text, {raw / scan_s / 1e9 / shards:.2f} GB/s per core")
 PY
