@@ -7,7 +7,8 @@
 //! (each (follower, shard, seq) once, same bodies), the watermarks agree,
 //! and the lag drains to zero. Direct writes to the tier under leader kills
 //! keep every acknowledged write exactly once on every member. Bad peer
-//! input is refused and counted, and changes nothing.
+//! input is refused and counted, and changes nothing. Every member indexes
+//! the pushed blocks as their leader does (tag sets and word filters).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::node::{contents, get, wait_acked, writers, Acked, TestNode};
+use common::node::{contents, get, ndjson, post, wait_acked, wait_drained, writers, Acked, TestNode};
 use common::tier::{assert_archives_equal_the_log, start_follower, under_load, Tier, CONVERGE};
 
 #[test]
@@ -39,6 +40,51 @@ fn the_archive_survives_its_leaders_being_killed_again_and_again() {
     // A restarted replica never trips raft-rs's "applied out of range".
     for member in &tier.nodes {
         assert!(!member.log_text().contains("panicked"), "{}", member.log_text());
+    }
+}
+
+/// Blocks `node` read, summed over its shards.
+fn blocks_read(node: &TestNode) -> u64 {
+    let stats = get(&node.url("/v1/stats")).json();
+    stats["shards"].as_array().unwrap().iter().map(|shard| shard["blocks_read"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn every_member_prunes_pushed_blocks_by_tag_set_and_word_as_the_leader() {
+    let dir = common::durable_temp_dir();
+    let tier = Tier::start(dir.path());
+    let follower = start_follower(&dir.path().join("follower"), &tier);
+    tier.wait_converged("start");
+    // One request after the other, so each is a block of its own on the
+    // follower, pushed as it is stored: two entries whose tag sets cross
+    // (a=x, b=x and a=y, b=y), the first with a word no other block has.
+    const REQUESTS: usize = 12;
+    for request in 0..REQUESTS {
+        let (x, y) = (format!("x{request}"), format!("y{request}"));
+        let entries = [
+            (0, vec![("a", x.as_str()), ("b", x.as_str())], format!("request needle{request}q served")),
+            (0, vec![("a", y.as_str()), ("b", y.as_str())], "request served".to_owned()),
+        ];
+        let reply = post(&follower.url("/v1/entries"), "application/x-ndjson", &ndjson(&entries));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    wait_drained(&follower, CONVERGE);
+    tier.wait_converged("pushed");
+    // Every member holds every block, and its index answers as the leader's
+    // (which checked each block entry by entry): the word is in one block
+    // only, and no block holds an entry of both x7 and y7, though block 7
+    // holds both pairs (its union would make it a candidate).
+    for member in tier.running() {
+        let query = |query: &str| {
+            let before = blocks_read(member);
+            let lines = get(&member.url(&format!("/v1/entries?{query}"))).lines();
+            (lines.len(), blocks_read(member) - before)
+        };
+        let all = get(&member.url("/v1/entries?tag=b=y3")).lines();
+        assert_eq!(all.len(), 1, "{}: the archive holds the pushed entries", member.base);
+        assert_eq!(query("q=needle7q"), (1, 1), "{}: q= reads only the block of the word", member.base);
+        assert_eq!(query("tag=a=x7&tag=b=y7"), (0, 0), "{}: no tag set holds both pairs", member.base);
+        assert_eq!(query("tag=a=x7&tag=b=x7"), (1, 1), "{}", member.base);
     }
 }
 

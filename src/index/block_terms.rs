@@ -21,9 +21,12 @@
 //! recorded as the block's one tag set, and the block gets no word filter.
 //! That is always correct (the union holds every entry's set, and a block
 //! without a filter is a candidate for any word); such blocks are only
-//! pruned less. To prune them too, the leader would carry each block's sets
-//! and folded filter (about 2 KB per block of LogHub text) in a new
-//! `Proposal` field, which older replicas ignore.
+//! pruned less. A tier leader therefore sends each block's terms with its
+//! proposals too (`Proposal.block_terms`, laid out by `tier::proposal`):
+//! its pairs in order, its sets and its folded word filter, from which a
+//! replica rebuilds the very `BlockTerms` the leader indexed
+//! ([`BlockTerms::from_parts`]). Only a replica of an older leader, or a
+//! block a snapshot brings, falls back to the union.
 //!
 //! # Cost on the write path
 //!
@@ -38,7 +41,7 @@ use hashbrown::HashTable;
 
 use crate::codec::block::TagSet;
 use crate::index::set_table::set_hash;
-use crate::index::word_filter::WordFilterBuilder;
+use crate::index::word_filter::{WordFilter, WordFilterBuilder};
 
 /// The distinct pairs and tag sets of one block's entries, in order of
 /// first appearance, plus its word filter while it is built.
@@ -74,6 +77,9 @@ pub struct BlockTerms {
     /// only ([`from_union`](Self::from_union)), recorded as one set.
     union_only: bool,
     words: Option<WordFilterBuilder>,
+    /// The block's finished word filter, when another node built it
+    /// ([`from_parts`](Self::from_parts)).
+    filter: Option<WordFilter>,
 }
 
 impl BlockTerms {
@@ -103,6 +109,42 @@ impl BlockTerms {
     /// [`from_union`](Self::from_union) over a [`TagSet`].
     pub fn from_tag_set(tags: &TagSet) -> Self {
         Self::from_union(tags.iter().map(|(key, value)| (&**key, &**value)))
+    }
+
+    /// The terms another node gathered for a block, rebuilt: its distinct
+    /// pairs in their order, its distinct sets (each the increasing
+    /// numbers of its pairs in `pairs`), in their order, and its finished
+    /// word filter, if it has one. The result indexes exactly like the
+    /// sender's own (same pairs and sets in the same order).
+    ///
+    /// # Errors
+    /// A pair given twice, an empty set, a set whose numbers do not
+    /// increase or name no pair, or a set given twice: what the sender
+    /// never makes, so the terms are not to be trusted.
+    pub fn from_parts<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        sets: impl IntoIterator<Item = &'a [u32]>,
+        filter: Option<WordFilter>,
+    ) -> Result<Self, String> {
+        let mut terms = Self::new();
+        for (position, (key, value)) in pairs.into_iter().enumerate() {
+            if terms.pair_number(key, value) as usize != position {
+                return Err(format!("pair {position} ({key}={value}) is given twice"));
+            }
+        }
+        let pair_count = terms.pairs.len() as u32;
+        for (position, set) in sets.into_iter().enumerate() {
+            let increasing = set.windows(2).all(|two| two[0] < two[1]);
+            if set.is_empty() || !increasing || set.last().is_some_and(|&last| last >= pair_count) {
+                return Err(format!("set {position} is not increasing numbers of the block's {pair_count} pairs"));
+            }
+            terms.intern_set(set);
+            if terms.set_ends.len() != position + 1 {
+                return Err(format!("set {position} is given twice"));
+            }
+        }
+        terms.filter = filter;
+        Ok(terms)
     }
 
     /// Adds one entry's tags (repeats allowed).
@@ -223,14 +265,18 @@ impl BlockTerms {
         self.pairs().map(|(key, value)| (Box::from(key), Box::from(value))).collect()
     }
 
-    /// The word filter builder, if words are gathered.
+    /// The word filter builder, if this node gathers the block's words.
     pub fn words(&self) -> Option<&WordFilterBuilder> {
         self.words.as_ref()
     }
 
-    /// Takes the word filter builder out (the block is closed).
-    pub fn take_words(&mut self) -> Option<WordFilterBuilder> {
-        self.words.take()
+    /// The block's word filter, finished (folded to its size), if words
+    /// were gathered or another node sent the filter.
+    pub fn word_filter(&self) -> Option<WordFilter> {
+        match (&self.words, &self.filter) {
+            (Some(words), _) => Some(words.finish()),
+            (None, filter) => filter.clone(),
+        }
     }
 }
 
@@ -259,6 +305,39 @@ mod tests {
         );
         assert_eq!((terms.set_count(), terms.set_members(), terms.pair_count()), (3, 5, 4));
         assert!(!terms.union_only());
+    }
+
+    #[test]
+    fn terms_rebuilt_from_their_parts_index_like_the_original() {
+        let mut original = BlockTerms::with_words();
+        for (tags, body) in [
+            (vec![("app", "web"), ("host", "a")], "GET /index served"),
+            (vec![("host", "b")], "connection reset"),
+            (vec![("app", "web"), ("host", "b")], "GET /health served"),
+        ] {
+            original.add_entry(tags);
+            original.add_body(body.as_bytes());
+        }
+        let pairs: Vec<_> = original.pairs().collect();
+        let sets: Vec<&[u32]> = original.sets().collect();
+        let rebuilt =
+            BlockTerms::from_parts(pairs.iter().copied(), sets.iter().copied(), original.word_filter()).unwrap();
+        assert_eq!(rebuilt.pairs().collect::<Vec<_>>(), pairs);
+        assert_eq!(rebuilt.sets().collect::<Vec<_>>(), sets);
+        assert_eq!(rebuilt.word_filter(), original.word_filter());
+        assert!(!rebuilt.union_only());
+        let without = BlockTerms::from_parts(pairs.iter().copied(), sets.iter().copied(), None).unwrap();
+        assert_eq!(without.word_filter(), None);
+
+        let refused = |pairs: &[(&str, &str)], sets: &[&[u32]]| {
+            BlockTerms::from_parts(pairs.iter().copied(), sets.iter().copied(), None).unwrap_err()
+        };
+        assert!(refused(&[("a", "1"), ("a", "1")], &[]).contains("twice"));
+        assert!(refused(&[("a", "1")], &[&[]]).contains("set 0"));
+        assert!(refused(&[("a", "1"), ("b", "2")], &[&[1, 0]]).contains("set 0"));
+        assert!(refused(&[("a", "1"), ("b", "2")], &[&[0, 0]]).contains("set 0"));
+        assert!(refused(&[("a", "1")], &[&[1]]).contains("set 0"));
+        assert!(refused(&[("a", "1"), ("b", "2")], &[&[0], &[0, 1], &[0]]).contains("set 2 is given twice"));
     }
 
     #[test]

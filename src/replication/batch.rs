@@ -113,6 +113,25 @@ impl PushedBatch {
         PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Stored)
     }
 
+    /// [`PushedBatch::parse_checked`] with each block's terms as the
+    /// checking node gathered them (`Proposal.block_terms`), one per block
+    /// in order (`None`: that block's are not known), so that this node
+    /// indexes the blocks as that node did.
+    pub fn parse_checked_with_terms(
+        message: Bytes,
+        block_tags: Vec<TagSet>,
+        block_terms: Vec<Option<Box<BlockTerms>>>,
+    ) -> Result<PushedBatch, Error> {
+        if block_terms.len() != block_tags.len() {
+            return Err(malformed(format!("{} tag sets, terms of {} blocks", block_tags.len(), block_terms.len())));
+        }
+        let mut batch = PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Stored)?;
+        for (block, terms) in batch.blocks.iter_mut().zip(block_terms) {
+            block.terms = terms;
+        }
+        Ok(batch)
+    }
+
     fn parse_with_tags(message: Bytes, block_tags: Vec<TagSet>, seqs: BlockSeqs) -> Result<PushedBatch, Error> {
         let count = block_tags.len();
         let mut tags = block_tags.into_iter();
@@ -127,6 +146,12 @@ impl PushedBatch {
     /// [`PushedBatch::parse_checked`] takes).
     pub fn block_tags(&self) -> impl Iterator<Item = &TagSet> {
         self.blocks.iter().map(|block| &block.tags)
+    }
+
+    /// The terms of each pushed block, in order, where this node gathered
+    /// them (what [`PushedBatch::parse_checked_with_terms`] takes).
+    pub fn block_terms(&self) -> impl Iterator<Item = Option<&BlockTerms>> {
+        self.blocks.iter().map(|block| block.terms.as_deref())
     }
 
     fn parse_inner(
@@ -556,6 +581,41 @@ mod tests {
             PushBatch { durable_seq: 0, follower_id: 4, shard: 1, entries: Vec::new(), blocks: vec![block.into()] };
         let error = PushedBatch::parse_checked(damaged.encode_to_vec().into(), tags[..1].to_vec()).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
+    }
+
+    #[test]
+    fn block_terms_sent_beside_a_checked_parse_are_the_checking_nodes() {
+        use crate::tier::proposal::{decode_block_terms, encode_block_terms};
+        let pushed = PushBatch {
+            durable_seq: 0,
+            follower_id: 4,
+            shard: 1,
+            entries: Vec::new(),
+            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
+        };
+        let message: Bytes = pushed.encode_to_vec().into();
+        let full = PushedBatch::parse(message.clone()).unwrap();
+        let tags: Vec<TagSet> = full.block_tags().cloned().collect();
+        let encoded = encode_block_terms(&full);
+        let terms = decode_block_terms(&encoded).unwrap().expect("terms were gathered");
+        let checked = PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms).unwrap();
+        let (sent, got): (Vec<_>, Vec<_>) = (full.block_terms().collect(), checked.block_terms().collect());
+        assert_eq!(got.len(), 2);
+        for (sent, got) in sent.into_iter().zip(got) {
+            let (sent, got) = (sent.unwrap(), got.unwrap());
+            assert_eq!(got.pairs().collect::<Vec<_>>(), sent.pairs().collect::<Vec<_>>());
+            assert_eq!(got.sets().collect::<Vec<_>>(), sent.sets().collect::<Vec<_>>());
+            assert_eq!(got.set_count(), 2, "n=odd and n=even, each with app=web");
+            assert!(got.word_filter().is_some());
+            assert_eq!(got.word_filter(), sent.word_filter());
+        }
+        // Terms of a block too few or too many are malformed.
+        let short = decode_block_terms(&encoded).unwrap().unwrap().into_iter().take(1).collect();
+        assert!(PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), short).is_err());
+        // A checked parse gathers none, so it sends none.
+        let plain = PushedBatch::parse_checked(message, tags).unwrap();
+        assert!(encode_block_terms(&plain).is_empty());
+        assert!(decode_block_terms(&[]).unwrap().is_none());
     }
 
     /// An archive's stored block of origin `pair`'s seqs `seqs`, at shard seq 500.

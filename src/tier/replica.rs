@@ -176,14 +176,32 @@ impl Waiter {
 
 /// What waits to be proposed.
 enum Queued {
-    Push(PushedBatch, AckSender),
+    /// A follower's batch, with what the proposal carries beside it: its
+    /// blocks' tags and terms, encoded once when it is queued, so that a
+    /// proposal's size counts them.
+    Push(PushedBatch, Beside, AckSender),
     Direct(Vec<LogEntry>, DirectSender),
+}
+
+/// A batch's `Proposal.block_tags` and `Proposal.block_terms`.
+struct Beside {
+    tags: Bytes,
+    terms: Bytes,
+}
+
+impl Beside {
+    fn of(batch: &PushedBatch) -> Beside {
+        Beside {
+            tags: super::proposal::encode_block_tags(batch).into(),
+            terms: super::proposal::encode_block_terms(batch).into(),
+        }
+    }
 }
 
 impl Queued {
     fn bytes(&self) -> usize {
         match self {
-            Queued::Push(batch, _) => batch.message_bytes(),
+            Queued::Push(batch, beside, _) => batch.message_bytes() + beside.tags.len() + beside.terms.len(),
             Queued::Direct(entries, _) => entries.iter().map(|entry| entry.encoded_len() + 8).sum(),
         }
     }
@@ -517,7 +535,7 @@ impl Replica {
         state.queued_bytes = 0;
         for queued in std::mem::take(&mut state.queue) {
             match queued {
-                Queued::Push(_, reply) => Waiter::Push(reply).fail(Error::ShuttingDown),
+                Queued::Push(_, _, reply) => Waiter::Push(reply).fail(Error::ShuttingDown),
                 Queued::Direct(_, reply) => Waiter::Direct(reply).fail(Error::ShuttingDown),
             }
         }
@@ -575,12 +593,17 @@ impl Replica {
     /// ack once committed and applied here, or the refusal.
     pub fn propose_push(&self, batch: PushedBatch, reply: AckSender) {
         let mut state = self.state.borrow_mut();
+        // Admitted by its own bytes, before anything is encoded for it (a
+        // refused batch costs nothing); what it carries beside is at most a
+        // few percent more.
         if let Err(error) = self.admit_work(&state, batch.message_bytes()) {
             let _ = reply.send(Err(error.into()));
             return;
         }
-        state.queued_bytes += batch.message_bytes();
-        state.queue.push_back(Queued::Push(batch, reply));
+        let beside = Beside::of(&batch);
+        let queued = Queued::Push(batch, beside, reply);
+        state.queued_bytes += queued.bytes();
+        state.queue.push_back(queued);
         drop(state);
         self.wake();
     }
@@ -1046,7 +1069,7 @@ impl Replica {
             state.queued_bytes = 0;
             for queued in std::mem::take(&mut state.queue) {
                 match queued {
-                    Queued::Push(_, reply) => Waiter::Push(reply).fail(error.clone()),
+                    Queued::Push(_, _, reply) => Waiter::Push(reply).fail(error.clone()),
                     Queued::Direct(_, reply) => Waiter::Direct(reply).fail(error.clone()),
                 }
             }
@@ -1058,7 +1081,8 @@ impl Replica {
         }
         while !state.queue.is_empty() && state.proposals.len() < PROPOSALS_IN_FLIGHT_MAX {
             let direct = matches!(state.queue.front(), Some(Queued::Direct(..)));
-            let mut proposal = Proposal { batches: Vec::new(), direct, block_tags: Vec::new() };
+            let mut proposal =
+                Proposal { batches: Vec::new(), direct, block_tags: Vec::new(), block_terms: Vec::new() };
             let mut waiters = Vec::new();
             let mut parsed = Vec::new();
             let mut bytes = 0usize;
@@ -1072,9 +1096,10 @@ impl Replica {
                 bytes += size;
                 state.queued_bytes -= size;
                 match state.queue.pop_front() {
-                    Some(Queued::Push(batch, reply)) => {
+                    Some(Queued::Push(batch, beside, reply)) => {
                         proposal.batches.push(batch.message().clone());
-                        proposal.block_tags.push(super::proposal::encode_block_tags(&batch).into());
+                        proposal.block_tags.push(beside.tags);
+                        proposal.block_terms.push(beside.terms);
                         parsed.push(batch);
                         waiters.push(Waiter::Push(reply));
                     }
@@ -1773,12 +1798,24 @@ impl Replica {
                 // The leader checked the blocks entry by entry and sent their
                 // tags: verify crcs only. Without them (or if they do not
                 // decode), check everything here.
+                // With the tags come the blocks' terms, so that this
+                // node's index prunes as the leader's (a leader before
+                // them sent none: the blocks' unions are indexed).
                 let mut block_tags = proposal.block_tags.into_iter();
+                let mut block_terms = proposal.block_terms.into_iter();
                 let checked = !direct && block_tags.len() == proposal.batches.len();
                 for (position, bytes) in proposal.batches.into_iter().enumerate() {
                     let tags = block_tags.next().filter(|_| checked);
+                    let terms = block_terms.next().unwrap_or_default();
                     let parsed = match tags.map(|tags| super::proposal::decode_block_tags(&tags)) {
-                        Some(Ok(tags)) => PushedBatch::parse_checked(bytes, tags),
+                        Some(Ok(tags)) => match super::proposal::decode_block_terms(&terms) {
+                            Ok(Some(terms)) => PushedBatch::parse_checked_with_terms(bytes, tags, terms),
+                            Ok(None) => PushedBatch::parse_checked(bytes, tags),
+                            Err(error) => {
+                                tracing::warn!(group = self.group_id, index, %error, "a batch's block terms do not decode: its blocks are indexed by their tags");
+                                PushedBatch::parse_checked(bytes, tags)
+                            }
+                        },
                         _ => PushedBatch::parse(bytes),
                     };
                     match parsed {

@@ -1462,7 +1462,7 @@ impl World {
                 continue;
             }
             let direct_seqs = if direct { next_direct - first_direct } else { 0 };
-            let data = Proposal { batches, direct, block_tags: Vec::new() }.encode_to_vec();
+            let data = Proposal { batches, direct, block_tags: Vec::new(), block_terms: Vec::new() }.encode_to_vec();
             let replica = &mut self.replicas[index];
             match replica.group().propose(data) {
                 Ok((proposed_index, term)) => {
