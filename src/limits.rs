@@ -548,6 +548,12 @@ pub const TIER_MEMBERS_MAX: usize = 7;
 /// every replica before it commits. Below the gRPC message cap, so a
 /// proposal always fits in one Raft message.
 pub const PROPOSAL_BYTES_MAX: usize = 8 << 20;
+// A follower's largest batch (its target, the writer's slack, and the block
+// that crossed it) fits one proposal: pushes are never refused for size.
+const _: () = assert!(
+    PUSH_BATCH_BYTES_TARGET + PUSH_BATCH_BYTES_TARGET / 8 + BLOCK_STORED_BYTES_MAX + BLOCK_HEADER_BYTES + 64
+        <= PROPOSAL_BYTES_MAX
+);
 
 /// Most proposals a group leader has in flight (proposed, not yet applied).
 /// Each holds its batches in memory until applied; beyond this, pushes wait

@@ -323,6 +323,13 @@ fn bad_peer_input_is_refused_counted_and_changes_nothing() {
         "{statuses:?}"
     );
     assert!(refused_messages(target) >= 3, "refusals are counted");
+    // A write larger than one proposal holds is refused whole (written, it
+    // would be a Raft log record too long to read back).
+    let line = format!("{{\"body\":\"{}\"}}\n", "x".repeat(300));
+    let big = line.repeat((wormdb::limits::PROPOSAL_BYTES_MAX / 300) + 1000);
+    let reply = common::node::post(&target.url("/v1/entries"), "application/x-ndjson", big.as_bytes());
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert!(reply.body.contains("PROPOSAL_BYTES_MAX"), "{}", reply.body);
     assert!(target.log_text().contains("raft messages refused"), "refusals are logged");
     // Nothing applied: no term jump, no forged entry; the tier still works.
     let cluster = get(&target.url("/v1/cluster")).json();

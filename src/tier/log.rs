@@ -97,6 +97,15 @@ fn record_with(
     out.extend_from_slice(&[0; 8]);
     out.push(kind);
     write(out)?;
+    // A longer record would read back as torn, and recovery would cut the
+    // log there: never write one (proposals are bounded below this).
+    if out.len() - start - 8 > RAFT_RECORD_BYTES_MAX {
+        let len = out.len() - start - 8;
+        out.truncate(start);
+        return Err(Error::Log(format!(
+            "a record of {len} bytes is over RAFT_RECORD_BYTES_MAX ({RAFT_RECORD_BYTES_MAX}): not written"
+        )));
+    }
     let len = (out.len() - start - 8) as u32;
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -759,6 +768,26 @@ mod tests {
 
     fn run<T>(future: impl std::future::Future<Output = T>) -> T {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(future)
+    }
+
+    #[test]
+    fn a_record_that_could_not_be_read_back_is_never_written() {
+        let mut out = b"earlier records".to_vec();
+        let error = record_with(&mut out, ENTRY, |out| {
+            out.resize(out.len() + RAFT_RECORD_BYTES_MAX, 7);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("RAFT_RECORD_BYTES_MAX"), "{error}");
+        assert_eq!(out, b"earlier records", "nothing of it is left in the round");
+        // The largest record that reads back is written.
+        record_with(&mut out, ENTRY, |out| {
+            out.resize(out.len() + RAFT_RECORD_BYTES_MAX - 1, 7);
+            Ok(())
+        })
+        .unwrap();
+        let (kind, payload, used) = read_record(&out[b"earlier records".len()..]).unwrap();
+        assert_eq!((kind, payload.len(), used), (ENTRY, RAFT_RECORD_BYTES_MAX - 1, RAFT_RECORD_BYTES_MAX + 8));
     }
 
     #[test]

@@ -191,18 +191,60 @@ struct Beside {
 
 impl Beside {
     fn of(batch: &PushedBatch) -> Beside {
-        Beside {
-            tags: super::proposal::encode_block_tags(batch).into(),
-            terms: super::proposal::encode_block_terms(batch).into(),
-        }
+        let (tags, terms) = fit_beside(
+            batch.message_bytes(),
+            super::proposal::encode_block_tags(batch),
+            super::proposal::encode_block_terms(batch),
+        );
+        Beside { tags: tags.into(), terms: terms.into() }
     }
+}
+
+/// What a batch of `message_bytes` carries beside it in a proposal, within
+/// [`PROPOSAL_BYTES_MAX`] in all: the blocks' terms and tags save the
+/// replicas work but are never needed, so the terms are left out when they
+/// would not fit (the replicas index the blocks by their tags), then the
+/// tags (the replicas check the blocks entry by entry). Tags of blocks whose
+/// entries carry many distinct long tags can outweigh the compressed blocks.
+fn fit_beside(message_bytes: usize, tags: Vec<u8>, terms: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    if message_bytes + tags.len() + terms.len() <= PROPOSAL_BYTES_MAX {
+        (tags, terms)
+    } else if message_bytes + tags.len() <= PROPOSAL_BYTES_MAX {
+        (tags, Vec::new())
+    } else {
+        (Vec::new(), Vec::new())
+    }
+}
+
+/// The bytes a direct write's entries take in a proposal, about.
+pub fn direct_write_bytes(entries: &[LogEntry]) -> usize {
+    entries.iter().map(|entry| entry.encoded_len() + 8).sum()
+}
+
+/// Whether a direct write fits one proposal; refused (`Malformed`, which
+/// no retry helps) if not.
+pub fn check_direct_write_size(entries: &[LogEntry]) -> Result<(), Error> {
+    match direct_write_bytes(entries) {
+        bytes if bytes > PROPOSAL_BYTES_MAX => Err(too_large("a write", bytes)),
+        _ => Ok(()),
+    }
+}
+
+/// Why a write or a batch too large for one proposal is refused: one Raft
+/// entry holds at most [`PROPOSAL_BYTES_MAX`], so that every record of the
+/// log reads back (`RAFT_RECORD_BYTES_MAX`).
+fn too_large(what: &str, bytes: usize) -> Error {
+    Error::Malformed(format!(
+        "{what} of {bytes} bytes is over the {PROPOSAL_BYTES_MAX} bytes one proposal of the tier holds \
+         (PROPOSAL_BYTES_MAX): send it in smaller parts"
+    ))
 }
 
 impl Queued {
     fn bytes(&self) -> usize {
         match self {
             Queued::Push(batch, beside, _) => batch.message_bytes() + beside.tags.len() + beside.terms.len(),
-            Queued::Direct(entries, _) => entries.iter().map(|entry| entry.encoded_len() + 8).sum(),
+            Queued::Direct(entries, _) => direct_write_bytes(entries),
         }
     }
 }
@@ -594,8 +636,13 @@ impl Replica {
     pub fn propose_push(&self, batch: PushedBatch, reply: AckSender) {
         let mut state = self.state.borrow_mut();
         // Admitted by its own bytes, before anything is encoded for it (a
-        // refused batch costs nothing); what it carries beside is at most a
-        // few percent more.
+        // refused batch costs nothing); what it carries beside is counted
+        // once queued.
+        if batch.message_bytes() > PROPOSAL_BYTES_MAX {
+            // A follower's batches stay well below (PUSH_BATCH_BYTES_TARGET).
+            let _ = reply.send(Err(too_large("a pushed batch", batch.message_bytes()).into()));
+            return;
+        }
         if let Err(error) = self.admit_work(&state, batch.message_bytes()) {
             let _ = reply.send(Err(error.into()));
             return;
@@ -615,7 +662,11 @@ impl Replica {
         let (reply, answer) = oneshot::channel();
         let mut state = self.state.borrow_mut();
         let queued = Queued::Direct(entries, reply);
-        if let Err(error) = self.admit_work(&state, queued.bytes()) {
+        let admitted = match &queued {
+            Queued::Direct(entries, _) => check_direct_write_size(entries),
+            Queued::Push(..) => Ok(()),
+        };
+        if let Err(error) = admitted.and_then(|()| self.admit_work(&state, queued.bytes())) {
             if let Queued::Direct(_, reply) = queued {
                 let _ = reply.send(Err(error));
             }
@@ -1988,4 +2039,19 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_batch_carries_beside_it_is_left_out_rather_than_overflow_a_proposal() {
+        let (tags, terms) = (vec![1; 1000], vec![2; 5000]);
+        assert_eq!(fit_beside(1 << 20, tags.clone(), terms.clone()), (tags.clone(), terms.clone()));
+        let full = PROPOSAL_BYTES_MAX - 1000;
+        assert_eq!(fit_beside(full, tags.clone(), terms.clone()), (tags.clone(), Vec::new()), "terms first");
+        assert_eq!(fit_beside(full + 1, tags.clone(), terms.clone()), (Vec::new(), Vec::new()), "then the tags");
+        assert_eq!(fit_beside(PROPOSAL_BYTES_MAX - 6000, tags.clone(), terms.clone()), (tags, terms), "exactly full");
+    }
 }
