@@ -536,8 +536,8 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn pushed_blocks_are_archived_whole_unless_the_watermark_cuts_one() {
+    /// A follower's batch of two stored blocks, seqs 1-3 and 4-6.
+    fn two_blocks() -> Bytes {
         let pushed = PushBatch {
             durable_seq: 0,
             follower_id: 4,
@@ -545,7 +545,12 @@ mod tests {
             entries: Vec::new(),
             blocks: vec![stored_block(1..=3), stored_block(4..=6)],
         };
-        let message: Bytes = pushed.encode_to_vec().into();
+        pushed.encode_to_vec().into()
+    }
+
+    #[test]
+    fn pushed_blocks_are_archived_whole_unless_the_watermark_cuts_one() {
+        let message = two_blocks();
         let batch = PushedBatch::parse(message.clone()).unwrap();
         assert_eq!((batch.follower_id, batch.shard, batch.len()), (4, 1, 6));
         assert_eq!(batch.seqs().collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
@@ -559,14 +564,7 @@ mod tests {
 
     #[test]
     fn a_checked_parse_takes_the_given_tags_and_still_verifies_every_crc() {
-        let pushed = PushBatch {
-            durable_seq: 0,
-            follower_id: 4,
-            shard: 1,
-            entries: Vec::new(),
-            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
-        };
-        let message: Bytes = pushed.encode_to_vec().into();
+        let message = two_blocks();
         let full = PushedBatch::parse(message.clone()).unwrap();
         let tags: Vec<TagSet> = full.block_tags().cloned().collect();
         let checked = PushedBatch::parse_checked(message.clone(), tags.clone()).unwrap();
@@ -586,14 +584,7 @@ mod tests {
     #[test]
     fn block_terms_sent_beside_a_checked_parse_are_the_checking_nodes() {
         use crate::tier::proposal::{decode_block_terms, encode_block_terms};
-        let pushed = PushBatch {
-            durable_seq: 0,
-            follower_id: 4,
-            shard: 1,
-            entries: Vec::new(),
-            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
-        };
-        let message: Bytes = pushed.encode_to_vec().into();
+        let message = two_blocks();
         let full = PushedBatch::parse(message.clone()).unwrap();
         let tags: Vec<TagSet> = full.block_tags().cloned().collect();
         let encoded = encode_block_terms(&full);
