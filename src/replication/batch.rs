@@ -440,9 +440,61 @@ pub fn with_fresh_parts<T>(
     })
 }
 
+/// Pushed batches for tests here and in the layers above.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testing {
+    use bytes::Bytes;
+    use prost::Message;
+
+    use crate::proto::PushBatch;
+    use crate::shard::EntryRef;
+
+    /// A stored block of `seqs` (the follower's seqs) as a follower's shard writes it.
+    pub(crate) fn stored_block(seqs: std::ops::RangeInclusive<u64>) -> Bytes {
+        use crate::codec::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec};
+        let mut raw = Vec::new();
+        for seq in seqs.clone() {
+            let body = format!("line {seq} of a follower's log");
+            let tags = [("app", "web"), ("n", if seq % 2 == 0 { "even" } else { "odd" })];
+            encode_entry(
+                &EntryRef { fields: &[], timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
+                seq as i64,
+                &mut raw,
+            );
+        }
+        let count = (seqs.end() - seqs.start() + 1) as u32;
+        let spec = BlockSpec {
+            fields: false,
+            first_seq: *seqs.start(),
+            entry_count: count,
+            min_ts: *seqs.start() as i64,
+            max_ts: *seqs.end() as i64,
+            origin: None,
+        };
+        let mut out = vec![0; encoded_bytes_max(raw.len())];
+        let used = encode_block(&spec, &raw, &mut out);
+        out.truncate(used);
+        out.into()
+    }
+
+    /// A follower's batch of two stored blocks, seqs 1-3 and 4-6.
+    pub(crate) fn two_blocks() -> Bytes {
+        let pushed = PushBatch {
+            durable_seq: 0,
+            follower_id: 4,
+            shard: 1,
+            entries: Vec::new(),
+            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
+        };
+        pushed.encode_to_vec().into()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::testing::{stored_block, two_blocks};
     use super::*;
     use crate::proto::{LogEntry, PushBatch};
     use proptest::prelude::*;
@@ -490,34 +542,6 @@ mod tests {
         assert_eq!(bodies.len(), 5);
     }
 
-    /// A stored block of `seqs` (the follower's seqs) as a follower's shard writes it.
-    fn stored_block(seqs: std::ops::RangeInclusive<u64>) -> Bytes {
-        use crate::codec::block::{encode_block, encode_entry, encoded_bytes_max, BlockSpec};
-        let mut raw = Vec::new();
-        for seq in seqs.clone() {
-            let body = format!("line {seq} of a follower's log");
-            let tags = [("app", "web"), ("n", if seq % 2 == 0 { "even" } else { "odd" })];
-            encode_entry(
-                &EntryRef { fields: &[], timestamp_ns: seq as i64, tags: &tags, body: body.as_bytes() },
-                seq as i64,
-                &mut raw,
-            );
-        }
-        let count = (seqs.end() - seqs.start() + 1) as u32;
-        let spec = BlockSpec {
-            fields: false,
-            first_seq: *seqs.start(),
-            entry_count: count,
-            min_ts: *seqs.start() as i64,
-            max_ts: *seqs.end() as i64,
-            origin: None,
-        };
-        let mut out = vec![0; encoded_bytes_max(raw.len())];
-        let used = encode_block(&spec, &raw, &mut out);
-        out.truncate(used);
-        out.into()
-    }
-
     fn part_shapes(batch: &mut PushedBatch, skip: usize) -> Vec<String> {
         with_fresh_parts(&mut [(batch, skip)], |parts| {
             parts
@@ -534,18 +558,6 @@ mod tests {
                 .collect()
         })
         .unwrap()
-    }
-
-    /// A follower's batch of two stored blocks, seqs 1-3 and 4-6.
-    fn two_blocks() -> Bytes {
-        let pushed = PushBatch {
-            durable_seq: 0,
-            follower_id: 4,
-            shard: 1,
-            entries: Vec::new(),
-            blocks: vec![stored_block(1..=3), stored_block(4..=6)],
-        };
-        pushed.encode_to_vec().into()
     }
 
     #[test]
@@ -582,31 +594,23 @@ mod tests {
     }
 
     #[test]
-    fn block_terms_sent_beside_a_checked_parse_are_the_checking_nodes() {
-        use crate::tier::proposal::{decode_block_terms, encode_block_terms};
+    fn block_terms_given_to_a_checked_parse_are_kept_for_the_shard() {
         let message = two_blocks();
         let full = PushedBatch::parse(message.clone()).unwrap();
         let tags: Vec<TagSet> = full.block_tags().cloned().collect();
-        let encoded = encode_block_terms(&full);
-        let terms = decode_block_terms(&encoded).unwrap().expect("terms were gathered");
-        let checked = PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms).unwrap();
-        let (sent, got): (Vec<_>, Vec<_>) = (full.block_terms().collect(), checked.block_terms().collect());
-        assert_eq!(got.len(), 2);
-        for (sent, got) in sent.into_iter().zip(got) {
+        let terms: Vec<Option<Box<BlockTerms>>> =
+            full.block_terms().map(|terms| terms.cloned().map(Box::new)).collect();
+        assert!(terms.iter().all(Option::is_some), "a full parse gathers each block's terms");
+        let checked = PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms.clone()).unwrap();
+        for (sent, got) in full.block_terms().zip(checked.block_terms()) {
             let (sent, got) = (sent.unwrap(), got.unwrap());
-            assert_eq!(got.pairs().collect::<Vec<_>>(), sent.pairs().collect::<Vec<_>>());
             assert_eq!(got.sets().collect::<Vec<_>>(), sent.sets().collect::<Vec<_>>());
-            assert_eq!(got.set_count(), 2, "n=odd and n=even, each with app=web");
-            assert!(got.word_filter().is_some());
             assert_eq!(got.word_filter(), sent.word_filter());
         }
         // Terms of a block too few or too many are malformed.
-        let short = decode_block_terms(&encoded).unwrap().unwrap().into_iter().take(1).collect();
-        assert!(PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), short).is_err());
-        // A checked parse gathers none, so it sends none.
-        let plain = PushedBatch::parse_checked(message, tags).unwrap();
-        assert!(encode_block_terms(&plain).is_empty());
-        assert!(decode_block_terms(&[]).unwrap().is_none());
+        assert!(PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms[..1].to_vec()).is_err());
+        // A checked parse gathers none.
+        assert!(PushedBatch::parse_checked(message, tags).unwrap().block_terms().all(|terms| terms.is_none()));
     }
 
     /// An archive's stored block of origin `pair`'s seqs `seqs`, at shard seq 500.

@@ -270,6 +270,27 @@ mod tests {
     }
 
     #[test]
+    fn the_terms_a_leader_gathered_reach_the_replica_as_they_were() {
+        use crate::replication::batch::testing::two_blocks;
+        let message = two_blocks();
+        let full = PushedBatch::parse(message.clone()).unwrap();
+        let tags: Vec<TagSet> = full.block_tags().cloned().collect();
+        let terms = decode_block_terms(&encode_block_terms(&full)).unwrap().expect("terms were gathered");
+        let replica = PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms).unwrap();
+        for (sent, got) in full.block_terms().zip(replica.block_terms()) {
+            let (sent, got) = (sent.unwrap(), got.unwrap());
+            assert_eq!(got.pairs().collect::<Vec<_>>(), sent.pairs().collect::<Vec<_>>());
+            assert_eq!(got.sets().collect::<Vec<_>>(), sent.sets().collect::<Vec<_>>());
+            assert_eq!(got.set_count(), 2, "n=odd and n=even, each with app=web");
+            assert!(got.word_filter().is_some());
+            assert_eq!(got.word_filter(), sent.word_filter());
+        }
+        // A batch checked with its tags gathered none, and sends none.
+        assert!(encode_block_terms(&PushedBatch::parse_checked(message, tags).unwrap()).is_empty());
+        assert!(decode_block_terms(&[]).unwrap().is_none());
+    }
+
+    #[test]
     fn block_terms_decode_and_garbage_is_refused_without_a_panic() {
         let pairs = [("a", "1"), ("b", "2"), ("c", "3")];
         let good = block_terms(TERMS | FILTER, &pairs, &[&[0, 2], &[1]], Some(&[5, 0]));
