@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 use raft::prelude::{Message, MessageType, Snapshot};
 use wormdb::grpc::status::Status;
 use wormdb::grpc::transport::{serve_connection, Call, LocalFuture, ServerOptions, Service};
+use wormdb::index::words::WordQuery;
 use wormdb::proto::{
     LogEntry, OriginWatermark, PushBatch, RaftAck, RaftBatch, SnapshotChunk, WatermarksRequest, WatermarksResponse,
 };
 use wormdb::replication::batch::PushedBatch;
-use wormdb::shard::{EntryRef, Origin, Query, Shard, ShardConfig};
+use wormdb::shard::{EntryRef, Origin, Query, Shard, ShardConfig, Substrings};
 use wormdb::tier::replica::Replica;
 use wormdb::tier::transport::{
     last_chunk, send_snapshot, snapshot_chunks, Link, SnapshotState, SEND_PATH, SNAPSHOT_BLOCKS_PATH, SNAPSHOT_PATH,
@@ -209,6 +210,7 @@ async fn snapshot_into(
     let (_, bytes) = snapshot_chunks(sender, GROUP, 1, theirs, ours, async |mut chunk| {
         if strip_tags {
             chunk.block_tags.clear();
+            chunk.block_terms.clear();
             chunk.crc32 = chunk
                 .batches
                 .iter()
@@ -259,6 +261,29 @@ async fn check_received(sender: &Shard, receiver: &Shard, replica: &Replica, our
     for query in [&[("app", "web")][..], &[("kind", "direct"), ("n", "7")], &[("app", "db"), ("kind", "pushed")]] {
         assert_eq!(found(receiver, query, ours).await, found(sender, query, ours).await, "query {query:?}");
     }
+    // The blocks came with their word filters: a word no entry holds reads
+    // (nearly) none of them, where a scan for a text no entry holds reads
+    // every one.
+    let blocks_read = async |words: &[&str], contains: &[&str]| {
+        let (words, contains) =
+            (WordQuery::parse(words.iter().copied()).unwrap(), Substrings::parse(contains.iter().copied()).unwrap());
+        let query = Query {
+            fields: &[],
+            tags: &[],
+            from_ts: 0,
+            to_ts: i64::MAX,
+            limit: wormdb::limits::READ_ENTRIES_MAX,
+            backward: false,
+            words: &words,
+            contains: &contains,
+        };
+        let before = receiver.stats().blocks_read;
+        assert!(receiver.query(&query).await.unwrap().entries.is_empty());
+        receiver.stats().blocks_read - before
+    };
+    let every = blocks_read(&[], &["nowhere q7zx"]).await;
+    let by_word = blocks_read(&["nowhere_q7zx"], &[]).await;
+    assert!(every >= 20 && by_word * 20 <= every, "q= read {by_word} of {every} blocks: the filters were not sent");
 }
 
 /// A state that ends 3 entries into the follower's last append (a block

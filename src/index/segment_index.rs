@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::codec::block::{Origin, TagSet};
 use crate::index::block_terms::BlockTerms;
 use crate::index::tag_sets::{intersect, TagSets};
-use crate::index::word_filter::WordFilters;
+use crate::index::word_filter::{WordFilter, WordFilters};
 use crate::limits::{
     BLOCK_ENTRIES_MAX, INDEX_TAG_SETS_PER_SEGMENT_MAX, INDEX_TAG_SET_CELLS_PER_SEGMENT_MAX,
     INDEX_TAG_VALUES_PER_SEGMENT_MAX, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
@@ -566,6 +566,13 @@ impl SegmentIndex {
     /// The word filters, if loaded.
     pub fn word_filters(&self) -> Option<&WordFilters> {
         self.filters.get()
+    }
+
+    /// The word filter of the block at `position`, if it has one and the
+    /// filters are loaded.
+    pub fn word_filter(&self, position: u32) -> Option<WordFilter> {
+        let words = self.filters.get()?.filter(position)?;
+        Some(WordFilter::from_words(words.into()))
     }
 
     fn term(&self, key: &str, value: &str) -> Option<&PairTerm> {

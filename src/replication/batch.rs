@@ -122,10 +122,29 @@ impl PushedBatch {
         block_tags: Vec<TagSet>,
         block_terms: Vec<Option<Box<BlockTerms>>>,
     ) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_with_terms(message, block_tags, block_terms, BlockSeqs::Stored)
+    }
+
+    /// [`PushedBatch::parse_archived_checked`] with each block's terms as
+    /// the sender's index knows them (`SnapshotChunk.block_terms`).
+    pub fn parse_archived_checked_with_terms(
+        message: Bytes,
+        block_tags: Vec<TagSet>,
+        block_terms: Vec<Option<Box<BlockTerms>>>,
+    ) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_with_terms(message, block_tags, block_terms, BlockSeqs::Origin)
+    }
+
+    fn parse_with_terms(
+        message: Bytes,
+        block_tags: Vec<TagSet>,
+        block_terms: Vec<Option<Box<BlockTerms>>>,
+        seqs: BlockSeqs,
+    ) -> Result<PushedBatch, Error> {
         if block_terms.len() != block_tags.len() {
             return Err(malformed(format!("{} tag sets, terms of {} blocks", block_tags.len(), block_terms.len())));
         }
-        let mut batch = PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Stored)?;
+        let mut batch = PushedBatch::parse_with_tags(message, block_tags, seqs)?;
         for (block, terms) in batch.blocks.iter_mut().zip(block_terms) {
             block.terms = terms;
         }

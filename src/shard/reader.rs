@@ -27,6 +27,7 @@ use super::filter::{EntryFilter, PayloadPrefilter, Substrings};
 use super::TagSet;
 use super::{recovery, Error, Result, Shard, State};
 use crate::codec::block::{self, EntryView};
+use crate::index::word_filter::WordFilter;
 use crate::index::words::WordQuery;
 use crate::index::{BlockMeta, OriginKey, Predicates, SegmentIndex};
 use crate::limits::{
@@ -36,7 +37,7 @@ use crate::proto::LogEntry;
 
 /// What [`Shard::read_replicated_blocks`] calls with each block: its
 /// header, its bytes, its tags when the index knows them.
-pub type SnapshotVisit<'a> = dyn FnMut(&block::BlockHeader, &[u8], Option<TagSet>) + 'a;
+pub type SnapshotVisit<'a> = dyn FnMut(&block::BlockHeader, &[u8], Option<TagSet>, Option<WordFilter>) + 'a;
 
 /// A query over one shard.
 #[derive(Clone, Copy, Debug)]
@@ -456,7 +457,8 @@ impl Shard {
     /// crc-checked but not decoded, in seq order: from the block holding
     /// `from_seq` through the one holding `through_seq`, those whose origin
     /// seqs `wanted(origin, first, last)` accepts, with their tags when the
-    /// segment's index knows them all ([`SegmentIndex::block_tags`]), until
+    /// segment's index knows them all ([`SegmentIndex::block_tags`]) and
+    /// their word filters ([`SegmentIndex::word_filter`]), until
     /// about `bytes_max` block bytes were visited. A sealed segment none
     /// of whose origin ranges `wanted` accepts is passed over unread, its
     /// index not even loaded: what a receiver already holds costs nothing.
@@ -504,9 +506,10 @@ impl Shard {
             };
             let considered = std::cell::Cell::new(next);
             let tags = std::cell::RefCell::new(Vec::new());
+            let filters = std::cell::RefCell::new(Vec::new());
             let room = bytes_max.saturating_sub(bytes);
             let plan = self
-                .plan(target, false, |index, visible| {
+                .plan(target, true, |index, visible| {
                     let blocks = &index.blocks()[..visible];
                     let start = blocks.partition_point(|meta| meta.next_seq() <= next);
                     let (mut picked, mut positions) = (Vec::new(), Vec::new());
@@ -528,18 +531,19 @@ impl Shard {
                         }
                     }
                     *tags.borrow_mut() = index.block_tags(&positions);
+                    *filters.borrow_mut() = positions.iter().map(|&position| index.word_filter(position)).collect();
                     picked
                 })
                 .await?;
             // A sealed segment retention deleted meanwhile: its seqs are gone
             // (the caller finds the hole).
             let Some(plan) = plan else { continue };
-            let mut tags = tags.take().into_iter();
+            let (mut tags, mut filters) = (tags.take().into_iter(), filters.take().into_iter());
             self.read_blocks(&plan, false, &mut |meta, block_bytes| {
                 let block_error = |source| Error::Block { path: plan.path.clone(), offset: meta.offset, source };
                 let header = block::verify_block(block_bytes).map_err(block_error)?;
                 bytes += header.block_bytes();
-                visit(&header, &block_bytes[..header.block_bytes()], tags.next().flatten());
+                visit(&header, &block_bytes[..header.block_bytes()], tags.next().flatten(), filters.next().flatten());
                 Ok(true)
             })
             .await?;

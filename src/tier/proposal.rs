@@ -121,12 +121,19 @@ const FILTER: u8 = 2;
 /// gathered none (then a replica records each block's union).
 pub fn encode_block_terms(batch: &PushedBatch) -> Vec<u8> {
     let blocks: Vec<Option<&BlockTerms>> = batch.block_terms().collect();
+    encode_terms(&blocks)
+}
+
+/// Terms of blocks, one per block (`None`: not known), laid out as the
+/// module doc says; empty when none is known. What a snapshot chunk
+/// carries for a batch of stored blocks, too.
+pub fn encode_terms(blocks: &[Option<&BlockTerms>]) -> Vec<u8> {
     if blocks.iter().all(Option::is_none) {
         return Vec::new();
     }
     let mut out = Vec::new();
     put_varint(&mut out, blocks.len() as u64);
-    for terms in blocks {
+    for &terms in blocks {
         let Some(terms) = terms else {
             out.push(0);
             continue;

@@ -837,24 +837,41 @@ impl Replica {
         if chunk.block_tags.len() > chunk.batches.len() {
             return refuse("a snapshot chunk has more tag sets than batches".to_string());
         }
+        if chunk.block_terms.len() > chunk.block_tags.len() {
+            return refuse("a snapshot chunk has terms of batches without tags".to_string());
+        }
+        let mut terms_crc = crc32fast::Hasher::new();
+        chunk.block_terms.iter().for_each(|bytes| terms_crc.update(bytes));
+        if !chunk.block_terms.is_empty() && terms_crc.finalize() != chunk.terms_crc32 {
+            return refuse("a snapshot chunk's block terms fail their crc".to_string());
+        }
         // The batches of a chunk are appended together and made durable
         // with one fdatasync; `appends` knows what each pair holds meanwhile.
         let mut appends = Appends::default();
-        let mut block_tags = chunk.block_tags.into_iter();
+        let (mut block_tags, mut block_terms) = (chunk.block_tags.into_iter(), chunk.block_terms.into_iter());
         let single = (!chunk.batch.is_empty()).then_some(chunk.batch);
-        let batches = single.map(|batch| (batch, Bytes::new()));
-        let batches = batches
-            .into_iter()
-            .chain(chunk.batches.into_iter().map(|batch| (batch, block_tags.next().unwrap_or_default())));
-        for (bytes, tags) in batches {
+        let batches = single.map(|batch| (batch, Bytes::new(), Bytes::new()));
+        let batches = batches.into_iter().chain(
+            chunk
+                .batches
+                .into_iter()
+                .map(|batch| (batch, block_tags.next().unwrap_or_default(), block_terms.next().unwrap_or_default())),
+        );
+        for (bytes, tags, terms) in batches {
             // The sender's stored blocks; with their tags (from its index),
-            // only their crcs are checked.
+            // only their crcs are checked, and with their terms, they are
+            // indexed with the sender's word filters.
             let parsed = if tags.is_empty() {
                 PushedBatch::parse_archived(bytes)
             } else {
-                match super::proposal::decode_block_tags(&tags) {
-                    Ok(tags) => PushedBatch::parse_archived_checked(bytes, tags),
+                let tags = match super::proposal::decode_block_tags(&tags) {
+                    Ok(tags) => tags,
                     Err(error) => return refuse(format!("a snapshot batch's block tags: {error}")),
+                };
+                match super::proposal::decode_block_terms(&terms) {
+                    Ok(None) => PushedBatch::parse_archived_checked(bytes, tags),
+                    Ok(Some(terms)) => PushedBatch::parse_archived_checked_with_terms(bytes, tags, terms),
+                    Err(error) => return refuse(format!("a snapshot batch's block terms: {error}")),
                 }
             };
             let mut batch = match parsed {

@@ -41,8 +41,10 @@ use prost::encoding::encode_varint;
 use prost::Message as _;
 
 use super::machine::Pair;
-use super::proposal::encode_tag_sets;
+use super::proposal::{encode_tag_sets, encode_terms};
 use crate::codec::block::{self, BlockError, BlockHeader, TagSet};
+use crate::index::word_filter::WordFilter;
+use crate::index::BlockTerms;
 use crate::limits::{
     SNAPSHOT_CHUNK_BATCHES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_ENTRIES, SNAPSHOT_CHUNK_TAG_BYTES_MAX,
 };
@@ -113,6 +115,11 @@ pub struct Batch {
     pub range: Range<usize>,
     /// Its blocks' tags for `SnapshotChunk.block_tags` (empty: none).
     pub block_tags: Vec<u8>,
+    /// Its blocks' terms for `SnapshotChunk.block_terms`, as
+    /// `Proposal.block_terms` lays them out (empty: none): each block's tags
+    /// as its one set, and its word filter, so that the receiver's index
+    /// prunes the block by word as the sender's does.
+    pub block_terms: Vec<u8>,
     /// Entries in the batch.
     pub entries: u64,
 }
@@ -137,6 +144,27 @@ impl Chunk {
     }
 }
 
+/// The terms of blocks known by their tags and word filters: each block's
+/// tags (sorted, so every sender lays them out alike) as its one set, and
+/// its filter. Empty when no block has a filter (the tags say the rest).
+fn encode_union_terms(tags: &[TagSet], filters: Vec<Option<WordFilter>>) -> Vec<u8> {
+    if filters.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    let terms: Vec<Option<BlockTerms>> = tags
+        .iter()
+        .zip(filters)
+        .map(|(tags, filter)| {
+            let mut pairs: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (&**key, &**value)).collect();
+            pairs.sort_unstable();
+            let all: Vec<u32> = (0..pairs.len() as u32).collect();
+            let sets = (!all.is_empty()).then_some(&all[..]);
+            BlockTerms::from_parts(pairs, sets, filter).ok()
+        })
+        .collect();
+    encode_terms(&terms.iter().map(Option::as_ref).collect::<Vec<_>>())
+}
+
 /// The batch being filled, at the end of the chunk's buffer.
 struct Open {
     pair: Pair,
@@ -147,6 +175,8 @@ struct Open {
     entries: u64,
     /// One tag set per block, or `None`: the batch's blocks go without.
     tags: Option<Vec<TagSet>>,
+    /// With the tags, one word filter per block, where the sender has one.
+    filters: Vec<Option<WordFilter>>,
 }
 
 /// Picks, cuts and groups the blocks of a snapshot into chunks (see the
@@ -196,12 +226,14 @@ impl Chunker {
     }
 
     /// Takes the next block of the sender's shard: `block` is its bytes
-    /// (crc-checked), `header` its header, `tags` its tags when known.
+    /// (crc-checked), `header` its header, `tags` its tags when known and
+    /// `filter` its word filter when it has one.
     pub fn push_block(
         &mut self,
         header: &BlockHeader,
         block: &[u8],
         tags: Option<TagSet>,
+        filter: Option<WordFilter>,
     ) -> Result<(), SnapshotError> {
         let Some(origin) = header.origin else { return Ok(()) };
         let pair = (origin.node, origin.shard);
@@ -218,8 +250,13 @@ impl Chunker {
             self.flush();
             return self.cut(header, block, pair, covered, ours);
         }
-        // Tags the chunk can carry, or none (the receiver reads them).
-        let tag_bytes = tags.as_ref().map_or(0, |tags| tags.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>());
+        // Tags (and the filter) the chunk can carry, or none (the receiver
+        // reads the tags, and keeps no filter).
+        let tag_bytes = tags.as_ref().map_or(0, |tags| {
+            let bytes = tags.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+            // With a filter, the terms repeat the tags.
+            bytes + filter.as_ref().map_or(0, |filter| bytes + filter.bytes() + 8)
+        });
         let (tags, tag_bytes) = match tags {
             Some(tags) if tag_bytes <= self.tag_bytes_max => (Some(tags), tag_bytes),
             _ => (None, 0),
@@ -244,7 +281,7 @@ impl Chunker {
         let open = self.open.get_or_insert_with(|| {
             let start = buffer.len();
             batch_header(pair, buffer);
-            Open { pair, start, next_seq: first, entries: 0, tags: tags.is_some().then(Vec::new) }
+            Open { pair, start, next_seq: first, entries: 0, tags: tags.is_some().then(Vec::new), filters: Vec::new() }
         });
         encode_varint((4 << 3) | 2, buffer);
         encode_varint(block.len() as u64, buffer);
@@ -253,6 +290,7 @@ impl Chunker {
         open.entries += u64::from(header.entry_count);
         if let (Some(all), Some(tags)) = (open.tags.as_mut(), tags) {
             all.push(tags);
+            open.filters.push(filter);
             self.chunk.tag_bytes += tag_bytes;
         }
         self.covered.insert(pair, last);
@@ -281,7 +319,13 @@ impl Chunker {
                 blocks: Vec::new(),
             };
             let buffer = batch.encode_to_vec();
-            let batch = Batch { pair, range: 0..buffer.len(), block_tags: Vec::new(), entries: part.len() as u64 };
+            let batch = Batch {
+                pair,
+                range: 0..buffer.len(),
+                block_tags: Vec::new(),
+                block_terms: Vec::new(),
+                entries: part.len() as u64,
+            };
             self.ready.push_back(Chunk { buffer, batches: vec![batch], tag_bytes: 0 });
         }
         self.covered.insert(pair, ours);
@@ -291,9 +335,14 @@ impl Chunker {
     /// Closes the batch being filled into the chunk.
     fn close_batch(&mut self) {
         if let Some(open) = self.open.take() {
-            let block_tags = open.tags.map_or_else(Vec::new, |tags| encode_tag_sets(&tags.iter().collect::<Vec<_>>()));
+            let (block_tags, block_terms) = match &open.tags {
+                None => (Vec::new(), Vec::new()),
+                Some(tags) => {
+                    (encode_tag_sets(&tags.iter().collect::<Vec<_>>()), encode_union_terms(tags, open.filters))
+                }
+            };
             let range = open.start..self.chunk.buffer.len();
-            self.chunk.batches.push(Batch { pair: open.pair, range, block_tags, entries: open.entries });
+            self.chunk.batches.push(Batch { pair: open.pair, range, block_tags, block_terms, entries: open.entries });
         }
     }
 
@@ -385,7 +434,9 @@ mod tests {
         for &(pair, first, last, tagged) in blocks {
             let (header, bytes) = block(pair, first..=last, local);
             local += last - first + 1;
-            chunker.push_block(&header, &bytes, tagged.then(tags))?;
+            // Tagged blocks come with a filter too, whose one word is `first`.
+            let filter = tagged.then(|| WordFilter::from_words(vec![first].into()));
+            chunker.push_block(&header, &bytes, tagged.then(tags), filter)?;
         }
         chunker.finish()?;
         let mut chunks = Vec::new();
@@ -405,7 +456,23 @@ mod tests {
                     assert_eq!(parsed.len() as u64, batch.entries);
                     if !batch.block_tags.is_empty() {
                         let sets = super::super::proposal::decode_block_tags(&batch.block_tags).unwrap();
-                        PushedBatch::parse_archived_checked(bytes, sets).unwrap();
+                        PushedBatch::parse_archived_checked(bytes.clone(), sets.clone()).unwrap();
+                        // The terms: each block's tags as its one set, and its filter.
+                        let terms = super::super::proposal::decode_block_terms(&batch.block_terms).unwrap().unwrap();
+                        let checked = PushedBatch::parse_archived_checked_with_terms(bytes, sets, terms).unwrap();
+                        let firsts: Vec<u64> = checked
+                            .block_terms()
+                            .map(|terms| {
+                                let terms = terms.unwrap();
+                                assert_eq!(terms.pairs().collect::<Vec<_>>(), [("app", "web")]);
+                                assert_eq!(terms.sets().collect::<Vec<_>>(), [&[0_u32][..]]);
+                                terms.word_filter().unwrap().words()[0]
+                            })
+                            .collect();
+                        let starts: Vec<u64> = parsed.seqs().filter(|seq| firsts.contains(seq)).collect();
+                        assert_eq!(firsts, starts, "each block's own filter, in order");
+                    } else {
+                        assert!(batch.block_terms.is_empty());
                     }
                     (batch.pair, parsed.seqs().collect(), !batch.block_tags.is_empty())
                 })

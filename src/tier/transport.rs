@@ -458,9 +458,9 @@ pub async fn snapshot_chunks(
                 through_seq,
                 &|pair, first, last| wanted.wants(pair, first, last),
                 SNAPSHOT_CHUNK_BYTES_MAX,
-                &mut |header, block, tags| {
+                &mut |header, block, tags, filter| {
                     if failed.is_none() {
-                        failed = chunker.push_block(header, block, tags).err();
+                        failed = chunker.push_block(header, block, tags, filter).err();
                     }
                 },
             )
@@ -478,23 +478,42 @@ pub async fn snapshot_chunks(
 /// The message of one chunk of batches, with its crc.
 fn snapshot_chunk(group: u32, from: u32, chunk: Chunk) -> SnapshotChunk {
     let mut crc = crc32fast::Hasher::new();
-    let (mut batches, mut block_tags) = (Vec::new(), Vec::new());
+    let (mut batches, mut block_tags, mut block_terms) = (Vec::new(), Vec::new(), Vec::new());
     let buffer = bytes::Bytes::from(chunk.buffer);
     for batch in chunk.batches {
         let bytes = buffer.slice(batch.range);
         crc.update(&bytes);
         batches.push(bytes);
         block_tags.push(batch.block_tags);
+        block_terms.push(batch.block_terms);
     }
-    // Trailing empty tag sets need not travel.
-    while block_tags.last().is_some_and(Vec::is_empty) {
-        block_tags.pop();
+    // Trailing empty tag sets and terms need not travel.
+    for list in [&mut block_tags, &mut block_terms] {
+        while list.last().is_some_and(Vec::is_empty) {
+            list.pop();
+        }
     }
     for tags in &block_tags {
         crc.update(tags);
     }
+    // The terms have a crc of their own, which a receiver from before them
+    // never reads (its crc32 covers what it knows).
+    let terms_crc32 = block_terms.iter().fold(crc32fast::Hasher::new(), |mut crc, terms| {
+        crc.update(terms);
+        crc
+    });
     let block_tags = block_tags.into_iter().map(Into::into).collect();
-    SnapshotChunk { group, from, crc32: crc.finalize(), batches, block_tags, ..Default::default() }
+    let (terms_crc32, block_terms) = (terms_crc32.finalize(), block_terms.into_iter().map(Into::into).collect());
+    SnapshotChunk {
+        group,
+        from,
+        crc32: crc.finalize(),
+        batches,
+        block_tags,
+        block_terms,
+        terms_crc32,
+        ..Default::default()
+    }
 }
 
 /// Makes the chunks of a snapshot of entries (the form of earlier
