@@ -163,6 +163,46 @@ pub fn encode_terms(blocks: &[Option<&BlockTerms>]) -> Vec<u8> {
     out
 }
 
+/// Terms of blocks known by their tags and word filters, laid out as
+/// [`encode_terms`] lays out whole terms: each block's tags (`None`: the
+/// block's terms are not known) as its one set, and its filter, written
+/// straight from them (a snapshot sends this for every stored block).
+/// Empty when no block has a filter: the tags say the rest.
+pub fn encode_union_terms<'a>(blocks: &[(Option<&'a TagSet>, Option<&'a WordFilter>)]) -> Vec<u8> {
+    if blocks.iter().all(|(_, filter)| filter.is_none()) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    put_varint(&mut out, blocks.len() as u64);
+    for &(tags, filter) in blocks {
+        let Some(tags) = tags else {
+            out.push(0);
+            continue;
+        };
+        out.push(if filter.is_some() { TERMS | FILTER } else { TERMS });
+        put_varint(&mut out, tags.len() as u64);
+        for (key, value) in tags {
+            put_pair(&mut out, key, value);
+        }
+        if tags.is_empty() {
+            put_varint(&mut out, 0);
+        } else {
+            // One set: every pair, numbers 0, then increases of 1.
+            put_varint(&mut out, 1);
+            put_varint(&mut out, tags.len() as u64);
+            out.push(0);
+            out.extend(std::iter::repeat_n(1, tags.len() - 1));
+        }
+        if let Some(filter) = filter {
+            put_varint(&mut out, filter.words().len() as u64);
+            for word in filter.words() {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
 /// Reads what [`encode_block_terms`] wrote: per block, its terms if they
 /// were sent. `None` for the whole batch when `bytes` is empty (nothing was
 /// sent).
@@ -295,6 +335,26 @@ mod tests {
         // A batch checked with its tags gathered none, and sends none.
         assert!(encode_block_terms(&PushedBatch::parse_checked(message, tags).unwrap()).is_empty());
         assert!(decode_block_terms(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn union_terms_are_the_terms_of_one_set_of_every_tag() {
+        let mut tags = TagSet::default();
+        for (key, value) in [("app", "web"), ("host", "a"), ("level", "info")] {
+            insert_tag(&mut tags, key, value);
+        }
+        let filter = WordFilter::from_words(vec![3, 5].into());
+        let blocks = [(Some(&tags), Some(&filter)), (None, None), (Some(&TagSet::default()), None)];
+        let decoded = decode_block_terms(&encode_union_terms(&blocks)).unwrap().unwrap();
+        let first = decoded[0].as_ref().unwrap();
+        let pairs: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (&**key, &**value)).collect();
+        assert_eq!(first.pairs().collect::<Vec<_>>(), pairs, "the tags in the order the tags field has them");
+        assert_eq!(first.sets().collect::<Vec<_>>(), [&[0_u32, 1, 2][..]]);
+        assert_eq!(first.word_filter(), Some(filter));
+        assert!(decoded[1].is_none());
+        let untagged = decoded[2].as_ref().unwrap();
+        assert_eq!((untagged.pair_count(), untagged.set_count(), untagged.word_filter()), (0, 0, None));
+        assert!(encode_union_terms(&[(Some(&tags), None)]).is_empty(), "no filter: nothing to add to the tags");
     }
 
     #[test]

@@ -41,10 +41,9 @@ use prost::encoding::encode_varint;
 use prost::Message as _;
 
 use super::machine::Pair;
-use super::proposal::{encode_tag_sets, encode_terms};
+use super::proposal::{encode_tag_sets, encode_union_terms};
 use crate::codec::block::{self, BlockError, BlockHeader, TagSet};
 use crate::index::word_filter::WordFilter;
-use crate::index::BlockTerms;
 use crate::limits::{
     SNAPSHOT_CHUNK_BATCHES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_ENTRIES, SNAPSHOT_CHUNK_TAG_BYTES_MAX,
 };
@@ -142,27 +141,6 @@ impl Chunk {
     pub fn batch(&self, index: usize) -> &[u8] {
         &self.buffer[self.batches[index].range.clone()]
     }
-}
-
-/// The terms of blocks known by their tags and word filters: each block's
-/// tags (sorted, so every sender lays them out alike) as its one set, and
-/// its filter. Empty when no block has a filter (the tags say the rest).
-fn encode_union_terms(tags: &[TagSet], filters: Vec<Option<WordFilter>>) -> Vec<u8> {
-    if filters.iter().all(Option::is_none) {
-        return Vec::new();
-    }
-    let terms: Vec<Option<BlockTerms>> = tags
-        .iter()
-        .zip(filters)
-        .map(|(tags, filter)| {
-            let mut pairs: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (&**key, &**value)).collect();
-            pairs.sort_unstable();
-            let all: Vec<u32> = (0..pairs.len() as u32).collect();
-            let sets = (!all.is_empty()).then_some(&all[..]);
-            BlockTerms::from_parts(pairs, sets, filter).ok()
-        })
-        .collect();
-    encode_terms(&terms.iter().map(Option::as_ref).collect::<Vec<_>>())
 }
 
 /// The batch being filled, at the end of the chunk's buffer.
@@ -338,7 +316,9 @@ impl Chunker {
             let (block_tags, block_terms) = match &open.tags {
                 None => (Vec::new(), Vec::new()),
                 Some(tags) => {
-                    (encode_tag_sets(&tags.iter().collect::<Vec<_>>()), encode_union_terms(tags, open.filters))
+                    let blocks: Vec<_> =
+                        tags.iter().zip(&open.filters).map(|(tags, filter)| (Some(tags), filter.as_ref())).collect();
+                    (encode_tag_sets(&tags.iter().collect::<Vec<_>>()), encode_union_terms(&blocks))
                 }
             };
             let range = open.start..self.chunk.buffer.len();
