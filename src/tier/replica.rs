@@ -661,19 +661,13 @@ impl Replica {
     pub fn propose_direct(&self, entries: Vec<LogEntry>) -> oneshot::Receiver<Result<(u64, u64), Error>> {
         let (reply, answer) = oneshot::channel();
         let mut state = self.state.borrow_mut();
-        let queued = Queued::Direct(entries, reply);
-        let admitted = match &queued {
-            Queued::Direct(entries, _) => check_direct_write_size(entries),
-            Queued::Push(..) => Ok(()),
-        };
-        if let Err(error) = admitted.and_then(|()| self.admit_work(&state, queued.bytes())) {
-            if let Queued::Direct(_, reply) = queued {
-                let _ = reply.send(Err(error));
-            }
+        let bytes = direct_write_bytes(&entries);
+        if let Err(error) = check_direct_write_size(&entries).and_then(|()| self.admit_work(&state, bytes)) {
+            let _ = reply.send(Err(error));
             return answer;
         }
-        state.queued_bytes += queued.bytes();
-        state.queue.push_back(queued);
+        state.queued_bytes += bytes;
+        state.queue.push_back(Queued::Direct(entries, reply));
         drop(state);
         self.wake();
         answer
