@@ -156,6 +156,8 @@ async fn found(shard: &Shard, tags: &[(&str, &str)], ours: &BTreeMap<Pair, u64>)
 #[derive(Debug, Default)]
 struct Sent {
     chunks: usize,
+    /// Chunks offered with their terms damaged, and refused.
+    damaged_refused: usize,
     tagged: usize,
     untagged: usize,
     entries: usize,
@@ -221,6 +223,20 @@ async fn snapshot_into(
                 .finalize();
         }
         sent.chunks += 1;
+        // The first chunk with terms is offered damaged first: refused
+        // whole by the terms' crc, before anything of it is applied (the
+        // check against the sender's archive at the end would see it).
+        if let Some(position) = chunk.block_terms.iter().position(|terms| !terms.is_empty()) {
+            if sent.damaged_refused == 0 {
+                let mut damaged = chunk.clone();
+                let mut terms = damaged.block_terms[position].to_vec();
+                *terms.last_mut().unwrap() ^= 1;
+                damaged.block_terms[position] = terms.into();
+                let refusal = replica.install_chunk(damaged).await.unwrap_err().to_string();
+                assert!(refusal.contains("block terms fail their crc"), "{refusal}");
+                sent.damaged_refused += 1;
+            }
+        }
         for (index, batch) in chunk.batches.iter().enumerate() {
             let blocks = !<PushBatch as prost::Message>::decode(batch.clone()).unwrap().blocks.is_empty();
             match (blocks, chunk.block_tags.get(index).is_none_or(|tags| tags.is_empty())) {
@@ -308,6 +324,7 @@ fn a_snapshot_of_stored_blocks_reproduces_the_senders_archive() {
         let empty = Shard::open(config(&dir.join("empty"), 2)).await.unwrap();
         let full = snapshot_into(&sender, empty, &dir.join("empty-replica"), &ours, false).await;
         assert!(full.tagged > 4 && full.untagged == 0, "{full:?}");
+        assert_eq!(full.damaged_refused, 1, "{full:?}");
         assert_eq!(full.entries, 1, "the block past the state is cut: {full:?}");
         // The pairs' blocks alternate: a chunk holds many batches.
         assert!(full.chunks * 10 < full.tagged, "{full:?}");
