@@ -96,11 +96,15 @@ impl PushedBatch {
         PushedBatch::parse_inner(message, None, BlockSeqs::Origin)
     }
 
-    /// [`PushedBatch::parse_archived`] with the blocks' tags given, as
-    /// [`PushedBatch::parse_checked`] takes them: crcs are verified,
-    /// payloads are not decompressed.
-    pub fn parse_archived_checked(message: Bytes, block_tags: Vec<TagSet>) -> Result<PushedBatch, Error> {
-        PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Origin)
+    /// [`PushedBatch::parse_archived`] with the blocks' tags (and terms)
+    /// given, as [`PushedBatch::parse_checked`] takes them: crcs are
+    /// verified, payloads are not decompressed.
+    pub fn parse_archived_checked(
+        message: Bytes,
+        block_tags: Vec<TagSet>,
+        block_terms: Option<Vec<Option<Box<BlockTerms>>>>,
+    ) -> Result<PushedBatch, Error> {
+        PushedBatch::parse_with_tags(message, block_tags, block_terms, BlockSeqs::Origin)
     }
 
     /// Like [`PushedBatch::parse`], for a batch another node already
@@ -108,55 +112,34 @@ impl PushedBatch {
     /// carries each block's tags): each block's header and crc are
     /// verified, its payload is not decompressed, and its tags are the
     /// ones given, one set per block in order. The crc still guards every
-    /// byte stored.
-    pub fn parse_checked(message: Bytes, block_tags: Vec<TagSet>) -> Result<PushedBatch, Error> {
-        PushedBatch::parse_with_tags(message, block_tags, BlockSeqs::Stored)
-    }
-
-    /// [`PushedBatch::parse_checked`] with each block's terms as the
-    /// checking node gathered them (`Proposal.block_terms`), one per block
-    /// in order (`None`: that block's are not known), so that this node
-    /// indexes the blocks as that node did.
-    pub fn parse_checked_with_terms(
+    /// byte stored. With `block_terms` (`Proposal.block_terms`: one per
+    /// block in order, `None` for a block whose are not known), this node
+    /// indexes the blocks as the checking node did; without, by their tags.
+    pub fn parse_checked(
         message: Bytes,
         block_tags: Vec<TagSet>,
-        block_terms: Vec<Option<Box<BlockTerms>>>,
+        block_terms: Option<Vec<Option<Box<BlockTerms>>>>,
     ) -> Result<PushedBatch, Error> {
-        PushedBatch::parse_with_terms(message, block_tags, block_terms, BlockSeqs::Stored)
+        PushedBatch::parse_with_tags(message, block_tags, block_terms, BlockSeqs::Stored)
     }
 
-    /// [`PushedBatch::parse_archived_checked`] with each block's terms as
-    /// the sender's index knows them (`SnapshotChunk.block_terms`).
-    pub fn parse_archived_checked_with_terms(
+    fn parse_with_tags(
         message: Bytes,
         block_tags: Vec<TagSet>,
-        block_terms: Vec<Option<Box<BlockTerms>>>,
-    ) -> Result<PushedBatch, Error> {
-        PushedBatch::parse_with_terms(message, block_tags, block_terms, BlockSeqs::Origin)
-    }
-
-    fn parse_with_terms(
-        message: Bytes,
-        block_tags: Vec<TagSet>,
-        block_terms: Vec<Option<Box<BlockTerms>>>,
+        block_terms: Option<Vec<Option<Box<BlockTerms>>>>,
         seqs: BlockSeqs,
     ) -> Result<PushedBatch, Error> {
-        if block_terms.len() != block_tags.len() {
-            return Err(malformed(format!("{} tag sets, terms of {} blocks", block_tags.len(), block_terms.len())));
-        }
-        let mut batch = PushedBatch::parse_with_tags(message, block_tags, seqs)?;
-        for (block, terms) in batch.blocks.iter_mut().zip(block_terms) {
-            block.terms = terms;
-        }
-        Ok(batch)
-    }
-
-    fn parse_with_tags(message: Bytes, block_tags: Vec<TagSet>, seqs: BlockSeqs) -> Result<PushedBatch, Error> {
         let count = block_tags.len();
+        if let Some(terms) = block_terms.as_ref().filter(|terms| terms.len() != count) {
+            return Err(malformed(format!("{count} tag sets, terms of {} blocks", terms.len())));
+        }
         let mut tags = block_tags.into_iter();
-        let batch = PushedBatch::parse_inner(message, Some(&mut tags), seqs)?;
+        let mut batch = PushedBatch::parse_inner(message, Some(&mut tags), seqs)?;
         if batch.blocks.len() != count {
             return Err(malformed(format!("{} blocks, {count} tag sets", batch.blocks.len())));
+        }
+        for (block, terms) in batch.blocks.iter_mut().zip(block_terms.into_iter().flatten()) {
+            block.terms = terms;
         }
         Ok(batch)
     }
@@ -168,7 +151,7 @@ impl PushedBatch {
     }
 
     /// The terms of each pushed block, in order, where this node gathered
-    /// them (what [`PushedBatch::parse_checked_with_terms`] takes).
+    /// them (what [`PushedBatch::parse_checked`] takes).
     pub fn block_terms(&self) -> impl Iterator<Item = Option<&BlockTerms>> {
         self.blocks.iter().map(|block| block.terms.as_deref())
     }
@@ -598,17 +581,17 @@ mod tests {
         let message = two_blocks();
         let full = PushedBatch::parse(message.clone()).unwrap();
         let tags: Vec<TagSet> = full.block_tags().cloned().collect();
-        let checked = PushedBatch::parse_checked(message.clone(), tags.clone()).unwrap();
+        let checked = PushedBatch::parse_checked(message.clone(), tags.clone(), None).unwrap();
         assert_eq!(checked.seqs().collect::<Vec<_>>(), full.seqs().collect::<Vec<_>>());
         assert_eq!(checked.block_tags().cloned().collect::<Vec<_>>(), tags);
         // A tag set too few or too many is malformed.
-        assert!(PushedBatch::parse_checked(message.clone(), tags[..1].to_vec()).is_err());
+        assert!(PushedBatch::parse_checked(message.clone(), tags[..1].to_vec(), None).is_err());
         // A damaged payload is caught by its crc, without decompressing.
         let mut block = stored_block(1..=3).to_vec();
         block[70] ^= 0x40;
         let damaged =
             PushBatch { durable_seq: 0, follower_id: 4, shard: 1, entries: Vec::new(), blocks: vec![block.into()] };
-        let error = PushedBatch::parse_checked(damaged.encode_to_vec().into(), tags[..1].to_vec()).unwrap_err();
+        let error = PushedBatch::parse_checked(damaged.encode_to_vec().into(), tags[..1].to_vec(), None).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
     }
 
@@ -620,16 +603,16 @@ mod tests {
         let terms: Vec<Option<Box<BlockTerms>>> =
             full.block_terms().map(|terms| terms.cloned().map(Box::new)).collect();
         assert!(terms.iter().all(Option::is_some), "a full parse gathers each block's terms");
-        let checked = PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms.clone()).unwrap();
+        let checked = PushedBatch::parse_checked(message.clone(), tags.clone(), Some(terms.clone())).unwrap();
         for (sent, got) in full.block_terms().zip(checked.block_terms()) {
             let (sent, got) = (sent.unwrap(), got.unwrap());
             assert_eq!(got.sets().collect::<Vec<_>>(), sent.sets().collect::<Vec<_>>());
             assert_eq!(got.word_filter(), sent.word_filter());
         }
         // Terms of a block too few or too many are malformed.
-        assert!(PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms[..1].to_vec()).is_err());
+        assert!(PushedBatch::parse_checked(message.clone(), tags.clone(), Some(terms[..1].to_vec())).is_err());
         // A checked parse gathers none.
-        assert!(PushedBatch::parse_checked(message, tags).unwrap().block_terms().all(|terms| terms.is_none()));
+        assert!(PushedBatch::parse_checked(message, tags, None).unwrap().block_terms().all(|terms| terms.is_none()));
     }
 
     /// An archive's stored block of origin `pair`'s seqs `seqs`, at shard seq 500.
@@ -662,7 +645,7 @@ mod tests {
         let parsed = PushedBatch::parse_archived(good.clone().into()).unwrap();
         assert_eq!(parsed.seqs().collect::<Vec<_>>(), (10..=14).collect::<Vec<_>>());
         let tags: Vec<TagSet> = parsed.block_tags().cloned().collect();
-        let checked = PushedBatch::parse_archived_checked(good.clone().into(), tags).unwrap();
+        let checked = PushedBatch::parse_archived_checked(good.clone().into(), tags, None).unwrap();
         assert_eq!(checked.seqs().collect::<Vec<_>>(), (10..=14).collect::<Vec<_>>());
         // As a follower's push, the same blocks hold the shard's seqs.
         assert_eq!(PushedBatch::parse(good.into()).unwrap().seqs().next(), Some(500));

@@ -323,7 +323,7 @@ mod tests {
         let full = PushedBatch::parse(message.clone()).unwrap();
         let tags: Vec<TagSet> = full.block_tags().cloned().collect();
         let terms = decode_block_terms(&encode_block_terms(&full)).unwrap().expect("terms were gathered");
-        let replica = PushedBatch::parse_checked_with_terms(message.clone(), tags.clone(), terms).unwrap();
+        let replica = PushedBatch::parse_checked(message.clone(), tags.clone(), Some(terms)).unwrap();
         for (sent, got) in full.block_terms().zip(replica.block_terms()) {
             let (sent, got) = (sent.unwrap(), got.unwrap());
             assert_eq!(got.pairs().collect::<Vec<_>>(), sent.pairs().collect::<Vec<_>>());
@@ -333,7 +333,7 @@ mod tests {
             assert_eq!(got.word_filter(), sent.word_filter());
         }
         // A batch checked with its tags gathered none, and sends none.
-        assert!(encode_block_terms(&PushedBatch::parse_checked(message, tags).unwrap()).is_empty());
+        assert!(encode_block_terms(&PushedBatch::parse_checked(message, tags, None).unwrap()).is_empty());
         assert!(decode_block_terms(&[]).unwrap().is_none());
     }
 

@@ -863,8 +863,7 @@ impl Replica {
                     Err(error) => return refuse(format!("a snapshot batch's block tags: {error}")),
                 };
                 match super::proposal::decode_block_terms(&terms) {
-                    Ok(None) => PushedBatch::parse_archived_checked(bytes, tags),
-                    Ok(Some(terms)) => PushedBatch::parse_archived_checked_with_terms(bytes, tags, terms),
+                    Ok(terms) => PushedBatch::parse_archived_checked(bytes, tags, terms),
                     Err(error) => return refuse(format!("a snapshot batch's block terms: {error}")),
                 }
             };
@@ -1870,14 +1869,13 @@ impl Replica {
                     let tags = block_tags.next().filter(|_| checked);
                     let terms = block_terms.next().unwrap_or_default();
                     let parsed = match tags.map(|tags| super::proposal::decode_block_tags(&tags)) {
-                        Some(Ok(tags)) => match super::proposal::decode_block_terms(&terms) {
-                            Ok(Some(terms)) => PushedBatch::parse_checked_with_terms(bytes, tags, terms),
-                            Ok(None) => PushedBatch::parse_checked(bytes, tags),
-                            Err(error) => {
+                        Some(Ok(tags)) => {
+                            let terms = super::proposal::decode_block_terms(&terms).unwrap_or_else(|error| {
                                 tracing::warn!(group = self.group_id, index, %error, "a batch's block terms do not decode: its blocks are indexed by their tags");
-                                PushedBatch::parse_checked(bytes, tags)
-                            }
-                        },
+                                None
+                            });
+                            PushedBatch::parse_checked(bytes, tags, terms)
+                        }
                         _ => PushedBatch::parse(bytes),
                     };
                     match parsed {

@@ -436,10 +436,10 @@ mod tests {
                     assert_eq!(parsed.len() as u64, batch.entries);
                     if !batch.block_tags.is_empty() {
                         let sets = super::super::proposal::decode_block_tags(&batch.block_tags).unwrap();
-                        PushedBatch::parse_archived_checked(bytes.clone(), sets.clone()).unwrap();
+                        PushedBatch::parse_archived_checked(bytes.clone(), sets.clone(), None).unwrap();
                         // The terms: each block's tags as its one set, and its filter.
                         let terms = super::super::proposal::decode_block_terms(&batch.block_terms).unwrap().unwrap();
-                        let checked = PushedBatch::parse_archived_checked_with_terms(bytes, sets, terms).unwrap();
+                        let checked = PushedBatch::parse_archived_checked(bytes, sets, Some(terms)).unwrap();
                         let firsts: Vec<u64> = checked
                             .block_terms()
                             .map(|terms| {
