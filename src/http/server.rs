@@ -483,11 +483,6 @@ async fn tier_ingest_entries(core: &Rc<Core>, entries: Vec<crate::proto::LogEntr
     if let Err(message) = checked {
         return reject(core, StatusCode::BAD_REQUEST, message);
     }
-    // One write is one Raft entry: larger than a proposal holds, it is too
-    // large for the tier, whatever --max-body-bytes lets in.
-    if let Err(too_large) = crate::tier::replica::check_direct_write_size(&entries) {
-        return reject(core, StatusCode::PAYLOAD_TOO_LARGE, too_large);
-    }
     let count = entries.len();
     match replica.write(entries).await {
         Ok(seqs) => ingested(core, replica.group_id(), seqs, count, body_bytes),
@@ -498,6 +493,8 @@ async fn tier_ingest_entries(core: &Rc<Core>, entries: Vec<crate::proto::LogEntr
                     StatusCode::BAD_REQUEST
                 }
                 TierError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+                // One write is one Raft entry, whatever --max-body-bytes lets in.
+                TierError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 TierError::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };

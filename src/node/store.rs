@@ -142,6 +142,7 @@ impl From<crate::tier::Error> for Refused {
                 RefusedKind::Malformed
             }
             TierError::Exhausted(_) => RefusedKind::Backpressure,
+            TierError::TooLarge(_) => RefusedKind::TooLarge,
             TierError::Log(_) => RefusedKind::Internal,
             _ => RefusedKind::Unavailable,
         };

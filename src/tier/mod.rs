@@ -121,6 +121,10 @@ pub enum Error {
     /// A bound was reached.
     #[error("{0}")]
     Exhausted(String),
+    /// A write or batch larger than one proposal holds: never retry it as
+    /// it is (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
     /// Another membership change is under way: retry once it is done.
     #[error("{0}")]
     Busy(String),
@@ -158,7 +162,9 @@ impl From<Error> for crate::replication::Error {
             Error::ShuttingDown => Replication::ShuttingDown,
             Error::Refused(message) => Replication::Malformed(message),
             Error::Exhausted(message) => Replication::Exhausted(message),
-            Error::Malformed(message) | Error::NotMember(message) => Replication::Malformed(message),
+            Error::Malformed(message) | Error::NotMember(message) | Error::TooLarge(message) => {
+                Replication::Malformed(message)
+            }
             error @ Error::Log(_) => Replication::Unavailable(error.to_string()),
             Error::Replication(error) => error,
         }
@@ -177,7 +183,7 @@ impl From<Error> for Status {
             }
             Error::Refused(message) => Status::new(crate::grpc::status::Code::FailedPrecondition, message),
             Error::Exhausted(message) => Status::resource_exhausted(message),
-            Error::Malformed(message) => Status::invalid_argument(message),
+            Error::Malformed(message) | Error::TooLarge(message) => Status::invalid_argument(message),
             Error::NotMember(message) => Status::new(crate::grpc::status::Code::PermissionDenied, message),
             error @ Error::Log(_) => Status::internal(error.to_string()),
             Error::Replication(error) => error.into(),

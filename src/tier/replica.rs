@@ -217,16 +217,16 @@ fn fit_beside(message_bytes: usize, tags: Vec<u8>, terms: Vec<u8>) -> (Vec<u8>, 
 }
 
 /// The bytes a direct write's entries take in a proposal, about.
-pub fn direct_write_bytes(entries: &[LogEntry]) -> usize {
+fn direct_write_bytes(entries: &[LogEntry]) -> usize {
     entries.iter().map(|entry| entry.encoded_len() + 8).sum()
 }
 
-/// Whether a direct write fits one proposal; refused (`Malformed`, which
-/// no retry helps) if not.
-pub fn check_direct_write_size(entries: &[LogEntry]) -> Result<(), Error> {
+/// A direct write's bytes in a proposal, if it fits one: refused
+/// ([`Error::TooLarge`]) if not.
+fn direct_write_fits(entries: &[LogEntry]) -> Result<usize, Error> {
     match direct_write_bytes(entries) {
         bytes if bytes > PROPOSAL_BYTES_MAX => Err(too_large("a write", bytes)),
-        _ => Ok(()),
+        bytes => Ok(bytes),
     }
 }
 
@@ -234,7 +234,7 @@ pub fn check_direct_write_size(entries: &[LogEntry]) -> Result<(), Error> {
 /// entry holds at most [`PROPOSAL_BYTES_MAX`], so that every record of the
 /// log reads back (`RAFT_RECORD_BYTES_MAX`).
 fn too_large(what: &str, bytes: usize) -> Error {
-    Error::Malformed(format!(
+    Error::TooLarge(format!(
         "{what} of {bytes} bytes is over the {PROPOSAL_BYTES_MAX} bytes one proposal of the tier holds \
          (PROPOSAL_BYTES_MAX): send it in smaller parts"
     ))
@@ -661,11 +661,13 @@ impl Replica {
     pub fn propose_direct(&self, entries: Vec<LogEntry>) -> oneshot::Receiver<Result<(u64, u64), Error>> {
         let (reply, answer) = oneshot::channel();
         let mut state = self.state.borrow_mut();
-        let bytes = direct_write_bytes(&entries);
-        if let Err(error) = check_direct_write_size(&entries).and_then(|()| self.admit_work(&state, bytes)) {
-            let _ = reply.send(Err(error));
-            return answer;
-        }
+        let bytes = match direct_write_fits(&entries).and_then(|bytes| self.admit_work(&state, bytes).map(|()| bytes)) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return answer;
+            }
+        };
         state.queued_bytes += bytes;
         state.queue.push_back(Queued::Direct(entries, reply));
         drop(state);
@@ -685,6 +687,9 @@ impl Replica {
         let Some((leader_id, addr)) = leader.filter(|(id, _)| *id != self.node_id) else {
             return Err(self.not_leader(&self.state.borrow()));
         };
+        // Refused here rather than by the leader, whose refusal comes back
+        // as a plain INVALID_ARGUMENT.
+        direct_write_fits(&entries)?;
         let channel = self.forward_channel(addr).await.map_err(|status| Error::NotLeader {
             group: self.group_id,
             leader: None,
