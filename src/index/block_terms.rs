@@ -37,6 +37,8 @@
 //! only the block's few vectors grow, and growing a table rehashes nothing
 //! (each pair's and set's hash is kept).
 
+use std::borrow::Cow;
+
 use hashbrown::HashTable;
 
 use crate::codec::block::TagSet;
@@ -272,10 +274,19 @@ impl BlockTerms {
 
     /// The block's word filter, finished (folded to its size), if words
     /// were gathered or another node sent the filter.
-    pub fn word_filter(&self) -> Option<WordFilter> {
+    pub fn word_filter(&self) -> Option<Cow<'_, WordFilter>> {
         match (&self.words, &self.filter) {
-            (Some(words), _) => Some(words.finish()),
-            (None, filter) => filter.clone(),
+            (Some(words), _) => Some(Cow::Owned(words.finish())),
+            (None, filter) => filter.as_ref().map(Cow::Borrowed),
+        }
+    }
+
+    /// Finishes the word filter now (the block is closed): what reads it
+    /// later, more than once (a tier leader encodes it for the replicas,
+    /// then indexes it), borrows it, and the builder's buffer is freed.
+    pub fn finish_words(&mut self) {
+        if let Some(words) = self.words.take() {
+            self.filter = Some(words.finish());
         }
     }
 }
@@ -320,8 +331,8 @@ mod tests {
         }
         let pairs: Vec<_> = original.pairs().collect();
         let sets: Vec<&[u32]> = original.sets().collect();
-        let rebuilt =
-            BlockTerms::from_parts(pairs.iter().copied(), sets.iter().copied(), original.word_filter()).unwrap();
+        let filter = original.word_filter().map(Cow::into_owned);
+        let rebuilt = BlockTerms::from_parts(pairs.iter().copied(), sets.iter().copied(), filter).unwrap();
         assert_eq!(rebuilt.pairs().collect::<Vec<_>>(), pairs);
         assert_eq!(rebuilt.sets().collect::<Vec<_>>(), sets);
         assert_eq!(rebuilt.word_filter(), original.word_filter());

@@ -310,7 +310,7 @@ impl SegmentIndex {
         });
         self.tag_sets.push_block(position, sets.as_ref().map(|(members, ends)| (&members[..], &ends[..])));
         let filter = terms.word_filter();
-        self.filters.get_mut().expect("a decoded index is sealed: no block can be added to it").push(filter.as_ref());
+        self.filters.get_mut().expect("a decoded index is sealed: no block can be added to it").push(filter.as_deref());
         if let (Some(key), Some(origin), Some(last)) = (meta.origin_key(), meta.origin, meta.origin_last_seq()) {
             let summary = self.origins.entry(key).or_insert(OriginSummary { watermark: last, seqs: None });
             summary.watermark = summary.watermark.max(last);

@@ -210,7 +210,10 @@ impl PushedBatch {
                                     terms.add_entry(tags.iter().copied());
                                     terms.add_body(body);
                                 })
-                                .map(|(header, tags)| (header, tags, Some(Box::new(terms))))
+                                .map(|(header, tags)| {
+                                    terms.finish_words();
+                                    (header, tags, Some(Box::new(terms)))
+                                })
                             }
                             Some(tags) => verify_whole_block(field_bytes)
                                 .map(|header| (header, tags.next().unwrap_or_default(), None)),

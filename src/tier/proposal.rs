@@ -350,7 +350,7 @@ mod tests {
         let pairs: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (&**key, &**value)).collect();
         assert_eq!(first.pairs().collect::<Vec<_>>(), pairs, "the tags in the order the tags field has them");
         assert_eq!(first.sets().collect::<Vec<_>>(), [&[0_u32, 1, 2][..]]);
-        assert_eq!(first.word_filter(), Some(filter));
+        assert_eq!(first.word_filter().as_deref(), Some(&filter));
         assert!(decoded[1].is_none());
         let untagged = decoded[2].as_ref().unwrap();
         assert_eq!((untagged.pair_count(), untagged.set_count(), untagged.word_filter()), (0, 0, None));
